@@ -1,0 +1,29 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers, bottom to top: TensorCore (tensors, autodiff, CPU backend) -> NN (layers, DiT, optimizers)
+// -> TVM (the method) ; Formats (file readers/writers), Data, Eval beside them ; CLI on top.
+let release: [SwiftSetting] = []
+
+let package = Package(
+    name: "TerminalVelocity",
+    products: [
+        .executable(name: "tvm", targets: ["CLI"]),
+    ],
+    targets: [
+        .target(name: "TensorCore", swiftSettings: release),
+        .target(name: "Formats", swiftSettings: release),
+        .target(name: "NN", dependencies: ["TensorCore", "Formats"], swiftSettings: release),
+        .target(name: "Data", dependencies: ["TensorCore", "Formats"], swiftSettings: release),
+        .target(name: "Eval", dependencies: ["TensorCore"], swiftSettings: release),
+        .target(name: "TVM", dependencies: ["TensorCore", "NN", "Data", "Eval", "Formats"], swiftSettings: release),
+        .executableTarget(name: "CLI", dependencies: ["TensorCore", "NN", "TVM", "Data", "Eval", "Formats"],
+                          swiftSettings: release),
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
+        .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
+        .testTarget(name: "EvalTests", dependencies: ["Eval", "Data", "TensorCore"]),
+        .testTarget(name: "NNTests", dependencies: ["NN", "TensorCore", "Formats"]),
+        .testTarget(name: "TVMTests", dependencies: ["TVM", "NN", "TensorCore", "Data", "Eval", "Formats"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,196 @@
+// Reverse mode (a tape of nodes walked backwards) and forward mode (tangents carried beside values),
+// composed the way TVM needs: a primitive's JVP rule is written with ordinary tensor ops, so the tangent
+// a `jvp` returns is itself recorded on the tape and gradients of anything computed from it flow back
+// through the JVP into the parameters (reverse over forward, what torch.func.jvp + autograd gives).
+
+/// Identity of a differentiation leaf; aliases of one leaf (made by `jvp`) share it.
+final class LeafID {}
+
+enum GradSource {
+    case leaf(LeafID)
+    case node(Node, Int)
+}
+
+/// Cotangents of the outputs to cotangents of the inputs (nil: zero). Runs with recording off.
+/// Rules receive the outputs as arguments and must not capture output tensors (that would make a cycle).
+public typealias VJPRule = (_ inputs: [Tensor], _ outputs: [Tensor], _ cotangents: [Tensor?]) -> [Tensor?]
+/// Tangents of the inputs to tangents of the outputs (nil: zero). Written with differentiable ops.
+public typealias JVPRule = (_ inputs: [Tensor], _ outputs: [Tensor], _ tangents: [Tensor?]) -> [Tensor?]
+
+final class Node {
+    let name: String
+    let inputs: [Tensor]
+    /// Detached copies of the outputs (same storage), for rules that need them.
+    let outputs: [Tensor]
+    let vjp: VJPRule
+    init(name: String, inputs: [Tensor], outputs: [Tensor], vjp: @escaping VJPRule) {
+        self.name = name
+        self.inputs = inputs
+        self.outputs = outputs
+        self.vjp = vjp
+    }
+}
+
+/// Whether ops record the tape. Off inside `withoutGrad`, and while running VJP rules.
+public enum GradMode {
+    nonisolated(unsafe) static var enabled = true
+
+    public static var isEnabled: Bool { enabled }
+}
+
+/// Runs `body` without recording gradients (teacher passes, sampling, optimizer updates).
+public func withoutGrad<R>(_ body: () throws -> R) rethrows -> R {
+    let saved = GradMode.enabled
+    GradMode.enabled = false
+    defer { GradMode.enabled = saved }
+    return try body()
+}
+
+enum ForwardMode {
+    /// The JVP in progress (nil: none). Tangents of other sessions are stale and ignored.
+    nonisolated(unsafe) static var session: UInt64?
+    nonisolated(unsafe) static var lastSession: UInt64 = 0
+}
+
+extension Tensor {
+    /// The tangent of this tensor in the JVP in progress, if any.
+    var activeTangent: Tensor? {
+        guard let s = ForwardMode.session, tangentSession == s else { return nil }
+        return tangent
+    }
+}
+
+/// Registers the outputs of a primitive with both modes. `outputs` are fresh tensors from kernels.
+@discardableResult
+func record(_ name: String, inputs: [Tensor], outputs: [Tensor], jvp: JVPRule?, vjp: @escaping VJPRule) -> [Tensor] {
+    if GradMode.enabled && inputs.contains(where: { $0.gradSource != nil }) {
+        let node = Node(name: name, inputs: inputs, outputs: outputs.map { $0.detached() }, vjp: vjp)
+        for (i, o) in outputs.enumerated() { o.gradSource = .node(node, i) }
+    }
+    if let session = ForwardMode.session {
+        let tangents = inputs.map { $0.activeTangent }
+        if tangents.contains(where: { $0 != nil }) {
+            guard let jvp else { fatalError("\(name) has no forward-mode rule") }
+            ForwardMode.session = nil
+            let out = jvp(inputs, outputs, tangents)
+            ForwardMode.session = session
+            for (o, t) in zip(outputs, out) {
+                o.tangent = t
+                o.tangentSession = session
+            }
+        }
+    }
+    return outputs
+}
+
+func record1(_ name: String, _ inputs: [Tensor], _ output: Tensor, jvp: JVPRule?, vjp: @escaping VJPRule) -> Tensor {
+    record(name, inputs: inputs, outputs: [output], jvp: jvp, vjp: vjp)[0]
+}
+
+// MARK: - Transforms
+
+/// Forward mode: the outputs of `f` at `primals` and their directional derivatives along `tangents`.
+/// The returned tangents are ordinary differentiable tensors (gradients flow through them).
+public func jvp(_ f: ([Tensor]) -> [Tensor], primals: [Tensor], tangents: [Tensor]) -> (outputs: [Tensor], tangents: [Tensor]) {
+    precondition(ForwardMode.session == nil, "nested jvp is not supported")
+    precondition(primals.count == tangents.count, "jvp needs one tangent per primal")
+    ForwardMode.lastSession += 1
+    let session = ForwardMode.lastSession
+    let inputs = zip(primals, tangents).map { p, t -> Tensor in
+        precondition(p.shape == t.shape, "tangent shape \(t.shape) differs from primal shape \(p.shape)")
+        let alias = Tensor(storage: p.storage, shape: p.shape)
+        alias.gradSource = p.gradSource
+        alias.tangent = t
+        alias.tangentSession = session
+        return alias
+    }
+    ForwardMode.session = session
+    let outputs = f(inputs)
+    ForwardMode.session = nil
+    let outTangents = outputs.map { o in o.tangentSession == session ? (o.tangent ?? o.zerosLike()) : o.zerosLike() }
+    return (outputs, outTangents)
+}
+
+/// Reverse mode: gradients of `output` (seeded with `seed`, default ones) with respect to each of `wrt`.
+/// A tensor that `output` does not depend on gets zeros.
+public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil) -> [Tensor] {
+    let seed = seed ?? Tensor.ones(output.shape, dtype: output.dtype, on: output.device)
+    var leafGrads: [ObjectIdentifier: Tensor] = [:]
+    var slotGrads: [ObjectIdentifier: [Tensor?]] = [:]
+    // Gradients asked for at intermediate tensors are read when their node is reached.
+    var wanted: [ObjectIdentifier: [(Int, Int)]] = [:]
+    var results = [Tensor?](repeating: nil, count: wrt.count)
+    for (w, t) in wrt.enumerated() {
+        if case .node(let n, let i)? = t.gradSource { wanted[ObjectIdentifier(n), default: []].append((i, w)) }
+    }
+
+    func accumulate(_ source: GradSource?, _ g: Tensor) {
+        switch source {
+        case nil: return
+        case .leaf(let id)?:
+            let key = ObjectIdentifier(id)
+            leafGrads[key] = leafGrads[key].map { $0 + g } ?? g
+        case .node(let n, let i)?:
+            let key = ObjectIdentifier(n)
+            var slots = slotGrads[key] ?? [Tensor?](repeating: nil, count: n.outputs.count)
+            slots[i] = slots[i].map { $0 + g } ?? g
+            slotGrads[key] = slots
+        }
+    }
+
+    withoutGrad {
+        let savedSession = ForwardMode.session
+        ForwardMode.session = nil
+        defer { ForwardMode.session = savedSession }
+        accumulate(output.gradSource, seed)
+        for node in topologicalOrder(from: output).reversed() {
+            let key = ObjectIdentifier(node)
+            guard let slots = slotGrads.removeValue(forKey: key) else { continue }
+            for (i, w) in wanted[key] ?? [] { results[w] = slots[i] }
+            let grads = node.vjp(node.inputs, node.outputs, slots)
+            for (input, g) in zip(node.inputs, grads) {
+                guard let g else { continue }
+                precondition(g.shape == input.shape,
+                             "\(node.name): cotangent shape \(g.shape) differs from input shape \(input.shape)")
+                accumulate(input.gradSource, g)
+            }
+        }
+    }
+    return wrt.enumerated().map { w, t in
+        if case .leaf(let id)? = t.gradSource, let g = leafGrads[ObjectIdentifier(id)] { return g }
+        return results[w] ?? t.zerosLike()
+    }
+}
+
+/// Nodes reachable from `output`, each after all nodes it depends on.
+private func topologicalOrder(from output: Tensor) -> [Node] {
+    guard case .node(let root, _)? = output.gradSource else { return [] }
+    var order: [Node] = []
+    var visited = Set<ObjectIdentifier>()
+    var stack: [(Node, Int)] = [(root, 0)]
+    visited.insert(ObjectIdentifier(root))
+    while let (node, next) = stack.popLast() {
+        if next < node.inputs.count {
+            stack.append((node, next + 1))
+            if case .node(let child, _)? = node.inputs[next].gradSource,
+               visited.insert(ObjectIdentifier(child)).inserted {
+                stack.append((child, 0))
+            }
+        } else {
+            order.append(node)
+        }
+    }
+    return order
+}
+
+/// The value of `f` at `xs` and its gradient with respect to each of `xs` (`f` must return a scalar).
+public func valueAndGradient(_ xs: [Tensor], _ f: ([Tensor]) -> Tensor) -> (value: Tensor, gradients: [Tensor]) {
+    let leaves = xs.map { $0.detached().requiringGrad() }
+    let y = f(leaves)
+    return (y, gradients(of: y, wrt: leaves))
+}
+
+extension Tensor {
+    /// The same values, cut off from both modes of differentiation.
+    public func stopGradient() -> Tensor { detached() }
+}

@@ -1,0 +1,142 @@
+/// Reference attention on the CPU over [batch*heads, seq, dim] with dense per-head score matrices:
+/// the forward with its tangent (TVM.md's formulas) and the backward for cotangents of both outputs.
+/// The GPU's fused kernels are checked against these.
+enum AttentionKernels {
+    static func forward<T: CPUFloat>(q: UnsafeMutablePointer<T>, k: UnsafeMutablePointer<T>, v: UnsafeMutablePointer<T>,
+                                     tq: UnsafeMutablePointer<T>?, tk: UnsafeMutablePointer<T>?, tv: UnsafeMutablePointer<T>?,
+                                     o: UnsafeMutablePointer<T>, to: UnsafeMutablePointer<T>?, lse: UnsafeMutablePointer<T>,
+                                     bh: Int, seq n: Int, dim d: Int, scale: T) {
+        Parallel.forRanges(bh, grain: 1) { heads in
+            let p = UnsafeMutablePointer<T>.allocate(capacity: n), ts = UnsafeMutablePointer<T>.allocate(capacity: n)
+            defer { p.deallocate(); ts.deallocate() }
+            for h in heads {
+                let base = h * n * d
+                let (qh, kh, vh) = (q + base, k + base, v + base)
+                for i in 0..<n {
+                    let qi = qh + i * d
+                    var m = -T.infinity
+                    for j in 0..<n {
+                        p[j] = scale * dot(qi, kh + j * d, d)
+                        m = Swift.max(m, p[j])
+                    }
+                    var l = T(0)
+                    for j in 0..<n { p[j] = T.fexp(p[j] - m); l += p[j] }
+                    for j in 0..<n { p[j] /= l }
+                    lse[h * n + i] = m + T.flog(l)
+                    let oi = o + base + i * d
+                    oi.update(repeating: 0, count: d)
+                    for j in 0..<n { axpy(p[j], vh + j * d, oi, d) }
+                    guard let to else { continue }
+                    // tS_ij = scale (tq_i . k_j + q_i . tk_j); to_i = sum P tS v - mu o_i + sum P tv.
+                    var mu = T(0)
+                    for j in 0..<n {
+                        var s = T(0)
+                        if let tq { s += dot(tq + base + i * d, kh + j * d, d) }
+                        if let tk { s += dot(qi, tk + base + j * d, d) }
+                        ts[j] = scale * s
+                        mu += p[j] * ts[j]
+                    }
+                    let toi = to + base + i * d
+                    for c in 0..<d { toi[c] = -mu * oi[c] }
+                    for j in 0..<n {
+                        axpy(p[j] * ts[j], vh + j * d, toi, d)
+                        if let tv { axpy(p[j], tv + base + j * d, toi, d) }
+                    }
+                }
+            }
+        }
+    }
+
+    static func backward<T: CPUFloat>(q: UnsafeMutablePointer<T>, k: UnsafeMutablePointer<T>, v: UnsafeMutablePointer<T>,
+                                      tq: UnsafeMutablePointer<T>?, tk: UnsafeMutablePointer<T>?, tv: UnsafeMutablePointer<T>?,
+                                      lse: UnsafeMutablePointer<T>, go: UnsafeMutablePointer<T>?, gto: UnsafeMutablePointer<T>?,
+                                      dq: UnsafeMutablePointer<T>, dk: UnsafeMutablePointer<T>, dv: UnsafeMutablePointer<T>,
+                                      dtq: UnsafeMutablePointer<T>?, dtk: UnsafeMutablePointer<T>?, dtv: UnsafeMutablePointer<T>?,
+                                      bh: Int, seq n: Int, dim d: Int, scale: T) {
+        let hasTangent = tq != nil || tk != nil || tv != nil
+        Parallel.forRanges(bh, grain: 1) { heads in
+            let nn = n * n
+            let P = UnsafeMutablePointer<T>.allocate(capacity: nn), tS = UnsafeMutablePointer<T>.allocate(capacity: nn)
+            let dS = UnsafeMutablePointer<T>.allocate(capacity: nn), dtS = UnsafeMutablePointer<T>.allocate(capacity: nn)
+            defer { P.deallocate(); tS.deallocate(); dS.deallocate(); dtS.deallocate() }
+            for h in heads {
+                let base = h * n * d
+                let (qh, kh, vh) = (q + base, k + base, v + base)
+                let goh = go.map { $0 + base }, gtoh = gto.map { $0 + base }
+                let tqh = tq.map { $0 + base }, tkh = tk.map { $0 + base }, tvh = tv.map { $0 + base }
+                for i in 0..<n {
+                    for j in 0..<n {
+                        P[i * n + j] = T.fexp(scale * dot(qh + i * d, kh + j * d, d) - lse[h * n + i])
+                        var s = T(0)
+                        if let tqh { s += dot(tqh + i * d, kh + j * d, d) }
+                        if let tkh { s += dot(qh + i * d, tkh + j * d, d) }
+                        tS[i * n + j] = scale * s
+                    }
+                }
+                for c in 0..<(n * d) { dv[base + c] = 0 }
+                if let dtv { for c in 0..<(n * d) { dtv[base + c] = 0 } }
+                for i in 0..<n {
+                    let row = i * n
+                    var mu = T(0)
+                    for j in 0..<n { mu += P[row + j] * tS[row + j] }
+                    // R_ij = H_i . v_j and rho_i = sum_j P_ij R_ij (zero without a tangent cotangent).
+                    var rho = T(0)
+                    for j in 0..<n {
+                        let r = gtoh.map { dot($0 + i * d, vh + j * d, d) } ?? 0
+                        dtS[row + j] = r  // R for now
+                        rho += P[row + j] * r
+                    }
+                    var dotPdP = T(0)
+                    for j in 0..<n {
+                        let pij = P[row + j], r = dtS[row + j], tsij = tS[row + j]
+                        var dp = goh.map { dot($0 + i * d, vh + j * d, d) } ?? 0
+                        if hasTangent, let gtoh {
+                            if let tvh { dp += dot(gtoh + i * d, tvh + j * d, d) }
+                            dp += r * (tsij - mu) - tsij * rho
+                        }
+                        dS[row + j] = dp
+                        dotPdP += pij * dp
+                        dtS[row + j] = pij * (r - rho)
+                        // dv_j += P_ij G_i + tP_ij H_i ; dtv_j += P_ij H_i
+                        if let goh { axpy(pij, goh + i * d, dv + base + j * d, d) }
+                        if let gtoh {
+                            axpy(pij * (tsij - mu), gtoh + i * d, dv + base + j * d, d)
+                            if let dtv { axpy(pij, gtoh + i * d, dtv + base + j * d, d) }
+                        }
+                    }
+                    for j in 0..<n { dS[row + j] = P[row + j] * (dS[row + j] - dotPdP) }
+                }
+                // dq = scale (dS k + dtS tk), dk = scale (dS^T q + dtS^T tq); dtq = scale dtS k, dtk = scale dtS^T q.
+                for c in 0..<(n * d) {
+                    dq[base + c] = 0; dk[base + c] = 0
+                    dtq?[base + c] = 0; dtk?[base + c] = 0
+                }
+                for i in 0..<n {
+                    for j in 0..<n {
+                        let ds = scale * dS[i * n + j], dts = scale * dtS[i * n + j]
+                        axpy(ds, kh + j * d, dq + base + i * d, d)
+                        axpy(ds, qh + i * d, dk + base + j * d, d)
+                        if dts != 0 {
+                            if let tkh { axpy(dts, tkh + j * d, dq + base + i * d, d) }
+                            if let tqh { axpy(dts, tqh + i * d, dk + base + j * d, d) }
+                            if let dtq { axpy(dts, kh + j * d, dtq + base + i * d, d) }
+                            if let dtk { axpy(dts, qh + i * d, dtk + base + j * d, d) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @inline(__always)
+    static func dot<T: CPUFloat>(_ a: UnsafeMutablePointer<T>, _ b: UnsafeMutablePointer<T>, _ d: Int) -> T {
+        var s = T(0)
+        for c in 0..<d { s += a[c] * b[c] }
+        return s
+    }
+
+    @inline(__always)
+    static func axpy<T: CPUFloat>(_ alpha: T, _ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ d: Int) {
+        for c in 0..<d { y[c] += alpha * x[c] }
+    }
+}

@@ -1,0 +1,39 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A BLAS found at run time (Debian's OpenBLAS), so that building needs nothing but the toolchain.
+/// Without one, matrix products fall back to the portable kernel in CPUKernels, with a notice.
+enum BLAS {
+    typealias Sgemm = @convention(c) (Int32, Int32, Int32, Int32, Int32, Int32, Float,
+                                      UnsafePointer<Float>?, Int32, UnsafePointer<Float>?, Int32, Float,
+                                      UnsafeMutablePointer<Float>?, Int32) -> Void
+    typealias Dgemm = @convention(c) (Int32, Int32, Int32, Int32, Int32, Int32, Double,
+                                      UnsafePointer<Double>?, Int32, UnsafePointer<Double>?, Int32, Double,
+                                      UnsafeMutablePointer<Double>?, Int32) -> Void
+
+    struct Library {
+        let name: String
+        let sgemm: Sgemm
+        let dgemm: Dgemm
+    }
+
+    static let candidates = ["libopenblas.so.0", "libopenblas.so", "libblas.so.3"]
+
+    /// Loaded once. TVM_NO_BLAS=1 forces the fallback (for tests and comparisons).
+    nonisolated(unsafe) static let library: Library? = {
+        if getenv("TVM_NO_BLAS") != nil { return nil }
+        for name in candidates {
+            guard let handle = dlopen(name, RTLD_NOW | RTLD_LOCAL) else { continue }
+            if let s = dlsym(handle, "cblas_sgemm"), let d = dlsym(handle, "cblas_dgemm") {
+                return Library(name: name, sgemm: unsafeBitCast(s, to: Sgemm.self), dgemm: unsafeBitCast(d, to: Dgemm.self))
+            }
+            dlclose(handle)
+        }
+        let msg = "note: no BLAS found (install Debian's libopenblas0-pthread for faster CPU matrix products); using the built-in kernel\n"
+        fputs(msg, stderr)
+        return nil
+    }()
+
+    static let rowMajor: Int32 = 101, noTrans: Int32 = 111, trans: Int32 = 112
+}

@@ -1,0 +1,245 @@
+/// Generic CPU kernels over raw pointers. Kept free of tensors and autodiff: the backend calls them.
+enum Kernels {
+    static func unary<T: CPUFloat>(_ op: UnaryOp, _ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ n: Int) {
+        // Switching once outside the loop lets each case compile to its own tight (often vectorised) loop.
+        @inline(__always) func map(_ f: (T) -> T) {
+            Parallel.forRanges(n, grain: 16_384) { r in for i in r { y[i] = f(x[i]) } }
+        }
+        switch op {
+        case .neg: map { -$0 }
+        case .square: map { $0 * $0 }
+        case .reciprocal: map { 1 / $0 }
+        case .sqrt: map { T.fsqrt($0) }
+        case .rsqrt: map { 1 / T.fsqrt($0) }
+        default: map { Scalar.apply(op, $0) }
+        }
+    }
+
+    static func affine<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ n: Int, _ a: T, _ b: T) {
+        Parallel.forRanges(n) { r in for i in r { y[i] = a * x[i] + b } }
+    }
+
+    @inline(__always)
+    static func binaryScalar<T: CPUFloat>(_ op: BinaryOp, _ a: T, _ b: T) -> T {
+        switch op {
+        case .add: return a + b
+        case .sub: return a - b
+        case .mul: return a * b
+        case .div: return a / b
+        // NaN propagates, as in PyTorch's maximum/minimum.
+        case .maximum: return a.isNaN || b.isNaN ? T.nan : Swift.max(a, b)
+        case .minimum: return a.isNaN || b.isNaN ? T.nan : Swift.min(a, b)
+        case .greater: return a > b ? 1 : 0
+        case .greaterEqual: return a >= b ? 1 : 0
+        case .equal: return a == b ? 1 : 0
+        }
+    }
+
+    static func binary<T: CPUFloat>(_ op: BinaryOp, _ a: UnsafeMutablePointer<T>, _ av: StridedView,
+                                    _ b: UnsafeMutablePointer<T>, _ bv: StridedView,
+                                    _ y: UnsafeMutablePointer<T>, _ shape: [Int]) {
+        let total = Shape.count(shape)
+        if total == 0 { return }
+        let (cs, st) = Shape.collapse(shape: shape, strides: [av.strides, bv.strides, Shape.contiguousStrides(shape)])
+        let (sa, sb) = (st[0], st[1])
+        let a = a + av.offset, b = b + bv.offset
+        let inner = cs.last!, rows = total / inner
+        let ia = sa.last!, ib = sb.last!
+        @inline(__always) func run(_ f: (T, T) -> T) {
+            if rows == 1 {
+                // One contiguous run: split it across cores.
+                Parallel.forRanges(inner) { r in
+                    if ia == 1 && ib == 1 { for i in r { y[i] = f(a[i], b[i]) } }
+                    else if ib == 0 { let bs = b[0]; for i in r { y[i] = f(a[i * ia], bs) } }
+                    else if ia == 0 { let as_ = a[0]; for i in r { y[i] = f(as_, b[i * ib]) } }
+                    else { for i in r { y[i] = f(a[i * ia], b[i * ib]) } }
+                }
+                return
+            }
+            Parallel.forRanges(rows, grain: Swift.max(1, 32_768 / inner)) { rr in
+                for row in rr {
+                    // Offsets of this row in a and b from its multi-index over the outer axes.
+                    var rem = row, oa = 0, ob = 0
+                    for d in stride(from: cs.count - 2, through: 0, by: -1) {
+                        let idx = rem % cs[d]
+                        rem /= cs[d]
+                        oa += idx * sa[d]
+                        ob += idx * sb[d]
+                    }
+                    let pa = a + oa, pb = b + ob, py = y + row * inner
+                    if ia == 1 && ib == 1 { for i in 0..<inner { py[i] = f(pa[i], pb[i]) } }
+                    else if ib == 0 { let bs = pb[0]; for i in 0..<inner { py[i] = f(pa[i * ia], bs) } }
+                    else if ia == 0 { let as_ = pa[0]; for i in 0..<inner { py[i] = f(as_, pb[i * ib]) } }
+                    else { for i in 0..<inner { py[i] = f(pa[i * ia], pb[i * ib]) } }
+                }
+            }
+        }
+        switch op {
+        case .add: run(+)
+        case .sub: run(-)
+        case .mul: run(*)
+        case .div: run(/)
+        default: run { binaryScalar(op, $0, $1) }
+        }
+    }
+
+    static func reduce<T: CPUFloat>(_ op: ReduceOp, _ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>,
+                                    _ outer: Int, _ n: Int, _ inner: Int) {
+        if inner == 1 {
+            Parallel.forRanges(outer, grain: Swift.max(1, 32_768 / Swift.max(n, 1))) { r in
+                for o in r {
+                    let p = x + o * n
+                    y[o] = op == .sum ? sumContiguous(p, n) : maxContiguous(p, n)
+                }
+            }
+            return
+        }
+        Parallel.forRanges(outer, grain: Swift.max(1, 32_768 / Swift.max(n * inner, 1))) { r in
+            for o in r {
+                let py = y + o * inner, px = x + o * n * inner
+                py.update(from: px, count: inner)
+                for j in 1..<Swift.max(n, 1) {
+                    let row = px + j * inner
+                    if op == .sum { for i in 0..<inner { py[i] += row[i] } }
+                    else { for i in 0..<inner { py[i] = (py[i].isNaN || row[i].isNaN) ? T.nan : Swift.max(py[i], row[i]) } }
+                }
+                if n == 0 { py.update(repeating: op == .sum ? 0 : -T.infinity, count: inner) }
+            }
+        }
+    }
+
+    /// Eight running sums: vectorises, and keeps float32 error growth low.
+    @inline(__always)
+    static func sumContiguous<T: CPUFloat>(_ p: UnsafeMutablePointer<T>, _ n: Int) -> T {
+        var acc = (T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0))
+        var i = 0
+        while i + 8 <= n {
+            acc.0 += p[i]; acc.1 += p[i + 1]; acc.2 += p[i + 2]; acc.3 += p[i + 3]
+            acc.4 += p[i + 4]; acc.5 += p[i + 5]; acc.6 += p[i + 6]; acc.7 += p[i + 7]
+            i += 8
+        }
+        var s = ((acc.0 + acc.1) + (acc.2 + acc.3)) + ((acc.4 + acc.5) + (acc.6 + acc.7))
+        while i < n { s += p[i]; i += 1 }
+        return s
+    }
+
+    @inline(__always)
+    static func maxContiguous<T: CPUFloat>(_ p: UnsafeMutablePointer<T>, _ n: Int) -> T {
+        var m = -T.infinity
+        for i in 0..<n {
+            if p[i].isNaN { return T.nan }
+            m = Swift.max(m, p[i])
+        }
+        return m
+    }
+
+    static func copy<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ xv: StridedView, _ y: UnsafeMutablePointer<T>,
+                                  _ yv: StridedView, _ shape: [Int]) {
+        let total = Shape.count(shape)
+        if total == 0 { return }
+        let (cs, st) = Shape.collapse(shape: shape, strides: [xv.strides, yv.strides])
+        let (sx, sy) = (st[0], st[1])
+        let x = x + xv.offset, y = y + yv.offset
+        let inner = cs.last!, rows = total / inner, ix = sx.last!, iy = sy.last!
+        Parallel.forRanges(rows, grain: Swift.max(1, 65_536 / inner)) { rr in
+            for row in rr {
+                var rem = row, ox = 0, oy = 0
+                for d in stride(from: cs.count - 2, through: 0, by: -1) {
+                    let idx = rem % cs[d]
+                    rem /= cs[d]
+                    ox += idx * sx[d]
+                    oy += idx * sy[d]
+                }
+                let px = x + ox, py = y + oy
+                if ix == 1 && iy == 1 { py.update(from: px, count: inner) }
+                else if ix == 0 { let v = px[0]; for i in 0..<inner { py[i * iy] = v } }
+                else { for i in 0..<inner { py[i * iy] = px[i * ix] } }
+            }
+        }
+    }
+
+    static func gemm<T: CPUFloat>(_ a: UnsafeMutablePointer<T>, _ b: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>,
+                                  batch: Int, m: Int, n: Int, k: Int, transA: Bool, transB: Bool,
+                                  strideA: Int, strideB: Int, alpha: T, beta: T) {
+        if m == 0 || n == 0 { return }
+        if let blas = BLAS.library {
+            let ta = transA ? BLAS.trans : BLAS.noTrans, tb = transB ? BLAS.trans : BLAS.noTrans
+            let lda = Int32(transA ? m : k), ldb = Int32(transB ? k : n)
+            for i in 0..<batch {
+                let pa = a + i * strideA, pb = b + i * strideB, py = y + i * m * n
+                if T.self == Float.self {
+                    blas.sgemm(BLAS.rowMajor, ta, tb, Int32(m), Int32(n), Int32(k), Float(alpha.double),
+                               UnsafeRawPointer(pa).assumingMemoryBound(to: Float.self), Swift.max(lda, 1),
+                               UnsafeRawPointer(pb).assumingMemoryBound(to: Float.self), Swift.max(ldb, 1), Float(beta.double),
+                               UnsafeMutableRawPointer(py).assumingMemoryBound(to: Float.self), Int32(n))
+                } else {
+                    blas.dgemm(BLAS.rowMajor, ta, tb, Int32(m), Int32(n), Int32(k), alpha.double,
+                               UnsafeRawPointer(pa).assumingMemoryBound(to: Double.self), Swift.max(lda, 1),
+                               UnsafeRawPointer(pb).assumingMemoryBound(to: Double.self), Swift.max(ldb, 1), beta.double,
+                               UnsafeMutableRawPointer(py).assumingMemoryBound(to: Double.self), Int32(n))
+                }
+            }
+            return
+        }
+        for i in 0..<batch {
+            portableGemm(a + i * strideA, b + i * strideB, y + i * m * n, m: m, n: n, k: k,
+                         transA: transA, transB: transB, alpha: alpha, beta: beta)
+        }
+    }
+
+    /// The fallback product: rows of the result in parallel, each built as a sum of scaled rows of B
+    /// (a contiguous inner loop the compiler vectorises). Transposed operands are made contiguous first.
+    static func portableGemm<T: CPUFloat>(_ a: UnsafeMutablePointer<T>, _ b: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>,
+                                          m: Int, n: Int, k: Int, transA: Bool, transB: Bool, alpha: T, beta: T) {
+        var bRows = b
+        var bTmp: UnsafeMutablePointer<T>? = nil
+        if transB {
+            let t = UnsafeMutablePointer<T>.allocate(capacity: k * n)
+            for r in 0..<n { for c in 0..<k { t[c * n + r] = b[r * k + c] } }
+            bTmp = t
+            bRows = t
+        }
+        defer { bTmp?.deallocate() }
+        Parallel.forRanges(m, grain: Swift.max(1, 8192 / Swift.max(n * k / 64, 1))) { rows in
+            let acc = UnsafeMutablePointer<T>.allocate(capacity: n)
+            defer { acc.deallocate() }
+            for i in rows {
+                acc.update(repeating: 0, count: n)
+                for p in 0..<k {
+                    let av = transA ? a[p * m + i] : a[i * k + p]
+                    if av == 0 { continue }
+                    let br = bRows + p * n
+                    for j in 0..<n { acc[j] += av * br[j] }
+                }
+                let yr = y + i * n
+                if beta == 0 { for j in 0..<n { yr[j] = alpha * acc[j] } }
+                else { for j in 0..<n { yr[j] = alpha * acc[j] + beta * yr[j] } }
+            }
+        }
+    }
+
+    static func softmax<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ rows: Int, _ cols: Int) {
+        Parallel.forRanges(rows, grain: Swift.max(1, 16_384 / Swift.max(cols, 1))) { r in
+            for row in r {
+                let px = x + row * cols, py = y + row * cols
+                let m = maxContiguous(px, cols)
+                var s = T(0)
+                for i in 0..<cols { let e = T.fexp(px[i] - m); py[i] = e; s += e }
+                let inv = 1 / s
+                for i in 0..<cols { py[i] *= inv }
+            }
+        }
+    }
+
+    static func rmsNorm<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ rows: Int, _ cols: Int, _ eps: Double) {
+        Parallel.forRanges(rows, grain: Swift.max(1, 16_384 / Swift.max(cols, 1))) { r in
+            for row in r {
+                let px = x + row * cols, py = y + row * cols
+                var ss = T(0)
+                for i in 0..<cols { ss += px[i] * px[i] }
+                let inv = 1 / T.fsqrt(ss / T(cols) + T(eps))
+                for i in 0..<cols { py[i] = px[i] * inv }
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+/// Element types. Tensors are float32 everywhere; float64 exists on the CPU for gradient checks.
+public enum DType: String, Sendable {
+    case float32, float64
+    public var byteSize: Int { self == .float32 ? 4 : 8 }
+}
+
+/// Device memory owned by one backend. Storage is always dense; a tensor reads it from offset 0 in
+/// row-major order, so reshape is free and every other view is a copy (simple kernels, one layout).
+open class Storage {
+    public let count: Int
+    public let dtype: DType
+    public unowned let backend: any Backend
+    public init(count: Int, dtype: DType, backend: any Backend) {
+        self.count = count
+        self.dtype = dtype
+        self.backend = backend
+    }
+}
+
+public enum UnaryOp: Sendable, CaseIterable {
+    case neg, exp, log, sqrt, rsqrt, reciprocal, square, sin, cos, tanh, sigmoid
+    /// SiLU and its first two derivatives: reverse mode over a JVP needs f, f' and f''.
+    case silu, siluD1, siluD2
+    /// GELU with the tanh approximation and its first two derivatives.
+    case gelu, geluD1, geluD2
+    /// 1 where the value is finite, 0 where it is NaN or infinite (not differentiable).
+    case isFinite
+}
+
+public enum BinaryOp: Sendable {
+    case add, sub, mul, div, maximum, minimum
+    /// Comparisons give 1 or 0 and are not differentiable.
+    case greater, greaterEqual, equal
+}
+
+public enum ReduceOp: Sendable { case sum, max }
+
+/// A view of `count` elements described by shape and strides (strides in elements, 0 for a broadcast axis).
+public struct StridedView: Sendable {
+    public var offset: Int
+    public var strides: [Int]
+    public init(offset: Int = 0, strides: [Int]) { self.offset = offset; self.strides = strides }
+}
+
+/// What a device must provide. Model and method code never sees this: they use `Tensor` ops,
+/// which call these kernels, so a new backend plugs in here alone.
+public protocol Backend: AnyObject {
+    var name: String { get }
+    func allocate(_ count: Int, _ dtype: DType) -> Storage
+    func upload(_ values: [Double], dtype: DType) -> Storage
+    func upload(_ values: [Float]) -> Storage
+    func download(_ s: Storage) -> [Double]
+    func downloadFloats(_ s: Storage) -> [Float]
+    func fill(_ s: Storage, value: Double)
+    func convert(_ x: Storage, to dtype: DType) -> Storage
+
+    func unary(_ op: UnaryOp, _ x: Storage, _ y: Storage)
+    /// y = a * x + b elementwise.
+    func affine(_ x: Storage, _ y: Storage, a: Double, b: Double)
+    /// y[i] = op(a[view a], b[view b]) for i over `shape` in row-major order.
+    func binary(_ op: BinaryOp, _ a: Storage, _ av: StridedView, _ b: Storage, _ bv: StridedView,
+                _ y: Storage, shape: [Int])
+    /// y = cond != 0 ? a : b, all dense and of one shape. Unlike arithmetic masking, NaN in the unchosen branch
+    /// does not leak.
+    func select(_ cond: Storage, _ a: Storage, _ b: Storage, _ y: Storage)
+    /// x viewed as [outer, n, inner] reduced over the middle axis to y [outer, inner].
+    func reduce(_ op: ReduceOp, _ x: Storage, _ y: Storage, outer: Int, n: Int, inner: Int)
+    /// Copies the strided source view into the strided destination view, both iterated over `shape`.
+    func copy(_ x: Storage, _ xv: StridedView, _ y: Storage, _ yv: StridedView, shape: [Int])
+    /// y[b] = alpha * op(a[b]) op(w[b]) + beta * y[b] for b in 0..<batch, row-major M x N result.
+    func matmul(_ a: Storage, _ b: Storage, _ y: Storage, batch: Int, m: Int, n: Int, k: Int,
+                transA: Bool, transB: Bool, strideA: Int, strideB: Int, alpha: Double, beta: Double)
+    /// Softmax over the last axis of a [rows, cols] matrix.
+    func softmax(_ x: Storage, _ y: Storage, rows: Int, cols: Int)
+    /// x / sqrt(mean(x^2) + eps) over the last axis of a [rows, cols] matrix.
+    func rmsNorm(_ x: Storage, _ y: Storage, rows: Int, cols: Int, eps: Double)
+    /// y[r] = table[index[r]] for rows of width `cols`; indices are stored as floats holding integers.
+    func gatherRows(_ table: Storage, _ index: Storage, _ y: Storage, rows: Int, cols: Int)
+    /// table[index[r]] += x[r] (accumulate; duplicate indices add up).
+    func scatterAddRows(_ x: Storage, _ index: Storage, _ table: Storage, rows: Int, cols: Int)
+    /// Philox normals (or uniforms in [0, 1)) starting at block `counter`; see RandomGenerator.
+    func random(_ y: Storage, normal: Bool, seed: UInt64, counter: UInt64)
+    /// Attention over [batch*heads, seq, dim] tensors and its forward-mode tangent in one pass.
+    /// tq/tk/tv and to/lse may be nil (no tangent: plain attention). `lse` receives the row log-sum-exp.
+    func attention(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
+                   o: Storage, to: Storage?, lse: Storage, bh: Int, seq: Int, dim: Int, scale: Double)
+    /// Gradients of attention (and its tangent) given cotangents of o and of to (the latter may be nil).
+    func attentionBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
+                           o: Storage, to: Storage?, lse: Storage, go: Storage?, gto: Storage?,
+                           dq: Storage, dk: Storage, dv: Storage, dtq: Storage?, dtk: Storage?, dtv: Storage?,
+                           bh: Int, seq: Int, dim: Int, scale: Double)
+    /// Fused AdamW step over one parameter tensor (in place on p, m, v).
+    func adamw(p: Storage, g: Storage, m: Storage, v: Storage, lr: Double, beta1: Double, beta2: Double,
+               eps: Double, weightDecay: Double, step: Int, gradScale: Double)
+    /// p_ema = p + decay * (p_ema - p), in place on ema.
+    func emaUpdate(ema: Storage, p: Storage, decay: Double)
+    /// Waits for queued work (a no-op on the CPU).
+    func synchronize()
+}

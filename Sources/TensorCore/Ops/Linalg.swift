@@ -1,0 +1,100 @@
+extension Tensor {
+    /// Matrix product of the last two axes: op(self) [..., M, K] times op(other) [..., K, N] (or [K, N],
+    /// shared by every batch entry). `transposeSelf` / `transposeOther` transpose the last two axes first.
+    public func matmul(_ other: Tensor, transposeSelf: Bool = false, transposeOther: Bool = false) -> Tensor {
+        checkSameDType(other, "matmul")
+        precondition(rank >= 2 && other.rank >= 2, "matmul needs matrices, got \(shape) and \(other.shape)")
+        let (ta, tb) = (transposeSelf, transposeOther)
+        let m = ta ? shape[rank - 1] : shape[rank - 2], k = ta ? shape[rank - 2] : shape[rank - 1]
+        let kb = tb ? other.shape[other.rank - 1] : other.shape[other.rank - 2]
+        let n = tb ? other.shape[other.rank - 2] : other.shape[other.rank - 1]
+        precondition(k == kb, "matmul: inner sizes differ, \(shape)\(ta ? "^T" : "") x \(other.shape)\(tb ? "^T" : "")")
+        let batchShape = Array(shape.dropLast(2))
+        // A 2-D right operand with a batched left one is a weight shared by every batch entry.
+        let shared = other.rank == 2 && rank > 2
+        precondition(shared || other.rank == rank,
+                     "matmul: ranks of \(shape) and \(other.shape) differ")
+        precondition(shared || Array(other.shape.dropLast(2)) == batchShape,
+                     "matmul: batch shapes \(shape) and \(other.shape) differ")
+        let batch = Shape.count(batchShape)
+        let y = empty(batchShape + [m, n])
+        if shared && !ta {
+            // A weight shared across the batch: one large product over all rows.
+            backend.matmul(storage, other.storage, y.storage, batch: 1, m: batch * m, n: n, k: k,
+                           transA: false, transB: tb, strideA: 0, strideB: 0, alpha: 1, beta: 0)
+        } else {
+            backend.matmul(storage, other.storage, y.storage, batch: batch, m: m, n: n, k: k,
+                           transA: ta, transB: tb, strideA: m * k, strideB: shared ? 0 : k * n, alpha: 1, beta: 0)
+        }
+        return record1("matmul", [self, other], y, jvp: { x, _, t in
+            [sumTerms(t[0].map { $0.matmul(x[1], transposeSelf: ta, transposeOther: tb) },
+                      t[1].map { x[0].matmul($0, transposeSelf: ta, transposeOther: tb) })]
+        }) { x, _, g in
+            let (a, b, g) = (x[0], x[1], g[0]!)
+            let ga = ta ? b.matmul(g, transposeSelf: tb, transposeOther: true)
+                        : g.matmul(b, transposeSelf: false, transposeOther: !tb)
+            var gb: Tensor
+            if shared {
+                // Fold the batch into rows so the weight's gradient sums over it.
+                let a2 = a.reshaped([-1, a.shape[a.rank - 1]]), g2 = g.reshaped([-1, n])
+                precondition(!ta, "a shared right operand needs an untransposed left operand")
+                gb = tb ? g2.matmul(a2, transposeSelf: true) : a2.matmul(g2, transposeSelf: true)
+            } else {
+                gb = tb ? g.matmul(a, transposeSelf: true, transposeOther: ta)
+                        : a.matmul(g, transposeSelf: !ta, transposeOther: false)
+            }
+            return [ga, gb]
+        }
+    }
+}
+
+extension Tensor {
+    /// Softmax over the last axis.
+    public func softmax() -> Tensor {
+        let cols = shape.last!
+        let y = empty(shape)
+        backend.softmax(storage, y.storage, rows: count / Swift.max(cols, 1), cols: cols)
+        return record1("softmax", [self], y, jvp: { _, y, t in
+            [y[0] * (t[0]! - (y[0] * t[0]!).sum(axes: [-1], keepDims: true))]
+        }) { _, y, g in [y[0] * (g[0]! - (g[0]! * y[0]).sum(axes: [-1], keepDims: true))] }
+    }
+
+    /// x / sqrt(mean(x^2) + eps) over the last axis (no weight).
+    public func rmsNormalized(eps: Double = 1e-6) -> Tensor {
+        let cols = shape.last!
+        let y = empty(shape)
+        backend.rmsNorm(storage, y.storage, rows: count / Swift.max(cols, 1), cols: cols, eps: eps)
+        // d y = r (d x - y mean(y d x)) with r = 1 / sqrt(mean(x^2) + eps).
+        func rule(_ x: Tensor, _ y: Tensor, _ d: Tensor) -> Tensor {
+            let r = (x.square().mean(axes: [-1], keepDims: true) + eps).rsqrt()
+            return r * (d - y * (y * d).mean(axes: [-1], keepDims: true))
+        }
+        return record1("rmsNorm", [self], y, jvp: { x, y, t in [rule(x[0], y[0], t[0]!)] }) { x, y, g in
+            [rule(x[0].detached(), y[0], g[0]!)]
+        }
+    }
+}
+
+// MARK: - Random tensors
+
+extension Tensor {
+    /// Standard normal values from `rng` (the same numbers on every backend).
+    public static func randomNormal(_ shape: [Int], rng: inout RandomGenerator, dtype: DType = .float32,
+                                    on device: Device = .default) -> Tensor {
+        random(shape, normal: true, rng: &rng, dtype: dtype, on: device)
+    }
+
+    /// Uniform values in [0, 1).
+    public static func randomUniform(_ shape: [Int], rng: inout RandomGenerator, dtype: DType = .float32,
+                                     on device: Device = .default) -> Tensor {
+        random(shape, normal: false, rng: &rng, dtype: dtype, on: device)
+    }
+
+    private static func random(_ shape: [Int], normal: Bool, rng: inout RandomGenerator, dtype: DType,
+                               on device: Device) -> Tensor {
+        let n = Shape.count(shape)
+        let s = device.backend.allocate(n, dtype)
+        device.backend.random(s, normal: normal, seed: rng.seed, counter: rng.reserve(n))
+        return Tensor(storage: s, shape: shape)
+    }
+}

@@ -1,0 +1,152 @@
+import XCTest
+import TensorCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every primitive's JVP and VJP rule, and their composition, against finite differences in float64.
+final class PrimitiveRuleTests: XCTestCase {
+    var gc = GradCheck()
+
+    func testUnaryOps() {
+        let x = gc.random([3, 5])
+        let positive = x.square() + 0.5
+        gc.check("neg", [x]) { -$0[0] }
+        gc.check("exp", [x]) { $0[0].exp() }
+        gc.check("log", [positive]) { $0[0].log() }
+        gc.check("sqrt", [positive]) { $0[0].sqrt() }
+        gc.check("rsqrt", [positive]) { $0[0].rsqrt() }
+        gc.check("reciprocal", [positive]) { $0[0].reciprocal() }
+        gc.check("square", [x]) { $0[0].square() }
+        gc.check("sin", [x]) { $0[0].sin() }
+        gc.check("cos", [x]) { $0[0].cos() }
+        gc.check("tanh", [x]) { $0[0].tanh() }
+        gc.check("sigmoid", [x]) { $0[0].sigmoid() }
+        gc.check("silu", [x]) { $0[0].silu() }
+        gc.check("gelu", [x]) { $0[0].gelu() }
+        // The derivative primitives are differentiated too (second order of silu/gelu goes through them).
+        gc.check("siluD1", [x]) { $0[0].unary(.siluD1) }
+        gc.check("siluD2", [x]) { $0[0].unary(.siluD2) }
+        gc.check("geluD1", [x]) { $0[0].unary(.geluD1) }
+        gc.check("geluD2", [x]) { $0[0].unary(.geluD2) }
+        gc.check("affine", [x]) { $0[0].affine(-1.5, 0.25) }
+    }
+
+    func testActivationsMatchDefinitions() {
+        let x = gc.random([64])
+        let xs = x.doubles
+        let gelu = x.gelu().doubles, silu = x.silu().doubles
+        for i in 0..<64 {
+            let v = xs[i]
+            let g = 0.5 * v * (1 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))
+            XCTAssertEqual(gelu[i], g, accuracy: 1e-12)
+            XCTAssertEqual(silu[i], v / (1 + exp(-v)), accuracy: 1e-12)
+        }
+    }
+
+    func testBinaryOpsWithBroadcasting() {
+        let a = gc.random([4, 3]), b = gc.random([3]), c = gc.random([4, 1])
+        let pos = gc.random([4, 3]).square() + 1
+        gc.check("add", [a, b]) { $0[0] + $0[1] }
+        gc.check("sub", [c, a]) { $0[0] - $0[1] }
+        gc.check("mul", [a, c]) { $0[0] * $0[1] }
+        gc.check("div", [a, pos]) { $0[0] / $0[1] }
+        gc.check("maximum", [a, b]) { $0[0].maximum($0[1]) }
+        gc.check("minimum", [a, c]) { $0[0].minimum($0[1]) }
+        gc.check("scalar ops", [a]) { 2 - (3 * $0[0] + 1) / 4 }
+    }
+
+    func testSelect() {
+        let a = gc.random([4, 3]), b = gc.random([4, 3])
+        let cond = a.greater(b).detached()
+        gc.check("select", [a, b]) { select(cond, $0[0], $0[1]) }
+        // A NaN in the branch not taken does not leak into values or gradients.
+        let nan = Tensor([Double.nan, 1, 2], shape: [3], dtype: .float64)
+        let keep = Tensor([0, 1, 1], shape: [3], dtype: .float64)
+        let (v, g) = valueAndGradient([nan]) { select(keep, $0[0], $0[0].zerosLike()).sum() }
+        XCTAssertEqual(v.item, 3)
+        XCTAssertEqual(g[0].doubles, [0, 1, 1])
+    }
+
+    func testReductions() {
+        let x = gc.random([3, 4, 5])
+        gc.check("sum all", [x]) { $0[0].sum() }
+        gc.check("sum axis", [x]) { $0[0].sum(axes: [1]) }
+        gc.check("sum axes 0,2 keep", [x]) { $0[0].sum(axes: [0, 2], keepDims: true) }
+        gc.check("mean", [x]) { $0[0].mean(axes: [-1]) }
+        gc.check("max", [x]) { $0[0].max(axes: [2]) }
+        gc.check("max all", [x]) { $0[0].max() }
+        gc.check("sum to", [x]) { $0[0].sum(to: [3, 1, 5]) }
+    }
+
+    func testShapeOps() {
+        let x = gc.random([2, 3, 4]), y = gc.random([2, 2, 4])
+        gc.check("reshape", [x]) { $0[0].reshaped([6, 4]) * $0[0].reshaped([6, 4]) }
+        gc.check("broadcast", [gc.random([3, 1])]) { $0[0].broadcast(to: [2, 3, 4]).square() }
+        gc.check("permute", [x]) { $0[0].permuted([2, 0, 1]).square() }
+        gc.check("transpose", [x]) { $0[0].transposed.exp() }
+        gc.check("slice", [x]) { $0[0].slice(axis: 1, start: 1, length: 2).square() }
+        gc.check("pad", [x]) { $0[0].padded(axis: 2, before: 1, total: 7).sin() }
+        gc.check("concat", [x, y]) { concat([$0[0], $0[1]], axis: 1).square() }
+        gc.check("split", [x]) { xs in
+            let parts = xs[0].split(axis: 2, sizes: [1, 3])
+            return parts[0] * parts[1].sum(axes: [2], keepDims: true)
+        }
+        gc.check("stack", [x, x.sin()]) { stack([$0[0], $0[1]], axis: 1).square() }
+    }
+
+    func testGatherScatter() {
+        let table = gc.random([5, 3])
+        let idx = Tensor([4, 0, 4, 2], shape: [4], dtype: .float64)
+        gc.check("gather", [table]) { $0[0].gatherRows(idx).square() }
+        let rows = gc.random([4, 3])
+        gc.check("scatterAdd", [rows]) { $0[0].scatterAddRows(idx, rows: 5).square() }
+    }
+
+    func testMatmul() {
+        let a = gc.random([3, 4]), b = gc.random([4, 5])
+        gc.check("matmul", [a, b]) { $0[0].matmul($0[1]) }
+        gc.check("matmul A^T", [gc.random([4, 3]), b]) { $0[0].matmul($0[1], transposeSelf: true) }
+        gc.check("matmul B^T", [a, gc.random([5, 4])]) { $0[0].matmul($0[1], transposeOther: true) }
+        gc.check("matmul A^T B^T", [gc.random([4, 3]), gc.random([5, 4])]) {
+            $0[0].matmul($0[1], transposeSelf: true, transposeOther: true)
+        }
+        gc.check("batched", [gc.random([2, 3, 4]), gc.random([2, 4, 5])]) { $0[0].matmul($0[1]).square() }
+        gc.check("batched B^T", [gc.random([2, 3, 4]), gc.random([2, 5, 4])]) {
+            $0[0].matmul($0[1], transposeOther: true).square()
+        }
+        gc.check("shared weight", [gc.random([2, 3, 4]), gc.random([5, 4])]) {
+            $0[0].matmul($0[1], transposeOther: true).square()
+        }
+    }
+
+    func testSoftmaxAndRMSNorm() {
+        let x = gc.random([3, 6])
+        gc.check("softmax", [x]) { $0[0].softmax() }
+        gc.check("rmsNorm", [x]) { $0[0].rmsNormalized(eps: 1e-6) }
+        let s = x.softmax().sum(axes: [-1]).doubles
+        for v in s { XCTAssertEqual(v, 1, accuracy: 1e-12) }
+        let r = x.rmsNormalized(eps: 0).square().mean(axes: [-1]).doubles
+        for v in r { XCTAssertEqual(v, 1, accuracy: 1e-12) }
+    }
+
+    func testCast() {
+        // Finite differences cannot resolve float32 rounding, so the rules are checked directly.
+        let x = gc.random([4]), u = gc.random([4])
+        let (y, t) = jvp({ [$0[0].cast(.float32)] }, primals: [x], tangents: [u])
+        XCTAssertEqual(y[0].dtype, .float32)
+        XCTAssertEqual(t[0].floats, u.floats)
+        let (_, g) = valueAndGradient([x]) { ($0[0].cast(.float32) * Tensor([1, 2, 3, 4], shape: [4])).sum() }
+        XCTAssertEqual(g[0].dtype, .float64)
+        XCTAssertEqual(g[0].doubles, [1, 2, 3, 4])
+    }
+
+    func testCompositeNetworkSecondOrder() {
+        // A small MLP: the gradient of a loss of its JVP (the shape of the TVM terminal term).
+        let x = gc.random([4, 3]), w1 = gc.random([8, 3]), b1 = gc.random([8]), w2 = gc.random([2, 8])
+        gc.check("mlp", [x, w1, b1, w2]) { p in
+            let h = (p[0].matmul(p[1], transposeOther: true) + p[2]).gelu()
+            return h.matmul(p[3], transposeOther: true).silu().rmsNormalized().softmax()
+        }
+    }
+}
