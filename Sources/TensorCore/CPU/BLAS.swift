@@ -21,11 +21,17 @@ enum BLAS {
     static let candidates = ["libopenblas.so.0", "libopenblas.so", "libblas.so.3"]
 
     /// Loaded once. TVM_NO_BLAS=1 forces the fallback (for tests and comparisons).
-    nonisolated(unsafe) static let library: Library? = {
+    static let library: Library? = {
         if getenv("TVM_NO_BLAS") != nil { return nil }
         for name in candidates {
             guard let handle = dlopen(name, RTLD_NOW | RTLD_LOCAL) else { continue }
             if let s = dlsym(handle, "cblas_sgemm"), let d = dlsym(handle, "cblas_dgemm") {
+                // One BLAS thread per call: CPUKernels splits products across cores itself. OpenBLAS's own pool
+                // busy-waits between calls and then fights our elementwise workers for the same cores.
+                if let setThreads = dlsym(handle, "openblas_set_num_threads") {
+                    typealias SetThreads = @convention(c) (Int32) -> Void
+                    unsafeBitCast(setThreads, to: SetThreads.self)(1)
+                }
                 return Library(name: name, sgemm: unsafeBitCast(s, to: Sgemm.self), dgemm: unsafeBitCast(d, to: Dgemm.self))
             }
             dlclose(handle)

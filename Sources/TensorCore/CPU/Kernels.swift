@@ -1,43 +1,56 @@
 /// Generic CPU kernels over raw pointers. Kept free of tensors and autodiff: the backend calls them.
 enum Kernels {
     static func unary<T: CPUFloat>(_ op: UnaryOp, _ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ n: Int) {
-        // Switching once outside the loop lets each case compile to its own tight (often vectorised) loop.
-        @inline(__always) func map(_ f: (T) -> T) {
-            Parallel.forRanges(n, grain: 16_384) { r in for i in r { y[i] = f(x[i]) } }
-        }
         switch op {
-        case .neg: map { -$0 }
-        case .square: map { $0 * $0 }
-        case .reciprocal: map { 1 / $0 }
-        case .sqrt: map { T.fsqrt($0) }
-        case .rsqrt: map { 1 / T.fsqrt($0) }
-        default: map { Scalar.apply(op, $0) }
+        case .neg: map(Neg.self, x, y, n)
+        case .square: map(Square.self, x, y, n)
+        case .reciprocal: map(Reciprocal.self, x, y, n)
+        case .sqrt: map(Sqrt.self, x, y, n)
+        case .rsqrt: map(Rsqrt.self, x, y, n)
+        case .exp: map(Exp.self, x, y, n)
+        case .log: map(Log.self, x, y, n)
+        case .sin: map(Sin.self, x, y, n)
+        case .cos: map(Cos.self, x, y, n)
+        case .tanh: map(Tanh.self, x, y, n)
+        case .sigmoid: map(Sigmoid.self, x, y, n)
+        case .silu: map(Silu.self, x, y, n)
+        case .siluD1: map(SiluD1.self, x, y, n)
+        case .siluD2: map(SiluD2.self, x, y, n)
+        case .gelu: map(Gelu.self, x, y, n)
+        case .geluD1: map(GeluD1.self, x, y, n)
+        case .geluD2: map(GeluD2.self, x, y, n)
+        case .isFinite: map(IsFinite.self, x, y, n)
         }
+    }
+
+    /// One specialised loop per function type: the call inlines and the loop vectorises.
+    static func map<F: UnaryFunction, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ n: Int) {
+        Parallel.forRanges(n, grain: 16_384) { r in for i in r { y[i] = F.apply(x[i]) } }
     }
 
     static func affine<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ n: Int, _ a: T, _ b: T) {
         Parallel.forRanges(n) { r in for i in r { y[i] = a * x[i] + b } }
     }
 
-    @inline(__always)
-    static func binaryScalar<T: CPUFloat>(_ op: BinaryOp, _ a: T, _ b: T) -> T {
-        switch op {
-        case .add: return a + b
-        case .sub: return a - b
-        case .mul: return a * b
-        case .div: return a / b
-        // NaN propagates, as in PyTorch's maximum/minimum.
-        case .maximum: return a.isNaN || b.isNaN ? T.nan : Swift.max(a, b)
-        case .minimum: return a.isNaN || b.isNaN ? T.nan : Swift.min(a, b)
-        case .greater: return a > b ? 1 : 0
-        case .greaterEqual: return a >= b ? 1 : 0
-        case .equal: return a == b ? 1 : 0
-        }
-    }
-
     static func binary<T: CPUFloat>(_ op: BinaryOp, _ a: UnsafeMutablePointer<T>, _ av: StridedView,
                                     _ b: UnsafeMutablePointer<T>, _ bv: StridedView,
                                     _ y: UnsafeMutablePointer<T>, _ shape: [Int]) {
+        switch op {
+        case .add: binary(Add.self, a, av, b, bv, y, shape)
+        case .sub: binary(Sub.self, a, av, b, bv, y, shape)
+        case .mul: binary(Mul.self, a, av, b, bv, y, shape)
+        case .div: binary(Div.self, a, av, b, bv, y, shape)
+        case .maximum: binary(Maximum.self, a, av, b, bv, y, shape)
+        case .minimum: binary(Minimum.self, a, av, b, bv, y, shape)
+        case .greater: binary(Greater.self, a, av, b, bv, y, shape)
+        case .greaterEqual: binary(GreaterEqual.self, a, av, b, bv, y, shape)
+        case .equal: binary(Equal.self, a, av, b, bv, y, shape)
+        }
+    }
+
+    static func binary<F: BinaryFunction, T: CPUFloat>(_: F.Type, _ a: UnsafeMutablePointer<T>, _ av: StridedView,
+                                                       _ b: UnsafeMutablePointer<T>, _ bv: StridedView,
+                                                       _ y: UnsafeMutablePointer<T>, _ shape: [Int]) {
         let total = Shape.count(shape)
         if total == 0 { return }
         let (cs, st) = Shape.collapse(shape: shape, strides: [av.strides, bv.strides, Shape.contiguousStrides(shape)])
@@ -45,42 +58,35 @@ enum Kernels {
         let a = a + av.offset, b = b + bv.offset
         let inner = cs.last!, rows = total / inner
         let ia = sa.last!, ib = sb.last!
-        @inline(__always) func run(_ f: (T, T) -> T) {
-            if rows == 1 {
-                // One contiguous run: split it across cores.
-                Parallel.forRanges(inner) { r in
-                    if ia == 1 && ib == 1 { for i in r { y[i] = f(a[i], b[i]) } }
-                    else if ib == 0 { let bs = b[0]; for i in r { y[i] = f(a[i * ia], bs) } }
-                    else if ia == 0 { let as_ = a[0]; for i in r { y[i] = f(as_, b[i * ib]) } }
-                    else { for i in r { y[i] = f(a[i * ia], b[i * ib]) } }
+        if rows == 1 {
+            // One contiguous run: split it across cores.
+            Parallel.forRanges(inner) { r in line(F.self, a, ia, b, ib, y, r) }
+            return
+        }
+        Parallel.forRanges(rows, grain: Swift.max(1, 32_768 / inner)) { rr in
+            for row in rr {
+                // Offsets of this row in a and b from its multi-index over the outer axes.
+                var rem = row, oa = 0, ob = 0
+                for d in stride(from: cs.count - 2, through: 0, by: -1) {
+                    let idx = rem % cs[d]
+                    rem /= cs[d]
+                    oa += idx * sa[d]
+                    ob += idx * sb[d]
                 }
-                return
-            }
-            Parallel.forRanges(rows, grain: Swift.max(1, 32_768 / inner)) { rr in
-                for row in rr {
-                    // Offsets of this row in a and b from its multi-index over the outer axes.
-                    var rem = row, oa = 0, ob = 0
-                    for d in stride(from: cs.count - 2, through: 0, by: -1) {
-                        let idx = rem % cs[d]
-                        rem /= cs[d]
-                        oa += idx * sa[d]
-                        ob += idx * sb[d]
-                    }
-                    let pa = a + oa, pb = b + ob, py = y + row * inner
-                    if ia == 1 && ib == 1 { for i in 0..<inner { py[i] = f(pa[i], pb[i]) } }
-                    else if ib == 0 { let bs = pb[0]; for i in 0..<inner { py[i] = f(pa[i * ia], bs) } }
-                    else if ia == 0 { let as_ = pa[0]; for i in 0..<inner { py[i] = f(as_, pb[i * ib]) } }
-                    else { for i in 0..<inner { py[i] = f(pa[i * ia], pb[i * ib]) } }
-                }
+                line(F.self, a + oa, ia, b + ob, ib, y + row * inner, 0..<inner)
             }
         }
-        switch op {
-        case .add: run(+)
-        case .sub: run(-)
-        case .mul: run(*)
-        case .div: run(/)
-        default: run { binaryScalar(op, $0, $1) }
-        }
+    }
+
+    /// One row of a binary op, with the common stride patterns as separate (vectorisable) loops.
+    @inline(__always)
+    static func line<F: BinaryFunction, T: CPUFloat>(_: F.Type, _ pa: UnsafeMutablePointer<T>, _ ia: Int,
+                                                     _ pb: UnsafeMutablePointer<T>, _ ib: Int,
+                                                     _ py: UnsafeMutablePointer<T>, _ r: Range<Int>) {
+        if ia == 1 && ib == 1 { for i in r { py[i] = F.apply(pa[i], pb[i]) } }
+        else if ib == 0 && ia == 1 { let bs = pb[0]; for i in r { py[i] = F.apply(pa[i], bs) } }
+        else if ia == 0 && ib == 1 { let as_ = pa[0]; for i in r { py[i] = F.apply(as_, pb[i]) } }
+        else { for i in r { py[i] = F.apply(pa[i * ia], pb[i * ib]) } }
     }
 
     static func reduce<T: CPUFloat>(_ op: ReduceOp, _ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>,
@@ -165,20 +171,30 @@ enum Kernels {
         if let blas = BLAS.library {
             let ta = transA ? BLAS.trans : BLAS.noTrans, tb = transB ? BLAS.trans : BLAS.noTrans
             let lda = Int32(transA ? m : k), ldb = Int32(transB ? k : n)
-            for i in 0..<batch {
-                let pa = a + i * strideA, pb = b + i * strideB, py = y + i * m * n
+            // Work items are (batch entry, block of result rows); each runs a single-threaded BLAS call.
+            let rowBlocks = batch >= Parallel.cores || m * n * k < 1 << 18 ? 1 : Swift.min(Parallel.cores, Swift.max(1, m / 16))
+            let rowsPer = (m + rowBlocks - 1) / rowBlocks
+            let items = batch * rowBlocks
+            let work = { (item: Int) in
+                let i = item / rowBlocks, r0 = (item % rowBlocks) * rowsPer
+                let rows = Swift.min(rowsPer, m - r0)
+                guard rows > 0 else { return }
+                // Row block r0 of op(A): rows of A, or columns when A is transposed.
+                let pa = a + i * strideA + (transA ? r0 : r0 * k), pb = b + i * strideB, py = y + i * m * n + r0 * n
                 if T.self == Float.self {
-                    blas.sgemm(BLAS.rowMajor, ta, tb, Int32(m), Int32(n), Int32(k), Float(alpha.double),
+                    blas.sgemm(BLAS.rowMajor, ta, tb, Int32(rows), Int32(n), Int32(k), Float(alpha.double),
                                UnsafeRawPointer(pa).assumingMemoryBound(to: Float.self), Swift.max(lda, 1),
                                UnsafeRawPointer(pb).assumingMemoryBound(to: Float.self), Swift.max(ldb, 1), Float(beta.double),
                                UnsafeMutableRawPointer(py).assumingMemoryBound(to: Float.self), Int32(n))
                 } else {
-                    blas.dgemm(BLAS.rowMajor, ta, tb, Int32(m), Int32(n), Int32(k), alpha.double,
+                    blas.dgemm(BLAS.rowMajor, ta, tb, Int32(rows), Int32(n), Int32(k), alpha.double,
                                UnsafeRawPointer(pa).assumingMemoryBound(to: Double.self), Swift.max(lda, 1),
                                UnsafeRawPointer(pb).assumingMemoryBound(to: Double.self), Swift.max(ldb, 1), beta.double,
                                UnsafeMutableRawPointer(py).assumingMemoryBound(to: Double.self), Int32(n))
                 }
             }
+            if items == 1 || m * n * k < 1 << 18 { for it in 0..<items { work(it) } }
+            else { Parallel.forRanges(items, grain: 1) { r in for it in r { work(it) } } }
             return
         }
         for i in 0..<batch {

@@ -1,0 +1,69 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Terminal output: messages to stderr, results to stdout, and a one-line progress bar.
+enum Console {
+    static func info(_ s: String) { fputs(s + "\n", stderr) }
+    static func out(_ s: String) { print(s) }
+}
+
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+func formatDuration(_ s: Double) -> String {
+    guard s.isFinite, s >= 0 else { return "--:--" }
+    let t = Int(s.rounded())
+    return t >= 3600 ? "\(t / 3600):" + pad2((t / 60) % 60) + ":" + pad2(t % 60) : "\(t / 60):" + pad2(t % 60)
+}
+
+private func pad2(_ v: Int) -> String { v < 10 ? "0\(v)" : "\(v)" }
+
+func fmt(_ v: Double, _ digits: Int = 4) -> String {
+    guard v.isFinite else { return "\(v)" }
+    var p = 1.0
+    for _ in 0..<digits { p *= 10 }
+    let r = (v * p).rounded() / p
+    var s = "\(r)"
+    if let dot = s.firstIndex(of: ".") {
+        let decimals = s.distance(from: dot, to: s.endIndex) - 1
+        if decimals < digits { s += String(repeating: "0", count: digits - decimals) }
+    } else {
+        s += "." + String(repeating: "0", count: digits)
+    }
+    return s
+}
+
+/// step, loss, it/s and ETA on one line, redrawn at most 5 times a second (and plain lines when not a TTY).
+final class ProgressBar {
+    let label: String
+    let total: Int
+    let start = now()
+    var lastDraw = 0.0
+    let tty = isatty(2) != 0
+
+    init(_ label: String, total: Int) {
+        self.label = label
+        self.total = total
+    }
+
+    func update(step: Int, loss: Double, extra: String = "") {
+        let t = now()
+        let interval = tty ? 0.2 : 10
+        guard step == total || t - lastDraw >= interval else { return }
+        lastDraw = t
+        let elapsed = t - start
+        let rate = Double(step) / max(elapsed, 1e-9)
+        let eta = Double(total - step) / max(rate, 1e-9)
+        let width = 24, filled = total > 0 ? width * step / total : width
+        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+        let line = "\(label) [\(bar)] step \(step)/\(total) loss \(fmt(loss)) \(fmt(rate, 1)) it/s ETA \(formatDuration(eta))\(extra)"
+        if tty { fputs("\r\u{1B}[2K" + line, stderr) } else { fputs(line + "\n", stderr) }
+        if step == total && tty { fputs("\n", stderr) }
+    }
+
+    var elapsed: Double { now() - start }
+}

@@ -1,0 +1,43 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let commands: [(name: String, summary: String, run: ([String]) throws -> Void)] = [
+    ("demo", "train TVM, MeanFlow and flow matching on the checkerboard and compare W2 at 1-4 NFE", runDemo),
+    ("train", "train one method on a 2-D distribution", runTrain),
+    ("w2", "exact 2-Wasserstein distance between two point files (CSV or NPY)", runW2),
+]
+
+func usage() -> String {
+    var s = "tvm: Terminal Velocity Matching in Swift\n\nusage: tvm <command> [options]\n\ncommands:\n"
+    for c in commands { s += "  " + c.name.padding(14) + c.summary + "\n" }
+    s += "  " + "help".padding(14) + "this text, or 'tvm help <command>' for a command's options\n"
+    return s
+}
+
+extension String {
+    func padding(_ n: Int) -> String { count >= n ? self + " " : self + String(repeating: " ", count: n - count) }
+}
+
+let argv = Array(CommandLine.arguments.dropFirst())
+guard let name = argv.first, name != "--help", name != "-h" else {
+    print(usage())
+    exit(argv.isEmpty ? 2 : 0)
+}
+if name == "help" {
+    if argv.count > 1, let text = helpTexts[argv[1]] { print(text) } else { print(usage()) }
+    exit(0)
+}
+guard let command = commands.first(where: { $0.name == name }) else {
+    fputs("error: unknown command '\(name)'; run 'tvm help' for the list\n", stderr)
+    exit(2)
+}
+do {
+    try command.run(Array(argv.dropFirst()))
+} catch let e as CLIError {
+    fputs("error: \(e.description)\n", stderr)
+    exit(e.usage ? 2 : 1)
+} catch {
+    fputs("error: \(error)\n", stderr)
+    exit(1)
+}

@@ -1,0 +1,71 @@
+import TensorCore
+
+/// Conditioning of one batch: class labels as one-hot rows (all-zero = the null class) and the
+/// guidance input beta = 1 / w per row. Unconditional models take neither.
+public struct Conditioning {
+    public var classes: Tensor?
+    public var beta: Tensor?
+    public init(classes: Tensor? = nil, beta: Tensor? = nil) {
+        self.classes = classes
+        self.beta = beta
+    }
+}
+
+/// A network F(x, t, g, c, beta) whose output has the shape of x; g = t - s is the gap to the target time.
+/// The TVM flow map is f(x, t, s) = x + (s - t) kappa F(x, t, t - s, c, beta).
+public protocol FlowMapNetwork {
+    /// Fresh parameters (names are the official state-dict keys where one exists).
+    func initialParameters(rng: inout RandomGenerator, on device: Device) -> ParameterSet
+    func callAsFunction(_ p: ParameterSet, x: Tensor, t: Tensor, gap: Tensor, cond: Conditioning) -> Tensor
+}
+
+/// The 2-D toy network: an MLP on [x, emb(t), emb(t - s)] with SiLU activations.
+public struct MLPFlowMap: FlowMapNetwork {
+    public var dataDim: Int
+    public var width: Int
+    public var depth: Int
+    public var embeddingDim: Int
+    /// Time features are taken at x * timeScale: toy data needs finer time resolution than the raw
+    /// values the DiT embeds, whose learned MLP after the features provides it instead.
+    public var timeScale: Double
+
+    public init(dataDim: Int = 2, width: Int = 256, depth: Int = 4, embeddingDim: Int = 32, timeScale: Double = 1000) {
+        self.dataDim = dataDim
+        self.width = width
+        self.depth = depth
+        self.embeddingDim = embeddingDim
+        self.timeScale = timeScale
+    }
+
+    var layerSizes: [(Int, Int)] {
+        let input = dataDim + 2 * embeddingDim
+        var sizes = [(input, width)]
+        for _ in 1..<depth { sizes.append((width, width)) }
+        sizes.append((width, dataDim))
+        return sizes
+    }
+
+    public func initialParameters(rng: inout RandomGenerator, on device: Device = .default) -> ParameterSet {
+        let p = ParameterSet()
+        for (i, (fanIn, out)) in layerSizes.enumerated() {
+            // PyTorch's default Linear init: U(-1/sqrt(in), 1/sqrt(in)) for weights and biases.
+            let bound = 1 / Double(fanIn).squareRoot()
+            let w = rng.uniformFloats(out * fanIn).map { (2 * Double($0) - 1) * bound }
+            let b = rng.uniformFloats(out).map { (2 * Double($0) - 1) * bound }
+            p["layers.\(i).weight"] = Tensor(w, shape: [out, fanIn], dtype: .float32, on: device)
+            p["layers.\(i).bias"] = Tensor(b, shape: [out], dtype: .float32, on: device)
+        }
+        return p
+    }
+
+    public func callAsFunction(_ p: ParameterSet, x: Tensor, t: Tensor, gap: Tensor, cond: Conditioning) -> Tensor {
+        var h = concat([x, sinusoidalEmbedding(t, dim: embeddingDim, scale: timeScale),
+                        sinusoidalEmbedding(gap, dim: embeddingDim, scale: timeScale)], axis: 1)
+        let last = layerSizes.count - 1
+        for i in 0...last {
+            h = linear(h, p, "layers.\(i)")
+            if i < last { h = h.silu() }
+        }
+        return h
+    }
+}

@@ -1,0 +1,42 @@
+import TensorCore
+import NN
+import Data
+import Eval
+
+/// Training and evaluation of one method on a 2-D distribution: what `tvm demo` and `tvm train` run.
+public struct Toy2DExperiment {
+    public var distribution: Toy2D
+    public var network: MLPFlowMap
+    public var config: TrainConfig
+    public var steps: Int
+
+    public init(distribution: Toy2D, network: MLPFlowMap, config: TrainConfig, steps: Int) {
+        self.distribution = distribution
+        self.network = network
+        self.config = config
+        self.steps = steps
+    }
+
+    /// Trains, calling `onStep` after every step. The data stream is seeded apart from the model's randomness.
+    public func train(onStep: (StepStats) -> Void = { _ in }) -> Trainer<MLPFlowMap> {
+        let trainer = Trainer(network: network, config: config)
+        var dataRNG = RandomGenerator(seed: config.seed).split(3)
+        for _ in 0..<steps {
+            let x0 = Tensor(distribution.sample(config.batch, rng: &dataRNG), shape: [config.batch, 2])
+            onStep(trainer.train(x0: x0))
+        }
+        return trainer
+    }
+
+    /// Samples at each NFE from the same noise, and their exact W2 to `data`.
+    public static func evaluate(_ trainer: Trainer<MLPFlowMap>, nfes: [Int], data: [Float], noiseSeed: UInt64)
+        throws -> [(nfe: Int, samples: [Float], w2: Double)] {
+        let n = data.count / 2
+        var rng = RandomGenerator(seed: noiseSeed)
+        let noise = Tensor.randomNormal([n, 2], rng: &rng)
+        return try nfes.map { nfe in
+            let samples = trainer.sample(noise: noise, steps: nfe).floats
+            return (nfe, samples, try Wasserstein.w2(samples, data, dim: 2))
+        }
+    }
+}

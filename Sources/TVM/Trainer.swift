@@ -1,0 +1,120 @@
+import TensorCore
+import NN
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The methods this project trains, on the same networks and budgets.
+public enum Method: String, CaseIterable, Sendable {
+    case tvm
+    case meanFlow = "meanflow"
+    case flowMatching = "fm"
+
+    public var displayName: String {
+        switch self {
+        case .tvm: return "TVM"
+        case .meanFlow: return "MeanFlow"
+        case .flowMatching: return "Flow matching"
+        }
+    }
+}
+
+/// Decay of the evaluation EMA at optimizer step k (1-based).
+public enum EMASchedule: Equatable, Sendable {
+    case fixed(Double)
+    /// beta_k = min(max, (1 - 1/k)^(gamma + 1)): averages over a window growing with k (about k / (gamma + 1)
+    /// steps), so short runs get a useful average and long runs converge to `max`.
+    case power(gamma: Double, max: Double)
+
+    public func decay(step k: Int) -> Double {
+        switch self {
+        case .fixed(let d): return d
+        case .power(let g, let m): return Swift.min(m, pow(1 - 1 / Double(Swift.max(k, 1)), g + 1))
+        }
+    }
+}
+
+public struct TrainConfig {
+    public var method: Method = .tvm
+    public var batch = 1024
+    public var lr = 1e-3
+    public var beta1 = 0.9
+    public var beta2 = 0.95
+    public var weightDecay = 0.0
+    public var maxGradNorm: Double? = nil
+    /// The teacher: an EMA target of the student (TVM.md: 0.99).
+    public var emaTargetDecay = 0.99
+    public var evalEMA: EMASchedule = .power(gamma: 7, max: 0.9999)
+    public var guidance = GuidanceConfig.unconditional
+    public var seed: UInt64 = 0
+    public init() {}
+}
+
+/// One optimizer step's figures.
+public struct StepStats {
+    public var step: Int
+    public var loss: Double
+    public var terminal: Double?
+    public var flowMatching: Double?
+    public var gradNorm: Double
+    public var nanRows: Int
+}
+
+/// Student, EMA target (the TVM teacher), evaluation EMA and optimizer of one run.
+public final class Trainer<Net: FlowMapNetwork> {
+    public let net: Net
+    public let config: TrainConfig
+    public let student: ParameterSet
+    public let teacher: ParameterSet
+    public let ema: ParameterSet
+    public let optimizer: AdamW
+    public var rng: RandomGenerator
+    public private(set) var step = 0
+    let tvm: TVMObjective
+
+    public init(network: Net, config: TrainConfig, on device: Device = .default) {
+        net = network
+        self.config = config
+        var initRNG = RandomGenerator(seed: config.seed).split(1)
+        student = network.initialParameters(rng: &initRNG, on: device)
+        teacher = student.copy()
+        ema = student.copy()
+        optimizer = AdamW(for: student, lr: config.lr, beta1: config.beta1, beta2: config.beta2,
+                          weightDecay: config.weightDecay, maxGradNorm: config.maxGradNorm)
+        rng = RandomGenerator(seed: config.seed).split(2)
+        tvm = TVMObjective(guidance: config.guidance)
+    }
+
+    /// One step on a batch: loss, gradients (through the JVP for TVM), AdamW, then both EMAs.
+    public func train(x0: Tensor, cond: Conditioning = Conditioning()) -> StepStats {
+        let leaves = student.leaves()
+        var terminal: Double?, fm: Double?, nanRows = 0
+        let loss: Tensor
+        switch config.method {
+        case .tvm:
+            let terms = tvm.terms(network: net, student: leaves, teacher: teacher, x0: x0, cond: cond, rng: &rng)
+            loss = terms.mean
+            terminal = terms.terminal.mean().item
+            fm = terms.flowMatching.mean().item
+            nanRows = terms.nanRows
+        case .meanFlow:
+            loss = MeanFlowObjective().loss(network: net, params: leaves, x0: x0, rng: &rng)
+        case .flowMatching:
+            loss = FlowMatchingObjective().loss(network: net, params: leaves, x0: x0, rng: &rng)
+        }
+        let grads = gradients(of: loss, wrt: leaves.all)
+        let norm = optimizer.update(student, grads: grads)
+        step += 1
+        emaUpdate(teacher, toward: student, decay: config.emaTargetDecay)
+        emaUpdate(ema, toward: student, decay: config.evalEMA.decay(step: step))
+        return StepStats(step: step, loss: loss.item, terminal: terminal, flowMatching: fm, gradNorm: norm, nanRows: nanRows)
+    }
+
+    /// n-step samples from `noise` with the evaluation EMA (or other weights).
+    public func sample(noise: Tensor, steps: Int, cond: Conditioning = Conditioning(), weights: ParameterSet? = nil,
+                       guidanceScale: Double = 1) -> Tensor {
+        let kappa = config.guidance.scaledParameterization ? guidanceScale : 1
+        return sampleFlowMap(network: net, params: weights ?? ema, noise: noise, steps: steps, cond: cond,
+                             kappa: kappa, instantaneous: config.method == .flowMatching)
+    }
+}
