@@ -20,16 +20,17 @@ let helpTexts: [String: String] = [
     """,
     "train": """
     tvm train [--data NAME] [--method tvm|meanflow|fm] [--steps N] [--batch N] [--lr X] [--seed N]
-              [--width N] [--depth N] [--nfe LIST] [--out DIR]
+              [--width N] [--depth N] [--nfe LIST] [--ema D|power:G] [--out DIR]
       Trains one method on a 2-D distribution (checkerboard, 8gaussians, 25gaussians, moons, spirals) and
-      reports W2 at each NFE (default 1,2,4). Writes DIR/losses.jsonl (one JSON object per step),
+      reports W2 at each NFE (default 1,2,4) for the evaluation EMA (--ema: a fixed decay, or power:G, a window
+      of about step/(G+1) steps; default power:7). Writes DIR/losses.jsonl (one JSON object per step),
       DIR/samples_nfe<N>.npy, DIR/data.npy, DIR/scatter.png and DIR/results.json (default DIR: runs/<data>-<method>).
     """,
     "w2": """
     tvm w2 A B
       Exact 2-Wasserstein distance between two equal-size point sets (CSV, one point per line, or NPY [n, d]).
     """,
-]
+].merging(referenceCheckHelp) { own, _ in own }
 
 struct ToyRunResult {
     var method: Method
@@ -101,7 +102,7 @@ func runDemo(_ args: [String]) throws {
 
 func runTrain(_ args: [String]) throws {
     let a = try Arguments(command: "train", args, options: ["data", "method", "steps", "batch", "lr", "seed", "width",
-                                                             "depth", "nfe", "out", "eval-samples"])
+                                                             "depth", "nfe", "out", "eval-samples", "ema"])
     try a.expectPositional(0, "no positional arguments")
     let dataName = a.string("data", default: "checkerboard")
     let distribution: Toy2D
@@ -116,6 +117,7 @@ func runTrain(_ args: [String]) throws {
     config.lr = try a.double("lr", default: 1e-3, range: 1e-12...10)
     config.seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
     let steps = try a.int("steps", default: 2000, range: 1...100_000_000)
+    if let ema = a.string("ema") { config.evalEMA = try parseEMA(ema) }
     let network = MLPFlowMap(width: try a.int("width", default: 256, range: 1...65536),
                              depth: try a.int("depth", default: 4, range: 1...64))
     let nfes = try a.intList("nfe", default: [1, 2, 4])
@@ -134,6 +136,13 @@ func runTrain(_ args: [String]) throws {
     try scatterPlot([result], data: data).writePNG(path: out + "/scatter.png")
     try writeResults([result], floor: floor, data: data, out: out, extra: [("distribution", .string(distribution.rawValue))])
     Console.info("wrote \(out)/losses.jsonl, results.json, scatter.png and NPY files")
+}
+
+/// "0.999" (a fixed decay) or "power:GAMMA" (a window growing with the step count).
+func parseEMA(_ s: String) throws -> EMASchedule {
+    if s.hasPrefix("power:"), let g = Double(s.dropFirst(6)), g > 0, g.isFinite { return .power(gamma: g, max: 0.9999) }
+    if let d = Double(s), d >= 0, d < 1 { return .fixed(d) }
+    throw CLIError("--ema must be a decay in [0, 1) or power:GAMMA with GAMMA > 0, got '\(s)'", usage: true)
 }
 
 func runW2(_ args: [String]) throws {

@@ -53,8 +53,11 @@ public struct TVMObjective {
 
         let betaRows = rows(beta, like: x0)
         let xsp = (1 - spr) * x0 + spr * noise
-        let (T, U) = withoutGrad { () -> (Tensor, Tensor) in
+        let guided = cond.beta != nil && guidance.scale != .off
+        let (T, U) = withoutGrad { () -> (Tensor, Tensor?) in
             let T = scaled(net(teacher, x: flowMap.stopGradient(), t: s, gap: Tensor.zeros([B], on: x0.device), cond: cond))
+            // The unconditional velocity only enters with weight 1 - w, zero for every row without guidance.
+            guard guided else { return (T.stopGradient(), nil) }
             let nullCond = Conditioning(classes: cond.classes.map { $0.zerosLike() }, beta: cond.beta.map { $0.onesLike() })
             let U = net(teacher, x: xsp, t: sPrime, gap: Tensor.zeros([B], on: x0.device), cond: nullCond)
             return (T.stopGradient(), U.stopGradient())
@@ -65,7 +68,7 @@ public struct TVMObjective {
         let notDiagonal = 1 - s.equal(t)
         let terminal = ((dfds - T) * betaRows).square().mean(axes: reduceAxes) * notDiagonal
         let wr = rows(w, like: x0)
-        let target = wr * v + (1 - wr) * U
+        let target = U.map { wr * v + (1 - wr) * $0 } ?? v
         let fm = ((Fss - target) * betaRows).square().mean(axes: reduceAxes)
         let raw = terminal + fm
         let finite = raw.isFinite()

@@ -136,7 +136,7 @@ final class SafetensorsTests: XCTestCase {
 
     func testMatchesReferenceImplementationOutput() throws {
         // Bytes of `safetensors.numpy.save({"a.weight": np.arange(1, 7, dtype=np.float32).reshape(2, 3)},
-        // metadata={"format": "pt"})` from the official Python package (0.7).
+        // metadata={"format": "pt"})` from the official Python package (0.8.0).
         let header = #"{"__metadata__":{"format":"pt"},"a.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}} "#
         let data: [UInt8] = [0, 0, 128, 63, 0, 0, 0, 64, 0, 0, 64, 64, 0, 0, 128, 64, 0, 0, 160, 64, 0, 0, 192, 64]
         let reference = [0x60, 0, 0, 0, 0, 0, 0, 0] + Array(header.utf8) + data

@@ -36,3 +36,32 @@ enum Minimum: BinaryFunction {
 enum Greater: BinaryFunction { @inline(__always) static func apply<T: CPUFloat>(_ a: T, _ b: T) -> T { a > b ? 1 : 0 } }
 enum GreaterEqual: BinaryFunction { @inline(__always) static func apply<T: CPUFloat>(_ a: T, _ b: T) -> T { a >= b ? 1 : 0 } }
 enum Equal: BinaryFunction { @inline(__always) static func apply<T: CPUFloat>(_ a: T, _ b: T) -> T { a == b ? 1 : 0 } }
+
+/// An activation with its value and first two derivatives, sharing the transcendental work.
+protocol ActivationPair {
+    static func valueAndSlope<T: CPUFloat>(_ x: T) -> (T, T)
+    static func slopes<T: CPUFloat>(_ x: T) -> (T, T)
+}
+
+enum SiluPair: ActivationPair {
+    @inline(__always) static func valueAndSlope<T: CPUFloat>(_ x: T) -> (T, T) {
+        let s = Scalar.sigmoid(x)
+        return (x * s, s * (1 + x * (1 - s)))
+    }
+    @inline(__always) static func slopes<T: CPUFloat>(_ x: T) -> (T, T) {
+        let s = Scalar.sigmoid(x), q = 1 - s
+        return (s * (1 + x * q), s * q * (2 + x * (1 - 2 * s)))
+    }
+}
+
+enum GeluPair: ActivationPair {
+    @inline(__always) static func valueAndSlope<T: CPUFloat>(_ x: T) -> (T, T) {
+        let (du, s) = Scalar.geluParts(x)
+        return (x * s, s + 2 * x * s * (1 - s) * du)
+    }
+    @inline(__always) static func slopes<T: CPUFloat>(_ x: T) -> (T, T) {
+        let (du, s) = Scalar.geluParts(x)
+        let th = 2 * s - 1, d2u = 6 * T(GELU.c) * T(GELU.k) * x
+        return (s + 2 * x * s * (1 - s) * du, 4 * s * (1 - s) * (du + 0.5 * x * (d2u - 2 * th * du * du)))
+    }
+}

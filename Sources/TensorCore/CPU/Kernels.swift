@@ -28,6 +28,50 @@ enum Kernels {
         Parallel.forRanges(n, grain: 16_384) { r in for i in r { y[i] = F.apply(x[i]) } }
     }
 
+    /// y = f(x), ty = f'(x) t.
+    static func valueAndSlope<F: ActivationPair, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ t: UnsafeMutablePointer<T>,
+                                                              _ y: UnsafeMutablePointer<T>, _ ty: UnsafeMutablePointer<T>, _ n: Int) {
+        Parallel.forRanges(n, grain: 16_384) { r in
+            for i in r {
+                let (f, d1) = F.valueAndSlope(x[i])
+                y[i] = f
+                ty[i] = d1 * t[i]
+            }
+        }
+    }
+
+    /// gx = gy f'(x) + gty f''(x) t, gt = gty f'(x).
+    static func tangentBackward<F: ActivationPair, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ t: UnsafeMutablePointer<T>,
+                                                                _ gy: UnsafeMutablePointer<T>?, _ gty: UnsafeMutablePointer<T>?,
+                                                                _ gx: UnsafeMutablePointer<T>, _ gt: UnsafeMutablePointer<T>, _ n: Int) {
+        Parallel.forRanges(n, grain: 16_384) { r in
+            switch (gy, gty) {
+            case let (gy?, gty?):
+                for i in r {
+                    let (d1, d2) = F.slopes(x[i])
+                    gx[i] = gy[i] * d1 + gty[i] * d2 * t[i]
+                    gt[i] = gty[i] * d1
+                }
+            case let (gy?, nil):
+                for i in r { gx[i] = gy[i] * F.slopes(x[i]).0; gt[i] = 0 }
+            case let (nil, gty?):
+                for i in r {
+                    let (d1, d2) = F.slopes(x[i])
+                    gx[i] = gty[i] * d2 * t[i]
+                    gt[i] = gty[i] * d1
+                }
+            case (nil, nil):
+                for i in r { gx[i] = 0; gt[i] = 0 }
+            }
+        }
+    }
+
+    /// gx = g f'(x).
+    static func slopeTimes<F: ActivationPair, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ g: UnsafeMutablePointer<T>,
+                                                           _ gx: UnsafeMutablePointer<T>, _ n: Int) {
+        Parallel.forRanges(n, grain: 16_384) { r in for i in r { gx[i] = g[i] * F.slopes(x[i]).0 } }
+    }
+
     static func affine<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ n: Int, _ a: T, _ b: T) {
         Parallel.forRanges(n) { r in for i in r { y[i] = a * x[i] + b } }
     }
@@ -168,7 +212,7 @@ enum Kernels {
                                   batch: Int, m: Int, n: Int, k: Int, transA: Bool, transB: Bool,
                                   strideA: Int, strideB: Int, alpha: T, beta: T) {
         if m == 0 || n == 0 { return }
-        if let blas = BLAS.library {
+        if CPUBackend.useBLAS, let blas = BLAS.library {
             let ta = transA ? BLAS.trans : BLAS.noTrans, tb = transB ? BLAS.trans : BLAS.noTrans
             let lda = Int32(transA ? m : k), ldb = Int32(transB ? k : n)
             // Work items are (batch entry, block of result rows); each runs a single-threaded BLAS call.

@@ -96,4 +96,59 @@ public protocol Backend: AnyObject {
     func emaUpdate(ema: Storage, p: Storage, decay: Double)
     /// Waits for queued work (a no-op on the CPU).
     func synchronize()
+
+    // Fused activation kernels (silu and gelu): one pass instead of one per elementary op. The protocol
+    // extension composes them from the kernels above, so a backend may implement them later.
+
+    /// y = f(x), ty = f'(x) t.
+    func activationWithTangent(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ y: Storage, _ ty: Storage)
+    /// gx = gy f'(x) + gty f''(x) t and gt = gty f'(x); gy or gty may be nil (zero).
+    func activationWithTangentBackward(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ gy: Storage?, _ gty: Storage?,
+                                       _ gx: Storage, _ gt: Storage)
+    /// gx = g f'(x).
+    func activationBackward(_ op: UnaryOp, _ x: Storage, _ g: Storage, _ gx: Storage)
+}
+
+extension UnaryOp {
+    /// The first and second derivative ops of an activation with fused kernels.
+    public var derivatives: (UnaryOp, UnaryOp)? {
+        switch self {
+        case .silu: return (.siluD1, .siluD2)
+        case .gelu: return (.geluD1, .geluD2)
+        default: return nil
+        }
+    }
+}
+
+extension Backend {
+    private func dense(_ op: BinaryOp, _ a: Storage, _ b: Storage, _ y: Storage) {
+        let v = StridedView(strides: [1])
+        binary(op, a, v, b, v, y, shape: [a.count])
+    }
+
+    public func activationWithTangent(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ y: Storage, _ ty: Storage) {
+        unary(op, x, y)
+        unary(op.derivatives!.0, x, ty)
+        dense(.mul, ty, t, ty)
+    }
+
+    public func activationWithTangentBackward(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ gy: Storage?, _ gty: Storage?,
+                                              _ gx: Storage, _ gt: Storage) {
+        let (d1, d2) = op.derivatives!
+        let tmp = allocate(x.count, x.dtype)
+        unary(d1, x, tmp)
+        if let gty { dense(.mul, gty, tmp, gt) } else { fill(gt, value: 0) }
+        if let gy { dense(.mul, gy, tmp, gx) } else { fill(gx, value: 0) }
+        if let gty {
+            unary(d2, x, tmp)
+            dense(.mul, tmp, t, tmp)
+            dense(.mul, tmp, gty, tmp)
+            dense(.add, gx, tmp, gx)
+        }
+    }
+
+    public func activationBackward(_ op: UnaryOp, _ x: Storage, _ g: Storage, _ gx: Storage) {
+        unary(op.derivatives!.0, x, gx)
+        dense(.mul, gx, g, gx)
+    }
 }

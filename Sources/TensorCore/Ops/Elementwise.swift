@@ -15,6 +15,7 @@ extension Tensor {
     // MARK: Unary
 
     public func unary(_ op: UnaryOp) -> Tensor {
+        if op.derivatives != nil { return activation(op) }
         let y = empty(shape)
         backend.unary(op, storage, y.storage)
         switch op {
@@ -26,6 +27,33 @@ extension Tensor {
             return record1("\(op)", [self], y, jvp: { x, y, t in [Tensor.unaryDerivative(op, x[0], y[0]) * t[0]!] }) {
                 x, y, g in [g[0]! * Tensor.unaryDerivative(op, x[0], y[0])]
             }
+        }
+    }
+
+    /// SiLU and GELU: under a JVP the value and tangent come from one fused two-output primitive, and the
+    /// backward passes are fused kernels too (rules that are never differentiated may use raw kernels).
+    private func activation(_ op: UnaryOp) -> Tensor {
+        let y = empty(shape)
+        if let session = ForwardMode.session, let t = activeTangent {
+            ForwardMode.session = nil
+            defer { ForwardMode.session = session }
+            let ty = empty(shape)
+            backend.activationWithTangent(op, storage, t.storage, y.storage, ty.storage)
+            let outs = record("\(op)JVP", inputs: [self, t], outputs: [y, ty], jvp: nil) { x, _, g in
+                let gx = x[0].empty(x[0].shape), gt = x[0].empty(x[0].shape)
+                x[0].backend.activationWithTangentBackward(op, x[0].storage, x[1].storage, g[0]?.storage, g[1]?.storage,
+                                                           gx.storage, gt.storage)
+                return [gx, gt]
+            }
+            outs[0].tangent = outs[1]
+            outs[0].tangentSession = session
+            return outs[0]
+        }
+        backend.unary(op, storage, y.storage)
+        return record1("\(op)", [self], y, jvp: nil) { x, _, g in
+            let gx = x[0].empty(x[0].shape)
+            x[0].backend.activationBackward(op, x[0].storage, g[0]!.storage, gx.storage)
+            return [gx]
         }
     }
 

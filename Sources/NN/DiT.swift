@@ -1,0 +1,334 @@
+import TensorCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A model-configuration or checkpoint problem, one line naming the field or tensor involved.
+public struct ModelError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Hyper-parameters of the Lipschitz-controlled DiT of TVM.md (the official `DiT` with learned guidance
+/// embedding, QK RMSNorm and, by default, modulation norm).
+public struct DiTConfig: Equatable, Sendable {
+    public enum Initialization: String, Sendable {
+        /// Xavier-normal divided by the largest singular value (TVM's default).
+        case spectral
+        /// Xavier-uniform (the original DiT's).
+        case xavierUniform
+    }
+
+    public var patch: Int
+    public var hidden: Int
+    public var depth: Int
+    public var heads: Int
+    /// MLP width = Int(hidden * mlpRatio), as `int(hidden_size * mlp_ratio)` upstream.
+    public var mlpRatio: Double
+    /// Image side R (the latent resolution); the image is [C, R, R].
+    public var inputSize: Int
+    public var inChannels: Int
+    /// Number of real classes; the label table has one more row, the null class.
+    public var numClasses: Int
+    /// Divide each adaLN modulation vector by its RMS (TVM's modulation norm).
+    public var modulationNorm: Bool
+    public var initialization: Initialization
+    /// Spectral initialisation of the three timestep MLPs too (else N(0, 0.02)).
+    public var timeSpecInit: Bool
+
+    public init(patch: Int, hidden: Int, depth: Int, heads: Int, mlpRatio: Double = 4, inputSize: Int,
+                inChannels: Int, numClasses: Int, modulationNorm: Bool = true,
+                init initialization: Initialization = .spectral, timeSpecInit: Bool = false) {
+        self.patch = patch
+        self.hidden = hidden
+        self.depth = depth
+        self.heads = heads
+        self.mlpRatio = mlpRatio
+        self.inputSize = inputSize
+        self.inChannels = inChannels
+        self.numClasses = numClasses
+        self.modulationNorm = modulationNorm
+        self.initialization = initialization
+        self.timeSpecInit = timeSpecInit
+    }
+
+    /// Tokens per side.
+    public var grid: Int { inputSize / patch }
+    public var tokens: Int { grid * grid }
+    public var headDim: Int { hidden / heads }
+    public var mlpHidden: Int { Int(Double(hidden) * mlpRatio) }
+    /// Length of one flattened patch, C * p * p.
+    public var patchDim: Int { inChannels * patch * patch }
+
+    /// Throws a `ModelError` naming the first inconsistent field.
+    public func validate() throws {
+        func need(_ ok: Bool, _ what: String) throws { if !ok { throw ModelError("invalid DiT config: \(what)") } }
+        try need(patch >= 1, "patch must be at least 1, got \(patch)")
+        try need(inputSize >= 1, "input size must be at least 1, got \(inputSize)")
+        try need(inputSize % patch == 0, "input size \(inputSize) is not a multiple of the patch size \(patch)")
+        try need(inChannels >= 1, "channels must be at least 1, got \(inChannels)")
+        try need(numClasses >= 0, "classes must not be negative, got \(numClasses)")
+        try need(depth >= 1, "depth must be at least 1, got \(depth)")
+        try need(heads >= 1, "heads must be at least 1, got \(heads)")
+        try need(hidden >= 4 && hidden % 4 == 0,
+                 "hidden size must be a positive multiple of 4 (2-D sin-cos position embedding), got \(hidden)")
+        try need(hidden % heads == 0, "hidden size \(hidden) is not divisible by \(heads) heads")
+        try need(mlpRatio.isFinite && mlpRatio > 0 && Double(hidden) * mlpRatio < 1e9 && mlpHidden >= 1,
+                 "mlp ratio must give a positive MLP width, got \(mlpRatio)")
+        // Sizes beyond these are typos, and they would overflow the parameter arithmetic.
+        try need(hidden <= 1 << 16 && depth <= 1024 && inputSize <= 1 << 14 && inChannels <= 1 << 12
+                 && numClasses <= 1 << 24, "sizes out of range")
+    }
+
+    /// The standard sizes: S (384, 12, 6), B (768, 12, 12), L (1024, 24, 16), XL (1152, 28, 16).
+    public static let sizes: [(name: String, hidden: Int, depth: Int, heads: Int)] = [
+        ("S", 384, 12, 6), ("B", 768, 12, 12), ("L", 1024, 24, 16), ("XL", 1152, 28, 16),
+    ]
+
+    /// The names `named` knows, e.g. for help texts.
+    public static let knownNames = ["S/2", "B/2", "L/2", "XL/2", "XL/2-18"]
+
+    /// A named configuration: "S/2", "B/2", "L/2", "XL/2", or "XL/2-18" (XL with 18 heads of dimension 64, the
+    /// paper's). Accepts an optional "DiT-" prefix and any patch size ("B/4"); "-H" sets the number of heads.
+    public static func named(_ name: String, res: Int, channels: Int, classes: Int) throws -> DiTConfig {
+        var s = name.uppercased()
+        if s.hasPrefix("DIT-") { s.removeFirst(4) }
+        let unknown = ModelError("unknown DiT size \"\(name)\"; known: \(knownNames.joined(separator: ", "))")
+        let parts = s.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let size = sizes.first(where: { $0.name == parts[0] }) else { throw unknown }
+        let tail = parts[1].split(separator: "-", omittingEmptySubsequences: false)
+        guard tail.count == 1 || tail.count == 2, let patch = Int(tail[0]), patch >= 1 else { throw unknown }
+        var heads = size.heads
+        if tail.count == 2 {
+            guard let h = Int(tail[1]), h >= 1 else { throw unknown }
+            heads = h
+        }
+        let config = DiTConfig(patch: patch, hidden: size.hidden, depth: size.depth, heads: heads,
+                               inputSize: res, inChannels: channels, numClasses: classes)
+        try config.validate()
+        return config
+    }
+}
+
+/// The Lipschitz-controlled DiT of TVM.md as a flow-map network F(x, t, g, c, beta): x [B, C, R, R],
+/// t, g = t - s and beta [B], classes one-hot [B, classes] (all-zero rows: the null class).
+///
+/// Parameter names are the official state-dict keys. `pos_embed` is a fixed buffer stored with the
+/// parameters (as upstream, where it is a parameter with requires_grad = False): the forward pass uses it
+/// without gradient, so its gradient is zero and optimizers leave it unchanged.
+public struct DiT: FlowMapNetwork {
+    public let config: DiTConfig
+
+    public init(_ config: DiTConfig) throws {
+        try config.validate()
+        self.config = config
+    }
+
+    /// Frequency-feature width of the timestep embedders (cos and sin of 128 frequencies).
+    public static let frequencyDim = 256
+    public static let fixedParameterNames: Set<String> = ["pos_embed"]
+
+    // MARK: Parameters
+
+    /// Every tensor of the model in state-dict order, with its shape.
+    public var parameterShapes: [(name: String, shape: [Int])] {
+        let c = config, D = c.hidden
+        var s: [(String, [Int])] = [
+            ("pos_embed", [1, c.tokens, D]),
+            ("x_embedder.proj.weight", [D, c.inChannels, c.patch, c.patch]),
+            ("x_embedder.proj.bias", [D]),
+        ]
+        for e in ["t_embedder", "s_embedder", "guidance_embedder"] {
+            s += [("\(e).mlp.0.weight", [D, DiT.frequencyDim]), ("\(e).mlp.0.bias", [D]),
+                  ("\(e).mlp.2.weight", [D, D]), ("\(e).mlp.2.bias", [D])]
+        }
+        s.append(("y_embedder.embedding_table.weight", [c.numClasses + 1, D]))
+        for k in 0..<c.depth {
+            let b = "blocks.\(k)."
+            s += [(b + "attn.qkv.weight", [3 * D, D]), (b + "attn.qkv.bias", [3 * D]),
+                  (b + "attn.q_norm.weight", [c.headDim]), (b + "attn.k_norm.weight", [c.headDim]),
+                  (b + "attn.proj.weight", [D, D]), (b + "attn.proj.bias", [D]),
+                  (b + "mlp.fc1.weight", [c.mlpHidden, D]), (b + "mlp.fc1.bias", [c.mlpHidden]),
+                  (b + "mlp.fc2.weight", [D, c.mlpHidden]), (b + "mlp.fc2.bias", [D]),
+                  (b + "adaLN_modulation.1.weight", [6 * D, D]), (b + "adaLN_modulation.1.bias", [6 * D])]
+        }
+        s += [("final_layer.linear.weight", [c.patchDim, D]), ("final_layer.linear.bias", [c.patchDim]),
+              ("final_layer.adaLN_modulation.1.weight", [2 * D, D]), ("final_layer.adaLN_modulation.1.bias", [2 * D])]
+        return s
+    }
+
+    /// Names of the parameters an optimizer trains (all but the fixed position embedding).
+    public var trainableNames: [String] {
+        parameterShapes.map(\.name).filter { !DiT.fixedParameterNames.contains($0) }
+    }
+
+    /// Total number of scalars (fixed position embedding included) and trainable ones.
+    public var parameterCount: (total: Int, trainable: Int) {
+        var total = 0, trainable = 0
+        for (n, s) in parameterShapes {
+            let k = Shape.count(s)
+            total += k
+            if !DiT.fixedParameterNames.contains(n) { trainable += k }
+        }
+        return (total, trainable)
+    }
+
+    /// The fixed 2-D sin-cos position embedding [tokens * hidden] (token n = row * grid + column): the first
+    /// half of the channels encodes the column, the second the row, each as [sin(pos w_i), cos(pos w_i)] with
+    /// w_i = 10000^(-i / (D/4)).
+    public static func positionEmbedding(hidden D: Int, grid: Int) -> [Double] {
+        let quarter = D / 4
+        let omega = (0..<quarter).map { 1 / pow(10000.0, Double($0) / Double(quarter)) }
+        var out = [Double](repeating: 0, count: grid * grid * D)
+        for row in 0..<grid {
+            for col in 0..<grid {
+                let base = (row * grid + col) * D
+                for i in 0..<quarter {
+                    let a = Double(col) * omega[i], b = Double(row) * omega[i]
+                    out[base + i] = sin(a)
+                    out[base + quarter + i] = cos(a)
+                    out[base + 2 * quarter + i] = sin(b)
+                    out[base + 3 * quarter + i] = cos(b)
+                }
+            }
+        }
+        return out
+    }
+
+    /// Fresh parameters: TVM.md's spectral initialisation (or Xavier-uniform), biases 0, q/k norm weights 1,
+    /// label table N(0, 0.02), timestep MLPs N(0, 0.02) (spectral with `timeSpecInit`), adaLN output Linears
+    /// and the final Linear zero, and the fixed position embedding.
+    public func initialParameters(rng: inout RandomGenerator, on device: Device = .default) -> ParameterSet {
+        let c = config
+        let p = ParameterSet()
+        func put(_ name: String, _ values: [Double], _ shape: [Int]) {
+            p[name] = Tensor(values, shape: shape, dtype: .float32, on: device)
+        }
+        func zeros(_ name: String, _ shape: [Int]) { p[name] = Tensor.zeros(shape, on: device) }
+        func layer(_ out: Int, _ fanIn: Int) -> [Double] {
+            switch c.initialization {
+            case .spectral: return Init.spectral(out: out, in: fanIn, rng: &rng)
+            case .xavierUniform: return Init.xavierUniform(out: out, in: fanIn, rng: &rng)
+            }
+        }
+        for (name, shape) in parameterShapes {
+            let count = Shape.count(shape)
+            if name == "pos_embed" {
+                put(name, DiT.positionEmbedding(hidden: c.hidden, grid: c.grid), shape)
+            } else if name.hasSuffix(".bias") || name.hasPrefix("final_layer.") || name.contains("adaLN_modulation") {
+                zeros(name, shape)
+            } else if name.hasSuffix("_norm.weight") {
+                p[name] = Tensor.ones(shape, on: device)
+            } else if name == "y_embedder.embedding_table.weight" {
+                put(name, Init.normal(count, std: 0.02, rng: &rng), shape)
+            } else if name.hasPrefix("t_embedder.") || name.hasPrefix("s_embedder.") || name.hasPrefix("guidance_embedder.") {
+                put(name, c.timeSpecInit ? Init.spectral(out: shape[0], in: shape[1], rng: &rng)
+                                         : Init.normal(count, std: 0.02, rng: &rng), shape)
+            } else {
+                // Linear weights [out, in]; the patch embedding as the matrix [D, C p p].
+                put(name, layer(shape[0], count / shape[0]), shape)
+            }
+        }
+        return p
+    }
+
+    // MARK: Forward
+
+    /// [B, C, R, R] -> [B, N, C p p]: token (i, j) is the patch at row block i, column block j, flattened in
+    /// (channel, row, column) order to match a convolution weight [D, C, p, p].
+    public func patchify(_ x: Tensor) -> Tensor {
+        let c = config, B = x.shape[0], g = c.grid, P = c.patch
+        return x.reshaped([B, c.inChannels, g, P, g, P]).permuted([0, 2, 4, 1, 3, 5]).reshaped([B, g * g, c.patchDim])
+    }
+
+    /// [B, N, p p C] -> [B, C, R, R]: token (i, j) holds a p x p x C patch, channel last.
+    public func unpatchify(_ x: Tensor) -> Tensor {
+        let c = config, B = x.shape[0], g = c.grid, P = c.patch
+        return x.reshaped([B, g, g, P, P, c.inChannels]).permuted([0, 5, 1, 3, 2, 4])
+            .reshaped([B, c.inChannels, c.inputSize, c.inputSize])
+    }
+
+    /// Timestep embedder: [cos, sin] features of the raw value, Linear(256 -> D), SiLU, Linear(D -> D).
+    func embed(_ v: Tensor, _ p: ParameterSet, _ name: String) -> Tensor {
+        let h = sinusoidalEmbedding(v, dim: DiT.frequencyDim)
+        return linear(linear(h, p, name + ".mlp.0").silu(), p, name + ".mlp.2")
+    }
+
+    /// The conditioning vector c = e_t + e_g + e_beta + e_label, [B, D].
+    public func conditioning(_ p: ParameterSet, t: Tensor, gap: Tensor, cond: Conditioning) -> Tensor {
+        let B = t.count, K = config.numClasses
+        let beta = cond.beta ?? Tensor.ones([B], dtype: t.dtype, on: t.device)
+        // One-hot rows extended by a null-class column (1 where the row is all zero); a matmul with the
+        // table looks the rows up differentiably.
+        let labels: Tensor
+        if K == 0 {
+            labels = Tensor.ones([B, 1], dtype: t.dtype, on: t.device)  // only the null class exists
+        } else if let onehot = cond.classes {
+            precondition(onehot.shape == [B, K], "class labels have shape \(onehot.shape), expected [\(B), \(K)]")
+            labels = concat([onehot, 1 - onehot.sum(axes: [1], keepDims: true)], axis: 1)
+        } else {
+            labels = concat([Tensor.zeros([B, K], dtype: t.dtype, on: t.device),
+                             Tensor.ones([B, 1], dtype: t.dtype, on: t.device)], axis: 1)
+        }
+        let eLabel = labels.matmul(p["y_embedder.embedding_table.weight"])
+        return embed(t, p, "t_embedder") + embed(gap, p, "s_embedder") + embed(beta, p, "guidance_embedder") + eLabel
+    }
+
+    /// Linear(SiLU(c)) split into `parts` modulation vectors [B, 1, D], each divided by its RMS under
+    /// modulation norm.
+    func modulation(_ siluC: Tensor, _ p: ParameterSet, _ name: String, parts: Int) -> [Tensor] {
+        let B = siluC.shape[0], D = config.hidden
+        var m = linear(siluC, p, name).reshaped([B, parts, D])
+        if config.modulationNorm { m = m.rmsNormalized(eps: 1e-6) }
+        return m.split(axis: 1, sizes: Array(repeating: 1, count: parts))
+    }
+
+    /// x * (1 + scale) + shift with [B, 1, D] modulation vectors.
+    @inline(__always)
+    func modulate(_ x: Tensor, shift: Tensor, scale: Tensor) -> Tensor {
+        x * (1 + scale) + shift
+    }
+
+    /// Multi-head self-attention on [B, N, D] with q and k RMS-normalised over the head dimension.
+    func attentionLayer(_ x: Tensor, _ p: ParameterSet, _ name: String) -> Tensor {
+        let c = config, B = x.shape[0], N = x.shape[1], D = c.hidden, H = c.heads, Dh = c.headDim
+        let w = p[name + ".qkv.weight"], b = p[name + ".qkv.bias"]
+        // Three products with slices of the weight rather than one product and slices of its output: the
+        // weight is smaller than the activations for any real batch, and each head split is one copy.
+        func heads(_ k: Int, norm: String?) -> Tensor {
+            let wk = w.slice(axis: 0, start: k * D, length: D), bk = b.slice(axis: 0, start: k * D, length: D)
+            var h = (x.matmul(wk, transposeOther: true) + bk).reshaped([B, N, H, Dh])
+            if let norm { h = h.rmsNormalized(eps: 1e-6) * p[name + "." + norm + ".weight"] }
+            return h.permuted([0, 2, 1, 3])
+        }
+        let q = heads(0, norm: "q_norm"), k = heads(1, norm: "k_norm"), v = heads(2, norm: nil)
+        let o = attention(q, k, v).permuted([0, 2, 1, 3]).reshaped([B, N, D])
+        return linear(o, p, name + ".proj")
+    }
+
+    func block(_ x: Tensor, _ siluC: Tensor, _ p: ParameterSet, _ k: Int) -> Tensor {
+        let b = "blocks.\(k)."
+        let m = modulation(siluC, p, b + "adaLN_modulation.1", parts: 6)
+        let a = attentionLayer(modulate(x.rmsNormalized(eps: 1e-6), shift: m[0], scale: m[1]), p, b + "attn")
+        let x1 = x + m[2] * a
+        let h = modulate(x1.rmsNormalized(eps: 1e-6), shift: m[3], scale: m[4])
+        let mlp = linear(linear(h, p, b + "mlp.fc1").gelu(), p, b + "mlp.fc2")
+        return x1 + m[5] * mlp
+    }
+
+    public func callAsFunction(_ p: ParameterSet, x: Tensor, t: Tensor, gap: Tensor, cond: Conditioning) -> Tensor {
+        let c = config, B = x.shape[0]
+        precondition(x.shape == [B, c.inChannels, c.inputSize, c.inputSize],
+                     "DiT input has shape \(x.shape), expected [B, \(c.inChannels), \(c.inputSize), \(c.inputSize)]")
+        precondition(t.count == B && gap.count == B, "t and gap need one value per batch row")
+        let wPatch = p["x_embedder.proj.weight"].reshaped([c.hidden, c.patchDim])
+        var h = patchify(x).matmul(wPatch, transposeOther: true) + p["x_embedder.proj.bias"]
+            + p["pos_embed"].detached()
+        let siluC = conditioning(p, t: t.reshaped([B]), gap: gap.reshaped([B]), cond: cond).silu()
+        for k in 0..<c.depth { h = block(h, siluC, p, k) }
+        let m = modulation(siluC, p, "final_layer.adaLN_modulation.1", parts: 2)
+        h = linear(modulate(h.rmsNormalized(eps: 1e-6), shift: m[0], scale: m[1]), p, "final_layer.linear")
+        return unpatchify(h)
+    }
+}
