@@ -25,6 +25,7 @@ let package = Package(
         .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "TensorCore"]),
         .testTarget(name: "EvalTests", dependencies: ["Eval", "Data", "TensorCore"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TensorCore", "Formats"]),
+        .testTarget(name: "CLITests", dependencies: ["CLI", "Formats"]),
         .testTarget(name: "TVMTests", dependencies: ["TVM", "NN", "TensorCore", "Data", "Eval", "Formats"]),
     ],
     swiftLanguageModes: [.v5]

@@ -26,6 +26,11 @@ let helpTexts: [String: String] = [
       of about step/(G+1) steps; default power:7). Writes DIR/losses.jsonl (one JSON object per step),
       DIR/samples_nfe<N>.npy, DIR/data.npy, DIR/scatter.png and DIR/results.json (default DIR: runs/<data>-<method>).
     """,
+    "bench": """
+    tvm bench toy [--method tvm|meanflow|fm] [--batch N] [--width N] [--depth N] [--steps N] [--warmup N]
+      Median wall time of one full training step (loss with its JVP, backward, AdamW, both EMAs) of the
+      2-D MLP on the CPU, after a warm-up.
+    """,
     "w2": """
     tvm w2 A B
       Exact 2-Wasserstein distance between two equal-size point sets (CSV, one point per line, or NPY [n, d]).

@@ -6,6 +6,7 @@ let commands: [(name: String, summary: String, run: ([String]) throws -> Void)] 
     ("demo", "train TVM, MeanFlow and flow matching on the checkerboard and compare W2 at 1-4 NFE", runDemo),
     ("train", "train one method on a 2-D distribution", runTrain),
     ("w2", "exact 2-Wasserstein distance between two point files (CSV or NPY)", runW2),
+    ("bench", "time training steps and kernels (toy: the CPU TVM step on 2-D data)", runBench),
     ("reference-check", "compare DiT, TVM loss, gradients and samples with an official reference file", runReferenceCheck),
 ]
 

@@ -34,7 +34,7 @@ public struct DiTConfig: Equatable, Sendable {
     /// Divide each adaLN modulation vector by its RMS (TVM's modulation norm).
     public var modulationNorm: Bool
     public var initialization: Initialization
-    /// Spectral initialisation of the three timestep MLPs too (else N(0, 0.02)).
+    /// Spectral initialisation of the three timestep MLPs too (else N(0, 0.02)); only with `.spectral`, as upstream.
     public var timeSpecInit: Bool
 
     public init(patch: Int, hidden: Int, depth: Int, heads: Int, mlpRatio: Double = 4, inputSize: Int,
@@ -197,7 +197,7 @@ public struct DiT: FlowMapNetwork {
     }
 
     /// Fresh parameters: TVM.md's spectral initialisation (or Xavier-uniform), biases 0, q/k norm weights 1,
-    /// label table N(0, 0.02), timestep MLPs N(0, 0.02) (spectral with `timeSpecInit`), adaLN output Linears
+    /// label table N(0, 0.02), timestep MLPs N(0, 0.02) (spectral with `timeSpecInit` under `.spectral`), adaLN output Linears
     /// and the final Linear zero, and the fixed position embedding.
     public func initialParameters(rng: inout RandomGenerator, on device: Device = .default) -> ParameterSet {
         let c = config
@@ -223,8 +223,10 @@ public struct DiT: FlowMapNetwork {
             } else if name == "y_embedder.embedding_table.weight" {
                 put(name, Init.normal(count, std: 0.02, rng: &rng), shape)
             } else if name.hasPrefix("t_embedder.") || name.hasPrefix("s_embedder.") || name.hasPrefix("guidance_embedder.") {
-                put(name, c.timeSpecInit ? Init.spectral(out: shape[0], in: shape[1], rng: &rng)
-                                         : Init.normal(count, std: 0.02, rng: &rng), shape)
+                // As upstream, time_specinit only takes effect with the spectral initialisation.
+                let spectral = c.timeSpecInit && c.initialization == .spectral
+                put(name, spectral ? Init.spectral(out: shape[0], in: shape[1], rng: &rng)
+                                   : Init.normal(count, std: 0.02, rng: &rng), shape)
             } else {
                 // Linear weights [out, in]; the patch embedding as the matrix [D, C p p].
                 put(name, layer(shape[0], count / shape[0]), shape)

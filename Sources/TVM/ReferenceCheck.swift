@@ -55,15 +55,15 @@ public enum ReferenceCheck {
                 }
                 return x
             }
+            let (patch, hidden, depth, heads) = (try int("patch"), try int("hidden"), try int("depth"), try int("heads"))
+            let (res, channels, classes, batch) = (try int("res"), try int("channels"), try int("classes", min: 0), try int("batch"))
             guard let sp = json["scale_param"] else { throw Failure("metadata config has no \"scale_param\"") }
             guard let scaleParam = sp.bool else {
                 throw Failure("metadata config \"scale_param\" must be true or false, got \(sp.serialized())")
             }
-            let c = Config(patch: try int("patch"), hidden: try int("hidden"), depth: try int("depth"),
-                           heads: try int("heads"), res: try int("res"), channels: try int("channels"),
-                           classes: try int("classes", min: 0), batch: try int("batch"),
-                           mlpRatio: try number("mlp_ratio", default: 4), scaleParam: scaleParam,
-                           sampleCFG: try number("sample_cfg"))
+            let c = Config(patch: patch, hidden: hidden, depth: depth, heads: heads, res: res, channels: channels,
+                           classes: classes, batch: batch, mlpRatio: try number("mlp_ratio", default: 4),
+                           scaleParam: scaleParam, sampleCFG: try number("sample_cfg"))
             do { try c.dit.validate() } catch { throw Failure("metadata config: \(error)") }
             return c
         }

@@ -84,6 +84,24 @@ final class ReferenceParityTests: XCTestCase {
         XCTAssertLessThan(ReferenceCheck.relativeError(x, t("outputs.sample_2step")), 1e-4)
     }
 
+    func testConfigParsing() throws {
+        let c = try ReferenceCheck.Config.parse(#"{"patch": 4, "hidden": 48, "depth": 3, "heads": 3, "res": 8, "channels": 3, "classes": 0, "scale_param": false, "batch": 5, "sample_cfg": 1.5, "mlp_ratio": 2.0, "name": "extra keys are ignored"}"#)
+        XCTAssertEqual(c.dit, DiTConfig(patch: 4, hidden: 48, depth: 3, heads: 3, mlpRatio: 2, inputSize: 8, inChannels: 3,
+                                        numClasses: 0))
+        XCTAssertEqual(c.dit.mlpHidden, 96)
+        XCTAssertFalse(c.scaleParam)
+        XCTAssertEqual(c.sampleCFG, 1.5)
+        XCTAssertEqual(try ReferenceCheck.Config.parse(#"{"patch": 2, "hidden": 64, "depth": 2, "heads": 4, "res": 8, "channels": 4, "classes": 10, "scale_param": true, "batch": 6, "sample_cfg": 2.0}"#).mlpRatio, 4)
+        for (text, fragment) in [("[1]", "not a JSON object"), (#"{"patch": 2}"#, "no \"hidden\""),
+                                 (#"{"patch": 2.5, "hidden": 64}"#, "\"patch\" must be a whole number"),
+                                 (#"{"patch": 2, "hidden": 64, "depth": 2, "heads": 4, "res": 8, "channels": 4, "classes": 10, "scale_param": "yes", "batch": 6, "sample_cfg": 2.0}"#, "true or false"),
+                                 (#"{"patch": 2, "hidden": 64, "depth": 2, "heads": 4, "res": 8, "channels": 4, "classes": 10, "scale_param": true, "batch": 6, "sample_cfg": -1}"#, "positive number")] {
+            XCTAssertThrowsError(try ReferenceCheck.Config.parse(text)) { e in
+                XCTAssertTrue("\(e)".contains(fragment), "\(e) lacks \(fragment)")
+            }
+        }
+    }
+
     // MARK: The checker catches mistakes and malformed files
 
     func replacing(_ file: SafetensorsFile, _ name: String, with new: NamedArray?) -> SafetensorsFile {

@@ -1,0 +1,108 @@
+import XCTest
+import Foundation
+import Formats
+
+/// The `tvm` binary as a user runs it: bad input gets one `error:` line and a non-zero exit, never a
+/// crash trace; a small run writes every file it promises.
+final class CLITests: XCTestCase {
+    /// The binary SwiftPM built next to this test bundle.
+    var binary: String {
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        while dir.path != "/" {
+            let candidate = dir.appendingPathComponent("tvm").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return "tvm"
+    }
+
+    func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+
+    func temporaryDirectory() throws -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tvm-cli-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    func write(_ text: String, _ path: String) throws { try text.write(toFile: path, atomically: true, encoding: .utf8) }
+
+    /// One line, starting with "error:", non-zero exit, nothing that looks like a crash.
+    func assertCleanError(_ args: [String], contains: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let r = try run(args)
+        XCTAssertNotEqual(r.status, 0, "exit status for \(args)", file: file, line: line)
+        let lines = r.err.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, "stderr for \(args): \(r.err)", file: file, line: line)
+        XCTAssertTrue(r.err.hasPrefix("error: "), r.err, file: file, line: line)
+        XCTAssertTrue(r.err.contains(contains), "\(r.err) should mention \(contains)", file: file, line: line)
+    }
+
+    func testBadArgumentsGetOneClearLine() throws {
+        try assertCleanError(["frobnicate"], contains: "unknown command 'frobnicate'")
+        try assertCleanError(["train", "--bogus", "1"], contains: "unknown flag --bogus")
+        try assertCleanError(["train", "--data", "swirl"], contains: "unknown distribution 'swirl'")
+        try assertCleanError(["train", "--method", "gan"], contains: "unknown method 'gan'")
+        try assertCleanError(["train", "--steps", "ten"], contains: "--steps must be a whole number")
+        try assertCleanError(["train", "--lr", "nan"], contains: "--lr must be a finite number")
+        try assertCleanError(["train", "--width", "0"], contains: "--width must be in")
+        try assertCleanError(["train", "--steps"], contains: "--steps needs a value")
+        try assertCleanError(["demo", "extra"], contains: "takes no positional arguments")
+        try assertCleanError(["w2", "only-one.csv"], contains: "two point files")
+    }
+
+    func testPointFileErrors() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try write("0,0\n1,1\n2,2\n", dir + "/a.csv")
+        try write("0,0\n1\n2,2\n", dir + "/ragged.csv")
+        try write("0,0\nnan,1\n2,2\n", dir + "/nan.csv")
+        try write("0,0\n1,1\n", dir + "/short.csv")
+        try write("not a number at all\n\u{1}\u{2}garbage,x\n", dir + "/garbage.csv")
+        try assertCleanError(["w2", dir + "/a.csv", dir + "/ragged.csv"], contains: "line 2")
+        try assertCleanError(["w2", dir + "/a.csv", dir + "/nan.csv"], contains: "line 2")
+        try assertCleanError(["w2", dir + "/a.csv", dir + "/short.csv"], contains: "different sizes")
+        try assertCleanError(["w2", dir + "/a.csv", dir + "/missing.csv"], contains: "missing.csv")
+        try assertCleanError(["w2", dir + "/a.csv", dir + "/garbage.csv"], contains: "garbage.csv")
+    }
+
+    func testW2OfShiftedPointsIsTheShift() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try write("x,y\n0,0\n1,2\n-1,5\n", dir + "/a.csv")
+        try NPYArray.write(path: dir + "/b.npy", shape: [3, 2], floats: [2, 9, 3, 4, 4, 6])  // a + (3, 4), reordered
+        let r = try run(["w2", dir + "/a.csv", dir + "/b.npy"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertEqual(Double(r.out.trimmingCharacters(in: .whitespacesAndNewlines))!, 5, accuracy: 1e-6)
+    }
+
+    func testSmallTrainingRunWritesItsFiles() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try run(["train", "--data", "moons", "--steps", "20", "--batch", "64", "--width", "32", "--depth", "2",
+                         "--eval-samples", "100", "--nfe", "1,2", "--out", dir])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("W2@1"), r.out)
+        let log = try String(contentsOfFile: dir + "/losses.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(log.count, 20)
+        let first = try JSONValue.parse(Array(log[0].utf8))
+        XCTAssertEqual(first["step"]?.int, 1)
+        XCTAssertNotNil(first["terminal"]?.double)
+        let results = try JSONValue.parse(Array(try Data(contentsOf: URL(fileURLWithPath: dir + "/results.json"))))
+        XCTAssertEqual(results["distribution"]?.string, "moons")
+        XCTAssertNotNil(results["methods"]?.array?.first?["w2_by_nfe"]?["2"]?.double)
+        XCTAssertEqual(try NPYArray.read(path: dir + "/samples_tvm_nfe1.npy").shape, [100, 2])
+        XCTAssertEqual(try NPYArray.read(path: dir + "/data.npy").shape, [100, 2])
+        let png = try Image.readPNG(path: dir + "/scatter.png")
+        XCTAssertGreaterThan(png.width, 100)
+    }
+}
