@@ -34,8 +34,12 @@ guard let command = commands.first(where: { $0.name == name }) else {
     fputs("error: unknown command '\(name)'; run 'tvm help' for the list\n", stderr)
     exit(2)
 }
+/// Commands that compute on a device; the demo is defined on the CPU (its budget is for the 2-core machine).
+let deviceDefaults: [String: DeviceChoice] = ["demo": .cpu, "train": .cpu, "w2": .cpu, "reference-check": .auto, "bench": .auto]
 do {
-    try command.run(Array(argv.dropFirst()))
+    var rest = Array(argv.dropFirst())
+    try selectDevice(try extractDevice(&rest, fallback: deviceDefaults[name] ?? .auto))
+    try command.run(rest)
 } catch let e as CLIError {
     fputs("error: \(e.description)\n", stderr)
     exit(e.usage ? 2 : 1)

@@ -8,9 +8,11 @@ import Glibc
 /// trained toward v - (t - r) dF/dt with dF/dt the JVP along (v, 1, 0) in (z, t, r), the target held fixed,
 /// and the adaptive weight 1 / (||err||^2 + c)^p.
 public struct MeanFlowObjective {
+    /// Times t > r from two logit-normal draws (the paper's ImageNet choice), or two uniform draws.
+    public var uniformTimes = getenv("TVM_MF_UNIFORM") != nil
     public var mu = -0.4, sigma = 1.0
     /// Fraction of rows with r != t (the paper's best: 25%).
-    public var fractionDistinct = 0.25
+    public var fractionDistinct = getenv("TVM_MF_DISTINCT").flatMap { Double(String(cString: $0)) } ?? 0.25
     public var adaptiveP = 1.0, adaptiveC = 1e-3
 
     public init() {}
@@ -18,10 +20,13 @@ public struct MeanFlowObjective {
     public func loss(network net: some FlowMapNetwork, params: ParameterSet, x0: Tensor,
                      rng: inout RandomGenerator) -> Tensor {
         let B = x0.shape[0], dev = x0.device
-        let a = rng.normalFloats(B), b = rng.normalFloats(B), pick = rng.uniformFloats(B)
+        let logitNormal = { (z: Float) in 1 / (1 + expf(-Float(self.mu) - Float(self.sigma) * z)) }
+        let a = uniformTimes ? rng.uniformFloats(B) : rng.normalFloats(B).map(logitNormal)
+        let b = uniformTimes ? rng.uniformFloats(B) : rng.normalFloats(B).map(logitNormal)
+        let pick = rng.uniformFloats(B)
         var tv = [Float](), rv = [Float]()
         for i in 0..<B {
-            let u1 = 1 / (1 + expf(-Float(mu) - Float(sigma) * a[i])), u2 = 1 / (1 + expf(-Float(mu) - Float(sigma) * b[i]))
+            let (u1, u2) = (a[i], b[i])
             let t = max(u1, u2)
             tv.append(t)
             rv.append(Double(pick[i]) < fractionDistinct ? min(u1, u2) : t)

@@ -1,0 +1,63 @@
+import TensorCore
+import CUDABackend
+
+/// `--device cuda|cpu|auto`, accepted by every command and removed from its arguments before parsing.
+enum DeviceChoice: String {
+    case cpu, cuda, auto
+}
+
+/// The CUDA backend in use, if any (for memory figures and precision settings).
+nonisolated(unsafe) var activeCUDA: CUDABackend?
+
+/// Pulls `--device X` / `--device=X` out of `args`, or returns `fallback` when absent.
+func extractDevice(_ args: inout [String], fallback: DeviceChoice) throws -> DeviceChoice {
+    var choice: String?
+    var i = 0
+    while i < args.count {
+        if args[i] == "--device" {
+            guard i + 1 < args.count else { throw CLIError("--device needs a value: cuda, cpu or auto", usage: true) }
+            choice = args[i + 1]
+            args.removeSubrange(i...(i + 1))
+        } else if args[i].hasPrefix("--device=") {
+            choice = String(args[i].dropFirst("--device=".count))
+            args.remove(at: i)
+        } else {
+            i += 1
+        }
+    }
+    guard let choice else { return fallback }
+    guard let d = DeviceChoice(rawValue: choice) else {
+        throw CLIError("--device must be cuda, cpu or auto, got '\(choice)'", usage: true)
+    }
+    return d
+}
+
+/// Makes the chosen device the default one. `auto` falls back to the CPU and says so once.
+func selectDevice(_ choice: DeviceChoice) throws {
+    switch choice {
+    case .cpu:
+        Device.default = .cpu
+    case .cuda:
+        do {
+            let cuda = try CUDABackend.load()
+            activeCUDA = cuda
+            Device.default = cuda.device
+        } catch {
+            throw CLIError("--device cuda: \(error)")
+        }
+    case .auto:
+        if let cuda = try? CUDABackend.load() {
+            activeCUDA = cuda
+            Device.default = cuda.device
+        } else {
+            Console.info("note: no usable NVIDIA GPU found; running on the CPU")
+            Device.default = .cpu
+        }
+    }
+}
+
+/// A one-line description of the device in use.
+func deviceDescription() -> String {
+    if let cuda = activeCUDA { return "\(cuda.deviceName) (CUDA)" }
+    return "CPU (\(onlineCores()) cores, BLAS: \(CPUBackend.blasName))"
+}
