@@ -1,0 +1,106 @@
+import TensorCore
+
+/// Device memory of one tensor: a block of the caching allocator, returned to it when the storage dies.
+public final class CUDAStorage: Storage {
+    /// Device address of element 0 (0 for an empty storage).
+    public let address: DevicePointer
+    /// Bytes of the block (the request rounded up to its size class).
+    let blockBytes: Int
+    let allocator: BlockAllocator?
+
+    init(count: Int, dtype: DType, backend: CUDABackend, address: DevicePointer, blockBytes: Int, allocator: BlockAllocator?) {
+        self.address = address
+        self.blockBytes = blockBytes
+        self.allocator = allocator
+        super.init(count: count, dtype: dtype, backend: backend)
+    }
+
+    deinit { allocator?.release(address, blockBytes) }
+}
+
+/// A caching allocator for the backend's single stream. Requests are rounded up to size classes (512 bytes,
+/// then four classes per power of two); a freed block goes on its class's free list and the next request of
+/// that class reuses it. All work runs on one stream in order, so a block freed while kernels that use it
+/// are still queued can be handed out at once: whatever uses it next is queued after them. After warm-up a
+/// training step makes no cuMemAlloc call. When the device is full, the cache is released and the
+/// allocation tried again.
+final class BlockAllocator {
+    private let driver: Driver
+    private let stream: Handle
+    private let mutex = Mutex()
+    private var free: [Int: [DevicePointer]] = [:]
+    private(set) var currentBytes = 0
+    private(set) var peakBytes = 0
+    private(set) var reservedBytes = 0
+    private(set) var driverAllocations = 0
+
+    init(driver: Driver, stream: Handle) {
+        self.driver = driver
+        self.stream = stream
+    }
+
+    static func sizeClass(_ bytes: Int) -> Int {
+        if bytes <= 512 { return 512 }
+        let high = 1 << (Int.bitWidth - 1 - (bytes - 1).leadingZeroBitCount)
+        let step = Swift.max(512, high / 4)
+        return (bytes + step - 1) / step * step
+    }
+
+    /// A block of at least `bytes` (the caller has made the context current).
+    func allocate(_ bytes: Int) -> (address: DevicePointer, blockBytes: Int) {
+        let size = BlockAllocator.sizeClass(bytes)
+        mutex.lock()
+        if var list = free[size], let p = list.popLast() {
+            free[size] = list
+            currentBytes += size
+            peakBytes = Swift.max(peakBytes, currentBytes)
+            mutex.unlock()
+            return (p, size)
+        }
+        mutex.unlock()
+        var p: DevicePointer = 0
+        var r = driver.cuMemAlloc(&p, size)
+        if r == Driver.errorOutOfMemory {
+            releaseCached()
+            r = driver.cuMemAlloc(&p, size)
+        }
+        if r != 0 {
+            var freeBytes = 0, total = 0
+            _ = driver.cuMemGetInfo(&freeBytes, &total)
+            fatalError("CUDA driver: cuMemAlloc_v2(\(size) bytes) failed: \(driver.describe(r)); "
+                       + "in use by tensors \(currentBytes) bytes, reserved \(reservedBytes), device free \(freeBytes) of \(total)")
+        }
+        mutex.withLock {
+            reservedBytes += size
+            driverAllocations += 1
+            currentBytes += size
+            peakBytes = Swift.max(peakBytes, currentBytes)
+        }
+        return (p, size)
+    }
+
+    /// Called from any thread (a storage's deinit): no driver call, only the free list.
+    func release(_ address: DevicePointer, _ size: Int) {
+        guard size > 0 else { return }
+        mutex.withLock {
+            free[size, default: []].append(address)
+            currentBytes -= size
+        }
+    }
+
+    /// Returns every cached block to the driver (waits for queued work first, since it may still use them).
+    func releaseCached() {
+        _ = driver.cuStreamSynchronize(stream)
+        let blocks: [(Int, [DevicePointer])] = mutex.withLock {
+            let all = free.map { ($0.key, $0.value) }
+            free.removeAll()
+            return all
+        }
+        for (size, list) in blocks {
+            for p in list { _ = driver.cuMemFree(p) }
+            mutex.withLock { reservedBytes -= size * list.count }
+        }
+    }
+
+    func resetPeak() { mutex.withLock { peakBytes = currentBytes } }
+}

@@ -1,0 +1,905 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import TensorCore
+
+/// The CUDA backend: TensorCore's kernels on an NVIDIA GPU.
+///
+/// Nothing CUDA-related is needed to build it: the driver (libcuda.so.1), NVRTC and cuBLAS are opened at run
+/// time by `load()`, the kernels are CUDA C++ source in this module (KernelSource.swift) compiled by NVRTC for
+/// the device's architecture once per process (and cached on disk), and matrix products go to cuBLAS.
+/// All work is queued on one stream: no operation waits for the device except `download`, `synchronize`
+/// and timing. Memory comes from a caching allocator (Allocator.swift).
+///
+/// Use: `let cuda = try CUDABackend.load(); let x = Tensor(values, shape: s, on: cuda.device)`.
+/// The backend may be used from one thread at a time (storages may be released from any thread).
+public final class CUDABackend: Backend {
+    public var name: String { ordinal == 0 ? "cuda" : "cuda:\(ordinal)" }
+    public var device: Device { Device(backend: self) }
+    public let deviceName: String
+    public let ordinal: Int
+    public let computeCapability: (major: Int, minor: Int)
+    public let multiprocessorCount: Int
+    public let totalMemoryBytes: Int
+    /// Let float32 matrix products use TF32 tensor cores (about 10 bits of mantissa in the products; off by default).
+    public var allowTF32: Bool = false
+    /// Fill every new allocation with NaN, so a kernel that leaves part of its output unwritten shows up in
+    /// comparisons (for tests; TVM_CUDA_POISON=1 sets it).
+    public var poisonAllocations: Bool = environment("TVM_CUDA_POISON") == "1"
+    /// Driver, NVRTC and cuBLAS versions, for logs.
+    public let versions: String
+
+    let driver: Driver
+    let nvrtc: NVRTC
+    let blas: CUBLAS
+    let context: Handle
+    let stream: Handle
+    let blasHandle: OpaquePointer
+    let allocator: BlockAllocator
+    private let errorFlag: DevicePointer
+    private let target: (option: String, cubin: Bool)
+    private let maxBlocks: Int
+    /// TVM_CUDA_SYNC=1: wait after every kernel and check it (slow; names the kernel that failed).
+    private let syncEveryLaunch = environment("TVM_CUDA_SYNC") == "1"
+
+    private let launchMutex = Mutex()
+    private let argRaw = UnsafeMutableRawPointer.allocate(byteCount: 8192, alignment: 16)
+    private let argPtrs = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 64)
+
+    private let moduleMutex = Mutex()
+    private var coreKernels: [DType: CoreKernels] = [:]
+    private var attentionKernels: [DType: AttentionKernelSet] = [:]
+    private var functionNames: [Handle: String] = [:]
+    /// Seconds spent compiling (or loading cached) kernel modules.
+    public private(set) var kernelBuildSeconds: Double = 0
+    /// One line per module built: name, whether the disk cache had it, seconds.
+    public private(set) var kernelBuildLog: [String] = []
+
+    // MARK: - Loading
+
+    private static let loadMutex = Mutex()
+    nonisolated(unsafe) private static var instances: [Int: Result<CUDABackend, CUDAError>] = [:]
+
+    /// The backend of device 0 (one per process). Throws a CUDAError saying why when there is no usable GPU,
+    /// driver, NVRTC or cuBLAS; the outcome is remembered, so later calls are cheap.
+    public static func load() throws -> CUDABackend { try load(device: 0) }
+
+    public static func load(device ordinal: Int) throws -> CUDABackend {
+        try loadMutex.withLock {
+            if let r = instances[ordinal] { return try r.get() }
+            let r: Result<CUDABackend, CUDAError>
+            do { r = .success(try CUDABackend(ordinal: ordinal)) }
+            catch let e as CUDAError { r = .failure(e) }
+            catch { r = .failure(CUDAError("\(error)")) }
+            instances[ordinal] = r
+            return try r.get()
+        }
+    }
+
+    /// Whether `load()` succeeds on this machine.
+    public static var isAvailable: Bool { (try? load()) != nil }
+
+    private init(ordinal: Int) throws {
+        let driver = try Driver()
+        self.driver = driver
+        self.ordinal = ordinal
+        let initResult = driver.cuInit(0)
+        if initResult != 0 {
+            throw CUDAError("CUDA driver: cuInit failed: \(driver.describe(initResult)) (no usable NVIDIA GPU?)")
+        }
+        var count: Int32 = 0
+        try driver.check(driver.cuDeviceGetCount(&count), "cuDeviceGetCount")
+        guard ordinal >= 0 && ordinal < Int(count) else {
+            throw CUDAError("CUDA device \(ordinal) requested, but the driver sees \(count) device(s)")
+        }
+        var dev: Int32 = 0
+        try driver.check(driver.cuDeviceGet(&dev, Int32(ordinal)), "cuDeviceGet(\(ordinal))")
+        var nameBuf = [CChar](repeating: 0, count: 256)
+        try driver.check(driver.cuDeviceGetName(&nameBuf, 255, dev), "cuDeviceGetName")
+        deviceName = String(cString: nameBuf)
+        func attribute(_ a: Int32, _ what: String) throws -> Int {
+            var v: Int32 = 0
+            try driver.check(driver.cuDeviceGetAttribute(&v, a, dev), "cuDeviceGetAttribute(\(what))")
+            return Int(v)
+        }
+        computeCapability = (try attribute(Driver.attrComputeCapabilityMajor, "compute capability major"),
+                             try attribute(Driver.attrComputeCapabilityMinor, "compute capability minor"))
+        multiprocessorCount = try attribute(Driver.attrMultiprocessorCount, "multiprocessor count")
+        var total = 0
+        try driver.check(driver.cuDeviceTotalMem(&total, dev), "cuDeviceTotalMem_v2")
+        totalMemoryBytes = total
+        maxBlocks = multiprocessorCount * 8
+
+        var ctx: Handle? = nil
+        try driver.check(driver.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain")
+        guard let ctx else { throw CUDAError("CUDA driver: cuDevicePrimaryCtxRetain returned no context") }
+        context = ctx
+        try driver.check(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+        var s: Handle? = nil
+        try driver.check(driver.cuStreamCreate(&s, 1 /* CU_STREAM_NON_BLOCKING */), "cuStreamCreate")
+        guard let s else { throw CUDAError("CUDA driver: cuStreamCreate returned no stream") }
+        stream = s
+
+        nvrtc = try NVRTC()
+        blas = try CUBLAS()
+        var h: OpaquePointer? = nil
+        try blas.check(blas.cublasCreate(&h), "cublasCreate_v2")
+        guard let h else { throw CUDAError("cuBLAS: cublasCreate_v2 returned no handle") }
+        blasHandle = h
+        try blas.check(blas.cublasSetStream(h, s), "cublasSetStream_v2")
+        try blas.check(blas.cublasSetMathMode(h, CUBLAS.defaultMath), "cublasSetMathMode")
+
+        allocator = BlockAllocator(driver: driver, stream: s)
+        var flag: DevicePointer = 0
+        try driver.check(driver.cuMemAlloc(&flag, 256), "cuMemAlloc_v2(error flag)")
+        try driver.check(driver.cuMemsetD8Async(flag, 0, 256, s), "cuMemsetD8Async")
+        errorFlag = flag
+
+        target = nvrtc.target(for: computeCapability.major * 10 + computeCapability.minor)
+        var dv: Int32 = 0
+        _ = driver.cuDriverGetVersion(&dv)
+        var bv: Int32 = 0
+        _ = blas.cublasGetVersion(h, &bv)
+        versions = "driver API \(dv / 1000).\(dv % 1000 / 10), NVRTC \(nvrtc.version.major).\(nvrtc.version.minor) "
+            + "(\(target.option)\(target.cubin ? "" : ", PTX")), cuBLAS \(bv / 10000).\(bv % 10000 / 100).\(bv % 100)"
+        // Build the float32 kernels now, so a compiler problem shows at load rather than at the first op.
+        _ = try buildCore(.float32)
+    }
+
+    // MARK: - Kernel modules
+
+    private func loadModule(_ family: KernelSource.Family, _ dtype: DType) throws -> (Handle, [String: Handle]) {
+        let start = Self.now()
+        let source = KernelSource.source(family, dtype)
+        let options = [target.option, "--std=c++17", "-default-device"]
+        let key = KernelCache.key([source, options.joined(separator: " "), "nvrtc \(nvrtc.version)", target.cubin ? "cubin" : "ptx"])
+        let moduleName = "tvm_\(family.rawValue)_\(KernelSource.suffix(dtype)).cu"
+        var image: [UInt8]
+        var cached = false
+        if let c = KernelCache.load(key) { image = c; cached = true } else {
+            let (img, _) = try nvrtc.compile(source: source, name: moduleName, options: options, cubin: target.cubin)
+            image = img
+            KernelCache.store(key, image)
+        }
+        ensureCurrent()
+        var module: Handle? = nil
+        var r = image.withUnsafeBytes { driver.cuModuleLoadData(&module, $0.baseAddress) }
+        if r != 0 && cached {
+            // A stale or damaged cache entry: compile afresh.
+            image = try nvrtc.compile(source: source, name: moduleName, options: options, cubin: target.cubin).image
+            KernelCache.store(key, image)
+            cached = false
+            r = image.withUnsafeBytes { driver.cuModuleLoadData(&module, $0.baseAddress) }
+        }
+        try driver.check(r, "cuModuleLoadData(\(moduleName))")
+        guard let module else { throw CUDAError("CUDA driver: cuModuleLoadData(\(moduleName)) returned no module") }
+        var functions: [String: Handle] = [:]
+        for line in source.split(separator: "\n") where line.hasPrefix("extern \"C\" __global__") {
+            // extern "C" __global__ void __launch_bounds__(N) NAME(...
+            guard let open = line.firstIndex(of: "("), let rest = line[line.index(after: open)...].firstIndex(of: ")"),
+                  let paren = line[line.index(after: rest)...].firstIndex(of: "(") else { continue }
+            let name = line[line.index(after: rest)..<paren].trimmingCharacters()
+            var f: Handle? = nil
+            try driver.check(driver.cuModuleGetFunction(&f, module, name), "cuModuleGetFunction(\(name))")
+            if let f { functions[name] = f; functionNames[f] = name }
+        }
+        let seconds = Self.now() - start
+        kernelBuildSeconds += seconds
+        kernelBuildLog.append("\(moduleName): \(functions.count) kernels, \(cached ? "from disk cache" : "compiled"), "
+                              + "\(Int(seconds * 1000)) ms")
+        return (module, functions)
+    }
+
+    private func buildCore(_ dtype: DType) throws -> CoreKernels {
+        try moduleMutex.withLock {
+            if let k = coreKernels[dtype] { return k }
+            let (_, f) = try loadModule(.core, dtype)
+            let k = try CoreKernels(f, dtype)
+            coreKernels[dtype] = k
+            return k
+        }
+    }
+
+    private func buildAttention(_ dtype: DType) throws -> AttentionKernelSet {
+        try moduleMutex.withLock {
+            if let k = attentionKernels[dtype] { return k }
+            let (_, f) = try loadModule(.attention, dtype)
+            let k = try AttentionKernelSet(f, dtype)
+            attentionKernels[dtype] = k
+            return k
+        }
+    }
+
+    @inline(__always) func core(_ dtype: DType) -> CoreKernels {
+        if let k = coreKernels[dtype] { return k }
+        do { return try buildCore(dtype) } catch { fatalError("\(error)") }
+    }
+
+    @inline(__always) func attentionSet(_ dtype: DType) -> AttentionKernelSet {
+        if let k = attentionKernels[dtype] { return k }
+        do { return try buildAttention(dtype) } catch { fatalError("\(error)") }
+    }
+
+    /// Builds every kernel module of both element types now (the tests and benchmarks use this).
+    public func buildAllKernels() throws {
+        for dtype in [DType.float32, .float64] {
+            _ = try buildCore(dtype)
+            _ = try buildAttention(dtype)
+        }
+    }
+
+    /// Registers and local (spilled) bytes per thread of every kernel built so far, one line each.
+    public func kernelResourceReport() -> [String] {
+        moduleMutex.withLock {
+            functionNames.map { f, name -> String in
+                var regs: Int32 = 0, local: Int32 = 0
+                _ = driver.cuFuncGetAttribute(&regs, Driver.funcAttrNumRegs, f)
+                _ = driver.cuFuncGetAttribute(&local, Driver.funcAttrLocalSizeBytes, f)
+                return "\(name): \(regs) registers, \(local) bytes local"
+            }.sorted()
+        }
+    }
+
+    // MARK: - Launching
+
+    @inline(__always) func ensureCurrent() {
+        var current: Handle? = nil
+        _ = driver.cuCtxGetCurrent(&current)
+        if current != context { driver.must(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent") }
+    }
+
+    /// Kernel arguments packed into the backend's argument buffer (cuLaunchKernel's kernelParams).
+    struct Args {
+        let raw: UnsafeMutableRawPointer
+        let ptrs: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+        var used = 0, count = 0
+
+        @inline(__always) mutating func add<T>(_ v: T) {
+            let a = MemoryLayout<T>.alignment
+            used = (used + a - 1) / a * a
+            (raw + used).storeBytes(of: v, as: T.self)
+            ptrs[count] = raw + used
+            count += 1
+            used += MemoryLayout<T>.stride
+        }
+        @inline(__always) mutating func i64(_ v: Int) { add(Int64(v)) }
+        @inline(__always) mutating func i32(_ v: Int) { add(Int32(v)) }
+        @inline(__always) mutating func ptr(_ p: DevicePointer) { add(p) }
+        @inline(__always) mutating func scalar(_ v: Double, _ dtype: DType) {
+            if dtype == .float32 { add(Float(v)) } else { add(v) }
+        }
+        /// The kernels' View2 struct: shape[8], s0[8], s1[8] (int64), ndim (int32), padded to 200 bytes.
+        mutating func view(_ shape: [Int], _ s0: [Int], _ s1: [Int]) {
+            used = (used + 7) / 8 * 8
+            let start = raw + used
+            let w = start.assumingMemoryBound(to: Int64.self)
+            for i in 0..<8 {
+                w[i] = Int64(i < shape.count ? shape[i] : 1)
+                w[8 + i] = Int64(i < s0.count ? s0[i] : 0)
+                w[16 + i] = Int64(i < s1.count ? s1[i] : 0)
+            }
+            (start + 192).storeBytes(of: Int32(shape.count), as: Int32.self)
+            (start + 196).storeBytes(of: Int32(0), as: Int32.self)
+            ptrs[count] = start
+            count += 1
+            used += 200
+        }
+    }
+
+    /// Queues kernel `f` on the stream; `fill` adds its arguments in order.
+    @inline(__always)
+    func launch(_ f: Handle, grid: (Int, Int) = (1, 1), block: (Int, Int) = (256, 1), shared: Int = 0,
+                _ fill: (inout Args) -> Void) {
+        launchMutex.lock()
+        defer { launchMutex.unlock() }
+        ensureCurrent()
+        var args = Args(raw: argRaw, ptrs: argPtrs)
+        fill(&args)
+        let r = driver.cuLaunchKernel(f, UInt32(grid.0), UInt32(grid.1), 1, UInt32(block.0), UInt32(block.1), 1,
+                                      UInt32(shared), stream, argPtrs, nil)
+        if r != 0 { fatalError("CUDA driver: cuLaunchKernel(\(functionNames[f] ?? "?")) failed: \(driver.describe(r))") }
+        if syncEveryLaunch {
+            let s = driver.cuStreamSynchronize(stream)
+            if s != 0 { fatalError("CUDA kernel \(functionNames[f] ?? "?") failed: \(driver.describe(s))") }
+        }
+    }
+
+    /// Blocks for a grid-stride loop over `work` items with `threads` per block (at most one full wave of 8
+    /// blocks of 256 per multiprocessor; the loop covers the rest).
+    @inline(__always) func blocks(_ work: Int, threads: Int = 256) -> Int {
+        Swift.max(1, Swift.min((work + threads - 1) / threads, maxBlocks * 256 / threads))
+    }
+
+    @inline(__always) func cuda(_ s: Storage) -> CUDAStorage {
+        guard s.backend === self else { preconditionFailure("a \(s.backend.name) tensor was given to the \(name) backend") }
+        return unsafeDowncast(s, to: CUDAStorage.self)
+    }
+
+    @inline(__always) func addr(_ s: Storage) -> DevicePointer { cuda(s).address }
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+
+    // MARK: - Memory
+
+    public func allocate(_ count: Int, _ dtype: DType) -> Storage {
+        let bytes = count * dtype.byteSize
+        if bytes == 0 {
+            return CUDAStorage(count: count, dtype: dtype, backend: self, address: 0, blockBytes: 0, allocator: nil)
+        }
+        ensureCurrent()
+        let (p, size) = allocator.allocate(bytes)
+        if poisonAllocations {
+            // 0x7FF87FF8 repeated is a NaN as float32 and as float64.
+            driver.must(driver.cuMemsetD32Async(p, 0x7FF8_7FF8, size / 4, stream), "cuMemsetD32Async(poison)")
+        }
+        return CUDAStorage(count: count, dtype: dtype, backend: self, address: p, blockBytes: size, allocator: allocator)
+    }
+
+    /// Bytes held by live tensors (rounded to size classes).
+    public var currentBytes: Int { allocator.currentBytes }
+    /// The most `currentBytes` has been since the start or `resetPeakBytes()`.
+    public var peakBytes: Int { allocator.peakBytes }
+    /// Bytes taken from the driver (live plus cached).
+    public var reservedBytes: Int { allocator.reservedBytes }
+    /// cuMemAlloc calls made so far (flat after warm-up).
+    public var driverAllocations: Int { allocator.driverAllocations }
+    public func resetPeakBytes() { allocator.resetPeak() }
+    /// Gives cached blocks back to the driver.
+    public func emptyCache() {
+        ensureCurrent()
+        allocator.releaseCached()
+    }
+
+    private func copyToDevice(_ dst: DevicePointer, _ src: UnsafeRawPointer?, _ bytes: Int) {
+        guard bytes > 0, let src else { return }
+        ensureCurrent()
+        driver.must(driver.cuMemcpyHtoDAsync(dst, src, bytes, stream), "cuMemcpyHtoDAsync_v2(\(bytes) bytes)")
+    }
+
+    private func copyToHost(_ dst: UnsafeMutableRawPointer?, _ src: DevicePointer, _ bytes: Int) {
+        ensureCurrent()
+        if bytes > 0, let dst {
+            driver.must(driver.cuMemcpyDtoHAsync(dst, src, bytes, stream), "cuMemcpyDtoHAsync_v2(\(bytes) bytes)")
+        }
+        synchronize()
+    }
+
+    public func upload(_ values: [Double], dtype: DType) -> Storage {
+        let s = allocate(values.count, dtype)
+        if dtype == .float64 {
+            values.withUnsafeBytes { copyToDevice(addr(s), $0.baseAddress, $0.count) }
+        } else {
+            let f = values.map { Float($0) }
+            f.withUnsafeBytes { copyToDevice(addr(s), $0.baseAddress, $0.count) }
+        }
+        return s
+    }
+
+    public func upload(_ values: [Float]) -> Storage {
+        let s = allocate(values.count, .float32)
+        values.withUnsafeBytes { copyToDevice(addr(s), $0.baseAddress, $0.count) }
+        return s
+    }
+
+    public func download(_ s: Storage) -> [Double] {
+        if s.dtype == .float64 {
+            var out = [Double](repeating: 0, count: s.count)
+            out.withUnsafeMutableBytes { copyToHost($0.baseAddress, addr(s), $0.count) }
+            return out
+        }
+        return downloadFloats(s).map(Double.init)
+    }
+
+    public func downloadFloats(_ s: Storage) -> [Float] {
+        if s.dtype == .float32 {
+            var out = [Float](repeating: 0, count: s.count)
+            out.withUnsafeMutableBytes { copyToHost($0.baseAddress, addr(s), $0.count) }
+            return out
+        }
+        return download(s).map { Float($0) }
+    }
+
+    public func fill(_ s: Storage, value: Double) {
+        let n = s.count
+        guard n > 0 else { return }
+        ensureCurrent()
+        if s.dtype == .float32 {
+            driver.must(driver.cuMemsetD32Async(addr(s), Float(value).bitPattern, n, stream), "cuMemsetD32Async")
+        } else if value.bitPattern == 0 {
+            driver.must(driver.cuMemsetD8Async(addr(s), 0, n * 8, stream), "cuMemsetD8Async")
+        } else {
+            launch(core(.float64).fill, grid: (blocks(n), 1)) { a in
+                a.ptr(addr(s)); a.i64(n); a.scalar(value, .float64)
+            }
+        }
+    }
+
+    public func convert(_ x: Storage, to dtype: DType) -> Storage {
+        let y = allocate(x.count, dtype)
+        let n = x.count
+        guard n > 0 else { return y }
+        if x.dtype == dtype {
+            ensureCurrent()
+            driver.must(driver.cuMemcpyDtoDAsync(addr(y), addr(x), n * dtype.byteSize, stream), "cuMemcpyDtoDAsync_v2")
+            return y
+        }
+        let k = core(.float32)
+        launch(x.dtype == .float32 ? k.convertF32F64 : k.convertF64F32, grid: (blocks(n), 1)) { a in
+            a.ptr(addr(x)); a.ptr(addr(y)); a.i64(n)
+        }
+        return y
+    }
+
+    /// Waits for all queued work; reports an out-of-range row index seen by gatherRows / scatterAddRows.
+    public func synchronize() {
+        ensureCurrent()
+        driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize (an earlier kernel failed; TVM_CUDA_SYNC=1 names it)")
+        var flag: Int32 = 0
+        driver.must(driver.cuMemcpyDtoHAsync(&flag, errorFlag, 4, stream), "cuMemcpyDtoHAsync_v2(error flag)")
+        driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
+        if flag != 0 {
+            _ = driver.cuMemsetD8Async(errorFlag, 0, 4, stream)
+            _ = driver.cuStreamSynchronize(stream)
+            fatalError(flag == 1 ? "CUDA gatherRows: a row index was out of range (or not a number)"
+                                 : "CUDA scatterAddRows: a row index was out of range (or not a number)")
+        }
+    }
+
+    // MARK: - Elementwise
+
+    @inline(__always) private func packs(_ n: Int, _ dtype: DType) -> Int { n / (16 / dtype.byteSize) + n % (16 / dtype.byteSize) }
+
+    public func unary(_ op: UnaryOp, _ x: Storage, _ y: Storage) {
+        let n = x.count
+        guard n > 0 else { return }
+        let f = core(x.dtype).unary[UnaryOp.allCases.firstIndex(of: op)!]
+        launch(f, grid: (blocks(packs(n, x.dtype)), 1)) { a in a.ptr(addr(x)); a.ptr(addr(y)); a.i64(n) }
+    }
+
+    public func affine(_ x: Storage, _ y: Storage, a: Double, b: Double) {
+        let n = x.count
+        guard n > 0 else { return }
+        launch(core(x.dtype).affine, grid: (blocks(packs(n, x.dtype)), 1)) { g in
+            g.ptr(addr(x)); g.ptr(addr(y)); g.i64(n); g.scalar(a, x.dtype); g.scalar(b, x.dtype)
+        }
+    }
+
+    /// Whether 32-bit indices cover `n` items and every offset of each view (shape, strides).
+    private func fits32(_ n: Int, _ shape: [Int], _ views: [[Int]]) -> Bool {
+        guard n < 1 << 30 else { return false }
+        for s in views {
+            var span = 0
+            for d in shape.indices { span += (shape[d] - 1) * Swift.abs(s[d]) }
+            if span >= 1 << 30 { return false }
+        }
+        return true
+    }
+
+    public func binary(_ op: BinaryOp, _ a: Storage, _ av: StridedView, _ b: Storage, _ bv: StridedView,
+                       _ y: Storage, shape: [Int]) {
+        let total = Shape.count(shape)
+        guard total > 0 else { return }
+        let dtype = y.dtype, es = dtype.byteSize
+        let k = core(dtype), opIndex = KernelSource.binaryIndex(op)
+        let (cs, st) = Shape.collapse(shape: shape, strides: [av.strides, bv.strides, Shape.contiguousStrides(shape)])
+        let pa = addr(a) + UInt64(av.offset * es), pb = addr(b) + UInt64(bv.offset * es), py = addr(y)
+        if cs.count == 1 {
+            let ia = st[0][0], ib = st[1][0]
+            let mode = ia == 1 && ib == 1 ? 0 : (ia == 0 && ib == 1 ? 1 : (ia == 1 && ib == 0 ? 2 : -1))
+            if mode >= 0 && (mode == 1 || pa % 16 == 0) && (mode == 2 || pb % 16 == 0) {
+                launch(k.binaryDense[opIndex][mode], grid: (blocks(packs(total, dtype)), 1)) { g in
+                    g.ptr(pa); g.ptr(pb); g.ptr(py); g.i64(total)
+                }
+                return
+            }
+        }
+        precondition(cs.count <= 8, "CUDA binary: more than 8 axes after collapsing (\(shape))")
+        let inner = cs[cs.count - 1], ia = st[0][cs.count - 1], ib = st[1][cs.count - 1]
+        if cs.count >= 2 && inner >= 32 && (ia == 0 || ia == 1) && (ib == 0 || ib == 1) {
+            // Rows along a contiguous or broadcast inner axis (bias adds, per-row scales, modulation).
+            let rows = total / inner
+            launch(k.binaryRows[opIndex], grid: (Swift.min((rows + 7) / 8, maxBlocks * 4), 1), block: (32, 8)) { g in
+                g.view(Array(cs.dropLast()), Array(st[0].dropLast()), Array(st[1].dropLast()))
+                g.ptr(pa); g.ptr(pb); g.ptr(py); g.i64(rows); g.i64(inner); g.i32(ia); g.i32(ib)
+            }
+            return
+        }
+        let narrow = fits32(total, cs, [st[0], st[1]])
+        launch((narrow ? k.binaryStrided32 : k.binaryStrided64)[opIndex], grid: (blocks(total), 1)) { g in
+            g.view(cs, st[0], st[1]); g.ptr(pa); g.ptr(pb); g.ptr(py); g.i64(total)
+        }
+    }
+
+    public func select(_ cond: Storage, _ a: Storage, _ b: Storage, _ y: Storage) {
+        let n = y.count
+        guard n > 0 else { return }
+        launch(core(y.dtype).select, grid: (blocks(packs(n, y.dtype)), 1)) { g in
+            g.ptr(addr(cond)); g.ptr(addr(a)); g.ptr(addr(b)); g.ptr(addr(y)); g.i64(n)
+        }
+    }
+
+    public func copy(_ x: Storage, _ xv: StridedView, _ y: Storage, _ yv: StridedView, shape: [Int]) {
+        let total = Shape.count(shape)
+        guard total > 0 else { return }
+        let es = y.dtype.byteSize
+        let (cs, st) = Shape.collapse(shape: shape, strides: [xv.strides, yv.strides])
+        let px = addr(x) + UInt64(xv.offset * es), py = addr(y) + UInt64(yv.offset * es)
+        if cs.count == 1 && st[0][0] == 1 && st[1][0] == 1 {
+            ensureCurrent()
+            driver.must(driver.cuMemcpyDtoDAsync(py, px, total * es, stream), "cuMemcpyDtoDAsync_v2")
+            return
+        }
+        precondition(cs.count <= 8, "CUDA copy: more than 8 axes after collapsing (\(shape))")
+        let k = core(y.dtype)
+        let inner = cs[cs.count - 1], ix = st[0][cs.count - 1]
+        if cs.count >= 2 && inner >= 32 && (ix == 0 || ix == 1) && st[1][cs.count - 1] == 1 {
+            // Rows along an inner axis contiguous in the destination (permutes that keep the last axis, pads, concats).
+            let rows = total / inner
+            launch(k.copyRows, grid: (Swift.min((rows + 7) / 8, maxBlocks * 4), 1), block: (32, 8)) { g in
+                g.view(Array(cs.dropLast()), Array(st[0].dropLast()), Array(st[1].dropLast()))
+                g.ptr(px); g.ptr(py); g.i64(rows); g.i64(inner); g.i32(ix)
+            }
+            return
+        }
+        launch(fits32(total, cs, [st[0], st[1]]) ? k.copy32 : k.copy64, grid: (blocks(total), 1)) { g in
+            g.view(cs, st[0], st[1]); g.ptr(px); g.ptr(py); g.i64(total)
+        }
+    }
+
+    // MARK: - Reductions and rows
+
+    public func reduce(_ op: ReduceOp, _ x: Storage, _ y: Storage, outer: Int, n: Int, inner: Int) {
+        guard outer > 0 && inner > 0 else { return }
+        let dtype = x.dtype, k = core(dtype), isMax = op == .max
+        if n == 0 {
+            fill(y, value: isMax ? -.infinity : 0)
+            return
+        }
+        let target = multiprocessorCount * 4
+        if inner == 1 {
+            reduceRows(k, isMax, addr(x), addr(y), outer: outer, n: n, target: target, dtype: dtype)
+            return
+        }
+        let tiles = (inner + 31) / 32, blocksX = outer * tiles
+        var splits = 1
+        if blocksX < target && n >= 128 {
+            splits = Swift.min((target + blocksX - 1) / blocksX, n / 64, 1024)
+        }
+        let f = isMax ? k.colsMax : k.colsSum
+        if splits <= 1 {
+            launch(f, grid: (blocksX, 1), block: (32, 8)) { g in
+                g.ptr(addr(x)); g.ptr(addr(y)); g.i64(n); g.i64(inner); g.i64(n)
+            }
+            return
+        }
+        let chunk = (n + splits - 1) / splits
+        let parts = allocate(outer * splits * inner, dtype)
+        launch(f, grid: (blocksX, splits), block: (32, 8)) { g in
+            g.ptr(addr(x)); g.ptr(addr(parts)); g.i64(n); g.i64(inner); g.i64(chunk)
+        }
+        launch(f, grid: (blocksX, 1), block: (32, 8)) { g in
+            g.ptr(addr(parts)); g.ptr(addr(y)); g.i64(splits); g.i64(inner); g.i64(splits)
+        }
+    }
+
+    private func reduceRows(_ k: CoreKernels, _ isMax: Bool, _ x: DevicePointer, _ y: DevicePointer,
+                            outer: Int, n: Int, target: Int, dtype: DType) {
+        if n <= 1024 {
+            launch(isMax ? k.rowsWarpMax : k.rowsWarpSum, grid: (blocks(outer * 32), 1)) { g in
+                g.ptr(x); g.ptr(y); g.i64(outer); g.i64(n)
+            }
+            return
+        }
+        let f = isMax ? k.rowsBlockMax : k.rowsBlockSum
+        var splits = 1
+        if outer < target { splits = Swift.min((target + outer - 1) / outer, n / 2048, 1024) }
+        if splits <= 1 {
+            launch(f, grid: (outer, 1)) { g in g.ptr(x); g.ptr(y); g.i64(n); g.i64(n) }
+            return
+        }
+        let chunk = (n + splits - 1) / splits
+        let parts = allocate(outer * splits, dtype)
+        launch(f, grid: (outer, splits)) { g in g.ptr(x); g.ptr(addr(parts)); g.i64(n); g.i64(chunk) }
+        launch(isMax ? k.rowsWarpMax : k.rowsWarpSum, grid: (blocks(outer * 32), 1)) { g in
+            g.ptr(addr(parts)); g.ptr(y); g.i64(outer); g.i64(splits)
+        }
+    }
+
+    public func softmax(_ x: Storage, _ y: Storage, rows: Int, cols: Int) {
+        guard rows > 0 && cols > 0 else { return }
+        let k = core(x.dtype)
+        if cols <= 1024 {
+            let w = KernelSource.rowWidths.firstIndex { 32 * $0 >= cols }!
+            launch(k.softmaxWarp[w], grid: (blocks(rows * 32), 1)) { g in g.ptr(addr(x)); g.ptr(addr(y)); g.i64(rows); g.i64(cols) }
+        } else {
+            let t = cols > 8192 ? 1024 : 256
+            launch(k.softmaxBlock, grid: (Swift.min(rows, maxBlocks * 2), 1), block: (t, 1)) { g in
+                g.ptr(addr(x)); g.ptr(addr(y)); g.i64(rows); g.i64(cols)
+            }
+        }
+    }
+
+    public func rmsNorm(_ x: Storage, _ y: Storage, rows: Int, cols: Int, eps: Double) {
+        guard rows > 0 && cols > 0 else { return }
+        let k = core(x.dtype)
+        if cols <= 1024 {
+            let w = KernelSource.rowWidths.firstIndex { 32 * $0 >= cols }!
+            launch(k.rmsWarp[w], grid: (blocks(rows * 32), 1)) { g in
+                g.ptr(addr(x)); g.ptr(addr(y)); g.i64(rows); g.i64(cols); g.scalar(eps, x.dtype)
+            }
+        } else {
+            let t = cols > 8192 ? 1024 : 256
+            launch(k.rmsBlock, grid: (Swift.min(rows, maxBlocks * 2), 1), block: (t, 1)) { g in
+                g.ptr(addr(x)); g.ptr(addr(y)); g.i64(rows); g.i64(cols); g.scalar(eps, x.dtype)
+            }
+        }
+    }
+
+    /// Indices in the table's element type (the CPU backend reads them so).
+    private func indices(_ index: Storage, as dtype: DType) -> Storage {
+        index.dtype == dtype ? index : convert(index, to: dtype)
+    }
+
+    public func gatherRows(_ table: Storage, _ index: Storage, _ y: Storage, rows: Int, cols: Int) {
+        guard rows > 0 && cols > 0 else { return }
+        let idx = indices(index, as: table.dtype)
+        let tableRows = table.count / cols
+        launch(core(table.dtype).gather, grid: (Swift.min((rows + 7) / 8, maxBlocks * 4), 1), block: (32, 8)) { g in
+            g.ptr(addr(table)); g.ptr(addr(idx)); g.ptr(addr(y)); g.i64(rows); g.i64(cols); g.i64(tableRows); g.ptr(errorFlag)
+        }
+    }
+
+    public func scatterAddRows(_ x: Storage, _ index: Storage, _ table: Storage, rows: Int, cols: Int) {
+        guard rows > 0 && cols > 0 else { return }
+        let idx = indices(index, as: x.dtype)
+        let tableRows = table.count / cols
+        launch(core(x.dtype).scatterAdd, grid: (Swift.min((rows + 7) / 8, maxBlocks * 4), 1), block: (32, 8)) { g in
+            g.ptr(addr(x)); g.ptr(addr(idx)); g.ptr(addr(table)); g.i64(rows); g.i64(cols); g.i64(tableRows); g.ptr(errorFlag)
+        }
+    }
+
+    public func random(_ y: Storage, normal: Bool, seed: UInt64, counter: UInt64) {
+        let n = y.count
+        guard n > 0 else { return }
+        launch(core(y.dtype).random, grid: (blocks((n + 3) / 4), 1)) { g in
+            g.ptr(addr(y)); g.i64(n); g.add(seed); g.add(counter); g.i32(normal ? 1 : 0)
+        }
+    }
+
+    // MARK: - Matrix products (cuBLAS)
+
+    public func matmul(_ a: Storage, _ b: Storage, _ y: Storage, batch: Int, m: Int, n: Int, k: Int,
+                       transA: Bool, transB: Bool, strideA: Int, strideB: Int, alpha: Double, beta: Double) {
+        guard m > 0 && n > 0 && batch > 0 else { return }
+        ensureCurrent()
+        // Row-major Y[M, N] = op(A) op(B) is column-major Y^T[N, M] = op(B)^T op(A)^T: cuBLAS gets B first.
+        let opB = transB ? CUBLAS.opT : CUBLAS.opN, opA = transA ? CUBLAS.opT : CUBLAS.opN
+        let ldb = Int32(Swift.max(1, transB ? k : n)), lda = Int32(Swift.max(1, transA ? m : k))
+        let pa = UnsafeRawPointer(bitPattern: UInt(addr(a))), pb = UnsafeRawPointer(bitPattern: UInt(addr(b)))
+        let py = UnsafeMutableRawPointer(bitPattern: UInt(addr(y)))
+        let (M, N, K, B) = (Int32(n), Int32(m), Int32(k), Int32(batch))
+        let sA = Int64(strideB), sB = Int64(strideA), sC = Int64(m * n)
+        if y.dtype == .float64 {
+            var al = alpha, be = beta
+            blas.must(blas.dgemmStridedBatched(blasHandle, opB, opA, M, N, K, &al, pb, ldb, sA, pa, lda, sB,
+                                               &be, py, M, sC, B), "cublasDgemmStridedBatched(\(m)x\(n)x\(k), batch \(batch))")
+        } else if allowTF32 {
+            var al = Float(alpha), be = Float(beta)
+            blas.must(blas.gemmStridedBatchedEx(blasHandle, opB, opA, M, N, K, &al, pb, CUBLAS.r32F, ldb, sA,
+                                                pa, CUBLAS.r32F, lda, sB, &be, py, CUBLAS.r32F, M, sC, B,
+                                                CUBLAS.compute32FFastTF32, CUBLAS.gemmDefault),
+                      "cublasGemmStridedBatchedEx(TF32, \(m)x\(n)x\(k), batch \(batch))")
+        } else {
+            var al = Float(alpha), be = Float(beta)
+            blas.must(blas.sgemmStridedBatched(blasHandle, opB, opA, M, N, K, &al, pb, ldb, sA, pa, lda, sB,
+                                               &be, py, M, sC, B), "cublasSgemmStridedBatched(\(m)x\(n)x\(k), batch \(batch))")
+        }
+        if syncEveryLaunch { driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize after cuBLAS") }
+    }
+
+    // MARK: - Attention
+
+    /// Zeros of `count` elements, for a missing tangent or cotangent.
+    private func zeros(_ count: Int, _ dtype: DType) -> Storage {
+        let s = allocate(count, dtype)
+        fill(s, value: 0)
+        return s
+    }
+
+    private func laneWidth(_ dim: Int) -> Int {
+        guard let i = KernelSource.attentionLaneWidths.firstIndex(where: { 32 * $0 >= dim }) else {
+            fatalError("CUDA attention: head dimension \(dim) is larger than \(32 * KernelSource.attentionLaneWidths.last!)")
+        }
+        return i
+    }
+
+    public func attention(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
+                          o: Storage, to: Storage?, lse: Storage, bh: Int, seq: Int, dim: Int, scale: Double) {
+        let rows = bh * seq
+        guard rows > 0 && dim > 0 else { return }
+        let dtype = q.dtype, set = attentionSet(dtype), w = laneWidth(dim), count = rows * dim
+        // The place for the fused flash-attention kernels (head dims 64 and 72): a later part of the issue.
+        if let to {
+            let z = (tq == nil || tk == nil || tv == nil) ? zeros(count, dtype) : nil
+            let (tqs, tks, tvs) = (tq ?? z!, tk ?? z!, tv ?? z!)
+            launch(set.forward[1][w], grid: ((rows + 7) / 8, 1)) { g in
+                g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(addr(tqs)); g.ptr(addr(tks)); g.ptr(addr(tvs))
+                g.ptr(addr(o)); g.ptr(addr(to)); g.ptr(addr(lse)); g.i64(rows); g.i32(seq); g.i32(dim); g.scalar(scale, dtype)
+            }
+        } else {
+            launch(set.forward[0][w], grid: ((rows + 7) / 8, 1)) { g in
+                g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(0); g.ptr(0); g.ptr(0)
+                g.ptr(addr(o)); g.ptr(0); g.ptr(addr(lse)); g.i64(rows); g.i32(seq); g.i32(dim); g.scalar(scale, dtype)
+            }
+        }
+    }
+
+    public func attentionBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
+                                  o: Storage, to: Storage?, lse: Storage, go: Storage?, gto: Storage?,
+                                  dq: Storage, dk: Storage, dv: Storage, dtq: Storage?, dtk: Storage?, dtv: Storage?,
+                                  bh: Int, seq: Int, dim: Int, scale: Double) {
+        let rows = bh * seq
+        guard rows > 0 && dim > 0 else { return }
+        let dtype = q.dtype, set = attentionSet(dtype), w = laneWidth(dim), count = rows * dim
+        let tangent = tq != nil || tk != nil || tv != nil || gto != nil || dtq != nil || dtk != nil || dtv != nil
+        let needZeros = go == nil || (tangent && (tq == nil || tk == nil || tv == nil || gto == nil))
+        let z = needZeros ? zeros(count, dtype) : nil
+        let goS = go ?? z!
+        let stats = allocate(rows * 3, dtype)
+        let t = tangent ? 1 : 0
+        let tqS = tangent ? (tq ?? z!) : nil, tkS = tangent ? (tk ?? z!) : nil, tvS = tangent ? (tv ?? z!) : nil
+        let gtoS = tangent ? (gto ?? z!) : nil
+        let dtqS = tangent ? (dtq ?? allocate(count, dtype)) : nil
+        let dtkS = tangent ? (dtk ?? allocate(count, dtype)) : nil
+        let dtvS = tangent ? (dtv ?? allocate(count, dtype)) : nil
+        func p(_ s: Storage?) -> DevicePointer { s.map { addr($0) } ?? 0 }
+        launch(set.backwardRows[t][w], grid: ((rows + 7) / 8, 1)) { g in
+            g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
+            g.ptr(addr(lse)); g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(dq)); g.ptr(p(dtqS)); g.ptr(addr(stats))
+            g.i64(rows); g.i32(seq); g.i32(dim); g.scalar(scale, dtype)
+        }
+        launch(set.backwardCols[t][w], grid: ((rows + 7) / 8, 1)) { g in
+            g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
+            g.ptr(addr(lse)); g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(stats))
+            g.ptr(addr(dk)); g.ptr(addr(dv)); g.ptr(p(dtkS)); g.ptr(p(dtvS))
+            g.i64(rows); g.i32(seq); g.i32(dim); g.scalar(scale, dtype)
+        }
+    }
+
+    // MARK: - Optimizer
+
+    public func adamw(p: Storage, g: Storage, m: Storage, v: Storage, lr: Double, beta1: Double, beta2: Double,
+                      eps: Double, weightDecay: Double, step: Int, gradScale: Double) {
+        let n = p.count
+        guard n > 0 else { return }
+        // The CPU backend's arithmetic: constants in double, then in the element type.
+        let bc1 = 1 - Glibc.pow(beta1, Double(step)), bc2 = 1 - Glibc.pow(beta2, Double(step))
+        let dtype = p.dtype
+        launch(core(dtype).adamw, grid: (blocks(packs(n, dtype)), 1)) { a in
+            a.ptr(addr(p)); a.ptr(addr(g)); a.ptr(addr(m)); a.ptr(addr(v)); a.i64(n)
+            a.scalar(lr / bc1, dtype); a.scalar(bc2.squareRoot(), dtype); a.scalar(1 - lr * weightDecay, dtype)
+            a.scalar(beta1, dtype); a.scalar(beta2, dtype); a.scalar(eps, dtype); a.scalar(gradScale, dtype)
+        }
+    }
+
+    public func emaUpdate(ema: Storage, p: Storage, decay: Double) {
+        let n = p.count
+        guard n > 0 else { return }
+        launch(core(p.dtype).ema, grid: (blocks(packs(n, p.dtype)), 1)) { a in
+            a.ptr(addr(ema)); a.ptr(addr(p)); a.i64(n); a.scalar(decay, p.dtype)
+        }
+    }
+
+    // MARK: - Timing
+
+    /// Milliseconds of device time per call of `body` (CUDA events around `iterations` calls, after one
+    /// warm-up call). `body` should only queue work.
+    public func milliseconds(iterations: Int = 10, warmup: Int = 1, _ body: () -> Void) -> Double {
+        ensureCurrent()
+        for _ in 0..<warmup { body() }
+        var e0: Handle? = nil, e1: Handle? = nil
+        driver.must(driver.cuEventCreate(&e0, 0), "cuEventCreate")
+        driver.must(driver.cuEventCreate(&e1, 0), "cuEventCreate")
+        defer { _ = driver.cuEventDestroy(e0); _ = driver.cuEventDestroy(e1) }
+        driver.must(driver.cuEventRecord(e0, stream), "cuEventRecord")
+        for _ in 0..<iterations { body() }
+        driver.must(driver.cuEventRecord(e1, stream), "cuEventRecord")
+        driver.must(driver.cuEventSynchronize(e1), "cuEventSynchronize")
+        var ms: Float = 0
+        driver.must(driver.cuEventElapsedTime(&ms, e0, e1), "cuEventElapsedTime")
+        return Double(ms) / Double(Swift.max(iterations, 1))
+    }
+
+    // MARK: - Compiling without a device
+
+    /// Compiles every kernel module with NVRTC alone (no driver or GPU needed) for `architecture` (e.g. 90),
+    /// returning one line per module. For checking the kernel source on machines without a GPU.
+    public static func compileKernelsWithoutDevice(architecture: Int = 90) throws -> [String] {
+        let nvrtc = try NVRTC()
+        var lines: [String] = []
+        for dtype in [DType.float32, .float64] {
+            for family in KernelSource.Family.allCases {
+                let start = now()
+                let (image, log) = try nvrtc.compile(source: KernelSource.source(family, dtype),
+                                                     name: "tvm_\(family.rawValue)_\(KernelSource.suffix(dtype)).cu",
+                                                     options: ["--gpu-architecture=sm_\(architecture)", "--std=c++17",
+                                                               "-default-device", "--ptxas-options=-v"],
+                                                     cubin: true)
+                lines.append("\(family.rawValue) \(dtype): \(image.count) bytes in \(Int((now() - start) * 1000)) ms"
+                             + (log.isEmpty ? "" : "\n\(log)"))
+            }
+        }
+        return lines
+    }
+}
+
+// MARK: - Kernel tables (resolved once per module, so a launch does no name lookups)
+
+final class CoreKernels {
+    let unary: [Handle]
+    let binaryDense: [[Handle]]
+    let binaryStrided32: [Handle], binaryStrided64: [Handle], binaryRows: [Handle]
+    let copyRows: Handle, copy32: Handle, copy64: Handle, affine: Handle, fill: Handle, select: Handle
+    let rowsBlockSum: Handle, rowsBlockMax: Handle, rowsWarpSum: Handle, rowsWarpMax: Handle
+    let colsSum: Handle, colsMax: Handle
+    let softmaxWarp: [Handle], softmaxBlock: Handle, rmsWarp: [Handle], rmsBlock: Handle
+    let gather: Handle, scatterAdd: Handle, random: Handle, adamw: Handle, ema: Handle
+    let convertF32F64: Handle, convertF64F32: Handle
+
+    init(_ f: [String: Handle], _ dtype: DType) throws {
+        let s = KernelSource.suffix(dtype)
+        func get(_ name: String) throws -> Handle {
+            guard let h = f[name] else { throw CUDAError("CUDA kernels: \(name) missing from the compiled module") }
+            return h
+        }
+        unary = try UnaryOp.allCases.map { try get("unary_\($0)_\(s)") }
+        binaryDense = try KernelSource.binaryOps.map { op in try (0..<3).map { try get("binary_\(op)_d\($0)_\(s)") } }
+        binaryStrided32 = try KernelSource.binaryOps.map { try get("binary_\($0)_s32_\(s)") }
+        binaryStrided64 = try KernelSource.binaryOps.map { try get("binary_\($0)_s64_\(s)") }
+        binaryRows = try KernelSource.binaryOps.map { try get("binary_\($0)_rows_\(s)") }
+        copyRows = try get("copy_rows_\(s)")
+        copy32 = try get("copy_s32_\(s)"); copy64 = try get("copy_s64_\(s)")
+        affine = try get("affine_\(s)"); fill = try get("fill_\(s)"); select = try get("select_\(s)")
+        rowsBlockSum = try get("reduce_rows_block_sum_\(s)"); rowsBlockMax = try get("reduce_rows_block_max_\(s)")
+        rowsWarpSum = try get("reduce_rows_warp_sum_\(s)"); rowsWarpMax = try get("reduce_rows_warp_max_\(s)")
+        colsSum = try get("reduce_cols_sum_\(s)"); colsMax = try get("reduce_cols_max_\(s)")
+        softmaxWarp = try KernelSource.rowWidths.map { try get("softmax_warp\($0)_\(s)") }
+        rmsWarp = try KernelSource.rowWidths.map { try get("rmsnorm_warp\($0)_\(s)") }
+        softmaxBlock = try get("softmax_block_\(s)"); rmsBlock = try get("rmsnorm_block_\(s)")
+        gather = try get("gather_\(s)"); scatterAdd = try get("scatter_add_\(s)"); random = try get("random_\(s)")
+        adamw = try get("adamw_\(s)"); ema = try get("ema_\(s)")
+        convertF32F64 = try get("convert_f32_f64"); convertF64F32 = try get("convert_f64_f32")
+    }
+}
+
+final class AttentionKernelSet {
+    /// [plain 0 / with tangent 1][lane width index]
+    let forward: [[Handle]], backwardRows: [[Handle]], backwardCols: [[Handle]]
+
+    init(_ f: [String: Handle], _ dtype: DType) throws {
+        let s = KernelSource.suffix(dtype)
+        func table(_ stem: String) throws -> [[Handle]] {
+            try ["p", "t"].map { t in
+                try KernelSource.attentionLaneWidths.map { w in
+                    guard let h = f["\(stem)_\(t)\(w)_\(s)"] else {
+                        throw CUDAError("CUDA kernels: \(stem)_\(t)\(w)_\(s) missing from the compiled module")
+                    }
+                    return h
+                }
+            }
+        }
+        forward = try table("attn_fwd")
+        backwardRows = try table("attn_bwd_rows")
+        backwardCols = try table("attn_bwd_cols")
+    }
+}
+
+extension Substring {
+    func trimmingCharacters() -> String {
+        String(self.drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+    }
+}

@@ -1,0 +1,877 @@
+import TensorCore
+
+/// The CUDA C++ source of every kernel, templated on the element type. Swift generates the `extern "C"`
+/// entry points for one element type at a time (so names need no C++ mangling), and NVRTC compiles each
+/// family (core, attention) for each element type once per process, on first use.
+enum KernelSource {
+    static func suffix(_ dtype: DType) -> String { dtype == .float32 ? "f32" : "f64" }
+    static func ctype(_ dtype: DType) -> String { dtype == .float32 ? "float" : "double" }
+
+    // MARK: - Shared helpers
+
+    static let common = #"""
+    typedef long long i64;
+    typedef unsigned long long u64;
+    typedef unsigned int u32;
+
+    __device__ __forceinline__ float f_inf(float) { return __int_as_float(0x7f800000); }
+    __device__ __forceinline__ double f_inf(double) { return __longlong_as_double(0x7ff0000000000000LL); }
+    __device__ __forceinline__ float f_nan(float) { return __int_as_float(0x7fffffff); }
+    __device__ __forceinline__ double f_nan(double) { return __longlong_as_double(0x7ff8000000000000LL); }
+    template<typename T> __device__ __forceinline__ T inf_() { return f_inf(T(0)); }
+    template<typename T> __device__ __forceinline__ T nan_() { return f_nan(T(0)); }
+
+    // Accurate libm forms (no fast-math intrinsics): the CPU backend uses libm too.
+    __device__ __forceinline__ float m_exp(float x) { return expf(x); }
+    __device__ __forceinline__ double m_exp(double x) { return exp(x); }
+    __device__ __forceinline__ float m_log(float x) { return logf(x); }
+    __device__ __forceinline__ double m_log(double x) { return log(x); }
+    __device__ __forceinline__ float m_sqrt(float x) { return sqrtf(x); }
+    __device__ __forceinline__ double m_sqrt(double x) { return sqrt(x); }
+    __device__ __forceinline__ float m_sin(float x) { return sinf(x); }
+    __device__ __forceinline__ double m_sin(double x) { return sin(x); }
+    __device__ __forceinline__ float m_cos(float x) { return cosf(x); }
+    __device__ __forceinline__ double m_cos(double x) { return cos(x); }
+    __device__ __forceinline__ float m_tanh(float x) { return tanhf(x); }
+    __device__ __forceinline__ double m_tanh(double x) { return tanh(x); }
+    __device__ __forceinline__ float m_abs(float x) { return fabsf(x); }
+    __device__ __forceinline__ double m_abs(double x) { return fabs(x); }
+
+    template<typename T> __device__ __forceinline__ bool is_nan(T x) { return x != x; }
+    /// NaN propagates, as in the CPU backend (and PyTorch's maximum / amax).
+    template<typename T> __device__ __forceinline__ T max_nan(T a, T b) {
+        return (is_nan(a) || is_nan(b)) ? nan_<T>() : (a > b ? a : b);
+    }
+    template<typename T> __device__ __forceinline__ T min_nan(T a, T b) {
+        return (is_nan(a) || is_nan(b)) ? nan_<T>() : (a < b ? a : b);
+    }
+
+    /// 16 bytes of elements: one vector load or store.
+    template<typename T> struct __align__(16) Pack { T v[16 / sizeof(T)]; };
+
+    __device__ __forceinline__ i64 gtid() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
+    __device__ __forceinline__ i64 gstride() { return (i64)gridDim.x * blockDim.x; }
+
+    template<typename T> __device__ __forceinline__ T warp_sum(T v) {
+    #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        return v;
+    }
+    template<typename T> __device__ __forceinline__ T warp_max(T v) {
+    #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
+        return v;
+    }
+    /// Sum or max over the block (every thread gets the result); `sm` holds 32 values.
+    template<typename T, bool MAX> __device__ __forceinline__ T block_reduce(T v, T* sm) {
+        v = MAX ? warp_max(v) : warp_sum(v);
+        const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+        __syncthreads();
+        if (lane == 0) sm[w] = v;
+        __syncthreads();
+        v = lane < nw ? sm[lane] : (MAX ? -inf_<T>() : T(0));
+        return MAX ? warp_max(v) : warp_sum(v);
+    }
+
+    /// Shape and strides of up to 8 collapsed axes (row-major), for two strided views.
+    struct View2 { i64 shape[8]; i64 s0[8]; i64 s1[8]; int ndim; };
+
+    /// Offsets of linear index i in both views.
+    template<typename I> __device__ __forceinline__ void view_offsets(const View2& v, I i, I& o0, I& o1) {
+        I rem = i; o0 = 0; o1 = 0;
+    #pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            const int d = 7 - k;
+            if (d < v.ndim) {
+                const I s = (I)v.shape[d];
+                const I q = rem / s, idx = rem - q * s;
+                rem = q;
+                o0 += idx * (I)v.s0[d];
+                o1 += idx * (I)v.s1[d];
+            }
+        }
+    }
+    """#
+
+    // MARK: - Core kernels (elementwise, strided, reductions, rows, gather/scatter, random, optimizer)
+
+    static let core = #"""
+    #define GELU_C 0.7978845608028654
+    #define GELU_K 0.044715
+    template<typename T> __device__ __forceinline__ T sigm(T x) { return T(1) / (T(1) + m_exp(-x)); }
+
+    template<typename T, typename F> __device__ __forceinline__ void unary_impl(const T* x, T* y, i64 n) {
+        constexpr int P = 16 / sizeof(T);
+        const i64 np = n / P, t = gtid(), st = gstride();
+        const Pack<T>* xp = (const Pack<T>*)x;
+        Pack<T>* yp = (Pack<T>*)y;
+        for (i64 i = t; i < np; i += st) {
+            Pack<T> a = xp[i], r;
+    #pragma unroll
+            for (int k = 0; k < P; ++k) r.v[k] = F::template f<T>(a.v[k]);
+            yp[i] = r;
+        }
+        for (i64 i = np * P + t; i < n; i += st) y[i] = F::template f<T>(x[i]);
+    }
+
+    template<typename T> __device__ __forceinline__ void affine_impl(const T* x, T* y, i64 n, T a, T b) {
+        constexpr int P = 16 / sizeof(T);
+        const i64 np = n / P, t = gtid(), st = gstride();
+        for (i64 i = t; i < np; i += st) {
+            Pack<T> v = ((const Pack<T>*)x)[i], r;
+    #pragma unroll
+            for (int k = 0; k < P; ++k) r.v[k] = a * v.v[k] + b;
+            ((Pack<T>*)y)[i] = r;
+        }
+        for (i64 i = np * P + t; i < n; i += st) y[i] = a * x[i] + b;
+    }
+
+    template<typename T> __device__ __forceinline__ void fill_impl(T* y, i64 n, T value) {
+        for (i64 i = gtid(); i < n; i += gstride()) y[i] = value;
+    }
+
+    /// MODE 0: a and b dense; 1: a is one value; 2: b is one value. All pointers 16-byte aligned.
+    template<typename T, typename F, int MODE>
+    __device__ __forceinline__ void binary_dense_impl(const T* a, const T* b, T* y, i64 n) {
+        constexpr int P = 16 / sizeof(T);
+        const i64 np = n / P, t = gtid(), st = gstride();
+        const T as = MODE == 1 ? a[0] : T(0), bs = MODE == 2 ? b[0] : T(0);
+        for (i64 i = t; i < np; i += st) {
+            Pack<T> pa, pb, r;
+            if (MODE != 1) pa = ((const Pack<T>*)a)[i];
+            if (MODE != 2) pb = ((const Pack<T>*)b)[i];
+    #pragma unroll
+            for (int k = 0; k < P; ++k) r.v[k] = F::template f<T>(MODE == 1 ? as : pa.v[k], MODE == 2 ? bs : pb.v[k]);
+            ((Pack<T>*)y)[i] = r;
+        }
+        for (i64 i = np * P + t; i < n; i += st) y[i] = F::template f<T>(MODE == 1 ? as : a[i], MODE == 2 ? bs : b[i]);
+    }
+
+    template<typename T, typename F, typename I>
+    __device__ __forceinline__ void binary_strided_impl(View2 v, const T* a, const T* b, T* y, i64 n) {
+        for (I i = (I)gtid(); i < (I)n; i += (I)gstride()) {
+            I oa, ob;
+            view_offsets<I>(v, i, oa, ob);
+            y[i] = F::template f<T>(a[oa], b[ob]);
+        }
+    }
+
+    template<typename T, typename I>
+    __device__ __forceinline__ void copy_strided_impl(View2 v, const T* x, T* y, i64 n) {
+        for (I i = (I)gtid(); i < (I)n; i += (I)gstride()) {
+            I ox, oy;
+            view_offsets<I>(v, i, ox, oy);
+            y[oy] = x[ox];
+        }
+    }
+
+    /// Rows of a collapsed iteration [rows, inner] whose inner axis is contiguous (stride 1) or broadcast (0) in
+    /// every view: a warp per row (block 32 x 8), the row's offsets computed once, lanes along the row.
+    template<typename T, typename F>
+    __device__ __forceinline__ void binary_rows_impl(View2 v, const T* a, const T* b, T* y, i64 rows, i64 inner, int ia, int ib) {
+        for (i64 r = (i64)blockIdx.x * blockDim.y + threadIdx.y; r < rows; r += (i64)gridDim.x * blockDim.y) {
+            i64 oa, ob;
+            view_offsets<i64>(v, r, oa, ob);
+            const T* pa = a + oa;
+            const T* pb = b + ob;
+            T* py = y + r * inner;
+            for (i64 c = threadIdx.x; c < inner; c += 32) py[c] = F::template f<T>(pa[c * ia], pb[c * ib]);
+        }
+    }
+
+    template<typename T>
+    __device__ __forceinline__ void copy_rows_impl(View2 v, const T* x, T* y, i64 rows, i64 inner, int ix) {
+        for (i64 r = (i64)blockIdx.x * blockDim.y + threadIdx.y; r < rows; r += (i64)gridDim.x * blockDim.y) {
+            i64 ox, oy;
+            view_offsets<i64>(v, r, ox, oy);
+            const T* px = x + ox;
+            T* py = y + oy;
+            for (i64 c = threadIdx.x; c < inner; c += 32) py[c] = px[c * ix];
+        }
+    }
+
+    template<typename T> __device__ __forceinline__ void select_impl(const T* c, const T* a, const T* b, T* y, i64 n) {
+        constexpr int P = 16 / sizeof(T);
+        const i64 np = n / P, t = gtid(), st = gstride();
+        for (i64 i = t; i < np; i += st) {
+            Pack<T> pc = ((const Pack<T>*)c)[i], pa = ((const Pack<T>*)a)[i], pb = ((const Pack<T>*)b)[i], r;
+    #pragma unroll
+            for (int k = 0; k < P; ++k) r.v[k] = pc.v[k] != T(0) ? pa.v[k] : pb.v[k];
+            ((Pack<T>*)y)[i] = r;
+        }
+        for (i64 i = np * P + t; i < n; i += st) y[i] = c[i] != T(0) ? a[i] : b[i];
+    }
+
+    // ---- Reductions over the middle axis of [outer, n, inner] (float32 accumulates in float32) ----
+
+    template<typename T, bool MAX> __device__ __forceinline__ T r_comb(T a, T b) { return MAX ? max_nan(a, b) : a + b; }
+    template<typename T, bool MAX> __device__ __forceinline__ T r_id() { return MAX ? -inf_<T>() : T(0); }
+
+    /// inner == 1, long rows: block (o, s) reduces x[o, s*chunk ..< (s+1)*chunk] into y[o * splits + s].
+    template<typename T, bool MAX>
+    __device__ __forceinline__ void reduce_rows_block_impl(const T* x, T* y, i64 n, i64 chunk) {
+        __shared__ T sm[32];
+        const i64 o = blockIdx.x;
+        const i64 s = blockIdx.y, splits = gridDim.y;
+        const i64 start = s * chunk, end = min(n, start + chunk);
+        const T* row = x + o * n;
+        T a0 = r_id<T, MAX>(), a1 = a0, a2 = a0, a3 = a0;
+        const i64 bd = blockDim.x;
+        i64 j = start + threadIdx.x;
+        for (; j + 3 * bd < end; j += 4 * bd) {
+            a0 = r_comb<T, MAX>(a0, row[j]);
+            a1 = r_comb<T, MAX>(a1, row[j + bd]);
+            a2 = r_comb<T, MAX>(a2, row[j + 2 * bd]);
+            a3 = r_comb<T, MAX>(a3, row[j + 3 * bd]);
+        }
+        for (; j < end; j += bd) a0 = r_comb<T, MAX>(a0, row[j]);
+        T acc = r_comb<T, MAX>(r_comb<T, MAX>(a0, a1), r_comb<T, MAX>(a2, a3));
+        acc = block_reduce<T, MAX>(acc, sm);
+        if (threadIdx.x == 0) y[o * splits + s] = acc;
+    }
+
+    /// inner == 1, short rows: one warp per row.
+    template<typename T, bool MAX>
+    __device__ __forceinline__ void reduce_rows_warp_impl(const T* x, T* y, i64 outer, i64 n) {
+        const int lane = threadIdx.x & 31;
+        const i64 nw = gstride() >> 5;
+        for (i64 o = gtid() >> 5; o < outer; o += nw) {
+            const T* row = x + o * n;
+            T acc = r_id<T, MAX>();
+            for (i64 j = lane; j < n; j += 32) acc = r_comb<T, MAX>(acc, row[j]);
+            acc = MAX ? warp_max(acc) : warp_sum(acc);
+            if (lane == 0) y[o] = acc;
+        }
+    }
+
+    /// inner > 1: block (32 x 8) covers 32 columns of one outer index and reduces rows
+    /// [s*chunk, (s+1)*chunk) of the middle axis into y[(o * splits + s) * inner + i].
+    template<typename T, bool MAX>
+    __device__ __forceinline__ void reduce_cols_impl(const T* x, T* y, i64 n, i64 inner, i64 chunk) {
+        __shared__ T sm[8][33];
+        const i64 tiles = (inner + 31) / 32;
+        const i64 o = blockIdx.x / tiles, tile = blockIdx.x - o * tiles;
+        const i64 i = tile * 32 + threadIdx.x;
+        const i64 s = blockIdx.y, splits = gridDim.y;
+        const i64 start = s * chunk, end = min(n, start + chunk);
+        T acc = r_id<T, MAX>();
+        if (i < inner) {
+            const T* base = x + o * n * inner + i;
+            for (i64 j = start + threadIdx.y; j < end; j += 8) acc = r_comb<T, MAX>(acc, base[j * inner]);
+        }
+        sm[threadIdx.y][threadIdx.x] = acc;
+        __syncthreads();
+        if (threadIdx.y == 0 && i < inner) {
+    #pragma unroll
+            for (int k = 1; k < 8; ++k) acc = r_comb<T, MAX>(acc, sm[k][threadIdx.x]);
+            y[(o * splits + s) * inner + i] = acc;
+        }
+    }
+
+    // ---- Row kernels: softmax and RMS normalisation over the last axis ----
+
+    /// A warp per row, the row held in registers (VPL values per lane, cols <= 32 * VPL): one read, one write.
+    template<typename T, int VPL> __device__ __forceinline__ void softmax_warp_impl(const T* x, T* y, i64 rows, i64 cols) {
+        const int lane = threadIdx.x & 31;
+        const i64 nw = gstride() >> 5;
+        for (i64 r = gtid() >> 5; r < rows; r += nw) {
+            const T* px = x + r * cols;
+            T* py = y + r * cols;
+            T v[VPL];
+            T m = -inf_<T>();
+    #pragma unroll
+            for (int c = 0; c < VPL; ++c) {
+                const int i = lane + 32 * c;
+                v[c] = i < cols ? px[i] : -inf_<T>();
+                m = max_nan(m, v[c]);
+            }
+            m = warp_max(m);
+            T s = 0;
+    #pragma unroll
+            for (int c = 0; c < VPL; ++c) {
+                const int i = lane + 32 * c;
+                v[c] = i < cols ? m_exp(v[c] - m) : T(0);
+                s += v[c];
+            }
+            s = warp_sum(s);
+            const T inv = T(1) / s;
+    #pragma unroll
+            for (int c = 0; c < VPL; ++c) {
+                const int i = lane + 32 * c;
+                if (i < cols) py[i] = v[c] * inv;
+            }
+        }
+    }
+
+    template<typename T> __device__ __forceinline__ void softmax_block_impl(const T* x, T* y, i64 rows, i64 cols) {
+        __shared__ T sm[32];
+        for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+            const T* px = x + r * cols;
+            T* py = y + r * cols;
+            T m = -inf_<T>();
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = max_nan(m, px[c]);
+            m = block_reduce<T, true>(m, sm);
+            T s = 0;
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) { const T e = m_exp(px[c] - m); py[c] = e; s += e; }
+            s = block_reduce<T, false>(s, sm);
+            const T inv = T(1) / s;
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) py[c] = py[c] * inv;
+        }
+    }
+
+    template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_warp_impl(const T* x, T* y, i64 rows, i64 cols, T eps) {
+        const int lane = threadIdx.x & 31;
+        const i64 nw = gstride() >> 5;
+        for (i64 r = gtid() >> 5; r < rows; r += nw) {
+            const T* px = x + r * cols;
+            T* py = y + r * cols;
+            T v[VPL];
+            T ss = 0;
+    #pragma unroll
+            for (int c = 0; c < VPL; ++c) {
+                const int i = lane + 32 * c;
+                v[c] = i < cols ? px[i] : T(0);
+                ss += v[c] * v[c];
+            }
+            ss = warp_sum(ss);
+            const T inv = T(1) / m_sqrt(ss / T(cols) + eps);
+    #pragma unroll
+            for (int c = 0; c < VPL; ++c) {
+                const int i = lane + 32 * c;
+                if (i < cols) py[i] = v[c] * inv;
+            }
+        }
+    }
+
+    template<typename T> __device__ __forceinline__ void rmsnorm_block_impl(const T* x, T* y, i64 rows, i64 cols, T eps) {
+        __shared__ T sm[32];
+        for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+            const T* px = x + r * cols;
+            T* py = y + r * cols;
+            T ss = 0;
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) ss += px[c] * px[c];
+            ss = block_reduce<T, false>(ss, sm);
+            const T inv = T(1) / m_sqrt(ss / T(cols) + eps);
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) py[c] = px[c] * inv;
+        }
+    }
+
+    // ---- Rows by index (indices are floats holding whole numbers) ----
+
+    /// Block (32 x 8): each warp copies whole rows. A bad index sets *err and writes NaN.
+    template<typename T> __device__ __forceinline__ void gather_impl(const T* table, const T* idx, T* y, i64 rows,
+                                                                     i64 cols, i64 tableRows, int* err) {
+        for (i64 r = (i64)blockIdx.x * blockDim.y + threadIdx.y; r < rows; r += (i64)gridDim.x * blockDim.y) {
+            const T f = idx[r];
+            const i64 t = (i64)f;
+            const bool ok = !is_nan(f) && t >= 0 && t < tableRows;
+            if (!ok && threadIdx.x == 0) atomicExch(err, 1);
+            for (i64 c = threadIdx.x; c < cols; c += 32) y[r * cols + c] = ok ? table[t * cols + c] : nan_<T>();
+        }
+    }
+
+    template<typename T> __device__ __forceinline__ void scatter_add_impl(const T* x, const T* idx, T* table, i64 rows,
+                                                                          i64 cols, i64 tableRows, int* err) {
+        for (i64 r = (i64)blockIdx.x * blockDim.y + threadIdx.y; r < rows; r += (i64)gridDim.x * blockDim.y) {
+            const T f = idx[r];
+            const i64 t = (i64)f;
+            if (is_nan(f) || t < 0 || t >= tableRows) {
+                if (threadIdx.x == 0) atomicExch(err, 2);
+                continue;
+            }
+            for (i64 c = threadIdx.x; c < cols; c += 32) atomicAdd(table + t * cols + c, x[r * cols + c]);
+        }
+    }
+
+    // ---- Philox4x32-10 and Box-Muller, exactly as TensorCore's Philox (Random.swift) ----
+
+    struct U4 { u32 x, y, z, w; };
+    __device__ __forceinline__ U4 philox(u64 seed, u64 counter) {
+        u32 c0 = (u32)counter, c1 = (u32)(counter >> 32), c2 = 0, c3 = 0;
+        u32 k0 = (u32)seed, k1 = (u32)(seed >> 32);
+    #pragma unroll
+        for (int r = 0; r < 10; ++r) {
+            const u32 hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+            const u32 hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+            const u32 n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+            c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+            k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+        }
+        U4 r; r.x = c0; r.y = c1; r.z = c2; r.w = c3;
+        return r;
+    }
+    __device__ __forceinline__ float unit_(u32 u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }
+    __device__ __forceinline__ float unit_open(u32 u) { return (float)((u >> 8) + 1u) * (1.0f / 16777216.0f); }
+    __device__ __forceinline__ void box_muller(u32 a, u32 b, float& z0, float& z1) {
+        const float r = sqrtf(-2.0f * logf(unit_open(a)));
+        // Swift's Float.pi is pi rounded toward zero (0x40490FDA), and 2 * Float.pi is 0x40C90FDA.
+        const float theta = __int_as_float(0x40C90FDA) * unit_(b);
+        z0 = r * cosf(theta);
+        z1 = r * sinf(theta);
+    }
+
+    template<typename T> __device__ __forceinline__ void random_impl(T* y, i64 n, u64 seed, u64 counter, int normal) {
+        const i64 blocks = (n + 3) / 4;
+        for (i64 b = gtid(); b < blocks; b += gstride()) {
+            const U4 r = philox(seed, counter + (u64)b);
+            float v0, v1, v2, v3;
+            if (normal) { box_muller(r.x, r.y, v0, v1); box_muller(r.z, r.w, v2, v3); }
+            else { v0 = unit_(r.x); v1 = unit_(r.y); v2 = unit_(r.z); v3 = unit_(r.w); }
+            const i64 base = b * 4;
+            y[base] = (T)v0;
+            if (base + 1 < n) y[base + 1] = (T)v1;
+            if (base + 2 < n) y[base + 2] = (T)v2;
+            if (base + 3 < n) y[base + 3] = (T)v3;
+        }
+    }
+
+    // ---- Optimizer ----
+
+    template<typename T> __device__ __forceinline__ void adamw_one(T& p, T g, T& m, T& v, T stepSize, T sqrtBc2,
+                                                                   T decay, T b1, T b2, T eps, T gs) {
+        const T gi = g * gs;
+        const T mi = b1 * m + (T(1) - b1) * gi;
+        const T vi = b2 * v + (T(1) - b2) * gi * gi;
+        m = mi;
+        v = vi;
+        p = p * decay - stepSize * mi / (m_sqrt(vi) / sqrtBc2 + eps);
+    }
+
+    template<typename T> __device__ __forceinline__ void adamw_impl(T* p, const T* g, T* m, T* v, i64 n, T stepSize,
+                                                                    T sqrtBc2, T decay, T b1, T b2, T eps, T gs) {
+        constexpr int P = 16 / sizeof(T);
+        const i64 np = n / P, t = gtid(), st = gstride();
+        for (i64 i = t; i < np; i += st) {
+            Pack<T> pp = ((Pack<T>*)p)[i], pg = ((const Pack<T>*)g)[i], pm = ((Pack<T>*)m)[i], pv = ((Pack<T>*)v)[i];
+    #pragma unroll
+            for (int k = 0; k < P; ++k) adamw_one(pp.v[k], pg.v[k], pm.v[k], pv.v[k], stepSize, sqrtBc2, decay, b1, b2, eps, gs);
+            ((Pack<T>*)p)[i] = pp; ((Pack<T>*)m)[i] = pm; ((Pack<T>*)v)[i] = pv;
+        }
+        for (i64 i = np * P + t; i < n; i += st) adamw_one(p[i], g[i], m[i], v[i], stepSize, sqrtBc2, decay, b1, b2, eps, gs);
+    }
+
+    template<typename T> __device__ __forceinline__ void ema_impl(T* e, const T* p, i64 n, T d) {
+        constexpr int P = 16 / sizeof(T);
+        const i64 np = n / P, t = gtid(), st = gstride();
+        for (i64 i = t; i < np; i += st) {
+            Pack<T> pe = ((Pack<T>*)e)[i], pp = ((const Pack<T>*)p)[i];
+    #pragma unroll
+            for (int k = 0; k < P; ++k) pe.v[k] = pp.v[k] + d * (pe.v[k] - pp.v[k]);
+            ((Pack<T>*)e)[i] = pe;
+        }
+        for (i64 i = np * P + t; i < n; i += st) e[i] = p[i] + d * (e[i] - p[i]);
+    }
+
+    extern "C" __global__ void __launch_bounds__(256) convert_f32_f64(const float* x, double* y, i64 n) {
+        for (i64 i = gtid(); i < n; i += gstride()) y[i] = (double)x[i];
+    }
+    extern "C" __global__ void __launch_bounds__(256) convert_f64_f32(const double* x, float* y, i64 n) {
+        for (i64 i = gtid(); i < n; i += gstride()) y[i] = (float)x[i];
+    }
+    """#
+
+    /// The CUDA body of each unary op: the same formulas as TensorCore's CPUFloat.swift (`x` in, a `T` out).
+    /// Exhaustive, so a new UnaryOp case fails to build here until it has a kernel.
+    static func unaryBody(_ op: UnaryOp) -> String {
+        switch op {
+        case .neg: return "return -x;"
+        case .exp: return "return m_exp(x);"
+        case .log: return "return m_log(x);"
+        case .sqrt: return "return m_sqrt(x);"
+        case .rsqrt: return "return T(1) / m_sqrt(x);"
+        case .reciprocal: return "return T(1) / x;"
+        case .square: return "return x * x;"
+        case .sin: return "return m_sin(x);"
+        case .cos: return "return m_cos(x);"
+        case .tanh: return "return m_tanh(x);"
+        case .sigmoid: return "return sigm(x);"
+        case .silu: return "return x * sigm(x);"
+        case .siluD1: return "const T s = sigm(x); return s * (T(1) + x * (T(1) - s));"
+        case .siluD2: return "const T s = sigm(x); return s * (T(1) - s) * (T(2) + x * (T(1) - T(2) * s));"
+        case .gelu: return "return x * sigm(T(2) * T(GELU_C) * (x + T(GELU_K) * x * x * x));"
+        case .geluD1:
+            return """
+            const T x2 = x * x; const T u = T(GELU_C) * (x + T(GELU_K) * x2 * x);
+            const T du = T(GELU_C) * (T(1) + T(3) * T(GELU_K) * x2); const T s = sigm(T(2) * u);
+            return s + T(2) * x * s * (T(1) - s) * du;
+            """
+        case .geluD2:
+            return """
+            const T x2 = x * x; const T u = T(GELU_C) * (x + T(GELU_K) * x2 * x);
+            const T du = T(GELU_C) * (T(1) + T(3) * T(GELU_K) * x2); const T s = sigm(T(2) * u);
+            const T th = T(2) * s - T(1), d2u = T(6) * T(GELU_C) * T(GELU_K) * x;
+            return T(4) * s * (T(1) - s) * (du + T(0.5) * x * (d2u - T(2) * th * du * du));
+            """
+        case .isFinite: return "return m_abs(x) < inf_<T>() ? T(1) : T(0);"
+        }
+    }
+
+    static func binaryBody(_ op: BinaryOp) -> String {
+        switch op {
+        case .add: return "return a + b;"
+        case .sub: return "return a - b;"
+        case .mul: return "return a * b;"
+        case .div: return "return a / b;"
+        case .maximum: return "return max_nan(a, b);"
+        case .minimum: return "return min_nan(a, b);"
+        case .greater: return "return a > b ? T(1) : T(0);"
+        case .greaterEqual: return "return a >= b ? T(1) : T(0);"
+        case .equal: return "return a == b ? T(1) : T(0);"
+        }
+    }
+
+    /// Values per lane of the warp-per-row softmax and RMS-norm kernels (rows of up to 32 * 32 values).
+    static let rowWidths = [1, 2, 4, 8, 16, 32]
+
+    static let binaryOps: [BinaryOp] = [.add, .sub, .mul, .div, .maximum, .minimum, .greater, .greaterEqual, .equal]
+
+    static func binaryIndex(_ op: BinaryOp) -> Int {
+        switch op {
+        case .add: return 0
+        case .sub: return 1
+        case .mul: return 2
+        case .div: return 3
+        case .maximum: return 4
+        case .minimum: return 5
+        case .greater: return 6
+        case .greaterEqual: return 7
+        case .equal: return 8
+        }
+    }
+
+    /// Entry points of the core family for one element type.
+    static func coreEntryPoints(_ dtype: DType) -> String {
+        let T = ctype(dtype), s = suffix(dtype)
+        var out = ""
+        for op in UnaryOp.allCases {
+            out += "struct UF_\(op) { template<typename T> __device__ static __forceinline__ T f(T x) { \(unaryBody(op)) } };\n"
+            out += "extern \"C\" __global__ void __launch_bounds__(256) unary_\(op)_\(s)(const \(T)* x, \(T)* y, i64 n) "
+                + "{ unary_impl<\(T), UF_\(op)>(x, y, n); }\n"
+        }
+        for op in binaryOps {
+            out += "struct BF_\(op) { template<typename T> __device__ static __forceinline__ T f(T a, T b) { \(binaryBody(op)) } };\n"
+            for mode in 0..<3 {
+                out += "extern \"C\" __global__ void __launch_bounds__(256) binary_\(op)_d\(mode)_\(s)(const \(T)* a, const \(T)* b, \(T)* y, i64 n) "
+                    + "{ binary_dense_impl<\(T), BF_\(op), \(mode)>(a, b, y, n); }\n"
+            }
+            out += "extern \"C\" __global__ void __launch_bounds__(256) binary_\(op)_rows_\(s)(View2 v, const \(T)* a, const \(T)* b, \(T)* y, i64 rows, i64 inner, int ia, int ib) "
+                + "{ binary_rows_impl<\(T), BF_\(op)>(v, a, b, y, rows, inner, ia, ib); }\n"
+            for (tag, I) in [("32", "int"), ("64", "i64")] {
+                out += "extern \"C\" __global__ void __launch_bounds__(256) binary_\(op)_s\(tag)_\(s)(View2 v, const \(T)* a, const \(T)* b, \(T)* y, i64 n) "
+                    + "{ binary_strided_impl<\(T), BF_\(op), \(I)>(v, a, b, y, n); }\n"
+            }
+        }
+        for w in rowWidths {
+            out += "extern \"C\" __global__ void __launch_bounds__(256) softmax_warp\(w)_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols) "
+                + "{ softmax_warp_impl<\(T), \(w)>(x, y, rows, cols); }\n"
+            out += "extern \"C\" __global__ void __launch_bounds__(256) rmsnorm_warp\(w)_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols, \(T) eps) "
+                + "{ rmsnorm_warp_impl<\(T), \(w)>(x, y, rows, cols, eps); }\n"
+        }
+        out += """
+        extern "C" __global__ void __launch_bounds__(256) copy_rows_\(s)(View2 v, const \(T)* x, \(T)* y, i64 rows, i64 inner, int ix) { copy_rows_impl<\(T)>(v, x, y, rows, inner, ix); }
+        extern "C" __global__ void __launch_bounds__(256) copy_s32_\(s)(View2 v, const \(T)* x, \(T)* y, i64 n) { copy_strided_impl<\(T), int>(v, x, y, n); }
+        extern "C" __global__ void __launch_bounds__(256) copy_s64_\(s)(View2 v, const \(T)* x, \(T)* y, i64 n) { copy_strided_impl<\(T), i64>(v, x, y, n); }
+        extern "C" __global__ void __launch_bounds__(256) affine_\(s)(const \(T)* x, \(T)* y, i64 n, \(T) a, \(T) b) { affine_impl<\(T)>(x, y, n, a, b); }
+        extern "C" __global__ void __launch_bounds__(256) fill_\(s)(\(T)* y, i64 n, \(T) v) { fill_impl<\(T)>(y, n, v); }
+        extern "C" __global__ void __launch_bounds__(256) select_\(s)(const \(T)* c, const \(T)* a, const \(T)* b, \(T)* y, i64 n) { select_impl<\(T)>(c, a, b, y, n); }
+        extern "C" __global__ void __launch_bounds__(256) reduce_rows_block_sum_\(s)(const \(T)* x, \(T)* y, i64 n, i64 chunk) { reduce_rows_block_impl<\(T), false>(x, y, n, chunk); }
+        extern "C" __global__ void __launch_bounds__(256) reduce_rows_block_max_\(s)(const \(T)* x, \(T)* y, i64 n, i64 chunk) { reduce_rows_block_impl<\(T), true>(x, y, n, chunk); }
+        extern "C" __global__ void __launch_bounds__(256) reduce_rows_warp_sum_\(s)(const \(T)* x, \(T)* y, i64 outer, i64 n) { reduce_rows_warp_impl<\(T), false>(x, y, outer, n); }
+        extern "C" __global__ void __launch_bounds__(256) reduce_rows_warp_max_\(s)(const \(T)* x, \(T)* y, i64 outer, i64 n) { reduce_rows_warp_impl<\(T), true>(x, y, outer, n); }
+        extern "C" __global__ void __launch_bounds__(256) reduce_cols_sum_\(s)(const \(T)* x, \(T)* y, i64 n, i64 inner, i64 chunk) { reduce_cols_impl<\(T), false>(x, y, n, inner, chunk); }
+        extern "C" __global__ void __launch_bounds__(256) reduce_cols_max_\(s)(const \(T)* x, \(T)* y, i64 n, i64 inner, i64 chunk) { reduce_cols_impl<\(T), true>(x, y, n, inner, chunk); }
+        extern "C" __global__ void __launch_bounds__(1024) softmax_block_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols) { softmax_block_impl<\(T)>(x, y, rows, cols); }
+        extern "C" __global__ void __launch_bounds__(1024) rmsnorm_block_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols, \(T) eps) { rmsnorm_block_impl<\(T)>(x, y, rows, cols, eps); }
+        extern "C" __global__ void __launch_bounds__(256) gather_\(s)(const \(T)* table, const \(T)* idx, \(T)* y, i64 rows, i64 cols, i64 tableRows, int* err) { gather_impl<\(T)>(table, idx, y, rows, cols, tableRows, err); }
+        extern "C" __global__ void __launch_bounds__(256) scatter_add_\(s)(const \(T)* x, const \(T)* idx, \(T)* table, i64 rows, i64 cols, i64 tableRows, int* err) { scatter_add_impl<\(T)>(x, idx, table, rows, cols, tableRows, err); }
+        extern "C" __global__ void __launch_bounds__(256) random_\(s)(\(T)* y, i64 n, u64 seed, u64 counter, int normal) { random_impl<\(T)>(y, n, seed, counter, normal); }
+        extern "C" __global__ void __launch_bounds__(256) adamw_\(s)(\(T)* p, const \(T)* g, \(T)* m, \(T)* v, i64 n, \(T) stepSize, \(T) sqrtBc2, \(T) decay, \(T) b1, \(T) b2, \(T) eps, \(T) gs) { adamw_impl<\(T)>(p, g, m, v, n, stepSize, sqrtBc2, decay, b1, b2, eps, gs); }
+        extern "C" __global__ void __launch_bounds__(256) ema_\(s)(\(T)* e, const \(T)* p, i64 n, \(T) d) { ema_impl<\(T)>(e, p, n, d); }
+
+        """
+        return out
+    }
+
+    // MARK: - Attention (a warp per query or key row; the fused flash kernels come later)
+
+    static let attention = #"""
+    /// Dot products of this lane's slice of a row with rows at `p` (DPL elements per lane, d of them valid).
+    #define LANE_LOOP(c) for (int c = 0; c < DPL; ++c)
+
+    template<typename T, int DPL> __device__ __forceinline__ void load_row(T (&r)[DPL], const T* p, int lane, int d) {
+    #pragma unroll
+        LANE_LOOP(c) { const int dd = lane + 32 * c; r[c] = dd < d ? p[dd] : T(0); }
+    }
+    template<typename T, int DPL> __device__ __forceinline__ T dot_row(const T (&r)[DPL], const T* p, int lane, int d) {
+        T s = 0;
+    #pragma unroll
+        LANE_LOOP(c) { const int dd = lane + 32 * c; if (dd < d) s += r[c] * p[dd]; }
+        return s;
+    }
+    template<typename T, int DPL> __device__ __forceinline__ T dot_reg(const T (&a)[DPL], const T (&b)[DPL]) {
+        T s = 0;
+    #pragma unroll
+        LANE_LOOP(c) s += a[c] * b[c];
+        return s;
+    }
+
+    /// One online-softmax step over KU keys starting at j: scores (and their tangents) for this warp's query row,
+    /// then the running max m, sum l, tangent mean mu and the accumulators of O and of its tangent.
+    template<typename T, int DPL, bool TAN, int KU>
+    __device__ __forceinline__ void attn_fwd_step(int j, int lane, int d, T scale, const T* K, const T* V,
+                                                  const T* TK, const T* TV, const T (&qr)[DPL], const T (&tqr)[DPL],
+                                                  T (&acc)[DPL], T (&tacc)[DPL], T& m, T& l, T& mu) {
+        T s[KU], ts[KU];
+    #pragma unroll
+        for (int u = 0; u < KU; ++u) {
+            const i64 off = (i64)(j + u) * d;
+            T a = 0, b = 0;
+    #pragma unroll
+            LANE_LOOP(c) {
+                const int dd = lane + 32 * c;
+                if (dd < d) {
+                    const T kv = K[off + dd];
+                    a += qr[c] * kv;
+                    if (TAN) b += tqr[c] * kv + qr[c] * TK[off + dd];
+                }
+            }
+            s[u] = a; ts[u] = b;
+        }
+        T mn = m;
+    #pragma unroll
+        for (int u = 0; u < KU; ++u) {
+            s[u] = warp_sum(s[u]) * scale;
+            if (TAN) ts[u] = warp_sum(ts[u]) * scale;
+            mn = s[u] > mn ? s[u] : mn;
+        }
+        const T alpha = m_exp(m - mn);
+        T p[KU], psum = 0, pts = 0;
+    #pragma unroll
+        for (int u = 0; u < KU; ++u) { p[u] = m_exp(s[u] - mn); psum += p[u]; if (TAN) pts += p[u] * ts[u]; }
+        l = l * alpha + psum;
+        if (TAN) mu = mu * alpha + pts;
+    #pragma unroll
+        LANE_LOOP(c) {
+            const int dd = lane + 32 * c;
+            if (dd < d) {
+                T a = acc[c] * alpha, b = TAN ? tacc[c] * alpha : T(0);
+    #pragma unroll
+                for (int u = 0; u < KU; ++u) {
+                    const i64 off = (i64)(j + u) * d + dd;
+                    const T vv = V[off];
+                    a += p[u] * vv;
+                    if (TAN) b += p[u] * (ts[u] * vv + TV[off]);
+                }
+                acc[c] = a;
+                if (TAN) tacc[c] = b;
+            }
+        }
+        m = mn;
+    }
+
+    /// A warp per query row (rows = bh * n): o, lse, and with TAN the tangent
+    /// to_i = sum_j P_ij tS_ij v_j - mu_i o_i + sum_j P_ij tv_j.
+    template<typename T, int DPL, bool TAN>
+    __device__ __forceinline__ void attn_fwd_impl(const T* q, const T* k, const T* v, const T* tq, const T* tk, const T* tv,
+                                                  T* o, T* to, T* lse, i64 rows, int n, int d, T scale) {
+        const int lane = threadIdx.x & 31;
+        const i64 row = gtid() >> 5;
+        if (row >= rows) return;
+        const i64 head = row / n, hb = head * n * d;
+        const T* K = k + hb; const T* V = v + hb;
+        const T* TK = TAN ? tk + hb : nullptr; const T* TV = TAN ? tv + hb : nullptr;
+        T qr[DPL], tqr[DPL], acc[DPL], tacc[DPL];
+        load_row<T, DPL>(qr, q + row * d, lane, d);
+        if (TAN) load_row<T, DPL>(tqr, tq + row * d, lane, d);
+    #pragma unroll
+        LANE_LOOP(c) { acc[c] = 0; tacc[c] = 0; }
+        T m = -inf_<T>(), l = 0, mu = 0;
+        int j = 0;
+        for (; j + 4 <= n; j += 4) attn_fwd_step<T, DPL, TAN, 4>(j, lane, d, scale, K, V, TK, TV, qr, tqr, acc, tacc, m, l, mu);
+        for (; j < n; ++j) attn_fwd_step<T, DPL, TAN, 1>(j, lane, d, scale, K, V, TK, TV, qr, tqr, acc, tacc, m, l, mu);
+        const T inv = T(1) / l, muv = mu * inv;
+    #pragma unroll
+        LANE_LOOP(c) {
+            const int dd = lane + 32 * c;
+            if (dd < d) {
+                const T ov = acc[c] * inv;
+                o[row * d + dd] = ov;
+                if (TAN) to[row * d + dd] = tacc[c] * inv - muv * ov;
+            }
+        }
+        if (lane == 0) lse[row] = m + m_log(l);
+    }
+
+    /// The per-pair quantities of the backward pass for query row i and key row j (all lanes get them):
+    /// s = q.k, ts = scale (tq.k + q.tk), gv = go.v, R = gto.v, gtv = gto.tv.
+    template<typename T, bool TAN> struct Pair { T s, ts, gv, r, gtv; };
+
+    /// dq, dtq and the row statistics (mu, rho, sum_j P dp) of each query row: a warp per query row,
+    /// two passes over the keys (statistics, then the sums over j).
+    template<typename T, int DPL, bool TAN>
+    __device__ __forceinline__ void attn_bwd_rows_impl(const T* q, const T* k, const T* v, const T* tq, const T* tk,
+                                                       const T* tv, const T* lse, const T* go, const T* gto,
+                                                       T* dq, T* dtq, T* stats, i64 rows, int n, int d, T scale) {
+        const int lane = threadIdx.x & 31;
+        const i64 row = gtid() >> 5;
+        if (row >= rows) return;
+        const i64 head = row / n, hb = head * n * d;
+        const T* K = k + hb; const T* V = v + hb;
+        const T* TK = TAN ? tk + hb : nullptr; const T* TV = TAN ? tv + hb : nullptr;
+        T qr[DPL], gor[DPL], tqr[DPL], gtor[DPL];
+        load_row<T, DPL>(qr, q + row * d, lane, d);
+        load_row<T, DPL>(gor, go + row * d, lane, d);
+        if (TAN) { load_row<T, DPL>(tqr, tq + row * d, lane, d); load_row<T, DPL>(gtor, gto + row * d, lane, d); }
+        const T L = lse[row];
+        T mu = 0, rho = 0, A = 0, B = 0;
+        for (int j = 0; j < n; ++j) {
+            const i64 off = (i64)j * d;
+            T s = 0, ts = 0, gv = 0, r = 0, gtv = 0;
+    #pragma unroll
+            LANE_LOOP(c) {
+                const int dd = lane + 32 * c;
+                if (dd < d) {
+                    const T kv = K[off + dd], vv = V[off + dd];
+                    s += qr[c] * kv; gv += gor[c] * vv;
+                    if (TAN) { ts += tqr[c] * kv + qr[c] * TK[off + dd]; r += gtor[c] * vv; gtv += gtor[c] * TV[off + dd]; }
+                }
+            }
+            s = warp_sum(s); gv = warp_sum(gv);
+            if (TAN) { ts = warp_sum(ts) * scale; r = warp_sum(r); gtv = warp_sum(gtv); }
+            const T P = m_exp(scale * s - L);
+            A += P * (gv + gtv);
+            if (TAN) { mu += P * ts; rho += P * r; B += P * r * ts; }
+        }
+        const T dotPdP = TAN ? A + B - T(2) * mu * rho : A;
+        T dqa[DPL], dtqa[DPL];
+    #pragma unroll
+        LANE_LOOP(c) { dqa[c] = 0; dtqa[c] = 0; }
+        for (int j = 0; j < n; ++j) {
+            const i64 off = (i64)j * d;
+            T s = 0, ts = 0, gv = 0, r = 0, gtv = 0;
+    #pragma unroll
+            LANE_LOOP(c) {
+                const int dd = lane + 32 * c;
+                if (dd < d) {
+                    const T kv = K[off + dd], vv = V[off + dd];
+                    s += qr[c] * kv; gv += gor[c] * vv;
+                    if (TAN) { ts += tqr[c] * kv + qr[c] * TK[off + dd]; r += gtor[c] * vv; gtv += gtor[c] * TV[off + dd]; }
+                }
+            }
+            s = warp_sum(s); gv = warp_sum(gv);
+            if (TAN) { ts = warp_sum(ts) * scale; r = warp_sum(r); gtv = warp_sum(gtv); }
+            const T P = m_exp(scale * s - L);
+            const T dp = TAN ? gv + gtv + r * (ts - mu) - ts * rho : gv;
+            const T dS = P * (dp - dotPdP);
+            const T dtS = TAN ? P * (r - rho) : T(0);
+    #pragma unroll
+            LANE_LOOP(c) {
+                const int dd = lane + 32 * c;
+                if (dd < d) {
+                    const T kv = K[off + dd];
+                    dqa[c] += dS * kv;
+                    if (TAN) { dqa[c] += dtS * TK[off + dd]; dtqa[c] += dtS * kv; }
+                }
+            }
+        }
+    #pragma unroll
+        LANE_LOOP(c) {
+            const int dd = lane + 32 * c;
+            if (dd < d) {
+                dq[row * d + dd] = scale * dqa[c];
+                if (TAN) dtq[row * d + dd] = scale * dtqa[c];
+            }
+        }
+        if (lane == 0) { stats[row * 3] = mu; stats[row * 3 + 1] = rho; stats[row * 3 + 2] = dotPdP; }
+    }
+
+    /// dk, dv, dtk, dtv: a warp per key row, one pass over the query rows of its head.
+    template<typename T, int DPL, bool TAN>
+    __device__ __forceinline__ void attn_bwd_cols_impl(const T* q, const T* k, const T* v, const T* tq, const T* tk,
+                                                       const T* tv, const T* lse, const T* go, const T* gto,
+                                                       const T* stats, T* dk, T* dv, T* dtk, T* dtv,
+                                                       i64 rows, int n, int d, T scale) {
+        const int lane = threadIdx.x & 31;
+        const i64 row = gtid() >> 5;
+        if (row >= rows) return;
+        const i64 head = row / n, hb = head * n * d, hr = head * n;
+        const T* Q = q + hb; const T* GO = go + hb;
+        const T* TQ = TAN ? tq + hb : nullptr; const T* GTO = TAN ? gto + hb : nullptr;
+        T kr[DPL], vr[DPL], tkr[DPL], tvr[DPL];
+        load_row<T, DPL>(kr, k + row * d, lane, d);
+        load_row<T, DPL>(vr, v + row * d, lane, d);
+        if (TAN) { load_row<T, DPL>(tkr, tk + row * d, lane, d); load_row<T, DPL>(tvr, tv + row * d, lane, d); }
+        T dka[DPL], dva[DPL], dtka[DPL], dtva[DPL];
+    #pragma unroll
+        LANE_LOOP(c) { dka[c] = 0; dva[c] = 0; dtka[c] = 0; dtva[c] = 0; }
+        for (int i = 0; i < n; ++i) {
+            const i64 off = (i64)i * d;
+            T qi[DPL], goi[DPL], tqi[DPL], gtoi[DPL];
+            load_row<T, DPL>(qi, Q + off, lane, d);
+            load_row<T, DPL>(goi, GO + off, lane, d);
+            if (TAN) { load_row<T, DPL>(tqi, TQ + off, lane, d); load_row<T, DPL>(gtoi, GTO + off, lane, d); }
+            T s = dot_reg<T, DPL>(qi, kr), gv = dot_reg<T, DPL>(goi, vr), ts = 0, r = 0, gtv = 0;
+            if (TAN) { ts = dot_reg<T, DPL>(tqi, kr) + dot_reg<T, DPL>(qi, tkr); r = dot_reg<T, DPL>(gtoi, vr); gtv = dot_reg<T, DPL>(gtoi, tvr); }
+            s = warp_sum(s); gv = warp_sum(gv);
+            if (TAN) { ts = warp_sum(ts) * scale; r = warp_sum(r); gtv = warp_sum(gtv); }
+            const T P = m_exp(scale * s - lse[hr + i]);
+            const T mu = TAN ? stats[(hr + i) * 3] : T(0), rho = TAN ? stats[(hr + i) * 3 + 1] : T(0);
+            const T dotPdP = stats[(hr + i) * 3 + 2];
+            const T dp = TAN ? gv + gtv + r * (ts - mu) - ts * rho : gv;
+            const T dS = P * (dp - dotPdP);
+            const T dtS = TAN ? P * (r - rho) : T(0);
+            const T pt = TAN ? P * (ts - mu) : T(0);
+    #pragma unroll
+            LANE_LOOP(c) {
+                dva[c] += P * goi[c];
+                dka[c] += dS * qi[c];
+                if (TAN) {
+                    dva[c] += pt * gtoi[c];
+                    dtva[c] += P * gtoi[c];
+                    dka[c] += dtS * tqi[c];
+                    dtka[c] += dtS * qi[c];
+                }
+            }
+        }
+    #pragma unroll
+        LANE_LOOP(c) {
+            const int dd = lane + 32 * c;
+            if (dd < d) {
+                dk[row * d + dd] = scale * dka[c];
+                dv[row * d + dd] = dva[c];
+                if (TAN) { dtk[row * d + dd] = scale * dtka[c]; dtv[row * d + dd] = dtva[c]; }
+            }
+        }
+    }
+    """#
+
+    /// Values per lane the warp-per-row attention kernels are built for (head dim <= 32 * the largest).
+    static let attentionLaneWidths = [1, 2, 3, 4, 8, 16]
+
+    static func attentionEntryPoints(_ dtype: DType) -> String {
+        let T = ctype(dtype), s = suffix(dtype)
+        var out = ""
+        for dpl in attentionLaneWidths {
+            for tan in [false, true] {
+                let t = tan ? "t" : "p", flag = tan ? "true" : "false"
+                out += """
+                extern "C" __global__ void __launch_bounds__(256) attn_fwd_\(t)\(dpl)_\(s)(const \(T)* q, const \(T)* k, const \(T)* v, const \(T)* tq, const \(T)* tk, const \(T)* tv, \(T)* o, \(T)* to, \(T)* lse, i64 rows, int n, int d, \(T) scale) { attn_fwd_impl<\(T), \(dpl), \(flag)>(q, k, v, tq, tk, tv, o, to, lse, rows, n, d, scale); }
+                extern "C" __global__ void __launch_bounds__(256) attn_bwd_rows_\(t)\(dpl)_\(s)(const \(T)* q, const \(T)* k, const \(T)* v, const \(T)* tq, const \(T)* tk, const \(T)* tv, const \(T)* lse, const \(T)* go, const \(T)* gto, \(T)* dq, \(T)* dtq, \(T)* stats, i64 rows, int n, int d, \(T) scale) { attn_bwd_rows_impl<\(T), \(dpl), \(flag)>(q, k, v, tq, tk, tv, lse, go, gto, dq, dtq, stats, rows, n, d, scale); }
+                extern "C" __global__ void __launch_bounds__(256) attn_bwd_cols_\(t)\(dpl)_\(s)(const \(T)* q, const \(T)* k, const \(T)* v, const \(T)* tq, const \(T)* tk, const \(T)* tv, const \(T)* lse, const \(T)* go, const \(T)* gto, const \(T)* stats, \(T)* dk, \(T)* dv, \(T)* dtk, \(T)* dtv, i64 rows, int n, int d, \(T) scale) { attn_bwd_cols_impl<\(T), \(dpl), \(flag)>(q, k, v, tq, tk, tv, lse, go, gto, stats, dk, dv, dtk, dtv, rows, n, d, scale); }
+
+                """
+            }
+        }
+        return out
+    }
+
+    enum Family: String, CaseIterable { case core, attention }
+
+    /// The whole translation unit of one family for one element type.
+    static func source(_ family: Family, _ dtype: DType) -> String {
+        switch family {
+        case .core: return [common, core, coreEntryPoints(dtype)].joined(separator: "\n")
+        case .attention: return [common, attention, attentionEntryPoints(dtype)].joined(separator: "\n")
+        }
+    }
+}

@@ -1,0 +1,154 @@
+import XCTest
+import TensorCore
+import CUDABackend
+
+/// Timings of the CUDA backend (device time from CUDA events, after warm-up). Runs only with
+/// TVM_CUDA_BENCH=1 (scripts/gpu.sh sets it); prints one line per measurement, `BENCH`-prefixed.
+final class CUDABenchmarks: XCTestCase {
+    func testBenchmarks() throws {
+        guard ProcessInfo.processInfo.environment["TVM_CUDA_BENCH"] == "1" else { throw XCTSkip("set TVM_CUDA_BENCH=1") }
+        let cuda = try cudaOrSkip()
+        cuda.poisonAllocations = false
+        var r = TestRandom()
+        func report(_ s: String) { print("BENCH \(s)") }
+        let start = Date()
+        try cuda.buildAllKernels()
+        report("device \(cuda.deviceName), \(cuda.multiprocessorCount) SMs, \(cuda.totalMemoryBytes >> 20) MiB; \(cuda.versions)")
+        report(String(format: "kernel modules built in %.2f s (this call %.2f s): ", cuda.kernelBuildSeconds, Date().timeIntervalSince(start))
+               + cuda.kernelBuildLog.joined(separator: "; "))
+        func fmt(_ x: Double) -> String { String(format: "%.3f", x) }
+
+        // Memory-bound ops: bytes moved = read + written.
+        let n = 64 << 20  // 64 Mi floats, 256 MiB per tensor
+        let a = Tensor(r.normals(1 << 16).map(Float.init), shape: [1 << 16], on: cuda.device).broadcast(to: [1024, 1 << 16]).reshaped([n])
+        let b = a * 0.5 + 1
+        let y = cuda.allocate(n, .float32)
+        let gb = Double(n * 4) / 1e9
+        var ms = cuda.milliseconds(iterations: 20) {
+            cuda.copy(a.storage, StridedView(strides: [1]), y, StridedView(strides: [1]), shape: [n])
+        }
+        report("copy d2d 256 MiB: \(fmt(ms)) ms, \(fmt(2 * gb / ms)) TB/s (read + written)")
+        ms = cuda.milliseconds(iterations: 20) { cuda.binary(.add, a.storage, StridedView(strides: [1]), b.storage, StridedView(strides: [1]), y, shape: [n]) }
+        report("binary add 64M f32 (3 x 256 MiB): \(fmt(ms)) ms, \(fmt(3 * gb / ms)) TB/s")
+        ms = cuda.milliseconds(iterations: 20) { cuda.unary(.silu, a.storage, y) }
+        report("unary silu 64M f32: \(fmt(ms)) ms, \(fmt(2 * gb / ms)) TB/s")
+        ms = cuda.milliseconds(iterations: 20) { cuda.unary(.geluD2, a.storage, y) }
+        report("unary geluD2 64M f32: \(fmt(ms)) ms, \(fmt(2 * gb / ms)) TB/s")
+        let rows = n / 1152
+        let bias = Tensor(r.normals(1152).map(Float.init), shape: [1152], on: cuda.device)
+        ms = cuda.milliseconds(iterations: 20) {
+            cuda.binary(.add, a.storage, StridedView(strides: [1152, 1]), bias.storage, StridedView(strides: [0, 1]), y, shape: [rows, 1152])
+        }
+        report("bias add [\(rows), 1152] + [1152]: \(fmt(ms)) ms, \(fmt(2 * Double(rows * 1152 * 4) / 1e9 / ms)) TB/s")
+        let (bb, ss) = (64, n / (64 * 1152))
+        ms = cuda.milliseconds(iterations: 20) {
+            cuda.binary(.mul, a.storage, StridedView(strides: [ss * 1152, 1152, 1]), bias.storage, StridedView(strides: [0, 0, 1]),
+                        y, shape: [bb, ss, 1152])
+        }
+        report("modulate [\(bb), \(ss), 1152] * [\(bb), 1, 1152] (rows kernel): \(fmt(ms)) ms, \(fmt(2 * Double(bb * ss * 1152 * 4) / 1e9 / ms)) TB/s")
+        let heads = 64 * 256 * 12 * 64
+        ms = cuda.milliseconds(iterations: 20) {
+            // [64, 256, 12, 64] -> [64, 12, 256, 64]: the attention head split.
+            cuda.copy(a.storage, StridedView(strides: [256 * 768, 64, 768, 1]), y, StridedView(strides: [12 * 256 * 64, 256 * 64, 64, 1]),
+                      shape: [64, 12, 256, 64])
+        }
+        report("head permute [64,256,12,64] -> [64,12,256,64]: \(fmt(ms)) ms, \(fmt(2 * Double(heads * 4) / 1e9 / ms)) TB/s")
+        ms = cuda.milliseconds(iterations: 20) {
+            cuda.copy(a.storage, StridedView(strides: [1152, 1]), y, StridedView(strides: [1, rows]), shape: [rows, 1152])
+        }
+        report("transpose copy [\(rows), 1152]: \(fmt(ms)) ms, \(fmt(2 * Double(rows * 1152 * 4) / 1e9 / ms)) TB/s")
+        let red = cuda.allocate(rows, .float32)
+        ms = cuda.milliseconds(iterations: 20) { cuda.reduce(.sum, a.storage, red, outer: rows, n: 1152, inner: 1) }
+        report("row sum [\(rows), 1152]: \(fmt(ms)) ms, \(fmt(gb / ms)) TB/s")
+        let colRed = cuda.allocate(1152, .float32)
+        ms = cuda.milliseconds(iterations: 20) { cuda.reduce(.sum, a.storage, colRed, outer: 1, n: rows, inner: 1152) }
+        report("column sum [\(rows), 1152] -> [1152]: \(fmt(ms)) ms, \(fmt(gb / ms)) TB/s")
+        let all = cuda.allocate(1, .float32)
+        ms = cuda.milliseconds(iterations: 20) { cuda.reduce(.sum, a.storage, all, outer: 1, n: n, inner: 1) }
+        report("full sum 64M: \(fmt(ms)) ms, \(fmt(gb / ms)) TB/s")
+        ms = cuda.milliseconds(iterations: 20) { cuda.softmax(a.storage, y, rows: n / 256, cols: 256) }
+        report("softmax [\(n / 256), 256]: \(fmt(ms)) ms, \(fmt(2 * gb / ms)) TB/s")
+        ms = cuda.milliseconds(iterations: 20) { cuda.rmsNorm(a.storage, y, rows: rows, cols: 1152, eps: 1e-6) }
+        report("rmsNorm [\(rows), 1152]: \(fmt(ms)) ms, \(fmt(2 * Double(rows * 1152 * 4) / 1e9 / ms)) TB/s")
+        ms = cuda.milliseconds(iterations: 20) { cuda.random(y, normal: true, seed: 7, counter: 0) }
+        report("random normal 64M: \(fmt(ms)) ms, \(fmt(gb / ms)) TB/s written")
+        let (pm, pv) = (cuda.allocate(n / 4, .float32), cuda.allocate(n / 4, .float32))
+        cuda.fill(pm, value: 0); cuda.fill(pv, value: 0)
+        let p = cuda.allocate(n / 4, .float32)
+        cuda.fill(p, value: 1)
+        ms = cuda.milliseconds(iterations: 20) {
+            cuda.adamw(p: p, g: a.storage, m: pm, v: pv, lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 3, gradScale: 1)
+        }
+        report("adamw 16M params: \(fmt(ms)) ms, \(fmt(7 * gb / 4 / ms)) TB/s (7 streams)")
+
+        // Launch cost: many tiny kernels back to back (host-side rate when the GPU is not the bottleneck).
+        let tiny = cuda.allocate(256, .float32), tinyOut = cuda.allocate(256, .float32)
+        cuda.fill(tiny, value: 1)
+        let t0 = Date()
+        for _ in 0..<20_000 { cuda.affine(tiny, tinyOut, a: 2, b: 1) }
+        let hostUs = Date().timeIntervalSince(t0) * 1e6 / 20_000
+        cuda.synchronize()
+        let wallUs = Date().timeIntervalSince(t0) * 1e6 / 20_000
+        report("tiny kernel: \(fmt(hostUs)) us host time per launch, \(fmt(wallUs)) us wall per kernel (20000 back to back)")
+        let small = Tensor(r.normals(4096).map(Float.init), shape: [64, 64], on: cuda.device)
+        let t1 = Date()
+        for _ in 0..<2000 { _ = ((small * 2 + 1).silu() * small).sum(axes: [1]) }
+        cuda.synchronize()
+        report("tensor-level op (5 ops on [64, 64]): \(fmt(Date().timeIntervalSince(t1) * 1e6 / 10_000)) us per op wall, incl. allocation")
+
+        // Matrix products through cuBLAS.
+        for (m, nn, k, batch, label) in [(8192, 8192, 8192, 1, "square 8192"), (16384, 4608, 1152, 1, "DiT MLP in [64*256,1152]x[1152,4608]"),
+                                          (16384, 1152, 4608, 1, "DiT MLP out"), (256, 256, 64, 768, "attention scores 768 x [256,64]x[64,256]")] {
+            let A = cuda.allocate(batch * m * k, .float32), B = cuda.allocate(batch * k * nn, .float32), C = cuda.allocate(batch * m * nn, .float32)
+            cuda.random(A, normal: true, seed: 1, counter: 0)
+            cuda.random(B, normal: true, seed: 2, counter: 0)
+            let flops = 2.0 * Double(m) * Double(nn) * Double(k) * Double(batch)
+            for tf32 in [false, true] {
+                cuda.allowTF32 = tf32
+                let t = cuda.milliseconds(iterations: 10, warmup: 2) {
+                    cuda.matmul(A, B, C, batch: batch, m: m, n: nn, k: k, transA: false, transB: batch > 1,
+                                strideA: m * k, strideB: k * nn, alpha: 1, beta: 0)
+                }
+                report("matmul \(label) \(tf32 ? "TF32" : "FP32"): \(fmt(t)) ms, \(fmt(flops / t / 1e9)) TFLOP/s")
+            }
+            cuda.allowTF32 = false
+        }
+
+        // Attention at the DiT-B geometry: B=64, H=12, S=256, D=64 (bh = 768).
+        for (bh, s, d) in [(768, 256, 64), (768, 256, 72)] {
+            let count = bh * s * d
+            let qkv = (0..<9).map { i -> Storage in
+                let t = cuda.allocate(count, .float32)
+                cuda.random(t, normal: true, seed: UInt64(10 + i), counter: 0)
+                return t
+            }
+            let o = cuda.allocate(count, .float32), to = cuda.allocate(count, .float32), lse = cuda.allocate(bh * s, .float32)
+            let scale = 1 / Double(d).squareRoot()
+            let fwd = cuda.milliseconds(iterations: 5) {
+                cuda.attention(q: qkv[0], k: qkv[1], v: qkv[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse, bh: bh, seq: s, dim: d, scale: scale)
+            }
+            let fwdT = cuda.milliseconds(iterations: 5) {
+                cuda.attention(q: qkv[0], k: qkv[1], v: qkv[2], tq: qkv[3], tk: qkv[4], tv: qkv[5], o: o, to: to, lse: lse,
+                               bh: bh, seq: s, dim: d, scale: scale)
+            }
+            let grads = (0..<6).map { _ in cuda.allocate(count, .float32) }
+            let bwd = cuda.milliseconds(iterations: 3) {
+                cuda.attentionBackward(q: qkv[0], k: qkv[1], v: qkv[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse,
+                                       go: qkv[6], gto: nil, dq: grads[0], dk: grads[1], dv: grads[2], dtq: nil, dtk: nil, dtv: nil,
+                                       bh: bh, seq: s, dim: d, scale: scale)
+            }
+            let bwdT = cuda.milliseconds(iterations: 3) {
+                cuda.attentionBackward(q: qkv[0], k: qkv[1], v: qkv[2], tq: qkv[3], tk: qkv[4], tv: qkv[5], o: o, to: to, lse: lse,
+                                       go: qkv[6], gto: qkv[7], dq: grads[0], dk: grads[1], dv: grads[2], dtq: grads[3], dtk: grads[4], dtv: grads[5],
+                                       bh: bh, seq: s, dim: d, scale: scale)
+            }
+            let f = 4.0 * Double(bh) * Double(s) * Double(s) * Double(d)
+            report("attention bh=\(bh) S=\(s) D=\(d) f32: forward \(fmt(fwd)) ms (\(fmt(f / fwd / 1e9)) TFLOP/s), "
+                   + "forward+tangent \(fmt(fwdT)) ms, backward \(fmt(bwd)) ms, backward with tangents \(fmt(bwdT)) ms")
+        }
+        report("memory: peak \(cuda.peakBytes >> 20) MiB, reserved \(cuda.reservedBytes >> 20) MiB, cuMemAlloc calls \(cuda.driverAllocations)")
+        for line in cuda.kernelResourceReport() where line.contains("attn_") && line.contains("f32") { report(line) }
+        let spills = cuda.kernelResourceReport().filter { !$0.hasSuffix(" 0 bytes local") }
+        report("kernels with local memory (spills or stack): \(spills.isEmpty ? "none" : spills.joined(separator: "; "))")
+    }
+}

@@ -1,0 +1,335 @@
+import XCTest
+import TensorCore
+import CUDABackend
+
+/// Every Backend kernel on the GPU against the CPU backend, on fresh random inputs of several shapes
+/// (odd sizes, sizes not multiples of 32, broadcasting, every reduction layout), in float32 and float64.
+final class CUDAOpTests: XCTestCase {
+    let dtypes: [DType] = [.float32, .float64]
+
+    func testLoadGivesBackendOrClearError() throws {
+        do {
+            let cuda = try CUDABackend.load()
+            XCTAssertFalse(cuda.deviceName.isEmpty)
+            XCTAssertTrue(cuda.name.hasPrefix("cuda"))
+            print("CUDA: \(cuda.deviceName), compute capability \(cuda.computeCapability.major).\(cuda.computeCapability.minor), "
+                  + "\(cuda.multiprocessorCount) SMs; \(cuda.versions)")
+        } catch let e as CUDAError {
+            // No GPU here: the message must say which library or call failed.
+            let m = e.message
+            XCTAssertTrue(m.contains("libcuda") || m.contains("cuInit") || m.contains("NVRTC") || m.contains("cuBLAS")
+                          || m.contains("device"), "unclear error: \(m)")
+            XCTAssertThrowsError(try CUDABackend.load())  // remembered, and thrown again
+        }
+    }
+
+    /// Compiles the kernel source with NVRTC alone where NVRTC exists (no GPU needed).
+    func testKernelSourceCompiles() throws {
+        let lines: [String]
+        do { lines = try CUDABackend.compileKernelsWithoutDevice(architecture: 90) } catch let e as CUDAError {
+            if e.message.contains("NVRTC not found") { throw XCTSkip(e.message) }
+            throw e
+        }
+        XCTAssertEqual(lines.count, 4)
+        if ProcessInfo.processInfo.environment["TVM_CUDA_VERBOSE"] == "1" { lines.forEach { print($0) } }
+    }
+
+    func testTransfersFillConvert() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for n in [0, 1, 5, 1000, 100_003] {
+                let v = r.normals(n)
+                let s = cuda.upload(v, dtype: dtype)
+                let back = cuda.download(s)
+                XCTAssertEqual(back, dtype == .float64 ? v : v.map { Double(Float($0)) }, "round trip \(dtype) \(n)")
+                XCTAssertEqual(cuda.downloadFloats(s), v.map { Float($0) })
+                for value in [0.0, -1.5, 3.25e-3] {
+                    let f = cuda.allocate(n, dtype)
+                    cuda.fill(f, value: value)
+                    XCTAssertEqual(cuda.download(f), [Double](repeating: dtype == .float32 ? Double(Float(value)) : value, count: n))
+                }
+                let other: DType = dtype == .float32 ? .float64 : .float32
+                let converted = cuda.convert(s, to: other)
+                XCTAssertEqual(converted.dtype, other)
+                XCTAssertEqual(cuda.download(converted), cpu.download(cpu.convert(cpu.upload(v, dtype: dtype), to: other)))
+                XCTAssertEqual(cuda.download(cuda.convert(s, to: dtype)), back)
+            }
+            let floats = r.normals(77).map { Float($0) }
+            XCTAssertEqual(cuda.downloadFloats(cuda.upload(floats)), floats)
+        }
+    }
+
+    func testUnaryOps() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for n in [1, 7, 33, 1000, 65_539] {
+                for op in UnaryOp.allCases {
+                    var x: [Double]
+                    switch op {
+                    case .log, .sqrt, .rsqrt: x = r.uniforms(n, 0.01, 10)
+                    case .reciprocal: x = r.uniforms(n, 0.1, 3).map { r.next() % 2 == 0 ? $0 : -$0 }
+                    case .exp: x = r.uniforms(n, -20, 20)
+                    default: x = r.normals(n, scale: 3)
+                    }
+                    if op == .isFinite && n > 3 { x[0] = .nan; x[1] = .infinity; x[2] = -.infinity }
+                    compareWithCPU("unary \(op) n=\(n) seed=\(r.seed)", cuda, dtype: dtype, inputs: [x],
+                                   outputs: [(n, nil)]) { b, i, o in b.unary(op, i[0], o[0]) }
+                }
+            }
+        }
+    }
+
+    func testAffineSelectEMAAdamW() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for n in [1, 3, 31, 4099, 100_001] {
+                compareWithCPU("affine n=\(n) seed=\(r.seed)", cuda, dtype: dtype, inputs: [r.normals(n)], outputs: [(n, nil)]) {
+                    b, i, o in b.affine(i[0], o[0], a: -1.75, b: 0.3)
+                }
+                let cond = (0..<n).map { _ in r.next() % 3 == 0 ? 0.0 : 1.0 }
+                var a = r.normals(n)
+                if n > 2 { a[0] = .nan }  // NaN in the branch not taken must not leak
+                compareWithCPU("select n=\(n) seed=\(r.seed)", cuda, dtype: dtype, inputs: [cond, a, r.normals(n)],
+                               outputs: [(n, nil)]) { b, i, o in b.select(i[0], i[1], i[2], o[0]) }
+                compareWithCPU("ema n=\(n) seed=\(r.seed)", cuda, dtype: dtype, inputs: [r.normals(n)],
+                               outputs: [(n, r.normals(n))]) { b, i, o in b.emaUpdate(ema: o[0], p: i[0], decay: 0.999) }
+                for step in [1, 7] {
+                    compareWithCPU("adamw n=\(n) step=\(step) seed=\(r.seed)", cuda, dtype: dtype, inputs: [r.normals(n)],
+                                   outputs: [(n, r.normals(n)), (n, r.normals(n, scale: 0.1)), (n, r.uniforms(n, 0, 0.01))]) { b, i, o in
+                        b.adamw(p: o[0], g: i[0], m: o[1], v: o[2], lr: 3e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8,
+                                weightDecay: 0.1, step: step, gradScale: 0.5)
+                    }
+                }
+            }
+        }
+    }
+
+    func testBinaryBroadcasting() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        let ops: [BinaryOp] = [.add, .sub, .mul, .div, .maximum, .minimum, .greater, .greaterEqual, .equal]
+        let cases: [([Int], [Int])] = [
+            ([5, 7], [5, 7]), ([1003], [1003]), ([4, 1, 6], [1, 3, 6]), ([3, 5], []), ([], [3, 5]), ([], []),
+            ([2, 3, 4, 5], [5]), ([2, 3, 4, 5], [3, 1, 1]), ([1000, 33], [1, 33]), ([1000, 33], [1000, 1]),
+            ([7, 1], [1, 9]), ([64, 1024], [1024]), ([2, 1, 3, 1, 5, 1, 7, 2], [1, 4, 1, 6, 1, 3, 1, 2]),
+        ]
+        for dtype in dtypes {
+            for (sa, sb) in cases {
+                let shape = Shape.broadcast(sa, sb)!
+                var a = r.normals(Shape.count(sa)), b = r.normals(Shape.count(sb))
+                // Some equal values (comparisons), and a NaN (maximum and minimum propagate it).
+                for i in 0..<Swift.min(a.count, b.count, 3) { b[i] = a[i] }
+                if a.count > 10 { a[5] = .nan }
+                for op in ops {
+                    compareWithCPU("binary \(op) \(sa) \(sb) seed=\(r.seed)", cuda, dtype: dtype, inputs: [a, b],
+                                   outputs: [(Shape.count(shape), nil)]) { be, i, o in
+                        be.binary(op, i[0], StridedView(strides: Shape.broadcastStrides(sa, to: shape)),
+                                  i[1], StridedView(strides: Shape.broadcastStrides(sb, to: shape)), o[0], shape: shape)
+                    }
+                }
+            }
+            // Views that start at an offset (not 16-byte aligned) and transposed reads.
+            let a = r.normals(6 * 41), b = r.normals(41)
+            compareWithCPU("binary offset views seed=\(r.seed)", cuda, dtype: dtype, inputs: [a, b], outputs: [(5 * 40, nil)]) { be, i, o in
+                be.binary(.mul, i[0], StridedView(offset: 3, strides: [41, 1]), i[1], StridedView(offset: 1, strides: [0, 1]),
+                          o[0], shape: [5, 40])
+            }
+            compareWithCPU("binary transposed seed=\(r.seed)", cuda, dtype: dtype, inputs: [a, a], outputs: [(41 * 6, nil)]) { be, i, o in
+                be.binary(.sub, i[0], StridedView(strides: [1, 41]), i[1], StridedView(strides: [6, 1]), o[0], shape: [41, 6])
+            }
+        }
+    }
+
+    func testStridedCopies() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for shape in [[3, 4, 5], [17, 33], [2, 3, 1, 7, 9], [1000, 3], [5]] {
+                let (c, g) = pair(r.normals(Shape.count(shape)), shape, dtype, cuda)
+                let perm = Array((0..<shape.count).reversed())
+                assertClose(g.permuted(perm), c.permuted(perm), 0, "permute \(shape)")
+                let a = shape.count - 1
+                if shape[a] > 2 {
+                    assertClose(g.slice(axis: a, start: 1, length: shape[a] - 2), c.slice(axis: a, start: 1, length: shape[a] - 2), 0, "slice \(shape)")
+                    assertClose(g.padded(axis: 0, before: 2, total: shape[0] + 5), c.padded(axis: 0, before: 2, total: shape[0] + 5), 0, "pad \(shape)")
+                }
+                assertClose(concat([g, g * 2], axis: 0), concat([c, c * 2], axis: 0), 0, "concat \(shape)")
+                var target = [4] + shape
+                target[1] = shape[0]
+                assertClose(g.broadcast(to: target), c.broadcast(to: target), 0, "broadcast \(shape)")
+            }
+            // Raw views: a strided source into a strided destination with offsets.
+            let x = r.normals(400), y0 = r.normals(500)
+            compareWithCPU("copy views seed=\(r.seed)", cuda, dtype: dtype, tolerance: 0, inputs: [x], outputs: [(500, y0)]) { b, i, o in
+                b.copy(i[0], StridedView(offset: 7, strides: [1, 20, 0]), o[0], StridedView(offset: 3, strides: [60, 3, 1]),
+                       shape: [6, 15, 3])
+            }
+            compareWithCPU("copy contiguous at offset seed=\(r.seed)", cuda, dtype: dtype, tolerance: 0, inputs: [x],
+                           outputs: [(500, y0)]) { b, i, o in
+                b.copy(i[0], StridedView(offset: 11, strides: [1]), o[0], StridedView(offset: 5, strides: [1]), shape: [333])
+            }
+        }
+    }
+
+    func testReductions() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        // (outer, n, inner): long and short rows, few and many columns, and the split-n paths.
+        let layouts = [(1, 1_000_003, 1), (3, 5000, 1), (1000, 33, 1), (2, 1024, 1), (5, 1025, 1), (7, 13, 5),
+                       (1, 4097, 64), (64, 2, 1000), (2, 100_000, 3), (1, 1, 1), (4, 1, 9), (300, 7, 2), (1, 65_536, 40)]
+        for dtype in dtypes {
+            for (outer, n, inner) in layouts {
+                var x = r.normals(outer * n * inner).map { $0 + 0.25 }
+                for op in [ReduceOp.sum, .max] {
+                    compareWithCPU("reduce \(op) [\(outer), \(n), \(inner)] seed=\(r.seed)", cuda, dtype: dtype,
+                                   tolerance: op == .max ? 0 : tolerance(dtype), inputs: [x],
+                                   outputs: [(outer * inner, nil)]) { b, i, o in
+                        b.reduce(op, i[0], o[0], outer: outer, n: n, inner: inner)
+                    }
+                }
+                if x.count > 100 {
+                    x[x.count / 2] = .nan
+                    compareWithCPU("reduce max NaN [\(outer), \(n), \(inner)]", cuda, dtype: dtype, tolerance: 0, inputs: [x],
+                                   outputs: [(outer * inner, nil)]) { b, i, o in
+                        b.reduce(.max, i[0], o[0], outer: outer, n: n, inner: inner)
+                    }
+                }
+            }
+            // n = 0: sums are 0 and maxima -infinity.
+            compareWithCPU("reduce empty", cuda, dtype: dtype, tolerance: 0, inputs: [[1]], outputs: [(6, nil), (6, nil)]) { b, i, o in
+                let empty = b.allocate(0, dtype)
+                b.reduce(.sum, empty, o[0], outer: 2, n: 0, inner: 3)
+                b.reduce(.max, empty, o[1], outer: 2, n: 0, inner: 3)
+            }
+            // Through Tensor.sum / max / mean over different axes.
+            let shape = [6, 35, 4, 9]
+            let (c, g) = pair(r.normals(Shape.count(shape)), shape, dtype, cuda)
+            for axes in [[0], [1], [3], [1, 2], [0, 3], [], [0, 1, 2]] {
+                assertClose(g.sum(axes: axes), c.sum(axes: axes), tolerance(dtype), "sum \(axes)")
+                assertClose(g.max(axes: axes, keepDims: true), c.max(axes: axes, keepDims: true), 0, "max \(axes)")
+                assertClose(g.mean(axes: axes), c.mean(axes: axes), tolerance(dtype), "mean \(axes)")
+            }
+        }
+    }
+
+    func testSoftmaxAndRMSNorm() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for cols in [1, 5, 32, 33, 1000, 1024, 1025, 3000, 9000] {
+                for rows in [1, 3, 257] where rows * cols < 1_000_000 {
+                    let x = r.normals(rows * cols, scale: 4)
+                    compareWithCPU("softmax \(rows)x\(cols) seed=\(r.seed)", cuda, dtype: dtype, reference64: true, inputs: [x],
+                                   outputs: [(rows * cols, nil)]) { b, i, o in b.softmax(i[0], o[0], rows: rows, cols: cols) }
+                    compareWithCPU("rmsNorm \(rows)x\(cols) seed=\(r.seed)", cuda, dtype: dtype, reference64: true, inputs: [x],
+                                   outputs: [(rows * cols, nil)]) { b, i, o in b.rmsNorm(i[0], o[0], rows: rows, cols: cols, eps: 1e-6) }
+                }
+            }
+        }
+    }
+
+    func testGatherAndScatterAdd() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for (tableRows, cols, rows) in [(50, 7, 200), (3, 1, 5), (1000, 130, 64), (10, 33, 1)] {
+                let table = r.normals(tableRows * cols)
+                let index = (0..<rows).map { _ in Double(r.int(tableRows)) }  // duplicates included
+                compareWithCPU("gather \(tableRows)x\(cols) rows \(rows) seed=\(r.seed)", cuda, dtype: dtype, tolerance: 0,
+                               inputs: [table, index], outputs: [(rows * cols, nil)]) { b, i, o in
+                    b.gatherRows(i[0], i[1], o[0], rows: rows, cols: cols)
+                }
+                compareWithCPU("scatterAdd \(tableRows)x\(cols) rows \(rows) seed=\(r.seed)", cuda, dtype: dtype,
+                               inputs: [r.normals(rows * cols), index], outputs: [(tableRows * cols, table)]) { b, i, o in
+                    b.scatterAddRows(i[0], i[1], o[0], rows: rows, cols: cols)
+                }
+            }
+            // Float32 indices with a float64 table (converted on the GPU).
+            let (c, g) = pair(r.normals(40 * 3), [40, 3], dtype, cuda)
+            let idx = [5.0, 0, 39, 5]
+            assertClose(g.gatherRows(Tensor(idx.map(Float.init), shape: [4], on: cuda.device).cast(dtype)),
+                        c.gatherRows(Tensor(idx.map(Float.init), shape: [4], on: .cpu).cast(dtype)), 0, "gather via tensors")
+        }
+    }
+
+    func testRandomMatchesCPU() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for n in [1, 3, 4, 5, 1001, 1 << 20 + 3] {
+                for normal in [false, true] {
+                    let counters: [UInt64] = [0, 17, (1 << 33) + 5, UInt64.max - 2]
+                    let seed = r.next(), counter = counters[r.int(4)]
+                    let c = cpu.allocate(n, dtype), g = cuda.allocate(n, dtype)
+                    cpu.random(c, normal: normal, seed: seed, counter: counter)
+                    cuda.random(g, normal: normal, seed: seed, counter: counter)
+                    let a = cuda.download(g), b = cpu.download(c)
+                    var worst = 0.0
+                    for i in 0..<n { worst = Swift.max(worst, Swift.abs(a[i] - b[i]) / Swift.max(1, Swift.abs(b[i]))) }
+                    ErrorRecord.record(dtype, worst, normal ? 1e-6 : 0, "random normal=\(normal) n=\(n)")
+                    XCTAssertLessThanOrEqual(worst, normal ? 1e-6 : 0, "random normal=\(normal) n=\(n) \(dtype) seed \(seed) counter \(counter)")
+                }
+            }
+        }
+        // Through RandomGenerator: the same stream on both devices.
+        var g1 = RandomGenerator(seed: 42), g2 = RandomGenerator(seed: 42)
+        let a = Tensor.randomNormal([3, 1001], rng: &g1, on: cuda.device), b = Tensor.randomNormal([3, 1001], rng: &g2, on: .cpu)
+        assertClose(a, b, 1e-6, "randomNormal tensors")
+        XCTAssertEqual(g1, g2)
+    }
+
+    func testMatmul() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for (batch, m, n, k) in [(1, 1, 1, 1), (1, 33, 17, 65), (3, 64, 48, 32), (2, 5, 1, 9), (4, 127, 129, 31), (1, 256, 512, 384)] {
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    for shared in [false, true] {
+                        let sa = m * k, sb = shared ? 0 : k * n
+                        let a = r.normals(batch * sa), b = r.normals(shared ? k * n : batch * sb)
+                        for (alpha, beta) in [(1.0, 0.0), (0.5, 1.5)] {
+                            compareWithCPU("matmul b\(batch) \(m)x\(n)x\(k) tA=\(ta) tB=\(tb) shared=\(shared) alpha=\(alpha) beta=\(beta) seed=\(r.seed)",
+                                           cuda, dtype: dtype, inputs: [a, b],
+                                           outputs: [(batch * m * n, beta == 0 ? nil : r.normals(batch * m * n))]) { be, i, o in
+                                be.matmul(i[0], i[1], o[0], batch: batch, m: m, n: n, k: k, transA: ta, transB: tb,
+                                          strideA: sa, strideB: sb, alpha: alpha, beta: beta)
+                            }
+                        }
+                    }
+                }
+            }
+            // Tensor.matmul: batched, shared weight folded into one product, transposes.
+            let (x, xg) = pair(r.normals(2 * 3 * 7 * 20), [2, 3, 7, 20], dtype, cuda)
+            let (w, wg) = pair(r.normals(20 * 11), [20, 11], dtype, cuda)
+            let (w2, w2g) = pair(r.normals(11 * 20), [11, 20], dtype, cuda)
+            assertClose(xg.matmul(wg), x.matmul(w), tolerance(dtype), "shared weight")
+            assertClose(xg.matmul(w2g, transposeOther: true), x.matmul(w2, transposeOther: true), tolerance(dtype), "shared weight^T")
+            assertClose(xg.matmul(xg, transposeOther: true), x.matmul(x, transposeOther: true), tolerance(dtype), "batched x x^T")
+            assertClose(xg.matmul(xg, transposeSelf: true), x.matmul(x, transposeSelf: true), tolerance(dtype), "batched x^T x")
+        }
+        // TF32 tensor cores: float32 within 3e-3.
+        cuda.allowTF32 = true
+        defer { cuda.allowTF32 = false }
+        let (a, ag) = pair(r.normals(4 * 96 * 80), [4, 96, 80], .float32, cuda)
+        let (b, bg) = pair(r.normals(4 * 80 * 112), [4, 80, 112], .float32, cuda)
+        assertClose(ag.matmul(bg), a.matmul(b), 3e-3, "TF32 batched")
+        assertClose(ag.matmul(ag, transposeOther: true), a.matmul(a, transposeOther: true), 3e-3, "TF32 a a^T")
+    }
+
+    func testAllocatorReusesBlocks() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        let x = Tensor(r.normals(4096 * 33).map(Float.init), shape: [4096, 33], on: cuda.device)
+        func work() -> Double { ((x * 2 + 1).silu().sum(axes: [1]) * x.max(axes: [1])).mean().item }
+        let first = work()
+        let before = cuda.driverAllocations
+        for _ in 0..<20 { XCTAssertEqual(work(), first) }
+        XCTAssertEqual(cuda.driverAllocations, before, "no cuMemAlloc after warm-up")
+        XCTAssertGreaterThan(cuda.peakBytes, 0)
+        XCTAssertGreaterThanOrEqual(cuda.reservedBytes, cuda.currentBytes)
+    }
+}
+

@@ -1,0 +1,143 @@
+import XCTest
+import TensorCore
+import CUDABackend
+
+/// The CUDA backend, or a clean skip where this machine has no usable GPU (CI has none). Every new device
+/// allocation is filled with NaN, so an output element a kernel leaves unwritten fails the comparisons.
+func cudaOrSkip() throws -> CUDABackend {
+    let cuda: CUDABackend
+    do { cuda = try CUDABackend.load() } catch { throw XCTSkip("no CUDA device here: \(error)") }
+    cuda.poisonAllocations = true
+    cuda.allowTF32 = false
+    return cuda
+}
+
+extension XCTestCase {
+    /// `cudaOrSkip()`, and at the end of the test a line with the largest relative errors it saw
+    /// ("ERRMAX test: float32 e (at label) ..."), so the margins to the tolerances are on record.
+    func cudaOrSkip() throws -> CUDABackend {
+        let cuda = try CUDABackendTests.cudaOrSkip()
+        let name = self.name
+        addTeardownBlock { ErrorRecord.report(name) }
+        return cuda
+    }
+}
+
+/// The largest relative error per element type seen by the comparisons of the running test.
+enum ErrorRecord {
+    nonisolated(unsafe) static var worst: [DType: (err: Double, tol: Double, label: String)] = [:]
+
+    static func record(_ dtype: DType, _ err: Double, _ tol: Double, _ label: String) {
+        if let w = worst[dtype], w.err / Swift.max(w.tol, 1e-300) >= err / Swift.max(tol, 1e-300) { return }
+        worst[dtype] = (err, tol, label)
+    }
+
+    static func report(_ test: String) {
+        let parts = [DType.float32, .float64].compactMap { d in
+            worst[d].map { "\(d) \(String(format: "%.2e", $0.err)) (tolerance \($0.tol), at \($0.label.prefix(80)))" }
+        }
+        if !parts.isEmpty { print("ERRMAX \(test): " + parts.joined(separator: "; ")) }
+        worst = [:]
+    }
+}
+
+let cpu = CPUBackend.shared
+
+/// SplitMix64 inputs: fresh each run (the seed is in every failure message), reproducible from the seed
+/// (TVM_TEST_SEED pins it).
+struct TestRandom {
+    var state: UInt64
+    let seed: UInt64
+
+    init() {
+        let pinned = ProcessInfo.processInfo.environment["TVM_TEST_SEED"].flatMap { UInt64($0) }
+        seed = pinned ?? UInt64.random(in: 1...UInt64.max)
+        state = seed
+    }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    mutating func uniform(_ lo: Double = 0, _ hi: Double = 1) -> Double {
+        lo + (hi - lo) * Double(next() >> 11) / Double(1 << 53)
+    }
+
+    mutating func normal() -> Double {
+        let u = Swift.max(uniform(), 1e-300), v = uniform()
+        return (-2 * Foundation.log(u)).squareRoot() * Foundation.cos(2 * .pi * v)
+    }
+
+    mutating func normals(_ n: Int, scale: Double = 1) -> [Double] { (0..<n).map { _ in scale * normal() } }
+    mutating func uniforms(_ n: Int, _ lo: Double, _ hi: Double) -> [Double] { (0..<n).map { _ in uniform(lo, hi) } }
+    mutating func int(_ below: Int) -> Int { Int(next() % UInt64(below)) }
+}
+
+/// Relative error ||a - b|| / ||b||; infinite when a has a NaN or infinity where b has a finite value
+/// (an unwritten, poisoned element), or when the positions of NaNs differ.
+func relativeError(_ a: [Double], _ b: [Double]) -> Double {
+    guard a.count == b.count else { return .infinity }
+    var num = 0.0, den = 0.0
+    for (x, y) in zip(a, b) {
+        if y.isNaN { if !x.isNaN { return .infinity }; continue }
+        if y.isInfinite { if x != y { return .infinity }; continue }
+        if !x.isFinite { return .infinity }
+        num += (x - y) * (x - y)
+        den += y * y
+    }
+    if den == 0 { return num.squareRoot() }
+    return num.squareRoot() / den.squareRoot()
+}
+
+func tolerance(_ dtype: DType) -> Double { dtype == .float32 ? 1e-5 : 1e-12 }
+
+/// Runs `body` on the CPU backend and on the GPU over the same input values, and compares every output.
+/// Outputs start from `initial` values where given (in-place ops), else from uninitialised memory (NaN on
+/// the GPU). `body` gets the backend, the input storages and the output storages.
+///
+/// With `reference64`, a float32 run is compared with the CPU backend in float64 on the same (float32) input
+/// values: for ops whose float32 CPU result is itself off by more than the tolerance (long sequential sums).
+func compareWithCPU(_ label: String, _ cuda: CUDABackend, dtype: DType, tolerance tol: Double? = nil,
+                    reference64: Bool = false,
+                    inputs: [[Double]], outputs: [(count: Int, initial: [Double]?)],
+                    file: StaticString = #filePath, line: UInt = #line,
+                    _ body: (any Backend, [Storage], [Storage]) -> Void) {
+    let wide = reference64 && dtype == .float32
+    func round(_ v: [Double]) -> [Double] { dtype == .float32 ? v.map { Double(Float($0)) } : v }
+    func run(_ b: any Backend, _ t: DType) -> [[Double]] {
+        let ins = inputs.map { b.upload(round($0), dtype: t) }
+        let outs = outputs.map { o -> Storage in
+            if let v = o.initial { return b.upload(round(v), dtype: t) }
+            let s = b.allocate(o.count, t)
+            if b !== cuda { b.fill(s, value: .nan) }
+            return s
+        }
+        body(b, ins, outs)
+        b.synchronize()
+        return outs.map { b.download($0) }
+    }
+    let expected = run(cpu, wide ? .float64 : dtype), actual = run(cuda, dtype)
+    for i in expected.indices {
+        let err = relativeError(actual[i], expected[i]), t = tol ?? tolerance(dtype)
+        ErrorRecord.record(dtype, err, t, label)
+        XCTAssertLessThanOrEqual(err, t, "\(label) [\(dtype)] output \(i): relative error \(err)"
+                                 + (wide ? " (against float64)" : ""), file: file, line: line)
+    }
+}
+
+/// A tensor with the same values on the CPU and on the GPU.
+func pair(_ values: [Double], _ shape: [Int], _ dtype: DType, _ cuda: CUDABackend) -> (cpu: Tensor, gpu: Tensor) {
+    (Tensor(values, shape: shape, dtype: dtype, on: .cpu), Tensor(values, shape: shape, dtype: dtype, on: cuda.device))
+}
+
+func assertClose(_ gpu: Tensor, _ cpuT: Tensor, _ tol: Double, _ label: String,
+                 file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertEqual(gpu.shape, cpuT.shape, "\(label): shape", file: file, line: line)
+    let err = relativeError(gpu.doubles, cpuT.doubles)
+    ErrorRecord.record(gpu.dtype, err, tol, label)
+    XCTAssertLessThanOrEqual(err, tol, "\(label): relative error \(err)", file: file, line: line)
+}

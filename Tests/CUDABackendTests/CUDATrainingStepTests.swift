@@ -1,0 +1,62 @@
+import XCTest
+import TensorCore
+import CUDABackend
+
+/// A whole small training step on the GPU against the same step on the CPU: a network with linear layers,
+/// SiLU and GELU, RMS normalisation, softmax and multi-head attention; a JVP of it (as TVM takes), a loss of
+/// its output and of its tangent, gradients through the JVP into every parameter, and an AdamW update.
+final class CUDATrainingStepTests: XCTestCase {
+    struct Model {
+        var params: [Tensor]  // w1 [24, 48], b1 [48], wq, wk, wv [48, 32], wo [32, 24], gate [24]
+
+        func callAsFunction(_ x: Tensor) -> Tensor {
+            let (w1, b1, wq, wk, wv, wo, gate) = (params[0], params[1], params[2], params[3], params[4], params[5], params[6])
+            let (b, s) = (x.shape[0], x.shape[1])
+            let h = (x.matmul(w1) + b1).silu()
+            func heads(_ t: Tensor) -> Tensor { t.reshaped([b, s, 2, 16]).permuted([0, 2, 1, 3]) }
+            let a = attention(heads(h.matmul(wq)), heads(h.matmul(wk)), heads(h.matmul(wv)))
+            let merged = a.permuted([0, 2, 1, 3]).reshaped([b, s, 32]).matmul(wo)
+            let mixed = merged.rmsNormalized() * gate.softmax() + x.gelu()
+            return mixed - mixed.max(axes: [-1], keepDims: true) * 0.1
+        }
+    }
+
+    func step(_ model: Model, _ x: Tensor, _ tx: Tensor, _ target: Tensor) -> (loss: Double, grads: [Tensor], updated: [Tensor]) {
+        let leaves = model.params.map { $0.detached().requiringGrad() }
+        let m = Model(params: leaves)
+        let (outs, tans) = jvp({ [m($0[0])] }, primals: [x], tangents: [tx])
+        let loss = ((outs[0] - target).square().mean() + (tans[0] * tans[0]).mean() * 0.5)
+        let grads = gradients(of: loss, wrt: leaves)
+        // One AdamW step on copies of the parameters.
+        let updated = model.params.map { ($0 * 1).detached() }
+        withoutGrad {
+            for (p, g) in zip(updated, grads) {
+                let mState = p.zerosLike(), vState = p.zerosLike()
+                p.backend.adamw(p: p.storage, g: g.storage, m: mState.storage, v: vState.storage, lr: 1e-3, beta1: 0.9,
+                                beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step: 1, gradScale: 1)
+            }
+        }
+        return (loss.item, grads, updated)
+    }
+
+    func testMLPAttentionStepMatchesCPU() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in [DType.float32, .float64] {
+            let shapes = [[24, 48], [48], [48, 32], [48, 32], [48, 32], [32, 24], [24]]
+            let params = shapes.map { s in pair(r.normals(Shape.count(s), scale: 1 / Double(s[0]).squareRoot()), s, dtype, cuda) }
+            let x = pair(r.normals(3 * 11 * 24), [3, 11, 24], dtype, cuda)
+            let tx = pair(r.normals(3 * 11 * 24), [3, 11, 24], dtype, cuda)
+            let target = pair(r.normals(3 * 11 * 24), [3, 11, 24], dtype, cuda)
+            let onCPU = step(Model(params: params.map(\.cpu)), x.cpu, tx.cpu, target.cpu)
+            let onGPU = step(Model(params: params.map(\.gpu)), x.gpu, tx.gpu, target.gpu)
+            let tol = tolerance(dtype)
+            XCTAssertLessThanOrEqual(Swift.abs(onGPU.loss - onCPU.loss) / Swift.abs(onCPU.loss), tol,
+                                     "loss \(onGPU.loss) vs \(onCPU.loss) \(dtype) seed=\(r.seed)")
+            for i in shapes.indices {
+                assertClose(onGPU.grads[i], onCPU.grads[i], tol, "gradient of parameter \(i) \(dtype) seed=\(r.seed)")
+                assertClose(onGPU.updated[i], onCPU.updated[i], tol, "AdamW update of parameter \(i) \(dtype) seed=\(r.seed)")
+            }
+        }
+    }
+}
