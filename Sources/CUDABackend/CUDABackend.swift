@@ -211,12 +211,12 @@ public final class CUDABackend: Backend {
     }
 
     @inline(__always) func core(_ dtype: DType) -> CoreKernels {
-        if let k = coreKernels[dtype] { return k }
+        if let k = moduleMutex.withLock({ coreKernels[dtype] }) { return k }
         do { return try buildCore(dtype) } catch { fatalError("\(error)") }
     }
 
     @inline(__always) func attentionSet(_ dtype: DType) -> AttentionKernelSet {
-        if let k = attentionKernels[dtype] { return k }
+        if let k = moduleMutex.withLock({ attentionKernels[dtype] }) { return k }
         do { return try buildAttention(dtype) } catch { fatalError("\(error)") }
     }
 
@@ -612,7 +612,7 @@ public final class CUDABackend: Backend {
     public func softmax(_ x: Storage, _ y: Storage, rows: Int, cols: Int) {
         guard rows > 0 && cols > 0 else { return }
         let k = core(x.dtype)
-        if cols <= 1024 {
+        if cols <= 32 * KernelSource.rowWidths.last! {
             let w = KernelSource.rowWidths.firstIndex { 32 * $0 >= cols }!
             launch(k.softmaxWarp[w], grid: (blocks(rows * 32), 1)) { g in g.ptr(addr(x)); g.ptr(addr(y)); g.i64(rows); g.i64(cols) }
         } else {
@@ -626,7 +626,7 @@ public final class CUDABackend: Backend {
     public func rmsNorm(_ x: Storage, _ y: Storage, rows: Int, cols: Int, eps: Double) {
         guard rows > 0 && cols > 0 else { return }
         let k = core(x.dtype)
-        if cols <= 1024 {
+        if cols <= 32 * KernelSource.rowWidths.last! {
             let w = KernelSource.rowWidths.firstIndex { 32 * $0 >= cols }!
             launch(k.rmsWarp[w], grid: (blocks(rows * 32), 1)) { g in
                 g.ptr(addr(x)); g.ptr(addr(y)); g.i64(rows); g.i64(cols); g.scalar(eps, x.dtype)

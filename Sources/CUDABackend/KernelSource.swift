@@ -105,11 +105,20 @@ enum KernelSource {
         const i64 np = n / P, t = gtid(), st = gstride();
         const Pack<T>* xp = (const Pack<T>*)x;
         Pack<T>* yp = (Pack<T>*)y;
-        for (i64 i = t; i < np; i += st) {
-            Pack<T> a = xp[i], r;
+        // Four packs per thread per iteration, all loaded before any is used: more bytes in flight.
+        for (i64 i = t; i < np; i += 4 * st) {
+            Pack<T> a[4];
     #pragma unroll
-            for (int k = 0; k < P; ++k) r.v[k] = F::template f<T>(a.v[k]);
-            yp[i] = r;
+            for (int u = 0; u < 4; ++u) if (i + u * st < np) a[u] = xp[i + u * st];
+    #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                if (i + u * st < np) {
+                    Pack<T> r;
+    #pragma unroll
+                    for (int k = 0; k < P; ++k) r.v[k] = F::template f<T>(a[u].v[k]);
+                    yp[i + u * st] = r;
+                }
+            }
         }
         for (i64 i = np * P + t; i < n; i += st) y[i] = F::template f<T>(x[i]);
     }
@@ -136,13 +145,24 @@ enum KernelSource {
         constexpr int P = 16 / sizeof(T);
         const i64 np = n / P, t = gtid(), st = gstride();
         const T as = MODE == 1 ? a[0] : T(0), bs = MODE == 2 ? b[0] : T(0);
-        for (i64 i = t; i < np; i += st) {
-            Pack<T> pa, pb, r;
-            if (MODE != 1) pa = ((const Pack<T>*)a)[i];
-            if (MODE != 2) pb = ((const Pack<T>*)b)[i];
+        for (i64 i = t; i < np; i += 2 * st) {
+            Pack<T> pa[2], pb[2];
     #pragma unroll
-            for (int k = 0; k < P; ++k) r.v[k] = F::template f<T>(MODE == 1 ? as : pa.v[k], MODE == 2 ? bs : pb.v[k]);
-            ((Pack<T>*)y)[i] = r;
+            for (int u = 0; u < 2; ++u) {
+                if (i + u * st < np) {
+                    if (MODE != 1) pa[u] = ((const Pack<T>*)a)[i + u * st];
+                    if (MODE != 2) pb[u] = ((const Pack<T>*)b)[i + u * st];
+                }
+            }
+    #pragma unroll
+            for (int u = 0; u < 2; ++u) {
+                if (i + u * st < np) {
+                    Pack<T> r;
+    #pragma unroll
+                    for (int k = 0; k < P; ++k) r.v[k] = F::template f<T>(MODE == 1 ? as : pa[u].v[k], MODE == 2 ? bs : pb[u].v[k]);
+                    ((Pack<T>*)y)[i + u * st] = r;
+                }
+            }
         }
         for (i64 i = np * P + t; i < n; i += st) y[i] = F::template f<T>(MODE == 1 ? as : a[i], MODE == 2 ? bs : b[i]);
     }
@@ -520,8 +540,8 @@ enum KernelSource {
         }
     }
 
-    /// Values per lane of the warp-per-row softmax and RMS-norm kernels (rows of up to 32 * 32 values).
-    static let rowWidths = [1, 2, 4, 8, 16, 32]
+    /// Values per lane of the warp-per-row softmax and RMS-norm kernels (rows of up to 32 * 64 values).
+    static let rowWidths = [1, 2, 4, 8, 16, 32, 48, 64]
 
     static let binaryOps: [BinaryOp] = [.add, .sub, .mul, .div, .maximum, .minimum, .greater, .greaterEqual, .equal]
 

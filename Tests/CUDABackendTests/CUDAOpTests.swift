@@ -219,7 +219,7 @@ final class CUDAOpTests: XCTestCase {
         let cuda = try cudaOrSkip()
         var r = TestRandom()
         for dtype in dtypes {
-            for cols in [1, 5, 32, 33, 1000, 1024, 1025, 3000, 9000] {
+            for cols in [1, 5, 32, 33, 1000, 1024, 1025, 1152, 2048, 2049, 3000, 9000] {
                 for rows in [1, 3, 257] where rows * cols < 1_000_000 {
                     let x = r.normals(rows * cols, scale: 4)
                     compareWithCPU("softmax \(rows)x\(cols) seed=\(r.seed)", cuda, dtype: dtype, reference64: true, inputs: [x],
