@@ -19,15 +19,39 @@ public typealias JVPRule = (_ inputs: [Tensor], _ outputs: [Tensor], _ tangents:
 
 final class Node {
     let name: String
-    let inputs: [Tensor]
-    /// Detached copies of the outputs (same storage), for rules that need them.
-    let outputs: [Tensor]
+    /// The inputs as the VJP rule sees them: values it reads, shape-only stand-ins for the rest. Both carry
+    /// the input's gradient source, which is what links the graph.
+    private(set) var inputs: [Tensor]
+    /// Detached outputs (same storage) when the rule reads them, else shape-only stand-ins.
+    private(set) var outputs: [Tensor]
+    let outputCount: Int
     let vjp: VJPRule
     init(name: String, inputs: [Tensor], outputs: [Tensor], vjp: @escaping VJPRule) {
         self.name = name
         self.inputs = inputs
         self.outputs = outputs
+        self.outputCount = outputs.count
         self.vjp = vjp
+    }
+
+    /// Drops what the node saved once its rule has run, so backward frees activations as it goes.
+    func release() {
+        inputs = []
+        outputs = []
+    }
+}
+
+/// Storage that has a size but no memory: stands in for tensors a rule does not read (their values can be
+/// freed as soon as nothing else needs them). A kernel given one fails loudly.
+final class ShapeOnlyStorage: Storage {}
+
+extension Tensor {
+    /// The same shape, dtype, device and gradient source, without the values.
+    func shapeOnly() -> Tensor {
+        if storage is ShapeOnlyStorage { return self }
+        let t = Tensor(storage: ShapeOnlyStorage(count: count, dtype: dtype, backend: backend), shape: shape)
+        t.gradSource = gradSource
+        return t
     }
 }
 
@@ -61,10 +85,15 @@ extension Tensor {
 }
 
 /// Registers the outputs of a primitive with both modes. `outputs` are fresh tensors from kernels.
+/// `saves` lists the inputs whose values the VJP rule reads (nil: all) and `savesOutputs` whether it reads the
+/// outputs: everything else is kept as shape only, so memory is freed as soon as the forward pass moves on.
 @discardableResult
-func record(_ name: String, inputs: [Tensor], outputs: [Tensor], jvp: JVPRule?, vjp: @escaping VJPRule) -> [Tensor] {
+func record(_ name: String, inputs: [Tensor], outputs: [Tensor], saves: [Int]? = nil, savesOutputs: Bool = true,
+            jvp: JVPRule?, vjp: @escaping VJPRule) -> [Tensor] {
     if GradMode.enabled && inputs.contains(where: { $0.gradSource != nil }) {
-        let node = Node(name: name, inputs: inputs, outputs: outputs.map { $0.detached() }, vjp: vjp)
+        let kept = inputs.enumerated().map { i, x in saves == nil || saves!.contains(i) ? x : x.shapeOnly() }
+        let node = Node(name: name, inputs: kept,
+                        outputs: outputs.map { savesOutputs ? $0.detached() : $0.shapeOnly() }, vjp: vjp)
         for (i, o) in outputs.enumerated() { o.gradSource = .node(node, i) }
     }
     if let session = ForwardMode.session {
@@ -83,8 +112,9 @@ func record(_ name: String, inputs: [Tensor], outputs: [Tensor], jvp: JVPRule?, 
     return outputs
 }
 
-func record1(_ name: String, _ inputs: [Tensor], _ output: Tensor, jvp: JVPRule?, vjp: @escaping VJPRule) -> Tensor {
-    record(name, inputs: inputs, outputs: [output], jvp: jvp, vjp: vjp)[0]
+func record1(_ name: String, _ inputs: [Tensor], _ output: Tensor, saves: [Int]? = nil, savesOutputs: Bool = true,
+             jvp: JVPRule?, vjp: @escaping VJPRule) -> Tensor {
+    record(name, inputs: inputs, outputs: [output], saves: saves, savesOutputs: savesOutputs, jvp: jvp, vjp: vjp)[0]
 }
 
 // MARK: - Transforms
@@ -112,8 +142,9 @@ public func jvp(_ f: ([Tensor]) -> [Tensor], primals: [Tensor], tangents: [Tenso
 }
 
 /// Reverse mode: gradients of `output` (seeded with `seed`, default ones) with respect to each of `wrt`.
-/// A tensor that `output` does not depend on gets zeros.
-public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil) -> [Tensor] {
+/// A tensor that `output` does not depend on gets zeros. The graph is consumed (its saved tensors freed as
+/// backward proceeds) unless `retainGraph`.
+public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil, retainGraph: Bool = false) -> [Tensor] {
     let seed = seed ?? Tensor.ones(output.shape, dtype: output.dtype, on: output.device)
     var leafGrads: [ObjectIdentifier: Tensor] = [:]
     var slotGrads: [ObjectIdentifier: [Tensor?]] = [:]
@@ -132,7 +163,7 @@ public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil) -> 
             leafGrads[key] = leafGrads[key].map { $0 + g } ?? g
         case .node(let n, let i)?:
             let key = ObjectIdentifier(n)
-            var slots = slotGrads[key] ?? [Tensor?](repeating: nil, count: n.outputs.count)
+            var slots = slotGrads[key] ?? [Tensor?](repeating: nil, count: n.outputCount)
             slots[i] = slots[i].map { $0 + g } ?? g
             slotGrads[key] = slots
         }
@@ -147,6 +178,7 @@ public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil) -> 
             let key = ObjectIdentifier(node)
             guard let slots = slotGrads.removeValue(forKey: key) else { continue }
             for (i, w) in wanted[key] ?? [] { results[w] = slots[i] }
+            precondition(!node.inputs.isEmpty, "\(node.name): this graph was already differentiated (use retainGraph)")
             let grads = node.vjp(node.inputs, node.outputs, slots)
             for (input, g) in zip(node.inputs, grads) {
                 guard let g else { continue }
@@ -154,6 +186,7 @@ public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil) -> 
                              "\(node.name): cotangent shape \(g.shape) differs from input shape \(input.shape)")
                 accumulate(input.gradSource, g)
             }
+            if !retainGraph { node.release() }
         }
     }
     return wrt.enumerated().map { w, t in

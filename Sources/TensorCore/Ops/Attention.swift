@@ -26,7 +26,7 @@ public func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Double? = ni
     q.backend.attention(q: q.storage, k: k.storage, v: v.storage, tq: nil, tk: nil, tv: nil,
                         o: o.storage, to: nil, lse: lse.storage,
                         bh: geometry.bh, seq: seq, dim: dim, scale: geometry.scale)
-    return record1("attention", [q, k, v], o, jvp: nil) { x, _, g in
+    return record1("attention", [q, k, v], o, savesOutputs: false, jvp: nil) { x, _, g in
         let grads = geometry.backward(x, lse: lse, go: g[0], gto: nil, tangents: nil)
         return Array(grads.prefix(3))
     }
@@ -56,7 +56,7 @@ func attentionWithTangent(_ q: Tensor, _ k: Tensor, _ v: Tensor, _ tq: Tensor, _
     let o = q.empty(q.shape), to = q.empty(q.shape), lse = q.empty(Array(q.shape.dropLast()))
     q.backend.attention(q: q.storage, k: k.storage, v: v.storage, tq: tq.storage, tk: tk.storage, tv: tv.storage,
                         o: o.storage, to: to.storage, lse: lse.storage, bh: g.bh, seq: g.seq, dim: g.dim, scale: g.scale)
-    let outs = record("attentionJVP", inputs: [q, k, v, tq, tk, tv], outputs: [o, to], jvp: nil) { x, _, c in
+    let outs = record("attentionJVP", inputs: [q, k, v, tq, tk, tv], outputs: [o, to], savesOutputs: false, jvp: nil) { x, _, c in
         g.backward(x, lse: lse, go: c[0], gto: c[1], tangents: Array(x[3...]))
     }
     return (outs[0], outs[1])

@@ -20,9 +20,9 @@ extension Tensor {
         backend.unary(op, storage, y.storage)
         switch op {
         case .isFinite:
-            return record1("isFinite", [self], y, jvp: { _, _, _ in [nil] }) { _, _, _ in [nil] }
+            return record1("isFinite", [self], y, saves: [], savesOutputs: false, jvp: { _, _, _ in [nil] }) { _, _, _ in [nil] }
         case .neg:
-            return record1("neg", [self], y, jvp: { _, _, t in [-t[0]!] }) { _, _, g in [-g[0]!] }
+            return record1("neg", [self], y, saves: [], savesOutputs: false, jvp: { _, _, t in [-t[0]!] }) { _, _, g in [-g[0]!] }
         default:
             return record1("\(op)", [self], y, jvp: { x, y, t in [Tensor.unaryDerivative(op, x[0], y[0]) * t[0]!] }) {
                 x, y, g in [g[0]! * Tensor.unaryDerivative(op, x[0], y[0])]
@@ -39,7 +39,7 @@ extension Tensor {
             defer { ForwardMode.session = session }
             let ty = empty(shape)
             backend.activationWithTangent(op, storage, t.storage, y.storage, ty.storage)
-            let outs = record("\(op)JVP", inputs: [self, t], outputs: [y, ty], jvp: nil) { x, _, g in
+            let outs = record("\(op)JVP", inputs: [self, t], outputs: [y, ty], savesOutputs: false, jvp: nil) { x, _, g in
                 let gx = x[0].empty(x[0].shape), gt = x[0].empty(x[0].shape)
                 x[0].backend.activationWithTangentBackward(op, x[0].storage, x[1].storage, g[0]?.storage, g[1]?.storage,
                                                            gx.storage, gt.storage)
@@ -50,7 +50,7 @@ extension Tensor {
             return outs[0]
         }
         backend.unary(op, storage, y.storage)
-        return record1("\(op)", [self], y, jvp: nil) { x, _, g in
+        return record1("\(op)", [self], y, savesOutputs: false, jvp: nil) { x, _, g in
             let gx = x[0].empty(x[0].shape)
             x[0].backend.activationBackward(op, x[0].storage, g[0]!.storage, gx.storage)
             return [gx]
@@ -117,7 +117,7 @@ extension Tensor {
     public func affine(_ a: Double, _ b: Double) -> Tensor {
         let y = empty(shape)
         backend.affine(storage, y.storage, a: a, b: b)
-        return record1("affine", [self], y, jvp: { _, _, t in [t[0]!.affine(a, 0)] }) { _, _, g in
+        return record1("affine", [self], y, saves: [], savesOutputs: false, jvp: { _, _, t in [t[0]!.affine(a, 0)] }) { _, _, g in
             [g[0]!.affine(a, 0)]
         }
     }
@@ -135,9 +135,10 @@ extension Tensor {
                        y.storage, shape: outShape)
         switch op {
         case .greater, .greaterEqual, .equal:
-            return record1("\(op)", [self, other], y, jvp: { _, _, _ in [nil] }) { _, _, _ in [nil, nil] }
+            return record1("\(op)", [self, other], y, saves: [], savesOutputs: false, jvp: { _, _, _ in [nil] }) { _, _, _ in [nil, nil] }
         default:
-            return record1("\(op)", [self, other], y, jvp: { x, y, t in
+            let saves: [Int] = op == .add || op == .sub ? [] : op == .div ? [1] : [0, 1]
+            return record1("\(op)", [self, other], y, saves: saves, savesOutputs: op == .div, jvp: { x, y, t in
                 [Tensor.binaryTangent(op, x[0], x[1], y[0], t[0], t[1])]
             }) { x, y, g in
                 let (ga, gb) = Tensor.binaryCotangents(op, x[0], x[1], y[0], g[0]!)
@@ -184,7 +185,7 @@ public func select(_ cond: Tensor, _ a: Tensor, _ b: Tensor) -> Tensor {
     let c = cond.broadcast(to: shape).detached(), ab = a.broadcast(to: shape), bb = b.broadcast(to: shape)
     let y = ab.empty(shape)
     ab.backend.select(c.storage, ab.storage, bb.storage, y.storage)
-    return record1("select", [c, ab, bb], y, jvp: { x, y, t in
+    return record1("select", [c, ab, bb], y, saves: [0], savesOutputs: false, jvp: { x, y, t in
         guard t[1] != nil || t[2] != nil else { return [nil] }
         return [select(x[0], t[1] ?? y[0].zerosLike(), t[2] ?? y[0].zerosLike())]
     }) { x, _, g in

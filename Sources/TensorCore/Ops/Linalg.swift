@@ -26,7 +26,7 @@ extension Tensor {
             backend.matmul(storage, other.storage, y.storage, batch: batch, m: m, n: n, k: k,
                            transA: ta, transB: tb, strideA: m * k, strideB: shared ? 0 : k * n, alpha: 1, beta: 0)
         }
-        return record1("matmul", [self, other], y, jvp: { x, _, t in
+        return record1("matmul", [self, other], y, savesOutputs: false, jvp: { x, _, t in
             [sumTerms(t[0].map { $0.matmul(x[1], transposeSelf: ta, transposeOther: tb) },
                       t[1].map { x[0].matmul($0, transposeSelf: ta, transposeOther: tb) })]
         }) { x, _, g in
@@ -54,7 +54,7 @@ extension Tensor {
         let cols = shape.last!
         let y = empty(shape)
         backend.softmax(storage, y.storage, rows: count / Swift.max(cols, 1), cols: cols)
-        return record1("softmax", [self], y, jvp: { _, y, t in
+        return record1("softmax", [self], y, saves: [], jvp: { _, y, t in
             [y[0] * (t[0]! - (y[0] * t[0]!).sum(axes: [-1], keepDims: true))]
         }) { _, y, g in [y[0] * (g[0]! - (g[0]! * y[0]).sum(axes: [-1], keepDims: true))] }
     }
@@ -69,7 +69,7 @@ extension Tensor {
             let r = (x.square().mean(axes: [-1], keepDims: true) + eps).rsqrt()
             return r * (d - y * (y * d).mean(axes: [-1], keepDims: true))
         }
-        return record1("rmsNorm", [self], y, jvp: { x, y, t in [rule(x[0], y[0], t[0]!)] }) { x, y, g in
+        return record1("rmsNorm", [self], y, saves: [0], jvp: { x, y, t in [rule(x[0], y[0], t[0]!)] }) { x, y, g in
             [rule(x[0].detached(), y[0], g[0]!)]
         }
     }

@@ -48,7 +48,7 @@ extension Tensor {
         let inShape = shape
         switch op {
         case .sum:
-            return record1("sum", [self], y, jvp: { _, _, t in
+            return record1("sum", [self], y, saves: [], savesOutputs: false, jvp: { _, _, t in
                 [t[0]!.sum(axes: Array(ax), keepDims: keepDims)]
             }) { _, _, g in [g[0]!.reshaped(keptShape).broadcast(to: inShape)] }
         case .max:

@@ -9,7 +9,7 @@ extension Tensor {
         precondition(Shape.count(s) == count, "cannot reshape \(shape) to \(newShape)")
         if s == shape { return self }
         let oldShape = shape
-        return record1("reshape", [self], Tensor(storage: storage, shape: s), jvp: { _, _, t in
+        return record1("reshape", [self], Tensor(storage: storage, shape: s), saves: [], savesOutputs: false, jvp: { _, _, t in
             [t[0]!.reshaped(s)]
         }) { _, _, g in [g[0]!.reshaped(oldShape)] }
     }
@@ -24,7 +24,7 @@ extension Tensor {
         backend.copy(storage, StridedView(strides: Shape.broadcastStrides(shape, to: target)),
                      y.storage, StridedView(strides: Shape.contiguousStrides(target)), shape: target)
         let inShape = shape
-        return record1("broadcast", [self], y, jvp: { _, _, t in [t[0]!.broadcast(to: target)] }) { _, _, g in
+        return record1("broadcast", [self], y, saves: [], savesOutputs: false, jvp: { _, _, t in [t[0]!.broadcast(to: target)] }) { _, _, g in
             [g[0]!.sum(to: inShape)]
         }
     }
@@ -40,7 +40,7 @@ extension Tensor {
                      y.storage, StridedView(strides: Shape.contiguousStrides(outShape)), shape: outShape)
         var inverse = [Int](repeating: 0, count: rank)
         for (i, p) in perm.enumerated() { inverse[p] = i }
-        return record1("permute", [self], y, jvp: { _, _, t in [t[0]!.permuted(perm)] }) { _, _, g in
+        return record1("permute", [self], y, saves: [], savesOutputs: false, jvp: { _, _, t in [t[0]!.permuted(perm)] }) { _, _, g in
             [g[0]!.permuted(inverse)]
         }
     }
@@ -65,7 +65,7 @@ extension Tensor {
         backend.copy(storage, StridedView(offset: start * strides[a], strides: strides),
                      y.storage, StridedView(strides: Shape.contiguousStrides(outShape)), shape: outShape)
         let total = shape[a]
-        return record1("slice", [self], y, jvp: { _, _, t in [t[0]!.slice(axis: a, start: start, length: length)] }) {
+        return record1("slice", [self], y, saves: [], savesOutputs: false, jvp: { _, _, t in [t[0]!.slice(axis: a, start: start, length: length)] }) {
             _, _, g in [g[0]!.padded(axis: a, before: start, total: total)]
         }
     }
@@ -81,7 +81,7 @@ extension Tensor {
         backend.copy(storage, StridedView(strides: Shape.contiguousStrides(shape)),
                      y.storage, StridedView(offset: before * outStrides[a], strides: outStrides), shape: shape)
         let length = shape[a]
-        return record1("pad", [self], y, jvp: { _, _, t in [t[0]!.padded(axis: a, before: before, total: total)] }) {
+        return record1("pad", [self], y, saves: [], savesOutputs: false, jvp: { _, _, t in [t[0]!.padded(axis: a, before: before, total: total)] }) {
             _, _, g in [g[0]!.slice(axis: a, start: before, length: length)]
         }
     }
@@ -126,7 +126,7 @@ public func concat(_ xs: [Tensor], axis: Int) -> Tensor {
         start += x.shape[a]
     }
     let sizes = xs.map { $0.shape[a] }
-    return record1("concat", xs, y, jvp: { x, _, t in
+    return record1("concat", xs, y, saves: [], savesOutputs: false, jvp: { x, _, t in
         [concat(zip(x, t).map { $1 ?? $0.zerosLike() }, axis: a)]
     }) { _, _, g in g[0]!.split(axis: a, sizes: sizes) }
 }
@@ -148,7 +148,7 @@ extension Tensor {
         let y = empty([n] + shape.dropFirst())
         backend.gatherRows(storage, indices.storage, y.storage, rows: n, cols: cols)
         let idx = indices.detached(), rows = shape[0]
-        return record1("gather", [self], y, jvp: { _, _, t in [t[0]!.gatherRows(idx)] }) { _, _, g in
+        return record1("gather", [self], y, saves: [], savesOutputs: false, jvp: { _, _, t in [t[0]!.gatherRows(idx)] }) { _, _, g in
             [g[0]!.scatterAddRows(idx, rows: rows)]
         }
     }
@@ -159,7 +159,7 @@ extension Tensor {
         let y = Tensor.zeros([rows] + shape.dropFirst(), dtype: dtype, on: device)
         backend.scatterAddRows(storage, indices.storage, y.storage, rows: shape[0], cols: cols)
         let idx = indices.detached()
-        return record1("scatterAdd", [self], y, jvp: { _, _, t in [t[0]!.scatterAddRows(idx, rows: rows)] }) {
+        return record1("scatterAdd", [self], y, saves: [], savesOutputs: false, jvp: { _, _, t in [t[0]!.scatterAddRows(idx, rows: rows)] }) {
             _, _, g in [g[0]!.gatherRows(idx)]
         }
     }
@@ -169,6 +169,6 @@ extension Tensor {
         if to == dtype { return self }
         let from = dtype
         let y = Tensor(storage: backend.convert(storage, to: to), shape: shape)
-        return record1("cast", [self], y, jvp: { _, _, t in [t[0]!.cast(to)] }) { _, _, g in [g[0]!.cast(from)] }
+        return record1("cast", [self], y, saves: [], savesOutputs: false, jvp: { _, _, t in [t[0]!.cast(to)] }) { _, _, g in [g[0]!.cast(from)] }
     }
 }
