@@ -95,9 +95,11 @@ def step():
 
 for _ in range(a.warmup):
     step()
-start = time.perf_counter()
+times = []
 for _ in range(a.steps):
+    start = time.perf_counter()
     step()
-el = time.perf_counter() - start
-print(f"torch {torch.__version__} threads {a.threads}: {a.steps / el:.1f} it/s ({1000 * el / a.steps:.1f} ms/step), "
-      f"batch {a.batch}, MLP {a.depth}x{a.width}")
+    times.append(time.perf_counter() - start)
+med = sorted(times)[len(times) // 2]
+print(f"torch {torch.__version__} eager, {a.threads} threads: median {1000 * med:.2f} ms/step, {1 / med:.1f} it/s "
+      f"over {a.steps} steps, batch {a.batch}, MLP {a.depth}x{a.width}")

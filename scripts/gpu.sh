@@ -10,7 +10,8 @@
 #
 # Options through the environment: SCRATCH (build folder, default /tmp/cuda-build), ONLY (a test filter
 # passed to the bundle instead of the full list), SKIP_TESTS=1, SKIP_BENCH=1, SKIP_TORCH=1, TVM_CUDA_SYNC=1
-# (wait after every kernel: names a failing kernel).
+# (wait after every kernel: names a failing kernel), BENCH (the benchmark test, default testBenchmarks; e.g.
+# testFlashAttentionBenchmarks), TORCH_ATTENTION_ONLY=1 (PyTorch: the attention timings alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCRATCH=${SCRATCH:-/tmp/cuda-build}
@@ -69,7 +70,7 @@ run)
     fi
     if [ "${SKIP_BENCH:-0}" != 1 ]; then
         set +e
-        TVM_CUDA_BENCH=1 runner CUDABackendTests.CUDABenchmarks/testBenchmarks > "$out/bench.log" 2>&1
+        TVM_CUDA_BENCH=1 runner "CUDABackendTests.CUDABenchmarks/${BENCH:-testBenchmarks}" > "$out/bench.log" 2>&1
         echo "benchmarks exit $?" >> "$out/bench.log"
         set -e
         grep -E '^BENCH|error|exit' "$out/bench.log" | grep -v 'registers, 0 bytes local' | cut -c1-600 | tee -a "$out/summary.txt"
@@ -85,8 +86,48 @@ def ms(f, it=20, warm=3):
     for _ in range(it): f()
     e.record(); torch.cuda.synchronize()
     return s.elapsed_time(e) / it
+import os
 dev = 'cuda'
 print('TORCH', torch.__version__, torch.cuda.get_device_name())
+def median_ms(f, it=10, reps=5):
+    for _ in range(3): f()
+    out = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(); s.record()
+        for _ in range(it): f()
+        e.record(); torch.cuda.synchronize()
+        out.append(s.elapsed_time(e) / it)
+    return sorted(out)[len(out) // 2]
+def math_attention(q, k, v):
+    return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1) @ v
+if os.environ.get('TORCH_ATTENTION_ONLY') == '1':
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for (B, H, S, D) in [(64, 12, 256, 64), (64, 12, 256, 72), (32, 18, 256, 64), (32, 18, 256, 72), (32, 16, 256, 64)]:
+        q, k, v, tq, tk, tv, go = [torch.randn(B, H, S, D, device=dev) for _ in range(7)]
+        g = f'B={B} H={H} S={S} D={D}'
+        f = median_ms(lambda: F.scaled_dot_product_attention(q, k, v))
+        qr, kr, vr = [z.clone().requires_grad_() for z in (q, k, v)]
+        def fb():
+            o = F.scaled_dot_product_attention(qr, kr, vr); o.backward(go)
+        fbt = median_ms(fb, it=5)
+        print(f'TORCH attention {g} SDPA fp32: forward {f:.3f} ms, forward+backward {fbt:.3f} ms (backward ~{fbt - f:.3f})')
+        try:
+            t = median_ms(lambda: torch.func.jvp(F.scaled_dot_product_attention, (q, k, v), (tq, tk, tv)), it=5)
+            print(f'TORCH attention {g} SDPA fp32 jvp: {t:.3f} ms')
+        except Exception as ex:
+            print(f'TORCH attention {g} SDPA jvp: {type(ex).__name__}: {str(ex)[:120]}')
+        for tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            t = median_ms(lambda: torch.func.jvp(math_attention, (q, k, v), (tq, tk, tv)), it=5)
+            mf = median_ms(lambda: math_attention(q, k, v), it=5)
+            print(f'TORCH attention {g} math (matmul+softmax) {"TF32" if tf32 else "fp32"}: forward {mf:.3f} ms, forward+jvp {t:.3f} ms')
+        torch.backends.cuda.matmul.allow_tf32 = False
+        qb, kb, vb = [z.to(torch.bfloat16) for z in (q, k, v)]
+        t = median_ms(lambda: F.scaled_dot_product_attention(qb, kb, vb))
+        print(f'TORCH attention {g} SDPA bf16 (flash): forward {t:.3f} ms')
+        del q, k, v, tq, tk, tv, go, qr, kr, vr, qb, kb, vb
+    raise SystemExit(0)
 n = 64 << 20
 a = torch.randn(n, device=dev); b = torch.randn(n, device=dev); y = torch.empty_like(a)
 t = ms(lambda: torch.add(a, b, out=y)); print(f'TORCH add 64M f32: {t:.3f} ms, {3*n*4/1e9/t:.3f} TB/s')

@@ -15,7 +15,7 @@ let helpTexts: [String: String] = [
       then prints W2 (exact, 2000 samples) at 1, 2, 4 NFE (and 8, 32 Euler steps for flow matching) with the
       data-vs-data floor, and writes a scatter plot of the 1-NFE samples (tvm-demo.png, or DIR/scatter.png).
       --out DIR   also write results.json and NPY files of the evaluation data and every method's samples
-      --steps N   training steps of each method (default 2000)
+      --steps N   training steps of each method (default 1500)
       --seed N    seed for everything (default 0)
     """,
     "train": """
@@ -77,7 +77,7 @@ func runDemo(_ args: [String]) throws {
     let a = try Arguments(command: "demo", args, options: ["out", "seed", "steps"])
     try a.expectPositional(0, "no positional arguments")
     let seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
-    let steps = try a.int("steps", default: 2000, range: 1...1_000_000)
+    let steps = try a.int("steps", default: 1500, range: 1...1_000_000)
     let out = a.string("out")
     if let out { try makeDirectory(out) }
 
@@ -111,7 +111,7 @@ func runDemo(_ args: [String]) throws {
 
 func runTrain(_ args: [String]) throws {
     let a = try Arguments(command: "train", args, options: ["data", "method", "steps", "batch", "lr", "seed", "width",
-                                                             "depth", "nfe", "out", "eval-samples", "ema"])
+                                                             "depth", "nfe", "out", "eval-samples", "ema", "time-scale"])
     try a.expectPositional(0, "no positional arguments")
     let dataName = a.string("data", default: "checkerboard")
     let distribution: Toy2D
@@ -128,7 +128,8 @@ func runTrain(_ args: [String]) throws {
     let steps = try a.int("steps", default: 2000, range: 1...100_000_000)
     if let ema = a.string("ema") { config.evalEMA = try parseEMA(ema) }
     let network = MLPFlowMap(width: try a.int("width", default: 256, range: 1...65536),
-                             depth: try a.int("depth", default: 4, range: 1...64))
+                             depth: try a.int("depth", default: 4, range: 1...64),
+                             timeScale: try a.double("time-scale", default: MLPFlowMap().timeScale, range: 1e-6...1e6))
     let nfes = try a.intList("nfe", default: [1, 2, 4])
     let n = try a.int("eval-samples", default: 2000, range: 2...20000)
     let out = a.string("out", default: "runs/\(distribution.rawValue)-\(method.rawValue)")

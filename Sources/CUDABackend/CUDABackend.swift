@@ -23,6 +23,15 @@ public final class CUDABackend: Backend {
     public let totalMemoryBytes: Int
     /// Let float32 matrix products use TF32 tensor cores (about 10 bits of mantissa in the products; off by default).
     public var allowTF32: Bool = false
+    /// Float32 attention with head dims 64 and 72 (KernelSource.flashDims) takes the fused flash-attention kernels
+    /// (tensor-core tiles, no seq x seq matrix in memory): 3xTF32 products (float32 accuracy) by default, single
+    /// TF32 products with `allowTF32`. Off (TVM_CUDA_NO_FLASH=1, or false here): the warp-per-row kernels,
+    /// which also serve every other head dim and float64.
+    public var useFlashAttention: Bool = environment("TVM_CUDA_NO_FLASH") != "1"
+    /// Attention calls (forward or backward) that took the flash kernels (for tests).
+    public private(set) var flashAttentionCalls = 0
+    /// Shared memory one block may opt in to (bytes): the flash kernels need up to ~190 KB.
+    public let maxSharedMemoryPerBlock: Int
     /// Fill every new allocation with NaN, so a kernel that leaves part of its output unwritten shows up in
     /// comparisons (for tests; TVM_CUDA_POISON=1 sets it).
     public var poisonAllocations: Bool = environment("TVM_CUDA_POISON") == "1"
@@ -49,6 +58,7 @@ public final class CUDABackend: Backend {
     private let moduleMutex = Mutex()
     private var coreKernels: [DType: CoreKernels] = [:]
     private var attentionKernels: [DType: AttentionKernelSet] = [:]
+    private var flashKernels: FlashKernelSet?
     private var functionNames: [Handle: String] = [:]
     /// Seconds spent compiling (or loading cached) kernel modules.
     public private(set) var kernelBuildSeconds: Double = 0
@@ -109,6 +119,7 @@ public final class CUDABackend: Backend {
         try driver.check(driver.cuDeviceTotalMem(&total, dev), "cuDeviceTotalMem_v2")
         totalMemoryBytes = total
         maxBlocks = multiprocessorCount * 8
+        maxSharedMemoryPerBlock = try attribute(Driver.attrMaxSharedMemoryPerBlockOptin, "max shared memory per block (opt-in)")
 
         var ctx: Handle? = nil
         try driver.check(driver.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain")
@@ -210,6 +221,27 @@ public final class CUDABackend: Backend {
         }
     }
 
+    private func buildFlash() throws -> FlashKernelSet {
+        try moduleMutex.withLock {
+            if let k = flashKernels { return k }
+            let (_, f) = try loadModule(.flash, .float32)
+            let k = try FlashKernelSet(f, driver: driver)
+            flashKernels = k
+            return k
+        }
+    }
+
+    /// Whether this GPU can run the flash kernels: tensor-core TF32 (compute capability 8.0 or newer) and
+    /// enough shared memory per block for the largest of them.
+    public var supportsFlashAttention: Bool {
+        computeCapability.major >= 8 && maxSharedMemoryPerBlock >= KernelSource.flashMaxSharedBytes
+    }
+
+    @inline(__always) func flashSet() -> FlashKernelSet {
+        if let k = moduleMutex.withLock({ flashKernels }) { return k }
+        do { return try buildFlash() } catch { fatalError("\(error)") }
+    }
+
     @inline(__always) func core(_ dtype: DType) -> CoreKernels {
         if let k = moduleMutex.withLock({ coreKernels[dtype] }) { return k }
         do { return try buildCore(dtype) } catch { fatalError("\(error)") }
@@ -225,6 +257,24 @@ public final class CUDABackend: Backend {
         for dtype in [DType.float32, .float64] {
             _ = try buildCore(dtype)
             _ = try buildAttention(dtype)
+        }
+        if supportsFlashAttention { _ = try buildFlash() }
+    }
+
+    /// The flash kernels' resources, one line each: registers and local (spilled) bytes per thread, dynamic
+    /// shared memory per block, threads per block and blocks per multiprocessor (occupancy). Builds them.
+    public func flashResourceReport() -> [String] {
+        guard supportsFlashAttention else { return ["flash attention not supported on this GPU"] }
+        let set = flashSet()
+        return set.all.map { name, k in
+            var regs: Int32 = 0, local: Int32 = 0, blocks: Int32 = -1
+            _ = driver.cuFuncGetAttribute(&regs, Driver.funcAttrNumRegs, k.function)
+            _ = driver.cuFuncGetAttribute(&local, Driver.funcAttrLocalSizeBytes, k.function)
+            if let occ = driver.cuOccupancyMaxActiveBlocksPerMultiprocessor {
+                _ = occ(&blocks, k.function, Int32(k.threads), k.shared)
+            }
+            return "\(name): \(regs) registers, \(local) bytes local, \(k.shared) bytes shared, \(k.threads) threads, "
+                + "\(blocks) blocks/SM (\(Int(blocks) * k.threads / 32) warps)"
         }
     }
 
@@ -710,6 +760,14 @@ public final class CUDABackend: Backend {
         return s
     }
 
+    /// Whether an attention call takes the flash kernels: float32, a head dim they are built for, a grid they
+    /// can cover (heads on the grid's y axis), every buffer 16-byte aligned (they load 16 bytes at a time).
+    private func flashEligible(_ dtype: DType, dim: Int, bh: Int, _ buffers: [Storage?]) -> Bool {
+        guard useFlashAttention, dtype == .float32, KernelSource.flashDims.contains(dim), bh <= 65535,
+              supportsFlashAttention else { return false }
+        return buffers.allSatisfy { $0.map { addr($0) % 16 == 0 } ?? true }
+    }
+
     private func laneWidth(_ dim: Int) -> Int {
         guard let i = KernelSource.attentionLaneWidths.firstIndex(where: { 32 * $0 >= dim }) else {
             fatalError("CUDA attention: head dimension \(dim) is larger than \(32 * KernelSource.attentionLaneWidths.last!)")
@@ -721,8 +779,21 @@ public final class CUDABackend: Backend {
                           o: Storage, to: Storage?, lse: Storage, bh: Int, seq: Int, dim: Int, scale: Double) {
         let rows = bh * seq
         guard rows > 0 && dim > 0 else { return }
-        let dtype = q.dtype, set = attentionSet(dtype), w = laneWidth(dim), count = rows * dim
-        // The place for the fused flash-attention kernels (head dims 64 and 72): a later part of the issue.
+        let dtype = q.dtype, count = rows * dim
+        if flashEligible(dtype, dim: dim, bh: bh, [q, k, v, tq, tk, tv, o, to, lse]) {
+            let z = to != nil && (tq == nil || tk == nil || tv == nil) ? zeros(count, dtype) : nil
+            let f = flashSet().kernel(.forward, tangent: to != nil, dim: dim, split: !allowTF32)
+            launch(f.function, grid: ((seq + f.rows - 1) / f.rows, bh), block: (f.threads, 1), shared: f.shared) { g in
+                g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v))
+                if to != nil { g.ptr(addr(tq ?? z!)); g.ptr(addr(tk ?? z!)); g.ptr(addr(tv ?? z!)) } else { g.ptr(0); g.ptr(0); g.ptr(0) }
+                g.ptr(addr(o)); g.ptr(to.map { addr($0) } ?? 0); g.ptr(addr(lse))
+                g.ptr(0); g.ptr(0); g.ptr(0); g.ptr(0)  // go, gto, lseIn, stats: the backward's pre-pass only
+                g.i32(seq); g.scalar(scale, dtype)
+            }
+            flashAttentionCalls += 1
+            return
+        }
+        let set = attentionSet(dtype), w = laneWidth(dim)
         if let to {
             let z = (tq == nil || tk == nil || tv == nil) ? zeros(count, dtype) : nil
             let (tqs, tks, tvs) = (tq ?? z!, tk ?? z!, tv ?? z!)
@@ -744,12 +815,11 @@ public final class CUDABackend: Backend {
                                   bh: Int, seq: Int, dim: Int, scale: Double) {
         let rows = bh * seq
         guard rows > 0 && dim > 0 else { return }
-        let dtype = q.dtype, set = attentionSet(dtype), w = laneWidth(dim), count = rows * dim
+        let dtype = q.dtype, count = rows * dim
         let tangent = tq != nil || tk != nil || tv != nil || gto != nil || dtq != nil || dtk != nil || dtv != nil
         let needZeros = go == nil || (tangent && (tq == nil || tk == nil || tv == nil || gto == nil))
         let z = needZeros ? zeros(count, dtype) : nil
         let goS = go ?? z!
-        let stats = allocate(rows * 3, dtype)
         let t = tangent ? 1 : 0
         let tqS = tangent ? (tq ?? z!) : nil, tkS = tangent ? (tk ?? z!) : nil, tvS = tangent ? (tv ?? z!) : nil
         let gtoS = tangent ? (gto ?? z!) : nil
@@ -757,6 +827,35 @@ public final class CUDABackend: Backend {
         let dtkS = tangent ? (dtk ?? allocate(count, dtype)) : nil
         let dtvS = tangent ? (dtv ?? allocate(count, dtype)) : nil
         func p(_ s: Storage?) -> DevicePointer { s.map { addr($0) } ?? 0 }
+        if flashEligible(dtype, dim: dim, bh: bh, [q, k, v, tqS, tkS, tvS, lse, goS, gtoS, dq, dk, dv, dtqS, dtkS, dtvS]) {
+            // Pre-pass (the forward recomputed, nothing stored but per-row float4 (lse, mu, rho, sum_j P dP)),
+            // then the query side (dq, dtq) and the key side (dk, dv, dtk, dtv), P recomputed from lse.
+            let set = flashSet(), split = !allowTF32
+            let rowStats = allocate(rows * 4, dtype)
+            let f = set.kernel(.forward, tangent: tangent, dim: dim, split: split)
+            launch(f.function, grid: ((seq + f.rows - 1) / f.rows, bh), block: (f.threads, 1), shared: f.shared) { g in
+                g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
+                g.ptr(0); g.ptr(0); g.ptr(0)
+                g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(lse)); g.ptr(addr(rowStats))
+                g.i32(seq); g.scalar(scale, dtype)
+            }
+            let fq = set.kernel(.dq, tangent: tangent, dim: dim, split: split)
+            launch(fq.function, grid: ((seq + fq.rows - 1) / fq.rows, bh), block: (fq.threads, 1), shared: fq.shared) { g in
+                g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
+                g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(rowStats)); g.ptr(addr(dq)); g.ptr(p(dtqS))
+                g.i32(seq); g.scalar(scale, dtype)
+            }
+            let fk = set.kernel(.dkv, tangent: tangent, dim: dim, split: split)
+            launch(fk.function, grid: ((seq + fk.rows - 1) / fk.rows, bh), block: (fk.threads, 1), shared: fk.shared) { g in
+                g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
+                g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(rowStats))
+                g.ptr(addr(dk)); g.ptr(addr(dv)); g.ptr(p(dtkS)); g.ptr(p(dtvS))
+                g.i32(seq); g.scalar(scale, dtype)
+            }
+            flashAttentionCalls += 1
+            return
+        }
+        let set = attentionSet(dtype), w = laneWidth(dim), stats = allocate(rows * 3, dtype)
         launch(set.backwardRows[t][w], grid: ((rows + 7) / 8, 1)) { g in
             g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
             g.ptr(addr(lse)); g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(dq)); g.ptr(p(dtqS)); g.ptr(addr(stats))
@@ -822,7 +921,7 @@ public final class CUDABackend: Backend {
         let nvrtc = try NVRTC()
         var lines: [String] = []
         for dtype in [DType.float32, .float64] {
-            for family in KernelSource.Family.allCases {
+            for family in KernelSource.Family.allCases where family != .flash || dtype == .float32 {
                 let start = now()
                 let (image, log) = try nvrtc.compile(source: KernelSource.source(family, dtype),
                                                      name: "tvm_\(family.rawValue)_\(KernelSource.suffix(dtype)).cu",
@@ -895,6 +994,41 @@ final class AttentionKernelSet {
         forward = try table("attn_fwd")
         backwardRows = try table("attn_bwd_rows")
         backwardCols = try table("attn_bwd_cols")
+    }
+}
+
+final class FlashKernelSet {
+    struct Kernel { let function: Handle; let threads: Int; let rows: Int; let shared: Int }
+    /// [kind][tangent][dim index][split]
+    private let table: [[[[Kernel]]]]
+    /// Every kernel by name (for the resource report).
+    let all: [(String, Kernel)]
+
+    init(_ f: [String: Handle], driver: Driver) throws {
+        var all: [(String, Kernel)] = []
+        table = try KernelSource.FlashKind.allCases.map { kind in
+            try [false, true].map { tangent in
+                try KernelSource.flashDims.map { dim in
+                    try [false, true].map { split in
+                        let name = KernelSource.flashName(kind, tangent: tangent, dim: dim, split: split)
+                        guard let h = f[name] else { throw CUDAError("CUDA kernels: \(name) missing from the compiled module") }
+                        let shared = KernelSource.flashSharedBytes(kind, tangent: tangent, dim: dim)
+                        try driver.check(driver.cuFuncSetAttribute(h, Driver.funcAttrMaxDynamicSharedSize, Int32(shared)),
+                                         "cuFuncSetAttribute(\(name), max dynamic shared memory \(shared) bytes)")
+                        let warps = KernelSource.flashShape(kind, tangent: tangent).warps
+                        let k = Kernel(function: h, threads: 32 * warps, rows: 16 * warps, shared: shared)
+                        all.append((name, k))
+                        return k
+                    }
+                }
+            }
+        }
+        self.all = all
+    }
+
+    @inline(__always) func kernel(_ kind: KernelSource.FlashKind, tangent: Bool, dim: Int, split: Bool) -> Kernel {
+        let kindIndex = kind == .forward ? 0 : kind == .dq ? 1 : 2
+        return table[kindIndex][tangent ? 1 : 0][KernelSource.flashDims.firstIndex(of: dim)!][split ? 1 : 0]
     }
 }
 

@@ -46,6 +46,8 @@ final class Driver {
     let cuEventSynchronize: @convention(c) (Handle?) -> Result
     let cuEventElapsedTime: @convention(c) (UnsafeMutablePointer<Float>, Handle?, Handle?) -> Result
     let cuEventDestroy: @convention(c) (Handle?) -> Result
+    /// Blocks of a kernel that fit on one multiprocessor (for the resource report; optional).
+    let cuOccupancyMaxActiveBlocksPerMultiprocessor: (@convention(c) (UnsafeMutablePointer<Int32>, Handle?, Int32, Int) -> Result)?
 
     // Device attributes (CUdevice_attribute).
     static let attrMultiprocessorCount: Int32 = 16
@@ -99,6 +101,7 @@ final class Driver {
         cuEventElapsedTime = try lib.optionalSymbol("cuEventElapsedTime_v2")
             ?? lib.symbol("cuEventElapsedTime")
         cuEventDestroy = try lib.symbol("cuEventDestroy_v2")
+        cuOccupancyMaxActiveBlocksPerMultiprocessor = lib.optionalSymbol("cuOccupancyMaxActiveBlocksPerMultiprocessor")
     }
 
     /// "CUDA_ERROR_OUT_OF_MEMORY (out of memory)".

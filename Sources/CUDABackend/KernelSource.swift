@@ -865,6 +865,612 @@ enum KernelSource {
     }
     """#
 
+    // MARK: - Flash attention (float32, head dims 64 and 72: tiled, tensor cores; see CUDA_NOTES.md)
+
+    static let flash = #"""
+    // Fused flash attention for float32 and head dims 64 and 72 (KernelSource.flashDims): tiles of 16 query (or
+    // key) rows per warp through TF32 tensor cores (mma.sync m16n8k8, float32 accumulators). SPLIT = true
+    // (the default float32 path) splits every operand x into hi = tf32(x) and lo = tf32(x - hi) and sums
+    // lo*hi + hi*lo + hi*hi: three products for about float32 accuracy (3xTF32). SPLIT = false (allowTF32)
+    // uses hi*hi alone. Nothing of size seq x seq reaches memory: scores live in registers, one key (or
+    // query) block at a time, with an online softmax in the forward pass and the saved row log-sum-exp in
+    // the backward pass.
+    //
+    // Layouts of mma.m16n8k8 (g = lane / 4, t = lane % 4): A (16x8) a0 = A[g][t], a1 = A[g+8][t],
+    // a2 = A[g][t+4], a3 = A[g+8][t+4]; B (8x8) b0 = B[t][g], b1 = B[t+4][g]; C (16x8) c0, c1 = C[g][2t, 2t+1],
+    // c2, c3 = C[g+8][2t, 2t+1]. An accumulator tile becomes the A operand of the next product as
+    // (c0, c2, c1, c3): its column 2t plays k = t and 2t+1 plays k = t+4, and the B operand is read in the
+    // same order (rows 2t and 2t+1 of the tile), so no data moves between lanes.
+    #ifndef TVM_EMULATE
+    __device__ __forceinline__ u32 f2tf32(float x) { u32 r; asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x)); return r; }
+    __device__ __forceinline__ void mma_tf32(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+        asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    __device__ __forceinline__ u32 dynamic_smem_bytes() { u32 r; asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r)); return r; }
+    #endif
+
+    template<bool SPLIT> struct FragA { u32 h[4], l[4]; };
+    template<bool SPLIT> struct FragB { u32 h[2], l[2]; };
+
+    template<bool SPLIT> __device__ __forceinline__ void tf32_parts(float x, u32& h, u32& l) {
+        h = f2tf32(x);
+        l = SPLIT ? f2tf32(x - __uint_as_float(h)) : 0u;
+    }
+    template<bool SPLIT> __device__ __forceinline__ FragA<SPLIT> frag_a(float x0, float x1, float x2, float x3) {
+        FragA<SPLIT> f;
+        tf32_parts<SPLIT>(x0, f.h[0], f.l[0]);
+        tf32_parts<SPLIT>(x1, f.h[1], f.l[1]);
+        tf32_parts<SPLIT>(x2, f.h[2], f.l[2]);
+        tf32_parts<SPLIT>(x3, f.h[3], f.l[3]);
+        return f;
+    }
+    template<bool SPLIT> __device__ __forceinline__ FragB<SPLIT> frag_b(float x0, float x1) {
+        FragB<SPLIT> f;
+        tf32_parts<SPLIT>(x0, f.h[0], f.l[0]);
+        tf32_parts<SPLIT>(x1, f.h[1], f.l[1]);
+        return f;
+    }
+    /// c += a b (16x8x8), in 3xTF32 with SPLIT.
+    template<bool SPLIT> __device__ __forceinline__ void tc_mma(float (&c)[4], const FragA<SPLIT>& a, const FragB<SPLIT>& b) {
+        if (SPLIT) {
+            mma_tf32(c, a.l, b.h[0], b.h[1]);
+            mma_tf32(c, a.h, b.l[0], b.l[1]);
+        }
+        mma_tf32(c, a.h, b.h[0], b.h[1]);
+    }
+    /// A operand from a row-major shared tile [rows][LD]: rows r0..r0+15, columns k0..k0+7.
+    template<bool SPLIT, int LD> __device__ __forceinline__ FragA<SPLIT> lds_a(const float* s, int r0, int k0, int g, int t) {
+        const float* p = s + (r0 + g) * LD + k0 + t;
+        return frag_a<SPLIT>(p[0], p[8 * LD], p[4], p[8 * LD + 4]);
+    }
+    /// B operand B[k][n] = Y[n0 + n][k0 + k] of a row-major shared tile Y [rows][LD] (a product with Y^T).
+    template<bool SPLIT, int LD> __device__ __forceinline__ FragB<SPLIT> lds_bt(const float* s, int n0, int k0, int g, int t) {
+        const float* p = s + (n0 + g) * LD + k0 + t;
+        return frag_b<SPLIT>(p[0], p[4]);
+    }
+    /// B operand B[k][n] = Y[k0 + k'][n0 + n] of a row-major shared tile Y, k' in the accumulator order
+    /// (k = t is row 2t, k = t+4 is row 2t+1): the right operand of a product with acc_a.
+    template<bool SPLIT, int LD> __device__ __forceinline__ FragB<SPLIT> lds_bn(const float* s, int k0, int n0, int g, int t) {
+        const float* p = s + (k0 + 2 * t) * LD + n0 + g;
+        return frag_b<SPLIT>(p[0], p[LD]);
+    }
+    /// An accumulator tile (16x8) as the A operand of the next product (see above).
+    template<bool SPLIT> __device__ __forceinline__ FragA<SPLIT> acc_a(const float (&c)[4]) {
+        return frag_a<SPLIT>(c[0], c[2], c[1], c[3]);
+    }
+
+    /// Rows row0..row0+ROWS-1 of a [n, D] head into a shared tile [ROWS][D + 4] (16-byte loads; rows past n are zeros).
+    template<int D, int ROWS, int THREADS>
+    __device__ __forceinline__ void flash_load(float* s, const float* __restrict__ src, int row0, int n) {
+        constexpr int V = D / 4, LD = D + 4;
+    #pragma unroll 4
+        for (int i = threadIdx.x; i < ROWS * V; i += THREADS) {
+            const int r = i / V, c = i - r * V;
+            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (row0 + r < n) x = reinterpret_cast<const float4*>(src + (i64)(row0 + r) * D)[c];
+            *reinterpret_cast<float4*>(s + r * LD + 4 * c) = x;
+        }
+    }
+    /// Launch geometry the kernel was built for; a mismatch with the host's table stops the kernel.
+    template<int THREADS, int SMEM> __device__ __forceinline__ void flash_check_launch() {
+        if (threadIdx.x == 0 && (blockDim.x != THREADS || dynamic_smem_bytes() < (u32)SMEM)) __trap();
+    }
+    __device__ __forceinline__ float quad_sum(float x) {
+        x += __shfl_xor_sync(0xffffffffu, x, 1);
+        return x + __shfl_xor_sync(0xffffffffu, x, 2);
+    }
+    __device__ __forceinline__ float quad_max(float x) {
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+        return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+    }
+
+    /// Forward (grid: query blocks of 16 * WARPS rows, heads): o, lse, and with TAN the tangent
+    /// to_i = sum_j P_ij tS_ij v_j - mu_i o_i + sum_j P_ij tv_j (mu_i = sum_j P_ij tS_ij), accumulated in one pass
+    /// over key blocks of BC: acc = sum p v, tacc = sum p (tS v + tv), rescaled with the running max.
+    /// With `stats` (the backward's pre-pass) nothing is stored but, per row, float4 (lseIn, mu, rho, dotPdP):
+    /// rho = gto.o, dotPdP = sum_j P_ij dP_ij = go.o + gto.to - mu rho (TAN) or go.o.
+    template<int D, int WARPS, int BC, bool TAN, bool SPLIT>
+    __device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, const float* __restrict__ k,
+            const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
+            const float* __restrict__ tv, float* __restrict__ o, float* __restrict__ to, float* __restrict__ lse,
+            const float* __restrict__ go, const float* __restrict__ gto, const float* __restrict__ lseIn,
+            float* __restrict__ stats, int n, float scale) {
+        constexpr int LD = D + 4, BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
+        constexpr int NQ = TAN ? 2 : 1, NK = TAN ? 4 : 2;
+        constexpr int SMEM = (BR * NQ + BC * NK) * LD * 4;
+        flash_check_launch<THREADS, SMEM>();
+        extern __shared__ float4 flash_smem[];
+        float* sQ = reinterpret_cast<float*>(flash_smem);
+        float* sTQ = sQ + BR * LD;
+        float* sK = sQ + NQ * BR * LD;
+        float* sV = sK + BC * LD;
+        float* sTK = sV + BC * LD;
+        float* sTV = sTK + BC * LD;
+        const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
+        const int q0 = blockIdx.x * BR;
+        const i64 hb = (i64)blockIdx.y * n * D;
+        flash_load<D, BR, THREADS>(sQ, q + hb, q0, n);
+        if (TAN) flash_load<D, BR, THREADS>(sTQ, tq + hb, q0, n);
+        float acc[KD][4], tacc[KD][4];
+    #pragma unroll
+        for (int i = 0; i < KD; ++i)
+    #pragma unroll
+            for (int e = 0; e < 4; ++e) { acc[i][e] = 0.f; tacc[i][e] = 0.f; }
+        float m[2] = {-inf_<float>(), -inf_<float>()}, l[2] = {0.f, 0.f}, mu[2] = {0.f, 0.f};
+        for (int j0 = 0; j0 < n; j0 += BC) {
+            __syncthreads();
+            flash_load<D, BC, THREADS>(sK, k + hb, j0, n);
+            flash_load<D, BC, THREADS>(sV, v + hb, j0, n);
+            if (TAN) {
+                flash_load<D, BC, THREADS>(sTK, tk + hb, j0, n);
+                flash_load<D, BC, THREADS>(sTV, tv + hb, j0, n);
+            }
+            __syncthreads();
+            float s[NC][4], ts[NC][4];
+    #pragma unroll
+            for (int c = 0; c < NC; ++c)
+    #pragma unroll
+                for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; }
+    #pragma unroll
+            for (int kk = 0; kk < KD; ++kk) {
+                const FragA<SPLIT> aq = lds_a<SPLIT, LD>(sQ, r0, kk * 8, g, t);
+                FragA<SPLIT> atq;
+                if (TAN) atq = lds_a<SPLIT, LD>(sTQ, r0, kk * 8, g, t);
+    #pragma unroll
+                for (int c = 0; c < NC; ++c) {
+                    const FragB<SPLIT> bk = lds_bt<SPLIT, LD>(sK, c * 8, kk * 8, g, t);
+                    tc_mma<SPLIT>(s[c], aq, bk);
+                    if (TAN) {
+                        tc_mma<SPLIT>(ts[c], atq, bk);
+                        tc_mma<SPLIT>(ts[c], aq, lds_bt<SPLIT, LD>(sTK, c * 8, kk * 8, g, t));
+                    }
+                }
+            }
+            // Online softmax. This lane holds rows g (e = 0, 1) and g + 8 (e = 2, 3) of its warp's 16.
+            float mx[2] = {m[0], m[1]};
+    #pragma unroll
+            for (int c = 0; c < NC; ++c)
+    #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const bool valid = j0 + c * 8 + 2 * t + (e & 1) < n;
+                    s[c][e] = valid ? s[c][e] * scale : -inf_<float>();
+                    if (TAN) ts[c][e] *= scale;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[c][e]);
+                }
+            float alpha[2];
+    #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                mx[h] = quad_max(mx[h]);
+                alpha[h] = m_exp(m[h] - mx[h]);
+                m[h] = mx[h];
+                l[h] *= alpha[h];
+                mu[h] *= alpha[h];
+            }
+    #pragma unroll
+            for (int i = 0; i < KD; ++i)
+    #pragma unroll
+                for (int e = 0; e < 4; ++e) { acc[i][e] *= alpha[e >> 1]; if (TAN) tacc[i][e] *= alpha[e >> 1]; }
+    #pragma unroll
+            for (int c = 0; c < NC; ++c)
+    #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float p = m_exp(s[c][e] - m[e >> 1]);
+                    l[e >> 1] += p;
+                    s[c][e] = p;
+                    if (TAN) { ts[c][e] *= p; mu[e >> 1] += ts[c][e]; }
+                }
+            // acc += P V; tacc += (P o tS) V + P tV (k runs over this block's keys).
+    #pragma unroll
+            for (int c = 0; c < NC; ++c) {
+                const FragA<SPLIT> ap = acc_a<SPLIT>(s[c]);
+                FragA<SPLIT> apt;
+                if (TAN) apt = acc_a<SPLIT>(ts[c]);
+    #pragma unroll
+                for (int i = 0; i < KD; ++i) {
+                    const FragB<SPLIT> bv = lds_bn<SPLIT, LD>(sV, c * 8, i * 8, g, t);
+                    tc_mma<SPLIT>(acc[i], ap, bv);
+                    if (TAN) {
+                        tc_mma<SPLIT>(tacc[i], apt, bv);
+                        tc_mma<SPLIT>(tacc[i], ap, lds_bn<SPLIT, LD>(sTV, c * 8, i * 8, g, t));
+                    }
+                }
+            }
+        }
+    #pragma unroll
+        for (int h = 0; h < 2; ++h) { l[h] = quad_sum(l[h]); if (TAN) mu[h] = quad_sum(mu[h]); }
+        const i64 rowBase = (i64)blockIdx.y * n;
+        if (stats == nullptr) {
+    #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int row = q0 + r0 + g + 8 * h;
+                if (row < n) {
+                    const float inv = 1.f / l[h], muv = mu[h] * inv;
+                    const i64 off = (rowBase + row) * D + 2 * t;
+    #pragma unroll
+                    for (int i = 0; i < KD; ++i) {
+                        const float o0 = acc[i][2 * h] * inv, o1 = acc[i][2 * h + 1] * inv;
+                        *reinterpret_cast<float2*>(o + off + i * 8) = make_float2(o0, o1);
+                        if (TAN) *reinterpret_cast<float2*>(to + off + i * 8) =
+                            make_float2(tacc[i][2 * h] * inv - muv * o0, tacc[i][2 * h + 1] * inv - muv * o1);
+                    }
+                    if (t == 0) lse[rowBase + row] = m[h] + m_log(l[h]);
+                }
+            }
+        } else {
+    #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int row = q0 + r0 + g + 8 * h;
+                const float inv = 1.f / l[h], muv = TAN ? mu[h] * inv : 0.f;
+                float gdo = 0.f, rho = 0.f, gtt = 0.f;
+                if (row < n) {
+                    const i64 off = (rowBase + row) * D + 2 * t;
+    #pragma unroll
+                    for (int i = 0; i < KD; ++i) {
+                        const float o0 = acc[i][2 * h] * inv, o1 = acc[i][2 * h + 1] * inv;
+                        const float2 a = *reinterpret_cast<const float2*>(go + off + i * 8);
+                        gdo += a.x * o0 + a.y * o1;
+                        if (TAN) {
+                            const float2 b = *reinterpret_cast<const float2*>(gto + off + i * 8);
+                            rho += b.x * o0 + b.y * o1;
+                            gtt += b.x * (tacc[i][2 * h] * inv - muv * o0) + b.y * (tacc[i][2 * h + 1] * inv - muv * o1);
+                        }
+                    }
+                }
+                gdo = quad_sum(gdo);
+                if (TAN) { rho = quad_sum(rho); gtt = quad_sum(gtt); }
+                if (row < n && t == 0)
+                    *reinterpret_cast<float4*>(stats + (rowBase + row) * 4) =
+                        make_float4(lseIn[rowBase + row], muv, rho, TAN ? gdo + gtt - muv * rho : gdo);
+            }
+        }
+    }
+
+    /// Backward, query side (grid: query blocks of 16 * WARPS rows, heads): dq = scale sum_j (dS k + dtS tk),
+    /// dtq = scale sum_j dtS k, one pass over key blocks of BC, P recomputed from the saved lse. Per pair:
+    /// ts = scale (tq.k + q.tk), G = go.v + gto.tv, R = gto.v, dp = G + R (ts - mu) - ts rho,
+    /// dS = P (dp - dotPdP), dtS = P (R - rho) (AttentionKernels.swift's formulas).
+    template<int D, int WARPS, int BC, bool TAN, bool SPLIT>
+    __device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, const float* __restrict__ k,
+            const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
+            const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
+            const float* __restrict__ stats, float* __restrict__ dq, float* __restrict__ dtq, int n, float scale) {
+        constexpr int LD = D + 4, BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
+        constexpr int NS = TAN ? 4 : 2;
+        constexpr int SMEM = (BR + BC) * NS * LD * 4;
+        flash_check_launch<THREADS, SMEM>();
+        extern __shared__ float4 flash_smem[];
+        float* sQ = reinterpret_cast<float*>(flash_smem);
+        float* sGO = sQ + BR * LD;
+        float* sTQ = sGO + BR * LD;
+        float* sGTO = sTQ + BR * LD;
+        float* sK = sQ + NS * BR * LD;
+        float* sV = sK + BC * LD;
+        float* sTK = sV + BC * LD;
+        float* sTV = sTK + BC * LD;
+        const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
+        const int q0 = blockIdx.x * BR;
+        const i64 hb = (i64)blockIdx.y * n * D, rowBase = (i64)blockIdx.y * n;
+        flash_load<D, BR, THREADS>(sQ, q + hb, q0, n);
+        flash_load<D, BR, THREADS>(sGO, go + hb, q0, n);
+        if (TAN) {
+            flash_load<D, BR, THREADS>(sTQ, tq + hb, q0, n);
+            flash_load<D, BR, THREADS>(sGTO, gto + hb, q0, n);
+        }
+        float L[2], MU[2], RHO[2], DPP[2];
+    #pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = q0 + r0 + g + 8 * h;
+            float4 st = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (row < n) st = *reinterpret_cast<const float4*>(stats + (rowBase + row) * 4);
+            L[h] = st.x; MU[h] = st.y; RHO[h] = st.z; DPP[h] = st.w;
+        }
+        float dqa[KD][4], dtqa[KD][4];
+    #pragma unroll
+        for (int i = 0; i < KD; ++i)
+    #pragma unroll
+            for (int e = 0; e < 4; ++e) { dqa[i][e] = 0.f; dtqa[i][e] = 0.f; }
+        for (int j0 = 0; j0 < n; j0 += BC) {
+            __syncthreads();
+            flash_load<D, BC, THREADS>(sK, k + hb, j0, n);
+            flash_load<D, BC, THREADS>(sV, v + hb, j0, n);
+            if (TAN) {
+                flash_load<D, BC, THREADS>(sTK, tk + hb, j0, n);
+                flash_load<D, BC, THREADS>(sTV, tv + hb, j0, n);
+            }
+            __syncthreads();
+            float s[NC][4], ts[NC][4], gg[NC][4], rr[NC][4];
+    #pragma unroll
+            for (int c = 0; c < NC; ++c)
+    #pragma unroll
+                for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; gg[c][e] = 0.f; rr[c][e] = 0.f; }
+    #pragma unroll
+            for (int kk = 0; kk < KD; ++kk) {
+                const FragA<SPLIT> aq = lds_a<SPLIT, LD>(sQ, r0, kk * 8, g, t);
+                FragA<SPLIT> atq;
+                if (TAN) atq = lds_a<SPLIT, LD>(sTQ, r0, kk * 8, g, t);
+    #pragma unroll
+                for (int c = 0; c < NC; ++c) {
+                    const FragB<SPLIT> bk = lds_bt<SPLIT, LD>(sK, c * 8, kk * 8, g, t);
+                    tc_mma<SPLIT>(s[c], aq, bk);
+                    if (TAN) {
+                        tc_mma<SPLIT>(ts[c], atq, bk);
+                        tc_mma<SPLIT>(ts[c], aq, lds_bt<SPLIT, LD>(sTK, c * 8, kk * 8, g, t));
+                    }
+                }
+            }
+    #pragma unroll
+            for (int kk = 0; kk < KD; ++kk) {
+                const FragA<SPLIT> ago = lds_a<SPLIT, LD>(sGO, r0, kk * 8, g, t);
+                FragA<SPLIT> agto;
+                if (TAN) agto = lds_a<SPLIT, LD>(sGTO, r0, kk * 8, g, t);
+    #pragma unroll
+                for (int c = 0; c < NC; ++c) {
+                    const FragB<SPLIT> bv = lds_bt<SPLIT, LD>(sV, c * 8, kk * 8, g, t);
+                    tc_mma<SPLIT>(gg[c], ago, bv);
+                    if (TAN) {
+                        tc_mma<SPLIT>(rr[c], agto, bv);
+                        tc_mma<SPLIT>(gg[c], agto, lds_bt<SPLIT, LD>(sTV, c * 8, kk * 8, g, t));
+                    }
+                }
+            }
+            // s <- dS, ts <- dtS.
+    #pragma unroll
+            for (int c = 0; c < NC; ++c)
+    #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int h = e >> 1;
+                    const bool valid = j0 + c * 8 + 2 * t + (e & 1) < n;
+                    const float P = valid ? m_exp(s[c][e] * scale - L[h]) : 0.f;
+                    if (TAN) {
+                        const float tsv = ts[c][e] * scale, r = rr[c][e];
+                        const float dp = gg[c][e] + r * (tsv - MU[h]) - tsv * RHO[h];
+                        s[c][e] = P * (dp - DPP[h]);
+                        ts[c][e] = P * (r - RHO[h]);
+                    } else {
+                        s[c][e] = P * (gg[c][e] - DPP[h]);
+                    }
+                }
+    #pragma unroll
+            for (int c = 0; c < NC; ++c) {
+                const FragA<SPLIT> ads = acc_a<SPLIT>(s[c]);
+                FragA<SPLIT> adts;
+                if (TAN) adts = acc_a<SPLIT>(ts[c]);
+    #pragma unroll
+                for (int i = 0; i < KD; ++i) {
+                    const FragB<SPLIT> bk = lds_bn<SPLIT, LD>(sK, c * 8, i * 8, g, t);
+                    tc_mma<SPLIT>(dqa[i], ads, bk);
+                    if (TAN) {
+                        tc_mma<SPLIT>(dtqa[i], adts, bk);
+                        tc_mma<SPLIT>(dqa[i], adts, lds_bn<SPLIT, LD>(sTK, c * 8, i * 8, g, t));
+                    }
+                }
+            }
+        }
+    #pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = q0 + r0 + g + 8 * h;
+            if (row < n) {
+                const i64 off = (rowBase + row) * D + 2 * t;
+    #pragma unroll
+                for (int i = 0; i < KD; ++i) {
+                    *reinterpret_cast<float2*>(dq + off + i * 8) = make_float2(scale * dqa[i][2 * h], scale * dqa[i][2 * h + 1]);
+                    if (TAN) *reinterpret_cast<float2*>(dtq + off + i * 8) =
+                        make_float2(scale * dtqa[i][2 * h], scale * dtqa[i][2 * h + 1]);
+                }
+            }
+        }
+    }
+
+    /// Backward, key side (grid: key blocks of 16 * WARPS rows, heads): one pass over query blocks of BQ,
+    /// the score tiles transposed (keys as rows): dk = scale sum_i (dS q + dtS tq), dtk = scale sum_i dtS q,
+    /// dv = sum_i (P go + P (ts - mu) gto), dtv = sum_i P gto.
+    template<int D, int WARPS, int BQ, bool TAN, bool SPLIT>
+    __device__ __forceinline__ void flash_bwd_dkv_impl(const float* __restrict__ q, const float* __restrict__ k,
+            const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
+            const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
+            const float* __restrict__ stats, float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dtk,
+            float* __restrict__ dtv, int n, float scale) {
+        constexpr int LD = D + 4, BK = 16 * WARPS, KD = D / 8, NQ = BQ / 8, THREADS = 32 * WARPS;
+        constexpr int NS = TAN ? 4 : 2;
+        constexpr int SMEM = (BK + BQ) * NS * LD * 4 + BQ * 16;
+        flash_check_launch<THREADS, SMEM>();
+        extern __shared__ float4 flash_smem[];
+        float* sK = reinterpret_cast<float*>(flash_smem);
+        float* sV = sK + BK * LD;
+        float* sTK = sV + BK * LD;
+        float* sTV = sTK + BK * LD;
+        float* sQ = sK + NS * BK * LD;
+        float* sGO = sQ + BQ * LD;
+        float* sTQ = sGO + BQ * LD;
+        float* sGTO = sTQ + BQ * LD;
+        float4* sSt = reinterpret_cast<float4*>(sQ + NS * BQ * LD);
+        const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
+        const int k0 = blockIdx.x * BK;
+        const i64 hb = (i64)blockIdx.y * n * D, rowBase = (i64)blockIdx.y * n;
+        flash_load<D, BK, THREADS>(sK, k + hb, k0, n);
+        flash_load<D, BK, THREADS>(sV, v + hb, k0, n);
+        if (TAN) {
+            flash_load<D, BK, THREADS>(sTK, tk + hb, k0, n);
+            flash_load<D, BK, THREADS>(sTV, tv + hb, k0, n);
+        }
+        float dka[KD][4], dva[KD][4], dtka[KD][4], dtva[KD][4];
+    #pragma unroll
+        for (int i = 0; i < KD; ++i)
+    #pragma unroll
+            for (int e = 0; e < 4; ++e) { dka[i][e] = 0.f; dva[i][e] = 0.f; dtka[i][e] = 0.f; dtva[i][e] = 0.f; }
+        for (int i0 = 0; i0 < n; i0 += BQ) {
+            __syncthreads();
+            flash_load<D, BQ, THREADS>(sQ, q + hb, i0, n);
+            flash_load<D, BQ, THREADS>(sGO, go + hb, i0, n);
+            if (TAN) {
+                flash_load<D, BQ, THREADS>(sTQ, tq + hb, i0, n);
+                flash_load<D, BQ, THREADS>(sGTO, gto + hb, i0, n);
+            }
+            for (int i = threadIdx.x; i < BQ; i += THREADS)
+                sSt[i] = i0 + i < n ? *reinterpret_cast<const float4*>(stats + (rowBase + i0 + i) * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+            __syncthreads();
+            // Transposed tiles: rows are this warp's 16 keys, columns the block's queries.
+            float s[NQ][4], ts[NQ][4], gg[NQ][4], rr[NQ][4];
+    #pragma unroll
+            for (int c = 0; c < NQ; ++c)
+    #pragma unroll
+                for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; gg[c][e] = 0.f; rr[c][e] = 0.f; }
+    #pragma unroll
+            for (int kk = 0; kk < KD; ++kk) {
+                const FragA<SPLIT> ak = lds_a<SPLIT, LD>(sK, r0, kk * 8, g, t);
+                FragA<SPLIT> atk;
+                if (TAN) atk = lds_a<SPLIT, LD>(sTK, r0, kk * 8, g, t);
+    #pragma unroll
+                for (int c = 0; c < NQ; ++c) {
+                    const FragB<SPLIT> bq = lds_bt<SPLIT, LD>(sQ, c * 8, kk * 8, g, t);
+                    tc_mma<SPLIT>(s[c], ak, bq);
+                    if (TAN) {
+                        tc_mma<SPLIT>(ts[c], atk, bq);
+                        tc_mma<SPLIT>(ts[c], ak, lds_bt<SPLIT, LD>(sTQ, c * 8, kk * 8, g, t));
+                    }
+                }
+            }
+    #pragma unroll
+            for (int kk = 0; kk < KD; ++kk) {
+                const FragA<SPLIT> av = lds_a<SPLIT, LD>(sV, r0, kk * 8, g, t);
+                FragA<SPLIT> atv;
+                if (TAN) atv = lds_a<SPLIT, LD>(sTV, r0, kk * 8, g, t);
+    #pragma unroll
+                for (int c = 0; c < NQ; ++c) {
+                    const FragB<SPLIT> bgo = lds_bt<SPLIT, LD>(sGO, c * 8, kk * 8, g, t);
+                    tc_mma<SPLIT>(gg[c], av, bgo);
+                    if (TAN) {
+                        const FragB<SPLIT> bgto = lds_bt<SPLIT, LD>(sGTO, c * 8, kk * 8, g, t);
+                        tc_mma<SPLIT>(rr[c], av, bgto);
+                        tc_mma<SPLIT>(gg[c], atv, bgto);
+                    }
+                }
+            }
+            // s <- P, gg <- dS, and with TAN ts <- P (ts - mu), rr <- dtS. Columns are queries.
+    #pragma unroll
+            for (int c = 0; c < NQ; ++c)
+    #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int col = c * 8 + 2 * t + (e & 1);
+                    const float4 st = sSt[col];
+                    const float P = i0 + col < n ? m_exp(s[c][e] * scale - st.x) : 0.f;
+                    s[c][e] = P;
+                    if (TAN) {
+                        const float tsv = ts[c][e] * scale, r = rr[c][e];
+                        const float dp = gg[c][e] + r * (tsv - st.y) - tsv * st.z;
+                        gg[c][e] = P * (dp - st.w);
+                        rr[c][e] = P * (r - st.z);
+                        ts[c][e] = P * (tsv - st.y);
+                    } else {
+                        gg[c][e] = P * (gg[c][e] - st.w);
+                    }
+                }
+    #pragma unroll
+            for (int c = 0; c < NQ; ++c) {
+                const FragA<SPLIT> ap = acc_a<SPLIT>(s[c]), ads = acc_a<SPLIT>(gg[c]);
+                FragA<SPLIT> apt, adts;
+                if (TAN) { apt = acc_a<SPLIT>(ts[c]); adts = acc_a<SPLIT>(rr[c]); }
+    #pragma unroll
+                for (int i = 0; i < KD; ++i) {
+                    const FragB<SPLIT> bgo = lds_bn<SPLIT, LD>(sGO, c * 8, i * 8, g, t);
+                    const FragB<SPLIT> bq = lds_bn<SPLIT, LD>(sQ, c * 8, i * 8, g, t);
+                    tc_mma<SPLIT>(dva[i], ap, bgo);
+                    tc_mma<SPLIT>(dka[i], ads, bq);
+                    if (TAN) {
+                        const FragB<SPLIT> bgto = lds_bn<SPLIT, LD>(sGTO, c * 8, i * 8, g, t);
+                        tc_mma<SPLIT>(dva[i], apt, bgto);
+                        tc_mma<SPLIT>(dtva[i], ap, bgto);
+                        tc_mma<SPLIT>(dka[i], adts, lds_bn<SPLIT, LD>(sTQ, c * 8, i * 8, g, t));
+                        tc_mma<SPLIT>(dtka[i], adts, bq);
+                    }
+                }
+            }
+        }
+    #pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = k0 + r0 + g + 8 * h;
+            if (row < n) {
+                const i64 off = (rowBase + row) * D + 2 * t;
+    #pragma unroll
+                for (int i = 0; i < KD; ++i) {
+                    *reinterpret_cast<float2*>(dk + off + i * 8) = make_float2(scale * dka[i][2 * h], scale * dka[i][2 * h + 1]);
+                    *reinterpret_cast<float2*>(dv + off + i * 8) = make_float2(dva[i][2 * h], dva[i][2 * h + 1]);
+                    if (TAN) {
+                        *reinterpret_cast<float2*>(dtk + off + i * 8) = make_float2(scale * dtka[i][2 * h], scale * dtka[i][2 * h + 1]);
+                        *reinterpret_cast<float2*>(dtv + off + i * 8) = make_float2(dtva[i][2 * h], dtva[i][2 * h + 1]);
+                    }
+                }
+            }
+        }
+    }
+    """#
+
+    /// Head dims with fused flash-attention kernels (float32 only; others take the warp-per-row kernels).
+    static let flashDims = [64, 72]
+
+    enum FlashKind: CaseIterable { case forward, dq, dkv }
+
+    /// Launch shape of a flash kernel: warps per block (16 rows each) and the inner block (keys per step for the
+    /// forward and dq kernels, queries per step for dkv). The kernels check blockDim and the shared memory.
+    static func flashShape(_ kind: FlashKind, tangent: Bool) -> (warps: Int, inner: Int) {
+        switch kind {
+        case .forward: return tangent ? (4, 32) : (4, 64)
+        case .dq: return tangent ? (8, 32) : (4, 64)
+        case .dkv: return tangent ? (4, 16) : (4, 32)
+        }
+    }
+
+    /// Dynamic shared memory of a flash kernel, in bytes (the kernels' own SMEM formulas).
+    static func flashSharedBytes(_ kind: FlashKind, tangent: Bool, dim: Int) -> Int {
+        let (w, inner) = flashShape(kind, tangent: tangent), rows = 16 * w, ld = dim + 4
+        switch kind {
+        case .forward: return (rows * (tangent ? 2 : 1) + inner * (tangent ? 4 : 2)) * ld * 4
+        case .dq: return (rows + inner) * (tangent ? 4 : 2) * ld * 4
+        case .dkv: return (rows + inner) * (tangent ? 4 : 2) * ld * 4 + inner * 16
+        }
+    }
+
+    /// The most shared memory any flash kernel needs.
+    static var flashMaxSharedBytes: Int {
+        FlashKind.allCases.flatMap { kind in
+            [false, true].flatMap { t in flashDims.map { flashSharedBytes(kind, tangent: t, dim: $0) } }
+        }.max()!
+    }
+
+    static func flashName(_ kind: FlashKind, tangent: Bool, dim: Int, split: Bool) -> String {
+        let stem = kind == .forward ? "flash_fwd" : kind == .dq ? "flash_dq" : "flash_dkv"
+        return "\(stem)_\(tangent ? "t" : "p")\(dim)_\(split ? "x3" : "tf32")"
+    }
+
+    static func flashEntryPoints() -> String {
+        var out = ""
+        let ins = "const float* q, const float* k, const float* v, const float* tq, const float* tk, const float* tv"
+        let args = "q, k, v, tq, tk, tv"
+        for dim in flashDims {
+            for tangent in [false, true] {
+                for split in [true, false] {
+                    func head(_ kind: FlashKind) -> String {
+                        let w = flashShape(kind, tangent: tangent).warps
+                        return "extern \"C\" __global__ void __launch_bounds__(\(32 * w)) \(flashName(kind, tangent: tangent, dim: dim, split: split))"
+                    }
+                    func tmpl(_ kind: FlashKind) -> String {
+                        let (w, inner) = flashShape(kind, tangent: tangent)
+                        return "<\(dim), \(w), \(inner), \(tangent), \(split)>"
+                    }
+                    out += """
+                    \(head(.forward))(\(ins), float* o, float* to, float* lse, const float* go, const float* gto, const float* lseIn, float* stats, int n, float scale) { flash_fwd_impl\(tmpl(.forward))(\(args), o, to, lse, go, gto, lseIn, stats, n, scale); }
+                    \(head(.dq))(\(ins), const float* go, const float* gto, const float* stats, float* dq, float* dtq, int n, float scale) { flash_bwd_dq_impl\(tmpl(.dq))(\(args), go, gto, stats, dq, dtq, n, scale); }
+                    \(head(.dkv))(\(ins), const float* go, const float* gto, const float* stats, float* dk, float* dv, float* dtk, float* dtv, int n, float scale) { flash_bwd_dkv_impl\(tmpl(.dkv))(\(args), go, gto, stats, dk, dv, dtk, dtv, n, scale); }
+
+                    """
+                }
+            }
+        }
+        return out
+    }
+
     /// Values per lane the warp-per-row attention kernels are built for (head dim <= 32 * the largest).
     static let attentionLaneWidths = [1, 2, 3, 4, 8, 16]
 
@@ -885,13 +1491,16 @@ enum KernelSource {
         return out
     }
 
-    enum Family: String, CaseIterable { case core, attention }
+    enum Family: String, CaseIterable { case core, attention, flash }
 
     /// The whole translation unit of one family for one element type.
     static func source(_ family: Family, _ dtype: DType) -> String {
         switch family {
         case .core: return [common, core, coreEntryPoints(dtype)].joined(separator: "\n")
         case .attention: return [common, attention, attentionEntryPoints(dtype)].joined(separator: "\n")
+        case .flash:
+            precondition(dtype == .float32, "the flash-attention kernels are float32 only")
+            return [common, flash, flashEntryPoints()].joined(separator: "\n")
         }
     }
 }

@@ -25,11 +25,12 @@ public struct MLPFlowMap: FlowMapNetwork {
     public var width: Int
     public var depth: Int
     public var embeddingDim: Int
-    /// Time features are taken at x * timeScale: toy data needs finer time resolution than the raw
-    /// values the DiT embeds, whose learned MLP after the features provides it instead.
+    /// Time features are taken at x * timeScale. The default 1 embeds the raw times as the DiT does: with the
+    /// classic x1000 the features oscillate so fast that the time derivatives TVM and MeanFlow train on are
+    /// huge (measured: MeanFlow's 1-NFE W2 1.11 at x1000 against 0.23 at x1; TVM 0.18 against 0.17).
     public var timeScale: Double
 
-    public init(dataDim: Int = 2, width: Int = 256, depth: Int = 4, embeddingDim: Int = 32, timeScale: Double = 1000) {
+    public init(dataDim: Int = 2, width: Int = 256, depth: Int = 4, embeddingDim: Int = 32, timeScale: Double = 1) {
         self.dataDim = dataDim
         self.width = width
         self.depth = depth

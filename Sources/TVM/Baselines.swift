@@ -9,10 +9,10 @@ import Glibc
 /// and the adaptive weight 1 / (||err||^2 + c)^p.
 public struct MeanFlowObjective {
     /// Times t > r from two logit-normal draws (the paper's ImageNet choice), or two uniform draws.
-    public var uniformTimes = getenv("TVM_MF_UNIFORM") != nil
+    public var uniformTimes = false
     public var mu = -0.4, sigma = 1.0
     /// Fraction of rows with r != t (the paper's best: 25%).
-    public var fractionDistinct = getenv("TVM_MF_DISTINCT").flatMap { Double(String(cString: $0)) } ?? 0.25
+    public var fractionDistinct = 0.25
     public var adaptiveP = 1.0, adaptiveC = 1e-3
 
     public init() {}
