@@ -109,17 +109,24 @@ enum Kernels {
         }
         Parallel.forRanges(rows, grain: Swift.max(1, 32_768 / inner)) { rr in
             for row in rr {
-                // Offsets of this row in a and b from its multi-index over the outer axes.
-                var rem = row, oa = 0, ob = 0
-                for d in stride(from: cs.count - 2, through: 0, by: -1) {
-                    let idx = rem % cs[d]
-                    rem /= cs[d]
-                    oa += idx * sa[d]
-                    ob += idx * sb[d]
-                }
+                let (oa, ob) = rowOffsets(row, cs, sa, sb)
                 line(F.self, a + oa, ia, b + ob, ib, y + row * inner, 0..<inner)
             }
         }
+    }
+
+    /// Offsets in two strided views of the start of `row`, a row being one run of the last axis: the row's
+    /// multi-index over the other axes of `shape` dotted with each view's strides.
+    @inline(__always)
+    static func rowOffsets(_ row: Int, _ shape: [Int], _ s1: [Int], _ s2: [Int]) -> (Int, Int) {
+        var rem = row, o1 = 0, o2 = 0
+        for d in stride(from: shape.count - 2, through: 0, by: -1) {
+            let idx = rem % shape[d]
+            rem /= shape[d]
+            o1 += idx * s1[d]
+            o2 += idx * s2[d]
+        }
+        return (o1, o2)
     }
 
     /// One row of a binary op, with the common stride patterns as separate (vectorisable) loops.
@@ -193,13 +200,7 @@ enum Kernels {
         let inner = cs.last!, rows = total / inner, ix = sx.last!, iy = sy.last!
         Parallel.forRanges(rows, grain: Swift.max(1, 65_536 / inner)) { rr in
             for row in rr {
-                var rem = row, ox = 0, oy = 0
-                for d in stride(from: cs.count - 2, through: 0, by: -1) {
-                    let idx = rem % cs[d]
-                    rem /= cs[d]
-                    ox += idx * sx[d]
-                    oy += idx * sy[d]
-                }
+                let (ox, oy) = rowOffsets(row, cs, sx, sy)
                 let px = x + ox, py = y + oy
                 if ix == 1 && iy == 1 { py.update(from: px, count: inner) }
                 else if ix == 0 { let v = px[0]; for i in 0..<inner { py[i * iy] = v } }
