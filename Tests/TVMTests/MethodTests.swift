@@ -1,0 +1,69 @@
+import XCTest
+import TensorCore
+import NN
+import TVM
+import Data
+import Eval
+
+final class MethodTests: XCTestCase {
+    func testNormalQuantileInvertsTheCDF() {
+        for p in [1e-12, 1e-6, 0.01, 0.02425, 0.1, 0.5, 0.9, 0.97575, 0.999999] {
+            XCTAssertEqual(Normal.cdf(Normal.quantile(p)), p, accuracy: 1e-12 + 1e-9 * p)
+        }
+        XCTAssertEqual(Normal.quantile(0.975), 1.959963984540054, accuracy: 1e-12)
+    }
+
+    func testGapTimeSamplerRespectsItsSupport() {
+        var rng = RandomGenerator(seed: 8)
+        let times = GapTimeSampler().sample(20_000, rng: &rng)
+        var atOne = 0  // rows clipped to t = 1
+        for i in 0..<20_000 {
+            let (t, s, sp) = (times.t[i], times.s[i], times.sPrime[i])
+            XCTAssertTrue(s >= 0 && s <= t && t <= 1, "s \(s) t \(t)")
+            XCTAssertTrue(sp > 0 && sp < 1)
+            if t == 1 { atOne += 1 }
+        }
+        // t = min(s + len, 1): the truncation keeps s + len <= 1 up to the CDF's rounding, so t = 1 is rare
+        // but the gap distribution reaches it; s' is logit-normal(-0.4, 1) with median sigmoid(-0.4).
+        let medianSp = times.sPrime.sorted()[10_000]
+        XCTAssertEqual(medianSp, 1 / (1 + libmExp(0.4)), accuracy: 0.01)
+        let meanGap = zip(times.t, times.s).map { $0 - $1 }.reduce(0, +) / 20_000
+        XCTAssertGreaterThan(meanGap, 0.2)
+        XCTAssertLessThan(meanGap, 0.45)
+        XCTAssertLessThan(atOne, 200)
+    }
+
+    /// A short TVM run on 8 Gaussians: 1-step samples move from noise to close to the data (W2 0.99 for the
+    /// noise itself; two samples of the data are 0.42 apart at this size, so 0.6x the noise is near the floor).
+    func testShortTrainingImprovesOneStepW2() throws {
+        var config = TrainConfig()
+        config.batch = 256
+        config.lr = 2e-3
+        config.seed = 4
+        let experiment = Toy2DExperiment(distribution: .eightGaussians, network: MLPFlowMap(width: 64, depth: 3),
+                                         config: config, steps: 1000)
+        var losses: [Double] = []
+        let trainer = experiment.train { losses.append($0.loss) }
+        var rng = RandomGenerator(seed: 99)
+        let data = Toy2D.eightGaussians.sample(500, rng: &rng)
+        let noise = Tensor.randomNormal([500, 2], rng: &rng).floats
+        let before = try Wasserstein.w2(noise, data, dim: 2)
+        let after = try Toy2DExperiment.evaluate(trainer, nfes: [1], data: data, noiseSeed: 5)[0].w2
+        XCTAssertTrue(losses.allSatisfy(\.isFinite))
+        XCTAssertLessThan(after, 0.6 * before, "1-NFE W2 \(after) vs noise \(before)")
+        XCTAssertLessThan(losses.suffix(100).reduce(0, +) / 100, losses.prefix(100).reduce(0, +) / 100)
+    }
+
+    func testEvaluationEMAHorizonGrowsWithTheStep() {
+        let ema = EMASchedule.power(gamma: 7, max: 0.9999)
+        XCTAssertEqual(ema.decay(step: 1), 0)
+        XCTAssertLessThan(ema.decay(step: 100), ema.decay(step: 1000))
+        XCTAssertEqual(ema.decay(step: 10_000_000), 0.9999)
+        XCTAssertEqual(EMASchedule.fixed(0.99).decay(step: 5), 0.99)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+func libmExp(_ x: Double) -> Double { Glibc.exp(x) }
+#endif
