@@ -25,7 +25,8 @@ let helpTexts: [String: String] = [
       reports W2 at each NFE (default 1,2,4) for the evaluation EMA (--ema: a fixed decay, or power:G, a window
       of about step/(G+1) steps; default power:7). Writes DIR/losses.jsonl (one JSON object per step),
       DIR/samples_nfe<N>.npy, DIR/data.npy, DIR/scatter.png and DIR/results.json (default DIR: runs/<data>-<method>).
-    """,
+
+    """ + imageTrainHelp,
     "bench": """
     tvm bench toy [--method tvm|meanflow|fm] [--batch N] [--width N] [--depth N] [--steps N] [--warmup N]
       Median wall time of one full training step (loss with its JVP, backward, AdamW, both EMAs) of the
@@ -41,7 +42,7 @@ let helpTexts: [String: String] = [
     tvm w2 A B
       Exact 2-Wasserstein distance between two equal-size point sets (CSV, one point per line, or NPY [n, d]).
     """,
-].merging(referenceCheckHelp) { own, _ in own }
+].merging(referenceCheckHelp) { own, _ in own }.merging(imageHelpTexts) { own, _ in own }
 
 struct ToyRunResult {
     var method: Method
@@ -110,6 +111,7 @@ func runDemo(_ args: [String]) throws {
 }
 
 func runTrain(_ args: [String]) throws {
+    if isImageTraining(args) { return try runImageTrain(args) }
     let a = try Arguments(command: "train", args, options: ["data", "method", "steps", "batch", "lr", "seed", "width",
                                                              "depth", "nfe", "out", "eval-samples", "ema", "time-scale"])
     try a.expectPositional(0, "no positional arguments")

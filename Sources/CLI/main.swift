@@ -4,7 +4,8 @@ import Glibc
 
 let commands: [(name: String, summary: String, run: ([String]) throws -> Void)] = [
     ("demo", "train TVM, MeanFlow and flow matching on the checkerboard and compare W2 at 1-4 NFE", runDemo),
-    ("train", "train one method on a 2-D distribution", runTrain),
+    ("train", "train one method on a 2-D distribution, or TVM on images (Fashion-MNIST, MNIST, PNG folders, NPY)", runTrain),
+    ("sample", "sample images from an image-training checkpoint (PNG grid, NPY, PNG folder)", runSample),
     ("w2", "exact 2-Wasserstein distance between two point files (CSV or NPY)", runW2),
     ("bench", "time training steps and kernels (toy: the CPU TVM step on 2-D data)", runBench),
     ("reference-check", "compare DiT, TVM loss, gradients and samples with an official reference file", runReferenceCheck),
@@ -35,7 +36,7 @@ guard let command = commands.first(where: { $0.name == name }) else {
     exit(2)
 }
 /// Commands that compute on a device; the demo is defined on the CPU (its budget is for the 2-core machine).
-let deviceDefaults: [String: DeviceChoice] = ["demo": .cpu, "train": .cpu, "w2": .cpu, "reference-check": .auto, "bench": .auto]
+let deviceDefaults: [String: DeviceChoice] = ["demo": .cpu, "train": .cpu, "w2": .cpu, "reference-check": .auto, "bench": .auto, "sample": .auto]
 do {
     var rest = Array(argv.dropFirst())
     try selectDevice(try extractDevice(&rest, fallback: deviceDefaults[name] ?? .auto))

@@ -110,6 +110,19 @@ public final class Trainer<Net: FlowMapNetwork> {
         return StepStats(step: step, loss: loss.item, terminal: terminal, flowMatching: fm, gradNorm: norm, nanRows: nanRows)
     }
 
+    /// Continues a checkpointed run: copies the saved values into the student, teacher and EMA sets (same
+    /// names), restores the optimizer state, the step count and the random stream, so that `train` proceeds
+    /// exactly as the run that saved them.
+    public func restore(step: Int, rng: RandomGenerator, student s: ParameterSet, teacher t: ParameterSet,
+                        ema e: ParameterSet, optimizerStep: Int, m: ParameterSet, v: ParameterSet) {
+        for (dst, src) in [(student, s), (teacher, t), (ema, e)] {
+            for name in dst.names { dst[name] = src[name].detached() }
+        }
+        optimizer.restore(step: optimizerStep, m: m, v: v)
+        self.step = step
+        self.rng = rng
+    }
+
     /// n-step samples from `noise` with the evaluation EMA (or other weights).
     public func sample(noise: Tensor, steps: Int, cond: Conditioning = Conditioning(), weights: ParameterSet? = nil,
                        guidanceScale: Double = 1) -> Tensor {

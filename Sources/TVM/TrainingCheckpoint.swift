@@ -1,0 +1,212 @@
+import TensorCore
+import NN
+import Data
+import Formats
+
+extension DiTConfig {
+    /// The configuration as a JSON object (stored in training checkpoints).
+    public var json: JSONValue {
+        .object([
+            ("patch", .number(Double(patch))), ("hidden", .number(Double(hidden))), ("depth", .number(Double(depth))),
+            ("heads", .number(Double(heads))), ("mlp_ratio", .number(mlpRatio)), ("input_size", .number(Double(inputSize))),
+            ("in_channels", .number(Double(inChannels))), ("num_classes", .number(Double(numClasses))),
+            ("modulation_norm", .bool(modulationNorm)), ("init", .string(initialization.rawValue)),
+            ("time_spec_init", .bool(timeSpecInit)),
+        ])
+    }
+
+    /// Reads `json`; throws a `ModelError` naming the missing or invalid field.
+    public init(json: JSONValue) throws {
+        func int(_ k: String) throws -> Int {
+            guard let v = json[k]?.int else { throw ModelError("model config: missing or invalid \"\(k)\"") }
+            return v
+        }
+        func bool(_ k: String) throws -> Bool {
+            guard let v = json[k]?.bool else { throw ModelError("model config: missing or invalid \"\(k)\"") }
+            return v
+        }
+        guard let ratio = json["mlp_ratio"]?.double else { throw ModelError("model config: missing or invalid \"mlp_ratio\"") }
+        guard let initName = json["init"]?.string, let initialization = Initialization(rawValue: initName) else {
+            throw ModelError("model config: missing or invalid \"init\"")
+        }
+        self.init(patch: try int("patch"), hidden: try int("hidden"), depth: try int("depth"), heads: try int("heads"),
+                  mlpRatio: ratio, inputSize: try int("input_size"), inChannels: try int("in_channels"),
+                  numClasses: try int("num_classes"), modulationNorm: try bool("modulation_norm"),
+                  init: initialization, timeSpecInit: try bool("time_spec_init"))
+        try validate()
+    }
+
+    /// The first field in which `other` differs, as "hidden 32 vs 64" (self first), or nil when equal.
+    public func firstDifference(from other: DiTConfig) -> String? {
+        let fields: [(String, String, String)] = [
+            ("patch", "\(patch)", "\(other.patch)"), ("hidden", "\(hidden)", "\(other.hidden)"),
+            ("depth", "\(depth)", "\(other.depth)"), ("heads", "\(heads)", "\(other.heads)"),
+            ("mlp_ratio", "\(mlpRatio)", "\(other.mlpRatio)"), ("input_size", "\(inputSize)", "\(other.inputSize)"),
+            ("in_channels", "\(inChannels)", "\(other.inChannels)"), ("num_classes", "\(numClasses)", "\(other.numClasses)"),
+            ("modulation_norm", "\(modulationNorm)", "\(other.modulationNorm)"),
+            ("init", initialization.rawValue, other.initialization.rawValue),
+            ("time_spec_init", "\(timeSpecInit)", "\(other.timeSpecInit)"),
+        ]
+        for (name, a, b) in fields where a != b { return "\(name) \(a) vs \(b)" }
+        return nil
+    }
+}
+
+/// One training step on images: the next batch from `sampler`, optional flips and the guidance
+/// conditioning drawn from the trainer's random stream, then `Trainer.train`. Everything it draws lives
+/// in (trainer, sampler) state, so a run restored from a `TrainingCheckpoint` continues exactly.
+public func imageTrainingStep(_ trainer: Trainer<DiT>, data: ImageDataset, sampler: inout BatchSampler,
+                              flip: Bool, on device: Device = .default) -> StepStats {
+    let indices = sampler.next(trainer.config.batch)
+    let batch = data.batch(indices: indices, flip: flip, rng: &trainer.rng, on: device)
+    let cond = trainer.config.guidance.conditioning(labels: batch.labels, classes: data.classes,
+                                                    rng: &trainer.rng, on: device)
+    return trainer.train(x0: batch.images, cond: cond)
+}
+
+/// A complete image-training state in one safetensors file: student (`student.<official name>`), evaluation
+/// EMA (`ema.`), EMA target (`teacher.`), AdamW moments (`adam_m.`, `adam_v.`), and metadata: the step, the
+/// optimizer step, the random stream (seed and offset), the batch-sampler state, the model and training
+/// configurations (JSON), the format version and a CRC-32 of all tensor bytes. Written atomically.
+public struct TrainingCheckpoint {
+    public static let format = "tvm-training-checkpoint"
+    public static let formatVersion = 1
+
+    /// The parameter sets a file holds, by prefix.
+    public enum Part: String, CaseIterable, Sendable {
+        case student, teacher, ema
+        case adamM = "adam_m"
+        case adamV = "adam_v"
+        public var prefix: String { rawValue + "." }
+    }
+
+    public var step: Int
+    public var optimizerStep: Int
+    public var rng: RandomGenerator
+    public var samplerState: String
+    public var model: DiTConfig
+    public var training: JSONValue
+    /// The sets read or to be written; `read(parts:)` can leave some out (empty sets).
+    public var sets: [Part: ParameterSet]
+
+    public init(trainer: Trainer<DiT>, samplerState: BatchSampler.State, training: JSONValue) {
+        step = trainer.step
+        optimizerStep = trainer.optimizer.step
+        rng = trainer.rng
+        self.samplerState = samplerState.text
+        model = trainer.net.config
+        self.training = training
+        sets = [.student: trainer.student, .teacher: trainer.teacher, .ema: trainer.ema,
+                .adamM: trainer.optimizer.m, .adamV: trainer.optimizer.v]
+    }
+
+    public subscript(part: Part) -> ParameterSet { sets[part] ?? ParameterSet() }
+
+    /// Writes the file atomically: a kill at any moment leaves the previous file at `path` intact.
+    public func write(path: String) throws {
+        var tensors: [NamedArray] = []
+        for part in Part.allCases {
+            guard let set = sets[part] else { continue }
+            tensors += Checkpoint.arrays(set, prefix: part.prefix)
+        }
+        var crc: UInt32 = 0
+        for t in tensors { crc = Checksum.crc32(t.bytes, previous: crc) }
+        let metadata: [(String, String)] = [
+            ("format", Self.format), ("format_version", "\(Self.formatVersion)"),
+            ("step", "\(step)"), ("optimizer_step", "\(optimizerStep)"),
+            ("rng_seed", "\(rng.seed)"), ("rng_offset", "\(rng.offset)"),
+            ("sampler_state", samplerState),
+            ("model_config", model.json.serialized()), ("training_config", training.serialized()),
+            ("data_crc32", "\(crc)"),
+        ]
+        do {
+            try SafetensorsFile(metadata: metadata, tensors: tensors).write(path: path)
+        } catch let e as FormatError {
+            throw ModelError(e.message)
+        }
+    }
+
+    /// Reads and checks a checkpoint: format and version, the CRC of the tensor data, and (with `expecting`)
+    /// that its model configuration equals this run's. Throws a one-line `ModelError` naming the problem.
+    public static func read(path: String, expecting: DiTConfig? = nil, parts: [Part] = Part.allCases,
+                            on device: Device = .default) throws -> TrainingCheckpoint {
+        let file: SafetensorsFile
+        do { file = try SafetensorsFile.read(path: path) } catch let e as FormatError {
+            throw ModelError(e.message.hasPrefix(path) ? e.message : "\(path): \(e.message)")
+        }
+        func fail(_ s: String) -> ModelError { ModelError("\(path): \(s)") }
+        guard file.metadata("format") == format else {
+            throw fail("not a TerminalVelocity training checkpoint (no \"format\": \"\(format)\" metadata)")
+        }
+        guard let versionText = file.metadata("format_version"), let version = Int(versionText) else {
+            throw fail("training checkpoint without a valid format_version")
+        }
+        guard version == formatVersion else {
+            throw fail("training checkpoint format version \(version) is not supported (this build reads version \(formatVersion))")
+        }
+        func int<T: FixedWidthInteger>(_ key: String, _: T.Type) throws -> T {
+            guard let s = file.metadata(key), let v = T(s) else { throw fail("missing or invalid metadata \"\(key)\"") }
+            return v
+        }
+        var crc: UInt32 = 0
+        for t in file.tensors { crc = Checksum.crc32(t.bytes, previous: crc) }
+        guard try int("data_crc32", UInt32.self) == crc else {
+            throw fail("tensor data is corrupted (CRC-32 mismatch)")
+        }
+        let model: DiTConfig
+        do {
+            guard let text = file.metadata("model_config") else { throw ModelError("missing metadata \"model_config\"") }
+            model = try DiTConfig(json: try JSONValue.parse(text))
+        } catch let e as ModelError { throw fail(e.message) } catch { throw fail("invalid model_config: \(error)") }
+        if let expecting, let diff = model.firstDifference(from: expecting) {
+            throw fail("checkpoint model does not match this run (checkpoint vs run: \(diff))")
+        }
+        let training: JSONValue
+        do { training = try JSONValue.parse(file.metadata("training_config") ?? "") } catch {
+            throw fail("missing or invalid metadata \"training_config\"")
+        }
+        guard let samplerState = file.metadata("sampler_state") else { throw fail("missing metadata \"sampler_state\"") }
+        let net = try DiT(model)
+        var sets: [Part: ParameterSet] = [:]
+        for part in parts {
+            sets[part] = try net.parameters(from: file, prefix: part.prefix, source: path, on: device)
+        }
+        return TrainingCheckpoint(step: try int("step", Int.self), optimizerStep: try int("optimizer_step", Int.self),
+                                  rng: RandomGenerator(seed: try int("rng_seed", UInt64.self),
+                                                       offset: try int("rng_offset", UInt64.self)),
+                                  samplerState: samplerState, model: model, training: training, sets: sets)
+    }
+
+    init(step: Int, optimizerStep: Int, rng: RandomGenerator, samplerState: String, model: DiTConfig,
+         training: JSONValue, sets: [Part: ParameterSet]) {
+        self.step = step
+        self.optimizerStep = optimizerStep
+        self.rng = rng
+        self.samplerState = samplerState
+        self.model = model
+        self.training = training
+        self.sets = sets
+    }
+
+    /// The batch sampler as it was, for a data set of `count` items.
+    public func sampler(count: Int) throws -> BatchSampler {
+        do {
+            return try BatchSampler(count: count, state: try BatchSampler.State(text: samplerState))
+        } catch let e as DataError {
+            throw ModelError("checkpoint: \(e)")
+        }
+    }
+
+    /// Puts every saved value back into `trainer` (which must have this model), so that training continues
+    /// exactly as the run that wrote the checkpoint would have.
+    public func restore(into trainer: Trainer<DiT>) throws {
+        if let diff = model.firstDifference(from: trainer.net.config) {
+            throw ModelError("checkpoint model does not match this run (checkpoint vs run: \(diff))")
+        }
+        for part in Part.allCases where sets[part] == nil {
+            throw ModelError("checkpoint was read without its \(part.rawValue) parameters; cannot resume")
+        }
+        trainer.restore(step: step, rng: rng, student: self[.student], teacher: self[.teacher], ema: self[.ema],
+                        optimizerStep: optimizerStep, m: self[.adamM], v: self[.adamV])
+    }
+}
