@@ -22,8 +22,8 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   DIR/samples_step<N>_nfe<K>.png (fixed noise, one row per class, 1 and 4 NFE, evaluation EMA, guidance
   --sample-cfg, default the training w or the middle of --cfg-range) and DIR/checkpoint.safetensors (atomically);
   DIR/metrics.jsonl gets one JSON line per step. --resume continues from DIR/checkpoint.safetensors exactly
-  (same losses as an uninterrupted run); the model options must match the checkpoint's. Runs on the CPU
-  unless --device cuda|auto is given.
+  (same losses as an uninterrupted run); the model options must match the checkpoint's. Runs on a GPU when
+  one is found (--device auto, the default for images), else on the CPU; --device cpu|cuda forces either.
 """
 
 let imageHelpTexts: [String: String] = [

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Data
 
 let commands: [(name: String, summary: String, run: ([String]) throws -> Void)] = [
     ("demo", "train TVM, MeanFlow and flow matching on the checkerboard and compare W2 at 1-4 NFE", runDemo),
@@ -36,10 +37,18 @@ guard let command = commands.first(where: { $0.name == name }) else {
     exit(2)
 }
 /// Commands that compute on a device; the demo is defined on the CPU (its budget is for the 2-core machine).
-let deviceDefaults: [String: DeviceChoice] = ["demo": .cpu, "train": .cpu, "w2": .cpu, "reference-check": .auto, "bench": .auto, "sample": .auto]
+/// `train` on 2-D data defaults to the CPU too (a small MLP); on images it uses a GPU when there is one.
+let deviceDefaults: [String: DeviceChoice] = ["demo": .cpu, "w2": .cpu, "reference-check": .auto, "bench": .auto, "sample": .auto]
+func defaultDevice(_ command: String, _ args: [String]) -> DeviceChoice {
+    if command == "train" {
+        let data = args.firstIndex(of: "--data").flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } ?? "checkerboard"
+        return (try? Toy2D.named(data)) != nil ? .cpu : .auto
+    }
+    return deviceDefaults[command] ?? .auto
+}
 do {
     var rest = Array(argv.dropFirst())
-    try selectDevice(try extractDevice(&rest, fallback: deviceDefaults[name] ?? .auto))
+    try selectDevice(try extractDevice(&rest, fallback: defaultDevice(name, rest)))
     try command.run(rest)
 } catch let e as CLIError {
     fputs("error: \(e.description)\n", stderr)
