@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Data
+
 
 let commands: [(name: String, summary: String, run: ([String]) throws -> Void)] = [
     ("demo", "train TVM, MeanFlow and flow matching on the checkerboard and compare W2 at 1-4 NFE", runDemo),
@@ -42,7 +42,8 @@ let deviceDefaults: [String: DeviceChoice] = ["demo": .cpu, "w2": .cpu, "referen
 func defaultDevice(_ command: String, _ args: [String]) -> DeviceChoice {
     if command == "train" {
         let data = args.firstIndex(of: "--data").flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } ?? "checkerboard"
-        return (try? Toy2D.named(data)) != nil ? .cpu : .auto
+        let isImages = ["fashion-mnist", "mnist"].contains(data.lowercased()) || access(data, F_OK) == 0
+        return isImages ? .auto : .cpu
     }
     return deviceDefaults[command] ?? .auto
 }
