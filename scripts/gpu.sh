@@ -38,7 +38,7 @@ run)
     trap 'cp "$out/summary.txt" "$final/" 2>/dev/null; tar -C "$work" -czf "$final/logs.tgz" logs 2>/dev/null || true' EXIT
     tar -C "$work" -xJf .device/pack.tar.xz
     export TVM_CUDA_LIB_DIRS=${TVM_CUDA_LIB_DIRS:-/usr/local/cuda/lib64}
-    export TVM_CUDA_CACHE_DIR=$work/kernel-cache
+    export TVM_CUDA_CACHE_DIR=${TVM_CUDA_CACHE_DIR:-$work/kernel-cache}
     libpath="$work/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     runner() { env LD_LIBRARY_PATH="$libpath" "$work/tests.xctest" "$@"; }
     date -u +"%Y-%m-%d %H:%M UTC" | tee "$out/summary.txt"

@@ -2,7 +2,6 @@
 import Glibc
 #endif
 
-
 let commands: [(name: String, summary: String, run: ([String]) throws -> Void)] = [
     ("demo", "train TVM, MeanFlow and flow matching on the checkerboard and compare W2 at 1-4 NFE", runDemo),
     ("train", "train one method on a 2-D distribution, or TVM on images (Fashion-MNIST, MNIST, PNG folders, NPY)", runTrain),

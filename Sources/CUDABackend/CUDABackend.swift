@@ -28,6 +28,9 @@ public final class CUDABackend: Backend {
     /// TF32 products with `allowTF32`. Off (TVM_CUDA_NO_FLASH=1, or false here): the warp-per-row kernels,
     /// which also serve every other head dim and float64.
     public var useFlashAttention: Bool = environment("TVM_CUDA_NO_FLASH") != "1"
+    /// The register caps that let some 3xTF32 flash kernels run 3 blocks per multiprocessor (a few values
+    /// spilled; see KernelSource.flashShape). false: their uncapped builds (2 blocks), for measurements.
+    public var flashRegisterCaps = true
     /// Attention calls (forward or backward) that took the flash kernels (for tests).
     public private(set) var flashAttentionCalls = 0
     /// Shared memory one block may opt in to (bytes): the flash kernels need up to ~190 KB.
@@ -782,7 +785,7 @@ public final class CUDABackend: Backend {
         let dtype = q.dtype, count = rows * dim
         if flashEligible(dtype, dim: dim, bh: bh, [q, k, v, tq, tk, tv, o, to, lse]) {
             let z = to != nil && (tq == nil || tk == nil || tv == nil) ? zeros(count, dtype) : nil
-            let f = flashSet().kernel(.forward, tangent: to != nil, dim: dim, split: !allowTF32)
+            let f = flashSet().kernel(.forward, tangent: to != nil, dim: dim, split: !allowTF32, capped: flashRegisterCaps)
             launch(f.function, grid: ((seq + f.rows - 1) / f.rows, bh), block: (f.threads, 1), shared: f.shared) { g in
                 g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v))
                 if to != nil { g.ptr(addr(tq ?? z!)); g.ptr(addr(tk ?? z!)); g.ptr(addr(tv ?? z!)) } else { g.ptr(0); g.ptr(0); g.ptr(0) }
@@ -832,20 +835,20 @@ public final class CUDABackend: Backend {
             // then the query side (dq, dtq) and the key side (dk, dv, dtk, dtv), P recomputed from lse.
             let set = flashSet(), split = !allowTF32
             let rowStats = allocate(rows * 4, dtype)
-            let f = set.kernel(.forward, tangent: tangent, dim: dim, split: split)
+            let f = set.kernel(.forward, tangent: tangent, dim: dim, split: split, capped: flashRegisterCaps)
             launch(f.function, grid: ((seq + f.rows - 1) / f.rows, bh), block: (f.threads, 1), shared: f.shared) { g in
                 g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
                 g.ptr(0); g.ptr(0); g.ptr(0)
                 g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(lse)); g.ptr(addr(rowStats))
                 g.i32(seq); g.scalar(scale, dtype)
             }
-            let fq = set.kernel(.dq, tangent: tangent, dim: dim, split: split)
+            let fq = set.kernel(.dq, tangent: tangent, dim: dim, split: split, capped: flashRegisterCaps)
             launch(fq.function, grid: ((seq + fq.rows - 1) / fq.rows, bh), block: (fq.threads, 1), shared: fq.shared) { g in
                 g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
                 g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(rowStats)); g.ptr(addr(dq)); g.ptr(p(dtqS))
                 g.i32(seq); g.scalar(scale, dtype)
             }
-            let fk = set.kernel(.dkv, tangent: tangent, dim: dim, split: split)
+            let fk = set.kernel(.dkv, tangent: tangent, dim: dim, split: split, capped: flashRegisterCaps)
             launch(fk.function, grid: ((seq + fk.rows - 1) / fk.rows, bh), block: (fk.threads, 1), shared: fk.shared) { g in
                 g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
                 g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(rowStats))
@@ -999,36 +1002,36 @@ final class AttentionKernelSet {
 
 final class FlashKernelSet {
     struct Kernel { let function: Handle; let threads: Int; let rows: Int; let shared: Int }
-    /// [kind][tangent][dim index][split]
-    private let table: [[[[Kernel]]]]
-    /// Every kernel by name (for the resource report).
-    let all: [(String, Kernel)]
+    /// By name (KernelSource.flashName).
+    private let byName: [String: Kernel]
+    /// Every kernel by name, sorted (for the resource report).
+    var all: [(String, Kernel)] { byName.sorted { $0.key < $1.key }.map { ($0.key, $0.value) } }
 
     init(_ f: [String: Handle], driver: Driver) throws {
-        var all: [(String, Kernel)] = []
-        table = try KernelSource.FlashKind.allCases.map { kind in
-            try [false, true].map { tangent in
-                try KernelSource.flashDims.map { dim in
-                    try [false, true].map { split in
-                        let name = KernelSource.flashName(kind, tangent: tangent, dim: dim, split: split)
-                        guard let h = f[name] else { throw CUDAError("CUDA kernels: \(name) missing from the compiled module") }
-                        let shared = KernelSource.flashSharedBytes(kind, tangent: tangent, dim: dim)
-                        try driver.check(driver.cuFuncSetAttribute(h, Driver.funcAttrMaxDynamicSharedSize, Int32(shared)),
-                                         "cuFuncSetAttribute(\(name), max dynamic shared memory \(shared) bytes)")
-                        let warps = KernelSource.flashShape(kind, tangent: tangent).warps
-                        let k = Kernel(function: h, threads: 32 * warps, rows: 16 * warps, shared: shared)
-                        all.append((name, k))
-                        return k
+        var table: [String: Kernel] = [:]
+        for kind in KernelSource.FlashKind.allCases {
+            for tangent in [false, true] {
+                for dim in KernelSource.flashDims {
+                    for split in [false, true] {
+                        let shape = KernelSource.flashShape(kind, tangent: tangent, dim: dim, split: split)
+                        let shared = KernelSource.flashSharedBytes(kind, tangent: tangent, dim: dim, split: split)
+                        for uncapped in shape.minBlocks > 0 ? [false, true] : [false] {
+                            let name = KernelSource.flashName(kind, tangent: tangent, dim: dim, split: split, uncapped: uncapped)
+                            guard let h = f[name] else { throw CUDAError("CUDA kernels: \(name) missing from the compiled module") }
+                            try driver.check(driver.cuFuncSetAttribute(h, Driver.funcAttrMaxDynamicSharedSize, Int32(shared)),
+                                             "cuFuncSetAttribute(\(name), max dynamic shared memory \(shared) bytes)")
+                            table[name] = Kernel(function: h, threads: 32 * shape.warps, rows: 16 * shape.warps, shared: shared)
+                        }
                     }
                 }
             }
         }
-        self.all = all
+        byName = table
     }
 
-    @inline(__always) func kernel(_ kind: KernelSource.FlashKind, tangent: Bool, dim: Int, split: Bool) -> Kernel {
-        let kindIndex = kind == .forward ? 0 : kind == .dq ? 1 : 2
-        return table[kindIndex][tangent ? 1 : 0][KernelSource.flashDims.firstIndex(of: dim)!][split ? 1 : 0]
+    func kernel(_ kind: KernelSource.FlashKind, tangent: Bool, dim: Int, split: Bool, capped: Bool) -> Kernel {
+        let uncapped = !capped && KernelSource.flashShape(kind, tangent: tangent, dim: dim, split: split).minBlocks > 0
+        return byName[KernelSource.flashName(kind, tangent: tangent, dim: dim, split: split, uncapped: uncapped)]!
     }
 }
 

@@ -912,13 +912,21 @@ enum KernelSource {
         tf32_parts<SPLIT>(x1, f.h[1], f.l[1]);
         return f;
     }
-    /// c += a b (16x8x8), in 3xTF32 with SPLIT.
+    /// c += a b (16x8x8), in 3xTF32 with SPLIT. The tensor cores' float32 accumulation truncates (rounds toward
+    /// zero), a bias that grows with the number of products summed into one accumulator: measured 1.5e-5 relative
+    /// at S = 1024 when a whole row's products went into one. So with SPLIT the three products go into a zeroed
+    /// accumulator, added to c with a rounded float add: the bias stays at three products' worth.
     template<bool SPLIT> __device__ __forceinline__ void tc_mma(float (&c)[4], const FragA<SPLIT>& a, const FragB<SPLIT>& b) {
         if (SPLIT) {
-            mma_tf32(c, a.l, b.h[0], b.h[1]);
-            mma_tf32(c, a.h, b.l[0], b.l[1]);
+            float d[4] = {0.f, 0.f, 0.f, 0.f};
+            mma_tf32(d, a.l, b.h[0], b.h[1]);
+            mma_tf32(d, a.h, b.l[0], b.l[1]);
+            mma_tf32(d, a.h, b.h[0], b.h[1]);
+    #pragma unroll
+            for (int i = 0; i < 4; ++i) c[i] += d[i];
+        } else {
+            mma_tf32(c, a.h, b.h[0], b.h[1]);
         }
-        mma_tf32(c, a.h, b.h[0], b.h[1]);
     }
     /// A operand from a row-major shared tile [rows][LD]: rows r0..r0+15, columns k0..k0+7.
     template<bool SPLIT, int LD> __device__ __forceinline__ FragA<SPLIT> lds_a(const float* s, int r0, int k0, int g, int t) {
@@ -1317,7 +1325,7 @@ enum KernelSource {
             for (int c = 0; c < NQ; ++c)
     #pragma unroll
                 for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; gg[c][e] = 0.f; rr[c][e] = 0.f; }
-    #pragma unroll
+    #pragma unroll 1
             for (int kk = 0; kk < KD; ++kk) {
                 const FragA<SPLIT> ak = lds_a<SPLIT, LD>(sK, r0, kk * 8, g, t);
                 FragA<SPLIT> atk;
@@ -1332,7 +1340,7 @@ enum KernelSource {
                     }
                 }
             }
-    #pragma unroll
+    #pragma unroll 1
             for (int kk = 0; kk < KD; ++kk) {
                 const FragA<SPLIT> av = lds_a<SPLIT, LD>(sV, r0, kk * 8, g, t);
                 FragA<SPLIT> atv;
@@ -1367,21 +1375,32 @@ enum KernelSource {
                         gg[c][e] = P * (gg[c][e] - st.w);
                     }
                 }
+            // dv, dtv (A: P and P (ts - mu)), then dk, dtk (A: dS and dtS): two passes hold half the fragments.
     #pragma unroll
             for (int c = 0; c < NQ; ++c) {
-                const FragA<SPLIT> ap = acc_a<SPLIT>(s[c]), ads = acc_a<SPLIT>(gg[c]);
-                FragA<SPLIT> apt, adts;
-                if (TAN) { apt = acc_a<SPLIT>(ts[c]); adts = acc_a<SPLIT>(rr[c]); }
+                const FragA<SPLIT> ap = acc_a<SPLIT>(s[c]);
+                FragA<SPLIT> apt;
+                if (TAN) apt = acc_a<SPLIT>(ts[c]);
     #pragma unroll
                 for (int i = 0; i < KD; ++i) {
-                    const FragB<SPLIT> bgo = lds_bn<SPLIT, LD>(sGO, c * 8, i * 8, g, t);
-                    const FragB<SPLIT> bq = lds_bn<SPLIT, LD>(sQ, c * 8, i * 8, g, t);
-                    tc_mma<SPLIT>(dva[i], ap, bgo);
-                    tc_mma<SPLIT>(dka[i], ads, bq);
+                    tc_mma<SPLIT>(dva[i], ap, lds_bn<SPLIT, LD>(sGO, c * 8, i * 8, g, t));
                     if (TAN) {
                         const FragB<SPLIT> bgto = lds_bn<SPLIT, LD>(sGTO, c * 8, i * 8, g, t);
                         tc_mma<SPLIT>(dva[i], apt, bgto);
                         tc_mma<SPLIT>(dtva[i], ap, bgto);
+                    }
+                }
+            }
+    #pragma unroll
+            for (int c = 0; c < NQ; ++c) {
+                const FragA<SPLIT> ads = acc_a<SPLIT>(gg[c]);
+                FragA<SPLIT> adts;
+                if (TAN) adts = acc_a<SPLIT>(rr[c]);
+    #pragma unroll
+                for (int i = 0; i < KD; ++i) {
+                    const FragB<SPLIT> bq = lds_bn<SPLIT, LD>(sQ, c * 8, i * 8, g, t);
+                    tc_mma<SPLIT>(dka[i], ads, bq);
+                    if (TAN) {
                         tc_mma<SPLIT>(dka[i], adts, lds_bn<SPLIT, LD>(sTQ, c * 8, i * 8, g, t));
                         tc_mma<SPLIT>(dtka[i], adts, bq);
                     }
@@ -1412,19 +1431,28 @@ enum KernelSource {
 
     enum FlashKind: CaseIterable { case forward, dq, dkv }
 
-    /// Launch shape of a flash kernel: warps per block (16 rows each) and the inner block (keys per step for the
-    /// forward and dq kernels, queries per step for dkv). The kernels check blockDim and the shared memory.
-    static func flashShape(_ kind: FlashKind, tangent: Bool) -> (warps: Int, inner: Int) {
-        switch kind {
-        case .forward: return tangent ? (4, 32) : (4, 64)
-        case .dq: return tangent ? (8, 32) : (4, 64)
-        case .dkv: return tangent ? (4, 16) : (4, 32)
+    /// Launch shape of a flash kernel: warps per block (16 rows each), the inner block (keys per step for the
+    /// forward and dq kernels, queries per step for dkv) and the blocks per multiprocessor asked of the compiler
+    /// (`__launch_bounds__`, 0: none). These kernels load a tile, wait, then compute, so they rely on several
+    /// blocks per multiprocessor to overlap the two: 3 blocks of 4 warps ran the tangent forward 1.35x faster than
+    /// 2 (2026-11-25), and halving the inner blocks to fit 3 blocks was slower still (CUDA_NOTES.md). The
+    /// 3xTF32 kernels that need more than 168 registers and whose shared memory allows 3 blocks get a register
+    /// cap for 3 (a few spilled values: tangent forward 1.05 against 1.15 ms, D = 72 plain backward 2.31 against
+    /// 2.51 ms); `flashRegisterCaps = false` takes builds without it. The kernels check blockDim and shared memory.
+    static func flashShape(_ kind: FlashKind, tangent: Bool, dim: Int, split: Bool) -> (warps: Int, inner: Int, minBlocks: Int) {
+        switch (kind, tangent) {
+        case (.forward, false): return (4, 64, 0)
+        case (.forward, true): return (4, 32, split && dim == 64 ? 3 : 0)
+        case (.dq, false): return (4, 64, 0)
+        case (.dq, true): return (8, 32, 0)
+        case (.dkv, false): return (4, 32, split && dim == 72 ? 3 : 0)
+        case (.dkv, true): return (4, 16, 0)
         }
     }
 
     /// Dynamic shared memory of a flash kernel, in bytes (the kernels' own SMEM formulas).
-    static func flashSharedBytes(_ kind: FlashKind, tangent: Bool, dim: Int) -> Int {
-        let (w, inner) = flashShape(kind, tangent: tangent), rows = 16 * w, ld = dim + 4
+    static func flashSharedBytes(_ kind: FlashKind, tangent: Bool, dim: Int, split: Bool) -> Int {
+        let (w, inner, _) = flashShape(kind, tangent: tangent, dim: dim, split: split), rows = 16 * w, ld = dim + 4
         switch kind {
         case .forward: return (rows * (tangent ? 2 : 1) + inner * (tangent ? 4 : 2)) * ld * 4
         case .dq: return (rows + inner) * (tangent ? 4 : 2) * ld * 4
@@ -1435,13 +1463,16 @@ enum KernelSource {
     /// The most shared memory any flash kernel needs.
     static var flashMaxSharedBytes: Int {
         FlashKind.allCases.flatMap { kind in
-            [false, true].flatMap { t in flashDims.map { flashSharedBytes(kind, tangent: t, dim: $0) } }
+            [false, true].flatMap { t in
+                flashDims.flatMap { d in [false, true].map { flashSharedBytes(kind, tangent: t, dim: d, split: $0) } }
+            }
         }.max()!
     }
 
-    static func flashName(_ kind: FlashKind, tangent: Bool, dim: Int, split: Bool) -> String {
+    /// `uncapped`: the build without the register cap of `flashShape`'s minBlocks (only where it has one).
+    static func flashName(_ kind: FlashKind, tangent: Bool, dim: Int, split: Bool, uncapped: Bool = false) -> String {
         let stem = kind == .forward ? "flash_fwd" : kind == .dq ? "flash_dq" : "flash_dkv"
-        return "\(stem)_\(tangent ? "t" : "p")\(dim)_\(split ? "x3" : "tf32")"
+        return "\(stem)_\(tangent ? "t" : "p")\(dim)_\(split ? "x3" : "tf32")\(uncapped ? "_nocap" : "")"
     }
 
     static func flashEntryPoints() -> String {
@@ -1451,20 +1482,27 @@ enum KernelSource {
         for dim in flashDims {
             for tangent in [false, true] {
                 for split in [true, false] {
-                    func head(_ kind: FlashKind) -> String {
-                        let w = flashShape(kind, tangent: tangent).warps
-                        return "extern \"C\" __global__ void __launch_bounds__(\(32 * w)) \(flashName(kind, tangent: tangent, dim: dim, split: split))"
+                    for kind in FlashKind.allCases {
+                        let (w, inner, minBlocks) = flashShape(kind, tangent: tangent, dim: dim, split: split)
+                        let tmpl = "<\(dim), \(w), \(inner), \(tangent), \(split)>"
+                        let (signature, call): (String, String)
+                        switch kind {
+                        case .forward:
+                            signature = "\(ins), float* o, float* to, float* lse, const float* go, const float* gto, const float* lseIn, float* stats, int n, float scale"
+                            call = "flash_fwd_impl\(tmpl)(\(args), o, to, lse, go, gto, lseIn, stats, n, scale)"
+                        case .dq:
+                            signature = "\(ins), const float* go, const float* gto, const float* stats, float* dq, float* dtq, int n, float scale"
+                            call = "flash_bwd_dq_impl\(tmpl)(\(args), go, gto, stats, dq, dtq, n, scale)"
+                        case .dkv:
+                            signature = "\(ins), const float* go, const float* gto, const float* stats, float* dk, float* dv, float* dtk, float* dtv, int n, float scale"
+                            call = "flash_bwd_dkv_impl\(tmpl)(\(args), go, gto, stats, dk, dv, dtk, dtv, n, scale)"
+                        }
+                        for uncapped in minBlocks > 0 ? [false, true] : [false] {
+                            let bounds = minBlocks > 0 && !uncapped ? "\(32 * w), \(minBlocks)" : "\(32 * w)"
+                            let name = flashName(kind, tangent: tangent, dim: dim, split: split, uncapped: uncapped)
+                            out += "extern \"C\" __global__ void __launch_bounds__(\(bounds)) \(name)(\(signature)) { \(call); }\n"
+                        }
                     }
-                    func tmpl(_ kind: FlashKind) -> String {
-                        let (w, inner) = flashShape(kind, tangent: tangent)
-                        return "<\(dim), \(w), \(inner), \(tangent), \(split)>"
-                    }
-                    out += """
-                    \(head(.forward))(\(ins), float* o, float* to, float* lse, const float* go, const float* gto, const float* lseIn, float* stats, int n, float scale) { flash_fwd_impl\(tmpl(.forward))(\(args), o, to, lse, go, gto, lseIn, stats, n, scale); }
-                    \(head(.dq))(\(ins), const float* go, const float* gto, const float* stats, float* dq, float* dtq, int n, float scale) { flash_bwd_dq_impl\(tmpl(.dq))(\(args), go, gto, stats, dq, dtq, n, scale); }
-                    \(head(.dkv))(\(ins), const float* go, const float* gto, const float* stats, float* dk, float* dv, float* dtk, float* dtv, int n, float scale) { flash_bwd_dkv_impl\(tmpl(.dkv))(\(args), go, gto, stats, dk, dv, dtk, dtv, n, scale); }
-
-                    """
                 }
             }
         }

@@ -151,4 +151,65 @@ final class CUDABenchmarks: XCTestCase {
         let spills = cuda.kernelResourceReport().filter { !$0.hasSuffix(" 0 bytes local") }
         report("kernels with local memory (spills or stack): \(spills.isEmpty ? "none" : spills.joined(separator: "; "))")
     }
+
+    /// Attention at the DiT geometries: the warp-per-row kernels against the flash kernels (3xTF32 and TF32).
+    /// Median of several CUDA-event timings (each the mean of a few calls). TVM_CUDA_BENCH=1.
+    func testFlashAttentionBenchmarks() throws {
+        guard ProcessInfo.processInfo.environment["TVM_CUDA_BENCH"] == "1" else { throw XCTSkip("set TVM_CUDA_BENCH=1") }
+        let cuda = try cudaOrSkip()
+        cuda.poisonAllocations = false
+        defer { cuda.allowTF32 = false; cuda.useFlashAttention = true; cuda.flashRegisterCaps = true }
+        func report(_ s: String) { print("BENCH \(s)") }
+        func fmt(_ x: Double) -> String { String(format: "%.3f", x) }
+        let start = Date()
+        try cuda.buildAllKernels()
+        report("device \(cuda.deviceName), \(cuda.multiprocessorCount) SMs; \(cuda.versions); kernels built in "
+               + String(format: "%.1f s: ", Date().timeIntervalSince(start)) + cuda.kernelBuildLog.joined(separator: "; "))
+        for line in cuda.flashResourceReport() { report(line) }
+        for (b, h, s, d) in [(64, 12, 256, 64), (64, 12, 256, 72), (32, 18, 256, 64), (32, 18, 256, 72), (32, 16, 256, 64)] {
+            let bh = b * h, count = bh * s * d
+            let x = (0..<8).map { i -> Storage in
+                let t = cuda.allocate(count, .float32)
+                cuda.random(t, normal: true, seed: UInt64(20 + i), counter: 0)
+                return t
+            }
+            let o = cuda.allocate(count, .float32), to = cuda.allocate(count, .float32), lse = cuda.allocate(bh * s, .float32)
+            let grads = (0..<6).map { _ in cuda.allocate(count, .float32) }
+            let scale = 1 / Double(d).squareRoot()
+            // Products of [s, d] x [d, s] size per head: forward 2, with tangent 6; backward 5 (S, dP, dV, dQ, dK),
+            // with tangents 15 (and the recomputed pre-pass on top, not counted).
+            let unit = 2.0 * Double(bh) * Double(s) * Double(s) * Double(d) / 1e9
+            for mode in ["warp kernels", "flash 3xTF32", "flash 3xTF32 uncapped", "flash TF32"] {
+                cuda.useFlashAttention = mode != "warp kernels"
+                cuda.allowTF32 = mode == "flash TF32"
+                cuda.flashRegisterCaps = mode != "flash 3xTF32 uncapped"
+                let slow = mode == "warp kernels"
+                func median(_ body: () -> Void) -> Double {
+                    let runs = (0..<(slow ? 3 : 7)).map { _ in cuda.milliseconds(iterations: slow ? 2 : 10, warmup: 1, body) }
+                    return runs.sorted()[runs.count / 2]
+                }
+                let fwd = median {
+                    cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse,
+                                   bh: bh, seq: s, dim: d, scale: scale)
+                }
+                let fwdT = median {
+                    cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse,
+                                   bh: bh, seq: s, dim: d, scale: scale)
+                }
+                let bwd = median {
+                    cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse,
+                                           go: x[6], gto: nil, dq: grads[0], dk: grads[1], dv: grads[2], dtq: nil, dtk: nil, dtv: nil,
+                                           bh: bh, seq: s, dim: d, scale: scale)
+                }
+                let bwdT = median {
+                    cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse,
+                                           go: x[6], gto: x[7], dq: grads[0], dk: grads[1], dv: grads[2], dtq: grads[3],
+                                           dtk: grads[4], dtv: grads[5], bh: bh, seq: s, dim: d, scale: scale)
+                }
+                report("attention B=\(b) H=\(h) S=\(s) D=\(d) \(mode): forward \(fmt(fwd)) ms (\(fmt(2 * unit / fwd)) TFLOP/s), "
+                       + "forward+tangent \(fmt(fwdT)) ms (\(fmt(6 * unit / fwdT))), backward \(fmt(bwd)) ms (\(fmt(5 * unit / bwd))), "
+                       + "backward with tangents \(fmt(bwdT)) ms (\(fmt(15 * unit / bwdT)))")
+            }
+        }
+    }
 }
