@@ -12,7 +12,7 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
           [--model S/2 | --hidden H --depth D --heads N --patch P] [--cfg W | --cfg-range LO,HI]
           [--label-dropout 0.1] [--no-scaled-param] [--batch 128] [--lr 2e-4] [--steps N] [--time-budget S]
           [--ema power:7|D] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
-          [--sample-cfg W]
+          [--sample-cfg W] [--tf32]
   TVM on images with a DiT (class-conditional, classifier-free guidance). Data: Fashion-MNIST (from --data-dir,
   default \(ImageDataset.fashionMNISTDirectory)), MNIST (IDX files in --data-dir), a folder of class folders
   of PNGs, or an .npy [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
@@ -163,8 +163,10 @@ func runImageTrain(_ args: [String]) throws {
         "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
         "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
         "sample-cfg", "method",
-    ], switches: ["no-scaled-param", "flip", "resume"])
+    ], switches: ["no-scaled-param", "flip", "resume", "tf32"])
     try a.expectPositional(0, "no positional arguments")
+    // TF32 matrix products and attention on the GPU (about 1e-3 relative instead of float32's 1e-6).
+    if a.has("tf32") { activeCUDA?.allowTF32 = true }
     if let m = a.string("method"), m.lowercased() != "tvm" {
         throw CLIError("image training supports --method tvm only, got '\(m)'", usage: true)
     }
