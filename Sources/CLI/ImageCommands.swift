@@ -106,21 +106,6 @@ func imageModelConfig(_ a: Arguments, data: ImageDataset) throws -> DiTConfig {
     return c
 }
 
-/// Appends lines to a file, flushed per line.
-final class AppendWriter {
-    let file: UnsafeMutablePointer<FILE>
-    let path: String
-    init(path: String) throws {
-        guard let f = fopen(path, "a") else { throw CLIError("cannot write \(path): \(String(cString: strerror(errno)))") }
-        file = f
-        self.path = path
-    }
-    func write(_ line: String) throws {
-        if fputs(line + "\n", file) < 0 || fflush(file) != 0 { throw CLIError("cannot write \(path): \(String(cString: strerror(errno)))") }
-    }
-    deinit { fclose(file) }
-}
-
 /// Keeps the lines of a JSON-lines log whose "step" is at most `step` (a resumed run rewrites the rest).
 func truncateLog(_ path: String, atStep step: Int) throws {
     guard fileExists(path) else { return }
@@ -284,7 +269,7 @@ func runImageTrain(_ args: [String]) throws {
     Console.info("TVM on \(dataName): \(data.count) images \(data.channels)x\(data.height)x\(data.width), \(data.classes) classes; "
         + "DiT patch \(model.patch) hidden \(model.hidden) depth \(model.depth) heads \(model.heads) (\(trainable) trainable of \(total)); "
         + "batch \(config.batch), lr \(config.lr), cfg \(scaleText); \(deviceDescription())")
-    let log = try AppendWriter(path: metricsPath)
+    let log = try LineWriter(path: metricsPath, append: true)
     let startStep = trainer.step
     let bar = ProgressBar("TVM".padding(6), total: steps == Int.max ? 0 : steps)
     var lastSnapshot = -1

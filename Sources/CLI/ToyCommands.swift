@@ -141,7 +141,6 @@ func runTrain(_ args: [String]) throws {
     let data = distribution.sample(n, rng: &evalRNG)
     let floor = try Wasserstein.w2(data, distribution.sample(n, rng: &evalRNG), dim: 2)
     let log = try LineWriter(path: out + "/losses.jsonl")
-    defer { log.close() }
     let result = try runToy(method, distribution: distribution, network: network, config: config, steps: steps,
                             nfes: nfes, data: data, log: log)
     printTable([result], floor: floor, n: n)
@@ -221,17 +220,3 @@ func makeDirectory(_ path: String) throws {
     }
 }
 
-/// Appends lines to a file, flushed per line so a killed run keeps its log.
-final class LineWriter {
-    let file: UnsafeMutablePointer<FILE>
-    let path: String
-    init(path: String) throws {
-        guard let f = fopen(path, "w") else { throw CLIError("cannot write \(path): \(String(cString: strerror(errno)))") }
-        file = f
-        self.path = path
-    }
-    func write(_ line: String) throws {
-        if fputs(line + "\n", file) < 0 || fflush(file) != 0 { throw CLIError("cannot write \(path): \(String(cString: strerror(errno)))") }
-    }
-    func close() { fclose(file) }
-}

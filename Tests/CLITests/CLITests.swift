@@ -4,48 +4,8 @@ import Formats
 
 /// The `tvm` binary as a user runs it: bad input gets one `error:` line and a non-zero exit, never a
 /// crash trace; a small run writes every file it promises.
-final class CLITests: XCTestCase {
-    /// The binary SwiftPM built next to this test bundle.
-    var binary: String {
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        while dir.path != "/" {
-            let candidate = dir.appendingPathComponent("tvm").path
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-            dir = dir.deletingLastPathComponent()
-        }
-        return "tvm"
-    }
-
-    func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-    }
-
-    func temporaryDirectory() throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tvm-cli-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        return dir
-    }
-
+final class CLITests: CLITestCase {
     func write(_ text: String, _ path: String) throws { try text.write(toFile: path, atomically: true, encoding: .utf8) }
-
-    /// One line, starting with "error:", non-zero exit, nothing that looks like a crash.
-    func assertCleanError(_ args: [String], contains: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let r = try run(args)
-        XCTAssertNotEqual(r.status, 0, "exit status for \(args)", file: file, line: line)
-        let lines = r.err.split(separator: "\n")
-        XCTAssertEqual(lines.count, 1, "stderr for \(args): \(r.err)", file: file, line: line)
-        XCTAssertTrue(r.err.hasPrefix("error: "), r.err, file: file, line: line)
-        XCTAssertTrue(r.err.contains(contains), "\(r.err) should mention \(contains)", file: file, line: line)
-    }
 
     func testBadArgumentsGetOneClearLine() throws {
         try assertCleanError(["frobnicate"], contains: "unknown command 'frobnicate'")

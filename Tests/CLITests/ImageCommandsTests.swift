@@ -3,47 +3,7 @@ import Foundation
 import Formats
 
 /// `tvm train` on images and `tvm sample`, run as the built binary on a tiny synthetic NPY data set.
-final class ImageCommandsTests: XCTestCase {
-    var cli: ImageCommandsTests { self }
-
-    var binary: String {
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        while dir.path != "/" {
-            let candidate = dir.appendingPathComponent("tvm").path
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-            dir = dir.deletingLastPathComponent()
-        }
-        return "tvm"
-    }
-
-    func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-    }
-
-    func temporaryDirectory() throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tvm-img-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        return dir
-    }
-
-    /// One line, starting with "error:", non-zero exit.
-    func assertCleanError(_ args: [String], contains: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let r = try run(args)
-        XCTAssertNotEqual(r.status, 0, "exit status for \(args)", file: file, line: line)
-        XCTAssertEqual(r.err.split(separator: "\n").count, 1, "stderr for \(args): \(r.err)", file: file, line: line)
-        XCTAssertTrue(r.err.hasPrefix("error: "), r.err, file: file, line: line)
-        XCTAssertTrue(r.err.contains(contains), "\(r.err) should mention \(contains)", file: file, line: line)
-    }
-
+final class ImageCommandsTests: CLITestCase {
     /// 12 images 1x8x8 in [-1, 1] and labels 0, 1, 2 (3 classes).
     func makeData(_ dir: String) throws -> [String] {
         let n = 12
@@ -61,12 +21,12 @@ final class ImageCommandsTests: XCTestCase {
     }
 
     func testImageTrainingWritesGridsMetricsAndCheckpointAndResumesExactly() throws {
-        let dir = try cli.temporaryDirectory()
+        let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let base = try makeData(dir)
 
         let full = dir + "/full"
-        var r = try cli.run(["train"] + base + ["--steps", "6", "--every", "3", "--out", full])
+        var r = try run(["train"] + base + ["--steps", "6", "--every", "3", "--out", full])
         XCTAssertEqual(r.status, 0, r.err)
         for step in [3, 6] {
             for nfe in [1, 4] {
@@ -85,9 +45,9 @@ final class ImageCommandsTests: XCTestCase {
 
         // Stopped at 3, resumed to 6: the same losses and the same final checkpoint tensors.
         let split = dir + "/split"
-        r = try cli.run(["train"] + base + ["--steps", "3", "--every", "100", "--out", split])
+        r = try run(["train"] + base + ["--steps", "3", "--every", "100", "--out", split])
         XCTAssertEqual(r.status, 0, r.err)
-        r = try cli.run(["train"] + base + ["--steps", "6", "--every", "100", "--out", split, "--resume"])
+        r = try run(["train"] + base + ["--steps", "6", "--every", "100", "--out", split, "--resume"])
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertEqual(try losses(split + "/metrics.jsonl"), try losses(full + "/metrics.jsonl"))
         let a = try SafetensorsFile.read(path: split + "/checkpoint.safetensors")
@@ -96,21 +56,21 @@ final class ImageCommandsTests: XCTestCase {
         XCTAssertEqual(a.metadata("step"), "6")
 
         // Another model size is refused with one line naming the difference.
-        try cli.assertCleanError(["train"] + base + ["--hidden", "64", "--steps", "8", "--out", split, "--resume"],
+        try assertCleanError(["train"] + base + ["--hidden", "64", "--steps", "8", "--out", split, "--resume"],
                                  contains: "hidden 32 vs 64")
-        try cli.assertCleanError(["train"] + base + ["--steps", "8", "--out", dir + "/none", "--resume"],
+        try assertCleanError(["train"] + base + ["--steps", "8", "--out", dir + "/none", "--resume"],
                                  contains: "no checkpoint")
     }
 
     func testSampleWritesGridNPYAndFolder() throws {
-        let dir = try cli.temporaryDirectory()
+        let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let base = try makeData(dir)
-        let run = dir + "/run"
-        var r = try cli.run(["train"] + base + ["--steps", "2", "--out", run])
+        let runDir = dir + "/run"
+        var r = try run(["train"] + base + ["--steps", "2", "--out", runDir])
         XCTAssertEqual(r.status, 0, r.err)
-        let ckpt = run + "/checkpoint.safetensors"
-        r = try cli.run(["sample", "--device", "cpu", "--checkpoint", ckpt, "--n", "12", "--nfe", "2", "--cfg", "2",
+        let ckpt = runDir + "/checkpoint.safetensors"
+        r = try run(["sample", "--device", "cpu", "--checkpoint", ckpt, "--n", "12", "--nfe", "2", "--cfg", "2",
                          "--classes", "0,2", "--out", dir + "/grid.png", "--npy", dir + "/s.npy", "--folder", dir + "/pngs"])
         XCTAssertEqual(r.status, 0, r.err)
         let png = try Image.readPNG(path: dir + "/grid.png")
@@ -123,7 +83,7 @@ final class ImageCommandsTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/pngs/0_0").count, 6)
 
         // The student weights too, deterministic for a seed.
-        r = try cli.run(["sample", "--device", "cpu", "--checkpoint", ckpt, "--n", "3", "--weights", "student",
+        r = try run(["sample", "--device", "cpu", "--checkpoint", ckpt, "--n", "3", "--weights", "student",
                          "--out", dir + "/g2.png", "--npy", dir + "/t.npy"])
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertEqual(try NPYArray.read(path: dir + "/t.npy").shape, [3, 1, 8, 8])
@@ -131,13 +91,13 @@ final class ImageCommandsTests: XCTestCase {
         // Damaged checkpoints and bad options: one clear line.
         let bytes = try AtomicFile.read(path: ckpt)
         try AtomicFile.write(path: dir + "/trunc.safetensors", bytes: Array(bytes.prefix(bytes.count - 100)))
-        try cli.assertCleanError(["sample", "--device", "cpu", "--checkpoint", dir + "/trunc.safetensors"], contains: "trunc.safetensors")
+        try assertCleanError(["sample", "--device", "cpu", "--checkpoint", dir + "/trunc.safetensors"], contains: "trunc.safetensors")
         var flipped = bytes
         flipped[bytes.count - 5] ^= 0x10
         try AtomicFile.write(path: dir + "/flip.safetensors", bytes: flipped)
-        try cli.assertCleanError(["sample", "--device", "cpu", "--checkpoint", dir + "/flip.safetensors"], contains: "CRC")
-        try cli.assertCleanError(["sample", "--device", "cpu", "--checkpoint", ckpt, "--classes", "3"], contains: "--classes")
-        try cli.assertCleanError(["sample", "--device", "cpu", "--checkpoint", ckpt, "--weights", "best"], contains: "--weights")
-        try cli.assertCleanError(["sample", "--device", "cpu"], contains: "--checkpoint")
+        try assertCleanError(["sample", "--device", "cpu", "--checkpoint", dir + "/flip.safetensors"], contains: "CRC")
+        try assertCleanError(["sample", "--device", "cpu", "--checkpoint", ckpt, "--classes", "3"], contains: "--classes")
+        try assertCleanError(["sample", "--device", "cpu", "--checkpoint", ckpt, "--weights", "best"], contains: "--weights")
+        try assertCleanError(["sample", "--device", "cpu"], contains: "--checkpoint")
     }
 }
