@@ -6,42 +6,46 @@ enum AttentionKernels {
                                      tq: UnsafeMutablePointer<T>?, tk: UnsafeMutablePointer<T>?, tv: UnsafeMutablePointer<T>?,
                                      o: UnsafeMutablePointer<T>, to: UnsafeMutablePointer<T>?, lse: UnsafeMutablePointer<T>,
                                      bh: Int, seq n: Int, dim d: Int, scale: T) {
+        // One pass over the keys per query row with an online softmax: running max m, normaliser l, and three
+        // unnormalised accumulators (P v, P tS v + P tv, and mu = P tS), rescaled whenever the max grows.
         Parallel.forRanges(bh, grain: 1) { heads in
-            let p = UnsafeMutablePointer<T>.allocate(capacity: n), ts = UnsafeMutablePointer<T>.allocate(capacity: n)
-            defer { p.deallocate(); ts.deallocate() }
+            let acc = UnsafeMutablePointer<T>.allocate(capacity: d)
+            defer { acc.deallocate() }
             for h in heads {
                 let base = h * n * d
                 let (qh, kh, vh) = (q + base, k + base, v + base)
                 for i in 0..<n {
-                    let qi = qh + i * d
-                    var m = -T.infinity
-                    for j in 0..<n {
-                        p[j] = scale * dot(qi, kh + j * d, d)
-                        m = Swift.max(m, p[j])
-                    }
-                    var l = T(0)
-                    for j in 0..<n { p[j] = T.fexp(p[j] - m); l += p[j] }
-                    for j in 0..<n { p[j] /= l }
-                    lse[h * n + i] = m + T.flog(l)
-                    let oi = o + base + i * d
+                    let qi = qh + i * d, oi = o + base + i * d
+                    let toi = to.map { $0 + base + i * d }
                     oi.update(repeating: 0, count: d)
-                    for j in 0..<n { axpy(p[j], vh + j * d, oi, d) }
-                    guard let to else { continue }
-                    // tS_ij = scale (tq_i . k_j + q_i . tk_j); to_i = sum P tS v - mu o_i + sum P tv.
-                    var mu = T(0)
+                    acc.update(repeating: 0, count: d)
+                    var m = -T.infinity, l = T(0), mu = T(0)
                     for j in 0..<n {
-                        var s = T(0)
-                        if let tq { s += dot(tq + base + i * d, kh + j * d, d) }
-                        if let tk { s += dot(qi, tk + base + j * d, d) }
-                        ts[j] = scale * s
-                        mu += p[j] * ts[j]
+                        let s = scale * dot(qi, kh + j * d, d)
+                        if s > m {
+                            let c = m == -T.infinity ? T(0) : T.fexp(m - s)
+                            l *= c
+                            mu *= c
+                            for x in 0..<d { oi[x] *= c; acc[x] *= c }
+                            m = s
+                        }
+                        let p = T.fexp(s - m)
+                        l += p
+                        axpy(p, vh + j * d, oi, d)
+                        guard toi != nil else { continue }
+                        var ts = T(0)
+                        if let tq { ts += dot(tq + base + i * d, kh + j * d, d) }
+                        if let tk { ts += dot(qi, tk + base + j * d, d) }
+                        ts *= scale
+                        mu += p * ts
+                        axpy(p * ts, vh + j * d, acc, d)
+                        if let tv { axpy(p, tv + base + j * d, acc, d) }
                     }
-                    let toi = to + base + i * d
-                    for c in 0..<d { toi[c] = -mu * oi[c] }
-                    for j in 0..<n {
-                        axpy(p[j] * ts[j], vh + j * d, toi, d)
-                        if let tv { axpy(p[j], tv + base + j * d, toi, d) }
-                    }
+                    let inv = 1 / l
+                    for x in 0..<d { oi[x] *= inv }
+                    lse[h * n + i] = m + T.flog(l)
+                    // to_i = sum P tS v + sum P tv - mu o_i, with P normalised.
+                    if let toi { for x in 0..<d { toi[x] = acc[x] * inv - mu * inv * oi[x] } }
                 }
             }
         }
