@@ -38,7 +38,7 @@ run)
     [ -z "${SKIP_ATTENTION:-}" ] && .device/tvm bench attention --device cuda --b 64 --h 12 --s 256 --d 64 2>&1 | tail -1 | tee -a "$log"
     echo
     echo "summary:"
-    grep -E "^(TVM train|1-NFE|attention|.*reference|.*passed|.*failed)" "$log" | sed 's/^/  /'
+    grep -E "^(TVM train|1-NFE|attention|[0-9]+ tensors compared|.*Fatal error)" "$log" | sed "s/^/  /"
     ;;
 *)
     echo "usage: scripts/gpu-bench.sh pack|run" >&2; exit 2 ;;

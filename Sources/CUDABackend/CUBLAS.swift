@@ -40,12 +40,7 @@ final class CUBLAS {
     init() throws {
         let names = ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]
         // cuBLAS needs cuBLASLt from its own folder, which need not be on the linker's path.
-        let (lib, errors) = DynamicLibrary.open(names, preload: ["libcublasLt.so.13", "libcublasLt.so.12"])
-        guard let lib else {
-            throw CUDAError("cuBLAS not found (tried \(names.joined(separator: ", ")) on the linker path and in "
-                            + "/usr/local/cuda/lib64; set TVM_CUDA_LIB_DIRS to its folder)"
-                            + (errors.isEmpty ? "" : ": \(errors[0])"))
-        }
+        let lib = try DynamicLibrary.require("cuBLAS", names, preload: ["libcublasLt.so.13", "libcublasLt.so.12"])
         library = lib
         cublasCreate = try lib.symbol("cublasCreate_v2")
         cublasSetStream = try lib.symbol("cublasSetStream_v2")

@@ -57,6 +57,17 @@ struct DynamicLibrary {
         return (nil, errors)
     }
 
+    /// A CUDA toolkit library (NVRTC, cuBLAS) or a clear error saying where it was looked for.
+    static func require(_ what: String, _ names: [String], preload: [String] = []) throws -> DynamicLibrary {
+        let (lib, errors) = open(names, preload: preload)
+        guard let lib else {
+            throw CUDAError("\(what) not found (tried \(names.joined(separator: ", ")) on the linker path and in "
+                            + "/usr/local/cuda/lib64; set TVM_CUDA_LIB_DIRS to its folder)"
+                            + (errors.isEmpty ? "" : ": \(errors[0])"))
+        }
+        return lib
+    }
+
     func symbol<T>(_ name: String) throws -> T {
         guard let p = dlsym(handle, name) else {
             throw CUDAError("\(path): symbol \(name) not found (library too old?)")

@@ -30,12 +30,7 @@ final class NVRTC {
         // NVRTC opens its builtins library by name at compile time; preloading it from NVRTC's own folder makes
         // that work where the folder is not on the linker's path.
         let builtins = (0...9).map { "libnvrtc-builtins.so.13.\($0)" } + (0...9).map { "libnvrtc-builtins.so.12.\($0)" }
-        let (lib, errors) = DynamicLibrary.open(names, preload: builtins)
-        guard let lib else {
-            throw CUDAError("NVRTC not found (tried \(names.joined(separator: ", ")) on the linker path and in "
-                            + "/usr/local/cuda/lib64; set TVM_CUDA_LIB_DIRS to its folder)"
-                            + (errors.isEmpty ? "" : ": \(errors[0])"))
-        }
+        let lib = try DynamicLibrary.require("NVRTC", names, preload: builtins)
         library = lib
         nvrtcVersion = try lib.symbol("nvrtcVersion")
         nvrtcGetErrorString = try lib.symbol("nvrtcGetErrorString")
