@@ -289,6 +289,10 @@ func runImageTrain(_ args: [String]) throws {
         if let f = stats.flowMatching { fields.append(("fm", .number(f))) }
         fields += [("grad_norm", .number(stats.gradNorm)), ("it/s", .number(rate)), ("elapsed", .number(elapsed))]
         if stats.nanRows > 0 { fields.append(("nan_rows", .number(Double(stats.nanRows)))) }
+        if stats.skipped {
+            fields.append(("skipped", .bool(true)))
+            Console.info("step \(stats.step): the gradient was not finite (\(stats.nanRows) NaN loss rows); the update was skipped")
+        }
         try log.write(JSONValue.object(fields).serialized())
         if stats.step % every == 0 {
             try snapshot()

@@ -66,6 +66,8 @@ func runToy(_ method: Method, distribution: Toy2D, network: MLPFlowMap, config b
                                              ("grad_norm", .number(stats.gradNorm)), ("time", .number(bar.elapsed))]
         if let t = stats.terminal { fields.append(("terminal", .number(t))) }
         if let f = stats.flowMatching { fields.append(("fm", .number(f))) }
+        if stats.nanRows > 0 { fields.append(("nan_rows", .number(Double(stats.nanRows)))) }
+        if stats.skipped { fields.append(("skipped", .bool(true))) }
         do { try log.write(JSONValue.object(fields).serialized()) } catch { firstError = error }
     }
     if let firstError { throw firstError }

@@ -32,12 +32,13 @@ public final class AdamW {
         self.v = v
     }
 
-    /// Updates `params` in place from `grads` (same order). Returns the gradient norm before clipping.
+    /// Updates `params` in place from `grads` (same order). Returns the gradient norm before clipping
+    /// (pass `norm` when the caller has computed it already).
     @discardableResult
-    public func update(_ params: ParameterSet, grads: [Tensor]) -> Double {
+    public func update(_ params: ParameterSet, grads: [Tensor], norm known: Double? = nil) -> Double {
         precondition(grads.count == params.count, "one gradient per parameter")
         step += 1
-        let norm = globalNorm(grads)
+        let norm = known ?? globalNorm(grads)
         var scale = 1.0
         if let maxGradNorm, norm > maxGradNorm { scale = maxGradNorm / (norm + 1e-6) }
         for (i, name) in params.names.enumerated() {

@@ -58,6 +58,8 @@ public struct StepStats {
     public var flowMatching: Double?
     public var gradNorm: Double
     public var nanRows: Int
+    /// The gradient was not finite, so the step changed no weights, optimizer state or EMA.
+    public var skipped: Bool
 }
 
 /// Student, EMA target (the TVM teacher), evaluation EMA and optimizer of one run.
@@ -103,11 +105,18 @@ public final class Trainer<Net: FlowMapNetwork> {
             loss = FlowMatchingObjective().loss(network: net, params: leaves, x0: x0, rng: &rng)
         }
         let grads = gradients(of: loss, wrt: leaves.all)
-        let norm = optimizer.update(student, grads: grads)
+        let norm = globalNorm(grads)
         step += 1
-        emaUpdate(teacher, toward: student, decay: config.emaTargetDecay)
-        emaUpdate(ema, toward: student, decay: config.evalEMA.decay(step: step))
-        return StepStats(step: step, loss: loss.item, terminal: terminal, flowMatching: fm, gradNorm: norm, nanRows: nanRows)
+        // A NaN or infinite gradient (a bad batch: zeroing its loss rows does not stop 0 * NaN in backward)
+        // would poison the weights, Adam's moments and both EMAs for good: such a step updates nothing.
+        let skipped = !norm.isFinite
+        if !skipped {
+            optimizer.update(student, grads: grads, norm: norm)
+            emaUpdate(teacher, toward: student, decay: config.emaTargetDecay)
+            emaUpdate(ema, toward: student, decay: config.evalEMA.decay(step: step))
+        }
+        return StepStats(step: step, loss: loss.item, terminal: terminal, flowMatching: fm, gradNorm: norm,
+                         nanRows: nanRows, skipped: skipped)
     }
 
     /// Continues a checkpointed run: copies the saved values into the student, teacher and EMA sets (same

@@ -67,3 +67,35 @@ final class MethodTests: XCTestCase {
 import Glibc
 func libmExp(_ x: Double) -> Double { Glibc.exp(x) }
 #endif
+
+final class NumericalFaultTests: XCTestCase {
+    /// A NaN in the data: its loss row is zeroed and counted (as the official code does), and since the
+    /// gradient is still not finite the step leaves weights, optimizer state and both EMAs untouched.
+    func testNaNBatchSkipsTheUpdateAndKeepsWeightsClean() {
+        var config = TrainConfig()
+        config.batch = 8
+        config.seed = 2
+        let trainer = Trainer(network: MLPFlowMap(width: 16, depth: 2), config: config)
+        var rng = RandomGenerator(seed: 1)
+        let clean = Tensor(Toy2D.twoMoons.sample(8, rng: &rng), shape: [8, 2])
+        let first = trainer.train(x0: clean)
+        XCTAssertFalse(first.skipped)
+        let before = [trainer.student, trainer.teacher, trainer.ema, trainer.optimizer.m, trainer.optimizer.v]
+            .map { $0.all.map(\.floats) }
+        var values = Toy2D.twoMoons.sample(8, rng: &rng)
+        values[2] = .nan
+        let stats = trainer.train(x0: Tensor(values, shape: [8, 2]))
+        XCTAssertEqual(stats.nanRows, 1)
+        XCTAssertTrue(stats.loss.isFinite, "the NaN row is zeroed in the loss")
+        XCTAssertTrue(stats.skipped)
+        XCTAssertFalse(stats.gradNorm.isFinite)
+        let after = [trainer.student, trainer.teacher, trainer.ema, trainer.optimizer.m, trainer.optimizer.v]
+            .map { $0.all.map(\.floats) }
+        XCTAssertEqual(after, before)
+        XCTAssertEqual(trainer.optimizer.step, 1)
+        // Training goes on normally afterwards.
+        let next = trainer.train(x0: clean)
+        XCTAssertFalse(next.skipped)
+        XCTAssertTrue(trainer.student.all.allSatisfy { $0.floats.allSatisfy(\.isFinite) })
+    }
+}
