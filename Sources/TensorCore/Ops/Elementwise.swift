@@ -71,13 +71,12 @@ extension Tensor {
         case .cos: return -x.sin()
         case .tanh: return 1 - y * y
         case .sigmoid: return y * (1 - y)
-        case .silu: return x.unary(.siluD1)
+        case .silu, .gelu: preconditionFailure("\(op) is differentiated by the fused activation rules")
         case .siluD1: return x.unary(.siluD2)
         case .siluD2:
             // silu''' = s(1-s) [(1-2s)(3 + x(1-2s)) - 2 x s(1-s)], s = sigmoid(x)
             let s = x.sigmoid(), a = s * (1 - s), b = 1 - 2 * s
             return a * (b * (3 + x * b) - 2 * x * a)
-        case .gelu: return x.unary(.geluD1)
         case .geluD1: return x.unary(.geluD2)
         case .geluD2: return geluThirdDerivative(x)
         case .isFinite: return x.zerosLike()
