@@ -21,7 +21,10 @@ public struct TVMObjective {
         public var F: Tensor               // F(x_t, t, t - s), raw
         public var flowMap: Tensor         // f(x_t, t, s), kappa applied
         public var flowMapDerivative: Tensor  // d/ds f(x_t, t, s)
-        public var nanRows: Int
+        /// 1 for rows whose loss was finite, 0 for those zeroed.
+        public var finiteRows: Tensor
+        /// How many rows were zeroed (reads the device).
+        public var nanRows: Int { finiteRows.count - Int(finiteRows.sum().item) }
         /// The scalar to minimise: the batch mean of `loss`.
         public var mean: Tensor { loss.mean() }
     }
@@ -73,11 +76,11 @@ public struct TVMObjective {
         let target = U.map { wr * v + (1 - wr) * $0 } ?? v
         let fm = ((Fss - target) * betaRows).square().mean(axes: reduceAxes)
         let raw = terminal + fm
+        // Selecting on the mask always (not only after counting NaN rows) keeps the step free of a device read.
         let finite = raw.isFinite()
-        let nanRows = B - Int(finite.sum().item)
-        let loss = nanRows == 0 ? raw : select(finite, raw, raw.zerosLike())
+        let loss = select(finite, raw, raw.zerosLike())
         return Terms(loss: loss, terminal: terminal, flowMatching: fm, F: F, flowMap: flowMap,
-                     flowMapDerivative: dfds, nanRows: nanRows)
+                     flowMapDerivative: dfds, finiteRows: finite)
     }
 
     /// Draws times and noise for a batch of data and evaluates the loss.

@@ -90,15 +90,16 @@ public final class Trainer<Net: FlowMapNetwork> {
     /// One step on a batch: loss, gradients (through the JVP for TVM), AdamW, then both EMAs.
     public func train(x0: Tensor, cond: Conditioning = Conditioning()) -> StepStats {
         let leaves = student.leaves()
-        var terminal: Double?, fm: Double?, nanRows = 0
         let loss: Tensor
+        // Figures for the log, read from the device together at the end of the step.
+        var figures: [Tensor] = []
         switch config.method {
         case .tvm:
             let terms = tvm.terms(network: net, student: leaves, teacher: teacher, x0: x0, cond: cond, rng: &rng)
             loss = terms.mean
-            terminal = terms.terminal.mean().item
-            fm = terms.flowMatching.mean().item
-            nanRows = terms.nanRows
+            figures = withoutGrad {
+                [terms.terminal.mean(), terms.flowMatching.mean(), Double(terms.finiteRows.count) - terms.finiteRows.sum()]
+            }
         case .meanFlow:
             loss = MeanFlowObjective().loss(network: net, params: leaves, x0: x0, rng: &rng)
         case .flowMatching:
@@ -115,8 +116,10 @@ public final class Trainer<Net: FlowMapNetwork> {
             emaUpdate(teacher, toward: student, decay: config.emaTargetDecay)
             emaUpdate(ema, toward: student, decay: config.evalEMA.decay(step: step))
         }
-        return StepStats(step: step, loss: loss.item, terminal: terminal, flowMatching: fm, gradNorm: norm,
-                         nanRows: nanRows, skipped: skipped)
+        let values = concat(([loss] + figures).map { $0.detached().reshaped([1]) }, axis: 0).doubles
+        return StepStats(step: step, loss: values[0], terminal: figures.isEmpty ? nil : values[1],
+                         flowMatching: figures.isEmpty ? nil : values[2], gradNorm: norm,
+                         nanRows: figures.isEmpty ? 0 : Int(values[3]), skipped: skipped)
     }
 
     /// Continues a checkpointed run: copies the saved values into the student, teacher and EMA sets (same
