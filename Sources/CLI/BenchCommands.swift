@@ -75,6 +75,15 @@ func ditFromArguments(_ a: Arguments) throws -> DiT {
     } catch let e as ModelError { throw CLIError(e.description, usage: true) }
 }
 
+/// The TVM_CUDA_PROFILE=1 table: device time per kernel and step, largest first.
+func printProfile(_ rows: [(name: String, calls: Int, ms: Double)], steps: Int) {
+    let total = rows.reduce(0) { $0 + $1.ms }
+    Console.out("device time per step: \(fmt(total / Double(steps), 1)) ms in \(rows.reduce(0) { $0 + $1.calls } / steps) launches")
+    for r in rows.prefix(60) {
+        Console.out("  \(fmt(r.ms / Double(steps), 2)) ms  \(fmt(100 * r.ms / total, 1))%  \(r.calls / steps)x  \(r.name)")
+    }
+}
+
 func memoryFigure() -> String {
     guard let cuda = activeCUDA else { return "" }
     return ", peak GPU memory \(fmt(Double(cuda.peakBytes) / 1_073_741_824, 2)) GiB"
@@ -96,12 +105,18 @@ func benchTrain(_ args: [String]) throws {
     let c = dit.config
     var rng = RandomGenerator(seed: 11)
     activeCUDA?.resetPeakBytes()
-    let times = try timeRepeated(steps: steps, warmup: warmup) {
+    func step() throws {
         let x0 = Tensor.randomNormal([batch, c.inChannels, c.inputSize, c.inputSize], rng: &rng)
         let labels = (0..<batch).map { _ in c.numClasses > 0 ? rng.int(below: c.numClasses) : 0 }
         let cond = config.guidance.conditioning(labels: labels, classes: max(c.numClasses, 1), rng: &rng, on: .default)
         let stats = trainer.train(x0: x0, cond: cond)
         guard stats.loss.isFinite else { throw CLIError("the loss became \(stats.loss) at step \(stats.step)") }
+    }
+    let times = try timeRepeated(steps: steps, warmup: warmup, step)
+    if activeCUDA?.profileReport(reset: true) != nil {
+        let profiled = 2
+        _ = try timeRepeated(steps: profiled, warmup: 0, step)
+        printProfile(activeCUDA?.profileReport() ?? [], steps: profiled)
     }
     let m = median(times)
     Console.out("TVM train step, DiT-\(a.string("model", default: "B/2")) (\(dit.parameterCount.total) parameters), \(c.inputSize)x\(c.inputSize)x\(c.inChannels), \(c.numClasses) classes, batch \(batch), \(deviceDescription())\(a.has("tf32") ? ", TF32" : ""): median \(fmt(m * 1000, 1)) ms/step, \(fmt(Double(batch) / m, 1)) img/s over \(steps) steps\(memoryFigure())")

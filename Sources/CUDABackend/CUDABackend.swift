@@ -53,6 +53,8 @@ public final class CUDABackend: Backend {
     private let maxBlocks: Int
     /// TVM_CUDA_SYNC=1: wait after every kernel and check it (slow; names the kernel that failed).
     private let syncEveryLaunch = environment("TVM_CUDA_SYNC") == "1"
+    /// TVM_CUDA_PROFILE=1: device time per kernel (see `profileReport`).
+    private lazy var profiler: KernelProfiler? = environment("TVM_CUDA_PROFILE") == "1" ? KernelProfiler(driver: driver) : nil
 
     private let launchMutex = Mutex()
     private let argRaw = UnsafeMutableRawPointer.allocate(byteCount: 8192, alignment: 16)
@@ -348,9 +350,11 @@ public final class CUDABackend: Backend {
         ensureCurrent()
         var args = Args(raw: argRaw, ptrs: argPtrs)
         fill(&args)
+        let started = profiler?.begin(stream)
         let r = driver.cuLaunchKernel(f, UInt32(grid.0), UInt32(grid.1), 1, UInt32(block.0), UInt32(block.1), 1,
                                       UInt32(shared), stream, argPtrs, nil)
         if r != 0 { fatalError("CUDA driver: cuLaunchKernel(\(functionNames[f] ?? "?")) failed: \(driver.describe(r))") }
+        if let started { profiler!.end(started, functionNames[f] ?? "?", stream) }
         if syncEveryLaunch {
             let s = driver.cuStreamSynchronize(stream)
             if s != 0 { fatalError("CUDA kernel \(functionNames[f] ?? "?") failed: \(driver.describe(s))") }
@@ -692,6 +696,22 @@ public final class CUDABackend: Backend {
         }
     }
 
+    public func rmsNormLinear(_ x: Storage, _ y: Storage, _ d: Storage, _ out: Storage, rows: Int, cols: Int, eps: Double) {
+        guard rows > 0 && cols > 0 else { return }
+        launch(core(x.dtype).rmsLinear, grid: (blocks(rows * 32), 1)) { g in
+            g.ptr(addr(x)); g.ptr(addr(y)); g.ptr(addr(d)); g.ptr(addr(out)); g.i64(rows); g.i64(cols); g.scalar(eps, x.dtype)
+        }
+    }
+
+    public func rmsNormLinearBackward(_ x: Storage, _ y: Storage, _ d: Storage, _ g: Storage, gx: Storage, gy: Storage,
+                                      gd: Storage, rows: Int, cols: Int, eps: Double) {
+        guard rows > 0 && cols > 0 else { return }
+        launch(core(x.dtype).rmsLinearBackward, grid: (blocks(rows * 32), 1)) { a in
+            a.ptr(addr(x)); a.ptr(addr(y)); a.ptr(addr(d)); a.ptr(addr(g)); a.ptr(addr(gx)); a.ptr(addr(gy)); a.ptr(addr(gd))
+            a.i64(rows); a.i64(cols); a.scalar(eps, x.dtype)
+        }
+    }
+
     /// Indices in the table's element type (the CPU backend reads them so).
     private func indices(_ index: Storage, as dtype: DType) -> Storage {
         index.dtype == dtype ? index : convert(index, to: dtype)
@@ -736,6 +756,10 @@ public final class CUDABackend: Backend {
         let py = UnsafeMutableRawPointer(bitPattern: UInt(addr(y)))
         let (M, N, K, B) = (Int32(n), Int32(m), Int32(k), Int32(batch))
         let sA = Int64(strideB), sB = Int64(strideA), sC = Int64(m * n)
+        let started = profiler?.begin(stream)
+        defer {
+            if let started { profiler!.end(started, "gemm \(batch)x\(m)x\(n)x\(k)\(transA ? " tA" : "")\(transB ? " tB" : "")", stream) }
+        }
         if y.dtype == .float64 {
             var al = alpha, be = beta
             blas.must(blas.dgemmStridedBatched(blasHandle, opB, opA, M, N, K, &al, pb, ldb, sA, pa, lda, sB,
@@ -898,6 +922,15 @@ public final class CUDABackend: Backend {
 
     // MARK: - Timing
 
+    /// Device milliseconds and calls per kernel (matrix products by shape) since the last reset, largest first;
+    /// nil unless TVM_CUDA_PROFILE=1.
+    public func profileReport(reset: Bool = false) -> [(name: String, calls: Int, ms: Double)]? {
+        guard let profiler else { return nil }
+        let r = profiler.report()
+        if reset { profiler.reset() }
+        return r
+    }
+
     /// Milliseconds of device time per call of `body` (CUDA events around `iterations` calls, after one
     /// warm-up call). `body` should only queue work.
     public func milliseconds(iterations: Int = 10, warmup: Int = 1, _ body: () -> Void) -> Double {
@@ -949,6 +982,7 @@ final class CoreKernels {
     let rowsBlockSum: Handle, rowsBlockMax: Handle, rowsWarpSum: Handle, rowsWarpMax: Handle
     let colsSum: Handle, colsMax: Handle
     let softmaxWarp: [Handle], softmaxBlock: Handle, rmsWarp: [Handle], rmsBlock: Handle
+    let rmsLinear: Handle, rmsLinearBackward: Handle
     let gather: Handle, scatterAdd: Handle, random: Handle, adamw: Handle, ema: Handle
     let convertF32F64: Handle, convertF64F32: Handle
 
@@ -972,6 +1006,7 @@ final class CoreKernels {
         softmaxWarp = try KernelSource.rowWidths.map { try get("softmax_warp\($0)_\(s)") }
         rmsWarp = try KernelSource.rowWidths.map { try get("rmsnorm_warp\($0)_\(s)") }
         softmaxBlock = try get("softmax_block_\(s)"); rmsBlock = try get("rmsnorm_block_\(s)")
+        rmsLinear = try get("rmsnorm_linear_\(s)"); rmsLinearBackward = try get("rmsnorm_linear_bwd_\(s)")
         gather = try get("gather_\(s)"); scatterAdd = try get("scatter_add_\(s)"); random = try get("random_\(s)")
         adamw = try get("adamw_\(s)"); ema = try get("ema_\(s)")
         convertF32F64 = try get("convert_f32_f64"); convertF64F32 = try get("convert_f64_f32")

@@ -376,6 +376,46 @@ enum KernelSource {
         }
     }
 
+    // A warp per row; the row is read twice (the second time from cache for rows of a few thousand values).
+    // out = r (d - y mean(y d)), r = 1 / sqrt(mean(x^2) + eps): RMSNorm's JVP and VJP (see Backend.swift).
+    template<typename T> __device__ __forceinline__ void rmsnorm_linear_impl(const T* x, const T* y, const T* d, T* out,
+                                                                             i64 rows, i64 cols, T eps) {
+        const int lane = threadIdx.x & 31;
+        const i64 nw = gstride() >> 5;
+        for (i64 r = gtid() >> 5; r < rows; r += nw) {
+            const i64 o = r * cols;
+            T xx = 0, yd = 0;
+            for (i64 i = lane; i < cols; i += 32) { const T xv = x[o + i]; xx += xv * xv; yd += y[o + i] * d[o + i]; }
+            xx = warp_sum(xx); yd = warp_sum(yd);
+            const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), m = yd / n;
+            for (i64 i = lane; i < cols; i += 32) out[o + i] = inv * (d[o + i] - y[o + i] * m);
+        }
+    }
+
+    // Cotangents of rmsnorm_linear for g: gd = r (g - y mean(y g)), gy = -r (m g + d mean(y g)), gx = -r^2 mean(g f) x.
+    template<typename T> __device__ __forceinline__ void rmsnorm_linear_bwd_impl(const T* x, const T* y, const T* d, const T* g,
+                                                                                 T* gx, T* gy, T* gd, i64 rows, i64 cols, T eps) {
+        const int lane = threadIdx.x & 31;
+        const i64 nw = gstride() >> 5;
+        for (i64 r = gtid() >> 5; r < rows; r += nw) {
+            const i64 o = r * cols;
+            T xx = 0, yd = 0, yg = 0, gdd = 0;
+            for (i64 i = lane; i < cols; i += 32) {
+                const T xv = x[o + i], yv = y[o + i], dv = d[o + i], gv = g[o + i];
+                xx += xv * xv; yd += yv * dv; yg += yv * gv; gdd += gv * dv;
+            }
+            xx = warp_sum(xx); yd = warp_sum(yd); yg = warp_sum(yg); gdd = warp_sum(gdd);
+            const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), m = yd / n, myg = yg / n;
+            const T cx = -inv * inv * inv * (gdd / n - m * myg);
+            for (i64 i = lane; i < cols; i += 32) {
+                const T yv = y[o + i], gv = g[o + i];
+                gd[o + i] = inv * (gv - yv * myg);
+                gy[o + i] = -inv * (m * gv + d[o + i] * myg);
+                gx[o + i] = cx * x[o + i];
+            }
+        }
+    }
+
     // ---- Rows by index (indices are floats holding whole numbers) ----
 
     /// Block (32 x 8): each warp copies whole rows. A bad index sets *err and writes NaN.
@@ -602,6 +642,8 @@ enum KernelSource {
         extern "C" __global__ void __launch_bounds__(256) reduce_cols_max_\(s)(const \(T)* x, \(T)* y, i64 n, i64 inner, i64 chunk) { reduce_cols_impl<\(T), true>(x, y, n, inner, chunk); }
         extern "C" __global__ void __launch_bounds__(1024) softmax_block_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols) { softmax_block_impl<\(T)>(x, y, rows, cols); }
         extern "C" __global__ void __launch_bounds__(1024) rmsnorm_block_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols, \(T) eps) { rmsnorm_block_impl<\(T)>(x, y, rows, cols, eps); }
+        extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, \(T)* out, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_impl<\(T)>(x, y, d, out, rows, cols, eps); }
+        extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_bwd_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, const \(T)* g, \(T)* gx, \(T)* gy, \(T)* gd, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_bwd_impl<\(T)>(x, y, d, g, gx, gy, gd, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(256) gather_\(s)(const \(T)* table, const \(T)* idx, \(T)* y, i64 rows, i64 cols, i64 tableRows, int* err) { gather_impl<\(T)>(table, idx, y, rows, cols, tableRows, err); }
         extern "C" __global__ void __launch_bounds__(256) scatter_add_\(s)(const \(T)* x, const \(T)* idx, \(T)* table, i64 rows, i64 cols, i64 tableRows, int* err) { scatter_add_impl<\(T)>(x, idx, table, rows, cols, tableRows, err); }
         extern "C" __global__ void __launch_bounds__(256) random_\(s)(\(T)* y, i64 n, u64 seed, u64 counter, int normal) { random_impl<\(T)>(y, n, seed, counter, normal); }

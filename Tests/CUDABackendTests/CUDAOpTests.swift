@@ -231,6 +231,35 @@ final class CUDAOpTests: XCTestCase {
         }
     }
 
+    func testRMSNormLinearAndBackward() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for cols in [1, 33, 64, 384, 1152, 2049] {
+                for rows in [1, 3, 257] {
+                    let n = rows * cols
+                    let x = r.normals(n, scale: 3)
+                    // y must be rmsNorm(x), as in the rule; d and g are free directions.
+                    var y = [Double](repeating: 0, count: n)
+                    for row in 0..<rows {
+                        let s = x[row * cols..<(row + 1) * cols]
+                        let inv = 1 / (s.reduce(0) { $0 + $1 * $1 } / Double(cols) + 1e-6).squareRoot()
+                        for c in 0..<cols { y[row * cols + c] = x[row * cols + c] * inv }
+                    }
+                    let d = r.normals(n), g = r.normals(n)
+                    compareWithCPU("rmsNormLinear \(rows)x\(cols) seed=\(r.seed)", cuda, dtype: dtype, reference64: true,
+                                   inputs: [x, y, d], outputs: [(n, nil)]) { b, i, o in
+                        b.rmsNormLinear(i[0], i[1], i[2], o[0], rows: rows, cols: cols, eps: 1e-6)
+                    }
+                    compareWithCPU("rmsNormLinearBackward \(rows)x\(cols) seed=\(r.seed)", cuda, dtype: dtype, reference64: true,
+                                   inputs: [x, y, d, g], outputs: [(n, nil), (n, nil), (n, nil)]) { b, i, o in
+                        b.rmsNormLinearBackward(i[0], i[1], i[2], i[3], gx: o[0], gy: o[1], gd: o[2], rows: rows, cols: cols, eps: 1e-6)
+                    }
+                }
+            }
+        }
+    }
+
     func testGatherAndScatterAdd() throws {
         let cuda = try cudaOrSkip()
         var r = TestRandom()

@@ -174,6 +174,22 @@ public final class CPUBackend: Backend {
               f64: { Kernels.rmsNorm(cpu(x).ptr(Double.self), cpu(y).ptr(Double.self), rows, cols, eps) })
     }
 
+    public func rmsNormLinear(_ x: Storage, _ y: Storage, _ d: Storage, _ out: Storage, rows: Int, cols: Int, eps: Double) {
+        func run<T: CPUFloat>(_: T.Type) {
+            Kernels.rmsNormLinear(cpu(x).ptr(T.self), cpu(y).ptr(T.self), cpu(d).ptr(T.self), cpu(out).ptr(T.self), rows, cols, eps)
+        }
+        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
+    }
+
+    public func rmsNormLinearBackward(_ x: Storage, _ y: Storage, _ d: Storage, _ g: Storage, gx: Storage, gy: Storage,
+                                      gd: Storage, rows: Int, cols: Int, eps: Double) {
+        func run<T: CPUFloat>(_: T.Type) {
+            Kernels.rmsNormLinearBackward(cpu(x).ptr(T.self), cpu(y).ptr(T.self), cpu(d).ptr(T.self), cpu(g).ptr(T.self),
+                                          cpu(gx).ptr(T.self), cpu(gy).ptr(T.self), cpu(gd).ptr(T.self), rows, cols, eps)
+        }
+        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
+    }
+
     public func gatherRows(_ table: Storage, _ index: Storage, _ y: Storage, rows: Int, cols: Int) {
         func run<T: CPUFloat>(_: T.Type) {
             let t = cpu(table).ptr(T.self), idx = cpu(index).ptr(T.self), py = cpu(y).ptr(T.self)

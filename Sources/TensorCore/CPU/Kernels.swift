@@ -292,6 +292,43 @@ enum Kernels {
         }
     }
 
+    /// Per row: r = 1 / sqrt(mean(x^2) + eps); out = r (d - y mean(y d)).
+    static func rmsNormLinear<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ d: UnsafeMutablePointer<T>,
+                                           _ out: UnsafeMutablePointer<T>, _ rows: Int, _ cols: Int, _ eps: Double) {
+        Parallel.forRanges(rows, grain: Swift.max(1, 8192 / Swift.max(cols, 1))) { r in
+            for row in r {
+                let o = row * cols
+                var xx = T(0), yd = T(0)
+                for i in o..<(o + cols) { xx += x[i] * x[i]; yd += y[i] * d[i] }
+                let n = T(cols), inv = 1 / T.fsqrt(xx / n + T(eps)), m = yd / n
+                for i in o..<(o + cols) { out[i] = inv * (d[i] - y[i] * m) }
+            }
+        }
+    }
+
+    /// Cotangents of rmsNormLinear for g (f its output): gd = r (g - y mean(y g)), gy = -r (m g + d mean(y g))
+    /// with m = mean(y d), gx = -r^2 mean(g f) x.
+    static func rmsNormLinearBackward<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>,
+                                                   _ d: UnsafeMutablePointer<T>, _ g: UnsafeMutablePointer<T>,
+                                                   _ gx: UnsafeMutablePointer<T>, _ gy: UnsafeMutablePointer<T>,
+                                                   _ gd: UnsafeMutablePointer<T>, _ rows: Int, _ cols: Int, _ eps: Double) {
+        Parallel.forRanges(rows, grain: Swift.max(1, 4096 / Swift.max(cols, 1))) { r in
+            for row in r {
+                let o = row * cols
+                var xx = T(0), yd = T(0), yg = T(0), gdSum = T(0)
+                for i in o..<(o + cols) { xx += x[i] * x[i]; yd += y[i] * d[i]; yg += y[i] * g[i]; gdSum += g[i] * d[i] }
+                let n = T(cols), inv = 1 / T.fsqrt(xx / n + T(eps)), m = yd / n, myg = yg / n
+                // mean(g f) = r (mean(g d) - m mean(g y)).
+                let gf = inv * (gdSum / n - m * myg), cx = -inv * inv * gf
+                for i in o..<(o + cols) {
+                    gd[i] = inv * (g[i] - y[i] * myg)
+                    gy[i] = -inv * (m * g[i] + d[i] * myg)
+                    gx[i] = cx * x[i]
+                }
+            }
+        }
+    }
+
     static func rmsNorm<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ rows: Int, _ cols: Int, _ eps: Double) {
         Parallel.forRanges(rows, grain: Swift.max(1, 16_384 / Swift.max(cols, 1))) { r in
             for row in r {

@@ -74,6 +74,13 @@ public protocol Backend: AnyObject {
     func softmax(_ x: Storage, _ y: Storage, rows: Int, cols: Int)
     /// x / sqrt(mean(x^2) + eps) over the last axis of a [rows, cols] matrix.
     func rmsNorm(_ x: Storage, _ y: Storage, rows: Int, cols: Int, eps: Double)
+    /// out = r (d - y mean(y d)) per row of [rows, cols], r = 1 / sqrt(mean(x^2) + eps), y = rmsNorm(x): the
+    /// derivative of RMS normalisation applied to d. The map is symmetric, so it is both the JVP (d a tangent)
+    /// and the VJP (d a cotangent); one kernel replaces eight elementwise passes.
+    func rmsNormLinear(_ x: Storage, _ y: Storage, _ d: Storage, _ out: Storage, rows: Int, cols: Int, eps: Double)
+    /// Cotangents of rmsNormLinear's x, y and d for the cotangent g of its output (gradients through the JVP).
+    func rmsNormLinearBackward(_ x: Storage, _ y: Storage, _ d: Storage, _ g: Storage, gx: Storage, gy: Storage,
+                               gd: Storage, rows: Int, cols: Int, eps: Double)
     /// y[r] = table[index[r]] for rows of width `cols`; indices are stored as floats holding integers.
     func gatherRows(_ table: Storage, _ index: Storage, _ y: Storage, rows: Int, cols: Int)
     /// table[index[r]] += x[r] (accumulate; duplicate indices add up).

@@ -64,13 +64,24 @@ extension Tensor {
         let cols = shape.last!
         let y = empty(shape)
         backend.rmsNorm(storage, y.storage, rows: count / Swift.max(cols, 1), cols: cols, eps: eps)
-        // d y = r (d x - y mean(y d x)) with r = 1 / sqrt(mean(x^2) + eps).
-        func rule(_ x: Tensor, _ y: Tensor, _ d: Tensor) -> Tensor {
-            let r = (x.square().mean(axes: [-1], keepDims: true) + eps).rsqrt()
-            return r * (d - y * (y * d).mean(axes: [-1], keepDims: true))
+        return record1("rmsNorm", [self], y, saves: [0], jvp: { x, y, t in [Tensor.rmsNormLinear(x[0], y[0], t[0]!, eps: eps)] }) { x, y, g in
+            [Tensor.rmsNormLinear(x[0].detached(), y[0], g[0]!, eps: eps)]
         }
-        return record1("rmsNorm", [self], y, saves: [0], jvp: { x, y, t in [rule(x[0], y[0], t[0]!)] }) { x, y, g in
-            [rule(x[0].detached(), y[0], g[0]!)]
+    }
+
+    /// r (d - y mean(y d)) over the last axis with r = 1 / sqrt(mean(x^2) + eps) and y = rmsNorm(x): the JVP of
+    /// RMS normalisation for a tangent d, and (the map being symmetric) its VJP for a cotangent d.
+    static func rmsNormLinear(_ x: Tensor, _ y: Tensor, _ d: Tensor, eps: Double) -> Tensor {
+        let cols = x.shape.last!, rows = x.count / Swift.max(cols, 1)
+        let out = x.empty(x.shape)
+        x.backend.rmsNormLinear(x.storage, y.storage, d.storage, out.storage, rows: rows, cols: cols, eps: eps)
+        // Nested forward mode is not supported, so this op never sees tangents (no JVP rule).
+        return record1("rmsNormLinear", [x, y, d], out, savesOutputs: false, jvp: nil) { i, _, g in
+            guard let g = g[0] else { return [nil, nil, nil] }
+            let gx = g.empty(g.shape), gy = g.empty(g.shape), gd = g.empty(g.shape)
+            g.backend.rmsNormLinearBackward(i[0].storage, i[1].storage, i[2].storage, g.storage, gx: gx.storage,
+                                            gy: gy.storage, gd: gd.storage, rows: rows, cols: cols, eps: eps)
+            return [gx, gy, gd]
         }
     }
 }
