@@ -235,7 +235,9 @@ final class CUDAOpTests: XCTestCase {
         let cuda = try cudaOrSkip()
         var r = TestRandom()
         for dtype in dtypes {
-            for cols in [1, 33, 64, 384, 1152, 2049] {
+            // Not one column: there y = ±x/sqrt(x^2 + eps) and d - y mean(y d) cancels to ~eps d / x^2, so any
+            // rounding is a large relative error (ill-conditioned, in the CPU reference as much as here).
+            for cols in [2, 33, 64, 384, 1152, 2049] {
                 for rows in [1, 3, 257] {
                     let n = rows * cols
                     let x = r.normals(n, scale: 3)
