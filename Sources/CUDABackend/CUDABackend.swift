@@ -712,6 +712,28 @@ public final class CUDABackend: Backend {
         }
     }
 
+    public func scaledSum(a: Storage, s: Storage, b: Storage?, t: Storage?, c: Storage?, cFull: Bool, y: Storage,
+                          batch: Int, rows: Int, cols: Int) {
+        let nrows = batch * rows
+        guard nrows > 0 && cols > 0 else { return }
+        launch(core(a.dtype).scaledSum, grid: (Swift.min((nrows + 7) / 8, maxBlocks * 8), 1), block: (32, 8)) { g in
+            g.ptr(addr(a)); g.ptr(addr(s)); g.ptr(b.map { addr($0) } ?? 0); g.ptr(t.map { addr($0) } ?? 0)
+            g.ptr(c.map { addr($0) } ?? 0); g.i32(cFull ? 1 : 0); g.ptr(addr(y)); g.i64(nrows); g.i64(rows); g.i64(cols)
+        }
+    }
+
+    public func rowSumsOfProducts(g: Storage, _ xs: [Storage?], _ outs: [Storage], batch: Int, rows: Int, cols: Int) {
+        precondition(xs.count == outs.count && (1...3).contains(outs.count), "rowSumsOfProducts takes 1 to 3 outputs")
+        guard batch > 0 && cols > 0 else { return }
+        precondition(batch <= 65535, "rowSumsOfProducts: batch \(batch) exceeds the grid's y limit")
+        launch(core(g.dtype).rowSums, grid: ((cols + 31) / 32, batch), block: (32, 8)) { a in
+            a.ptr(addr(g))
+            for k in 0..<3 { a.ptr(k < xs.count ? xs[k].map { addr($0) } ?? 0 : 0) }
+            for k in 0..<3 { a.ptr(k < outs.count ? addr(outs[k]) : 0) }
+            a.i32(outs.count); a.i64(rows); a.i64(cols)
+        }
+    }
+
     /// Indices in the table's element type (the CPU backend reads them so).
     private func indices(_ index: Storage, as dtype: DType) -> Storage {
         index.dtype == dtype ? index : convert(index, to: dtype)
@@ -982,7 +1004,7 @@ final class CoreKernels {
     let rowsBlockSum: Handle, rowsBlockMax: Handle, rowsWarpSum: Handle, rowsWarpMax: Handle
     let colsSum: Handle, colsMax: Handle
     let softmaxWarp: [Handle], softmaxBlock: Handle, rmsWarp: [Handle], rmsBlock: Handle
-    let rmsLinear: Handle, rmsLinearBackward: Handle
+    let rmsLinear: Handle, rmsLinearBackward: Handle, scaledSum: Handle, rowSums: Handle
     let gather: Handle, scatterAdd: Handle, random: Handle, adamw: Handle, ema: Handle
     let convertF32F64: Handle, convertF64F32: Handle
 
@@ -1007,6 +1029,7 @@ final class CoreKernels {
         rmsWarp = try KernelSource.rowWidths.map { try get("rmsnorm_warp\($0)_\(s)") }
         softmaxBlock = try get("softmax_block_\(s)"); rmsBlock = try get("rmsnorm_block_\(s)")
         rmsLinear = try get("rmsnorm_linear_\(s)"); rmsLinearBackward = try get("rmsnorm_linear_bwd_\(s)")
+        scaledSum = try get("scaled_sum_\(s)"); rowSums = try get("row_sums_\(s)")
         gather = try get("gather_\(s)"); scatterAdd = try get("scatter_add_\(s)"); random = try get("random_\(s)")
         adamw = try get("adamw_\(s)"); ema = try get("ema_\(s)")
         convertF32F64 = try get("convert_f32_f64"); convertF64F32 = try get("convert_f64_f32")

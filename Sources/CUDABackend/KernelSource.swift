@@ -416,6 +416,50 @@ enum KernelSource {
         }
     }
 
+    // y = a s + b t + c over [batch, rows, cols], s and t per (batch, column). Block (32, 8): a warp per row.
+    template<typename T> __device__ __forceinline__ void scaled_sum_impl(const T* a, const T* s, const T* b, const T* t,
+                                                                         const T* c, int cFull, T* y, i64 nrows, i64 rows, i64 cols) {
+        for (i64 r = (i64)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (i64)gridDim.x * blockDim.y) {
+            const i64 o = r * cols, so = (r / rows) * cols, co = cFull ? o : so;
+            for (i64 i = threadIdx.x; i < cols; i += 32) {
+                T v = a[o + i] * s[so + i];
+                if (b) v += b[o + i] * t[so + i];
+                if (c) v += c[co + i];
+                y[o + i] = v;
+            }
+        }
+    }
+
+    // out_k[b, c] = sum_r g[b, r, c] x_k[b, r, c] (x_k null: of g). Grid (column blocks of 32, batch), block
+    // (32, 8): the 8 warps take every 8th row, then add up through shared memory (fixed order: deterministic).
+    template<typename T> __device__ __forceinline__ void row_sums_impl(const T* g, const T* x0, const T* x1, const T* x2,
+                                                                       T* o0, T* o1, T* o2, int nout, i64 rows, i64 cols) {
+        __shared__ T part[3][8][33];
+        const i64 col = (i64)blockIdx.x * 32 + threadIdx.x, bi = blockIdx.y;
+        const T* xs[3] = {x0, x1, x2};
+        T acc[3] = {0, 0, 0};
+        if (col < cols) {
+            for (i64 r = threadIdx.y; r < rows; r += 8) {
+                const i64 o = (bi * rows + r) * cols + col;
+                const T gv = g[o];
+    #pragma unroll
+                for (int k = 0; k < 3; ++k) if (k < nout) acc[k] += xs[k] ? gv * xs[k][o] : gv;
+            }
+        }
+    #pragma unroll
+        for (int k = 0; k < 3; ++k) part[k][threadIdx.y][threadIdx.x] = acc[k];
+        __syncthreads();
+        if (threadIdx.y == 0 && col < cols) {
+            T* outs[3] = {o0, o1, o2};
+            for (int k = 0; k < nout; ++k) {
+                T v = 0;
+    #pragma unroll
+                for (int j = 0; j < 8; ++j) v += part[k][j][threadIdx.x];
+                outs[k][bi * cols + col] = v;
+            }
+        }
+    }
+
     // ---- Rows by index (indices are floats holding whole numbers) ----
 
     /// Block (32 x 8): each warp copies whole rows. A bad index sets *err and writes NaN.
@@ -644,6 +688,8 @@ enum KernelSource {
         extern "C" __global__ void __launch_bounds__(1024) rmsnorm_block_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols, \(T) eps) { rmsnorm_block_impl<\(T)>(x, y, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, \(T)* out, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_impl<\(T)>(x, y, d, out, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_bwd_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, const \(T)* g, \(T)* gx, \(T)* gy, \(T)* gd, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_bwd_impl<\(T)>(x, y, d, g, gx, gy, gd, rows, cols, eps); }
+        extern "C" __global__ void __launch_bounds__(256) scaled_sum_\(s)(const \(T)* a, const \(T)* s, const \(T)* b, const \(T)* t, const \(T)* c, int cFull, \(T)* y, i64 nrows, i64 rows, i64 cols) { scaled_sum_impl<\(T)>(a, s, b, t, c, cFull, y, nrows, rows, cols); }
+        extern "C" __global__ void __launch_bounds__(256) row_sums_\(s)(const \(T)* g, const \(T)* x0, const \(T)* x1, const \(T)* x2, \(T)* o0, \(T)* o1, \(T)* o2, int nout, i64 rows, i64 cols) { row_sums_impl<\(T)>(g, x0, x1, x2, o0, o1, o2, nout, rows, cols); }
         extern "C" __global__ void __launch_bounds__(256) gather_\(s)(const \(T)* table, const \(T)* idx, \(T)* y, i64 rows, i64 cols, i64 tableRows, int* err) { gather_impl<\(T)>(table, idx, y, rows, cols, tableRows, err); }
         extern "C" __global__ void __launch_bounds__(256) scatter_add_\(s)(const \(T)* x, const \(T)* idx, \(T)* table, i64 rows, i64 cols, i64 tableRows, int* err) { scatter_add_impl<\(T)>(x, idx, table, rows, cols, tableRows, err); }
         extern "C" __global__ void __launch_bounds__(256) random_\(s)(\(T)* y, i64 n, u64 seed, u64 counter, int normal) { random_impl<\(T)>(y, n, seed, counter, normal); }

@@ -286,10 +286,16 @@ public struct DiT: FlowMapNetwork {
         return m.split(axis: 1, sizes: Array(repeating: 1, count: parts))
     }
 
-    /// x * (1 + scale) + shift with [B, 1, D] modulation vectors.
+    /// x * (1 + scale) + shift with [B, 1, D] modulation vectors (one fused pass).
     @inline(__always)
     func modulate(_ x: Tensor, shift: Tensor, scale: Tensor) -> Tensor {
-        x * (1 + scale) + shift
+        Tensor.scaledSum(x, 1 + scale, plus: shift)
+    }
+
+    /// x + gate * y with a [B, 1, D] gate (one fused pass).
+    @inline(__always)
+    func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor {
+        Tensor.scaledSum(y, gate, plus: x)
     }
 
     /// Multi-head self-attention on [B, N, D] with q and k RMS-normalised over the head dimension.
@@ -313,10 +319,10 @@ public struct DiT: FlowMapNetwork {
         let b = "blocks.\(k)."
         let m = modulation(siluC, p, b + "adaLN_modulation.1", parts: 6)
         let a = attentionLayer(modulate(x.rmsNormalized(eps: 1e-6), shift: m[0], scale: m[1]), p, b + "attn")
-        let x1 = x + m[2] * a
+        let x1 = gatedResidual(x, gate: m[2], a)
         let h = modulate(x1.rmsNormalized(eps: 1e-6), shift: m[3], scale: m[4])
         let mlp = linear(linear(h, p, b + "mlp.fc1").gelu(), p, b + "mlp.fc2")
-        return x1 + m[5] * mlp
+        return gatedResidual(x1, gate: m[5], mlp)
     }
 
     public func callAsFunction(_ p: ParameterSet, x: Tensor, t: Tensor, gap: Tensor, cond: Conditioning) -> Tensor {

@@ -262,6 +262,31 @@ final class CUDAOpTests: XCTestCase {
         }
     }
 
+    func testScaledSumAndRowSums() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for (batch, rows, cols) in [(1, 1, 1), (2, 3, 5), (3, 256, 384), (5, 17, 1152), (64, 1, 33)] {
+                let n = batch * rows * cols, m = batch * cols
+                let a = r.normals(n), s = r.normals(m), b = r.normals(n), t = r.normals(m), cf = r.normals(n), cr = r.normals(m)
+                for (useB, c, full) in [(false, nil, false), (false, cr, false), (true, cf, true), (true, nil, false)] as [(Bool, [Double]?, Bool)] {
+                    var inputs = [a, s, b, t]
+                    if let c { inputs.append(c) }
+                    compareWithCPU("scaledSum \(batch)x\(rows)x\(cols) b=\(useB) c=\(c != nil) full=\(full)", cuda, dtype: dtype,
+                                   reference64: true, inputs: inputs, outputs: [(n, nil)]) { be, i, o in
+                        be.scaledSum(a: i[0], s: i[1], b: useB ? i[2] : nil, t: useB ? i[3] : nil, c: c != nil ? i[4] : nil,
+                                     cFull: full, y: o[0], batch: batch, rows: rows, cols: cols)
+                    }
+                }
+                let g = r.normals(n)
+                compareWithCPU("rowSumsOfProducts \(batch)x\(rows)x\(cols)", cuda, dtype: dtype, reference64: true,
+                               inputs: [g, a, b], outputs: [(m, nil), (m, nil), (m, nil)]) { be, i, o in
+                    be.rowSumsOfProducts(g: i[0], [i[1], nil, i[2]], o, batch: batch, rows: rows, cols: cols)
+                }
+            }
+        }
+    }
+
     func testGatherAndScatterAdd() throws {
         let cuda = try cudaOrSkip()
         var r = TestRandom()

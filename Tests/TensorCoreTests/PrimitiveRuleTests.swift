@@ -120,6 +120,22 @@ final class PrimitiveRuleTests: XCTestCase {
         }
     }
 
+    func testScaledSum() {
+        let a = gc.random([2, 3, 4]), s = gc.random([2, 1, 4]), b = gc.random([2, 3, 4]), t = gc.random([2, 1, 4])
+        let cFull = gc.random([2, 3, 4]), cRow = gc.random([2, 1, 4])
+        gc.check("a s", [a, s]) { Tensor.scaledSum($0[0], $0[1]) }
+        gc.check("a s + c row", [a, s, cRow]) { Tensor.scaledSum($0[0], $0[1], plus: $0[2]) }
+        gc.check("a s + b t + c", [a, s, b, t, cFull]) { Tensor.scaledSum($0[0], $0[1], $0[2], $0[3], plus: $0[4]) }
+        gc.check("modulate", [a, s, cRow]) { Tensor.scaledSum($0[0], 1 + $0[1], plus: $0[2]).square() }
+        // Against the unfused ops, including a constant factor (no tangent) and a shift-only tangent.
+        let fused = Tensor.scaledSum(a, s, b, t, plus: cRow).doubles
+        let plain = (a * s + b * t + cRow).doubles
+        for (x, y) in zip(fused, plain) { XCTAssertEqual(x, y, accuracy: 1e-12) }
+        let (_, tangents) = jvp({ [Tensor.scaledSum(a, s.detached(), plus: $0[0])] }, primals: [cRow], tangents: [t])
+        XCTAssertEqual(tangents[0].shape, [2, 3, 4])
+        XCTAssertEqual(tangents[0].doubles, t.broadcast(to: [2, 3, 4]).doubles)
+    }
+
     func testSoftmaxAndRMSNorm() {
         let x = gc.random([3, 6])
         gc.check("softmax", [x]) { $0[0].softmax() }

@@ -190,6 +190,23 @@ public final class CPUBackend: Backend {
         typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
     }
 
+    public func scaledSum(a: Storage, s: Storage, b: Storage?, t: Storage?, c: Storage?, cFull: Bool, y: Storage,
+                          batch: Int, rows: Int, cols: Int) {
+        func run<T: CPUFloat>(_: T.Type) {
+            Kernels.scaledSum(cpu(a).ptr(T.self), cpu(s).ptr(T.self), b.map { cpu($0).ptr(T.self) }, t.map { cpu($0).ptr(T.self) },
+                              c.map { cpu($0).ptr(T.self) }, cFull, cpu(y).ptr(T.self), batch, rows, cols)
+        }
+        typed(a, f32: { run(Float.self) }, f64: { run(Double.self) })
+    }
+
+    public func rowSumsOfProducts(g: Storage, _ xs: [Storage?], _ outs: [Storage], batch: Int, rows: Int, cols: Int) {
+        func run<T: CPUFloat>(_: T.Type) {
+            Kernels.rowSumsOfProducts(cpu(g).ptr(T.self), xs.map { $0.map { cpu($0).ptr(T.self) } }, outs.map { cpu($0).ptr(T.self) },
+                                      batch, rows, cols)
+        }
+        typed(g, f32: { run(Float.self) }, f64: { run(Double.self) })
+    }
+
     public func gatherRows(_ table: Storage, _ index: Storage, _ y: Storage, rows: Int, cols: Int) {
         func run<T: CPUFloat>(_: T.Type) {
             let t = cpu(table).ptr(T.self), idx = cpu(index).ptr(T.self), py = cpu(y).ptr(T.self)

@@ -329,6 +329,39 @@ enum Kernels {
         }
     }
 
+    static func scaledSum<T: CPUFloat>(_ a: UnsafeMutablePointer<T>, _ s: UnsafeMutablePointer<T>, _ b: UnsafeMutablePointer<T>?,
+                                       _ t: UnsafeMutablePointer<T>?, _ c: UnsafeMutablePointer<T>?, _ cFull: Bool,
+                                       _ y: UnsafeMutablePointer<T>, _ batch: Int, _ rows: Int, _ cols: Int) {
+        Parallel.forRanges(batch * rows, grain: Swift.max(1, 16_384 / Swift.max(cols, 1))) { range in
+            for row in range {
+                let o = row * cols, so = (row / rows) * cols, co = cFull ? o : so
+                for i in 0..<cols {
+                    var v = a[o + i] * s[so + i]
+                    if let b, let t { v += b[o + i] * t[so + i] }
+                    if let c { v += c[co + i] }
+                    y[o + i] = v
+                }
+            }
+        }
+    }
+
+    static func rowSumsOfProducts<T: CPUFloat>(_ g: UnsafeMutablePointer<T>, _ xs: [UnsafeMutablePointer<T>?],
+                                               _ outs: [UnsafeMutablePointer<T>], _ batch: Int, _ rows: Int, _ cols: Int) {
+        Parallel.forRanges(batch, grain: 1) { range in
+            for bi in range {
+                for (x, out) in zip(xs, outs) {
+                    let po = out + bi * cols
+                    for i in 0..<cols { po[i] = 0 }
+                    for r in 0..<rows {
+                        let o = (bi * rows + r) * cols
+                        if let x { for i in 0..<cols { po[i] += g[o + i] * x[o + i] } }
+                        else { for i in 0..<cols { po[i] += g[o + i] } }
+                    }
+                }
+            }
+        }
+    }
+
     static func rmsNorm<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ rows: Int, _ cols: Int, _ eps: Double) {
         Parallel.forRanges(rows, grain: Swift.max(1, 16_384 / Swift.max(cols, 1))) { r in
             for row in r {

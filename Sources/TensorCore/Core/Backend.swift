@@ -81,6 +81,14 @@ public protocol Backend: AnyObject {
     /// Cotangents of rmsNormLinear's x, y and d for the cotangent g of its output (gradients through the JVP).
     func rmsNormLinearBackward(_ x: Storage, _ y: Storage, _ d: Storage, _ g: Storage, gx: Storage, gy: Storage,
                                gd: Storage, rows: Int, cols: Int, eps: Double)
+    /// y = a s + b t + c over [batch, rows, cols] with s and t of shape [batch, cols] (one value per column,
+    /// shared by a batch entry's rows): adaLN modulation and gated residuals in one pass. b/t and c may be nil;
+    /// c is [batch, rows, cols] when `cFull`, else [batch, cols].
+    func scaledSum(a: Storage, s: Storage, b: Storage?, t: Storage?, c: Storage?, cFull: Bool, y: Storage,
+                   batch: Int, rows: Int, cols: Int)
+    /// outs[k][b, c] = sum over r of g[b, r, c] * xs[k][b, r, c] (xs[k] nil: of g alone), all in one pass over g:
+    /// the cotangents of scaledSum's per-column inputs. At most three outputs.
+    func rowSumsOfProducts(g: Storage, _ xs: [Storage?], _ outs: [Storage], batch: Int, rows: Int, cols: Int)
     /// y[r] = table[index[r]] for rows of width `cols`; indices are stored as floats holding integers.
     func gatherRows(_ table: Storage, _ index: Storage, _ y: Storage, rows: Int, cols: Int)
     /// table[index[r]] += x[r] (accumulate; duplicate indices add up).

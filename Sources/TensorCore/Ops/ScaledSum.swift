@@ -1,0 +1,55 @@
+extension Tensor {
+    /// a * s + b * t + c for a, b of shape [B, ..., C] and per-column factors s, t of shape [B, 1, C] (any shape
+    /// of B * C values), broadcast over the middle axes; c is either a's shape or s's. adaLN modulation
+    /// (x * (1 + scale) + shift) and gated residuals (x + gate * y) are one kernel each, and so is their JVP
+    /// (ta * s + a * ts + tc), which would otherwise be five full-size passes.
+    public static func scaledSum(_ a: Tensor, _ s: Tensor, _ b: Tensor? = nil, _ t: Tensor? = nil, plus c: Tensor? = nil) -> Tensor {
+        let batch = s.shape[0], cols = a.shape.last!
+        precondition(s.count == batch * cols && a.shape[0] == batch,
+                     "scaledSum: factor of shape \(s.shape) does not fit a tensor of shape \(a.shape)")
+        precondition((b == nil) == (t == nil), "scaledSum: b and t go together")
+        if let b, let t { precondition(b.shape == a.shape && t.count == s.count, "scaledSum: b \(b.shape) / t \(t.shape) do not match a, s") }
+        let cFull = c.map { $0.count == a.count } ?? false
+        if let c { precondition(c.count == a.count || c.count == s.count, "scaledSum: c of shape \(c.shape) fits neither a nor s") }
+        let rows = a.count / Swift.max(batch * cols, 1)
+        let y = a.empty(a.shape)
+        a.backend.scaledSum(a: a.storage, s: s.storage, b: b?.storage, t: t?.storage, c: c?.storage, cFull: cFull,
+                            y: y.storage, batch: batch, rows: rows, cols: cols)
+        var inputs = [a, s]
+        if let b, let t { inputs += [b, t] }
+        if let c { inputs.append(c) }
+        let hasB = b != nil, hasC = c != nil, aShape = a.shape, n = inputs.count
+        // c's value is not needed for any cotangent, only its shape.
+        return record1("scaledSum", inputs, y, saves: Array(0..<(hasB ? 4 : 2)), savesOutputs: false, jvp: { x, _, dx in
+            // d(a s) = da s + a ds, likewise for b t; the terms chain two at a time through scaledSum itself.
+            var terms: [(Tensor, Tensor)] = []
+            if let da = dx[0] { terms.append((da, x[1])) }
+            if let ds = dx[1] { terms.append((x[0], ds)) }
+            if hasB {
+                if let db = dx[2] { terms.append((db, x[3])) }
+                if let dt = dx[3] { terms.append((x[2], dt)) }
+            }
+            var acc: Tensor? = hasC ? dx[n - 1] : nil
+            if terms.isEmpty { return [acc?.broadcast(to: aShape)] }
+            for i in stride(from: 0, to: terms.count, by: 2) {
+                let second = i + 1 < terms.count ? terms[i + 1] : nil
+                acc = scaledSum(terms[i].0, terms[i].1, second?.0, second?.1, plus: acc)
+            }
+            return [acc]
+        }) { x, _, g in
+            guard let g = g[0] else { return Array(repeating: nil, count: n) }
+            let sShape = x[1].shape
+            var products: [Tensor?] = [x[0]]
+            if hasB { products.append(x[2]) }
+            let cBroadcast = hasC && !cFull
+            if cBroadcast { products.append(nil) }
+            let outs = products.map { _ in g.empty(sShape) }
+            g.backend.rowSumsOfProducts(g: g.storage, products.map { $0?.storage }, outs.map(\.storage),
+                                        batch: batch, rows: rows, cols: cols)
+            var grads: [Tensor?] = [scaledSum(g, x[1]), outs[0]]
+            if hasB { grads += [scaledSum(g, x[3]), outs[1]] }
+            if hasC { grads.append(cBroadcast ? outs.last!.reshaped(x[n - 1].shape) : g) }
+            return grads
+        }
+    }
+}
