@@ -12,8 +12,9 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
           [--model S/2 | --hidden H --depth D --heads N --patch P] [--cfg W | --cfg-range LO,HI]
           [--label-dropout 0.1] [--no-scaled-param] [--batch 128] [--lr 2e-4] [--steps N] [--time-budget S]
           [--ema power:7|D] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
-          [--sample-cfg W] [--tf32]
-  TVM on images with a DiT (class-conditional, classifier-free guidance). Data: Fashion-MNIST (from --data-dir,
+          [--sample-cfg W] [--tf32] [--method tvm|fm]
+  TVM on images with a DiT (class-conditional, classifier-free guidance); --method fm trains the flow-matching
+  baseline on the same network instead (labels dropped at --label-dropout, guidance applied when sampling). Data: Fashion-MNIST (from --data-dir,
   default \(ImageDataset.fashionMNISTDirectory)), MNIST (IDX files in --data-dir), a folder of class folders
   of PNGs, or an .npy [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
   --model is any DiT size (S/2, B/2, L/2, XL/2, B/4, ...); --hidden/--depth/--heads/--patch override it.
@@ -31,7 +32,8 @@ let imageHelpTexts: [String: String] = [
     tvm sample --checkpoint FILE [--n 100] [--nfe 1] [--cfg 2] [--classes 0,1,2] [--seed N] [--out grid.png]
                [--npy FILE] [--folder DIR] [--weights ema|student|teacher] [--columns 10]
       Samples images from a training checkpoint (by default with the evaluation EMA) in --nfe steps with
-      guidance scale --cfg. Classes: --classes, spread over the n samples in blocks (default all classes).
+      guidance scale --cfg (a flow-matching checkpoint: --nfe Euler steps, each evaluating the class and the null
+      class for classifier-free guidance). Classes: --classes, spread over the n samples in blocks (default all classes).
       Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of values in [-1, 1]
       and a folder with one subfolder of PNGs per class.
     """,
@@ -152,11 +154,12 @@ func runImageTrain(_ args: [String]) throws {
     try a.expectPositional(0, "no positional arguments")
     // TF32 matrix products and attention on the GPU (about 1e-3 relative instead of float32's 1e-6).
     if a.has("tf32") { activeCUDA?.allowTF32 = true }
-    if let m = a.string("method"), m.lowercased() != "tvm" {
-        throw CLIError("image training supports --method tvm only, got '\(m)'", usage: true)
+    let methodName = a.string("method", default: "tvm").lowercased()
+    guard let method = Method(rawValue: methodName), method != .meanFlow else {
+        throw CLIError("image training supports --method tvm or fm (flow matching), got '\(methodName)'", usage: true)
     }
     var config = TrainConfig()
-    config.method = .tvm
+    config.method = method
     config.batch = try a.int("batch", default: 128, range: 1...1_000_000)
     config.lr = try a.double("lr", default: 2e-4, range: 1e-12...10)
     config.seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
@@ -223,7 +226,7 @@ func runImageTrain(_ args: [String]) throws {
     case .power(let g, _): emaText = "power:\(g)"
     }
     let trainingJSON = JSONValue.object([
-        ("method", .string("tvm")), ("data", .string(dataName)), ("count", .number(Double(data.count))),
+        ("method", .string(method.rawValue)), ("data", .string(dataName)), ("count", .number(Double(data.count))),
         ("class_names", .array(data.classNames.map { .string($0) })),
         ("batch", .number(Double(config.batch))), ("lr", .number(config.lr)),
         ("beta1", .number(config.beta1)), ("beta2", .number(config.beta2)), ("weight_decay", .number(config.weightDecay)),
@@ -333,6 +336,8 @@ func runSample(_ args: [String]) throws {
     let labels = (0..<n).map { classList[$0 * classList.count / n] }
     let net = try dataError { try DiT(model) }
     let scaled = ck.training["scaled_param"]?.bool ?? true
+    // A flow-matching checkpoint samples with --nfe Euler steps and classifier-free guidance (2 evaluations a step).
+    let flowMatching = ck.training["method"]?.string == Method.flowMatching.rawValue
     let C = model.inChannels, R = model.inputSize, size = C * R * R
     var rng = RandomGenerator(seed: seed)
     let noise = rng.normalFloats(n * size)
@@ -344,8 +349,12 @@ func runSample(_ args: [String]) throws {
         let m = min(chunk, n - start)
         let x = Tensor(Array(noise[(start * size)..<((start + m) * size)]), shape: [m, C, R, R])
         let cond = samplingConditioning(labels: Array(labels[start..<(start + m)]), classes: K, cfg: cfg)
-        samples += sampleFlowMap(network: net, params: ck[part], noise: x, steps: nfe, cond: cond,
-                                 kappa: scaled ? cfg : 1).floats
+        if flowMatching {
+            samples += sampleEuler(network: net, params: ck[part], noise: x, steps: nfe, cond: cond, guidance: cfg).floats
+        } else {
+            samples += sampleFlowMap(network: net, params: ck[part], noise: x, steps: nfe, cond: cond,
+                                     kappa: scaled ? cfg : 1).floats
+        }
         start += m
     }
     let out = a.string("out", default: "samples.png")

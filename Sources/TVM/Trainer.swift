@@ -103,7 +103,7 @@ public final class Trainer<Net: FlowMapNetwork> {
         case .meanFlow:
             loss = MeanFlowObjective().loss(network: net, params: leaves, x0: x0, rng: &rng)
         case .flowMatching:
-            loss = FlowMatchingObjective().loss(network: net, params: leaves, x0: x0, rng: &rng)
+            loss = FlowMatchingObjective().loss(network: net, params: leaves, x0: x0, cond: cond, rng: &rng)
         }
         let grads = gradients(of: loss, wrt: leaves.all)
         let norm = globalNorm(grads)
@@ -138,8 +138,11 @@ public final class Trainer<Net: FlowMapNetwork> {
     /// n-step samples from `noise` with the evaluation EMA (or other weights).
     public func sample(noise: Tensor, steps: Int, cond: Conditioning = Conditioning(), weights: ParameterSet? = nil,
                        guidanceScale: Double = 1) -> Tensor {
+        if config.method == .flowMatching {
+            return sampleEuler(network: net, params: weights ?? ema, noise: noise, steps: steps, cond: cond, guidance: guidanceScale)
+        }
         let kappa = config.guidance.scaledParameterization ? guidanceScale : 1
         return sampleFlowMap(network: net, params: weights ?? ema, noise: noise, steps: steps, cond: cond,
-                             kappa: kappa, instantaneous: config.method == .flowMatching)
+                             kappa: kappa)
     }
 }

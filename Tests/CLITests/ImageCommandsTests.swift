@@ -62,6 +62,26 @@ final class ImageCommandsTests: CLITestCase {
                                  contains: "no checkpoint")
     }
 
+    func testFlowMatchingBaselineTrainsAndSamples() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let runDir = dir + "/fm"
+        var r = try run(["train"] + (try makeData(dir)) + ["--method", "fm", "--steps", "3", "--out", runDir])
+        XCTAssertEqual(r.status, 0, r.err)
+        let losses = try losses(runDir + "/metrics.jsonl")
+        XCTAssertEqual(losses.count, 3)
+        XCTAssertTrue(losses.allSatisfy { $0.isFinite && $0 > 0 })
+        let ck = try AtomicFile.read(path: runDir + "/checkpoint.safetensors")
+        XCTAssertTrue(String(decoding: ck.prefix(20_000), as: UTF8.self).contains("fm"))
+        r = try run(["sample", "--device", "cpu", "--checkpoint", runDir + "/checkpoint.safetensors", "--n", "4", "--nfe", "3",
+                     "--out", dir + "/fm.png", "--npy", dir + "/fm.npy"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let npy = try NPYArray.read(path: dir + "/fm.npy")
+        XCTAssertEqual(npy.shape, [4, 1, 8, 8])
+        XCTAssertTrue(npy.floats.allSatisfy(\.isFinite))
+        try assertCleanError(["train"] + (try makeData(dir)) + ["--method", "meanflow", "--steps", "1", "--out", dir + "/x"], contains: "--method")
+    }
+
     func testSampleWritesGridNPYAndFolder() throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
