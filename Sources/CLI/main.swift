@@ -7,6 +7,7 @@ let commands: [(name: String, summary: String, run: ([String]) throws -> Void)] 
     ("train", "train one method on a 2-D distribution, or TVM on images (Fashion-MNIST, MNIST, PNG folders, NPY)", runTrain),
     ("sample", "sample images from an image-training checkpoint (PNG grid, NPY, PNG folder)", runSample),
     ("w2", "exact 2-Wasserstein distance between two point files (CSV or NPY)", runW2),
+    ("fid", "Frechet Inception Distance between generated images and a data set (Inception-v3 run here)", runFID),
     ("bench", "time training steps and kernels (toy: the CPU TVM step on 2-D data)", runBench),
     ("reference-check", "compare DiT, TVM loss, gradients and samples with an official reference file", runReferenceCheck),
 ]

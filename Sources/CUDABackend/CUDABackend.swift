@@ -60,10 +60,12 @@ public final class CUDABackend: Backend {
     private let argRaw = UnsafeMutableRawPointer.allocate(byteCount: 8192, alignment: 16)
     private let argPtrs = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 64)
 
-    private let moduleMutex = Mutex()
+    let moduleMutex = Mutex()
     private var coreKernels: [DType: CoreKernels] = [:]
     private var attentionKernels: [DType: AttentionKernelSet] = [:]
     private var flashKernels: FlashKernelSet?
+    /// The inference kernels of ConvolutionKernels.swift, built on first use.
+    var convolutionKernels: [DType: ConvolutionKernelSet] = [:]
     private var functionNames: [Handle: String] = [:]
     /// Seconds spent compiling (or loading cached) kernel modules.
     public private(set) var kernelBuildSeconds: Double = 0
@@ -164,7 +166,7 @@ public final class CUDABackend: Backend {
 
     // MARK: - Kernel modules
 
-    private func loadModule(_ family: KernelSource.Family, _ dtype: DType) throws -> (Handle, [String: Handle]) {
+    func loadModule(_ family: KernelSource.Family, _ dtype: DType) throws -> (Handle, [String: Handle]) {
         let start = Self.now()
         let source = KernelSource.source(family, dtype)
         let options = [target.option, "--std=c++17", "-default-device"]

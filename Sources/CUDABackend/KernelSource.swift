@@ -1617,13 +1617,14 @@ enum KernelSource {
         return out
     }
 
-    enum Family: String, CaseIterable { case core, attention, flash }
+    enum Family: String, CaseIterable { case core, attention, flash, convolution }
 
     /// The whole translation unit of one family for one element type.
     static func source(_ family: Family, _ dtype: DType) -> String {
         switch family {
         case .core: return [common, core, coreEntryPoints(dtype)].joined(separator: "\n")
         case .attention: return [common, attention, attentionEntryPoints(dtype)].joined(separator: "\n")
+        case .convolution: return [common, ConvolutionKernelSource.kernels, ConvolutionKernelSource.entryPoints(dtype)].joined(separator: "\n")
         case .flash:
             precondition(dtype == .float32, "the flash-attention kernels are float32 only")
             return [common, flash, flashEntryPoints()].joined(separator: "\n")

@@ -30,7 +30,7 @@ final class CUDAOpTests: XCTestCase {
             if e.message.contains("NVRTC not found") { throw XCTSkip(e.message) }
             throw e
         }
-        XCTAssertEqual(lines.count, 5)  // core, attention for both types; flash (float32 only)
+        XCTAssertEqual(lines.count, 7)  // core, attention, convolution for both types; flash (float32 only)
         if ProcessInfo.processInfo.environment["TVM_CUDA_VERBOSE"] == "1" { lines.forEach { print($0) } }
     }
 
