@@ -80,9 +80,11 @@ func readNPYImages(_ path: String) throws -> ByteImages {
         return try fidError { try ByteImages(pixels: array.floats.map { UInt8($0) }, count: n, channels: c, height: h, width: w) }
     case "<f4", "<f8":
         let v = array.floats
-        if let k = v.firstIndex(where: { $0.isFinite && Swift.abs($0) > 1.5 }) {
-            throw CLIError("\(path): value \(v[k]) at flat index \(k) is far outside [-1, 1]; float images must be scaled to "
-                           + "[-1, 1] (save uint8 0-255 otherwise)")
+        // Generated images overshoot [-1, 1] (they are clamped, as PNG export does); only an array with no negative
+        // value and values well above 1 looks like 0-255 data stored as floats, a mistake worth refusing.
+        if !v.contains(where: { $0 < 0 }), let k = v.firstIndex(where: { $0.isFinite && $0 > 1.5 }) {
+            throw CLIError("\(path): value \(v[k]) at flat index \(k) with no negative values looks like 0-255 data; float "
+                           + "images must be scaled to [-1, 1] (save uint8 0-255 otherwise)")
         }
         return try fidError {
             do { return try ByteImages(unitValues: v, count: n, channels: c, height: h, width: w) } catch let e as EvalError {
