@@ -22,8 +22,8 @@ let fidHelpTexts: [String: String] = [
       The network is Inception-v3 with the TensorFlow weights of 2015-12-05, run by this program on the GPU
       (--device auto, the default) or the CPU. --weights FILE (default $TVM_INCEPTION_WEIGHTS, else
       ~/.cache/terminalvelocity/inception-2015-12-05.safetensors) is made once by scripts/convert_inception.py
-      (README, "FID"). The data set's statistics are cached (--cache DIR, default
-      ~/.cache/terminalvelocity/fid) under a key of the exact pixels, the weights and the preprocessing, so a
+      (README, "FID"). The data set's statistics are cached (--cache DIR, default $XDG_CACHE_HOME/terminalvelocity/fid
+      or ~/.cache/terminalvelocity/fid) under a key of the exact pixels, the weights and the preprocessing, so a
       second run skips that pass. --limit N uses the first N images of each set. --batch N images per network
       pass (default 100 on a GPU, 8 on the CPU). --save-features FILE.npy writes the generated images'
       features [n, 2048]. Prints "FID <value>" on stdout.
