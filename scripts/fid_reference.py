@@ -64,8 +64,8 @@ def load_images(spec, data_dir, pad, split):
         sys.exit("error: %s: shape %s, expected [n, H, W] or [n, 1 or 3, H, W]" % (spec, a.shape))
     if a.dtype == np.uint8:
         return a
-    if not np.all(np.isfinite(a)) or np.abs(a).max() > 1.5:
-        sys.exit("error: %s: float images must be finite and in [-1, 1]" % spec)
+    if not np.all(np.isfinite(a)) or (a.min() >= 0 and a.max() > 1.5):
+        sys.exit("error: %s: float images must be finite and in [-1, 1] (values beyond are clamped)" % spec)
     return unit_to_bytes(a)
 
 

@@ -16,14 +16,14 @@ let fidHelpTexts: [String: String] = [
       test), MNIST (IDX files in --data-dir), a class-folder of PNGs or an .npy. IDX images are padded by --pad
       pixels (default 2, as `tvm train` pads them, so they match the samples of a model trained on them).
       Input scaling: every image is taken as 8-bit pixels (float arrays hold [-1, 1] and are rounded as PNG
-      export rounds them; values beyond +-1 are clamped, beyond +-1.5 refused as mis-scaled; uint8 arrays are
-      used as they are), gray is repeated to RGB, resized to 299x299 with TensorFlow 1's bilinear sampling
-      and scaled to v / 128 - 1, as the original TensorFlow FID code does.
+      export rounds them; values beyond +-1 are clamped (with a note); non-negative floats above 1.5 are refused
+      as 0-255 data; uint8 arrays are used as they are), gray is repeated to RGB, resized to 299x299 with
+      TensorFlow 1's bilinear sampling and scaled to v / 128 - 1, as the original TensorFlow FID code does.
       The network is Inception-v3 with the TensorFlow weights of 2015-12-05, run by this program on the GPU
       (--device auto, the default) or the CPU. --weights FILE (default $TVM_INCEPTION_WEIGHTS, else
       ~/.cache/terminalvelocity/inception-2015-12-05.safetensors) is made once by scripts/convert_inception.py
-      (README, "FID"). The data set's statistics are cached (--cache DIR, default
-      ~/.cache/terminalvelocity/fid) under a key of the exact pixels, the weights and the preprocessing, so a
+      (README, "FID"). The data set's statistics are cached (--cache DIR, default $XDG_CACHE_HOME/terminalvelocity/fid
+      or ~/.cache/terminalvelocity/fid) under a key of the exact pixels, the weights and the preprocessing, so a
       second run skips that pass. --limit N uses the first N images of each set. --batch N images per network
       pass (default 100 on a GPU, 8 on the CPU). --save-features FILE.npy writes the generated images'
       features [n, 2048]. Prints "FID <value>" on stdout.
@@ -80,11 +80,16 @@ func readNPYImages(_ path: String) throws -> ByteImages {
         return try fidError { try ByteImages(pixels: array.floats.map { UInt8($0) }, count: n, channels: c, height: h, width: w) }
     case "<f4", "<f8":
         let v = array.floats
-        // Generated images overshoot [-1, 1] (they are clamped, as PNG export does); only an array with no negative
-        // value and values well above 1 looks like 0-255 data stored as floats, a mistake worth refusing.
-        if !v.contains(where: { $0 < 0 }), let k = v.firstIndex(where: { $0.isFinite && $0 > 1.5 }) {
-            throw CLIError("\(path): value \(v[k]) at flat index \(k) with no negative values looks like 0-255 data; float "
+        // Non-negative floats reaching past 1.5 are 0-255 (or similar) data saved as floats, not [-1, 1] images
+        // a little off range: refuse those rather than clamp them all to white.
+        if !v.contains(where: { $0 < 0 }), let k = v.firstIndex(where: { $0 > 1.5 }) {
+            throw CLIError("\(path): value \(v[k]) at flat index \(k) is far outside [-1, 1] and no value is negative; float "
                            + "images must be scaled to [-1, 1] (save uint8 0-255 otherwise)")
+        }
+        let outside = v.reduce(0) { $0 + (Swift.abs($1) > 1 ? 1 : 0) }
+        if outside > 0 {
+            Console.info("note: \(path): \(outside) of \(v.count) values (\(fmt(100 * Double(outside) / Double(v.count), 2))%) lie "
+                         + "outside [-1, 1] and are clamped")
         }
         return try fidError {
             do { return try ByteImages(unitValues: v, count: n, channels: c, height: h, width: w) } catch let e as EvalError {

@@ -23,7 +23,7 @@ final class FIDCommandTests: CLITestCase {
         try assertCleanError(fid(dir + "/nhwc.npy", "--dataset", dir + "/ok.npy", "--weights", weights), contains: "channels-last")
         try NPYArray.write(path: dir + "/bytes-as-floats.npy", shape: [2, 8, 8], floats: [Float](repeating: 200, count: 128))
         try assertCleanError(fid(dir + "/bytes-as-floats.npy", "--dataset", dir + "/ok.npy", "--weights", weights),
-                             contains: "looks like 0-255 data")
+                             contains: "far outside [-1, 1]")
         try assertCleanError(fid(dir + "/ok.npy", "--dataset", dir + "/missing", "--weights", weights), contains: "missing")
         try assertCleanError(fid(dir + "/ok.npy", "--dataset", dir + "/ok.npy", "--weights", weights), contains: "Inception weights")
     }
