@@ -12,7 +12,8 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
           [--model S/2 | --hidden H --depth D --heads N --patch P] [--cfg W | --cfg-range LO,HI]
           [--label-dropout 0.1] [--no-scaled-param] [--batch 128] [--lr 2e-4] [--steps N] [--time-budget S]
           [--ema power:7|D] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
-          [--sample-cfg W] [--tf32]
+          [--sample-cfg W] [--tf32] [--on-fault zero-rows|skip|stop] [--loss-spike K] [--grad-spike K]
+          [--grad-limit X] [--fault-warmup N]
   TVM on images with a DiT (class-conditional, classifier-free guidance). Data: Fashion-MNIST (from --data-dir,
   default \(ImageDataset.fashionMNISTDirectory)), MNIST (IDX files in --data-dir), a folder of class folders
   of PNGs, or an .npy [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
@@ -24,7 +25,8 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   DIR/metrics.jsonl gets one JSON line per step. --resume continues from DIR/checkpoint.safetensors exactly
   (same losses as an uninterrupted run); the model options must match the checkpoint's. Runs on a GPU when
   one is found (--device auto, the default for images), else on the CPU; --device cpu|cuda forces either.
-"""
+  A run that cannot save its checkpoint (disk full) stops with one line; the previous checkpoint is intact.
+""" + "\n" + faultHelp
 
 let imageHelpTexts: [String: String] = [
     "sample": """
@@ -144,11 +146,11 @@ func parseCFGRange(_ s: String) throws -> (Double, Double) {
 }
 
 func runImageTrain(_ args: [String]) throws {
-    let a = try Arguments(command: "train", args, options: [
+    let a = try Arguments(command: "train", args, options: ([
         "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
         "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
         "sample-cfg", "method",
-    ], switches: ["no-scaled-param", "flip", "resume", "tf32"])
+    ] as Set<String>).union(faultOptionNames), switches: ["no-scaled-param", "flip", "resume", "tf32"])
     try a.expectPositional(0, "no positional arguments")
     // TF32 matrix products and attention on the GPU (about 1e-3 relative instead of float32's 1e-6).
     if a.has("tf32") { activeCUDA?.allowTF32 = true }
@@ -162,6 +164,7 @@ func runImageTrain(_ args: [String]) throws {
     config.seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
     if let ema = a.string("ema") { config.evalEMA = try parseEMA(ema) }
     config.emaTargetDecay = try a.double("ema-target", default: 0.99, range: 0...0.999999999)
+    config.faults = try parseFaultOptions(a)
     let cfg = try a.double("cfg", default: 2, range: 1e-6...1e6)
     var sampleCFG = cfg
     let scale: GuidanceConfig.Scale
@@ -188,11 +191,17 @@ func runImageTrain(_ args: [String]) throws {
     let baseName = dataName.split(separator: "/").last.map(String.init) ?? "images"
     let out = a.string("out", default: "runs/\(baseName.lowercased().hasSuffix(".npy") ? String(baseName.dropLast(4)) : baseName)-tvm")
     try makeDirectory(out)
+    // Writers killed mid-write (a crash, SIGKILL) leave NAME.tmp-PID files; the finished files are intact.
+    let stale = AtomicFile.removeStaleTemporaries(in: out)
+    if !stale.isEmpty {
+        Console.info("removed \(stale.count) unfinished temporary file\(stale.count == 1 ? "" : "s") left by an interrupted run: \(stale.joined(separator: ", "))")
+    }
     let net = try dataError { try DiT(model) }
     let trainer = Trainer(network: net, config: config)
     var sampler = BatchSampler(count: data.count, seed: config.seed &+ 0x5EED)
     let checkpointPath = out + "/checkpoint.safetensors", metricsPath = out + "/metrics.jsonl"
     var resumedTraining: JSONValue?
+    var savedStep: Int?
     if a.has("resume") {
         guard fileExists(checkpointPath) else { throw CLIError("--resume: no checkpoint at \(checkpointPath)") }
         let ck = try dataError { try TrainingCheckpoint.read(path: checkpointPath, expecting: model) }
@@ -202,6 +211,7 @@ func runImageTrain(_ args: [String]) throws {
         }
         try truncateLog(metricsPath, atStep: ck.step)
         Console.info("resumed from \(checkpointPath) at step \(ck.step)")
+        savedStep = ck.step
         resumedTraining = ck.training
     } else if fileExists(metricsPath) {
         try truncateLog(metricsPath, atStep: 0)
@@ -222,7 +232,7 @@ func runImageTrain(_ args: [String]) throws {
     case .fixed(let d): emaText = "\(d)"
     case .power(let g, _): emaText = "power:\(g)"
     }
-    let trainingJSON = JSONValue.object([
+    let trainingFields: [(String, JSONValue)] = [
         ("method", .string("tvm")), ("data", .string(dataName)), ("count", .number(Double(data.count))),
         ("class_names", .array(data.classNames.map { .string($0) })),
         ("batch", .number(Double(config.batch))), ("lr", .number(config.lr)),
@@ -232,7 +242,8 @@ func runImageTrain(_ args: [String]) throws {
         ("label_dropout", .number(config.guidance.labelDropout)),
         ("scaled_param", .bool(config.guidance.scaledParameterization)),
         ("seed", .number(Double(config.seed))), ("flip", .bool(flip)),
-    ])
+    ]
+    let trainingJSON = JSONValue.object(trainingFields + faultJSON(config.faults))
 
     if let saved = resumedTraining?.object {
         // Other options are allowed (e.g. a new learning rate), but the run then differs from an uninterrupted one.
@@ -252,16 +263,23 @@ func runImageTrain(_ args: [String]) throws {
     let gridCond = samplingConditioning(labels: gridLabels, classes: data.classes, cfg: sampleCFG)
 
     var written: [String] = []
+    func kept() -> String {
+        savedStep.map { "the checkpoint of step \($0) in \(checkpointPath) is intact" } ?? "no checkpoint was saved yet"
+    }
+    // The checkpoint first: if the disk is full, the state matters more than the pictures.
     func snapshot() throws {
+        do {
+            try TrainingCheckpoint(trainer: trainer, samplerState: sampler.state, training: trainingJSON).write(path: checkpointPath)
+        } catch let e as ModelError {
+            throw CLIError("step \(trainer.step): could not save the checkpoint, so the run stops (\(kept())): \(e.message)")
+        }
+        savedStep = trainer.step
         for nfe in [1, 4] {
             let x = trainer.sample(noise: gridNoise, steps: nfe, cond: gridCond, weights: trainer.ema,
                                    guidanceScale: sampleCFG).floats
             let path = out + "/samples_step\(trainer.step)_nfe\(nfe).png"
             try writeImageGrid(x, n: gridLabels.count, channels: data.channels, side: data.height, columns: perRow, path: path)
             written.append(path)
-        }
-        try dataError {
-            try TrainingCheckpoint(trainer: trainer, samplerState: sampler.state, training: trainingJSON).write(path: checkpointPath)
         }
     }
 
@@ -276,9 +294,6 @@ func runImageTrain(_ args: [String]) throws {
     while trainer.step < steps {
         if let budget, bar.elapsed >= budget { break }
         let stats = imageTrainingStep(trainer, data: data, sampler: &sampler, flip: flip)
-        guard stats.loss.isFinite else {
-            throw CLIError("the loss became non-finite (\(stats.loss)) at step \(stats.step); the last checkpoint is kept")
-        }
         let elapsed = bar.elapsed
         let rate = Double(stats.step - startStep) / max(elapsed, 1e-9)
         if steps != Int.max { bar.update(step: stats.step, loss: stats.loss) } else if stats.step % 10 == 0 {
@@ -289,11 +304,13 @@ func runImageTrain(_ args: [String]) throws {
         if let f = stats.flowMatching { fields.append(("fm", .number(f))) }
         fields += [("grad_norm", .number(stats.gradNorm)), ("it/s", .number(rate)), ("elapsed", .number(elapsed))]
         if stats.nanRows > 0 { fields.append(("nan_rows", .number(Double(stats.nanRows)))) }
-        if stats.skipped {
-            fields.append(("skipped", .bool(true)))
-            Console.info("step \(stats.step): the gradient was not finite (\(stats.nanRows) NaN loss rows); the update was skipped")
-        }
+        if stats.skipped { fields.append(("skipped", .bool(true))) }
+        if let fault = stats.fault { fields.append(("fault", .string(fault.description))) }
         try log.write(JSONValue.object(fields).serialized())
+        if let fault = stats.fault {
+            guard !stats.stopped else { throw CLIError("\(fault) (--on-fault stop); \(kept())") }
+            Console.info(fault.description)
+        }
         if stats.step % every == 0 {
             try snapshot()
             lastSnapshot = stats.step

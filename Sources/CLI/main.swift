@@ -1,3 +1,4 @@
+import Formats
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,6 +21,13 @@ func usage() -> String {
 
 extension String {
     func padding(_ n: Int) -> String { count >= n ? self + " " : self + String(repeating: " ", count: n - count) }
+}
+
+// Past a file-size limit (ulimit -f) write() then fails with EFBIG, which the writers report in one line,
+// instead of the signal killing the process with no message.
+signal(SIGXFSZ, SIG_IGN)
+if let pause = getenv("TVM_TEST_WRITE_PAUSE_MS").flatMap({ Double(String(cString: $0)) }), pause > 0 {
+    AtomicFile.testPause = pause / 1000
 }
 
 let argv = Array(CommandLine.arguments.dropFirst())
