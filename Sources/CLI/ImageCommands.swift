@@ -58,6 +58,22 @@ private func fileExists(_ path: String) -> Bool {
     return stat(path, &st) == 0
 }
 
+/// Whether `path` is a directory; nil when nothing is there.
+private func isDirectory(_ path: String) -> Bool? {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return nil }
+    return (st.st_mode & S_IFMT) == S_IFDIR
+}
+
+/// A file that `flag` will write: its folder must exist, and it must not itself be a folder.
+private func checkOutputFile(_ path: String, flag: String) throws {
+    if isDirectory(path) == true { throw CLIError("\(flag) \(path): is a folder, not a file") }
+    let folder = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+    guard isDirectory(folder.isEmpty ? "/" : folder) == true else {
+        throw CLIError("\(flag) \(path): the folder \(folder) does not exist")
+    }
+}
+
 private func dataError<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let e as DataError { throw CLIError(e.message) } catch let e as ModelError {
         throw CLIError(e.message)
@@ -67,6 +83,13 @@ private func dataError<T>(_ body: () throws -> T) throws -> T {
 func loadImageData(_ a: Arguments) throws -> ImageDataset {
     let name = a.string("data", default: "fashion-mnist")
     let pad = try a.int("pad", default: 2, range: 0...1024)
+    // Options of another kind of data would be silently ignored; say so instead.
+    let idx = ["fashion-mnist", "mnist"].contains(name.lowercased()), npy = name.lowercased().hasSuffix(".npy")
+    for (option, applies, kind) in [("data-dir", idx, "IDX data (--data fashion-mnist or mnist)"), ("pad", idx, "IDX data (--data fashion-mnist or mnist)"),
+                                    ("labels", npy, "--data FILE.npy"), ("classes", npy, "--data FILE.npy")]
+    where !applies && a.string(option) != nil {
+        throw CLIError("--\(option) applies only to \(kind), not to --data \(name)", usage: true)
+    }
     return try dataError {
         switch name.lowercased() {
         case "fashion-mnist":
@@ -138,7 +161,7 @@ func samplingConditioning(labels: [Int], classes: Int, cfg: Double, on device: D
 }
 
 func parseCFGRange(_ s: String) throws -> (Double, Double) {
-    let p = s.split(separator: ",").map { Double($0.trimmingCharacters(in: " ")) }
+    let p = commaSeparated(s).map { Double($0) }
     guard p.count == 2, let lo = p[0], let hi = p[1], lo.isFinite, hi.isFinite, lo > 0, lo <= hi else {
         throw CLIError("--cfg-range must be LO,HI with 0 < LO <= HI, got '\(s)'", usage: true)
     }
@@ -190,6 +213,11 @@ func runImageTrain(_ args: [String]) throws {
     let model = try imageModelConfig(a, data: data)
     let baseName = dataName.split(separator: "/").last.map(String.init) ?? "images"
     let out = a.string("out", default: "runs/\(baseName.lowercased().hasSuffix(".npy") ? String(baseName.dropLast(4)) : baseName)-tvm")
+    let checkpointPath = out + "/checkpoint.safetensors", metricsPath = out + "/metrics.jsonl"
+    // A fresh run would overwrite another run's log at once and its checkpoint at the first save.
+    if !a.has("resume") && fileExists(checkpointPath) {
+        throw CLIError("\(out) already holds a training run (\(checkpointPath)); add --resume to continue it, or pick another --out to start afresh")
+    }
     try makeDirectory(out)
     // Writers killed mid-write (a crash, SIGKILL) leave NAME.tmp-PID files; the finished files are intact.
     let stale = AtomicFile.removeStaleTemporaries(in: out)
@@ -199,7 +227,6 @@ func runImageTrain(_ args: [String]) throws {
     let net = try dataError { try DiT(model) }
     let trainer = Trainer(network: net, config: config)
     var sampler = BatchSampler(count: data.count, seed: config.seed &+ 0x5EED)
-    let checkpointPath = out + "/checkpoint.safetensors", metricsPath = out + "/metrics.jsonl"
     var resumedTraining: JSONValue?
     var savedStep: Int?
     if a.has("resume") {
@@ -334,6 +361,14 @@ func runSample(_ args: [String]) throws {
     guard let part = ["ema": TrainingCheckpoint.Part.ema, "student": .student, "teacher": .teacher][weightsName.lowercased()] else {
         throw CLIError("--weights must be ema, student or teacher, got '\(weightsName)'", usage: true)
     }
+    // Every destination is checked before anything is computed or written, so a bad --npy or --folder
+    // does not leave a fresh grid next to an error.
+    let out = a.string("out", default: "samples.png")
+    try checkOutputFile(out, flag: "--out")
+    if let npy = a.string("npy") { try checkOutputFile(npy, flag: "--npy") }
+    if let folder = a.string("folder"), isDirectory(folder) == false {
+        throw CLIError("--folder \(folder): exists and is not a folder")
+    }
     guard fileExists(path) else { throw CLIError("\(path): no such file") }
     let ck = try dataError { try TrainingCheckpoint.read(path: path, parts: [part]) }
     let model = ck.model
@@ -341,7 +376,7 @@ func runSample(_ args: [String]) throws {
     guard K >= 1 else { throw CLIError("\(path): the model has no classes; tvm sample needs a class-conditional checkpoint") }
     var classList = Array(0..<max(K, 1))
     if let s = a.string("classes") {
-        let parts = s.split(separator: ",").map { Int($0.trimmingCharacters(in: " ")) }
+        let parts = commaSeparated(s).map { Int($0) }
         guard !parts.isEmpty, parts.allSatisfy({ $0 != nil && $0! >= 0 && $0! < K }) else {
             throw CLIError("--classes must be a comma-separated list of class indices in 0..<\(K), got '\(s)'", usage: true)
         }
@@ -365,7 +400,6 @@ func runSample(_ args: [String]) throws {
                                  kappa: scaled ? cfg : 1).floats
         start += m
     }
-    let out = a.string("out", default: "samples.png")
     try writeImageGrid(samples, n: n, channels: C, side: R, columns: columns, path: out)
     var wrote = [out]
     if let npy = a.string("npy") {

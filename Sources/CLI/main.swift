@@ -36,7 +36,15 @@ guard let name = argv.first, name != "--help", name != "-h" else {
     exit(argv.isEmpty ? 2 : 0)
 }
 if name == "help" {
-    if argv.count > 1, let text = helpTexts[argv[1]] { print(text) } else { print(usage()) }
+    guard argv.count > 1 else {
+        print(usage())
+        exit(0)
+    }
+    guard let text = helpTexts[argv[1]] else {
+        fputs("error: no command '\(argv[1])'; run 'tvm help' for the list\n", stderr)
+        exit(2)
+    }
+    print(text)
     exit(0)
 }
 guard let command = commands.first(where: { $0.name == name }) else {

@@ -14,7 +14,8 @@ class CLITestCase: XCTestCase {
         return "tvm"
     }
 
-    /// Runs `tvm` (or `executable`, e.g. a shell that sets a limit first) to the end.
+    /// Runs `tvm` (or `executable`, e.g. a shell that sets a limit first) to the end. A process killed by a
+    /// signal (a crash) gets status 128 + the signal number, as a shell reports it.
     func run(_ args: [String], executable: String? = nil) throws -> (status: Int32, out: String, err: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable ?? binary)
@@ -25,7 +26,8 @@ class CLITestCase: XCTestCase {
         try p.run()
         let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        let status = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
+        return (status, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
     }
 
     func temporaryDirectory() throws -> String {
