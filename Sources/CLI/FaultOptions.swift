@@ -33,7 +33,10 @@ func parseFaultOptions(_ a: Arguments) throws -> FaultDetection {
     }
     d.lossSpikeFactor = try factor("loss-spike", d.lossSpikeFactor)
     d.gradientSpikeFactor = try factor("grad-spike", d.gradientSpikeFactor)
-    d.gradientNormLimit = try a.optionalDouble("grad-limit", range: Double.leastNonzeroMagnitude...Double.greatestFiniteMagnitude)
+    if let limit = try a.optionalDouble("grad-limit") {
+        guard limit > 0 else { throw CLIError("--grad-limit must be a positive number, got \(a.string("grad-limit") ?? "")", usage: true) }
+        d.gradientNormLimit = limit
+    }
     d.warmup = try a.int("fault-warmup", default: d.warmup, range: 0...100_000_000)
     return d
 }

@@ -101,7 +101,7 @@ public struct StepFigures: Sendable {
 /// checkpoint (`state`), so a resumed run judges its steps exactly as the uninterrupted run would.
 public struct FaultMonitor: Equatable, Sendable {
     public var detection: FaultDetection
-    /// Steps whose loss and gradient norm were finite, since the start of the run.
+    /// Steps whose figures were all finite (no zeroed rows), since the start of the run.
     public private(set) var seen = 0
     private(set) var losses: [Double] = []
     private(set) var terminals: [Double] = []
@@ -118,7 +118,7 @@ public struct FaultMonitor: Equatable, Sendable {
         var zeroed: NumericalFault?
         if f.nonFiniteRows > 0 || !f.loss.isFinite {
             let source = f.nonFiniteData > 0
-                ? "\(f.nonFiniteData) NaN/Inf values in the data batch"
+                ? "\(f.nonFiniteData) NaN/Inf value\(f.nonFiniteData == 1 ? "" : "s") in the data batch"
                 : "the data batch is finite (largest magnitude \(short(f.dataMagnitude))), so the network produced them"
             let term: String
             if f.terminal == nil {
@@ -168,7 +168,7 @@ public struct FaultMonitor: Equatable, Sendable {
         return rt >= rf ? "terminal-velocity term" : "flow-matching term"
     }
 
-    /// ", terminal-velocity term 12.0x its median, flow-matching term 1.1x": which term drove a verdict.
+    /// "; terminal-velocity term 12.0x its median, flow-matching term 1.1x": which term drove a verdict.
     func termRatios(_ f: StepFigures) -> String {
         guard let rt = ratio(f.terminal, terminals), let rf = ratio(f.flowMatching, flowMatchings) else { return "" }
         return "; terminal-velocity term \(short(rt))x its median, flow-matching term \(short(rf))x"
@@ -180,7 +180,8 @@ public struct FaultMonitor: Equatable, Sendable {
     }
 
     mutating func record(_ f: StepFigures) {
-        guard f.loss.isFinite && f.gradNorm.isFinite else { return }
+        // A step with zeroed rows has a loss over fewer rows: it says nothing about the usual level.
+        guard f.loss.isFinite && f.gradNorm.isFinite && f.nonFiniteRows == 0 else { return }
         seen += 1
         func push(_ v: Double?, _ history: inout [Double]) {
             guard let v, v.isFinite else { return }

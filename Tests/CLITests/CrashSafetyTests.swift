@@ -158,7 +158,7 @@ final class CrashSafetyTests: CLITestCase {
         XCTAssertGreaterThan(midCheckpoint, 0, "no kill landed inside a checkpoint write")
         print("kill test: \(launches) launches, \(kills) SIGKILLs (\(aimed) aimed at checkpoint writes), \(midWrite) inside a write "
             + "(\(midCheckpoint) inside a checkpoint write, \(partialTemporary) of them with a partial temporary file), "
-            + "\(verifiedResumes) resumes checked against the last checkpoint's step, \(leftovers.count) temporaries cleaned at the end, "
+            + "\(verifiedResumes) resumes checked against the last checkpoint's step, \(leftovers.count) temporary files cleaned at the end, "
             + "last checkpoint before the final run: step \(savedStep) of \(steps)")
     }
 

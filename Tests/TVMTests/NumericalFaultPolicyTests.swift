@@ -41,7 +41,7 @@ final class NumericalFaultPolicyTests: XCTestCase {
         XCTAssertEqual(fault.kind, .nonFiniteLoss)
         XCTAssertEqual(fault.step, 2)
         XCTAssertEqual(fault.term, "terminal-velocity term (1 row) and flow-matching term (1 row)")
-        XCTAssertTrue(fault.detail.contains("1 NaN/Inf values in the data batch"), fault.detail)
+        XCTAssertTrue(fault.detail.contains("1 NaN/Inf value in the data batch"), fault.detail)
         XCTAssertEqual(fault.action, .skipped)
         XCTAssertTrue(stats.skipped)
         XCTAssertFalse(stats.stopped)
