@@ -27,7 +27,8 @@ struct Arguments {
                     inline = String(name[name.index(after: eq)...])
                     name = String(name[..<eq])
                 }
-                if switches.contains(name) && inline == nil {
+                if switches.contains(name) {
+                    guard inline == nil else { throw CLIError("--\(name) takes no value, got '\(a)'", usage: true) }
                     flags.insert(name)
                 } else if options.contains(name) {
                     if let inline { values[name] = inline } else {
@@ -35,6 +36,8 @@ struct Arguments {
                         i += 1
                         values[name] = args[i]
                     }
+                    // No option means anything when empty; an empty --out would even write to "/".
+                    guard values[name]?.isEmpty == false else { throw CLIError("--\(name) needs a value, got an empty one", usage: true) }
                 } else {
                     throw CLIError("unknown flag --\(name) for 'tvm \(command)' (see 'tvm help \(command)')", usage: true)
                 }
@@ -69,7 +72,7 @@ struct Arguments {
 
     func intList(_ name: String, default d: [Int]) throws -> [Int] {
         guard let s = values[name] else { return d }
-        let parts = s.split(separator: ",").map { Int($0.trimmingCharacters(in: " ")) }
+        let parts = commaSeparated(s).map { Int($0) }
         guard !parts.isEmpty, parts.allSatisfy({ $0 != nil && $0! > 0 }) else {
             throw CLIError("--\(name) must be a comma-separated list of positive whole numbers, got '\(s)'", usage: true)
         }
@@ -81,6 +84,11 @@ struct Arguments {
             throw CLIError("'tvm \(command)' takes \(what) (got \(positional.count) argument\(positional.count == 1 ? "" : "s"))", usage: true)
         }
     }
+}
+
+/// The items of "a,b,c", trimmed; empty items stay (as "") so that "1,,2" is refused, not read as "1,2".
+func commaSeparated(_ s: String) -> [String] {
+    s.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: " ") }
 }
 
 extension StringProtocol {

@@ -26,6 +26,7 @@ func median(_ xs: [Double]) -> Double {
 /// The CPU TVM step of `tvm train` on 2-D data (the comparison with scripts/bench_torch_cpu.py).
 func benchToy(_ args: [String]) throws {
     let a = try Arguments(command: "bench toy", args, options: ["batch", "width", "depth", "steps", "warmup", "method"])
+    try a.expectPositional(0, "no positional arguments")
     let batch = try a.int("batch", default: 1024, range: 1...1_000_000)
     let steps = try a.int("steps", default: 100, range: 1...100_000), warmup = try a.int("warmup", default: 10, range: 0...10_000)
     let methodName = a.string("method", default: "tvm")
@@ -93,6 +94,7 @@ func memoryFigure() -> String {
 func benchTrain(_ args: [String]) throws {
     let a = try Arguments(command: "bench train", args, options: ["model", "res", "channels", "classes", "batch", "steps", "warmup", "cfg"],
                           switches: ["tf32"])
+    try a.expectPositional(0, "no positional arguments")
     let dit = try ditFromArguments(a)
     let batch = try a.int("batch", default: 64, range: 1...1_000_000)
     let steps = try a.int("steps", default: 20, range: 1...100_000), warmup = try a.int("warmup", default: 3, range: 0...1000)
@@ -126,6 +128,7 @@ func benchTrain(_ args: [String]) throws {
 func benchSample(_ args: [String]) throws {
     let a = try Arguments(command: "bench sample", args, options: ["model", "res", "channels", "classes", "batch", "nfe", "steps", "warmup", "cfg"],
                           switches: ["tf32"])
+    try a.expectPositional(0, "no positional arguments")
     let dit = try ditFromArguments(a)
     let batch = try a.int("batch", default: 256, range: 1...1_000_000), nfe = try a.int("nfe", default: 1, range: 1...1000)
     let steps = try a.int("steps", default: 10, range: 1...100_000), warmup = try a.int("warmup", default: 2, range: 0...1000)
@@ -150,7 +153,9 @@ func benchSample(_ args: [String]) throws {
 /// The attention primitive under a JVP (output and tangent together) and its backward for both cotangents.
 func benchAttention(_ args: [String]) throws {
     let a = try Arguments(command: "bench attention", args, options: ["b", "h", "s", "d", "steps", "warmup"])
-    let (b, h, s, d) = (try a.int("b", default: 64), try a.int("h", default: 12), try a.int("s", default: 256), try a.int("d", default: 64))
+    try a.expectPositional(0, "no positional arguments")
+    let (b, h) = (try a.int("b", default: 64, range: 1...65536), try a.int("h", default: 12, range: 1...4096))
+    let (s, d) = (try a.int("s", default: 256, range: 1...1_048_576), try a.int("d", default: 64, range: 1...65536))
     let steps = try a.int("steps", default: 20, range: 1...100_000), warmup = try a.int("warmup", default: 3, range: 0...1000)
     var rng = RandomGenerator(seed: 4)
     let shape = [b, h, s, d]

@@ -4,8 +4,25 @@ import Glibc
 
 /// Terminal output: messages to stderr, results to stdout, and a one-line progress bar.
 enum Console {
-    static func info(_ s: String) { fputs(s + "\n", stderr) }
-    static func out(_ s: String) { print(s) }
+    /// A note about the setup (the CPU fallback of --device auto), held back until the command prints
+    /// anything: a command refused for bad input then prints only its one error line.
+    nonisolated(unsafe) static var pendingNote: String?
+
+    static func info(_ s: String) {
+        flushNote()
+        fputs(s + "\n", stderr)
+    }
+
+    static func out(_ s: String) {
+        flushNote()
+        print(s)
+    }
+
+    static func flushNote() {
+        guard let note = pendingNote else { return }
+        pendingNote = nil
+        fputs(note + "\n", stderr)
+    }
 }
 
 func now() -> Double {
@@ -55,6 +72,7 @@ final class ProgressBar {
         let interval = tty ? 0.2 : 10
         guard step == total || t - lastDraw >= interval else { return }
         lastDraw = t
+        Console.flushNote()
         let elapsed = t - start
         let rate = Double(step) / max(elapsed, 1e-9)
         let eta = Double(total - step) / max(rate, 1e-9)

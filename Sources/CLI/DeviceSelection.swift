@@ -50,7 +50,7 @@ func selectDevice(_ choice: DeviceChoice) throws {
             activeCUDA = cuda
             Device.default = cuda.device
         } else {
-            Console.info("note: no usable NVIDIA GPU found; running on the CPU")
+            Console.pendingNote = "note: no usable NVIDIA GPU found; running on the CPU"
             Device.default = .cpu
         }
     }

@@ -12,9 +12,11 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
           [--model S/2 | --hidden H --depth D --heads N --patch P] [--cfg W | --cfg-range LO,HI]
           [--label-dropout 0.1] [--no-scaled-param] [--batch 128] [--lr 2e-4] [--steps N] [--time-budget S]
           [--ema power:7|D] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
-          [--sample-cfg W] [--tf32] [--method tvm|fm]
+          [--sample-cfg W] [--tf32] [--method tvm|fm] [--on-fault zero-rows|skip|stop] [--loss-spike K]
+          [--grad-spike K] [--grad-limit X] [--fault-warmup N]
   TVM on images with a DiT (class-conditional, classifier-free guidance); --method fm trains the flow-matching
-  baseline on the same network instead (labels dropped at --label-dropout, guidance applied when sampling). Data: Fashion-MNIST (from --data-dir,
+  baseline on the same network instead (labels dropped at --label-dropout, guidance applied when sampling).
+  Data: Fashion-MNIST (from --data-dir,
   default \(ImageDataset.fashionMNISTDirectory)), MNIST (IDX files in --data-dir), a folder of class folders
   of PNGs, or an .npy [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
   --model is any DiT size (S/2, B/2, L/2, XL/2, B/4, ...); --hidden/--depth/--heads/--patch override it.
@@ -25,7 +27,8 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   DIR/metrics.jsonl gets one JSON line per step. --resume continues from DIR/checkpoint.safetensors exactly
   (same losses as an uninterrupted run); the model options must match the checkpoint's. Runs on a GPU when
   one is found (--device auto, the default for images), else on the CPU; --device cpu|cuda forces either.
-"""
+  A run that cannot save its checkpoint (disk full) stops with one line; the previous checkpoint is intact.
+""" + "\n" + faultHelp
 
 let imageHelpTexts: [String: String] = [
     "sample": """
@@ -58,6 +61,22 @@ private func fileExists(_ path: String) -> Bool {
     return stat(path, &st) == 0
 }
 
+/// Whether `path` is a directory; nil when nothing is there.
+private func isDirectory(_ path: String) -> Bool? {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return nil }
+    return (st.st_mode & S_IFMT) == S_IFDIR
+}
+
+/// A file that `flag` will write: its folder must exist, and it must not itself be a folder.
+private func checkOutputFile(_ path: String, flag: String) throws {
+    if isDirectory(path) == true { throw CLIError("\(flag) \(path): is a folder, not a file") }
+    let folder = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+    guard isDirectory(folder.isEmpty ? "/" : folder) == true else {
+        throw CLIError("\(flag) \(path): the folder \(folder) does not exist")
+    }
+}
+
 private func dataError<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let e as DataError { throw CLIError(e.message) } catch let e as ModelError {
         throw CLIError(e.message)
@@ -67,6 +86,13 @@ private func dataError<T>(_ body: () throws -> T) throws -> T {
 func loadImageData(_ a: Arguments) throws -> ImageDataset {
     let name = a.string("data", default: "fashion-mnist")
     let pad = try a.int("pad", default: 2, range: 0...1024)
+    // Options of another kind of data would be silently ignored; say so instead.
+    let idx = ["fashion-mnist", "mnist"].contains(name.lowercased()), npy = name.lowercased().hasSuffix(".npy")
+    for (option, applies, kind) in [("data-dir", idx, "IDX data (--data fashion-mnist or mnist)"), ("pad", idx, "IDX data (--data fashion-mnist or mnist)"),
+                                    ("labels", npy, "--data FILE.npy"), ("classes", npy, "--data FILE.npy")]
+    where !applies && a.string(option) != nil {
+        throw CLIError("--\(option) applies only to \(kind), not to --data \(name)", usage: true)
+    }
     return try dataError {
         switch name.lowercased() {
         case "fashion-mnist":
@@ -138,7 +164,7 @@ func samplingConditioning(labels: [Int], classes: Int, cfg: Double, on device: D
 }
 
 func parseCFGRange(_ s: String) throws -> (Double, Double) {
-    let p = s.split(separator: ",").map { Double($0.trimmingCharacters(in: " ")) }
+    let p = commaSeparated(s).map { Double($0) }
     guard p.count == 2, let lo = p[0], let hi = p[1], lo.isFinite, hi.isFinite, lo > 0, lo <= hi else {
         throw CLIError("--cfg-range must be LO,HI with 0 < LO <= HI, got '\(s)'", usage: true)
     }
@@ -146,11 +172,11 @@ func parseCFGRange(_ s: String) throws -> (Double, Double) {
 }
 
 func runImageTrain(_ args: [String]) throws {
-    let a = try Arguments(command: "train", args, options: [
+    let a = try Arguments(command: "train", args, options: ([
         "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
         "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
         "sample-cfg", "method",
-    ], switches: ["no-scaled-param", "flip", "resume", "tf32"])
+    ] as Set<String>).union(faultOptionNames), switches: ["no-scaled-param", "flip", "resume", "tf32"])
     try a.expectPositional(0, "no positional arguments")
     // TF32 matrix products and attention on the GPU (about 1e-3 relative instead of float32's 1e-6).
     if a.has("tf32") { activeCUDA?.allowTF32 = true }
@@ -165,6 +191,7 @@ func runImageTrain(_ args: [String]) throws {
     config.seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
     if let ema = a.string("ema") { config.evalEMA = try parseEMA(ema) }
     config.emaTargetDecay = try a.double("ema-target", default: 0.99, range: 0...0.999999999)
+    config.faults = try parseFaultOptions(a)
     let cfg = try a.double("cfg", default: 2, range: 1e-6...1e6)
     var sampleCFG = cfg
     let scale: GuidanceConfig.Scale
@@ -190,12 +217,22 @@ func runImageTrain(_ args: [String]) throws {
     let model = try imageModelConfig(a, data: data)
     let baseName = dataName.split(separator: "/").last.map(String.init) ?? "images"
     let out = a.string("out", default: "runs/\(baseName.lowercased().hasSuffix(".npy") ? String(baseName.dropLast(4)) : baseName)-tvm")
+    let checkpointPath = out + "/checkpoint.safetensors", metricsPath = out + "/metrics.jsonl"
+    // A fresh run would overwrite another run's log at once and its checkpoint at the first save.
+    if !a.has("resume") && fileExists(checkpointPath) {
+        throw CLIError("\(out) already holds a training run (\(checkpointPath)); add --resume to continue it, or pick another --out to start afresh")
+    }
     try makeDirectory(out)
+    // Writers killed mid-write (a crash, SIGKILL) leave NAME.tmp-PID files; the finished files are intact.
+    let stale = AtomicFile.removeStaleTemporaries(in: out)
+    if !stale.isEmpty {
+        Console.info("removed \(stale.count) unfinished temporary file\(stale.count == 1 ? "" : "s") left by an interrupted run: \(stale.joined(separator: ", "))")
+    }
     let net = try dataError { try DiT(model) }
     let trainer = Trainer(network: net, config: config)
     var sampler = BatchSampler(count: data.count, seed: config.seed &+ 0x5EED)
-    let checkpointPath = out + "/checkpoint.safetensors", metricsPath = out + "/metrics.jsonl"
     var resumedTraining: JSONValue?
+    var savedStep: Int?
     if a.has("resume") {
         guard fileExists(checkpointPath) else { throw CLIError("--resume: no checkpoint at \(checkpointPath)") }
         let ck = try dataError { try TrainingCheckpoint.read(path: checkpointPath, expecting: model) }
@@ -205,6 +242,7 @@ func runImageTrain(_ args: [String]) throws {
         }
         try truncateLog(metricsPath, atStep: ck.step)
         Console.info("resumed from \(checkpointPath) at step \(ck.step)")
+        savedStep = ck.step
         resumedTraining = ck.training
     } else if fileExists(metricsPath) {
         try truncateLog(metricsPath, atStep: 0)
@@ -225,7 +263,7 @@ func runImageTrain(_ args: [String]) throws {
     case .fixed(let d): emaText = "\(d)"
     case .power(let g, _): emaText = "power:\(g)"
     }
-    let trainingJSON = JSONValue.object([
+    let trainingFields: [(String, JSONValue)] = [
         ("method", .string(method.rawValue)), ("data", .string(dataName)), ("count", .number(Double(data.count))),
         ("class_names", .array(data.classNames.map { .string($0) })),
         ("batch", .number(Double(config.batch))), ("lr", .number(config.lr)),
@@ -235,7 +273,8 @@ func runImageTrain(_ args: [String]) throws {
         ("label_dropout", .number(config.guidance.labelDropout)),
         ("scaled_param", .bool(config.guidance.scaledParameterization)),
         ("seed", .number(Double(config.seed))), ("flip", .bool(flip)),
-    ])
+    ]
+    let trainingJSON = JSONValue.object(trainingFields + faultJSON(config.faults))
 
     if let saved = resumedTraining?.object {
         // Other options are allowed (e.g. a new learning rate), but the run then differs from an uninterrupted one.
@@ -255,16 +294,23 @@ func runImageTrain(_ args: [String]) throws {
     let gridCond = samplingConditioning(labels: gridLabels, classes: data.classes, cfg: sampleCFG)
 
     var written: [String] = []
+    func kept() -> String {
+        savedStep.map { "the checkpoint of step \($0) in \(checkpointPath) is intact" } ?? "no checkpoint was saved yet"
+    }
+    // The checkpoint first: if the disk is full, the state matters more than the pictures.
     func snapshot() throws {
+        do {
+            try TrainingCheckpoint(trainer: trainer, samplerState: sampler.state, training: trainingJSON).write(path: checkpointPath)
+        } catch let e as ModelError {
+            throw CLIError("step \(trainer.step): could not save the checkpoint, so the run stops (\(kept())): \(e.message)")
+        }
+        savedStep = trainer.step
         for nfe in [1, 4] {
             let x = trainer.sample(noise: gridNoise, steps: nfe, cond: gridCond, weights: trainer.ema,
                                    guidanceScale: sampleCFG).floats
             let path = out + "/samples_step\(trainer.step)_nfe\(nfe).png"
             try writeImageGrid(x, n: gridLabels.count, channels: data.channels, side: data.height, columns: perRow, path: path)
             written.append(path)
-        }
-        try dataError {
-            try TrainingCheckpoint(trainer: trainer, samplerState: sampler.state, training: trainingJSON).write(path: checkpointPath)
         }
     }
 
@@ -279,9 +325,6 @@ func runImageTrain(_ args: [String]) throws {
     while trainer.step < steps {
         if let budget, bar.elapsed >= budget { break }
         let stats = imageTrainingStep(trainer, data: data, sampler: &sampler, flip: flip)
-        guard stats.loss.isFinite else {
-            throw CLIError("the loss became non-finite (\(stats.loss)) at step \(stats.step); the last checkpoint is kept")
-        }
         let elapsed = bar.elapsed
         let rate = Double(stats.step - startStep) / max(elapsed, 1e-9)
         if steps != Int.max { bar.update(step: stats.step, loss: stats.loss) } else if stats.step % 10 == 0 {
@@ -292,11 +335,13 @@ func runImageTrain(_ args: [String]) throws {
         if let f = stats.flowMatching { fields.append(("fm", .number(f))) }
         fields += [("grad_norm", .number(stats.gradNorm)), ("it/s", .number(rate)), ("elapsed", .number(elapsed))]
         if stats.nanRows > 0 { fields.append(("nan_rows", .number(Double(stats.nanRows)))) }
-        if stats.skipped {
-            fields.append(("skipped", .bool(true)))
-            Console.info("step \(stats.step): the gradient was not finite (\(stats.nanRows) NaN loss rows); the update was skipped")
-        }
+        if stats.skipped { fields.append(("skipped", .bool(true))) }
+        if let fault = stats.fault { fields.append(("fault", .string(fault.description))) }
         try log.write(JSONValue.object(fields).serialized())
+        if let fault = stats.fault {
+            guard !stats.stopped else { throw CLIError("\(fault) (--on-fault stop); \(kept())") }
+            Console.info(fault.description)
+        }
         if stats.step % every == 0 {
             try snapshot()
             lastSnapshot = stats.step
@@ -320,6 +365,14 @@ func runSample(_ args: [String]) throws {
     guard let part = ["ema": TrainingCheckpoint.Part.ema, "student": .student, "teacher": .teacher][weightsName.lowercased()] else {
         throw CLIError("--weights must be ema, student or teacher, got '\(weightsName)'", usage: true)
     }
+    // Every destination is checked before anything is computed or written, so a bad --npy or --folder
+    // does not leave a fresh grid next to an error.
+    let out = a.string("out", default: "samples.png")
+    try checkOutputFile(out, flag: "--out")
+    if let npy = a.string("npy") { try checkOutputFile(npy, flag: "--npy") }
+    if let folder = a.string("folder"), isDirectory(folder) == false {
+        throw CLIError("--folder \(folder): exists and is not a folder")
+    }
     guard fileExists(path) else { throw CLIError("\(path): no such file") }
     let ck = try dataError { try TrainingCheckpoint.read(path: path, parts: [part]) }
     let model = ck.model
@@ -327,7 +380,7 @@ func runSample(_ args: [String]) throws {
     guard K >= 1 else { throw CLIError("\(path): the model has no classes; tvm sample needs a class-conditional checkpoint") }
     var classList = Array(0..<max(K, 1))
     if let s = a.string("classes") {
-        let parts = s.split(separator: ",").map { Int($0.trimmingCharacters(in: " ")) }
+        let parts = commaSeparated(s).map { Int($0) }
         guard !parts.isEmpty, parts.allSatisfy({ $0 != nil && $0! >= 0 && $0! < K }) else {
             throw CLIError("--classes must be a comma-separated list of class indices in 0..<\(K), got '\(s)'", usage: true)
         }
@@ -357,7 +410,6 @@ func runSample(_ args: [String]) throws {
         }
         start += m
     }
-    let out = a.string("out", default: "samples.png")
     try writeImageGrid(samples, n: n, channels: C, side: R, columns: columns, path: out)
     var wrote = [out]
     if let npy = a.string("npy") {

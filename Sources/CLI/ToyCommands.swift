@@ -20,7 +20,8 @@ let helpTexts: [String: String] = [
     """,
     "train": """
     tvm train [--data NAME] [--method tvm|meanflow|fm] [--steps N] [--batch N] [--lr X] [--seed N]
-              [--width N] [--depth N] [--nfe LIST] [--ema D|power:G] [--out DIR]
+              [--width N] [--depth N] [--nfe LIST] [--ema D|power:G] [--time-scale X] [--out DIR]
+              [--on-fault zero-rows|skip|stop] [--loss-spike K] [--grad-spike K] [--grad-limit X] [--fault-warmup N]
       Trains one method on a 2-D distribution (checkerboard, 8gaussians, 25gaussians, moons, spirals) and
       reports W2 at each NFE (default 1,2,4) for the evaluation EMA (--ema: a fixed decay, or power:G, a window
       of about step/(G+1) steps; default power:7). Writes DIR/losses.jsonl (one JSON object per step),
@@ -60,8 +61,12 @@ func runToy(_ method: Method, distribution: Toy2D, network: MLPFlowMap, config b
     let bar = ProgressBar(method.displayName.padding(14), total: steps)
     let experiment = Toy2DExperiment(distribution: distribution, network: network, config: config, steps: steps)
     var firstError: Error?
+    var stoppedBy: NumericalFault?
     let trainer = experiment.train { stats in
         bar.update(step: stats.step, loss: stats.loss)
+        if let fault = stats.fault {
+            if stats.stopped { stoppedBy = fault } else { Console.info(fault.description) }
+        }
         guard firstError == nil, let log else { return }
         var fields: [(String, JSONValue)] = [("step", .number(Double(stats.step))), ("loss", .number(stats.loss)),
                                              ("grad_norm", .number(stats.gradNorm)), ("time", .number(bar.elapsed))]
@@ -69,9 +74,11 @@ func runToy(_ method: Method, distribution: Toy2D, network: MLPFlowMap, config b
         if let f = stats.flowMatching { fields.append(("fm", .number(f))) }
         if stats.nanRows > 0 { fields.append(("nan_rows", .number(Double(stats.nanRows)))) }
         if stats.skipped { fields.append(("skipped", .bool(true))) }
+        if let fault = stats.fault { fields.append(("fault", .string(fault.description))) }
         do { try log.write(JSONValue.object(fields).serialized()) } catch { firstError = error }
     }
     if let firstError { throw firstError }
+    if let stoppedBy { throw CLIError("\(method.displayName): \(stoppedBy) (--on-fault stop)") }
     let seconds = bar.elapsed
     let evals = try Toy2DExperiment.evaluate(trainer, nfes: nfes, data: data, noiseSeed: config.seed &+ 77)
     return ToyRunResult(method: method, seconds: seconds, steps: steps, evals: evals)
@@ -115,8 +122,9 @@ func runDemo(_ args: [String]) throws {
 
 func runTrain(_ args: [String]) throws {
     if isImageTraining(args) { return try runImageTrain(args) }
-    let a = try Arguments(command: "train", args, options: ["data", "method", "steps", "batch", "lr", "seed", "width",
-                                                             "depth", "nfe", "out", "eval-samples", "ema", "time-scale"])
+    let a = try Arguments(command: "train", args, options: (["data", "method", "steps", "batch", "lr", "seed", "width",
+                                                             "depth", "nfe", "out", "eval-samples", "ema", "time-scale"] as Set<String>)
+                                                            .union(faultOptionNames))
     try a.expectPositional(0, "no positional arguments")
     let dataName = a.string("data", default: "checkerboard")
     let distribution: Toy2D
@@ -132,6 +140,7 @@ func runTrain(_ args: [String]) throws {
     config.seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
     let steps = try a.int("steps", default: 2000, range: 1...100_000_000)
     if let ema = a.string("ema") { config.evalEMA = try parseEMA(ema) }
+    config.faults = try parseFaultOptions(a)
     let network = MLPFlowMap(width: try a.int("width", default: 256, range: 1...65536),
                              depth: try a.int("depth", default: 4, range: 1...64),
                              timeScale: try a.double("time-scale", default: MLPFlowMap().timeScale, range: 1e-6...1e6))

@@ -1,3 +1,4 @@
+import Formats
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -23,13 +24,28 @@ extension String {
     func padding(_ n: Int) -> String { count >= n ? self + " " : self + String(repeating: " ", count: n - count) }
 }
 
+// Past a file-size limit (ulimit -f) write() then fails with EFBIG, which the writers report in one line,
+// instead of the signal killing the process with no message.
+signal(SIGXFSZ, SIG_IGN)
+if let pause = getenv("TVM_TEST_WRITE_PAUSE_MS").flatMap({ Double(String(cString: $0)) }), pause > 0 {
+    AtomicFile.testPause = pause / 1000
+}
+
 let argv = Array(CommandLine.arguments.dropFirst())
 guard let name = argv.first, name != "--help", name != "-h" else {
     print(usage())
     exit(argv.isEmpty ? 2 : 0)
 }
 if name == "help" {
-    if argv.count > 1, let text = helpTexts[argv[1]] { print(text) } else { print(usage()) }
+    guard argv.count > 1 else {
+        print(usage())
+        exit(0)
+    }
+    guard let text = helpTexts[argv[1]] else {
+        fputs("error: no command '\(argv[1])'; run 'tvm help' for the list\n", stderr)
+        exit(2)
+    }
+    print(text)
     exit(0)
 }
 guard let command = commands.first(where: { $0.name == name }) else {

@@ -12,6 +12,11 @@ import Darwin
 /// fsync the directory, so after a crash or power loss `path` holds either the old complete file or the
 /// new complete file, never a truncated one (checkpoints are overwritten in place during training).
 public enum AtomicFile {
+    /// For the kill tests only (the CLI sets it from `TVM_TEST_WRITE_PAUSE_MS`): every write sleeps this many
+    /// seconds with half of its chunks in the temporary file, and again between the fsync and the rename, so
+    /// that a SIGKILL can be aimed inside a write. Zero in normal use.
+    public nonisolated(unsafe) static var testPause: Double = 0
+
     /// Writes `bytes` to `path` atomically.
     public static func write(path: String, bytes: [UInt8]) throws {
         try write(path: path, chunks: [bytes])
@@ -23,28 +28,31 @@ public enum AtomicFile {
         let tmp = path + ".tmp-\(getpid())"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
-            throw FormatError("\(path): cannot create temporary file \(tmp): \(errnoString())")
+            throw FormatError("\(path): cannot create temporary file \(tmp): \(reason(errno)); the file was not replaced")
         }
         var ok = false
         defer {
             if !ok { unlink(tmp) }
         }
         do {
-            for chunk in chunks {
+            for (i, chunk) in chunks.enumerated() {
+                if i == chunks.count / 2 { pauseForTests() }
                 try chunk.withUnsafeBytes { raw in
-                    try writeAll(fd: fd, raw, path: tmp)
+                    try writeAll(fd: fd, raw, path: path)
                 }
             }
+            // Delayed allocation (ext4, XFS, NFS) can report a full disk only here or at close.
             guard fsync(fd) == 0 else {
-                throw FormatError("\(path): fsync of \(tmp) failed: \(errnoString())")
+                throw FormatError("\(path): fsync of \(tmp) failed: \(reason(errno)); the file was not replaced")
             }
         } catch {
             close(fd)
             throw error
         }
         guard close(fd) == 0 else {
-            throw FormatError("\(path): closing \(tmp) failed: \(errnoString())")
+            throw FormatError("\(path): closing \(tmp) failed: \(reason(errno)); the file was not replaced")
         }
+        pauseForTests()
         guard rename(tmp, path) == 0 else {
             throw FormatError("\(path): cannot rename \(tmp) into place: \(errnoString())")
         }
@@ -115,11 +123,50 @@ public enum AtomicFile {
             let n = sysWrite(fd, p, left)
             if n < 0 {
                 if errno == EINTR { continue }
-                throw FormatError("\(path): write failed: \(errnoString())")
+                throw FormatError("\(path): write failed: \(reason(errno)); the file was not replaced")
             }
             p += n
             left -= n
         }
+    }
+
+    /// strerror, plus what it usually means for a writer whose output no longer fits.
+    static func reason(_ err: Int32) -> String {
+        let text = String(cString: strerror(err))
+        switch err {
+        case ENOSPC: return text + " (the disk is full)"
+        case EDQUOT: return text + " (the disk quota is used up)"
+        case EFBIG: return text + " (the file-size limit, ulimit -f, was reached)"
+        default: return text
+        }
+    }
+
+    private static func pauseForTests() {
+        guard testPause > 0 else { return }
+        var left = timespec(tv_sec: Int(testPause), tv_nsec: Int((testPause - testPause.rounded(.down)) * 1e9))
+        var rest = timespec()
+        while nanosleep(&left, &rest) != 0 && errno == EINTR { left = rest }
+    }
+
+    /// Removes the temporary files (`NAME.tmp-PID`) that writers killed mid-write left in `directory`: those
+    /// whose process no longer exists. A file of a live process (a concurrent writer) is left alone.
+    /// Returns the names removed.
+    @discardableResult
+    public static func removeStaleTemporaries(in directory: String) -> [String] {
+        guard let dir = opendir(directory) else { return [] }
+        defer { closedir(dir) }
+        var removed: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            guard let dash = name.lastIndex(of: "-"), name[..<dash].hasSuffix(".tmp"), name[..<dash].count > 4,
+                  let pid = pid_t(name[name.index(after: dash)...]), pid > 0 else { continue }
+            // kill(pid, 0) probes without signalling; only ESRCH proves the writer is gone.
+            guard kill(pid, 0) != 0 && errno == ESRCH else { continue }
+            if unlink(directory + "/" + name) == 0 { removed.append(name) }
+        }
+        return removed.sorted()
     }
 
     static func directoryName(of path: String) -> String {

@@ -18,13 +18,16 @@ public struct Toy2DExperiment {
         self.steps = steps
     }
 
-    /// Trains, calling `onStep` after every step. The data stream is seeded apart from the model's randomness.
+    /// Trains, calling `onStep` after every step; ends early after a step that the `stop` fault policy
+    /// stopped. The data stream is seeded apart from the model's randomness.
     public func train(onStep: (StepStats) -> Void = { _ in }) -> Trainer<MLPFlowMap> {
         let trainer = Trainer(network: network, config: config)
         var dataRNG = RandomGenerator(seed: config.seed).split(3)
         for _ in 0..<steps {
             let x0 = Tensor(distribution.sample(config.batch, rng: &dataRNG), shape: [config.batch, 2])
-            onStep(trainer.train(x0: x0))
+            let stats = trainer.train(x0: x0)
+            onStep(stats)
+            if stats.stopped { break }
         }
         return trainer
     }

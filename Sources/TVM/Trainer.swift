@@ -47,6 +47,8 @@ public struct TrainConfig {
     public var evalEMA: EMASchedule = .power(gamma: 7, max: 0.9999)
     public var guidance = GuidanceConfig.unconditional
     public var seed: UInt64 = 0
+    /// How NaN/Inf values, loss spikes and exploding gradients are detected and handled.
+    public var faults = FaultDetection()
     public init() {}
 }
 
@@ -58,8 +60,12 @@ public struct StepStats {
     public var flowMatching: Double?
     public var gradNorm: Double
     public var nanRows: Int
-    /// The gradient was not finite, so the step changed no weights, optimizer state or EMA.
+    /// The step changed no weights, optimizer state or EMA (a fault that the policy rejects).
     public var skipped: Bool
+    /// The fault that decided what this step did, if any.
+    public var fault: NumericalFault?
+    /// The policy is `stop` and this step found a fault: the caller should end the run.
+    public var stopped: Bool { fault?.action == .stopped }
 }
 
 /// Student, EMA target (the TVM teacher), evaluation EMA and optimizer of one run.
@@ -72,6 +78,8 @@ public final class Trainer<Net: FlowMapNetwork> {
     public let optimizer: AdamW
     public var rng: RandomGenerator
     public private(set) var step = 0
+    /// The fault checks' history; a checkpoint saves and restores it with the rest of the state.
+    public var faultMonitor: FaultMonitor
     let tvm: TVMObjective
 
     public init(network: Net, config: TrainConfig, on device: Device = .default) {
@@ -85,6 +93,7 @@ public final class Trainer<Net: FlowMapNetwork> {
                           weightDecay: config.weightDecay, maxGradNorm: config.maxGradNorm)
         rng = RandomGenerator(seed: config.seed).split(2)
         tvm = TVMObjective(guidance: config.guidance)
+        faultMonitor = FaultMonitor(detection: config.faults)
     }
 
     /// One step on a batch: loss, gradients (through the JVP for TVM), AdamW, then both EMAs.
@@ -98,7 +107,8 @@ public final class Trainer<Net: FlowMapNetwork> {
             let terms = tvm.terms(network: net, student: leaves, teacher: teacher, x0: x0, cond: cond, rng: &rng)
             loss = terms.mean
             figures = withoutGrad {
-                [terms.terminal.mean(), terms.flowMatching.mean(), Double(terms.finiteRows.count) - terms.finiteRows.sum()]
+                [terms.terminal.mean(), terms.flowMatching.mean(), Double(terms.finiteRows.count) - terms.finiteRows.sum(),
+                 nonFiniteCount(terms.terminal), nonFiniteCount(terms.flowMatching)]
             }
         case .meanFlow:
             loss = MeanFlowObjective().loss(network: net, params: leaves, x0: x0, rng: &rng)
@@ -108,18 +118,26 @@ public final class Trainer<Net: FlowMapNetwork> {
         let grads = gradients(of: loss, wrt: leaves.all)
         let norm = globalNorm(grads)
         step += 1
-        // A NaN or infinite gradient (a bad batch: zeroing its loss rows does not stop 0 * NaN in backward)
-        // would poison the weights, Adam's moments and both EMAs for good: such a step updates nothing.
-        let skipped = !norm.isFinite
+        // The checks need the figures before the update; they come from the device in one read.
+        let dataFigures = withoutGrad { [nonFiniteCount(x0), x0.max(), x0.affine(-1, 0).max()] }
+        let values = concat(([loss] + dataFigures + figures).map { $0.detached().reshaped([1]) }, axis: 0).doubles
+        let tvmTerms = !figures.isEmpty
+        let measured = StepFigures(loss: values[0], terminal: tvmTerms ? values[4] : nil, flowMatching: tvmTerms ? values[5] : nil,
+                                   gradNorm: norm, rows: x0.shape[0], nonFiniteRows: tvmTerms ? Int(values[6]) : 0,
+                                   nonFiniteTerminalRows: tvmTerms ? Int(values[7]) : 0,
+                                   nonFiniteFlowMatchingRows: tvmTerms ? Int(values[8]) : 0, nonFiniteData: Int(values[1]),
+                                   dataMagnitude: Swift.max(values[2], values[3]))
+        let fault = faultMonitor.inspect(measured, step: step)
+        // A rejected step (a NaN gradient, a spike) would reach the weights, Adam's moments and both EMAs for
+        // good: it updates nothing. Only zeroed rows with an otherwise finite step train, as officially.
+        let skipped = fault.map { $0.action != .zeroedRows } ?? false
         if !skipped {
             optimizer.update(student, grads: grads, norm: norm)
             emaUpdate(teacher, toward: student, decay: config.emaTargetDecay)
             emaUpdate(ema, toward: student, decay: config.evalEMA.decay(step: step))
         }
-        let values = concat(([loss] + figures).map { $0.detached().reshaped([1]) }, axis: 0).doubles
-        return StepStats(step: step, loss: values[0], terminal: figures.isEmpty ? nil : values[1],
-                         flowMatching: figures.isEmpty ? nil : values[2], gradNorm: norm,
-                         nanRows: figures.isEmpty ? 0 : Int(values[3]), skipped: skipped)
+        return StepStats(step: step, loss: measured.loss, terminal: measured.terminal, flowMatching: measured.flowMatching,
+                         gradNorm: norm, nanRows: measured.nonFiniteRows, skipped: skipped, fault: fault)
     }
 
     /// Continues a checkpointed run: copies the saved values into the student, teacher and EMA sets (same

@@ -84,6 +84,8 @@ public struct TrainingCheckpoint {
     public var optimizerStep: Int
     public var rng: RandomGenerator
     public var samplerState: String
+    /// The fault checks' history (`FaultMonitor.state`); nil in checkpoints written before it was saved.
+    public var faultMonitorState: String?
     public var model: DiTConfig
     public var training: JSONValue
     /// The sets read or to be written; `read(parts:)` can leave some out (empty sets).
@@ -94,6 +96,7 @@ public struct TrainingCheckpoint {
         optimizerStep = trainer.optimizer.step
         rng = trainer.rng
         self.samplerState = samplerState.text
+        faultMonitorState = trainer.faultMonitor.state
         model = trainer.net.config
         self.training = training
         sets = [.student: trainer.student, .teacher: trainer.teacher, .ema: trainer.ema,
@@ -118,7 +121,7 @@ public struct TrainingCheckpoint {
             ("sampler_state", samplerState),
             ("model_config", model.json.serialized()), ("training_config", training.serialized()),
             ("data_crc32", "\(crc)"),
-        ]
+        ] + (faultMonitorState.map { [("fault_monitor", $0)] } ?? [])
         do {
             try SafetensorsFile(metadata: metadata, tensors: tensors).write(path: path)
         } catch let e as FormatError {
@@ -171,18 +174,24 @@ public struct TrainingCheckpoint {
         for part in parts {
             sets[part] = try net.parameters(from: file, prefix: part.prefix, source: path, on: device)
         }
+        let monitor = file.metadata("fault_monitor")
+        if let monitor, FaultMonitor(detection: FaultDetection(), state: monitor) == nil {
+            throw fail("invalid metadata \"fault_monitor\"")
+        }
         return TrainingCheckpoint(step: try int("step", Int.self), optimizerStep: try int("optimizer_step", Int.self),
                                   rng: RandomGenerator(seed: try int("rng_seed", UInt64.self),
                                                        offset: try int("rng_offset", UInt64.self)),
-                                  samplerState: samplerState, model: model, training: training, sets: sets)
+                                  samplerState: samplerState, faultMonitorState: monitor, model: model, training: training,
+                                  sets: sets)
     }
 
-    init(step: Int, optimizerStep: Int, rng: RandomGenerator, samplerState: String, model: DiTConfig,
-         training: JSONValue, sets: [Part: ParameterSet]) {
+    init(step: Int, optimizerStep: Int, rng: RandomGenerator, samplerState: String, faultMonitorState: String?,
+         model: DiTConfig, training: JSONValue, sets: [Part: ParameterSet]) {
         self.step = step
         self.optimizerStep = optimizerStep
         self.rng = rng
         self.samplerState = samplerState
+        self.faultMonitorState = faultMonitorState
         self.model = model
         self.training = training
         self.sets = sets
@@ -208,5 +217,9 @@ public struct TrainingCheckpoint {
         }
         trainer.restore(step: step, rng: rng, student: self[.student], teacher: self[.teacher], ema: self[.ema],
                         optimizerStep: optimizerStep, m: self[.adamM], v: self[.adamV])
+        // The history under this run's detection settings (read() has checked that the text parses).
+        let detection = trainer.config.faults
+        trainer.faultMonitor = faultMonitorState.flatMap { FaultMonitor(detection: detection, state: $0) }
+            ?? FaultMonitor(detection: detection)
     }
 }

@@ -1,5 +1,6 @@
 import XCTest
 import Foundation
+import Formats
 
 /// Runs the `tvm` binary that SwiftPM built next to the test bundle, as a user would.
 class CLITestCase: XCTestCase {
@@ -13,9 +14,11 @@ class CLITestCase: XCTestCase {
         return "tvm"
     }
 
-    func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+    /// Runs `tvm` (or `executable`, e.g. a shell that sets a limit first) to the end. A process killed by a
+    /// signal (a crash) gets status 128 + the signal number, as a shell reports it.
+    func run(_ args: [String], executable: String? = nil) throws -> (status: Int32, out: String, err: String) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
+        p.executableURL = URL(fileURLWithPath: executable ?? binary)
         p.arguments = args
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
@@ -23,13 +26,31 @@ class CLITestCase: XCTestCase {
         try p.run()
         let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        let status = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
+        return (status, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
     }
 
     func temporaryDirectory() throws -> String {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tvm-cli-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         return dir
+    }
+
+    /// 12 images 1x8x8 in [-1, 1] and labels 0, 1, 2 (3 classes) in `dir`; returns the `tvm train` options
+    /// of a tiny CPU run on them (a DiT of about 50k parameters: a step takes milliseconds).
+    func makeData(_ dir: String) throws -> [String] {
+        let n = 12
+        let images = (0..<(n * 64)).map { Float(($0 * 37) % 255) / 127.5 - 1 }
+        try NPYArray.write(path: dir + "/x.npy", shape: [n, 8, 8], floats: images)
+        try NPYArray.write(path: dir + "/y.npy", shape: [n], floats: (0..<n).map { Float($0 % 3) })
+        return ["--device", "cpu", "--data", dir + "/x.npy", "--labels", dir + "/y.npy", "--hidden", "32", "--depth", "1",
+                "--heads", "2", "--patch", "2", "--batch", "5", "--flip", "--cfg-range", "1,3"]
+    }
+
+    func losses(_ path: String) throws -> [Double] {
+        try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
+            try XCTUnwrap(JSONValue.parse(String($0))["loss"]?.double)
+        }
     }
 
     /// One line, starting with "error:", non-zero exit, nothing that looks like a crash.

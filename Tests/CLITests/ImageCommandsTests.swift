@@ -4,22 +4,6 @@ import Formats
 
 /// `tvm train` on images and `tvm sample`, run as the built binary on a tiny synthetic NPY data set.
 final class ImageCommandsTests: CLITestCase {
-    /// 12 images 1x8x8 in [-1, 1] and labels 0, 1, 2 (3 classes).
-    func makeData(_ dir: String) throws -> [String] {
-        let n = 12
-        let images = (0..<(n * 64)).map { Float(($0 * 37) % 255) / 127.5 - 1 }
-        try NPYArray.write(path: dir + "/x.npy", shape: [n, 8, 8], floats: images)
-        try NPYArray.write(path: dir + "/y.npy", shape: [n], floats: (0..<n).map { Float($0 % 3) })
-        return ["--device", "cpu", "--data", dir + "/x.npy", "--labels", dir + "/y.npy", "--hidden", "32", "--depth", "1",
-                "--heads", "2", "--patch", "2", "--batch", "5", "--flip", "--cfg-range", "1,3"]
-    }
-
-    func losses(_ path: String) throws -> [Double] {
-        try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
-            try XCTUnwrap(JSONValue.parse(String($0))["loss"]?.double)
-        }
-    }
-
     func testImageTrainingWritesGridsMetricsAndCheckpointAndResumesExactly() throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }

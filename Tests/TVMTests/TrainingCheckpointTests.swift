@@ -84,6 +84,8 @@ final class TrainingCheckpointTests: XCTestCase {
         assertSameValues(second.ema, full.ema, "ema")
         assertSameValues(second.optimizer.m, full.optimizer.m, "adam m")
         assertSameValues(second.optimizer.v, full.optimizer.v, "adam v")
+        XCTAssertEqual(second.faultMonitor, full.faultMonitor, "the fault checks' history")
+        XCTAssertEqual(second.faultMonitor.seen, 6)
     }
 
     func testDamagedOrForeignCheckpointsAreRefusedWithOneLine() throws {
