@@ -4,7 +4,9 @@ import Glibc
 
 /// Terminal output: messages to stderr, results to stdout, and a one-line progress bar.
 enum Console {
-    static func info(_ s: String) { fputs(s + "\n", stderr) }
+    /// Set in the ranks other than 0 of a data-parallel run: one process speaks for the run.
+    nonisolated(unsafe) static var quiet = false
+    static func info(_ s: String) { if !quiet { fputs(s + "\n", stderr) } }
     static func out(_ s: String) { print(s) }
 }
 
@@ -51,6 +53,7 @@ final class ProgressBar {
     }
 
     func update(step: Int, loss: Double, extra: String = "") {
+        guard !Console.quiet else { return }
         let t = now()
         let interval = tty ? 0.2 : 10
         guard step == total || t - lastDraw >= interval else { return }

@@ -43,6 +43,7 @@ let helpTexts: [String: String] = [
       Exact 2-Wasserstein distance between two equal-size point sets (CSV, one point per line, or NPY [n, d]).
     """,
 ].merging(referenceCheckHelp) { own, _ in own }.merging(imageHelpTexts) { own, _ in own }
+    .merging(distributedHelpTexts) { own, _ in own }
 
 struct ToyRunResult {
     var method: Method

@@ -1,5 +1,6 @@
 import TensorCore
 import NN
+import Distributed
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -73,6 +74,11 @@ public final class Trainer<Net: FlowMapNetwork> {
     public var rng: RandomGenerator
     public private(set) var step = 0
     let tvm: TVMObjective
+    /// Data-parallel training (TVM only): `train` then gets the whole global batch, evaluates this rank's rows of
+    /// it and averages the gradients and logged figures across ranks (nil: this process trains alone).
+    public var parallel: DataParallel? {
+        didSet { precondition(parallel == nil || config.method == .tvm, "data-parallel training supports TVM only") }
+    }
 
     public init(network: Net, config: TrainConfig, on device: Device = .default) {
         net = network
@@ -95,7 +101,8 @@ public final class Trainer<Net: FlowMapNetwork> {
         var figures: [Tensor] = []
         switch config.method {
         case .tvm:
-            let terms = tvm.terms(network: net, student: leaves, teacher: teacher, x0: x0, cond: cond, rng: &rng)
+            let terms = tvm.terms(network: net, student: leaves, teacher: teacher, x0: x0, cond: cond, rng: &rng,
+                                  rows: parallel?.rows(ofBatch: x0.shape[0]))
             loss = terms.mean
             figures = withoutGrad {
                 [terms.terminal.mean(), terms.flowMatching.mean(), Double(terms.finiteRows.count) - terms.finiteRows.sum()]
@@ -105,7 +112,7 @@ public final class Trainer<Net: FlowMapNetwork> {
         case .flowMatching:
             loss = FlowMatchingObjective().loss(network: net, params: leaves, x0: x0, rng: &rng)
         }
-        let grads = gradients(of: loss, wrt: leaves.all)
+        let grads = parallel?.averagedGradients(of: loss, wrt: leaves.all) ?? gradients(of: loss, wrt: leaves.all)
         let norm = globalNorm(grads)
         step += 1
         // A NaN or infinite gradient (a bad batch: zeroing its loss rows does not stop 0 * NaN in backward)
@@ -116,7 +123,12 @@ public final class Trainer<Net: FlowMapNetwork> {
             emaUpdate(teacher, toward: student, decay: config.emaTargetDecay)
             emaUpdate(ema, toward: student, decay: config.evalEMA.decay(step: step))
         }
-        let values = concat(([loss] + figures).map { $0.detached().reshaped([1]) }, axis: 0).doubles
+        var values = concat(([loss] + figures).map { $0.detached().reshaped([1]) }, axis: 0).doubles
+        if let parallel {
+            // Each rank's figures cover an equal share of the batch: the means average, the NaN row count adds up.
+            values = parallel.averageAcrossRanks(values)
+            if values.count > 3 { values[3] *= Double(parallel.worldSize) }
+        }
         return StepStats(step: step, loss: values[0], terminal: figures.isEmpty ? nil : values[1],
                          flowMatching: figures.isEmpty ? nil : values[2], gradNorm: norm,
                          nanRows: figures.isEmpty ? 0 : Int(values[3]), skipped: skipped)
