@@ -52,9 +52,10 @@ final class NCCLLibrary {
         ncclGetLastError = try lib.symbol("ncclGetLastError")
     }
 
-    /// Opens libnccl.so.2: TVM_NCCL_LIB (the file or its folder) when set, else the linker's path and the CUDA
-    /// folders (TVM_CUDA_LIB_DIRS, CUDA_HOME, /usr/local/cuda), else the NCCL that pip installs with PyTorch
-    /// (site-packages/nvidia/*/lib in virtual environments, conda, /usr/local and ~/.local).
+    /// Opens libnccl.so.2: TVM_NCCL_LIB (the file or its folder) when set, else the first NCCL recent enough among
+    /// the linker's path and the CUDA folders (TVM_CUDA_LIB_DIRS, CUDA_HOME, /usr/local/cuda) and the NCCL that pip
+    /// installs with PyTorch (site-packages/nvidia/*/lib in virtual environments, conda, /usr/local and ~/.local):
+    /// a system NCCL older than 2.23 does not hide a newer one in a Python installation.
     static func load() throws -> NCCLLibrary {
         if let given = environment("TVM_NCCL_LIB") {
             var st = stat()
@@ -64,11 +65,19 @@ final class NCCLLibrary {
             }
             return try NCCLLibrary(DynamicLibrary(handle: h, path: path))
         }
-        let (lib, errors) = DynamicLibrary.open(["libnccl.so.2", "libnccl.so"])
-        if let lib { return try NCCLLibrary(lib) }
-        for path in wheelCandidates() {
-            if let h = dlopen(path, RTLD_NOW | RTLD_LOCAL) { return try NCCLLibrary(DynamicLibrary(handle: h, path: path)) }
+        var tooOld: Error?
+        func usable(_ lib: DynamicLibrary) -> NCCLLibrary? {
+            do { return try NCCLLibrary(lib) } catch {
+                tooOld = tooOld ?? error
+                return nil
+            }
         }
+        let (lib, errors) = DynamicLibrary.open(["libnccl.so.2", "libnccl.so"])
+        if let lib, let nccl = usable(lib) { return nccl }
+        for path in wheelCandidates() {
+            if let h = dlopen(path, RTLD_NOW | RTLD_LOCAL), let nccl = usable(DynamicLibrary(handle: h, path: path)) { return nccl }
+        }
+        if let tooOld { throw tooOld }
         throw CUDAError("NCCL (libnccl.so.2) not found on the linker path, in the CUDA folders or in a Python "
                         + "installation's site-packages/nvidia/*/lib; set TVM_NCCL_LIB to the file or its folder"
                         + (errors.isEmpty ? "" : " (dlopen: \(errors[0]))"))

@@ -266,7 +266,8 @@ public final class HostChannel {
             let n = Glibc.send(fd, buffer.baseAddress! + done, buffer.count - done, Int32(MSG_NOSIGNAL))
             if n < 0 {
                 if errno == EINTR { continue }
-                throw systemError("sending to rank \(peer) failed (did it exit?)")
+                if errno == EPIPE || errno == ECONNRESET { throw closed(peer) }
+                throw systemError("sending to rank \(peer) failed")
             }
             done += n
         }
@@ -278,11 +279,17 @@ public final class HostChannel {
             let n = recv(fd, buffer.baseAddress! + done, buffer.count - done, 0)
             if n < 0 {
                 if errno == EINTR { continue }
+                // A peer that closes with our data unread resets the connection instead of ending it.
+                if errno == ECONNRESET { throw closed(peer) }
                 throw systemError("receiving from rank \(peer) failed")
             }
-            if n == 0 { throw CommunicationError("rank \(peer) closed its connection (it exited or failed)") }
+            if n == 0 { throw closed(peer) }
             done += n
         }
+    }
+
+    static func closed(_ peer: Int) -> CommunicationError {
+        CommunicationError("rank \(peer) closed its connection (it exited or failed)")
     }
 
     static func systemError(_ what: String) -> CommunicationError {

@@ -127,7 +127,7 @@ public final class Trainer<Net: FlowMapNetwork> {
         if let parallel {
             // Each rank's figures cover an equal share of the batch: the means average, the NaN row count adds up.
             values = parallel.averageAcrossRanks(values)
-            if values.count > 3 { values[3] *= Double(parallel.worldSize) }
+            if values.count > 3 { values[3] = (values[3] * Double(parallel.worldSize)).rounded() }
         }
         return StepStats(step: step, loss: values[0], terminal: figures.isEmpty ? nil : values[1],
                          flowMatching: figures.isEmpty ? nil : values[2], gradNorm: norm,
