@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Layers, bottom to top: TensorCore (tensors, autodiff, CPU backend) -> NN (layers, DiT, optimizers)
-// -> TVM (the method) ; Formats (file readers/writers), Data, Eval beside them ; CLI on top.
+// -> TVM (the method) ; Formats (file readers/writers), Data, Eval beside them ; Distributed (communicators,
+// data-parallel gradients) under TVM ; CLI on top.
 let release: [SwiftSetting] = []
 
 let package = Package(
@@ -17,16 +18,19 @@ let package = Package(
         .target(name: "NN", dependencies: ["TensorCore", "Formats"], swiftSettings: release),
         .target(name: "Data", dependencies: ["TensorCore", "Formats"], swiftSettings: release),
         .target(name: "Eval", dependencies: ["TensorCore", "Formats", "Data"], swiftSettings: release),
-        .target(name: "TVM", dependencies: ["TensorCore", "NN", "Data", "Eval", "Formats"], swiftSettings: release),
-        .executableTarget(name: "CLI", dependencies: ["TensorCore", "CUDABackend", "NN", "TVM", "Data", "Eval", "Formats"],
+        .target(name: "Distributed", dependencies: ["TensorCore"], swiftSettings: release),
+        .target(name: "TVM", dependencies: ["TensorCore", "NN", "Data", "Eval", "Formats", "Distributed"], swiftSettings: release),
+        .executableTarget(name: "CLI", dependencies: ["TensorCore", "CUDABackend", "NN", "TVM", "Data", "Eval", "Formats",
+                                                      "Distributed"],
                           swiftSettings: release),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
-        .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "TensorCore", "Eval"]),
+        .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "TensorCore", "Eval", "Distributed"]),
         .testTarget(name: "EvalTests", dependencies: ["Eval", "Data", "TensorCore", "Formats"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TensorCore", "Formats"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Formats"]),
         .testTarget(name: "TVMTests", dependencies: ["TVM", "NN", "TensorCore", "Data", "Eval", "Formats"]),
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TVM", "NN", "TensorCore", "Data"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -7,8 +7,11 @@ enum Console {
     /// A note about the setup (the CPU fallback of --device auto), held back until the command prints
     /// anything: a command refused for bad input then prints only its one error line.
     nonisolated(unsafe) static var pendingNote: String?
+    /// Set in the ranks other than 0 of a data-parallel run: one process speaks for the run.
+    nonisolated(unsafe) static var quiet = false
 
     static func info(_ s: String) {
+        guard !quiet else { return }
         flushNote()
         fputs(s + "\n", stderr)
     }
@@ -21,7 +24,7 @@ enum Console {
     static func flushNote() {
         guard let note = pendingNote else { return }
         pendingNote = nil
-        fputs(note + "\n", stderr)
+        if !quiet { fputs(note + "\n", stderr) }
     }
 }
 
@@ -68,6 +71,7 @@ final class ProgressBar {
     }
 
     func update(step: Int, loss: Double, extra: String = "") {
+        guard !Console.quiet else { return }
         let t = now()
         let interval = tty ? 0.2 : 10
         guard step == total || t - lastDraw >= interval else { return }

@@ -39,14 +39,14 @@ func selectDevice(_ choice: DeviceChoice) throws {
         Device.default = .cpu
     case .cuda:
         do {
-            let cuda = try CUDABackend.load()
+            let cuda = try CUDABackend.load(device: try localGPUOrdinal())
             activeCUDA = cuda
             Device.default = cuda.device
         } catch {
             throw CLIError("--device cuda: \(error)")
         }
     case .auto:
-        if let cuda = try? CUDABackend.load() {
+        if let cuda = try? CUDABackend.load(device: try localGPUOrdinal()) {
             activeCUDA = cuda
             Device.default = cuda.device
         } else {

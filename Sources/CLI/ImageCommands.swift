@@ -28,6 +28,11 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   (same losses as an uninterrupted run); the model options must match the checkpoint's. Runs on a GPU when
   one is found (--device auto, the default for images), else on the CPU; --device cpu|cuda forces either.
   A run that cannot save its checkpoint (disk full) stops with one line; the previous checkpoint is intact.
+
+  Data-parallel (every rank draws the global batch's data and noise and evaluates its rows, so the results and
+  --resume do not depend on the number of ranks; rank 0 writes the files; replicas compared at every --every):
+\(LaunchPlan.help)
+  --bucket-mb X   gradients are averaged in buckets of X MB started during backward (default 25)
 """ + "\n" + faultHelp
 
 let imageHelpTexts: [String: String] = [
@@ -175,7 +180,7 @@ func runImageTrain(_ args: [String]) throws {
     let a = try Arguments(command: "train", args, options: ([
         "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
         "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
-        "sample-cfg", "method",
+        "sample-cfg", "method", "bucket-mb",
     ] as Set<String>).union(faultOptionNames), switches: ["no-scaled-param", "flip", "resume", "tf32"])
     try a.expectPositional(0, "no positional arguments")
     // TF32 matrix products and attention on the GPU (about 1e-3 relative instead of float32's 1e-6).
@@ -213,6 +218,13 @@ func runImageTrain(_ args: [String]) throws {
     let flip = a.has("flip")
     let dataName = a.string("data", default: "fashion-mnist")
 
+    // Closed where every rank ends together; a rank that fails just exits (closing NCCL waits for the others).
+    let session = try DistributedSession.start(bucketMB: try a.double("bucket-mb", default: 25, range: 1e-6...65536))
+    if let session, config.batch % session.worldSize != 0 {
+        throw CLIError("--batch \(config.batch) must be divisible by the \(session.worldSize) ranks", usage: true)
+    }
+    // In a data-parallel run rank 0 alone reads the checkpoint and writes files; the others get its state.
+    let isRoot = session?.isRoot ?? true
     let data = try loadImageData(a)
     let model = try imageModelConfig(a, data: data)
     let baseName = dataName.split(separator: "/").last.map(String.init) ?? "images"
@@ -230,10 +242,11 @@ func runImageTrain(_ args: [String]) throws {
     }
     let net = try dataError { try DiT(model) }
     let trainer = Trainer(network: net, config: config)
+    trainer.parallel = session?.parallel
     var sampler = BatchSampler(count: data.count, seed: config.seed &+ 0x5EED)
     var resumedTraining: JSONValue?
     var savedStep: Int?
-    if a.has("resume") {
+    if a.has("resume") && isRoot {
         guard fileExists(checkpointPath) else { throw CLIError("--resume: no checkpoint at \(checkpointPath)") }
         let ck = try dataError { try TrainingCheckpoint.read(path: checkpointPath, expecting: model) }
         try dataError {
@@ -244,11 +257,13 @@ func runImageTrain(_ args: [String]) throws {
         Console.info("resumed from \(checkpointPath) at step \(ck.step)")
         savedStep = ck.step
         resumedTraining = ck.training
-    } else if fileExists(metricsPath) {
+    } else if isRoot && fileExists(metricsPath) {
         try truncateLog(metricsPath, atStep: 0)
     }
+    try session?.synchronize(trainer, sampler: &sampler)
     if trainer.step >= steps {
         Console.info("already at step \(trainer.step) of \(steps); nothing to do")
+        session?.close()
         return
     }
 
@@ -299,6 +314,8 @@ func runImageTrain(_ args: [String]) throws {
     }
     // The checkpoint first: if the disk is full, the state matters more than the pictures.
     func snapshot() throws {
+        try session?.checkReplicas(trainer, sampler: sampler)
+        guard isRoot else { return }
         do {
             try TrainingCheckpoint(trainer: trainer, samplerState: sampler.state, training: trainingJSON).write(path: checkpointPath)
         } catch let e as ModelError {
@@ -317,13 +334,15 @@ func runImageTrain(_ args: [String]) throws {
     let (total, trainable) = net.parameterCount
     Console.info("TVM on \(dataName): \(data.count) images \(data.channels)x\(data.height)x\(data.width), \(data.classes) classes; "
         + "DiT patch \(model.patch) hidden \(model.hidden) depth \(model.depth) heads \(model.heads) (\(trainable) trainable of \(total)); "
-        + "batch \(config.batch), lr \(config.lr), cfg \(scaleText); \(deviceDescription())")
-    let log = try LineWriter(path: metricsPath, append: true)
+        + "batch \(config.batch), lr \(config.lr), cfg \(scaleText); \(deviceDescription())"
+        + (session.map { "; " + $0.description } ?? ""))
+    let log = isRoot ? try LineWriter(path: metricsPath, append: true) : nil
     let startStep = trainer.step
     let bar = ProgressBar("TVM".padding(6), total: steps == Int.max ? 0 : steps)
     var lastSnapshot = -1
     while trainer.step < steps {
-        if let budget, bar.elapsed >= budget { break }
+        // The ranks stop together (each has its own clock).
+        if let budget, session?.parallel.anyRank(bar.elapsed >= budget) ?? (bar.elapsed >= budget) { break }
         let stats = imageTrainingStep(trainer, data: data, sampler: &sampler, flip: flip)
         let elapsed = bar.elapsed
         let rate = Double(stats.step - startStep) / max(elapsed, 1e-9)
@@ -337,7 +356,7 @@ func runImageTrain(_ args: [String]) throws {
         if stats.nanRows > 0 { fields.append(("nan_rows", .number(Double(stats.nanRows)))) }
         if stats.skipped { fields.append(("skipped", .bool(true))) }
         if let fault = stats.fault { fields.append(("fault", .string(fault.description))) }
-        try log.write(JSONValue.object(fields).serialized())
+        try log?.write(JSONValue.object(fields).serialized())
         if let fault = stats.fault {
             guard !stats.stopped else { throw CLIError("\(fault) (--on-fault stop); \(kept())") }
             Console.info(fault.description)
@@ -348,6 +367,7 @@ func runImageTrain(_ args: [String]) throws {
         }
     }
     if lastSnapshot != trainer.step && trainer.step > startStep { try snapshot() }
+    session?.close()
     Console.info("step \(trainer.step): wrote \(metricsPath), \(checkpointPath)\(written.isEmpty ? "" : " and \(written.count) sample grids (last \(written.last!))")")
 }
 

@@ -45,6 +45,7 @@ let helpTexts: [String: String] = [
     """,
 ].merging(referenceCheckHelp) { own, _ in own }.merging(imageHelpTexts) { own, _ in own }
     .merging(fidHelpTexts) { own, _ in own }
+    .merging(distributedHelpTexts) { own, _ in own }
 
 struct ToyRunResult {
     var method: Method

@@ -11,6 +11,7 @@ let commands: [(name: String, summary: String, run: ([String]) throws -> Void)] 
     ("fid", "Frechet Inception Distance between generated images and a data set (Inception-v3 run here)", runFID),
     ("bench", "time training steps and kernels (toy: the CPU TVM step on 2-D data)", runBench),
     ("reference-check", "compare DiT, TVM loss, gradients and samples with an official reference file", runReferenceCheck),
+    ("dist-check", "check data-parallel training across processes: broadcast, averaged gradients, replicas", runDistCheck),
 ]
 
 func usage() -> String {
@@ -63,12 +64,19 @@ func defaultDevice(_ command: String, _ args: [String]) -> DeviceChoice {
     }
     return deviceDefaults[command] ?? .auto
 }
+// In a data-parallel run, rank 0 speaks for all: the others print only their own failures (a usage error is the
+// same on every rank, so rank 0's line is enough).
+Console.quiet = (getenv("RANK").flatMap { Int(String(cString: $0)) } ?? 0) != 0
 do {
     var rest = Array(argv.dropFirst())
-    try selectDevice(try extractDevice(&rest, fallback: defaultDevice(name, rest)))
+    let device = try extractDevice(&rest, fallback: defaultDevice(name, rest))
+    // --gpus N / --procs N: this process only starts and watches the ranks.
+    if let plan = try LaunchPlan.extract(&rest, command: name, device: device) { exit(try plan.run(command: name, args: rest)) }
+    startLauncherWatchdog()
+    try selectDevice(device)
     try command.run(rest)
 } catch let e as CLIError {
-    fputs("error: \(e.description)\n", stderr)
+    if !(e.usage && Console.quiet) { fputs("error: \(e.description)\n", stderr) }
     exit(e.usage ? 2 : 1)
 } catch {
     fputs("error: \(error)\n", stderr)

@@ -46,6 +46,8 @@ final class Driver {
     let cuEventSynchronize: @convention(c) (Handle?) -> Result
     let cuEventElapsedTime: @convention(c) (UnsafeMutablePointer<Float>, Handle?, Handle?) -> Result
     let cuEventDestroy: @convention(c) (Handle?) -> Result
+    /// Makes a stream wait for an event recorded on another (NCCL's stream and the compute stream).
+    let cuStreamWaitEvent: @convention(c) (Handle?, Handle?, UInt32) -> Result
     /// Blocks of a kernel that fit on one multiprocessor (for the resource report; optional).
     let cuOccupancyMaxActiveBlocksPerMultiprocessor: (@convention(c) (UnsafeMutablePointer<Int32>, Handle?, Int32, Int) -> Result)?
 
@@ -101,6 +103,7 @@ final class Driver {
         cuEventElapsedTime = try lib.optionalSymbol("cuEventElapsedTime_v2")
             ?? lib.symbol("cuEventElapsedTime")
         cuEventDestroy = try lib.symbol("cuEventDestroy_v2")
+        cuStreamWaitEvent = try lib.symbol("cuStreamWaitEvent")
         cuOccupancyMaxActiveBlocksPerMultiprocessor = lib.optionalSymbol("cuOccupancyMaxActiveBlocksPerMultiprocessor")
     }
 

@@ -83,16 +83,20 @@ public struct TVMObjective {
                      flowMapDerivative: dfds, finiteRows: finite)
     }
 
-    /// Draws times and noise for a batch of data and evaluates the loss.
+    /// Draws times and noise for a batch of data and evaluates the loss, on `rows` of the batch only when given
+    /// (one process's share in data-parallel training): the draws are made for the whole batch and then cut, so
+    /// that a row's noise and times do not depend on how the batch is split across processes.
     public func terms(network net: some FlowMapNetwork, student: ParameterSet, teacher: ParameterSet,
-                      x0: Tensor, cond: Conditioning, rng: inout RandomGenerator) -> Terms {
+                      x0: Tensor, cond: Conditioning, rng: inout RandomGenerator, rows: Range<Int>? = nil) -> Terms {
         let B = x0.shape[0], dev = x0.device
         let times = timeSampler.sample(B, rng: &rng)
         let noise = Tensor.randomNormal(x0.shape, rng: &rng, on: dev)
-        return terms(network: net, student: student, teacher: teacher, x0: x0, noise: noise,
-                     t: Tensor(times.t, shape: [B], dtype: .float32, on: dev),
-                     s: Tensor(times.s, shape: [B], dtype: .float32, on: dev),
-                     sPrime: Tensor(times.sPrime, shape: [B], dtype: .float32, on: dev), cond: cond)
+        let r = rows ?? 0..<B
+        func cut(_ x: Tensor) -> Tensor { x.slice(axis: 0, start: r.lowerBound, length: r.count) }
+        func column(_ v: [Double]) -> Tensor { Tensor(Array(v[r]), shape: [r.count], dtype: .float32, on: dev) }
+        return terms(network: net, student: student, teacher: teacher, x0: cut(x0), noise: cut(noise),
+                     t: column(times.t), s: column(times.s), sPrime: column(times.sPrime),
+                     cond: Conditioning(classes: cond.classes.map(cut), beta: cond.beta.map(cut)))
     }
 }
 

@@ -1,5 +1,6 @@
 import TensorCore
 import NN
+import Distributed
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -81,6 +82,11 @@ public final class Trainer<Net: FlowMapNetwork> {
     /// The fault checks' history; a checkpoint saves and restores it with the rest of the state.
     public var faultMonitor: FaultMonitor
     let tvm: TVMObjective
+    /// Data-parallel training (TVM only): `train` then gets the whole global batch, evaluates this rank's rows of
+    /// it and averages the gradients and logged figures across ranks (nil: this process trains alone).
+    public var parallel: DataParallel? {
+        didSet { precondition(parallel == nil || config.method == .tvm, "data-parallel training supports TVM only") }
+    }
 
     public init(network: Net, config: TrainConfig, on device: Device = .default) {
         net = network
@@ -104,7 +110,8 @@ public final class Trainer<Net: FlowMapNetwork> {
         var figures: [Tensor] = []
         switch config.method {
         case .tvm:
-            let terms = tvm.terms(network: net, student: leaves, teacher: teacher, x0: x0, cond: cond, rng: &rng)
+            let terms = tvm.terms(network: net, student: leaves, teacher: teacher, x0: x0, cond: cond, rng: &rng,
+                                  rows: parallel?.rows(ofBatch: x0.shape[0]))
             loss = terms.mean
             figures = withoutGrad {
                 [terms.terminal.mean(), terms.flowMatching.mean(), Double(terms.finiteRows.count) - terms.finiteRows.sum(),
@@ -115,13 +122,20 @@ public final class Trainer<Net: FlowMapNetwork> {
         case .flowMatching:
             loss = FlowMatchingObjective().loss(network: net, params: leaves, x0: x0, cond: cond, rng: &rng)
         }
-        let grads = gradients(of: loss, wrt: leaves.all)
+        let grads = parallel?.averagedGradients(of: loss, wrt: leaves.all) ?? gradients(of: loss, wrt: leaves.all)
         let norm = globalNorm(grads)
         step += 1
         // The checks need the figures before the update; they come from the device in one read.
         let dataFigures = withoutGrad { [nonFiniteCount(x0), x0.max(), x0.affine(-1, 0).max()] }
-        let values = concat(([loss] + dataFigures + figures).map { $0.detached().reshaped([1]) }, axis: 0).doubles
+        var values = concat(([loss] + dataFigures + figures).map { $0.detached().reshaped([1]) }, axis: 0).doubles
         let tvmTerms = !figures.isEmpty
+        if let parallel {
+            // Every rank judges the step on the same figures. Each rank's loss and terms cover an equal share of
+            // the batch, so their means average and the non-finite row counts (6-8) add up; the data figures
+            // (1-3) describe the whole global batch, which every rank holds.
+            values = parallel.averageAcrossRanks(values)
+            for i in 6..<values.count { values[i] = (values[i] * Double(parallel.worldSize)).rounded() }
+        }
         let measured = StepFigures(loss: values[0], terminal: tvmTerms ? values[4] : nil, flowMatching: tvmTerms ? values[5] : nil,
                                    gradNorm: norm, rows: x0.shape[0], nonFiniteRows: tvmTerms ? Int(values[6]) : 0,
                                    nonFiniteTerminalRows: tvmTerms ? Int(values[7]) : 0,

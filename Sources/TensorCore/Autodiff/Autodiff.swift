@@ -144,7 +144,13 @@ public func jvp(_ f: ([Tensor]) -> [Tensor], primals: [Tensor], tangents: [Tenso
 /// Reverse mode: gradients of `output` (seeded with `seed`, default ones) with respect to each of `wrt`.
 /// A tensor that `output` does not depend on gets zeros. The graph is consumed (its saved tensors freed as
 /// backward proceeds) unless `retainGraph`.
-public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil, retainGraph: Bool = false) -> [Tensor] {
+///
+/// `ready(i, g)` is called once for each `wrt[i]` as soon as its gradient `g` is final (the same tensor that is
+/// returned), which for a leaf is right after the last node that uses it: data-parallel training starts
+/// averaging the last layers' gradients across processes while backward is still computing the first ones'.
+/// `g` may be shared with cotangents still flowing elsewhere in the graph, so `ready` must not write into it.
+public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil, retainGraph: Bool = false,
+                      ready: ((Int, Tensor) -> Void)? = nil) -> [Tensor] {
     let seed = seed ?? Tensor.ones(output.shape, dtype: output.dtype, on: output.device)
     var leafGrads: [ObjectIdentifier: Tensor] = [:]
     var slotGrads: [ObjectIdentifier: [Tensor?]] = [:]
@@ -169,12 +175,37 @@ public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil, ret
         }
     }
 
+    func final(_ w: Int) -> Tensor {
+        if case .leaf(let id)? = wrt[w].gradSource, let g = leafGrads[ObjectIdentifier(id)] { return g }
+        return results[w] ?? wrt[w].zerosLike()
+    }
+    let order = Array(topologicalOrder(from: output).reversed())
+    // With `ready`: the leaves of `wrt` that become final after each node (position in `order`), the rest at the end.
+    var readyAfter: [Int: [Int]] = [:]
+    if ready != nil {
+        var lastUse: [ObjectIdentifier: Int] = [:]
+        for (n, node) in order.enumerated() {
+            for input in node.inputs { if case .leaf(let id)? = input.gradSource { lastUse[ObjectIdentifier(id)] = n } }
+        }
+        for (w, t) in wrt.enumerated() {
+            guard case .leaf(let id)? = t.gradSource, let n = lastUse[ObjectIdentifier(id)] else { continue }
+            readyAfter[n, default: []].append(w)
+        }
+    }
+    var finals = [Tensor?](repeating: nil, count: wrt.count)
+
     withoutGrad {
         let savedSession = ForwardMode.session
         ForwardMode.session = nil
         defer { ForwardMode.session = savedSession }
         accumulate(output.gradSource, seed)
-        for node in topologicalOrder(from: output).reversed() {
+        for (n, node) in order.enumerated() {
+            defer {
+                for w in readyAfter[n] ?? [] {
+                    finals[w] = final(w)
+                    ready?(w, finals[w]!)
+                }
+            }
             let key = ObjectIdentifier(node)
             guard let slots = slotGrads.removeValue(forKey: key) else { continue }
             for (i, w) in wanted[key] ?? [] { results[w] = slots[i] }
@@ -189,9 +220,11 @@ public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil, ret
             if !retainGraph { node.release() }
         }
     }
-    return wrt.enumerated().map { w, t in
-        if case .leaf(let id)? = t.gradSource, let g = leafGrads[ObjectIdentifier(id)] { return g }
-        return results[w] ?? t.zerosLike()
+    return (0..<wrt.count).map { w in
+        if let g = finals[w] { return g }
+        let g = final(w)
+        ready?(w, g)
+        return g
     }
 }
 
