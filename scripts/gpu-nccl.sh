@@ -24,7 +24,7 @@ run)
     : > "$log"
     say() { echo "$*" | tee -a "$log"; }
     # A rank that waits forever (two ranks time-sharing one GPU through NCCL, say) must not take the lease along.
-    step() { say "== $*"; timeout 240 "$@" >> "$log" 2>&1; local rc=$?; say "exit $rc"; return $rc; }
+    step() { say "== $*"; timeout "${STEP_TIMEOUT:-240}" "$@" >> "$log" 2>&1; local rc=$?; say "exit $rc"; return $rc; }
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log"
     say "libnccl found: $(find /opt /usr -name 'libnccl.so*' 2>/dev/null | tr '\n' ' ')"
     step .device/tvm dist-check --gpus 1

@@ -57,7 +57,8 @@ func fmt(_ v: Double, _ digits: Int = 4) -> String {
     return s
 }
 
-/// step, loss, it/s and ETA on one line, redrawn at most 5 times a second (and plain lines when not a TTY).
+/// Progress on one stderr line, redrawn in place on a terminal at most 5 times a second (a plain line every 10 s
+/// otherwise): training steps with the loss, or images done.
 final class ProgressBar {
     let label: String
     let total: Int
@@ -70,21 +71,29 @@ final class ProgressBar {
         self.total = total
     }
 
+    /// "label [####....] step s/total loss L r it/s ETA".
     func update(step: Int, loss: Double, extra: String = "") {
+        redraw(step) { rate, eta in
+            let width = 24, filled = self.total > 0 ? width * step / self.total : width
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            return "\(self.label) [\(bar)] step \(step)/\(self.total) loss \(fmt(loss)) \(fmt(rate, 1)) it/s ETA \(eta)\(extra)"
+        }
+    }
+
+    /// "label: done/total images, r images/s, ETA".
+    func update(images done: Int) {
+        redraw(done) { rate, eta in "\(self.label): \(done)/\(self.total) images, \(fmt(rate, 1)) images/s, ETA \(eta)" }
+    }
+
+    private func redraw(_ done: Int, _ line: (_ rate: Double, _ eta: String) -> String) {
         guard !Console.quiet else { return }
         let t = now()
-        let interval = tty ? 0.2 : 10
-        guard step == total || t - lastDraw >= interval else { return }
+        guard done == total || t - lastDraw >= (tty ? 0.2 : 10) else { return }
         lastDraw = t
         Console.flushNote()
-        let elapsed = t - start
-        let rate = Double(step) / max(elapsed, 1e-9)
-        let eta = Double(total - step) / max(rate, 1e-9)
-        let width = 24, filled = total > 0 ? width * step / total : width
-        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-        let line = "\(label) [\(bar)] step \(step)/\(total) loss \(fmt(loss)) \(fmt(rate, 1)) it/s ETA \(formatDuration(eta))\(extra)"
-        if tty { fputs("\r\u{1B}[2K" + line, stderr) } else { fputs(line + "\n", stderr) }
-        if step == total && tty { fputs("\n", stderr) }
+        let rate = Double(done) / max(t - start, 1e-9)
+        let text = line(rate, formatDuration(Double(total - done) / max(rate, 1e-9)))
+        if tty { fputs("\r\u{1B}[2K" + text + (done == total ? "\n" : ""), stderr) } else { fputs(text + "\n", stderr) }
     }
 
     var elapsed: Double { now() - start }

@@ -11,20 +11,7 @@ nonisolated(unsafe) var activeCUDA: CUDABackend?
 
 /// Pulls `--device X` / `--device=X` out of `args`, or returns `fallback` when absent.
 func extractDevice(_ args: inout [String], fallback: DeviceChoice) throws -> DeviceChoice {
-    var choice: String?
-    var i = 0
-    while i < args.count {
-        if args[i] == "--device" {
-            guard i + 1 < args.count else { throw CLIError("--device needs a value: cuda, cpu or auto", usage: true) }
-            choice = args[i + 1]
-            args.removeSubrange(i...(i + 1))
-        } else if args[i].hasPrefix("--device=") {
-            choice = String(args[i].dropFirst("--device=".count))
-            args.remove(at: i)
-        } else {
-            i += 1
-        }
-    }
+    let choice = try extractOption(&args, "device")
     guard let choice else { return fallback }
     guard let d = DeviceChoice(rawValue: choice) else {
         throw CLIError("--device must be cuda, cpu or auto, got '\(choice)'", usage: true)

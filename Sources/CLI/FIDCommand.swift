@@ -127,29 +127,6 @@ func fnv1a64(_ s: String) -> String {
     return String(repeating: "0", count: 16 - hex.count) + hex
 }
 
-/// "label: done/total images, rate images/s, ETA" on stderr, redrawn in place on a terminal (at most 5 times a
-/// second), else a plain line every 10 seconds.
-final class ImageProgress {
-    let label: String, total: Int
-    let start = now()
-    var lastDraw = 0.0
-    let tty = isatty(2) != 0
-
-    init(_ label: String, total: Int) {
-        self.label = label
-        self.total = total
-    }
-
-    func update(_ done: Int) {
-        let t = now()
-        guard done == total || t - lastDraw >= (tty ? 0.2 : 10) else { return }
-        lastDraw = t
-        let rate = Double(done) / Swift.max(t - start, 1e-9)
-        let line = "\(label): \(done)/\(total) images, \(fmt(rate, 1)) images/s, ETA \(formatDuration(Double(total - done) / Swift.max(rate, 1e-9)))"
-        if tty { fputs("\r\u{1B}[2K" + line + (done == total ? "\n" : ""), stderr) } else { fputs(line + "\n", stderr) }
-    }
-}
-
 func runFID(_ args: [String]) throws {
     let a = try Arguments(command: "fid", args, options: ["dataset", "data-dir", "pad", "split", "limit", "weights", "batch",
                                                           "cache", "save-features"], switches: ["no-cache"])
@@ -205,8 +182,8 @@ func runFID(_ args: [String]) throws {
     let start = now()
     var imagesRun = 0
     if referenceStats == nil {
-        let progress = ImageProgress(datasetSpec, total: reference.count)
-        referenceStats = try fidError { try extractor.statistics(reference) { done, _ in progress.update(done) } }
+        let progress = ProgressBar(datasetSpec, total: reference.count)
+        referenceStats = try fidError { try extractor.statistics(reference) { done, _ in progress.update(images: done) } }
         imagesRun += reference.count
         if let cacheDir, let cachePath {
             do {
@@ -223,13 +200,13 @@ func runFID(_ args: [String]) throws {
         }
     }
 
-    let progress = ImageProgress(generatedPath, total: generated.count)
+    let progress = ProgressBar(generatedPath, total: generated.count)
     var saved: [Float] = []
     let keep = a.string("save-features") != nil
     let generatedStats = try fidError {
         try extractor.statistics(generated) { done, features in
             if keep { saved += features.floats }
-            progress.update(done)
+            progress.update(images: done)
         }
     }
     imagesRun += generated.count

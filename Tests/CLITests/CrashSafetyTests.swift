@@ -235,6 +235,25 @@ final class CrashSafetyTests: CLITestCase {
     /// The order that makes a checkpoint survive a power loss, as the kernel sees it: the temporary file is
     /// fsynced before it is renamed over the checkpoint, and the directory holding the rename is fsynced
     /// after. Needs strace (and ptrace permission); skips without.
+    /// strace -f splits a call that another thread interrupts into "PID call(args <unfinished ...>" and, later,
+    /// "PID <... call resumed>rest"; this puts each call back on one line (at the place it finished).
+    static func joinInterruptedCalls(_ lines: [String]) -> [String] {
+        var pending: [Substring: String] = [:]
+        var joined: [String] = []
+        for line in lines {
+            let pid = line.prefix { $0 != " " }
+            if line.hasSuffix(" <unfinished ...>") {
+                pending[pid] = String(line.dropLast(" <unfinished ...>".count))
+            } else if let start = pending[pid], let r = line.range(of: " resumed>") {
+                joined.append(start + line[r.upperBound...])
+                pending[pid] = nil
+            } else {
+                joined.append(line)
+            }
+        }
+        return joined
+    }
+
     func testCheckpointIsFsyncedBeforeTheRenameAndItsDirectoryAfter() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/strace") else { throw XCTSkip("strace is not installed") }
         let dir = try temporaryDirectory()
@@ -243,7 +262,7 @@ final class CrashSafetyTests: CLITestCase {
         let r = try run(["-f", "-e", "trace=openat,fsync,rename,renameat,renameat2", "-o", trace, binary, "train"]
                         + (try makeData(dir)) + ["--steps", "1", "--out", out], executable: "/usr/bin/strace")
         guard r.status == 0 else { throw XCTSkip("strace cannot trace here: \(r.err.prefix(200))") }
-        let lines = try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n").map(String.init)
+        let lines = Self.joinInterruptedCalls(try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n").map(String.init))
         let checkpoint = out + "/checkpoint.safetensors"
         func index(_ what: String, _ predicate: (String) -> Bool) throws -> Int {
             try XCTUnwrap(lines.firstIndex(where: predicate), "no \(what) in the trace:\n" + lines.joined(separator: "\n"))

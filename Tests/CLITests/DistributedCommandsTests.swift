@@ -5,7 +5,7 @@ import Formats
 /// Data-parallel training as a user starts it: `--procs N` on the CPU (sockets), `--gpus N` where a GPU is.
 final class DistributedCommandsTests: CLITestCase {
     /// 12 images 1x8x8 and labels 0, 1, 2; a batch of 6 splits over 1, 2 or 3 ranks.
-    func makeData(_ dir: String) throws -> [String] {
+    func makeParallelData(_ dir: String) throws -> [String] {
         let n = 12
         let images = (0..<(n * 64)).map { Float(($0 * 37) % 255) / 127.5 - 1 }
         try NPYArray.write(path: dir + "/x.npy", shape: [n, 8, 8], floats: images)
@@ -59,7 +59,7 @@ final class DistributedCommandsTests: CLITestCase {
     func testTwoProcessesTrainLikeOneAndResumeOnThree() throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let base = try makeData(dir) + ["--device", "cpu"]
+        let base = try makeParallelData(dir) + ["--device", "cpu"]
         var r = try run(["train"] + base + ["--steps", "4", "--every", "2", "--out", dir + "/one"])
         XCTAssertEqual(r.status, 0, r.err)
         r = try run(["train", "--procs", "2"] + base + ["--steps", "4", "--every", "2", "--out", dir + "/two"])
@@ -138,7 +138,7 @@ final class DistributedCommandsTests: CLITestCase {
     func startLongRun(_ dir: String) throws -> (Process, Pipe, [Int: Int32]) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = ["train", "--procs", "2"] + (try makeData(dir)) + ["--steps", "1000000", "--every", "1000000", "--out", dir + "/run"]
+        p.arguments = ["train", "--procs", "2"] + (try makeParallelData(dir)) + ["--steps", "1000000", "--every", "1000000", "--out", dir + "/run"]
         let err = Pipe()
         p.standardError = err
         p.standardOutput = FileHandle.nullDevice
