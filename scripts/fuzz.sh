@@ -162,6 +162,6 @@ case $cmd in
     fuzzer_env
     "$BUILD/bin/make-seeds" "$ROOT/Fuzz/corpus" ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set /p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
     exit 2 ;;
 esac
