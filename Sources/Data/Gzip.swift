@@ -21,8 +21,10 @@ public enum Gzip {
     }
 
     /// Decodes every member of a gzip file and returns their concatenated contents.
-    /// `source` names the data in error messages (usually the file path).
-    public static func decompress(_ bytes: [UInt8], maxOutput: Int = defaultMaxOutput, source: String = "gzip data") throws -> [UInt8] {
+    /// `source` names the data in error messages (usually the file path); `limit` says what `maxOutput`
+    /// is when it comes from the contents (e.g. "the 784 bytes its IDX header declares").
+    public static func decompress(_ bytes: [UInt8], maxOutput: Int = defaultMaxOutput, source: String = "gzip data",
+                                  limit: String? = nil) throws -> [UInt8] {
         func fail(_ what: String) -> DataError { DataError(file: source, "gzip: " + what) }
         guard isGzip(bytes) else { throw fail("missing the gzip magic bytes 1f 8b") }
         let cap = max(maxOutput, 0)
@@ -46,7 +48,7 @@ public enum Gzip {
                 decoded = try Deflate.inflate(bytes, start: pos, maxOutput: cap - output.count)
             } catch let e as FormatError {
                 if e.message.contains("exceeds the expected") {
-                    throw fail("decompressed data is over the \(cap)-byte limit")
+                    throw fail("decompressed data is over " + (limit ?? "the \(cap)-byte limit"))
                 }
                 throw fail(e.message + label)
             }
@@ -67,6 +69,20 @@ public enum Gzip {
             if output.isEmpty { output = decoded.output } else { output += decoded.output }
         }
         return output
+    }
+
+    /// The first `count` decompressed bytes of the first member (fewer when it is shorter), decoding no
+    /// more than that; the rest of the file is not checked. Lets a reader see the header of the contents,
+    /// which says how large they are, before decompressing everything.
+    public static func decompressPrefix(_ bytes: [UInt8], count: Int, source: String = "gzip data") throws -> [UInt8] {
+        func fail(_ what: String) -> DataError { DataError(file: source, "gzip: " + what) }
+        guard isGzip(bytes) else { throw fail("missing the gzip magic bytes 1f 8b") }
+        let start = try headerEnd(bytes, start: 0, fail: fail)
+        do {
+            return try Deflate.inflatePrefix(bytes, start: start, count: count)
+        } catch let e as FormatError {
+            throw fail(e.message)
+        }
     }
 
     /// Reads a file, decompressing it when it starts with the gzip magic and returning it unchanged

@@ -32,15 +32,39 @@ public enum IDX {
 
     /// Reads an unsigned-byte IDX file of any rank (gzipped or not).
     public static func read(path: String, maxBytes: Int = defaultMaxBytes) throws -> IDXArray {
-        try parse(Gzip.readFile(path: path, maxOutput: maxBytes), source: path, maxBytes: maxBytes)
+        try parse(contents(path: path, maxBytes: maxBytes), source: path, maxBytes: maxBytes)
     }
 
     /// Parses the (decompressed) bytes of an unsigned-byte IDX file; `source` names it in errors.
     public static func parse(_ bytes: [UInt8], source: String, maxBytes: Int = defaultMaxBytes) throws -> IDXArray {
         func fail(_ what: String) -> DataError { DataError(file: source, what) }
-        guard bytes.count >= 4 else {
-            throw fail("truncated IDX file: \(bytes.count) bytes, too short for the 4-byte magic number")
+        guard let layout = try header(bytes, source: source, maxBytes: maxBytes) else {
+            guard bytes.count >= 4 else {
+                throw fail("truncated IDX file: \(bytes.count) bytes, too short for the 4-byte magic number")
+            }
+            let rank = Int(bytes[3])
+            throw fail("truncated IDX header: \(rank) dimensions need \(4 + 4 * rank) bytes, file has \(bytes.count)")
         }
+        let available = bytes.count - layout.headerBytes
+        let shape = layout.shape, count = layout.count
+        guard available >= count else {
+            throw fail("truncated IDX data: dimensions \(shapeText(shape)) need \(count) bytes, file has \(available)")
+        }
+        guard available == count else {
+            throw fail("\(available - count) unexpected bytes after the IDX data of dimensions \(shapeText(shape))")
+        }
+        return IDXArray(shape: shape, values: Array(bytes[layout.headerBytes...]))
+    }
+
+    /// The longest IDX header: the magic and 255 dimensions.
+    static let maxHeaderBytes = 4 + 4 * 255
+
+    /// The shape, header size and element count that the header at the start of `bytes` declares, checked
+    /// (magic, element type, rank, overflow, `maxBytes`) as far as `bytes` goes; nil when `bytes` ends
+    /// inside the header, so that a prefix of decompressed data can be asked before the rest exists.
+    static func header(_ bytes: [UInt8], source: String, maxBytes: Int) throws -> (shape: [Int], headerBytes: Int, count: Int)? {
+        func fail(_ what: String) -> DataError { DataError(file: source, what) }
+        guard bytes.count >= 4 else { return nil }
         let magic = be32(bytes, 0)
         guard bytes[0] == 0, bytes[1] == 0 else {
             throw fail("not an IDX file (magic 0x\(hex(magic)) does not start with two zero bytes)")
@@ -52,9 +76,7 @@ public enum IDX {
         let rank = Int(bytes[3])
         guard rank >= 1 else { throw fail("IDX file declares 0 dimensions (magic 0x\(hex(magic)))") }
         let headerBytes = 4 + 4 * rank
-        guard bytes.count >= headerBytes else {
-            throw fail("truncated IDX header: \(rank) dimensions need \(headerBytes) bytes, file has \(bytes.count)")
-        }
+        guard bytes.count >= headerBytes else { return nil }
         let shape = (0..<rank).map { Int(be32(bytes, 4 + 4 * $0)) }
         var count = 1
         for d in shape {
@@ -65,22 +87,48 @@ public enum IDX {
         guard count <= maxBytes else {
             throw fail("dimensions \(shapeText(shape)) declare \(count) bytes, over the \(maxBytes)-byte limit")
         }
-        let available = bytes.count - headerBytes
-        guard available >= count else {
-            throw fail("truncated IDX data: dimensions \(shapeText(shape)) need \(count) bytes, file has \(available)")
+        return (shape, headerBytes, count)
+    }
+
+    /// The IDX bytes of the file at `path` (see `contents(of:source:maxBytes:magic:)`).
+    static func contents(path: String, maxBytes: Int, magic: UInt32? = nil) throws -> [UInt8] {
+        let file: [UInt8]
+        do {
+            file = try AtomicFile.read(path: path)
+        } catch let e as FormatError {
+            throw DataError(sanitizing: e.message)
         }
-        guard available == count else {
-            throw fail("\(available - count) unexpected bytes after the IDX data of dimensions \(shapeText(shape))")
+        return try contents(of: file, source: path, maxBytes: maxBytes, magic: magic)
+    }
+
+    /// The IDX bytes in `file`: the file itself, or its decompressed contents when it is gzipped. The
+    /// header is checked first (against `magic` too, when given), and a gzipped file is decompressed no
+    /// further than the size its header declares: a few KB of DEFLATE could otherwise expand to `maxBytes`
+    /// of data only to be refused afterwards. Size mismatches are left to `parse`, which names them.
+    public static func contents(of file: [UInt8], source: String, maxBytes: Int = defaultMaxBytes,
+                                magic: UInt32? = nil) throws -> [UInt8] {
+        guard Gzip.isGzip(file) else {
+            if let magic { try expectMagic(file, magic, source: source) }
+            return file
         }
-        return IDXArray(shape: shape, values: Array(bytes[headerBytes...]))
+        let head = try Gzip.decompressPrefix(file, count: maxHeaderBytes, source: source)
+        if let magic, head.count >= 4 { try expectMagic(head, magic, source: source) }
+        guard let layout = try header(head, source: source, maxBytes: maxBytes) else {
+            // The first gzip member ends inside the header (only possible with several members): the
+            // declared size is not known yet, so the general cap (data plus the longest header) applies.
+            let bytes = try Gzip.decompress(file, maxOutput: saturatingSum(maxBytes, maxHeaderBytes), source: source)
+            if let magic { try expectMagic(bytes, magic, source: source) }
+            return bytes
+        }
+        let declared = saturatingSum(layout.headerBytes, layout.count)
+        return try Gzip.decompress(file, maxOutput: declared, source: source,
+                                   limit: "the \(declared) bytes its IDX header declares")
     }
 
     /// Images: magic 0x00000803, [n, rows, cols]. Rows and columns must be 1 ... 16384 (an IDX image
     /// beyond that is a damaged header, not a data set).
     public static func readImages(path: String, maxBytes: Int = defaultMaxBytes) throws -> IDXArray {
-        let bytes = try Gzip.readFile(path: path, maxOutput: maxBytes)
-        try expectMagic(bytes, imagesMagic, what: "an IDX image file", source: path)
-        let a = try parse(bytes, source: path, maxBytes: maxBytes)
+        let a = try parse(contents(path: path, maxBytes: maxBytes, magic: imagesMagic), source: path, maxBytes: maxBytes)
         guard (1...16384).contains(a.shape[1]), (1...16384).contains(a.shape[2]) else {
             throw DataError(file: path, "absurd IDX image size \(a.shape[1])x\(a.shape[2]) (rows and columns must be 1 to 16384)")
         }
@@ -89,12 +137,11 @@ public enum IDX {
 
     /// Labels: magic 0x00000801, [n].
     public static func readLabels(path: String, maxBytes: Int = defaultMaxBytes) throws -> IDXArray {
-        let bytes = try Gzip.readFile(path: path, maxOutput: maxBytes)
-        try expectMagic(bytes, labelsMagic, what: "an IDX label file", source: path)
-        return try parse(bytes, source: path, maxBytes: maxBytes)
+        try parse(contents(path: path, maxBytes: maxBytes, magic: labelsMagic), source: path, maxBytes: maxBytes)
     }
 
-    static func expectMagic(_ bytes: [UInt8], _ expected: UInt32, what: String, source: String) throws {
+    static func expectMagic(_ bytes: [UInt8], _ expected: UInt32, source: String) throws {
+        let what = expected == imagesMagic ? "an IDX image file" : "an IDX label file"
         guard bytes.count >= 4 else {
             throw DataError(file: source, "truncated IDX file: \(bytes.count) bytes, too short for the 4-byte magic number")
         }
@@ -145,6 +192,12 @@ public enum IDX {
         } catch let e as FormatError {
             throw DataError(sanitizing: e.message)
         }
+    }
+
+    /// a + b, or Int.max where that overflows (a cap of Int.max is no cap, which is what was asked for).
+    static func saturatingSum(_ a: Int, _ b: Int) -> Int {
+        let (sum, overflow) = a.addingReportingOverflow(b)
+        return overflow ? Int.max : sum
     }
 
     static func be32(_ b: [UInt8], _ i: Int) -> UInt32 {

@@ -11,6 +11,26 @@ extension Deflate {
         }
     }
 
+    /// The first `count` bytes that raw DEFLATE data starting at `start` decodes to (all of them when
+    /// there are fewer), decoding no further than that: a reader can look at a format header inside a
+    /// compressed file, and so learn how large the whole output may be, before decompressing the rest.
+    /// Errors in the part decoded are thrown; the data after it is not checked.
+    public static func inflatePrefix(_ data: [UInt8], start: Int = 0, count: Int) throws -> [UInt8] {
+        let wanted = max(count, 0)
+        return try data.withUnsafeBufferPointer { input in
+            // The write that reaches `wanted` is at most a 65535-byte stored block: that bounds the buffer.
+            let (bound, overflow) = wanted.addingReportingOverflow(65535)
+            var state = Inflater(input: input, pos: min(max(start, 0), input.count), maxOutput: overflow ? Int.max : bound)
+            state.stopAt = wanted
+            do {
+                if wanted > 0 { try state.run() }
+            } catch is Inflater.PrefixComplete {
+                // Enough output for the caller.
+            }
+            return Array(state.out[0..<min(wanted, state.count)])
+        }
+    }
+
     /// A table-driven decoder: a lookup on the next `bits` input bits (LSB first) gives the symbol and
     /// its code length directly. Entries are `symbol << 4 | length`; 0 marks bit patterns that no code
     /// uses (possible in incomplete codes) and decodes as an error.
@@ -67,6 +87,10 @@ extension Deflate {
         /// index (rather than appending slices of `out` to itself) keeps back-references copy-free.
         var out: [UInt8]
         var count = 0
+        /// Decoding stops (throwing `PrefixComplete`) once this much output exists; only `inflatePrefix` sets it.
+        var stopAt = Int.max
+
+        struct PrefixComplete: Error {}
 
         init(input: UnsafeBufferPointer<UInt8>, pos: Int, maxOutput: Int) {
             self.input = input
@@ -152,6 +176,7 @@ extension Deflate {
             for k in 0..<len { out[count + k] = input[pos + k] }
             count += len
             pos += len
+            if count >= stopAt { throw PrefixComplete() }
         }
 
         func outputLimit() -> FormatError {
@@ -211,6 +236,7 @@ extension Deflate {
                     try reserve(1)
                     out[count] = UInt8(symbol)
                     count += 1
+                    if count >= stopAt { throw PrefixComplete() }
                     continue
                 }
                 if symbol == 256 { return }
@@ -231,6 +257,7 @@ extension Deflate {
                     for k in 0..<length { o[to + k] = o[from + k] }
                 }
                 count += length
+                if count >= stopAt { throw PrefixComplete() }
             }
         }
     }

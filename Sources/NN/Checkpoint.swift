@@ -88,6 +88,16 @@ extension DiT {
         let loaded = try Checkpoint.parameters(from: file, expected: expected, prefix: prefix,
                                                allowExtra: allowExtra, source: source, on: device)
         if hasPos { return loaded }
+        // Rebuilding allocates [1, tokens, hidden] that no bytes in the file stand for, and a training
+        // checkpoint names its own model: a 20 KB file claiming a 16384x16384 input with patch 1 would take
+        // 12 GB here. So it is rebuilt only when no larger than the tensors the file does hold (in real
+        // checkpoints it is a small fraction of them).
+        let rebuilt = config.tokens * config.hidden
+        let held = expected.reduce(0) { $0 + Shape.count($1.shape) }
+        guard rebuilt <= held else {
+            throw ModelError("\(source): no tensor \"\(prefix)pos_embed\", and rebuilding it ([1, \(config.tokens), \(config.hidden)]) "
+                             + "would take more memory than all \(held) values the file holds; store it in the checkpoint")
+        }
         let p = ParameterSet()
         for (name, shape) in shapes {
             p[name] = name == "pos_embed"

@@ -196,6 +196,25 @@ final class GzipTests: TempDirTestCase {
         assertDataError([plain, "over the 4096-byte limit"]) { try Gzip.readFile(path: plain, maxOutput: 4096) }
     }
 
+    func testDecompressPrefixDecodesOnlyWhatIsAskedFor() throws {
+        let data = sample(200_000, seed: 5)
+        let gz = Gzip.compress(data)
+        XCTAssertEqual(try Gzip.decompressPrefix(gz, count: 1000), Array(data.prefix(1000)))
+        XCTAssertEqual(try Gzip.decompressPrefix(gz, count: 0), [])
+        XCTAssertEqual(try Gzip.decompressPrefix(gz, count: 1 << 20), data, "a shorter member comes back whole")
+        // The stream is cut in half: the prefix is still there, because nothing behind it is decoded.
+        let cut = Array(gz.prefix(gz.count / 2))
+        XCTAssertEqual(try Gzip.decompressPrefix(cut, count: 1000), Array(data.prefix(1000)))
+        assertDataError(["cut.gz", "gzip: DEFLATE"]) { try Gzip.decompress(cut, source: "cut.gz") }
+        // A stored block is copied in one piece; the prefix still ends where asked.
+        let stored = Bytes.gzipMember(Array(data.prefix(65535)))
+        XCTAssertEqual(try Gzip.decompressPrefix(stored, count: 10), Array(data.prefix(10)))
+        assertDataError(["x.gz", "magic"]) { try Gzip.decompressPrefix([1, 2, 3], count: 4, source: "x.gz") }
+        assertDataError(["x.gz", "invalid block type"]) {
+            try Gzip.decompressPrefix([0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 3, 0x07], count: 4, source: "x.gz")
+        }
+    }
+
     func testPlainFilesPassThrough() throws {
         let data: [UInt8] = [0x1F, 0x00, 1, 2, 3]  // starts like gzip but is not
         let path = write("plain.bin", data)
@@ -287,6 +306,52 @@ final class IDXTests: TempDirTestCase {
         gz[gz.count - 8] ^= 0xFF
         let bad = write("bad.gz", gz)
         assertDataError([bad, "CRC-32 mismatch"]) { try IDX.readImages(path: bad) }
+    }
+}
+
+extension IDXTests {
+    /// 4 MB of zeros behind a label-file header that declares 4 bytes, gzipped to a few KB, with its
+    /// CRC-32 damaged: decoding everything would end on the CRC, decoding what the header declares ends
+    /// at byte 13.
+    func testGzipIsDecompressedNoFurtherThanTheHeaderDeclares() throws {
+        var bomb = Gzip.compress(Bytes.idx([4], [1, 2, 3, 4]) + [UInt8](repeating: 0, count: 4 << 20))
+        XCTAssertLessThan(bomb.count, 10_000)
+        bomb[bomb.count - 8] ^= 0xFF
+        let path = write("labels.gz", bomb)
+        assertDataError([path, "gzip: decompressed data is over the 12 bytes its IDX header declares"]) {
+            try IDX.readLabels(path: path)
+        }
+        assertDataError([path, "over the 12 bytes"]) { try IDX.read(path: path) }
+    }
+
+    func testGzippedHeaderIsCheckedBeforeTheData() throws {
+        // Each file's CRC-32 is damaged too, so each error shows that the header was refused first.
+        func damaged(_ idx: [UInt8]) -> [UInt8] {
+            var gz = Gzip.compress(idx + [UInt8](repeating: 7, count: 100_000))
+            gz[gz.count - 8] ^= 0xFF
+            return gz
+        }
+        let cases: [(String, [UInt8], String)] = [
+            ("float.gz", Bytes.idx([1], [], type: 0x0D), "0xd (float32) is not supported"),
+            ("overflow.gz", Bytes.idx([0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF], []), "overflows"),
+            ("huge.gz", Bytes.idx([60_000, 0xFFFF, 0xFFFF], []), "over the 2147483648-byte limit"),
+        ]
+        for (name, idx, expected) in cases {
+            let path = write(name, damaged(idx))
+            assertDataError([path, expected]) { try IDX.read(path: path) }
+        }
+        let labels = write("labels.gz", damaged(Bytes.idx([5], [])))
+        assertDataError([labels, "wrong magic 0x00000801 for an IDX image file"]) { try IDX.readImages(path: labels) }
+    }
+
+    func testHeaderSplitAcrossGzipMembers() throws {
+        let values = (0..<24).map { UInt8($0) }
+        let file = Bytes.idx([2, 3, 4], values)
+        // The first member holds 6 bytes, less than the 16-byte header: the size is learnt after decoding.
+        let path = write("split.gz", Gzip.compress(Array(file.prefix(6))) + Gzip.compress(Array(file.dropFirst(6))))
+        XCTAssertEqual(try IDX.readImages(path: path), IDXArray(shape: [2, 3, 4], values: values))
+        XCTAssertEqual(try IDX.readImages(path: path, maxBytes: 24).values, values)
+        assertDataError([path, "declare 24 bytes, over the 23-byte limit"]) { try IDX.readImages(path: path, maxBytes: 23) }
     }
 }
 

@@ -87,6 +87,23 @@ final class DeflateTests: XCTestCase {
         XCTAssertEqual(try Deflate.zlibDecompress(bomb, maxOutput: 1 << 20), zeros)
     }
 
+    func testInflatePrefixStopsWhereAsked() throws {
+        let data = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 * 7 / 3) }
+        let deflated = Deflate.compress(data)
+        for count in [0, 1, 258, 5000] {
+            XCTAssertEqual(try Deflate.inflatePrefix(deflated, count: count), Array(data.prefix(count)))
+        }
+        XCTAssertEqual(try Deflate.inflatePrefix(deflated, count: 400_000), data)
+        XCTAssertEqual(try Deflate.inflatePrefix(deflated, count: .max), data)
+        // Everything behind the prefix is left undecoded, so damage there goes unnoticed.
+        let cut = Array(deflated.prefix(deflated.count / 2))
+        XCTAssertEqual(try Deflate.inflatePrefix(cut, count: 100), Array(data.prefix(100)))
+        XCTAssertThrowsError(try Deflate.inflate(cut, maxOutput: 1 << 20))
+        // Damage inside the prefix is an error, not a short answer.
+        assertFormatError(try Deflate.inflatePrefix([0x07], count: 10), contains: ["invalid block type 3"])
+        assertFormatError(try Deflate.inflatePrefix([0x01, 5, 0, 0xFA, 0xFF, 1], count: 3), contains: ["stored block runs past"])
+    }
+
     func testCompressRoundTrips() throws {
         var inputs: [[UInt8]] = [
             [], [42], Array("abcabcabcabcabcabc".utf8), [UInt8](repeating: 7, count: 1000),

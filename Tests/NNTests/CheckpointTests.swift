@@ -120,6 +120,27 @@ final class CheckpointTests: XCTestCase {
         assertModelError(try net.loadParameters(path: path), contains: [path])
     }
 
+    /// Found while giving the safetensors fuzz harness the training-checkpoint path (the model named by the
+    /// file's own model_config): with input_size 16384 and patch 1, a 10 KB file made the loader allocate
+    /// 8 GB for the rebuilt embedding (the harness reports it as a malloc over its 512 MB limit; seed
+    /// Fuzz/corpus/safetensors/training-checkpoint-claims-16384-input.safetensors keeps it fuzzed).
+    func testMissingPositionEmbeddingLargerThanTheFileIsRefused() throws {
+        let net = try DiT(DiTConfig(patch: 1, hidden: 4, depth: 1, heads: 1, mlpRatio: 1, inputSize: 16384,
+                                    inChannels: 1, numClasses: 1))
+        let tensors = net.parameterShapes.filter { $0.name != "pos_embed" }.map { name, shape in
+            NamedArray(name: name, shape: shape, floats: [Float](repeating: 0.5, count: shape.reduce(1, *)))
+        }
+        let held = tensors.reduce(0) { $0 + $1.count }
+        XCTAssertLessThan(held, 4000)
+        assertModelError(try net.parameters(from: SafetensorsFile(tensors: tensors), source: "big.safetensors"),
+                         contains: ["big.safetensors", "pos_embed", "[1, 268435456, 4]", "\(held) values"])
+        // The same model at a size the file can stand for still loads, embedding rebuilt.
+        let small = try DiT(DiTConfig(patch: 1, hidden: 4, depth: 1, heads: 1, mlpRatio: 1, inputSize: 16,
+                                      inChannels: 1, numClasses: 1))
+        let q = try small.parameters(from: SafetensorsFile(tensors: tensors))
+        XCTAssertEqual(q["pos_embed"].floats, DiT.positionEmbedding(hidden: 4, grid: 16).map(Float.init))
+    }
+
     func testMissingPositionEmbeddingIsRebuilt() throws {
         let (net, p) = try model()
         let file = SafetensorsFile(tensors: Checkpoint.arrays(p).filter { $0.name != "pos_embed" })
