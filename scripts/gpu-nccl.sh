@@ -10,10 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
 pack)
-    swift build -c release --static-swift-stdlib --product tvm --scratch-path "${SCRATCH:-/tmp/static-build}" || exit 1
-    mkdir -p .device
-    cp "${SCRATCH:-/tmp/static-build}/release/tvm" .device/tvm
-    ls -la .device/tvm
+    scripts/gpu-bench.sh pack
     ;;
 run)
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
