@@ -125,16 +125,18 @@ func runDistCheck(_ args: [String]) throws {
     let cond = config.guidance.conditioning(labels: (0..<batch).map { $0 % classes }, classes: classes, rng: &dataRNG,
                                             on: .default)
     let objective = TVMObjective(guidance: config.guidance)
-    func loss(rows: Range<Int>?) -> (Tensor, ParameterSet) {
+    // The trainer's evaluation: this rank's rows with averaged gradients, then the whole batch alone.
+    func gradients(rows: Range<Int>?, backward: TVMObjective.Backward?) -> [Tensor] {
         var rng = RandomGenerator(seed: config.seed).split(4)
         let leaves = trainer.student.leaves()
-        return (objective.terms(network: net, student: leaves, teacher: trainer.teacher, x0: x0, cond: cond, rng: &rng,
-                                rows: rows).mean, leaves)
+        return objective.termsAndGradients(network: net, student: leaves, teacher: trainer.teacher,
+                                           objective.inputs(x0: x0, cond: cond, rng: &rng, rows: rows), wrt: leaves.all,
+                                           backward: backward).gradients
     }
-    let (shareLoss, shareLeaves) = loss(rows: session.parallel.rows(ofBatch: batch))
-    let averaged = session.parallel.averagedGradients(of: shareLoss, wrt: shareLeaves.all)
-    let (fullLoss, fullLeaves) = loss(rows: nil)
-    let full = gradients(of: fullLoss, wrt: fullLeaves.all)
+    let averaged = gradients(rows: session.parallel.rows(ofBatch: batch)) {
+        session.parallel.averagedGradients(of: $0, wrt: $1, initial: $2)
+    }
+    let full = gradients(rows: nil, backward: nil)
     var maxDiff = 0.0, maxValue = 0.0
     for (g, f) in zip(averaged, full) {
         for (u, v) in zip(g.floats, f.floats) {

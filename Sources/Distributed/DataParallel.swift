@@ -48,7 +48,8 @@ public final class DataParallel {
     /// gradient over as soon as it is final; once the gathered ones reach `bucketBytes` they are averaged
     /// asynchronously (on a GPU, NCCL on its own stream; on sockets, a worker thread) while backward goes on.
     /// Buckets are formed in the same order on every rank, since every rank differentiates the same graph.
-    public func averagedGradients(of loss: Tensor, wrt params: [Tensor]) -> [Tensor] {
+    /// `initial`: this rank's gradients of earlier loss terms, added before averaging (see `gradients`).
+    public func averagedGradients(of loss: Tensor, wrt params: [Tensor], initial: [Tensor]? = nil) -> [Tensor] {
         var pending: [(indices: [Int], average: PendingAverage)] = []
         var indices: [Int] = [], tensors: [Tensor] = [], bytes = 0
         var backwardRunning = true, startedDuringBackward = 0
@@ -62,7 +63,7 @@ public final class DataParallel {
             tensors = []
             bytes = 0
         }
-        _ = gradients(of: loss, wrt: params) { i, g in
+        _ = gradients(of: loss, wrt: params, initial: initial) { i, g in
             indices.append(i)
             tensors.append(g)
             bytes += g.count * g.dtype.byteSize

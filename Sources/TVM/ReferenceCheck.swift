@@ -205,16 +205,17 @@ public enum ReferenceCheck {
                                                               scaledParameterization: cfg.scaleParam))
         let leaves = c.student.leaves()
         let cond = Conditioning(classes: c["inputs.class_labels"], beta: c["inputs.beta_scale"])
-        let terms = objective.terms(network: c.net, student: leaves, teacher: c.teacher, x0: c["inputs.images"],
-                                    noise: c["inputs.noise"], t: c["inputs.t"], s: c["inputs.s"],
-                                    sPrime: c["inputs.s_prime"], cond: cond)
+        let inputs = TVMObjective.Inputs(x0: c["inputs.images"], noise: c["inputs.noise"], t: c["inputs.t"], s: c["inputs.s"],
+                                         sPrime: c["inputs.s_prime"], cond: cond)
+        // The trainer's evaluation (two backward passes), so the check covers what training runs.
+        let (terms, grads) = objective.termsAndGradients(network: c.net, student: leaves, teacher: c.teacher, inputs,
+                                                         wrt: leaves.all)
         compare("outputs.F", terms.F)
         compare("outputs.f_st", terms.flowMap)
         compare("outputs.df_ds", terms.flowMapDerivative)
         compare("outputs.loss", terms.loss)
         compare("outputs.terminal_loss", terms.terminal)
         compare("outputs.fm_loss", terms.flowMatching)
-        let grads = gradients(of: terms.mean, wrt: leaves.all)
         for (name, g) in zip(leaves.names, grads) where c.tensors["grads." + name] != nil {
             compare("grads." + name, g)
         }

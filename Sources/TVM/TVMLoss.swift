@@ -34,69 +34,128 @@ public struct TVMObjective {
         guidance.scaledParameterization ? beta.reciprocal() : nil
     }
 
-    /// The loss at given data, noise, times and conditioning. `student` should hold differentiation leaves
-    /// for gradients; `teacher` (the EMA target) is never differentiated.
-    public func terms(network net: some FlowMapNetwork, student: ParameterSet, teacher: ParameterSet,
-                      x0: Tensor, noise: Tensor, t: Tensor, s: Tensor, sPrime: Tensor, cond: Conditioning) -> Terms {
-        let B = x0.shape[0]
-        let beta = cond.beta ?? Tensor.ones([B], on: x0.device)
-        let w = beta.reciprocal()
-        let kappaRows = kappa(beta).map { rows($0, like: x0) }
-        func scaled(_ F: Tensor) -> Tensor { kappaRows.map { F * $0 } ?? F }
-        let (tr, sr, spr) = (rows(t, like: x0), rows(s, like: x0), rows(sPrime, like: x0))
-
-        let xt = (1 - tr) * x0 + tr * noise
-        let v = noise - x0
-        // F and dF/ds along s alone; gradients of the loss flow back through this JVP.
-        let (outs, tangents) = jvp({ ss in [net(student, x: xt, t: t, gap: t - ss[0], cond: cond)] },
-                                   primals: [s], tangents: [Tensor.ones([B], on: x0.device)])
-        let F = outs[0], dFds = tangents[0]
-        let flowMap = xt + (sr - tr) * scaled(F)
-        let dfds = scaled(F + (sr - tr) * dFds)
-
-        let betaRows = rows(beta, like: x0)
-        let xsp = (1 - spr) * x0 + spr * noise
-        let guided = cond.beta != nil
-        let (T, U) = withoutGrad { () -> (Tensor, Tensor?) in
-            let T = scaled(net(teacher, x: flowMap.stopGradient(), t: s, gap: Tensor.zeros([B], on: x0.device), cond: cond))
-            // The unconditional velocity only enters with weight 1 - w: zero everywhere when no beta is given.
-            guard guided else { return (T.stopGradient(), nil) }
-            let nullCond = Conditioning(classes: cond.classes.map { $0.zerosLike() }, beta: cond.beta.map { $0.onesLike() })
-            let U = net(teacher, x: xsp, t: sPrime, gap: Tensor.zeros([B], on: x0.device), cond: nullCond)
-            return (T.stopGradient(), U.stopGradient())
+    /// One batch as the loss sees it: data, noise, the three times per row and the conditioning.
+    public struct Inputs {
+        public var x0, noise, t, s, sPrime: Tensor
+        public var cond: Conditioning
+        public init(x0: Tensor, noise: Tensor, t: Tensor, s: Tensor, sPrime: Tensor, cond: Conditioning) {
+            (self.x0, self.noise, self.t, self.s, self.sPrime, self.cond) = (x0, noise, t, s, sPrime, cond)
         }
-        let Fss = scaled(net(student, x: xsp, t: sPrime, gap: Tensor.zeros([B], on: x0.device), cond: cond))
-
-        let reduceAxes = Array(1..<x0.rank)
-        // Rows with s == t have no terminal term; "equal" as torch.isclose decides it (rtol 1e-5, atol 1e-8).
-        let bound = 1e-8 + 1e-5 * t
-        let notDiagonal = (s - t).square().greater(bound.square())
-        let terminal = ((dfds - T) * betaRows).square().mean(axes: reduceAxes) * notDiagonal
-        let wr = rows(w, like: x0)
-        let target = U.map { wr * v + (1 - wr) * $0 } ?? v
-        let fm = ((Fss - target) * betaRows).square().mean(axes: reduceAxes)
-        let raw = terminal + fm
-        // Selecting on the mask always (not only after counting NaN rows) keeps the step free of a device read.
-        let finite = raw.isFinite()
-        let loss = select(finite, raw, raw.zerosLike())
-        return Terms(loss: loss, terminal: terminal, flowMatching: fm, F: F, flowMap: flowMap,
-                     flowMapDerivative: dfds, finiteRows: finite)
     }
 
-    /// Draws times and noise for a batch of data and evaluates the loss, on `rows` of the batch only when given
-    /// (one process's share in data-parallel training): the draws are made for the whole batch and then cut, so
-    /// that a row's noise and times do not depend on how the batch is split across processes.
-    public func terms(network net: some FlowMapNetwork, student: ParameterSet, teacher: ParameterSet,
-                      x0: Tensor, cond: Conditioning, rng: inout RandomGenerator, rows: Range<Int>? = nil) -> Terms {
+    /// Draws times and noise for a batch of data, then keeps `rows` of it when given (one process's share in
+    /// data-parallel training): the draws are made for the whole batch and then cut, so that a row's noise and
+    /// times do not depend on how the batch is split across processes.
+    public func inputs(x0: Tensor, cond: Conditioning, rng: inout RandomGenerator, rows: Range<Int>? = nil) -> Inputs {
         let B = x0.shape[0], dev = x0.device
         let times = timeSampler.sample(B, rng: &rng)
         let noise = Tensor.randomNormal(x0.shape, rng: &rng, on: dev)
         let r = rows ?? 0..<B
         func cut(_ x: Tensor) -> Tensor { x.slice(axis: 0, start: r.lowerBound, length: r.count) }
         func column(_ v: [Double]) -> Tensor { Tensor(Array(v[r]), shape: [r.count], dtype: .float32, on: dev) }
-        return terms(network: net, student: student, teacher: teacher, x0: cut(x0), noise: cut(noise),
-                     t: column(times.t), s: column(times.s), sPrime: column(times.sPrime),
-                     cond: Conditioning(classes: cond.classes.map(cut), beta: cond.beta.map(cut)))
+        return Inputs(x0: cut(x0), noise: cut(noise), t: column(times.t), s: column(times.s),
+                      sPrime: column(times.sPrime), cond: Conditioning(classes: cond.classes.map(cut), beta: cond.beta.map(cut)))
+    }
+
+    /// Per-row factors shared by both terms.
+    private struct Scales {
+        let beta: Tensor, betaRows: Tensor, kappaRows: Tensor?
+        func scaled(_ F: Tensor) -> Tensor { kappaRows.map { F * $0 } ?? F }
+    }
+
+    private func scales(_ b: Inputs) -> Scales {
+        let beta = b.cond.beta ?? Tensor.ones([b.x0.shape[0]], on: b.x0.device)
+        return Scales(beta: beta, betaRows: rows(beta, like: b.x0), kappaRows: kappa(beta).map { rows($0, like: b.x0) })
+    }
+
+    /// The terminal-velocity term per row, with F, the flow map and its s-derivative. Gradients of the term
+    /// flow back through the JVP of the student.
+    private func terminalTerm(_ net: some FlowMapNetwork, student: ParameterSet, teacher: ParameterSet, _ b: Inputs,
+                              _ k: Scales) -> (terminal: Tensor, F: Tensor, flowMap: Tensor, dfds: Tensor) {
+        let B = b.x0.shape[0]
+        let (tr, sr) = (rows(b.t, like: b.x0), rows(b.s, like: b.x0))
+        let xt = (1 - tr) * b.x0 + tr * b.noise
+        // F and dF/ds along s alone.
+        let (outs, tangents) = jvp({ ss in [net(student, x: xt, t: b.t, gap: b.t - ss[0], cond: b.cond)] },
+                                   primals: [b.s], tangents: [Tensor.ones([B], on: b.x0.device)])
+        let F = outs[0], dFds = tangents[0]
+        let flowMap = xt + (sr - tr) * k.scaled(F)
+        let dfds = k.scaled(F + (sr - tr) * dFds)
+        let T = withoutGrad {
+            k.scaled(net(teacher, x: flowMap.stopGradient(), t: b.s, gap: Tensor.zeros([B], on: b.x0.device), cond: b.cond))
+        }.stopGradient()
+        // Rows with s == t have no terminal term; "equal" as torch.isclose decides it (rtol 1e-5, atol 1e-8).
+        let bound = 1e-8 + 1e-5 * b.t
+        let notDiagonal = (b.s - b.t).square().greater(bound.square())
+        let terminal = ((dfds - T) * k.betaRows).square().mean(axes: Array(1..<b.x0.rank)) * notDiagonal
+        return (terminal, F, flowMap, dfds)
+    }
+
+    /// The flow-matching term per row, at s' with the guided target.
+    private func flowMatchingTerm(_ net: some FlowMapNetwork, student: ParameterSet, teacher: ParameterSet,
+                                  _ b: Inputs, _ k: Scales) -> Tensor {
+        let B = b.x0.shape[0]
+        let spr = rows(b.sPrime, like: b.x0)
+        let xsp = (1 - spr) * b.x0 + spr * b.noise
+        let v = b.noise - b.x0
+        // The unconditional velocity only enters with weight 1 - w: none when no beta is given.
+        let U: Tensor? = b.cond.beta == nil ? nil : withoutGrad {
+            let nullCond = Conditioning(classes: b.cond.classes.map { $0.zerosLike() }, beta: b.cond.beta.map { $0.onesLike() })
+            return net(teacher, x: xsp, t: b.sPrime, gap: Tensor.zeros([B], on: b.x0.device), cond: nullCond).stopGradient()
+        }
+        let Fss = k.scaled(net(student, x: xsp, t: b.sPrime, gap: Tensor.zeros([B], on: b.x0.device), cond: b.cond))
+        let wr = rows(k.beta.reciprocal(), like: b.x0)
+        let target = U.map { wr * v + (1 - wr) * $0 } ?? v
+        return ((Fss - target) * k.betaRows).square().mean(axes: Array(1..<b.x0.rank))
+    }
+
+    /// A row's loss is the sum of both terms, zeroed (with its gradient) where that sum is not finite.
+    /// Selecting on the mask always (not only after counting NaN rows) keeps the step free of a device read.
+    private func combined(terminal: Tensor, flowMatching: Tensor) -> (loss: Tensor, finite: Tensor) {
+        let raw = terminal + flowMatching
+        let finite = raw.isFinite()
+        return (select(finite, raw, raw.zerosLike()), finite)
+    }
+
+    /// The loss at given data, noise, times and conditioning, as one graph. `student` should hold
+    /// differentiation leaves for gradients; `teacher` (the EMA target) is never differentiated.
+    public func terms(network net: some FlowMapNetwork, student: ParameterSet, teacher: ParameterSet, _ b: Inputs) -> Terms {
+        let k = scales(b)
+        let (terminal, F, flowMap, dfds) = terminalTerm(net, student: student, teacher: teacher, b, k)
+        let fm = flowMatchingTerm(net, student: student, teacher: teacher, b, k)
+        let (loss, finite) = combined(terminal: terminal, flowMatching: fm)
+        return Terms(loss: loss, terminal: terminal, flowMatching: fm, F: F, flowMap: flowMap,
+                     flowMapDerivative: dfds, finiteRows: finite)
+    }
+
+    /// Reverse mode for the loss's last pass: `gradients`, or data-parallel averaging. It receives the scalar,
+    /// the tensors to differentiate with respect to and the gradients of the earlier pass to add.
+    public typealias Backward = (_ loss: Tensor, _ wrt: [Tensor], _ initial: [Tensor]) -> [Tensor]
+
+    /// The loss and the gradients of its batch mean with respect to `wrt` (leaves of `student`), in two backward
+    /// passes: the flow-matching term first, its graph freed before the terminal-velocity term's JVP graph is
+    /// built, so peak memory holds one of the two graphs rather than both. The result equals differentiating
+    /// `terms(...).mean` (up to the order of floating-point sums), including the zeroing of non-finite rows.
+    public func termsAndGradients(network net: some FlowMapNetwork, student: ParameterSet, teacher: ParameterSet,
+                                  _ b: Inputs, wrt: [Tensor], backward: Backward? = nil) -> (terms: Terms, gradients: [Tensor]) {
+        let k = scales(b), B = Double(b.x0.shape[0])
+        let backward = backward ?? { loss, wrt, initial in gradients(of: loss, wrt: wrt, initial: initial) }
+        let fm = flowMatchingTerm(net, student: student, teacher: teacher, b, k)
+        let fmFinite = fm.isFinite()
+        var fmGradients = gradients(of: select(fmFinite, fm, fm.zerosLike()).mean(), wrt: wrt)
+        let (terminal, F, flowMap, dfds) = terminalTerm(net, student: student, teacher: teacher, b, k)
+        let (loss, finite) = combined(terminal: terminal, flowMatching: fm.detached())
+        // A row whose flow-matching term was finite but whose terminal term is not is zeroed as a whole: its
+        // flow-matching gradient, already taken, comes back out (one more pass, only in that rare case).
+        let excluded = withoutGrad { fmFinite - finite }
+        if withoutGrad({ excluded.sum().item }) > 0 {
+            let again = flowMatchingTerm(net, student: student, teacher: teacher, b, k)
+            let removed = gradients(of: select(excluded, again, again.zerosLike()).sum() / B, wrt: wrt)
+            fmGradients = withoutGrad { zip(fmGradients, removed).map { $0 - $1 } }
+        }
+        let grads = backward(loss.mean(), wrt, fmGradients)
+        return (Terms(loss: loss, terminal: terminal, flowMatching: fm.detached(), F: F, flowMap: flowMap,
+                      flowMapDerivative: dfds, finiteRows: finite), grads)
     }
 }
 

@@ -105,24 +105,26 @@ public final class Trainer<Net: FlowMapNetwork> {
     /// One step on a batch: loss, gradients (through the JVP for TVM), AdamW, then both EMAs.
     public func train(x0: Tensor, cond: Conditioning = Conditioning()) -> StepStats {
         let leaves = student.leaves()
-        let loss: Tensor
+        let loss: Tensor, grads: [Tensor]
         // Figures for the log, read from the device together at the end of the step.
         var figures: [Tensor] = []
         switch config.method {
         case .tvm:
-            let terms = tvm.terms(network: net, student: leaves, teacher: teacher, x0: x0, cond: cond, rng: &rng,
-                                  rows: parallel?.rows(ofBatch: x0.shape[0]))
-            loss = terms.mean
+            let inputs = tvm.inputs(x0: x0, cond: cond, rng: &rng, rows: parallel?.rows(ofBatch: x0.shape[0]))
+            let (terms, g) = tvm.termsAndGradients(network: net, student: leaves, teacher: teacher, inputs, wrt: leaves.all,
+                                                   backward: parallel.map { p in { p.averagedGradients(of: $0, wrt: $1, initial: $2) } })
+            (loss, grads) = (terms.mean, g)
             figures = withoutGrad {
                 [terms.terminal.mean(), terms.flowMatching.mean(), Double(terms.finiteRows.count) - terms.finiteRows.sum(),
                  nonFiniteCount(terms.terminal), nonFiniteCount(terms.flowMatching)]
             }
         case .meanFlow:
             loss = MeanFlowObjective().loss(network: net, params: leaves, x0: x0, rng: &rng)
+            grads = gradients(of: loss, wrt: leaves.all)
         case .flowMatching:
             loss = FlowMatchingObjective().loss(network: net, params: leaves, x0: x0, cond: cond, rng: &rng)
+            grads = gradients(of: loss, wrt: leaves.all)
         }
-        let grads = parallel?.averagedGradients(of: loss, wrt: leaves.all) ?? gradients(of: loss, wrt: leaves.all)
         let norm = globalNorm(grads)
         step += 1
         // The checks need the figures before the update; they come from the device in one read.

@@ -81,13 +81,14 @@ final class NumericalFaultPolicyTests: XCTestCase {
 
         // The official step by hand, on a trainer with the same initial values and random stream.
         let leaves = reference.student.leaves()
-        let terms = TVMObjective().terms(network: reference.net, student: leaves, teacher: reference.teacher, x0: x0,
-                                         cond: Conditioning(), rng: &lossRNG)
+        let objective = TVMObjective()
+        let (terms, grads) = objective.termsAndGradients(network: reference.net, student: leaves, teacher: reference.teacher,
+                                                         objective.inputs(x0: x0, cond: Conditioning(), rng: &lossRNG),
+                                                         wrt: leaves.all)
         let rows = terms.loss.floats
         XCTAssertEqual(rows[2], 0, "the overflowing row (values[4] is row 2, x)")
         XCTAssertTrue(rows.allSatisfy(\.isFinite))
         XCTAssertEqual(stats.loss, terms.mean.item)
-        let grads = gradients(of: terms.mean, wrt: leaves.all)
         reference.optimizer.update(reference.student, grads: grads)
         emaUpdate(reference.teacher, toward: reference.student, decay: reference.config.emaTargetDecay)
         emaUpdate(reference.ema, toward: reference.student, decay: reference.config.evalEMA.decay(step: 1))

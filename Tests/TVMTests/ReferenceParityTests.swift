@@ -67,10 +67,10 @@ final class ReferenceParityTests: XCTestCase {
         func t(_ n: String) -> Tensor { Tensor(file[n]!.floats(), shape: file[n]!.shape) }
         let objective = TVMObjective(guidance: GuidanceConfig(scale: .constant(config.sampleCFG), labelDropout: 0,
                                                               scaledParameterization: config.scaleParam))
-        let terms = objective.terms(network: net, student: student, teacher: teacher, x0: t("inputs.images"),
-                                    noise: t("inputs.noise"), t: t("inputs.t"), s: t("inputs.s"),
-                                    sPrime: t("inputs.s_prime"),
-                                    cond: Conditioning(classes: t("inputs.class_labels"), beta: t("inputs.beta_scale")))
+        let terms = objective.terms(network: net, student: student, teacher: teacher,
+                                    .init(x0: t("inputs.images"), noise: t("inputs.noise"), t: t("inputs.t"), s: t("inputs.s"),
+                                          sPrime: t("inputs.s_prime"),
+                                          cond: Conditioning(classes: t("inputs.class_labels"), beta: t("inputs.beta_scale"))))
         XCTAssertEqual(terms.terminal.floats[1], 0, "row 1 has s == t")
         XCTAssertEqual(terms.nanRows, 0)
         XCTAssertLessThan(ReferenceCheck.relativeError(terms.loss, t("outputs.loss")), 1e-4)

@@ -149,10 +149,22 @@ public func jvp(_ f: ([Tensor]) -> [Tensor], primals: [Tensor], tangents: [Tenso
 /// returned), which for a leaf is right after the last node that uses it: data-parallel training starts
 /// averaging the last layers' gradients across processes while backward is still computing the first ones'.
 /// `g` may be shared with cotangents still flowing elsewhere in the graph, so `ready` must not write into it.
+///
+/// `initial` (one per `wrt` entry, each a leaf) are gradients already computed elsewhere, added to these: a loss
+/// whose terms are differentiated one after another (each graph freed before the next is built) gets its total
+/// gradient from the last pass, and `ready` sees totals.
 public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil, retainGraph: Bool = false,
-                      ready: ((Int, Tensor) -> Void)? = nil) -> [Tensor] {
+                      initial: [Tensor]? = nil, ready: ((Int, Tensor) -> Void)? = nil) -> [Tensor] {
     let seed = seed ?? Tensor.ones(output.shape, dtype: output.dtype, on: output.device)
     var leafGrads: [ObjectIdentifier: Tensor] = [:]
+    if let initial {
+        precondition(initial.count == wrt.count, "gradients: \(initial.count) initial gradients for \(wrt.count) tensors")
+        for (t, g) in zip(wrt, initial) {
+            guard case .leaf(let id)? = t.gradSource else { preconditionFailure("gradients: initial gradients need leaves") }
+            precondition(g.shape == t.shape, "gradients: initial gradient shape \(g.shape) differs from \(t.shape)")
+            precondition(leafGrads.updateValue(g, forKey: ObjectIdentifier(id)) == nil, "gradients: a leaf listed twice")
+        }
+    }
     var slotGrads: [ObjectIdentifier: [Tensor?]] = [:]
     // Gradients asked for at intermediate tensors are read when their node is reached.
     var wanted: [ObjectIdentifier: [(Int, Int)]] = [:]
