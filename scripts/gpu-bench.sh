@@ -23,7 +23,7 @@ run)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$log"
     echo "== reference-check (float32 on the GPU)" | tee -a "$log"
     [ -z "${SKIP_CHECK:-}" ] && .device/tvm reference-check .device/tvm_reference_small.safetensors --device cuda 2>&1 | tail -4 | tee -a "$log"
-    steps=${STEPS:-10}
+    steps=${STEPS:-15}
     for pair in ${MODELS:-S/2:128 B/2:64 XL/2-18:32}; do
         model=${pair%%:*}; batch=${pair##*:}
         echo "== train $model batch $batch" | tee -a "$log"

@@ -93,12 +93,12 @@ func memoryFigure() -> String {
 /// A full TVM step of a DiT: the JVP, both teacher passes, the flow-matching pass, backward, AdamW, both EMAs.
 func benchTrain(_ args: [String]) throws {
     let a = try Arguments(command: "bench train", args, options: ["model", "res", "channels", "classes", "batch", "steps", "warmup", "cfg"],
-                          switches: ["tf32"])
+                          switches: ["tf32", "bf16"])
     try a.expectPositional(0, "no positional arguments")
     let dit = try ditFromArguments(a)
     let batch = try a.int("batch", default: 64, range: 1...1_000_000)
     let steps = try a.int("steps", default: 20, range: 1...100_000), warmup = try a.int("warmup", default: 3, range: 0...1000)
-    if a.has("tf32") { activeCUDA?.allowTF32 = true }
+    let precision = applyProductPrecision(a)
     var config = TrainConfig()
     config.batch = batch
     config.lr = 1e-4
@@ -121,18 +121,18 @@ func benchTrain(_ args: [String]) throws {
         printProfile(activeCUDA?.profileReport() ?? [], steps: profiled)
     }
     let m = median(times)
-    Console.out("TVM train step, DiT-\(a.string("model", default: "B/2")) (\(dit.parameterCount.total) parameters), \(c.inputSize)x\(c.inputSize)x\(c.inChannels), \(c.numClasses) classes, batch \(batch), \(deviceDescription())\(a.has("tf32") ? ", TF32" : ""): median \(fmt(m * 1000, 1)) ms/step, \(fmt(Double(batch) / m, 1)) img/s over \(steps) steps\(memoryFigure())")
+    Console.out("TVM train step, DiT-\(a.string("model", default: "B/2")) (\(dit.parameterCount.total) parameters), \(c.inputSize)x\(c.inputSize)x\(c.inChannels), \(c.numClasses) classes, batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/step, \(fmt(Double(batch) / m, 1)) img/s over \(steps) steps\(memoryFigure())")
 }
 
 /// n-step sampling throughput with the flow map.
 func benchSample(_ args: [String]) throws {
     let a = try Arguments(command: "bench sample", args, options: ["model", "res", "channels", "classes", "batch", "nfe", "steps", "warmup", "cfg"],
-                          switches: ["tf32"])
+                          switches: ["tf32", "bf16"])
     try a.expectPositional(0, "no positional arguments")
     let dit = try ditFromArguments(a)
     let batch = try a.int("batch", default: 256, range: 1...1_000_000), nfe = try a.int("nfe", default: 1, range: 1...1000)
     let steps = try a.int("steps", default: 10, range: 1...100_000), warmup = try a.int("warmup", default: 2, range: 0...1000)
-    if a.has("tf32") { activeCUDA?.allowTF32 = true }
+    let precision = applyProductPrecision(a)
     let w = try a.double("cfg", default: 2, range: 1...100)
     var rng = RandomGenerator(seed: 3)
     let params = dit.initialParameters(rng: &rng, on: .default)
@@ -147,7 +147,7 @@ func benchSample(_ args: [String]) throws {
         _ = sampleFlowMap(network: dit, params: params, noise: noise, steps: nfe, cond: cond, kappa: w).floats
     }
     let m = median(times)
-    Console.out("\(nfe)-NFE sampling, DiT-\(a.string("model", default: "B/2")), batch \(batch), \(deviceDescription()): median \(fmt(m * 1000, 1)) ms/batch, \(fmt(Double(batch) / m, 1)) img/s\(memoryFigure())")
+    Console.out("\(nfe)-NFE sampling, DiT-\(a.string("model", default: "B/2")), batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/batch, \(fmt(Double(batch) / m, 1)) img/s\(memoryFigure())")
 }
 
 /// The attention primitive under a JVP (output and tangent together) and its backward for both cotangents.

@@ -12,7 +12,7 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
           [--model S/2 | --hidden H --depth D --heads N --patch P] [--cfg W | --cfg-range LO,HI]
           [--label-dropout 0.1] [--no-scaled-param] [--batch 128] [--lr 2e-4] [--steps N] [--time-budget S]
           [--ema power:7|D] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
-          [--sample-cfg W] [--tf32] [--method tvm|fm] [--on-fault zero-rows|skip|stop] [--loss-spike K]
+          [--sample-cfg W] [--tf32|--bf16] [--method tvm|fm] [--on-fault zero-rows|skip|stop] [--loss-spike K]
           [--grad-spike K] [--grad-limit X] [--fault-warmup N]
   TVM on images with a DiT (class-conditional, classifier-free guidance); --method fm trains the flow-matching
   baseline on the same network instead (labels dropped at --label-dropout, guidance applied when sampling).
@@ -181,10 +181,10 @@ func runImageTrain(_ args: [String]) throws {
         "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
         "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
         "sample-cfg", "method", "bucket-mb",
-    ] as Set<String>).union(faultOptionNames), switches: ["no-scaled-param", "flip", "resume", "tf32"])
+    ] as Set<String>).union(faultOptionNames), switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16"])
     try a.expectPositional(0, "no positional arguments")
-    // TF32 matrix products and attention on the GPU (about 1e-3 relative instead of float32's 1e-6).
-    if a.has("tf32") { activeCUDA?.allowTF32 = true }
+    // TF32 (about 1e-3 relative instead of float32's 1e-6) or bf16 matrix products on the GPU.
+    _ = applyProductPrecision(a)
     let methodName = a.string("method", default: "tvm").lowercased()
     guard let method = Method(rawValue: methodName), method != .meanFlow else {
         throw CLIError("image training supports --method tvm or fm (flow matching), got '\(methodName)'", usage: true)

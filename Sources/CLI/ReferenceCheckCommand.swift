@@ -7,18 +7,20 @@ import Glibc
 
 let referenceCheckHelp: [String: String] = [
     "reference-check": """
-    tvm reference-check FILE [--tolerance X]
+    tvm reference-check FILE [--tolerance X] [--tf32|--bf16]
       Checks this implementation against reference tensors from the official PyTorch code (format:
       shared/fixtures/README.md): the DiT output F, the flow map f(x_t, t, s) and d/ds f, the per-row TVM loss
       terms, the gradient of the mean loss for every parameter (through the JVP), and the 1/2/4-step samples.
       Prints each tensor's relative error ||out - ref|| / ||ref|| and exits with status 1 if any is above the
-      tolerance (default 1e-4), or if the file is malformed or inconsistent with its config.
+      tolerance (default 1e-4), or if the file is malformed or inconsistent with its config. On the GPU,
+      --tf32 / --bf16 run the matrix products in that precision (to measure its errors; raise the tolerance).
     """,
 ]
 
 func runReferenceCheck(_ args: [String]) throws {
-    let a = try Arguments(command: "reference-check", args, options: ["tolerance"])
+    let a = try Arguments(command: "reference-check", args, options: ["tolerance"], switches: ["tf32", "bf16"])
     try a.expectPositional(1, "one reference file")
+    let precision = applyProductPrecision(a)
     let tolerance = try a.double("tolerance", default: ReferenceCheck.tolerance, range: 0...1)
     let path = a.positional[0]
     let start = now()
@@ -35,7 +37,7 @@ func runReferenceCheck(_ args: [String]) throws {
         Console.out(r.name.padding(width) + scientific(r.relErr).padding(13) + (ok ? "ok" : "FAIL"))
     }
     let worst = results.max { $0.relErr < $1.relErr }
-    Console.out("\(results.count) tensors compared in \(fmt(now() - start, 1)) s; largest error \(worst.map { scientific($0.relErr) + " (" + $0.name + ")" } ?? "-"); tolerance \(scientific(tolerance))")
+    Console.out("\(results.count) tensors compared in \(fmt(now() - start, 1)) s; largest error \(worst.map { scientific($0.relErr) + " (" + $0.name + ")" } ?? "-"); tolerance \(scientific(tolerance))\(precision)")
     if !failed.isEmpty {
         throw CLIError("\(failed.count) of \(results.count) tensors exceed the tolerance: \(failed.prefix(5).joined(separator: ", "))\(failed.count > 5 ? ", ..." : "")")
     }

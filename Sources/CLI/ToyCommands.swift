@@ -32,7 +32,7 @@ let helpTexts: [String: String] = [
     tvm bench toy [--method tvm|meanflow|fm] [--batch N] [--width N] [--depth N] [--steps N] [--warmup N]
       Median wall time of one full training step (loss with its JVP, backward, AdamW, both EMAs) of the
       2-D MLP, after a warm-up.
-    tvm bench train [--model B/2] [--res 32] [--channels 4] [--classes 1000] [--batch 64] [--steps 20] [--tf32]
+    tvm bench train [--model B/2] [--res 32] [--channels 4] [--classes 1000] [--batch 64] [--steps 20] [--tf32|--bf16]
       A full TVM step of a DiT (JVP, both teacher passes, flow-matching pass, backward, AdamW, both EMAs):
       median step time, images/s and peak GPU memory.
     tvm bench sample [--model B/2] [--batch 256] [--nfe 1] ...   sampling throughput.

@@ -23,6 +23,10 @@ public final class CUDABackend: Backend {
     public let totalMemoryBytes: Int
     /// Let float32 matrix products use TF32 tensor cores (about 10 bits of mantissa in the products; off by default).
     public var allowTF32: Bool = false
+    /// Float32 matrix products read bfloat16 copies of both operands (8 bits of mantissa) and accumulate and
+    /// write float32, as PyTorch's bf16 autocast rounds a matmul's inputs: twice TF32's tensor-core rate.
+    /// Takes precedence over `allowTF32` for products; storage, master weights and optimizer stay float32.
+    public var bf16Products: Bool = false
     /// Float32 attention with head dims 64 and 72 (KernelSource.flashDims) takes the fused flash-attention kernels
     /// (tensor-core tiles, no seq x seq matrix in memory): 3xTF32 products (float32 accuracy) by default, single
     /// TF32 products with `allowTF32`. Off (TVM_CUDA_NO_FLASH=1, or false here): the warp-per-row kernels,
@@ -788,6 +792,14 @@ public final class CUDABackend: Backend {
             var al = alpha, be = beta
             blas.must(blas.dgemmStridedBatched(blasHandle, opB, opA, M, N, K, &al, pb, ldb, sA, pa, lda, sB,
                                                &be, py, M, sC, B), "cublasDgemmStridedBatched(\(m)x\(n)x\(k), batch \(batch))")
+        } else if bf16Products {
+            var al = Float(alpha), be = Float(beta)
+            let a16 = bf16Copy(a), b16 = bf16Copy(b)
+            defer { allocator.release(a16.address, a16.blockBytes); allocator.release(b16.address, b16.blockBytes) }
+            blas.must(blas.gemmStridedBatchedEx(blasHandle, opB, opA, M, N, K, &al, b16.pointer, CUBLAS.r16BF, ldb, sA,
+                                                a16.pointer, CUBLAS.r16BF, lda, sB, &be, py, CUBLAS.r32F, M, sC, B,
+                                                CUBLAS.compute32F, CUBLAS.gemmDefault),
+                      "cublasGemmStridedBatchedEx(BF16, \(m)x\(n)x\(k), batch \(batch))")
         } else if allowTF32 {
             var al = Float(alpha), be = Float(beta)
             blas.must(blas.gemmStridedBatchedEx(blasHandle, opB, opA, M, N, K, &al, pb, CUBLAS.r32F, ldb, sA,
@@ -800,6 +812,17 @@ public final class CUDABackend: Backend {
                                                &be, py, M, sC, B), "cublasSgemmStridedBatched(\(m)x\(n)x\(k), batch \(batch))")
         }
         if syncEveryLaunch { driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize after cuBLAS") }
+    }
+
+    /// A bfloat16 copy of a float32 storage in a scratch block, which the caller releases once the work that
+    /// reads it is queued (one stream: later work cannot overtake it).
+    private func bf16Copy(_ x: Storage) -> (address: DevicePointer, blockBytes: Int, pointer: UnsafeRawPointer?) {
+        precondition(x.dtype == .float32, "bf16 products take float32 operands")
+        let (p, size) = allocator.allocate(Swift.max(2 * x.count, 2))
+        if x.count > 0 { launch(core(.float32).convertF32BF16, grid: (blocks(x.count), 1)) { a in
+            a.ptr(addr(x)); a.ptr(p); a.i64(x.count)
+        } }
+        return (p, size, UnsafeRawPointer(bitPattern: UInt(p)))
     }
 
     // MARK: - Attention
@@ -1008,7 +1031,7 @@ final class CoreKernels {
     let softmaxWarp: [Handle], softmaxBlock: Handle, rmsWarp: [Handle], rmsBlock: Handle
     let rmsLinear: Handle, rmsLinearBackward: Handle, scaledSum: Handle, rowSums: Handle
     let gather: Handle, scatterAdd: Handle, random: Handle, adamw: Handle, ema: Handle
-    let convertF32F64: Handle, convertF64F32: Handle
+    let convertF32F64: Handle, convertF64F32: Handle, convertF32BF16: Handle
 
     init(_ f: [String: Handle], _ dtype: DType) throws {
         let s = KernelSource.suffix(dtype)
@@ -1035,6 +1058,7 @@ final class CoreKernels {
         gather = try get("gather_\(s)"); scatterAdd = try get("scatter_add_\(s)"); random = try get("random_\(s)")
         adamw = try get("adamw_\(s)"); ema = try get("ema_\(s)")
         convertF32F64 = try get("convert_f32_f64"); convertF64F32 = try get("convert_f64_f32")
+        convertF32BF16 = try get("convert_f32_bf16")
     }
 }
 

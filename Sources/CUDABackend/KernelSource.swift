@@ -439,11 +439,23 @@ enum KernelSource {
         const T* xs[3] = {x0, x1, x2};
         T acc[3] = {0, 0, 0};
         if (col < cols) {
-            for (i64 r = threadIdx.y; r < rows; r += 8) {
-                const i64 o = (bi * rows + r) * cols + col;
-                const T gv = g[o];
+            // Four rows per iteration, all loads issued before any use: one row at a time left too few loads
+            // in flight (about 1 TB/s in the training-step profile).
+            for (i64 r0 = threadIdx.y; r0 < rows; r0 += 32) {
+                T gv[4], xv[3][4];
     #pragma unroll
-                for (int k = 0; k < 3; ++k) if (k < nout) acc[k] += xs[k] ? gv * xs[k][o] : gv;
+                for (int j = 0; j < 4; ++j) {
+                    const i64 r = r0 + 8 * j, o = (bi * rows + r) * cols + col;
+                    const bool in = r < rows;
+                    gv[j] = in ? g[o] : T(0);
+    #pragma unroll
+                    for (int k = 0; k < 3; ++k) xv[k][j] = (k < nout && xs[k] && in) ? xs[k][o] : T(1);
+                }
+    #pragma unroll
+                for (int j = 0; j < 4; ++j) {
+    #pragma unroll
+                    for (int k = 0; k < 3; ++k) if (k < nout) acc[k] += gv[j] * xv[k][j];
+                }
             }
         }
     #pragma unroll
@@ -571,6 +583,16 @@ enum KernelSource {
     }
     extern "C" __global__ void __launch_bounds__(256) convert_f64_f32(const double* x, float* y, i64 n) {
         for (i64 i = gtid(); i < n; i += gstride()) y[i] = (float)x[i];
+    }
+    /// float32 to bfloat16 bits, rounded to nearest even; NaN stays NaN (quiet). No cuda_bf16.h: NVRTC
+    /// needs no include path.
+    __device__ __forceinline__ unsigned short bf16_bits(float f) {
+        const u32 b = __float_as_uint(f);
+        if ((b & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((b >> 16) | 0x40u);
+        return (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+    }
+    extern "C" __global__ void __launch_bounds__(256) convert_f32_bf16(const float* x, unsigned short* y, i64 n) {
+        for (i64 i = gtid(); i < n; i += gstride()) y[i] = bf16_bits(x[i]);
     }
     """#
 

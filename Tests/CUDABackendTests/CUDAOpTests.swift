@@ -377,6 +377,36 @@ final class CUDAOpTests: XCTestCase {
         assertClose(ag.matmul(ag, transposeOther: true), a.matmul(a, transposeOther: true), 3e-3, "TF32 a a^T")
     }
 
+    /// bf16 products: the same as float32 products of the operands rounded to bfloat16 (to nearest even), since
+    /// bf16 x bf16 products are exact in float32 and cuBLAS accumulates in float32.
+    func testBF16ProductsRoundOperandsOnly() throws {
+        let cuda = try cudaOrSkip()
+        cuda.bf16Products = true
+        defer { cuda.bf16Products = false }
+        var r = TestRandom()
+        func bf16(_ v: [Double]) -> [Double] {
+            v.map { x in
+                let b = Float(x).bitPattern
+                return Double(Float(bitPattern: (b &+ 0x7fff &+ ((b >> 16) & 1)) & 0xffff_0000))
+            }
+        }
+        for (batch, m, n, k, ta, tb) in [(1, 1, 1, 1, false, false), (3, 33, 65, 129, false, true), (2, 96, 80, 112, true, false),
+                                         (1, 256, 384, 1536, false, true)] {
+            let av = r.normals(batch * m * k), bv = r.normals(batch * k * n)
+            let a = Tensor(av, shape: ta ? [batch, k, m] : [batch, m, k], dtype: .float32, on: cuda.device)
+            let b = Tensor(bv, shape: tb ? [batch, n, k] : [batch, k, n], dtype: .float32, on: cuda.device)
+            let a64 = Tensor(bf16(av), shape: a.shape, dtype: .float64, on: .cpu)
+            let b64 = Tensor(bf16(bv), shape: b.shape, dtype: .float64, on: .cpu)
+            let got = a.matmul(b, transposeSelf: ta, transposeOther: tb)
+            let want = a64.matmul(b64, transposeSelf: ta, transposeOther: tb)
+            assertClose(got, want, 2e-6, "bf16 \(batch)x\(m)x\(n)x\(k) tA \(ta) tB \(tb)")
+            // And far from the float32 product: the rounding really happened.
+            let exact = Tensor(av, shape: a.shape, dtype: .float64, on: .cpu)
+                .matmul(Tensor(bv, shape: b.shape, dtype: .float64, on: .cpu), transposeSelf: ta, transposeOther: tb)
+            if k > 8 { XCTAssertGreaterThan(relativeError(got.doubles, exact.doubles), 1e-4, "bf16 rounding visible at k \(k)") }
+        }
+    }
+
     func testAllocatorReusesBlocks() throws {
         let cuda = try cudaOrSkip()
         var r = TestRandom()
