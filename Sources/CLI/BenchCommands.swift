@@ -142,9 +142,15 @@ func benchSample(_ args: [String]) throws {
     if c.numClasses > 0 { for i in 0..<batch { onehot[i * classes + i % classes] = 1 } }
     let cond = Conditioning(classes: Tensor(onehot, shape: [batch, classes]), beta: Tensor.full(1 / w, shape: [batch]))
     activeCUDA?.resetPeakBytes()
-    let times = timeRepeated(steps: steps, warmup: warmup) {
+    func batchOfSamples() {
         let noise = Tensor.randomNormal([batch, c.inChannels, c.inputSize, c.inputSize], rng: &rng)
         _ = sampleFlowMap(network: dit, params: params, noise: noise, steps: nfe, cond: cond, kappa: w).floats
+    }
+    let times = timeRepeated(steps: steps, warmup: warmup, batchOfSamples)
+    if activeCUDA?.profileReport(reset: true) != nil {
+        let profiled = 2
+        _ = timeRepeated(steps: profiled, warmup: 0, batchOfSamples)
+        printProfile(activeCUDA?.profileReport() ?? [], steps: profiled)
     }
     let m = median(times)
     Console.out("\(nfe)-NFE sampling, DiT-\(a.string("model", default: "B/2")), batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/batch, \(fmt(Double(batch) / m, 1)) img/s\(memoryFigure())")
