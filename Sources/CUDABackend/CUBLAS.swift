@@ -33,8 +33,10 @@ final class CUBLAS {
 
     static let opN: Int32 = 0, opT: Int32 = 1
     static let defaultMath: Int32 = 0
-    static let r32F: Int32 = 0, r16BF: Int32 = 14
-    static let compute32F: Int32 = 68, compute32FFastTF32: Int32 = 77
+    /// cudaDataType_t values.
+    static let r32F: Int32 = 0, r64F: Int32 = 1, r16BF: Int32 = 14
+    /// cublasComputeType_t values.
+    static let compute32F: Int32 = 68, compute32FFastTF32: Int32 = 77, compute64F: Int32 = 70
     static let gemmDefault: Int32 = -1
 
     init() throws {

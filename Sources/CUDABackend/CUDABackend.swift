@@ -42,7 +42,15 @@ public final class CUDABackend: Backend {
     /// Fill every new allocation with NaN, so a kernel that leaves part of its output unwritten shows up in
     /// comparisons (for tests; TVM_CUDA_POISON=1 sets it).
     public var poisonAllocations: Bool = environment("TVM_CUDA_POISON") == "1"
-    /// Driver, NVRTC and cuBLAS versions, for logs.
+    /// Linear layers add the bias in cuBLASLt's GEMM epilogues (and sum the bias gradient in the weight gradient's);
+    /// false (TVM_CUDA_NO_CUBLASLT=1 sets it), or where cuBLASLt was not found or has no algorithm for a product:
+    /// a cuBLAS GEMM and a separate pass. For comparisons.
+    public var useCUBLASLt: Bool = environment("TVM_CUDA_NO_CUBLASLT") != "1"
+    /// Whether cuBLASLt was found (else linear layers always take the GEMM path).
+    public var hasCUBLASLt: Bool { blasLt != nil }
+    /// Products that went through cuBLASLt's epilogues (for tests).
+    public private(set) var cublasLtCalls = 0
+    /// Driver, NVRTC, cuBLAS and cuBLASLt versions, for logs.
     public let versions: String
 
     let driver: Driver
@@ -51,6 +59,10 @@ public final class CUDABackend: Backend {
     let context: Handle
     let stream: Handle
     let blasHandle: OpaquePointer
+    /// cuBLASLt and its handle, nil where it could not be loaded.
+    let blasLt: (library: CUBLASLt, handle: OpaquePointer)?
+    /// Prepared cuBLASLt products by configuration; nil where the heuristic has no algorithm (the GEMM path).
+    private var linearProducts: [LinearProductKey: LinearProduct?] = [:]
     let allocator: BlockAllocator
     private let errorFlag: DevicePointer
     private let target: (option: String, cubin: Bool)
@@ -150,6 +162,20 @@ public final class CUDABackend: Backend {
         blasHandle = h
         try blas.check(blas.cublasSetStream(h, s), "cublasSetStream_v2")
         try blas.check(blas.cublasSetMathMode(h, CUBLAS.defaultMath), "cublasSetMathMode")
+        // Without cuBLASLt linear layers still work (GEMM, then the bias), so its absence is a note, not an error.
+        let ltNote: String
+        do {
+            let lt = try CUBLASLt()
+            var lh: OpaquePointer? = nil
+            try lt.check(lt.cublasLtCreate(&lh), "cublasLtCreate")
+            guard let lh else { throw CUDAError("cuBLASLt: cublasLtCreate returned no handle") }
+            blasLt = (lt, lh)
+            let v = lt.cublasLtGetVersion()
+            ltNote = "cuBLASLt \(v / 10000).\(v % 10000 / 100).\(v % 100)"
+        } catch {
+            blasLt = nil
+            ltNote = "no cuBLASLt (\(error); bias adds after the GEMM)"
+        }
 
         allocator = BlockAllocator(driver: driver, stream: s)
         var flag: DevicePointer = 0
@@ -163,7 +189,8 @@ public final class CUDABackend: Backend {
         var bv: Int32 = 0
         _ = blas.cublasGetVersion(h, &bv)
         versions = "driver API \(dv / 1000).\(dv % 1000 / 10), NVRTC \(nvrtc.version.major).\(nvrtc.version.minor) "
-            + "(\(target.option)\(target.cubin ? "" : ", PTX")), cuBLAS \(bv / 10000).\(bv % 10000 / 100).\(bv % 100)"
+            + "(\(target.option)\(target.cubin ? "" : ", PTX")), cuBLAS \(bv / 10000).\(bv % 10000 / 100).\(bv % 100), "
+            + ltNote
         // Build the float32 kernels now, so a compiler problem shows at load rather than at the first op.
         _ = try buildCore(.float32)
     }
@@ -823,6 +850,75 @@ public final class CUDABackend: Backend {
             a.ptr(addr(x)); a.ptr(p); a.i64(x.count)
         } }
         return (p, size, UnsafeRawPointer(bitPattern: UInt(p)))
+    }
+
+    // MARK: - Linear layers (cuBLASLt epilogues)
+
+    public func linear(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int, outFeatures: Int) {
+        if let bias, epilogueProduct(.bias, m: outFeatures, n: rows, k: inFeatures, a: w, b: x, d: y, vector: bias) { return }
+        linearByGEMM(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+    }
+
+    public func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,
+                                     outFeatures: Int) {
+        if let gbias, epilogueProduct(.biasGradient, m: inFeatures, n: outFeatures, k: rows, a: x, b: g, d: gw, vector: gbias) {
+            return
+        }
+        linearWeightGradientByGEMM(x, g, gw: gw, gbias: gbias, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+    }
+
+    /// Queues D = op(A) op(B) with the epilogue's bias vector (see LinearEpilogue for the operands' layouts) through
+    /// cuBLASLt. false where cuBLASLt is off or missing or has no algorithm for the product: the caller takes the
+    /// GEMM path. The heuristic runs once per configuration; its choice is kept.
+    private func epilogueProduct(_ epilogue: LinearEpilogue, m: Int, n: Int, k: Int, a: Storage, b: Storage, d: Storage,
+                                 vector: Storage) -> Bool {
+        guard useCUBLASLt, let blasLt, m > 0 && n > 0 && k > 0 else { return false }
+        let (lt, handle) = blasLt
+        ensureCurrent()
+        let pd = addr(d), pv = addr(vector)
+        let bf16 = bf16Products && d.dtype == .float32
+        // bf16 operand copies come from the allocator, aligned at least as well as the float32 originals.
+        let key = LinearProductKey(epilogue: epilogue, dtype: d.dtype, tf32: allowTF32 && d.dtype == .float32, bf16: bf16,
+                                   m: m, n: n, k: k,
+                                   alignment: 1 << Swift.min(8, (addr(a) | addr(b) | pd | pv).trailingZeroBitCount))
+        let product: LinearProduct
+        if let known = linearProducts[key] {
+            guard let known else { return false }
+            product = known
+            lt.setDescAttribute(product.desc, CUBLASLt.descBiasPointer, pv, "BIAS_POINTER")
+        } else {
+            let planned = lt.plan(handle, key, vector: pv)
+            linearProducts.updateValue(planned, forKey: key)
+            guard let planned else { return false }
+            product = planned
+        }
+        let a16 = bf16 ? bf16Copy(a) : nil, b16 = bf16 ? bf16Copy(b) : nil
+        defer { for c in [a16, b16] { if let c { allocator.release(c.address, c.blockBytes) } } }
+        let pa = a16?.address ?? addr(a), pb = b16?.address ?? addr(b)
+        let workspace = product.workspaceBytes > 0 ? allocate((product.workspaceBytes + 3) / 4, .float32) : nil
+        func run(_ alpha: UnsafeRawPointer, _ beta: UnsafeRawPointer) -> CUBLASLt.Status {
+            // beta = 0 and C = D: nothing is read from the output.
+            let y = UnsafeMutableRawPointer(bitPattern: UInt(pd))
+            return lt.cublasLtMatmul(handle, product.desc, alpha, UnsafeRawPointer(bitPattern: UInt(pa)), product.a,
+                                     UnsafeRawPointer(bitPattern: UInt(pb)), product.b, beta, y, product.d, y, product.d,
+                                     product.algo, workspace.map { UnsafeMutableRawPointer(bitPattern: UInt(addr($0))) } ?? nil,
+                                     product.workspaceBytes, stream)
+        }
+        let started = profiler?.begin(stream)
+        let status: CUBLASLt.Status
+        if d.dtype == .float32 {
+            var one: Float = 1, zero: Float = 0
+            status = run(&one, &zero)
+        } else {
+            var one = 1.0, zero = 0.0
+            status = run(&one, &zero)
+        }
+        withExtendedLifetime(workspace) {}
+        if let started { profiler!.end(started, "\(epilogue) \(m)x\(n)x\(k)", stream) }
+        lt.must(status, "cublasLtMatmul(\(epilogue) \(m)x\(n)x\(k), \(d.dtype)\(bf16 ? ", BF16" : key.tf32 ? ", TF32" : ""))")
+        if syncEveryLaunch { driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize after cuBLASLt") }
+        cublasLtCalls += 1
+        return true
     }
 
     // MARK: - Attention

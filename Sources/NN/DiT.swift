@@ -306,7 +306,7 @@ public struct DiT: FlowMapNetwork {
         // weight is smaller than the activations for any real batch, and each head split is one copy.
         func heads(_ k: Int, norm: String?) -> Tensor {
             let wk = w.slice(axis: 0, start: k * D, length: D), bk = b.slice(axis: 0, start: k * D, length: D)
-            var h = (x.matmul(wk, transposeOther: true) + bk).reshaped([B, N, H, Dh])
+            var h = x.linear(wk, bias: bk).reshaped([B, N, H, Dh])
             if let norm { h = h.rmsNormalized(eps: 1e-6) * p[name + "." + norm + ".weight"] }
             return h.permuted([0, 2, 1, 3])
         }
@@ -331,8 +331,7 @@ public struct DiT: FlowMapNetwork {
                      "DiT input has shape \(x.shape), expected [B, \(c.inChannels), \(c.inputSize), \(c.inputSize)]")
         precondition(t.count == B && gap.count == B, "t and gap need one value per batch row")
         let wPatch = p["x_embedder.proj.weight"].reshaped([c.hidden, c.patchDim])
-        var h = patchify(x).matmul(wPatch, transposeOther: true) + p["x_embedder.proj.bias"]
-            + p["pos_embed"].detached()
+        var h = patchify(x).linear(wPatch, bias: p["x_embedder.proj.bias"]) + p["pos_embed"].detached()
         let siluC = conditioning(p, t: t.reshaped([B]), gap: gap.reshaped([B]), cond: cond).silu()
         for k in 0..<c.depth { h = block(h, siluC, p, k) }
         let m = modulation(siluC, p, "final_layer.adaLN_modulation.1", parts: 2)

@@ -52,6 +52,5 @@ public final class ParameterSet {
 
 /// y = x W^T + b with W stored [out, in] (PyTorch's Linear).
 public func linear(_ x: Tensor, _ p: ParameterSet, _ name: String, bias: Bool = true) -> Tensor {
-    let y = x.matmul(p[name + ".weight"], transposeOther: true)
-    return bias ? y + p[name + ".bias"] : y
+    x.linear(p[name + ".weight"], bias: bias ? p[name + ".bias"] : nil)
 }

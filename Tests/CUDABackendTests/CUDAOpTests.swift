@@ -405,6 +405,130 @@ final class CUDAOpTests: XCTestCase {
                 .matmul(Tensor(bv, shape: b.shape, dtype: .float64, on: .cpu), transposeSelf: ta, transposeOther: tb)
             if k > 8 { XCTAssertGreaterThan(relativeError(got.doubles, exact.doubles), 1e-4, "bf16 rounding visible at k \(k)") }
         }
+        // Linear layers (cuBLASLt with the bias in the epilogue, or the GEMM path): the bias is added in float32.
+        for (rows, inF, outF) in [(37, 3, 5), (250, 1152, 384), (99, 384, 1536)] {
+            let xv = r.normals(rows * inF), wv = r.normals(outF * inF), bv = r.normals(outF)
+            let x = Tensor(xv, shape: [rows, inF], dtype: .float32, on: cuda.device)
+            let w = Tensor(wv, shape: [outF, inF], dtype: .float32, on: cuda.device)
+            let b = Tensor(bv, shape: [outF], dtype: .float32, on: cuda.device)
+            let want = Tensor(bf16(xv), shape: [rows, inF], dtype: .float64, on: .cpu)
+                .linear(Tensor(bf16(wv), shape: [outF, inF], dtype: .float64, on: .cpu),
+                        bias: Tensor(bv.map { Double(Float($0)) }, shape: [outF], dtype: .float64, on: .cpu))
+            for lt in [true, false] {
+                cuda.useCUBLASLt = lt
+                assertClose(x.linear(w, bias: b), want, 2e-6, "bf16 linear \(rows)x\(inF)->\(outF) cuBLASLt \(lt)")
+            }
+            cuda.useCUBLASLt = true
+        }
+    }
+
+    /// (rows, in features, out features): odd sizes, rows not a multiple of 8, and DiT-S/2's layers (hidden 384,
+    /// qkv 1152, MLP 1536; 4608 as a wide in or out).
+    let linearShapes = [(1, 1, 1), (37, 3, 5), (127, 384, 1152), (250, 1152, 384), (99, 384, 1536), (61, 1536, 384),
+                        (33, 4608, 384), (45, 384, 4608)]
+
+    /// The linear-layer kernels against the CPU backend, through cuBLASLt's epilogues and through the GEMM path
+    /// (useCUBLASLt off): forward with and without bias, the weight gradient with and without the bias gradient.
+    func testLinear() throws {
+        let cuda = try cudaOrSkip()
+        let configured = cuda.useCUBLASLt
+        defer { cuda.useCUBLASLt = configured }
+        var r = TestRandom()
+        print("cuBLASLt \(cuda.hasCUBLASLt ? "loaded" : "not loaded"): \(cuda.versions)")
+        for useLt in [true, false] {
+            cuda.useCUBLASLt = useLt
+            for dtype in dtypes {
+                var forwardFallbacks: [String] = [], gradientFallbacks: [String] = []
+                for (rows, inF, outF) in linearShapes {
+                    let x = r.normals(rows * inF), w = r.normals(outF * inF, scale: 1 / Double(inF).squareRoot())
+                    let b = r.normals(outF), g = r.normals(rows * outF)
+                    let label = "linear rows=\(rows) in=\(inF) out=\(outF) cuBLASLt=\(useLt) seed=\(r.seed)"
+                    // float32 against the CPU in float64 on the same values: the tolerance measures the GPU's rounding alone.
+                    var before = cuda.cublasLtCalls
+                    compareWithCPU("\(label) bias", cuda, dtype: dtype, reference64: true, inputs: [x, w, b],
+                                   outputs: [(rows * outF, nil)]) { be, i, o in
+                        be.linear(i[0], i[1], bias: i[2], o[0], rows: rows, inFeatures: inF, outFeatures: outF)
+                    }
+                    if cuda.cublasLtCalls == before { forwardFallbacks.append("\(rows)x\(inF)x\(outF)") }
+                    compareWithCPU("\(label) no bias", cuda, dtype: dtype, reference64: true, inputs: [x, w],
+                                   outputs: [(rows * outF, nil)]) { be, i, o in
+                        be.linear(i[0], i[1], bias: nil, o[0], rows: rows, inFeatures: inF, outFeatures: outF)
+                    }
+                    before = cuda.cublasLtCalls
+                    compareWithCPU("\(label) weight and bias gradient", cuda, dtype: dtype, reference64: true, inputs: [x, g],
+                                   outputs: [(outF * inF, nil), (outF, nil)]) { be, i, o in
+                        be.linearWeightGradient(i[0], i[1], gw: o[0], gbias: o[1], rows: rows, inFeatures: inF, outFeatures: outF)
+                    }
+                    if cuda.cublasLtCalls == before { gradientFallbacks.append("\(rows)x\(inF)x\(outF)") }
+                    compareWithCPU("\(label) weight gradient", cuda, dtype: dtype, reference64: true, inputs: [x, g],
+                                   outputs: [(outF * inF, nil)]) { be, i, o in
+                        be.linearWeightGradient(i[0], i[1], gw: o[0], gbias: nil, rows: rows, inFeatures: inF, outFeatures: outF)
+                    }
+                }
+                print("linear \(dtype) cuBLASLt=\(useLt): GEMM path for forward (rows x in x out) \(forwardFallbacks), "
+                      + "for weight gradients \(gradientFallbacks)")
+                if !useLt || !cuda.hasCUBLASLt {
+                    XCTAssertEqual(forwardFallbacks.count + gradientFallbacks.count, 2 * linearShapes.count,
+                                   "cuBLASLt used while off or missing")
+                } else if dtype == .float32 {
+                    // float32 is what training runs: correct results from the GEMM path would hide a lost fusion.
+                    XCTAssertEqual(forwardFallbacks, [], "float32 forward products without EPILOGUE_BIAS (GEMM + bias pass)")
+                    XCTAssertEqual(gradientFallbacks, [], "float32 weight gradients without EPILOGUE_BGRADB (GEMM + column sums)")
+                }
+            }
+        }
+        // TF32 tensor cores (cuBLASLt's FAST_TF32 compute type): float32 within 3e-3.
+        cuda.useCUBLASLt = true
+        cuda.allowTF32 = true
+        defer { cuda.allowTF32 = false }
+        for (rows, inF, outF) in linearShapes.suffix(4) {
+            let x = r.normals(rows * inF), w = r.normals(outF * inF, scale: 1 / Double(inF).squareRoot())
+            let b = r.normals(outF), g = r.normals(rows * outF)
+            let label = "linear TF32 rows=\(rows) in=\(inF) out=\(outF) seed=\(r.seed)"
+            compareWithCPU("\(label) bias", cuda, dtype: .float32, tolerance: 3e-3, reference64: true, inputs: [x, w, b],
+                           outputs: [(rows * outF, nil)]) { be, i, o in
+                be.linear(i[0], i[1], bias: i[2], o[0], rows: rows, inFeatures: inF, outFeatures: outF)
+            }
+            compareWithCPU("\(label) weight and bias gradient", cuda, dtype: .float32, tolerance: 3e-3, reference64: true,
+                           inputs: [x, g], outputs: [(outF * inF, nil), (outF, nil)]) { be, i, o in
+                be.linearWeightGradient(i[0], i[1], gw: o[0], gbias: o[1], rows: rows, inFeatures: inF, outFeatures: outF)
+            }
+        }
+    }
+
+    /// Tensor.linear through autodiff on [batch, tokens, features] inputs as in the DiT: the output, its JVP tangent
+    /// (all tangents, and the input's alone as in TVM), and the gradients of a loss of both (reverse over forward).
+    func testLinearThroughAutodiff() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for (batch, tokens, inF, outF) in [(2, 37, 384, 1152), (3, 5, 7, 9), (0, 4, 6, 5)] {
+                let xShape = [batch, tokens, inF], wShape = [outF, inF], yShape = [batch, tokens, outF]
+                let scale = 1 / Double(inF).squareRoot()
+                let inputs = [pair(r.normals(Shape.count(xShape)), xShape, dtype, cuda),
+                              pair(r.normals(outF * inF, scale: scale), wShape, dtype, cuda), pair(r.normals(outF), [outF], dtype, cuda)]
+                let tangents = [pair(r.normals(Shape.count(xShape)), xShape, dtype, cuda),
+                                pair(r.normals(outF * inF, scale: scale), wShape, dtype, cuda), pair(r.normals(outF), [outF], dtype, cuda)]
+                let probe = pair(r.normals(Shape.count(yShape)), yShape, dtype, cuda)
+                func evaluate(_ x: [Tensor], _ u: [Tensor], _ p: Tensor) -> [Tensor] {
+                    let layer = { (xs: [Tensor]) in [xs[0].linear(xs[1], bias: xs[2])] }
+                    let (y, t) = jvp(layer, primals: x, tangents: u)
+                    let (_, grads) = valueAndGradient(x) { xs in
+                        let (y2, t2) = jvp(layer, primals: xs, tangents: u)
+                        // TVM's case: a tangent for the input alone.
+                        let (_, tx) = jvp({ [$0[0].linear(xs[1], bias: xs[2])] }, primals: [xs[0]], tangents: [u[0]])
+                        return (y2[0] * p).sum() + (t2[0] * t2[0]).sum() + (tx[0] * tx[0] * p).sum()
+                    }
+                    return [y[0], t[0]] + grads
+                }
+                let onCPU = evaluate(inputs.map(\.cpu), tangents.map(\.cpu), probe.cpu)
+                let onGPU = evaluate(inputs.map(\.gpu), tangents.map(\.gpu), probe.gpu)
+                for (i, name) in ["output", "tangent", "gx", "gw", "gb"].enumerated() {
+                    let tol = dtype == .float32 ? 1e-4 : 1e-11
+                    assertClose(onGPU[i], onCPU[i], tol, "linear via autodiff \(name) \(xShape) -> \(outF) \(dtype) seed=\(r.seed)")
+                }
+            }
+        }
     }
 
     func testAllocatorReusesBlocks() throws {

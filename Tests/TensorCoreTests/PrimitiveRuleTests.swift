@@ -120,6 +120,32 @@ final class PrimitiveRuleTests: XCTestCase {
         }
     }
 
+    func testLinear() {
+        let x = gc.random([2, 3, 4]), w = gc.random([5, 4]), b = gc.random([5])
+        gc.check("linear", [x, w, b]) { $0[0].linear($0[1], bias: $0[2]) }
+        gc.check("linear without bias", [x, w]) { $0[0].linear($0[1]) }
+        gc.check("linear, nonlinear loss", [x, w, b]) { $0[0].linear($0[1], bias: $0[2]).square() }
+        gc.check("linear 2-D", [gc.random([3, 4]), w, b]) { $0[0].linear($0[1], bias: $0[2]).sin() }
+        gc.check("linear of a vector", [gc.random([4]), w, b]) { $0[0].linear($0[1], bias: $0[2]).square() }
+        // Tangents on some inputs only (the others are constants): each combination the JVP rule distinguishes.
+        // The input alone is TVM's case: the tangent is a linear of it without bias.
+        gc.check("linear, input only", [x]) { $0[0].linear(w, bias: b).square() }
+        gc.check("linear, weight only", [w]) { x.linear($0[0], bias: b).square() }
+        gc.check("linear, bias only", [b]) { x.linear(w, bias: $0[0]).square() }
+        gc.check("linear, weight and bias", [w, b]) { x.linear($0[0], bias: $0[1]).square() }
+        gc.check("linear, input and bias", [x, b]) { $0[0].linear(w, bias: $0[1]).square() }
+        // The same values as the product and the add it replaces.
+        let fused = x.linear(w, bias: b).doubles, plain = (x.matmul(w, transposeOther: true) + b).doubles
+        for (a, e) in zip(fused, plain) { XCTAssertEqual(a, e, accuracy: 1e-12) }
+        XCTAssertEqual(x.linear(w).doubles, x.matmul(w, transposeOther: true).doubles)
+        // No rows: an empty output, and zero gradients for the weight and the bias.
+        let (value, grads) = valueAndGradient([gc.random([0, 4]), w, b]) { $0[0].linear($0[1], bias: $0[2]).sum() }
+        XCTAssertEqual(value.item, 0)
+        XCTAssertEqual(grads[0].shape, [0, 4])
+        XCTAssertEqual(grads[1].doubles, [Double](repeating: 0, count: 20))
+        XCTAssertEqual(grads[2].doubles, [Double](repeating: 0, count: 5))
+    }
+
     func testScaledSum() {
         let a = gc.random([2, 3, 4]), s = gc.random([2, 1, 4]), b = gc.random([2, 3, 4]), t = gc.random([2, 1, 4])
         let cFull = gc.random([2, 3, 4]), cRow = gc.random([2, 1, 4])

@@ -154,13 +154,14 @@ enum Kernels {
         Parallel.forRanges(outer, grain: Swift.max(1, 32_768 / Swift.max(n * inner, 1))) { r in
             for o in r {
                 let py = y + o * inner, px = x + o * n * inner
+                // Nothing to read when the reduced axis is empty.
+                if n == 0 { py.update(repeating: op == .sum ? 0 : -T.infinity, count: inner); continue }
                 py.update(from: px, count: inner)
-                for j in 1..<Swift.max(n, 1) {
+                for j in 1..<n {
                     let row = px + j * inner
                     if op == .sum { for i in 0..<inner { py[i] += row[i] } }
                     else { for i in 0..<inner { py[i] = (py[i].isNaN || row[i].isNaN) ? T.nan : Swift.max(py[i], row[i]) } }
                 }
-                if n == 0 { py.update(repeating: op == .sum ? 0 : -T.infinity, count: inner) }
             }
         }
     }

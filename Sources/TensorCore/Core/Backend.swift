@@ -122,6 +122,17 @@ public protocol Backend: AnyObject {
                                        _ gx: Storage, _ gt: Storage)
     /// gx = g f'(x).
     func activationBackward(_ op: UnaryOp, _ x: Storage, _ g: Storage, _ gx: Storage)
+
+    // Linear layers with the bias folded into the matrix product (a GEMM epilogue where the device has one)
+    // instead of a separate pass over the output. The protocol extension composes them from the kernels above.
+
+    /// y = x W^T + bias for x [rows, inFeatures], W [outFeatures, inFeatures] and y [rows, outFeatures], the bias
+    /// [outFeatures] added to every row (nil: none). A linear layer's product and bias add in one kernel.
+    func linear(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int, outFeatures: Int)
+    /// The weight's and the bias's cotangents of `linear` for the cotangent g [rows, outFeatures] of y:
+    /// gw = g^T x [outFeatures, inFeatures] and gbias = the column sums of g [outFeatures] (nil: not wanted).
+    func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,
+                              outFeatures: Int)
 }
 
 extension UnaryOp {
@@ -136,6 +147,33 @@ extension UnaryOp {
 }
 
 extension Backend {
+    public func linear(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int, outFeatures: Int) {
+        linearByGEMM(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+    }
+
+    public func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,
+                                     outFeatures: Int) {
+        linearWeightGradientByGEMM(x, g, gw: gw, gbias: gbias, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+    }
+
+    /// `linear` from the kernels above: the bias broadcast into y, then a GEMM that adds the product to it.
+    public func linearByGEMM(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int,
+                             outFeatures: Int) {
+        if let bias {
+            copy(bias, StridedView(strides: [0, 1]), y, StridedView(strides: [outFeatures, 1]), shape: [rows, outFeatures])
+        }
+        matmul(x, w, y, batch: 1, m: rows, n: outFeatures, k: inFeatures, transA: false, transB: true,
+               strideA: 0, strideB: 0, alpha: 1, beta: bias == nil ? 0 : 1)
+    }
+
+    /// `linearWeightGradient` from the kernels above: a GEMM and a column reduction.
+    public func linearWeightGradientByGEMM(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int,
+                                           inFeatures: Int, outFeatures: Int) {
+        matmul(g, x, gw, batch: 1, m: outFeatures, n: inFeatures, k: rows, transA: true, transB: false,
+               strideA: 0, strideB: 0, alpha: 1, beta: 0)
+        if let gbias { reduce(.sum, g, gbias, outer: 1, n: rows, inner: outFeatures) }
+    }
+
     private func dense(_ op: BinaryOp, _ a: Storage, _ b: Storage, _ y: Storage) {
         let v = StridedView(strides: [1])
         binary(op, a, v, b, v, y, shape: [a.count])

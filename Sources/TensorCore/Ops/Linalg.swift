@@ -49,6 +49,45 @@ extension Tensor {
 }
 
 extension Tensor {
+    /// A linear layer over the last axis: self [..., in] times the transposed weight [out, in] (PyTorch's layout)
+    /// plus the bias [out] (nil: none), giving [..., out]. One primitive rather than a product and an add, so the
+    /// bias goes into the product's epilogue (no separate pass over the output) and its gradient can come out of
+    /// the weight gradient's product.
+    public func linear(_ weight: Tensor, bias: Tensor? = nil) -> Tensor {
+        checkSameDType(weight, "linear")
+        precondition(rank >= 1 && weight.rank == 2 && shape[rank - 1] == weight.shape[1],
+                     "linear: input of shape \(shape) does not fit a weight of shape \(weight.shape)")
+        let outFeatures = weight.shape[0], inFeatures = weight.shape[1]
+        if let bias {
+            checkSameDType(bias, "linear")
+            precondition(bias.shape == [outFeatures], "linear: bias of shape \(bias.shape), expected [\(outFeatures)]")
+        }
+        let leading = Array(shape.dropLast()), rows = Shape.count(leading), yShape = leading + [outFeatures]
+        let y = empty(yShape)
+        backend.linear(storage, weight.storage, bias: bias?.storage, y.storage, rows: rows, inFeatures: inFeatures,
+                       outFeatures: outFeatures)
+        let hasBias = bias != nil, xShape = shape
+        // The bias's value is never read by the rules, only its shape.
+        return record1("linear", bias.map { [self, weight, $0] } ?? [self, weight], y, saves: [0, 1], savesOutputs: false,
+                       jvp: { x, _, t in
+            // d(x W^T + b) = dx W^T + x dW^T + db, the bias tangent riding on one of the products.
+            let dx = t[0], dw = t[1], db = hasBias ? t[2] : nil
+            let viaX = dx.map { $0.linear(x[1], bias: db) }
+            let viaW = dw.map { x[0].linear($0, bias: dx == nil ? db : nil) }
+            return [sumTerms(viaX, viaW) ?? db!.broadcast(to: yShape)]
+        }) { x, _, g in
+            guard let g = g[0] else { return Array(repeating: nil, count: hasBias ? 3 : 2) }
+            let g2 = g.reshaped([rows, outFeatures])
+            let gx = g2.matmul(x[1]).reshaped(xShape)
+            let gw = g.empty([outFeatures, inFeatures]), gb = hasBias ? g.empty([outFeatures]) : nil
+            g.backend.linearWeightGradient(x[0].storage, g.storage, gw: gw.storage, gbias: gb?.storage, rows: rows,
+                                           inFeatures: inFeatures, outFeatures: outFeatures)
+            return hasBias ? [gx, gw, gb] : [gx, gw]
+        }
+    }
+}
+
+extension Tensor {
     /// Softmax over the last axis.
     public func softmax() -> Tensor {
         let cols = shape.last!
