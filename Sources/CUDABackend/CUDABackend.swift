@@ -846,7 +846,7 @@ public final class CUDABackend: Backend {
     private func bf16Copy(_ x: Storage) -> (address: DevicePointer, blockBytes: Int, pointer: UnsafeRawPointer?) {
         precondition(x.dtype == .float32, "bf16 products take float32 operands")
         let (p, size) = allocator.allocate(Swift.max(2 * x.count, 2))
-        if x.count > 0 { launch(core(.float32).convertF32BF16, grid: (blocks(x.count), 1)) { a in
+        if x.count > 0 { launch(core(.float32).convertF32BF16, grid: (blocks((x.count + 3) / 4), 1)) { a in
             a.ptr(addr(x)); a.ptr(p); a.i64(x.count)
         } }
         return (p, size, UnsafeRawPointer(bitPattern: UInt(p)))
