@@ -1096,7 +1096,7 @@ enum KernelSource {
         float* sTV = sTK + BC * LD;
         const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
         const int q0 = blockIdx.x * BR;
-        const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D, rowBase = (i64)blockIdx.y * n;
+        const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D;
         flash_load<D, BR, THREADS>(sQ, q + hb, ld, q0, n);
         if (TAN) flash_load<D, BR, THREADS>(sTQ, tq + hb, ld, q0, n);
         float acc[KD][4], tacc[KD][4];
@@ -1186,6 +1186,7 @@ enum KernelSource {
         }
     #pragma unroll
         for (int h = 0; h < 2; ++h) { l[h] = quad_sum(l[h]); if (TAN) mu[h] = quad_sum(mu[h]); }
+        const i64 rowBase = (i64)blockIdx.y * n;
         if (stats == nullptr) {
     #pragma unroll
             for (int h = 0; h < 2; ++h) {
