@@ -156,7 +156,8 @@ func benchSample(_ args: [String]) throws {
     Console.out("\(nfe)-NFE sampling, DiT-\(a.string("model", default: "B/2")), batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/batch, \(fmt(Double(batch) / m, 1)) img/s\(memoryFigure())")
 }
 
-/// The attention primitive under a JVP (output and tangent together) and its backward for both cotangents.
+/// The attention primitive under a JVP (output and tangent together) and its backward for both cotangents, on
+/// token-major [B, S, H, D] tensors as DiT runs it.
 func benchAttention(_ args: [String]) throws {
     let a = try Arguments(command: "bench attention", args, options: ["b", "h", "s", "d", "steps", "warmup"])
     try a.expectPositional(0, "no positional arguments")
@@ -164,14 +165,14 @@ func benchAttention(_ args: [String]) throws {
     let (s, d) = (try a.int("s", default: 256, range: 1...1_048_576), try a.int("d", default: 64, range: 1...65536))
     let steps = try a.int("steps", default: 20, range: 1...100_000), warmup = try a.int("warmup", default: 3, range: 0...1000)
     var rng = RandomGenerator(seed: 4)
-    let shape = [b, h, s, d]
+    let shape = [b, s, h, d]
     let x = (0..<6).map { _ in Tensor.randomNormal(shape, rng: &rng) }
     var forward: [Double] = [], backward: [Double] = []
     for i in 0..<(warmup + steps) {
         let leaves = x.prefix(3).map { $0.detached().requiringGrad() }
         Device.default.backend.synchronize()
         let t0 = now()
-        let (o, t) = jvp({ [attention($0[0], $0[1], $0[2])] }, primals: leaves, tangents: Array(x[3...]))
+        let (o, t) = jvp({ [attention($0[0], $0[1], $0[2], layout: .tokenMajor)] }, primals: leaves, tangents: Array(x[3...]))
         Device.default.backend.synchronize()
         let t1 = now()
         _ = gradients(of: (o[0] * x[3]).sum() + (t[0] * x[4]).sum(), wrt: leaves)

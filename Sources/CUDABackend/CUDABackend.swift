@@ -931,9 +931,10 @@ public final class CUDABackend: Backend {
     }
 
     /// Whether an attention call takes the flash kernels: float32, a head dim they are built for, a grid they
-    /// can cover (heads on the grid's y axis), every buffer 16-byte aligned (they load 16 bytes at a time).
-    private func flashEligible(_ dtype: DType, dim: Int, bh: Int, _ buffers: [Storage?]) -> Bool {
-        guard useFlashAttention, dtype == .float32, KernelSource.flashDims.contains(dim), bh <= 65535,
+    /// can cover (batch * heads on the grid's y axis), every buffer 16-byte aligned (they load 16 bytes at a
+    /// time; rows lie heads * dim floats apart, a multiple of 4 for the flash head dims).
+    private func flashEligible(_ dtype: DType, _ g: AttentionGeometry, _ buffers: [Storage?]) -> Bool {
+        guard useFlashAttention, dtype == .float32, KernelSource.flashDims.contains(g.dim), g.batch * g.heads <= 65535,
               supportsFlashAttention else { return false }
         return buffers.allSatisfy { $0.map { addr($0) % 16 == 0 } ?? true }
     }
@@ -946,35 +947,37 @@ public final class CUDABackend: Backend {
     }
 
     public func attention(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
-                          o: Storage, to: Storage?, lse: Storage, bh: Int, seq: Int, dim: Int, scale: Double) {
-        let rows = bh * seq
-        guard rows > 0 && dim > 0 else { return }
-        let dtype = q.dtype, count = rows * dim
-        if flashEligible(dtype, dim: dim, bh: bh, [q, k, v, tq, tk, tv, o, to, lse]) {
+                          o: Storage, to: Storage?, lse: Storage, geometry g: AttentionGeometry) {
+        let rows = g.rows
+        guard rows > 0 && g.dim > 0 else { return }
+        let dtype = q.dtype, count = g.count
+        if flashEligible(dtype, g, [q, k, v, tq, tk, tv, o, to, lse]) {
             let z = to != nil && (tq == nil || tk == nil || tv == nil) ? zeros(count, dtype) : nil
-            let f = flashSet().kernel(.forward, tangent: to != nil, dim: dim, split: !allowTF32, capped: flashRegisterCaps)
-            launch(f.function, grid: ((seq + f.rows - 1) / f.rows, bh), block: (f.threads, 1), shared: f.shared) { g in
-                g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v))
-                if to != nil { g.ptr(addr(tq ?? z!)); g.ptr(addr(tk ?? z!)); g.ptr(addr(tv ?? z!)) } else { g.ptr(0); g.ptr(0); g.ptr(0) }
-                g.ptr(addr(o)); g.ptr(to.map { addr($0) } ?? 0); g.ptr(addr(lse))
-                g.ptr(0); g.ptr(0); g.ptr(0); g.ptr(0)  // go, gto, lseIn, stats: the backward's pre-pass only
-                g.i32(seq); g.scalar(scale, dtype)
+            let f = flashSet().kernel(.forward, tangent: to != nil, dim: g.dim, split: !allowTF32, capped: flashRegisterCaps)
+            launch(f.function, grid: ((g.seq + f.rows - 1) / f.rows, g.batch * g.heads), block: (f.threads, 1), shared: f.shared) { a in
+                a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v))
+                if to != nil { a.ptr(addr(tq ?? z!)); a.ptr(addr(tk ?? z!)); a.ptr(addr(tv ?? z!)) } else { a.ptr(0); a.ptr(0); a.ptr(0) }
+                a.ptr(addr(o)); a.ptr(to.map { addr($0) } ?? 0); a.ptr(addr(lse))
+                a.ptr(0); a.ptr(0); a.ptr(0); a.ptr(0)  // go, gto, lseIn, stats: the backward's pre-pass only
+                a.i32(g.seq); a.i32(g.heads); a.scalar(g.scale, dtype)
             }
             flashAttentionCalls += 1
             return
         }
-        let set = attentionSet(dtype), w = laneWidth(dim)
+        let set = attentionSet(dtype), w = laneWidth(g.dim)
         if let to {
             let z = (tq == nil || tk == nil || tv == nil) ? zeros(count, dtype) : nil
             let (tqs, tks, tvs) = (tq ?? z!, tk ?? z!, tv ?? z!)
-            launch(set.forward[1][w], grid: ((rows + 7) / 8, 1)) { g in
-                g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(addr(tqs)); g.ptr(addr(tks)); g.ptr(addr(tvs))
-                g.ptr(addr(o)); g.ptr(addr(to)); g.ptr(addr(lse)); g.i64(rows); g.i32(seq); g.i32(dim); g.scalar(scale, dtype)
+            launch(set.forward[1][w], grid: ((rows + 7) / 8, 1)) { a in
+                a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v)); a.ptr(addr(tqs)); a.ptr(addr(tks)); a.ptr(addr(tvs))
+                a.ptr(addr(o)); a.ptr(addr(to)); a.ptr(addr(lse))
+                a.i64(rows); a.i32(g.seq); a.i32(g.heads); a.i32(g.dim); a.scalar(g.scale, dtype)
             }
         } else {
-            launch(set.forward[0][w], grid: ((rows + 7) / 8, 1)) { g in
-                g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(0); g.ptr(0); g.ptr(0)
-                g.ptr(addr(o)); g.ptr(0); g.ptr(addr(lse)); g.i64(rows); g.i32(seq); g.i32(dim); g.scalar(scale, dtype)
+            launch(set.forward[0][w], grid: ((rows + 7) / 8, 1)) { a in
+                a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v)); a.ptr(0); a.ptr(0); a.ptr(0)
+                a.ptr(addr(o)); a.ptr(0); a.ptr(addr(lse))
+                a.i64(rows); a.i32(g.seq); a.i32(g.heads); a.i32(g.dim); a.scalar(g.scale, dtype)
             }
         }
     }
@@ -982,10 +985,10 @@ public final class CUDABackend: Backend {
     public func attentionBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
                                   o: Storage, to: Storage?, lse: Storage, go: Storage?, gto: Storage?,
                                   dq: Storage, dk: Storage, dv: Storage, dtq: Storage?, dtk: Storage?, dtv: Storage?,
-                                  bh: Int, seq: Int, dim: Int, scale: Double) {
-        let rows = bh * seq
-        guard rows > 0 && dim > 0 else { return }
-        let dtype = q.dtype, count = rows * dim
+                                  geometry g: AttentionGeometry) {
+        let rows = g.rows
+        guard rows > 0 && g.dim > 0 else { return }
+        let dtype = q.dtype, count = g.count
         let tangent = tq != nil || tk != nil || tv != nil || gto != nil || dtq != nil || dtk != nil || dtv != nil
         let needZeros = go == nil || (tangent && (tq == nil || tk == nil || tv == nil || gto == nil))
         let z = needZeros ? zeros(count, dtype) : nil
@@ -997,45 +1000,45 @@ public final class CUDABackend: Backend {
         let dtkS = tangent ? (dtk ?? allocate(count, dtype)) : nil
         let dtvS = tangent ? (dtv ?? allocate(count, dtype)) : nil
         func p(_ s: Storage?) -> DevicePointer { s.map { addr($0) } ?? 0 }
-        if flashEligible(dtype, dim: dim, bh: bh, [q, k, v, tqS, tkS, tvS, lse, goS, gtoS, dq, dk, dv, dtqS, dtkS, dtvS]) {
+        if flashEligible(dtype, g, [q, k, v, tqS, tkS, tvS, lse, goS, gtoS, dq, dk, dv, dtqS, dtkS, dtvS]) {
             // Pre-pass (the forward recomputed, nothing stored but per-row float4 (lse, mu, rho, sum_j P dP)),
             // then the query side (dq, dtq) and the key side (dk, dv, dtk, dtv), P recomputed from lse.
-            let set = flashSet(), split = !allowTF32
+            let set = flashSet(), split = !allowTF32, bh = g.batch * g.heads
             let rowStats = allocate(rows * 4, dtype)
-            let f = set.kernel(.forward, tangent: tangent, dim: dim, split: split, capped: flashRegisterCaps)
-            launch(f.function, grid: ((seq + f.rows - 1) / f.rows, bh), block: (f.threads, 1), shared: f.shared) { g in
-                g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
-                g.ptr(0); g.ptr(0); g.ptr(0)
-                g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(lse)); g.ptr(addr(rowStats))
-                g.i32(seq); g.scalar(scale, dtype)
+            let f = set.kernel(.forward, tangent: tangent, dim: g.dim, split: split, capped: flashRegisterCaps)
+            launch(f.function, grid: ((g.seq + f.rows - 1) / f.rows, bh), block: (f.threads, 1), shared: f.shared) { a in
+                a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v)); a.ptr(p(tqS)); a.ptr(p(tkS)); a.ptr(p(tvS))
+                a.ptr(0); a.ptr(0); a.ptr(0)
+                a.ptr(addr(goS)); a.ptr(p(gtoS)); a.ptr(addr(lse)); a.ptr(addr(rowStats))
+                a.i32(g.seq); a.i32(g.heads); a.scalar(g.scale, dtype)
             }
-            let fq = set.kernel(.dq, tangent: tangent, dim: dim, split: split, capped: flashRegisterCaps)
-            launch(fq.function, grid: ((seq + fq.rows - 1) / fq.rows, bh), block: (fq.threads, 1), shared: fq.shared) { g in
-                g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
-                g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(rowStats)); g.ptr(addr(dq)); g.ptr(p(dtqS))
-                g.i32(seq); g.scalar(scale, dtype)
+            let fq = set.kernel(.dq, tangent: tangent, dim: g.dim, split: split, capped: flashRegisterCaps)
+            launch(fq.function, grid: ((g.seq + fq.rows - 1) / fq.rows, bh), block: (fq.threads, 1), shared: fq.shared) { a in
+                a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v)); a.ptr(p(tqS)); a.ptr(p(tkS)); a.ptr(p(tvS))
+                a.ptr(addr(goS)); a.ptr(p(gtoS)); a.ptr(addr(rowStats)); a.ptr(addr(dq)); a.ptr(p(dtqS))
+                a.i32(g.seq); a.i32(g.heads); a.scalar(g.scale, dtype)
             }
-            let fk = set.kernel(.dkv, tangent: tangent, dim: dim, split: split, capped: flashRegisterCaps)
-            launch(fk.function, grid: ((seq + fk.rows - 1) / fk.rows, bh), block: (fk.threads, 1), shared: fk.shared) { g in
-                g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
-                g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(rowStats))
-                g.ptr(addr(dk)); g.ptr(addr(dv)); g.ptr(p(dtkS)); g.ptr(p(dtvS))
-                g.i32(seq); g.scalar(scale, dtype)
+            let fk = set.kernel(.dkv, tangent: tangent, dim: g.dim, split: split, capped: flashRegisterCaps)
+            launch(fk.function, grid: ((g.seq + fk.rows - 1) / fk.rows, bh), block: (fk.threads, 1), shared: fk.shared) { a in
+                a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v)); a.ptr(p(tqS)); a.ptr(p(tkS)); a.ptr(p(tvS))
+                a.ptr(addr(goS)); a.ptr(p(gtoS)); a.ptr(addr(rowStats))
+                a.ptr(addr(dk)); a.ptr(addr(dv)); a.ptr(p(dtkS)); a.ptr(p(dtvS))
+                a.i32(g.seq); a.i32(g.heads); a.scalar(g.scale, dtype)
             }
             flashAttentionCalls += 1
             return
         }
-        let set = attentionSet(dtype), w = laneWidth(dim), stats = allocate(rows * 3, dtype)
-        launch(set.backwardRows[t][w], grid: ((rows + 7) / 8, 1)) { g in
-            g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
-            g.ptr(addr(lse)); g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(dq)); g.ptr(p(dtqS)); g.ptr(addr(stats))
-            g.i64(rows); g.i32(seq); g.i32(dim); g.scalar(scale, dtype)
+        let set = attentionSet(dtype), w = laneWidth(g.dim), stats = allocate(rows * 3, dtype)
+        launch(set.backwardRows[t][w], grid: ((rows + 7) / 8, 1)) { a in
+            a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v)); a.ptr(p(tqS)); a.ptr(p(tkS)); a.ptr(p(tvS))
+            a.ptr(addr(lse)); a.ptr(addr(goS)); a.ptr(p(gtoS)); a.ptr(addr(dq)); a.ptr(p(dtqS)); a.ptr(addr(stats))
+            a.i64(rows); a.i32(g.seq); a.i32(g.heads); a.i32(g.dim); a.scalar(g.scale, dtype)
         }
-        launch(set.backwardCols[t][w], grid: ((rows + 7) / 8, 1)) { g in
-            g.ptr(addr(q)); g.ptr(addr(k)); g.ptr(addr(v)); g.ptr(p(tqS)); g.ptr(p(tkS)); g.ptr(p(tvS))
-            g.ptr(addr(lse)); g.ptr(addr(goS)); g.ptr(p(gtoS)); g.ptr(addr(stats))
-            g.ptr(addr(dk)); g.ptr(addr(dv)); g.ptr(p(dtkS)); g.ptr(p(dtvS))
-            g.i64(rows); g.i32(seq); g.i32(dim); g.scalar(scale, dtype)
+        launch(set.backwardCols[t][w], grid: ((rows + 7) / 8, 1)) { a in
+            a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v)); a.ptr(p(tqS)); a.ptr(p(tkS)); a.ptr(p(tvS))
+            a.ptr(addr(lse)); a.ptr(addr(goS)); a.ptr(p(gtoS)); a.ptr(addr(stats))
+            a.ptr(addr(dk)); a.ptr(addr(dv)); a.ptr(p(dtkS)); a.ptr(p(dtvS))
+            a.i64(rows); a.i32(g.seq); a.i32(g.heads); a.i32(g.dim); a.scalar(g.scale, dtype)
         }
     }
 

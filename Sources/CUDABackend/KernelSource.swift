@@ -50,6 +50,11 @@ enum KernelSource {
     template<typename T> struct __align__(16) Pack { T v[16 / sizeof(T)]; };
 
     __device__ __forceinline__ i64 gtid() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
+    /// Attention operands are token-major [batch, n, heads, d] (TensorCore's AttentionGeometry): the first row of
+    /// head bh = b * heads + h lies here, and its rows are heads * d apart.
+    __device__ __forceinline__ i64 attn_head_offset(i64 bh, int n, int heads, int d) {
+        return ((bh / heads) * n * heads + bh % heads) * d;
+    }
     __device__ __forceinline__ i64 gstride() { return (i64)gridDim.x * blockDim.x; }
 
     template<typename T> __device__ __forceinline__ T warp_sum(T v) {
@@ -757,13 +762,13 @@ enum KernelSource {
     /// One online-softmax step over KU keys starting at j: scores (and their tangents) for this warp's query row,
     /// then the running max m, sum l, tangent mean mu and the accumulators of O and of its tangent.
     template<typename T, int DPL, bool TAN, int KU>
-    __device__ __forceinline__ void attn_fwd_step(int j, int lane, int d, T scale, const T* K, const T* V,
+    __device__ __forceinline__ void attn_fwd_step(int j, int lane, int d, i64 ld, T scale, const T* K, const T* V,
                                                   const T* TK, const T* TV, const T (&qr)[DPL], const T (&tqr)[DPL],
                                                   T (&acc)[DPL], T (&tacc)[DPL], T& m, T& l, T& mu) {
         T s[KU], ts[KU];
     #pragma unroll
         for (int u = 0; u < KU; ++u) {
-            const i64 off = (i64)(j + u) * d;
+            const i64 off = (j + u) * ld;
             T a = 0, b = 0;
     #pragma unroll
             LANE_LOOP(c) {
@@ -796,7 +801,7 @@ enum KernelSource {
                 T a = acc[c] * alpha, b = TAN ? tacc[c] * alpha : T(0);
     #pragma unroll
                 for (int u = 0; u < KU; ++u) {
-                    const i64 off = (i64)(j + u) * d + dd;
+                    const i64 off = (j + u) * ld + dd;
                     const T vv = V[off];
                     a += p[u] * vv;
                     if (TAN) b += p[u] * (ts[u] * vv + TV[off]);
@@ -808,34 +813,35 @@ enum KernelSource {
         m = mn;
     }
 
-    /// A warp per query row (rows = bh * n): o, lse, and with TAN the tangent
+    /// A warp per query row (rows = batch * heads * n, row = bh * n + i): o, lse, and with TAN the tangent
     /// to_i = sum_j P_ij tS_ij v_j - mu_i o_i + sum_j P_ij tv_j.
     template<typename T, int DPL, bool TAN>
     __device__ __forceinline__ void attn_fwd_impl(const T* q, const T* k, const T* v, const T* tq, const T* tk, const T* tv,
-                                                  T* o, T* to, T* lse, i64 rows, int n, int d, T scale) {
+                                                  T* o, T* to, T* lse, i64 rows, int n, int heads, int d, T scale) {
         const int lane = threadIdx.x & 31;
         const i64 row = gtid() >> 5;
         if (row >= rows) return;
-        const i64 head = row / n, hb = head * n * d;
+        const i64 head = row / n, hb = attn_head_offset(head, n, heads, d), ld = (i64)heads * d;
+        const i64 ro = hb + (row - head * n) * ld;
         const T* K = k + hb; const T* V = v + hb;
         const T* TK = TAN ? tk + hb : nullptr; const T* TV = TAN ? tv + hb : nullptr;
         T qr[DPL], tqr[DPL], acc[DPL], tacc[DPL];
-        load_row<T, DPL>(qr, q + row * d, lane, d);
-        if (TAN) load_row<T, DPL>(tqr, tq + row * d, lane, d);
+        load_row<T, DPL>(qr, q + ro, lane, d);
+        if (TAN) load_row<T, DPL>(tqr, tq + ro, lane, d);
     #pragma unroll
         LANE_LOOP(c) { acc[c] = 0; tacc[c] = 0; }
         T m = -inf_<T>(), l = 0, mu = 0;
         int j = 0;
-        for (; j + 4 <= n; j += 4) attn_fwd_step<T, DPL, TAN, 4>(j, lane, d, scale, K, V, TK, TV, qr, tqr, acc, tacc, m, l, mu);
-        for (; j < n; ++j) attn_fwd_step<T, DPL, TAN, 1>(j, lane, d, scale, K, V, TK, TV, qr, tqr, acc, tacc, m, l, mu);
+        for (; j + 4 <= n; j += 4) attn_fwd_step<T, DPL, TAN, 4>(j, lane, d, ld, scale, K, V, TK, TV, qr, tqr, acc, tacc, m, l, mu);
+        for (; j < n; ++j) attn_fwd_step<T, DPL, TAN, 1>(j, lane, d, ld, scale, K, V, TK, TV, qr, tqr, acc, tacc, m, l, mu);
         const T inv = T(1) / l, muv = mu * inv;
     #pragma unroll
         LANE_LOOP(c) {
             const int dd = lane + 32 * c;
             if (dd < d) {
                 const T ov = acc[c] * inv;
-                o[row * d + dd] = ov;
-                if (TAN) to[row * d + dd] = tacc[c] * inv - muv * ov;
+                o[ro + dd] = ov;
+                if (TAN) to[ro + dd] = tacc[c] * inv - muv * ov;
             }
         }
         if (lane == 0) lse[row] = m + m_log(l);
@@ -850,21 +856,22 @@ enum KernelSource {
     template<typename T, int DPL, bool TAN>
     __device__ __forceinline__ void attn_bwd_rows_impl(const T* q, const T* k, const T* v, const T* tq, const T* tk,
                                                        const T* tv, const T* lse, const T* go, const T* gto,
-                                                       T* dq, T* dtq, T* stats, i64 rows, int n, int d, T scale) {
+                                                       T* dq, T* dtq, T* stats, i64 rows, int n, int heads, int d, T scale) {
         const int lane = threadIdx.x & 31;
         const i64 row = gtid() >> 5;
         if (row >= rows) return;
-        const i64 head = row / n, hb = head * n * d;
+        const i64 head = row / n, hb = attn_head_offset(head, n, heads, d), ld = (i64)heads * d;
+        const i64 ro = hb + (row - head * n) * ld;
         const T* K = k + hb; const T* V = v + hb;
         const T* TK = TAN ? tk + hb : nullptr; const T* TV = TAN ? tv + hb : nullptr;
         T qr[DPL], gor[DPL], tqr[DPL], gtor[DPL];
-        load_row<T, DPL>(qr, q + row * d, lane, d);
-        load_row<T, DPL>(gor, go + row * d, lane, d);
-        if (TAN) { load_row<T, DPL>(tqr, tq + row * d, lane, d); load_row<T, DPL>(gtor, gto + row * d, lane, d); }
+        load_row<T, DPL>(qr, q + ro, lane, d);
+        load_row<T, DPL>(gor, go + ro, lane, d);
+        if (TAN) { load_row<T, DPL>(tqr, tq + ro, lane, d); load_row<T, DPL>(gtor, gto + ro, lane, d); }
         const T L = lse[row];
         T mu = 0, rho = 0, A = 0, B = 0;
         for (int j = 0; j < n; ++j) {
-            const i64 off = (i64)j * d;
+            const i64 off = j * ld;
             T s = 0, ts = 0, gv = 0, r = 0, gtv = 0;
     #pragma unroll
             LANE_LOOP(c) {
@@ -886,7 +893,7 @@ enum KernelSource {
     #pragma unroll
         LANE_LOOP(c) { dqa[c] = 0; dtqa[c] = 0; }
         for (int j = 0; j < n; ++j) {
-            const i64 off = (i64)j * d;
+            const i64 off = j * ld;
             T s = 0, ts = 0, gv = 0, r = 0, gtv = 0;
     #pragma unroll
             LANE_LOOP(c) {
@@ -917,8 +924,8 @@ enum KernelSource {
         LANE_LOOP(c) {
             const int dd = lane + 32 * c;
             if (dd < d) {
-                dq[row * d + dd] = scale * dqa[c];
-                if (TAN) dtq[row * d + dd] = scale * dtqa[c];
+                dq[ro + dd] = scale * dqa[c];
+                if (TAN) dtq[ro + dd] = scale * dtqa[c];
             }
         }
         if (lane == 0) { stats[row * 3] = mu; stats[row * 3 + 1] = rho; stats[row * 3 + 2] = dotPdP; }
@@ -929,22 +936,23 @@ enum KernelSource {
     __device__ __forceinline__ void attn_bwd_cols_impl(const T* q, const T* k, const T* v, const T* tq, const T* tk,
                                                        const T* tv, const T* lse, const T* go, const T* gto,
                                                        const T* stats, T* dk, T* dv, T* dtk, T* dtv,
-                                                       i64 rows, int n, int d, T scale) {
+                                                       i64 rows, int n, int heads, int d, T scale) {
         const int lane = threadIdx.x & 31;
         const i64 row = gtid() >> 5;
         if (row >= rows) return;
-        const i64 head = row / n, hb = head * n * d, hr = head * n;
+        const i64 head = row / n, hb = attn_head_offset(head, n, heads, d), ld = (i64)heads * d, hr = head * n;
+        const i64 ro = hb + (row - hr) * ld;
         const T* Q = q + hb; const T* GO = go + hb;
         const T* TQ = TAN ? tq + hb : nullptr; const T* GTO = TAN ? gto + hb : nullptr;
         T kr[DPL], vr[DPL], tkr[DPL], tvr[DPL];
-        load_row<T, DPL>(kr, k + row * d, lane, d);
-        load_row<T, DPL>(vr, v + row * d, lane, d);
-        if (TAN) { load_row<T, DPL>(tkr, tk + row * d, lane, d); load_row<T, DPL>(tvr, tv + row * d, lane, d); }
+        load_row<T, DPL>(kr, k + ro, lane, d);
+        load_row<T, DPL>(vr, v + ro, lane, d);
+        if (TAN) { load_row<T, DPL>(tkr, tk + ro, lane, d); load_row<T, DPL>(tvr, tv + ro, lane, d); }
         T dka[DPL], dva[DPL], dtka[DPL], dtva[DPL];
     #pragma unroll
         LANE_LOOP(c) { dka[c] = 0; dva[c] = 0; dtka[c] = 0; dtva[c] = 0; }
         for (int i = 0; i < n; ++i) {
-            const i64 off = (i64)i * d;
+            const i64 off = i * ld;
             T qi[DPL], goi[DPL], tqi[DPL], gtoi[DPL];
             load_row<T, DPL>(qi, Q + off, lane, d);
             load_row<T, DPL>(goi, GO + off, lane, d);
@@ -976,9 +984,9 @@ enum KernelSource {
         LANE_LOOP(c) {
             const int dd = lane + 32 * c;
             if (dd < d) {
-                dk[row * d + dd] = scale * dka[c];
-                dv[row * d + dd] = dva[c];
-                if (TAN) { dtk[row * d + dd] = scale * dtka[c]; dtv[row * d + dd] = dtva[c]; }
+                dk[ro + dd] = scale * dka[c];
+                dv[ro + dd] = dva[c];
+                if (TAN) { dtk[ro + dd] = scale * dtka[c]; dtv[ro + dd] = dtva[c]; }
             }
         }
     }
@@ -993,7 +1001,8 @@ enum KernelSource {
     // lo*hi + hi*lo + hi*hi: three products for about float32 accuracy (3xTF32). SPLIT = false (allowTF32)
     // uses hi*hi alone. Nothing of size seq x seq reaches memory: scores live in registers, one key (or
     // query) block at a time, with an online softmax in the forward pass and the saved row log-sum-exp in
-    // the backward pass.
+    // the backward pass. Operands are token-major (attn_head_offset): grid.y runs over batch * heads, a head's
+    // rows are heads * D floats apart, and lse and the row statistics are [batch * heads, n].
     //
     // Layouts of mma.m16n8k8 (g = lane / 4, t = lane % 4): A (16x8) a0 = A[g][t], a1 = A[g+8][t],
     // a2 = A[g][t+4], a3 = A[g+8][t+4]; B (8x8) b0 = B[t][g], b1 = B[t+4][g]; C (16x8) c0, c1 = C[g][2t, 2t+1],
@@ -1068,15 +1077,16 @@ enum KernelSource {
         return frag_a<SPLIT>(c[0], c[2], c[1], c[3]);
     }
 
-    /// Rows row0..row0+ROWS-1 of a [n, D] head into a shared tile [ROWS][D + 4] (16-byte loads; rows past n are zeros).
+    /// Rows row0..row0+ROWS-1 of a head (n rows of D values, `ld` apart from `src`) into a shared tile [ROWS][D + 4]
+    /// (16-byte loads: src and ld are multiples of 4 floats; rows past n are zeros).
     template<int D, int ROWS, int THREADS>
-    __device__ __forceinline__ void flash_load(float* s, const float* __restrict__ src, int row0, int n) {
+    __device__ __forceinline__ void flash_load(float* s, const float* __restrict__ src, i64 ld, int row0, int n) {
         constexpr int V = D / 4, LD = D + 4;
     #pragma unroll 4
         for (int i = threadIdx.x; i < ROWS * V; i += THREADS) {
             const int r = i / V, c = i - r * V;
             float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (row0 + r < n) x = reinterpret_cast<const float4*>(src + (i64)(row0 + r) * D)[c];
+            if (row0 + r < n) x = reinterpret_cast<const float4*>(src + (row0 + r) * ld)[c];
             *reinterpret_cast<float4*>(s + r * LD + 4 * c) = x;
         }
     }
@@ -1103,7 +1113,7 @@ enum KernelSource {
             const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
             const float* __restrict__ tv, float* __restrict__ o, float* __restrict__ to, float* __restrict__ lse,
             const float* __restrict__ go, const float* __restrict__ gto, const float* __restrict__ lseIn,
-            float* __restrict__ stats, int n, float scale) {
+            float* __restrict__ stats, int n, int heads, float scale) {
         constexpr int LD = D + 4, BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
         constexpr int NQ = TAN ? 2 : 1, NK = TAN ? 4 : 2;
         constexpr int SMEM = (BR * NQ + BC * NK) * LD * 4;
@@ -1117,9 +1127,9 @@ enum KernelSource {
         float* sTV = sTK + BC * LD;
         const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
         const int q0 = blockIdx.x * BR;
-        const i64 hb = (i64)blockIdx.y * n * D;
-        flash_load<D, BR, THREADS>(sQ, q + hb, q0, n);
-        if (TAN) flash_load<D, BR, THREADS>(sTQ, tq + hb, q0, n);
+        const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D;
+        flash_load<D, BR, THREADS>(sQ, q + hb, ld, q0, n);
+        if (TAN) flash_load<D, BR, THREADS>(sTQ, tq + hb, ld, q0, n);
         float acc[KD][4], tacc[KD][4];
     #pragma unroll
         for (int i = 0; i < KD; ++i)
@@ -1128,11 +1138,11 @@ enum KernelSource {
         float m[2] = {-inf_<float>(), -inf_<float>()}, l[2] = {0.f, 0.f}, mu[2] = {0.f, 0.f};
         for (int j0 = 0; j0 < n; j0 += BC) {
             __syncthreads();
-            flash_load<D, BC, THREADS>(sK, k + hb, j0, n);
-            flash_load<D, BC, THREADS>(sV, v + hb, j0, n);
+            flash_load<D, BC, THREADS>(sK, k + hb, ld, j0, n);
+            flash_load<D, BC, THREADS>(sV, v + hb, ld, j0, n);
             if (TAN) {
-                flash_load<D, BC, THREADS>(sTK, tk + hb, j0, n);
-                flash_load<D, BC, THREADS>(sTV, tv + hb, j0, n);
+                flash_load<D, BC, THREADS>(sTK, tk + hb, ld, j0, n);
+                flash_load<D, BC, THREADS>(sTV, tv + hb, ld, j0, n);
             }
             __syncthreads();
             float s[NC][4], ts[NC][4];
@@ -1214,7 +1224,7 @@ enum KernelSource {
                 const int row = q0 + r0 + g + 8 * h;
                 if (row < n) {
                     const float inv = 1.f / l[h], muv = mu[h] * inv;
-                    const i64 off = (rowBase + row) * D + 2 * t;
+                    const i64 off = hb + row * ld + 2 * t;
     #pragma unroll
                     for (int i = 0; i < KD; ++i) {
                         const float o0 = acc[i][2 * h] * inv, o1 = acc[i][2 * h + 1] * inv;
@@ -1232,7 +1242,7 @@ enum KernelSource {
                 const float inv = 1.f / l[h], muv = TAN ? mu[h] * inv : 0.f;
                 float gdo = 0.f, rho = 0.f, gtt = 0.f;
                 if (row < n) {
-                    const i64 off = (rowBase + row) * D + 2 * t;
+                    const i64 off = hb + row * ld + 2 * t;
     #pragma unroll
                     for (int i = 0; i < KD; ++i) {
                         const float o0 = acc[i][2 * h] * inv, o1 = acc[i][2 * h + 1] * inv;
@@ -1262,7 +1272,7 @@ enum KernelSource {
     __device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, const float* __restrict__ k,
             const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
             const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
-            const float* __restrict__ stats, float* __restrict__ dq, float* __restrict__ dtq, int n, float scale) {
+            const float* __restrict__ stats, float* __restrict__ dq, float* __restrict__ dtq, int n, int heads, float scale) {
         constexpr int LD = D + 4, BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
         constexpr int NS = TAN ? 4 : 2;
         constexpr int SMEM = (BR + BC) * NS * LD * 4;
@@ -1278,12 +1288,12 @@ enum KernelSource {
         float* sTV = sTK + BC * LD;
         const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
         const int q0 = blockIdx.x * BR;
-        const i64 hb = (i64)blockIdx.y * n * D, rowBase = (i64)blockIdx.y * n;
-        flash_load<D, BR, THREADS>(sQ, q + hb, q0, n);
-        flash_load<D, BR, THREADS>(sGO, go + hb, q0, n);
+        const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D, rowBase = (i64)blockIdx.y * n;
+        flash_load<D, BR, THREADS>(sQ, q + hb, ld, q0, n);
+        flash_load<D, BR, THREADS>(sGO, go + hb, ld, q0, n);
         if (TAN) {
-            flash_load<D, BR, THREADS>(sTQ, tq + hb, q0, n);
-            flash_load<D, BR, THREADS>(sGTO, gto + hb, q0, n);
+            flash_load<D, BR, THREADS>(sTQ, tq + hb, ld, q0, n);
+            flash_load<D, BR, THREADS>(sGTO, gto + hb, ld, q0, n);
         }
         float L[2], MU[2], RHO[2], DPP[2];
     #pragma unroll
@@ -1300,11 +1310,11 @@ enum KernelSource {
             for (int e = 0; e < 4; ++e) { dqa[i][e] = 0.f; dtqa[i][e] = 0.f; }
         for (int j0 = 0; j0 < n; j0 += BC) {
             __syncthreads();
-            flash_load<D, BC, THREADS>(sK, k + hb, j0, n);
-            flash_load<D, BC, THREADS>(sV, v + hb, j0, n);
+            flash_load<D, BC, THREADS>(sK, k + hb, ld, j0, n);
+            flash_load<D, BC, THREADS>(sV, v + hb, ld, j0, n);
             if (TAN) {
-                flash_load<D, BC, THREADS>(sTK, tk + hb, j0, n);
-                flash_load<D, BC, THREADS>(sTV, tv + hb, j0, n);
+                flash_load<D, BC, THREADS>(sTK, tk + hb, ld, j0, n);
+                flash_load<D, BC, THREADS>(sTV, tv + hb, ld, j0, n);
             }
             __syncthreads();
             float s[NC][4], ts[NC][4], gg[NC][4], rr[NC][4];
@@ -1379,7 +1389,7 @@ enum KernelSource {
         for (int h = 0; h < 2; ++h) {
             const int row = q0 + r0 + g + 8 * h;
             if (row < n) {
-                const i64 off = (rowBase + row) * D + 2 * t;
+                const i64 off = hb + row * ld + 2 * t;
     #pragma unroll
                 for (int i = 0; i < KD; ++i) {
                     *reinterpret_cast<float2*>(dq + off + i * 8) = make_float2(scale * dqa[i][2 * h], scale * dqa[i][2 * h + 1]);
@@ -1398,7 +1408,7 @@ enum KernelSource {
             const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
             const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
             const float* __restrict__ stats, float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dtk,
-            float* __restrict__ dtv, int n, float scale) {
+            float* __restrict__ dtv, int n, int heads, float scale) {
         constexpr int LD = D + 4, BK = 16 * WARPS, KD = D / 8, NQ = BQ / 8, THREADS = 32 * WARPS;
         constexpr int NS = TAN ? 4 : 2;
         constexpr int SMEM = (BK + BQ) * NS * LD * 4 + BQ * 16;
@@ -1415,12 +1425,12 @@ enum KernelSource {
         float4* sSt = reinterpret_cast<float4*>(sQ + NS * BQ * LD);
         const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
         const int k0 = blockIdx.x * BK;
-        const i64 hb = (i64)blockIdx.y * n * D, rowBase = (i64)blockIdx.y * n;
-        flash_load<D, BK, THREADS>(sK, k + hb, k0, n);
-        flash_load<D, BK, THREADS>(sV, v + hb, k0, n);
+        const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D, rowBase = (i64)blockIdx.y * n;
+        flash_load<D, BK, THREADS>(sK, k + hb, ld, k0, n);
+        flash_load<D, BK, THREADS>(sV, v + hb, ld, k0, n);
         if (TAN) {
-            flash_load<D, BK, THREADS>(sTK, tk + hb, k0, n);
-            flash_load<D, BK, THREADS>(sTV, tv + hb, k0, n);
+            flash_load<D, BK, THREADS>(sTK, tk + hb, ld, k0, n);
+            flash_load<D, BK, THREADS>(sTV, tv + hb, ld, k0, n);
         }
         float dka[KD][4], dva[KD][4], dtka[KD][4], dtva[KD][4];
     #pragma unroll
@@ -1429,11 +1439,11 @@ enum KernelSource {
             for (int e = 0; e < 4; ++e) { dka[i][e] = 0.f; dva[i][e] = 0.f; dtka[i][e] = 0.f; dtva[i][e] = 0.f; }
         for (int i0 = 0; i0 < n; i0 += BQ) {
             __syncthreads();
-            flash_load<D, BQ, THREADS>(sQ, q + hb, i0, n);
-            flash_load<D, BQ, THREADS>(sGO, go + hb, i0, n);
+            flash_load<D, BQ, THREADS>(sQ, q + hb, ld, i0, n);
+            flash_load<D, BQ, THREADS>(sGO, go + hb, ld, i0, n);
             if (TAN) {
-                flash_load<D, BQ, THREADS>(sTQ, tq + hb, i0, n);
-                flash_load<D, BQ, THREADS>(sGTO, gto + hb, i0, n);
+                flash_load<D, BQ, THREADS>(sTQ, tq + hb, ld, i0, n);
+                flash_load<D, BQ, THREADS>(sGTO, gto + hb, ld, i0, n);
             }
             for (int i = threadIdx.x; i < BQ; i += THREADS)
                 sSt[i] = i0 + i < n ? *reinterpret_cast<const float4*>(stats + (rowBase + i0 + i) * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
@@ -1530,7 +1540,7 @@ enum KernelSource {
         for (int h = 0; h < 2; ++h) {
             const int row = k0 + r0 + g + 8 * h;
             if (row < n) {
-                const i64 off = (rowBase + row) * D + 2 * t;
+                const i64 off = hb + row * ld + 2 * t;
     #pragma unroll
                 for (int i = 0; i < KD; ++i) {
                     *reinterpret_cast<float2*>(dk + off + i * 8) = make_float2(scale * dka[i][2 * h], scale * dka[i][2 * h + 1]);
@@ -1607,14 +1617,14 @@ enum KernelSource {
                         let (signature, call): (String, String)
                         switch kind {
                         case .forward:
-                            signature = "\(ins), float* o, float* to, float* lse, const float* go, const float* gto, const float* lseIn, float* stats, int n, float scale"
-                            call = "flash_fwd_impl\(tmpl)(\(args), o, to, lse, go, gto, lseIn, stats, n, scale)"
+                            signature = "\(ins), float* o, float* to, float* lse, const float* go, const float* gto, const float* lseIn, float* stats, int n, int heads, float scale"
+                            call = "flash_fwd_impl\(tmpl)(\(args), o, to, lse, go, gto, lseIn, stats, n, heads, scale)"
                         case .dq:
-                            signature = "\(ins), const float* go, const float* gto, const float* stats, float* dq, float* dtq, int n, float scale"
-                            call = "flash_bwd_dq_impl\(tmpl)(\(args), go, gto, stats, dq, dtq, n, scale)"
+                            signature = "\(ins), const float* go, const float* gto, const float* stats, float* dq, float* dtq, int n, int heads, float scale"
+                            call = "flash_bwd_dq_impl\(tmpl)(\(args), go, gto, stats, dq, dtq, n, heads, scale)"
                         case .dkv:
-                            signature = "\(ins), const float* go, const float* gto, const float* stats, float* dk, float* dv, float* dtk, float* dtv, int n, float scale"
-                            call = "flash_bwd_dkv_impl\(tmpl)(\(args), go, gto, stats, dk, dv, dtk, dtv, n, scale)"
+                            signature = "\(ins), const float* go, const float* gto, const float* stats, float* dk, float* dv, float* dtk, float* dtv, int n, int heads, float scale"
+                            call = "flash_bwd_dkv_impl\(tmpl)(\(args), go, gto, stats, dk, dv, dtk, dtv, n, heads, scale)"
                         }
                         for uncapped in minBlocks > 0 ? [false, true] : [false] {
                             let bounds = minBlocks > 0 && !uncapped ? "\(32 * w), \(minBlocks)" : "\(32 * w)"
@@ -1638,9 +1648,9 @@ enum KernelSource {
             for tan in [false, true] {
                 let t = tan ? "t" : "p", flag = tan ? "true" : "false"
                 out += """
-                extern "C" __global__ void __launch_bounds__(256) attn_fwd_\(t)\(dpl)_\(s)(const \(T)* q, const \(T)* k, const \(T)* v, const \(T)* tq, const \(T)* tk, const \(T)* tv, \(T)* o, \(T)* to, \(T)* lse, i64 rows, int n, int d, \(T) scale) { attn_fwd_impl<\(T), \(dpl), \(flag)>(q, k, v, tq, tk, tv, o, to, lse, rows, n, d, scale); }
-                extern "C" __global__ void __launch_bounds__(256) attn_bwd_rows_\(t)\(dpl)_\(s)(const \(T)* q, const \(T)* k, const \(T)* v, const \(T)* tq, const \(T)* tk, const \(T)* tv, const \(T)* lse, const \(T)* go, const \(T)* gto, \(T)* dq, \(T)* dtq, \(T)* stats, i64 rows, int n, int d, \(T) scale) { attn_bwd_rows_impl<\(T), \(dpl), \(flag)>(q, k, v, tq, tk, tv, lse, go, gto, dq, dtq, stats, rows, n, d, scale); }
-                extern "C" __global__ void __launch_bounds__(256) attn_bwd_cols_\(t)\(dpl)_\(s)(const \(T)* q, const \(T)* k, const \(T)* v, const \(T)* tq, const \(T)* tk, const \(T)* tv, const \(T)* lse, const \(T)* go, const \(T)* gto, const \(T)* stats, \(T)* dk, \(T)* dv, \(T)* dtk, \(T)* dtv, i64 rows, int n, int d, \(T) scale) { attn_bwd_cols_impl<\(T), \(dpl), \(flag)>(q, k, v, tq, tk, tv, lse, go, gto, stats, dk, dv, dtk, dtv, rows, n, d, scale); }
+                extern "C" __global__ void __launch_bounds__(256) attn_fwd_\(t)\(dpl)_\(s)(const \(T)* q, const \(T)* k, const \(T)* v, const \(T)* tq, const \(T)* tk, const \(T)* tv, \(T)* o, \(T)* to, \(T)* lse, i64 rows, int n, int heads, int d, \(T) scale) { attn_fwd_impl<\(T), \(dpl), \(flag)>(q, k, v, tq, tk, tv, o, to, lse, rows, n, heads, d, scale); }
+                extern "C" __global__ void __launch_bounds__(256) attn_bwd_rows_\(t)\(dpl)_\(s)(const \(T)* q, const \(T)* k, const \(T)* v, const \(T)* tq, const \(T)* tk, const \(T)* tv, const \(T)* lse, const \(T)* go, const \(T)* gto, \(T)* dq, \(T)* dtq, \(T)* stats, i64 rows, int n, int heads, int d, \(T) scale) { attn_bwd_rows_impl<\(T), \(dpl), \(flag)>(q, k, v, tq, tk, tv, lse, go, gto, dq, dtq, stats, rows, n, heads, d, scale); }
+                extern "C" __global__ void __launch_bounds__(256) attn_bwd_cols_\(t)\(dpl)_\(s)(const \(T)* q, const \(T)* k, const \(T)* v, const \(T)* tq, const \(T)* tk, const \(T)* tv, const \(T)* lse, const \(T)* go, const \(T)* gto, const \(T)* stats, \(T)* dk, \(T)* dv, \(T)* dtk, \(T)* dtv, i64 rows, int n, int heads, int d, \(T) scale) { attn_bwd_cols_impl<\(T), \(dpl), \(flag)>(q, k, v, tq, tk, tv, lse, go, gto, stats, dk, dv, dtk, dtv, rows, n, heads, d, scale); }
 
                 """
             }

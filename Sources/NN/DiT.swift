@@ -298,20 +298,21 @@ public struct DiT: FlowMapNetwork {
         Tensor.scaledSum(y, gate, plus: x)
     }
 
-    /// Multi-head self-attention on [B, N, D] with q and k RMS-normalised over the head dimension.
+    /// Multi-head self-attention on [B, N, D] with q and k RMS-normalised over the head dimension. Attention
+    /// reads the heads token-major ([B, N, H, Dh], the projections reshaped in place): no head permutes.
     func attentionLayer(_ x: Tensor, _ p: ParameterSet, _ name: String) -> Tensor {
         let c = config, B = x.shape[0], N = x.shape[1], D = c.hidden, H = c.heads, Dh = c.headDim
         let w = p[name + ".qkv.weight"], b = p[name + ".qkv.bias"]
         // Three products with slices of the weight rather than one product and slices of its output: the
-        // weight is smaller than the activations for any real batch, and each head split is one copy.
+        // weight is smaller than the activations for any real batch, and the slices of the output would be copies.
         func heads(_ k: Int, norm: String?) -> Tensor {
             let wk = w.slice(axis: 0, start: k * D, length: D), bk = b.slice(axis: 0, start: k * D, length: D)
-            var h = x.linear(wk, bias: bk).reshaped([B, N, H, Dh])
-            if let norm { h = h.rmsNormalized(eps: 1e-6) * p[name + "." + norm + ".weight"] }
-            return h.permuted([0, 2, 1, 3])
+            let h = x.linear(wk, bias: bk).reshaped([B, N, H, Dh])
+            guard let norm else { return h }
+            return h.rmsNormalized(eps: 1e-6) * p[name + "." + norm + ".weight"]
         }
         let q = heads(0, norm: "q_norm"), k = heads(1, norm: "k_norm"), v = heads(2, norm: nil)
-        let o = attention(q, k, v).permuted([0, 2, 1, 3]).reshaped([B, N, D])
+        let o = attention(q, k, v, layout: .tokenMajor).reshaped([B, N, D])
         return linear(o, p, name + ".proj")
     }
 

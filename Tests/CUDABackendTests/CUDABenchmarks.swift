@@ -114,33 +114,32 @@ final class CUDABenchmarks: XCTestCase {
             cuda.allowTF32 = false
         }
 
-        // Attention at the DiT-B geometry: B=64, H=12, S=256, D=64 (bh = 768).
-        for (bh, s, d) in [(768, 256, 64), (768, 256, 72)] {
-            let count = bh * s * d
+        // Attention at the DiT-B geometry: B=64, H=12, S=256, D=64 (bh = 768), token-major as DiT runs it.
+        for (b, h, s, d) in [(64, 12, 256, 64), (64, 12, 256, 72)] {
+            let g = AttentionGeometry(batch: b, seq: s, heads: h, dim: d, scale: 1 / Double(d).squareRoot())
+            let bh = b * h, count = g.count
             let qkv = (0..<9).map { i -> Storage in
                 let t = cuda.allocate(count, .float32)
                 cuda.random(t, normal: true, seed: UInt64(10 + i), counter: 0)
                 return t
             }
-            let o = cuda.allocate(count, .float32), to = cuda.allocate(count, .float32), lse = cuda.allocate(bh * s, .float32)
-            let scale = 1 / Double(d).squareRoot()
+            let o = cuda.allocate(count, .float32), to = cuda.allocate(count, .float32), lse = cuda.allocate(g.rows, .float32)
             let fwd = cuda.milliseconds(iterations: 5) {
-                cuda.attention(q: qkv[0], k: qkv[1], v: qkv[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse, bh: bh, seq: s, dim: d, scale: scale)
+                cuda.attention(q: qkv[0], k: qkv[1], v: qkv[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse, geometry: g)
             }
             let fwdT = cuda.milliseconds(iterations: 5) {
-                cuda.attention(q: qkv[0], k: qkv[1], v: qkv[2], tq: qkv[3], tk: qkv[4], tv: qkv[5], o: o, to: to, lse: lse,
-                               bh: bh, seq: s, dim: d, scale: scale)
+                cuda.attention(q: qkv[0], k: qkv[1], v: qkv[2], tq: qkv[3], tk: qkv[4], tv: qkv[5], o: o, to: to, lse: lse, geometry: g)
             }
             let grads = (0..<6).map { _ in cuda.allocate(count, .float32) }
             let bwd = cuda.milliseconds(iterations: 3) {
                 cuda.attentionBackward(q: qkv[0], k: qkv[1], v: qkv[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse,
                                        go: qkv[6], gto: nil, dq: grads[0], dk: grads[1], dv: grads[2], dtq: nil, dtk: nil, dtv: nil,
-                                       bh: bh, seq: s, dim: d, scale: scale)
+                                       geometry: g)
             }
             let bwdT = cuda.milliseconds(iterations: 3) {
                 cuda.attentionBackward(q: qkv[0], k: qkv[1], v: qkv[2], tq: qkv[3], tk: qkv[4], tv: qkv[5], o: o, to: to, lse: lse,
                                        go: qkv[6], gto: qkv[7], dq: grads[0], dk: grads[1], dv: grads[2], dtq: grads[3], dtk: grads[4], dtv: grads[5],
-                                       bh: bh, seq: s, dim: d, scale: scale)
+                                       geometry: g)
             }
             let f = 4.0 * Double(bh) * Double(s) * Double(s) * Double(d)
             report("attention bh=\(bh) S=\(s) D=\(d) f32: forward \(fmt(fwd)) ms (\(fmt(f / fwd / 1e9)) TFLOP/s), "
@@ -167,15 +166,16 @@ final class CUDABenchmarks: XCTestCase {
                + String(format: "%.1f s: ", Date().timeIntervalSince(start)) + cuda.kernelBuildLog.joined(separator: "; "))
         for line in cuda.flashResourceReport() { report(line) }
         for (b, h, s, d) in [(64, 12, 256, 64), (64, 12, 256, 72), (32, 18, 256, 64), (32, 18, 256, 72), (32, 16, 256, 64)] {
-            let bh = b * h, count = bh * s * d
+            // Token-major [B, S, H, D], as DiT runs it.
+            let g = AttentionGeometry(batch: b, seq: s, heads: h, dim: d, scale: 1 / Double(d).squareRoot())
+            let bh = b * h, count = g.count
             let x = (0..<8).map { i -> Storage in
                 let t = cuda.allocate(count, .float32)
                 cuda.random(t, normal: true, seed: UInt64(20 + i), counter: 0)
                 return t
             }
-            let o = cuda.allocate(count, .float32), to = cuda.allocate(count, .float32), lse = cuda.allocate(bh * s, .float32)
+            let o = cuda.allocate(count, .float32), to = cuda.allocate(count, .float32), lse = cuda.allocate(g.rows, .float32)
             let grads = (0..<6).map { _ in cuda.allocate(count, .float32) }
-            let scale = 1 / Double(d).squareRoot()
             // Products of [s, d] x [d, s] size per head: forward 2, with tangent 6; backward 5 (S, dP, dV, dQ, dK),
             // with tangents 15 (and the recomputed pre-pass on top, not counted).
             let unit = 2.0 * Double(bh) * Double(s) * Double(s) * Double(d) / 1e9
@@ -189,22 +189,20 @@ final class CUDABenchmarks: XCTestCase {
                     return runs.sorted()[runs.count / 2]
                 }
                 let fwd = median {
-                    cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse,
-                                   bh: bh, seq: s, dim: d, scale: scale)
+                    cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse, geometry: g)
                 }
                 let fwdT = median {
-                    cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse,
-                                   bh: bh, seq: s, dim: d, scale: scale)
+                    cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse, geometry: g)
                 }
                 let bwd = median {
                     cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse,
                                            go: x[6], gto: nil, dq: grads[0], dk: grads[1], dv: grads[2], dtq: nil, dtk: nil, dtv: nil,
-                                           bh: bh, seq: s, dim: d, scale: scale)
+                                           geometry: g)
                 }
                 let bwdT = median {
                     cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse,
                                            go: x[6], gto: x[7], dq: grads[0], dk: grads[1], dv: grads[2], dtq: grads[3],
-                                           dtk: grads[4], dtv: grads[5], bh: bh, seq: s, dim: d, scale: scale)
+                                           dtk: grads[4], dtv: grads[5], geometry: g)
                 }
                 report("attention B=\(b) H=\(h) S=\(s) D=\(d) \(mode): forward \(fmt(fwd)) ms (\(fmt(2 * unit / fwd)) TFLOP/s), "
                        + "forward+tangent \(fmt(fwdT)) ms (\(fmt(6 * unit / fwdT))), backward \(fmt(bwd)) ms (\(fmt(5 * unit / bwd))), "

@@ -4,7 +4,8 @@ import CUDABackend
 
 /// The fused flash-attention kernels (float32, head dims 64 and 72): against the CPU backend in float64 on the
 /// same float32 inputs (small shapes), and against the warp-per-row kernels in float64 on the GPU (large shapes,
-/// up to B*H = 768 and S = 1024). Both precisions: 3xTF32 (the default, tolerance 1e-5) and TF32 (`allowTF32`,
+/// up to B*H = 768 and S = 1024), in the token-major layout with one head per token (head-major tensors) and
+/// with several (a head's rows H * D apart, as DiT's projections give them). Both precisions: 3xTF32 (the default, tolerance 1e-5) and TF32 (`allowTF32`,
 /// tolerance 1.5e-3). Every output starts as NaN (poisoned allocations), so an unwritten element fails.
 final class CUDAFlashAttentionTests: XCTestCase {
     static let tf32Tolerance = 1.5e-3
@@ -17,8 +18,10 @@ final class CUDAFlashAttentionTests: XCTestCase {
         return cuda
     }
 
-    /// (batch * heads, sequence, head dim): partial query and key blocks, several heads, S = 16 ... 1024.
-    let small = [(2, 16, 64), (1, 64, 72), (3, 33, 64), (2, 100, 72), (2, 257, 64), (1, 256, 72), (1, 1024, 64)]
+    /// (batch, sequence, heads, head dim): partial query and key blocks, S = 16 ... 1024, one head per token
+    /// (batch * heads sequences, head-major) and several heads per token.
+    let small = [(2, 16, 1, 64), (1, 64, 1, 72), (3, 33, 1, 64), (2, 100, 1, 72), (2, 257, 1, 64), (1, 256, 1, 72),
+                 (1, 1024, 1, 64), (2, 256, 6, 64), (1, 64, 3, 72), (2, 33, 3, 72), (3, 100, 2, 64)]
 
     func testForwardAndTangentAgainstCPU() throws {
         let cuda = try flashOrSkip()
@@ -26,25 +29,25 @@ final class CUDAFlashAttentionTests: XCTestCase {
         for tf32 in [false, true] {
             cuda.allowTF32 = tf32
             let tol = tf32 ? Self.tf32Tolerance : tolerance(.float32)
-            for (bh, n, d) in small {
-                let c = bh * n * d, scale = 1 / Double(d).squareRoot()
+            for (batch, n, heads, d) in small {
+                let g = AttentionGeometry(batch: batch, seq: n, heads: heads, dim: d, scale: 1 / Double(d).squareRoot())
+                var g03 = g
+                g03.scale = 0.3
+                let (c, rows) = (g.count, g.rows)
                 let x = (0..<6).map { _ in r.normals(c) }
-                let label = "flash \(tf32 ? "TF32" : "3xTF32") [\(bh), \(n), \(d)] seed=\(r.seed)"
+                let label = "flash \(tf32 ? "TF32" : "3xTF32") [\(batch), \(n), \(heads), \(d)] seed=\(r.seed)"
                 let before = cuda.flashAttentionCalls
                 compareWithCPU("\(label) with tangent", cuda, dtype: .float32, tolerance: tol, reference64: true, inputs: x,
-                               outputs: [(c, nil), (c, nil), (bh * n, nil)]) { b, i, o in
-                    b.attention(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: o[0], to: o[1], lse: o[2],
-                                bh: bh, seq: n, dim: d, scale: scale)
+                               outputs: [(c, nil), (c, nil), (rows, nil)]) { b, i, o in
+                    b.attention(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: o[0], to: o[1], lse: o[2], geometry: g)
                 }
                 compareWithCPU("\(label) plain", cuda, dtype: .float32, tolerance: tol, reference64: true, inputs: x,
-                               outputs: [(c, nil), (bh * n, nil)]) { b, i, o in
-                    b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: o[0], to: nil, lse: o[1],
-                                bh: bh, seq: n, dim: d, scale: scale)
+                               outputs: [(c, nil), (rows, nil)]) { b, i, o in
+                    b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: o[0], to: nil, lse: o[1], geometry: g)
                 }
                 compareWithCPU("\(label) tangent of k only, scale 0.3", cuda, dtype: .float32, tolerance: tol, reference64: true,
-                               inputs: x, outputs: [(c, nil), (c, nil), (bh * n, nil)]) { b, i, o in
-                    b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: i[4], tv: nil, o: o[0], to: o[1], lse: o[2],
-                                bh: bh, seq: n, dim: d, scale: 0.3)
+                               inputs: x, outputs: [(c, nil), (c, nil), (rows, nil)]) { b, i, o in
+                    b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: i[4], tv: nil, o: o[0], to: o[1], lse: o[2], geometry: g03)
                 }
                 XCTAssertEqual(cuda.flashAttentionCalls, before + 3, "\(label): the flash kernels were not used")
             }
@@ -58,26 +61,25 @@ final class CUDAFlashAttentionTests: XCTestCase {
         for tf32 in [false, true] {
             cuda.allowTF32 = tf32
             let tol = tf32 ? Self.tf32Tolerance : tolerance(.float32)
-            for (bh, n, d) in small where n <= 257 || !tf32 {
-                let c = bh * n * d, scale = 1 / Double(d).squareRoot()
+            for (batch, n, heads, d) in small where n <= 257 || !tf32 {
+                let g = AttentionGeometry(batch: batch, seq: n, heads: heads, dim: d, scale: 1 / Double(d).squareRoot())
+                let c = g.count
                 let x = (0..<8).map { _ in r.normals(c) }  // q, k, v, tq, tk, tv, go, gto
                 for mask in 0..<8 {
                     let (tangents, hasGO, hasGTO) = (mask & 1 != 0, mask & 2 != 0, mask & 4 != 0)
                     let six = tangents || hasGTO
-                    let label = "flash backward \(tf32 ? "TF32" : "3xTF32") [\(bh), \(n), \(d)] tangents \(tangents) go \(hasGO) "
+                    let label = "flash backward \(tf32 ? "TF32" : "3xTF32") [\(batch), \(n), \(heads), \(d)] tangents \(tangents) go \(hasGO) "
                         + "gto \(hasGTO) seed=\(r.seed)"
                     let before = cuda.flashAttentionCalls
                     compareWithCPU(label, cuda, dtype: .float32, tolerance: tol, reference64: true, inputs: x,
                                    outputs: [(count: Int, initial: [Double]?)](repeating: (c, nil), count: six ? 6 : 3)) { b, i, o in
                         let t = i[0].dtype
-                        let fo = b.allocate(c, t), lse = b.allocate(bh * n, t)
-                        b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: fo, to: nil, lse: lse,
-                                    bh: bh, seq: n, dim: d, scale: scale)
+                        let fo = b.allocate(c, t), lse = b.allocate(g.rows, t)
+                        b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: fo, to: nil, lse: lse, geometry: g)
                         b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: tangents ? i[3] : nil, tk: tangents ? i[4] : nil,
                                             tv: tangents ? i[5] : nil, o: fo, to: nil, lse: lse,
                                             go: hasGO ? i[6] : nil, gto: hasGTO ? i[7] : nil, dq: o[0], dk: o[1], dv: o[2],
-                                            dtq: six ? o[3] : nil, dtk: six ? o[4] : nil, dtv: six ? o[5] : nil,
-                                            bh: bh, seq: n, dim: d, scale: scale)
+                                            dtq: six ? o[3] : nil, dtk: six ? o[4] : nil, dtv: six ? o[5] : nil, geometry: g)
                     }
                     XCTAssertEqual(cuda.flashAttentionCalls, before + 2, "\(label): the flash kernels were not used")
                 }
@@ -85,12 +87,14 @@ final class CUDAFlashAttentionTests: XCTestCase {
         }
     }
 
-    /// Large shapes (B*H up to 768, S up to 1024) against the warp-per-row kernels run in float64 on the GPU.
+    /// Large shapes (B*H up to 768, S up to 1024; (batch, sequence, heads, head dim)) against the warp-per-row
+    /// kernels run in float64 on the GPU.
     func testLargeAgainstWarpKernelsInFloat64() throws {
         let cuda = try flashOrSkip()
         var r = TestRandom()
-        for (bh, n, d) in [(768, 256, 64), (576, 256, 72), (4, 1024, 64), (3, 1024, 72), (5, 257, 72)] {
-            let c = bh * n * d, scale = 1 / Double(d).squareRoot()
+        for (batch, n, heads, d) in [(64, 256, 12, 64), (32, 256, 18, 72), (4, 1024, 1, 64), (3, 1024, 1, 72), (5, 257, 1, 72)] {
+            let g = AttentionGeometry(batch: batch, seq: n, heads: heads, dim: d, scale: 1 / Double(d).squareRoot())
+            let (c, rows) = (g.count, g.rows)
             let x32 = (0..<8).map { i -> Storage in
                 let s = cuda.allocate(c, .float32)
                 cuda.random(s, normal: true, seed: r.next(), counter: UInt64(i))
@@ -99,20 +103,18 @@ final class CUDAFlashAttentionTests: XCTestCase {
             let x64 = x32.map { cuda.convert($0, to: .float64) }
             /// o, to, lse, then the backward with tangents (6), then the plain backward (3).
             func run(_ x: [Storage], _ t: DType) -> [Storage] {
-                let o = cuda.allocate(c, t), to = cuda.allocate(c, t), lse = cuda.allocate(bh * n, t)
-                let po = cuda.allocate(c, t), plse = cuda.allocate(bh * n, t)
-                cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse,
-                               bh: bh, seq: n, dim: d, scale: scale)
-                cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: po, to: nil, lse: plse,
-                               bh: bh, seq: n, dim: d, scale: scale)
-                let g = (0..<9).map { _ in cuda.allocate(c, t) }
+                let o = cuda.allocate(c, t), to = cuda.allocate(c, t), lse = cuda.allocate(rows, t)
+                let po = cuda.allocate(c, t), plse = cuda.allocate(rows, t)
+                cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse, geometry: g)
+                cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: po, to: nil, lse: plse, geometry: g)
+                let grads = (0..<9).map { _ in cuda.allocate(c, t) }
                 cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse,
-                                       go: x[6], gto: x[7], dq: g[0], dk: g[1], dv: g[2], dtq: g[3], dtk: g[4], dtv: g[5],
-                                       bh: bh, seq: n, dim: d, scale: scale)
+                                       go: x[6], gto: x[7], dq: grads[0], dk: grads[1], dv: grads[2],
+                                       dtq: grads[3], dtk: grads[4], dtv: grads[5], geometry: g)
                 cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: po, to: nil, lse: plse,
-                                       go: x[6], gto: nil, dq: g[6], dk: g[7], dv: g[8], dtq: nil, dtk: nil, dtv: nil,
-                                       bh: bh, seq: n, dim: d, scale: scale)
-                return [o, to, lse, po, plse] + g
+                                       go: x[6], gto: nil, dq: grads[6], dk: grads[7], dv: grads[8], dtq: nil, dtk: nil, dtv: nil,
+                                       geometry: g)
+                return [o, to, lse, po, plse] + grads
             }
             let reference = run(x64, .float64).map { cuda.download($0) }
             let names = ["o", "to", "lse", "plain o", "plain lse", "dq", "dk", "dv", "dtq", "dtk", "dtv",
@@ -127,7 +129,7 @@ final class CUDAFlashAttentionTests: XCTestCase {
                 let tol = tf32 ? Self.tf32Tolerance : tolerance(.float32)
                 for (i, name) in names.enumerated() {
                     let err = relativeError(got[i], reference[i])
-                    let label = "flash \(tf32 ? "TF32" : "3xTF32")\(caps ? "" : " uncapped") [\(bh), \(n), \(d)] \(name) "
+                    let label = "flash \(tf32 ? "TF32" : "3xTF32")\(caps ? "" : " uncapped") [\(batch), \(n), \(heads), \(d)] \(name) "
                         + "vs float64 warp kernels seed=\(r.seed)"
                     ErrorRecord.record(.float32, err, tol, label)
                     XCTAssertLessThanOrEqual(err, tol, label)
@@ -142,13 +144,11 @@ final class CUDAFlashAttentionTests: XCTestCase {
     func testSwitchOffUsesWarpKernels() throws {
         let cuda = try flashOrSkip()
         var r = TestRandom()
-        let (bh, n, d) = (3, 70, 64)
-        let c = bh * n * d
-        let x = (0..<3).map { _ in cuda.upload(r.normals(c), dtype: .float32) }
+        let g = AttentionGeometry(batch: 1, seq: 70, heads: 3, dim: 64, scale: 0.125)
+        let x = (0..<3).map { _ in cuda.upload(r.normals(g.count), dtype: .float32) }
         func forward() -> [Double] {
-            let o = cuda.allocate(c, .float32), lse = cuda.allocate(bh * n, .float32)
-            cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse,
-                           bh: bh, seq: n, dim: d, scale: 0.125)
+            let o = cuda.allocate(g.count, .float32), lse = cuda.allocate(g.rows, .float32)
+            cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse, geometry: g)
             return cuda.download(o)
         }
         let before = cuda.flashAttentionCalls

@@ -13,9 +13,9 @@ final class CUDATrainingStepTests: XCTestCase {
             let (w1, b1, wq, wk, wv, wo, gate) = (params[0], params[1], params[2], params[3], params[4], params[5], params[6])
             let (b, s) = (x.shape[0], x.shape[1])
             let h = (x.matmul(w1) + b1).silu()
-            func heads(_ t: Tensor) -> Tensor { t.reshaped([b, s, 2, 16]).permuted([0, 2, 1, 3]) }
-            let a = attention(heads(h.matmul(wq)), heads(h.matmul(wk)), heads(h.matmul(wv)))
-            let merged = a.permuted([0, 2, 1, 3]).reshaped([b, s, 32]).matmul(wo)
+            func heads(_ t: Tensor) -> Tensor { t.reshaped([b, s, 2, 16]) }
+            let a = attention(heads(h.matmul(wq)), heads(h.matmul(wk)), heads(h.matmul(wv)), layout: .tokenMajor)
+            let merged = a.reshaped([b, s, 32]).matmul(wo)
             let mixed = merged.rmsNormalized() * gate.softmax() + x.gelu()
             return mixed - mixed.max(axes: [-1], keepDims: true) * 0.1
         }

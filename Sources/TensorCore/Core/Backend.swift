@@ -42,6 +42,31 @@ public struct StridedView: Sendable {
     public init(offset: Int = 0, strides: [Int]) { self.offset = offset; self.strides = strides }
 }
 
+/// The shape of one attention call. q, k, v, the output and every tangent and cotangent of them hold `batch`
+/// sequences of `seq` tokens, each token `heads` heads of `dim` values, token-major: element (b, n, h, d) at
+/// ((b * seq + n) * heads + h) * dim + d, so a linear layer's [batch, seq, heads * dim] output is read in place
+/// and one head's rows lie `heads * dim` apart. Head-major [batch * heads, seq, dim] tensors are the case of one
+/// head per token. The row log-sum-exp is [batch, heads, seq], contiguous.
+public struct AttentionGeometry: Sendable, Equatable {
+    public var batch: Int, seq: Int, heads: Int, dim: Int
+    /// The factor of the scores q . k.
+    public var scale: Double
+
+    public init(batch: Int, seq: Int, heads: Int, dim: Int, scale: Double) {
+        precondition(batch >= 0 && seq >= 0 && heads >= 0 && dim >= 0, "negative attention geometry")
+        (self.batch, self.seq, self.heads, self.dim, self.scale) = (batch, seq, heads, dim, scale)
+    }
+
+    /// Elements of q (and of each other operand but lse).
+    public var count: Int { batch * seq * heads * dim }
+    /// Softmax rows, one per (batch, head, query): the elements of lse.
+    public var rows: Int { batch * heads * seq }
+    /// Distance between consecutive tokens' rows of one head.
+    public var rowStride: Int { heads * dim }
+    /// Where the first row of head `bh` = b * heads + h lies.
+    public func headOffset(_ bh: Int) -> Int { ((bh / heads) * seq * heads + bh % heads) * dim }
+}
+
 /// What a device must provide. Model and method code never sees this: they use `Tensor` ops,
 /// which call these kernels, so a new backend plugs in here alone.
 public protocol Backend: AnyObject {
@@ -95,15 +120,17 @@ public protocol Backend: AnyObject {
     func scatterAddRows(_ x: Storage, _ index: Storage, _ table: Storage, rows: Int, cols: Int)
     /// Philox normals (or uniforms in [0, 1)) starting at block `counter`; see RandomGenerator.
     func random(_ y: Storage, normal: Bool, seed: UInt64, counter: UInt64)
-    /// Attention over [batch*heads, seq, dim] tensors and its forward-mode tangent in one pass.
-    /// tq/tk/tv and to/lse may be nil (no tangent: plain attention). `lse` receives the row log-sum-exp.
+    /// Attention (softmax(scale q k^T) v per batch entry and head, laid out as `geometry` says) and its
+    /// forward-mode tangent in one pass. tq/tk/tv and to may be nil (no tangent: plain attention; a nil tangent
+    /// input is zero when `to` is given). `lse` receives the row log-sum-exp.
     func attention(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
-                   o: Storage, to: Storage?, lse: Storage, bh: Int, seq: Int, dim: Int, scale: Double)
-    /// Gradients of attention (and its tangent) given cotangents of o and of to (the latter may be nil).
+                   o: Storage, to: Storage?, lse: Storage, geometry: AttentionGeometry)
+    /// Gradients of attention (and its tangent) given cotangents of o and of to (either may be nil), all in
+    /// the layout of `geometry`.
     func attentionBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
                            o: Storage, to: Storage?, lse: Storage, go: Storage?, gto: Storage?,
                            dq: Storage, dk: Storage, dv: Storage, dtq: Storage?, dtk: Storage?, dtv: Storage?,
-                           bh: Int, seq: Int, dim: Int, scale: Double)
+                           geometry: AttentionGeometry)
     /// Fused AdamW step over one parameter tensor (in place on p, m, v).
     func adamw(p: Storage, g: Storage, m: Storage, v: Storage, lr: Double, beta1: Double, beta2: Double,
                eps: Double, weightDecay: Double, step: Int, gradScale: Double)
