@@ -1,4 +1,4 @@
-// Safetensors files as a model loader meets them: checkpoints and, later, the FID network's weights.
+// Safetensors files as a model loader meets them: checkpoints (the FID weights have their own harness, inception.swift).
 @testable import Formats
 import NN
 import TensorCore

@@ -27,13 +27,10 @@ HARNESSES=(safetensors npy png json pointfile idx gzip inception)
 # The package's modules that each harness links, dependencies included.
 harness_modules() {
   case $1 in
-    safetensors | json) echo "Formats TensorCore NN Data Eval TVM" ;;
+    safetensors | json) echo "Formats TensorCore NN Data Eval Distributed TVM" ;;
     npy | png | pointfile) echo "Formats" ;;
     idx | gzip) echo "Formats TensorCore Data" ;;
-    # Slot for the FID weights validator (Sources/Eval/Inception.swift, on the fid branch): after that
-    # merge, add Fuzz/inception.swift (load the weights file the way the validator does) and it is built
-    # and run like the others. Until then the harness file is missing and `build` / `run all` skip it.
-    inception) echo "Formats TensorCore Eval" ;;
+    inception) echo "Formats TensorCore Data Eval" ;;
     *) echo "unknown harness '$1' (known: ${HARNESSES[*]})" >&2; exit 2 ;;
   esac
 }
@@ -53,7 +50,8 @@ module_deps() {
     Formats | TensorCore) echo "" ;;
     NN | Data) echo "TensorCore Formats" ;;
     Eval) echo "TensorCore Formats Data" ;;
-    TVM) echo "TensorCore NN Data Eval Formats" ;;
+    Distributed) echo "TensorCore" ;;
+    TVM) echo "TensorCore NN Data Eval Formats Distributed" ;;
   esac
 }
 
@@ -152,12 +150,12 @@ case $cmd in
     fuzzer_env
     "$BUILD/bin/fuzz-$name" "$@" ;;
   seeds)
-    for m in Formats TensorCore NN Data Eval TVM; do build_module "$m" || exit 1; done
+    for m in Formats TensorCore NN Data Eval Distributed TVM; do build_module "$m" || exit 1; done
     mkdir -p "$BUILD/bin"
     # Not a fuzzer: the instrumented modules only need libFuzzer's callbacks, not its main().
     runtime=$(dirname "$(command -v "$SWIFTC")")/../lib/clang
     "$SWIFTC" -O -swift-version 5 -sanitize=address -I "$BUILD/modules" -use-ld=lld \
-      "$ROOT/Fuzz/Seeds/main.swift" "$BUILD"/obj/{Formats,TensorCore,NN,Data,Eval,TVM}.o \
+      "$ROOT/Fuzz/Seeds/main.swift" "$BUILD"/obj/{Formats,TensorCore,NN,Data,Eval,Distributed,TVM}.o \
       "$(find "$runtime" -name 'libclang_rt.fuzzer_no_main-x86_64.a' | head -1)" -lstdc++ -o "$BUILD/bin/make-seeds"
     fuzzer_env
     "$BUILD/bin/make-seeds" "$ROOT/Fuzz/corpus" ;;

@@ -2,6 +2,7 @@
 // cases that the writers never produce. Run by `scripts/fuzz.sh seeds`; the output is committed.
 @testable import Formats
 @testable import Data
+import Eval
 import NN
 import TensorCore
 import TVM
@@ -41,7 +42,7 @@ func ihdr(width: UInt32, height: UInt32, depth: UInt8 = 8, color: UInt8, interla
     ("IHDR", be32(width) + be32(height) + [depth, color, 0, 0, interlace])
 }
 
-// MARK: safetensors (model checkpoints and, after the fid merge, the FID weights)
+// MARK: safetensors (model checkpoints; the FID weights have their own harness below)
 
 let tiny = try! DiT(DiTConfig(patch: 1, hidden: 4, depth: 1, heads: 1, mlpRatio: 1, inputSize: 2, inChannels: 1, numClasses: 1))
 var rng = RandomGenerator(seed: 7)
@@ -81,6 +82,37 @@ save("safetensors", "shape-overflows.safetensors",
 save("safetensors", "overlapping.safetensors", safetensors(
     header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F16","shape":[2],"data_offsets":[4,8]}}"#,
     data: [UInt8](repeating: 0x3C, count: 8)))
+
+// MARK: inception (the FID weights file)
+
+// A fuzz input has room for the first convolution's four tensors and little more: the second weight
+// alone is 36 KB. The rest of each file is left for the fuzzer to get wrong.
+let conv0 = InceptionV3.architecture[0]
+let conv0Shapes = [("weight", [conv0.outChannels, conv0.inChannels, conv0.window.kernelHeight, conv0.window.kernelWidth])]
+    + ["beta", "mean", "var"].map { ($0, [conv0.outChannels]) }
+let fidFormat = ("format", InceptionV3.fileFormat)
+save("inception", "metadata-only.safetensors", try! SafetensorsFile(metadata: [fidFormat], tensors: []).serialized())
+save("inception", "stem-conv0-synthetic.safetensors", try! SafetensorsFile(metadata: [fidFormat], tensors: conv0Shapes.map { field, shape in
+    // Variances must not be negative; the other values only need to be finite.
+    let values: [Float] = (0..<shape.reduce(1, *)).map { k in field == "var" ? Float(k % 5) / 4 + 0.25 : Float(k % 17) / 8 - 1 }
+    return NamedArray(name: "\(conv0.name).\(field)", shape: shape, floats: values)
+}).serialized())
+// Line breaks in what the loader quotes from the file (the format entry, an unknown tensor's name), which
+// once went into its one-line messages as is (InceptionTests.testNamesFromTheFileAreQuotedOnOneLine).
+save("inception", "format-with-line-break.safetensors",
+     try! SafetensorsFile(metadata: [("format", "terminalvelocity i\neption-v3 fid 1")], tensors: []).serialized())
+save("inception", "unknown-tensor-name-with-line-break.safetensors", try! SafetensorsFile(
+    metadata: [fidFormat], tensors: [NamedArray(name: "fc\r\nweight", shape: [1], floats: [0])]).serialized())
+// The same tensors with their real values and the converter's metadata, where the converted weights are
+// found the way `tvm fid` finds them; elsewhere the committed seed is left as it is.
+let weightsPath = getenv("TVM_INCEPTION_WEIGHTS").map { String(cString: $0) }
+    ?? (getenv("HOME").map { String(cString: $0) } ?? ".") + "/.cache/terminalvelocity/inception-2015-12-05.safetensors"
+if let weights = try? SafetensorsFile.read(path: weightsPath) {
+    save("inception", "stem-conv0-real.safetensors", try! SafetensorsFile(
+        metadata: weights.metadata, tensors: conv0Shapes.map { weights["\(conv0.name).\($0.0)"]! }).serialized())
+} else {
+    print("no converted Inception weights at \(weightsPath): Fuzz/corpus/inception/stem-conv0-real.safetensors not rewritten")
+}
 
 // MARK: npy
 

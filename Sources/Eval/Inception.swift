@@ -104,36 +104,49 @@ public final class InceptionV3 {
         try self.init(file: file, source: path, device: device)
     }
 
-    /// Checks every tensor of `file` against `architecture` (names, element type, shapes, finite values, no
-    /// extra tensors) and folds the batch norms. `source` names the file in errors.
+    /// Checks `file` against `architecture` (the format entry; no extra tensors; every name, element type and
+    /// shape; then finite values and variances that are not negative) and folds the batch norms. `source`
+    /// names the file in errors.
     public init(file: SafetensorsFile, source: String, device: Device = .default) throws {
         func fail(_ what: String) -> EvalError { EvalError("Inception weights \(source): \(what)") }
         guard file.metadata("format") == Self.fileFormat else {
-            throw fail("not a converted FID Inception file (metadata format is \(file.metadata("format").map { "'\($0)'" } ?? "missing"), "
-                       + "expected '\(Self.fileFormat)'); make it with scripts/convert_inception.py")
+            throw fail("not a converted FID Inception file (metadata format is \(file.metadata("format").map { quoted($0) } ?? "missing"), "
+                       + "expected \(quoted(Self.fileFormat))); make it with scripts/convert_inception.py")
         }
-        var expected = Set<String>()
-        var layers: [String: Layer] = [:]
-        for spec in Self.architecture {
+        // Every name, element type and shape is checked before any value is read: a file that does not match
+        // is refused without converting, folding and uploading the layers that come before the mismatch.
+        let fields = ["weight", "beta", "mean", "var"]
+        let expected = Set(Self.architecture.flatMap { spec in fields.map { "\(spec.name).\($0)" } })
+        if let extra = file.tensors.first(where: { !expected.contains($0.name) }) {
+            throw fail("unexpected tensor \(quoted(extra.name)) (the file does not match this architecture)")
+        }
+        let byLayer: [[NamedArray]] = try Self.architecture.map { spec in
             let o = spec.outChannels, w = spec.window
-            func values(_ field: String, _ shape: [Int]) throws -> [Double] {
+            return try fields.map { field in
                 let name = "\(spec.name).\(field)"
-                expected.insert(name)
-                guard let t = file[name] else { throw fail("tensor '\(name)' is missing") }
-                guard t.dtype == .f32 else { throw fail("tensor '\(name)' is \(t.dtype.rawValue), expected F32") }
-                guard t.shape == shape else { throw fail("tensor '\(name)' has shape \(t.shape), expected \(shape)") }
+                let shape = field == "weight" ? [o, spec.inChannels, w.kernelHeight, w.kernelWidth] : [o]
+                guard let t = file[name] else { throw fail("tensor \(quoted(name)) is missing") }
+                guard t.dtype == .f32 else { throw fail("tensor \(quoted(name)) is \(t.dtype.rawValue), expected F32") }
+                guard t.shape == shape else { throw fail("tensor \(quoted(name)) has shape \(t.shape), expected \(shape)") }
+                return t
+            }
+        }
+
+        var layers: [String: Layer] = [:]
+        for (spec, layerTensors) in zip(Self.architecture, byLayer) {
+            let values = try layerTensors.map { t in
                 let v = t.doubles()
                 if let k = v.firstIndex(where: { !$0.isFinite }) {
-                    throw fail("tensor '\(name)' has a non-finite value at flat index \(k)")
+                    throw fail("tensor \(quoted(t.name)) has a non-finite value at flat index \(k)")
                 }
                 return v
             }
-            let weight = try values("weight", [o, spec.inChannels, w.kernelHeight, w.kernelWidth])
-            let beta = try values("beta", [o]), mean = try values("mean", [o]), variance = try values("var", [o])
+            let (weight, beta, mean, variance) = (values[0], values[1], values[2], values[3])
             if let k = variance.firstIndex(where: { $0 < 0 }) {
-                throw fail("tensor '\(spec.name).var' has a negative variance at index \(k)")
+                throw fail("tensor \(quoted("\(spec.name).var")) has a negative variance at index \(k)")
             }
             // BN(conv(x)) = conv(x) * s + (beta - mean * s) with s = 1 / sqrt(var + eps), per output channel.
+            let o = spec.outChannels
             let perOutput = weight.count / o
             var folded = [Float](repeating: 0, count: weight.count), bias = [Float](repeating: 0, count: o)
             for c in 0..<o {
@@ -141,11 +154,8 @@ public final class InceptionV3 {
                 for k in 0..<perOutput { folded[c * perOutput + k] = Float(weight[c * perOutput + k] * s) }
                 bias[c] = Float(beta[c] - mean[c] * s)
             }
-            layers[spec.name] = Layer(weight: Tensor(folded, shape: [o, spec.inChannels, w.kernelHeight, w.kernelWidth], on: device),
-                                      bias: Tensor(bias, shape: [o], on: device), window: w)
-        }
-        if let extra = file.tensors.map(\.name).filter({ !expected.contains($0) }).sorted().first {
-            throw fail("unexpected tensor '\(extra)' (the file does not match this architecture)")
+            layers[spec.name] = Layer(weight: Tensor(folded, shape: layerTensors[0].shape, on: device),
+                                      bias: Tensor(bias, shape: [o], on: device), window: spec.window)
         }
         self.layers = layers
         self.device = device

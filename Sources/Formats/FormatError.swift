@@ -23,8 +23,9 @@ public struct FormatError: Error, CustomStringConvertible, Equatable, Sendable {
 }
 
 /// Quotes a name taken from a file for an error message: escapes control characters and shortens very
-/// long names so a malicious 100 MB key cannot produce a 100 MB message.
-func quoted(_ s: String, limit: Int = 120) -> String {
+/// long names so a malicious 100 MB key cannot produce a 100 MB message. Public for the loaders in other
+/// modules that name what they found in a file.
+public func quoted(_ s: String, limit: Int = 120) -> String {
     var out = "\""
     var n = 0
     for scalar in s.unicodeScalars {

@@ -47,23 +47,75 @@ final class InceptionTests: XCTestCase {
         var missing = file
         missing.tensors.removeAll { $0.name == "inception.c2.branch2.conv3.mean" }
         XCTAssertThrowsError(try InceptionV3(file: missing, source: "test", device: .cpu)) { e in
-            XCTAssertTrue("\(e)".contains("'inception.c2.branch2.conv3.mean' is missing"), "\(e)")
+            XCTAssertTrue("\(e)".contains(#""inception.c2.branch2.conv3.mean" is missing"#), "\(e)")
         }
         var reshaped = file
         let i = reshaped.tensors.firstIndex { $0.name == "stem.conv1.weight" }!
         reshaped.tensors[i].shape = [32, 32, 9, 1]
         XCTAssertThrowsError(try InceptionV3(file: reshaped, source: "test", device: .cpu)) { e in
-            XCTAssertTrue("\(e)".contains("'stem.conv1.weight' has shape [32, 32, 9, 1], expected [32, 32, 3, 3]"), "\(e)")
+            XCTAssertTrue("\(e)".contains(#""stem.conv1.weight" has shape [32, 32, 9, 1], expected [32, 32, 3, 3]"#), "\(e)")
         }
         var extra = file
         extra.tensors.append(NamedArray(name: "fc.weight", shape: [1], floats: [0]))
         XCTAssertThrowsError(try InceptionV3(file: extra, source: "test", device: .cpu)) { e in
-            XCTAssertTrue("\(e)".contains("unexpected tensor 'fc.weight'"), "\(e)")
+            XCTAssertTrue("\(e)".contains(#"unexpected tensor "fc.weight""#), "\(e)")
         }
         var unmarked = file
         unmarked.metadata = []
         XCTAssertThrowsError(try InceptionV3(file: unmarked, source: "test", device: .cpu)) { e in
             XCTAssertTrue("\(e)".contains("convert_inception.py"), "\(e)")
+        }
+    }
+
+    static let fidFormat = ("format", InceptionV3.fileFormat)
+
+    /// The first convolution's four tensors, right in name, type and shape, with a NaN for the first weight.
+    static let stemConv0WithNaN: [NamedArray] = {
+        let spec = InceptionV3.architecture[0], o = spec.outChannels
+        let weightShape = [o, spec.inChannels, spec.window.kernelHeight, spec.window.kernelWidth]
+        return [NamedArray(name: "stem.conv0.weight", shape: weightShape,
+                           floats: [.nan] + [Float](repeating: 0, count: weightShape.reduce(1, *) - 1))]
+            + ["beta", "mean", "var"].map { NamedArray(name: "stem.conv0.\($0)", shape: [o], floats: [Float](repeating: 1, count: o)) }
+    }()
+
+    /// Regression: a format entry (found by Fuzz/inception.swift) or an unknown tensor's name (found reading
+    /// the loader) with a line break went into the error message as is, so a crafted file could forge log
+    /// lines. Both are now quoted, escaped and shortened like the names in Formats' messages.
+    func testNamesFromTheFileAreQuotedOnOneLine() {
+        let cases: [(SafetensorsFile, String)] = [
+            (SafetensorsFile(metadata: [("format", "terminalvelocity i\neption-v3 fid 1")], tensors: []),
+             #"metadata format is "terminalvelocity i\neption-v3 fid 1", expected "terminalvelocity inception-v3 fid 1""#),
+            (SafetensorsFile(metadata: [Self.fidFormat], tensors: [NamedArray(name: "fc\r\nweight", shape: [1], floats: [0])]),
+             #"unexpected tensor "fc\r\nweight" (the file does not match this architecture)"#),
+            (SafetensorsFile(metadata: [("format", String(repeating: "x", count: 10_000))], tensors: []),
+             "metadata format is \"" + String(repeating: "x", count: 120) + "...\", expected"),
+        ]
+        for (file, message) in cases {
+            XCTAssertThrowsError(try InceptionV3(file: file, source: "test", device: .cpu)) { e in
+                let text = "\(e)"
+                XCTAssertTrue(e is EvalError, "\(type(of: e))")
+                XCTAssertFalse(text.contains("\n") || text.contains("\r"), text)
+                XCTAssertTrue(text.contains(message), text)
+                XCTAssertLessThan(text.utf8.count, 400)
+            }
+        }
+    }
+
+    /// Names, element types and shapes of the whole file are checked before any value is read (so a file
+    /// that does not match is refused before layers are converted, folded and put on the device), and an
+    /// unknown tensor is reported ahead of the missing ones.
+    func testEveryNameAndShapeIsCheckedBeforeAnyValue() {
+        let cases: [(SafetensorsFile, String)] = [
+            // A NaN in the first layer, the second layer missing: the structural error is the one reported.
+            (SafetensorsFile(metadata: [Self.fidFormat], tensors: Self.stemConv0WithNaN),
+             #"tensor "stem.conv1.weight" is missing"#),
+            (SafetensorsFile(metadata: [Self.fidFormat], tensors: [NamedArray(name: "fc.weight", shape: [1], floats: [0])]),
+             #"unexpected tensor "fc.weight""#),
+        ]
+        for (file, message) in cases {
+            XCTAssertThrowsError(try InceptionV3(file: file, source: "test", device: .cpu)) { e in
+                XCTAssertTrue("\(e)".contains(message), "\(e)")
+            }
         }
     }
 
