@@ -550,6 +550,32 @@ public final class CUDABackend: Backend {
         launch(f, grid: (blocks(packs(n, x.dtype)), 1)) { a in a.ptr(addr(x)); a.ptr(addr(y)); a.i64(n) }
     }
 
+    public func activationWithTangent(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ y: Storage, _ ty: Storage) {
+        let n = x.count
+        guard n > 0 else { return }
+        launch(core(x.dtype).activationTangent[op]!, grid: (blocks(packs(n, x.dtype)), 1)) { a in
+            a.ptr(addr(x)); a.ptr(addr(t)); a.ptr(addr(y)); a.ptr(addr(ty)); a.i64(n)
+        }
+    }
+
+    public func activationWithTangentBackward(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ gy: Storage?, _ gty: Storage?,
+                                              _ gx: Storage, _ gt: Storage) {
+        let n = x.count
+        guard n > 0 else { return }
+        launch(core(x.dtype).activationTangentBackward[op]!, grid: (blocks(packs(n, x.dtype)), 1)) { a in
+            a.ptr(addr(x)); a.ptr(addr(t)); a.ptr(gy.map { addr($0) } ?? 0); a.ptr(gty.map { addr($0) } ?? 0)
+            a.ptr(addr(gx)); a.ptr(addr(gt)); a.i64(n)
+        }
+    }
+
+    public func activationBackward(_ op: UnaryOp, _ x: Storage, _ g: Storage, _ gx: Storage) {
+        let n = x.count
+        guard n > 0 else { return }
+        launch(core(x.dtype).activationBackward[op]!, grid: (blocks(packs(n, x.dtype)), 1)) { a in
+            a.ptr(addr(x)); a.ptr(addr(g)); a.ptr(addr(gx)); a.i64(n)
+        }
+    }
+
     public func affine(_ x: Storage, _ y: Storage, a: Double, b: Double) {
         let n = x.count
         guard n > 0 else { return }
@@ -1131,6 +1157,8 @@ final class CoreKernels {
     let rmsLinear: Handle, rmsLinearBackward: Handle, scaledSum: Handle, rowSums: Handle
     let gather: Handle, scatterAdd: Handle, random: Handle, adamw: Handle, ema: Handle
     let convertF32F64: Handle, convertF64F32: Handle, convertF32BF16: Handle
+    /// Per fused activation (KernelSource.fusedActivations): value and tangent, their backward, plain backward.
+    let activationTangent: [UnaryOp: Handle], activationTangentBackward: [UnaryOp: Handle], activationBackward: [UnaryOp: Handle]
 
     init(_ f: [String: Handle], _ dtype: DType) throws {
         let s = KernelSource.suffix(dtype)
@@ -1158,6 +1186,12 @@ final class CoreKernels {
         adamw = try get("adamw_\(s)"); ema = try get("ema_\(s)")
         convertF32F64 = try get("convert_f32_f64"); convertF64F32 = try get("convert_f64_f32")
         convertF32BF16 = try get("convert_f32_bf16")
+        func table(_ stem: String) throws -> [UnaryOp: Handle] {
+            try Dictionary(uniqueKeysWithValues: KernelSource.fusedActivations.map { ($0, try get("\(stem)_\($0)_\(s)")) })
+        }
+        activationTangent = try table("act_tangent")
+        activationTangentBackward = try table("act_tangent_bwd")
+        activationBackward = try table("act_bwd")
     }
 }
 

@@ -128,6 +128,66 @@ enum KernelSource {
         for (i64 i = np * P + t; i < n; i += st) y[i] = F::template f<T>(x[i]);
     }
 
+    // SiLU / GELU with their derivatives in one pass each (F the activation, D1 / D2 its derivatives): the value
+    // and tangent under a JVP, and the backward of that pair, which composed from one-op kernels took seven passes.
+
+    /// y = f(x), ty = f'(x) t.
+    template<typename T, typename F, typename D1> __device__ __forceinline__ void act_tangent_impl(const T* x, const T* t, T* y,
+                                                                                                  T* ty, i64 n) {
+        constexpr int P = 16 / sizeof(T);
+        const i64 np = n / P, s = gtid(), st = gstride();
+        for (i64 i = s; i < np; i += st) {
+            const Pack<T> a = ((const Pack<T>*)x)[i], b = ((const Pack<T>*)t)[i];
+            Pack<T> r, q;
+    #pragma unroll
+            for (int k = 0; k < P; ++k) { r.v[k] = F::template f<T>(a.v[k]); q.v[k] = D1::template f<T>(a.v[k]) * b.v[k]; }
+            ((Pack<T>*)y)[i] = r;
+            ((Pack<T>*)ty)[i] = q;
+        }
+        for (i64 i = np * P + s; i < n; i += st) { y[i] = F::template f<T>(x[i]); ty[i] = D1::template f<T>(x[i]) * t[i]; }
+    }
+
+    /// gx = gy f'(x) + gty f''(x) t and gt = gty f'(x); a null gy or gty counts as zero.
+    template<typename T, typename D1, typename D2> __device__ __forceinline__ void act_tangent_bwd_one(
+            T x, T t, T gy, T gty, bool hasGy, bool hasGty, T& gx, T& gt) {
+        const T d1 = D1::template f<T>(x);
+        gx = hasGy ? gy * d1 : T(0);
+        gt = hasGty ? gty * d1 : T(0);
+        if (hasGty) gx = gx + D2::template f<T>(x) * t * gty;
+    }
+    template<typename T, typename D1, typename D2> __device__ __forceinline__ void act_tangent_bwd_impl(
+            const T* x, const T* t, const T* gy, const T* gty, T* gx, T* gt, i64 n) {
+        constexpr int P = 16 / sizeof(T);
+        const bool hy = gy != nullptr, ht = gty != nullptr;
+        const i64 np = n / P, s = gtid(), st = gstride();
+        const Pack<T> zero = {};
+        for (i64 i = s; i < np; i += st) {
+            const Pack<T> a = ((const Pack<T>*)x)[i], b = ((const Pack<T>*)t)[i];
+            const Pack<T> c = hy ? ((const Pack<T>*)gy)[i] : zero, d = ht ? ((const Pack<T>*)gty)[i] : zero;
+            Pack<T> r, q;
+    #pragma unroll
+            for (int k = 0; k < P; ++k) act_tangent_bwd_one<T, D1, D2>(a.v[k], b.v[k], c.v[k], d.v[k], hy, ht, r.v[k], q.v[k]);
+            ((Pack<T>*)gx)[i] = r;
+            ((Pack<T>*)gt)[i] = q;
+        }
+        for (i64 i = np * P + s; i < n; i += st)
+            act_tangent_bwd_one<T, D1, D2>(x[i], t[i], hy ? gy[i] : T(0), ht ? gty[i] : T(0), hy, ht, gx[i], gt[i]);
+    }
+
+    /// gx = g f'(x).
+    template<typename T, typename D1> __device__ __forceinline__ void act_bwd_impl(const T* x, const T* g, T* gx, i64 n) {
+        constexpr int P = 16 / sizeof(T);
+        const i64 np = n / P, s = gtid(), st = gstride();
+        for (i64 i = s; i < np; i += st) {
+            const Pack<T> a = ((const Pack<T>*)x)[i], b = ((const Pack<T>*)g)[i];
+            Pack<T> r;
+    #pragma unroll
+            for (int k = 0; k < P; ++k) r.v[k] = b.v[k] * D1::template f<T>(a.v[k]);
+            ((Pack<T>*)gx)[i] = r;
+        }
+        for (i64 i = np * P + s; i < n; i += st) gx[i] = g[i] * D1::template f<T>(x[i]);
+    }
+
     template<typename T> __device__ __forceinline__ void affine_impl(const T* x, T* y, i64 n, T a, T b) {
         constexpr int P = 16 / sizeof(T);
         const i64 np = n / P, t = gtid(), st = gstride();
@@ -663,6 +723,9 @@ enum KernelSource {
     /// Values per lane of the warp-per-row softmax and RMS-norm kernels (rows of up to 32 * 64 values).
     static let rowWidths = [1, 2, 4, 8, 16, 32, 48, 64]
 
+    /// Activations with fused value-and-tangent and backward kernels (UnaryOp.derivatives).
+    static let fusedActivations: [UnaryOp] = [.silu, .gelu]
+
     static let binaryOps: [BinaryOp] = [.add, .sub, .mul, .div, .maximum, .minimum, .greater, .greaterEqual, .equal]
 
     static func binaryIndex(_ op: BinaryOp) -> Int {
@@ -687,6 +750,15 @@ enum KernelSource {
             out += "struct UF_\(op) { template<typename T> __device__ static __forceinline__ T f(T x) { \(unaryBody(op)) } };\n"
             out += "extern \"C\" __global__ void __launch_bounds__(256) unary_\(op)_\(s)(const \(T)* x, \(T)* y, i64 n) "
                 + "{ unary_impl<\(T), UF_\(op)>(x, y, n); }\n"
+        }
+        for op in fusedActivations {
+            let (d1, d2) = op.derivatives!
+            out += "extern \"C\" __global__ void __launch_bounds__(256) act_tangent_\(op)_\(s)(const \(T)* x, const \(T)* t, \(T)* y, \(T)* ty, i64 n) "
+                + "{ act_tangent_impl<\(T), UF_\(op), UF_\(d1)>(x, t, y, ty, n); }\n"
+            out += "extern \"C\" __global__ void __launch_bounds__(256) act_tangent_bwd_\(op)_\(s)(const \(T)* x, const \(T)* t, const \(T)* gy, const \(T)* gty, \(T)* gx, \(T)* gt, i64 n) "
+                + "{ act_tangent_bwd_impl<\(T), UF_\(d1), UF_\(d2)>(x, t, gy, gty, gx, gt, n); }\n"
+            out += "extern \"C\" __global__ void __launch_bounds__(256) act_bwd_\(op)_\(s)(const \(T)* x, const \(T)* g, \(T)* gx, i64 n) "
+                + "{ act_bwd_impl<\(T), UF_\(d1)>(x, g, gx, n); }\n"
         }
         for op in binaryOps {
             out += "struct BF_\(op) { template<typename T> __device__ static __forceinline__ T f(T a, T b) { \(binaryBody(op)) } };\n"

@@ -289,6 +289,35 @@ final class CUDAOpTests: XCTestCase {
         }
     }
 
+    /// The fused SiLU / GELU kernels: value with tangent, the backward of that pair (with either cotangent
+    /// missing), and the plain backward, against the CPU backend's fused kernels in float64.
+    func testFusedActivations() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for op in [UnaryOp.silu, .gelu] {
+                for n in [1, 3, 4, 17, 1000, 65539] {
+                    let x = r.normals(n).map { 3 * $0 }, t = r.normals(n), gy = r.normals(n), gty = r.normals(n)
+                    let label = "\(op) n=\(n)"
+                    compareWithCPU("\(label) value and tangent", cuda, dtype: dtype, reference64: true, inputs: [x, t],
+                                   outputs: [(n, nil), (n, nil)]) { be, i, o in
+                        be.activationWithTangent(op, i[0], i[1], o[0], o[1])
+                    }
+                    for (useGy, useGty) in [(true, true), (true, false), (false, true)] {
+                        compareWithCPU("\(label) tangent backward gy=\(useGy) gty=\(useGty)", cuda, dtype: dtype, reference64: true,
+                                       inputs: [x, t, gy, gty], outputs: [(n, nil), (n, nil)]) { be, i, o in
+                            be.activationWithTangentBackward(op, i[0], i[1], useGy ? i[2] : nil, useGty ? i[3] : nil, o[0], o[1])
+                        }
+                    }
+                    compareWithCPU("\(label) backward", cuda, dtype: dtype, reference64: true, inputs: [x, gy],
+                                   outputs: [(n, nil)]) { be, i, o in
+                        be.activationBackward(op, i[0], i[1], o[0])
+                    }
+                }
+            }
+        }
+    }
+
     func testGatherAndScatterAdd() throws {
         let cuda = try cudaOrSkip()
         var r = TestRandom()

@@ -140,7 +140,7 @@ public protocol Backend: AnyObject {
     func synchronize()
 
     // Fused activation kernels (silu and gelu): one pass instead of one per elementary op. The protocol
-    // extension composes them from the kernels above, so a backend may implement them later.
+    // extension composes them from the kernels above for a backend without its own (CPU and CUDA have theirs).
 
     /// y = f(x), ty = f'(x) t.
     func activationWithTangent(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ y: Storage, _ ty: Storage)
