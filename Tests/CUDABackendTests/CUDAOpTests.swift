@@ -303,8 +303,12 @@ final class CUDAOpTests: XCTestCase {
                                    outputs: [(n, nil), (n, nil)]) { be, i, o in
                         be.activationWithTangent(op, i[0], i[1], o[0], o[1])
                     }
+                    // f''(x) t gty: GELU's second derivative loses digits to cancellation in float32 (measured 7.5e-5
+                    // relative against float64 with |x| up to ~9), so float32 gets 3e-4 there.
+                    let secondOrder = dtype == .float32 ? 3e-4 : nil
                     for (useGy, useGty) in [(true, true), (true, false), (false, true)] {
-                        compareWithCPU("\(label) tangent backward gy=\(useGy) gty=\(useGty)", cuda, dtype: dtype, reference64: true,
+                        compareWithCPU("\(label) tangent backward gy=\(useGy) gty=\(useGty)", cuda, dtype: dtype,
+                                       tolerance: useGty ? secondOrder : nil, reference64: true,
                                        inputs: [x, t, gy, gty], outputs: [(n, nil), (n, nil)]) { be, i, o in
                             be.activationWithTangentBackward(op, i[0], i[1], useGy ? i[2] : nil, useGty ? i[3] : nil, o[0], o[1])
                         }
