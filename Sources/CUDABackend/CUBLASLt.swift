@@ -4,9 +4,9 @@ import Glibc
 import TensorCore
 
 /// cuBLASLt, bound at run time (libcublasLt.so.13, then .12): the products of linear layers, whose epilogues add
-/// the bias to the product (forward) and sum the output cotangent's columns into the bias gradient (backward),
-/// each saving a separate pass over an activation-sized matrix. Signatures and enum values follow cublasLt.h of
-/// CUDA 12 and 13 (unchanged between them).
+/// the bias to the product (forward, and with the GELU after it where nothing is differentiated) and sum the
+/// output cotangent's columns into the bias gradient (backward), each saving a separate pass over an
+/// activation-sized matrix. Signatures and enum values follow cublasLt.h of CUDA 12 and 13 (unchanged between them).
 final class CUBLASLt {
     typealias Status = Int32
     let library: DynamicLibrary
@@ -153,24 +153,40 @@ final class CUBLASLt {
     }
 }
 
-/// The two products of a linear layer that cuBLASLt fuses with the bias, in cuBLAS's column-major terms (a row-major
+/// The products of a linear layer that cuBLASLt fuses with the bias, in cuBLAS's column-major terms (a row-major
 /// matrix [r, c] is the column-major [c, r] with leading dimension c), D = op(A) op(B) of size m x n with inner size k.
 enum LinearEpilogue: Hashable, CustomStringConvertible {
     /// Row-major y [rows, out] = x W^T + b is column-major y^T [out, rows] = W'^T x' with W' = W^T stored [in, out]
     /// and x' = x^T stored [in, rows]: A is the weight (transposed), B the input, m = out, n = rows, k = in, and the
     /// bias (one value per row of D, i.e. per output feature, broadcast over the columns) is CUBLASLT_EPILOGUE_BIAS.
     case bias
+    /// `bias`, then GELU on every element: CUBLASLT_EPILOGUE_GELU_BIAS, whose GELU cuBLAS documents as the tanh
+    /// approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the same function as UnaryOp.gelu.
+    case biasGELU
     /// Row-major gW [out, in] = g^T x is column-major gW^T [in, out] = x' g'^T with x' = x^T stored [in, rows] and
     /// g' = g^T stored [out, rows]: A is the input, B the output cotangent (transposed), m = in, n = out, k = rows,
     /// and the bias gradient (op(B) summed over k: one value per column of D, the column sums of g) is
     /// CUBLASLT_EPILOGUE_BGRADB.
     case biasGradient
 
-    /// The cublasLtEpilogue_t value.
-    var value: UInt32 { self == .bias ? 4 : 512 }
-    var transA: Bool { self == .bias }
+    /// The cublasLtEpilogue_t value: BIAS = 4, GELU_BIAS = GELU (32) | BIAS, BGRADB = 512.
+    var value: UInt32 {
+        switch self {
+        case .bias: return 4
+        case .biasGELU: return 36
+        case .biasGradient: return 512
+        }
+    }
+    /// The forward products read the weight transposed, the weight gradient's the output cotangent.
+    var transA: Bool { self != .biasGradient }
     var transB: Bool { self == .biasGradient }
-    var description: String { self == .bias ? "gemm+bias" : "gemm+bgradb" }
+    var description: String {
+        switch self {
+        case .bias: return "gemm+bias"
+        case .biasGELU: return "gemm+bias+gelu"
+        case .biasGradient: return "gemm+bgradb"
+        }
+    }
 }
 
 /// What a prepared product depends on. `alignment` is the largest power of two (up to 256) dividing every operand's

@@ -42,14 +42,16 @@ public final class CUDABackend: Backend {
     /// Fill every new allocation with NaN, so a kernel that leaves part of its output unwritten shows up in
     /// comparisons (for tests; TVM_CUDA_POISON=1 sets it).
     public var poisonAllocations: Bool = environment("TVM_CUDA_POISON") == "1"
-    /// Linear layers add the bias in cuBLASLt's GEMM epilogues (and sum the bias gradient in the weight gradient's);
-    /// false (TVM_CUDA_NO_CUBLASLT=1 sets it), or where cuBLASLt was not found or has no algorithm for a product:
-    /// a cuBLAS GEMM and a separate pass. For comparisons.
+    /// Linear layers add the bias in cuBLASLt's GEMM epilogues (linearGELU the GELU after it too) and sum the bias
+    /// gradient in the weight gradient's; false (TVM_CUDA_NO_CUBLASLT=1 sets it), or where cuBLASLt was not found
+    /// or has no algorithm for a product: a cuBLAS GEMM and a separate pass. For comparisons.
     public var useCUBLASLt: Bool = environment("TVM_CUDA_NO_CUBLASLT") != "1"
     /// Whether cuBLASLt was found (else linear layers always take the GEMM path).
     public var hasCUBLASLt: Bool { blasLt != nil }
     /// Products that went through cuBLASLt's epilogues (for tests).
     public private(set) var cublasLtCalls = 0
+    /// linearGELU calls whose GELU ran in the product's epilogue rather than as a separate kernel (for tests).
+    public private(set) var geluEpilogueCalls = 0
     /// Driver, NVRTC, cuBLAS and cuBLASLt versions, for logs.
     public let versions: String
 
@@ -883,6 +885,17 @@ public final class CUDABackend: Backend {
     public func linear(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int, outFeatures: Int) {
         if let bias, epilogueProduct(.bias, m: outFeatures, n: rows, k: inFeatures, a: w, b: x, d: y, vector: bias) { return }
         linearByGEMM(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+    }
+
+    /// The bias and the GELU in the product's epilogue (one pass over y); without a bias, or where cuBLASLt is
+    /// off or has no algorithm for it, `linear` and the GELU kernel.
+    public func linearGELU(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int,
+                           outFeatures: Int) {
+        if let bias, epilogueProduct(.biasGELU, m: outFeatures, n: rows, k: inFeatures, a: w, b: x, d: y, vector: bias) {
+            geluEpilogueCalls += 1
+            return
+        }
+        linearThenGELU(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
     }
 
     public func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,

@@ -322,7 +322,7 @@ public struct DiT: FlowMapNetwork {
         let a = attentionLayer(modulate(x.rmsNormalized(eps: 1e-6), shift: m[0], scale: m[1]), p, b + "attn")
         let x1 = gatedResidual(x, gate: m[2], a)
         let h = modulate(x1.rmsNormalized(eps: 1e-6), shift: m[3], scale: m[4])
-        let mlp = linear(linear(h, p, b + "mlp.fc1").gelu(), p, b + "mlp.fc2")
+        let mlp = linear(linearGELU(h, p, b + "mlp.fc1"), p, b + "mlp.fc2")
         return gatedResidual(x1, gate: m[5], mlp)
     }
 

@@ -54,3 +54,9 @@ public final class ParameterSet {
 public func linear(_ x: Tensor, _ p: ParameterSet, _ name: String, bias: Bool = true) -> Tensor {
     x.linear(p[name + ".weight"], bias: bias ? p[name + ".bias"] : nil)
 }
+
+/// GELU(x W^T + b) (tanh approximation), the bias and the activation in the product's epilogue where nothing
+/// is differentiated (Tensor.linearGELU).
+public func linearGELU(_ x: Tensor, _ p: ParameterSet, _ name: String, bias: Bool = true) -> Tensor {
+    x.linearGELU(p[name + ".weight"], bias: bias ? p[name + ".bias"] : nil)
+}

@@ -417,12 +417,7 @@ final class CUDAOpTests: XCTestCase {
         cuda.bf16Products = true
         defer { cuda.bf16Products = false }
         var r = TestRandom()
-        func bf16(_ v: [Double]) -> [Double] {
-            v.map { x in
-                let b = Float(x).bitPattern
-                return Double(Float(bitPattern: (b &+ 0x7fff &+ ((b >> 16) & 1)) & 0xffff_0000))
-            }
-        }
+        let bf16 = roundedToBF16
         for (batch, m, n, k, ta, tb) in [(1, 1, 1, 1, false, false), (3, 33, 65, 129, false, true), (2, 96, 80, 112, true, false),
                                          (1, 256, 384, 1536, false, true)] {
             let av = r.normals(batch * m * k), bv = r.normals(batch * k * n)
@@ -527,6 +522,71 @@ final class CUDAOpTests: XCTestCase {
                 be.linearWeightGradient(i[0], i[1], gw: o[0], gbias: o[1], rows: rows, inFeatures: inF, outFeatures: outF)
             }
         }
+    }
+
+    /// Tensor.linearGELU with nothing differentiated: the bias and the GELU in cuBLASLt's GELU_BIAS epilogue, against
+    /// linear + gelu on the CPU in float64 on the same operand values (rounded to bfloat16 for bf16 products), for
+    /// float32, TF32 and bf16 products, rows not a multiple of 8 and the DiT MLP widths (DiT-S, -B, -XL). With
+    /// cuBLASLt off, the linear + GELU kernel path against the same reference. Differentiated, the composition.
+    func testLinearGELUEpilogue() throws {
+        let cuda = try cudaOrSkip()
+        let configured = cuda.useCUBLASLt
+        defer {
+            cuda.useCUBLASLt = configured
+            cuda.allowTF32 = false
+            cuda.bf16Products = false
+        }
+        var r = TestRandom()
+        // (rows, in features, out features); the last three are the MLP's first layer of DiT-S, DiT-B and DiT-XL.
+        let shapes = [(1, 1, 1), (37, 3, 5), (99, 384, 1536), (250, 768, 3072), (61, 1152, 4608)]
+        let ditShapes = Array(shapes.suffix(3))
+        for (mode, tf32, bf16, tol) in [("float32", false, false, 1e-5), ("TF32", true, false, 3e-3), ("bf16", false, true, 1e-5)] {
+            cuda.allowTF32 = tf32
+            cuda.bf16Products = bf16
+            for useLt in [true, false] {
+                cuda.useCUBLASLt = useLt
+                var unfused: [String] = []
+                for (rows, inF, outF) in shapes {
+                    let xv = r.normals(rows * inF), wv = r.normals(outF * inF, scale: 1 / Double(inF).squareRoot())
+                    let bv = r.normals(outF)
+                    let x = Tensor(xv, shape: [rows, inF], dtype: .float32, on: cuda.device)
+                    let w = Tensor(wv, shape: [outF, inF], dtype: .float32, on: cuda.device)
+                    let b = Tensor(bv, shape: [outF], dtype: .float32, on: cuda.device)
+                    // The values the product reads: float32, or bfloat16 copies; the bias stays float32.
+                    let operand = bf16 ? roundedToBF16 : { $0.map { Double(Float($0)) } }
+                    let want = Tensor(operand(xv), shape: [rows, inF], dtype: .float64, on: .cpu)
+                        .linear(Tensor(operand(wv), shape: [outF, inF], dtype: .float64, on: .cpu),
+                                bias: Tensor(bv.map { Double(Float($0)) }, shape: [outF], dtype: .float64, on: .cpu))
+                        .gelu()
+                    let before = cuda.geluEpilogueCalls
+                    let got = x.linearGELU(w, bias: b)
+                    let label = "linearGELU \(mode) rows=\(rows) in=\(inF) out=\(outF) cuBLASLt=\(useLt) seed=\(r.seed)"
+                    assertClose(got, want, tol, label)
+                    if cuda.geluEpilogueCalls == before { unfused.append("\(rows)x\(inF)x\(outF)") }
+                }
+                print("linearGELU \(mode) cuBLASLt=\(useLt): linear + GELU kernel for (rows x in x out) \(unfused)")
+                if !useLt || !cuda.hasCUBLASLt {
+                    XCTAssertEqual(unfused.count, shapes.count, "GELU epilogue used while cuBLASLt is off or missing")
+                } else if mode == "float32" {
+                    XCTAssertEqual(unfused, [], "float32 linearGELU without EPILOGUE_GELU_BIAS")
+                } else {
+                    let missed = ditShapes.map { "\($0.0)x\($0.1)x\($0.2)" }.filter(unfused.contains)
+                    XCTAssertEqual(missed, [], "\(mode) linearGELU at DiT widths without EPILOGUE_GELU_BIAS")
+                }
+            }
+        }
+        // Differentiated (an input requiring gradients, recording on): linear then gelu, not the epilogue.
+        cuda.allowTF32 = false
+        cuda.bf16Products = false
+        cuda.useCUBLASLt = true
+        let x = Tensor(r.normals(37 * 384), shape: [37, 384], dtype: .float32, on: cuda.device).requiringGrad()
+        let w = Tensor(r.normals(1536 * 384, scale: 1 / 384.0.squareRoot()), shape: [1536, 384], dtype: .float32, on: cuda.device)
+        let b = Tensor(r.normals(1536), shape: [1536], dtype: .float32, on: cuda.device)
+        let before = cuda.geluEpilogueCalls
+        let taped = x.linearGELU(w, bias: b)
+        XCTAssertEqual(cuda.geluEpilogueCalls, before, "a differentiated linearGELU took the epilogue")
+        XCTAssertTrue(taped.requiresGrad)
+        XCTAssertEqual(taped.doubles, x.linear(w, bias: b).gelu().doubles)
     }
 
     /// Tensor.linear through autodiff on [batch, tokens, features] inputs as in the DiT: the output, its JVP tangent

@@ -129,6 +129,14 @@ func compareWithCPU(_ label: String, _ cuda: CUDABackend, dtype: DType, toleranc
     }
 }
 
+/// The values rounded to float32 and then to bfloat16 (to nearest even), as the bf16 operand copies hold them.
+func roundedToBF16(_ v: [Double]) -> [Double] {
+    v.map { x in
+        let b = Float(x).bitPattern
+        return Double(Float(bitPattern: (b &+ 0x7fff &+ ((b >> 16) & 1)) & 0xffff_0000))
+    }
+}
+
 /// A tensor with the same values on the CPU and on the GPU.
 func pair(_ values: [Double], _ shape: [Int], _ dtype: DType, _ cuda: CUDABackend) -> (cpu: Tensor, gpu: Tensor) {
     (Tensor(values, shape: shape, dtype: dtype, on: .cpu), Tensor(values, shape: shape, dtype: dtype, on: cuda.device))

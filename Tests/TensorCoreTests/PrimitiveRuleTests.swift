@@ -146,6 +146,64 @@ final class PrimitiveRuleTests: XCTestCase {
         XCTAssertEqual(grads[2].doubles, [Double](repeating: 0, count: 5))
     }
 
+    /// linearGELU: one backend call where nothing is differentiated, linear then gelu otherwise. On the CPU the
+    /// backend call runs the same kernels as the composition, so every comparison here is bitwise.
+    func testLinearGELU() {
+        let x = gc.random([2, 3, 4]), w = gc.random([5, 4]), b = gc.random([5])
+        // The rules (the composition's) against finite differences, first and second order.
+        gc.check("linearGELU", [x, w, b]) { $0[0].linearGELU($0[1], bias: $0[2]) }
+        gc.check("linearGELU without bias", [x, w]) { $0[0].linearGELU($0[1]) }
+        gc.check("linearGELU, input only", [x]) { $0[0].linearGELU(w, bias: b).square() }
+        gc.check("linearGELU, weight and bias", [w, b]) { x.linearGELU($0[0], bias: $0[1]).square() }
+
+        // Not differentiated: the fused call, float64 and float32, with and without bias, 3-D, 2-D and 1-D inputs.
+        for dtype in [DType.float64, .float32] {
+            let (xd, wd, bd) = (x.cast(dtype), w.cast(dtype), b.cast(dtype))
+            for input in [xd, xd.reshaped([6, 4]), xd.reshaped([6, 4]).slice(axis: 0, start: 2, length: 1).reshaped([4])] {
+                let fused = input.linearGELU(wd, bias: bd)
+                XCTAssertEqual(fused.shape, Array(input.shape.dropLast()) + [5])
+                XCTAssertEqual(fused.doubles, input.linear(wd, bias: bd).gelu().doubles, "\(dtype) \(input.shape)")
+                XCTAssertEqual(input.linearGELU(wd).doubles, input.linear(wd).gelu().doubles, "\(dtype) \(input.shape), no bias")
+            }
+        }
+        // No rows: an empty output.
+        XCTAssertEqual(gc.random([0, 4]).linearGELU(w, bias: b).shape, [0, 5])
+
+        // Inputs that require gradients while recording is off (the teacher passes): no tape, the same values.
+        let (xg, wg, bg) = (x.requiringGrad(), w.requiringGrad(), b.requiringGrad())
+        let untaped = withoutGrad { xg.linearGELU(wg, bias: bg) }
+        XCTAssertFalse(untaped.requiresGrad)
+        XCTAssertEqual(untaped.doubles, x.linear(w, bias: b).gelu().doubles)
+
+        // Recording, with any one input differentiated: exactly the composition's value and gradients.
+        let probe = gc.random([2, 3, 5])
+        func gradientsOf(_ layer: ([Tensor]) -> Tensor, wrt which: Int) -> [[Double]] {
+            let inputs = [x, w, b].enumerated().map { i, t in i == which ? t.requiringGrad() : t }
+            let y = layer(inputs)
+            XCTAssertTrue(y.requiresGrad)
+            return [y.doubles, gradients(of: (y * probe).sum(), wrt: [inputs[which]])[0].doubles]
+        }
+        for which in 0..<3 {
+            XCTAssertEqual(gradientsOf({ $0[0].linearGELU($0[1], bias: $0[2]) }, wrt: which),
+                           gradientsOf({ $0[0].linear($0[1], bias: $0[2]).gelu() }, wrt: which), "gradient of input \(which)")
+        }
+
+        // Forward mode (TVM's tangent along the input), inside and outside withoutGrad, and reverse over forward:
+        // exactly the composition's value, tangent and gradients.
+        let u = gc.random(x.shape)
+        func tangentsAndGradients(_ layer: @escaping (Tensor, Tensor, Tensor) -> Tensor) -> [[Double]] {
+            let (y, t) = withoutGrad { jvp({ [layer($0[0], w, b)] }, primals: [x], tangents: [u]) }
+            let (_, grads) = valueAndGradient([x, w, b]) { xs in
+                let (_, t2) = jvp({ [layer($0[0], xs[1], xs[2])] }, primals: [xs[0]], tangents: [u])
+                return (t2[0] * probe).sum()
+            }
+            return [y[0].doubles, t[0].doubles] + grads.map(\.doubles)
+        }
+        let viaFused = tangentsAndGradients { $0.linearGELU($1, bias: $2) }
+        XCTAssertEqual(viaFused, tangentsAndGradients { $0.linear($1, bias: $2).gelu() })
+        XCTAssertNotEqual(viaFused[1], [Double](repeating: 0, count: viaFused[1].count), "a tangent came out")
+    }
+
     func testScaledSum() {
         let a = gc.random([2, 3, 4]), s = gc.random([2, 1, 4]), b = gc.random([2, 3, 4]), t = gc.random([2, 1, 4])
         let cFull = gc.random([2, 3, 4]), cRow = gc.random([2, 1, 4])

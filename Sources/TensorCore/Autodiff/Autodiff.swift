@@ -84,13 +84,24 @@ extension Tensor {
     }
 }
 
+/// Whether a primitive with these inputs is differentiated in either mode: `record` would put it on the tape
+/// (gradients are being recorded and an input has a gradient source) or give its outputs tangents (an input
+/// carries one in the JVP in progress). Where it is not, an op may take a fused path that has no rules.
+func isDifferentiated(_ inputs: [Tensor]) -> Bool {
+    recordsGradient(inputs) || inputs.contains { $0.activeTangent != nil }
+}
+
+private func recordsGradient(_ inputs: [Tensor]) -> Bool {
+    GradMode.enabled && inputs.contains { $0.gradSource != nil }
+}
+
 /// Registers the outputs of a primitive with both modes. `outputs` are fresh tensors from kernels.
 /// `saves` lists the inputs whose values the VJP rule reads (nil: all) and `savesOutputs` whether it reads the
 /// outputs: everything else is kept as shape only, so memory is freed as soon as the forward pass moves on.
 @discardableResult
 func record(_ name: String, inputs: [Tensor], outputs: [Tensor], saves: [Int]? = nil, savesOutputs: Bool = true,
             jvp: JVPRule?, vjp: @escaping VJPRule) -> [Tensor] {
-    if GradMode.enabled && inputs.contains(where: { $0.gradSource != nil }) {
+    if recordsGradient(inputs) {
         let kept = inputs.enumerated().map { i, x in saves == nil || saves!.contains(i) ? x : x.shapeOnly() }
         let node = Node(name: name, inputs: kept,
                         outputs: outputs.map { savesOutputs ? $0.detached() : $0.shapeOnly() }, vjp: vjp)

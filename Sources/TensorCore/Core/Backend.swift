@@ -160,6 +160,9 @@ public protocol Backend: AnyObject {
     /// gw = g^T x [outFeatures, inFeatures] and gbias = the column sums of g [outFeatures] (nil: not wanted).
     func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,
                               outFeatures: Int)
+    /// y = gelu(x W^T + bias), GELU with the tanh approximation: `linear` with the activation in the same kernel
+    /// where the device has one (not differentiated: Tensor.linearGELU composes `linear` and `gelu` when it is).
+    func linearGELU(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int, outFeatures: Int)
 }
 
 extension UnaryOp {
@@ -181,6 +184,19 @@ extension Backend {
     public func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,
                                      outFeatures: Int) {
         linearWeightGradientByGEMM(x, g, gw: gw, gbias: gbias, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+    }
+
+    public func linearGELU(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int,
+                           outFeatures: Int) {
+        linearThenGELU(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+    }
+
+    /// `linearGELU` as `linear`, then the GELU kernel in place (elementwise, so y may be its own input): the same
+    /// kernels, hence the same values, as Tensor.linear followed by Tensor.gelu.
+    public func linearThenGELU(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int,
+                               outFeatures: Int) {
+        linear(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+        unary(.gelu, y, y)
     }
 
     /// `linear` from the kernels above: the bias broadcast into y, then a GEMM that adds the product to it.

@@ -54,15 +54,8 @@ extension Tensor {
     /// bias goes into the product's epilogue (no separate pass over the output) and its gradient can come out of
     /// the weight gradient's product.
     public func linear(_ weight: Tensor, bias: Tensor? = nil) -> Tensor {
-        checkSameDType(weight, "linear")
-        precondition(rank >= 1 && weight.rank == 2 && shape[rank - 1] == weight.shape[1],
-                     "linear: input of shape \(shape) does not fit a weight of shape \(weight.shape)")
+        let (rows, yShape) = linearOutput(weight, bias: bias, "linear")
         let outFeatures = weight.shape[0], inFeatures = weight.shape[1]
-        if let bias {
-            checkSameDType(bias, "linear")
-            precondition(bias.shape == [outFeatures], "linear: bias of shape \(bias.shape), expected [\(outFeatures)]")
-        }
-        let leading = Array(shape.dropLast()), rows = Shape.count(leading), yShape = leading + [outFeatures]
         let y = empty(yShape)
         backend.linear(storage, weight.storage, bias: bias?.storage, y.storage, rows: rows, inFeatures: inFeatures,
                        outFeatures: outFeatures)
@@ -84,6 +77,34 @@ extension Tensor {
                                            inFeatures: inFeatures, outFeatures: outFeatures)
             return hasBias ? [gx, gw, gb] : [gx, gw]
         }
+    }
+
+    /// GELU (tanh approximation) of the linear layer, `linear(weight, bias: bias).gelu()`. Where nothing is
+    /// differentiated (gradients off or no input with a gradient source, and no input carrying a tangent: sampling
+    /// and the teacher passes of training) it is one backend call, which on the GPU applies the bias and the GELU
+    /// in the product's epilogue rather than in a separate pass over the output. Otherwise it is `linear` then
+    /// `gelu`, so the derivatives are exactly theirs.
+    public func linearGELU(_ weight: Tensor, bias: Tensor? = nil) -> Tensor {
+        if isDifferentiated(bias.map { [self, weight, $0] } ?? [self, weight]) { return linear(weight, bias: bias).gelu() }
+        let (rows, yShape) = linearOutput(weight, bias: bias, "linearGELU")
+        let y = empty(yShape)
+        backend.linearGELU(storage, weight.storage, bias: bias?.storage, y.storage, rows: rows,
+                           inFeatures: weight.shape[1], outFeatures: weight.shape[0])
+        return y
+    }
+
+    /// Checks a linear layer's operands; the number of rows (all axes but the last) and the output shape.
+    private func linearOutput(_ weight: Tensor, bias: Tensor?, _ op: String) -> (rows: Int, shape: [Int]) {
+        checkSameDType(weight, op)
+        precondition(rank >= 1 && weight.rank == 2 && shape[rank - 1] == weight.shape[1],
+                     "\(op): input of shape \(shape) does not fit a weight of shape \(weight.shape)")
+        let outFeatures = weight.shape[0]
+        if let bias {
+            checkSameDType(bias, op)
+            precondition(bias.shape == [outFeatures], "\(op): bias of shape \(bias.shape), expected [\(outFeatures)]")
+        }
+        let leading = Array(shape.dropLast())
+        return (Shape.count(leading), leading + [outFeatures])
     }
 }
 
