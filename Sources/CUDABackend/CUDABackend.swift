@@ -757,6 +757,24 @@ public final class CUDABackend: Backend {
         }
     }
 
+    public func rmsNormScaled(_ x: Storage, scale s: Storage, shift t: Storage?, _ y: Storage, batch: Int, rows: Int, cols: Int,
+                              eps: Double) {
+        let nrows = batch * rows
+        guard nrows > 0 && cols > 0 else { return }
+        let k = core(x.dtype)
+        func arguments(_ g: inout Args) {
+            g.ptr(addr(x)); g.ptr(addr(s)); g.ptr(t.map { addr($0) } ?? 0); g.ptr(addr(y))
+            g.i64(nrows); g.i64(rows); g.i64(cols); g.scalar(eps, x.dtype)
+        }
+        if cols <= 32 * KernelSource.rowWidths.last! {
+            let w = KernelSource.rowWidths.firstIndex { 32 * $0 >= cols }!
+            launch(k.rmsScaledWarp[w], grid: (blocks(nrows * 32), 1), arguments)
+        } else {
+            let threads = cols > 8192 ? 1024 : 256
+            launch(k.rmsScaledBlock, grid: (Swift.min(nrows, maxBlocks * 2), 1), block: (threads, 1), arguments)
+        }
+    }
+
     public func rmsNormLinear(_ x: Storage, _ y: Storage, _ d: Storage, _ out: Storage, rows: Int, cols: Int, eps: Double) {
         guard rows > 0 && cols > 0 else { return }
         launch(core(x.dtype).rmsLinear, grid: (blocks(rows * 32), 1)) { g in
@@ -1167,6 +1185,7 @@ final class CoreKernels {
     let rowsBlockSum: Handle, rowsBlockMax: Handle, rowsWarpSum: Handle, rowsWarpMax: Handle
     let colsSum: Handle, colsMax: Handle
     let softmaxWarp: [Handle], softmaxBlock: Handle, rmsWarp: [Handle], rmsBlock: Handle
+    let rmsScaledWarp: [Handle], rmsScaledBlock: Handle
     let rmsLinear: Handle, rmsLinearBackward: Handle, scaledSum: Handle, rowSums: Handle
     let gather: Handle, scatterAdd: Handle, random: Handle, adamw: Handle, ema: Handle
     let convertF32F64: Handle, convertF64F32: Handle, convertF32BF16: Handle
@@ -1193,6 +1212,8 @@ final class CoreKernels {
         softmaxWarp = try KernelSource.rowWidths.map { try get("softmax_warp\($0)_\(s)") }
         rmsWarp = try KernelSource.rowWidths.map { try get("rmsnorm_warp\($0)_\(s)") }
         softmaxBlock = try get("softmax_block_\(s)"); rmsBlock = try get("rmsnorm_block_\(s)")
+        rmsScaledWarp = try KernelSource.rowWidths.map { try get("rmsnorm_scaled_warp\($0)_\(s)") }
+        rmsScaledBlock = try get("rmsnorm_scaled_block_\(s)")
         rmsLinear = try get("rmsnorm_linear_\(s)"); rmsLinearBackward = try get("rmsnorm_linear_bwd_\(s)")
         scaledSum = try get("scaled_sum_\(s)"); rowSums = try get("row_sums_\(s)")
         gather = try get("gather_\(s)"); scatterAdd = try get("scatter_add_\(s)"); random = try get("random_\(s)")

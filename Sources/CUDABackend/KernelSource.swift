@@ -441,6 +441,58 @@ enum KernelSource {
         }
     }
 
+    // y = x r s + t, r = 1 / sqrt(mean(x^2) + eps), over [batch, rows, cols] (nrows = batch * rows) with s and t
+    // per (batch entry, column), t null: none. The epilogue of rmsnorm_warp_impl: the normalised row is never stored.
+    template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_warp_impl(const T* x, const T* s, const T* t, T* y,
+                                                                                           i64 nrows, i64 rows, i64 cols, T eps) {
+        const int lane = threadIdx.x & 31;
+        const i64 nw = gstride() >> 5;
+        for (i64 r = gtid() >> 5; r < nrows; r += nw) {
+            const T* px = x + r * cols;
+            const i64 so = (r / rows) * cols;
+            T* py = y + r * cols;
+            T v[VPL];
+            T ss = 0;
+    #pragma unroll
+            for (int c = 0; c < VPL; ++c) {
+                const int i = lane + 32 * c;
+                v[c] = i < cols ? px[i] : T(0);
+                ss += v[c] * v[c];
+            }
+            ss = warp_sum(ss);
+            const T inv = T(1) / m_sqrt(ss / T(cols) + eps);
+    #pragma unroll
+            for (int c = 0; c < VPL; ++c) {
+                const int i = lane + 32 * c;
+                if (i < cols) {
+                    T o = v[c] * inv * s[so + i];
+                    if (t) o += t[so + i];
+                    py[i] = o;
+                }
+            }
+        }
+    }
+
+    // Rows too long for registers: a block per row, the row read twice (the second time mostly from cache).
+    template<typename T> __device__ __forceinline__ void rmsnorm_scaled_block_impl(const T* x, const T* s, const T* t, T* y,
+                                                                                   i64 nrows, i64 rows, i64 cols, T eps) {
+        __shared__ T sm[32];
+        for (i64 r = blockIdx.x; r < nrows; r += gridDim.x) {
+            const T* px = x + r * cols;
+            const i64 so = (r / rows) * cols;
+            T* py = y + r * cols;
+            T ss = 0;
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) ss += px[c] * px[c];
+            ss = block_reduce<T, false>(ss, sm);
+            const T inv = T(1) / m_sqrt(ss / T(cols) + eps);
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+                T o = px[c] * inv * s[so + c];
+                if (t) o += t[so + c];
+                py[c] = o;
+            }
+        }
+    }
+
     // A warp per row; the row is read twice (the second time from cache for rows of a few thousand values).
     // out = r (d - y mean(y d)), r = 1 / sqrt(mean(x^2) + eps): RMSNorm's JVP and VJP (see Backend.swift).
     template<typename T> __device__ __forceinline__ void rmsnorm_linear_impl(const T* x, const T* y, const T* d, T* out,
@@ -778,6 +830,8 @@ enum KernelSource {
                 + "{ softmax_warp_impl<\(T), \(w)>(x, y, rows, cols); }\n"
             out += "extern \"C\" __global__ void __launch_bounds__(256) rmsnorm_warp\(w)_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols, \(T) eps) "
                 + "{ rmsnorm_warp_impl<\(T), \(w)>(x, y, rows, cols, eps); }\n"
+            out += "extern \"C\" __global__ void __launch_bounds__(256) rmsnorm_scaled_warp\(w)_\(s)(const \(T)* x, const \(T)* s, const \(T)* t, \(T)* y, i64 nrows, i64 rows, i64 cols, \(T) eps) "
+                + "{ rmsnorm_scaled_warp_impl<\(T), \(w)>(x, s, t, y, nrows, rows, cols, eps); }\n"
         }
         out += """
         extern "C" __global__ void __launch_bounds__(256) copy_rows_\(s)(View2 v, const \(T)* x, \(T)* y, i64 rows, i64 inner, int ix) { copy_rows_impl<\(T)>(v, x, y, rows, inner, ix); }
@@ -794,6 +848,7 @@ enum KernelSource {
         extern "C" __global__ void __launch_bounds__(256) reduce_cols_max_\(s)(const \(T)* x, \(T)* y, i64 n, i64 inner, i64 chunk) { reduce_cols_impl<\(T), true>(x, y, n, inner, chunk); }
         extern "C" __global__ void __launch_bounds__(1024) softmax_block_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols) { softmax_block_impl<\(T)>(x, y, rows, cols); }
         extern "C" __global__ void __launch_bounds__(1024) rmsnorm_block_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols, \(T) eps) { rmsnorm_block_impl<\(T)>(x, y, rows, cols, eps); }
+        extern "C" __global__ void __launch_bounds__(1024) rmsnorm_scaled_block_\(s)(const \(T)* x, const \(T)* s, const \(T)* t, \(T)* y, i64 nrows, i64 rows, i64 cols, \(T) eps) { rmsnorm_scaled_block_impl<\(T)>(x, s, t, y, nrows, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, \(T)* out, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_impl<\(T)>(x, y, d, out, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_bwd_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, const \(T)* g, \(T)* gx, \(T)* gy, \(T)* gd, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_bwd_impl<\(T)>(x, y, d, g, gx, gy, gd, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(256) scaled_sum_\(s)(const \(T)* a, const \(T)* s, const \(T)* b, const \(T)* t, const \(T)* c, int cFull, \(T)* y, i64 nrows, i64 rows, i64 cols) { scaled_sum_impl<\(T)>(a, s, b, t, c, cFull, y, nrows, rows, cols); }

@@ -286,10 +286,11 @@ public struct DiT: FlowMapNetwork {
         return m.split(axis: 1, sizes: Array(repeating: 1, count: parts))
     }
 
-    /// x * (1 + scale) + shift with [B, 1, D] modulation vectors (one fused pass).
+    /// rmsNorm(x) * (1 + scale) + shift with [B, 1, D] modulation vectors: one fused pass that never stores the
+    /// normalised x.
     @inline(__always)
-    func modulate(_ x: Tensor, shift: Tensor, scale: Tensor) -> Tensor {
-        Tensor.scaledSum(x, 1 + scale, plus: shift)
+    func modulateNormalized(_ x: Tensor, shift: Tensor, scale: Tensor) -> Tensor {
+        x.rmsNormalized(eps: 1e-6, scale: 1 + scale, shift: shift)
     }
 
     /// x + gate * y with a [B, 1, D] gate (one fused pass).
@@ -309,7 +310,7 @@ public struct DiT: FlowMapNetwork {
             let wk = w.slice(axis: 0, start: k * D, length: D), bk = b.slice(axis: 0, start: k * D, length: D)
             let h = x.linear(wk, bias: bk).reshaped([B, N, H, Dh])
             guard let norm else { return h }
-            return h.rmsNormalized(eps: 1e-6) * p[name + "." + norm + ".weight"]
+            return h.rmsNormalized(eps: 1e-6, scale: p[name + "." + norm + ".weight"])
         }
         let q = heads(0, norm: "q_norm"), k = heads(1, norm: "k_norm"), v = heads(2, norm: nil)
         let o = attention(q, k, v, layout: .tokenMajor).reshaped([B, N, D])
@@ -319,9 +320,9 @@ public struct DiT: FlowMapNetwork {
     func block(_ x: Tensor, _ siluC: Tensor, _ p: ParameterSet, _ k: Int) -> Tensor {
         let b = "blocks.\(k)."
         let m = modulation(siluC, p, b + "adaLN_modulation.1", parts: 6)
-        let a = attentionLayer(modulate(x.rmsNormalized(eps: 1e-6), shift: m[0], scale: m[1]), p, b + "attn")
+        let a = attentionLayer(modulateNormalized(x, shift: m[0], scale: m[1]), p, b + "attn")
         let x1 = gatedResidual(x, gate: m[2], a)
-        let h = modulate(x1.rmsNormalized(eps: 1e-6), shift: m[3], scale: m[4])
+        let h = modulateNormalized(x1, shift: m[3], scale: m[4])
         let mlp = linear(linearGELU(h, p, b + "mlp.fc1"), p, b + "mlp.fc2")
         return gatedResidual(x1, gate: m[5], mlp)
     }
@@ -336,7 +337,7 @@ public struct DiT: FlowMapNetwork {
         let siluC = conditioning(p, t: t.reshaped([B]), gap: gap.reshaped([B]), cond: cond).silu()
         for k in 0..<c.depth { h = block(h, siluC, p, k) }
         let m = modulation(siluC, p, "final_layer.adaLN_modulation.1", parts: 2)
-        h = linear(modulate(h.rmsNormalized(eps: 1e-6), shift: m[0], scale: m[1]), p, "final_layer.linear")
+        h = linear(modulateNormalized(h, shift: m[0], scale: m[1]), p, "final_layer.linear")
         return unpatchify(h)
     }
 }

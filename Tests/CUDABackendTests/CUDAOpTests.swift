@@ -264,6 +264,27 @@ final class CUDAOpTests: XCTestCase {
         }
     }
 
+    func testRMSNormScaled() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            // Shared weights (batch 1: q/k norm over a head dim of 64 or 72), per-batch modulation at DiT widths,
+            // and widths past the register path (block per row), odd and not multiples of 32.
+            for (batch, rows, cols) in [(1, 1, 1), (1, 1000, 64), (1, 257, 72), (3, 17, 33), (2, 256, 384), (4, 65, 768),
+                                        (3, 65, 1152), (2, 7, 2048), (2, 5, 2049), (2, 5, 3000), (1, 3, 9000)] {
+                let n = batch * rows * cols, m = batch * cols
+                let x = r.normals(n, scale: 3), s = r.normals(m), t = r.normals(m)
+                for useShift in [false, true] {
+                    compareWithCPU("rmsNormScaled \(batch)x\(rows)x\(cols) shift=\(useShift) seed=\(r.seed)", cuda, dtype: dtype,
+                                   reference64: true, inputs: [x, s, t], outputs: [(n, nil)]) { b, i, o in
+                        b.rmsNormScaled(i[0], scale: i[1], shift: useShift ? i[2] : nil, o[0], batch: batch, rows: rows,
+                                        cols: cols, eps: 1e-6)
+                    }
+                }
+            }
+        }
+    }
+
     func testScaledSumAndRowSums() throws {
         let cuda = try cudaOrSkip()
         var r = TestRandom()

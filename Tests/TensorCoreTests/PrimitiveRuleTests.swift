@@ -230,6 +230,33 @@ final class PrimitiveRuleTests: XCTestCase {
         for v in r { XCTAssertEqual(v, 1, accuracy: 1e-12) }
     }
 
+    func testRMSNormScaled() {
+        // Per-batch-entry factors (adaLN modulation: x [B, N, D], scale and shift [B, 1, D]).
+        let x = gc.random([2, 3, 5]), s = gc.random([2, 1, 5]), t = gc.random([2, 1, 5])
+        gc.check("rmsNorm scale shift", [x, s, t]) { $0[0].rmsNormalized(eps: 1e-6, scale: $0[1], shift: $0[2]) }
+        gc.check("rmsNorm scale", [x, s]) { $0[0].rmsNormalized(eps: 1e-6, scale: $0[1]) }
+        gc.check("rmsNorm modulate", [x, s, t]) { $0[0].rmsNormalized(eps: 1e-6, scale: 1 + $0[1], shift: $0[2]).square() }
+        // Tangents on only some inputs take the rule's other branches (x, scale or shift alone).
+        gc.check("rmsNorm scale shift, x alone", [x]) { $0[0].rmsNormalized(eps: 1e-6, scale: s, shift: t).square() }
+        gc.check("rmsNorm scale shift, factors alone", [s, t]) { x.rmsNormalized(eps: 1e-6, scale: $0[0], shift: $0[1]).square() }
+        gc.check("rmsNorm scale shift, shift alone", [t]) { x.rmsNormalized(eps: 1e-6, scale: s, shift: $0[0]).square() }
+        // A weight shared by every row (q/k norm: [B, N, H, Dh] with a weight [Dh]).
+        let h = gc.random([2, 3, 2, 4]), w = gc.random([4]), b = gc.random([4])
+        gc.check("rmsNorm weight", [h, w]) { $0[0].rmsNormalized(eps: 1e-6, scale: $0[1]) }
+        gc.check("rmsNorm weight bias", [h, w, b]) { $0[0].rmsNormalized(eps: 1e-6, scale: $0[1], shift: $0[2]).square() }
+        gc.check("rmsNorm weight, weight alone", [w]) { h.rmsNormalized(eps: 1e-6, scale: $0[0]).square() }
+        // The fused value against the separate ops.
+        for (fused, plain) in [(x.rmsNormalized(eps: 1e-6, scale: s, shift: t), x.rmsNormalized(eps: 1e-6) * s + t),
+                               (h.rmsNormalized(eps: 1e-6, scale: w), h.rmsNormalized(eps: 1e-6) * w)] {
+            XCTAssertEqual(fused.shape, plain.shape)
+            for (a, b) in zip(fused.doubles, plain.doubles) { XCTAssertEqual(a, b, accuracy: 1e-12) }
+        }
+        // In float32 the fused kernel rounds as the separate ops do: DiT's outputs do not move.
+        let x32 = x.cast(.float32), s32 = s.cast(.float32), t32 = t.cast(.float32)
+        XCTAssertEqual(x32.rmsNormalized(eps: 1e-6, scale: s32, shift: t32).floats,
+                       Tensor.scaledSum(x32.rmsNormalized(eps: 1e-6), s32, plus: t32).floats)
+    }
+
     func testCast() {
         // Finite differences cannot resolve float32 rounding, so the rules are checked directly.
         let x = gc.random([4]), u = gc.random([4])

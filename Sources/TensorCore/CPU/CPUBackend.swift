@@ -190,6 +190,15 @@ public final class CPUBackend: Backend {
         typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
     }
 
+    public func rmsNormScaled(_ x: Storage, scale s: Storage, shift t: Storage?, _ y: Storage, batch: Int, rows: Int, cols: Int,
+                              eps: Double) {
+        func run<T: CPUFloat>(_: T.Type) {
+            Kernels.rmsNormScaled(cpu(x).ptr(T.self), cpu(s).ptr(T.self), t.map { cpu($0).ptr(T.self) }, cpu(y).ptr(T.self),
+                                  batch, rows, cols, eps)
+        }
+        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
+    }
+
     public func scaledSum(a: Storage, s: Storage, b: Storage?, t: Storage?, c: Storage?, cFull: Bool, y: Storage,
                           batch: Int, rows: Int, cols: Int) {
         func run<T: CPUFloat>(_: T.Type) {

@@ -363,6 +363,27 @@ enum Kernels {
         }
     }
 
+    /// Per row of [batch, rows, cols]: y = x r s + t with r = 1 / sqrt(mean(x^2) + eps) and s, t the row's batch
+    /// entry's [cols] factors (t nil: none). Rounds as rmsNorm followed by scaledSum do: (x r) s + t.
+    static func rmsNormScaled<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ s: UnsafeMutablePointer<T>, _ t: UnsafeMutablePointer<T>?,
+                                           _ y: UnsafeMutablePointer<T>, _ batch: Int, _ rows: Int, _ cols: Int, _ eps: Double) {
+        Parallel.forRanges(batch * rows, grain: Swift.max(1, 16_384 / Swift.max(cols, 1))) { r in
+            for row in r {
+                let px = x + row * cols, py = y + row * cols, so = (row / rows) * cols
+                var ss = T(0)
+                for i in 0..<cols { ss += px[i] * px[i] }
+                let inv = 1 / T.fsqrt(ss / T(cols) + T(eps))
+                let ps = s + so
+                if let t {
+                    let pt = t + so
+                    for i in 0..<cols { py[i] = px[i] * inv * ps[i] + pt[i] }
+                } else {
+                    for i in 0..<cols { py[i] = px[i] * inv * ps[i] }
+                }
+            }
+        }
+    }
+
     static func rmsNorm<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ rows: Int, _ cols: Int, _ eps: Double) {
         Parallel.forRanges(rows, grain: Swift.max(1, 16_384 / Swift.max(cols, 1))) { r in
             for row in r {

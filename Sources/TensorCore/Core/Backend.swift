@@ -106,6 +106,11 @@ public protocol Backend: AnyObject {
     /// Cotangents of rmsNormLinear's x, y and d for the cotangent g of its output (gradients through the JVP).
     func rmsNormLinearBackward(_ x: Storage, _ y: Storage, _ d: Storage, _ g: Storage, gx: Storage, gy: Storage,
                                gd: Storage, rows: Int, cols: Int, eps: Double)
+    /// y = rmsNorm(x) s + t over [batch, rows, cols] with s and t of shape [batch, cols] (one value per column,
+    /// shared by a batch entry's rows; t may be nil): normalisation followed by adaLN modulation or a norm weight,
+    /// reading each row once and writing y only (the normalised rows are never stored).
+    func rmsNormScaled(_ x: Storage, scale s: Storage, shift t: Storage?, _ y: Storage, batch: Int, rows: Int, cols: Int,
+                       eps: Double)
     /// y = a s + b t + c over [batch, rows, cols] with s and t of shape [batch, cols] (one value per column,
     /// shared by a batch entry's rows): adaLN modulation and gated residuals in one pass. b/t and c may be nil;
     /// c is [batch, rows, cols] when `cFull`, else [batch, cols].

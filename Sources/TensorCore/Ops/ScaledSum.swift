@@ -53,3 +53,62 @@ extension Tensor {
         }
     }
 }
+
+extension Tensor {
+    /// rmsNormalized(eps) * scale + shift over the last axis, in one pass that reads each row once and writes only
+    /// the result: adaLN modulation after a norm (scale = 1 + the modulation's scale) and norm weights, where the
+    /// separate passes would write the normalised tensor and read it back. scale and shift (nil: none) hold one
+    /// value per column, either per entry of the first axis (B * C values for a tensor [B, ..., C], such as
+    /// [B, 1, C]) or one row of C values shared by every row (a weight [C]).
+    public func rmsNormalized(eps: Double, scale: Tensor, shift: Tensor? = nil) -> Tensor {
+        let cols = shape.last!
+        let batch = scale.count == cols ? 1 : shape[0]
+        precondition(scale.count == batch * cols,
+                     "rmsNormalized: scale of shape \(scale.shape) does not fit a tensor of shape \(shape)")
+        if let shift { precondition(shift.count == scale.count, "rmsNormalized: shift \(shift.shape) does not match scale \(scale.shape)") }
+        let rows = count / Swift.max(batch * cols, 1)
+        let y = empty(shape)
+        backend.rmsNormScaled(storage, scale: scale.storage, shift: shift?.storage, y.storage, batch: batch, rows: rows,
+                              cols: cols, eps: eps)
+        var inputs = [self, scale]
+        if let shift { inputs.append(shift) }
+        let hasShift = shift != nil, xShape = shape, scaleShape = scale.shape, shiftShape = shift?.shape
+        // The rules see x as [batch, rows, cols] and the factors as [batch, cols], the layout scaledSum reads.
+        func rowsView(_ t: Tensor) -> Tensor { t.reshaped([batch, rows, cols]) }
+        func factorView(_ t: Tensor) -> Tensor { t.reshaped([batch, cols]) }
+        // The rules recompute n = rmsNorm(x) rather than have the forward pass store it (storing it is the write
+        // this op exists to avoid). The JVP is written with differentiable ops (rmsNormalized, its derivative
+        // map, scaledSum), so gradients through the tangent are correct by construction. shift's value is not
+        // needed for any cotangent, only its shape.
+        return record1("rmsNormScaled", inputs, y, saves: [0, 1], savesOutputs: false, jvp: { i, _, d in
+            let x = rowsView(i[0]), s = factorView(i[1])
+            let dt = hasShift ? d[2].map(factorView) : nil
+            // d(n s + t) = dn s + n ds + dt with dn = rmsNormLinear(x, n, dx).
+            let n = d[0] != nil || d[1] != nil ? x.rmsNormalized(eps: eps) : nil
+            let dn = d[0].map { Tensor.rmsNormLinear(x, n!, rowsView($0), eps: eps) }
+            let dy: Tensor
+            switch (dn, d[1].map(factorView)) {
+            case let (dn?, ds?): dy = Tensor.scaledSum(dn, s, n!, ds, plus: dt)
+            case let (dn?, nil): dy = Tensor.scaledSum(dn, s, plus: dt)
+            case let (nil, ds?): dy = Tensor.scaledSum(n!, ds, plus: dt)
+            // Only the shift has a tangent (the rule runs only when some input has one).
+            case (nil, nil): dy = dt!.reshaped([batch, 1, cols]).broadcast(to: [batch, rows, cols])
+            }
+            return [dy.reshaped(xShape)]
+        }) { i, _, g in
+            guard let g = g[0] else { return Array(repeating: nil, count: hasShift ? 3 : 2) }
+            let x = rowsView(i[0]), s = factorView(i[1]), gv = rowsView(g)
+            let n = x.rmsNormalized(eps: eps)
+            // The scale's cotangent sums g n over each batch entry's rows, the shift's sums g: one pass for both.
+            let products: [Tensor?] = hasShift ? [n, nil] : [n]
+            let sums = products.map { ($0, g.empty([batch, cols])) }
+            g.backend.rowSumsOfProducts(g: gv.storage, sums.map { $0.0?.storage }, sums.map(\.1.storage),
+                                        batch: batch, rows: rows, cols: cols)
+            // RMSNorm's derivative map is symmetric: its VJP is the same map applied to the cotangent of n.
+            let gx = Tensor.rmsNormLinear(x, n, Tensor.scaledSum(gv, s), eps: eps).reshaped(xShape)
+            var grads: [Tensor?] = [gx, sums[0].1.reshaped(scaleShape)]
+            if let shiftShape { grads.append(sums[1].1.reshaped(shiftShape)) }
+            return grads
+        }
+    }
+}
