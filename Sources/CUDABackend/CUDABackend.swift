@@ -804,12 +804,24 @@ public final class CUDABackend: Backend {
     public func rowSumsOfProducts(g: Storage, _ xs: [Storage?], _ outs: [Storage], batch: Int, rows: Int, cols: Int) {
         precondition(xs.count == outs.count && (1...3).contains(outs.count), "rowSumsOfProducts takes 1 to 3 outputs")
         guard batch > 0 && cols > 0 else { return }
-        precondition(batch <= 65535, "rowSumsOfProducts: batch \(batch) exceeds the grid's y limit")
-        launch(core(g.dtype).rowSums, grid: ((cols + 31) / 32, batch), block: (32, 8)) { a in
+        let tiles = (cols + 31) / 32
+        // Few batch entries with many rows (a weight shared by every row: batch 1) would leave most of the GPU
+        // idle: the rows are then cut into chunks, each summed by its own blocks, and the partial sums added by
+        // a second pass.
+        let wanted = 8 * multiprocessorCount
+        let chunks = Swift.max(1, Swift.min(Swift.min(wanted / Swift.max(tiles * batch, 1), (rows + 255) / 256), 65535 / batch))
+        let chunkRows = (rows + chunks - 1) / chunks
+        let used = (rows + chunkRows - 1) / Swift.max(chunkRows, 1)
+        precondition(batch * Swift.max(used, 1) <= 65535, "rowSumsOfProducts: batch \(batch) exceeds the grid's y limit")
+        let partials = used > 1 ? outs.map { _ in allocate(used * batch * cols, g.dtype) } : outs
+        launch(core(g.dtype).rowSums, grid: (tiles, batch * Swift.max(used, 1)), block: (32, 8)) { a in
             a.ptr(addr(g))
             for k in 0..<3 { a.ptr(k < xs.count ? xs[k].map { addr($0) } ?? 0 : 0) }
-            for k in 0..<3 { a.ptr(k < outs.count ? addr(outs[k]) : 0) }
-            a.i32(outs.count); a.i64(rows); a.i64(cols)
+            for k in 0..<3 { a.ptr(k < partials.count ? addr(partials[k]) : 0) }
+            a.i32(outs.count); a.i64(rows); a.i64(cols); a.i64(batch); a.i64(Swift.max(chunkRows, 1))
+        }
+        if used > 1 {
+            for (p, o) in zip(partials, outs) { reduce(.sum, p, o, outer: 1, n: used, inner: batch * cols) }
         }
     }
 

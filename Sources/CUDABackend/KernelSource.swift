@@ -549,21 +549,25 @@ enum KernelSource {
 
     // out_k[b, c] = sum_r g[b, r, c] x_k[b, r, c] (x_k null: of g). Grid (column blocks of 32, batch), block
     // (32, 8): the 8 warps take every 8th row, then add up through shared memory (fixed order: deterministic).
+    /// Block (32 x 8) per 32 columns of one batch entry and one chunk of its rows: blockIdx.y = chunk * batch + entry.
+    /// Chunk c writes its partial sums at outputs (c * batch + entry) * cols; with one chunk, the sums themselves.
     template<typename T> __device__ __forceinline__ void row_sums_impl(const T* g, const T* x0, const T* x1, const T* x2,
-                                                                       T* o0, T* o1, T* o2, int nout, i64 rows, i64 cols) {
+                                                                       T* o0, T* o1, T* o2, int nout, i64 rows, i64 cols,
+                                                                       i64 batch, i64 chunkRows) {
         __shared__ T part[3][8][33];
-        const i64 col = (i64)blockIdx.x * 32 + threadIdx.x, bi = blockIdx.y;
+        const i64 col = (i64)blockIdx.x * 32 + threadIdx.x, bi = blockIdx.y % batch, chunk = blockIdx.y / batch;
+        const i64 first = chunk * chunkRows, end = min(rows, first + chunkRows);
         const T* xs[3] = {x0, x1, x2};
         T acc[3] = {0, 0, 0};
         if (col < cols) {
             // Four rows per iteration, all loads issued before any use: one row at a time left too few loads
             // in flight (about 1 TB/s in the training-step profile).
-            for (i64 r0 = threadIdx.y; r0 < rows; r0 += 32) {
+            for (i64 r0 = first + threadIdx.y; r0 < end; r0 += 32) {
                 T gv[4], xv[3][4];
     #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const i64 r = r0 + 8 * j, o = (bi * rows + r) * cols + col;
-                    const bool in = r < rows;
+                    const bool in = r < end;
                     gv[j] = in ? g[o] : T(0);
     #pragma unroll
                     for (int k = 0; k < 3; ++k) xv[k][j] = (k < nout && xs[k] && in) ? xs[k][o] : T(1);
@@ -584,7 +588,7 @@ enum KernelSource {
                 T v = 0;
     #pragma unroll
                 for (int j = 0; j < 8; ++j) v += part[k][j][threadIdx.x];
-                outs[k][bi * cols + col] = v;
+                outs[k][(chunk * batch + bi) * cols + col] = v;
             }
         }
     }
@@ -852,7 +856,7 @@ enum KernelSource {
         extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, \(T)* out, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_impl<\(T)>(x, y, d, out, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_bwd_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, const \(T)* g, \(T)* gx, \(T)* gy, \(T)* gd, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_bwd_impl<\(T)>(x, y, d, g, gx, gy, gd, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(256) scaled_sum_\(s)(const \(T)* a, const \(T)* s, const \(T)* b, const \(T)* t, const \(T)* c, int cFull, \(T)* y, i64 nrows, i64 rows, i64 cols) { scaled_sum_impl<\(T)>(a, s, b, t, c, cFull, y, nrows, rows, cols); }
-        extern "C" __global__ void __launch_bounds__(256) row_sums_\(s)(const \(T)* g, const \(T)* x0, const \(T)* x1, const \(T)* x2, \(T)* o0, \(T)* o1, \(T)* o2, int nout, i64 rows, i64 cols) { row_sums_impl<\(T)>(g, x0, x1, x2, o0, o1, o2, nout, rows, cols); }
+        extern "C" __global__ void __launch_bounds__(256) row_sums_\(s)(const \(T)* g, const \(T)* x0, const \(T)* x1, const \(T)* x2, \(T)* o0, \(T)* o1, \(T)* o2, int nout, i64 rows, i64 cols, i64 batch, i64 chunkRows) { row_sums_impl<\(T)>(g, x0, x1, x2, o0, o1, o2, nout, rows, cols, batch, chunkRows); }
         extern "C" __global__ void __launch_bounds__(256) gather_\(s)(const \(T)* table, const \(T)* idx, \(T)* y, i64 rows, i64 cols, i64 tableRows, int* err) { gather_impl<\(T)>(table, idx, y, rows, cols, tableRows, err); }
         extern "C" __global__ void __launch_bounds__(256) scatter_add_\(s)(const \(T)* x, const \(T)* idx, \(T)* table, i64 rows, i64 cols, i64 tableRows, int* err) { scatter_add_impl<\(T)>(x, idx, table, rows, cols, tableRows, err); }
         extern "C" __global__ void __launch_bounds__(256) random_\(s)(\(T)* y, i64 n, u64 seed, u64 counter, int normal) { random_impl<\(T)>(y, n, seed, counter, normal); }

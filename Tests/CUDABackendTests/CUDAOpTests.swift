@@ -289,7 +289,9 @@ final class CUDAOpTests: XCTestCase {
         let cuda = try cudaOrSkip()
         var r = TestRandom()
         for dtype in dtypes {
-            for (batch, rows, cols) in [(1, 1, 1), (2, 3, 5), (3, 256, 384), (5, 17, 1152), (64, 1, 33)] {
+            // The last two: few batch entries with many rows, summed in row chunks and a second pass.
+            for (batch, rows, cols) in [(1, 1, 1), (2, 3, 5), (3, 256, 384), (5, 17, 1152), (64, 1, 33), (1, 4099, 72),
+                                        (2, 3000, 33)] {
                 let n = batch * rows * cols, m = batch * cols
                 let a = r.normals(n), s = r.normals(m), b = r.normals(n), t = r.normals(m), cf = r.normals(n), cr = r.normals(m)
                 for (useB, c, full) in [(false, nil, false), (false, cr, false), (true, cf, true), (true, nil, false)] as [(Bool, [Double]?, Bool)] {
