@@ -498,6 +498,7 @@ public final class CUDABackend: Backend {
     public func fill(_ s: Storage, value: Double) {
         let n = s.count
         guard n > 0 else { return }
+        forgetBF16Copy(of: s)
         ensureCurrent()
         if s.dtype == .float32 {
             driver.must(driver.cuMemsetD32Async(addr(s), Float(value).bitPattern, n, stream), "cuMemsetD32Async")
@@ -841,6 +842,7 @@ public final class CUDABackend: Backend {
 
     public func scatterAddRows(_ x: Storage, _ index: Storage, _ table: Storage, rows: Int, cols: Int) {
         guard rows > 0 && cols > 0 else { return }
+        forgetBF16Copy(of: table)
         let idx = indices(index, as: x.dtype)
         let tableRows = table.count / cols
         launch(core(x.dtype).scatterAdd, grid: (Swift.min((rows + 7) / 8, maxBlocks * 4), 1), block: (32, 8)) { g in
@@ -879,10 +881,10 @@ public final class CUDABackend: Backend {
                                                &be, py, M, sC, B), "cublasDgemmStridedBatched(\(m)x\(n)x\(k), batch \(batch))")
         } else if bf16Products {
             var al = Float(alpha), be = Float(beta)
-            let a16 = bf16Copy(a), b16 = bf16Copy(b)
-            defer { allocator.release(a16.address, a16.blockBytes); allocator.release(b16.address, b16.blockBytes) }
-            blas.must(blas.gemmStridedBatchedEx(blasHandle, opB, opA, M, N, K, &al, b16.pointer, CUBLAS.r16BF, ldb, sA,
-                                                a16.pointer, CUBLAS.r16BF, lda, sB, &be, py, CUBLAS.r32F, M, sC, B,
+            if beta != 0 { forgetBF16Copy(of: y) }
+            let a16 = UnsafeRawPointer(bitPattern: UInt(bf16Operand(a))), b16 = UnsafeRawPointer(bitPattern: UInt(bf16Operand(b)))
+            blas.must(blas.gemmStridedBatchedEx(blasHandle, opB, opA, M, N, K, &al, b16, CUBLAS.r16BF, ldb, sA,
+                                                a16, CUBLAS.r16BF, lda, sB, &be, py, CUBLAS.r32F, M, sC, B,
                                                 CUBLAS.compute32F, CUBLAS.gemmDefault),
                       "cublasGemmStridedBatchedEx(BF16, \(m)x\(n)x\(k), batch \(batch))")
         } else if allowTF32 {
@@ -899,15 +901,43 @@ public final class CUDABackend: Backend {
         if syncEveryLaunch { driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize after cuBLAS") }
     }
 
-    /// A bfloat16 copy of a float32 storage in a scratch block, which the caller releases once the work that
-    /// reads it is queued (one stream: later work cannot overtake it).
-    private func bf16Copy(_ x: Storage) -> (address: DevicePointer, blockBytes: Int, pointer: UnsafeRawPointer?) {
+    /// A bfloat16 copy of a float32 operand, made by `bf16Operand` and kept while its source is alive.
+    private struct BF16Copy {
+        weak var source: Storage?
+        let address: DevicePointer, blockBytes: Int
+    }
+    /// The latest bf16 copies, newest last. One activation feeds three products in a row (q, k and v) and a weight
+    /// feeds the forward, tangent and backward products, so a few entries save most conversions. Storage is
+    /// written once, when made; the in-place updates (AdamW, EMA, scatter-add, fill, accumulating products)
+    /// forget the copy of what they change.
+    private var bf16Copies: [BF16Copy] = []
+    private let bf16CopyLimit = 4
+
+    /// The bfloat16 copy of a float32 storage: the cached one, or a new one (which may evict the oldest).
+    private func bf16Operand(_ x: Storage) -> DevicePointer {
         precondition(x.dtype == .float32, "bf16 products take float32 operands")
+        if let hit = bf16Copies.first(where: { $0.source === x }) { return hit.address }
         let (p, size) = allocator.allocate(Swift.max(2 * x.count, 2))
         if x.count > 0 { launch(core(.float32).convertF32BF16, grid: (blocks((x.count + 3) / 4), 1)) { a in
             a.ptr(addr(x)); a.ptr(p); a.i64(x.count)
         } }
-        return (p, size, UnsafeRawPointer(bitPattern: UInt(p)))
+        // A copy whose source is gone is dead weight: dropped first, then the oldest beyond the limit.
+        for dead in bf16Copies where dead.source == nil { allocator.release(dead.address, dead.blockBytes) }
+        bf16Copies.removeAll { $0.source == nil }
+        bf16Copies.append(BF16Copy(source: x, address: p, blockBytes: size))
+        if bf16Copies.count > bf16CopyLimit {
+            let oldest = bf16Copies.removeFirst()
+            allocator.release(oldest.address, oldest.blockBytes)
+        }
+        return p
+    }
+
+    /// Forgets the bf16 copy of a storage about to change in place. Queued products that read the copy run first:
+    /// its block is handed out again only to later work on the one stream.
+    private func forgetBF16Copy(of s: Storage) {
+        guard let i = bf16Copies.firstIndex(where: { $0.source === s }) else { return }
+        allocator.release(bf16Copies[i].address, bf16Copies[i].blockBytes)
+        bf16Copies.remove(at: i)
     }
 
     // MARK: - Linear layers (cuBLASLt epilogues)
@@ -961,9 +991,7 @@ public final class CUDABackend: Backend {
             guard let planned else { return false }
             product = planned
         }
-        let a16 = bf16 ? bf16Copy(a) : nil, b16 = bf16 ? bf16Copy(b) : nil
-        defer { for c in [a16, b16] { if let c { allocator.release(c.address, c.blockBytes) } } }
-        let pa = a16?.address ?? addr(a), pb = b16?.address ?? addr(b)
+        let pa = bf16 ? bf16Operand(a) : addr(a), pb = bf16 ? bf16Operand(b) : addr(b)
         let workspace = product.workspaceBytes > 0 ? allocate((product.workspaceBytes + 3) / 4, .float32) : nil
         func run(_ alpha: UnsafeRawPointer, _ beta: UnsafeRawPointer) -> CUBLASLt.Status {
             // beta = 0 and C = D: nothing is read from the output.
@@ -1115,6 +1143,7 @@ public final class CUDABackend: Backend {
 
     public func adamw(p: Storage, g: Storage, m: Storage, v: Storage, lr: Double, beta1: Double, beta2: Double,
                       eps: Double, weightDecay: Double, step: Int, gradScale: Double) {
+        forgetBF16Copy(of: p)
         let n = p.count
         guard n > 0 else { return }
         // The CPU backend's arithmetic: constants in double, then in the element type.
@@ -1128,6 +1157,7 @@ public final class CUDABackend: Backend {
     }
 
     public func emaUpdate(ema: Storage, p: Storage, decay: Double) {
+        forgetBF16Copy(of: ema)
         let n = p.count
         guard n > 0 else { return }
         launch(core(p.dtype).ema, grid: (blocks(packs(n, p.dtype)), 1)) { a in

@@ -471,6 +471,34 @@ final class CUDAOpTests: XCTestCase {
             }
             cuda.useCUBLASLt = true
         }
+        // Cached bf16 copies: one input through three weights (its copy reused), then a weight changed in place
+        // (an EMA update, as the trainer does) must be converted again.
+        let (rows, inF, outF) = (70, 384, 384)
+        let xv = r.normals(rows * inF)
+        let x = Tensor(xv, shape: [rows, inF], dtype: .float32, on: cuda.device)
+        let x64 = Tensor(bf16(xv), shape: [rows, inF], dtype: .float64, on: .cpu)
+        var weights: [(gpu: Tensor, values: [Double])] = []
+        for _ in 0..<3 {
+            let wv = r.normals(outF * inF)
+            weights.append((Tensor(wv, shape: [outF, inF], dtype: .float32, on: cuda.device), wv))
+        }
+        func check(_ label: String) {
+            for (k, w) in weights.enumerated() {
+                let want = x64.linear(Tensor(bf16(w.values), shape: [outF, inF], dtype: .float64, on: .cpu))
+                assertClose(x.linear(w.gpu), want, 2e-6, "bf16 cached copies, \(label), weight \(k)")
+                assertClose(x.matmul(w.gpu, transposeOther: true), want, 2e-6, "bf16 cached copies (matmul), \(label), weight \(k)")
+            }
+        }
+        check("first use")
+        let target = r.normals(outF * inF)
+        cuda.emaUpdate(ema: weights[1].gpu.storage, p: Tensor(target, shape: [outF, inF], dtype: .float32, on: cuda.device).storage,
+                       decay: 0.5)
+        weights[1].values = zip(weights[1].values, target).map { p, t in
+            Double(Float(t) + Float(0.5) * (Float(p) - Float(t)))
+        }
+        XCTAssertLessThan(relativeError(weights[1].gpu.doubles, weights[1].values), 1e-6, "EMA update on the device")
+        weights[1].values = weights[1].gpu.doubles
+        check("after an in-place update")
     }
 
     /// (rows, in features, out features): odd sizes, rows not a multiple of 8, and DiT-S/2's layers (hidden 384,
