@@ -404,45 +404,9 @@ enum KernelSource {
         }
     }
 
-    template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_warp_impl(const T* x, T* y, i64 rows, i64 cols, T eps) {
-        const int lane = threadIdx.x & 31;
-        const i64 nw = gstride() >> 5;
-        for (i64 r = gtid() >> 5; r < rows; r += nw) {
-            const T* px = x + r * cols;
-            T* py = y + r * cols;
-            T v[VPL];
-            T ss = 0;
-    #pragma unroll
-            for (int c = 0; c < VPL; ++c) {
-                const int i = lane + 32 * c;
-                v[c] = i < cols ? px[i] : T(0);
-                ss += v[c] * v[c];
-            }
-            ss = warp_sum(ss);
-            const T inv = T(1) / m_sqrt(ss / T(cols) + eps);
-    #pragma unroll
-            for (int c = 0; c < VPL; ++c) {
-                const int i = lane + 32 * c;
-                if (i < cols) py[i] = v[c] * inv;
-            }
-        }
-    }
-
-    template<typename T> __device__ __forceinline__ void rmsnorm_block_impl(const T* x, T* y, i64 rows, i64 cols, T eps) {
-        __shared__ T sm[32];
-        for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
-            const T* px = x + r * cols;
-            T* py = y + r * cols;
-            T ss = 0;
-            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) ss += px[c] * px[c];
-            ss = block_reduce<T, false>(ss, sm);
-            const T inv = T(1) / m_sqrt(ss / T(cols) + eps);
-            for (i64 c = threadIdx.x; c < cols; c += blockDim.x) py[c] = px[c] * inv;
-        }
-    }
-
     // y = x r s + t, r = 1 / sqrt(mean(x^2) + eps), over [batch, rows, cols] (nrows = batch * rows) with s and t
-    // per (batch entry, column), t null: none. The epilogue of rmsnorm_warp_impl: the normalised row is never stored.
+    // per (batch entry, column); s null: plain RMS normalisation, t null: no shift. A warp per row, the row in
+    // registers; the normalised row is never stored.
     template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_warp_impl(const T* x, const T* s, const T* t, T* y,
                                                                                            i64 nrows, i64 rows, i64 cols, T eps) {
         const int lane = threadIdx.x & 31;
@@ -465,7 +429,8 @@ enum KernelSource {
             for (int c = 0; c < VPL; ++c) {
                 const int i = lane + 32 * c;
                 if (i < cols) {
-                    T o = v[c] * inv * s[so + i];
+                    T o = v[c] * inv;
+                    if (s) o *= s[so + i];
                     if (t) o += t[so + i];
                     py[i] = o;
                 }
@@ -486,7 +451,8 @@ enum KernelSource {
             ss = block_reduce<T, false>(ss, sm);
             const T inv = T(1) / m_sqrt(ss / T(cols) + eps);
             for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
-                T o = px[c] * inv * s[so + c];
+                T o = px[c] * inv;
+                if (s) o *= s[so + c];
                 if (t) o += t[so + c];
                 py[c] = o;
             }
@@ -833,7 +799,7 @@ enum KernelSource {
             out += "extern \"C\" __global__ void __launch_bounds__(256) softmax_warp\(w)_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols) "
                 + "{ softmax_warp_impl<\(T), \(w)>(x, y, rows, cols); }\n"
             out += "extern \"C\" __global__ void __launch_bounds__(256) rmsnorm_warp\(w)_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols, \(T) eps) "
-                + "{ rmsnorm_warp_impl<\(T), \(w)>(x, y, rows, cols, eps); }\n"
+                + "{ rmsnorm_scaled_warp_impl<\(T), \(w)>(x, nullptr, nullptr, y, rows, rows, cols, eps); }\n"
             out += "extern \"C\" __global__ void __launch_bounds__(256) rmsnorm_scaled_warp\(w)_\(s)(const \(T)* x, const \(T)* s, const \(T)* t, \(T)* y, i64 nrows, i64 rows, i64 cols, \(T) eps) "
                 + "{ rmsnorm_scaled_warp_impl<\(T), \(w)>(x, s, t, y, nrows, rows, cols, eps); }\n"
         }
@@ -851,7 +817,7 @@ enum KernelSource {
         extern "C" __global__ void __launch_bounds__(256) reduce_cols_sum_\(s)(const \(T)* x, \(T)* y, i64 n, i64 inner, i64 chunk) { reduce_cols_impl<\(T), false>(x, y, n, inner, chunk); }
         extern "C" __global__ void __launch_bounds__(256) reduce_cols_max_\(s)(const \(T)* x, \(T)* y, i64 n, i64 inner, i64 chunk) { reduce_cols_impl<\(T), true>(x, y, n, inner, chunk); }
         extern "C" __global__ void __launch_bounds__(1024) softmax_block_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols) { softmax_block_impl<\(T)>(x, y, rows, cols); }
-        extern "C" __global__ void __launch_bounds__(1024) rmsnorm_block_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols, \(T) eps) { rmsnorm_block_impl<\(T)>(x, y, rows, cols, eps); }
+        extern "C" __global__ void __launch_bounds__(1024) rmsnorm_block_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols, \(T) eps) { rmsnorm_scaled_block_impl<\(T)>(x, nullptr, nullptr, y, rows, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(1024) rmsnorm_scaled_block_\(s)(const \(T)* x, const \(T)* s, const \(T)* t, \(T)* y, i64 nrows, i64 rows, i64 cols, \(T) eps) { rmsnorm_scaled_block_impl<\(T)>(x, s, t, y, nrows, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, \(T)* out, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_impl<\(T)>(x, y, d, out, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_bwd_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, const \(T)* g, \(T)* gx, \(T)* gy, \(T)* gd, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_bwd_impl<\(T)>(x, y, d, g, gx, gy, gd, rows, cols, eps); }
