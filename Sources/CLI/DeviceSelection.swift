@@ -49,14 +49,15 @@ func deviceDescription() -> String {
     return "CPU (\(onlineCores()) cores, BLAS: \(CPUBackend.blasName))"
 }
 
-/// `--tf32` / `--bf16`: the GPU's matrix-product precision (float32 when neither). bf16 rounds both operands of
-/// every matrix product and of attention's products to bfloat16 and accumulates in float32, as PyTorch's bf16
-/// autocast does. Returns a label for reports ("" for float32 or on the CPU).
+/// `--tf32` / `--bf16`: the GPU's matrix-product precision (float32 when neither). bf16 products round both
+/// operands of every matrix product to bfloat16 and accumulate in float32, as PyTorch's bf16 autocast does;
+/// attention then runs on TF32 tensor cores. Returns a label for reports ("" for float32 or on the CPU).
 func applyProductPrecision(_ a: Arguments) -> String {
     guard let cuda = activeCUDA else { return "" }
     if a.has("bf16") {
         cuda.bf16Products = true
-        return ", BF16 products and attention"
+        cuda.allowTF32 = true
+        return ", BF16 products, TF32 attention"
     }
     if a.has("tf32") {
         cuda.allowTF32 = true

@@ -1093,10 +1093,10 @@ enum KernelSource {
 
     static let flash = #"""
     // Fused flash attention for float32 and head dims 64 and 72 (KernelSource.flashDims): tiles of 16 query (or
-    // key) rows per warp through TF32 tensor cores (mma.sync m16n8k8, float32 accumulators). PREC = FLASH_SPLIT
+    // key) rows per warp through TF32 tensor cores (mma.sync m16n8k8, float32 accumulators). SPLIT = true
     // (the default float32 path) splits every operand x into hi = tf32(x) and lo = tf32(x - hi) and sums
-    // lo*hi + hi*lo + hi*hi: three products for about float32 accuracy (3xTF32). PREC = FLASH_TF32 (allowTF32)
-    // uses hi*hi alone; FLASH_BF16 (bf16Products) rounds every operand to bfloat16 instead. Nothing of size seq x seq reaches memory: scores live in registers, one key (or
+    // lo*hi + hi*lo + hi*hi: three products for about float32 accuracy (3xTF32). SPLIT = false (allowTF32)
+    // uses hi*hi alone. Nothing of size seq x seq reaches memory: scores live in registers, one key (or
     // query) block at a time, with an online softmax in the forward pass and the saved row log-sum-exp in
     // the backward pass. Operands are token-major (attn_head_offset): grid.y runs over batch * heads, a head's
     // rows are heads * D floats apart, and lse and the row statistics are [batch * heads, n].
@@ -1116,45 +1116,33 @@ enum KernelSource {
     __device__ __forceinline__ u32 dynamic_smem_bytes() { u32 r; asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r)); return r; }
     #endif
 
-    // PREC, the operands' precision: FLASH_TF32 (hi alone), FLASH_SPLIT (3xTF32), FLASH_BF16 (operands rounded to
-    // bfloat16, as bf16 autocast attention multiplies them; float32 accumulation).
-    #define FLASH_TF32 0
-    #define FLASH_SPLIT 1
-    #define FLASH_BF16 2
-    template<int PREC> struct FragA { u32 h[4], l[4]; };
-    template<int PREC> struct FragB { u32 h[2], l[2]; };
+    template<bool SPLIT> struct FragA { u32 h[4], l[4]; };
+    template<bool SPLIT> struct FragB { u32 h[2], l[2]; };
 
-    /// x rounded to bfloat16 (nearest even; NaN stays NaN), as a TF32 operand: bf16 values are exact in TF32, so
-    /// the tensor cores then multiply bf16 operands exactly and accumulate in float32.
-    __device__ __forceinline__ u32 bf16_tf32(float x) {
-        const u32 b = __float_as_uint(x);
-        if ((b & 0x7fffffffu) > 0x7f800000u) return b | 0x00400000u;
-        return (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+    template<bool SPLIT> __device__ __forceinline__ void tf32_parts(float x, u32& h, u32& l) {
+        h = f2tf32(x);
+        l = SPLIT ? f2tf32(x - __uint_as_float(h)) : 0u;
     }
-    template<int PREC> __device__ __forceinline__ void tf32_parts(float x, u32& h, u32& l) {
-        h = PREC == FLASH_BF16 ? bf16_tf32(x) : f2tf32(x);
-        l = PREC == FLASH_SPLIT ? f2tf32(x - __uint_as_float(h)) : 0u;
-    }
-    template<int PREC> __device__ __forceinline__ FragA<PREC> frag_a(float x0, float x1, float x2, float x3) {
-        FragA<PREC> f;
-        tf32_parts<PREC>(x0, f.h[0], f.l[0]);
-        tf32_parts<PREC>(x1, f.h[1], f.l[1]);
-        tf32_parts<PREC>(x2, f.h[2], f.l[2]);
-        tf32_parts<PREC>(x3, f.h[3], f.l[3]);
+    template<bool SPLIT> __device__ __forceinline__ FragA<SPLIT> frag_a(float x0, float x1, float x2, float x3) {
+        FragA<SPLIT> f;
+        tf32_parts<SPLIT>(x0, f.h[0], f.l[0]);
+        tf32_parts<SPLIT>(x1, f.h[1], f.l[1]);
+        tf32_parts<SPLIT>(x2, f.h[2], f.l[2]);
+        tf32_parts<SPLIT>(x3, f.h[3], f.l[3]);
         return f;
     }
-    template<int PREC> __device__ __forceinline__ FragB<PREC> frag_b(float x0, float x1) {
-        FragB<PREC> f;
-        tf32_parts<PREC>(x0, f.h[0], f.l[0]);
-        tf32_parts<PREC>(x1, f.h[1], f.l[1]);
+    template<bool SPLIT> __device__ __forceinline__ FragB<SPLIT> frag_b(float x0, float x1) {
+        FragB<SPLIT> f;
+        tf32_parts<SPLIT>(x0, f.h[0], f.l[0]);
+        tf32_parts<SPLIT>(x1, f.h[1], f.l[1]);
         return f;
     }
-    /// c += a b (16x8x8), in 3xTF32 with FLASH_SPLIT. The tensor cores' float32 accumulation truncates (rounds toward
+    /// c += a b (16x8x8), in 3xTF32 with SPLIT. The tensor cores' float32 accumulation truncates (rounds toward
     /// zero), a bias that grows with the number of products summed into one accumulator: measured 1.5e-5 relative
-    /// at S = 1024 when a whole row's products went into one. So with FLASH_SPLIT the three products go into a zeroed
+    /// at S = 1024 when a whole row's products went into one. So with SPLIT the three products go into a zeroed
     /// accumulator, added to c with a rounded float add: the bias stays at three products' worth.
-    template<int PREC> __device__ __forceinline__ void tc_mma(float (&c)[4], const FragA<PREC>& a, const FragB<PREC>& b) {
-        if (PREC == FLASH_SPLIT) {
+    template<bool SPLIT> __device__ __forceinline__ void tc_mma(float (&c)[4], const FragA<SPLIT>& a, const FragB<SPLIT>& b) {
+        if (SPLIT) {
             float d[4] = {0.f, 0.f, 0.f, 0.f};
             mma_tf32(d, a.l, b.h[0], b.h[1]);
             mma_tf32(d, a.h, b.l[0], b.l[1]);
@@ -1166,24 +1154,24 @@ enum KernelSource {
         }
     }
     /// A operand from a row-major shared tile [rows][LD]: rows r0..r0+15, columns k0..k0+7.
-    template<int PREC, int LD> __device__ __forceinline__ FragA<PREC> lds_a(const float* s, int r0, int k0, int g, int t) {
+    template<bool SPLIT, int LD> __device__ __forceinline__ FragA<SPLIT> lds_a(const float* s, int r0, int k0, int g, int t) {
         const float* p = s + (r0 + g) * LD + k0 + t;
-        return frag_a<PREC>(p[0], p[8 * LD], p[4], p[8 * LD + 4]);
+        return frag_a<SPLIT>(p[0], p[8 * LD], p[4], p[8 * LD + 4]);
     }
     /// B operand B[k][n] = Y[n0 + n][k0 + k] of a row-major shared tile Y [rows][LD] (a product with Y^T).
-    template<int PREC, int LD> __device__ __forceinline__ FragB<PREC> lds_bt(const float* s, int n0, int k0, int g, int t) {
+    template<bool SPLIT, int LD> __device__ __forceinline__ FragB<SPLIT> lds_bt(const float* s, int n0, int k0, int g, int t) {
         const float* p = s + (n0 + g) * LD + k0 + t;
-        return frag_b<PREC>(p[0], p[4]);
+        return frag_b<SPLIT>(p[0], p[4]);
     }
     /// B operand B[k][n] = Y[k0 + k'][n0 + n] of a row-major shared tile Y, k' in the accumulator order
     /// (k = t is row 2t, k = t+4 is row 2t+1): the right operand of a product with acc_a.
-    template<int PREC, int LD> __device__ __forceinline__ FragB<PREC> lds_bn(const float* s, int k0, int n0, int g, int t) {
+    template<bool SPLIT, int LD> __device__ __forceinline__ FragB<SPLIT> lds_bn(const float* s, int k0, int n0, int g, int t) {
         const float* p = s + (k0 + 2 * t) * LD + n0 + g;
-        return frag_b<PREC>(p[0], p[LD]);
+        return frag_b<SPLIT>(p[0], p[LD]);
     }
     /// An accumulator tile (16x8) as the A operand of the next product (see above).
-    template<int PREC> __device__ __forceinline__ FragA<PREC> acc_a(const float (&c)[4]) {
-        return frag_a<PREC>(c[0], c[2], c[1], c[3]);
+    template<bool SPLIT> __device__ __forceinline__ FragA<SPLIT> acc_a(const float (&c)[4]) {
+        return frag_a<SPLIT>(c[0], c[2], c[1], c[3]);
     }
 
     /// Rows row0..row0+ROWS-1 of a head (n rows of D values, `ld` apart from `src`) into a shared tile [ROWS][D + 4]
@@ -1217,7 +1205,7 @@ enum KernelSource {
     /// over key blocks of BC: acc = sum p v, tacc = sum p (tS v + tv), rescaled with the running max.
     /// With `stats` (the backward's pre-pass) nothing is stored but, per row, float4 (lseIn, mu, rho, dotPdP):
     /// rho = gto.o, dotPdP = sum_j P_ij dP_ij = go.o + gto.to - mu rho (TAN) or go.o.
-    template<int D, int WARPS, int BC, bool TAN, int PREC>
+    template<int D, int WARPS, int BC, bool TAN, bool SPLIT>
     __device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, const float* __restrict__ k,
             const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
             const float* __restrict__ tv, float* __restrict__ o, float* __restrict__ to, float* __restrict__ lse,
@@ -1261,16 +1249,16 @@ enum KernelSource {
                 for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; }
     #pragma unroll
             for (int kk = 0; kk < KD; ++kk) {
-                const FragA<PREC> aq = lds_a<PREC, LD>(sQ, r0, kk * 8, g, t);
-                FragA<PREC> atq;
-                if (TAN) atq = lds_a<PREC, LD>(sTQ, r0, kk * 8, g, t);
+                const FragA<SPLIT> aq = lds_a<SPLIT, LD>(sQ, r0, kk * 8, g, t);
+                FragA<SPLIT> atq;
+                if (TAN) atq = lds_a<SPLIT, LD>(sTQ, r0, kk * 8, g, t);
     #pragma unroll
                 for (int c = 0; c < NC; ++c) {
-                    const FragB<PREC> bk = lds_bt<PREC, LD>(sK, c * 8, kk * 8, g, t);
-                    tc_mma<PREC>(s[c], aq, bk);
+                    const FragB<SPLIT> bk = lds_bt<SPLIT, LD>(sK, c * 8, kk * 8, g, t);
+                    tc_mma<SPLIT>(s[c], aq, bk);
                     if (TAN) {
-                        tc_mma<PREC>(ts[c], atq, bk);
-                        tc_mma<PREC>(ts[c], aq, lds_bt<PREC, LD>(sTK, c * 8, kk * 8, g, t));
+                        tc_mma<SPLIT>(ts[c], atq, bk);
+                        tc_mma<SPLIT>(ts[c], aq, lds_bt<SPLIT, LD>(sTK, c * 8, kk * 8, g, t));
                     }
                 }
             }
@@ -1310,16 +1298,16 @@ enum KernelSource {
             // acc += P V; tacc += (P o tS) V + P tV (k runs over this block's keys).
     #pragma unroll
             for (int c = 0; c < NC; ++c) {
-                const FragA<PREC> ap = acc_a<PREC>(s[c]);
-                FragA<PREC> apt;
-                if (TAN) apt = acc_a<PREC>(ts[c]);
+                const FragA<SPLIT> ap = acc_a<SPLIT>(s[c]);
+                FragA<SPLIT> apt;
+                if (TAN) apt = acc_a<SPLIT>(ts[c]);
     #pragma unroll
                 for (int i = 0; i < KD; ++i) {
-                    const FragB<PREC> bv = lds_bn<PREC, LD>(sV, c * 8, i * 8, g, t);
-                    tc_mma<PREC>(acc[i], ap, bv);
+                    const FragB<SPLIT> bv = lds_bn<SPLIT, LD>(sV, c * 8, i * 8, g, t);
+                    tc_mma<SPLIT>(acc[i], ap, bv);
                     if (TAN) {
-                        tc_mma<PREC>(tacc[i], apt, bv);
-                        tc_mma<PREC>(tacc[i], ap, lds_bn<PREC, LD>(sTV, c * 8, i * 8, g, t));
+                        tc_mma<SPLIT>(tacc[i], apt, bv);
+                        tc_mma<SPLIT>(tacc[i], ap, lds_bn<SPLIT, LD>(sTV, c * 8, i * 8, g, t));
                     }
                 }
             }
@@ -1377,7 +1365,7 @@ enum KernelSource {
     /// dtq = scale sum_j dtS k, one pass over key blocks of BC, P recomputed from the saved lse. Per pair:
     /// ts = scale (tq.k + q.tk), G = go.v + gto.tv, R = gto.v, dp = G + R (ts - mu) - ts rho,
     /// dS = P (dp - dotPdP), dtS = P (R - rho) (AttentionKernels.swift's formulas).
-    template<int D, int WARPS, int BC, bool TAN, int PREC>
+    template<int D, int WARPS, int BC, bool TAN, bool SPLIT>
     __device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, const float* __restrict__ k,
             const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
             const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
@@ -1433,31 +1421,31 @@ enum KernelSource {
                 for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; gg[c][e] = 0.f; rr[c][e] = 0.f; }
     #pragma unroll
             for (int kk = 0; kk < KD; ++kk) {
-                const FragA<PREC> aq = lds_a<PREC, LD>(sQ, r0, kk * 8, g, t);
-                FragA<PREC> atq;
-                if (TAN) atq = lds_a<PREC, LD>(sTQ, r0, kk * 8, g, t);
+                const FragA<SPLIT> aq = lds_a<SPLIT, LD>(sQ, r0, kk * 8, g, t);
+                FragA<SPLIT> atq;
+                if (TAN) atq = lds_a<SPLIT, LD>(sTQ, r0, kk * 8, g, t);
     #pragma unroll
                 for (int c = 0; c < NC; ++c) {
-                    const FragB<PREC> bk = lds_bt<PREC, LD>(sK, c * 8, kk * 8, g, t);
-                    tc_mma<PREC>(s[c], aq, bk);
+                    const FragB<SPLIT> bk = lds_bt<SPLIT, LD>(sK, c * 8, kk * 8, g, t);
+                    tc_mma<SPLIT>(s[c], aq, bk);
                     if (TAN) {
-                        tc_mma<PREC>(ts[c], atq, bk);
-                        tc_mma<PREC>(ts[c], aq, lds_bt<PREC, LD>(sTK, c * 8, kk * 8, g, t));
+                        tc_mma<SPLIT>(ts[c], atq, bk);
+                        tc_mma<SPLIT>(ts[c], aq, lds_bt<SPLIT, LD>(sTK, c * 8, kk * 8, g, t));
                     }
                 }
             }
     #pragma unroll
             for (int kk = 0; kk < KD; ++kk) {
-                const FragA<PREC> ago = lds_a<PREC, LD>(sGO, r0, kk * 8, g, t);
-                FragA<PREC> agto;
-                if (TAN) agto = lds_a<PREC, LD>(sGTO, r0, kk * 8, g, t);
+                const FragA<SPLIT> ago = lds_a<SPLIT, LD>(sGO, r0, kk * 8, g, t);
+                FragA<SPLIT> agto;
+                if (TAN) agto = lds_a<SPLIT, LD>(sGTO, r0, kk * 8, g, t);
     #pragma unroll
                 for (int c = 0; c < NC; ++c) {
-                    const FragB<PREC> bv = lds_bt<PREC, LD>(sV, c * 8, kk * 8, g, t);
-                    tc_mma<PREC>(gg[c], ago, bv);
+                    const FragB<SPLIT> bv = lds_bt<SPLIT, LD>(sV, c * 8, kk * 8, g, t);
+                    tc_mma<SPLIT>(gg[c], ago, bv);
                     if (TAN) {
-                        tc_mma<PREC>(rr[c], agto, bv);
-                        tc_mma<PREC>(gg[c], agto, lds_bt<PREC, LD>(sTV, c * 8, kk * 8, g, t));
+                        tc_mma<SPLIT>(rr[c], agto, bv);
+                        tc_mma<SPLIT>(gg[c], agto, lds_bt<SPLIT, LD>(sTV, c * 8, kk * 8, g, t));
                     }
                 }
             }
@@ -1480,16 +1468,16 @@ enum KernelSource {
                 }
     #pragma unroll
             for (int c = 0; c < NC; ++c) {
-                const FragA<PREC> ads = acc_a<PREC>(s[c]);
-                FragA<PREC> adts;
-                if (TAN) adts = acc_a<PREC>(ts[c]);
+                const FragA<SPLIT> ads = acc_a<SPLIT>(s[c]);
+                FragA<SPLIT> adts;
+                if (TAN) adts = acc_a<SPLIT>(ts[c]);
     #pragma unroll
                 for (int i = 0; i < KD; ++i) {
-                    const FragB<PREC> bk = lds_bn<PREC, LD>(sK, c * 8, i * 8, g, t);
-                    tc_mma<PREC>(dqa[i], ads, bk);
+                    const FragB<SPLIT> bk = lds_bn<SPLIT, LD>(sK, c * 8, i * 8, g, t);
+                    tc_mma<SPLIT>(dqa[i], ads, bk);
                     if (TAN) {
-                        tc_mma<PREC>(dtqa[i], adts, bk);
-                        tc_mma<PREC>(dqa[i], adts, lds_bn<PREC, LD>(sTK, c * 8, i * 8, g, t));
+                        tc_mma<SPLIT>(dtqa[i], adts, bk);
+                        tc_mma<SPLIT>(dqa[i], adts, lds_bn<SPLIT, LD>(sTK, c * 8, i * 8, g, t));
                     }
                 }
             }
@@ -1512,7 +1500,7 @@ enum KernelSource {
     /// Backward, key side (grid: key blocks of 16 * WARPS rows, heads): one pass over query blocks of BQ,
     /// the score tiles transposed (keys as rows): dk = scale sum_i (dS q + dtS tq), dtk = scale sum_i dtS q,
     /// dv = sum_i (P go + P (ts - mu) gto), dtv = sum_i P gto.
-    template<int D, int WARPS, int BQ, bool TAN, int PREC>
+    template<int D, int WARPS, int BQ, bool TAN, bool SPLIT>
     __device__ __forceinline__ void flash_bwd_dkv_impl(const float* __restrict__ q, const float* __restrict__ k,
             const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
             const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
@@ -1565,32 +1553,32 @@ enum KernelSource {
                 for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; gg[c][e] = 0.f; rr[c][e] = 0.f; }
     #pragma unroll 1
             for (int kk = 0; kk < KD; ++kk) {
-                const FragA<PREC> ak = lds_a<PREC, LD>(sK, r0, kk * 8, g, t);
-                FragA<PREC> atk;
-                if (TAN) atk = lds_a<PREC, LD>(sTK, r0, kk * 8, g, t);
+                const FragA<SPLIT> ak = lds_a<SPLIT, LD>(sK, r0, kk * 8, g, t);
+                FragA<SPLIT> atk;
+                if (TAN) atk = lds_a<SPLIT, LD>(sTK, r0, kk * 8, g, t);
     #pragma unroll
                 for (int c = 0; c < NQ; ++c) {
-                    const FragB<PREC> bq = lds_bt<PREC, LD>(sQ, c * 8, kk * 8, g, t);
-                    tc_mma<PREC>(s[c], ak, bq);
+                    const FragB<SPLIT> bq = lds_bt<SPLIT, LD>(sQ, c * 8, kk * 8, g, t);
+                    tc_mma<SPLIT>(s[c], ak, bq);
                     if (TAN) {
-                        tc_mma<PREC>(ts[c], atk, bq);
-                        tc_mma<PREC>(ts[c], ak, lds_bt<PREC, LD>(sTQ, c * 8, kk * 8, g, t));
+                        tc_mma<SPLIT>(ts[c], atk, bq);
+                        tc_mma<SPLIT>(ts[c], ak, lds_bt<SPLIT, LD>(sTQ, c * 8, kk * 8, g, t));
                     }
                 }
             }
     #pragma unroll 1
             for (int kk = 0; kk < KD; ++kk) {
-                const FragA<PREC> av = lds_a<PREC, LD>(sV, r0, kk * 8, g, t);
-                FragA<PREC> atv;
-                if (TAN) atv = lds_a<PREC, LD>(sTV, r0, kk * 8, g, t);
+                const FragA<SPLIT> av = lds_a<SPLIT, LD>(sV, r0, kk * 8, g, t);
+                FragA<SPLIT> atv;
+                if (TAN) atv = lds_a<SPLIT, LD>(sTV, r0, kk * 8, g, t);
     #pragma unroll
                 for (int c = 0; c < NQ; ++c) {
-                    const FragB<PREC> bgo = lds_bt<PREC, LD>(sGO, c * 8, kk * 8, g, t);
-                    tc_mma<PREC>(gg[c], av, bgo);
+                    const FragB<SPLIT> bgo = lds_bt<SPLIT, LD>(sGO, c * 8, kk * 8, g, t);
+                    tc_mma<SPLIT>(gg[c], av, bgo);
                     if (TAN) {
-                        const FragB<PREC> bgto = lds_bt<PREC, LD>(sGTO, c * 8, kk * 8, g, t);
-                        tc_mma<PREC>(rr[c], av, bgto);
-                        tc_mma<PREC>(gg[c], atv, bgto);
+                        const FragB<SPLIT> bgto = lds_bt<SPLIT, LD>(sGTO, c * 8, kk * 8, g, t);
+                        tc_mma<SPLIT>(rr[c], av, bgto);
+                        tc_mma<SPLIT>(gg[c], atv, bgto);
                     }
                 }
             }
@@ -1616,31 +1604,31 @@ enum KernelSource {
             // dv, dtv (A: P and P (ts - mu)), then dk, dtk (A: dS and dtS): two passes hold half the fragments.
     #pragma unroll
             for (int c = 0; c < NQ; ++c) {
-                const FragA<PREC> ap = acc_a<PREC>(s[c]);
-                FragA<PREC> apt;
-                if (TAN) apt = acc_a<PREC>(ts[c]);
+                const FragA<SPLIT> ap = acc_a<SPLIT>(s[c]);
+                FragA<SPLIT> apt;
+                if (TAN) apt = acc_a<SPLIT>(ts[c]);
     #pragma unroll
                 for (int i = 0; i < KD; ++i) {
-                    tc_mma<PREC>(dva[i], ap, lds_bn<PREC, LD>(sGO, c * 8, i * 8, g, t));
+                    tc_mma<SPLIT>(dva[i], ap, lds_bn<SPLIT, LD>(sGO, c * 8, i * 8, g, t));
                     if (TAN) {
-                        const FragB<PREC> bgto = lds_bn<PREC, LD>(sGTO, c * 8, i * 8, g, t);
-                        tc_mma<PREC>(dva[i], apt, bgto);
-                        tc_mma<PREC>(dtva[i], ap, bgto);
+                        const FragB<SPLIT> bgto = lds_bn<SPLIT, LD>(sGTO, c * 8, i * 8, g, t);
+                        tc_mma<SPLIT>(dva[i], apt, bgto);
+                        tc_mma<SPLIT>(dtva[i], ap, bgto);
                     }
                 }
             }
     #pragma unroll
             for (int c = 0; c < NQ; ++c) {
-                const FragA<PREC> ads = acc_a<PREC>(gg[c]);
-                FragA<PREC> adts;
-                if (TAN) adts = acc_a<PREC>(rr[c]);
+                const FragA<SPLIT> ads = acc_a<SPLIT>(gg[c]);
+                FragA<SPLIT> adts;
+                if (TAN) adts = acc_a<SPLIT>(rr[c]);
     #pragma unroll
                 for (int i = 0; i < KD; ++i) {
-                    const FragB<PREC> bq = lds_bn<PREC, LD>(sQ, c * 8, i * 8, g, t);
-                    tc_mma<PREC>(dka[i], ads, bq);
+                    const FragB<SPLIT> bq = lds_bn<SPLIT, LD>(sQ, c * 8, i * 8, g, t);
+                    tc_mma<SPLIT>(dka[i], ads, bq);
                     if (TAN) {
-                        tc_mma<PREC>(dka[i], adts, lds_bn<PREC, LD>(sTQ, c * 8, i * 8, g, t));
-                        tc_mma<PREC>(dtka[i], adts, bq);
+                        tc_mma<SPLIT>(dka[i], adts, lds_bn<SPLIT, LD>(sTQ, c * 8, i * 8, g, t));
+                        tc_mma<SPLIT>(dtka[i], adts, bq);
                     }
                 }
             }
@@ -1677,14 +1665,7 @@ enum KernelSource {
     /// 3xTF32 kernels that need more than 168 registers and whose shared memory allows 3 blocks get a register
     /// cap for 3 (a few spilled values: tangent forward 1.05 against 1.15 ms, D = 72 plain backward 2.31 against
     /// 2.51 ms); `flashRegisterCaps = false` takes builds without it. The kernels check blockDim and shared memory.
-    /// The flash kernels' operand precision (PREC in the source): its raw value is the template argument.
-    enum FlashPrecision: Int, CaseIterable {
-        case tf32 = 0, split = 1, bf16 = 2
-        var tag: String { self == .split ? "x3" : self == .tf32 ? "tf32" : "bf16" }
-    }
-
-    static func flashShape(_ kind: FlashKind, tangent: Bool, dim: Int, precision: FlashPrecision) -> (warps: Int, inner: Int, minBlocks: Int) {
-        let split = precision == .split
+    static func flashShape(_ kind: FlashKind, tangent: Bool, dim: Int, split: Bool) -> (warps: Int, inner: Int, minBlocks: Int) {
         switch (kind, tangent) {
         case (.forward, false): return (4, 64, 0)
         case (.forward, true): return (4, 32, split && dim == 64 ? 3 : 0)
@@ -1696,8 +1677,8 @@ enum KernelSource {
     }
 
     /// Dynamic shared memory of a flash kernel, in bytes (the kernels' own SMEM formulas).
-    static func flashSharedBytes(_ kind: FlashKind, tangent: Bool, dim: Int, precision: FlashPrecision) -> Int {
-        let (w, inner, _) = flashShape(kind, tangent: tangent, dim: dim, precision: precision), rows = 16 * w, ld = dim + 4
+    static func flashSharedBytes(_ kind: FlashKind, tangent: Bool, dim: Int, split: Bool) -> Int {
+        let (w, inner, _) = flashShape(kind, tangent: tangent, dim: dim, split: split), rows = 16 * w, ld = dim + 4
         switch kind {
         case .forward: return (rows * (tangent ? 2 : 1) + inner * (tangent ? 4 : 2)) * ld * 4
         case .dq: return (rows + inner) * (tangent ? 4 : 2) * ld * 4
@@ -1709,15 +1690,15 @@ enum KernelSource {
     static var flashMaxSharedBytes: Int {
         FlashKind.allCases.flatMap { kind in
             [false, true].flatMap { t in
-                flashDims.flatMap { d in FlashPrecision.allCases.map { flashSharedBytes(kind, tangent: t, dim: d, precision: $0) } }
+                flashDims.flatMap { d in [false, true].map { flashSharedBytes(kind, tangent: t, dim: d, split: $0) } }
             }
         }.max()!
     }
 
     /// `uncapped`: the build without the register cap of `flashShape`'s minBlocks (only where it has one).
-    static func flashName(_ kind: FlashKind, tangent: Bool, dim: Int, precision: FlashPrecision, uncapped: Bool = false) -> String {
+    static func flashName(_ kind: FlashKind, tangent: Bool, dim: Int, split: Bool, uncapped: Bool = false) -> String {
         let stem = kind == .forward ? "flash_fwd" : kind == .dq ? "flash_dq" : "flash_dkv"
-        return "\(stem)_\(tangent ? "t" : "p")\(dim)_\(precision.tag)\(uncapped ? "_nocap" : "")"
+        return "\(stem)_\(tangent ? "t" : "p")\(dim)_\(split ? "x3" : "tf32")\(uncapped ? "_nocap" : "")"
     }
 
     static func flashEntryPoints() -> String {
@@ -1726,10 +1707,10 @@ enum KernelSource {
         let args = "q, k, v, tq, tk, tv"
         for dim in flashDims {
             for tangent in [false, true] {
-                for precision in FlashPrecision.allCases {
+                for split in [true, false] {
                     for kind in FlashKind.allCases {
-                        let (w, inner, minBlocks) = flashShape(kind, tangent: tangent, dim: dim, precision: precision)
-                        let tmpl = "<\(dim), \(w), \(inner), \(tangent), \(precision.rawValue)>"
+                        let (w, inner, minBlocks) = flashShape(kind, tangent: tangent, dim: dim, split: split)
+                        let tmpl = "<\(dim), \(w), \(inner), \(tangent), \(split)>"
                         let (signature, call): (String, String)
                         switch kind {
                         case .forward:
@@ -1744,7 +1725,7 @@ enum KernelSource {
                         }
                         for uncapped in minBlocks > 0 ? [false, true] : [false] {
                             let bounds = minBlocks > 0 && !uncapped ? "\(32 * w), \(minBlocks)" : "\(32 * w)"
-                            let name = flashName(kind, tangent: tangent, dim: dim, precision: precision, uncapped: uncapped)
+                            let name = flashName(kind, tangent: tangent, dim: dim, split: split, uncapped: uncapped)
                             out += "extern \"C\" __global__ void __launch_bounds__(\(bounds)) \(name)(\(signature)) { \(call); }\n"
                         }
                     }

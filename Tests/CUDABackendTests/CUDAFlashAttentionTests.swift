@@ -87,51 +87,6 @@ final class CUDAFlashAttentionTests: XCTestCase {
         }
     }
 
-    /// bf16 operands (`bf16Products`): every product's operands rounded to bfloat16, float32 accumulation. Against
-    /// the CPU in float64 on the bf16-rounded q, k, v, tangents and cotangents; the probabilities and score
-    /// cotangents are rounded inside the kernels too, which the tolerance (1.5e-2, about four bf16 units) covers.
-    /// The same calls in 3xTF32 on the unrounded inputs must differ by more than 1e-4: the rounding happened.
-    func testBF16OperandsAgainstCPU() throws {
-        let cuda = try flashOrSkip()
-        addTeardownBlock { cuda.bf16Products = false }
-        var r = TestRandom()
-        for (batch, n, heads, d) in [(2, 64, 1, 64), (1, 100, 3, 72), (2, 256, 6, 64)] {
-            let g = AttentionGeometry(batch: batch, seq: n, heads: heads, dim: d, scale: 1 / Double(d).squareRoot())
-            let (c, rows) = (g.count, g.rows)
-            let raw = (0..<8).map { _ in r.normals(c) }  // q, k, v, tq, tk, tv, go, gto
-            let x = raw.map(roundedToBF16)
-            let label = "flash bf16 [\(batch), \(n), \(heads), \(d)] seed=\(r.seed)"
-            func forward(_ b: any Backend, _ i: [Storage], _ o: [Storage]) {
-                b.attention(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: o[0], to: o[1], lse: o[2], geometry: g)
-            }
-            func backward(_ b: any Backend, _ i: [Storage], _ o: [Storage]) {
-                let t = i[0].dtype
-                let fo = b.allocate(c, t), fto = b.allocate(c, t), lse = b.allocate(rows, t)
-                b.attention(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: fo, to: fto, lse: lse, geometry: g)
-                b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: fo, to: fto, lse: lse,
-                                    go: i[6], gto: i[7], dq: o[0], dk: o[1], dv: o[2], dtq: o[3], dtk: o[4], dtv: o[5], geometry: g)
-            }
-            cuda.bf16Products = true
-            let before = cuda.flashAttentionCalls
-            compareWithCPU("\(label) forward with tangent", cuda, dtype: .float32, tolerance: 1.5e-2, reference64: true, inputs: x,
-                           outputs: [(c, nil), (c, nil), (rows, nil)], forward)
-            compareWithCPU("\(label) backward", cuda, dtype: .float32, tolerance: 1.5e-2, reference64: true, inputs: x,
-                           outputs: [(count: Int, initial: [Double]?)](repeating: (c, nil), count: 6), backward)
-            XCTAssertEqual(cuda.flashAttentionCalls, before + 3, "\(label): the flash kernels were not used")
-            // The rounding is real: bf16 and 3xTF32 results on the unrounded inputs differ.
-            let inputs = raw.map { cuda.upload($0, dtype: .float32) }
-            func run() -> [Double] {
-                let o = [cuda.allocate(c, .float32), cuda.allocate(c, .float32), cuda.allocate(rows, .float32)]
-                forward(cuda, inputs, o)
-                return cuda.download(o[0])
-            }
-            let bf16 = run()
-            cuda.bf16Products = false
-            let split = run()
-            XCTAssertGreaterThan(relativeError(bf16, split), 1e-4, "\(label): bf16 rounding visible")
-        }
-    }
-
     /// Large shapes (B*H up to 768, S up to 1024; (batch, sequence, heads, head dim)) against the warp-per-row
     /// kernels run in float64 on the GPU.
     func testLargeAgainstWarpKernelsInFloat64() throws {
