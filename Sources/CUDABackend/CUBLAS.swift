@@ -54,17 +54,33 @@ final class CUBLAS {
         gemmStridedBatchedEx = try lib.symbol("cublasGemmStridedBatchedEx")
     }
 
-    func describe(_ s: Status) -> String {
-        if let f = cublasGetStatusString, let p = f(s) { return String(cString: p) }
+}
+
+extension CUBLAS: BLASStatusReporting {
+    static let libraryName = "cuBLAS"
+    var statusString: StatusString? { cublasGetStatusString }
+}
+
+/// cuBLAS and cuBLASLt report failures alike: a cublasStatus_t, named by the library's own function where it
+/// has one.
+protocol BLASStatusReporting {
+    typealias StatusString = @convention(c) (Int32) -> UnsafePointer<CChar>?
+    static var libraryName: String { get }
+    var statusString: StatusString? { get }
+}
+
+extension BLASStatusReporting {
+    func describe(_ s: Int32) -> String {
+        if let f = statusString, let p = f(s) { return String(cString: p) }
         return "cublasStatus_t \(s)"
     }
 
-    func check(_ s: Status, _ function: @autoclosure () -> String) throws {
-        if s != 0 { throw CUDAError("cuBLAS: \(function()) failed: \(describe(s))") }
+    func check(_ s: Int32, _ function: @autoclosure () -> String) throws {
+        if s != 0 { throw CUDAError("\(Self.libraryName): \(function()) failed: \(describe(s))") }
     }
 
     @inline(__always)
-    func must(_ s: Status, _ function: @autoclosure () -> String) {
-        if s != 0 { fatalError("cuBLAS: \(function()) failed: \(describe(s))") }
+    func must(_ s: Int32, _ function: @autoclosure () -> String) {
+        if s != 0 { fatalError("\(Self.libraryName): \(function()) failed: \(describe(s))") }
     }
 }

@@ -74,20 +74,6 @@ final class CUBLASLt {
         cublasLtMatmul = try lib.symbol("cublasLtMatmul")
     }
 
-    func describe(_ s: Status) -> String {
-        if let f = cublasLtGetStatusString, let p = f(s) { return String(cString: p) }
-        return "cublasStatus_t \(s)"
-    }
-
-    func check(_ s: Status, _ function: @autoclosure () -> String) throws {
-        if s != 0 { throw CUDAError("cuBLASLt: \(function()) failed: \(describe(s))") }
-    }
-
-    @inline(__always)
-    func must(_ s: Status, _ function: @autoclosure () -> String) {
-        if s != 0 { fatalError("cuBLASLt: \(function()) failed: \(describe(s))") }
-    }
-
     /// Sets a descriptor attribute from a value of exactly the attribute's C type (cuBLASLt checks the size).
     func setDescAttribute<T>(_ desc: OpaquePointer, _ attribute: Int32, _ value: T, _ what: String) {
         withUnsafeBytes(of: value) {
@@ -216,4 +202,9 @@ final class LinearProduct {
         self.algo = algo
         self.workspaceBytes = workspaceBytes
     }
+}
+
+extension CUBLASLt: BLASStatusReporting {
+    static let libraryName = "cuBLASLt"
+    var statusString: StatusString? { cublasLtGetStatusString }
 }
