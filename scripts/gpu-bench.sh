@@ -4,7 +4,8 @@
 #                               .device/ (git-ignored; name it in the device tool's carry)
 #   scripts/gpu-bench.sh run    on the GPU machine, from the repository root: reference-check in float32 on the
 #                               GPU, then the benchmarks of issue 4; prints a short table last. MODELS overrides
-#                               the list of "model:batch" pairs; STEPS the timed steps per model.
+#                               the list of "model:batch" pairs; STEPS the timed steps per model (default 15);
+#                               PRECISION the precision switch (default --tf32; --bf16, or "" for float32).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
