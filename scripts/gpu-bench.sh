@@ -29,11 +29,11 @@ run)
         model=${pair%%:*}; batch=${pair##*:}
         echo "== train $model batch $batch" | tee -a "$log"
         .device/tvm bench train --device cuda --model "$model" --res 32 --channels 4 --classes 1000 --batch "$batch" \
-            --steps "$steps" --warmup 3 ${PRECISION:---tf32} 2>&1 | tail -1 | tee -a "$log"
+            --steps "$steps" --warmup 3 ${PRECISION---tf32} 2>&1 | tail -1 | tee -a "$log"
         [ -n "${SKIP_SAMPLE:-}" ] && continue
         echo "== sample $model batch 256" | tee -a "$log"
         .device/tvm bench sample --device cuda --model "$model" --res 32 --channels 4 --classes 1000 --batch 256 \
-            --steps 5 --warmup 2 ${PRECISION:---tf32} 2>&1 | tail -1 | tee -a "$log"
+            --steps 5 --warmup 2 ${PRECISION---tf32} 2>&1 | tail -1 | tee -a "$log"
     done
     echo "== attention" | tee -a "$log"
     [ -z "${SKIP_ATTENTION:-}" ] && .device/tvm bench attention --device cuda --b 64 --h 12 --s 256 --d 64 2>&1 | tail -1 | tee -a "$log"
