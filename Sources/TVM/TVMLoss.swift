@@ -110,7 +110,7 @@ public struct TVMObjective {
     }
 
     /// A row's loss is the sum of both terms, zeroed (with its gradient) where that sum is not finite.
-    /// Selecting on the mask always (not only after counting NaN rows) keeps the step free of a device read.
+    /// Selecting on the mask always (not only after counting NaN rows) keeps the loss free of a device read.
     private func combined(terminal: Tensor, flowMatching: Tensor) -> (loss: Tensor, finite: Tensor) {
         let raw = terminal + flowMatching
         let finite = raw.isFinite()
@@ -146,7 +146,8 @@ public struct TVMObjective {
         let (terminal, F, flowMap, dfds) = terminalTerm(net, student: student, teacher: teacher, b, k)
         let (loss, finite) = combined(terminal: terminal, flowMatching: fm.detached())
         // A row whose flow-matching term was finite but whose terminal term is not is zeroed as a whole: its
-        // flow-matching gradient, already taken, comes back out (one more pass, only in that rare case).
+        // flow-matching gradient, already taken, comes back out (one more pass, only in that rare case). Knowing
+        // whether to costs one scalar read from the device per step, before the second backward pass is queued.
         let excluded = withoutGrad { fmFinite - finite }
         if withoutGrad({ excluded.sum().item }) > 0 {
             let again = flowMatchingTerm(net, student: student, teacher: teacher, b, k)
