@@ -19,7 +19,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 S=/tmp/tvm-img
 out=${OUT:-/tmp/gpu-images-out}
-train_args=(--device cuda --tf32 --data fashion-mnist --data-dir "$S/fmnist" --model S/2 --cfg 2 --label-dropout 0.1
+precision=${PRECISION:---bf16}  # the official run's bf16 autocast; --tf32 for TF32 products
+train_args=(--device cuda "$precision" --data fashion-mnist --data-dir "$S/fmnist" --model S/2 --cfg 2 --label-dropout 0.1
             --batch 128 --lr 2e-4 --every 100000)
 N=${N:-10000}
 
@@ -89,7 +90,7 @@ PY
     tvm fid "$S/noisy.npy" --dataset fashion-mnist --data-dir "$S/fmnist" --device cuda --cache "$S/cache" 2>> "$out/check.log"
     echo "training-set statistics (60000 images) computed and cached in $(( $(date +%s) - t0 )) s"
     # Compile the training kernels now (NVRTC, ~1 min on a fresh machine), so the budgets below time training only.
-    tvm bench train --device cuda --tf32 --model S/2 --res 32 --channels 1 --classes 10 --batch 8 --steps 1 --warmup 0 | tail -1
+    tvm bench train --device cuda "$precision" --model S/2 --res 32 --channels 1 --classes 10 --batch 8 --steps 1 --warmup 0 | tail -1
     ;;
 tvm)
     setup

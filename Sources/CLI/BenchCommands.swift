@@ -159,8 +159,10 @@ func benchSample(_ args: [String]) throws {
 /// The attention primitive under a JVP (output and tangent together) and its backward for both cotangents, on
 /// token-major [B, S, H, D] tensors as DiT runs it.
 func benchAttention(_ args: [String]) throws {
-    let a = try Arguments(command: "bench attention", args, options: ["b", "h", "s", "d", "steps", "warmup"])
+    let a = try Arguments(command: "bench attention", args, options: ["b", "h", "s", "d", "steps", "warmup"],
+                          switches: ["tf32", "bf16"])
     try a.expectPositional(0, "no positional arguments")
+    let precision = applyProductPrecision(a)
     let (b, h) = (try a.int("b", default: 64, range: 1...65536), try a.int("h", default: 12, range: 1...4096))
     let (s, d) = (try a.int("s", default: 256, range: 1...1_048_576), try a.int("d", default: 64, range: 1...65536))
     let steps = try a.int("steps", default: 20, range: 1...100_000), warmup = try a.int("warmup", default: 3, range: 0...1000)
@@ -183,5 +185,5 @@ func benchAttention(_ args: [String]) throws {
             backward.append(t2 - t1)
         }
     }
-    Console.out("attention B=\(b) H=\(h) S=\(s) D=\(d), \(deviceDescription()): forward+JVP median \(fmt(median(forward) * 1000, 3)) ms, backward (both cotangents, incl. the loss ops) median \(fmt(median(backward) * 1000, 3)) ms")
+    Console.out("attention B=\(b) H=\(h) S=\(s) D=\(d), \(deviceDescription())\(precision): forward+JVP median \(fmt(median(forward) * 1000, 3)) ms, backward (both cotangents, incl. the loss ops) median \(fmt(median(backward) * 1000, 3)) ms")
 }

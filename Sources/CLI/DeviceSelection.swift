@@ -57,7 +57,7 @@ func applyProductPrecision(_ a: Arguments) -> String {
     if a.has("bf16") {
         cuda.bf16Products = true
         cuda.allowTF32 = true
-        return ", BF16 products, TF32 attention"
+        return ", BF16 products and attention"
     }
     if a.has("tf32") {
         cuda.allowTF32 = true

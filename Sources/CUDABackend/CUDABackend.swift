@@ -24,12 +24,13 @@ public final class CUDABackend: Backend {
     /// Let float32 matrix products use TF32 tensor cores (about 10 bits of mantissa in the products; off by default).
     public var allowTF32: Bool = false
     /// Float32 matrix products read bfloat16 copies of both operands (8 bits of mantissa) and accumulate and
-    /// write float32, as PyTorch's bf16 autocast rounds a matmul's inputs: twice TF32's tensor-core rate.
-    /// Takes precedence over `allowTF32` for products; storage, master weights and optimizer stay float32.
+    /// write float32, as PyTorch's bf16 autocast rounds a matmul's inputs: twice TF32's tensor-core rate. The
+    /// flash-attention kernels then round their operands (and the softmax weights) to bfloat16 too, as bf16 flash
+    /// attention does. Takes precedence over `allowTF32`; storage, master weights and optimizer stay float32.
     public var bf16Products: Bool = false
     /// Float32 attention with head dims 64 and 72 (KernelSource.flashDims) takes the fused flash-attention kernels
     /// (tensor-core tiles, no seq x seq matrix in memory): 3xTF32 products (float32 accuracy) by default, single
-    /// TF32 products with `allowTF32`. Off (TVM_CUDA_NO_FLASH=1, or false here): the warp-per-row kernels,
+    /// TF32 products with `allowTF32`, bfloat16 products with `bf16Products`. Off (TVM_CUDA_NO_FLASH=1, or false here): the warp-per-row kernels,
     /// which also serve every other head dim and float64.
     public var useFlashAttention: Bool = environment("TVM_CUDA_NO_FLASH") != "1"
     /// The register caps that let some 3xTF32 flash kernels run 3 blocks per multiprocessor (a few values
@@ -1036,6 +1037,9 @@ public final class CUDABackend: Backend {
         return buffers.allSatisfy { $0.map { addr($0) % 16 == 0 } ?? true }
     }
 
+    /// The flash kernels' operand precision: bf16Products, else allowTF32, else 3xTF32.
+    private var flashPrecision: KernelSource.FlashPrecision { bf16Products ? .bf16 : allowTF32 ? .tf32 : .x3 }
+
     private func laneWidth(_ dim: Int) -> Int {
         guard let i = KernelSource.attentionLaneWidths.firstIndex(where: { 32 * $0 >= dim }) else {
             fatalError("CUDA attention: head dimension \(dim) is larger than \(32 * KernelSource.attentionLaneWidths.last!)")
@@ -1050,7 +1054,7 @@ public final class CUDABackend: Backend {
         let dtype = q.dtype, count = g.count
         if flashEligible(dtype, g, [q, k, v, tq, tk, tv, o, to, lse]) {
             let z = to != nil && (tq == nil || tk == nil || tv == nil) ? zeros(count, dtype) : nil
-            let f = flashSet().kernel(.forward, tangent: to != nil, dim: g.dim, split: !allowTF32, capped: flashRegisterCaps)
+            let f = flashSet().kernel(.forward, tangent: to != nil, dim: g.dim, precision: flashPrecision, capped: flashRegisterCaps)
             launch(f.function, grid: ((g.seq + f.rows - 1) / f.rows, g.batch * g.heads), block: (f.threads, 1), shared: f.shared) { a in
                 a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v))
                 if to != nil { a.ptr(addr(tq ?? z!)); a.ptr(addr(tk ?? z!)); a.ptr(addr(tv ?? z!)) } else { a.ptr(0); a.ptr(0); a.ptr(0) }
@@ -1100,22 +1104,22 @@ public final class CUDABackend: Backend {
         if flashEligible(dtype, g, [q, k, v, tqS, tkS, tvS, lse, goS, gtoS, dq, dk, dv, dtqS, dtkS, dtvS]) {
             // Pre-pass (the forward recomputed, nothing stored but per-row float4 (lse, mu, rho, sum_j P dP)),
             // then the query side (dq, dtq) and the key side (dk, dv, dtk, dtv), P recomputed from lse.
-            let set = flashSet(), split = !allowTF32, bh = g.batch * g.heads
+            let set = flashSet(), precision = flashPrecision, bh = g.batch * g.heads
             let rowStats = allocate(rows * 4, dtype)
-            let f = set.kernel(.forward, tangent: tangent, dim: g.dim, split: split, capped: flashRegisterCaps)
+            let f = set.kernel(.forward, tangent: tangent, dim: g.dim, precision: precision, capped: flashRegisterCaps)
             launch(f.function, grid: ((g.seq + f.rows - 1) / f.rows, bh), block: (f.threads, 1), shared: f.shared) { a in
                 a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v)); a.ptr(p(tqS)); a.ptr(p(tkS)); a.ptr(p(tvS))
                 a.ptr(0); a.ptr(0); a.ptr(0)
                 a.ptr(addr(goS)); a.ptr(p(gtoS)); a.ptr(addr(lse)); a.ptr(addr(rowStats))
                 a.i32(g.seq); a.i32(g.heads); a.scalar(g.scale, dtype)
             }
-            let fq = set.kernel(.dq, tangent: tangent, dim: g.dim, split: split, capped: flashRegisterCaps)
+            let fq = set.kernel(.dq, tangent: tangent, dim: g.dim, precision: precision, capped: flashRegisterCaps)
             launch(fq.function, grid: ((g.seq + fq.rows - 1) / fq.rows, bh), block: (fq.threads, 1), shared: fq.shared) { a in
                 a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v)); a.ptr(p(tqS)); a.ptr(p(tkS)); a.ptr(p(tvS))
                 a.ptr(addr(goS)); a.ptr(p(gtoS)); a.ptr(addr(rowStats)); a.ptr(addr(dq)); a.ptr(p(dtqS))
                 a.i32(g.seq); a.i32(g.heads); a.scalar(g.scale, dtype)
             }
-            let fk = set.kernel(.dkv, tangent: tangent, dim: g.dim, split: split, capped: flashRegisterCaps)
+            let fk = set.kernel(.dkv, tangent: tangent, dim: g.dim, precision: precision, capped: flashRegisterCaps)
             launch(fk.function, grid: ((g.seq + fk.rows - 1) / fk.rows, bh), block: (fk.threads, 1), shared: fk.shared) { a in
                 a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v)); a.ptr(p(tqS)); a.ptr(p(tkS)); a.ptr(p(tvS))
                 a.ptr(addr(goS)); a.ptr(p(gtoS)); a.ptr(addr(rowStats))
@@ -1302,29 +1306,23 @@ final class FlashKernelSet {
 
     init(_ f: [String: Handle], driver: Driver) throws {
         var table: [String: Kernel] = [:]
-        for kind in KernelSource.FlashKind.allCases {
-            for tangent in [false, true] {
-                for dim in KernelSource.flashDims {
-                    for split in [false, true] {
-                        let shape = KernelSource.flashShape(kind, tangent: tangent, dim: dim, split: split)
-                        let shared = KernelSource.flashSharedBytes(kind, tangent: tangent, dim: dim, split: split)
-                        for uncapped in shape.minBlocks > 0 ? [false, true] : [false] {
-                            let name = KernelSource.flashName(kind, tangent: tangent, dim: dim, split: split, uncapped: uncapped)
-                            guard let h = f[name] else { throw CUDAError("CUDA kernels: \(name) missing from the compiled module") }
-                            try driver.check(driver.cuFuncSetAttribute(h, Driver.funcAttrMaxDynamicSharedSize, Int32(shared)),
-                                             "cuFuncSetAttribute(\(name), max dynamic shared memory \(shared) bytes)")
-                            table[name] = Kernel(function: h, threads: 32 * shape.warps, rows: 16 * shape.warps, shared: shared)
-                        }
-                    }
-                }
+        for (kind, tangent, dim, precision) in KernelSource.flashConfigurations {
+            let shape = KernelSource.flashShape(kind, tangent: tangent, dim: dim, precision: precision)
+            let shared = KernelSource.flashSharedBytes(kind, tangent: tangent, dim: dim, precision: precision)
+            for uncapped in shape.minBlocks > 0 ? [false, true] : [false] {
+                let name = KernelSource.flashName(kind, tangent: tangent, dim: dim, precision: precision, uncapped: uncapped)
+                guard let h = f[name] else { throw CUDAError("CUDA kernels: \(name) missing from the compiled module") }
+                try driver.check(driver.cuFuncSetAttribute(h, Driver.funcAttrMaxDynamicSharedSize, Int32(shared)),
+                                 "cuFuncSetAttribute(\(name), max dynamic shared memory \(shared) bytes)")
+                table[name] = Kernel(function: h, threads: 32 * shape.warps, rows: 16 * shape.warps, shared: shared)
             }
         }
         byName = table
     }
 
-    func kernel(_ kind: KernelSource.FlashKind, tangent: Bool, dim: Int, split: Bool, capped: Bool) -> Kernel {
-        let uncapped = !capped && KernelSource.flashShape(kind, tangent: tangent, dim: dim, split: split).minBlocks > 0
-        return byName[KernelSource.flashName(kind, tangent: tangent, dim: dim, split: split, uncapped: uncapped)]!
+    func kernel(_ kind: KernelSource.FlashKind, tangent: Bool, dim: Int, precision: KernelSource.FlashPrecision, capped: Bool) -> Kernel {
+        let uncapped = !capped && KernelSource.flashShape(kind, tangent: tangent, dim: dim, precision: precision).minBlocks > 0
+        return byName[KernelSource.flashName(kind, tangent: tangent, dim: dim, precision: precision, uncapped: uncapped)]!
     }
 }
 

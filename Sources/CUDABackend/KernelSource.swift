@@ -1092,20 +1092,31 @@ enum KernelSource {
     // MARK: - Flash attention (float32, head dims 64 and 72: tiled, tensor cores; see CUDA_NOTES.md)
 
     static let flash = #"""
-    // Fused flash attention for float32 and head dims 64 and 72 (KernelSource.flashDims): tiles of 16 query (or
-    // key) rows per warp through TF32 tensor cores (mma.sync m16n8k8, float32 accumulators). SPLIT = true
-    // (the default float32 path) splits every operand x into hi = tf32(x) and lo = tf32(x - hi) and sums
-    // lo*hi + hi*lo + hi*hi: three products for about float32 accuracy (3xTF32). SPLIT = false (allowTF32)
-    // uses hi*hi alone. Nothing of size seq x seq reaches memory: scores live in registers, one key (or
-    // query) block at a time, with an online softmax in the forward pass and the saved row log-sum-exp in
-    // the backward pass. Operands are token-major (attn_head_offset): grid.y runs over batch * heads, a head's
-    // rows are heads * D floats apart, and lse and the row statistics are [batch * heads, n].
+    // Fused flash attention for float32 tensors and head dims 64 and 72 (KernelSource.flashDims): tiles of 16 query
+    // (or key) rows per warp through tensor cores with float32 accumulators, in one of three operand precisions
+    // (PREC, KernelSource.FlashPrecision). FP_X3 (the default float32 path) splits every operand x into
+    // hi = tf32(x) and lo = tf32(x - hi) and sums lo*hi + hi*lo + hi*hi with mma.m16n8k8 TF32: three products for
+    // about float32 accuracy (3xTF32). FP_TF32 (allowTF32) uses hi*hi alone. FP_BF16 (bf16Products) rounds q, k,
+    // v, their tangents and the cotangents to bfloat16 when a tile is staged in shared memory, and the softmax
+    // weights (and their tangents and gradients) when they become the left operand of the next product, as bf16
+    // flash attention does, and multiplies with mma.m16n8k16 BF16: one instruction per 16 columns of k instead
+    // of 2 (TF32) or 6 (3xTF32). Nothing of size seq x seq reaches memory: scores live in registers, one key (or
+    // query) block at a time, with an online softmax in the forward pass and the saved row log-sum-exp in the
+    // backward pass. Operands are token-major (attn_head_offset): grid.y runs over batch * heads, a head's rows
+    // are heads * D floats apart, and lse and the row statistics are [batch * heads, n].
     //
-    // Layouts of mma.m16n8k8 (g = lane / 4, t = lane % 4): A (16x8) a0 = A[g][t], a1 = A[g+8][t],
-    // a2 = A[g][t+4], a3 = A[g+8][t+4]; B (8x8) b0 = B[t][g], b1 = B[t+4][g]; C (16x8) c0, c1 = C[g][2t, 2t+1],
-    // c2, c3 = C[g+8][2t, 2t+1]. An accumulator tile becomes the A operand of the next product as
-    // (c0, c2, c1, c3): its column 2t plays k = t and 2t+1 plays k = t+4, and the B operand is read in the
-    // same order (rows 2t and 2t+1 of the tile), so no data moves between lanes.
+    // Fragment layouts (g = lane / 4, t = lane % 4). mma.m16n8k8 TF32: A (16x8) a0 = A[g][t], a1 = A[g+8][t],
+    // a2 = A[g][t+4], a3 = A[g+8][t+4]; B (8x8) b0 = B[t][g], b1 = B[t+4][g]. mma.m16n8k16 BF16 (two values per
+    // register, the lower column in the lower half): A (16x16) a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1],
+    // a2 = A[g][2t+8, 2t+9], a3 = A[g+8][2t+8, 2t+9]; B (16x8) b0 = B[2t, 2t+1][g], b1 = B[2t+8, 2t+9][g]. Both:
+    // C (16x8) c0, c1 = C[g][2t, 2t+1], c2, c3 = C[g+8][2t, 2t+1]. An accumulator tile becomes the A operand of
+    // the next product without moving data between lanes: in TF32 as (c0, c2, c1, c3), its column 2t playing
+    // k = t and 2t+1 playing k = t+4, the B operand read in the same order (rows 2t and 2t+1 of the tile); in
+    // BF16 two adjacent tiles (columns 0-7 and 8-15) are exactly one A fragment of 16 columns. BF16 fragments come
+    // from shared memory by ldmatrix (x4 for A, x2 for B, x2.trans for B = a row-major tile itself).
+    #define FP_X3 0
+    #define FP_TF32 1
+    #define FP_BF16 2
     #ifndef TVM_EMULATE
     __device__ __forceinline__ u32 f2tf32(float x) { u32 r; asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x)); return r; }
     __device__ __forceinline__ void mma_tf32(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
@@ -1113,36 +1124,75 @@ enum KernelSource {
                      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
+    __device__ __forceinline__ void mma_bf16(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    /// Two floats rounded to bfloat16 (to nearest even) in one register, lo in the lower half.
+    __device__ __forceinline__ u32 bf16x2(float lo, float hi) { u32 r; asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r; }
+    __device__ __forceinline__ void ldsm_x4(u32 (&r)[4], const void* p) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((u32)__cvta_generic_to_shared(p)));
+    }
+    __device__ __forceinline__ void ldsm_x2(u32 (&r)[2], const void* p) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"((u32)__cvta_generic_to_shared(p)));
+    }
+    __device__ __forceinline__ void ldsm_x2_trans(u32 (&r)[2], const void* p) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"((u32)__cvta_generic_to_shared(p)));
+    }
     __device__ __forceinline__ u32 dynamic_smem_bytes() { u32 r; asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r)); return r; }
     #endif
 
-    template<bool SPLIT> struct FragA { u32 h[4], l[4]; };
-    template<bool SPLIT> struct FragB { u32 h[2], l[2]; };
+    /// Per precision: the shared-memory element (bf16 bits for FP_BF16), the columns of k one product step takes
+    /// (in units of 8), whether operands are split (3xTF32), the columns of a tile (D, or D rounded up to 16 for
+    /// BF16, the extra columns zero) and the tile pitch in elements (padded so that every fragment load, and every
+    /// ldmatrix phase, touches 32 different banks: 68 / 76 floats, 72 / 88 bf16 values for D = 64 / 72).
+    template<int PREC> struct FlashPrec {
+        typedef float E;
+        static constexpr int KS = 1;
+        static constexpr bool SPLIT = PREC == FP_X3;
+        template<int D> static constexpr int cols() { return D; }
+        template<int D> static constexpr int ld() { return D + 4; }
+    };
+    template<> struct FlashPrec<FP_BF16> {
+        typedef unsigned short E;
+        static constexpr int KS = 2;
+        static constexpr bool SPLIT = false;
+        template<int D> static constexpr int cols() { return (D + 15) / 16 * 16; }
+        template<int D> static constexpr int ld() { return cols<D>() + 8; }
+    };
 
-    template<bool SPLIT> __device__ __forceinline__ void tf32_parts(float x, u32& h, u32& l) {
+    /// A operand (TF32: 16x8, split into hi and lo parts for 3xTF32; BF16: 16x16 in h) and B operand (8x8; 16x8).
+    template<int PREC> struct FragA { u32 h[4], l[4]; };
+    template<int PREC> struct FragB { u32 h[2], l[2]; };
+
+    template<int PREC> __device__ __forceinline__ void tf32_parts(float x, u32& h, u32& l) {
         h = f2tf32(x);
-        l = SPLIT ? f2tf32(x - __uint_as_float(h)) : 0u;
+        l = FlashPrec<PREC>::SPLIT ? f2tf32(x - __uint_as_float(h)) : 0u;
     }
-    template<bool SPLIT> __device__ __forceinline__ FragA<SPLIT> frag_a(float x0, float x1, float x2, float x3) {
-        FragA<SPLIT> f;
-        tf32_parts<SPLIT>(x0, f.h[0], f.l[0]);
-        tf32_parts<SPLIT>(x1, f.h[1], f.l[1]);
-        tf32_parts<SPLIT>(x2, f.h[2], f.l[2]);
-        tf32_parts<SPLIT>(x3, f.h[3], f.l[3]);
+    template<int PREC> __device__ __forceinline__ FragA<PREC> frag_a(float x0, float x1, float x2, float x3) {
+        FragA<PREC> f;
+        tf32_parts<PREC>(x0, f.h[0], f.l[0]);
+        tf32_parts<PREC>(x1, f.h[1], f.l[1]);
+        tf32_parts<PREC>(x2, f.h[2], f.l[2]);
+        tf32_parts<PREC>(x3, f.h[3], f.l[3]);
         return f;
     }
-    template<bool SPLIT> __device__ __forceinline__ FragB<SPLIT> frag_b(float x0, float x1) {
-        FragB<SPLIT> f;
-        tf32_parts<SPLIT>(x0, f.h[0], f.l[0]);
-        tf32_parts<SPLIT>(x1, f.h[1], f.l[1]);
+    template<int PREC> __device__ __forceinline__ FragB<PREC> frag_b(float x0, float x1) {
+        FragB<PREC> f;
+        tf32_parts<PREC>(x0, f.h[0], f.l[0]);
+        tf32_parts<PREC>(x1, f.h[1], f.l[1]);
         return f;
     }
-    /// c += a b (16x8x8), in 3xTF32 with SPLIT. The tensor cores' float32 accumulation truncates (rounds toward
-    /// zero), a bias that grows with the number of products summed into one accumulator: measured 1.5e-5 relative
-    /// at S = 1024 when a whole row's products went into one. So with SPLIT the three products go into a zeroed
-    /// accumulator, added to c with a rounded float add: the bias stays at three products' worth.
-    template<bool SPLIT> __device__ __forceinline__ void tc_mma(float (&c)[4], const FragA<SPLIT>& a, const FragB<SPLIT>& b) {
-        if (SPLIT) {
+    /// c += a b (16x8x8 TF32, 16x8x16 BF16). With 3xTF32 the three products go into a zeroed accumulator, added
+    /// to c with a rounded float add: the tensor cores' float32 accumulation truncates (rounds toward zero), a
+    /// bias that grows with the number of products summed into one accumulator (measured 1.5e-5 relative at
+    /// S = 1024 when a whole row's products went into one); this keeps it at three products' worth.
+    template<int PREC> __device__ __forceinline__ void tc_mma(float (&c)[4], const FragA<PREC>& a, const FragB<PREC>& b) {
+        if constexpr (PREC == FP_BF16) {
+            mma_bf16(c, a.h, b.h[0], b.h[1]);
+        } else if constexpr (PREC == FP_X3) {
             float d[4] = {0.f, 0.f, 0.f, 0.f};
             mma_tf32(d, a.l, b.h[0], b.h[1]);
             mma_tf32(d, a.h, b.l[0], b.l[1]);
@@ -1153,38 +1203,74 @@ enum KernelSource {
             mma_tf32(c, a.h, b.h[0], b.h[1]);
         }
     }
-    /// A operand from a row-major shared tile [rows][LD]: rows r0..r0+15, columns k0..k0+7.
-    template<bool SPLIT, int LD> __device__ __forceinline__ FragA<SPLIT> lds_a(const float* s, int r0, int k0, int g, int t) {
-        const float* p = s + (r0 + g) * LD + k0 + t;
-        return frag_a<SPLIT>(p[0], p[8 * LD], p[4], p[8 * LD + 4]);
+    /// A operand from a row-major shared tile [rows][LD]: rows r0..r0+15, columns k0..k0+8*KS-1.
+    template<int PREC, int LD> __device__ __forceinline__ FragA<PREC> lds_a(const typename FlashPrec<PREC>::E* s, int r0, int k0, int g, int t) {
+        if constexpr (PREC == FP_BF16) {
+            const int lane = 4 * g + t;
+            FragA<PREC> f;
+            ldsm_x4(f.h, s + (r0 + (lane & 15)) * LD + k0 + (lane >> 4) * 8);
+            return f;
+        } else {
+            const float* p = s + (r0 + g) * LD + k0 + t;
+            return frag_a<PREC>(p[0], p[8 * LD], p[4], p[8 * LD + 4]);
+        }
     }
     /// B operand B[k][n] = Y[n0 + n][k0 + k] of a row-major shared tile Y [rows][LD] (a product with Y^T).
-    template<bool SPLIT, int LD> __device__ __forceinline__ FragB<SPLIT> lds_bt(const float* s, int n0, int k0, int g, int t) {
-        const float* p = s + (n0 + g) * LD + k0 + t;
-        return frag_b<SPLIT>(p[0], p[4]);
+    template<int PREC, int LD> __device__ __forceinline__ FragB<PREC> lds_bt(const typename FlashPrec<PREC>::E* s, int n0, int k0, int g, int t) {
+        if constexpr (PREC == FP_BF16) {
+            const int lane = 4 * g + t;
+            FragB<PREC> f;
+            ldsm_x2(f.h, s + (n0 + (lane & 7)) * LD + k0 + ((lane >> 3) & 1) * 8);
+            return f;
+        } else {
+            const float* p = s + (n0 + g) * LD + k0 + t;
+            return frag_b<PREC>(p[0], p[4]);
+        }
     }
-    /// B operand B[k][n] = Y[k0 + k'][n0 + n] of a row-major shared tile Y, k' in the accumulator order
-    /// (k = t is row 2t, k = t+4 is row 2t+1): the right operand of a product with acc_a.
-    template<bool SPLIT, int LD> __device__ __forceinline__ FragB<SPLIT> lds_bn(const float* s, int k0, int n0, int g, int t) {
-        const float* p = s + (k0 + 2 * t) * LD + n0 + g;
-        return frag_b<SPLIT>(p[0], p[LD]);
+    /// B operand B[k][n] = Y[k0 + k'][n0 + n] of a row-major shared tile Y: the right operand of a product with
+    /// acc_a. TF32: k' in the accumulator order (k = t is row 2t, k = t+4 is row 2t+1); BF16: k' = k.
+    template<int PREC, int LD> __device__ __forceinline__ FragB<PREC> lds_bn(const typename FlashPrec<PREC>::E* s, int k0, int n0, int g, int t) {
+        if constexpr (PREC == FP_BF16) {
+            const int lane = 4 * g + t;
+            FragB<PREC> f;
+            ldsm_x2_trans(f.h, s + (k0 + (lane & 15)) * LD + n0);
+            return f;
+        } else {
+            const float* p = s + (k0 + 2 * t) * LD + n0 + g;
+            return frag_b<PREC>(p[0], p[LD]);
+        }
     }
-    /// An accumulator tile (16x8) as the A operand of the next product (see above).
-    template<bool SPLIT> __device__ __forceinline__ FragA<SPLIT> acc_a(const float (&c)[4]) {
-        return frag_a<SPLIT>(c[0], c[2], c[1], c[3]);
+    /// Accumulator tiles as the A operand of the next product (see above): TF32 takes c0 (columns 0-7 of k), BF16
+    /// c0 and c1 (columns 0-15), rounded to bfloat16.
+    template<int PREC> __device__ __forceinline__ FragA<PREC> acc_a(const float (&c0)[4], const float (&c1)[4]) {
+        if constexpr (PREC == FP_BF16) {
+            FragA<PREC> f;
+            f.h[0] = bf16x2(c0[0], c0[1]);
+            f.h[1] = bf16x2(c0[2], c0[3]);
+            f.h[2] = bf16x2(c1[0], c1[1]);
+            f.h[3] = bf16x2(c1[2], c1[3]);
+            return f;
+        } else {
+            return frag_a<PREC>(c0[0], c0[2], c0[1], c0[3]);
+        }
     }
 
-    /// Rows row0..row0+ROWS-1 of a head (n rows of D values, `ld` apart from `src`) into a shared tile [ROWS][D + 4]
-    /// (16-byte loads: src and ld are multiples of 4 floats; rows past n are zeros).
-    template<int D, int ROWS, int THREADS>
-    __device__ __forceinline__ void flash_load(float* s, const float* __restrict__ src, i64 ld, int row0, int n) {
-        constexpr int V = D / 4, LD = D + 4;
+    /// Rows row0..row0+ROWS-1 of a head (n rows of D floats, `ld` apart from `src`) into a shared tile
+    /// [ROWS][LD] of FlashPrec<PREC>::cols<D>() columns (16-byte loads: src and ld are multiples of 4 floats;
+    /// rows past n and columns past D are zeros), rounded to bfloat16 for FP_BF16.
+    template<int D, int ROWS, int THREADS, int PREC>
+    __device__ __forceinline__ void flash_load(typename FlashPrec<PREC>::E* s, const float* __restrict__ src, i64 ld, int row0, int n) {
+        constexpr int V = D / 4, VP = FlashPrec<PREC>::template cols<D>() / 4, LD = FlashPrec<PREC>::template ld<D>();
     #pragma unroll 4
-        for (int i = threadIdx.x; i < ROWS * V; i += THREADS) {
-            const int r = i / V, c = i - r * V;
+        for (int i = threadIdx.x; i < ROWS * VP; i += THREADS) {
+            const int r = i / VP, c = i - r * VP;
             float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (row0 + r < n) x = reinterpret_cast<const float4*>(src + (row0 + r) * ld)[c];
-            *reinterpret_cast<float4*>(s + r * LD + 4 * c) = x;
+            if ((VP == V || c < V) && row0 + r < n) x = reinterpret_cast<const float4*>(src + (row0 + r) * ld)[c];
+            if constexpr (PREC == FP_BF16) {
+                *reinterpret_cast<uint2*>(s + r * LD + 4 * c) = make_uint2(bf16x2(x.x, x.y), bf16x2(x.z, x.w));
+            } else {
+                *reinterpret_cast<float4*>(s + r * LD + 4 * c) = x;
+            }
         }
     }
     /// Launch geometry the kernel was built for; a mismatch with the host's table stops the kernel.
@@ -1205,28 +1291,31 @@ enum KernelSource {
     /// over key blocks of BC: acc = sum p v, tacc = sum p (tS v + tv), rescaled with the running max.
     /// With `stats` (the backward's pre-pass) nothing is stored but, per row, float4 (lseIn, mu, rho, dotPdP):
     /// rho = gto.o, dotPdP = sum_j P_ij dP_ij = go.o + gto.to - mu rho (TAN) or go.o.
-    template<int D, int WARPS, int BC, bool TAN, bool SPLIT>
+    template<int D, int WARPS, int BC, bool TAN, int PREC>
     __device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, const float* __restrict__ k,
             const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
             const float* __restrict__ tv, float* __restrict__ o, float* __restrict__ to, float* __restrict__ lse,
             const float* __restrict__ go, const float* __restrict__ gto, const float* __restrict__ lseIn,
             float* __restrict__ stats, int n, int heads, float scale) {
-        constexpr int LD = D + 4, BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
+        typedef typename FlashPrec<PREC>::E E;
+        // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
+        constexpr int LD = FlashPrec<PREC>::template ld<D>(), KS = FlashPrec<PREC>::KS, KDP = FlashPrec<PREC>::template cols<D>() / 8;
+        constexpr int BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
         constexpr int NQ = TAN ? 2 : 1, NK = TAN ? 4 : 2;
-        constexpr int SMEM = (BR * NQ + BC * NK) * LD * 4;
+        constexpr int SMEM = (BR * NQ + BC * NK) * LD * (int)sizeof(E);
         flash_check_launch<THREADS, SMEM>();
         extern __shared__ float4 flash_smem[];
-        float* sQ = reinterpret_cast<float*>(flash_smem);
-        float* sTQ = sQ + BR * LD;
-        float* sK = sQ + NQ * BR * LD;
-        float* sV = sK + BC * LD;
-        float* sTK = sV + BC * LD;
-        float* sTV = sTK + BC * LD;
+        E* sQ = reinterpret_cast<E*>(flash_smem);
+        E* sTQ = sQ + BR * LD;
+        E* sK = sQ + NQ * BR * LD;
+        E* sV = sK + BC * LD;
+        E* sTK = sV + BC * LD;
+        E* sTV = sTK + BC * LD;
         const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
         const int q0 = blockIdx.x * BR;
         const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D;
-        flash_load<D, BR, THREADS>(sQ, q + hb, ld, q0, n);
-        if (TAN) flash_load<D, BR, THREADS>(sTQ, tq + hb, ld, q0, n);
+        flash_load<D, BR, THREADS, PREC>(sQ, q + hb, ld, q0, n);
+        if (TAN) flash_load<D, BR, THREADS, PREC>(sTQ, tq + hb, ld, q0, n);
         float acc[KD][4], tacc[KD][4];
     #pragma unroll
         for (int i = 0; i < KD; ++i)
@@ -1235,11 +1324,11 @@ enum KernelSource {
         float m[2] = {-inf_<float>(), -inf_<float>()}, l[2] = {0.f, 0.f}, mu[2] = {0.f, 0.f};
         for (int j0 = 0; j0 < n; j0 += BC) {
             __syncthreads();
-            flash_load<D, BC, THREADS>(sK, k + hb, ld, j0, n);
-            flash_load<D, BC, THREADS>(sV, v + hb, ld, j0, n);
+            flash_load<D, BC, THREADS, PREC>(sK, k + hb, ld, j0, n);
+            flash_load<D, BC, THREADS, PREC>(sV, v + hb, ld, j0, n);
             if (TAN) {
-                flash_load<D, BC, THREADS>(sTK, tk + hb, ld, j0, n);
-                flash_load<D, BC, THREADS>(sTV, tv + hb, ld, j0, n);
+                flash_load<D, BC, THREADS, PREC>(sTK, tk + hb, ld, j0, n);
+                flash_load<D, BC, THREADS, PREC>(sTV, tv + hb, ld, j0, n);
             }
             __syncthreads();
             float s[NC][4], ts[NC][4];
@@ -1248,17 +1337,17 @@ enum KernelSource {
     #pragma unroll
                 for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; }
     #pragma unroll
-            for (int kk = 0; kk < KD; ++kk) {
-                const FragA<SPLIT> aq = lds_a<SPLIT, LD>(sQ, r0, kk * 8, g, t);
-                FragA<SPLIT> atq;
-                if (TAN) atq = lds_a<SPLIT, LD>(sTQ, r0, kk * 8, g, t);
+            for (int kk = 0; kk < KDP; kk += KS) {
+                const FragA<PREC> aq = lds_a<PREC, LD>(sQ, r0, kk * 8, g, t);
+                FragA<PREC> atq;
+                if (TAN) atq = lds_a<PREC, LD>(sTQ, r0, kk * 8, g, t);
     #pragma unroll
                 for (int c = 0; c < NC; ++c) {
-                    const FragB<SPLIT> bk = lds_bt<SPLIT, LD>(sK, c * 8, kk * 8, g, t);
-                    tc_mma<SPLIT>(s[c], aq, bk);
+                    const FragB<PREC> bk = lds_bt<PREC, LD>(sK, c * 8, kk * 8, g, t);
+                    tc_mma<PREC>(s[c], aq, bk);
                     if (TAN) {
-                        tc_mma<SPLIT>(ts[c], atq, bk);
-                        tc_mma<SPLIT>(ts[c], aq, lds_bt<SPLIT, LD>(sTK, c * 8, kk * 8, g, t));
+                        tc_mma<PREC>(ts[c], atq, bk);
+                        tc_mma<PREC>(ts[c], aq, lds_bt<PREC, LD>(sTK, c * 8, kk * 8, g, t));
                     }
                 }
             }
@@ -1297,17 +1386,17 @@ enum KernelSource {
                 }
             // acc += P V; tacc += (P o tS) V + P tV (k runs over this block's keys).
     #pragma unroll
-            for (int c = 0; c < NC; ++c) {
-                const FragA<SPLIT> ap = acc_a<SPLIT>(s[c]);
-                FragA<SPLIT> apt;
-                if (TAN) apt = acc_a<SPLIT>(ts[c]);
+            for (int c = 0; c < NC; c += KS) {
+                const FragA<PREC> ap = acc_a<PREC>(s[c], s[c + KS - 1]);
+                FragA<PREC> apt;
+                if (TAN) apt = acc_a<PREC>(ts[c], ts[c + KS - 1]);
     #pragma unroll
                 for (int i = 0; i < KD; ++i) {
-                    const FragB<SPLIT> bv = lds_bn<SPLIT, LD>(sV, c * 8, i * 8, g, t);
-                    tc_mma<SPLIT>(acc[i], ap, bv);
+                    const FragB<PREC> bv = lds_bn<PREC, LD>(sV, c * 8, i * 8, g, t);
+                    tc_mma<PREC>(acc[i], ap, bv);
                     if (TAN) {
-                        tc_mma<SPLIT>(tacc[i], apt, bv);
-                        tc_mma<SPLIT>(tacc[i], ap, lds_bn<SPLIT, LD>(sTV, c * 8, i * 8, g, t));
+                        tc_mma<PREC>(tacc[i], apt, bv);
+                        tc_mma<PREC>(tacc[i], ap, lds_bn<PREC, LD>(sTV, c * 8, i * 8, g, t));
                     }
                 }
             }
@@ -1365,32 +1454,35 @@ enum KernelSource {
     /// dtq = scale sum_j dtS k, one pass over key blocks of BC, P recomputed from the saved lse. Per pair:
     /// ts = scale (tq.k + q.tk), G = go.v + gto.tv, R = gto.v, dp = G + R (ts - mu) - ts rho,
     /// dS = P (dp - dotPdP), dtS = P (R - rho) (AttentionKernels.swift's formulas).
-    template<int D, int WARPS, int BC, bool TAN, bool SPLIT>
+    template<int D, int WARPS, int BC, bool TAN, int PREC>
     __device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, const float* __restrict__ k,
             const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
             const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
             const float* __restrict__ stats, float* __restrict__ dq, float* __restrict__ dtq, int n, int heads, float scale) {
-        constexpr int LD = D + 4, BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
+        typedef typename FlashPrec<PREC>::E E;
+        // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
+        constexpr int LD = FlashPrec<PREC>::template ld<D>(), KS = FlashPrec<PREC>::KS, KDP = FlashPrec<PREC>::template cols<D>() / 8;
+        constexpr int BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
         constexpr int NS = TAN ? 4 : 2;
-        constexpr int SMEM = (BR + BC) * NS * LD * 4;
+        constexpr int SMEM = (BR + BC) * NS * LD * (int)sizeof(E);
         flash_check_launch<THREADS, SMEM>();
         extern __shared__ float4 flash_smem[];
-        float* sQ = reinterpret_cast<float*>(flash_smem);
-        float* sGO = sQ + BR * LD;
-        float* sTQ = sGO + BR * LD;
-        float* sGTO = sTQ + BR * LD;
-        float* sK = sQ + NS * BR * LD;
-        float* sV = sK + BC * LD;
-        float* sTK = sV + BC * LD;
-        float* sTV = sTK + BC * LD;
+        E* sQ = reinterpret_cast<E*>(flash_smem);
+        E* sGO = sQ + BR * LD;
+        E* sTQ = sGO + BR * LD;
+        E* sGTO = sTQ + BR * LD;
+        E* sK = sQ + NS * BR * LD;
+        E* sV = sK + BC * LD;
+        E* sTK = sV + BC * LD;
+        E* sTV = sTK + BC * LD;
         const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
         const int q0 = blockIdx.x * BR;
         const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D, rowBase = (i64)blockIdx.y * n;
-        flash_load<D, BR, THREADS>(sQ, q + hb, ld, q0, n);
-        flash_load<D, BR, THREADS>(sGO, go + hb, ld, q0, n);
+        flash_load<D, BR, THREADS, PREC>(sQ, q + hb, ld, q0, n);
+        flash_load<D, BR, THREADS, PREC>(sGO, go + hb, ld, q0, n);
         if (TAN) {
-            flash_load<D, BR, THREADS>(sTQ, tq + hb, ld, q0, n);
-            flash_load<D, BR, THREADS>(sGTO, gto + hb, ld, q0, n);
+            flash_load<D, BR, THREADS, PREC>(sTQ, tq + hb, ld, q0, n);
+            flash_load<D, BR, THREADS, PREC>(sGTO, gto + hb, ld, q0, n);
         }
         float L[2], MU[2], RHO[2], DPP[2];
     #pragma unroll
@@ -1407,11 +1499,11 @@ enum KernelSource {
             for (int e = 0; e < 4; ++e) { dqa[i][e] = 0.f; dtqa[i][e] = 0.f; }
         for (int j0 = 0; j0 < n; j0 += BC) {
             __syncthreads();
-            flash_load<D, BC, THREADS>(sK, k + hb, ld, j0, n);
-            flash_load<D, BC, THREADS>(sV, v + hb, ld, j0, n);
+            flash_load<D, BC, THREADS, PREC>(sK, k + hb, ld, j0, n);
+            flash_load<D, BC, THREADS, PREC>(sV, v + hb, ld, j0, n);
             if (TAN) {
-                flash_load<D, BC, THREADS>(sTK, tk + hb, ld, j0, n);
-                flash_load<D, BC, THREADS>(sTV, tv + hb, ld, j0, n);
+                flash_load<D, BC, THREADS, PREC>(sTK, tk + hb, ld, j0, n);
+                flash_load<D, BC, THREADS, PREC>(sTV, tv + hb, ld, j0, n);
             }
             __syncthreads();
             float s[NC][4], ts[NC][4], gg[NC][4], rr[NC][4];
@@ -1420,32 +1512,32 @@ enum KernelSource {
     #pragma unroll
                 for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; gg[c][e] = 0.f; rr[c][e] = 0.f; }
     #pragma unroll
-            for (int kk = 0; kk < KD; ++kk) {
-                const FragA<SPLIT> aq = lds_a<SPLIT, LD>(sQ, r0, kk * 8, g, t);
-                FragA<SPLIT> atq;
-                if (TAN) atq = lds_a<SPLIT, LD>(sTQ, r0, kk * 8, g, t);
+            for (int kk = 0; kk < KDP; kk += KS) {
+                const FragA<PREC> aq = lds_a<PREC, LD>(sQ, r0, kk * 8, g, t);
+                FragA<PREC> atq;
+                if (TAN) atq = lds_a<PREC, LD>(sTQ, r0, kk * 8, g, t);
     #pragma unroll
                 for (int c = 0; c < NC; ++c) {
-                    const FragB<SPLIT> bk = lds_bt<SPLIT, LD>(sK, c * 8, kk * 8, g, t);
-                    tc_mma<SPLIT>(s[c], aq, bk);
+                    const FragB<PREC> bk = lds_bt<PREC, LD>(sK, c * 8, kk * 8, g, t);
+                    tc_mma<PREC>(s[c], aq, bk);
                     if (TAN) {
-                        tc_mma<SPLIT>(ts[c], atq, bk);
-                        tc_mma<SPLIT>(ts[c], aq, lds_bt<SPLIT, LD>(sTK, c * 8, kk * 8, g, t));
+                        tc_mma<PREC>(ts[c], atq, bk);
+                        tc_mma<PREC>(ts[c], aq, lds_bt<PREC, LD>(sTK, c * 8, kk * 8, g, t));
                     }
                 }
             }
     #pragma unroll
-            for (int kk = 0; kk < KD; ++kk) {
-                const FragA<SPLIT> ago = lds_a<SPLIT, LD>(sGO, r0, kk * 8, g, t);
-                FragA<SPLIT> agto;
-                if (TAN) agto = lds_a<SPLIT, LD>(sGTO, r0, kk * 8, g, t);
+            for (int kk = 0; kk < KDP; kk += KS) {
+                const FragA<PREC> ago = lds_a<PREC, LD>(sGO, r0, kk * 8, g, t);
+                FragA<PREC> agto;
+                if (TAN) agto = lds_a<PREC, LD>(sGTO, r0, kk * 8, g, t);
     #pragma unroll
                 for (int c = 0; c < NC; ++c) {
-                    const FragB<SPLIT> bv = lds_bt<SPLIT, LD>(sV, c * 8, kk * 8, g, t);
-                    tc_mma<SPLIT>(gg[c], ago, bv);
+                    const FragB<PREC> bv = lds_bt<PREC, LD>(sV, c * 8, kk * 8, g, t);
+                    tc_mma<PREC>(gg[c], ago, bv);
                     if (TAN) {
-                        tc_mma<SPLIT>(rr[c], agto, bv);
-                        tc_mma<SPLIT>(gg[c], agto, lds_bt<SPLIT, LD>(sTV, c * 8, kk * 8, g, t));
+                        tc_mma<PREC>(rr[c], agto, bv);
+                        tc_mma<PREC>(gg[c], agto, lds_bt<PREC, LD>(sTV, c * 8, kk * 8, g, t));
                     }
                 }
             }
@@ -1467,17 +1559,17 @@ enum KernelSource {
                     }
                 }
     #pragma unroll
-            for (int c = 0; c < NC; ++c) {
-                const FragA<SPLIT> ads = acc_a<SPLIT>(s[c]);
-                FragA<SPLIT> adts;
-                if (TAN) adts = acc_a<SPLIT>(ts[c]);
+            for (int c = 0; c < NC; c += KS) {
+                const FragA<PREC> ads = acc_a<PREC>(s[c], s[c + KS - 1]);
+                FragA<PREC> adts;
+                if (TAN) adts = acc_a<PREC>(ts[c], ts[c + KS - 1]);
     #pragma unroll
                 for (int i = 0; i < KD; ++i) {
-                    const FragB<SPLIT> bk = lds_bn<SPLIT, LD>(sK, c * 8, i * 8, g, t);
-                    tc_mma<SPLIT>(dqa[i], ads, bk);
+                    const FragB<PREC> bk = lds_bn<PREC, LD>(sK, c * 8, i * 8, g, t);
+                    tc_mma<PREC>(dqa[i], ads, bk);
                     if (TAN) {
-                        tc_mma<SPLIT>(dtqa[i], adts, bk);
-                        tc_mma<SPLIT>(dqa[i], adts, lds_bn<SPLIT, LD>(sTK, c * 8, i * 8, g, t));
+                        tc_mma<PREC>(dtqa[i], adts, bk);
+                        tc_mma<PREC>(dqa[i], adts, lds_bn<PREC, LD>(sTK, c * 8, i * 8, g, t));
                     }
                 }
             }
@@ -1500,34 +1592,37 @@ enum KernelSource {
     /// Backward, key side (grid: key blocks of 16 * WARPS rows, heads): one pass over query blocks of BQ,
     /// the score tiles transposed (keys as rows): dk = scale sum_i (dS q + dtS tq), dtk = scale sum_i dtS q,
     /// dv = sum_i (P go + P (ts - mu) gto), dtv = sum_i P gto.
-    template<int D, int WARPS, int BQ, bool TAN, bool SPLIT>
+    template<int D, int WARPS, int BQ, bool TAN, int PREC>
     __device__ __forceinline__ void flash_bwd_dkv_impl(const float* __restrict__ q, const float* __restrict__ k,
             const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
             const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
             const float* __restrict__ stats, float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dtk,
             float* __restrict__ dtv, int n, int heads, float scale) {
-        constexpr int LD = D + 4, BK = 16 * WARPS, KD = D / 8, NQ = BQ / 8, THREADS = 32 * WARPS;
+        typedef typename FlashPrec<PREC>::E E;
+        // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
+        constexpr int LD = FlashPrec<PREC>::template ld<D>(), KS = FlashPrec<PREC>::KS, KDP = FlashPrec<PREC>::template cols<D>() / 8;
+        constexpr int BK = 16 * WARPS, KD = D / 8, NQ = BQ / 8, THREADS = 32 * WARPS;
         constexpr int NS = TAN ? 4 : 2;
-        constexpr int SMEM = (BK + BQ) * NS * LD * 4 + BQ * 16;
+        constexpr int SMEM = (BK + BQ) * NS * LD * (int)sizeof(E) + BQ * 16;
         flash_check_launch<THREADS, SMEM>();
         extern __shared__ float4 flash_smem[];
-        float* sK = reinterpret_cast<float*>(flash_smem);
-        float* sV = sK + BK * LD;
-        float* sTK = sV + BK * LD;
-        float* sTV = sTK + BK * LD;
-        float* sQ = sK + NS * BK * LD;
-        float* sGO = sQ + BQ * LD;
-        float* sTQ = sGO + BQ * LD;
-        float* sGTO = sTQ + BQ * LD;
+        E* sK = reinterpret_cast<E*>(flash_smem);
+        E* sV = sK + BK * LD;
+        E* sTK = sV + BK * LD;
+        E* sTV = sTK + BK * LD;
+        E* sQ = sK + NS * BK * LD;
+        E* sGO = sQ + BQ * LD;
+        E* sTQ = sGO + BQ * LD;
+        E* sGTO = sTQ + BQ * LD;
         float4* sSt = reinterpret_cast<float4*>(sQ + NS * BQ * LD);
         const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
         const int k0 = blockIdx.x * BK;
         const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D, rowBase = (i64)blockIdx.y * n;
-        flash_load<D, BK, THREADS>(sK, k + hb, ld, k0, n);
-        flash_load<D, BK, THREADS>(sV, v + hb, ld, k0, n);
+        flash_load<D, BK, THREADS, PREC>(sK, k + hb, ld, k0, n);
+        flash_load<D, BK, THREADS, PREC>(sV, v + hb, ld, k0, n);
         if (TAN) {
-            flash_load<D, BK, THREADS>(sTK, tk + hb, ld, k0, n);
-            flash_load<D, BK, THREADS>(sTV, tv + hb, ld, k0, n);
+            flash_load<D, BK, THREADS, PREC>(sTK, tk + hb, ld, k0, n);
+            flash_load<D, BK, THREADS, PREC>(sTV, tv + hb, ld, k0, n);
         }
         float dka[KD][4], dva[KD][4], dtka[KD][4], dtva[KD][4];
     #pragma unroll
@@ -1536,11 +1631,11 @@ enum KernelSource {
             for (int e = 0; e < 4; ++e) { dka[i][e] = 0.f; dva[i][e] = 0.f; dtka[i][e] = 0.f; dtva[i][e] = 0.f; }
         for (int i0 = 0; i0 < n; i0 += BQ) {
             __syncthreads();
-            flash_load<D, BQ, THREADS>(sQ, q + hb, ld, i0, n);
-            flash_load<D, BQ, THREADS>(sGO, go + hb, ld, i0, n);
+            flash_load<D, BQ, THREADS, PREC>(sQ, q + hb, ld, i0, n);
+            flash_load<D, BQ, THREADS, PREC>(sGO, go + hb, ld, i0, n);
             if (TAN) {
-                flash_load<D, BQ, THREADS>(sTQ, tq + hb, ld, i0, n);
-                flash_load<D, BQ, THREADS>(sGTO, gto + hb, ld, i0, n);
+                flash_load<D, BQ, THREADS, PREC>(sTQ, tq + hb, ld, i0, n);
+                flash_load<D, BQ, THREADS, PREC>(sGTO, gto + hb, ld, i0, n);
             }
             for (int i = threadIdx.x; i < BQ; i += THREADS)
                 sSt[i] = i0 + i < n ? *reinterpret_cast<const float4*>(stats + (rowBase + i0 + i) * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
@@ -1552,33 +1647,33 @@ enum KernelSource {
     #pragma unroll
                 for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; gg[c][e] = 0.f; rr[c][e] = 0.f; }
     #pragma unroll 1
-            for (int kk = 0; kk < KD; ++kk) {
-                const FragA<SPLIT> ak = lds_a<SPLIT, LD>(sK, r0, kk * 8, g, t);
-                FragA<SPLIT> atk;
-                if (TAN) atk = lds_a<SPLIT, LD>(sTK, r0, kk * 8, g, t);
+            for (int kk = 0; kk < KDP; kk += KS) {
+                const FragA<PREC> ak = lds_a<PREC, LD>(sK, r0, kk * 8, g, t);
+                FragA<PREC> atk;
+                if (TAN) atk = lds_a<PREC, LD>(sTK, r0, kk * 8, g, t);
     #pragma unroll
                 for (int c = 0; c < NQ; ++c) {
-                    const FragB<SPLIT> bq = lds_bt<SPLIT, LD>(sQ, c * 8, kk * 8, g, t);
-                    tc_mma<SPLIT>(s[c], ak, bq);
+                    const FragB<PREC> bq = lds_bt<PREC, LD>(sQ, c * 8, kk * 8, g, t);
+                    tc_mma<PREC>(s[c], ak, bq);
                     if (TAN) {
-                        tc_mma<SPLIT>(ts[c], atk, bq);
-                        tc_mma<SPLIT>(ts[c], ak, lds_bt<SPLIT, LD>(sTQ, c * 8, kk * 8, g, t));
+                        tc_mma<PREC>(ts[c], atk, bq);
+                        tc_mma<PREC>(ts[c], ak, lds_bt<PREC, LD>(sTQ, c * 8, kk * 8, g, t));
                     }
                 }
             }
     #pragma unroll 1
-            for (int kk = 0; kk < KD; ++kk) {
-                const FragA<SPLIT> av = lds_a<SPLIT, LD>(sV, r0, kk * 8, g, t);
-                FragA<SPLIT> atv;
-                if (TAN) atv = lds_a<SPLIT, LD>(sTV, r0, kk * 8, g, t);
+            for (int kk = 0; kk < KDP; kk += KS) {
+                const FragA<PREC> av = lds_a<PREC, LD>(sV, r0, kk * 8, g, t);
+                FragA<PREC> atv;
+                if (TAN) atv = lds_a<PREC, LD>(sTV, r0, kk * 8, g, t);
     #pragma unroll
                 for (int c = 0; c < NQ; ++c) {
-                    const FragB<SPLIT> bgo = lds_bt<SPLIT, LD>(sGO, c * 8, kk * 8, g, t);
-                    tc_mma<SPLIT>(gg[c], av, bgo);
+                    const FragB<PREC> bgo = lds_bt<PREC, LD>(sGO, c * 8, kk * 8, g, t);
+                    tc_mma<PREC>(gg[c], av, bgo);
                     if (TAN) {
-                        const FragB<SPLIT> bgto = lds_bt<SPLIT, LD>(sGTO, c * 8, kk * 8, g, t);
-                        tc_mma<SPLIT>(rr[c], av, bgto);
-                        tc_mma<SPLIT>(gg[c], atv, bgto);
+                        const FragB<PREC> bgto = lds_bt<PREC, LD>(sGTO, c * 8, kk * 8, g, t);
+                        tc_mma<PREC>(rr[c], av, bgto);
+                        tc_mma<PREC>(gg[c], atv, bgto);
                     }
                 }
             }
@@ -1603,32 +1698,32 @@ enum KernelSource {
                 }
             // dv, dtv (A: P and P (ts - mu)), then dk, dtk (A: dS and dtS): two passes hold half the fragments.
     #pragma unroll
-            for (int c = 0; c < NQ; ++c) {
-                const FragA<SPLIT> ap = acc_a<SPLIT>(s[c]);
-                FragA<SPLIT> apt;
-                if (TAN) apt = acc_a<SPLIT>(ts[c]);
+            for (int c = 0; c < NQ; c += KS) {
+                const FragA<PREC> ap = acc_a<PREC>(s[c], s[c + KS - 1]);
+                FragA<PREC> apt;
+                if (TAN) apt = acc_a<PREC>(ts[c], ts[c + KS - 1]);
     #pragma unroll
                 for (int i = 0; i < KD; ++i) {
-                    tc_mma<SPLIT>(dva[i], ap, lds_bn<SPLIT, LD>(sGO, c * 8, i * 8, g, t));
+                    tc_mma<PREC>(dva[i], ap, lds_bn<PREC, LD>(sGO, c * 8, i * 8, g, t));
                     if (TAN) {
-                        const FragB<SPLIT> bgto = lds_bn<SPLIT, LD>(sGTO, c * 8, i * 8, g, t);
-                        tc_mma<SPLIT>(dva[i], apt, bgto);
-                        tc_mma<SPLIT>(dtva[i], ap, bgto);
+                        const FragB<PREC> bgto = lds_bn<PREC, LD>(sGTO, c * 8, i * 8, g, t);
+                        tc_mma<PREC>(dva[i], apt, bgto);
+                        tc_mma<PREC>(dtva[i], ap, bgto);
                     }
                 }
             }
     #pragma unroll
-            for (int c = 0; c < NQ; ++c) {
-                const FragA<SPLIT> ads = acc_a<SPLIT>(gg[c]);
-                FragA<SPLIT> adts;
-                if (TAN) adts = acc_a<SPLIT>(rr[c]);
+            for (int c = 0; c < NQ; c += KS) {
+                const FragA<PREC> ads = acc_a<PREC>(gg[c], gg[c + KS - 1]);
+                FragA<PREC> adts;
+                if (TAN) adts = acc_a<PREC>(rr[c], rr[c + KS - 1]);
     #pragma unroll
                 for (int i = 0; i < KD; ++i) {
-                    const FragB<SPLIT> bq = lds_bn<SPLIT, LD>(sQ, c * 8, i * 8, g, t);
-                    tc_mma<SPLIT>(dka[i], ads, bq);
+                    const FragB<PREC> bq = lds_bn<PREC, LD>(sQ, c * 8, i * 8, g, t);
+                    tc_mma<PREC>(dka[i], ads, bq);
                     if (TAN) {
-                        tc_mma<SPLIT>(dka[i], adts, lds_bn<SPLIT, LD>(sTQ, c * 8, i * 8, g, t));
-                        tc_mma<SPLIT>(dtka[i], adts, bq);
+                        tc_mma<PREC>(dka[i], adts, lds_bn<PREC, LD>(sTQ, c * 8, i * 8, g, t));
+                        tc_mma<PREC>(dtka[i], adts, bq);
                     }
                 }
             }
@@ -1657,6 +1752,17 @@ enum KernelSource {
 
     enum FlashKind: CaseIterable { case forward, dq, dkv }
 
+    /// Operand precision of the flash kernels (the kernels' PREC): 3xTF32 (about float32, the default), TF32
+    /// (`allowTF32`), bfloat16 (`bf16Products`).
+    enum FlashPrecision: Int, CaseIterable {
+        case x3 = 0, tf32 = 1, bf16 = 2
+        var tag: String { ["x3", "tf32", "bf16"][rawValue] }
+        /// Bytes of one shared-memory tile element.
+        var elementBytes: Int { self == .bf16 ? 2 : 4 }
+        /// A tile row's pitch in elements (the kernels' FlashPrec::ld).
+        func pitch(_ dim: Int) -> Int { self == .bf16 ? (dim + 15) / 16 * 16 + 8 : dim + 4 }
+    }
+
     /// Launch shape of a flash kernel: warps per block (16 rows each), the inner block (keys per step for the
     /// forward and dq kernels, queries per step for dkv) and the blocks per multiprocessor asked of the compiler
     /// (`__launch_bounds__`, 0: none). These kernels load a tile, wait, then compute, so they rely on several
@@ -1665,71 +1771,74 @@ enum KernelSource {
     /// 3xTF32 kernels that need more than 168 registers and whose shared memory allows 3 blocks get a register
     /// cap for 3 (a few spilled values: tangent forward 1.05 against 1.15 ms, D = 72 plain backward 2.31 against
     /// 2.51 ms); `flashRegisterCaps = false` takes builds without it. The kernels check blockDim and shared memory.
-    static func flashShape(_ kind: FlashKind, tangent: Bool, dim: Int, split: Bool) -> (warps: Int, inner: Int, minBlocks: Int) {
+    static func flashShape(_ kind: FlashKind, tangent: Bool, dim: Int, precision: FlashPrecision) -> (warps: Int, inner: Int, minBlocks: Int) {
+        let x3 = precision == .x3
         switch (kind, tangent) {
         case (.forward, false): return (4, 64, 0)
-        case (.forward, true): return (4, 32, split && dim == 64 ? 3 : 0)
+        case (.forward, true): return (4, 32, x3 && dim == 64 ? 3 : 0)
         case (.dq, false): return (4, 64, 0)
         case (.dq, true): return (8, 32, 0)
-        case (.dkv, false): return (4, 32, split && dim == 72 ? 3 : 0)
+        case (.dkv, false): return (4, 32, x3 && dim == 72 ? 3 : 0)
         case (.dkv, true): return (4, 16, 0)
         }
     }
 
     /// Dynamic shared memory of a flash kernel, in bytes (the kernels' own SMEM formulas).
-    static func flashSharedBytes(_ kind: FlashKind, tangent: Bool, dim: Int, split: Bool) -> Int {
-        let (w, inner, _) = flashShape(kind, tangent: tangent, dim: dim, split: split), rows = 16 * w, ld = dim + 4
+    static func flashSharedBytes(_ kind: FlashKind, tangent: Bool, dim: Int, precision: FlashPrecision) -> Int {
+        let (w, inner, _) = flashShape(kind, tangent: tangent, dim: dim, precision: precision), rows = 16 * w
+        let row = precision.pitch(dim) * precision.elementBytes
         switch kind {
-        case .forward: return (rows * (tangent ? 2 : 1) + inner * (tangent ? 4 : 2)) * ld * 4
-        case .dq: return (rows + inner) * (tangent ? 4 : 2) * ld * 4
-        case .dkv: return (rows + inner) * (tangent ? 4 : 2) * ld * 4 + inner * 16
+        case .forward: return (rows * (tangent ? 2 : 1) + inner * (tangent ? 4 : 2)) * row
+        case .dq: return (rows + inner) * (tangent ? 4 : 2) * row
+        case .dkv: return (rows + inner) * (tangent ? 4 : 2) * row + inner * 16
+        }
+    }
+
+    /// Every flash kernel's configuration: kind, tangent, head dim, precision.
+    static var flashConfigurations: [(kind: FlashKind, tangent: Bool, dim: Int, precision: FlashPrecision)] {
+        flashDims.flatMap { dim in
+            [false, true].flatMap { tangent in
+                FlashPrecision.allCases.flatMap { precision in
+                    FlashKind.allCases.map { (kind: $0, tangent: tangent, dim: dim, precision: precision) }
+                }
+            }
         }
     }
 
     /// The most shared memory any flash kernel needs.
     static var flashMaxSharedBytes: Int {
-        FlashKind.allCases.flatMap { kind in
-            [false, true].flatMap { t in
-                flashDims.flatMap { d in [false, true].map { flashSharedBytes(kind, tangent: t, dim: d, split: $0) } }
-            }
-        }.max()!
+        flashConfigurations.map { flashSharedBytes($0.kind, tangent: $0.tangent, dim: $0.dim, precision: $0.precision) }.max()!
     }
 
     /// `uncapped`: the build without the register cap of `flashShape`'s minBlocks (only where it has one).
-    static func flashName(_ kind: FlashKind, tangent: Bool, dim: Int, split: Bool, uncapped: Bool = false) -> String {
+    static func flashName(_ kind: FlashKind, tangent: Bool, dim: Int, precision: FlashPrecision, uncapped: Bool = false) -> String {
         let stem = kind == .forward ? "flash_fwd" : kind == .dq ? "flash_dq" : "flash_dkv"
-        return "\(stem)_\(tangent ? "t" : "p")\(dim)_\(split ? "x3" : "tf32")\(uncapped ? "_nocap" : "")"
+        return "\(stem)_\(tangent ? "t" : "p")\(dim)_\(precision.tag)\(uncapped ? "_nocap" : "")"
     }
 
     static func flashEntryPoints() -> String {
         var out = ""
         let ins = "const float* q, const float* k, const float* v, const float* tq, const float* tk, const float* tv"
         let args = "q, k, v, tq, tk, tv"
-        for dim in flashDims {
-            for tangent in [false, true] {
-                for split in [true, false] {
-                    for kind in FlashKind.allCases {
-                        let (w, inner, minBlocks) = flashShape(kind, tangent: tangent, dim: dim, split: split)
-                        let tmpl = "<\(dim), \(w), \(inner), \(tangent), \(split)>"
-                        let (signature, call): (String, String)
-                        switch kind {
-                        case .forward:
-                            signature = "\(ins), float* o, float* to, float* lse, const float* go, const float* gto, const float* lseIn, float* stats, int n, int heads, float scale"
-                            call = "flash_fwd_impl\(tmpl)(\(args), o, to, lse, go, gto, lseIn, stats, n, heads, scale)"
-                        case .dq:
-                            signature = "\(ins), const float* go, const float* gto, const float* stats, float* dq, float* dtq, int n, int heads, float scale"
-                            call = "flash_bwd_dq_impl\(tmpl)(\(args), go, gto, stats, dq, dtq, n, heads, scale)"
-                        case .dkv:
-                            signature = "\(ins), const float* go, const float* gto, const float* stats, float* dk, float* dv, float* dtk, float* dtv, int n, int heads, float scale"
-                            call = "flash_bwd_dkv_impl\(tmpl)(\(args), go, gto, stats, dk, dv, dtk, dtv, n, heads, scale)"
-                        }
-                        for uncapped in minBlocks > 0 ? [false, true] : [false] {
-                            let bounds = minBlocks > 0 && !uncapped ? "\(32 * w), \(minBlocks)" : "\(32 * w)"
-                            let name = flashName(kind, tangent: tangent, dim: dim, split: split, uncapped: uncapped)
-                            out += "extern \"C\" __global__ void __launch_bounds__(\(bounds)) \(name)(\(signature)) { \(call); }\n"
-                        }
-                    }
-                }
+        for (kind, tangent, dim, precision) in flashConfigurations {
+            let (w, inner, minBlocks) = flashShape(kind, tangent: tangent, dim: dim, precision: precision)
+            let tmpl = "<\(dim), \(w), \(inner), \(tangent), \(precision.rawValue)>"
+            let (signature, call): (String, String)
+            switch kind {
+            case .forward:
+                signature = "\(ins), float* o, float* to, float* lse, const float* go, const float* gto, const float* lseIn, float* stats, int n, int heads, float scale"
+                call = "flash_fwd_impl\(tmpl)(\(args), o, to, lse, go, gto, lseIn, stats, n, heads, scale)"
+            case .dq:
+                signature = "\(ins), const float* go, const float* gto, const float* stats, float* dq, float* dtq, int n, int heads, float scale"
+                call = "flash_bwd_dq_impl\(tmpl)(\(args), go, gto, stats, dq, dtq, n, heads, scale)"
+            case .dkv:
+                signature = "\(ins), const float* go, const float* gto, const float* stats, float* dk, float* dv, float* dtk, float* dtv, int n, int heads, float scale"
+                call = "flash_bwd_dkv_impl\(tmpl)(\(args), go, gto, stats, dk, dv, dtk, dtv, n, heads, scale)"
+            }
+            for uncapped in minBlocks > 0 ? [false, true] : [false] {
+                let bounds = minBlocks > 0 && !uncapped ? "\(32 * w), \(minBlocks)" : "\(32 * w)"
+                let name = flashName(kind, tangent: tangent, dim: dim, precision: precision, uncapped: uncapped)
+                out += "extern \"C\" __global__ void __launch_bounds__(\(bounds)) \(name)(\(signature)) { \(call); }\n"
             }
         }
         return out

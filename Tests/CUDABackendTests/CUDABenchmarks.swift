@@ -157,7 +157,7 @@ final class CUDABenchmarks: XCTestCase {
         guard ProcessInfo.processInfo.environment["TVM_CUDA_BENCH"] == "1" else { throw XCTSkip("set TVM_CUDA_BENCH=1") }
         let cuda = try cudaOrSkip()
         cuda.poisonAllocations = false
-        defer { cuda.allowTF32 = false; cuda.useFlashAttention = true; cuda.flashRegisterCaps = true }
+        defer { cuda.allowTF32 = false; cuda.bf16Products = false; cuda.useFlashAttention = true; cuda.flashRegisterCaps = true }
         func report(_ s: String) { print("BENCH \(s)") }
         func fmt(_ x: Double) -> String { String(format: "%.3f", x) }
         let start = Date()
@@ -179,9 +179,10 @@ final class CUDABenchmarks: XCTestCase {
             // Products of [s, d] x [d, s] size per head: forward 2, with tangent 6; backward 5 (S, dP, dV, dQ, dK),
             // with tangents 15 (and the recomputed pre-pass on top, not counted).
             let unit = 2.0 * Double(bh) * Double(s) * Double(s) * Double(d) / 1e9
-            for mode in ["warp kernels", "flash 3xTF32", "flash 3xTF32 uncapped", "flash TF32"] {
+            for mode in ["warp kernels", "flash 3xTF32", "flash 3xTF32 uncapped", "flash TF32", "flash BF16"] {
                 cuda.useFlashAttention = mode != "warp kernels"
                 cuda.allowTF32 = mode == "flash TF32"
+                cuda.bf16Products = mode == "flash BF16"
                 cuda.flashRegisterCaps = mode != "flash 3xTF32 uncapped"
                 let slow = mode == "warp kernels"
                 func median(_ body: () -> Void) -> Double {

@@ -5,16 +5,28 @@ import CUDABackend
 /// The fused flash-attention kernels (float32, head dims 64 and 72): against the CPU backend in float64 on the
 /// same float32 inputs (small shapes), and against the warp-per-row kernels in float64 on the GPU (large shapes,
 /// up to B*H = 768 and S = 1024), in the token-major layout with one head per token (head-major tensors) and
-/// with several (a head's rows H * D apart, as DiT's projections give them). Both precisions: 3xTF32 (the default, tolerance 1e-5) and TF32 (`allowTF32`,
-/// tolerance 1.5e-3). Every output starts as NaN (poisoned allocations), so an unwritten element fails.
+/// with several (a head's rows H * D apart, as DiT's projections give them). All three operand precisions: 3xTF32
+/// (the default, tolerance 1e-5), TF32 (`allowTF32`, tolerance 1.5e-3) and bfloat16 (`bf16Products`, tolerance 1e-2;
+/// the inputs rounded to bfloat16 first, so the error measured is that of the rounded softmax weights and of the
+/// products). Every output starts as NaN (poisoned allocations), so an unwritten element fails.
 final class CUDAFlashAttentionTests: XCTestCase {
-    static let tf32Tolerance = 1.5e-3
+    enum Mode: CaseIterable {
+        case x3, tf32, bf16
+        var label: String { ["3xTF32", "TF32", "BF16"][Mode.allCases.firstIndex(of: self)!] }
+        var tolerance: Double { self == .x3 ? CUDABackendTests.tolerance(.float32) : self == .tf32 ? 1.5e-3 : 1e-2 }
+        func apply(_ cuda: CUDABackend) {
+            cuda.allowTF32 = self == .tf32
+            cuda.bf16Products = self == .bf16
+        }
+        /// The inputs as this mode's kernels see them.
+        func inputs(_ x: [[Double]]) -> [[Double]] { self == .bf16 ? x.map(roundedToBF16) : x }
+    }
 
     func flashOrSkip() throws -> CUDABackend {
         let cuda = try cudaOrSkip()
         guard cuda.supportsFlashAttention else { throw XCTSkip("no flash attention on \(cuda.deviceName)") }
         cuda.useFlashAttention = true
-        addTeardownBlock { cuda.allowTF32 = false; cuda.useFlashAttention = true; cuda.flashRegisterCaps = true }
+        addTeardownBlock { Mode.x3.apply(cuda); cuda.useFlashAttention = true; cuda.flashRegisterCaps = true }
         return cuda
     }
 
@@ -26,16 +38,16 @@ final class CUDAFlashAttentionTests: XCTestCase {
     func testForwardAndTangentAgainstCPU() throws {
         let cuda = try flashOrSkip()
         var r = TestRandom()
-        for tf32 in [false, true] {
-            cuda.allowTF32 = tf32
-            let tol = tf32 ? Self.tf32Tolerance : tolerance(.float32)
+        for mode in Mode.allCases {
+            mode.apply(cuda)
+            let tol = mode.tolerance
             for (batch, n, heads, d) in small {
                 let g = AttentionGeometry(batch: batch, seq: n, heads: heads, dim: d, scale: 1 / Double(d).squareRoot())
                 var g03 = g
                 g03.scale = 0.3
                 let (c, rows) = (g.count, g.rows)
-                let x = (0..<6).map { _ in r.normals(c) }
-                let label = "flash \(tf32 ? "TF32" : "3xTF32") [\(batch), \(n), \(heads), \(d)] seed=\(r.seed)"
+                let x = mode.inputs((0..<6).map { _ in r.normals(c) })
+                let label = "flash \(mode.label) [\(batch), \(n), \(heads), \(d)] seed=\(r.seed)"
                 let before = cuda.flashAttentionCalls
                 compareWithCPU("\(label) with tangent", cuda, dtype: .float32, tolerance: tol, reference64: true, inputs: x,
                                outputs: [(c, nil), (c, nil), (rows, nil)]) { b, i, o in
@@ -58,17 +70,17 @@ final class CUDAFlashAttentionTests: XCTestCase {
     func testBackwardAgainstCPU() throws {
         let cuda = try flashOrSkip()
         var r = TestRandom()
-        for tf32 in [false, true] {
-            cuda.allowTF32 = tf32
-            let tol = tf32 ? Self.tf32Tolerance : tolerance(.float32)
-            for (batch, n, heads, d) in small where n <= 257 || !tf32 {
+        for mode in Mode.allCases {
+            mode.apply(cuda)
+            let tol = mode.tolerance
+            for (batch, n, heads, d) in small where n <= 257 || mode == .x3 {
                 let g = AttentionGeometry(batch: batch, seq: n, heads: heads, dim: d, scale: 1 / Double(d).squareRoot())
                 let c = g.count
-                let x = (0..<8).map { _ in r.normals(c) }  // q, k, v, tq, tk, tv, go, gto
+                let x = mode.inputs((0..<8).map { _ in r.normals(c) })  // q, k, v, tq, tk, tv, go, gto
                 for mask in 0..<8 {
                     let (tangents, hasGO, hasGTO) = (mask & 1 != 0, mask & 2 != 0, mask & 4 != 0)
                     let six = tangents || hasGTO
-                    let label = "flash backward \(tf32 ? "TF32" : "3xTF32") [\(batch), \(n), \(heads), \(d)] tangents \(tangents) go \(hasGO) "
+                    let label = "flash backward \(mode.label) [\(batch), \(n), \(heads), \(d)] tangents \(tangents) go \(hasGO) "
                         + "gto \(hasGTO) seed=\(r.seed)"
                     let before = cuda.flashAttentionCalls
                     compareWithCPU(label, cuda, dtype: .float32, tolerance: tol, reference64: true, inputs: x,
@@ -92,6 +104,8 @@ final class CUDAFlashAttentionTests: XCTestCase {
     func testLargeAgainstWarpKernelsInFloat64() throws {
         let cuda = try flashOrSkip()
         var r = TestRandom()
+        var largest: [String: Double] = [:]
+        defer { print("FLASHERR largest relative error per precision: " + largest.sorted { $0.key < $1.key }.map { "\($0.key) \(String(format: "%.2e", $0.value))" }.joined(separator: ", ")) }
         for (batch, n, heads, d) in [(64, 256, 12, 64), (32, 256, 18, 72), (4, 1024, 1, 64), (3, 1024, 1, 72), (5, 257, 1, 72)] {
             let g = AttentionGeometry(batch: batch, seq: n, heads: heads, dim: d, scale: 1 / Double(d).squareRoot())
             let (c, rows) = (g.count, g.rows)
@@ -117,25 +131,30 @@ final class CUDAFlashAttentionTests: XCTestCase {
                 return [o, to, lse, po, plse] + grads
             }
             let reference = run(x64, .float64).map { cuda.download($0) }
+            // BF16 against float64 on the bfloat16-rounded inputs.
+            let xBF16 = x32.map { roundedToBF16(cuda.download($0)) }
+            let referenceBF16 = run(xBF16.map { cuda.upload($0, dtype: .float64) }, .float64).map { cuda.download($0) }
             let names = ["o", "to", "lse", "plain o", "plain lse", "dq", "dk", "dv", "dtq", "dtk", "dtv",
                          "plain dq", "plain dk", "plain dv"]
-            // 3xTF32 with and without the register caps (different builds of some kernels), TF32.
-            for (tf32, caps) in [(false, true), (false, false), (true, true)] {
-                cuda.allowTF32 = tf32
+            // 3xTF32 with and without the register caps (different builds of some kernels), TF32, BF16.
+            for (mode, caps) in [(Mode.x3, true), (.x3, false), (.tf32, true), (.bf16, true)] {
+                mode.apply(cuda)
                 cuda.flashRegisterCaps = caps
                 let before = cuda.flashAttentionCalls
-                let got = run(x32, .float32).map { cuda.download($0) }
+                let inputs = mode == .bf16 ? xBF16.map { cuda.upload($0, dtype: .float32) } : x32
+                let got = run(inputs, .float32).map { cuda.download($0) }
                 XCTAssertEqual(cuda.flashAttentionCalls, before + 4)
-                let tol = tf32 ? Self.tf32Tolerance : tolerance(.float32)
+                let tol = mode.tolerance
                 for (i, name) in names.enumerated() {
-                    let err = relativeError(got[i], reference[i])
-                    let label = "flash \(tf32 ? "TF32" : "3xTF32")\(caps ? "" : " uncapped") [\(batch), \(n), \(heads), \(d)] \(name) "
+                    let err = relativeError(got[i], mode == .bf16 ? referenceBF16[i] : reference[i])
+                    let label = "flash \(mode.label)\(caps ? "" : " uncapped") [\(batch), \(n), \(heads), \(d)] \(name) "
                         + "vs float64 warp kernels seed=\(r.seed)"
                     ErrorRecord.record(.float32, err, tol, label)
+                    largest[mode.label] = Swift.max(largest[mode.label] ?? 0, err)
                     XCTAssertLessThanOrEqual(err, tol, label)
                 }
             }
-            cuda.allowTF32 = false
+            Mode.x3.apply(cuda)
             cuda.flashRegisterCaps = true
         }
     }
