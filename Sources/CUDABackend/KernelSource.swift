@@ -251,27 +251,31 @@ enum KernelSource {
     }
 
     /// Rows of a collapsed iteration [rows, inner] whose inner axis is contiguous (stride 1) or broadcast (0) in
-    /// every view: a warp per row (block 32 x 8), the row's offsets computed once, lanes along the row.
+    /// every view: a warp per row (block 32 x 8), the row's offsets computed once, lanes along the row. Long rows
+    /// are cut into chunks of `chunk` columns along grid.y, so that a few rows still fill the GPU.
     template<typename T, typename F>
-    __device__ __forceinline__ void binary_rows_impl(View2 v, const T* a, const T* b, T* y, i64 rows, i64 inner, int ia, int ib) {
+    __device__ __forceinline__ void binary_rows_impl(View2 v, const T* a, const T* b, T* y, i64 rows, i64 inner, i64 chunk,
+                                                     int ia, int ib) {
+        const i64 c0 = (i64)blockIdx.y * chunk, c1 = min(inner, c0 + chunk);
         for (i64 r = (i64)blockIdx.x * blockDim.y + threadIdx.y; r < rows; r += (i64)gridDim.x * blockDim.y) {
             i64 oa, ob;
             view_offsets<i64>(v, r, oa, ob);
             const T* pa = a + oa;
             const T* pb = b + ob;
             T* py = y + r * inner;
-            for (i64 c = threadIdx.x; c < inner; c += 32) py[c] = F::template f<T>(pa[c * ia], pb[c * ib]);
+            for (i64 c = c0 + threadIdx.x; c < c1; c += 32) py[c] = F::template f<T>(pa[c * ia], pb[c * ib]);
         }
     }
 
     template<typename T>
-    __device__ __forceinline__ void copy_rows_impl(View2 v, const T* x, T* y, i64 rows, i64 inner, int ix) {
+    __device__ __forceinline__ void copy_rows_impl(View2 v, const T* x, T* y, i64 rows, i64 inner, i64 chunk, int ix) {
+        const i64 c0 = (i64)blockIdx.y * chunk, c1 = min(inner, c0 + chunk);
         for (i64 r = (i64)blockIdx.x * blockDim.y + threadIdx.y; r < rows; r += (i64)gridDim.x * blockDim.y) {
             i64 ox, oy;
             view_offsets<i64>(v, r, ox, oy);
             const T* px = x + ox;
             T* py = y + oy;
-            for (i64 c = threadIdx.x; c < inner; c += 32) py[c] = px[c * ix];
+            for (i64 c = c0 + threadIdx.x; c < c1; c += 32) py[c] = px[c * ix];
         }
     }
 
@@ -788,8 +792,8 @@ enum KernelSource {
                 out += "extern \"C\" __global__ void __launch_bounds__(256) binary_\(op)_d\(mode)_\(s)(const \(T)* a, const \(T)* b, \(T)* y, i64 n) "
                     + "{ binary_dense_impl<\(T), BF_\(op), \(mode)>(a, b, y, n); }\n"
             }
-            out += "extern \"C\" __global__ void __launch_bounds__(256) binary_\(op)_rows_\(s)(View2 v, const \(T)* a, const \(T)* b, \(T)* y, i64 rows, i64 inner, int ia, int ib) "
-                + "{ binary_rows_impl<\(T), BF_\(op)>(v, a, b, y, rows, inner, ia, ib); }\n"
+            out += "extern \"C\" __global__ void __launch_bounds__(256) binary_\(op)_rows_\(s)(View2 v, const \(T)* a, const \(T)* b, \(T)* y, i64 rows, i64 inner, i64 chunk, int ia, int ib) "
+                + "{ binary_rows_impl<\(T), BF_\(op)>(v, a, b, y, rows, inner, chunk, ia, ib); }\n"
             for (tag, I) in [("32", "int"), ("64", "i64")] {
                 out += "extern \"C\" __global__ void __launch_bounds__(256) binary_\(op)_s\(tag)_\(s)(View2 v, const \(T)* a, const \(T)* b, \(T)* y, i64 n) "
                     + "{ binary_strided_impl<\(T), BF_\(op), \(I)>(v, a, b, y, n); }\n"
@@ -804,7 +808,7 @@ enum KernelSource {
                 + "{ rmsnorm_scaled_warp_impl<\(T), \(w)>(x, s, t, y, nrows, rows, cols, eps); }\n"
         }
         out += """
-        extern "C" __global__ void __launch_bounds__(256) copy_rows_\(s)(View2 v, const \(T)* x, \(T)* y, i64 rows, i64 inner, int ix) { copy_rows_impl<\(T)>(v, x, y, rows, inner, ix); }
+        extern "C" __global__ void __launch_bounds__(256) copy_rows_\(s)(View2 v, const \(T)* x, \(T)* y, i64 rows, i64 inner, i64 chunk, int ix) { copy_rows_impl<\(T)>(v, x, y, rows, inner, chunk, ix); }
         extern "C" __global__ void __launch_bounds__(256) copy_s32_\(s)(View2 v, const \(T)* x, \(T)* y, i64 n) { copy_strided_impl<\(T), int>(v, x, y, n); }
         extern "C" __global__ void __launch_bounds__(256) copy_s64_\(s)(View2 v, const \(T)* x, \(T)* y, i64 n) { copy_strided_impl<\(T), i64>(v, x, y, n); }
         extern "C" __global__ void __launch_bounds__(256) affine_\(s)(const \(T)* x, \(T)* y, i64 n, \(T) a, \(T) b) { affine_impl<\(T)>(x, y, n, a, b); }

@@ -115,6 +115,7 @@ final class CUDAOpTests: XCTestCase {
             ([5, 7], [5, 7]), ([1003], [1003]), ([4, 1, 6], [1, 3, 6]), ([3, 5], []), ([], [3, 5]), ([], []),
             ([2, 3, 4, 5], [5]), ([2, 3, 4, 5], [3, 1, 1]), ([1000, 33], [1, 33]), ([1000, 33], [1000, 1]),
             ([7, 1], [1, 9]), ([64, 1024], [1024]), ([2, 1, 3, 1, 5, 1, 7, 2], [1, 4, 1, 6, 1, 3, 1, 2]),
+            ([4, 3, 50000], [3, 50000]),  // few long rows: cut into column chunks (a position embedding's add)
         ]
         for dtype in dtypes {
             for (sa, sb) in cases {
@@ -166,6 +167,13 @@ final class CUDAOpTests: XCTestCase {
             compareWithCPU("copy views seed=\(r.seed)", cuda, dtype: dtype, tolerance: 0, inputs: [x], outputs: [(500, y0)]) { b, i, o in
                 b.copy(i[0], StridedView(offset: 7, strides: [1, 20, 0]), o[0], StridedView(offset: 3, strides: [60, 3, 1]),
                        shape: [6, 15, 3])
+            }
+            // Few long rows (cut into column chunks): a permute that keeps the last axis.
+            let long = r.normals(2 * 3 * 40001)
+            compareWithCPU("copy long rows seed=\(r.seed)", cuda, dtype: dtype, tolerance: 0, inputs: [long],
+                           outputs: [(2 * 3 * 40001, nil)]) { b, i, o in
+                b.copy(i[0], StridedView(strides: [40001, 2 * 40001, 1]), o[0], StridedView(strides: [3 * 40001, 40001, 1]),
+                       shape: [2, 3, 40001])
             }
             compareWithCPU("copy contiguous at offset seed=\(r.seed)", cuda, dtype: dtype, tolerance: 0, inputs: [x],
                            outputs: [(500, y0)]) { b, i, o in
@@ -571,6 +579,28 @@ final class CUDAOpTests: XCTestCase {
             compareWithCPU("\(label) weight and bias gradient", cuda, dtype: .float32, tolerance: 3e-3, reference64: true,
                            inputs: [x, g], outputs: [(outF * inF, nil), (outF, nil)]) { be, i, o in
                 be.linearWeightGradient(i[0], i[1], gw: o[0], gbias: o[1], rows: rows, inFeatures: inF, outFeatures: outF)
+            }
+        }
+    }
+
+    /// Small weights over many rows (a DiT's patch embedding and final layer) take the row-chunked path: a batched
+    /// product of partial gradients and their sum, against the CPU in float64; rows that no chunk size divides take
+    /// cuBLASLt or the GEMM path.
+    func testSmallWeightGradientOverManyRows() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for (rows, inF, outF) in [(8192, 4, 384), (32768, 384, 4), (16384, 16, 16), (9000, 4, 384)] {
+                let x = r.normals(rows * inF), g = r.normals(rows * outF)
+                let label = "small weight gradient rows=\(rows) in=\(inF) out=\(outF) seed=\(r.seed)"
+                compareWithCPU("\(label) with bias", cuda, dtype: dtype, reference64: true, inputs: [x, g],
+                               outputs: [(outF * inF, nil), (outF, nil)]) { be, i, o in
+                    be.linearWeightGradient(i[0], i[1], gw: o[0], gbias: o[1], rows: rows, inFeatures: inF, outFeatures: outF)
+                }
+                compareWithCPU("\(label)", cuda, dtype: dtype, reference64: true, inputs: [x, g],
+                               outputs: [(outF * inF, nil)]) { be, i, o in
+                    be.linearWeightGradient(i[0], i[1], gw: o[0], gbias: nil, rows: rows, inFeatures: inF, outFeatures: outF)
+                }
             }
         }
     }
