@@ -57,7 +57,7 @@ func applyProductPrecision(_ a: Arguments) -> String {
     if a.has("bf16") {
         cuda.bf16Products = true
         cuda.allowTF32 = true
-        return ", BF16 products and attention"
+        return ", BF16 products and flash attention (head dims 64, 72)"
     }
     if a.has("tf32") {
         cuda.allowTF32 = true

@@ -25,8 +25,9 @@ public final class CUDABackend: Backend {
     public var allowTF32: Bool = false
     /// Float32 matrix products read bfloat16 copies of both operands (8 bits of mantissa) and accumulate and
     /// write float32, as PyTorch's bf16 autocast rounds a matmul's inputs: twice TF32's tensor-core rate. The
-    /// flash-attention kernels then round their operands (and the softmax weights) to bfloat16 too, as bf16 flash
-    /// attention does. Takes precedence over `allowTF32`; storage, master weights and optimizer stay float32.
+    /// flash-attention kernels (head dims 64 and 72) then round their operands (and the softmax weights) to
+    /// bfloat16 too, as bf16 flash attention does; other head dims keep the float32 warp-per-row kernels. Takes
+    /// precedence over `allowTF32`; storage, master weights and optimizer stay float32.
     public var bf16Products: Bool = false
     /// Float32 attention with head dims 64 and 72 (KernelSource.flashDims) takes the fused flash-attention kernels
     /// (tensor-core tiles, no seq x seq matrix in memory): 3xTF32 products (float32 accuracy) by default, single

@@ -28,7 +28,7 @@ final class CrashSafetyTests: CLITestCase {
         p.executableURL = URL(fileURLWithPath: binary)
         p.arguments = args
         p.environment = ProcessInfo.processInfo.environment.merging(extra) { _, new in new }
-        FileManager.default.createFile(atPath: stderrPath, contents: nil)
+        XCTAssertTrue(FileManager.default.createFile(atPath: stderrPath, contents: nil), "cannot create \(stderrPath)")
         p.standardError = FileHandle(forWritingAtPath: stderrPath)
         p.standardOutput = FileHandle.nullDevice
         try p.run()
