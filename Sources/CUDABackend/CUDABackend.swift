@@ -31,8 +31,8 @@ public final class CUDABackend: Backend {
     public var bf16Products: Bool = false
     /// Float32 attention with head dims 64 and 72 (KernelSource.flashDims) takes the fused flash-attention kernels
     /// (tensor-core tiles, no seq x seq matrix in memory): 3xTF32 products (float32 accuracy) by default, single
-    /// TF32 products with `allowTF32`, bfloat16 products with `bf16Products`. Off (TVM_CUDA_NO_FLASH=1, or false here): the warp-per-row kernels,
-    /// which also serve every other head dim and float64.
+    /// TF32 products with `allowTF32`, bfloat16 products with `bf16Products`. Off (TVM_CUDA_NO_FLASH=1, or false
+    /// here): the warp-per-row kernels, which also serve every other head dim and float64.
     public var useFlashAttention: Bool = environment("TVM_CUDA_NO_FLASH") != "1"
     /// The register caps that let some 3xTF32 flash kernels run 3 blocks per multiprocessor (a few values
     /// spilled; see KernelSource.flashShape). false: their uncapped builds (2 blocks), for measurements.
