@@ -12,16 +12,21 @@ final class FaultPolicyCommandTests: CLITestCase {
         try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map { try JSONValue.parse(String($0)) }
     }
 
+    /// A run of 3 clean steps in `dir`/run: the train arguments (to resume it) and its checkpoint's path.
+    func trainThreeSteps(in dir: String) throws -> (train: [String], checkpoint: String) {
+        let train = ["train"] + (try makeData(dir)) + ["--out", dir + "/run"]
+        let r = try run(train + ["--steps", "3"])
+        XCTAssertEqual(r.status, 0, r.err)
+        return (train, dir + "/run/checkpoint.safetensors")
+    }
+
     func testStopEndsTheRunWithOneLineAndKeepsTheCheckpoint() throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let train = ["train"] + (try makeData(dir)) + ["--out", dir + "/run"]
-        var r = try run(train + ["--steps", "3"])
-        XCTAssertEqual(r.status, 0, r.err)
-        let checkpoint = dir + "/run/checkpoint.safetensors"
+        let (train, checkpoint) = try trainThreeSteps(in: dir)
         let saved = try AtomicFile.read(path: checkpoint)
 
-        r = try run(train + ["--steps", "6", "--resume", "--on-fault", "stop", "--grad-limit", "1e-9"])
+        let r = try run(train + ["--steps", "6", "--resume", "--on-fault", "stop", "--grad-limit", "1e-9"])
         XCTAssertEqual(r.status, 1, r.err)
         let errors = r.err.split(separator: "\n").filter { $0.hasPrefix("error:") }
         XCTAssertEqual(errors.count, 1, r.err)
@@ -42,13 +47,10 @@ final class FaultPolicyCommandTests: CLITestCase {
     func testSkipLogsEveryFaultAndLeavesTheWeightsAndBothEMAsAsTheyWere() throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let train = ["train"] + (try makeData(dir)) + ["--out", dir + "/run"]
-        var r = try run(train + ["--steps", "3"])
-        XCTAssertEqual(r.status, 0, r.err)
-        let checkpoint = dir + "/run/checkpoint.safetensors"
+        let (train, checkpoint) = try trainThreeSteps(in: dir)
         let saved = try tensors(checkpoint)
 
-        r = try run(train + ["--steps", "6", "--resume", "--on-fault", "skip", "--grad-limit", "1e-9"])
+        let r = try run(train + ["--steps", "6", "--resume", "--on-fault", "skip", "--grad-limit", "1e-9"])
         XCTAssertEqual(r.status, 0, r.err)
         let notes = r.err.split(separator: "\n").filter { $0.contains("exploding gradient") }
         XCTAssertEqual(notes.map { $0.prefix(7) }, ["step 4:", "step 5:", "step 6:"])
