@@ -7,6 +7,9 @@ public final class CUDAStorage: Storage {
     /// Bytes of the block (the request rounded up to its size class).
     let blockBytes: Int
     let allocator: BlockAllocator?
+    /// Its bfloat16 copy, the operand of bf16 products (`CUDABackend.bf16Operand`): freed with the storage, or
+    /// earlier when the storage changes in place or the backend drops copies to make room.
+    var bf16Copy: (address: DevicePointer, blockBytes: Int)?
 
     init(count: Int, dtype: DType, backend: CUDABackend, address: DevicePointer, blockBytes: Int, allocator: BlockAllocator?) {
         self.address = address
@@ -15,7 +18,16 @@ public final class CUDAStorage: Storage {
         super.init(count: count, dtype: dtype, backend: backend)
     }
 
-    deinit { allocator?.release(address, blockBytes) }
+    deinit {
+        allocator?.release(address, blockBytes)
+        if let copy = bf16Copy { allocator?.release(copy.address, copy.blockBytes, bf16Copy: true) }
+    }
+}
+
+/// A storage not kept alive by the backend's list of bf16 copy holders.
+struct WeakStorage {
+    weak var storage: CUDAStorage?
+    init(_ storage: CUDAStorage) { self.storage = storage }
 }
 
 /// A caching allocator for the backend's single stream. Requests are rounded up to size classes (512 bytes,
@@ -33,6 +45,11 @@ final class BlockAllocator {
     private(set) var peakBytes = 0
     private(set) var reservedBytes = 0
     private(set) var driverAllocations = 0
+    /// Of `currentBytes`, the bytes held by bf16 operand copies: a cache the backend drops under pressure.
+    private(set) var bf16CopyBytes = 0
+    /// Called once when the device is full, before the cached blocks go back to the driver: the owner frees
+    /// what it can rebuild (the bf16 copies).
+    var onMemoryPressure: (() -> Void)?
 
     init(driver: Driver, stream: Handle) {
         self.driver = driver
@@ -47,9 +64,10 @@ final class BlockAllocator {
     }
 
     /// A block of at least `bytes` (the caller has made the context current).
-    func allocate(_ bytes: Int) -> (address: DevicePointer, blockBytes: Int) {
+    func allocate(_ bytes: Int, bf16Copy: Bool = false) -> (address: DevicePointer, blockBytes: Int) {
         let size = BlockAllocator.sizeClass(bytes)
         mutex.lock()
+        if bf16Copy { bf16CopyBytes += size }
         if var list = free[size], let p = list.popLast() {
             free[size] = list
             currentBytes += size
@@ -61,6 +79,7 @@ final class BlockAllocator {
         var p: DevicePointer = 0
         var r = driver.cuMemAlloc(&p, size)
         if r == Driver.errorOutOfMemory {
+            onMemoryPressure?()
             releaseCached()
             r = driver.cuMemAlloc(&p, size)
         }
@@ -80,11 +99,12 @@ final class BlockAllocator {
     }
 
     /// Called from any thread (a storage's deinit): no driver call, only the free list.
-    func release(_ address: DevicePointer, _ size: Int) {
+    func release(_ address: DevicePointer, _ size: Int, bf16Copy: Bool = false) {
         guard size > 0 else { return }
         mutex.withLock {
             free[size, default: []].append(address)
             currentBytes -= size
+            if bf16Copy { bf16CopyBytes -= size }
         }
     }
 

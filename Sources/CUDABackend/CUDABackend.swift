@@ -145,6 +145,8 @@ public final class CUDABackend: Backend {
         var total = 0
         try driver.check(driver.cuDeviceTotalMem(&total, dev), "cuDeviceTotalMem_v2")
         totalMemoryBytes = total
+        bf16CopyBudget = total / 8
+        bf16CopyCeiling = total / 4 * 3
         maxBlocks = multiprocessorCount * 8
         maxSharedMemoryPerBlock = try attribute(Driver.attrMaxSharedMemoryPerBlockOptin, "max shared memory per block (opt-in)")
 
@@ -197,6 +199,7 @@ public final class CUDABackend: Backend {
             + ltNote
         // Build the float32 kernels now, so a compiler problem shows at load rather than at the first op.
         _ = try buildCore(.float32)
+        allocator.onMemoryPressure = { [unowned self] in dropBF16Copies() }
     }
 
     // MARK: - Kernel modules
@@ -558,8 +561,10 @@ public final class CUDABackend: Backend {
     public func activationWithTangent(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ y: Storage, _ ty: Storage) {
         let n = x.count
         guard n > 0 else { return }
+        beginBF16Call()
+        let (y16, ty16) = (bf16Twin(y), bf16Twin(ty))
         launch(core(x.dtype).activationTangent[op]!, grid: (blocks(packs(n, x.dtype)), 1)) { a in
-            a.ptr(addr(x)); a.ptr(addr(t)); a.ptr(addr(y)); a.ptr(addr(ty)); a.i64(n)
+            a.ptr(addr(x)); a.ptr(addr(t)); a.ptr(addr(y)); a.ptr(addr(ty)); a.ptr(y16); a.ptr(ty16); a.i64(n)
         }
     }
 
@@ -567,17 +572,21 @@ public final class CUDABackend: Backend {
                                               _ gx: Storage, _ gt: Storage) {
         let n = x.count
         guard n > 0 else { return }
+        beginBF16Call()
+        let (gx16, gt16) = (bf16Twin(gx), bf16Twin(gt))
         launch(core(x.dtype).activationTangentBackward[op]!, grid: (blocks(packs(n, x.dtype)), 1)) { a in
             a.ptr(addr(x)); a.ptr(addr(t)); a.ptr(gy.map { addr($0) } ?? 0); a.ptr(gty.map { addr($0) } ?? 0)
-            a.ptr(addr(gx)); a.ptr(addr(gt)); a.i64(n)
+            a.ptr(addr(gx)); a.ptr(addr(gt)); a.ptr(gx16); a.ptr(gt16); a.i64(n)
         }
     }
 
     public func activationBackward(_ op: UnaryOp, _ x: Storage, _ g: Storage, _ gx: Storage) {
         let n = x.count
         guard n > 0 else { return }
+        beginBF16Call()
+        let gx16 = bf16Twin(gx)
         launch(core(x.dtype).activationBackward[op]!, grid: (blocks(packs(n, x.dtype)), 1)) { a in
-            a.ptr(addr(x)); a.ptr(addr(g)); a.ptr(addr(gx)); a.i64(n)
+            a.ptr(addr(x)); a.ptr(addr(g)); a.ptr(addr(gx)); a.ptr(gx16); a.i64(n)
         }
     }
 
@@ -893,6 +902,7 @@ public final class CUDABackend: Backend {
         } else if bf16Products {
             var al = Float(alpha), be = Float(beta)
             if beta != 0 { forgetBF16Copy(of: y) }
+            beginBF16Call()
             let a16 = UnsafeRawPointer(bitPattern: UInt(bf16Operand(a))), b16 = UnsafeRawPointer(bitPattern: UInt(bf16Operand(b)))
             blas.must(blas.gemmStridedBatchedEx(blasHandle, opB, opA, M, N, K, &al, b16, CUBLAS.r16BF, ldb, sA,
                                                 a16, CUBLAS.r16BF, lda, sB, &be, py, CUBLAS.r32F, M, sC, B,
@@ -912,43 +922,102 @@ public final class CUDABackend: Backend {
         if syncEveryLaunch { driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize after cuBLAS") }
     }
 
-    /// A bfloat16 copy of a float32 operand, made by `bf16Operand` and kept while its source is alive.
-    private struct BF16Copy {
-        weak var source: Storage?
-        let address: DevicePointer, blockBytes: Int
-    }
-    /// The latest bf16 copies, newest last. One activation feeds three products in a row (q, k and v) and a weight
-    /// feeds the forward, tangent and backward products, so a few entries save most conversions. Storage is
-    /// written once, when made; the in-place updates (AdamW, EMA, scatter-add, fill, accumulating products)
-    /// forget the copy of what they change.
-    private var bf16Copies: [BF16Copy] = []
-    private let bf16CopyLimit = 4
+    /// Storages holding a bf16 copy, oldest first. Entries whose storage died or whose copy was freed are swept
+    /// out when copies are evicted or the list grows.
+    private var bf16Holders: [WeakStorage] = []
+    /// Bytes the bf16 operand copies may hold at once: an eighth of the device, halved each time the device fills.
+    public var bf16CopyBudget: Int { didSet { trimBF16Copies() } }
+    /// Copies are kept only while all tensors together stay below this, three quarters of the device: a model that
+    /// needs the memory itself (XL/2 at batch 32) keeps only the newest copies and converts again, rather than grow
+    /// its peak.
+    public var bf16CopyCeiling: Int { didSet { trimBF16Copies() } }
+    /// Copies kept whatever the budget: an input's three products (q, k, v) and an output with its tangent
+    /// feeding the next layer's two products find theirs.
+    private let bf16NewestKept = 4
+    /// Bytes held by bf16 operand copies now (part of `currentBytes`).
+    public var bf16CopyBytes: Int { allocator.bf16CopyBytes }
+    /// The storages whose copies the current backend call has handed out. Its kernels are not queued yet, so
+    /// neither eviction nor a full device frees these copies; each call that takes copies starts with
+    /// `beginBF16Call`.
+    private var inCallCopies: [ObjectIdentifier] = []
 
-    /// The bfloat16 copy of a float32 storage: the cached one, or a new one (which may evict the oldest).
+    private func beginBF16Call() { inCallCopies.removeAll(keepingCapacity: true) }
+
+    /// The bfloat16 copy of a float32 storage, made on its first use as a product operand and kept while the
+    /// storage lives: an activation feeds its forward products and, in the backward pass, the weight gradients'
+    /// products; a weight feeds its forward, tangent and backward products. Storage is written once, when made;
+    /// the in-place updates (AdamW, EMA, scatter-add, fill, accumulating products) forget the copy of what they
+    /// change. Beyond the budget the oldest copies go first.
     private func bf16Operand(_ x: Storage) -> DevicePointer {
         precondition(x.dtype == .float32, "bf16 products take float32 operands")
-        if let hit = bf16Copies.first(where: { $0.source === x }) { return hit.address }
-        let (p, size) = allocator.allocate(Swift.max(2 * x.count, 2))
+        if let copy = cuda(x).bf16Copy {
+            inCallCopies.append(ObjectIdentifier(x))
+            return copy.address
+        }
+        let p = attachBF16Copy(x)
         if x.count > 0 { launch(core(.float32).convertF32BF16, grid: (blocks((x.count + 3) / 4), 1)) { a in
             a.ptr(addr(x)); a.ptr(p); a.i64(x.count)
         } }
-        // A copy whose source is gone is dead weight: dropped first, then the oldest beyond the limit.
-        for dead in bf16Copies where dead.source == nil { allocator.release(dead.address, dead.blockBytes) }
-        bf16Copies.removeAll { $0.source == nil }
-        bf16Copies.append(BF16Copy(source: x, address: p, blockBytes: size))
-        if bf16Copies.count > bf16CopyLimit {
-            let oldest = bf16Copies.removeFirst()
-            allocator.release(oldest.address, oldest.blockBytes)
+        return p
+    }
+
+    /// Under bf16 products, a bf16 copy for a float32 output that the kernel about to make it also writes (2 bytes
+    /// more per element there, instead of a 6-byte conversion pass when a product reads it); 0 otherwise. For
+    /// kernels whose outputs feed products.
+    private func bf16Twin(_ y: Storage) -> DevicePointer {
+        guard bf16Products, y.dtype == .float32, y.count > 0 else { return 0 }
+        forgetBF16Copy(of: y)
+        return attachBF16Copy(y)
+    }
+
+    /// A fresh block for the bf16 copy of `x`, attached to it (its contents are the caller's to write). Beyond the
+    /// budget or the ceiling the oldest copies are freed, an eighth of the budget more than needed (evictions come
+    /// in batches).
+    private func attachBF16Copy(_ x: Storage) -> DevicePointer {
+        let s = cuda(x)
+        inCallCopies.append(ObjectIdentifier(s))
+        let (p, size) = allocator.allocate(Swift.max(2 * x.count, 2), bf16Copy: true)
+        s.bf16Copy = (p, size)
+        bf16Holders.append(WeakStorage(s))
+        if !trimBF16Copies(slack: bf16CopyBudget / 8) && bf16Holders.count > 4096 {
+            bf16Holders.removeAll { $0.storage?.bf16Copy == nil }
         }
         return p
     }
 
-    /// Forgets the bf16 copy of a storage about to change in place. Queued products that read the copy run first:
-    /// its block is handed out again only to later work on the one stream.
-    private func forgetBF16Copy(of s: Storage) {
-        guard let i = bf16Copies.firstIndex(where: { $0.source === s }) else { return }
-        allocator.release(bf16Copies[i].address, bf16Copies[i].blockBytes)
-        bf16Copies.remove(at: i)
+    /// Frees the oldest copies while they exceed the budget or all tensors the ceiling, `slack` bytes further;
+    /// whether any had to go.
+    @discardableResult
+    private func trimBF16Copies(slack: Int = 0) -> Bool {
+        let excess = Swift.max(allocator.bf16CopyBytes - bf16CopyBudget, allocator.currentBytes - bf16CopyCeiling)
+        guard excess > 0 else { return false }
+        evictBF16Copies(downTo: allocator.bf16CopyBytes - excess - slack)
+        return true
+    }
+
+    /// Frees the oldest copies until they hold at most `bytes`, sparing the newest few and those the current call
+    /// has handed out.
+    private func evictBF16Copies(downTo bytes: Int) {
+        for held in bf16Holders.dropLast(bf16NewestKept) where allocator.bf16CopyBytes > bytes {
+            if let s = held.storage, !inCallCopies.contains(ObjectIdentifier(s)) { forgetBF16Copy(of: s) }
+        }
+        bf16Holders.removeAll { $0.storage?.bf16Copy == nil }
+    }
+
+    /// Frees the bf16 copy of a storage about to change in place (or evicted). Queued products that read the copy
+    /// run first: its block is handed out again only to later work on the one stream.
+    private func forgetBF16Copy(of x: Storage) {
+        let s = cuda(x)
+        guard let copy = s.bf16Copy else { return }
+        allocator.release(copy.address, copy.blockBytes, bf16Copy: true)
+        s.bf16Copy = nil
+    }
+
+    /// The device is full: the copies go (but the current call's), and the budget halves so that steady work
+    /// stays below the limit.
+    private func dropBF16Copies() {
+        bf16CopyBudget = Swift.min(bf16CopyBudget, allocator.bf16CopyBytes) / 2
+        evictBF16Copies(downTo: 0)
     }
 
     // MARK: - Linear layers (cuBLASLt epilogues)
@@ -1013,6 +1082,7 @@ public final class CUDABackend: Backend {
             guard let planned else { return false }
             product = planned
         }
+        if bf16 { beginBF16Call() }
         let pa = bf16 ? bf16Operand(a) : addr(a), pb = bf16 ? bf16Operand(b) : addr(b)
         let workspace = product.workspaceBytes > 0 ? allocate((product.workspaceBytes + 3) / 4, .float32) : nil
         func run(_ alpha: UnsafeRawPointer, _ beta: UnsafeRawPointer) -> CUBLASLt.Status {
@@ -1076,10 +1146,13 @@ public final class CUDABackend: Backend {
         if flashEligible(dtype, g, [q, k, v, tq, tk, tv, o, to, lse]) {
             let z = to != nil && (tq == nil || tk == nil || tv == nil) ? zeros(count, dtype) : nil
             let f = flashSet().kernel(.forward, tangent: to != nil, dim: g.dim, precision: flashPrecision, capped: flashRegisterCaps)
+            // The output and its tangent feed the output projection: their bf16 copies are written here.
+            beginBF16Call()
+            let (o16, to16) = (bf16Twin(o), to.map { bf16Twin($0) } ?? 0)
             launch(f.function, grid: ((g.seq + f.rows - 1) / f.rows, g.batch * g.heads), block: (f.threads, 1), shared: f.shared) { a in
                 a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v))
                 if to != nil { a.ptr(addr(tq ?? z!)); a.ptr(addr(tk ?? z!)); a.ptr(addr(tv ?? z!)) } else { a.ptr(0); a.ptr(0); a.ptr(0) }
-                a.ptr(addr(o)); a.ptr(to.map { addr($0) } ?? 0); a.ptr(addr(lse))
+                a.ptr(addr(o)); a.ptr(to.map { addr($0) } ?? 0); a.ptr(addr(lse)); a.ptr(o16); a.ptr(to16)
                 a.ptr(0); a.ptr(0); a.ptr(0); a.ptr(0)  // go, gto, lseIn, stats: the backward's pre-pass only
                 a.i32(g.seq); a.i32(g.heads); a.scalar(g.scale, dtype)
             }
@@ -1130,7 +1203,7 @@ public final class CUDABackend: Backend {
             let f = set.kernel(.forward, tangent: tangent, dim: g.dim, precision: precision, capped: flashRegisterCaps)
             launch(f.function, grid: ((g.seq + f.rows - 1) / f.rows, bh), block: (f.threads, 1), shared: f.shared) { a in
                 a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v)); a.ptr(p(tqS)); a.ptr(p(tkS)); a.ptr(p(tvS))
-                a.ptr(0); a.ptr(0); a.ptr(0)
+                a.ptr(0); a.ptr(0); a.ptr(0); a.ptr(0); a.ptr(0)
                 a.ptr(addr(goS)); a.ptr(p(gtoS)); a.ptr(addr(lse)); a.ptr(addr(rowStats))
                 a.i32(g.seq); a.i32(g.heads); a.scalar(g.scale, dtype)
             }
@@ -1141,10 +1214,13 @@ public final class CUDABackend: Backend {
                 a.i32(g.seq); a.i32(g.heads); a.scalar(g.scale, dtype)
             }
             let fk = set.kernel(.dkv, tangent: tangent, dim: g.dim, precision: precision, capped: flashRegisterCaps)
+            // dv and dtv are the v projection's output cotangents, read by its backward products.
+            beginBF16Call()
+            let (dv16, dtv16) = (bf16Twin(dv), dtvS.map { bf16Twin($0) } ?? 0)
             launch(fk.function, grid: ((g.seq + fk.rows - 1) / fk.rows, bh), block: (fk.threads, 1), shared: fk.shared) { a in
                 a.ptr(addr(q)); a.ptr(addr(k)); a.ptr(addr(v)); a.ptr(p(tqS)); a.ptr(p(tkS)); a.ptr(p(tvS))
                 a.ptr(addr(goS)); a.ptr(p(gtoS)); a.ptr(addr(rowStats))
-                a.ptr(addr(dk)); a.ptr(addr(dv)); a.ptr(p(dtkS)); a.ptr(p(dtvS))
+                a.ptr(addr(dk)); a.ptr(addr(dv)); a.ptr(p(dtkS)); a.ptr(p(dtvS)); a.ptr(dv16); a.ptr(dtv16)
                 a.i32(g.seq); a.i32(g.heads); a.scalar(g.scale, dtype)
             }
             flashAttentionCalls += 1

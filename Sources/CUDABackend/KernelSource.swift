@@ -49,6 +49,32 @@ enum KernelSource {
     /// 16 bytes of elements: one vector load or store.
     template<typename T> struct __align__(16) Pack { T v[16 / sizeof(T)]; };
 
+    /// float32 to bfloat16 bits, rounded to nearest even; NaN stays NaN (quiet). No cuda_bf16.h: NVRTC
+    /// needs no include path.
+    __device__ __forceinline__ unsigned short bf16_bits(float f) {
+        const u32 b = __float_as_uint(f);
+        if ((b & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((b >> 16) | 0x40u);
+        return (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+    }
+    // The bfloat16 copy of an output that feeds bf16 products, written by the kernel that makes the output
+    // (y16 null: none; never for double).
+    template<typename T> __device__ __forceinline__ void store_bf16(unsigned short* y16, i64 i, const Pack<T>& r) {
+        if constexpr (sizeof(T) == 4) {
+            if (y16) {
+                uint2 o;
+                o.x = (u32)bf16_bits(r.v[0]) | ((u32)bf16_bits(r.v[1]) << 16);
+                o.y = (u32)bf16_bits(r.v[2]) | ((u32)bf16_bits(r.v[3]) << 16);
+                reinterpret_cast<uint2*>(y16)[i] = o;
+            }
+        }
+    }
+    template<typename T> __device__ __forceinline__ void store_bf16_one(unsigned short* y16, i64 i, T v) {
+        if constexpr (sizeof(T) == 4) { if (y16) y16[i] = bf16_bits(v); }
+    }
+    __device__ __forceinline__ void store_bf16_pair(unsigned short* y16, i64 i, float a, float b) {
+        if (y16) *reinterpret_cast<u32*>(y16 + i) = (u32)bf16_bits(a) | ((u32)bf16_bits(b) << 16);
+    }
+
     __device__ __forceinline__ i64 gtid() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
     /// Attention operands are token-major [batch, n, heads, d] (TensorCore's AttentionGeometry): the first row of
     /// head bh = b * heads + h lies here, and its rows are heads * d apart.
@@ -131,9 +157,12 @@ enum KernelSource {
     // SiLU / GELU with their derivatives in one pass each (F the activation, D1 / D2 its derivatives): the value
     // and tangent under a JVP, and the backward of that pair, which composed from one-op kernels took seven passes.
 
+    // Their outputs feed matrix products (an MLP's second layer, or the first one's backward): each may also be
+    // written in bfloat16 (y16, ty16, gx16, gt16; null: not).
+
     /// y = f(x), ty = f'(x) t.
-    template<typename T, typename F, typename D1> __device__ __forceinline__ void act_tangent_impl(const T* x, const T* t, T* y,
-                                                                                                  T* ty, i64 n) {
+    template<typename T, typename F, typename D1> __device__ __forceinline__ void act_tangent_impl(
+            const T* x, const T* t, T* y, T* ty, unsigned short* y16, unsigned short* ty16, i64 n) {
         constexpr int P = 16 / sizeof(T);
         const i64 np = n / P, s = gtid(), st = gstride();
         for (i64 i = s; i < np; i += st) {
@@ -143,8 +172,15 @@ enum KernelSource {
             for (int k = 0; k < P; ++k) { r.v[k] = F::template f<T>(a.v[k]); q.v[k] = D1::template f<T>(a.v[k]) * b.v[k]; }
             ((Pack<T>*)y)[i] = r;
             ((Pack<T>*)ty)[i] = q;
+            store_bf16(y16, i, r);
+            store_bf16(ty16, i, q);
         }
-        for (i64 i = np * P + s; i < n; i += st) { y[i] = F::template f<T>(x[i]); ty[i] = D1::template f<T>(x[i]) * t[i]; }
+        for (i64 i = np * P + s; i < n; i += st) {
+            y[i] = F::template f<T>(x[i]);
+            ty[i] = D1::template f<T>(x[i]) * t[i];
+            store_bf16_one(y16, i, y[i]);
+            store_bf16_one(ty16, i, ty[i]);
+        }
     }
 
     /// gx = gy f'(x) + gty f''(x) t and gt = gty f'(x); a null gy or gty counts as zero.
@@ -156,7 +192,7 @@ enum KernelSource {
         if (hasGty) gx = gx + D2::template f<T>(x) * t * gty;
     }
     template<typename T, typename D1, typename D2> __device__ __forceinline__ void act_tangent_bwd_impl(
-            const T* x, const T* t, const T* gy, const T* gty, T* gx, T* gt, i64 n) {
+            const T* x, const T* t, const T* gy, const T* gty, T* gx, T* gt, unsigned short* gx16, unsigned short* gt16, i64 n) {
         constexpr int P = 16 / sizeof(T);
         const bool hy = gy != nullptr, ht = gty != nullptr;
         const i64 np = n / P, s = gtid(), st = gstride();
@@ -169,13 +205,19 @@ enum KernelSource {
             for (int k = 0; k < P; ++k) act_tangent_bwd_one<T, D1, D2>(a.v[k], b.v[k], c.v[k], d.v[k], hy, ht, r.v[k], q.v[k]);
             ((Pack<T>*)gx)[i] = r;
             ((Pack<T>*)gt)[i] = q;
+            store_bf16(gx16, i, r);
+            store_bf16(gt16, i, q);
         }
-        for (i64 i = np * P + s; i < n; i += st)
+        for (i64 i = np * P + s; i < n; i += st) {
             act_tangent_bwd_one<T, D1, D2>(x[i], t[i], hy ? gy[i] : T(0), ht ? gty[i] : T(0), hy, ht, gx[i], gt[i]);
+            store_bf16_one(gx16, i, gx[i]);
+            store_bf16_one(gt16, i, gt[i]);
+        }
     }
 
     /// gx = g f'(x).
-    template<typename T, typename D1> __device__ __forceinline__ void act_bwd_impl(const T* x, const T* g, T* gx, i64 n) {
+    template<typename T, typename D1> __device__ __forceinline__ void act_bwd_impl(const T* x, const T* g, T* gx,
+                                                                                  unsigned short* gx16, i64 n) {
         constexpr int P = 16 / sizeof(T);
         const i64 np = n / P, s = gtid(), st = gstride();
         for (i64 i = s; i < np; i += st) {
@@ -184,8 +226,12 @@ enum KernelSource {
     #pragma unroll
             for (int k = 0; k < P; ++k) r.v[k] = b.v[k] * D1::template f<T>(a.v[k]);
             ((Pack<T>*)gx)[i] = r;
+            store_bf16(gx16, i, r);
         }
-        for (i64 i = np * P + s; i < n; i += st) gx[i] = g[i] * D1::template f<T>(x[i]);
+        for (i64 i = np * P + s; i < n; i += st) {
+            gx[i] = g[i] * D1::template f<T>(x[i]);
+            store_bf16_one(gx16, i, gx[i]);
+        }
     }
 
     template<typename T> __device__ __forceinline__ void affine_impl(const T* x, T* y, i64 n, T a, T b) {
@@ -675,13 +721,6 @@ enum KernelSource {
     extern "C" __global__ void __launch_bounds__(256) convert_f64_f32(const double* x, float* y, i64 n) {
         for (i64 i = gtid(); i < n; i += gstride()) y[i] = (float)x[i];
     }
-    /// float32 to bfloat16 bits, rounded to nearest even; NaN stays NaN (quiet). No cuda_bf16.h: NVRTC
-    /// needs no include path.
-    __device__ __forceinline__ unsigned short bf16_bits(float f) {
-        const u32 b = __float_as_uint(f);
-        if ((b & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((b >> 16) | 0x40u);
-        return (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-    }
     /// Four values per thread and step (16 bytes in, 8 out); storages start 16-byte aligned.
     extern "C" __global__ void __launch_bounds__(256) convert_f32_bf16(const float* x, unsigned short* y, i64 n) {
         const i64 packs = n / 4;
@@ -779,12 +818,12 @@ enum KernelSource {
         }
         for op in fusedActivations {
             let (d1, d2) = op.derivatives!
-            out += "extern \"C\" __global__ void __launch_bounds__(256) act_tangent_\(op)_\(s)(const \(T)* x, const \(T)* t, \(T)* y, \(T)* ty, i64 n) "
-                + "{ act_tangent_impl<\(T), UF_\(op), UF_\(d1)>(x, t, y, ty, n); }\n"
-            out += "extern \"C\" __global__ void __launch_bounds__(256) act_tangent_bwd_\(op)_\(s)(const \(T)* x, const \(T)* t, const \(T)* gy, const \(T)* gty, \(T)* gx, \(T)* gt, i64 n) "
-                + "{ act_tangent_bwd_impl<\(T), UF_\(d1), UF_\(d2)>(x, t, gy, gty, gx, gt, n); }\n"
-            out += "extern \"C\" __global__ void __launch_bounds__(256) act_bwd_\(op)_\(s)(const \(T)* x, const \(T)* g, \(T)* gx, i64 n) "
-                + "{ act_bwd_impl<\(T), UF_\(d1)>(x, g, gx, n); }\n"
+            out += "extern \"C\" __global__ void __launch_bounds__(256) act_tangent_\(op)_\(s)(const \(T)* x, const \(T)* t, \(T)* y, \(T)* ty, unsigned short* y16, unsigned short* ty16, i64 n) "
+                + "{ act_tangent_impl<\(T), UF_\(op), UF_\(d1)>(x, t, y, ty, y16, ty16, n); }\n"
+            out += "extern \"C\" __global__ void __launch_bounds__(256) act_tangent_bwd_\(op)_\(s)(const \(T)* x, const \(T)* t, const \(T)* gy, const \(T)* gty, \(T)* gx, \(T)* gt, unsigned short* gx16, unsigned short* gt16, i64 n) "
+                + "{ act_tangent_bwd_impl<\(T), UF_\(d1), UF_\(d2)>(x, t, gy, gty, gx, gt, gx16, gt16, n); }\n"
+            out += "extern \"C\" __global__ void __launch_bounds__(256) act_bwd_\(op)_\(s)(const \(T)* x, const \(T)* g, \(T)* gx, unsigned short* gx16, i64 n) "
+                + "{ act_bwd_impl<\(T), UF_\(d1)>(x, g, gx, gx16, n); }\n"
         }
         for op in binaryOps {
             out += "struct BF_\(op) { template<typename T> __device__ static __forceinline__ T f(T a, T b) { \(binaryBody(op)) } };\n"
@@ -1299,6 +1338,7 @@ enum KernelSource {
     __device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, const float* __restrict__ k,
             const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
             const float* __restrict__ tv, float* __restrict__ o, float* __restrict__ to, float* __restrict__ lse,
+            unsigned short* __restrict__ o16, unsigned short* __restrict__ to16,
             const float* __restrict__ go, const float* __restrict__ gto, const float* __restrict__ lseIn,
             float* __restrict__ stats, int n, int heads, float scale) {
         typedef typename FlashPrec<PREC>::E E;
@@ -1419,8 +1459,12 @@ enum KernelSource {
                     for (int i = 0; i < KD; ++i) {
                         const float o0 = acc[i][2 * h] * inv, o1 = acc[i][2 * h + 1] * inv;
                         *reinterpret_cast<float2*>(o + off + i * 8) = make_float2(o0, o1);
-                        if (TAN) *reinterpret_cast<float2*>(to + off + i * 8) =
-                            make_float2(tacc[i][2 * h] * inv - muv * o0, tacc[i][2 * h + 1] * inv - muv * o1);
+                        store_bf16_pair(o16, off + i * 8, o0, o1);
+                        if (TAN) {
+                            const float t0 = tacc[i][2 * h] * inv - muv * o0, t1 = tacc[i][2 * h + 1] * inv - muv * o1;
+                            *reinterpret_cast<float2*>(to + off + i * 8) = make_float2(t0, t1);
+                            store_bf16_pair(to16, off + i * 8, t0, t1);
+                        }
                     }
                     if (t == 0) lse[rowBase + row] = m[h] + m_log(l[h]);
                 }
@@ -1601,7 +1645,8 @@ enum KernelSource {
             const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
             const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
             const float* __restrict__ stats, float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dtk,
-            float* __restrict__ dtv, int n, int heads, float scale) {
+            float* __restrict__ dtv, unsigned short* __restrict__ dv16, unsigned short* __restrict__ dtv16,
+            int n, int heads, float scale) {
         typedef typename FlashPrec<PREC>::E E;
         // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
         constexpr int LD = FlashPrec<PREC>::template ld<D>(), KS = FlashPrec<PREC>::KS, KDP = FlashPrec<PREC>::template cols<D>() / 8;
@@ -1741,9 +1786,11 @@ enum KernelSource {
                 for (int i = 0; i < KD; ++i) {
                     *reinterpret_cast<float2*>(dk + off + i * 8) = make_float2(scale * dka[i][2 * h], scale * dka[i][2 * h + 1]);
                     *reinterpret_cast<float2*>(dv + off + i * 8) = make_float2(dva[i][2 * h], dva[i][2 * h + 1]);
+                    store_bf16_pair(dv16, off + i * 8, dva[i][2 * h], dva[i][2 * h + 1]);
                     if (TAN) {
                         *reinterpret_cast<float2*>(dtk + off + i * 8) = make_float2(scale * dtka[i][2 * h], scale * dtka[i][2 * h + 1]);
                         *reinterpret_cast<float2*>(dtv + off + i * 8) = make_float2(dtva[i][2 * h], dtva[i][2 * h + 1]);
+                        store_bf16_pair(dtv16, off + i * 8, dtva[i][2 * h], dtva[i][2 * h + 1]);
                     }
                 }
             }
@@ -1830,14 +1877,14 @@ enum KernelSource {
             let (signature, call): (String, String)
             switch kind {
             case .forward:
-                signature = "\(ins), float* o, float* to, float* lse, const float* go, const float* gto, const float* lseIn, float* stats, int n, int heads, float scale"
-                call = "flash_fwd_impl\(tmpl)(\(args), o, to, lse, go, gto, lseIn, stats, n, heads, scale)"
+                signature = "\(ins), float* o, float* to, float* lse, unsigned short* o16, unsigned short* to16, const float* go, const float* gto, const float* lseIn, float* stats, int n, int heads, float scale"
+                call = "flash_fwd_impl\(tmpl)(\(args), o, to, lse, o16, to16, go, gto, lseIn, stats, n, heads, scale)"
             case .dq:
                 signature = "\(ins), const float* go, const float* gto, const float* stats, float* dq, float* dtq, int n, int heads, float scale"
                 call = "flash_bwd_dq_impl\(tmpl)(\(args), go, gto, stats, dq, dtq, n, heads, scale)"
             case .dkv:
-                signature = "\(ins), const float* go, const float* gto, const float* stats, float* dk, float* dv, float* dtk, float* dtv, int n, int heads, float scale"
-                call = "flash_bwd_dkv_impl\(tmpl)(\(args), go, gto, stats, dk, dv, dtk, dtv, n, heads, scale)"
+                signature = "\(ins), const float* go, const float* gto, const float* stats, float* dk, float* dv, float* dtk, float* dtv, unsigned short* dv16, unsigned short* dtv16, int n, int heads, float scale"
+                call = "flash_bwd_dkv_impl\(tmpl)(\(args), go, gto, stats, dk, dv, dtk, dtv, dv16, dtv16, n, heads, scale)"
             }
             for uncapped in minBlocks > 0 ? [false, true] : [false] {
                 let bounds = minBlocks > 0 && !uncapped ? "\(32 * w), \(minBlocks)" : "\(32 * w)"

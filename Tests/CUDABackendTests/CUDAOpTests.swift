@@ -507,6 +507,96 @@ final class CUDAOpTests: XCTestCase {
         XCTAssertLessThan(relativeError(weights[1].gpu.doubles, weights[1].values), 1e-6, "EMA update on the device")
         weights[1].values = weights[1].gpu.doubles
         check("after an in-place update")
+
+        // A copy lives as long as its storage: freed with it.
+        let held = cuda.bf16CopyBytes
+        do {
+            let y = Tensor(r.normals(rows * inF), shape: [rows, inF], dtype: .float32, on: cuda.device)
+            _ = y.linear(weights[0].gpu)
+            XCTAssertGreaterThan(cuda.bf16CopyBytes, held, "the new input's copy is kept")
+        }
+        XCTAssertEqual(cuda.bf16CopyBytes, held, "a copy is freed with its storage")
+        // Beyond the budget the oldest copies go; an input whose copy went is converted again, correctly. With no
+        // budget at all, or all tensors over the ceiling, only the four newest copies stay (those of the product at
+        // hand among them).
+        let (budget, ceiling) = (cuda.bf16CopyBudget, cuda.bf16CopyCeiling)
+        defer { (cuda.bf16CopyBudget, cuda.bf16CopyCeiling) = (budget, ceiling) }
+        var inputs: [(gpu: Tensor, want64: Tensor)] = []
+        for _ in 0..<5 {
+            let v = r.normals(rows * inF)
+            inputs.append((Tensor(v, shape: [rows, inF], dtype: .float32, on: cuda.device),
+                           Tensor(bf16(v), shape: [rows, inF], dtype: .float64, on: .cpu)))
+        }
+        let w0 = Tensor(bf16(weights[0].values), shape: [outF, inF], dtype: .float64, on: .cpu)
+        let small = held + 2 * (2 * rows * inF)
+        for (pass, (limit, top)) in [(small, ceiling), (small, ceiling), (0, ceiling), (budget, 0)].enumerated() {
+            (cuda.bf16CopyBudget, cuda.bf16CopyCeiling) = (limit, top)
+            for (k, input) in inputs.enumerated() {
+                assertClose(input.gpu.linear(weights[0].gpu), input.want64.linear(w0), 2e-6, "bf16 copies over budget, pass \(pass), input \(k)")
+                // At most the budget plus the four newest copies (size classes round up by less than 2x).
+                XCTAssertLessThanOrEqual(cuda.bf16CopyBytes, (top == 0 ? 0 : limit) + 4 * 2 * (2 * outF * inF),
+                                         "copies within the budget and the ceiling")
+            }
+        }
+    }
+
+    /// Under bf16 products the kernels whose outputs feed products (the fused activations and their backward, flash
+    /// attention's output and value gradients) write those outputs' bf16 copies themselves. Each copy must be the
+    /// output rounded to bfloat16, as the conversion makes it: a product with the identity reads it exactly.
+    func testBF16CopiesWrittenByProducers() throws {
+        let cuda = try cudaOrSkip()
+        cuda.bf16Products = true
+        defer { cuda.bf16Products = false }
+        var r = TestRandom()
+        func identity(_ n: Int) -> Tensor {
+            let e = Tensor((0..<n * n).map { $0 / n == $0 % n ? 1.0 : 0.0 }, shape: [n, n], dtype: .float32, on: cuda.device)
+            _ = e.matmul(e)  // its own copy made now, so that only the checked output could need one
+            return e
+        }
+        func checkCopy(_ y: Storage, cols: Int, _ e: Tensor, _ label: String) {
+            let t = Tensor(storage: y, shape: [y.count / cols, cols])
+            let held = cuda.bf16CopyBytes
+            let got = t.matmul(e)
+            XCTAssertEqual(cuda.bf16CopyBytes, held, "\(label): the product found the copy (no conversion)")
+            XCTAssertEqual(got.doubles, roundedToBF16(t.doubles), "\(label): the copy is the output rounded to bfloat16")
+        }
+        // 300 x 64 takes the kernels' 16-byte packs; 5 x 63 ends in single elements.
+        for (rows, cols) in [(300, 64), (5, 63)] {
+            let e = identity(cols), n = rows * cols
+            func input() -> Storage { cuda.upload(r.normals(n).map { Float(2 * $0) }) }
+            for op in [UnaryOp.silu, .gelu] {
+                let label = "\(op) \(rows)x\(cols)"
+                let (x, t, gy, gty) = (input(), input(), input(), input())
+                let (y, ty) = (cuda.allocate(n, .float32), cuda.allocate(n, .float32))
+                cuda.activationWithTangent(op, x, t, y, ty)
+                checkCopy(y, cols: cols, e, "\(label) value")
+                checkCopy(ty, cols: cols, e, "\(label) tangent")
+                for withGty in [true, false] {
+                    let (gx, gt) = (cuda.allocate(n, .float32), cuda.allocate(n, .float32))
+                    cuda.activationWithTangentBackward(op, x, t, gy, withGty ? gty : nil, gx, gt)
+                    checkCopy(gx, cols: cols, e, "\(label) tangent backward gx, gty \(withGty)")
+                    checkCopy(gt, cols: cols, e, "\(label) tangent backward gt, gty \(withGty)")
+                }
+                let gx = cuda.allocate(n, .float32)
+                cuda.activationBackward(op, x, gy, gx)
+                checkCopy(gx, cols: cols, e, "\(label) backward")
+            }
+        }
+        // Flash attention (head dim 64, bf16 kernels): the output and its tangent; dv and dtv from the backward.
+        let g = AttentionGeometry(batch: 2, seq: 80, heads: 3, dim: 64, scale: 0.125)
+        let e = identity(64)
+        func input() -> Storage { cuda.upload(r.normals(g.count).map { Float($0) }) }
+        let (q, k, v, tq, tk, tv, go, gto) = (input(), input(), input(), input(), input(), input(), input(), input())
+        let (o, to, lse) = (cuda.allocate(g.count, .float32), cuda.allocate(g.count, .float32), cuda.allocate(g.rows, .float32))
+        cuda.attention(q: q, k: k, v: v, tq: tq, tk: tk, tv: tv, o: o, to: to, lse: lse, geometry: g)
+        checkCopy(o, cols: 64, e, "flash output")
+        checkCopy(to, cols: 64, e, "flash output tangent")
+        let grads = (0..<6).map { _ in cuda.allocate(g.count, .float32) }
+        cuda.attentionBackward(q: q, k: k, v: v, tq: tq, tk: tk, tv: tv, o: o, to: to, lse: lse, go: go, gto: gto,
+                               dq: grads[0], dk: grads[1], dv: grads[2], dtq: grads[3], dtk: grads[4], dtv: grads[5], geometry: g)
+        checkCopy(grads[2], cols: 64, e, "flash dv")
+        checkCopy(grads[5], cols: 64, e, "flash dtv")
+        XCTAssertGreaterThan(cuda.flashAttentionCalls, 0, "the flash kernels ran")
     }
 
     /// (rows, in features, out features): odd sizes, rows not a multiple of 8, and DiT-S/2's layers (hidden 384,
