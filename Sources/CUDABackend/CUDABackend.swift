@@ -796,18 +796,22 @@ public final class CUDABackend: Backend {
         }
     }
 
-    public func rmsNormLinear(_ x: Storage, _ y: Storage, _ d: Storage, _ out: Storage, rows: Int, cols: Int, eps: Double) {
+    public func rmsNormLinear(_ x: Storage, _ y: Storage, _ d: Storage, plus c: Storage?, _ out: Storage, rows: Int, cols: Int,
+                              eps: Double) {
         guard rows > 0 && cols > 0 else { return }
         launch(core(x.dtype).rmsLinear, grid: (blocks(rows * 32), 1)) { g in
-            g.ptr(addr(x)); g.ptr(addr(y)); g.ptr(addr(d)); g.ptr(addr(out)); g.i64(rows); g.i64(cols); g.scalar(eps, x.dtype)
+            g.ptr(addr(x)); g.ptr(addr(y)); g.ptr(addr(d)); g.ptr(c.map { addr($0) } ?? 0); g.ptr(addr(out))
+            g.i64(rows); g.i64(cols); g.scalar(eps, x.dtype)
         }
     }
 
     public func rmsNormLinearBackward(_ x: Storage, _ y: Storage, _ d: Storage, _ g: Storage, gx: Storage, gy: Storage,
-                                      gd: Storage, rows: Int, cols: Int, eps: Double) {
+                                      gd: Storage, plus: (x: Storage?, y: Storage?, d: Storage?), rows: Int, cols: Int,
+                                      eps: Double) {
         guard rows > 0 && cols > 0 else { return }
         launch(core(x.dtype).rmsLinearBackward, grid: (blocks(rows * 32), 1)) { a in
             a.ptr(addr(x)); a.ptr(addr(y)); a.ptr(addr(d)); a.ptr(addr(g)); a.ptr(addr(gx)); a.ptr(addr(gy)); a.ptr(addr(gd))
+            a.ptr(plus.x.map { addr($0) } ?? 0); a.ptr(plus.y.map { addr($0) } ?? 0); a.ptr(plus.d.map { addr($0) } ?? 0)
             a.i64(rows); a.i64(cols); a.scalar(eps, x.dtype)
         }
     }

@@ -510,9 +510,10 @@ enum KernelSource {
     }
 
     // A warp per row; the row is read twice (the second time from cache for rows of a few thousand values).
-    // out = r (d - y mean(y d)), r = 1 / sqrt(mean(x^2) + eps): RMSNorm's JVP and VJP (see Backend.swift).
-    template<typename T> __device__ __forceinline__ void rmsnorm_linear_impl(const T* x, const T* y, const T* d, T* out,
-                                                                             i64 rows, i64 cols, T eps) {
+    // out = r (d - y mean(y d)) + c, r = 1 / sqrt(mean(x^2) + eps): RMSNorm's JVP and VJP (see Backend.swift); c
+    // (null: none) is a gradient already summed for the same input.
+    template<typename T> __device__ __forceinline__ void rmsnorm_linear_impl(const T* x, const T* y, const T* d, const T* c,
+                                                                             T* out, i64 rows, i64 cols, T eps) {
         const int lane = threadIdx.x & 31;
         const i64 nw = gstride() >> 5;
         for (i64 r = gtid() >> 5; r < rows; r += nw) {
@@ -521,13 +522,18 @@ enum KernelSource {
             for (i64 i = lane; i < cols; i += 32) { const T xv = x[o + i]; xx += xv * xv; yd += y[o + i] * d[o + i]; }
             xx = warp_sum(xx); yd = warp_sum(yd);
             const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), m = yd / n;
-            for (i64 i = lane; i < cols; i += 32) out[o + i] = inv * (d[o + i] - y[o + i] * m);
+            for (i64 i = lane; i < cols; i += 32) {
+                const T v = inv * (d[o + i] - y[o + i] * m);
+                out[o + i] = c ? c[o + i] + v : v;
+            }
         }
     }
 
-    // Cotangents of rmsnorm_linear for g: gd = r (g - y mean(y g)), gy = -r (m g + d mean(y g)), gx = -r^2 mean(g f) x.
+    // Cotangents of rmsnorm_linear for g: gd = r (g - y mean(y g)), gy = -r (m g + d mean(y g)), gx = -r^2 mean(g f) x,
+    // each plus its entry of cx, cy, cd where given.
     template<typename T> __device__ __forceinline__ void rmsnorm_linear_bwd_impl(const T* x, const T* y, const T* d, const T* g,
-                                                                                 T* gx, T* gy, T* gd, i64 rows, i64 cols, T eps) {
+                                                                                 T* gx, T* gy, T* gd, const T* cx, const T* cy,
+                                                                                 const T* cd, i64 rows, i64 cols, T eps) {
         const int lane = threadIdx.x & 31;
         const i64 nw = gstride() >> 5;
         for (i64 r = gtid() >> 5; r < rows; r += nw) {
@@ -539,12 +545,13 @@ enum KernelSource {
             }
             xx = warp_sum(xx); yd = warp_sum(yd); yg = warp_sum(yg); gdd = warp_sum(gdd);
             const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), m = yd / n, myg = yg / n;
-            const T cx = -inv * inv * inv * (gdd / n - m * myg);
+            const T sx = -inv * inv * inv * (gdd / n - m * myg);
             for (i64 i = lane; i < cols; i += 32) {
                 const T yv = y[o + i], gv = g[o + i];
-                gd[o + i] = inv * (gv - yv * myg);
-                gy[o + i] = -inv * (m * gv + d[o + i] * myg);
-                gx[o + i] = cx * x[o + i];
+                const T vd = inv * (gv - yv * myg), vy = -inv * (m * gv + d[o + i] * myg), vx = sx * x[o + i];
+                gd[o + i] = cd ? cd[o + i] + vd : vd;
+                gy[o + i] = cy ? cy[o + i] + vy : vy;
+                gx[o + i] = cx ? cx[o + i] + vx : vx;
             }
         }
     }
@@ -862,8 +869,8 @@ enum KernelSource {
         extern "C" __global__ void __launch_bounds__(1024) softmax_block_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols) { softmax_block_impl<\(T)>(x, y, rows, cols); }
         extern "C" __global__ void __launch_bounds__(1024) rmsnorm_block_\(s)(const \(T)* x, \(T)* y, i64 rows, i64 cols, \(T) eps) { rmsnorm_scaled_block_impl<\(T)>(x, nullptr, nullptr, y, rows, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(1024) rmsnorm_scaled_block_\(s)(const \(T)* x, const \(T)* s, const \(T)* t, \(T)* y, i64 nrows, i64 rows, i64 cols, \(T) eps) { rmsnorm_scaled_block_impl<\(T)>(x, s, t, y, nrows, rows, cols, eps); }
-        extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, \(T)* out, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_impl<\(T)>(x, y, d, out, rows, cols, eps); }
-        extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_bwd_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, const \(T)* g, \(T)* gx, \(T)* gy, \(T)* gd, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_bwd_impl<\(T)>(x, y, d, g, gx, gy, gd, rows, cols, eps); }
+        extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, const \(T)* c, \(T)* out, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_impl<\(T)>(x, y, d, c, out, rows, cols, eps); }
+        extern "C" __global__ void __launch_bounds__(256) rmsnorm_linear_bwd_\(s)(const \(T)* x, const \(T)* y, const \(T)* d, const \(T)* g, \(T)* gx, \(T)* gy, \(T)* gd, const \(T)* cx, const \(T)* cy, const \(T)* cd, i64 rows, i64 cols, \(T) eps) { rmsnorm_linear_bwd_impl<\(T)>(x, y, d, g, gx, gy, gd, cx, cy, cd, rows, cols, eps); }
         extern "C" __global__ void __launch_bounds__(256) scaled_sum_\(s)(const \(T)* a, const \(T)* s, const \(T)* b, const \(T)* t, const \(T)* c, int cFull, \(T)* y, i64 nrows, i64 rows, i64 cols) { scaled_sum_impl<\(T)>(a, s, b, t, c, cFull, y, nrows, rows, cols); }
         extern "C" __global__ void __launch_bounds__(256) row_sums_\(s)(const \(T)* g, const \(T)* x0, const \(T)* x1, const \(T)* x2, \(T)* o0, \(T)* o1, \(T)* o2, int nout, i64 rows, i64 cols, i64 batch, i64 chunkRows) { row_sums_impl<\(T)>(g, x0, x1, x2, o0, o1, o2, nout, rows, cols, batch, chunkRows); }
         extern "C" __global__ void __launch_bounds__(256) gather_\(s)(const \(T)* table, const \(T)* idx, \(T)* y, i64 rows, i64 cols, i64 tableRows, int* err) { gather_impl<\(T)>(table, idx, y, rows, cols, tableRows, err); }

@@ -256,16 +256,20 @@ final class CUDAOpTests: XCTestCase {
                         let inv = 1 / (s.reduce(0) { $0 + $1 * $1 } / Double(cols) + 1e-6).squareRoot()
                         for c in 0..<cols { y[row * cols + c] = x[row * cols + c] * inv }
                     }
-                    let d = r.normals(n), g = r.normals(n)
-                    compareWithCPU("rmsNormLinear \(rows)x\(cols) seed=\(r.seed)", cuda, dtype: dtype, reference64: true,
-                                   inputs: [x, y, d], outputs: [(n, nil)]) { b, i, o in
-                        b.rmsNormLinear(i[0], i[1], i[2], o[0], rows: rows, cols: cols, eps: 1e-6)
-                    }
-                    // gx = -r^2 mean(g f) x, and mean(g f) = r (mean(g d) - mean(y d) mean(y g)) cancels: a looser bound.
-                    compareWithCPU("rmsNormLinearBackward \(rows)x\(cols) seed=\(r.seed)", cuda, dtype: dtype,
-                                   tolerance: dtype == .float64 ? 1e-10 : 5e-5, reference64: true,
-                                   inputs: [x, y, d, g], outputs: [(n, nil), (n, nil), (n, nil)]) { b, i, o in
-                        b.rmsNormLinearBackward(i[0], i[1], i[2], i[3], gx: o[0], gy: o[1], gd: o[2], rows: rows, cols: cols, eps: 1e-6)
+                    let d = r.normals(n), g = r.normals(n), c = r.normals(n), c2 = r.normals(n), c3 = r.normals(n)
+                    // Without and with the partial sums added in the same pass.
+                    for plus in [false, true] {
+                        compareWithCPU("rmsNormLinear \(rows)x\(cols) plus \(plus) seed=\(r.seed)", cuda, dtype: dtype,
+                                       reference64: true, inputs: [x, y, d, c], outputs: [(n, nil)]) { b, i, o in
+                            b.rmsNormLinear(i[0], i[1], i[2], plus: plus ? i[3] : nil, o[0], rows: rows, cols: cols, eps: 1e-6)
+                        }
+                        // gx = -r^2 mean(g f) x, and mean(g f) = r (mean(g d) - mean(y d) mean(y g)) cancels: a looser bound.
+                        compareWithCPU("rmsNormLinearBackward \(rows)x\(cols) plus \(plus) seed=\(r.seed)", cuda, dtype: dtype,
+                                       tolerance: dtype == .float64 ? 1e-10 : 5e-5, reference64: true,
+                                       inputs: [x, y, d, g, c, c2, c3], outputs: [(n, nil), (n, nil), (n, nil)]) { b, i, o in
+                            b.rmsNormLinearBackward(i[0], i[1], i[2], i[3], gx: o[0], gy: o[1], gd: o[2],
+                                                    plus: plus ? (i[4], i[5], i[6]) : (nil, nil, nil), rows: rows, cols: cols, eps: 1e-6)
+                        }
                     }
                 }
             }

@@ -14,6 +14,18 @@ enum GradSource {
 /// Cotangents of the outputs to cotangents of the inputs (nil: zero). Runs with recording off.
 /// Rules receive the outputs as arguments and must not capture output tensors (that would make a cycle).
 public typealias VJPRule = (_ inputs: [Tensor], _ outputs: [Tensor], _ cotangents: [Tensor?]) -> [Tensor?]
+/// A VJP rule that also receives, per input, the gradient already summed for it (`partials`, nil: none yet) and
+/// returns each input's cotangent with that partial added: the kernel that makes a new term adds the sum so far
+/// in the same pass, where a separate sum would read both and write again. A rule that returns nil for an input
+/// leaves its partial as it was.
+public typealias AccumulatingVJPRule = (_ inputs: [Tensor], _ outputs: [Tensor], _ cotangents: [Tensor?],
+                                        _ partials: [Tensor?]) -> [Tensor?]
+
+/// How a node turns output cotangents into input cotangents.
+enum BackwardRule {
+    case plain(VJPRule)
+    case accumulating(AccumulatingVJPRule)
+}
 /// Tangents of the inputs to tangents of the outputs (nil: zero). Written with differentiable ops.
 public typealias JVPRule = (_ inputs: [Tensor], _ outputs: [Tensor], _ tangents: [Tensor?]) -> [Tensor?]
 
@@ -25,8 +37,8 @@ final class Node {
     /// Detached outputs (same storage) when the rule reads them, else shape-only stand-ins.
     private(set) var outputs: [Tensor]
     let outputCount: Int
-    let vjp: VJPRule
-    init(name: String, inputs: [Tensor], outputs: [Tensor], vjp: @escaping VJPRule) {
+    let vjp: BackwardRule
+    init(name: String, inputs: [Tensor], outputs: [Tensor], vjp: BackwardRule) {
         self.name = name
         self.inputs = inputs
         self.outputs = outputs
@@ -101,6 +113,11 @@ private func recordsGradient(_ inputs: [Tensor]) -> Bool {
 @discardableResult
 func record(_ name: String, inputs: [Tensor], outputs: [Tensor], saves: [Int]? = nil, savesOutputs: Bool = true,
             jvp: JVPRule?, vjp: @escaping VJPRule) -> [Tensor] {
+    record(name, inputs: inputs, outputs: outputs, saves: saves, savesOutputs: savesOutputs, jvp: jvp, rule: .plain(vjp))
+}
+
+private func record(_ name: String, inputs: [Tensor], outputs: [Tensor], saves: [Int]?, savesOutputs: Bool,
+                    jvp: JVPRule?, rule vjp: BackwardRule) -> [Tensor] {
     if recordsGradient(inputs) {
         let kept = inputs.enumerated().map { i, x in saves == nil || saves!.contains(i) ? x : x.shapeOnly() }
         let node = Node(name: name, inputs: kept,
@@ -125,7 +142,12 @@ func record(_ name: String, inputs: [Tensor], outputs: [Tensor], saves: [Int]? =
 
 func record1(_ name: String, _ inputs: [Tensor], _ output: Tensor, saves: [Int]? = nil, savesOutputs: Bool = true,
              jvp: JVPRule?, vjp: @escaping VJPRule) -> Tensor {
-    record(name, inputs: inputs, outputs: [output], saves: saves, savesOutputs: savesOutputs, jvp: jvp, vjp: vjp)[0]
+    record(name, inputs: inputs, outputs: [output], saves: saves, savesOutputs: savesOutputs, jvp: jvp, rule: .plain(vjp))[0]
+}
+
+func record1(_ name: String, _ inputs: [Tensor], _ output: Tensor, saves: [Int]? = nil, savesOutputs: Bool = true,
+             jvp: JVPRule?, accumulatingVJP vjp: @escaping AccumulatingVJPRule) -> Tensor {
+    record(name, inputs: inputs, outputs: [output], saves: saves, savesOutputs: savesOutputs, jvp: jvp, rule: .accumulating(vjp))[0]
 }
 
 // MARK: - Transforms
@@ -184,17 +206,39 @@ public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil, ret
         if case .node(let n, let i)? = t.gradSource { wanted[ObjectIdentifier(n), default: []].append((i, w)) }
     }
 
-    func accumulate(_ source: GradSource?, _ g: Tensor) {
+    /// Adds g to the gradient of `source`, or (`replacing`: g already includes it) puts g in its place.
+    func accumulate(_ source: GradSource?, _ g: Tensor, replacing: Bool = false) {
         switch source {
         case nil: return
         case .leaf(let id)?:
             let key = ObjectIdentifier(id)
-            leafGrads[key] = leafGrads[key].map { $0 + g } ?? g
+            leafGrads[key] = replacing ? g : leafGrads[key].map { $0 + g } ?? g
         case .node(let n, let i)?:
             let key = ObjectIdentifier(n)
             var slots = slotGrads[key] ?? [Tensor?](repeating: nil, count: n.outputCount)
-            slots[i] = slots[i].map { $0 + g } ?? g
+            slots[i] = replacing ? g : slots[i].map { $0 + g } ?? g
             slotGrads[key] = slots
+        }
+    }
+
+    /// The gradients summed so far for a node's inputs, each at the first input with its source (an input listed
+    /// twice gets its partial once, or it would be added twice).
+    func partials(of inputs: [Tensor]) -> [Tensor?] {
+        var given: [ObjectIdentifier: Set<Int>] = [:]
+        return inputs.map { input in
+            switch input.gradSource {
+            case nil: return nil
+            case .leaf(let id)?:
+                let key = ObjectIdentifier(id)
+                guard given[key] == nil else { return nil }
+                given[key] = []
+                return leafGrads[key]
+            case .node(let n, let i)?:
+                let key = ObjectIdentifier(n)
+                guard given[key]?.contains(i) != true else { return nil }
+                given[key, default: []].insert(i)
+                return slotGrads[key]?[i] ?? nil
+            }
         }
     }
 
@@ -233,12 +277,20 @@ public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil, ret
             guard let slots = slotGrads.removeValue(forKey: key) else { continue }
             for (i, w) in wanted[key] ?? [] { results[w] = slots[i] }
             precondition(!node.inputs.isEmpty, "\(node.name): this graph was already differentiated (use retainGraph)")
-            let grads = node.vjp(node.inputs, node.outputs, slots)
-            for (input, g) in zip(node.inputs, grads) {
+            let grads: [Tensor?], given: [Tensor?]
+            switch node.vjp {
+            case .plain(let rule):
+                grads = rule(node.inputs, node.outputs, slots)
+                given = []
+            case .accumulating(let rule):
+                given = partials(of: node.inputs)
+                grads = rule(node.inputs, node.outputs, slots, given)
+            }
+            for (k, (input, g)) in zip(node.inputs, grads).enumerated() {
                 guard let g else { continue }
                 precondition(g.shape == input.shape,
                              "\(node.name): cotangent shape \(g.shape) differs from input shape \(input.shape)")
-                accumulate(input.gradSource, g)
+                accumulate(input.gradSource, g, replacing: k < given.count && given[k] != nil)
             }
             if !retainGraph { node.release() }
         }

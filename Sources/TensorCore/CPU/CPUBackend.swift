@@ -174,18 +174,23 @@ public final class CPUBackend: Backend {
               f64: { Kernels.rmsNorm(cpu(x).ptr(Double.self), cpu(y).ptr(Double.self), rows, cols, eps) })
     }
 
-    public func rmsNormLinear(_ x: Storage, _ y: Storage, _ d: Storage, _ out: Storage, rows: Int, cols: Int, eps: Double) {
+    public func rmsNormLinear(_ x: Storage, _ y: Storage, _ d: Storage, plus c: Storage?, _ out: Storage, rows: Int, cols: Int,
+                              eps: Double) {
         func run<T: CPUFloat>(_: T.Type) {
-            Kernels.rmsNormLinear(cpu(x).ptr(T.self), cpu(y).ptr(T.self), cpu(d).ptr(T.self), cpu(out).ptr(T.self), rows, cols, eps)
+            Kernels.rmsNormLinear(cpu(x).ptr(T.self), cpu(y).ptr(T.self), cpu(d).ptr(T.self), c.map { cpu($0).ptr(T.self) },
+                                  cpu(out).ptr(T.self), rows, cols, eps)
         }
         typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
     }
 
     public func rmsNormLinearBackward(_ x: Storage, _ y: Storage, _ d: Storage, _ g: Storage, gx: Storage, gy: Storage,
-                                      gd: Storage, rows: Int, cols: Int, eps: Double) {
+                                      gd: Storage, plus: (x: Storage?, y: Storage?, d: Storage?), rows: Int, cols: Int,
+                                      eps: Double) {
         func run<T: CPUFloat>(_: T.Type) {
             Kernels.rmsNormLinearBackward(cpu(x).ptr(T.self), cpu(y).ptr(T.self), cpu(d).ptr(T.self), cpu(g).ptr(T.self),
-                                          cpu(gx).ptr(T.self), cpu(gy).ptr(T.self), cpu(gd).ptr(T.self), rows, cols, eps)
+                                          cpu(gx).ptr(T.self), cpu(gy).ptr(T.self), cpu(gd).ptr(T.self),
+                                          plus.x.map { cpu($0).ptr(T.self) }, plus.y.map { cpu($0).ptr(T.self) },
+                                          plus.d.map { cpu($0).ptr(T.self) }, rows, cols, eps)
         }
         typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
     }

@@ -293,9 +293,10 @@ enum Kernels {
         }
     }
 
-    /// Per row: r = 1 / sqrt(mean(x^2) + eps); out = r (d - y mean(y d)).
+    /// Per row: r = 1 / sqrt(mean(x^2) + eps); out = r (d - y mean(y d)) + c (c nil: none).
     static func rmsNormLinear<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ d: UnsafeMutablePointer<T>,
-                                           _ out: UnsafeMutablePointer<T>, _ rows: Int, _ cols: Int, _ eps: Double) {
+                                           _ c: UnsafeMutablePointer<T>?, _ out: UnsafeMutablePointer<T>, _ rows: Int,
+                                           _ cols: Int, _ eps: Double) {
         Parallel.forRanges(rows, grain: Swift.max(1, 8192 / Swift.max(cols, 1))) { r in
             for row in r {
                 let o = row * cols
@@ -303,16 +304,19 @@ enum Kernels {
                 for i in o..<(o + cols) { xx += x[i] * x[i]; yd += y[i] * d[i] }
                 let n = T(cols), inv = 1 / T.fsqrt(xx / n + T(eps)), m = yd / n
                 for i in o..<(o + cols) { out[i] = inv * (d[i] - y[i] * m) }
+                if let c { for i in o..<(o + cols) { out[i] = c[i] + out[i] } }
             }
         }
     }
 
     /// Cotangents of rmsNormLinear for g (f its output): gd = r (g - y mean(y g)), gy = -r (m g + d mean(y g))
-    /// with m = mean(y d), gx = -r^2 mean(g f) x.
+    /// with m = mean(y d), gx = -r^2 mean(g f) x; each plus its entry of cx, cy, cd where given.
     static func rmsNormLinearBackward<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>,
                                                    _ d: UnsafeMutablePointer<T>, _ g: UnsafeMutablePointer<T>,
                                                    _ gx: UnsafeMutablePointer<T>, _ gy: UnsafeMutablePointer<T>,
-                                                   _ gd: UnsafeMutablePointer<T>, _ rows: Int, _ cols: Int, _ eps: Double) {
+                                                   _ gd: UnsafeMutablePointer<T>, _ cx: UnsafeMutablePointer<T>?,
+                                                   _ cy: UnsafeMutablePointer<T>?, _ cd: UnsafeMutablePointer<T>?,
+                                                   _ rows: Int, _ cols: Int, _ eps: Double) {
         Parallel.forRanges(rows, grain: Swift.max(1, 4096 / Swift.max(cols, 1))) { r in
             for row in r {
                 let o = row * cols
@@ -320,12 +324,15 @@ enum Kernels {
                 for i in o..<(o + cols) { xx += x[i] * x[i]; yd += y[i] * d[i]; yg += y[i] * g[i]; gdSum += g[i] * d[i] }
                 let n = T(cols), inv = 1 / T.fsqrt(xx / n + T(eps)), m = yd / n, myg = yg / n
                 // mean(g f) = r (mean(g d) - m mean(g y)).
-                let gf = inv * (gdSum / n - m * myg), cx = -inv * inv * gf
+                let gf = inv * (gdSum / n - m * myg), scaleX = -inv * inv * gf
                 for i in o..<(o + cols) {
                     gd[i] = inv * (g[i] - y[i] * myg)
                     gy[i] = -inv * (m * g[i] + d[i] * myg)
-                    gx[i] = cx * x[i]
+                    gx[i] = scaleX * x[i]
                 }
+                if let cx { for i in o..<(o + cols) { gx[i] = cx[i] + gx[i] } }
+                if let cy { for i in o..<(o + cols) { gy[i] = cy[i] + gy[i] } }
+                if let cd { for i in o..<(o + cols) { gd[i] = cd[i] + gd[i] } }
             }
         }
     }

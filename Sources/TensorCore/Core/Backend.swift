@@ -99,13 +99,16 @@ public protocol Backend: AnyObject {
     func softmax(_ x: Storage, _ y: Storage, rows: Int, cols: Int)
     /// x / sqrt(mean(x^2) + eps) over the last axis of a [rows, cols] matrix.
     func rmsNorm(_ x: Storage, _ y: Storage, rows: Int, cols: Int, eps: Double)
-    /// out = r (d - y mean(y d)) per row of [rows, cols], r = 1 / sqrt(mean(x^2) + eps), y = rmsNorm(x): the
-    /// derivative of RMS normalisation applied to d. The map is symmetric, so it is both the JVP (d a tangent)
-    /// and the VJP (d a cotangent); one kernel replaces eight elementwise passes.
-    func rmsNormLinear(_ x: Storage, _ y: Storage, _ d: Storage, _ out: Storage, rows: Int, cols: Int, eps: Double)
-    /// Cotangents of rmsNormLinear's x, y and d for the cotangent g of its output (gradients through the JVP).
+    /// out = r (d - y mean(y d)) + c per row of [rows, cols], r = 1 / sqrt(mean(x^2) + eps), y = rmsNorm(x), c
+    /// (nil: none) of the same shape: the derivative of RMS normalisation applied to d. The map is symmetric, so it
+    /// is both the JVP (d a tangent) and the VJP (d a cotangent, c a gradient already summed for the same input);
+    /// one kernel replaces eight elementwise passes.
+    func rmsNormLinear(_ x: Storage, _ y: Storage, _ d: Storage, plus c: Storage?, _ out: Storage, rows: Int, cols: Int,
+                       eps: Double)
+    /// Cotangents of rmsNormLinear's x, y and d for the cotangent g of its output (gradients through the JVP),
+    /// each plus the matching entry of `plus` (gradients already summed for that input; nil: none).
     func rmsNormLinearBackward(_ x: Storage, _ y: Storage, _ d: Storage, _ g: Storage, gx: Storage, gy: Storage,
-                               gd: Storage, rows: Int, cols: Int, eps: Double)
+                               gd: Storage, plus: (x: Storage?, y: Storage?, d: Storage?), rows: Int, cols: Int, eps: Double)
     /// y = rmsNorm(x) s + t over [batch, rows, cols] with s and t of shape [batch, cols] (one value per column,
     /// shared by a batch entry's rows; t may be nil): normalisation followed by adaLN modulation or a norm weight,
     /// reading each row once and writing y only (the normalised rows are never stored).

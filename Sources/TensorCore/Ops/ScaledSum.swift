@@ -36,7 +36,7 @@ extension Tensor {
                 acc = scaledSum(terms[i].0, terms[i].1, second?.0, second?.1, plus: acc)
             }
             return [acc]
-        }) { x, _, g in
+        }, accumulatingVJP: { x, _, g, p in
             guard let g = g[0] else { return Array(repeating: nil, count: n) }
             let sShape = x[1].shape
             var products: [Tensor?] = [x[0]]
@@ -46,13 +46,17 @@ extension Tensor {
             let outs = products.map { _ in g.empty(sShape) }
             g.backend.rowSumsOfProducts(g: g.storage, products.map { $0?.storage }, outs.map(\.storage),
                                         batch: batch, rows: rows, cols: cols)
-            var grads: [Tensor?] = [scaledSum(g, x[1]), outs[0]]
-            if hasB { grads += [scaledSum(g, x[3]), outs[1]] }
-            if hasC { grads.append(cBroadcast ? outs.last!.reshaped(x[n - 1].shape) : g) }
+            // a's and b's cotangents (full size) take their partials in the same pass; the rest add them.
+            var grads: [Tensor?] = [scaledSum(g, x[1], plus: p[0]), adding(p[1], outs[0])]
+            if hasB { grads += [scaledSum(g, x[3], plus: p[2]), adding(p[3], outs[1])] }
+            if hasC { grads.append(adding(p[n - 1], cBroadcast ? outs.last!.reshaped(x[n - 1].shape) : g)) }
             return grads
-        }
+        })
     }
 }
+
+/// A gradient summed so far plus a new term (the order of the engine's own sums).
+private func adding(_ partial: Tensor?, _ term: Tensor) -> Tensor { partial.map { $0 + term } ?? term }
 
 extension Tensor {
     /// rmsNormalized(eps) * scale + shift over the last axis, in one pass that reads each row once and writes only
@@ -95,7 +99,7 @@ extension Tensor {
             case (nil, nil): dy = dt!.reshaped([batch, 1, cols]).broadcast(to: [batch, rows, cols])
             }
             return [dy.reshaped(xShape)]
-        }) { i, _, g in
+        }, accumulatingVJP: { i, _, g, p in
             guard let g = g[0] else { return Array(repeating: nil, count: hasShift ? 3 : 2) }
             let x = rowsView(i[0]), s = factorView(i[1]), gv = rowsView(g)
             let n = x.rmsNormalized(eps: eps)
@@ -105,10 +109,10 @@ extension Tensor {
             g.backend.rowSumsOfProducts(g: gv.storage, sums.map { $0.0?.storage }, sums.map(\.1.storage),
                                         batch: batch, rows: rows, cols: cols)
             // RMSNorm's derivative map is symmetric: its VJP is the same map applied to the cotangent of n.
-            let gx = Tensor.rmsNormLinear(x, n, Tensor.scaledSum(gv, s), eps: eps).reshaped(xShape)
-            var grads: [Tensor?] = [gx, sums[0].1.reshaped(scaleShape)]
-            if let shiftShape { grads.append(sums[1].1.reshaped(shiftShape)) }
+            let gx = Tensor.rmsNormLinear(x, n, Tensor.scaledSum(gv, s), plus: p[0].map(rowsView), eps: eps).reshaped(xShape)
+            var grads: [Tensor?] = [gx, adding(p[1], sums[0].1.reshaped(scaleShape))]
+            if let shiftShape { grads.append(adding(p[2], sums[1].1.reshaped(shiftShape))) }
             return grads
-        }
+        })
     }
 }
