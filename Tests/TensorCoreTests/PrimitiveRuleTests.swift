@@ -220,6 +220,30 @@ final class PrimitiveRuleTests: XCTestCase {
         XCTAssertEqual(tangents[0].doubles, t.broadcast(to: [2, 3, 4]).doubles)
     }
 
+    /// Accumulating VJP rules add an input's gradient summed so far inside the kernel that makes the new term. A
+    /// tensor used by several ops must get every term once: a residual around a modulated norm (the residual's
+    /// cotangent arrives first, the norm's adds to it), one tensor as both terms and the addend of a scaledSum
+    /// (its partial is given once), a norm whose input is used again, and the second-order checks (rmsNormLinear's
+    /// rule, reverse over forward).
+    func testGradientsSummedInsideRules() {
+        let x = gc.random([2, 3, 5]), s = gc.random([2, 1, 5]), t = gc.random([2, 1, 5])
+        gc.check("residual around a modulated norm", [x, s, t]) {
+            Tensor.scaledSum($0[0].rmsNormalized(eps: 1e-6, scale: 1 + $0[1], shift: $0[2]).square(), $0[2], plus: $0[0])
+        }
+        gc.check("one leaf in every place", [x, s]) { Tensor.scaledSum($0[0], $0[1], $0[0], $0[1], plus: $0[0]) * $0[0] }
+        gc.check("one node output in every place", [x, s]) {
+            let y = $0[0] * 2, f = $0[1].exp()
+            return Tensor.scaledSum(y, f, y, f, plus: y) * y
+        }
+        gc.check("rmsNorm and its input", [x]) { $0[0].rmsNormalized(eps: 1e-6) * $0[0] + $0[0].rmsNormalized(eps: 1e-6).square() }
+        // The engine's sum in either order gives the same values: the fused gradient against one from plain ops.
+        let fused = valueAndGradient([x, s]) { Tensor.scaledSum($0[0].rmsNormalized(eps: 1e-6, scale: $0[1]), $0[1], plus: $0[0]).sum() }
+        let plain = valueAndGradient([x, s]) { ($0[0].rmsNormalized(eps: 1e-6) * $0[1] * $0[1] + $0[0]).sum() }
+        for (a, b) in zip(fused.gradients, plain.gradients) {
+            for (u, v) in zip(a.doubles, b.doubles) { XCTAssertEqual(u, v, accuracy: 1e-12) }
+        }
+    }
+
     func testSoftmaxAndRMSNorm() {
         let x = gc.random([3, 6])
         gc.check("softmax", [x]) { $0[0].softmax() }

@@ -130,23 +130,23 @@ extension Tensor {
 
     /// r (d - y mean(y d)) + c over the last axis with r = 1 / sqrt(mean(x^2) + eps), y = rmsNorm(x) and c of x's
     /// shape (nil: none): the JVP of RMS normalisation for a tangent d, and (the map being symmetric) its VJP for a
-    /// cotangent d, c then a gradient already summed for x.
+    /// cotangent d. c, a gradient already summed for x, is for VJP rules, which run undifferentiated.
     static func rmsNormLinear(_ x: Tensor, _ y: Tensor, _ d: Tensor, plus c: Tensor? = nil, eps: Double) -> Tensor {
         let cols = x.shape.last!, rows = x.count / Swift.max(cols, 1)
-        if let c { precondition(c.count == x.count, "rmsNormLinear: c of shape \(c.shape) does not match x \(x.shape)") }
+        if let c {
+            precondition(c.count == x.count, "rmsNormLinear: c of shape \(c.shape) does not match x \(x.shape)")
+            precondition(!isDifferentiated([x, y, d, c]), "rmsNormLinear: plus is for undifferentiated use (VJP rules)")
+        }
         let out = x.empty(x.shape)
         x.backend.rmsNormLinear(x.storage, y.storage, d.storage, plus: c?.storage, out.storage, rows: rows, cols: cols, eps: eps)
-        let inputs = c.map { [x, y, d, $0] } ?? [x, y, d]
         // Nested forward mode is not supported, so this op never sees tangents (no JVP rule).
-        return record1("rmsNormLinear", inputs, out, saves: [0, 1, 2], savesOutputs: false, jvp: nil,
-                       accumulatingVJP: { i, _, g, p in
-            guard let g = g[0] else { return Array(repeating: nil, count: i.count) }
+        return record1("rmsNormLinear", [x, y, d], out, savesOutputs: false, jvp: nil, accumulatingVJP: { i, _, g, p in
+            guard let g = g[0] else { return [nil, nil, nil] }
             let gx = g.empty(g.shape), gy = g.empty(g.shape), gd = g.empty(g.shape)
             g.backend.rmsNormLinearBackward(i[0].storage, i[1].storage, i[2].storage, g.storage, gx: gx.storage,
                                             gy: gy.storage, gd: gd.storage, plus: (p[0]?.storage, p[1]?.storage, p[2]?.storage),
                                             rows: rows, cols: cols, eps: eps)
-            // c's cotangent is g itself.
-            return i.count == 4 ? [gx, gy, gd, p[3].map { $0 + g } ?? g] : [gx, gy, gd]
+            return [gx, gy, gd]
         })
     }
 }
