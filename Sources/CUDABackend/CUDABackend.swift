@@ -779,12 +779,14 @@ public final class CUDABackend: Backend {
     }
 
     public func rmsNormScaled(_ x: Storage, scale s: Storage, shift t: Storage?, _ y: Storage, batch: Int, rows: Int, cols: Int,
-                              eps: Double) {
+                              eps: Double, productOperand: Bool) {
         let nrows = batch * rows
         guard nrows > 0 && cols > 0 else { return }
         let k = core(x.dtype)
+        beginBF16Call()
+        let y16 = productOperand ? bf16Twin(y) : 0
         func arguments(_ g: inout Args) {
-            g.ptr(addr(x)); g.ptr(addr(s)); g.ptr(t.map { addr($0) } ?? 0); g.ptr(addr(y))
+            g.ptr(addr(x)); g.ptr(addr(s)); g.ptr(t.map { addr($0) } ?? 0); g.ptr(addr(y)); g.ptr(y16)
             g.i64(nrows); g.i64(rows); g.i64(cols); g.scalar(eps, x.dtype)
         }
         if cols <= 32 * KernelSource.rowWidths.last! {
@@ -793,6 +795,56 @@ public final class CUDABackend: Backend {
         } else {
             let threads = cols > 8192 ? 1024 : 256
             launch(k.rmsScaledBlock, grid: (Swift.min(nrows, maxBlocks * 2), 1), block: (threads, 1), arguments)
+        }
+    }
+
+    public func rmsNormScaledJVP(_ x: Storage, _ dx: Storage, scale s: Storage, dScale ds: Storage?, dShift dt: Storage?,
+                                 _ out: Storage, batch: Int, rows: Int, cols: Int, eps: Double, productOperand: Bool) {
+        let nrows = batch * rows
+        guard nrows > 0 && cols > 0 else { return }
+        beginBF16Call()
+        let y16 = productOperand ? bf16Twin(out) : 0
+        let k = core(x.dtype), w = KernelSource.normRowWidths.firstIndex { 32 * $0 >= cols }
+        launch(w.map { k.rmsScaledJVPRows[$0] } ?? k.rmsScaledJVP, grid: (blocks(nrows * 32), 1)) { a in
+            a.ptr(addr(x)); a.ptr(addr(dx)); a.ptr(addr(s)); a.ptr(ds.map { addr($0) } ?? 0); a.ptr(dt.map { addr($0) } ?? 0)
+            a.ptr(addr(out)); a.ptr(y16); a.i64(nrows); a.i64(rows); a.i64(cols); a.scalar(eps, x.dtype)
+        }
+    }
+
+    public func rmsNormScaledBackward(_ x: Storage, _ dx: Storage?, _ g: Storage, sA: Storage?, sB: Storage?, gx: Storage,
+                                      gdx: Storage?, plus: (x: Storage?, dx: Storage?),
+                                      sums: (n: Storage?, dn: Storage?, one: Storage?), batch: Int, rows: Int, cols: Int,
+                                      eps: Double) {
+        precondition((dx == nil) == (sA == nil) && (dx == nil) == (gdx == nil), "rmsNormScaledBackward: dx, sA and gdx go together")
+        let nrows = batch * rows
+        guard nrows > 0 && cols > 0 else { return }
+        func p(_ s: Storage?) -> DevicePointer { s.map { addr($0) } ?? 0 }
+        let k = core(x.dtype), outs = [sums.n, sums.dn, sums.one]
+        func rowArguments(_ a: inout Args) {
+            a.ptr(addr(x)); a.ptr(p(dx)); a.ptr(addr(g)); a.ptr(p(sA)); a.ptr(p(sB)); a.ptr(addr(gx)); a.ptr(p(gdx))
+            a.ptr(p(plus.x)); a.ptr(p(plus.dx))
+        }
+        if let w = KernelSource.normBackwardRowWidths.firstIndex(where: { 32 * $0 >= cols }) {
+            // Rows in registers, the column sums of each block's rows in the same pass (one block of 8 warps per
+            // chunk of at least 16 rows).
+            columnSums(outs, batch: batch, rows: rows, cols: cols, tiles: 1, minChunkRows: 16, k.rmsScaledBackwardRows[w],
+                       block: (256, 1)) { a, outs, chunkRows in
+                rowArguments(&a)
+                for o in outs { a.ptr(p(o)) }
+                a.i64(rows); a.i64(cols); a.i64(batch); a.i64(chunkRows); a.scalar(eps, x.dtype)
+            }
+            return
+        }
+        // r and r^3 mu per row, from the row pass to the column sums.
+        let rowR = allocate(nrows, x.dtype), rowQ = allocate(nrows, x.dtype)
+        launch(k.rmsScaledBackward, grid: (blocks(nrows * 32), 1)) { a in
+            rowArguments(&a)
+            a.ptr(addr(rowR)); a.ptr(addr(rowQ)); a.i64(nrows); a.i64(rows); a.i64(cols); a.scalar(eps, x.dtype)
+        }
+        columnSums(outs, batch: batch, rows: rows, cols: cols, k.normColSums) { a, outs, chunkRows in
+            a.ptr(addr(g)); a.ptr(addr(x)); a.ptr(p(dx)); a.ptr(addr(rowR)); a.ptr(addr(rowQ))
+            for o in outs { a.ptr(p(o)) }
+            a.i64(rows); a.i64(cols); a.i64(batch); a.i64(chunkRows)
         }
     }
 
@@ -828,25 +880,36 @@ public final class CUDABackend: Backend {
 
     public func rowSumsOfProducts(g: Storage, _ xs: [Storage?], _ outs: [Storage], batch: Int, rows: Int, cols: Int) {
         precondition(xs.count == outs.count && (1...3).contains(outs.count), "rowSumsOfProducts takes 1 to 3 outputs")
-        guard batch > 0 && cols > 0 else { return }
-        let tiles = (cols + 31) / 32
-        // Few batch entries with many rows (a weight shared by every row: batch 1) would leave most of the GPU
-        // idle: the rows are then cut into chunks, each summed by its own blocks, and the partial sums added by
-        // a second pass.
-        let wanted = 8 * multiprocessorCount
-        let chunks = Swift.max(1, Swift.min(Swift.min(wanted / Swift.max(tiles * batch, 1), (rows + 255) / 256), 65535 / batch))
-        let chunkRows = (rows + chunks - 1) / chunks
-        let used = (rows + chunkRows - 1) / Swift.max(chunkRows, 1)
-        precondition(batch * Swift.max(used, 1) <= 65535, "rowSumsOfProducts: batch \(batch) exceeds the grid's y limit")
-        let partials = used > 1 ? outs.map { _ in allocate(used * batch * cols, g.dtype) } : outs
-        launch(core(g.dtype).rowSums, grid: (tiles, batch * Swift.max(used, 1)), block: (32, 8)) { a in
+        columnSums(outs, batch: batch, rows: rows, cols: cols, core(g.dtype).rowSums) { a, outs, chunkRows in
             a.ptr(addr(g))
             for k in 0..<3 { a.ptr(k < xs.count ? xs[k].map { addr($0) } ?? 0 : 0) }
-            for k in 0..<3 { a.ptr(k < partials.count ? addr(partials[k]) : 0) }
-            a.i32(outs.count); a.i64(rows); a.i64(cols); a.i64(batch); a.i64(Swift.max(chunkRows, 1))
+            for k in 0..<3 { a.ptr(k < outs.count ? outs[k].map { addr($0) } ?? 0 : 0) }
+            a.i32(outs.count); a.i64(rows); a.i64(cols); a.i64(batch); a.i64(chunkRows)
         }
+    }
+
+    /// Launches a column-sum kernel of row_sums' shape (grid: `tiles` column tiles x chunks x batch entries,
+    /// blockIdx.y = chunk * batch + entry) for `outs` [batch, cols] (nil: not wanted); `arguments` gets the
+    /// buffers the kernel writes and the rows per chunk. Few batch entries with many rows (a weight shared by
+    /// every row: batch 1) would leave most of the GPU idle: the rows are then cut into chunks of at least
+    /// `minChunkRows`, each summed by its own blocks into partial sums, which a second pass adds.
+    private func columnSums(_ outs: [Storage?], batch: Int, rows: Int, cols: Int, tiles: Int? = nil, minChunkRows: Int = 256,
+                            _ kernel: Handle, block: (Int, Int) = (32, 8), _ arguments: (inout Args, [Storage?], Int) -> Void) {
+        guard batch > 0 && cols > 0 else { return }
+        let dtype = outs.lazy.compactMap { $0 }.first?.dtype ?? .float32
+        let tiles = tiles ?? (cols + 31) / 32
+        let wanted = 8 * multiprocessorCount
+        let chunks = Swift.max(1, Swift.min(Swift.min(wanted / Swift.max(tiles * batch, 1), (rows + minChunkRows - 1) / minChunkRows),
+                                            65535 / batch))
+        let chunkRows = Swift.max((rows + chunks - 1) / chunks, 1)
+        let used = Swift.max((rows + chunkRows - 1) / chunkRows, 1)
+        precondition(batch * used <= 65535, "column sums: batch \(batch) exceeds the grid's y limit")
+        let partials = used > 1 ? outs.map { $0.map { _ in allocate(used * batch * cols, dtype) } } : outs
+        launch(kernel, grid: (tiles, batch * used), block: block) { a in arguments(&a, partials, chunkRows) }
         if used > 1 {
-            for (p, o) in zip(partials, outs) { reduce(.sum, p, o, outer: 1, n: used, inner: batch * cols) }
+            for (p, o) in zip(partials, outs) {
+                if let p, let o { reduce(.sum, p, o, outer: 1, n: used, inner: batch * cols) }
+            }
         }
     }
 
@@ -1334,6 +1397,11 @@ final class CoreKernels {
     let softmaxWarp: [Handle], softmaxBlock: Handle, rmsWarp: [Handle], rmsBlock: Handle
     let rmsScaledWarp: [Handle], rmsScaledBlock: Handle
     let rmsLinear: Handle, rmsLinearBackward: Handle, scaledSum: Handle, rowSums: Handle
+    /// rmsNormScaled's tangent and backward: register-row kernels per KernelSource.normRowWidths and
+    /// normBackwardRowWidths, and for longer rows the kernels that read rows twice (the backward's column sums then
+    /// a pass of their own).
+    let rmsScaledJVPRows: [Handle], rmsScaledBackwardRows: [Handle]
+    let rmsScaledJVP: Handle, rmsScaledBackward: Handle, normColSums: Handle
     let gather: Handle, scatterAdd: Handle, random: Handle, adamw: Handle, ema: Handle
     let convertF32F64: Handle, convertF64F32: Handle, convertF32BF16: Handle
     /// Per fused activation (KernelSource.fusedActivations): value and tangent, their backward, plain backward.
@@ -1363,6 +1431,10 @@ final class CoreKernels {
         rmsScaledBlock = try get("rmsnorm_scaled_block_\(s)")
         rmsLinear = try get("rmsnorm_linear_\(s)"); rmsLinearBackward = try get("rmsnorm_linear_bwd_\(s)")
         scaledSum = try get("scaled_sum_\(s)"); rowSums = try get("row_sums_\(s)")
+        rmsScaledJVP = try get("rmsnorm_scaled_jvp_\(s)"); rmsScaledBackward = try get("rmsnorm_scaled_bwd_\(s)")
+        rmsScaledJVPRows = try KernelSource.normRowWidths.map { try get("rmsnorm_scaled_jvp_w\($0)_\(s)") }
+        rmsScaledBackwardRows = try KernelSource.normBackwardRowWidths.map { try get("rmsnorm_scaled_bwd_w\($0)_\(s)") }
+        normColSums = try get("norm_col_sums_\(s)")
         gather = try get("gather_\(s)"); scatterAdd = try get("scatter_add_\(s)"); random = try get("random_\(s)")
         adamw = try get("adamw_\(s)"); ema = try get("ema_\(s)")
         convertF32F64 = try get("convert_f32_f64"); convertF64F32 = try get("convert_f64_f32")

@@ -287,10 +287,10 @@ public struct DiT: FlowMapNetwork {
     }
 
     /// rmsNorm(x) * (1 + scale) + shift with [B, 1, D] modulation vectors: one fused pass that never stores the
-    /// normalised x.
+    /// normalised x. Its result always feeds a Linear.
     @inline(__always)
     func modulateNormalized(_ x: Tensor, shift: Tensor, scale: Tensor) -> Tensor {
-        x.rmsNormalized(eps: 1e-6, scale: 1 + scale, shift: shift)
+        x.rmsNormalized(eps: 1e-6, scale: 1 + scale, shift: shift, feedsProducts: true)
     }
 
     /// x + gate * y with a [B, 1, D] gate (one fused pass).

@@ -290,7 +290,50 @@ final class CUDAOpTests: XCTestCase {
                     compareWithCPU("rmsNormScaled \(batch)x\(rows)x\(cols) shift=\(useShift) seed=\(r.seed)", cuda, dtype: dtype,
                                    reference64: true, inputs: [x, s, t], outputs: [(n, nil)]) { b, i, o in
                         b.rmsNormScaled(i[0], scale: i[1], shift: useShift ? i[2] : nil, o[0], batch: batch, rows: rows,
-                                        cols: cols, eps: 1e-6)
+                                        cols: cols, eps: 1e-6, productOperand: useShift)
+                    }
+                }
+            }
+        }
+    }
+
+    /// rmsNormScaled's tangent and the backward of both (primal: no dx; tangent: dx with the scale's and shift's
+    /// tangents or without), with and without partial gradients, against the CPU in float64. The shapes include
+    /// a weight shared by many rows (column sums in chunks) and rows past 32 x 64 values.
+    func testRMSNormScaledJVPAndBackward() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        for dtype in dtypes {
+            for (batch, rows, cols) in [(1, 3, 2), (1, 1000, 64), (1, 4099, 72), (3, 17, 33), (600, 3, 8), (2, 256, 384),
+                                        (2, 33, 512), (2, 33, 513), (3, 65, 1152),
+                                        (2, 5, 2049), (1, 3, 9000)] {
+                let n = batch * rows * cols, m = batch * cols
+                let x = r.normals(n, scale: 3), dx = r.normals(n), g = r.normals(n), px = r.normals(n), pdx = r.normals(n)
+                let s = r.normals(m), ds = r.normals(m), dt = r.normals(m)
+                let label = "\(batch)x\(rows)x\(cols) seed=\(r.seed)"
+                for (useDS, useDT) in [(false, false), (true, true), (true, false)] {
+                    compareWithCPU("rmsNormScaledJVP \(label) ds=\(useDS) dt=\(useDT)", cuda, dtype: dtype, reference64: true,
+                                   inputs: [x, dx, s, ds, dt], outputs: [(n, nil)]) { b, i, o in
+                        b.rmsNormScaledJVP(i[0], i[1], scale: i[2], dScale: useDS ? i[3] : nil, dShift: useDT ? i[4] : nil, o[0],
+                                           batch: batch, rows: rows, cols: cols, eps: 1e-6, productOperand: useDT)
+                    }
+                }
+                // gx sums terms that cancel (as rmsNormLinear's backward): a looser float32 bound.
+                let tol = dtype == .float64 ? 1e-10 : 5e-5
+                for plus in [false, true] {
+                    compareWithCPU("rmsNormScaledBackward primal \(label) plus=\(plus)", cuda, dtype: dtype, tolerance: tol,
+                                   reference64: true, inputs: [x, g, s, px], outputs: [(n, nil), (m, nil), (m, nil)]) { b, i, o in
+                        b.rmsNormScaledBackward(i[0], nil, i[1], sA: nil, sB: i[2], gx: o[0], gdx: nil, plus: (plus ? i[3] : nil, nil),
+                                                sums: (o[1], nil, o[2]), batch: batch, rows: rows, cols: cols, eps: 1e-6)
+                    }
+                    for useDS in [false, true] {
+                        compareWithCPU("rmsNormScaledBackward tangent \(label) plus=\(plus) ds=\(useDS)", cuda, dtype: dtype,
+                                       tolerance: tol, reference64: true, inputs: [x, dx, g, s, ds, px, pdx],
+                                       outputs: [(n, nil), (n, nil), (m, nil), (m, nil), (m, nil)]) { b, i, o in
+                            b.rmsNormScaledBackward(i[0], i[1], i[2], sA: i[3], sB: useDS ? i[4] : nil, gx: o[0], gdx: o[1],
+                                                    plus: plus ? (i[5], i[6]) : (nil, nil), sums: (o[2], o[3], o[4]),
+                                                    batch: batch, rows: rows, cols: cols, eps: 1e-6)
+                        }
                     }
                 }
             }
@@ -584,6 +627,27 @@ final class CUDAOpTests: XCTestCase {
                 let gx = cuda.allocate(n, .float32)
                 cuda.activationBackward(op, x, gy, gx)
                 checkCopy(gx, cols: cols, e, "\(label) backward")
+            }
+            // Modulated norms that feed products and their tangents, per-batch factors (2 entries) or shared.
+            for batch in rows % 2 == 0 ? [1, 2] : [1] {
+                let m = batch * cols
+                let (x, dx) = (input(), input())
+                let (s, ds, t) = (cuda.upload(r.normals(m).map { Float($0) }), cuda.upload(r.normals(m).map { Float($0) }),
+                                  cuda.upload(r.normals(m).map { Float($0) }))
+                let (y, ty) = (cuda.allocate(n, .float32), cuda.allocate(n, .float32))
+                cuda.rmsNormScaled(x, scale: s, shift: t, y, batch: batch, rows: rows / batch, cols: cols, eps: 1e-6,
+                                   productOperand: true)
+                checkCopy(y, cols: cols, e, "rmsNormScaled \(rows)x\(cols) batch \(batch)")
+                cuda.rmsNormScaledJVP(x, dx, scale: s, dScale: ds, dShift: t, ty, batch: batch, rows: rows / batch, cols: cols,
+                                      eps: 1e-6, productOperand: true)
+                checkCopy(ty, cols: cols, e, "rmsNormScaledJVP \(rows)x\(cols) batch \(batch)")
+                // Without the hint no copy is written: the product converts (the copy bytes grow).
+                let plain = cuda.allocate(n, .float32)
+                cuda.rmsNormScaled(x, scale: s, shift: t, plain, batch: batch, rows: rows / batch, cols: cols, eps: 1e-6,
+                                   productOperand: false)
+                let held = cuda.bf16CopyBytes
+                _ = Tensor(storage: plain, shape: [rows, cols]).matmul(e)
+                XCTAssertGreaterThan(cuda.bf16CopyBytes, held, "rmsNormScaled without the hint writes no copy")
             }
         }
         // Flash attention (head dim 64, bf16 kernels): the output and its tangent; dv and dtv from the backward.

@@ -196,10 +196,32 @@ public final class CPUBackend: Backend {
     }
 
     public func rmsNormScaled(_ x: Storage, scale s: Storage, shift t: Storage?, _ y: Storage, batch: Int, rows: Int, cols: Int,
-                              eps: Double) {
+                              eps: Double, productOperand: Bool) {
         func run<T: CPUFloat>(_: T.Type) {
             Kernels.rmsNormScaled(cpu(x).ptr(T.self), cpu(s).ptr(T.self), t.map { cpu($0).ptr(T.self) }, cpu(y).ptr(T.self),
                                   batch, rows, cols, eps)
+        }
+        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
+    }
+
+    public func rmsNormScaledJVP(_ x: Storage, _ dx: Storage, scale s: Storage, dScale ds: Storage?, dShift dt: Storage?,
+                                 _ out: Storage, batch: Int, rows: Int, cols: Int, eps: Double, productOperand: Bool) {
+        func run<T: CPUFloat>(_: T.Type) {
+            Kernels.rmsNormScaledJVP(cpu(x).ptr(T.self), cpu(dx).ptr(T.self), cpu(s).ptr(T.self), ds.map { cpu($0).ptr(T.self) },
+                                     dt.map { cpu($0).ptr(T.self) }, cpu(out).ptr(T.self), batch, rows, cols, eps)
+        }
+        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
+    }
+
+    public func rmsNormScaledBackward(_ x: Storage, _ dx: Storage?, _ g: Storage, sA: Storage?, sB: Storage?, gx: Storage,
+                                      gdx: Storage?, plus: (x: Storage?, dx: Storage?),
+                                      sums: (n: Storage?, dn: Storage?, one: Storage?), batch: Int, rows: Int, cols: Int,
+                                      eps: Double) {
+        func run<T: CPUFloat>(_: T.Type) {
+            func p(_ s: Storage?) -> UnsafeMutablePointer<T>? { s.map { cpu($0).ptr(T.self) } }
+            Kernels.rmsNormScaledBackward(cpu(x).ptr(T.self), p(dx), cpu(g).ptr(T.self), p(sA), p(sB), cpu(gx).ptr(T.self),
+                                          p(gdx), p(plus.x), p(plus.dx), [p(sums.n), p(sums.dn), p(sums.one)],
+                                          batch, rows, cols, eps)
         }
         typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
     }

@@ -391,6 +391,90 @@ enum Kernels {
         }
     }
 
+    /// rmsNormScaled's tangent per row of [batch, rows, cols]: out = s (r dx - r^3 mu x) + ds r x + dt with
+    /// r = 1 / sqrt(mean(x^2) + eps) and mu = mean(x dx) (r dx - r^3 mu x is r (dx - n mean(n dx)), n = r x).
+    static func rmsNormScaledJVP<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ dx: UnsafeMutablePointer<T>, _ s: UnsafeMutablePointer<T>,
+                                              _ ds: UnsafeMutablePointer<T>?, _ dt: UnsafeMutablePointer<T>?,
+                                              _ out: UnsafeMutablePointer<T>, _ batch: Int, _ rows: Int, _ cols: Int, _ eps: Double) {
+        Parallel.forRanges(batch * rows, grain: Swift.max(1, 8192 / Swift.max(cols, 1))) { r in
+            for row in r {
+                let o = row * cols, so = (row / rows) * cols
+                var xx = T(0), xd = T(0)
+                for i in o..<(o + cols) { xx += x[i] * x[i]; xd += x[i] * dx[i] }
+                let n = T(cols), inv = 1 / T.fsqrt(xx / n + T(eps)), q = inv * inv * inv * xd / n
+                for i in 0..<cols {
+                    var v = s[so + i] * (inv * dx[o + i] - q * x[o + i])
+                    if let ds { v += ds[so + i] * (x[o + i] * inv) }
+                    if let dt { v += dt[so + i] }
+                    out[o + i] = v
+                }
+            }
+        }
+    }
+
+    /// Cotangents for g of out = L(dx) sA + n sB + t per row (n = r x, L(dx) = r dx - r^3 mu x, mu = mean(x dx)).
+    /// With a = g sA, c = g sB and the row sums A = sum a dx, Xa = sum a x, Xc = sum c x over D columns:
+    /// gdx = r a - r^3 Xa x / D and
+    /// gx = r c - r^3 mu a - r^3 Xa dx / D + x (3 r^5 mu Xa - r^3 A - r^3 Xc) / D,
+    /// each plus its partial; then the column sums of g n, g L(dx) and g over each batch entry's rows.
+    static func rmsNormScaledBackward<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ dx: UnsafeMutablePointer<T>?,
+                                                   _ g: UnsafeMutablePointer<T>, _ sA: UnsafeMutablePointer<T>?,
+                                                   _ sB: UnsafeMutablePointer<T>?, _ gx: UnsafeMutablePointer<T>,
+                                                   _ gdx: UnsafeMutablePointer<T>?, _ px: UnsafeMutablePointer<T>?,
+                                                   _ pdx: UnsafeMutablePointer<T>?, _ sums: [UnsafeMutablePointer<T>?],
+                                                   _ batch: Int, _ rows: Int, _ cols: Int, _ eps: Double) {
+        let nrows = batch * rows
+        // Per row: r, and r^3 mu (L(dx) = r dx - r^3 mu x), for the column sums.
+        let rowR = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(nrows, 1))
+        let rowQ = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(nrows, 1))
+        defer { rowR.deallocate(); rowQ.deallocate() }
+        Parallel.forRanges(nrows, grain: Swift.max(1, 4096 / Swift.max(cols, 1))) { r in
+            for row in r {
+                let o = row * cols, so = (row / rows) * cols
+                var xx = T(0), xd = T(0), sumA = T(0), xa = T(0), xc = T(0)
+                for i in 0..<cols {
+                    let xv = x[o + i], dv = dx?[o + i] ?? 0, gv = g[o + i]
+                    let a = sA.map { gv * $0[so + i] } ?? 0, c = sB.map { gv * $0[so + i] } ?? 0
+                    xx += xv * xv; xd += xv * dv; sumA += a * dv; xa += a * xv; xc += c * xv
+                }
+                let n = T(cols), inv = 1 / T.fsqrt(xx / n + T(eps)), r3 = inv * inv * inv, mu = xd / n
+                let ka = r3 * mu, kd = r3 * xa / n, kx = (3 * r3 * inv * inv * mu * xa - r3 * sumA - r3 * xc) / n
+                for i in 0..<cols {
+                    let xv = x[o + i], dv = dx?[o + i] ?? 0, gv = g[o + i]
+                    let a = sA.map { gv * $0[so + i] } ?? 0, c = sB.map { gv * $0[so + i] } ?? 0
+                    let vx = inv * c - ka * a - kd * dv + kx * xv
+                    gx[o + i] = px.map { $0[o + i] + vx } ?? vx
+                    if let gdx {
+                        let vd = inv * a - kd * xv
+                        gdx[o + i] = pdx.map { $0[o + i] + vd } ?? vd
+                    }
+                }
+                rowR[row] = inv
+                rowQ[row] = ka
+            }
+        }
+        Parallel.forRanges(batch, grain: 1) { range in
+            for bi in range {
+                for (k, out) in sums.enumerated() {
+                    guard let out else { continue }
+                    let po = out + bi * cols
+                    for i in 0..<cols { po[i] = 0 }
+                    for r in 0..<rows {
+                        let row = bi * rows + r, o = row * cols, inv = rowR[row], q = rowQ[row]
+                        for i in 0..<cols {
+                            let gv = g[o + i]
+                            switch k {
+                            case 0: po[i] += gv * (x[o + i] * inv)
+                            case 1: po[i] += gv * (inv * (dx?[o + i] ?? 0) - q * x[o + i])
+                            default: po[i] += gv
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     static func rmsNorm<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ rows: Int, _ cols: Int, _ eps: Double) {
         Parallel.forRanges(rows, grain: Swift.max(1, 16_384 / Swift.max(cols, 1))) { r in
             for row in r {

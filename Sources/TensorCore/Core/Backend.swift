@@ -111,9 +111,22 @@ public protocol Backend: AnyObject {
                                gd: Storage, plus: (x: Storage?, y: Storage?, d: Storage?), rows: Int, cols: Int, eps: Double)
     /// y = rmsNorm(x) s + t over [batch, rows, cols] with s and t of shape [batch, cols] (one value per column,
     /// shared by a batch entry's rows; t may be nil): normalisation followed by adaLN modulation or a norm weight,
-    /// reading each row once and writing y only (the normalised rows are never stored).
+    /// reading each row once and writing y only (the normalised rows are never stored). `productOperand`: y feeds
+    /// matrix products (a backend with low-precision products may write their operand copy in the same pass).
     func rmsNormScaled(_ x: Storage, scale s: Storage, shift t: Storage?, _ y: Storage, batch: Int, rows: Int, cols: Int,
-                       eps: Double)
+                       eps: Double, productOperand: Bool)
+    /// The tangent of rmsNormScaled: out = L(dx) s + rmsNorm(x) ds + dt, L(dx) = r (dx - n mean(n dx)) the
+    /// derivative of n = rmsNorm(x) (rmsNormLinear), s, ds and dt [batch, cols] (ds, dt may be nil). One pass over
+    /// x and dx, where n, L(dx) and the sum would be three that store n and L(dx).
+    func rmsNormScaledJVP(_ x: Storage, _ dx: Storage, scale s: Storage, dScale ds: Storage?, dShift dt: Storage?,
+                          _ out: Storage, batch: Int, rows: Int, cols: Int, eps: Double, productOperand: Bool)
+    /// Cotangents for g of out = L(dx) sA + rmsNorm(x) sB + t (rmsNormScaled: no dx and sA, sB = s; its JVP:
+    /// sA = s, sB = ds or nil): gx (plus `plus.x`), gdx = L(g sA) (plus `plus.dx`; with dx only) and the per-column
+    /// sums over each batch entry's rows `sums.n` = sum g n, `sums.dn` = sum g L(dx), `sums.one` = sum g (nil:
+    /// not wanted), all [batch, cols]. n and L(dx) are recomputed, never read.
+    func rmsNormScaledBackward(_ x: Storage, _ dx: Storage?, _ g: Storage, sA: Storage?, sB: Storage?, gx: Storage,
+                               gdx: Storage?, plus: (x: Storage?, dx: Storage?),
+                               sums: (n: Storage?, dn: Storage?, one: Storage?), batch: Int, rows: Int, cols: Int, eps: Double)
     /// y = a s + b t + c over [batch, rows, cols] with s and t of shape [batch, cols] (one value per column,
     /// shared by a batch entry's rows): adaLN modulation and gated residuals in one pass. b/t and c may be nil;
     /// c is [batch, rows, cols] when `cFull`, else [batch, cols].

@@ -63,8 +63,9 @@ extension Tensor {
     /// the result: adaLN modulation after a norm (scale = 1 + the modulation's scale) and norm weights, where the
     /// separate passes would write the normalised tensor and read it back. scale and shift (nil: none) hold one
     /// value per column, either per entry of the first axis (B * C values for a tensor [B, ..., C], such as
-    /// [B, 1, C]) or one row of C values shared by every row (a weight [C]).
-    public func rmsNormalized(eps: Double, scale: Tensor, shift: Tensor? = nil) -> Tensor {
+    /// [B, 1, C]) or one row of C values shared by every row (a weight [C]). `feedsProducts`: the result (and its
+    /// tangent) are matrix-product operands, a hint for backends that keep low-precision operand copies.
+    public func rmsNormalized(eps: Double, scale: Tensor, shift: Tensor? = nil, feedsProducts: Bool = false) -> Tensor {
         let cols = shape.last!
         let batch = scale.count == cols ? 1 : shape[0]
         precondition(scale.count == batch * cols,
@@ -73,45 +74,62 @@ extension Tensor {
         let rows = count / Swift.max(batch * cols, 1)
         let y = empty(shape)
         backend.rmsNormScaled(storage, scale: scale.storage, shift: shift?.storage, y.storage, batch: batch, rows: rows,
-                              cols: cols, eps: eps)
+                              cols: cols, eps: eps, productOperand: feedsProducts)
         var inputs = [self, scale]
         if let shift { inputs.append(shift) }
-        let hasShift = shift != nil, xShape = shape, scaleShape = scale.shape, shiftShape = shift?.shape
-        // The rules see x as [batch, rows, cols] and the factors as [batch, cols], the layout scaledSum reads.
-        func rowsView(_ t: Tensor) -> Tensor { t.reshaped([batch, rows, cols]) }
-        func factorView(_ t: Tensor) -> Tensor { t.reshaped([batch, cols]) }
-        // The rules recompute n = rmsNorm(x) rather than have the forward pass store it (storing it is the write
-        // this op exists to avoid). The JVP is written with differentiable ops (rmsNormalized, its derivative
-        // map, scaledSum), so gradients through the tangent are correct by construction. shift's value is not
-        // needed for any cotangent, only its shape.
+        let hasShift = shift != nil, scaleShape = scale.shape, shiftShape = shift?.shape
+        // The JVP with a tangent of x is one op with its own VJP (n and its derivative recomputed there, never
+        // stored: storing them is the traffic this op exists to avoid). shift's value is not needed for any
+        // cotangent, only its shape.
         return record1("rmsNormScaled", inputs, y, saves: [0, 1], savesOutputs: false, jvp: { i, _, d in
-            let x = rowsView(i[0]), s = factorView(i[1])
-            let dt = hasShift ? d[2].map(factorView) : nil
-            // d(n s + t) = dn s + n ds + dt with dn = rmsNormLinear(x, n, dx).
-            let n = d[0] != nil || d[1] != nil ? x.rmsNormalized(eps: eps) : nil
-            let dn = d[0].map { Tensor.rmsNormLinear(x, n!, rowsView($0), eps: eps) }
-            let dy: Tensor
-            switch (dn, d[1].map(factorView)) {
-            case let (dn?, ds?): dy = Tensor.scaledSum(dn, s, n!, ds, plus: dt)
-            case let (dn?, nil): dy = Tensor.scaledSum(dn, s, plus: dt)
-            case let (nil, ds?): dy = Tensor.scaledSum(n!, ds, plus: dt)
-            // Only the shift has a tangent (the rule runs only when some input has one).
-            case (nil, nil): dy = dt!.reshaped([batch, 1, cols]).broadcast(to: [batch, rows, cols])
+            if let dx = d[0] {
+                return [Tensor.rmsNormScaledTangent(i[0], dx, scale: i[1], dScale: d[1], dShift: hasShift ? d[2] : nil,
+                                                    batch: batch, eps: eps, feedsProducts: feedsProducts)]
             }
-            return [dy.reshaped(xShape)]
+            // Without a tangent of x: n ds + dt, n = rmsNorm(x) (differentiable; the rule runs only when some input has a tangent).
+            let dt = hasShift ? d[2]?.reshaped([batch, 1, cols]) : nil
+            let x = i[0].reshaped([batch, rows, cols])
+            let dy = d[1].map { Tensor.scaledSum(x.rmsNormalized(eps: eps), $0.reshaped([batch, cols]), plus: dt) }
+                ?? dt!.broadcast(to: [batch, rows, cols])
+            return [dy.reshaped(i[0].shape)]
         }, accumulatingVJP: { i, _, g, p in
             guard let g = g[0] else { return Array(repeating: nil, count: hasShift ? 3 : 2) }
-            let x = rowsView(i[0]), s = factorView(i[1]), gv = rowsView(g)
-            let n = x.rmsNormalized(eps: eps)
-            // The scale's cotangent sums g n over each batch entry's rows, the shift's sums g: one pass for both.
-            let products: [Tensor?] = hasShift ? [n, nil] : [n]
-            let sums = products.map { ($0, g.empty([batch, cols])) }
-            g.backend.rowSumsOfProducts(g: gv.storage, sums.map { $0.0?.storage }, sums.map(\.1.storage),
-                                        batch: batch, rows: rows, cols: cols)
-            // RMSNorm's derivative map is symmetric: its VJP is the same map applied to the cotangent of n.
-            let gx = Tensor.rmsNormLinear(x, n, Tensor.scaledSum(gv, s), plus: p[0].map(rowsView), eps: eps).reshaped(xShape)
-            var grads: [Tensor?] = [gx, adding(p[1], sums[0].1.reshaped(scaleShape))]
-            if let shiftShape { grads.append(adding(p[2], sums[1].1.reshaped(shiftShape))) }
+            let gx = g.empty(g.shape), gs = g.empty(scaleShape), gt = shiftShape.map { g.empty($0) }
+            g.backend.rmsNormScaledBackward(i[0].storage, nil, g.storage, sA: nil, sB: i[1].storage, gx: gx.storage, gdx: nil,
+                                            plus: (p[0]?.storage, nil), sums: (gs.storage, nil, gt?.storage),
+                                            batch: batch, rows: rows, cols: cols, eps: eps)
+            var grads: [Tensor?] = [gx, adding(p[1], gs)]
+            if let gt { grads.append(adding(p[2], gt)) }
+            return grads
+        })
+    }
+
+    /// rmsNormScaled's tangent L(dx) s + n ds + dt (see Backend.rmsNormScaledJVP), recorded with its VJP: the
+    /// gradients through the JVP that TVM's terminal term needs, in one row pass and one column-sum pass.
+    static func rmsNormScaledTangent(_ x: Tensor, _ dx: Tensor, scale s: Tensor, dScale ds: Tensor?, dShift dt: Tensor?,
+                                     batch: Int, eps: Double, feedsProducts: Bool) -> Tensor {
+        let cols = x.shape.last!, rows = x.count / Swift.max(batch * cols, 1)
+        precondition(dx.shape == x.shape, "rmsNormScaledTangent: tangent \(dx.shape) does not match x \(x.shape)")
+        let out = x.empty(x.shape)
+        x.backend.rmsNormScaledJVP(x.storage, dx.storage, scale: s.storage, dScale: ds?.storage, dShift: dt?.storage,
+                                   out.storage, batch: batch, rows: rows, cols: cols, eps: eps, productOperand: feedsProducts)
+        var inputs = [x, dx, s]
+        if let ds { inputs.append(ds) }
+        if let dt { inputs.append(dt) }
+        let hasDS = ds != nil, hasDT = dt != nil, n = inputs.count
+        // Nested forward mode is not supported, so this op never sees tangents (no JVP rule). dt's value is not
+        // needed for any cotangent, only its shape.
+        return record1("rmsNormScaledTangent", inputs, out, saves: Array(0..<(hasDS ? 4 : 3)), savesOutputs: false, jvp: nil,
+                       accumulatingVJP: { i, _, g, p in
+            guard let g = g[0] else { return Array(repeating: nil, count: n) }
+            let gx = g.empty(i[0].shape), gdx = g.empty(i[0].shape)
+            let gs = g.empty(i[2].shape), gds = hasDS ? g.empty(i[3].shape) : nil, gdt = hasDT ? g.empty(i[n - 1].shape) : nil
+            g.backend.rmsNormScaledBackward(i[0].storage, i[1].storage, g.storage, sA: i[2].storage, sB: hasDS ? i[3].storage : nil,
+                                            gx: gx.storage, gdx: gdx.storage, plus: (p[0]?.storage, p[1]?.storage),
+                                            sums: (gds?.storage, gs.storage, gdt?.storage), batch: batch, rows: rows, cols: cols, eps: eps)
+            var grads: [Tensor?] = [gx, gdx, adding(p[2], gs)]
+            if let gds { grads.append(adding(p[3], gds)) }
+            if let gdt { grads.append(adding(p[n - 1], gdt)) }
             return grads
         })
     }
