@@ -461,13 +461,11 @@ enum Kernels {
                     for i in 0..<cols { po[i] = 0 }
                     for r in 0..<rows {
                         let row = bi * rows + r, o = row * cols, inv = rowR[row], q = rowQ[row]
-                        for i in 0..<cols {
-                            let gv = g[o + i]
-                            switch k {
-                            case 0: po[i] += gv * (x[o + i] * inv)
-                            case 1: po[i] += gv * (inv * (dx?[o + i] ?? 0) - q * x[o + i])
-                            default: po[i] += gv
-                            }
+                        switch (k, dx) {
+                        case (0, _): for i in 0..<cols { po[i] += g[o + i] * (x[o + i] * inv) }
+                        case let (1, dx?): for i in 0..<cols { po[i] += g[o + i] * (inv * dx[o + i] - q * x[o + i]) }
+                        case (1, nil): for i in 0..<cols { po[i] += g[o + i] * (-q * x[o + i]) }
+                        default: for i in 0..<cols { po[i] += g[o + i] }
                         }
                     }
                 }
