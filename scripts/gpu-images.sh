@@ -12,6 +12,9 @@
 #   tvm     carry [".device/tvm.xz"] (or nothing): TVM, DiT-S/2, 3 x 130 s (resumed, bit-identical to one run),
 #           keeping the checkpoints at 130, 260 and 390 s
 #   mid     FID-10k of those checkpoints (evaluation EMA) at 1, 2 and 4 NFE, and of the final EMA-target weights
+#   widths  FID-10k at 1 NFE of the 390-s checkpoint with every EMA the run kept (the evaluation EMA, the extra
+#           EMAs of other widths, the EMA target), then at 2 and 4 NFE with the one best at 1 NFE
+# TAG (default tvm) names a run's folder and checkpoints, so runs with another SEED can sit side by side.
 #   fm      flow matching with the same budget, FID-10k with 1, 2, 4 and 8 Euler steps (guided: 2 evaluations each)
 #   fm2     the same with 16 and 32 Euler steps
 # Each call prints a summary and leaves its logs in $OUT.
@@ -21,10 +24,12 @@ S=/tmp/tvm-img
 out=${OUT:-/tmp/gpu-images-out}
 precision=${PRECISION:---bf16}  # the official run's bf16 autocast; --tf32 for TF32 products
 # Evaluation EMA power:16 (relative width 0.05): over ~1700 steps it averages about as many steps as the 0.99 EMA
-# target, which beat power:7 (width 0.10) at 1 NFE in every earlier 390-second run.
-ema=${EMA:-power:16}
+# target, which beat power:7 (width 0.10) at 1 NFE in every earlier 390-second run. Extra EMAs from power:64 to
+# power:4 (relative widths 0.015 to 0.14) are kept alongside for `widths`.
+ema=${EMA:-power:16,power:64,power:32,power:8,power:4}
+tag=${TAG:-tvm}
 train_args=(--device cuda "$precision" --data fashion-mnist --data-dir "$S/fmnist" --model S/2 --cfg 2 --label-dropout 0.1
-            --batch 128 --lr 2e-4 --ema "$ema" --every 100000)
+            --batch 128 --lr 2e-4 --ema "$ema" --seed "${SEED:-0}" --every 100000)
 N=${N:-10000}
 
 tvm() { "$S/tvm" "$@"; }
@@ -35,7 +40,8 @@ setup() {
     if [ -f .device/tvm.xz ]; then xz -dc .device/tvm.xz > "$S/tvm" && chmod +x "$S/tvm"; fi
     [ -x "$S/tvm" ] || { echo "no tvm binary on the device: carry .device/tvm.xz"; exit 1; }
 }
-# fid NAME CHECKPOINT NFE [WEIGHTS]: 10000 samples (1000 per class, fixed seed), then FID against the cached stats.
+# fid NAME CHECKPOINT NFE [WEIGHTS]: 10000 samples (1000 per class, fixed seed), then FID against the cached stats;
+# prints a line "NAME FID (seconds)".
 fid() {
     local name=$1 ck=$2 nfe=$3 weights=${4:-ema} t0
     t0=$(date +%s)
@@ -97,14 +103,14 @@ PY
     ;;
 tvm)
     setup
-    rm -rf "$S/run-tvm"
+    rm -rf "$S/run-$tag"
     for seg in 1 2 3; do
         resume=(); [ "$seg" -gt 1 ] && resume=(--resume)
-        tvm train "${train_args[@]}" --time-budget 130 --out "$S/run-tvm" "${resume[@]}" > "$out/tvm-train-$seg.log" 2>&1
-        cp "$S/run-tvm/checkpoint.safetensors" "$S/tvm-$((seg * 130))s.safetensors"
-        echo "TVM after $((seg * 130)) s: $(steps_of "$S/run-tvm") steps; $(grep -o '"loss":[0-9.e-]*' "$S/run-tvm/metrics.jsonl" | tail -1)"
+        tvm train "${train_args[@]}" --time-budget 130 --out "$S/run-$tag" "${resume[@]}" > "$out/$tag-train-$seg.log" 2>&1
+        cp "$S/run-$tag/checkpoint.safetensors" "$S/$tag-$((seg * 130))s.safetensors"
+        echo "TVM ($tag, seed ${SEED:-0}) after $((seg * 130)) s: $(steps_of "$S/run-$tag") steps; $(grep -o '"loss":[0-9.e-]*' "$S/run-$tag/metrics.jsonl" | tail -1)"
     done
-    cp "$S/run-tvm/metrics.jsonl" "$out/tvm-metrics.jsonl"
+    cp "$S/run-$tag/metrics.jsonl" "$out/$tag-metrics.jsonl"
     ;;
 fm)
     setup
@@ -121,11 +127,28 @@ fm2)
 mid)
     setup
     # The final weights first (evaluation EMA, then EMA target), then the earlier checkpoints.
-    for k in 1 2 4; do fid "tvm-390s-nfe$k" "$S/tvm-390s.safetensors" $k; done
-    fid "tvm-390s-nfe1-teacher" "$S/tvm-390s.safetensors" 1 teacher
-    fid "tvm-390s-nfe4-teacher" "$S/tvm-390s.safetensors" 4 teacher
-    for s in 130 260; do for k in 1 2 4; do fid "tvm-${s}s-nfe$k" "$S/tvm-${s}s.safetensors" $k; done; done
+    for k in 1 2 4; do fid "$tag-390s-nfe$k" "$S/$tag-390s.safetensors" $k; done
+    fid "$tag-390s-nfe1-teacher" "$S/$tag-390s.safetensors" 1 teacher
+    fid "$tag-390s-nfe4-teacher" "$S/$tag-390s.safetensors" 4 teacher
+    for s in 130 260; do for k in 1 2 4; do fid "$tag-${s}s-nfe$k" "$S/$tag-${s}s.safetensors" $k; done; done
+    ;;
+widths)
+    setup
+    ck=$S/$tag-390s.safetensors
+    IFS=, read -ra schedules <<< "$ema"
+    rm -f "$S/$tag-widths.txt"
+    weights=(ema teacher); for e in "${schedules[@]:1}"; do weights+=("ema:$e"); done
+    for w in "${weights[@]}"; do
+        label=$w; [ "$w" = ema ] && label="ema:${schedules[0]}"
+        fid "$tag-390s-nfe1-$label" "$ck" 1 "$w" | tee -a "$S/$tag-widths.txt"
+    done
+    # The best at 1 NFE (lowest FID; ties go to the first listed), then 2 and 4 NFE with it.
+    best=$(awk '$2 == "FID" { print $1, $3 }' "$S/$tag-widths.txt" | sort -s -g -k2 | head -1 | cut -d' ' -f1)
+    bestw=${best#$tag-390s-nfe1-}
+    [ "$bestw" = "ema:${schedules[0]}" ] && bestw=ema
+    echo "best at 1 NFE: $bestw"
+    for k in 2 4; do fid "$tag-390s-nfe$k-$bestw" "$ck" $k "$bestw"; done
     ;;
 *)
-    sed -n '2,19p' "$0"; exit 2 ;;
+    sed -n '2,22p' "$0"; exit 2 ;;
 esac

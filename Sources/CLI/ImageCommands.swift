@@ -11,7 +11,7 @@ let imageTrainHelp = """
 tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FILE.npy] [--pad 2]
           [--model S/2 | --hidden H --depth D --heads N --patch P] [--cfg W | --cfg-range LO,HI]
           [--label-dropout 0.1] [--no-scaled-param] [--batch 128] [--lr 2e-4] [--steps N] [--time-budget S]
-          [--ema power:7|D] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
+          [--ema power:7|D[,EXTRA...]] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
           [--sample-cfg W] [--tf32|--bf16] [--method tvm|fm] [--on-fault zero-rows|skip|stop] [--loss-spike K]
           [--grad-spike K] [--grad-limit X] [--fault-warmup N]
   TVM on images with a DiT (class-conditional, classifier-free guidance); --method fm trains the flow-matching
@@ -24,7 +24,9 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   after that many seconds of this invocation. Every --every steps (default 1000) and at the end it writes
   DIR/samples_step<N>_nfe<K>.png (fixed noise, one row per class, 1 and 4 NFE, evaluation EMA, guidance
   --sample-cfg, default the training w or the middle of --cfg-range) and DIR/checkpoint.safetensors (atomically);
-  DIR/metrics.jsonl gets one JSON line per step. --resume continues from DIR/checkpoint.safetensors exactly
+  DIR/metrics.jsonl gets one JSON line per step. --ema is the evaluation EMA: a fixed decay D, or power:G, a
+  window of about step/(G+1) steps; more schedules after it (--ema power:16,power:32,power:8) are kept alongside
+  as extra EMAs, saved in the checkpoint, to choose a width after the run (tvm sample --weights ema:power:32). --resume continues from DIR/checkpoint.safetensors exactly
   (same losses as an uninterrupted run); the model options must match the checkpoint's. Runs on a GPU when
   one is found (--device auto, the default for images), else on the CPU; --device cpu|cuda forces either.
   A run that cannot save its checkpoint (disk full) stops with one line; the previous checkpoint is intact.
@@ -38,8 +40,9 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
 let imageHelpTexts: [String: String] = [
     "sample": """
     tvm sample --checkpoint FILE [--n 100] [--nfe 1] [--cfg 2] [--classes 0,1,2] [--seed N] [--out grid.png]
-               [--npy FILE] [--folder DIR] [--weights ema|student|teacher] [--columns 10]
-      Samples images from a training checkpoint (by default with the evaluation EMA) in --nfe steps with
+               [--npy FILE] [--folder DIR] [--weights ema|ema:SCHEDULE|student|teacher] [--columns 10]
+      Samples images from a training checkpoint (by default with the evaluation EMA; ema:SCHEDULE picks one of
+      the extra EMAs the run kept, e.g. ema:power:32; teacher is the EMA target) in --nfe steps with
       guidance scale --cfg (a flow-matching checkpoint: --nfe Euler steps, each evaluating the class and the null
       class for classifier-free guidance). Classes: --classes, spread over the n samples in blocks (default all classes).
       Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of values in [-1, 1]
@@ -194,7 +197,7 @@ func runImageTrain(_ args: [String]) throws {
     config.batch = try a.int("batch", default: 128, range: 1...1_000_000)
     config.lr = try a.double("lr", default: 2e-4, range: 1e-12...10)
     config.seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
-    if let ema = a.string("ema") { config.evalEMA = try parseEMA(ema) }
+    if let ema = a.string("ema") { (config.evalEMA, config.extraEMAs) = try parseEMAList(ema) }
     config.emaTargetDecay = try a.double("ema-target", default: 0.99, range: 0...0.999999999)
     config.faults = try parseFaultOptions(a)
     let cfg = try a.double("cfg", default: 2, range: 1e-6...1e6)
@@ -273,11 +276,7 @@ func runImageTrain(_ args: [String]) throws {
     case .uniform(let lo, let hi): scaleText = "\(lo),\(hi)"
     default: scaleText = "off"
     }
-    let emaText: String
-    switch config.evalEMA {
-    case .fixed(let d): emaText = "\(d)"
-    case .power(let g, _): emaText = "power:\(g)"
-    }
+    let emaText = ([config.evalEMA] + config.extraEMAs).map(\.description).joined(separator: ",")
     let trainingFields: [(String, JSONValue)] = [
         ("method", .string(method.rawValue)), ("data", .string(dataName)), ("count", .number(Double(data.count))),
         ("class_names", .array(data.classNames.map { .string($0) })),
@@ -382,8 +381,11 @@ func runSample(_ args: [String]) throws {
     let seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
     let columns = try a.int("columns", default: 10, range: 1...10_000)
     let weightsName = a.string("weights", default: "ema")
-    guard let part = ["ema": TrainingCheckpoint.Part.ema, "student": .student, "teacher": .teacher][weightsName.lowercased()] else {
-        throw CLIError("--weights must be ema, student or teacher, got '\(weightsName)'", usage: true)
+    // ema:SCHEDULE names an extra EMA by its schedule, written as the checkpoint writes it (power:8.0 is power:8).
+    let extraEMA = weightsName.lowercased().hasPrefix("ema:") ? (try? parseEMA(String(weightsName.dropFirst(4))))?.description : nil
+    let part = ["ema": TrainingCheckpoint.Part.ema, "student": .student, "teacher": .teacher][weightsName.lowercased()]
+    guard part != nil || extraEMA != nil else {
+        throw CLIError("--weights must be ema, ema:SCHEDULE, student or teacher, got '\(weightsName)'", usage: true)
     }
     // Every destination is checked before anything is computed or written, so a bad --npy or --folder
     // does not leave a fresh grid next to an error.
@@ -394,7 +396,8 @@ func runSample(_ args: [String]) throws {
         throw CLIError("--folder \(folder): exists and is not a folder")
     }
     guard fileExists(path) else { throw CLIError("\(path): no such file") }
-    let ck = try dataError { try TrainingCheckpoint.read(path: path, parts: [part]) }
+    let ck = try dataError { try TrainingCheckpoint.read(path: path, parts: part.map { [$0] } ?? [], extraEMAs: extraEMA.map { [$0] } ?? []) }
+    let weights = part.map { ck[$0] } ?? ck.extraEMAs[extraEMA!]!
     let model = ck.model
     let K = model.numClasses
     guard K >= 1 else { throw CLIError("\(path): the model has no classes; tvm sample needs a class-conditional checkpoint") }
@@ -423,9 +426,9 @@ func runSample(_ args: [String]) throws {
         let x = Tensor(Array(noise[(start * size)..<((start + m) * size)]), shape: [m, C, R, R])
         let cond = samplingConditioning(labels: Array(labels[start..<(start + m)]), classes: K, cfg: cfg)
         if flowMatching {
-            samples += sampleEuler(network: net, params: ck[part], noise: x, steps: nfe, cond: cond, guidance: cfg).floats
+            samples += sampleEuler(network: net, params: weights, noise: x, steps: nfe, cond: cond, guidance: cfg).floats
         } else {
-            samples += sampleFlowMap(network: net, params: ck[part], noise: x, steps: nfe, cond: cond,
+            samples += sampleFlowMap(network: net, params: weights, noise: x, steps: nfe, cond: cond,
                                      kappa: scaled ? cfg : 1).floats
         }
         start += m

@@ -169,6 +169,16 @@ func parseEMA(_ s: String) throws -> EMASchedule {
     throw CLIError("--ema must be a decay in [0, 1) or power:GAMMA with GAMMA > 0, got '\(s)'", usage: true)
 }
 
+/// "A,B,...": the evaluation EMA, then extra EMAs of other widths kept alongside it (no two the same).
+func parseEMAList(_ s: String) throws -> (first: EMASchedule, extra: [EMASchedule]) {
+    let schedules = try commaSeparated(s).map(parseEMA)
+    var seen = Set<String>()
+    for e in schedules where !seen.insert(e.description).inserted {
+        throw CLIError("--ema lists \(e.description) twice", usage: true)
+    }
+    return (schedules[0], Array(schedules.dropFirst()))
+}
+
 func runW2(_ args: [String]) throws {
     let a = try Arguments(command: "w2", args, options: [])
     try a.expectPositional(2, "two point files")

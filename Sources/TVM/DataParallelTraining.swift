@@ -19,11 +19,11 @@ public func parameterHash(_ set: ParameterSet) -> UInt64 {
 }
 
 extension Trainer {
-    /// Makes this rank's state rank 0's: student, teacher, evaluation EMA, Adam moments (broadcast through the
+    /// Makes this rank's state rank 0's: student, teacher, evaluation EMAs, Adam moments (broadcast through the
     /// communicator), the step counts, the random stream and `sampler`. Called once at the start, after rank 0
     /// has initialised or resumed, so that only rank 0 needs to read a checkpoint.
     public func synchronize(sampler: inout BatchSampler, over comm: Communicator) throws {
-        let sets = [student, teacher, ema, optimizer.m, optimizer.v]
+        let sets = [student, teacher, ema, optimizer.m, optimizer.v] + extraEMAs
         let received = try sets.map { set in ParameterSet(Array(zip(set.names, try comm.broadcast(set.all)))) }
         let text = "\(step) \(optimizer.step) \(rng.seed) \(rng.offset) \(sampler.state.text)"
         let fields = String(decoding: try comm.broadcastBytes(Array(text.utf8)), as: UTF8.self).split(separator: " ", maxSplits: 4)
@@ -38,10 +38,10 @@ extension Trainer {
             throw ReplicaError(description: "rank \(comm.rank): rank 0's sampler state: \(e.message)")
         }
         restore(step: step, rng: RandomGenerator(seed: seed, offset: offset), student: received[0], teacher: received[1],
-                ema: received[2], optimizerStep: optimizerStep, m: received[3], v: received[4])
+                ema: received[2], extraEMAs: Array(received[5...]), optimizerStep: optimizerStep, m: received[3], v: received[4])
     }
 
-    /// Checks that every rank holds the same training state: hashes of the student, teacher, evaluation EMA and
+    /// Checks that every rank holds the same training state: hashes of the student, teacher, evaluation EMAs and
     /// Adam moments, the step, the random stream and the sampler position. Throws a `ReplicaError` naming the
     /// first part that differs and the ranks; returns a one-line summary otherwise.
     public func checkReplicas(sampler: BatchSampler, over comm: Communicator) throws -> String {
@@ -50,7 +50,7 @@ extension Trainer {
             ("adam_m", parameterHash(optimizer.m)), ("adam_v", parameterHash(optimizer.v)),
             ("step", UInt64(step)), ("rng_offset", rng.offset),
             ("sampler_epoch", UInt64(sampler.state.epoch)), ("sampler_position", UInt64(sampler.state.position)),
-        ]
+        ] + zip(config.extraEMAs, extraEMAs).map { ("ema_\($0.description)", parameterHash($1)) }
         // Two exact halves per value: doubles carry 32-bit integers without rounding.
         let mine = parts.flatMap { [Double($0.1 >> 32), Double($0.1 & 0xFFFF_FFFF)] }
         let all = try comm.allGather(mine).map { v in (0..<parts.count).map { UInt64(v[2 * $0]) << 32 | UInt64(v[2 * $0 + 1]) } }

@@ -35,6 +35,16 @@ public enum EMASchedule: Equatable, Sendable {
     }
 }
 
+extension EMASchedule: CustomStringConvertible {
+    /// "0.999" or "power:16", as `--ema` takes it (and as checkpoints name the extra EMAs).
+    public var description: String {
+        switch self {
+        case .fixed(let d): return "\(d)"
+        case .power(let g, _): return g == g.rounded() && abs(g) < 1e15 ? "power:\(Int(g))" : "power:\(g)"
+        }
+    }
+}
+
 public struct TrainConfig {
     public var method: Method = .tvm
     public var batch = 1024
@@ -46,6 +56,9 @@ public struct TrainConfig {
     /// The teacher: an EMA target of the student (TVM.md: 0.99).
     public var emaTargetDecay = 0.99
     public var evalEMA: EMASchedule = .power(gamma: 7, max: 0.9999)
+    /// More evaluation EMAs of other widths, kept alongside to choose a width after the run (no extra passes
+    /// of the network; one more update per step and one more set in each checkpoint).
+    public var extraEMAs: [EMASchedule] = []
     public var guidance = GuidanceConfig.unconditional
     public var seed: UInt64 = 0
     /// How NaN/Inf values, loss spikes and exploding gradients are detected and handled.
@@ -76,6 +89,8 @@ public final class Trainer<Net: FlowMapNetwork> {
     public let student: ParameterSet
     public let teacher: ParameterSet
     public let ema: ParameterSet
+    /// One set per `config.extraEMAs` entry, in that order.
+    public let extraEMAs: [ParameterSet]
     public let optimizer: AdamW
     public var rng: RandomGenerator
     public private(set) var step = 0
@@ -95,6 +110,8 @@ public final class Trainer<Net: FlowMapNetwork> {
         student = network.initialParameters(rng: &initRNG, on: device)
         teacher = student.copy()
         ema = student.copy()
+        let initial = student
+        extraEMAs = config.extraEMAs.map { _ in initial.copy() }
         optimizer = AdamW(for: student, lr: config.lr, beta1: config.beta1, beta2: config.beta2,
                           weightDecay: config.weightDecay, maxGradNorm: config.maxGradNorm)
         rng = RandomGenerator(seed: config.seed).split(2)
@@ -102,7 +119,7 @@ public final class Trainer<Net: FlowMapNetwork> {
         faultMonitor = FaultMonitor(detection: config.faults)
     }
 
-    /// One step on a batch: loss, gradients (through the JVP for TVM), AdamW, then both EMAs.
+    /// One step on a batch: loss, gradients (through the JVP for TVM), AdamW, then the EMAs.
     public func train(x0: Tensor, cond: Conditioning = Conditioning()) -> StepStats {
         let leaves = student.leaves()
         let loss: Tensor, grads: [Tensor]
@@ -144,13 +161,16 @@ public final class Trainer<Net: FlowMapNetwork> {
                                    nonFiniteFlowMatchingRows: tvmTerms ? Int(values[8]) : 0, nonFiniteData: Int(values[1]),
                                    dataMagnitude: Swift.max(values[2], values[3]))
         let fault = faultMonitor.inspect(measured, step: step)
-        // A rejected step (a NaN gradient, a spike) would reach the weights, Adam's moments and both EMAs for
+        // A rejected step (a NaN gradient, a spike) would reach the weights, Adam's moments and the EMAs for
         // good: it updates nothing. Only zeroed rows with an otherwise finite step train, as officially.
         let skipped = fault.map { $0.action != .zeroedRows } ?? false
         if !skipped {
             optimizer.update(student, grads: grads, norm: norm)
             emaUpdate(teacher, toward: student, decay: config.emaTargetDecay)
             emaUpdate(ema, toward: student, decay: config.evalEMA.decay(step: step))
+            for (set, schedule) in zip(extraEMAs, config.extraEMAs) {
+                emaUpdate(set, toward: student, decay: schedule.decay(step: step))
+            }
         }
         return StepStats(step: step, loss: measured.loss, terminal: measured.terminal, flowMatching: measured.flowMatching,
                          gradNorm: norm, nanRows: measured.nonFiniteRows, skipped: skipped, fault: fault)
@@ -158,10 +178,12 @@ public final class Trainer<Net: FlowMapNetwork> {
 
     /// Continues a checkpointed run: copies the saved values into the student, teacher and EMA sets (same
     /// names), restores the optimizer state, the step count and the random stream, so that `train` proceeds
-    /// exactly as the run that saved them.
+    /// exactly as the run that saved them. `extraEMAs` has one entry per `config.extraEMAs` schedule: the saved
+    /// set, or nil for a schedule the saved run did not keep, which then starts from the restored student.
     public func restore(step: Int, rng: RandomGenerator, student s: ParameterSet, teacher t: ParameterSet,
-                        ema e: ParameterSet, optimizerStep: Int, m: ParameterSet, v: ParameterSet) {
-        for (dst, src) in [(student, s), (teacher, t), (ema, e)] {
+                        ema e: ParameterSet, extraEMAs x: [ParameterSet?], optimizerStep: Int, m: ParameterSet, v: ParameterSet) {
+        precondition(x.count == extraEMAs.count, "one saved set (or nil) per extra EMA")
+        for (dst, src) in [(student, s), (teacher, t), (ema, e)] + zip(extraEMAs, x).map({ ($0, $1 ?? s) }) {
             for name in dst.names { dst[name] = src[name].detached() }
         }
         optimizer.restore(step: optimizerStep, m: m, v: v)

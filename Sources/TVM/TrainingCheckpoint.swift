@@ -65,7 +65,8 @@ public func imageTrainingStep(_ trainer: Trainer<DiT>, data: ImageDataset, sampl
 }
 
 /// A complete image-training state in one safetensors file: student (`student.<official name>`), evaluation
-/// EMA (`ema.`), EMA target (`teacher.`), AdamW moments (`adam_m.`, `adam_v.`), and metadata: the step, the
+/// EMA (`ema.`), EMA target (`teacher.`), AdamW moments (`adam_m.`, `adam_v.`), the extra evaluation EMAs
+/// (`ema_<schedule>.`, e.g. `ema_power:32.`, listed in the metadata `extra_emas`), and metadata: the step, the
 /// optimizer step, the random stream (seed and offset), the batch-sampler state, the model and training
 /// configurations (JSON), the format version and a CRC-32 of all tensor bytes. Written atomically.
 public struct TrainingCheckpoint {
@@ -90,6 +91,10 @@ public struct TrainingCheckpoint {
     public var training: JSONValue
     /// The sets read or to be written; `read(parts:)` can leave some out (empty sets).
     public var sets: [Part: ParameterSet]
+    /// The names (`EMASchedule.description`) of the extra evaluation EMAs the file keeps, in its order.
+    public var extraEMANames: [String]
+    /// The extra EMA sets read or to be written, by name; `read(extraEMAs:)` can leave some out.
+    public var extraEMAs: [String: ParameterSet]
 
     public init(trainer: Trainer<DiT>, samplerState: BatchSampler.State, training: JSONValue) {
         step = trainer.step
@@ -101,9 +106,13 @@ public struct TrainingCheckpoint {
         self.training = training
         sets = [.student: trainer.student, .teacher: trainer.teacher, .ema: trainer.ema,
                 .adamM: trainer.optimizer.m, .adamV: trainer.optimizer.v]
+        extraEMANames = trainer.config.extraEMAs.map(\.description)
+        extraEMAs = Dictionary(zip(extraEMANames, trainer.extraEMAs), uniquingKeysWith: { a, _ in a })
     }
 
     public subscript(part: Part) -> ParameterSet { sets[part] ?? ParameterSet() }
+
+    static func extraEMAPrefix(_ name: String) -> String { "ema_\(name)." }
 
     /// Writes the file atomically: a kill at any moment leaves the previous file at `path` intact.
     public func write(path: String) throws {
@@ -111,6 +120,10 @@ public struct TrainingCheckpoint {
         for part in Part.allCases {
             guard let set = sets[part] else { continue }
             tensors += Checkpoint.arrays(set, prefix: part.prefix)
+        }
+        for name in extraEMANames {
+            guard let set = extraEMAs[name] else { continue }
+            tensors += Checkpoint.arrays(set, prefix: Self.extraEMAPrefix(name))
         }
         var crc: UInt32 = 0
         for t in tensors { crc = Checksum.crc32(t.bytes, previous: crc) }
@@ -122,6 +135,7 @@ public struct TrainingCheckpoint {
             ("model_config", model.json.serialized()), ("training_config", training.serialized()),
             ("data_crc32", "\(crc)"),
         ] + (faultMonitorState.map { [("fault_monitor", $0)] } ?? [])
+          + (extraEMANames.isEmpty ? [] : [("extra_emas", extraEMANames.joined(separator: ","))])
         do {
             try SafetensorsFile(metadata: metadata, tensors: tensors).write(path: path)
         } catch let e as FormatError {
@@ -130,9 +144,10 @@ public struct TrainingCheckpoint {
     }
 
     /// Reads and checks a checkpoint: format and version, the CRC of the tensor data, and (with `expecting`)
-    /// that its model configuration equals this run's. Throws a one-line `ModelError` naming the problem.
+    /// that its model configuration equals this run's. `extraEMAs`: the extra EMA sets to read (nil: all the
+    /// file keeps). Throws a one-line `ModelError` naming the problem.
     public static func read(path: String, expecting: DiTConfig? = nil, parts: [Part] = Part.allCases,
-                            on device: Device = .default) throws -> TrainingCheckpoint {
+                            extraEMAs wanted: [String]? = nil, on device: Device = .default) throws -> TrainingCheckpoint {
         let file: SafetensorsFile
         do { file = try SafetensorsFile.read(path: path) } catch let e as FormatError {
             throw ModelError(e.message.hasPrefix(path) ? e.message : "\(path): \(e.message)")
@@ -174,6 +189,14 @@ public struct TrainingCheckpoint {
         for part in parts {
             sets[part] = try net.parameters(from: file, prefix: part.prefix, source: path, on: device)
         }
+        let extraNames = file.metadata("extra_emas").map { $0.split(separator: ",").map(String.init) } ?? []
+        var extraSets: [String: ParameterSet] = [:]
+        for name in wanted ?? extraNames {
+            guard extraNames.contains(name) else {
+                throw fail("no extra EMA \"\(name)\" in this checkpoint (it keeps \(extraNames.isEmpty ? "none" : extraNames.joined(separator: ", ")))")
+            }
+            extraSets[name] = try net.parameters(from: file, prefix: extraEMAPrefix(name), source: path, on: device)
+        }
         let monitor = file.metadata("fault_monitor")
         if let monitor, FaultMonitor(detection: FaultDetection(), state: monitor) == nil {
             throw fail("invalid metadata \"fault_monitor\"")
@@ -182,11 +205,12 @@ public struct TrainingCheckpoint {
                                   rng: RandomGenerator(seed: try int("rng_seed", UInt64.self),
                                                        offset: try int("rng_offset", UInt64.self)),
                                   samplerState: samplerState, faultMonitorState: monitor, model: model, training: training,
-                                  sets: sets)
+                                  sets: sets, extraEMANames: extraNames, extraEMAs: extraSets)
     }
 
     init(step: Int, optimizerStep: Int, rng: RandomGenerator, samplerState: String, faultMonitorState: String?,
-         model: DiTConfig, training: JSONValue, sets: [Part: ParameterSet]) {
+         model: DiTConfig, training: JSONValue, sets: [Part: ParameterSet], extraEMANames: [String],
+         extraEMAs: [String: ParameterSet]) {
         self.step = step
         self.optimizerStep = optimizerStep
         self.rng = rng
@@ -195,6 +219,8 @@ public struct TrainingCheckpoint {
         self.model = model
         self.training = training
         self.sets = sets
+        self.extraEMANames = extraEMANames
+        self.extraEMAs = extraEMAs
     }
 
     /// The batch sampler as it was, for a data set of `count` items.
@@ -215,8 +241,15 @@ public struct TrainingCheckpoint {
         for part in Part.allCases where sets[part] == nil {
             throw ModelError("checkpoint was read without its \(part.rawValue) parameters; cannot resume")
         }
+        // An extra EMA this run keeps and the checkpoint does not starts from the student (the options note says so).
+        let extras = try trainer.config.extraEMAs.map { schedule -> ParameterSet? in
+            let name = schedule.description
+            guard extraEMANames.contains(name) else { return nil }
+            guard let set = extraEMAs[name] else { throw ModelError("checkpoint was read without its extra EMA \(name); cannot resume") }
+            return set
+        }
         trainer.restore(step: step, rng: rng, student: self[.student], teacher: self[.teacher], ema: self[.ema],
-                        optimizerStep: optimizerStep, m: self[.adamM], v: self[.adamV])
+                        extraEMAs: extras, optimizerStep: optimizerStep, m: self[.adamM], v: self[.adamV])
         // The history under this run's detection settings (read() has checked that the text parses).
         let detection = trainer.config.faults
         trainer.faultMonitor = faultMonitorState.flatMap { FaultMonitor(detection: detection, state: $0) }

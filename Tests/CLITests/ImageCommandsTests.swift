@@ -104,4 +104,37 @@ final class ImageCommandsTests: CLITestCase {
         try assertCleanError(["sample", "--device", "cpu", "--checkpoint", ckpt, "--weights", "best"], contains: "--weights")
         try assertCleanError(["sample", "--device", "cpu"], contains: "--checkpoint")
     }
+
+    func testExtraEMAsAreSavedAndSampledByName() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let base = try makeData(dir)
+        let runDir = dir + "/run", ckpt = dir + "/run/checkpoint.safetensors"
+        var r = try run(["train"] + base + ["--steps", "3", "--ema", "power:7,power:32,0.5", "--out", runDir])
+        XCTAssertEqual(r.status, 0, r.err)
+        let file = try SafetensorsFile.read(path: ckpt)
+        XCTAssertEqual(file.metadata("extra_emas"), "power:32,0.5")
+        XCTAssertEqual(try JSONValue.parse(file.metadata("training_config") ?? "")["ema"]?.string, "power:7,power:32,0.5")
+        // Each set holds its own average: the extra EMAs differ from the evaluation EMA and from each other.
+        let name = "final_layer.linear.bias"
+        let sets = ["ema.", "ema_power:32.", "ema_0.5.", "student."].map { file[$0 + name]!.floats() }
+        XCTAssertEqual(Set(sets.map { $0.map(\.bitPattern) }).count, 4)
+
+        func samples(_ weights: String) throws -> [Float] {
+            let npy = dir + "/\(weights.replacingOccurrences(of: ":", with: "_")).npy"
+            let r = try run(["sample", "--device", "cpu", "--checkpoint", ckpt, "--n", "3", "--weights", weights,
+                             "--out", dir + "/g.png", "--npy", npy])
+            XCTAssertEqual(r.status, 0, r.err)
+            return try NPYArray.read(path: npy).floats
+        }
+        // power:32.0 names the same set as power:32; every named set gives its own samples.
+        XCTAssertEqual(try samples("ema:power:32.0"), try samples("ema:power:32"))
+        XCTAssertEqual(Set([try samples("ema"), try samples("ema:power:32"), try samples("ema:0.5")].map { $0.map(\.bitPattern) }).count, 3)
+        try assertCleanError(["sample", "--device", "cpu", "--checkpoint", ckpt, "--weights", "ema:power:9"],
+                             contains: "keeps power:32, 0.5")
+        try assertCleanError(["sample", "--device", "cpu", "--checkpoint", ckpt, "--weights", "ema:wide"], contains: "--weights")
+        try assertCleanError(["train"] + base + ["--steps", "1", "--ema", "power:7,power:7.0", "--out", dir + "/dup"],
+                             contains: "twice")
+        try assertCleanError(["train"] + base + ["--steps", "1", "--ema", "power:7,", "--out", dir + "/empty"], contains: "--ema")
+    }
 }

@@ -88,6 +88,49 @@ final class TrainingCheckpointTests: XCTestCase {
         XCTAssertEqual(second.faultMonitor.seen, 6)
     }
 
+    /// An extra EMA is exactly the evaluation EMA a run with that schedule would have had, and it is saved and
+    /// resumed with the rest; a schedule the checkpoint lacks starts from the student.
+    func testExtraEMAsTrackTheirSchedulesAndResume() throws {
+        let data = try dataset()
+        let net = try DiT(model)
+        var config = trainConfig()
+        config.evalEMA = .power(gamma: 7, max: 0.9999)
+        config.extraEMAs = [.power(gamma: 32, max: 0.9999), .fixed(0.5)]
+        var alone = trainConfig()
+        alone.evalEMA = .fixed(0.5)
+
+        let withExtras = Trainer(network: net, config: config, on: .cpu)
+        let single = Trainer(network: net, config: alone, on: .cpu)
+        var samplerA = BatchSampler(count: data.count, seed: 5), samplerB = BatchSampler(count: data.count, seed: 5)
+        for _ in 0..<3 {
+            _ = imageTrainingStep(withExtras, data: data, sampler: &samplerA, flip: false, on: .cpu)
+            _ = imageTrainingStep(single, data: data, sampler: &samplerB, flip: false, on: .cpu)
+        }
+        assertSameValues(withExtras.extraEMAs[1], single.ema, "the 0.5 extra EMA and a run whose evaluation EMA is 0.5")
+        assertSameValues(withExtras.student, single.student, "students (extra EMAs do not change training)")
+
+        let path = temporaryPath("extra.safetensors")
+        defer { unlink(path) }
+        try TrainingCheckpoint(trainer: withExtras, samplerState: samplerA.state, training: training).write(path: path)
+        let ck = try TrainingCheckpoint.read(path: path, on: .cpu)
+        XCTAssertEqual(ck.extraEMANames, ["power:32", "0.5"])
+        assertSameValues(ck.extraEMAs["power:32"]!, withExtras.extraEMAs[0], "power:32 read back")
+
+        // Resumed by a run that keeps 0.5 (saved) and 0.9 (new): 0.5 continues, 0.9 starts from the student.
+        var changed = config
+        changed.extraEMAs = [.fixed(0.5), .fixed(0.9)]
+        let resumed = Trainer(network: net, config: changed, on: .cpu)
+        try ck.restore(into: resumed)
+        assertSameValues(resumed.extraEMAs[0], withExtras.extraEMAs[1], "0.5 restored")
+        assertSameValues(resumed.extraEMAs[1], withExtras.student, "0.9 from the student")
+
+        XCTAssertThrowsError(try TrainingCheckpoint.read(path: path, extraEMAs: ["power:9"], on: .cpu)) { error in
+            XCTAssertTrue("\(error)".contains("keeps power:32, 0.5"), "\(error)")
+        }
+        let withoutExtras = try TrainingCheckpoint.read(path: path, extraEMAs: [], on: .cpu)
+        XCTAssertThrowsError(try withoutExtras.restore(into: Trainer(network: net, config: config, on: .cpu)))
+    }
+
     func testDamagedOrForeignCheckpointsAreRefusedWithOneLine() throws {
         let net = try DiT(model)
         let trainer = Trainer(network: net, config: trainConfig(), on: .cpu)
