@@ -10,7 +10,7 @@ let faultHelp = """
   --on-fault zero-rows|skip|stop  zero-rows (default, the official code's behaviour): NaN/Inf loss rows are
                     zeroed and the step trains on the rest; a step still not finite, a spike or an explosion
                     is skipped. skip: any fault skips the step. stop: any fault ends the run with one line,
-                    keeping the last checkpoint. A rejected step never reaches the weights or either EMA.
+                    keeping the last checkpoint. A rejected step never reaches the weights or any EMA.
   --loss-spike K    a loss above K x the median of the last 100 steps is a spike (default 10; 0: off)
   --grad-spike K    a gradient norm above K x its median of the last 100 steps is an explosion (default 20; 0: off)
   --grad-limit X    a gradient norm above X is an explosion at any step (default: no limit)

@@ -26,9 +26,10 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   --sample-cfg, default the training w or the middle of --cfg-range) and DIR/checkpoint.safetensors (atomically);
   DIR/metrics.jsonl gets one JSON line per step. --ema is the evaluation EMA: a fixed decay D, or power:G, a
   window of about step/(G+1) steps; more schedules after it (--ema power:16,power:32,power:8) are kept alongside
-  as extra EMAs, saved in the checkpoint, to choose a width after the run (tvm sample --weights ema:power:32). --resume continues from DIR/checkpoint.safetensors exactly
-  (same losses as an uninterrupted run); the model options must match the checkpoint's. Runs on a GPU when
-  one is found (--device auto, the default for images), else on the CPU; --device cpu|cuda forces either.
+  as extra EMAs, saved in the checkpoint, to choose a width after the run (tvm sample --weights ema:power:32).
+  --resume continues from DIR/checkpoint.safetensors exactly (same losses as an uninterrupted run); the model
+  options must match the checkpoint's. Runs on a GPU when one is found (--device auto, the default for images),
+  else on the CPU; --device cpu|cuda forces either.
   A run that cannot save its checkpoint (disk full) stops with one line; the previous checkpoint is intact.
 
   Data-parallel (every rank draws the global batch's data and noise and evaluates its rows, so the results and

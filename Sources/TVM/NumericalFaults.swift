@@ -4,7 +4,7 @@ import Glibc
 import TensorCore
 
 /// What a training step does with a numerical fault (`tvm train --on-fault`). Whatever the policy, a step
-/// that is rejected changes no weights, no optimizer state and neither EMA, so a fault never reaches the
+/// that is rejected changes no weights, no optimizer state and no EMA, so a fault never reaches the
 /// teacher or the evaluation weights.
 public enum FaultPolicy: String, CaseIterable, Sendable {
     /// The official code's behaviour: loss rows that are NaN or infinite are zeroed and the step trains on
