@@ -11,12 +11,13 @@
 #           caches the statistics of the 60000 training images
 #   tvm     carry [".device/tvm.xz"] (or nothing): TVM, DiT-S/2, 3 x 130 s (resumed, bit-identical to one run),
 #           keeping the checkpoints at 130, 260 and 390 s
-#   mid     FID-10k of those checkpoints (evaluation EMA) at 1, 2 and 4 NFE, and of the final EMA-target weights
+#   mid     FID-10k of those checkpoints (evaluation EMA) at 1, 2 and 4 NFE (EARLY=0: the 390-s one only), and of
+#           the final EMA-target weights
 #   widths  FID-10k at 1 NFE of the 390-s checkpoint with every EMA the run kept (the evaluation EMA, the extra
 #           EMAs of other widths, the EMA target), then at 2 and 4 NFE with the one best at 1 NFE
-# TAG (default tvm) names a run's folder and checkpoints, so runs with another SEED can sit side by side.
 #   fm      flow matching with the same budget, FID-10k with 1, 2, 4 and 8 Euler steps (guided: 2 evaluations each)
 #   fm2     the same with 16 and 32 Euler steps
+# TAG (default tvm) names a run's folder and checkpoints, so runs with another SEED can sit side by side.
 # Each call prints a summary and leaves its logs in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -130,7 +131,9 @@ mid)
     for k in 1 2 4; do fid "$tag-390s-nfe$k" "$S/$tag-390s.safetensors" $k; done
     fid "$tag-390s-nfe1-teacher" "$S/$tag-390s.safetensors" 1 teacher
     fid "$tag-390s-nfe4-teacher" "$S/$tag-390s.safetensors" 4 teacher
-    for s in 130 260; do for k in 1 2 4; do fid "$tag-${s}s-nfe$k" "$S/$tag-${s}s.safetensors" $k; done; done
+    if [ "${EARLY:-1}" = 1 ]; then
+        for s in 130 260; do for k in 1 2 4; do fid "$tag-${s}s-nfe$k" "$S/$tag-${s}s.safetensors" $k; done; done
+    fi
     ;;
 widths)
     setup
@@ -150,5 +153,5 @@ widths)
     for k in 2 4; do fid "$tag-390s-nfe$k-$bestw" "$ck" $k "$bestw"; done
     ;;
 *)
-    sed -n '2,22p' "$0"; exit 2 ;;
+    sed -n '2,23p' "$0"; exit 2 ;;
 esac
