@@ -110,6 +110,8 @@ public final class Trainer<Net: FlowMapNetwork> {
         student = network.initialParameters(rng: &initRNG, on: device)
         teacher = student.copy()
         ema = student.copy()
+        // Checkpoints name the extra EMAs by their schedules.
+        precondition(Set(config.extraEMAs.map(\.description)).count == config.extraEMAs.count, "extra EMA schedules must differ")
         let initial = student
         extraEMAs = config.extraEMAs.map { _ in initial.copy() }
         optimizer = AdamW(for: student, lr: config.lr, beta1: config.beta1, beta2: config.beta2,

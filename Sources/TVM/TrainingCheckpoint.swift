@@ -107,7 +107,7 @@ public struct TrainingCheckpoint {
         sets = [.student: trainer.student, .teacher: trainer.teacher, .ema: trainer.ema,
                 .adamM: trainer.optimizer.m, .adamV: trainer.optimizer.v]
         extraEMANames = trainer.config.extraEMAs.map(\.description)
-        extraEMAs = Dictionary(zip(extraEMANames, trainer.extraEMAs), uniquingKeysWith: { a, _ in a })
+        extraEMAs = Dictionary(uniqueKeysWithValues: zip(extraEMANames, trainer.extraEMAs))
     }
 
     public subscript(part: Part) -> ParameterSet { sets[part] ?? ParameterSet() }

@@ -80,8 +80,12 @@ final class DataParallelTests: XCTestCase {
         let trainers = (0..<3).map { r -> Trainer<MLPFlowMap> in
             var config = TrainConfig()
             config.seed = UInt64(r)  // different initial weights on every rank
+            config.extraEMAs = [.fixed(0.5)]
             return Trainer(network: MLPFlowMap(width: 8, depth: 2), config: config, on: .cpu)
         }
+        // Rank 0's extra EMA differs from its student, so a rank that copied the student would differ from it.
+        let extra = trainers[0].extraEMAs[0], first = extra.names[0]
+        extra[first] = extra[first] + 0.25
         let results = try runRanks(3) { channel -> (String, String) in
             let comm = SocketCommunicator(channel: channel)
             let trainer = trainers[channel.rank]
@@ -103,6 +107,8 @@ final class DataParallelTests: XCTestCase {
         }
         let hashes = Set(trainers.map { parameterHash($0.student) })
         XCTAssertEqual(hashes.count, 1, "every student is rank 0's")
+        XCTAssertEqual(Set(trainers.map { parameterHash($0.extraEMAs[0]) }), [parameterHash(extra)], "every extra EMA is rank 0's")
+        XCTAssertNotEqual(parameterHash(extra), parameterHash(trainers[0].student))
         for result in results {
             let (same, drift) = try result.get()
             XCTAssertTrue(same.hasPrefix("replicas identical on 3 ranks at step 0"), same)
