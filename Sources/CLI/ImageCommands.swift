@@ -60,28 +60,14 @@ func isImageTraining(_ args: [String]) -> Bool {
     }
     guard let v = value else { return false }
     let l = v.lowercased()
-    if l == "fashion-mnist" || l == "mnist" || l.hasSuffix(".npy") { return true }
-    var st = stat()
-    return stat(v, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
-}
-
-private func fileExists(_ path: String) -> Bool {
-    var st = stat()
-    return stat(path, &st) == 0
-}
-
-/// Whether `path` is a directory; nil when nothing is there.
-private func isDirectory(_ path: String) -> Bool? {
-    var st = stat()
-    guard stat(path, &st) == 0 else { return nil }
-    return (st.st_mode & S_IFMT) == S_IFDIR
+    return l == "fashion-mnist" || l == "mnist" || l.hasSuffix(".npy") || FileSystem.isDirectory(v)
 }
 
 /// A file that `flag` will write: its folder must exist, and it must not itself be a folder.
 private func checkOutputFile(_ path: String, flag: String) throws {
-    if isDirectory(path) == true { throw CLIError("\(flag) \(path): is a folder, not a file") }
+    if FileSystem.isDirectory(path) { throw CLIError("\(flag) \(path): is a folder, not a file") }
     let folder = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
-    guard isDirectory(folder.isEmpty ? "/" : folder) == true else {
+    guard FileSystem.isDirectory(folder.isEmpty ? "/" : folder) else {
         throw CLIError("\(flag) \(path): the folder \(folder) does not exist")
     }
 }
@@ -145,7 +131,7 @@ func imageModelConfig(_ a: Arguments, data: ImageDataset) throws -> DiTConfig {
 
 /// Keeps the lines of a JSON-lines log whose "step" is at most `step` (a resumed run rewrites the rest).
 func truncateLog(_ path: String, atStep step: Int) throws {
-    guard fileExists(path) else { return }
+    guard FileSystem.exists(path) else { return }
     let bytes = try dataError { try AtomicFile.read(path: path) }
     let kept = String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { line in
         guard let v = try? JSONValue.parse(String(line)), let s = v["step"]?.int else { return false }
@@ -235,10 +221,10 @@ func runImageTrain(_ args: [String]) throws {
     let out = a.string("out", default: "runs/\(baseName.lowercased().hasSuffix(".npy") ? String(baseName.dropLast(4)) : baseName)-tvm")
     let checkpointPath = out + "/checkpoint.safetensors", metricsPath = out + "/metrics.jsonl"
     // A fresh run would overwrite another run's log at once and its checkpoint at the first save.
-    if !a.has("resume") && fileExists(checkpointPath) {
+    if !a.has("resume") && FileSystem.exists(checkpointPath) {
         throw CLIError("\(out) already holds a training run (\(checkpointPath)); add --resume to continue it, or pick another --out to start afresh")
     }
-    try makeDirectory(out)
+    try FileSystem.makeDirectories(out)
     // Writers killed mid-write (a crash, SIGKILL) leave NAME.tmp-PID files; the finished files are intact.
     let stale = AtomicFile.removeStaleTemporaries(in: out)
     if !stale.isEmpty {
@@ -251,7 +237,7 @@ func runImageTrain(_ args: [String]) throws {
     var resumedTraining: JSONValue?
     var savedStep: Int?
     if a.has("resume") && isRoot {
-        guard fileExists(checkpointPath) else { throw CLIError("--resume: no checkpoint at \(checkpointPath)") }
+        guard FileSystem.exists(checkpointPath) else { throw CLIError("--resume: no checkpoint at \(checkpointPath)") }
         let ck = try dataError { try TrainingCheckpoint.read(path: checkpointPath, expecting: model) }
         try dataError {
             try ck.restore(into: trainer)
@@ -261,7 +247,7 @@ func runImageTrain(_ args: [String]) throws {
         Console.info("resumed from \(checkpointPath) at step \(ck.step)")
         savedStep = ck.step
         resumedTraining = ck.training
-    } else if isRoot && fileExists(metricsPath) {
+    } else if isRoot && FileSystem.exists(metricsPath) {
         try truncateLog(metricsPath, atStep: 0)
     }
     try session?.synchronize(trainer, sampler: &sampler)
@@ -393,10 +379,10 @@ func runSample(_ args: [String]) throws {
     let out = a.string("out", default: "samples.png")
     try checkOutputFile(out, flag: "--out")
     if let npy = a.string("npy") { try checkOutputFile(npy, flag: "--npy") }
-    if let folder = a.string("folder"), isDirectory(folder) == false {
+    if let folder = a.string("folder"), FileSystem.exists(folder) && !FileSystem.isDirectory(folder) {
         throw CLIError("--folder \(folder): exists and is not a folder")
     }
-    guard fileExists(path) else { throw CLIError("\(path): no such file") }
+    guard FileSystem.exists(path) else { throw CLIError("\(path): no such file") }
     let ck = try dataError { try TrainingCheckpoint.read(path: path, parts: part.map { [$0] } ?? [], extraEMAs: extraEMA.map { [$0] } ?? []) }
     let weights = part.map { ck[$0] } ?? ck.extraEMAs[extraEMA!]!
     let model = ck.model
@@ -442,7 +428,7 @@ func runSample(_ args: [String]) throws {
     }
     if let folder = a.string("folder") {
         let names = ck.training["class_names"]?.array?.compactMap(\.string)
-        try makeDirectory(folder)
+        try FileSystem.makeDirectories(folder)
         try dataError {
             let set = try ImageDataset(images: samples, labels: labels, channels: C, height: R, width: R, classes: K,
                                        classNames: names?.count == K ? names : nil)

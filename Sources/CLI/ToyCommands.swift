@@ -91,7 +91,7 @@ func runDemo(_ args: [String]) throws {
     let seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
     let steps = try a.int("steps", default: 1500, range: 1...1_000_000)
     let out = a.string("out")
-    if let out { try makeDirectory(out) }
+    if let out { try FileSystem.makeDirectories(out) }
 
     let network = MLPFlowMap(width: 256, depth: 4)
     var config = TrainConfig()
@@ -148,7 +148,7 @@ func runTrain(_ args: [String]) throws {
     let nfes = try a.intList("nfe", default: [1, 2, 4])
     let n = try a.int("eval-samples", default: 2000, range: 2...20000)
     let out = a.string("out", default: "runs/\(distribution.rawValue)-\(method.rawValue)")
-    try makeDirectory(out)
+    try FileSystem.makeDirectories(out)
 
     var evalRNG = RandomGenerator(seed: config.seed &+ 1000)
     let data = distribution.sample(n, rng: &evalRNG)
@@ -231,15 +231,5 @@ func writeResults(_ results: [ToyRunResult], floor: Double, data: [Float], out: 
     }
     let json = JSONValue.object(extra + [("samples", .number(Double(n))), ("floor", .number(floor)), ("methods", .array(methods))])
     try AtomicFile.write(path: out + "/results.json", bytes: Array(json.serialized(pretty: true).utf8))
-}
-
-func makeDirectory(_ path: String) throws {
-    var current = path.hasPrefix("/") ? "" : "."
-    for part in path.split(separator: "/") {
-        current += "/" + part
-        if mkdir(current, 0o755) != 0 && errno != EEXIST {
-            throw CLIError("cannot create directory \(current): \(String(cString: strerror(errno)))")
-        }
-    }
 }
 

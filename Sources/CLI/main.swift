@@ -59,7 +59,7 @@ let deviceDefaults: [String: DeviceChoice] = ["demo": .cpu, "w2": .cpu, "referen
 func defaultDevice(_ command: String, _ args: [String]) -> DeviceChoice {
     if command == "train" {
         let data = args.firstIndex(of: "--data").flatMap { $0 + 1 < args.count ? args[$0 + 1] : nil } ?? "checkerboard"
-        let isImages = ["fashion-mnist", "mnist"].contains(data.lowercased()) || access(data, F_OK) == 0
+        let isImages = ["fashion-mnist", "mnist"].contains(data.lowercased()) || FileSystem.exists(data)
         return isImages ? .auto : .cpu
     }
     return deviceDefaults[command] ?? .auto
