@@ -28,7 +28,7 @@ let package = Package(
         .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "TensorCore", "Eval", "Distributed"]),
         .testTarget(name: "EvalTests", dependencies: ["Eval", "Data", "TensorCore", "Formats"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TensorCore", "Formats"]),
-        .testTarget(name: "CLITests", dependencies: ["CLI", "Formats"]),
+        .testTarget(name: "CLITests", dependencies: ["CLI", "Formats", "TensorCore", "NN", "TVM", "Data", "Eval"]),
         .testTarget(name: "TVMTests", dependencies: ["TVM", "NN", "TensorCore", "Data", "Eval", "Formats"]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TVM", "NN", "TensorCore", "Data"]),
     ],

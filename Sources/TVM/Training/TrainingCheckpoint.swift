@@ -3,18 +3,6 @@ import NN
 import Data
 import Formats
 
-/// One training step on images: the next batch from `sampler`, optional flips and the guidance
-/// conditioning drawn from the trainer's random stream, then `Trainer.train`. Everything it draws lives
-/// in (trainer, sampler) state, so a run restored from a `TrainingCheckpoint` continues exactly.
-public func imageTrainingStep(_ trainer: Trainer<DiT>, data: ImageDataset, sampler: inout BatchSampler,
-                              flip: Bool, on device: Device = .default) -> StepStats {
-    let indices = sampler.next(trainer.config.batch)
-    let batch = data.batch(indices: indices, flip: flip, rng: &trainer.rng, on: device)
-    let cond = trainer.config.guidance.conditioning(labels: batch.labels, classes: data.classes,
-                                                    rng: &trainer.rng, on: device)
-    return trainer.train(x0: batch.images, cond: cond)
-}
-
 /// A complete image-training state in one safetensors file: student (`student.<official name>`), evaluation
 /// EMA (`ema.`), EMA target (`teacher.`), AdamW moments (`adam_m.`, `adam_v.`), the extra evaluation EMAs
 /// (`ema_<schedule>.`, e.g. `ema_power:32.`, listed in the metadata `extra_emas`), and metadata: the step, the
