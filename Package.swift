@@ -2,8 +2,9 @@
 import PackageDescription
 
 // Layers, bottom to top: TensorCore (tensors, autodiff, CPU backend) -> NN (layers, DiT, optimizers)
-// -> TVM (the method) ; Formats (file readers/writers), Data, Eval beside them ; Distributed (communicators,
-// data-parallel gradients) under TVM ; CLI on top.
+// -> TVM (the method; the trainer and the training loop) ; Formats (file readers/writers, paths), Data, Eval
+// beside them ; Distributed (communicators, data-parallel gradients) under TVM ; CLI on top.
+// docs/ARCHITECTURE.md has the map.
 let release: [SwiftSetting] = []
 
 let package = Package(
