@@ -1,3 +1,5 @@
+import TVM
+
 /// One `tvm` subcommand: its name, the line `tvm help` lists it with, its options (`tvm help NAME`,
 /// `tvm NAME --help`), the device it runs on when no `--device` is given, and what it does with its arguments.
 protocol Command {
@@ -19,8 +21,8 @@ let commands: [any Command] = [
     DistCheckCommand(),
 ]
 
-/// What `tvm --version` prints.
-let version = "tvm 0.1.0 (Terminal Velocity Matching in Swift)"
+/// What `tvm --version` prints: the program's version and the training-checkpoint format it reads and writes.
+let version = "tvm 0.1.0 (training checkpoint format \(TrainingCheckpoint.formatVersion))"
 
 func usage() -> String {
     var s = "tvm: Terminal Velocity Matching in Swift\n\nusage: tvm <command> [options]\n\ncommands:\n"

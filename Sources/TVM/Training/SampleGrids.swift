@@ -6,10 +6,10 @@ import Formats
 /// The sample grids a training run writes at every snapshot: the same noise and classes every time (one row of
 /// 10 per class, the first 10 classes), drawn from a stream of their own, so grids compare across steps and a
 /// resumed run draws the grids the uninterrupted one would.
-public struct SampleGrids {
-    public static let perRow = 10
+struct SampleGrids {
+    static let perRow = 10
     /// The step counts of the grids, each a file `samples_step<N>_nfe<K>.png`.
-    public static let nfes = [1, 4]
+    static let nfes = [1, 4]
     let labels: [Int]
     let noise: Tensor
     let cond: Conditioning
@@ -17,7 +17,7 @@ public struct SampleGrids {
     let channels: Int, side: Int
 
     /// Grids for images like `data`'s, sampled with guidance scale `guidance`; `seed` is the run's.
-    public init(data: ImageDataset, seed: UInt64, guidance: Double, on device: Device = .default) {
+    init(data: ImageDataset, seed: UInt64, guidance: Double, on device: Device = .default) {
         let rows = min(data.classes, 10)
         labels = (0..<(rows * Self.perRow)).map { $0 / Self.perRow }
         var rng = RandomGenerator(seed: seed &+ 0x6121D)
@@ -29,7 +29,7 @@ public struct SampleGrids {
     }
 
     /// Samples the grids with `trainer`'s evaluation EMA and writes them into `directory`; returns their paths.
-    public func write(_ trainer: Trainer<DiT>, into directory: String) throws -> [String] {
+    func write(_ trainer: Trainer<DiT>, into directory: String) throws -> [String] {
         try Self.nfes.map { nfe in
             let x = trainer.sample(noise: noise, steps: nfe, cond: cond, weights: trainer.ema, guidanceScale: guidance).floats
             let path = directory + "/samples_step\(trainer.step)_nfe\(nfe).png"

@@ -64,7 +64,7 @@ public final class TrainingLoop {
     public let trainer: Trainer<DiT>
     public let data: ImageDataset
     public let plan: Plan
-    public private(set) var sampler: BatchSampler
+    private(set) var sampler: BatchSampler
     public var checkpointPath: String { plan.directory + "/checkpoint.safetensors" }
     public var metricsPath: String { plan.directory + "/metrics.jsonl" }
     let grids: SampleGrids
@@ -73,7 +73,7 @@ public final class TrainingLoop {
     /// The step of the last checkpoint written or resumed from by this process.
     private(set) var savedStep: Int?
     /// The sample grids written, in order.
-    public private(set) var written: [String] = []
+    private(set) var written: [String] = []
 
     var parallel: DataParallel? { trainer.parallel }
     var isRoot: Bool { (parallel?.rank ?? 0) == 0 }
