@@ -165,6 +165,73 @@ template<int PREC> __device__ __forceinline__ FragA<PREC> acc_a(const float (&c0
     }
 }
 
+/// Accumulator tiles to zero.
+template<int N> __device__ __forceinline__ void zero_tiles(float (&a)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[i][e] = 0.f;
+}
+
+// Which factor a term of a tile product takes: the operand itself or its tangent.
+#define PLAIN false
+#define TANGENT true
+
+/// A warp's products of its 16 rows of the shared tile sA with the N = 8-column tiles of the shared tile sB
+/// transposed (out[c] = A Y^T, Y rows c * 8 .. c * 8 + 7), over the head dim (KDP steps of 8 columns): out0 += A B^T
+/// and with TAN, in the same step, out1 += X1 Y1^T then out2 += X2 Y2^T, X1 and X2 the tangent tile tA (TANGENT) or
+/// A, Y1 and Y2 tB or B. out1 and out2 may be the same tiles (or out0). Within a step of k every product goes into
+/// its tile in this order, as the kernels always summed them (the order is part of the float32 result). UNROLL_K:
+/// unroll the loop over k (else a loop, fewer fragments live).
+template<int PREC, int LD, int KDP, bool TAN, bool UNROLL_K, bool X1, bool Y1, bool X2, bool Y2, int N>
+__device__ __forceinline__ void tile_products_bt(float (&out0)[N][4], float (&out1)[N][4], float (&out2)[N][4],
+        const typename FlashPrec<PREC>::E* sA, const typename FlashPrec<PREC>::E* sTA,
+        const typename FlashPrec<PREC>::E* sB, const typename FlashPrec<PREC>::E* sTB, int r0, int g, int t) {
+    constexpr int KS = FlashPrec<PREC>::KS;
+#pragma unroll (UNROLL_K ? KDP : 1)
+    for (int kk = 0; kk < KDP; kk += KS) {
+        const FragA<PREC> a = lds_a<PREC, LD>(sA, r0, kk * 8, g, t);
+        FragA<PREC> ta;
+        if (TAN) ta = lds_a<PREC, LD>(sTA, r0, kk * 8, g, t);
+#pragma unroll
+        for (int c = 0; c < N; ++c) {
+            const FragB<PREC> b = lds_bt<PREC, LD>(sB, c * 8, kk * 8, g, t);
+            tc_mma<PREC>(out0[c], a, b);
+            if (TAN) {
+                const FragB<PREC> tb = lds_bt<PREC, LD>(sTB, c * 8, kk * 8, g, t);
+                tc_mma<PREC>(out1[c], X1 ? ta : a, Y1 ? tb : b);
+                tc_mma<PREC>(out2[c], X2 ? ta : a, Y2 ? tb : b);
+            }
+        }
+    }
+}
+
+/// Register tiles p (and tp) of N = 8-column tiles, a warp's 16 rows, as the left operand of a product with the
+/// shared tile sB read as it is (out[i] columns i * 8 .. i * 8 + 7 of P Y, KD tiles): out0 += P B and with TAN
+/// out1 += X1 Y1 then out2 += X2 Y2 (X from P or tP, Y from B or tB), in this order per step, as tile_products_bt.
+template<int PREC, int LD, bool TAN, bool X1, bool Y1, bool X2, bool Y2, int KD, int N>
+__device__ __forceinline__ void tile_products_bn(float (&out0)[KD][4], float (&out1)[KD][4], float (&out2)[KD][4],
+        float (&p)[N][4], float (&tp)[N][4], const typename FlashPrec<PREC>::E* sB,
+        const typename FlashPrec<PREC>::E* sTB, int g, int t) {
+    constexpr int KS = FlashPrec<PREC>::KS;
+#pragma unroll
+    for (int c = 0; c < N; c += KS) {
+        const FragA<PREC> a = acc_a<PREC>(p[c], p[c + KS - 1]);
+        FragA<PREC> ta;
+        if (TAN) ta = acc_a<PREC>(tp[c], tp[c + KS - 1]);
+#pragma unroll
+        for (int i = 0; i < KD; ++i) {
+            const FragB<PREC> b = lds_bn<PREC, LD>(sB, c * 8, i * 8, g, t);
+            tc_mma<PREC>(out0[i], a, b);
+            if (TAN) {
+                const FragB<PREC> tb = lds_bn<PREC, LD>(sTB, c * 8, i * 8, g, t);
+                tc_mma<PREC>(out1[i], X1 ? ta : a, Y1 ? tb : b);
+                tc_mma<PREC>(out2[i], X2 ? ta : a, Y2 ? tb : b);
+            }
+        }
+    }
+}
+
 /// Rows row0..row0+ROWS-1 of a head (n rows of D floats, `ld` apart from `src`) into a shared tile
 /// [ROWS][LD] of FlashPrec<PREC>::cols<D>() columns (16-byte loads: src and ld are multiples of 4 floats;
 /// rows past n and columns past D are zeros), rounded to bfloat16 for FP_BF16.
@@ -210,7 +277,7 @@ __device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, cons
         float* __restrict__ stats, int n, int heads, float scale) {
     typedef typename FlashPrec<PREC>::E E;
     // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
-    constexpr int LD = FlashPrec<PREC>::template ld<D>(), KS = FlashPrec<PREC>::KS, KDP = FlashPrec<PREC>::template cols<D>() / 8;
+    constexpr int LD = FlashPrec<PREC>::template ld<D>(), KDP = FlashPrec<PREC>::template cols<D>() / 8;
     constexpr int BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
     constexpr int NQ = TAN ? 2 : 1, NK = TAN ? 4 : 2;
     constexpr int SMEM = (BR * NQ + BC * NK) * LD * (int)sizeof(E);
@@ -228,10 +295,8 @@ __device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, cons
     flash_load<D, BR, THREADS, PREC>(sQ, q + hb, ld, q0, n);
     if (TAN) flash_load<D, BR, THREADS, PREC>(sTQ, tq + hb, ld, q0, n);
     float acc[KD][4], tacc[KD][4];
-#pragma unroll
-    for (int i = 0; i < KD; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) { acc[i][e] = 0.f; tacc[i][e] = 0.f; }
+    zero_tiles(acc);
+    zero_tiles(tacc);
     float m[2] = {-inf_<float>(), -inf_<float>()}, l[2] = {0.f, 0.f}, mu[2] = {0.f, 0.f};
     for (int j0 = 0; j0 < n; j0 += BC) {
         __syncthreads();
@@ -242,26 +307,11 @@ __device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, cons
             flash_load<D, BC, THREADS, PREC>(sTV, tv + hb, ld, j0, n);
         }
         __syncthreads();
+        // s = q k^T, ts = tq k^T + q tk^T.
         float s[NC][4], ts[NC][4];
-#pragma unroll
-        for (int c = 0; c < NC; ++c)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; }
-#pragma unroll
-        for (int kk = 0; kk < KDP; kk += KS) {
-            const FragA<PREC> aq = lds_a<PREC, LD>(sQ, r0, kk * 8, g, t);
-            FragA<PREC> atq;
-            if (TAN) atq = lds_a<PREC, LD>(sTQ, r0, kk * 8, g, t);
-#pragma unroll
-            for (int c = 0; c < NC; ++c) {
-                const FragB<PREC> bk = lds_bt<PREC, LD>(sK, c * 8, kk * 8, g, t);
-                tc_mma<PREC>(s[c], aq, bk);
-                if (TAN) {
-                    tc_mma<PREC>(ts[c], atq, bk);
-                    tc_mma<PREC>(ts[c], aq, lds_bt<PREC, LD>(sTK, c * 8, kk * 8, g, t));
-                }
-            }
-        }
+        zero_tiles(s);
+        zero_tiles(ts);
+        tile_products_bt<PREC, LD, KDP, TAN, true, TANGENT, PLAIN, PLAIN, TANGENT>(s, ts, ts, sQ, sTQ, sK, sTK, r0, g, t);
         // Online softmax. This lane holds rows g (e = 0, 1) and g + 8 (e = 2, 3) of its warp's 16.
         float mx[2] = {m[0], m[1]};
 #pragma unroll
@@ -296,21 +346,7 @@ __device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, cons
                 if (TAN) { ts[c][e] *= p; mu[e >> 1] += ts[c][e]; }
             }
         // acc += P V; tacc += (P o tS) V + P tV (k runs over this block's keys).
-#pragma unroll
-        for (int c = 0; c < NC; c += KS) {
-            const FragA<PREC> ap = acc_a<PREC>(s[c], s[c + KS - 1]);
-            FragA<PREC> apt;
-            if (TAN) apt = acc_a<PREC>(ts[c], ts[c + KS - 1]);
-#pragma unroll
-            for (int i = 0; i < KD; ++i) {
-                const FragB<PREC> bv = lds_bn<PREC, LD>(sV, c * 8, i * 8, g, t);
-                tc_mma<PREC>(acc[i], ap, bv);
-                if (TAN) {
-                    tc_mma<PREC>(tacc[i], apt, bv);
-                    tc_mma<PREC>(tacc[i], ap, lds_bn<PREC, LD>(sTV, c * 8, i * 8, g, t));
-                }
-            }
-        }
+        tile_products_bn<PREC, LD, TAN, TANGENT, PLAIN, PLAIN, TANGENT>(acc, tacc, tacc, s, ts, sV, sTV, g, t);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) { l[h] = quad_sum(l[h]); if (TAN) mu[h] = quad_sum(mu[h]); }
@@ -376,7 +412,7 @@ __device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, c
         const float* __restrict__ stats, float* __restrict__ dq, float* __restrict__ dtq, int n, int heads, float scale) {
     typedef typename FlashPrec<PREC>::E E;
     // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
-    constexpr int LD = FlashPrec<PREC>::template ld<D>(), KS = FlashPrec<PREC>::KS, KDP = FlashPrec<PREC>::template cols<D>() / 8;
+    constexpr int LD = FlashPrec<PREC>::template ld<D>(), KDP = FlashPrec<PREC>::template cols<D>() / 8;
     constexpr int BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
     constexpr int NS = TAN ? 4 : 2;
     constexpr int SMEM = (BR + BC) * NS * LD * (int)sizeof(E);
@@ -408,10 +444,8 @@ __device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, c
         L[h] = st.x; MU[h] = st.y; RHO[h] = st.z; DPP[h] = st.w;
     }
     float dqa[KD][4], dtqa[KD][4];
-#pragma unroll
-    for (int i = 0; i < KD; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) { dqa[i][e] = 0.f; dtqa[i][e] = 0.f; }
+    zero_tiles(dqa);
+    zero_tiles(dtqa);
     for (int j0 = 0; j0 < n; j0 += BC) {
         __syncthreads();
         flash_load<D, BC, THREADS, PREC>(sK, k + hb, ld, j0, n);
@@ -421,41 +455,14 @@ __device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, c
             flash_load<D, BC, THREADS, PREC>(sTV, tv + hb, ld, j0, n);
         }
         __syncthreads();
+        // s = q k^T, ts = tq k^T + q tk^T; gg = go v^T + gto tv^T, rr = gto v^T.
         float s[NC][4], ts[NC][4], gg[NC][4], rr[NC][4];
-#pragma unroll
-        for (int c = 0; c < NC; ++c)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; gg[c][e] = 0.f; rr[c][e] = 0.f; }
-#pragma unroll
-        for (int kk = 0; kk < KDP; kk += KS) {
-            const FragA<PREC> aq = lds_a<PREC, LD>(sQ, r0, kk * 8, g, t);
-            FragA<PREC> atq;
-            if (TAN) atq = lds_a<PREC, LD>(sTQ, r0, kk * 8, g, t);
-#pragma unroll
-            for (int c = 0; c < NC; ++c) {
-                const FragB<PREC> bk = lds_bt<PREC, LD>(sK, c * 8, kk * 8, g, t);
-                tc_mma<PREC>(s[c], aq, bk);
-                if (TAN) {
-                    tc_mma<PREC>(ts[c], atq, bk);
-                    tc_mma<PREC>(ts[c], aq, lds_bt<PREC, LD>(sTK, c * 8, kk * 8, g, t));
-                }
-            }
-        }
-#pragma unroll
-        for (int kk = 0; kk < KDP; kk += KS) {
-            const FragA<PREC> ago = lds_a<PREC, LD>(sGO, r0, kk * 8, g, t);
-            FragA<PREC> agto;
-            if (TAN) agto = lds_a<PREC, LD>(sGTO, r0, kk * 8, g, t);
-#pragma unroll
-            for (int c = 0; c < NC; ++c) {
-                const FragB<PREC> bv = lds_bt<PREC, LD>(sV, c * 8, kk * 8, g, t);
-                tc_mma<PREC>(gg[c], ago, bv);
-                if (TAN) {
-                    tc_mma<PREC>(rr[c], agto, bv);
-                    tc_mma<PREC>(gg[c], agto, lds_bt<PREC, LD>(sTV, c * 8, kk * 8, g, t));
-                }
-            }
-        }
+        zero_tiles(s);
+        zero_tiles(ts);
+        zero_tiles(gg);
+        zero_tiles(rr);
+        tile_products_bt<PREC, LD, KDP, TAN, true, TANGENT, PLAIN, PLAIN, TANGENT>(s, ts, ts, sQ, sTQ, sK, sTK, r0, g, t);
+        tile_products_bt<PREC, LD, KDP, TAN, true, TANGENT, PLAIN, TANGENT, TANGENT>(gg, rr, gg, sGO, sGTO, sV, sTV, r0, g, t);
         // s <- dS, ts <- dtS.
 #pragma unroll
         for (int c = 0; c < NC; ++c)
@@ -473,21 +480,8 @@ __device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, c
                     s[c][e] = P * (gg[c][e] - DPP[h]);
                 }
             }
-#pragma unroll
-        for (int c = 0; c < NC; c += KS) {
-            const FragA<PREC> ads = acc_a<PREC>(s[c], s[c + KS - 1]);
-            FragA<PREC> adts;
-            if (TAN) adts = acc_a<PREC>(ts[c], ts[c + KS - 1]);
-#pragma unroll
-            for (int i = 0; i < KD; ++i) {
-                const FragB<PREC> bk = lds_bn<PREC, LD>(sK, c * 8, i * 8, g, t);
-                tc_mma<PREC>(dqa[i], ads, bk);
-                if (TAN) {
-                    tc_mma<PREC>(dtqa[i], adts, bk);
-                    tc_mma<PREC>(dqa[i], adts, lds_bn<PREC, LD>(sTK, c * 8, i * 8, g, t));
-                }
-            }
-        }
+        // dq += dS k + dtS tk, dtq += dtS k.
+        tile_products_bn<PREC, LD, TAN, TANGENT, PLAIN, TANGENT, TANGENT>(dqa, dtqa, dqa, s, ts, sK, sTK, g, t);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -516,7 +510,7 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(const float* __restrict__ q, 
         int n, int heads, float scale) {
     typedef typename FlashPrec<PREC>::E E;
     // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
-    constexpr int LD = FlashPrec<PREC>::template ld<D>(), KS = FlashPrec<PREC>::KS, KDP = FlashPrec<PREC>::template cols<D>() / 8;
+    constexpr int LD = FlashPrec<PREC>::template ld<D>(), KDP = FlashPrec<PREC>::template cols<D>() / 8;
     constexpr int BK = 16 * WARPS, KD = D / 8, NQ = BQ / 8, THREADS = 32 * WARPS;
     constexpr int NS = TAN ? 4 : 2;
     constexpr int SMEM = (BK + BQ) * NS * LD * (int)sizeof(E) + BQ * 16;
@@ -541,10 +535,10 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(const float* __restrict__ q, 
         flash_load<D, BK, THREADS, PREC>(sTV, tv + hb, ld, k0, n);
     }
     float dka[KD][4], dva[KD][4], dtka[KD][4], dtva[KD][4];
-#pragma unroll
-    for (int i = 0; i < KD; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) { dka[i][e] = 0.f; dva[i][e] = 0.f; dtka[i][e] = 0.f; dtva[i][e] = 0.f; }
+    zero_tiles(dka);
+    zero_tiles(dva);
+    zero_tiles(dtka);
+    zero_tiles(dtva);
     for (int i0 = 0; i0 < n; i0 += BQ) {
         __syncthreads();
         flash_load<D, BQ, THREADS, PREC>(sQ, q + hb, ld, i0, n);
@@ -557,42 +551,15 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(const float* __restrict__ q, 
             sSt[i] = i0 + i < n ? *reinterpret_cast<const float4*>(stats + (rowBase + i0 + i) * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
         __syncthreads();
         // Transposed tiles: rows are this warp's 16 keys, columns the block's queries.
+        // s = k q^T, ts = tk q^T + k tq^T; gg = v go^T + tv gto^T, rr = v gto^T (the k loops not unrolled: fewer
+        // fragments live).
         float s[NQ][4], ts[NQ][4], gg[NQ][4], rr[NQ][4];
-#pragma unroll
-        for (int c = 0; c < NQ; ++c)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) { s[c][e] = 0.f; ts[c][e] = 0.f; gg[c][e] = 0.f; rr[c][e] = 0.f; }
-#pragma unroll 1
-        for (int kk = 0; kk < KDP; kk += KS) {
-            const FragA<PREC> ak = lds_a<PREC, LD>(sK, r0, kk * 8, g, t);
-            FragA<PREC> atk;
-            if (TAN) atk = lds_a<PREC, LD>(sTK, r0, kk * 8, g, t);
-#pragma unroll
-            for (int c = 0; c < NQ; ++c) {
-                const FragB<PREC> bq = lds_bt<PREC, LD>(sQ, c * 8, kk * 8, g, t);
-                tc_mma<PREC>(s[c], ak, bq);
-                if (TAN) {
-                    tc_mma<PREC>(ts[c], atk, bq);
-                    tc_mma<PREC>(ts[c], ak, lds_bt<PREC, LD>(sTQ, c * 8, kk * 8, g, t));
-                }
-            }
-        }
-#pragma unroll 1
-        for (int kk = 0; kk < KDP; kk += KS) {
-            const FragA<PREC> av = lds_a<PREC, LD>(sV, r0, kk * 8, g, t);
-            FragA<PREC> atv;
-            if (TAN) atv = lds_a<PREC, LD>(sTV, r0, kk * 8, g, t);
-#pragma unroll
-            for (int c = 0; c < NQ; ++c) {
-                const FragB<PREC> bgo = lds_bt<PREC, LD>(sGO, c * 8, kk * 8, g, t);
-                tc_mma<PREC>(gg[c], av, bgo);
-                if (TAN) {
-                    const FragB<PREC> bgto = lds_bt<PREC, LD>(sGTO, c * 8, kk * 8, g, t);
-                    tc_mma<PREC>(rr[c], av, bgto);
-                    tc_mma<PREC>(gg[c], atv, bgto);
-                }
-            }
-        }
+        zero_tiles(s);
+        zero_tiles(ts);
+        zero_tiles(gg);
+        zero_tiles(rr);
+        tile_products_bt<PREC, LD, KDP, TAN, false, TANGENT, PLAIN, PLAIN, TANGENT>(s, ts, ts, sK, sTK, sQ, sTQ, r0, g, t);
+        tile_products_bt<PREC, LD, KDP, TAN, false, PLAIN, TANGENT, TANGENT, TANGENT>(gg, rr, gg, sV, sTV, sGO, sGTO, r0, g, t);
         // s <- P, gg <- dS, and with TAN ts <- P (ts - mu), rr <- dtS. Columns are queries.
 #pragma unroll
         for (int c = 0; c < NQ; ++c)
@@ -613,36 +580,8 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(const float* __restrict__ q, 
                 }
             }
         // dv, dtv (A: P and P (ts - mu)), then dk, dtk (A: dS and dtS): two passes hold half the fragments.
-#pragma unroll
-        for (int c = 0; c < NQ; c += KS) {
-            const FragA<PREC> ap = acc_a<PREC>(s[c], s[c + KS - 1]);
-            FragA<PREC> apt;
-            if (TAN) apt = acc_a<PREC>(ts[c], ts[c + KS - 1]);
-#pragma unroll
-            for (int i = 0; i < KD; ++i) {
-                tc_mma<PREC>(dva[i], ap, lds_bn<PREC, LD>(sGO, c * 8, i * 8, g, t));
-                if (TAN) {
-                    const FragB<PREC> bgto = lds_bn<PREC, LD>(sGTO, c * 8, i * 8, g, t);
-                    tc_mma<PREC>(dva[i], apt, bgto);
-                    tc_mma<PREC>(dtva[i], ap, bgto);
-                }
-            }
-        }
-#pragma unroll
-        for (int c = 0; c < NQ; c += KS) {
-            const FragA<PREC> ads = acc_a<PREC>(gg[c], gg[c + KS - 1]);
-            FragA<PREC> adts;
-            if (TAN) adts = acc_a<PREC>(rr[c], rr[c + KS - 1]);
-#pragma unroll
-            for (int i = 0; i < KD; ++i) {
-                const FragB<PREC> bq = lds_bn<PREC, LD>(sQ, c * 8, i * 8, g, t);
-                tc_mma<PREC>(dka[i], ads, bq);
-                if (TAN) {
-                    tc_mma<PREC>(dka[i], adts, lds_bn<PREC, LD>(sTQ, c * 8, i * 8, g, t));
-                    tc_mma<PREC>(dtka[i], adts, bq);
-                }
-            }
-        }
+        tile_products_bn<PREC, LD, TAN, TANGENT, TANGENT, PLAIN, TANGENT>(dva, dva, dtva, s, ts, sGO, sGTO, g, t);
+        tile_products_bn<PREC, LD, TAN, TANGENT, TANGENT, TANGENT, PLAIN>(dka, dka, dtka, gg, rr, sQ, sTQ, g, t);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
