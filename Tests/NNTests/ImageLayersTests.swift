@@ -58,10 +58,16 @@ final class ImageLayersTests: XCTestCase {
                          padding: EdgePadding(top: 2, bottom: 1, left: 0, right: 2), seed: 6)
     }
 
-    /// Images go through in groups when the im2col matrix would pass the scratch limit; the result is the same.
-    func testConvolutionInGroupsOfImages() {
-        checkConvolution(batch: 5, channels: 3, height: 6, width: 6, out: 4, kernel: 3, stride: 1, padding: .uniform(1),
-                         scratchLimit: 2 * 36 * 27, seed: 7)
+    /// Outputs whose im2col matrix would pass the scratch limit go in bands of rows; the result is the same.
+    func testConvolutionInBandsOfRows() {
+        // 6 output rows of 2 x 6 x 27 values each: bands of 4 and 2 rows.
+        checkConvolution(batch: 2, channels: 3, height: 6, width: 6, out: 4, kernel: 3, stride: 1, padding: .uniform(1),
+                         scratchLimit: 4 * 2 * 6 * 27 + 5, seed: 7)
+        // The downsampler on 11x7: 5 output rows of 3 x 27 values, bands of 2, 2 and 1 rows.
+        checkConvolution(batch: 1, channels: 3, height: 11, width: 7, out: 2, kernel: 3, stride: 2,
+                         padding: EdgePadding(top: 0, bottom: 1, left: 0, right: 1), scratchLimit: 2 * 4 * 27, seed: 8)
+        checkConvolution(batch: 1, channels: 2, height: 9, width: 9, out: 2, kernel: 5, stride: 3,
+                         padding: EdgePadding(top: 2, bottom: 1, left: 0, right: 2), scratchLimit: 1, seed: 9)
     }
 
     func testGroupNormMatchesItsDefinition() {

@@ -27,8 +27,8 @@ public struct Conv2D {
     let weight: Tensor
     let bias: Tensor
     public let inChannels: Int, outChannels: Int, kernelHeight: Int, kernelWidth: Int
-    /// Images go through in groups whose im2col matrix stays under this many elements (one image at least).
-    public var scratchLimit = 1 << 26
+    /// The largest im2col matrix (elements) one product is given; larger outputs go in bands of rows.
+    public var scratchLimit = 1 << 24
 
     /// From PyTorch's layout: weight [O, C, kh, kw], bias [O].
     public init(weight w: Tensor, bias: Tensor) {
@@ -50,37 +50,44 @@ public struct Conv2D {
         return span >= 0 ? span / stride + 1 : nil
     }
 
-    /// conv2d(x, weight, stride, padding) + bias for x [N, H, W, C]; gives [N, OH, OW, O].
-    public func callAsFunction(_ x: Tensor, stride: Int = 1, padding: EdgePadding = .uniform(0)) -> Tensor {
+    /// conv2d(x, weight, stride, padding) + bias for x [N, H, W, C]; gives [N, OH, OW, O]. The output rows are
+    /// computed in bands whose im2col matrix stays under `scratchLimit` elements (one row at least): that bounds
+    /// the memory a large image takes, and the bands' buffers are the same sizes, so the allocator reuses them.
+    public func callAsFunction(_ x: Tensor, stride s: Int = 1, padding p: EdgePadding = .uniform(0)) -> Tensor {
         precondition(x.rank == 4 && x.shape[3] == inChannels, "Conv2D: input \(x.shape) for \(inChannels) input channels")
-        if kernelHeight == 1 && kernelWidth == 1 && stride == 1 && padding == .uniform(0) {
+        if kernelHeight == 1 && kernelWidth == 1 && s == 1 && p == .uniform(0) {
             return x.linear(weight, bias: bias)
         }
-        guard let oh = Self.outputSize(x.shape[1], kernel: kernelHeight, stride: stride, padding: padding.top + padding.bottom),
-              let ow = Self.outputSize(x.shape[2], kernel: kernelWidth, stride: stride, padding: padding.left + padding.right) else {
-            preconditionFailure("Conv2D: a \(kernelHeight)x\(kernelWidth) kernel does not fit input \(x.shape) padded by \(padding)")
+        let (n, h, w) = (x.shape[0], x.shape[1], x.shape[2])
+        guard let oh = Self.outputSize(h, kernel: kernelHeight, stride: s, padding: p.top + p.bottom),
+              let ow = Self.outputSize(w, kernel: kernelWidth, stride: s, padding: p.left + p.right) else {
+            preconditionFailure("Conv2D: a \(kernelHeight)x\(kernelWidth) kernel does not fit input \(x.shape) padded by \(p)")
         }
-        let n = x.shape[0], perImage = oh * ow * weight.shape[1]
-        let group = Swift.max(1, scratchLimit / Swift.max(perImage, 1))
-        if n <= group { return columns(x, stride: stride, padding: padding, oh: oh, ow: ow).linear(weight, bias: bias) }
-        let parts = Swift.stride(from: 0, to: n, by: group).map { start in
-            columns(x.slice(axis: 0, start: start, length: Swift.min(group, n - start)), stride: stride, padding: padding,
-                    oh: oh, ow: ow).linear(weight, bias: bias)
-        }
-        return concat(parts, axis: 0)
-    }
-
-    /// The im2col matrix [N, OH, OW, kh * kw * C]: output pixel (oy, ox) holds the padded input's window at
-    /// (oy * stride, ox * stride). The padded image is grown to a multiple of the stride on each side, so a
-    /// reshape to [N, H / s, s, W / s, s, C] turns every kernel tap into plain slices (tap i of a side reads
-    /// block rows i / s ..< i / s + OH at phase i % s); the taps of a row are joined along the channels first,
-    /// then the rows, which gives the (row, column, channel) order.
-    private func columns(_ x: Tensor, stride s: Int, padding p: EdgePadding, oh: Int, ow: Int) -> Tensor {
-        let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        // Zero padding, grown at the bottom and right to multiples of the stride (rows and columns no tap reads),
+        // so that `columns` can split each side into blocks of `s`.
         func roundedUp(_ v: Int) -> Int { (v + s - 1) / s * s }
         let hq = roundedUp(h + p.top + p.bottom), wq = roundedUp(w + p.left + p.right)
-        let blocks = x.padded(axis: 1, before: p.top, total: hq).padded(axis: 2, before: p.left, total: wq)
-            .reshaped([n, hq / s, s, wq / s, s, c])
+        let padded = x.padded(axis: 1, before: p.top, total: hq).padded(axis: 2, before: p.left, total: wq)
+        let bandRows = Swift.max(1, scratchLimit / Swift.max(n * ow * weight.shape[1], 1))
+        if bandRows >= oh { return columns(padded, stride: s, rows: oh, columns: ow).linear(weight, bias: bias) }
+        let bands = Swift.stride(from: 0, to: oh, by: bandRows).map { first in
+            let rows = Swift.min(bandRows, oh - first)
+            // The padded rows the band's windows cover, in whole blocks of s rows.
+            let span = Swift.min(hq - first * s, roundedUp((rows - 1) * s + kernelHeight))
+            return columns(padded.slice(axis: 1, start: first * s, length: span), stride: s, rows: rows, columns: ow)
+                .linear(weight, bias: bias)
+        }
+        return concat(bands, axis: 1)
+    }
+
+    /// The im2col matrix [N, rows, columns, kh * kw * C] of a padded input [N, H, W, C] whose H and W are multiples
+    /// of the stride: output pixel (oy, ox) holds the window at (oy * s, ox * s). A reshape to
+    /// [N, H / s, s, W / s, s, C] turns every kernel tap into plain slices (tap i of a side reads blocks
+    /// i / s ..< i / s + rows at phase i % s); the taps of a row are joined along the channels first, then the
+    /// rows, which gives the (kernel row, kernel column, channel) order of `weight`.
+    private func columns(_ padded: Tensor, stride s: Int, rows oh: Int, columns ow: Int) -> Tensor {
+        let (n, hq, wq, c) = (padded.shape[0], padded.shape[1], padded.shape[2], padded.shape[3])
+        let blocks = padded.reshaped([n, hq / s, s, wq / s, s, c])
         let rowsOfTaps = concat((0..<kernelWidth).map { j in
             blocks.slice(axis: 3, start: j / s, length: ow).slice(axis: 4, start: j % s, length: 1).reshaped([n, hq / s, s, ow, c])
         }, axis: 4)
