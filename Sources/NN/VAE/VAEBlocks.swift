@@ -72,8 +72,9 @@ struct MidBlockAttention {
     func callAsFunction(_ x: Tensor) -> Tensor {
         let tokens = norm(x).reshaped([x.shape[0], -1, x.shape[3]])
         func project(_ t: Tensor, _ i: Int) -> Tensor { t.linear(projections[i].weight, bias: projections[i].bias) }
-        // Scores, softmax and weighted sum as separate products: the fused attention kernels are built for head
-        // widths up to 512, and this head is as wide as the block (512 in the SD-VAE, any width in general).
+        // Scores, softmax and weighted sum as separate ops, whose products are large matrix products on every
+        // backend: the fused attention primitive spreads its work over heads (this block has one, as wide as the
+        // block: 512 in the SD-VAE, any width in general), and its CUDA kernels stop at head width 512.
         let attended = decomposedAttention(project(tokens, 0), project(tokens, 1), project(tokens, 2))
         return x + project(attended, 3).reshaped(x.shape)
     }
