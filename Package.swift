@@ -2,9 +2,10 @@
 import PackageDescription
 
 // Layers, bottom to top: TensorCore (tensors, autodiff, CPU backend) -> NN (layers, DiT, optimizers)
-// -> TVM (the method) ; Formats (file readers/writers), Data, Eval beside them ; Distributed (communicators,
-// data-parallel gradients) under TVM ; CLI on top. CUDABackend (beside TensorCore) gets its kernels from .cu
-// files through CUDAKernelPlugin, which runs CUDAKernelTool at build time.
+// -> TVM (the method; the trainer and the training loop) ; Formats (file readers/writers, paths), Data, Eval
+// beside them ; Distributed (communicators, data-parallel gradients) under TVM ; CLI on top. CUDABackend (beside
+// TensorCore) gets its kernels from .cu files through CUDAKernelPlugin, which runs CUDAKernelTool at build time.
+// docs/ARCHITECTURE.md has the map.
 let release: [SwiftSetting] = []
 
 let package = Package(
@@ -34,7 +35,7 @@ let package = Package(
         .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "TensorCore", "Eval", "Distributed"]),
         .testTarget(name: "EvalTests", dependencies: ["Eval", "Data", "TensorCore", "Formats"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TensorCore", "Formats"]),
-        .testTarget(name: "CLITests", dependencies: ["CLI", "Formats"]),
+        .testTarget(name: "CLITests", dependencies: ["CLI", "Formats", "TensorCore", "NN", "TVM", "Data", "Eval"]),
         .testTarget(name: "TVMTests", dependencies: ["TVM", "NN", "TensorCore", "Data", "Eval", "Formats"]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TVM", "NN", "TensorCore", "Data"]),
     ],

@@ -1,17 +1,18 @@
 import TensorCore
 import NN
+import TVM
 import Data
 import Eval
 import Dispatch
 
 /// Training and evaluation of one method on a 2-D distribution: what `tvm demo` and `tvm train` run.
-public struct Toy2DExperiment {
-    public var distribution: Toy2D
-    public var network: MLPFlowMap
-    public var config: TrainConfig
-    public var steps: Int
+struct Toy2DExperiment {
+    var distribution: Toy2D
+    var network: MLPFlowMap
+    var config: TrainConfig
+    var steps: Int
 
-    public init(distribution: Toy2D, network: MLPFlowMap, config: TrainConfig, steps: Int) {
+    init(distribution: Toy2D, network: MLPFlowMap, config: TrainConfig, steps: Int) {
         self.distribution = distribution
         self.network = network
         self.config = config
@@ -20,7 +21,7 @@ public struct Toy2DExperiment {
 
     /// Trains, calling `onStep` after every step; ends early after a step that the `stop` fault policy
     /// stopped. The data stream is seeded apart from the model's randomness.
-    public func train(onStep: (StepStats) -> Void = { _ in }) -> Trainer<MLPFlowMap> {
+    func train(onStep: (StepStats) -> Void = { _ in }) -> Trainer<MLPFlowMap> {
         let trainer = Trainer(network: network, config: config)
         var dataRNG = RandomGenerator(seed: config.seed).split(3)
         for _ in 0..<steps {
@@ -33,7 +34,7 @@ public struct Toy2DExperiment {
     }
 
     /// Samples at each NFE from the same noise, and their exact W2 to `data`.
-    public static func evaluate(_ trainer: Trainer<MLPFlowMap>, nfes: [Int], data: [Float], noiseSeed: UInt64)
+    static func evaluate(_ trainer: Trainer<MLPFlowMap>, nfes: [Int], data: [Float], noiseSeed: UInt64)
         throws -> [(nfe: Int, samples: [Float], w2: Double)] {
         let n = data.count / 2
         var rng = RandomGenerator(seed: noiseSeed)

@@ -58,19 +58,19 @@ public struct TVMObjective {
     }
 
     /// Per-row factors shared by both terms.
-    private struct Scales {
+    struct Scales {
         let beta: Tensor, betaRows: Tensor, kappaRows: Tensor?
         func scaled(_ F: Tensor) -> Tensor { kappaRows.map { F * $0 } ?? F }
     }
 
-    private func scales(_ b: Inputs) -> Scales {
+    func scales(_ b: Inputs) -> Scales {
         let beta = b.cond.beta ?? Tensor.ones([b.x0.shape[0]], on: b.x0.device)
         return Scales(beta: beta, betaRows: rows(beta, like: b.x0), kappaRows: kappa(beta).map { rows($0, like: b.x0) })
     }
 
     /// The terminal-velocity term per row, with F, the flow map and its s-derivative. Gradients of the term
     /// flow back through the JVP of the student.
-    private func terminalTerm(_ net: some FlowMapNetwork, student: ParameterSet, teacher: ParameterSet, _ b: Inputs,
+    func terminalTerm(_ net: some FlowMapNetwork, student: ParameterSet, teacher: ParameterSet, _ b: Inputs,
                               _ k: Scales) -> (terminal: Tensor, F: Tensor, flowMap: Tensor, dfds: Tensor) {
         let B = b.x0.shape[0]
         let (tr, sr) = (rows(b.t, like: b.x0), rows(b.s, like: b.x0))
@@ -92,7 +92,7 @@ public struct TVMObjective {
     }
 
     /// The flow-matching term per row, at s' with the guided target.
-    private func flowMatchingTerm(_ net: some FlowMapNetwork, student: ParameterSet, teacher: ParameterSet,
+    func flowMatchingTerm(_ net: some FlowMapNetwork, student: ParameterSet, teacher: ParameterSet,
                                   _ b: Inputs, _ k: Scales) -> Tensor {
         let B = b.x0.shape[0]
         let spr = rows(b.sPrime, like: b.x0)
@@ -111,7 +111,7 @@ public struct TVMObjective {
 
     /// A row's loss is the sum of both terms, zeroed (with its gradient) where that sum is not finite.
     /// Selecting on the mask always (not only after counting NaN rows) keeps the loss free of a device read.
-    private func combined(terminal: Tensor, flowMatching: Tensor) -> (loss: Tensor, finite: Tensor) {
+    func combined(terminal: Tensor, flowMatching: Tensor) -> (loss: Tensor, finite: Tensor) {
         let raw = terminal + flowMatching
         let finite = raw.isFinite()
         return (select(finite, raw, raw.zerosLike()), finite)
@@ -126,37 +126,6 @@ public struct TVMObjective {
         let (loss, finite) = combined(terminal: terminal, flowMatching: fm)
         return Terms(loss: loss, terminal: terminal, flowMatching: fm, F: F, flowMap: flowMap,
                      flowMapDerivative: dfds, finiteRows: finite)
-    }
-
-    /// Reverse mode for the loss's last pass: `gradients`, or data-parallel averaging. It receives the scalar,
-    /// the tensors to differentiate with respect to and the gradients of the earlier pass to add.
-    public typealias Backward = (_ loss: Tensor, _ wrt: [Tensor], _ initial: [Tensor]) -> [Tensor]
-
-    /// The loss and the gradients of its batch mean with respect to `wrt` (leaves of `student`), in two backward
-    /// passes: the flow-matching term first, its graph freed before the terminal-velocity term's JVP graph is
-    /// built, so peak memory holds one of the two graphs rather than both. The result equals differentiating
-    /// `terms(...).mean` (up to the order of floating-point sums), including the zeroing of non-finite rows.
-    public func termsAndGradients(network net: some FlowMapNetwork, student: ParameterSet, teacher: ParameterSet,
-                                  _ b: Inputs, wrt: [Tensor], backward: Backward? = nil) -> (terms: Terms, gradients: [Tensor]) {
-        let k = scales(b), B = Double(b.x0.shape[0])
-        let backward = backward ?? { loss, wrt, initial in gradients(of: loss, wrt: wrt, initial: initial) }
-        let fm = flowMatchingTerm(net, student: student, teacher: teacher, b, k)
-        let fmFinite = fm.isFinite()
-        var fmGradients = gradients(of: select(fmFinite, fm, fm.zerosLike()).mean(), wrt: wrt)
-        let (terminal, F, flowMap, dfds) = terminalTerm(net, student: student, teacher: teacher, b, k)
-        let (loss, finite) = combined(terminal: terminal, flowMatching: fm.detached())
-        // A row whose flow-matching term was finite but whose terminal term is not is zeroed as a whole: its
-        // flow-matching gradient, already taken, comes back out (one more pass, only in that rare case). Knowing
-        // whether to costs one scalar read from the device per step, before the second backward pass is queued.
-        let excluded = withoutGrad { fmFinite - finite }
-        if withoutGrad({ excluded.sum().item }) > 0 {
-            let again = flowMatchingTerm(net, student: student, teacher: teacher, b, k)
-            let removed = gradients(of: select(excluded, again, again.zerosLike()).sum() / B, wrt: wrt)
-            fmGradients = withoutGrad { zip(fmGradients, removed).map { $0 - $1 } }
-        }
-        let grads = backward(loss.mean(), wrt, fmGradients)
-        return (Terms(loss: loss, terminal: terminal, flowMatching: fm.detached(), F: F, flowMap: flowMap,
-                      flowMapDerivative: dfds, finiteRows: finite), grads)
     }
 }
 

@@ -46,3 +46,13 @@ public struct GuidanceConfig: Equatable {
                             beta: Tensor(beta, shape: [n], on: device))
     }
 }
+
+extension Conditioning {
+    /// Sampling with guidance scale w: one-hot classes from `labels` and beta = 1 / w on every row.
+    public static func sampling(labels: [Int], classes: Int, guidance w: Double, on device: Device = .default) -> Conditioning {
+        var onehot = [Float](repeating: 0, count: labels.count * classes)
+        for (i, l) in labels.enumerated() { onehot[i * classes + l] = 1 }
+        return Conditioning(classes: Tensor(onehot, shape: [labels.count, classes], on: device),
+                            beta: Tensor([Float](repeating: Float(1 / w), count: labels.count), shape: [labels.count], on: device))
+    }
+}

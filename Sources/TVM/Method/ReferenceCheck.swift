@@ -128,8 +128,8 @@ public enum ReferenceCheck {
         ]
         // Gradients: every trainable parameter, plus any fixed one the file holds a gradient for.
         let shapes = Dictionary(uniqueKeysWithValues: net.parameterShapes.map { ($0.name, $0.shape) })
-        for (name, shape) in net.parameterShapes where !DiT.fixedParameterNames.contains(name) || file["grads." + name] != nil {
-            expected.append(("grads." + name, shape))
+        for spec in net.parameterSpecs where spec.trainable || file["grads." + spec.key] != nil {
+            expected.append(("grads." + spec.key, spec.shape))
         }
         var sampleSteps: [Int] = []
         for t in file.tensors where t.name.hasPrefix("outputs.sample_") && t.name.hasSuffix("step") {

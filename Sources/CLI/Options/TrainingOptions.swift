@@ -47,3 +47,20 @@ func faultJSON(_ d: FaultDetection) -> [(String, JSONValue)] {
      ("grad_spike", d.gradientSpikeFactor.map { .number($0) } ?? .null),
      ("grad_limit", d.gradientNormLimit.map { .number($0) } ?? .null), ("fault_warmup", .number(Double(d.warmup)))]
 }
+
+/// "0.999" (a fixed decay) or "power:GAMMA" (a window growing with the step count).
+func parseEMA(_ s: String) throws -> EMASchedule {
+    if s.hasPrefix("power:"), let g = Double(s.dropFirst(6)), g > 0, g.isFinite { return .power(gamma: g, max: 0.9999) }
+    if let d = Double(s), d >= 0, d < 1 { return .fixed(d) }
+    throw CLIError("--ema must be a decay in [0, 1) or power:GAMMA with GAMMA > 0, got '\(s)'", usage: true)
+}
+
+/// "A,B,...": the evaluation EMA, then extra EMAs of other widths kept alongside it (no two the same).
+func parseEMAList(_ s: String) throws -> (first: EMASchedule, extra: [EMASchedule]) {
+    let schedules = try commaSeparated(s).map(parseEMA)
+    var seen = Set<String>()
+    for e in schedules where !seen.insert(e.description).inserted {
+        throw CLIError("--ema lists \(e.description) twice", usage: true)
+    }
+    return (schedules[0], Array(schedules.dropFirst()))
+}

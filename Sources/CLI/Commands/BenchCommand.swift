@@ -7,14 +7,30 @@ import Glibc
 #endif
 
 /// `tvm bench <what>`: timings of whole training steps and kernels, median over repeats after a warm-up.
-func runBench(_ args: [String]) throws {
-    guard let what = args.first else { throw CLIError("'tvm bench' needs what to time: toy, train, sample or attention", usage: true) }
-    switch what {
-    case "toy": try benchToy(Array(args.dropFirst()))
-    case "train": try benchTrain(Array(args.dropFirst()))
-    case "sample": try benchSample(Array(args.dropFirst()))
-    case "attention": try benchAttention(Array(args.dropFirst()))
-    default: throw CLIError("unknown benchmark '\(what)'; choose toy, train, sample or attention", usage: true)
+struct BenchCommand: Command {
+    let name = "bench"
+    let summary = "time training steps and kernels (toy: the CPU TVM step on 2-D data)"
+    let help = """
+        tvm bench toy [--method tvm|meanflow|fm] [--batch N] [--width N] [--depth N] [--steps N] [--warmup N]
+          Median wall time of one full training step (loss with its JVP, backward, AdamW, both EMAs) of the
+          2-D MLP, after a warm-up.
+        tvm bench train [--model B/2] [--res 32] [--channels 4] [--classes 1000] [--batch 64] [--steps 20] [--tf32|--bf16]
+          A full TVM step of a DiT (JVP, both teacher passes, flow-matching pass, backward, AdamW, both EMAs):
+          median step time, images/s and peak GPU memory.
+        tvm bench sample [--model B/2] [--batch 256] [--nfe 1] ...   sampling throughput.
+        tvm bench attention [--b 64] [--h 12] [--s 256] [--d 64]     the attention primitive with its JVP, and its backward.
+        All take --device cuda|cpu|auto (default auto).
+        """
+
+    func run(_ args: [String]) throws {
+        guard let what = args.first else { throw CLIError("'tvm bench' needs what to time: toy, train, sample or attention", usage: true) }
+        switch what {
+        case "toy": try benchToy(Array(args.dropFirst()))
+        case "train": try benchTrain(Array(args.dropFirst()))
+        case "sample": try benchSample(Array(args.dropFirst()))
+        case "attention": try benchAttention(Array(args.dropFirst()))
+        default: throw CLIError("unknown benchmark '\(what)'; choose toy, train, sample or attention", usage: true)
+        }
     }
 }
 

@@ -65,38 +65,6 @@ public struct NumericalFault: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
-/// The figures of one step that the checks need (read from the device once, with the log figures).
-public struct StepFigures: Sendable {
-    public var loss: Double
-    /// The batch means of the two TVM terms (nil for methods with a single term).
-    public var terminal: Double?
-    public var flowMatching: Double?
-    public var gradNorm: Double
-    public var rows: Int
-    /// Rows whose loss was NaN or infinite, in total and per term.
-    public var nonFiniteRows: Int
-    public var nonFiniteTerminalRows: Int
-    public var nonFiniteFlowMatchingRows: Int
-    /// NaN or infinite values in the data batch itself, and its largest magnitude (absurd finite data
-    /// overflows the network just as well).
-    public var nonFiniteData: Int
-    public var dataMagnitude: Double
-
-    public init(loss: Double, terminal: Double?, flowMatching: Double?, gradNorm: Double, rows: Int, nonFiniteRows: Int,
-                nonFiniteTerminalRows: Int, nonFiniteFlowMatchingRows: Int, nonFiniteData: Int, dataMagnitude: Double) {
-        self.loss = loss
-        self.terminal = terminal
-        self.flowMatching = flowMatching
-        self.gradNorm = gradNorm
-        self.rows = rows
-        self.nonFiniteRows = nonFiniteRows
-        self.nonFiniteTerminalRows = nonFiniteTerminalRows
-        self.nonFiniteFlowMatchingRows = nonFiniteFlowMatchingRows
-        self.nonFiniteData = nonFiniteData
-        self.dataMagnitude = dataMagnitude
-    }
-}
-
 /// The fault checks and the recent history they compare with. The history is part of a training
 /// checkpoint (`state`), so a resumed run judges its steps exactly as the uninterrupted run would.
 public struct FaultMonitor: Equatable, Sendable {
@@ -225,11 +193,6 @@ public struct FaultMonitor: Equatable, Sendable {
         self.flowMatchings = Array(flowMatchings.suffix(detection.window))
         self.norms = Array(norms.suffix(detection.window))
     }
-}
-
-/// How many entries of `t` are NaN or infinite, as a scalar tensor (read with the other figures).
-func nonFiniteCount(_ t: Tensor) -> Tensor {
-    Double(t.count) - t.isFinite().sum()
 }
 
 func rowCount(_ n: Int) -> String { n == 1 ? "1 row" : "\(n) rows" }

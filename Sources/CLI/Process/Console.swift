@@ -98,22 +98,3 @@ final class ProgressBar {
 
     var elapsed: Double { now() - start }
 }
-
-/// Writes lines to a file (from its start, or appended), flushed per line so a killed run keeps its log.
-final class LineWriter {
-    let file: UnsafeMutablePointer<FILE>
-    let path: String
-    init(path: String, append: Bool = false) throws {
-        guard let f = fopen(path, append ? "a" : "w") else {
-            throw CLIError("cannot write \(path): \(String(cString: strerror(errno)))")
-        }
-        file = f
-        self.path = path
-    }
-    func write(_ line: String) throws {
-        if fputs(line + "\n", file) < 0 || fflush(file) != 0 {
-            throw CLIError("cannot write \(path): \(String(cString: strerror(errno)))")
-        }
-    }
-    deinit { fclose(file) }
-}

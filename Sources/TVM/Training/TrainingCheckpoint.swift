@@ -3,67 +3,6 @@ import NN
 import Data
 import Formats
 
-extension DiTConfig {
-    /// The configuration as a JSON object (stored in training checkpoints).
-    public var json: JSONValue {
-        .object([
-            ("patch", .number(Double(patch))), ("hidden", .number(Double(hidden))), ("depth", .number(Double(depth))),
-            ("heads", .number(Double(heads))), ("mlp_ratio", .number(mlpRatio)), ("input_size", .number(Double(inputSize))),
-            ("in_channels", .number(Double(inChannels))), ("num_classes", .number(Double(numClasses))),
-            ("modulation_norm", .bool(modulationNorm)), ("init", .string(initialization.rawValue)),
-            ("time_spec_init", .bool(timeSpecInit)),
-        ])
-    }
-
-    /// Reads `json`; throws a `ModelError` naming the missing or invalid field.
-    public init(json: JSONValue) throws {
-        func int(_ k: String) throws -> Int {
-            guard let v = json[k]?.int else { throw ModelError("model config: missing or invalid \"\(k)\"") }
-            return v
-        }
-        func bool(_ k: String) throws -> Bool {
-            guard let v = json[k]?.bool else { throw ModelError("model config: missing or invalid \"\(k)\"") }
-            return v
-        }
-        guard let ratio = json["mlp_ratio"]?.double else { throw ModelError("model config: missing or invalid \"mlp_ratio\"") }
-        guard let initName = json["init"]?.string, let initialization = Initialization(rawValue: initName) else {
-            throw ModelError("model config: missing or invalid \"init\"")
-        }
-        self.init(patch: try int("patch"), hidden: try int("hidden"), depth: try int("depth"), heads: try int("heads"),
-                  mlpRatio: ratio, inputSize: try int("input_size"), inChannels: try int("in_channels"),
-                  numClasses: try int("num_classes"), modulationNorm: try bool("modulation_norm"),
-                  init: initialization, timeSpecInit: try bool("time_spec_init"))
-        try validate()
-    }
-
-    /// The first field in which `other` differs, as "hidden 32 vs 64" (self first), or nil when equal.
-    public func firstDifference(from other: DiTConfig) -> String? {
-        let fields: [(String, String, String)] = [
-            ("patch", "\(patch)", "\(other.patch)"), ("hidden", "\(hidden)", "\(other.hidden)"),
-            ("depth", "\(depth)", "\(other.depth)"), ("heads", "\(heads)", "\(other.heads)"),
-            ("mlp_ratio", "\(mlpRatio)", "\(other.mlpRatio)"), ("input_size", "\(inputSize)", "\(other.inputSize)"),
-            ("in_channels", "\(inChannels)", "\(other.inChannels)"), ("num_classes", "\(numClasses)", "\(other.numClasses)"),
-            ("modulation_norm", "\(modulationNorm)", "\(other.modulationNorm)"),
-            ("init", initialization.rawValue, other.initialization.rawValue),
-            ("time_spec_init", "\(timeSpecInit)", "\(other.timeSpecInit)"),
-        ]
-        for (name, a, b) in fields where a != b { return "\(name) \(a) vs \(b)" }
-        return nil
-    }
-}
-
-/// One training step on images: the next batch from `sampler`, optional flips and the guidance
-/// conditioning drawn from the trainer's random stream, then `Trainer.train`. Everything it draws lives
-/// in (trainer, sampler) state, so a run restored from a `TrainingCheckpoint` continues exactly.
-public func imageTrainingStep(_ trainer: Trainer<DiT>, data: ImageDataset, sampler: inout BatchSampler,
-                              flip: Bool, on device: Device = .default) -> StepStats {
-    let indices = sampler.next(trainer.config.batch)
-    let batch = data.batch(indices: indices, flip: flip, rng: &trainer.rng, on: device)
-    let cond = trainer.config.guidance.conditioning(labels: batch.labels, classes: data.classes,
-                                                    rng: &trainer.rng, on: device)
-    return trainer.train(x0: batch.images, cond: cond)
-}
-
 /// A complete image-training state in one safetensors file: student (`student.<official name>`), evaluation
 /// EMA (`ema.`), EMA target (`teacher.`), AdamW moments (`adam_m.`, `adam_v.`), the extra evaluation EMAs
 /// (`ema_<schedule>.`, e.g. `ema_power:32.`, listed in the metadata `extra_emas`), and metadata: the step, the
