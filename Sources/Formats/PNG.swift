@@ -36,7 +36,7 @@ public struct Image: Equatable, Sendable {
         ihdr += [8, colorType, 0, 0, 0]
 
         let filtered = PNGFilter.filterRows(pixels, width: width, height: height, channels: channels)
-        let compressed = Deflate.zlibCompress(filtered)
+        let compressed = try Zlib.deflate(filtered, format: .zlib)
 
         var out: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
         out.reserveCapacity(compressed.count + 128)
@@ -72,7 +72,8 @@ public struct Image: Equatable, Sendable {
     }
 
     /// Decodes an 8-bit, non-interlaced gray, gray+alpha, RGB or RGBA PNG, verifying every chunk CRC
-    /// and the zlib checksum. Palette, 16-bit, low-bit-depth and interlaced images are refused.
+    /// and (through zlib) the Adler-32 of the image data. Palette, 16-bit, low-bit-depth and interlaced
+    /// images are refused.
     public static func decodePNG(_ bytes: [UInt8]) throws -> Image {
         func fail(_ what: String) -> FormatError { FormatError("PNG: \(what)") }
         let signature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
@@ -149,12 +150,14 @@ public struct Image: Equatable, Sendable {
         guard !idat.isEmpty else { throw fail("no IDAT chunk") }
         let rowBytes = width * channels
         let expected = height * (rowBytes + 1)
-        let raw: [UInt8]
+        let decoded: Zlib.Inflated
         do {
-            raw = try Deflate.zlibDecompress(idat, maxOutput: expected)
+            decoded = try Zlib.inflate(idat, format: .zlib, maxOutput: expected)
         } catch let e as FormatError {
             throw fail("image data: \(e.message)")
         }
+        guard decoded.end != nil else { throw fail("image data exceeds the expected \(expected) bytes for \(width)x\(height)") }
+        let raw = decoded.output
         guard raw.count == expected else {
             throw fail("image data has \(raw.count) bytes, expected \(expected) for \(width)x\(height)")
         }
