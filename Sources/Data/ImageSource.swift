@@ -9,7 +9,8 @@ import Formats
 /// of 1.28M images holds its names and labels (about 100 bytes an image) and never the images.
 ///
 /// - `folder`: read as the official dataset tool reads a folder. The images are the files under it, at any depth,
-///   whose extension is an image format's (`hasImageExtension`), in sorted order of their '/'-separated relative
+///   whose extension is an image format's (`hasImageExtension`; names starting with "." are hidden files, and
+///   macOS's `._` companions, and are skipped), in sorted order of their '/'-separated relative
 ///   paths (by UTF-8 bytes, as Python sorts strings). Their labels come from, in this order: a labels file the
 ///   caller names; `dataset.json` in the folder; the top-level folder names when there are two or more (the
 ///   ImageNet train layout `n01440764/*.JPEG`), numbered in sorted order among the folders holding images, or by

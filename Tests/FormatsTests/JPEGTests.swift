@@ -82,6 +82,47 @@ final class JPEGTests: XCTestCase {
         assertFormatError(try Image.read(path: dir.file("missing.jpg")), contains: [dir.file("missing.jpg"), "cannot open"])
     }
 
+    /// Damaged files from strangers: every mutation either decodes or throws, never crashes, and a decoded
+    /// image has the header's size.
+    func testRandomDamageDecodesOrThrows() throws {
+        for name in ["gray.jpg", "cmyk.jpg", "ycck.jpg", "progressive422.jpg"] {
+            let good = try read(name)
+            let reference = try JPEG.decode(good)
+            for seed in 0..<150 {
+                var damaged = good
+                let noise = pseudoRandomBytes(6, seed: UInt64(seed + 1))
+                damaged[(Int(noise[0]) << 8 | Int(noise[1])) % damaged.count] = noise[2]
+                damaged[(Int(noise[3]) << 8 | Int(noise[4])) % damaged.count] ^= noise[5] | 1
+                if seed % 5 == 0 { damaged.removeLast(Int(noise[5]) % (damaged.count / 2)) }
+                do {
+                    let image = try JPEG.decode(damaged)
+                    XCTAssertEqual(image.pixels.count, image.width * image.height * image.channels)
+                    if damaged.count == good.count && image.width == reference.width { XCTAssertEqual(image.channels, reference.channels) }
+                } catch let e as FormatError {
+                    XCTAssertTrue(e.message.hasPrefix("JPEG:"), e.message)
+                }
+            }
+        }
+    }
+
+    /// Each decode has its own TurboJPEG instance and libjpeg-turbo keeps its messages per thread: threads may
+    /// decode at once, good and damaged files alike.
+    func testDecodesConcurrently() throws {
+        let files = try ["gray.jpg", "cmyk.jpg", "ycck.jpg", "progressive422.jpg"].map(read)
+        let expected = try files.map { try JPEG.decode($0) }
+        let truncated = Array(files[3].prefix(files[3].count - 2))
+        let results = UnsafeMutableBufferPointer<Bool>.allocate(capacity: 64)
+        defer { results.deallocate() }
+        DispatchQueue.concurrentPerform(iterations: 64) { i in
+            if i % 2 == 0 {
+                results[i] = (try? JPEG.decode(files[i / 2 % 4])) == expected[i / 2 % 4]
+            } else {
+                do { _ = try JPEG.decode(truncated); results[i] = false } catch { results[i] = "\(error)".contains("truncated") }
+            }
+        }
+        XCTAssertTrue(results.allSatisfy { $0 })
+    }
+
     func testMissingLibraryIsOneClearLine() {
         XCTAssertNil(TurboJPEG.load(["libturbojpeg-that-does-not-exist.so.0"]))
         XCTAssertFalse(JPEG.missingLibraryMessage.contains("\n"))
