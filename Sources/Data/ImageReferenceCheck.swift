@@ -32,13 +32,16 @@ public enum ImageReferenceCheck {
         public var withinTolerance: Bool { maxDifference <= ImageReferenceCheck.tolerance }
     }
 
-    /// Whether `folder` holds a reference file whose tensor names all have the form this check reads (so a
-    /// caller can tell an image-preparation reference from other reference folders).
+    /// Whether `folder` holds a reference file whose tensor names all have the form this check reads and name
+    /// files of the folder (so a caller can tell an image-preparation reference from other reference folders).
     public static func isReferenceFolder(_ folder: String) -> Bool {
         guard let file = try? SafetensorsFile.read(path: folder + "/" + referenceFileName), !file.tensors.isEmpty else {
             return false
         }
-        return file.tensors.allSatisfy { (try? parse(name: $0.name, metadataSize: file.metadata("size"), source: "")) != nil }
+        return file.tensors.allSatisfy { tensor in
+            guard let target = try? parse(name: tensor.name, metadataSize: file.metadata("size"), source: "") else { return false }
+            return FileSystem.isRegularFile(folder + "/" + target.file)
+        }
     }
 
     /// Decodes and crops every image the reference file names and compares each result with its tensor, in the

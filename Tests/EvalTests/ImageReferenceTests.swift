@@ -113,6 +113,9 @@ final class ImageReferenceTests: TempDirTestCase {
             let dir = try folder(with: [tensor])
             assertDataError(fragments) { try ImageReferenceCheck.run(folder: dir) }
         }
+        // Tensor names of the right form that name no file of the folder: some other kind of reference.
+        _ = try folder(with: [renamed("posterior.pixels")])
+        XCTAssertFalse(ImageReferenceCheck.isReferenceFolder(dir))
         write("reference.safetensors", Array("not safetensors".utf8))
         assertDataError(["reference.safetensors"]) { try ImageReferenceCheck.run(folder: dir) }
         XCTAssertFalse(ImageReferenceCheck.isReferenceFolder(dir))
