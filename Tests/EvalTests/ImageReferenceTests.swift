@@ -13,14 +13,13 @@ final class ImageReferenceTests: TempDirTestCase {
     /// `shared/fixtures/images` beside the repository (`<package>/../shared`) or beside the worktrees folder
     /// (`<package>/../../shared`), or $TVM_IMAGE_FIXTURE.
     static func sharedFixture() throws -> String {
-        if let path = ProcessInfo.processInfo.environment["TVM_IMAGE_FIXTURE"] { return path }
-        var folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        for _ in 0..<2 {
-            folder = folder.deletingLastPathComponent()
-            let candidate = folder.appendingPathComponent("shared/fixtures/images").path
-            if FileManager.default.fileExists(atPath: candidate + "/" + ImageReferenceCheck.referenceFileName) { return candidate }
+        let package = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let candidates = ProcessInfo.processInfo.environment["TVM_IMAGE_FIXTURE"].map { [$0] }
+            ?? [1, 2].map { up in (0..<up).reduce(package) { u, _ in u.deletingLastPathComponent() }.appendingPathComponent("shared/fixtures/images").path }
+        guard let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0 + "/" + ImageReferenceCheck.referenceFileName) }) else {
+            throw XCTSkip("image fixture not found (looked in \(candidates.joined(separator: ", ")))")
         }
-        throw XCTSkip("image fixture shared/fixtures/images not found beside the repository")
+        return found
     }
 
     func requireJPEG() throws {
