@@ -22,13 +22,13 @@ SWIFTC=${SWIFTC:-swiftc}
 # harnesses reach internal helpers (chunk and header parsers) through @testable import.
 FLAGS=(-O -gline-tables-only -swift-version 5 -sanitize=fuzzer,address -parse-as-library -enable-testing)
 
-HARNESSES=(safetensors npy png json pointfile idx gzip inception)
+HARNESSES=(safetensors npy png json pointfile idx gzip inception zip)
 
 # The package's modules that each harness links, dependencies included.
 harness_modules() {
   case $1 in
     safetensors | json) echo "Formats TensorCore NN Data Eval Distributed TVM" ;;
-    npy | png | pointfile) echo "Formats" ;;
+    npy | png | pointfile | zip) echo "Formats" ;;
     idx | gzip) echo "Formats TensorCore Data" ;;
     inception) echo "Formats TensorCore Data Eval" ;;
     *) echo "unknown harness '$1' (known: ${HARNESSES[*]})" >&2; exit 2 ;;

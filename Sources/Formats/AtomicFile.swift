@@ -57,7 +57,12 @@ public enum AtomicFile {
             throw FormatError("\(path): cannot rename \(tmp) into place: \(errnoString())")
         }
         ok = true
-        // The rename itself lives in the directory; without this fsync a power loss can undo it.
+        try syncDirectory(containing: path)
+    }
+
+    /// Flushes the directory entry of `path` after a rename into place: the rename lives in the directory, and
+    /// without this fsync a power loss can undo it.
+    static func syncDirectory(containing path: String) throws {
         let dirFD = open(directoryName(of: path), O_RDONLY | O_CLOEXEC)
         if dirFD >= 0 {
             let rc = fsync(dirFD)
