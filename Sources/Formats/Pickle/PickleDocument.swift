@@ -104,7 +104,8 @@ public struct PickleRecord {
 /// One value of a `PickleDocument`. Accessors return nil when the value is of another kind.
 public struct PickleValue {
     public let document: PickleDocument
-    let id: Int
+    /// The value's place in its document: two values with one id are one object, shared as in Python.
+    public let id: Int
 
     var node: PickleDocument.Node { document.nodes[id] }
 

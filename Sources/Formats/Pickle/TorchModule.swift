@@ -19,8 +19,9 @@ public struct TorchModule {
     public let embeddedSourceLength: Int?
     /// The module's `__dict__`.
     public let attributes: PickleValue
+    /// Names the module in error messages ("FILE: ema.model").
+    public let what: String
     let value: PickleValue
-    let what: String
 
     static let persistentReconstructor = "torch_utils.persistence._reconstruct_persistent_obj"
 

@@ -28,7 +28,13 @@ public final class TorchPickle {
         elementBudget = 2 * inputSize + (1 << 20)
     }
 
-    /// Reads a plain pickle or a legacy `torch.save` file held in memory (see `read(path:)` for ZIP archives).
+    /// Reads a plain pickle (`.pkl`), a `torch.save` ZIP archive or a legacy `torch.save` file (`.pt`).
+    public static func read(path: String, limits: PickleLimits = .default) throws -> TorchPickle {
+        if try ZIPArchive.isArchive(path: path) { return try TorchArchive.read(path: path, limits: limits) }
+        return try parse(AtomicFile.read(path: path), source: path, limits: limits)
+    }
+
+    /// Reads a plain pickle or a legacy `torch.save` file held in memory.
     public static func parse(_ bytes: [UInt8], source: String, limits: PickleLimits = .default) throws -> TorchPickle {
         if bytes.starts(with: TorchLegacyFormat.signature) {
             let (root, storages) = try TorchLegacyFormat.read(bytes[...], source: source, limits: limits)
