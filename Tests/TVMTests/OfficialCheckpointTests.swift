@@ -99,6 +99,28 @@ final class OfficialCheckpointTests: XCTestCase {
         XCTAssertEqual(network.parameters["blocks.1.mlp.fc2.weight"].floats, original.parameters["blocks.1.mlp.fc2.weight"].floats)
     }
 
+    /// Another architecture (patch 1, hidden 8, MLP ratio 2) in float16, bfloat16 and float32 storages, as a pickle
+    /// and as a torch.save archive: the fuzz seeds `scripts/pickle_fuzz_seeds.py` writes.
+    func testTinyMixedPrecisionNetworkInBothFormats() throws {
+        let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Fuzz/corpus/pickle").path
+        let pickled = try OfficialNetwork.load(path: corpus + "/tiny-official-snapshot.pkl")
+        let archived = try OfficialNetwork.load(path: corpus + "/tiny-training-state.pt")
+        XCTAssertEqual(pickled.config, DiTConfig(patch: 1, hidden: 8, depth: 1, heads: 2, mlpRatio: 2, inputSize: 2, inChannels: 1,
+                                                 numClasses: 2, modulationNorm: true, init: .spectral, timeSpecInit: false))
+        XCTAssertEqual(archived.config, pickled.config)
+        XCTAssertTrue(pickled.scaledParameterization)
+        for name in pickled.parameters.names {
+            XCTAssertEqual(pickled.parameters[name].floats, archived.parameters[name].floats, name)
+            // Every stored value is a multiple of 1/64 in [-6/64, 6/64], exact in all three dtypes.
+            XCTAssertTrue(pickled.parameters[name].floats.allSatisfy { ($0 * 64).rounded() == $0 * 64 && abs($0) <= 6 / 64 }, name)
+        }
+        let x = sampleFlowMap(network: try DiT(pickled.config), params: pickled.parameters, noise: Tensor.ones([2, 1, 2, 2]), steps: 2,
+                              cond: Conditioning(classes: Tensor([1, 0, 0, 1], shape: [2, 2]), beta: Tensor.full(0.5, shape: [2])),
+                              kappa: 2)
+        XCTAssertTrue(x.floats.allSatisfy(\.isFinite))
+    }
+
     func testSamplesFileProblemsAreOneLine() throws {
         let path = try Self.fixture("official_snapshot_small.pkl")
         let dir = try temporaryDirectory()
