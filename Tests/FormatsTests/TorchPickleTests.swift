@@ -189,6 +189,40 @@ final class TorchPickleTests: XCTestCase {
         XCTAssertEqual(block.classGlobal, "torch.nn.modules.container.ModuleList")
     }
 
+    /// `torch.compile`'s wrapper both ways: as a module whose child `_orig_mod` is the network (names looked through),
+    /// and pickled by its `__reduce__` as a call of its class with the network as first argument.
+    func testCompiledWrapperIsLookedThrough() throws {
+        func linear(_ b: inout PickleBuilder) {
+            b.global("torch.nn.modules.linear", "Linear")
+            b.emptyTuple()
+            b.newObject()
+            b.dict([("_parameters", { b in b.dict([("weight", { TorchBytes.tensor(&$0, storage: TorchBytes.legacyStorage(
+                type: "FloatStorage", count: 2, data: [UInt8](repeating: 0, count: 8)), size: [2], stride: [1]) })]) }),
+                    ("_buffers", { $0.emptyDict() }), ("_modules", { $0.emptyDict() })])
+            b.build()
+        }
+        func compiledChild(_ b: inout PickleBuilder) {
+            b.global("torch._dynamo.eval_frame", "OptimizedModule")
+            b.emptyTuple()
+            b.newObject()
+            b.dict([("_parameters", { $0.emptyDict() }), ("_buffers", { $0.emptyDict() }),
+                    ("_modules", { $0.dict([("_orig_mod", linear)]) })])
+            b.build()
+        }
+        var b = PickleBuilder()
+        b.dict([("child", compiledChild),
+                ("reduced", { $0.call("torch._dynamo.eval_frame", "OptimizedModule") { b in linear(&b); b.none() } })])
+        b.stop()
+        let root = try PickleReader.read(b.bytes, source: "compiled")
+        let child = try TorchModule(root["child"]!, what: "child")
+        XCTAssertEqual(child.className, "OptimizedModule")
+        XCTAssertEqual(try child.stateDict().map(\.name), ["weight"])
+        XCTAssertEqual(try child.lookingThroughCompilation.className, "Linear")
+        let reduced = try TorchModule(root["reduced"]!, what: "reduced")
+        XCTAssertEqual(reduced.className, "Linear")
+        XCTAssertEqual(try reduced.stateDict().map(\.name), ["weight"])
+    }
+
     /// A module tree whose children were filled in after being nested (so the reader's depth count cannot see it)
     /// is still walked no deeper than the walker's own limit.
     func testModuleWalkIsBoundedAndLinear() throws {

@@ -6,7 +6,9 @@
 /// `torch_utils.persistence` (the official TVM and EDM networks) is `_reconstruct_persistent_obj(meta)`, where
 /// `meta` holds the class name, the Python source of its module (which Python would `exec`; never run here), and
 /// the `__dict__`, into which the decorator put the constructor's `_init_args` and `_init_kwargs`.
-/// A `torch.compile` wrapper keeps the real module as its child `_orig_mod`; its names are looked through.
+/// A `torch.compile` wrapper (`OptimizedModule`) keeps the real module as its child `_orig_mod`, whose names it
+/// looks through; pickled by its own `__reduce__`, it is a call of its class with the real module as first argument,
+/// which is recognised as that module.
 public struct TorchModule {
     /// The class name: persistence's `class_name`, or the name of the class global.
     public let className: String
@@ -24,11 +26,17 @@ public struct TorchModule {
     let value: PickleValue
 
     static let persistentReconstructor = "torch_utils.persistence._reconstruct_persistent_obj"
+    static let compiledModule = "torch._dynamo.eval_frame.OptimizedModule"
 
     /// Recognises `value` as a module; `what` names it in errors.
     public init(_ value: PickleValue, what: String) throws {
         func fail(_ s: String) -> FormatError { FormatError("\(what): \(s)") }
         guard let record = value.record else { throw fail("\(value.summary) is not a PyTorch module") }
+        if record.kind == .call, record.calleeName == Self.compiledModule, let wrapped = record.arguments.tuple?.first {
+            // Each wrapper is one more level of the pickle, so this recursion is bounded by its depth limit.
+            self = try TorchModule(wrapped, what: what)
+            return
+        }
         var arguments: [PickleValue] = [], keywords: [(String, PickleValue)] = [], sourceLength: Int?
         let state: PickleValue
         if record.kind == .call, record.calleeName == Self.persistentReconstructor {

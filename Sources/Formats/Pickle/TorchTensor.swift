@@ -1,5 +1,4 @@
-/// Element types of PyTorch storages, as the typed storage classes (`torch.FloatStorage`, ...) and the dtype
-/// globals (`torch.float32`, ...) in pickles name them.
+/// Element types of PyTorch storages, as the typed storage classes (`torch.FloatStorage`, ...) in pickles name them.
 public enum TorchDType: String, CaseIterable, Sendable {
     case float32, float64, float16, bfloat16, int64, int32, int16, int8, uint8, bool
 
@@ -22,14 +21,6 @@ public enum TorchDType: String, CaseIterable, Sendable {
             "UntypedStorage": .uint8,
         ]
         guard let d = table[storageClass] else { return nil }
-        self = d
-    }
-
-    /// From a `torch.<name>` dtype global (`float32`, `half`, `long`, ...).
-    public init?(dtypeName: String) {
-        let aliases: [String: TorchDType] = ["float": .float32, "double": .float64, "half": .float16, "long": .int64,
-                                             "int": .int32, "short": .int16]
-        guard let d = TorchDType(rawValue: dtypeName) ?? aliases[dtypeName] else { return nil }
         self = d
     }
 }
