@@ -140,8 +140,10 @@ class Persistent:
         return (persistence._reconstruct_persistent_obj, (self.meta,))
 
 
-def tiny_network(storage_key):
-    """A DiT of hidden 8, depth 1, 2 heads, patch 1, 2x2x1 inputs, 2 classes, MLP ratio 2, in mixed dtypes."""
+def tiny_network(storage_key, model_class="DiT"):
+    """A DiT of hidden 8, depth 1, 2 heads, patch 1, 2x2x1 inputs, 2 classes, MLP ratio 2, in mixed dtypes. With
+    another `model_class`, a subclass that passes its sizes to DiT.__init__ itself: they are not among the recorded
+    constructor arguments."""
     counter = iter(range(10_000))
     types_cycle = ["HalfStorage", "FloatStorage", "BFloat16Storage"]
 
@@ -173,7 +175,9 @@ def tiny_network(storage_key):
     proj = plain_module("torch.nn.modules.conv.Conv2d", params={"weight": param(8, 1, 1, 1), "bias": param(8)})
     kwargs = {"patch_size": 1, "hidden_size": 8, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "img_resolution": 2,
               "in_channels": 1, "num_classes": 2, "label_dim": 2}
-    dit = Persistent("DiT", kwargs, params={"pos_embed": param(1, 4, 8)}, modules={
+    if model_class != "DiT":
+        kwargs = {"img_resolution": 2, "img_channels": 1, "label_dim": 2}
+    dit = Persistent(model_class, kwargs, params={"pos_embed": param(1, 4, 8)}, modules={
         "s_embedder": embedder(), "guidance_embedder": embedder(),
         "x_embedder": plain_module("timm.layers.patch_embed.PatchEmbed", modules={"proj": proj}),
         "t_embedder": embedder(),
@@ -200,11 +204,13 @@ def torch_save_zip(obj, name):
     ZipPickler(data, protocol=2).dump(obj)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(f"{name}/data.pkl", data.getvalue())
-        z.writestr(f"{name}/byteorder", "little")
+        def add(entry, data):  # a fixed time stamp keeps the seed the same from run to run
+            z.writestr(zipfile.ZipInfo(f"{name}/{entry}", date_time=(2026, 1, 1, 0, 0, 0)), data)
+        add("data.pkl", data.getvalue())
+        add("byteorder", "little")
         for key, s in sorted(storages.items()):
-            z.writestr(f"{name}/data/{key}", raw(s.values, s.storage_type))
-        z.writestr(f"{name}/version", "3\n")
+            add(f"data/{key}", raw(s.values, s.storage_type))
+        add("version", "3\n")
     return out.getvalue()
 
 
@@ -227,6 +233,7 @@ def main():
     seeds["tiny-official-snapshot.pkl"] = pickle.dumps({"ema": tiny_network(str), "dataset_kwargs": {"use_labels": True}},
                                                        protocol=4)
     seeds["tiny-training-state.pt"] = torch_save_zip({"ema": tiny_network(str)}, "archive")
+    seeds["tiny-unknown-subclass.pkl"] = pickle.dumps({"net": tiny_network(str, model_class="DiT_custom")}, protocol=4)
     stats = {"mu": np.array([0.5, -1.0]), "sigma": np.array([[2.0, 0.5], [0.5, 1.0]], dtype=np.float32)}
     for p in (2, 4, 5):
         seeds[f"numpy-statistics-protocol{p}.pkl"] = pickle.dumps(stats, protocol=p)

@@ -146,10 +146,13 @@ struct OfficialArguments {
     }
 
     /// A size read off the tensors: the patch embedding is [hidden, channels, patch, patch], there is one set of
-    /// block tensors per layer, and the q norm's weight is [hidden / heads].
+    /// block tensors per layer, the q norm's weight is [hidden / heads], the label table has a row per class and one
+    /// for the null class.
     func inferred(_ name: String) -> Int? {
         switch name {
         case "hidden_size": return shapes["x_embedder.proj.weight"]?.first
+        case "in_channels": return shapes["x_embedder.proj.weight"].flatMap { $0.count == 4 ? $0[1] : nil }
+        case "num_classes": return shapes["y_embedder.embedding_table.weight"]?.first.map { $0 - 1 }
         case "depth":
             var n = 0
             while shapes["blocks.\(n).attn.qkv.weight"] != nil { n += 1 }
@@ -180,6 +183,10 @@ struct OfficialArguments {
         if let v = given("mlp_ratio") {
             guard let r = v.double else { throw fail("constructor argument mlp_ratio is \(v.summary)") }
             ratio = r
+        } else if Self.namedSizes[model.className] == nil, model.className != "DiT",
+                  let mlp = shapes["blocks.0.mlp.fc1.weight"]?.first, hidden > 0 {
+            ratio = Double(mlp) / Double(hidden)
+            sources.append("mlp_ratio \(ratio) from the tensors")
         }
         // Options this implementation has one fixed way of: refuse the others rather than compute something else.
         guard try bool("learn_guidance") else { throw fail("learn_guidance=False (no guidance embedder) is not supported") }

@@ -41,9 +41,9 @@ public enum OfficialSampleCheck {
         let c = network.config
         if let text = samples.metadata("config") { try checkDescription(text, against: network, fail: fail) }
 
-        guard let noise = samples["noise"], noise.dtype == .f32, noise.shape.count == 4, noise.shape[0] >= 1,
+        guard let noise = samples["noise"], noise.dtype != .i64, noise.shape.count == 4, noise.shape[0] >= 1,
               Array(noise.shape.dropFirst()) == [c.inChannels, c.inputSize, c.inputSize] else {
-            throw fail("tensor \"noise\" must be F32 [B, \(c.inChannels), \(c.inputSize), \(c.inputSize)] for \(network.summary)")
+            throw fail("tensor \"noise\" must be floating point [B, \(c.inChannels), \(c.inputSize), \(c.inputSize)] for \(network.summary)")
         }
         let B = noise.shape[0]
         guard let labels = samples["labels"], labels.shape == [B] else { throw fail("tensor \"labels\" must be [\(B)] class indices") }

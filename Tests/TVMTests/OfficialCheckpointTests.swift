@@ -115,6 +115,12 @@ final class OfficialCheckpointTests: XCTestCase {
             // Every stored value is a multiple of 1/64 in [-6/64, 6/64], exact in all three dtypes.
             XCTAssertTrue(pickled.parameters[name].floats.allSatisfy { ($0 * 64).rounded() == $0 * 64 && abs($0) <= 6 / 64 }, name)
         }
+        // A subclass the reader does not know, whose sizes are not among its recorded arguments: read off the tensors.
+        let custom = try OfficialNetwork.load(path: corpus + "/tiny-unknown-subclass.pkl", key: "net")
+        XCTAssertEqual(custom.config, pickled.config)
+        XCTAssertEqual(custom.summary, "DiT_custom (patch 1, hidden 8, depth 1, 2 heads, 2x2x1, 2 classes; patch_size 1 from the tensors, "
+                       + "hidden_size 8 from the tensors, depth 1 from the tensors, num_heads 2 from the tensors, num_classes 2 from the "
+                       + "tensors, in_channels 1 from the tensors, mlp_ratio 2.0 from the tensors)")
         let x = sampleFlowMap(network: try DiT(pickled.config), params: pickled.parameters, noise: Tensor.ones([2, 1, 2, 2]), steps: 2,
                               cond: Conditioning(classes: Tensor([1, 0, 0, 1], shape: [2, 2]), beta: Tensor.full(0.5, shape: [2])),
                               kappa: 2)
