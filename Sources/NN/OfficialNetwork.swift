@@ -7,7 +7,7 @@ import Formats
 /// The official code pickles a `TVMWrapper` (`do_scale_param`, the class of its `model`) around a `DiT`, both
 /// decorated with `torch_utils.persistence`, which records their constructor arguments. The configuration is
 /// taken from those arguments (a named class such as `DiT_XL_2_18h` fixes the sizes its `__init__` passes on;
-/// where neither says, the `DiT` defaults apply, and an unknown subclass's width and depth come from its tensors),
+/// where neither says, the `DiT` defaults apply, and an unknown subclass's sizes come from its tensors),
 /// then every tensor is checked against it. Parameters keep the official state-dict names of the `DiT`, which are
 /// this project's names; a `torch.compile` wrapper (`_orig_mod`) is looked through.
 public struct OfficialNetwork {

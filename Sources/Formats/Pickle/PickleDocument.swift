@@ -61,7 +61,9 @@ public final class PickleDocument {
 /// turning that into gigabytes of bookkeeping, and keep every recursive walk over the result shallow.
 public struct PickleLimits: Sendable {
     /// Containers nested deeper than this (and open MARKs deeper than this) are refused. Python itself cannot
-    /// pickle much beyond 1000 levels; real checkpoints nest a few dozen.
+    /// pickle much beyond 1000 levels; real checkpoints nest a few dozen. A container's depth is counted when it is
+    /// built and raised when it is filled; one filled after being nested in others does not raise them, so code that
+    /// walks the result bounds its own recursion too.
     public var maxDepth: Int
     /// Memo entries (MEMOIZE / PUT).
     public var maxMemoEntries: Int
