@@ -98,6 +98,7 @@ final class SafetensorsTests: XCTestCase {
             NamedArray(name: "w.f64", shape: [2, 2, 2], doubles: doubles),
             NamedArray(name: "empty", shape: [0, 3], floats: []),
             NamedArray(name: "scalar", shape: [], floats: [42]),
+            NamedArray(name: "labels", shape: [3], floats: [0, -7, 16_777_216], dtype: .i64),
         ])
         let bytes = try file.serialized()
         let back = try SafetensorsFile.parse(bytes, source: "memory")
@@ -115,6 +116,8 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertEqual(back["w.f32"]?.doubles(), values.map(Double.init))
         XCTAssertEqual(back["empty"]?.floats(), [])
         XCTAssertEqual(back["scalar"]?.floats(), [42])
+        XCTAssertEqual(back["labels"]?.doubles(), [0, -7, 16_777_216])
+        XCTAssertEqual(back["labels"]?.bytes.prefix(16), [0, 0, 0, 0, 0, 0, 0, 0, 0xF9, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])
         XCTAssertNil(back["nope"])
         XCTAssertEqual(NamedArray(name: "x", shape: [2], floats: [1.5, -3], dtype: .f64).doubles(), [1.5, -3])
     }
