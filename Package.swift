@@ -2,8 +2,10 @@
 import PackageDescription
 
 // Layers, bottom to top: TensorCore (tensors, autodiff, CPU backend) -> NN (layers, DiT, optimizers)
-// -> TVM (the method) ; Formats (file readers/writers), Data, Eval beside them ; Distributed (communicators,
-// data-parallel gradients) under TVM ; CLI on top.
+// -> TVM (the method; the trainer and the training loop) ; Formats (file readers/writers, paths), Data, Eval
+// beside them ; Distributed (communicators, data-parallel gradients) under TVM ; CLI on top. CUDABackend (beside
+// TensorCore) gets its kernels from .cu files through CUDAKernelPlugin, which runs CUDAKernelTool at build time.
+// docs/ARCHITECTURE.md has the map.
 let release: [SwiftSetting] = []
 
 let package = Package(
@@ -13,7 +15,11 @@ let package = Package(
     ],
     targets: [
         .target(name: "TensorCore", swiftSettings: release),
-        .target(name: "CUDABackend", dependencies: ["TensorCore"], swiftSettings: release),
+        .target(name: "CUDABackend", dependencies: ["TensorCore"], swiftSettings: release, plugins: ["CUDAKernelPlugin"]),
+        // The build tool that turns the CUDA backend's .cu files into Swift (KernelDeclarations parses them).
+        .target(name: "KernelDeclarations"),
+        .executableTarget(name: "CUDAKernelTool", dependencies: ["KernelDeclarations"]),
+        .plugin(name: "CUDAKernelPlugin", capability: .buildTool(), dependencies: ["CUDAKernelTool"]),
         .target(name: "Formats", swiftSettings: release),
         .target(name: "NN", dependencies: ["TensorCore", "Formats"], swiftSettings: release),
         .target(name: "Data", dependencies: ["TensorCore", "Formats"], swiftSettings: release),
@@ -25,10 +31,11 @@ let package = Package(
                           swiftSettings: release),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
+        .testTarget(name: "KernelDeclarationsTests", dependencies: ["KernelDeclarations"]),
         .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "TensorCore", "Eval", "Distributed"]),
         .testTarget(name: "EvalTests", dependencies: ["Eval", "Data", "TensorCore", "Formats"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TensorCore", "Formats"]),
-        .testTarget(name: "CLITests", dependencies: ["CLI", "Formats"]),
+        .testTarget(name: "CLITests", dependencies: ["CLI", "Formats", "TensorCore", "NN", "TVM", "Data", "Eval"]),
         .testTarget(name: "TVMTests", dependencies: ["TVM", "NN", "TensorCore", "Data", "Eval", "Formats"]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TVM", "NN", "TensorCore", "Data"]),
     ],

@@ -180,6 +180,11 @@ extension DataError {
         self.init(sanitizing: file + ": " + what)
     }
 
+    /// Runs `body`, a `FormatError` of the file layer becoming a `DataError` with the same message.
+    static func converting<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let e as FormatError { throw DataError(sanitizing: e.message) }
+    }
+
     init(sanitizing message: String) {
         var clean = ""
         for scalar in message.unicodeScalars {

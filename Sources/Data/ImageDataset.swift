@@ -195,7 +195,7 @@ public struct ImageDataset: Sendable {
     /// names starting with "." are ignored), read in sorted order. All images must share one size and
     /// one channel count: gray or RGB (an alpha channel is accepted only when fully opaque, and dropped).
     public static func pngFolder(_ path: String) throws -> ImageDataset {
-        let classDirs = try FileSystem.list(path).filter { FileSystem.isDirectory(path + "/" + $0) }
+        let classDirs = try DataError.converting { try FileSystem.list(path) }.filter { FileSystem.isDirectory(path + "/" + $0) }
         guard !classDirs.isEmpty else {
             throw DataError(file: path, "no class subfolders (expected one folder of PNG files per class)")
         }
@@ -205,7 +205,7 @@ public struct ImageDataset: Sendable {
         let table = byteToUnit
         for (label, dir) in classDirs.enumerated() {
             let folder = path + "/" + dir
-            let files = try FileSystem.list(folder).filter {
+            let files = try DataError.converting { try FileSystem.list(folder) }.filter {
                 $0.lowercased().hasSuffix(".png") && FileSystem.isRegularFile(folder + "/" + $0)
             }
             guard !files.isEmpty else { throw DataError(file: folder, "class folder has no .png files") }
@@ -266,7 +266,7 @@ public struct ImageDataset: Sendable {
         guard channels == 1 || channels == 3 else {
             throw DataError(file: path, "PNG export needs 1 or 3 channels, the data set has \(channels)")
         }
-        try FileSystem.makeDirectory(path)
+        try DataError.converting { try FileSystem.makeDirectories(path) }
         let classDigits = String(classes - 1).count, imageDigits = String(count - 1).count
         var written = [Int](repeating: 0, count: classes)
         var madeFolder = [Bool](repeating: false, count: classes)
@@ -276,7 +276,7 @@ public struct ImageDataset: Sendable {
             if let limit = limitPerClass, written[label] >= limit { continue }
             let folder = path + "/" + Self.padded(label, classDigits) + "_" + Self.safeName(classNames[label])
             if !madeFolder[label] {
-                try FileSystem.makeDirectory(folder)
+                try DataError.converting { try FileSystem.makeDirectories(folder) }
                 madeFolder[label] = true
             }
             var pixels = [UInt8](repeating: 0, count: plane * channels)
@@ -481,42 +481,5 @@ public struct BatchSampler: Equatable, Sendable {
             i -= 1
         }
         return p
-    }
-}
-
-/// The few directory operations the loaders need, on top of the C library.
-enum FileSystem {
-    static func mode(_ path: String) -> mode_t? {
-        var st = stat()
-        guard stat(path, &st) == 0 else { return nil }
-        return st.st_mode & S_IFMT
-    }
-
-    static func isDirectory(_ path: String) -> Bool { mode(path) == S_IFDIR }
-    static func isRegularFile(_ path: String) -> Bool { mode(path) == S_IFREG }
-
-    /// Entry names in `path`, sorted by UTF-8 bytes, without "." / ".." and other names starting with ".".
-    static func list(_ path: String) throws -> [String] {
-        guard let dir = opendir(path) else {
-            throw DataError(file: path, "cannot open directory: \(String(cString: strerror(errno)))")
-        }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafePointer(to: &entry.pointee.d_name) {
-                String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self))
-            }
-            if !name.hasPrefix(".") { names.append(name) }
-        }
-        return names.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
-    }
-
-    static func makeDirectory(_ path: String) throws {
-        if mkdir(path, 0o755) != 0 {
-            let err = errno
-            guard err == EEXIST, isDirectory(path) else {
-                throw DataError(file: path, "cannot create directory: \(String(cString: strerror(err)))")
-            }
-        }
     }
 }

@@ -4,12 +4,15 @@ public enum TensorDType: String, CaseIterable, Sendable {
     case f16 = "F16"
     case bf16 = "BF16"
     case f64 = "F64"
+    /// Unsigned bytes: images (reference pixels of PIL, decoded samples).
+    case u8 = "U8"
 
     public var byteSize: Int {
         switch self {
         case .f32: return 4
         case .f16, .bf16: return 2
         case .f64: return 8
+        case .u8: return 1
         }
     }
 }
@@ -28,7 +31,8 @@ public struct NamedArray: Equatable, Sendable {
         self.bytes = bytes
     }
 
-    /// Encodes `floats` as `dtype`; F16 and BF16 round to nearest even, F64 widens exactly.
+    /// Encodes `floats` as `dtype`; F16 and BF16 round to nearest even, F64 widens exactly, U8 rounds to
+    /// nearest and clamps to 0...255 (NaN becomes 0).
     /// Writing checks that the value count matches `shape`.
     public init(name: String, shape: [Int], floats: [Float], dtype: TensorDType = .f32) {
         self.name = name
@@ -43,6 +47,8 @@ public struct NamedArray: Equatable, Sendable {
             bytes = NamedArray.encode16(floats, HalfConversion.floatToHalf)
         case .bf16:
             bytes = NamedArray.encode16(floats, HalfConversion.floatToBfloat16)
+        case .u8:
+            bytes = floats.map { $0.isNaN ? 0 : UInt8(max(0, min(255, $0.rounded()))) }
         }
     }
 
@@ -80,6 +86,8 @@ public struct NamedArray: Equatable, Sendable {
                     for i in 0..<n { out[i] = HalfConversion.bfloat16ToFloat(RawLE.u16(raw, i)) }
                     c = n
                 }
+            case .u8:
+                return raw.map { Float($0) }
             }
         }
     }
@@ -227,7 +235,7 @@ public struct SafetensorsFile: Sendable {
             guard let dtypeValue = value["dtype"] else { throw fail("\(t): missing \"dtype\"") }
             guard let dtypeName = dtypeValue.string else { throw fail("\(t): \"dtype\" is not a string") }
             guard let dtype = TensorDType(rawValue: dtypeName) else {
-                throw fail("\(t): unknown dtype \(quoted(dtypeName)) (supported: F32, F16, BF16, F64)")
+                throw fail("\(t): unknown dtype \(quoted(dtypeName)) (supported: F32, F16, BF16, F64, U8)")
             }
 
             guard let shapeValue = value["shape"] else { throw fail("\(t): missing \"shape\"") }

@@ -82,9 +82,9 @@ extension DiT {
 
     public func parameters(from file: SafetensorsFile, prefix: String = "", allowExtra: Bool = false,
                            source: String = "checkpoint", on device: Device = .default) throws -> ParameterSet {
-        let shapes = parameterShapes
-        let hasPos = file[prefix + "pos_embed"] != nil
-        let expected = hasPos ? shapes : shapes.filter { $0.name != "pos_embed" }
+        let specs = parameterSpecs, positions = layers.positions
+        let hasPos = file[prefix + positions.key] != nil
+        let expected = specs.filter { hasPos || $0.key != positions.key }.map { (name: $0.key, shape: $0.shape) }
         let loaded = try Checkpoint.parameters(from: file, expected: expected, prefix: prefix,
                                                allowExtra: allowExtra, source: source, on: device)
         if hasPos { return loaded }
@@ -92,18 +92,13 @@ extension DiT {
         // checkpoint names its own model: a 20 KB file claiming a 16384x16384 input with patch 1 would take
         // 12 GB here. So it is rebuilt only when no larger than the tensors the file does hold (in real
         // checkpoints it is a small fraction of them).
-        let rebuilt = config.tokens * config.hidden
         let held = expected.reduce(0) { $0 + Shape.count($1.shape) }
-        guard rebuilt <= held else {
-            throw ModelError("\(source): no tensor \"\(prefix)pos_embed\", and rebuilding it ([1, \(config.tokens), \(config.hidden)]) "
+        guard positions.count <= held else {
+            throw ModelError("\(source): no tensor \"\(prefix)\(positions.key)\", and rebuilding it ([1, \(config.tokens), \(config.hidden)]) "
                              + "would take more memory than all \(held) values the file holds; store it in the checkpoint")
         }
         let p = ParameterSet()
-        for (name, shape) in shapes {
-            p[name] = name == "pos_embed"
-                ? Tensor(DiT.positionEmbedding(hidden: config.hidden, grid: config.grid), shape: shape, dtype: .float32, on: device)
-                : loaded[name]
-        }
+        for spec in specs { p[spec.key] = spec.key == positions.key ? positions.fixedTensor(on: device)! : loaded[spec.key] }
         return p
     }
 }

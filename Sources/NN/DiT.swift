@@ -3,114 +3,6 @@ import TensorCore
 import Glibc
 #endif
 
-/// A model-configuration or checkpoint problem, one line naming the field or tensor involved.
-public struct ModelError: Error, CustomStringConvertible, Equatable, Sendable {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-}
-
-/// Hyper-parameters of the Lipschitz-controlled DiT of TVM.md (the official `DiT` with learned guidance
-/// embedding, QK RMSNorm and, by default, modulation norm).
-public struct DiTConfig: Equatable, Sendable {
-    public enum Initialization: String, Sendable {
-        /// Xavier-normal divided by the largest singular value (TVM's default).
-        case spectral
-        /// Xavier-uniform (the original DiT's).
-        case xavierUniform
-    }
-
-    public var patch: Int
-    public var hidden: Int
-    public var depth: Int
-    public var heads: Int
-    /// MLP width = Int(hidden * mlpRatio), as `int(hidden_size * mlp_ratio)` upstream.
-    public var mlpRatio: Double
-    /// Image side R (the latent resolution); the image is [C, R, R].
-    public var inputSize: Int
-    public var inChannels: Int
-    /// Number of real classes; the label table has one more row, the null class.
-    public var numClasses: Int
-    /// Divide each adaLN modulation vector by its RMS (TVM's modulation norm).
-    public var modulationNorm: Bool
-    public var initialization: Initialization
-    /// Spectral initialisation of the three timestep MLPs too (else N(0, 0.02)); only with `.spectral`, as upstream.
-    public var timeSpecInit: Bool
-
-    public init(patch: Int, hidden: Int, depth: Int, heads: Int, mlpRatio: Double = 4, inputSize: Int,
-                inChannels: Int, numClasses: Int, modulationNorm: Bool = true,
-                init initialization: Initialization = .spectral, timeSpecInit: Bool = false) {
-        self.patch = patch
-        self.hidden = hidden
-        self.depth = depth
-        self.heads = heads
-        self.mlpRatio = mlpRatio
-        self.inputSize = inputSize
-        self.inChannels = inChannels
-        self.numClasses = numClasses
-        self.modulationNorm = modulationNorm
-        self.initialization = initialization
-        self.timeSpecInit = timeSpecInit
-    }
-
-    /// Tokens per side.
-    public var grid: Int { inputSize / patch }
-    public var tokens: Int { grid * grid }
-    public var headDim: Int { hidden / heads }
-    public var mlpHidden: Int { Int(Double(hidden) * mlpRatio) }
-    /// Length of one flattened patch, C * p * p.
-    public var patchDim: Int { inChannels * patch * patch }
-
-    /// Throws a `ModelError` naming the first inconsistent field.
-    public func validate() throws {
-        func need(_ ok: Bool, _ what: String) throws { if !ok { throw ModelError("invalid DiT config: \(what)") } }
-        try need(patch >= 1, "patch must be at least 1, got \(patch)")
-        try need(inputSize >= 1, "input size must be at least 1, got \(inputSize)")
-        try need(inputSize % patch == 0, "input size \(inputSize) is not a multiple of the patch size \(patch)")
-        try need(inChannels >= 1, "channels must be at least 1, got \(inChannels)")
-        try need(numClasses >= 0, "classes must not be negative, got \(numClasses)")
-        try need(depth >= 1, "depth must be at least 1, got \(depth)")
-        try need(heads >= 1, "heads must be at least 1, got \(heads)")
-        try need(hidden >= 4 && hidden % 4 == 0,
-                 "hidden size must be a positive multiple of 4 (2-D sin-cos position embedding), got \(hidden)")
-        try need(hidden % heads == 0, "hidden size \(hidden) is not divisible by \(heads) heads")
-        try need(mlpRatio.isFinite && mlpRatio > 0 && Double(hidden) * mlpRatio < 1e9 && mlpHidden >= 1,
-                 "mlp ratio must give a positive MLP width, got \(mlpRatio)")
-        // Sizes beyond these are typos, and they would overflow the parameter arithmetic.
-        try need(hidden <= 1 << 16 && depth <= 1024 && inputSize <= 1 << 14 && inChannels <= 1 << 12
-                 && numClasses <= 1 << 24, "sizes out of range")
-    }
-
-    /// The standard sizes: S (384, 12, 6), B (768, 12, 12), L (1024, 24, 16), XL (1152, 28, 16).
-    public static let sizes: [(name: String, hidden: Int, depth: Int, heads: Int)] = [
-        ("S", 384, 12, 6), ("B", 768, 12, 12), ("L", 1024, 24, 16), ("XL", 1152, 28, 16),
-    ]
-
-    /// The names `named` knows, e.g. for help texts.
-    public static let knownNames = ["S/2", "B/2", "L/2", "XL/2", "XL/2-18"]
-
-    /// A named configuration: "S/2", "B/2", "L/2", "XL/2", or "XL/2-18" (XL with 18 heads of dimension 64, the
-    /// paper's). Accepts an optional "DiT-" prefix and any patch size ("B/4"); "-H" sets the number of heads.
-    public static func named(_ name: String, res: Int, channels: Int, classes: Int) throws -> DiTConfig {
-        var s = name.uppercased()
-        if s.hasPrefix("DIT-") { s.removeFirst(4) }
-        let unknown = ModelError("unknown DiT size \"\(name)\"; known: \(knownNames.joined(separator: ", "))")
-        let parts = s.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let size = sizes.first(where: { $0.name == parts[0] }) else { throw unknown }
-        let tail = parts[1].split(separator: "-", omittingEmptySubsequences: false)
-        guard tail.count == 1 || tail.count == 2, let patch = Int(tail[0]), patch >= 1 else { throw unknown }
-        var heads = size.heads
-        if tail.count == 2 {
-            guard let h = Int(tail[1]), h >= 1 else { throw unknown }
-            heads = h
-        }
-        let config = DiTConfig(patch: patch, hidden: size.hidden, depth: size.depth, heads: heads,
-                               inputSize: res, inChannels: channels, numClasses: classes)
-        try config.validate()
-        return config
-    }
-}
-
 /// The Lipschitz-controlled DiT of TVM.md as a flow-map network F(x, t, g, c, beta): x [B, C, R, R],
 /// t, g = t - s and beta [B], classes one-hot [B, classes] (all-zero rows: the null class).
 ///
@@ -119,59 +11,32 @@ public struct DiTConfig: Equatable, Sendable {
 /// without gradient, so its gradient is zero and optimizers leave it unchanged.
 public struct DiT: FlowMapNetwork {
     public let config: DiTConfig
+    let layers: DiTLayers
 
     public init(_ config: DiTConfig) throws {
         try config.validate()
         self.config = config
+        layers = DiTLayers(config)
     }
 
     /// Frequency-feature width of the timestep embedders (cos and sin of 128 frequencies).
     public static let frequencyDim = 256
-    public static let fixedParameterNames: Set<String> = ["pos_embed"]
 
     // MARK: Parameters
 
+    /// Every tensor of the model in state-dict order (see `DiTLayers`).
+    public var parameterSpecs: [ParameterSpec] { layers.parameters }
+
     /// Every tensor of the model in state-dict order, with its shape.
-    public var parameterShapes: [(name: String, shape: [Int])] {
-        let c = config, D = c.hidden
-        var s: [(String, [Int])] = [
-            ("pos_embed", [1, c.tokens, D]),
-            ("x_embedder.proj.weight", [D, c.inChannels, c.patch, c.patch]),
-            ("x_embedder.proj.bias", [D]),
-        ]
-        for e in ["t_embedder", "s_embedder", "guidance_embedder"] {
-            s += [("\(e).mlp.0.weight", [D, DiT.frequencyDim]), ("\(e).mlp.0.bias", [D]),
-                  ("\(e).mlp.2.weight", [D, D]), ("\(e).mlp.2.bias", [D])]
-        }
-        s.append(("y_embedder.embedding_table.weight", [c.numClasses + 1, D]))
-        for k in 0..<c.depth {
-            let b = "blocks.\(k)."
-            s += [(b + "attn.qkv.weight", [3 * D, D]), (b + "attn.qkv.bias", [3 * D]),
-                  (b + "attn.q_norm.weight", [c.headDim]), (b + "attn.k_norm.weight", [c.headDim]),
-                  (b + "attn.proj.weight", [D, D]), (b + "attn.proj.bias", [D]),
-                  (b + "mlp.fc1.weight", [c.mlpHidden, D]), (b + "mlp.fc1.bias", [c.mlpHidden]),
-                  (b + "mlp.fc2.weight", [D, c.mlpHidden]), (b + "mlp.fc2.bias", [D]),
-                  (b + "adaLN_modulation.1.weight", [6 * D, D]), (b + "adaLN_modulation.1.bias", [6 * D])]
-        }
-        s += [("final_layer.linear.weight", [c.patchDim, D]), ("final_layer.linear.bias", [c.patchDim]),
-              ("final_layer.adaLN_modulation.1.weight", [2 * D, D]), ("final_layer.adaLN_modulation.1.bias", [2 * D])]
-        return s
-    }
+    public var parameterShapes: [(name: String, shape: [Int])] { parameterSpecs.map { ($0.key, $0.shape) } }
 
     /// Names of the parameters an optimizer trains (all but the fixed position embedding).
-    public var trainableNames: [String] {
-        parameterShapes.map(\.name).filter { !DiT.fixedParameterNames.contains($0) }
-    }
+    public var trainableNames: [String] { parameterSpecs.filter(\.trainable).map(\.key) }
 
     /// Total number of scalars (fixed position embedding included) and trainable ones.
     public var parameterCount: (total: Int, trainable: Int) {
-        var total = 0, trainable = 0
-        for (n, s) in parameterShapes {
-            let k = Shape.count(s)
-            total += k
-            if !DiT.fixedParameterNames.contains(n) { trainable += k }
-        }
-        return (total, trainable)
+        let specs = parameterSpecs
+        return (specs.reduce(0) { $0 + $1.count }, specs.filter(\.trainable).reduce(0) { $0 + $1.count })
     }
 
     /// The fixed 2-D sin-cos position embedding [tokens * hidden] (token n = row * grid + column): the first
@@ -196,43 +61,9 @@ public struct DiT: FlowMapNetwork {
         return out
     }
 
-    /// Fresh parameters: TVM.md's spectral initialisation (or Xavier-uniform), biases 0, q/k norm weights 1,
-    /// label table N(0, 0.02), timestep MLPs N(0, 0.02) (spectral with `timeSpecInit` under `.spectral`), adaLN output Linears
-    /// and the final Linear zero, and the fixed position embedding.
+    /// Fresh parameters, each as `DiTLayers` declares it.
     public func initialParameters(rng: inout RandomGenerator, on device: Device = .default) -> ParameterSet {
-        let c = config
-        let p = ParameterSet()
-        func put(_ name: String, _ values: [Double], _ shape: [Int]) {
-            p[name] = Tensor(values, shape: shape, dtype: .float32, on: device)
-        }
-        func zeros(_ name: String, _ shape: [Int]) { p[name] = Tensor.zeros(shape, on: device) }
-        func layer(_ out: Int, _ fanIn: Int) -> [Double] {
-            switch c.initialization {
-            case .spectral: return Init.spectral(out: out, in: fanIn, rng: &rng)
-            case .xavierUniform: return Init.xavierUniform(out: out, in: fanIn, rng: &rng)
-            }
-        }
-        for (name, shape) in parameterShapes {
-            let count = Shape.count(shape)
-            if name == "pos_embed" {
-                put(name, DiT.positionEmbedding(hidden: c.hidden, grid: c.grid), shape)
-            } else if name.hasSuffix(".bias") || name.hasPrefix("final_layer.") || name.contains("adaLN_modulation") {
-                zeros(name, shape)
-            } else if name.hasSuffix("_norm.weight") {
-                p[name] = Tensor.ones(shape, on: device)
-            } else if name == "y_embedder.embedding_table.weight" {
-                put(name, Init.normal(count, std: 0.02, rng: &rng), shape)
-            } else if name.hasPrefix("t_embedder.") || name.hasPrefix("s_embedder.") || name.hasPrefix("guidance_embedder.") {
-                // As upstream, time_specinit only takes effect with the spectral initialisation.
-                let spectral = c.timeSpecInit && c.initialization == .spectral
-                put(name, spectral ? Init.spectral(out: shape[0], in: shape[1], rng: &rng)
-                                   : Init.normal(count, std: 0.02, rng: &rng), shape)
-            } else {
-                // Linear weights [out, in]; the patch embedding as the matrix [D, C p p].
-                put(name, layer(shape[0], count / shape[0]), shape)
-            }
-        }
-        return p
+        ParameterSet(initializing: parameterSpecs, rng: &rng, on: device)
     }
 
     // MARK: Forward
@@ -252,9 +83,9 @@ public struct DiT: FlowMapNetwork {
     }
 
     /// Timestep embedder: [cos, sin] features of the raw value, Linear(256 -> D), SiLU, Linear(D -> D).
-    func embed(_ v: Tensor, _ p: ParameterSet, _ name: String) -> Tensor {
+    func embed(_ v: Tensor, _ p: ParameterSet, _ embedder: DiTLayers.TimestepEmbedder) -> Tensor {
         let h = sinusoidalEmbedding(v, dim: DiT.frequencyDim)
-        return linear(linear(h, p, name + ".mlp.0").silu(), p, name + ".mlp.2")
+        return embedder.second(embedder.first(h, p).silu(), p)
     }
 
     /// The conditioning vector c = e_t + e_g + e_beta + e_label, [B, D].
@@ -273,15 +104,16 @@ public struct DiT: FlowMapNetwork {
             labels = concat([Tensor.zeros([B, K], dtype: t.dtype, on: t.device),
                              Tensor.ones([B, 1], dtype: t.dtype, on: t.device)], axis: 1)
         }
-        let eLabel = labels.matmul(p["y_embedder.embedding_table.weight"])
-        return embed(t, p, "t_embedder") + embed(gap, p, "s_embedder") + embed(beta, p, "guidance_embedder") + eLabel
+        let eLabel = labels.matmul(p[layers.labelTable.key])
+        return embed(t, p, layers.timeEmbedder) + embed(gap, p, layers.gapEmbedder) + embed(beta, p, layers.guidanceEmbedder)
+            + eLabel
     }
 
-    /// Linear(SiLU(c)) split into `parts` modulation vectors [B, 1, D], each divided by its RMS under
+    /// `layer`(SiLU(c)) split into `parts` modulation vectors [B, 1, D], each divided by its RMS under
     /// modulation norm.
-    func modulation(_ siluC: Tensor, _ p: ParameterSet, _ name: String, parts: Int) -> [Tensor] {
+    func modulation(_ siluC: Tensor, _ p: ParameterSet, _ layer: LinearLayer, parts: Int) -> [Tensor] {
         let B = siluC.shape[0], D = config.hidden
-        var m = linear(siluC, p, name).reshaped([B, parts, D])
+        var m = layer(siluC, p).reshaped([B, parts, D])
         if config.modulationNorm { m = m.rmsNormalized(eps: 1e-6) }
         return m.split(axis: 1, sizes: Array(repeating: 1, count: parts))
     }
@@ -301,29 +133,28 @@ public struct DiT: FlowMapNetwork {
 
     /// Multi-head self-attention on [B, N, D] with q and k RMS-normalised over the head dimension. Attention
     /// reads the heads token-major ([B, N, H, Dh], the projections reshaped in place): no head permutes.
-    func attentionLayer(_ x: Tensor, _ p: ParameterSet, _ name: String) -> Tensor {
+    func attentionLayer(_ x: Tensor, _ p: ParameterSet, _ layer: DiTLayers.Attention) -> Tensor {
         let c = config, B = x.shape[0], N = x.shape[1], D = c.hidden, H = c.heads, Dh = c.headDim
-        let w = p[name + ".qkv.weight"], b = p[name + ".qkv.bias"]
+        let w = p[layer.qkv.weight.key], b = p[layer.qkv.bias.key]
         // Three products with slices of the weight rather than one product and slices of its output: the
         // weight is smaller than the activations for any real batch, and the slices of the output would be copies.
-        func heads(_ k: Int, norm: String?) -> Tensor {
+        func heads(_ k: Int, norm: ParameterSpec?) -> Tensor {
             let wk = w.slice(axis: 0, start: k * D, length: D), bk = b.slice(axis: 0, start: k * D, length: D)
             let h = x.linear(wk, bias: bk).reshaped([B, N, H, Dh])
             guard let norm else { return h }
-            return h.rmsNormalized(eps: 1e-6, scale: p[name + "." + norm + ".weight"])
+            return h.rmsNormalized(eps: 1e-6, scale: p[norm.key])
         }
-        let q = heads(0, norm: "q_norm"), k = heads(1, norm: "k_norm"), v = heads(2, norm: nil)
+        let q = heads(0, norm: layer.qNorm), k = heads(1, norm: layer.kNorm), v = heads(2, norm: nil)
         let o = attention(q, k, v, layout: .tokenMajor).reshaped([B, N, D])
-        return linear(o, p, name + ".proj")
+        return layer.projection(o, p)
     }
 
-    func block(_ x: Tensor, _ siluC: Tensor, _ p: ParameterSet, _ k: Int) -> Tensor {
-        let b = "blocks.\(k)."
-        let m = modulation(siluC, p, b + "adaLN_modulation.1", parts: 6)
-        let a = attentionLayer(modulateNormalized(x, shift: m[0], scale: m[1]), p, b + "attn")
+    func block(_ x: Tensor, _ siluC: Tensor, _ p: ParameterSet, _ layer: DiTLayers.Block) -> Tensor {
+        let m = modulation(siluC, p, layer.modulation, parts: 6)
+        let a = attentionLayer(modulateNormalized(x, shift: m[0], scale: m[1]), p, layer.attention)
         let x1 = gatedResidual(x, gate: m[2], a)
         let h = modulateNormalized(x1, shift: m[3], scale: m[4])
-        let mlp = linear(linearGELU(h, p, b + "mlp.fc1"), p, b + "mlp.fc2")
+        let mlp = layer.mlpOut(layer.mlpIn.gelu(h, p), p)
         return gatedResidual(x1, gate: m[5], mlp)
     }
 
@@ -332,12 +163,13 @@ public struct DiT: FlowMapNetwork {
         precondition(x.shape == [B, c.inChannels, c.inputSize, c.inputSize],
                      "DiT input has shape \(x.shape), expected [B, \(c.inChannels), \(c.inputSize), \(c.inputSize)]")
         precondition(t.count == B && gap.count == B, "t and gap need one value per batch row")
-        let wPatch = p["x_embedder.proj.weight"].reshaped([c.hidden, c.patchDim])
-        var h = patchify(x).linear(wPatch, bias: p["x_embedder.proj.bias"]) + p["pos_embed"].detached()
+        let patches = layers.patchEmbedding
+        let wPatch = p[patches.weight.key].reshaped([c.hidden, c.patchDim])
+        var h = patchify(x).linear(wPatch, bias: p[patches.bias.key]) + p[layers.positions.key].detached()
         let siluC = conditioning(p, t: t.reshaped([B]), gap: gap.reshaped([B]), cond: cond).silu()
-        for k in 0..<c.depth { h = block(h, siluC, p, k) }
-        let m = modulation(siluC, p, "final_layer.adaLN_modulation.1", parts: 2)
-        h = linear(modulateNormalized(h, shift: m[0], scale: m[1]), p, "final_layer.linear")
+        for block in layers.blocks { h = self.block(h, siluC, p, block) }
+        let m = modulation(siluC, p, layers.finalModulation, parts: 2)
+        h = layers.finalLinear(modulateNormalized(h, shift: m[0], scale: m[1]), p)
         return unpatchify(h)
     }
 }

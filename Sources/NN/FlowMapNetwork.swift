@@ -38,34 +38,27 @@ public struct MLPFlowMap: FlowMapNetwork {
         self.timeScale = timeScale
     }
 
-    var layerSizes: [(Int, Int)] {
-        let input = dataDim + 2 * embeddingDim
-        var sizes = [(input, width)]
-        for _ in 1..<depth { sizes.append((width, width)) }
-        sizes.append((width, dataDim))
-        return sizes
+    /// The Linear layers, with PyTorch's default initialisation: U(-1/sqrt(in), 1/sqrt(in)) for weights and biases.
+    var layers: [LinearLayer] {
+        let sizes = [dataDim + 2 * embeddingDim] + Array(repeating: width, count: depth) + [dataDim]
+        return (0..<(sizes.count - 1)).map { i in
+            let bound = 1 / Double(sizes[i]).squareRoot()
+            return LinearLayer("layers.\(i)", in: sizes[i], out: sizes[i + 1], weight: .uniform(bound: bound),
+                               bias: .uniform(bound: bound))
+        }
     }
 
     public func initialParameters(rng: inout RandomGenerator, on device: Device = .default) -> ParameterSet {
-        let p = ParameterSet()
-        for (i, (fanIn, out)) in layerSizes.enumerated() {
-            // PyTorch's default Linear init: U(-1/sqrt(in), 1/sqrt(in)) for weights and biases.
-            let bound = 1 / Double(fanIn).squareRoot()
-            let w = rng.uniformFloats(out * fanIn).map { (2 * Double($0) - 1) * bound }
-            let b = rng.uniformFloats(out).map { (2 * Double($0) - 1) * bound }
-            p["layers.\(i).weight"] = Tensor(w, shape: [out, fanIn], dtype: .float32, on: device)
-            p["layers.\(i).bias"] = Tensor(b, shape: [out], dtype: .float32, on: device)
-        }
-        return p
+        ParameterSet(initializing: layers.flatMap(\.parameters), rng: &rng, on: device)
     }
 
     public func callAsFunction(_ p: ParameterSet, x: Tensor, t: Tensor, gap: Tensor, cond: Conditioning) -> Tensor {
         var h = concat([x, sinusoidalEmbedding(t, dim: embeddingDim, scale: timeScale),
                         sinusoidalEmbedding(gap, dim: embeddingDim, scale: timeScale)], axis: 1)
-        let last = layerSizes.count - 1
-        for i in 0...last {
-            h = linear(h, p, "layers.\(i)")
-            if i < last { h = h.silu() }
+        let layers = layers
+        for (i, layer) in layers.enumerated() {
+            h = layer(h, p)
+            if i < layers.count - 1 { h = h.silu() }
         }
         return h
     }

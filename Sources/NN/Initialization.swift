@@ -14,8 +14,7 @@ public enum Init {
 
     /// Xavier (Glorot) uniform: U(-a, a), a = sqrt(6 / (fanIn + fanOut)).
     public static func xavierUniform(out: Int, in fanIn: Int, rng: inout RandomGenerator) -> [Double] {
-        let a = (6.0 / Double(fanIn + out)).squareRoot()
-        return rng.uniformFloats(out * fanIn).map { (2 * Double($0) - 1) * a }
+        uniform(out * fanIn, bound: (6.0 / Double(fanIn + out)).squareRoot(), rng: &rng)
     }
 
     /// Xavier normal divided by the largest singular value: every linear map starts 1-Lipschitz.
@@ -27,6 +26,11 @@ public enum Init {
 
     public static func normal(_ count: Int, std: Double, rng: inout RandomGenerator) -> [Double] {
         rng.normalFloats(count).map { Double($0) * std }
+    }
+
+    /// U(-bound, bound).
+    public static func uniform(_ count: Int, bound: Double, rng: inout RandomGenerator) -> [Double] {
+        rng.uniformFloats(count).map { (2 * Double($0) - 1) * bound }
     }
 
     /// The largest singular value, exactly enough for a normalisation (relative error about 1e-10).

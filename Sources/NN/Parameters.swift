@@ -50,13 +50,8 @@ public final class ParameterSet {
     }
 }
 
-/// y = x W^T + b with W stored [out, in] (PyTorch's Linear).
+/// y = x W^T + b with W stored [out, in] (PyTorch's Linear), for models that name their tensors by hand;
+/// the networks here declare theirs as `LinearLayer`s.
 public func linear(_ x: Tensor, _ p: ParameterSet, _ name: String, bias: Bool = true) -> Tensor {
     x.linear(p[name + ".weight"], bias: bias ? p[name + ".bias"] : nil)
-}
-
-/// GELU(x W^T + b) (tanh approximation), the bias and the activation in the product's epilogue where nothing
-/// is differentiated (Tensor.linearGELU).
-public func linearGELU(_ x: Tensor, _ p: ParameterSet, _ name: String, bias: Bool = true) -> Tensor {
-    x.linearGELU(p[name + ".weight"], bias: bias ? p[name + ".bias"] : nil)
 }

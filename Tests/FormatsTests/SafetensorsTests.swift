@@ -119,6 +119,17 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertEqual(NamedArray(name: "x", shape: [2], floats: [1.5, -3], dtype: .f64).doubles(), [1.5, -3])
     }
 
+    func testUnsignedBytes() throws {
+        // Floats round to nearest and clamp to 0...255; NaN becomes 0.
+        let u8 = NamedArray(name: "img", shape: [2, 3], floats: [0, 254.6, 300, -4, .nan, 127.4], dtype: .u8)
+        XCTAssertEqual(u8.bytes, [0, 255, 255, 0, 0, 127])
+        let file = SafetensorsFile(tensors: [u8, NamedArray(name: "raw", shape: [3], dtype: .u8, bytes: [9, 8, 7])])
+        let back = try SafetensorsFile.parse(file.serialized(), source: "memory")
+        XCTAssertEqual(back.tensors, file.tensors)
+        XCTAssertEqual(back["raw"]?.floats(), [9, 8, 7])
+        XCTAssertEqual(back["img"]?.doubles(), [0, 255, 255, 0, 0, 127])
+    }
+
     func testExactByteLayout() throws {
         let file = SafetensorsFile(metadata: [("k", "v")], tensors: [
             NamedArray(name: "a", shape: [2], floats: [1, 2]),

@@ -76,6 +76,16 @@ final class DiTTests: XCTestCase {
     }
 
     /// DiT-S/2 at 32x32x4 with 1000 classes, counted from the architecture by hand.
+    func testModelConfigRoundTripsThroughJSON() throws {
+        let model = DiTConfig(patch: 2, hidden: 32, depth: 1, heads: 2, inputSize: 8, inChannels: 1, numClasses: 3)
+        var c = model
+        c.mlpRatio = 2.5
+        c.initialization = .xavierUniform
+        XCTAssertEqual(try DiTConfig(json: c.json), c)
+        XCTAssertNil(c.firstDifference(from: c))
+        XCTAssertEqual(c.firstDifference(from: model), "mlp_ratio 2.5 vs 4.0")
+    }
+
     func testParameterCounts() throws {
         let net = try DiT(try DiTConfig.named("S/2", res: 32, channels: 4, classes: 1000))
         let D = 384, C = 4, p = 2, N = 256, K = 1000, M = 4 * D, Dh = 64, depth = 12

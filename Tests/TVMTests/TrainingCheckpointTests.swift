@@ -178,13 +178,4 @@ final class TrainingCheckpointTests: XCTestCase {
         }
         XCTAssertEqual(refusal(bytes), "accepted")
     }
-
-    func testModelConfigRoundTripsThroughJSON() throws {
-        var c = model
-        c.mlpRatio = 2.5
-        c.initialization = .xavierUniform
-        XCTAssertEqual(try DiTConfig(json: c.json), c)
-        XCTAssertNil(c.firstDifference(from: c))
-        XCTAssertEqual(c.firstDifference(from: model), "mlp_ratio 2.5 vs 4.0")
-    }
 }

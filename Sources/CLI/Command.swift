@@ -1,0 +1,37 @@
+import TVM
+
+/// One `tvm` subcommand: its name, the line `tvm help` lists it with, its options (`tvm help NAME`,
+/// `tvm NAME --help`), the device it runs on when no `--device` is given, and what it does with its arguments.
+protocol Command {
+    var name: String { get }
+    var summary: String { get }
+    var help: String { get }
+    /// The device without `--device`: `auto` (a GPU when there is one) unless the command says otherwise.
+    func defaultDevice(_ args: [String]) -> DeviceChoice
+    func run(_ args: [String]) throws
+}
+
+extension Command {
+    func defaultDevice(_ args: [String]) -> DeviceChoice { .auto }
+}
+
+/// Every command, in the order `tvm help` lists them.
+let commands: [any Command] = [
+    DemoCommand(), TrainCommand(), SampleCommand(), W2Command(), FIDCommand(), BenchCommand(), ReferenceCheckCommand(),
+    DistCheckCommand(),
+]
+
+/// What `tvm --version` prints: the program's version and the training-checkpoint format it reads and writes.
+let version = "tvm 0.1.0 (training checkpoint format \(TrainingCheckpoint.formatVersion))"
+
+func usage() -> String {
+    var s = "tvm: Terminal Velocity Matching in Swift\n\nusage: tvm <command> [options]\n\ncommands:\n"
+    for c in commands { s += "  " + c.name.padding(14) + c.summary + "\n" }
+    s += "  " + "help".padding(14) + "this text, or 'tvm help <command>' (or 'tvm <command> --help') for a command's options\n"
+    s += "\n'tvm --version' prints the version.\n"
+    return s
+}
+
+extension String {
+    func padding(_ n: Int) -> String { count >= n ? self + " " : self + String(repeating: " ", count: n - count) }
+}

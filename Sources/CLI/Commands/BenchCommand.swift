@@ -1,0 +1,205 @@
+import TensorCore
+import NN
+import TVM
+import Data
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `tvm bench <what>`: timings of whole training steps and kernels, median over repeats after a warm-up.
+struct BenchCommand: Command {
+    let name = "bench"
+    let summary = "time training steps and kernels (toy: the CPU TVM step on 2-D data)"
+    let help = """
+        tvm bench toy [--method tvm|meanflow|fm] [--batch N] [--width N] [--depth N] [--steps N] [--warmup N]
+          Median wall time of one full training step (loss with its JVP, backward, AdamW, both EMAs) of the
+          2-D MLP, after a warm-up.
+        tvm bench train [--model B/2] [--res 32] [--channels 4] [--classes 1000] [--batch 64] [--steps 20] [--tf32|--bf16]
+          A full TVM step of a DiT (JVP, both teacher passes, flow-matching pass, backward, AdamW, both EMAs):
+          median step time, images/s and peak GPU memory.
+        tvm bench sample [--model B/2] [--batch 256] [--nfe 1] ...   sampling throughput.
+        tvm bench attention [--b 64] [--h 12] [--s 256] [--d 64]     the attention primitive with its JVP, and its backward.
+        All take --device cuda|cpu|auto (default auto).
+        """
+
+    func run(_ args: [String]) throws {
+        guard let what = args.first else { throw CLIError("'tvm bench' needs what to time: toy, train, sample or attention", usage: true) }
+        switch what {
+        case "toy": try benchToy(Array(args.dropFirst()))
+        case "train": try benchTrain(Array(args.dropFirst()))
+        case "sample": try benchSample(Array(args.dropFirst()))
+        case "attention": try benchAttention(Array(args.dropFirst()))
+        default: throw CLIError("unknown benchmark '\(what)'; choose toy, train, sample or attention", usage: true)
+        }
+    }
+}
+
+func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+/// The CPU TVM step of `tvm train` on 2-D data (the comparison with scripts/bench_torch_cpu.py).
+func benchToy(_ args: [String]) throws {
+    let a = try Arguments(command: "bench toy", args, options: ["batch", "width", "depth", "steps", "warmup", "method"])
+    try a.expectPositional(0, "no positional arguments")
+    let batch = try a.int("batch", default: 1024, range: 1...1_000_000)
+    let steps = try a.int("steps", default: 100, range: 1...100_000), warmup = try a.int("warmup", default: 10, range: 0...10_000)
+    let methodName = a.string("method", default: "tvm")
+    guard let method = Method(rawValue: methodName) else { throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, fm", usage: true) }
+    let network = MLPFlowMap(width: try a.int("width", default: 256, range: 1...65536), depth: try a.int("depth", default: 4, range: 1...64))
+    var config = TrainConfig()
+    config.method = method
+    config.batch = batch
+    config.lr = 2e-3
+    let trainer = Trainer(network: network, config: config)
+    var rng = RandomGenerator(seed: 5)
+    var times: [Double] = []
+    for i in 0..<(warmup + steps) {
+        let x0 = Tensor(Toy2D.checkerboard.sample(batch, rng: &rng), shape: [batch, 2])
+        let t0 = now()
+        _ = trainer.train(x0: x0)
+        if i >= warmup { times.append(now() - t0) }
+    }
+    let m = median(times)
+    Console.out("\(method.displayName) step, MLP \(network.depth)x\(network.width), batch \(batch), \(deviceDescription()): median \(fmt(m * 1000, 2)) ms/step, \(fmt(1 / m, 1)) it/s over \(steps) steps")
+}
+
+func onlineCores() -> Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+
+/// Times `body` `steps` times after `warmup` runs, synchronising the device around each.
+func timeRepeated(steps: Int, warmup: Int, _ body: () throws -> Void) rethrows -> [Double] {
+    var times: [Double] = []
+    for i in 0..<(warmup + steps) {
+        Device.default.backend.synchronize()
+        let t0 = now()
+        try body()
+        Device.default.backend.synchronize()
+        if i >= warmup { times.append(now() - t0) }
+    }
+    return times
+}
+
+func ditFromArguments(_ a: Arguments) throws -> DiT {
+    var config: DiTConfig
+    do {
+        config = try DiTConfig.named(a.string("model", default: "B/2"), res: try a.int("res", default: 32, range: 1...4096),
+                                     channels: try a.int("channels", default: 4, range: 1...64),
+                                     classes: try a.int("classes", default: 1000, range: 0...1_000_000))
+        // Speed does not depend on the initial values; Xavier-uniform skips the spectral norms' power iterations.
+        config.initialization = .xavierUniform
+        return try DiT(config)
+    } catch let e as ModelError { throw CLIError(e.description, usage: true) }
+}
+
+/// The TVM_CUDA_PROFILE=1 table: device time per kernel and step, largest first.
+func printProfile(_ rows: [(name: String, calls: Int, ms: Double)], steps: Int) {
+    let total = rows.reduce(0) { $0 + $1.ms }
+    Console.out("device time per step: \(fmt(total / Double(steps), 1)) ms in \(rows.reduce(0) { $0 + $1.calls } / steps) launches")
+    for r in rows.prefix(60) {
+        Console.out("  \(fmt(r.ms / Double(steps), 2)) ms  \(fmt(100 * r.ms / total, 1))%  \(r.calls / steps)x  \(r.name)")
+    }
+}
+
+func memoryFigure() -> String {
+    guard let cuda = activeCUDA else { return "" }
+    return ", peak GPU memory \(fmt(Double(cuda.peakBytes) / 1_073_741_824, 2)) GiB"
+}
+
+/// A full TVM step of a DiT: the JVP, both teacher passes, the flow-matching pass, backward, AdamW, both EMAs.
+func benchTrain(_ args: [String]) throws {
+    let a = try Arguments(command: "bench train", args, options: ["model", "res", "channels", "classes", "batch", "steps", "warmup", "cfg"],
+                          switches: ["tf32", "bf16"])
+    try a.expectPositional(0, "no positional arguments")
+    let dit = try ditFromArguments(a)
+    let batch = try a.int("batch", default: 64, range: 1...1_000_000)
+    let steps = try a.int("steps", default: 20, range: 1...100_000), warmup = try a.int("warmup", default: 3, range: 0...1000)
+    let precision = applyProductPrecision(a)
+    var config = TrainConfig()
+    config.batch = batch
+    config.lr = 1e-4
+    config.guidance = GuidanceConfig(scale: .constant(try a.double("cfg", default: 2, range: 1...100)), labelDropout: 0.1)
+    let trainer = Trainer(network: dit, config: config)
+    let c = dit.config
+    var rng = RandomGenerator(seed: 11)
+    activeCUDA?.resetPeakBytes()
+    func step() throws {
+        let x0 = Tensor.randomNormal([batch, c.inChannels, c.inputSize, c.inputSize], rng: &rng)
+        let labels = (0..<batch).map { _ in c.numClasses > 0 ? rng.int(below: c.numClasses) : 0 }
+        let cond = config.guidance.conditioning(labels: labels, classes: max(c.numClasses, 1), rng: &rng, on: .default)
+        let stats = trainer.train(x0: x0, cond: cond)
+        guard stats.loss.isFinite else { throw CLIError("the loss became \(stats.loss) at step \(stats.step)") }
+    }
+    let times = try timeRepeated(steps: steps, warmup: warmup, step)
+    if activeCUDA?.profileReport(reset: true) != nil {
+        let profiled = 2
+        _ = try timeRepeated(steps: profiled, warmup: 0, step)
+        printProfile(activeCUDA?.profileReport() ?? [], steps: profiled)
+    }
+    let m = median(times)
+    Console.out("TVM train step, DiT-\(a.string("model", default: "B/2")) (\(dit.parameterCount.total) parameters), \(c.inputSize)x\(c.inputSize)x\(c.inChannels), \(c.numClasses) classes, batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/step, \(fmt(Double(batch) / m, 1)) img/s over \(steps) steps\(memoryFigure())")
+}
+
+/// n-step sampling throughput with the flow map.
+func benchSample(_ args: [String]) throws {
+    let a = try Arguments(command: "bench sample", args, options: ["model", "res", "channels", "classes", "batch", "nfe", "steps", "warmup", "cfg"],
+                          switches: ["tf32", "bf16"])
+    try a.expectPositional(0, "no positional arguments")
+    let dit = try ditFromArguments(a)
+    let batch = try a.int("batch", default: 256, range: 1...1_000_000), nfe = try a.int("nfe", default: 1, range: 1...1000)
+    let steps = try a.int("steps", default: 10, range: 1...100_000), warmup = try a.int("warmup", default: 2, range: 0...1000)
+    let precision = applyProductPrecision(a)
+    let w = try a.double("cfg", default: 2, range: 1...100)
+    var rng = RandomGenerator(seed: 3)
+    let params = dit.initialParameters(rng: &rng, on: .default)
+    let c = dit.config
+    let classes = max(c.numClasses, 1)
+    var onehot = [Float](repeating: 0, count: batch * classes)
+    if c.numClasses > 0 { for i in 0..<batch { onehot[i * classes + i % classes] = 1 } }
+    let cond = Conditioning(classes: Tensor(onehot, shape: [batch, classes]), beta: Tensor.full(1 / w, shape: [batch]))
+    activeCUDA?.resetPeakBytes()
+    func batchOfSamples() {
+        let noise = Tensor.randomNormal([batch, c.inChannels, c.inputSize, c.inputSize], rng: &rng)
+        _ = sampleFlowMap(network: dit, params: params, noise: noise, steps: nfe, cond: cond, kappa: w).floats
+    }
+    let times = timeRepeated(steps: steps, warmup: warmup, batchOfSamples)
+    if activeCUDA?.profileReport(reset: true) != nil {
+        let profiled = 2
+        _ = timeRepeated(steps: profiled, warmup: 0, batchOfSamples)
+        printProfile(activeCUDA?.profileReport() ?? [], steps: profiled)
+    }
+    let m = median(times)
+    Console.out("\(nfe)-NFE sampling, DiT-\(a.string("model", default: "B/2")), batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/batch, \(fmt(Double(batch) / m, 1)) img/s\(memoryFigure())")
+}
+
+/// The attention primitive under a JVP (output and tangent together) and its backward for both cotangents, on
+/// token-major [B, S, H, D] tensors as DiT runs it.
+func benchAttention(_ args: [String]) throws {
+    let a = try Arguments(command: "bench attention", args, options: ["b", "h", "s", "d", "steps", "warmup"],
+                          switches: ["tf32", "bf16"])
+    try a.expectPositional(0, "no positional arguments")
+    let precision = applyProductPrecision(a)
+    let (b, h) = (try a.int("b", default: 64, range: 1...65536), try a.int("h", default: 12, range: 1...4096))
+    let (s, d) = (try a.int("s", default: 256, range: 1...1_048_576), try a.int("d", default: 64, range: 1...65536))
+    let steps = try a.int("steps", default: 20, range: 1...100_000), warmup = try a.int("warmup", default: 3, range: 0...1000)
+    var rng = RandomGenerator(seed: 4)
+    let shape = [b, s, h, d]
+    let x = (0..<6).map { _ in Tensor.randomNormal(shape, rng: &rng) }
+    var forward: [Double] = [], backward: [Double] = []
+    for i in 0..<(warmup + steps) {
+        let leaves = x.prefix(3).map { $0.detached().requiringGrad() }
+        Device.default.backend.synchronize()
+        let t0 = now()
+        let (o, t) = jvp({ [attention($0[0], $0[1], $0[2], layout: .tokenMajor)] }, primals: leaves, tangents: Array(x[3...]))
+        Device.default.backend.synchronize()
+        let t1 = now()
+        _ = gradients(of: (o[0] * x[3]).sum() + (t[0] * x[4]).sum(), wrt: leaves)
+        Device.default.backend.synchronize()
+        let t2 = now()
+        if i >= warmup {
+            forward.append(t1 - t0)
+            backward.append(t2 - t1)
+        }
+    }
+    Console.out("attention B=\(b) H=\(h) S=\(s) D=\(d), \(deviceDescription())\(precision): forward+JVP median \(fmt(median(forward) * 1000, 3)) ms, backward (both cotangents, incl. the loss ops) median \(fmt(median(backward) * 1000, 3)) ms")
+}

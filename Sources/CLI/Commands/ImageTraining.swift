@@ -1,0 +1,165 @@
+import TensorCore
+import NN
+import TVM
+import Data
+import Formats
+
+/// The image half of `tvm train`'s help.
+let imageTrainingHelp = """
+tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FILE.npy] [--pad 2]
+          [--model S/2 | --hidden H --depth D --heads N --patch P] [--cfg W | --cfg-range LO,HI]
+          [--label-dropout 0.1] [--no-scaled-param] [--batch 128] [--lr 2e-4] [--steps N] [--time-budget S]
+          [--ema power:7|D[,EXTRA...]] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
+          [--sample-cfg W] [--tf32|--bf16] [--method tvm|fm] [--on-fault zero-rows|skip|stop] [--loss-spike K]
+          [--grad-spike K] [--grad-limit X] [--fault-warmup N]
+  TVM on images with a DiT (class-conditional, classifier-free guidance); --method fm trains the flow-matching
+  baseline on the same network instead (labels dropped at --label-dropout, guidance applied when sampling).
+  Data: Fashion-MNIST (from --data-dir,
+  default \(ImageDataset.fashionMNISTDirectory)), MNIST (IDX files in --data-dir), a folder of class folders
+  of PNGs, or an .npy [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
+  --model is any DiT size (S/2, B/2, L/2, XL/2, B/4, ...); --hidden/--depth/--heads/--patch override it.
+  --steps is the total step count (default 10000; with --time-budget alone, no step limit); --time-budget stops
+  after that many seconds of this invocation. Every --every steps (default 1000) and at the end it writes
+  DIR/samples_step<N>_nfe<K>.png (fixed noise, one row per class, 1 and 4 NFE, evaluation EMA, guidance
+  --sample-cfg, default the training w or the middle of --cfg-range) and DIR/checkpoint.safetensors (atomically);
+  DIR/metrics.jsonl gets one JSON line per step. --ema is the evaluation EMA: a fixed decay D, or power:G, a
+  window of about step/(G+1) steps; more schedules after it (--ema power:16,power:32,power:8) are kept alongside
+  as extra EMAs, saved in the checkpoint, to choose a width after the run (tvm sample --weights ema:power:32).
+  --resume continues from DIR/checkpoint.safetensors exactly (same losses as an uninterrupted run); the model
+  options must match the checkpoint's. Runs on a GPU when one is found (--device auto, the default for images),
+  else on the CPU; --device cpu|cuda forces either.
+  A run that cannot save its checkpoint (disk full) stops with one line; the previous checkpoint is intact.
+
+  Data-parallel (every rank draws the global batch's data and noise and evaluates its rows, so the results and
+  --resume do not depend on the number of ranks; rank 0 writes the files; replicas compared at every --every):
+\(LaunchPlan.help)
+  --bucket-mb X   gradients are averaged in buckets of X MB started during backward (default 25)
+""" + "\n" + faultHelp
+
+/// `tvm train` on images: the options become a `TrainingLoop`, which resumes, trains, logs and snapshots.
+func trainOnImages(_ args: [String]) throws {
+    let a = try Arguments(command: "train", args, options: ([
+        "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
+        "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
+        "sample-cfg", "method", "bucket-mb",
+    ] as Set<String>).union(faultOptionNames), switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16"])
+    try a.expectPositional(0, "no positional arguments")
+    // TF32 (about 1e-3 relative instead of float32's 1e-6) or bf16 matrix products on the GPU.
+    _ = applyProductPrecision(a)
+    let methodName = a.string("method", default: "tvm").lowercased()
+    guard let method = Method(rawValue: methodName), method != .meanFlow else {
+        throw CLIError("image training supports --method tvm or fm (flow matching), got '\(methodName)'", usage: true)
+    }
+    var config = TrainConfig()
+    config.method = method
+    config.batch = try a.int("batch", default: 128, range: 1...1_000_000)
+    config.lr = try a.double("lr", default: 2e-4, range: 1e-12...10)
+    config.seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
+    if let ema = a.string("ema") { (config.evalEMA, config.extraEMAs) = try parseEMAList(ema) }
+    config.emaTargetDecay = try a.double("ema-target", default: 0.99, range: 0...0.999999999)
+    config.faults = try parseFaultOptions(a)
+    let cfg = try a.double("cfg", default: 2, range: 1e-6...1e6)
+    var sampleCFG = cfg
+    let scale: GuidanceConfig.Scale
+    if let r = a.string("cfg-range") {
+        if a.string("cfg") != nil { throw CLIError("give --cfg or --cfg-range, not both", usage: true) }
+        let (lo, hi) = try parseCFGRange(r)
+        scale = .uniform(lo, hi)
+        sampleCFG = (lo + hi) / 2
+    } else {
+        scale = .constant(cfg)
+    }
+    sampleCFG = try a.double("sample-cfg", default: sampleCFG, range: 1e-6...1e6)
+    config.guidance = GuidanceConfig(scale: scale, labelDropout: try a.double("label-dropout", default: 0.1, range: 0...1),
+                                     scaledParameterization: !a.has("no-scaled-param"))
+    let budget = try a.optionalDouble("time-budget", range: 0...1e9)
+    let steps = a.string("steps") != nil || budget == nil ? try a.int("steps", default: 10000, range: 1...100_000_000) : nil
+    let every = try a.int("every", default: 1000, range: 1...100_000_000)
+    let dataName = a.string("data", default: "fashion-mnist")
+
+    // Closed where every rank ends together; a rank that fails just exits (closing NCCL waits for the others).
+    let session = try DistributedSession.start(bucketMB: try a.double("bucket-mb", default: 25, range: 1e-6...65536))
+    if let session, config.batch % session.worldSize != 0 {
+        throw CLIError("--batch \(config.batch) must be divisible by the \(session.worldSize) ranks", usage: true)
+    }
+    let data = try loadImageData(a)
+    let model = try imageModelConfig(a, data: data)
+    let baseName = dataName.split(separator: "/").last.map(String.init) ?? "images"
+    var plan = TrainingLoop.Plan(directory: a.string("out", default: "runs/\(baseName.lowercased().hasSuffix(".npy") ? String(baseName.dropLast(4)) : baseName)-tvm"))
+    plan.resume = a.has("resume")
+    plan.steps = steps
+    plan.snapshotEvery = every
+    plan.timeBudget = budget
+    plan.flip = a.has("flip")
+    plan.sampleGuidance = sampleCFG
+    let scaleText: String
+    switch scale {
+    case .constant(let w): scaleText = "\(w)"
+    case .uniform(let lo, let hi): scaleText = "\(lo),\(hi)"
+    default: scaleText = "off"
+    }
+    let emaText = ([config.evalEMA] + config.extraEMAs).map(\.description).joined(separator: ",")
+    plan.description = .object([
+        ("method", .string(method.rawValue)), ("data", .string(dataName)), ("count", .number(Double(data.count))),
+        ("class_names", .array(data.classNames.map { .string($0) })),
+        ("batch", .number(Double(config.batch))), ("lr", .number(config.lr)),
+        ("beta1", .number(config.beta1)), ("beta2", .number(config.beta2)), ("weight_decay", .number(config.weightDecay)),
+        ("ema", .string(emaText)), ("ema_target", .number(config.emaTargetDecay)),
+        ("cfg", .string(scaleText)), ("sample_cfg", .number(sampleCFG)),
+        ("label_dropout", .number(config.guidance.labelDropout)),
+        ("scaled_param", .bool(config.guidance.scaledParameterization)),
+        ("seed", .number(Double(config.seed))), ("flip", .bool(plan.flip)),
+    ] + faultJSON(config.faults))
+
+    do {
+        let loop = try TrainingLoop(model: model, config: config, data: data, plan: plan, parallel: session?.parallel,
+                                    observer: TrainingProgress(), clock: now)
+        guard try loop.start() else {
+            session?.close()
+            return
+        }
+        let (total, trainable) = loop.trainer.net.parameterCount
+        Console.info("TVM on \(dataName): \(data.count) images \(data.channels)x\(data.height)x\(data.width), \(data.classes) classes; "
+            + "DiT patch \(model.patch) hidden \(model.hidden) depth \(model.depth) heads \(model.heads) (\(trainable) trainable of \(total)); "
+            + "batch \(config.batch), lr \(config.lr), cfg \(scaleText); \(deviceDescription())"
+            + (session.map { "; " + $0.description } ?? ""))
+        try loop.run()
+    } catch let e as TrainingLoopError {
+        throw CLIError(inOptionTerms: e)
+    }
+    session?.close()
+}
+
+extension CLIError {
+    /// A training loop's failure, in the words of `tvm train`'s options.
+    init(inOptionTerms e: TrainingLoopError) {
+        switch e {
+        case .runExists: self.init("\(e); add --resume to continue it, or pick another --out to start afresh")
+        case .noCheckpoint(let path): self.init("--resume: no checkpoint at \(path)")
+        case .stoppedByFault(let fault, let kept): self.init("\(fault) (--on-fault stop); \(kept)")
+        case .checkpointNotSaved: self.init(e.description)
+        }
+    }
+}
+
+/// A training loop's notes on stderr, and its progress: a bar toward the step count, or with a time budget alone
+/// a line every 10 steps.
+final class TrainingProgress: TrainingObserver {
+    private var bar: ProgressBar?
+    private var steps: Int?
+
+    func note(_ line: String) { Console.info(line) }
+
+    func starting(steps: Int?) {
+        self.steps = steps
+        bar = ProgressBar("TVM".padding(6), total: steps ?? 0)
+    }
+
+    func stepped(_ stats: StepStats, rate: Double, elapsed: Double) {
+        if steps != nil {
+            bar?.update(step: stats.step, loss: stats.loss)
+        } else if stats.step % 10 == 0 {
+            Console.info("step \(stats.step) loss \(fmt(stats.loss)) \(fmt(rate, 1)) it/s elapsed \(formatDuration(elapsed))")
+        }
+    }
+}

@@ -1,0 +1,110 @@
+import TensorCore
+import NN
+import TVM
+import Data
+import Formats
+
+/// `tvm sample`: images from a training checkpoint, as a PNG grid, an NPY array and a folder of PNGs per class.
+struct SampleCommand: Command {
+    let name = "sample"
+    let summary = "sample images from an image-training checkpoint (PNG grid, NPY, PNG folder)"
+    let help = """
+        tvm sample --checkpoint FILE [--n 100] [--nfe 1] [--cfg 2] [--classes 0,1,2] [--seed N] [--out grid.png]
+                   [--npy FILE] [--folder DIR] [--weights ema|ema:SCHEDULE|student|teacher] [--columns 10]
+          Samples images from a training checkpoint (by default with the evaluation EMA; ema:SCHEDULE picks one of
+          the extra EMAs the run kept, e.g. ema:power:32; teacher is the EMA target) in --nfe steps with
+          guidance scale --cfg (a flow-matching checkpoint: --nfe Euler steps, each evaluating the class and the null
+          class for classifier-free guidance). Classes: --classes, spread over the n samples in blocks (default all classes).
+          Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of values in [-1, 1]
+          and a folder with one subfolder of PNGs per class.
+        """
+
+    func run(_ args: [String]) throws {
+        let a = try Arguments(command: "sample", args, options: ["checkpoint", "n", "nfe", "cfg", "classes", "seed", "out", "npy",
+                                                                  "folder", "weights", "columns"])
+        try a.expectPositional(0, "no positional arguments (use --checkpoint FILE)")
+        guard let path = a.string("checkpoint") else { throw CLIError("tvm sample needs --checkpoint FILE", usage: true) }
+        let n = try a.int("n", default: 100, range: 1...1_000_000)
+        let nfe = try a.int("nfe", default: 1, range: 1...10_000)
+        let cfg = try a.double("cfg", default: 2, range: 1e-6...1e6)
+        let seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
+        let columns = try a.int("columns", default: 10, range: 1...10_000)
+        let weightsName = a.string("weights", default: "ema")
+        // ema:SCHEDULE names an extra EMA by its schedule, written as the checkpoint writes it (power:8.0 is power:8).
+        let extraEMA = weightsName.lowercased().hasPrefix("ema:") ? (try? parseEMA(String(weightsName.dropFirst(4))))?.description : nil
+        let part = ["ema": TrainingCheckpoint.Part.ema, "student": .student, "teacher": .teacher][weightsName.lowercased()]
+        guard part != nil || extraEMA != nil else {
+            throw CLIError("--weights must be ema, ema:SCHEDULE, student or teacher, got '\(weightsName)'", usage: true)
+        }
+        // Every destination is checked before anything is computed or written, so a bad --npy or --folder
+        // does not leave a fresh grid next to an error.
+        let out = a.string("out", default: "samples.png")
+        try checkOutputFile(out, flag: "--out")
+        if let npy = a.string("npy") { try checkOutputFile(npy, flag: "--npy") }
+        if let folder = a.string("folder"), FileSystem.exists(folder) && !FileSystem.isDirectory(folder) {
+            throw CLIError("--folder \(folder): exists and is not a folder")
+        }
+        guard FileSystem.exists(path) else { throw CLIError("\(path): no such file") }
+        let ck = try TrainingCheckpoint.read(path: path, parts: part.map { [$0] } ?? [], extraEMAs: extraEMA.map { [$0] } ?? [])
+        let weights = part.map { ck[$0] } ?? ck.extraEMAs[extraEMA!]!
+        let model = ck.model
+        let K = model.numClasses
+        guard K >= 1 else { throw CLIError("\(path): the model has no classes; tvm sample needs a class-conditional checkpoint") }
+        var classList = Array(0..<max(K, 1))
+        if let s = a.string("classes") {
+            let parts = commaSeparated(s).map { Int($0) }
+            guard !parts.isEmpty, parts.allSatisfy({ $0 != nil && $0! >= 0 && $0! < K }) else {
+                throw CLIError("--classes must be a comma-separated list of class indices in 0..<\(K), got '\(s)'", usage: true)
+            }
+            classList = parts.map { $0! }
+        }
+        let labels = (0..<n).map { classList[$0 * classList.count / n] }
+        let net = try DiT(model)
+        let scaled = ck.training["scaled_param"]?.bool ?? true
+        // A flow-matching checkpoint samples with --nfe Euler steps and classifier-free guidance (2 evaluations a step).
+        let flowMatching = ck.training["method"]?.string == Method.flowMatching.rawValue
+        let C = model.inChannels, R = model.inputSize, size = C * R * R
+        var rng = RandomGenerator(seed: seed)
+        let noise = rng.normalFloats(n * size)
+        var samples: [Float] = []
+        samples.reserveCapacity(n * size)
+        let chunk = 256
+        var start = 0
+        while start < n {
+            let m = min(chunk, n - start)
+            let x = Tensor(Array(noise[(start * size)..<((start + m) * size)]), shape: [m, C, R, R])
+            let cond = Conditioning.sampling(labels: Array(labels[start..<(start + m)]), classes: K, guidance: cfg)
+            if flowMatching {
+                samples += sampleEuler(network: net, params: weights, noise: x, steps: nfe, cond: cond, guidance: cfg).floats
+            } else {
+                samples += sampleFlowMap(network: net, params: weights, noise: x, steps: nfe, cond: cond,
+                                         kappa: scaled ? cfg : 1).floats
+            }
+            start += m
+        }
+        try writeImageGrid(samples, n: n, channels: C, side: R, columns: columns, path: out)
+        var wrote = [out]
+        if let npy = a.string("npy") {
+            try NPYArray.write(path: npy, shape: [n, C, R, R], floats: samples)
+            wrote.append(npy)
+        }
+        if let folder = a.string("folder") {
+            let names = ck.training["class_names"]?.array?.compactMap(\.string)
+            try FileSystem.makeDirectories(folder)
+            let set = try ImageDataset(images: samples, labels: labels, channels: C, height: R, width: R, classes: K,
+                                       classNames: names?.count == K ? names : nil)
+            try set.writePNGFolder(folder)
+            wrote.append(folder + "/")
+        }
+        Console.info("\(n) samples, \(nfe) NFE, cfg \(cfg), \(weightsName) weights of step \(ck.step): wrote \(wrote.joined(separator: ", "))")
+    }
+}
+
+/// A file that `flag` will write: its folder must exist, and it must not itself be a folder.
+func checkOutputFile(_ path: String, flag: String) throws {
+    if FileSystem.isDirectory(path) { throw CLIError("\(flag) \(path): is a folder, not a file") }
+    let folder = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+    guard FileSystem.isDirectory(folder.isEmpty ? "/" : folder) else {
+        throw CLIError("\(flag) \(path): the folder \(folder) does not exist")
+    }
+}

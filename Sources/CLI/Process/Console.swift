@@ -1,0 +1,100 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Terminal output: messages to stderr, results to stdout, and a one-line progress bar.
+enum Console {
+    /// A note about the setup (the CPU fallback of --device auto), held back until the command prints
+    /// anything: a command refused for bad input then prints only its one error line.
+    nonisolated(unsafe) static var pendingNote: String?
+    /// Set in the ranks other than 0 of a data-parallel run: one process speaks for the run.
+    nonisolated(unsafe) static var quiet = false
+
+    static func info(_ s: String) {
+        guard !quiet else { return }
+        flushNote()
+        fputs(s + "\n", stderr)
+    }
+
+    static func out(_ s: String) {
+        flushNote()
+        print(s)
+    }
+
+    static func flushNote() {
+        guard let note = pendingNote else { return }
+        pendingNote = nil
+        if !quiet { fputs(note + "\n", stderr) }
+    }
+}
+
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+func formatDuration(_ s: Double) -> String {
+    guard s.isFinite, s >= 0 else { return "--:--" }
+    let t = Int(s.rounded())
+    return t >= 3600 ? "\(t / 3600):" + pad2((t / 60) % 60) + ":" + pad2(t % 60) : "\(t / 60):" + pad2(t % 60)
+}
+
+private func pad2(_ v: Int) -> String { v < 10 ? "0\(v)" : "\(v)" }
+
+func fmt(_ v: Double, _ digits: Int = 4) -> String {
+    guard v.isFinite else { return "\(v)" }
+    var p = 1.0
+    for _ in 0..<digits { p *= 10 }
+    let r = (v * p).rounded() / p
+    var s = "\(r)"
+    if let dot = s.firstIndex(of: ".") {
+        let decimals = s.distance(from: dot, to: s.endIndex) - 1
+        if decimals < digits { s += String(repeating: "0", count: digits - decimals) }
+    } else {
+        s += "." + String(repeating: "0", count: digits)
+    }
+    return s
+}
+
+/// Progress on one stderr line, redrawn in place on a terminal at most 5 times a second (a plain line every 10 s
+/// otherwise): training steps with the loss, or images done.
+final class ProgressBar {
+    let label: String
+    let total: Int
+    let start = now()
+    var lastDraw = 0.0
+    let tty = isatty(2) != 0
+
+    init(_ label: String, total: Int) {
+        self.label = label
+        self.total = total
+    }
+
+    /// "label [####....] step s/total loss L r it/s ETA".
+    func update(step: Int, loss: Double, extra: String = "") {
+        redraw(step) { rate, eta in
+            let width = 24, filled = self.total > 0 ? width * step / self.total : width
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            return "\(self.label) [\(bar)] step \(step)/\(self.total) loss \(fmt(loss)) \(fmt(rate, 1)) it/s ETA \(eta)\(extra)"
+        }
+    }
+
+    /// "label: done/total images, r images/s, ETA".
+    func update(images done: Int) {
+        redraw(done) { rate, eta in "\(self.label): \(done)/\(self.total) images, \(fmt(rate, 1)) images/s, ETA \(eta)" }
+    }
+
+    private func redraw(_ done: Int, _ line: (_ rate: Double, _ eta: String) -> String) {
+        guard !Console.quiet else { return }
+        let t = now()
+        guard done == total || t - lastDraw >= (tty ? 0.2 : 10) else { return }
+        lastDraw = t
+        Console.flushNote()
+        let rate = Double(done) / max(t - start, 1e-9)
+        let text = line(rate, formatDuration(Double(total - done) / max(rate, 1e-9)))
+        if tty { fputs("\r\u{1B}[2K" + text + (done == total ? "\n" : ""), stderr) } else { fputs(text + "\n", stderr) }
+    }
+
+    var elapsed: Double { now() - start }
+}

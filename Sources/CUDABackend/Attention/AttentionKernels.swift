@@ -1,0 +1,70 @@
+import TensorCore
+
+// Backend's attention: the flash kernels where they apply (FlashAttentionKernels.swift), else Attention.cu's
+// warp-per-row kernels.
+extension CUDABackend {
+    /// Zeros of `count` elements, for a missing tangent or cotangent.
+    private func zeros(_ count: Int, _ dtype: DType) -> Storage {
+        let s = allocate(count, dtype)
+        fill(s, value: 0)
+        return s
+    }
+
+    /// The narrowest warp-per-row instance for head dim `dim` among `kernels`.
+    private func laneKernel<K>(_ kernels: [K], _ what: String, tangent: Bool, dim: Int, _ axes: (K) -> (tangent: Bool, width: Int)) -> K {
+        guard let k = rowKernel(kernels.filter { axes($0).tangent == tangent }, cols: dim, width: { axes($0).width }) else {
+            fatalError("CUDA attention: head dimension \(dim) is larger than Attention.cu's \(what) kernels take")
+        }
+        return k
+    }
+
+    public func attention(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
+                          o: Storage, to: Storage?, lse: Storage, geometry g: AttentionGeometry) {
+        let rows = g.rows
+        guard rows > 0 && g.dim > 0 else { return }
+        let dtype = q.dtype, count = g.count
+        let z = to != nil && (tq == nil || tk == nil || tv == nil) ? zeros(count, dtype) : nil
+        let tangents = to == nil ? nil : (q: tq ?? z!, k: tk ?? z!, v: tv ?? z!)
+        if flashEligible(dtype, g, [q, k, v, tq, tk, tv, o, to, lse]) {
+            flashForward(q: q, k: k, v: v, tangents: tangents, o: o, to: to, lse: lse, geometry: g)
+            return
+        }
+        let f = laneKernel(kernels(AttentionKernels.self, dtype).attnFwd, "attn_fwd", tangent: to != nil, dim: g.dim) { ($0.tangent, $0.width) }
+        f.launch(on: self, grid: ((rows + 7) / 8, 1), q: addr(q), k: addr(k), v: addr(v), tq: addr(tangents?.q), tk: addr(tangents?.k),
+                 tv: addr(tangents?.v), o: addr(o), to: addr(to), lse: addr(lse), rows: rows, n: g.seq, heads: g.heads, d: g.dim,
+                 scale: g.scale)
+    }
+
+    public func attentionBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
+                                  o: Storage, to: Storage?, lse: Storage, go: Storage?, gto: Storage?,
+                                  dq: Storage, dk: Storage, dv: Storage, dtq: Storage?, dtk: Storage?, dtv: Storage?,
+                                  geometry g: AttentionGeometry) {
+        let rows = g.rows
+        guard rows > 0 && g.dim > 0 else { return }
+        let dtype = q.dtype, count = g.count
+        let tangent = tq != nil || tk != nil || tv != nil || gto != nil || dtq != nil || dtk != nil || dtv != nil
+        let needZeros = go == nil || (tangent && (tq == nil || tk == nil || tv == nil || gto == nil))
+        let z = needZeros ? zeros(count, dtype) : nil
+        let goS = go ?? z!
+        let tqS = tangent ? (tq ?? z!) : nil, tkS = tangent ? (tk ?? z!) : nil, tvS = tangent ? (tv ?? z!) : nil
+        let gtoS = tangent ? (gto ?? z!) : nil
+        let dtqS = tangent ? (dtq ?? allocate(count, dtype)) : nil
+        let dtkS = tangent ? (dtk ?? allocate(count, dtype)) : nil
+        let dtvS = tangent ? (dtv ?? allocate(count, dtype)) : nil
+        if flashEligible(dtype, g, [q, k, v, tqS, tkS, tvS, lse, goS, gtoS, dq, dk, dv, dtqS, dtkS, dtvS]) {
+            flashBackward(q: q, k: k, v: v, tq: tqS, tk: tkS, tv: tvS, lse: lse, go: goS, gto: gtoS, dq: dq, dk: dk, dv: dv,
+                          dtq: dtqS, dtk: dtkS, dtv: dtvS, tangent: tangent, geometry: g)
+            return
+        }
+        let set = kernels(AttentionKernels.self, dtype), stats = allocate(rows * 3, dtype)
+        let rowsKernel = laneKernel(set.attnBwdRows, "attn_bwd_rows", tangent: tangent, dim: g.dim) { ($0.tangent, $0.width) }
+        rowsKernel.launch(on: self, grid: ((rows + 7) / 8, 1), q: addr(q), k: addr(k), v: addr(v), tq: addr(tqS), tk: addr(tkS),
+                          tv: addr(tvS), lse: addr(lse), go: addr(goS), gto: addr(gtoS), dq: addr(dq), dtq: addr(dtqS),
+                          stats: addr(stats), rows: rows, n: g.seq, heads: g.heads, d: g.dim, scale: g.scale)
+        let colsKernel = laneKernel(set.attnBwdCols, "attn_bwd_cols", tangent: tangent, dim: g.dim) { ($0.tangent, $0.width) }
+        colsKernel.launch(on: self, grid: ((rows + 7) / 8, 1), q: addr(q), k: addr(k), v: addr(v), tq: addr(tqS), tk: addr(tkS),
+                          tv: addr(tvS), lse: addr(lse), go: addr(goS), gto: addr(gtoS), stats: addr(stats), dk: addr(dk),
+                          dv: addr(dv), dtk: addr(dtkS), dtv: addr(dtvS), rows: rows, n: g.seq, heads: g.heads, d: g.dim,
+                          scale: g.scale)
+    }
+}

@@ -1,0 +1,23 @@
+// Element type conversions: float32 <-> float64 (Backend.convert) and float32 to bfloat16 (the operand copies of
+// bf16 matrix products, Matmul/BF16Operands.swift). One module for both element types. Launchers:
+// ConversionKernels.swift.
+#include "../common.cuh"
+
+TVM_KERNEL_F32(convert_f32_f64, (256), (const float* x, double* y, i64 n)) {
+    for (i64 i = gtid(); i < n; i += gstride()) y[i] = (double)x[i];
+}
+TVM_KERNEL_F32(convert_f64_f32, (256), (const double* x, float* y, i64 n)) {
+    for (i64 i = gtid(); i < n; i += gstride()) y[i] = (float)x[i];
+}
+/// Four values per thread and step (16 bytes in, 8 out); storages start 16-byte aligned.
+TVM_KERNEL_F32(convert_f32_bf16, (256), (const float* x, unsigned short* y, i64 n)) {
+    const i64 packs = n / 4;
+    for (i64 i = gtid(); i < packs; i += gstride()) {
+        const float4 v = reinterpret_cast<const float4*>(x)[i];
+        uint2 o;
+        o.x = (u32)bf16_bits(v.x) | ((u32)bf16_bits(v.y) << 16);
+        o.y = (u32)bf16_bits(v.z) | ((u32)bf16_bits(v.w) << 16);
+        reinterpret_cast<uint2*>(y)[i] = o;
+    }
+    for (i64 i = packs * 4 + gtid(); i < n; i += gstride()) y[i] = bf16_bits(x[i]);
+}

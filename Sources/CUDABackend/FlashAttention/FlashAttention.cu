@@ -1,0 +1,672 @@
+// Fused flash attention (float32 tensors, head dims 64 and 72): forward with the tangent, and the backward's
+// query side (dq) and key side (dk, dv). Launchers and launch geometry: FlashAttentionKernels.swift.
+#include "../common.cuh"
+
+// Fused flash attention for float32 tensors and head dims 64 and 72: tiles of 16 query
+// (or key) rows per warp through tensor cores with float32 accumulators, in one of three operand precisions
+// (PREC, FlashAttentionKernels.swift's FlashPrecision). FP_X3 (the default float32 path) splits every operand x into
+// hi = tf32(x) and lo = tf32(x - hi) and sums lo*hi + hi*lo + hi*hi with mma.m16n8k8 TF32: three products for
+// about float32 accuracy (3xTF32). FP_TF32 (allowTF32) uses hi*hi alone. FP_BF16 (bf16Products) rounds q, k,
+// v, their tangents and the cotangents to bfloat16 when a tile is staged in shared memory, and the softmax
+// weights (and their tangents and gradients) when they become the left operand of the next product, as bf16
+// flash attention does, and multiplies with mma.m16n8k16 BF16: one instruction per 16 columns of k instead
+// of 2 (TF32) or 6 (3xTF32). Nothing of size seq x seq reaches memory: scores live in registers, one key (or
+// query) block at a time, with an online softmax in the forward pass and the saved row log-sum-exp in the
+// backward pass. Operands are token-major (attn_head_offset): grid.y runs over batch * heads, a head's rows
+// are heads * D floats apart, and lse and the row statistics are [batch * heads, n].
+//
+// Fragment layouts (g = lane / 4, t = lane % 4). mma.m16n8k8 TF32: A (16x8) a0 = A[g][t], a1 = A[g+8][t],
+// a2 = A[g][t+4], a3 = A[g+8][t+4]; B (8x8) b0 = B[t][g], b1 = B[t+4][g]. mma.m16n8k16 BF16 (two values per
+// register, the lower column in the lower half): A (16x16) a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1],
+// a2 = A[g][2t+8, 2t+9], a3 = A[g+8][2t+8, 2t+9]; B (16x8) b0 = B[2t, 2t+1][g], b1 = B[2t+8, 2t+9][g]. Both:
+// C (16x8) c0, c1 = C[g][2t, 2t+1], c2, c3 = C[g+8][2t, 2t+1]. An accumulator tile becomes the A operand of
+// the next product without moving data between lanes: in TF32 as (c0, c2, c1, c3), its column 2t playing
+// k = t and 2t+1 playing k = t+4, the B operand read in the same order (rows 2t and 2t+1 of the tile); in
+// BF16 two adjacent tiles (columns 0-7 and 8-15) are exactly one A fragment of 16 columns. BF16 fragments come
+// from shared memory by ldmatrix (x4 for A, x2 for B, x2.trans for B = a row-major tile itself).
+#define FP_X3 0
+#define FP_TF32 1
+#define FP_BF16 2
+#ifndef TVM_EMULATE
+__device__ __forceinline__ u32 f2tf32(float x) { u32 r; asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x)); return r; }
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/// Two floats rounded to bfloat16 (to nearest even) in one register, lo in the lower half.
+__device__ __forceinline__ u32 bf16x2(float lo, float hi) { u32 r; asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r; }
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((u32)__cvta_generic_to_shared(p)));
+}
+__device__ __forceinline__ void ldsm_x2(u32 (&r)[2], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"((u32)__cvta_generic_to_shared(p)));
+}
+__device__ __forceinline__ void ldsm_x2_trans(u32 (&r)[2], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"((u32)__cvta_generic_to_shared(p)));
+}
+__device__ __forceinline__ u32 dynamic_smem_bytes() { u32 r; asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r)); return r; }
+#endif
+
+/// Per precision: the shared-memory element (bf16 bits for FP_BF16), the columns of k one product step takes
+/// (in units of 8), whether operands are split (3xTF32), the columns of a tile (D, or D rounded up to 16 for
+/// BF16, the extra columns zero) and the tile pitch in elements (padded so that every fragment load, and every
+/// ldmatrix phase, touches 32 different banks: 68 / 76 floats, 72 / 88 bf16 values for D = 64 / 72).
+template<int PREC> struct FlashPrec {
+    typedef float E;
+    static constexpr int KS = 1;
+    static constexpr bool SPLIT = PREC == FP_X3;
+    template<int D> static constexpr int cols() { return D; }
+    template<int D> static constexpr int ld() { return D + 4; }
+};
+template<> struct FlashPrec<FP_BF16> {
+    typedef unsigned short E;
+    static constexpr int KS = 2;
+    static constexpr bool SPLIT = false;
+    template<int D> static constexpr int cols() { return (D + 15) / 16 * 16; }
+    template<int D> static constexpr int ld() { return cols<D>() + 8; }
+};
+
+/// A operand (TF32: 16x8, split into hi and lo parts for 3xTF32; BF16: 16x16 in h) and B operand (8x8; 16x8).
+template<int PREC> struct FragA { u32 h[4], l[4]; };
+template<int PREC> struct FragB { u32 h[2], l[2]; };
+
+template<int PREC> __device__ __forceinline__ void tf32_parts(float x, u32& h, u32& l) {
+    h = f2tf32(x);
+    l = FlashPrec<PREC>::SPLIT ? f2tf32(x - __uint_as_float(h)) : 0u;
+}
+template<int PREC> __device__ __forceinline__ FragA<PREC> frag_a(float x0, float x1, float x2, float x3) {
+    FragA<PREC> f;
+    tf32_parts<PREC>(x0, f.h[0], f.l[0]);
+    tf32_parts<PREC>(x1, f.h[1], f.l[1]);
+    tf32_parts<PREC>(x2, f.h[2], f.l[2]);
+    tf32_parts<PREC>(x3, f.h[3], f.l[3]);
+    return f;
+}
+template<int PREC> __device__ __forceinline__ FragB<PREC> frag_b(float x0, float x1) {
+    FragB<PREC> f;
+    tf32_parts<PREC>(x0, f.h[0], f.l[0]);
+    tf32_parts<PREC>(x1, f.h[1], f.l[1]);
+    return f;
+}
+/// c += a b (16x8x8 TF32, 16x8x16 BF16). With 3xTF32 the three products go into a zeroed accumulator, added
+/// to c with a rounded float add: the tensor cores' float32 accumulation truncates (rounds toward zero), a
+/// bias that grows with the number of products summed into one accumulator (measured 1.5e-5 relative at
+/// S = 1024 when a whole row's products went into one); this keeps it at three products' worth.
+template<int PREC> __device__ __forceinline__ void tc_mma(float (&c)[4], const FragA<PREC>& a, const FragB<PREC>& b) {
+    if constexpr (PREC == FP_BF16) {
+        mma_bf16(c, a.h, b.h[0], b.h[1]);
+    } else if constexpr (PREC == FP_X3) {
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_tf32(d, a.l, b.h[0], b.h[1]);
+        mma_tf32(d, a.h, b.l[0], b.l[1]);
+        mma_tf32(d, a.h, b.h[0], b.h[1]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c[i] += d[i];
+    } else {
+        mma_tf32(c, a.h, b.h[0], b.h[1]);
+    }
+}
+/// A operand from a row-major shared tile [rows][LD]: rows r0..r0+15, columns k0..k0+8*KS-1.
+template<int PREC, int LD> __device__ __forceinline__ FragA<PREC> lds_a(const typename FlashPrec<PREC>::E* s, int r0, int k0, int g, int t) {
+    if constexpr (PREC == FP_BF16) {
+        const int lane = 4 * g + t;
+        FragA<PREC> f;
+        ldsm_x4(f.h, s + (r0 + (lane & 15)) * LD + k0 + (lane >> 4) * 8);
+        return f;
+    } else {
+        const float* p = s + (r0 + g) * LD + k0 + t;
+        return frag_a<PREC>(p[0], p[8 * LD], p[4], p[8 * LD + 4]);
+    }
+}
+/// B operand B[k][n] = Y[n0 + n][k0 + k] of a row-major shared tile Y [rows][LD] (a product with Y^T).
+template<int PREC, int LD> __device__ __forceinline__ FragB<PREC> lds_bt(const typename FlashPrec<PREC>::E* s, int n0, int k0, int g, int t) {
+    if constexpr (PREC == FP_BF16) {
+        const int lane = 4 * g + t;
+        FragB<PREC> f;
+        ldsm_x2(f.h, s + (n0 + (lane & 7)) * LD + k0 + ((lane >> 3) & 1) * 8);
+        return f;
+    } else {
+        const float* p = s + (n0 + g) * LD + k0 + t;
+        return frag_b<PREC>(p[0], p[4]);
+    }
+}
+/// B operand B[k][n] = Y[k0 + k'][n0 + n] of a row-major shared tile Y: the right operand of a product with
+/// acc_a. TF32: k' in the accumulator order (k = t is row 2t, k = t+4 is row 2t+1); BF16: k' = k.
+template<int PREC, int LD> __device__ __forceinline__ FragB<PREC> lds_bn(const typename FlashPrec<PREC>::E* s, int k0, int n0, int g, int t) {
+    if constexpr (PREC == FP_BF16) {
+        const int lane = 4 * g + t;
+        FragB<PREC> f;
+        ldsm_x2_trans(f.h, s + (k0 + (lane & 15)) * LD + n0);
+        return f;
+    } else {
+        const float* p = s + (k0 + 2 * t) * LD + n0 + g;
+        return frag_b<PREC>(p[0], p[LD]);
+    }
+}
+/// Accumulator tiles as the A operand of the next product (see above): TF32 takes c0 (columns 0-7 of k), BF16
+/// c0 and c1 (columns 0-15), rounded to bfloat16.
+template<int PREC> __device__ __forceinline__ FragA<PREC> acc_a(const float (&c0)[4], const float (&c1)[4]) {
+    if constexpr (PREC == FP_BF16) {
+        FragA<PREC> f;
+        f.h[0] = bf16x2(c0[0], c0[1]);
+        f.h[1] = bf16x2(c0[2], c0[3]);
+        f.h[2] = bf16x2(c1[0], c1[1]);
+        f.h[3] = bf16x2(c1[2], c1[3]);
+        return f;
+    } else {
+        return frag_a<PREC>(c0[0], c0[2], c0[1], c0[3]);
+    }
+}
+
+/// Accumulator tiles to zero.
+template<int N> __device__ __forceinline__ void zero_tiles(float (&a)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[i][e] = 0.f;
+}
+
+// Which factor a term of a tile product takes: the operand itself or its tangent.
+#define PLAIN false
+#define TANGENT true
+
+/// A warp's products of its 16 rows of the shared tile sA with the N = 8-column tiles of the shared tile sB
+/// transposed (out[c] = A Y^T, Y rows c * 8 .. c * 8 + 7), over the head dim (KDP steps of 8 columns): out0 += A B^T
+/// and with TAN, in the same step, out1 += X1 Y1^T then out2 += X2 Y2^T, X1 and X2 the tangent tile tA (TANGENT) or
+/// A, Y1 and Y2 tB or B. out1 and out2 may be the same tiles (or out0). Within a step of k every product goes into
+/// its tile in this order, as the kernels always summed them (the order is part of the float32 result). UNROLL_K:
+/// unroll the loop over k (else a loop, fewer fragments live).
+template<int PREC, int LD, int KDP, bool TAN, bool UNROLL_K, bool X1, bool Y1, bool X2, bool Y2, int N>
+__device__ __forceinline__ void tile_products_bt(float (&out0)[N][4], float (&out1)[N][4], float (&out2)[N][4],
+        const typename FlashPrec<PREC>::E* sA, const typename FlashPrec<PREC>::E* sTA,
+        const typename FlashPrec<PREC>::E* sB, const typename FlashPrec<PREC>::E* sTB, int r0, int g, int t) {
+    constexpr int KS = FlashPrec<PREC>::KS;
+#pragma unroll (UNROLL_K ? KDP : 1)
+    for (int kk = 0; kk < KDP; kk += KS) {
+        const FragA<PREC> a = lds_a<PREC, LD>(sA, r0, kk * 8, g, t);
+        FragA<PREC> ta;
+        if (TAN) ta = lds_a<PREC, LD>(sTA, r0, kk * 8, g, t);
+#pragma unroll
+        for (int c = 0; c < N; ++c) {
+            const FragB<PREC> b = lds_bt<PREC, LD>(sB, c * 8, kk * 8, g, t);
+            tc_mma<PREC>(out0[c], a, b);
+            if (TAN) {
+                const FragB<PREC> tb = lds_bt<PREC, LD>(sTB, c * 8, kk * 8, g, t);
+                tc_mma<PREC>(out1[c], X1 ? ta : a, Y1 ? tb : b);
+                tc_mma<PREC>(out2[c], X2 ? ta : a, Y2 ? tb : b);
+            }
+        }
+    }
+}
+
+/// Register tiles p (and tp) of N = 8-column tiles, a warp's 16 rows, as the left operand of a product with the
+/// shared tile sB read as it is (out[i] columns i * 8 .. i * 8 + 7 of P Y, KD tiles): out0 += P B and with TAN
+/// out1 += X1 Y1 then out2 += X2 Y2 (X from P or tP, Y from B or tB), in this order per step, as tile_products_bt.
+template<int PREC, int LD, bool TAN, bool X1, bool Y1, bool X2, bool Y2, int KD, int N>
+__device__ __forceinline__ void tile_products_bn(float (&out0)[KD][4], float (&out1)[KD][4], float (&out2)[KD][4],
+        float (&p)[N][4], float (&tp)[N][4], const typename FlashPrec<PREC>::E* sB,
+        const typename FlashPrec<PREC>::E* sTB, int g, int t) {
+    constexpr int KS = FlashPrec<PREC>::KS;
+#pragma unroll
+    for (int c = 0; c < N; c += KS) {
+        const FragA<PREC> a = acc_a<PREC>(p[c], p[c + KS - 1]);
+        FragA<PREC> ta;
+        if (TAN) ta = acc_a<PREC>(tp[c], tp[c + KS - 1]);
+#pragma unroll
+        for (int i = 0; i < KD; ++i) {
+            const FragB<PREC> b = lds_bn<PREC, LD>(sB, c * 8, i * 8, g, t);
+            tc_mma<PREC>(out0[i], a, b);
+            if (TAN) {
+                const FragB<PREC> tb = lds_bn<PREC, LD>(sTB, c * 8, i * 8, g, t);
+                tc_mma<PREC>(out1[i], X1 ? ta : a, Y1 ? tb : b);
+                tc_mma<PREC>(out2[i], X2 ? ta : a, Y2 ? tb : b);
+            }
+        }
+    }
+}
+
+/// Rows row0..row0+ROWS-1 of a head (n rows of D floats, `ld` apart from `src`) into a shared tile
+/// [ROWS][LD] of FlashPrec<PREC>::cols<D>() columns (16-byte loads: src and ld are multiples of 4 floats;
+/// rows past n and columns past D are zeros), rounded to bfloat16 for FP_BF16.
+template<int D, int ROWS, int THREADS, int PREC>
+__device__ __forceinline__ void flash_load(typename FlashPrec<PREC>::E* s, const float* __restrict__ src, i64 ld, int row0, int n) {
+    constexpr int V = D / 4, VP = FlashPrec<PREC>::template cols<D>() / 4, LD = FlashPrec<PREC>::template ld<D>();
+#pragma unroll 4
+    for (int i = threadIdx.x; i < ROWS * VP; i += THREADS) {
+        const int r = i / VP, c = i - r * VP;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if ((VP == V || c < V) && row0 + r < n) x = reinterpret_cast<const float4*>(src + (row0 + r) * ld)[c];
+        if constexpr (PREC == FP_BF16) {
+            *reinterpret_cast<uint2*>(s + r * LD + 4 * c) = make_uint2(bf16x2(x.x, x.y), bf16x2(x.z, x.w));
+        } else {
+            *reinterpret_cast<float4*>(s + r * LD + 4 * c) = x;
+        }
+    }
+}
+/// Launch geometry the kernel was built for; a mismatch with the host's table stops the kernel.
+template<int THREADS, int SMEM> __device__ __forceinline__ void flash_check_launch() {
+    if (threadIdx.x == 0 && (blockDim.x != THREADS || dynamic_smem_bytes() < (u32)SMEM)) __trap();
+}
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+/// Forward (grid: query blocks of 16 * WARPS rows, heads): o, lse, and with TAN the tangent
+/// to_i = sum_j P_ij tS_ij v_j - mu_i o_i + sum_j P_ij tv_j (mu_i = sum_j P_ij tS_ij), accumulated in one pass
+/// over key blocks of BC: acc = sum p v, tacc = sum p (tS v + tv), rescaled with the running max.
+/// With `stats` (the backward's pre-pass) nothing is stored but, per row, float4 (lseIn, mu, rho, dotPdP):
+/// rho = gto.o, dotPdP = sum_j P_ij dP_ij = go.o + gto.to - mu rho (TAN) or go.o.
+template<int D, int WARPS, int BC, bool TAN, int PREC>
+__device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, const float* __restrict__ k,
+        const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
+        const float* __restrict__ tv, float* __restrict__ o, float* __restrict__ to, float* __restrict__ lse,
+        unsigned short* __restrict__ o16, unsigned short* __restrict__ to16,
+        const float* __restrict__ go, const float* __restrict__ gto, const float* __restrict__ lseIn,
+        float* __restrict__ stats, int n, int heads, float scale) {
+    typedef typename FlashPrec<PREC>::E E;
+    // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
+    constexpr int LD = FlashPrec<PREC>::template ld<D>(), KDP = FlashPrec<PREC>::template cols<D>() / 8;
+    constexpr int BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
+    constexpr int NQ = TAN ? 2 : 1, NK = TAN ? 4 : 2;
+    constexpr int SMEM = (BR * NQ + BC * NK) * LD * (int)sizeof(E);
+    flash_check_launch<THREADS, SMEM>();
+    extern __shared__ float4 flash_smem[];
+    E* sQ = reinterpret_cast<E*>(flash_smem);
+    E* sTQ = sQ + BR * LD;
+    E* sK = sQ + NQ * BR * LD;
+    E* sV = sK + BC * LD;
+    E* sTK = sV + BC * LD;
+    E* sTV = sTK + BC * LD;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
+    const int q0 = blockIdx.x * BR;
+    const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D;
+    flash_load<D, BR, THREADS, PREC>(sQ, q + hb, ld, q0, n);
+    if (TAN) flash_load<D, BR, THREADS, PREC>(sTQ, tq + hb, ld, q0, n);
+    float acc[KD][4], tacc[KD][4];
+    zero_tiles(acc);
+    zero_tiles(tacc);
+    float m[2] = {-inf_<float>(), -inf_<float>()}, l[2] = {0.f, 0.f}, mu[2] = {0.f, 0.f};
+    for (int j0 = 0; j0 < n; j0 += BC) {
+        __syncthreads();
+        flash_load<D, BC, THREADS, PREC>(sK, k + hb, ld, j0, n);
+        flash_load<D, BC, THREADS, PREC>(sV, v + hb, ld, j0, n);
+        if (TAN) {
+            flash_load<D, BC, THREADS, PREC>(sTK, tk + hb, ld, j0, n);
+            flash_load<D, BC, THREADS, PREC>(sTV, tv + hb, ld, j0, n);
+        }
+        __syncthreads();
+        // s = q k^T, ts = tq k^T + q tk^T.
+        float s[NC][4], ts[NC][4];
+        zero_tiles(s);
+        zero_tiles(ts);
+        tile_products_bt<PREC, LD, KDP, TAN, true, TANGENT, PLAIN, PLAIN, TANGENT>(s, ts, ts, sQ, sTQ, sK, sTK, r0, g, t);
+        // Online softmax. This lane holds rows g (e = 0, 1) and g + 8 (e = 2, 3) of its warp's 16.
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int c = 0; c < NC; ++c)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const bool valid = j0 + c * 8 + 2 * t + (e & 1) < n;
+                s[c][e] = valid ? s[c][e] * scale : -inf_<float>();
+                if (TAN) ts[c][e] *= scale;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[c][e]);
+            }
+        float alpha[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            mx[h] = quad_max(mx[h]);
+            alpha[h] = m_exp(m[h] - mx[h]);
+            m[h] = mx[h];
+            l[h] *= alpha[h];
+            mu[h] *= alpha[h];
+        }
+#pragma unroll
+        for (int i = 0; i < KD; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) { acc[i][e] *= alpha[e >> 1]; if (TAN) tacc[i][e] *= alpha[e >> 1]; }
+#pragma unroll
+        for (int c = 0; c < NC; ++c)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = m_exp(s[c][e] - m[e >> 1]);
+                l[e >> 1] += p;
+                s[c][e] = p;
+                if (TAN) { ts[c][e] *= p; mu[e >> 1] += ts[c][e]; }
+            }
+        // acc += P V; tacc += (P o tS) V + P tV (k runs over this block's keys).
+        tile_products_bn<PREC, LD, TAN, TANGENT, PLAIN, PLAIN, TANGENT>(acc, tacc, tacc, s, ts, sV, sTV, g, t);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) { l[h] = quad_sum(l[h]); if (TAN) mu[h] = quad_sum(mu[h]); }
+    const i64 rowBase = (i64)blockIdx.y * n;
+    if (stats == nullptr) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = q0 + r0 + g + 8 * h;
+            if (row < n) {
+                const float inv = 1.f / l[h], muv = mu[h] * inv;
+                const i64 off = hb + row * ld + 2 * t;
+#pragma unroll
+                for (int i = 0; i < KD; ++i) {
+                    const float o0 = acc[i][2 * h] * inv, o1 = acc[i][2 * h + 1] * inv;
+                    *reinterpret_cast<float2*>(o + off + i * 8) = make_float2(o0, o1);
+                    store_bf16_pair(o16, off + i * 8, o0, o1);
+                    if (TAN) {
+                        const float t0 = tacc[i][2 * h] * inv - muv * o0, t1 = tacc[i][2 * h + 1] * inv - muv * o1;
+                        *reinterpret_cast<float2*>(to + off + i * 8) = make_float2(t0, t1);
+                        store_bf16_pair(to16, off + i * 8, t0, t1);
+                    }
+                }
+                if (t == 0) lse[rowBase + row] = m[h] + m_log(l[h]);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = q0 + r0 + g + 8 * h;
+            const float inv = 1.f / l[h], muv = TAN ? mu[h] * inv : 0.f;
+            float gdo = 0.f, rho = 0.f, gtt = 0.f;
+            if (row < n) {
+                const i64 off = hb + row * ld + 2 * t;
+#pragma unroll
+                for (int i = 0; i < KD; ++i) {
+                    const float o0 = acc[i][2 * h] * inv, o1 = acc[i][2 * h + 1] * inv;
+                    const float2 a = *reinterpret_cast<const float2*>(go + off + i * 8);
+                    gdo += a.x * o0 + a.y * o1;
+                    if (TAN) {
+                        const float2 b = *reinterpret_cast<const float2*>(gto + off + i * 8);
+                        rho += b.x * o0 + b.y * o1;
+                        gtt += b.x * (tacc[i][2 * h] * inv - muv * o0) + b.y * (tacc[i][2 * h + 1] * inv - muv * o1);
+                    }
+                }
+            }
+            gdo = quad_sum(gdo);
+            if (TAN) { rho = quad_sum(rho); gtt = quad_sum(gtt); }
+            if (row < n && t == 0)
+                *reinterpret_cast<float4*>(stats + (rowBase + row) * 4) =
+                    make_float4(lseIn[rowBase + row], muv, rho, TAN ? gdo + gtt - muv * rho : gdo);
+        }
+    }
+}
+
+/// Backward, query side (grid: query blocks of 16 * WARPS rows, heads): dq = scale sum_j (dS k + dtS tk),
+/// dtq = scale sum_j dtS k, one pass over key blocks of BC, P recomputed from the saved lse. Per pair:
+/// ts = scale (tq.k + q.tk), G = go.v + gto.tv, R = gto.v, dp = G + R (ts - mu) - ts rho,
+/// dS = P (dp - dotPdP), dtS = P (R - rho) (AttentionKernels.swift's formulas).
+template<int D, int WARPS, int BC, bool TAN, int PREC>
+__device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, const float* __restrict__ k,
+        const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
+        const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
+        const float* __restrict__ stats, float* __restrict__ dq, float* __restrict__ dtq, int n, int heads, float scale) {
+    typedef typename FlashPrec<PREC>::E E;
+    // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
+    constexpr int LD = FlashPrec<PREC>::template ld<D>(), KDP = FlashPrec<PREC>::template cols<D>() / 8;
+    constexpr int BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
+    constexpr int NS = TAN ? 4 : 2;
+    constexpr int SMEM = (BR + BC) * NS * LD * (int)sizeof(E);
+    flash_check_launch<THREADS, SMEM>();
+    extern __shared__ float4 flash_smem[];
+    E* sQ = reinterpret_cast<E*>(flash_smem);
+    E* sGO = sQ + BR * LD;
+    E* sTQ = sGO + BR * LD;
+    E* sGTO = sTQ + BR * LD;
+    E* sK = sQ + NS * BR * LD;
+    E* sV = sK + BC * LD;
+    E* sTK = sV + BC * LD;
+    E* sTV = sTK + BC * LD;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
+    const int q0 = blockIdx.x * BR;
+    const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D, rowBase = (i64)blockIdx.y * n;
+    flash_load<D, BR, THREADS, PREC>(sQ, q + hb, ld, q0, n);
+    flash_load<D, BR, THREADS, PREC>(sGO, go + hb, ld, q0, n);
+    if (TAN) {
+        flash_load<D, BR, THREADS, PREC>(sTQ, tq + hb, ld, q0, n);
+        flash_load<D, BR, THREADS, PREC>(sGTO, gto + hb, ld, q0, n);
+    }
+    float L[2], MU[2], RHO[2], DPP[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int row = q0 + r0 + g + 8 * h;
+        float4 st = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (row < n) st = *reinterpret_cast<const float4*>(stats + (rowBase + row) * 4);
+        L[h] = st.x; MU[h] = st.y; RHO[h] = st.z; DPP[h] = st.w;
+    }
+    float dqa[KD][4], dtqa[KD][4];
+    zero_tiles(dqa);
+    zero_tiles(dtqa);
+    for (int j0 = 0; j0 < n; j0 += BC) {
+        __syncthreads();
+        flash_load<D, BC, THREADS, PREC>(sK, k + hb, ld, j0, n);
+        flash_load<D, BC, THREADS, PREC>(sV, v + hb, ld, j0, n);
+        if (TAN) {
+            flash_load<D, BC, THREADS, PREC>(sTK, tk + hb, ld, j0, n);
+            flash_load<D, BC, THREADS, PREC>(sTV, tv + hb, ld, j0, n);
+        }
+        __syncthreads();
+        // s = q k^T, ts = tq k^T + q tk^T; gg = go v^T + gto tv^T, rr = gto v^T.
+        float s[NC][4], ts[NC][4], gg[NC][4], rr[NC][4];
+        zero_tiles(s);
+        zero_tiles(ts);
+        zero_tiles(gg);
+        zero_tiles(rr);
+        tile_products_bt<PREC, LD, KDP, TAN, true, TANGENT, PLAIN, PLAIN, TANGENT>(s, ts, ts, sQ, sTQ, sK, sTK, r0, g, t);
+        tile_products_bt<PREC, LD, KDP, TAN, true, TANGENT, PLAIN, TANGENT, TANGENT>(gg, rr, gg, sGO, sGTO, sV, sTV, r0, g, t);
+        // s <- dS, ts <- dtS.
+#pragma unroll
+        for (int c = 0; c < NC; ++c)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int h = e >> 1;
+                const bool valid = j0 + c * 8 + 2 * t + (e & 1) < n;
+                const float P = valid ? m_exp(s[c][e] * scale - L[h]) : 0.f;
+                if (TAN) {
+                    const float tsv = ts[c][e] * scale, r = rr[c][e];
+                    const float dp = gg[c][e] + r * (tsv - MU[h]) - tsv * RHO[h];
+                    s[c][e] = P * (dp - DPP[h]);
+                    ts[c][e] = P * (r - RHO[h]);
+                } else {
+                    s[c][e] = P * (gg[c][e] - DPP[h]);
+                }
+            }
+        // dq += dS k + dtS tk, dtq += dtS k.
+        tile_products_bn<PREC, LD, TAN, TANGENT, PLAIN, TANGENT, TANGENT>(dqa, dtqa, dqa, s, ts, sK, sTK, g, t);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int row = q0 + r0 + g + 8 * h;
+        if (row < n) {
+            const i64 off = hb + row * ld + 2 * t;
+#pragma unroll
+            for (int i = 0; i < KD; ++i) {
+                *reinterpret_cast<float2*>(dq + off + i * 8) = make_float2(scale * dqa[i][2 * h], scale * dqa[i][2 * h + 1]);
+                if (TAN) *reinterpret_cast<float2*>(dtq + off + i * 8) =
+                    make_float2(scale * dtqa[i][2 * h], scale * dtqa[i][2 * h + 1]);
+            }
+        }
+    }
+}
+
+/// Backward, key side (grid: key blocks of 16 * WARPS rows, heads): one pass over query blocks of BQ,
+/// the score tiles transposed (keys as rows): dk = scale sum_i (dS q + dtS tq), dtk = scale sum_i dtS q,
+/// dv = sum_i (P go + P (ts - mu) gto), dtv = sum_i P gto.
+template<int D, int WARPS, int BQ, bool TAN, int PREC>
+__device__ __forceinline__ void flash_bwd_dkv_impl(const float* __restrict__ q, const float* __restrict__ k,
+        const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
+        const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
+        const float* __restrict__ stats, float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dtk,
+        float* __restrict__ dtv, unsigned short* __restrict__ dv16, unsigned short* __restrict__ dtv16,
+        int n, int heads, float scale) {
+    typedef typename FlashPrec<PREC>::E E;
+    // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
+    constexpr int LD = FlashPrec<PREC>::template ld<D>(), KDP = FlashPrec<PREC>::template cols<D>() / 8;
+    constexpr int BK = 16 * WARPS, KD = D / 8, NQ = BQ / 8, THREADS = 32 * WARPS;
+    constexpr int NS = TAN ? 4 : 2;
+    constexpr int SMEM = (BK + BQ) * NS * LD * (int)sizeof(E) + BQ * 16;
+    flash_check_launch<THREADS, SMEM>();
+    extern __shared__ float4 flash_smem[];
+    E* sK = reinterpret_cast<E*>(flash_smem);
+    E* sV = sK + BK * LD;
+    E* sTK = sV + BK * LD;
+    E* sTV = sTK + BK * LD;
+    E* sQ = sK + NS * BK * LD;
+    E* sGO = sQ + BQ * LD;
+    E* sTQ = sGO + BQ * LD;
+    E* sGTO = sTQ + BQ * LD;
+    float4* sSt = reinterpret_cast<float4*>(sQ + NS * BQ * LD);
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
+    const int k0 = blockIdx.x * BK;
+    const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D, rowBase = (i64)blockIdx.y * n;
+    flash_load<D, BK, THREADS, PREC>(sK, k + hb, ld, k0, n);
+    flash_load<D, BK, THREADS, PREC>(sV, v + hb, ld, k0, n);
+    if (TAN) {
+        flash_load<D, BK, THREADS, PREC>(sTK, tk + hb, ld, k0, n);
+        flash_load<D, BK, THREADS, PREC>(sTV, tv + hb, ld, k0, n);
+    }
+    float dka[KD][4], dva[KD][4], dtka[KD][4], dtva[KD][4];
+    zero_tiles(dka);
+    zero_tiles(dva);
+    zero_tiles(dtka);
+    zero_tiles(dtva);
+    for (int i0 = 0; i0 < n; i0 += BQ) {
+        __syncthreads();
+        flash_load<D, BQ, THREADS, PREC>(sQ, q + hb, ld, i0, n);
+        flash_load<D, BQ, THREADS, PREC>(sGO, go + hb, ld, i0, n);
+        if (TAN) {
+            flash_load<D, BQ, THREADS, PREC>(sTQ, tq + hb, ld, i0, n);
+            flash_load<D, BQ, THREADS, PREC>(sGTO, gto + hb, ld, i0, n);
+        }
+        for (int i = threadIdx.x; i < BQ; i += THREADS)
+            sSt[i] = i0 + i < n ? *reinterpret_cast<const float4*>(stats + (rowBase + i0 + i) * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+        __syncthreads();
+        // Transposed tiles: rows are this warp's 16 keys, columns the block's queries.
+        // s = k q^T, ts = tk q^T + k tq^T; gg = v go^T + tv gto^T, rr = v gto^T (the k loops not unrolled: fewer
+        // fragments live).
+        float s[NQ][4], ts[NQ][4], gg[NQ][4], rr[NQ][4];
+        zero_tiles(s);
+        zero_tiles(ts);
+        zero_tiles(gg);
+        zero_tiles(rr);
+        tile_products_bt<PREC, LD, KDP, TAN, false, TANGENT, PLAIN, PLAIN, TANGENT>(s, ts, ts, sK, sTK, sQ, sTQ, r0, g, t);
+        tile_products_bt<PREC, LD, KDP, TAN, false, PLAIN, TANGENT, TANGENT, TANGENT>(gg, rr, gg, sV, sTV, sGO, sGTO, r0, g, t);
+        // s <- P, gg <- dS, and with TAN ts <- P (ts - mu), rr <- dtS. Columns are queries.
+#pragma unroll
+        for (int c = 0; c < NQ; ++c)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int col = c * 8 + 2 * t + (e & 1);
+                const float4 st = sSt[col];
+                const float P = i0 + col < n ? m_exp(s[c][e] * scale - st.x) : 0.f;
+                s[c][e] = P;
+                if (TAN) {
+                    const float tsv = ts[c][e] * scale, r = rr[c][e];
+                    const float dp = gg[c][e] + r * (tsv - st.y) - tsv * st.z;
+                    gg[c][e] = P * (dp - st.w);
+                    rr[c][e] = P * (r - st.z);
+                    ts[c][e] = P * (tsv - st.y);
+                } else {
+                    gg[c][e] = P * (gg[c][e] - st.w);
+                }
+            }
+        // dv, dtv (A: P and P (ts - mu)), then dk, dtk (A: dS and dtS): two passes hold half the fragments.
+        tile_products_bn<PREC, LD, TAN, TANGENT, TANGENT, PLAIN, TANGENT>(dva, dva, dtva, s, ts, sGO, sGTO, g, t);
+        tile_products_bn<PREC, LD, TAN, TANGENT, TANGENT, TANGENT, PLAIN>(dka, dka, dtka, gg, rr, sQ, sTQ, g, t);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int row = k0 + r0 + g + 8 * h;
+        if (row < n) {
+            const i64 off = hb + row * ld + 2 * t;
+#pragma unroll
+            for (int i = 0; i < KD; ++i) {
+                *reinterpret_cast<float2*>(dk + off + i * 8) = make_float2(scale * dka[i][2 * h], scale * dka[i][2 * h + 1]);
+                *reinterpret_cast<float2*>(dv + off + i * 8) = make_float2(dva[i][2 * h], dva[i][2 * h + 1]);
+                store_bf16_pair(dv16, off + i * 8, dva[i][2 * h], dva[i][2 * h + 1]);
+                if (TAN) {
+                    *reinterpret_cast<float2*>(dtk + off + i * 8) = make_float2(scale * dtka[i][2 * h], scale * dtka[i][2 * h + 1]);
+                    *reinterpret_cast<float2*>(dtv + off + i * 8) = make_float2(dtva[i][2 * h], dtva[i][2 * h + 1]);
+                    store_bf16_pair(dtv16, off + i * 8, dtva[i][2 * h], dtva[i][2 * h + 1]);
+                }
+            }
+        }
+    }
+}
+
+// The instances: plain (tag p, TAN false) or with the tangent (t, true), head dim D, operand precision, and the
+// launch shape: WARPS warps of 16 rows per block, INNER keys (forward, dq) or queries (dkv) per step, and the
+// launch bounds. These kernels load a tile, wait, then compute, so they rely on several blocks per multiprocessor
+// to overlap the two: 3 blocks of 4 warps ran the tangent forward 1.35x faster than 2 (2026-11-25), and halving the
+// inner blocks to fit 3 blocks was slower still (CUDA_NOTES.md). The 3xTF32 kernels that need more than 168
+// registers and whose shared memory allows 3 blocks get a register cap for 3 in their bounds (a few spilled values:
+// tangent forward 1.05 against 1.15 ms, D = 72 plain backward 2.31 against 2.51 ms), and an uncapped build
+// (_nocap, for measurements: CUDABackend.flashRegisterCaps = false). The kernels check blockDim and shared memory.
+//! kernel flash_fwd(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)
+#define FLASH_FWD(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix) \
+    TVM_KERNEL_F32(flash_fwd_##tag##dim##_##precision##suffix, bounds, (const float* q, const float* k, const float* v, const float* tq, const float* tk, const float* tv, float* o, float* to, float* lse, \
+            unsigned short* o16, unsigned short* to16, const float* go, const float* gto, const float* lseIn, float* stats, \
+            int n, int heads, float scale)) { \
+        flash_fwd_impl<dim, warps, inner, tangent, PREC>(q, k, v, tq, tk, tv, o, to, lse, o16, to16, go, gto, lseIn, stats, \
+                                                         n, heads, scale); }
+FLASH_FWD(p, false, 64, x3, FP_X3, 4, 64, (128), )
+FLASH_FWD(p, false, 64, tf32, FP_TF32, 4, 64, (128), )
+FLASH_FWD(p, false, 64, bf16, FP_BF16, 4, 64, (128), )
+FLASH_FWD(t, true, 64, x3, FP_X3, 4, 32, (128, 3), )
+FLASH_FWD(t, true, 64, x3, FP_X3, 4, 32, (128), _nocap)
+FLASH_FWD(t, true, 64, tf32, FP_TF32, 4, 32, (128), )
+FLASH_FWD(t, true, 64, bf16, FP_BF16, 4, 32, (128), )
+FLASH_FWD(p, false, 72, x3, FP_X3, 4, 64, (128), )
+FLASH_FWD(p, false, 72, tf32, FP_TF32, 4, 64, (128), )
+FLASH_FWD(p, false, 72, bf16, FP_BF16, 4, 64, (128), )
+FLASH_FWD(t, true, 72, x3, FP_X3, 4, 32, (128), )
+FLASH_FWD(t, true, 72, tf32, FP_TF32, 4, 32, (128), )
+FLASH_FWD(t, true, 72, bf16, FP_BF16, 4, 32, (128), )
+
+//! kernel flash_dq(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)
+#define FLASH_DQ(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix) \
+    TVM_KERNEL_F32(flash_dq_##tag##dim##_##precision##suffix, bounds, (const float* q, const float* k, const float* v, const float* tq, const float* tk, const float* tv, const float* go, const float* gto, \
+            const float* stats, float* dq, float* dtq, int n, int heads, float scale)) { \
+        flash_bwd_dq_impl<dim, warps, inner, tangent, PREC>(q, k, v, tq, tk, tv, go, gto, stats, dq, dtq, n, heads, scale); }
+FLASH_DQ(p, false, 64, x3, FP_X3, 4, 64, (128), )
+FLASH_DQ(p, false, 64, tf32, FP_TF32, 4, 64, (128), )
+FLASH_DQ(p, false, 64, bf16, FP_BF16, 4, 64, (128), )
+FLASH_DQ(t, true, 64, x3, FP_X3, 8, 32, (256), )
+FLASH_DQ(t, true, 64, tf32, FP_TF32, 8, 32, (256), )
+FLASH_DQ(t, true, 64, bf16, FP_BF16, 8, 32, (256), )
+FLASH_DQ(p, false, 72, x3, FP_X3, 4, 64, (128), )
+FLASH_DQ(p, false, 72, tf32, FP_TF32, 4, 64, (128), )
+FLASH_DQ(p, false, 72, bf16, FP_BF16, 4, 64, (128), )
+FLASH_DQ(t, true, 72, x3, FP_X3, 8, 32, (256), )
+FLASH_DQ(t, true, 72, tf32, FP_TF32, 8, 32, (256), )
+FLASH_DQ(t, true, 72, bf16, FP_BF16, 8, 32, (256), )
+
+//! kernel flash_dkv(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)
+#define FLASH_DKV(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix) \
+    TVM_KERNEL_F32(flash_dkv_##tag##dim##_##precision##suffix, bounds, (const float* q, const float* k, const float* v, const float* tq, const float* tk, const float* tv, const float* go, const float* gto, \
+            const float* stats, float* dk, float* dv, float* dtk, float* dtv, unsigned short* dv16, unsigned short* dtv16, \
+            int n, int heads, float scale)) { \
+        flash_bwd_dkv_impl<dim, warps, inner, tangent, PREC>(q, k, v, tq, tk, tv, go, gto, stats, dk, dv, dtk, dtv, dv16, \
+                                                             dtv16, n, heads, scale); }
+FLASH_DKV(p, false, 64, x3, FP_X3, 4, 32, (128), )
+FLASH_DKV(p, false, 64, tf32, FP_TF32, 4, 32, (128), )
+FLASH_DKV(p, false, 64, bf16, FP_BF16, 4, 32, (128), )
+FLASH_DKV(t, true, 64, x3, FP_X3, 4, 16, (128), )
+FLASH_DKV(t, true, 64, tf32, FP_TF32, 4, 16, (128), )
+FLASH_DKV(t, true, 64, bf16, FP_BF16, 4, 16, (128), )
+FLASH_DKV(p, false, 72, x3, FP_X3, 4, 32, (128, 3), )
+FLASH_DKV(p, false, 72, x3, FP_X3, 4, 32, (128), _nocap)
+FLASH_DKV(p, false, 72, tf32, FP_TF32, 4, 32, (128), )
+FLASH_DKV(p, false, 72, bf16, FP_BF16, 4, 32, (128), )
+FLASH_DKV(t, true, 72, x3, FP_X3, 4, 16, (128), )
+FLASH_DKV(t, true, 72, tf32, FP_TF32, 4, 16, (128), )
+FLASH_DKV(t, true, 72, bf16, FP_BF16, 4, 16, (128), )

@@ -1,0 +1,181 @@
+import TensorCore
+
+/// Operand precision of the flash kernels (their PREC): 3xTF32 (about float32, the default), TF32 (`allowTF32`),
+/// bfloat16 (`bf16Products`).
+enum FlashPrecision: Int, CaseIterable {
+    case x3 = 0, tf32 = 1, bf16 = 2
+    /// Bytes of one shared-memory tile element.
+    var elementBytes: Int { self == .bf16 ? 2 : 4 }
+    /// A tile row's pitch in elements (the kernels' FlashPrec::ld).
+    func pitch(_ dim: Int) -> Int { self == .bf16 ? (dim + 15) / 16 * 16 + 8 : dim + 4 }
+}
+
+/// The three flash kernels of one attention call: the forward (also the backward's pre-pass), the query side and
+/// the key side of the backward.
+enum FlashKind: CaseIterable {
+    case forward, dq, dkv
+
+    /// Dynamic shared memory of a kernel of this kind, in bytes (the kernels' own SMEM formulas).
+    func sharedBytes(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int) -> Int {
+        let rows = 16 * warps, row = precision.pitch(dim) * precision.elementBytes
+        switch self {
+        case .forward: return (rows * (tangent ? 2 : 1) + inner * (tangent ? 4 : 2)) * row
+        case .dq: return (rows + inner) * (tangent ? 4 : 2) * row
+        case .dkv: return (rows + inner) * (tangent ? 4 : 2) * row + inner * 16
+        }
+    }
+}
+
+/// What the three generated flash kernel types share: the axes of their instances in FlashAttention.cu.
+protocol FlashInstance {
+    var function: KernelFunction { get }
+    var tangent: Bool { get }
+    var dim: Int { get }
+    var precision: FlashPrecision { get }
+    var warps: Int { get }
+    var inner: Int { get }
+}
+
+extension FlashAttentionKernels.FlashFwd: FlashInstance {}
+extension FlashAttentionKernels.FlashDq: FlashInstance {}
+extension FlashAttentionKernels.FlashDkv: FlashInstance {}
+
+extension FlashInstance {
+    /// Query (or key) rows per block: 16 per warp.
+    var rows: Int { 16 * warps }
+    var threads: Int { 32 * warps }
+}
+
+extension FlashAttentionKernels {
+    /// Head dims with flash kernels (float32 only; others take the warp-per-row kernels).
+    static let dims = Set(flashFwdAxes.map(\.dim))
+
+    /// Every flash kernel's configuration with its kind, for the shared memory each needs.
+    static var configurations: [(kind: FlashKind, tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)] {
+        flashFwdAxes.map { (.forward, $0.tangent, $0.dim, $0.precision, $0.warps, $0.inner) }
+            + flashDqAxes.map { (.dq, $0.tangent, $0.dim, $0.precision, $0.warps, $0.inner) }
+            + flashDkvAxes.map { (.dkv, $0.tangent, $0.dim, $0.precision, $0.warps, $0.inner) }
+    }
+
+    /// The most shared memory any flash kernel needs.
+    static var maxSharedBytes: Int {
+        configurations.map { $0.kind.sharedBytes(tangent: $0.tangent, dim: $0.dim, precision: $0.precision, warps: $0.warps,
+                                                 inner: $0.inner) }.max()!
+    }
+
+    /// The instance of `kernels` for this call: with `capped`, the register-capped build where the configuration
+    /// has one (its launch bounds name a block count), else the uncapped one.
+    static func pick<K: FlashInstance>(_ kernels: [K], _ what: String, tangent: Bool, dim: Int, precision: FlashPrecision,
+                                       capped: Bool) -> K {
+        let matching = kernels.filter { $0.tangent == tangent && $0.dim == dim && $0.precision == precision }
+        guard let k = matching.first(where: { ($0.function.minBlocks != nil) == capped }) ?? matching.first else {
+            preconditionFailure("FlashAttention.cu has no \(what) kernel for tangent \(tangent), head dim \(dim), \(precision)")
+        }
+        return k
+    }
+
+    /// Every kernel with its kind and instance.
+    var all: [(kind: FlashKind, instance: any FlashInstance)] {
+        flashFwd.map { (.forward, $0) } + flashDq.map { (.dq, $0) } + flashDkv.map { (.dkv, $0) }
+    }
+
+    /// The kernels use more than the default 48 KB of dynamic shared memory: each opts in to what it needs.
+    func prepare(on backend: CUDABackend) throws {
+        for (kind, k) in all {
+            let shared = kind.sharedBytes(tangent: k.tangent, dim: k.dim, precision: k.precision, warps: k.warps, inner: k.inner)
+            try backend.driver.check(backend.driver.cuFuncSetAttribute(k.function.handle, Driver.funcAttrMaxDynamicSharedSize,
+                                                                       Int32(shared)),
+                                     "cuFuncSetAttribute(\(k.function.name), max dynamic shared memory \(shared) bytes)")
+        }
+    }
+}
+
+extension CUDABackend {
+    /// Whether this GPU can run the flash kernels: tensor-core TF32 (compute capability 8.0 or newer) and
+    /// enough shared memory per block for the largest of them.
+    public var supportsFlashAttention: Bool {
+        computeCapability.major >= 8 && maxSharedMemoryPerBlock >= FlashAttentionKernels.maxSharedBytes
+    }
+
+    /// Whether an attention call takes the flash kernels: float32, a head dim they are built for, a grid they
+    /// can cover (batch * heads on the grid's y axis), every buffer 16-byte aligned (they load 16 bytes at a
+    /// time; rows lie heads * dim floats apart, a multiple of 4 for the flash head dims).
+    func flashEligible(_ dtype: DType, _ g: AttentionGeometry, _ buffers: [Storage?]) -> Bool {
+        guard useFlashAttention, dtype == .float32, FlashAttentionKernels.dims.contains(g.dim), g.batch * g.heads <= 65535,
+              supportsFlashAttention else { return false }
+        return buffers.allSatisfy { $0.map { addr($0) % 16 == 0 } ?? true }
+    }
+
+    /// The flash kernels' operand precision: bf16Products, else allowTF32, else 3xTF32.
+    var flashPrecision: FlashPrecision { bf16Products ? .bf16 : allowTF32 ? .tf32 : .x3 }
+
+    /// The flash forward: o, lse and with a tangent `to` (tq, tk, tv then all given), o and to with their bf16 copies.
+    func flashForward(q: Storage, k: Storage, v: Storage, tangents: (q: Storage, k: Storage, v: Storage)?, o: Storage,
+                      to: Storage?, lse: Storage, geometry g: AttentionGeometry) {
+        let f = FlashAttentionKernels.pick(kernels(FlashAttentionKernels.self, .float32).flashFwd, "forward", tangent: to != nil,
+                                           dim: g.dim, precision: flashPrecision, capped: flashRegisterCaps)
+        // The output and its tangent feed the output projection: their bf16 copies are written here.
+        beginBF16Call()
+        let (o16, to16) = (bf16Twin(o), to.map { bf16Twin($0) } ?? 0)
+        // go, gto, lseIn, stats: the backward's pre-pass only.
+        f.launch(on: self, grid: ((g.seq + f.rows - 1) / f.rows, g.batch * g.heads), block: (f.threads, 1),
+                 shared: FlashKind.forward.sharedBytes(tangent: f.tangent, dim: f.dim, precision: f.precision, warps: f.warps,
+                                                       inner: f.inner),
+                 q: addr(q), k: addr(k), v: addr(v), tq: addr(tangents?.q), tk: addr(tangents?.k), tv: addr(tangents?.v),
+                 o: addr(o), to: addr(to), lse: addr(lse), o16: o16, to16: to16, go: 0, gto: 0, lseIn: 0, stats: 0,
+                 n: g.seq, heads: g.heads, scale: Float(g.scale))
+        flashAttentionCalls += 1
+    }
+
+    /// The flash backward: a pre-pass (the forward recomputed, nothing stored but per-row float4 (lse, mu, rho,
+    /// sum_j P dP)), then the query side (dq, dtq) and the key side (dk, dv, dtk, dtv), P recomputed from lse. With
+    /// `tangent`, the tangent inputs and their cotangent buffers are all given.
+    func flashBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?, lse: Storage, go: Storage,
+                       gto: Storage?, dq: Storage, dk: Storage, dv: Storage, dtq: Storage?, dtk: Storage?, dtv: Storage?,
+                       tangent: Bool, geometry g: AttentionGeometry) {
+        let set = kernels(FlashAttentionKernels.self, .float32), precision = flashPrecision, bh = g.batch * g.heads
+        let rowStats = allocate(g.rows * 4, .float32)
+        func grid(_ rows: Int) -> (Int, Int) { ((g.seq + rows - 1) / rows, bh) }
+        func shared(_ kind: FlashKind, _ k: some FlashInstance) -> Int {
+            kind.sharedBytes(tangent: k.tangent, dim: k.dim, precision: k.precision, warps: k.warps, inner: k.inner)
+        }
+        let f = FlashAttentionKernels.pick(set.flashFwd, "forward", tangent: tangent, dim: g.dim, precision: precision,
+                                           capped: flashRegisterCaps)
+        f.launch(on: self, grid: grid(f.rows), block: (f.threads, 1), shared: shared(.forward, f),
+                 q: addr(q), k: addr(k), v: addr(v), tq: addr(tq), tk: addr(tk), tv: addr(tv),
+                 o: 0, to: 0, lse: 0, o16: 0, to16: 0, go: addr(go), gto: addr(gto), lseIn: addr(lse), stats: addr(rowStats),
+                 n: g.seq, heads: g.heads, scale: Float(g.scale))
+        let fq = FlashAttentionKernels.pick(set.flashDq, "dq", tangent: tangent, dim: g.dim, precision: precision,
+                                            capped: flashRegisterCaps)
+        fq.launch(on: self, grid: grid(fq.rows), block: (fq.threads, 1), shared: shared(.dq, fq),
+                  q: addr(q), k: addr(k), v: addr(v), tq: addr(tq), tk: addr(tk), tv: addr(tv), go: addr(go), gto: addr(gto),
+                  stats: addr(rowStats), dq: addr(dq), dtq: addr(dtq), n: g.seq, heads: g.heads, scale: Float(g.scale))
+        let fk = FlashAttentionKernels.pick(set.flashDkv, "dkv", tangent: tangent, dim: g.dim, precision: precision,
+                                            capped: flashRegisterCaps)
+        // dv and dtv are the v projection's output cotangents, read by its backward products.
+        beginBF16Call()
+        let (dv16, dtv16) = (bf16Twin(dv), dtv.map { bf16Twin($0) } ?? 0)
+        fk.launch(on: self, grid: grid(fk.rows), block: (fk.threads, 1), shared: shared(.dkv, fk),
+                  q: addr(q), k: addr(k), v: addr(v), tq: addr(tq), tk: addr(tk), tv: addr(tv), go: addr(go), gto: addr(gto),
+                  stats: addr(rowStats), dk: addr(dk), dv: addr(dv), dtk: addr(dtk), dtv: addr(dtv), dv16: dv16, dtv16: dtv16,
+                  n: g.seq, heads: g.heads, scale: Float(g.scale))
+        flashAttentionCalls += 1
+    }
+
+    /// The flash kernels' resources, one line each: registers and local (spilled) bytes per thread, dynamic
+    /// shared memory per block, threads per block and blocks per multiprocessor (occupancy). Builds them.
+    public func flashResourceReport() -> [String] {
+        guard supportsFlashAttention else { return ["flash attention not supported on this GPU"] }
+        return kernels(FlashAttentionKernels.self, .float32).all.map { kind, k in
+            let shared = kind.sharedBytes(tangent: k.tangent, dim: k.dim, precision: k.precision, warps: k.warps, inner: k.inner)
+            var regs: Int32 = 0, local: Int32 = 0, blocks: Int32 = -1
+            _ = driver.cuFuncGetAttribute(&regs, Driver.funcAttrNumRegs, k.function.handle)
+            _ = driver.cuFuncGetAttribute(&local, Driver.funcAttrLocalSizeBytes, k.function.handle)
+            if let occ = driver.cuOccupancyMaxActiveBlocksPerMultiprocessor {
+                _ = occ(&blocks, k.function.handle, Int32(k.threads), shared)
+            }
+            return "\(k.function.name): \(regs) registers, \(local) bytes local, \(shared) bytes shared, \(k.threads) threads, "
+                + "\(blocks) blocks/SM (\(Int(blocks) * k.threads / 32) warps)"
+        }.sorted()
+    }
+}

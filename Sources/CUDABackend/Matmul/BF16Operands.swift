@@ -1,0 +1,92 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import TensorCore
+
+// The bfloat16 operand copies of bf16 products (`bf16Products`): made on first use or written by the kernel that
+// makes a product's operand, kept with their storage within a budget, forgotten when the storage changes in place.
+// The state lives in CUDABackend.swift (stored properties cannot be in an extension).
+extension CUDABackend {
+    /// Bytes held by bf16 operand copies now (part of `currentBytes`).
+    public var bf16CopyBytes: Int { allocator.bf16CopyBytes }
+
+    func beginBF16Call() { inCallCopies.removeAll(keepingCapacity: true) }
+
+    /// The bfloat16 copy of a float32 storage, made on its first use as a product operand and kept while the
+    /// storage lives: an activation feeds its forward products and, in the backward pass, the weight gradients'
+    /// products; a weight feeds its forward, tangent and backward products. Storage is written once, when made;
+    /// the in-place updates (AdamW, EMA, scatter-add, fill, accumulating products) forget the copy of what they
+    /// change. Beyond the budget the oldest copies go first.
+    func bf16Operand(_ x: Storage) -> DevicePointer {
+        precondition(x.dtype == .float32, "bf16 products take float32 operands")
+        if let copy = cuda(x).bf16Copy {
+            inCallCopies.append(ObjectIdentifier(x))
+            return copy.address
+        }
+        let p = attachBF16Copy(x)
+        if x.count > 0 {
+            kernels(ConversionKernels.self, .float32).convertF32Bf16.launch(on: self, grid: (blocks((x.count + 3) / 4), 1),
+                                                                            x: addr(x), y: p, n: x.count)
+        }
+        return p
+    }
+
+    /// Under bf16 products, a bf16 copy for a float32 output that the kernel about to make it also writes (2 bytes
+    /// more per element there, instead of a 6-byte conversion pass when a product reads it); 0 otherwise. For
+    /// kernels whose outputs feed products.
+    func bf16Twin(_ y: Storage) -> DevicePointer {
+        guard bf16Products, y.dtype == .float32, y.count > 0 else { return 0 }
+        forgetBF16Copy(of: y)
+        return attachBF16Copy(y)
+    }
+
+    /// A fresh block for the bf16 copy of `x`, attached to it (its contents are the caller's to write). Beyond the
+    /// budget or the ceiling the oldest copies are freed, an eighth of the budget more than needed (evictions come
+    /// in batches).
+    func attachBF16Copy(_ x: Storage) -> DevicePointer {
+        let s = cuda(x)
+        inCallCopies.append(ObjectIdentifier(s))
+        let (p, size) = allocator.allocate(Swift.max(2 * x.count, 2), bf16Copy: true)
+        s.bf16Copy = (p, size)
+        bf16Holders.append(WeakStorage(s))
+        if !trimBF16Copies(slack: bf16CopyBudget / 8) && bf16Holders.count > 4096 {
+            bf16Holders.removeAll { $0.storage?.bf16Copy == nil }
+        }
+        return p
+    }
+
+    /// Frees the oldest copies while they exceed the budget or all tensors the ceiling, `slack` bytes further;
+    /// whether any had to go.
+    @discardableResult
+    func trimBF16Copies(slack: Int = 0) -> Bool {
+        let excess = Swift.max(allocator.bf16CopyBytes - bf16CopyBudget, allocator.currentBytes - bf16CopyCeiling)
+        guard excess > 0 else { return false }
+        evictBF16Copies(downTo: allocator.bf16CopyBytes - excess - slack)
+        return true
+    }
+
+    /// Frees the oldest copies until they hold at most `bytes`, sparing the newest few and those the current call
+    /// has handed out.
+    func evictBF16Copies(downTo bytes: Int) {
+        for held in bf16Holders.dropLast(bf16NewestKept) where allocator.bf16CopyBytes > bytes {
+            if let s = held.storage, !inCallCopies.contains(ObjectIdentifier(s)) { forgetBF16Copy(of: s) }
+        }
+        bf16Holders.removeAll { $0.storage?.bf16Copy == nil }
+    }
+
+    /// Frees the bf16 copy of a storage about to change in place (or evicted). Queued products that read the copy
+    /// run first: its block is handed out again only to later work on the one stream.
+    func forgetBF16Copy(of x: Storage) {
+        let s = cuda(x)
+        guard let copy = s.bf16Copy else { return }
+        allocator.release(copy.address, copy.blockBytes, bf16Copy: true)
+        s.bf16Copy = nil
+    }
+
+    /// The device is full: the copies go (but the current call's), and the budget halves so that steady work
+    /// stays below the limit.
+    func dropBF16Copies() {
+        bf16CopyBudget = Swift.min(bf16CopyBudget, allocator.bf16CopyBytes) / 2
+        evictBF16Copies(downTo: 0)
+    }
+}

@@ -1,0 +1,137 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import TensorCore
+
+// Matrix products through cuBLAS, and linear layers with the bias (and GELU) in cuBLASLt's GEMM epilogues.
+extension CUDABackend {
+    public func matmul(_ a: Storage, _ b: Storage, _ y: Storage, batch: Int, m: Int, n: Int, k: Int,
+                       transA: Bool, transB: Bool, strideA: Int, strideB: Int, alpha: Double, beta: Double) {
+        guard m > 0 && n > 0 && batch > 0 else { return }
+        ensureCurrent()
+        // Row-major Y[M, N] = op(A) op(B) is column-major Y^T[N, M] = op(B)^T op(A)^T: cuBLAS gets B first.
+        let opB = transB ? CUBLAS.opT : CUBLAS.opN, opA = transA ? CUBLAS.opT : CUBLAS.opN
+        let ldb = Int32(Swift.max(1, transB ? k : n)), lda = Int32(Swift.max(1, transA ? m : k))
+        let pa = UnsafeRawPointer(bitPattern: UInt(addr(a))), pb = UnsafeRawPointer(bitPattern: UInt(addr(b)))
+        let py = UnsafeMutableRawPointer(bitPattern: UInt(addr(y)))
+        let (M, N, K, B) = (Int32(n), Int32(m), Int32(k), Int32(batch))
+        let sA = Int64(strideB), sB = Int64(strideA), sC = Int64(m * n)
+        let started = profiler?.begin(stream)
+        defer {
+            if let started { profiler!.end(started, "gemm \(batch)x\(m)x\(n)x\(k)\(transA ? " tA" : "")\(transB ? " tB" : "")", stream) }
+        }
+        if y.dtype == .float64 {
+            var al = alpha, be = beta
+            blas.must(blas.dgemmStridedBatched(blasHandle, opB, opA, M, N, K, &al, pb, ldb, sA, pa, lda, sB,
+                                               &be, py, M, sC, B), "cublasDgemmStridedBatched(\(m)x\(n)x\(k), batch \(batch))")
+        } else if bf16Products {
+            var al = Float(alpha), be = Float(beta)
+            if beta != 0 { forgetBF16Copy(of: y) }
+            beginBF16Call()
+            let a16 = UnsafeRawPointer(bitPattern: UInt(bf16Operand(a))), b16 = UnsafeRawPointer(bitPattern: UInt(bf16Operand(b)))
+            blas.must(blas.gemmStridedBatchedEx(blasHandle, opB, opA, M, N, K, &al, b16, CUBLAS.r16BF, ldb, sA,
+                                                a16, CUBLAS.r16BF, lda, sB, &be, py, CUBLAS.r32F, M, sC, B,
+                                                CUBLAS.compute32F, CUBLAS.gemmDefault),
+                      "cublasGemmStridedBatchedEx(BF16, \(m)x\(n)x\(k), batch \(batch))")
+        } else if allowTF32 {
+            var al = Float(alpha), be = Float(beta)
+            blas.must(blas.gemmStridedBatchedEx(blasHandle, opB, opA, M, N, K, &al, pb, CUBLAS.r32F, ldb, sA,
+                                                pa, CUBLAS.r32F, lda, sB, &be, py, CUBLAS.r32F, M, sC, B,
+                                                CUBLAS.compute32FFastTF32, CUBLAS.gemmDefault),
+                      "cublasGemmStridedBatchedEx(TF32, \(m)x\(n)x\(k), batch \(batch))")
+        } else {
+            var al = Float(alpha), be = Float(beta)
+            blas.must(blas.sgemmStridedBatched(blasHandle, opB, opA, M, N, K, &al, pb, ldb, sA, pa, lda, sB,
+                                               &be, py, M, sC, B), "cublasSgemmStridedBatched(\(m)x\(n)x\(k), batch \(batch))")
+        }
+        if syncEveryLaunch { driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize after cuBLAS") }
+    }
+
+    public func linear(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int, outFeatures: Int) {
+        if let bias, epilogueProduct(.bias, m: outFeatures, n: rows, k: inFeatures, a: w, b: x, d: y, vector: bias) { return }
+        linearByGEMM(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+    }
+
+    /// The bias and the GELU in the product's epilogue (one pass over y); without a bias, or where cuBLASLt is
+    /// off or has no algorithm for it, `linear` and the GELU kernel.
+    public func linearGELU(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int,
+                           outFeatures: Int) {
+        if let bias, epilogueProduct(.biasGELU, m: outFeatures, n: rows, k: inFeatures, a: w, b: x, d: y, vector: bias) {
+            geluEpilogueCalls += 1
+            return
+        }
+        linearThenGELU(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+    }
+
+    public func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,
+                                     outFeatures: Int) {
+        if inFeatures * outFeatures <= 16384 && rows >= 8192, let chunk = [1024, 512, 256].first(where: { rows % $0 == 0 }) {
+            // A small weight over many rows (a DiT's patch embedding and final layer: 4 x 384 over B * N rows) is one
+            // product of a reduction length of B * N, which cuBLASLt ran on a few blocks (1.4-1.9 ms for 384 x 4 x
+            // 32768). Split into row chunks: a batched product of partial gradients, then their sum.
+            let parts = rows / chunk, partial = allocate(parts * inFeatures * outFeatures, gw.dtype)
+            matmul(g, x, partial, batch: parts, m: outFeatures, n: inFeatures, k: chunk, transA: true, transB: false,
+                   strideA: chunk * outFeatures, strideB: chunk * inFeatures, alpha: 1, beta: 0)
+            reduce(.sum, partial, gw, outer: 1, n: parts, inner: inFeatures * outFeatures)
+            if let gbias { reduce(.sum, g, gbias, outer: 1, n: rows, inner: outFeatures) }
+            return
+        }
+        if let gbias, epilogueProduct(.biasGradient, m: inFeatures, n: outFeatures, k: rows, a: x, b: g, d: gw, vector: gbias) {
+            return
+        }
+        linearWeightGradientByGEMM(x, g, gw: gw, gbias: gbias, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+    }
+
+    /// Queues D = op(A) op(B) with the epilogue's bias vector (see LinearEpilogue for the operands' layouts) through
+    /// cuBLASLt. false where cuBLASLt is off or missing or has no algorithm for the product: the caller takes the
+    /// GEMM path. The heuristic runs once per configuration; its choice is kept.
+    func epilogueProduct(_ epilogue: LinearEpilogue, m: Int, n: Int, k: Int, a: Storage, b: Storage, d: Storage,
+                                 vector: Storage) -> Bool {
+        guard useCUBLASLt, let blasLt, m > 0 && n > 0 && k > 0 else { return false }
+        let (lt, handle) = blasLt
+        ensureCurrent()
+        let pd = addr(d), pv = addr(vector)
+        let bf16 = bf16Products && d.dtype == .float32
+        // bf16 operand copies come from the allocator, aligned at least as well as the float32 originals.
+        let key = LinearProductKey(epilogue: epilogue, dtype: d.dtype, tf32: allowTF32 && d.dtype == .float32, bf16: bf16,
+                                   m: m, n: n, k: k,
+                                   alignment: 1 << Swift.min(8, (addr(a) | addr(b) | pd | pv).trailingZeroBitCount))
+        let product: LinearProduct
+        if let known = linearProducts[key] {
+            guard let known else { return false }
+            product = known
+            lt.setDescAttribute(product.desc, CUBLASLt.descBiasPointer, pv, "BIAS_POINTER")
+        } else {
+            let planned = lt.plan(handle, key, vector: pv)
+            linearProducts.updateValue(planned, forKey: key)
+            guard let planned else { return false }
+            product = planned
+        }
+        if bf16 { beginBF16Call() }
+        let pa = bf16 ? bf16Operand(a) : addr(a), pb = bf16 ? bf16Operand(b) : addr(b)
+        let workspace = product.workspaceBytes > 0 ? allocate((product.workspaceBytes + 3) / 4, .float32) : nil
+        func run(_ alpha: UnsafeRawPointer, _ beta: UnsafeRawPointer) -> CUBLASLt.Status {
+            // beta = 0 and C = D: nothing is read from the output.
+            let y = UnsafeMutableRawPointer(bitPattern: UInt(pd))
+            return lt.cublasLtMatmul(handle, product.desc, alpha, UnsafeRawPointer(bitPattern: UInt(pa)), product.a,
+                                     UnsafeRawPointer(bitPattern: UInt(pb)), product.b, beta, y, product.d, y, product.d,
+                                     product.algo, workspace.map { UnsafeMutableRawPointer(bitPattern: UInt(addr($0))) } ?? nil,
+                                     product.workspaceBytes, stream)
+        }
+        let started = profiler?.begin(stream)
+        let status: CUBLASLt.Status
+        if d.dtype == .float32 {
+            var one: Float = 1, zero: Float = 0
+            status = run(&one, &zero)
+        } else {
+            var one = 1.0, zero = 0.0
+            status = run(&one, &zero)
+        }
+        withExtendedLifetime(workspace) {}
+        if let started { profiler!.end(started, "\(epilogue) \(m)x\(n)x\(k)", stream) }
+        lt.must(status, "cublasLtMatmul(\(epilogue) \(m)x\(n)x\(k), \(d.dtype)\(bf16 ? ", BF16" : key.tf32 ? ", TF32" : ""))")
+        if syncEveryLaunch { driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize after cuBLASLt") }
+        cublasLtCalls += 1
+        return true
+    }
+}

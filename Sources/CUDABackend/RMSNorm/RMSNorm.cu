@@ -1,0 +1,366 @@
+// RMS normalisation over the last axis: plain, scaled and shifted (adaLN, norm weights), its tangent, and the
+// backward passes of both (with the per-column sums of the scale's and shift's cotangents). Launchers:
+// RMSNormKernels.swift; the formulas are TensorCore's Backend.swift documentation of rmsNormScaled and friends.
+#include "../common.cuh"
+
+// y = x r s + t, r = 1 / sqrt(mean(x^2) + eps), over [batch, rows, cols] (nrows = batch * rows) with s and t
+// per (batch entry, column); s null: plain RMS normalisation, t null: no shift; y16 (null: none) y's bf16 copy.
+// A warp per row, the row in registers; the normalised row is never stored.
+template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_warp_impl(const T* x, const T* s, const T* t, T* y,
+                                                                                       unsigned short* y16, i64 nrows, i64 rows,
+                                                                                       i64 cols, T eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 nw = gstride() >> 5;
+    for (i64 r = gtid() >> 5; r < nrows; r += nw) {
+        const T* px = x + r * cols;
+        const i64 so = (r / rows) * cols;
+        T* py = y + r * cols;
+        T v[VPL];
+        T ss = 0;
+#pragma unroll
+        for (int c = 0; c < VPL; ++c) {
+            const int i = lane + 32 * c;
+            v[c] = i < cols ? px[i] : T(0);
+            ss += v[c] * v[c];
+        }
+        ss = warp_sum(ss);
+        const T inv = T(1) / m_sqrt(ss / T(cols) + eps);
+#pragma unroll
+        for (int c = 0; c < VPL; ++c) {
+            const int i = lane + 32 * c;
+            if (i < cols) {
+                T o = v[c] * inv;
+                if (s) o *= s[so + i];
+                if (t) o += t[so + i];
+                py[i] = o;
+                store_bf16_one(y16, r * cols + i, o);
+            }
+        }
+    }
+}
+
+// Rows too long for registers: a block per row, the row read twice (the second time mostly from cache).
+template<typename T> __device__ __forceinline__ void rmsnorm_scaled_block_impl(const T* x, const T* s, const T* t, T* y,
+                                                                               unsigned short* y16, i64 nrows, i64 rows,
+                                                                               i64 cols, T eps) {
+    __shared__ T sm[32];
+    for (i64 r = blockIdx.x; r < nrows; r += gridDim.x) {
+        const T* px = x + r * cols;
+        const i64 so = (r / rows) * cols;
+        T* py = y + r * cols;
+        T ss = 0;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) ss += px[c] * px[c];
+        ss = block_reduce<T, false>(ss, sm);
+        const T inv = T(1) / m_sqrt(ss / T(cols) + eps);
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+            T o = px[c] * inv;
+            if (s) o *= s[so + c];
+            if (t) o += t[so + c];
+            py[c] = o;
+            store_bf16_one(y16, r * cols + c, o);
+        }
+    }
+}
+
+// A warp per row; the row is read twice (the second time from cache for rows of a few thousand values).
+// out = r (d - y mean(y d)) + c, r = 1 / sqrt(mean(x^2) + eps): RMSNorm's JVP and VJP (see Backend.swift); c
+// (null: none) is a gradient already summed for the same input.
+template<typename T> __device__ __forceinline__ void rmsnorm_linear_impl(const T* x, const T* y, const T* d, const T* c,
+                                                                         T* out, i64 rows, i64 cols, T eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 nw = gstride() >> 5;
+    for (i64 r = gtid() >> 5; r < rows; r += nw) {
+        const i64 o = r * cols;
+        T xx = 0, yd = 0;
+        for (i64 i = lane; i < cols; i += 32) { const T xv = x[o + i]; xx += xv * xv; yd += y[o + i] * d[o + i]; }
+        xx = warp_sum(xx); yd = warp_sum(yd);
+        const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), m = yd / n;
+        for (i64 i = lane; i < cols; i += 32) {
+            const T v = inv * (d[o + i] - y[o + i] * m);
+            out[o + i] = c ? c[o + i] + v : v;
+        }
+    }
+}
+
+// Cotangents of rmsnorm_linear for g: gd = r (g - y mean(y g)), gy = -r (m g + d mean(y g)), gx = -r^2 mean(g f) x,
+// each plus its entry of cx, cy, cd where given.
+template<typename T> __device__ __forceinline__ void rmsnorm_linear_bwd_impl(const T* x, const T* y, const T* d, const T* g,
+                                                                             T* gx, T* gy, T* gd, const T* cx, const T* cy,
+                                                                             const T* cd, i64 rows, i64 cols, T eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 nw = gstride() >> 5;
+    for (i64 r = gtid() >> 5; r < rows; r += nw) {
+        const i64 o = r * cols;
+        T xx = 0, yd = 0, yg = 0, gdd = 0;
+        for (i64 i = lane; i < cols; i += 32) {
+            const T xv = x[o + i], yv = y[o + i], dv = d[o + i], gv = g[o + i];
+            xx += xv * xv; yd += yv * dv; yg += yv * gv; gdd += gv * dv;
+        }
+        xx = warp_sum(xx); yd = warp_sum(yd); yg = warp_sum(yg); gdd = warp_sum(gdd);
+        const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), m = yd / n, myg = yg / n;
+        const T sx = -inv * inv * inv * (gdd / n - m * myg);
+        for (i64 i = lane; i < cols; i += 32) {
+            const T yv = y[o + i], gv = g[o + i];
+            const T vd = inv * (gv - yv * myg), vy = -inv * (m * gv + d[o + i] * myg), vx = sx * x[o + i];
+            gd[o + i] = cd ? cd[o + i] + vd : vd;
+            gy[o + i] = cy ? cy[o + i] + vy : vy;
+            gx[o + i] = cx ? cx[o + i] + vx : vx;
+        }
+    }
+}
+
+// rmsnorm_scaled's tangent: out = s (r dx - r^3 mu x) + ds r x + dt with mu = mean(x dx) (r dx - r^3 mu x is
+// rmsnorm_linear's r (dx - n mean(n dx)), n = r x); ds, dt, y16 may be null. A warp per row: VPL > 0 holds a
+// row of at most 32 VPL values in registers, VPL = 0 reads it twice (the second time mostly from cache).
+template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_jvp_impl(const T* x, const T* dx, const T* s,
+                                                                                      const T* ds, const T* dt, T* out,
+                                                                                      unsigned short* y16, i64 nrows,
+                                                                                      i64 rows, i64 cols, T eps) {
+    constexpr int K = VPL > 0 ? VPL : 1;
+    const int lane = threadIdx.x & 31;
+    const i64 nw = gstride() >> 5;
+    for (i64 r = gtid() >> 5; r < nrows; r += nw) {
+        const i64 o = r * cols, so = (r / rows) * cols;
+        T xv[K], dv[K];
+        T xx = 0, xd = 0;
+        if constexpr (VPL > 0) {
+#pragma unroll
+            for (int k = 0; k < VPL; ++k) {
+                const i64 i = lane + 32 * k;
+                xv[k] = i < cols ? x[o + i] : T(0);
+                dv[k] = i < cols ? dx[o + i] : T(0);
+            }
+#pragma unroll
+            for (int k = 0; k < VPL; ++k) { xx += xv[k] * xv[k]; xd += xv[k] * dv[k]; }
+        } else {
+            for (i64 i = lane; i < cols; i += 32) { const T v = x[o + i]; xx += v * v; xd += v * dx[o + i]; }
+        }
+        xx = warp_sum(xx); xd = warp_sum(xd);
+        const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), q = inv * inv * inv * xd / n;
+        auto put = [&](i64 i, T xi, T di) {
+            T v = s[so + i] * (inv * di - q * xi);
+            if (ds) v += ds[so + i] * (xi * inv);
+            if (dt) v += dt[so + i];
+            out[o + i] = v;
+            store_bf16_one(y16, o + i, v);
+        };
+        if constexpr (VPL > 0) {
+#pragma unroll
+            for (int k = 0; k < VPL; ++k) { const i64 i = lane + 32 * k; if (i < cols) put(i, xv[k], dv[k]); }
+        } else {
+            for (i64 i = lane; i < cols; i += 32) put(i, x[o + i], dx[o + i]);
+        }
+    }
+}
+
+// Cotangents for g of out = L(dx) sA + n sB + t (rmsnorm_scaled: dx, sA null; its tangent: sA = s, sB = ds or
+// null), L(dx) = r dx - r^3 mu x. With a = g sA, c = g sB and the row sums A = sum a dx, Xa = sum a x,
+// Xc = sum c x: gdx = r a - r^3 Xa x / D, gx = r c - r^3 mu a - r^3 Xa dx / D + x (3 r^5 mu Xa - r^3 A - r^3 Xc) / D,
+// each plus px / pdx where given. rowR, rowQ get r and r^3 mu per row for norm_col_sums.
+template<typename T> __device__ __forceinline__ void rmsnorm_scaled_bwd_impl(const T* x, const T* dx, const T* g, const T* sA,
+                                                                             const T* sB, T* gx, T* gdx, const T* px, const T* pdx,
+                                                                             T* rowR, T* rowQ, i64 nrows, i64 rows, i64 cols, T eps) {
+    const int lane = threadIdx.x & 31;
+    const i64 nw = gstride() >> 5;
+    for (i64 r = gtid() >> 5; r < nrows; r += nw) {
+        const i64 o = r * cols, so = (r / rows) * cols;
+        T xx = 0, xd = 0, sa = 0, xa = 0, xc = 0;
+        for (i64 i = lane; i < cols; i += 32) {
+            const T xv = x[o + i], dv = dx ? dx[o + i] : T(0), gv = g[o + i];
+            const T a = sA ? gv * sA[so + i] : T(0), c = sB ? gv * sB[so + i] : T(0);
+            xx += xv * xv; xd += xv * dv; sa += a * dv; xa += a * xv; xc += c * xv;
+        }
+        xx = warp_sum(xx); xd = warp_sum(xd); sa = warp_sum(sa); xa = warp_sum(xa); xc = warp_sum(xc);
+        const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), r3 = inv * inv * inv, mu = xd / n;
+        const T ka = r3 * mu, kd = r3 * xa / n, kx = (T(3) * r3 * inv * inv * mu * xa - r3 * sa - r3 * xc) / n;
+        for (i64 i = lane; i < cols; i += 32) {
+            const T xv = x[o + i], dv = dx ? dx[o + i] : T(0), gv = g[o + i];
+            const T a = sA ? gv * sA[so + i] : T(0), c = sB ? gv * sB[so + i] : T(0);
+            const T vx = inv * c - ka * a - kd * dv + kx * xv;
+            gx[o + i] = px ? px[o + i] + vx : vx;
+            if (gdx) { const T vd = inv * a - kd * xv; gdx[o + i] = pdx ? pdx[o + i] + vd : vd; }
+        }
+        if (lane == 0) { rowR[r] = inv; rowQ[r] = ka; }
+    }
+}
+
+// rmsnorm_scaled_bwd for rows of at most 32 VPL values, held in registers, with the column sums of
+// norm_col_sums in the same pass: a block of 8 warps takes rows [chunk * chunkRows, +chunkRows) of one batch
+// entry (blockIdx.y = chunk * batch + entry, as row_sums), each lane keeps its columns' sums over its warp's
+// rows, and the 8 warps add theirs through shared memory in a fixed order (deterministic). o0, o1, o2 (null:
+// not wanted) get the block's sums at (chunk * batch + entry) * cols.
+template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_bwd_rows_impl(
+        const T* x, const T* dx, const T* g, const T* sA, const T* sB, T* gx, T* gdx, const T* px, const T* pdx,
+        T* o0, T* o1, T* o2, i64 rows, i64 cols, i64 batch, i64 chunkRows, T eps) {
+    __shared__ T part[8][32 * VPL];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const i64 bi = blockIdx.y % batch, chunk = blockIdx.y / batch, so = bi * cols;
+    const i64 first = chunk * chunkRows, end = min(rows, first + chunkRows);
+    T fa[VPL], fb[VPL], acc[3][VPL];
+#pragma unroll
+    for (int k = 0; k < VPL; ++k) {
+        const i64 i = lane + 32 * k;
+        fa[k] = sA && i < cols ? sA[so + i] : T(0);
+        fb[k] = sB && i < cols ? sB[so + i] : T(0);
+        acc[0][k] = acc[1][k] = acc[2][k] = T(0);
+    }
+    for (i64 rr = first + warp; rr < end; rr += 8) {
+        const i64 o = (bi * rows + rr) * cols;
+        T xv[VPL], dv[VPL], gv[VPL];
+#pragma unroll
+        for (int k = 0; k < VPL; ++k) {
+            const i64 i = lane + 32 * k;
+            const bool in = i < cols;
+            xv[k] = in ? x[o + i] : T(0);
+            dv[k] = in && dx ? dx[o + i] : T(0);
+            gv[k] = in ? g[o + i] : T(0);
+        }
+        T xx = 0, xd = 0, sa = 0, xa = 0, xc = 0;
+#pragma unroll
+        for (int k = 0; k < VPL; ++k) {
+            const T a = gv[k] * fa[k], c = gv[k] * fb[k];
+            xx += xv[k] * xv[k]; xd += xv[k] * dv[k]; sa += a * dv[k]; xa += a * xv[k]; xc += c * xv[k];
+        }
+        xx = warp_sum(xx); xd = warp_sum(xd); sa = warp_sum(sa); xa = warp_sum(xa); xc = warp_sum(xc);
+        const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), r3 = inv * inv * inv, mu = xd / n;
+        const T ka = r3 * mu, kd = r3 * xa / n, kx = (T(3) * r3 * inv * inv * mu * xa - r3 * sa - r3 * xc) / n;
+#pragma unroll
+        for (int k = 0; k < VPL; ++k) {
+            const i64 i = lane + 32 * k;
+            if (i < cols) {
+                const T a = gv[k] * fa[k], c = gv[k] * fb[k];
+                const T vx = inv * c - ka * a - kd * dv[k] + kx * xv[k];
+                gx[o + i] = px ? px[o + i] + vx : vx;
+                if (gdx) { const T vd = inv * a - kd * xv[k]; gdx[o + i] = pdx ? pdx[o + i] + vd : vd; }
+            }
+            acc[0][k] += gv[k] * (xv[k] * inv);
+            acc[1][k] += gv[k] * (inv * dv[k] - ka * xv[k]);
+            acc[2][k] += gv[k];
+        }
+    }
+    T* outs[3] = {o0, o1, o2};
+#pragma unroll
+    for (int m = 0; m < 3; ++m) {
+        if (!outs[m]) continue;
+#pragma unroll
+        for (int k = 0; k < VPL; ++k) part[warp][lane + 32 * k] = acc[m][k];
+        __syncthreads();
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+            T v = 0;
+#pragma unroll
+            for (int w = 0; w < 8; ++w) v += part[w][c];
+            outs[m][(chunk * batch + bi) * cols + c] = v;
+        }
+        __syncthreads();
+    }
+}
+
+// Column sums after rmsnorm_scaled_bwd: o0 = sum g n (n = r x), o1 = sum g L(dx) (L(dx) = r dx - q x), o2 =
+// sum g over each batch entry's rows, with r and q per row from rowR, rowQ; null outputs are skipped. Grid,
+// block and chunks as row_sums.
+template<typename T> __device__ __forceinline__ void norm_col_sums_impl(const T* g, const T* x, const T* dx, const T* rowR,
+                                                                        const T* rowQ, T* o0, T* o1, T* o2, i64 rows,
+                                                                        i64 cols, i64 batch, i64 chunkRows) {
+    __shared__ T part[3][8][33];
+    const i64 col = (i64)blockIdx.x * 32 + threadIdx.x, bi = blockIdx.y % batch, chunk = blockIdx.y / batch;
+    const i64 first = chunk * chunkRows, end = min(rows, first + chunkRows);
+    T acc[3] = {0, 0, 0};
+    if (col < cols) {
+        for (i64 r0 = first + threadIdx.y; r0 < end; r0 += 32) {
+            T gv[4], xv[4], dv[4], rr[4], qq[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const i64 r = r0 + 8 * j, row = bi * rows + r, o = row * cols + col;
+                const bool in = r < end;
+                gv[j] = in ? g[o] : T(0);
+                xv[j] = in && (o0 || o1) ? x[o] : T(0);
+                dv[j] = in && o1 ? dx[o] : T(0);
+                rr[j] = in ? rowR[row] : T(0);
+                qq[j] = in && o1 ? rowQ[row] : T(0);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                acc[0] += gv[j] * (xv[j] * rr[j]);
+                acc[1] += gv[j] * (rr[j] * dv[j] - qq[j] * xv[j]);
+                acc[2] += gv[j];
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 3; ++k) part[k][threadIdx.y][threadIdx.x] = acc[k];
+    __syncthreads();
+    if (threadIdx.y == 0 && col < cols) {
+        T* outs[3] = {o0, o1, o2};
+        for (int k = 0; k < 3; ++k) {
+            if (!outs[k]) continue;
+            T v = 0;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v += part[k][j][threadIdx.x];
+            outs[k][(chunk * batch + bi) * cols + col] = v;
+        }
+    }
+}
+
+
+// Rows of at most 32 * width values in registers (a warp per row); longer rows take the _block kernels.
+//! kernel rmsnorm_warp(width: Int)
+#define RMSNORM_WARP(width) TVM_KERNEL(rmsnorm_warp##width, (256), (const scalar_t* x, scalar_t* y, i64 rows, i64 cols, \
+        scalar_t eps)) { rmsnorm_scaled_warp_impl<scalar_t, width>(x, nullptr, nullptr, y, nullptr, rows, rows, cols, eps); }
+RMSNORM_WARP(1) RMSNORM_WARP(2) RMSNORM_WARP(4) RMSNORM_WARP(8) RMSNORM_WARP(16) RMSNORM_WARP(32) RMSNORM_WARP(48) RMSNORM_WARP(64)
+TVM_KERNEL(rmsnorm_block, (1024), (const scalar_t* x, scalar_t* y, i64 rows, i64 cols, scalar_t eps)) {
+    rmsnorm_scaled_block_impl<scalar_t>(x, nullptr, nullptr, y, nullptr, rows, rows, cols, eps);
+}
+
+//! kernel rmsnorm_scaled_warp(width: Int)
+#define RMSNORM_SCALED_WARP(width) TVM_KERNEL(rmsnorm_scaled_warp##width, (256), (const scalar_t* x, const scalar_t* s, \
+        const scalar_t* t, scalar_t* y, unsigned short* y16, i64 nrows, i64 rows, i64 cols, scalar_t eps)) { \
+    rmsnorm_scaled_warp_impl<scalar_t, width>(x, s, t, y, y16, nrows, rows, cols, eps); }
+RMSNORM_SCALED_WARP(1) RMSNORM_SCALED_WARP(2) RMSNORM_SCALED_WARP(4) RMSNORM_SCALED_WARP(8) RMSNORM_SCALED_WARP(16) RMSNORM_SCALED_WARP(32) RMSNORM_SCALED_WARP(48) RMSNORM_SCALED_WARP(64)
+TVM_KERNEL(rmsnorm_scaled_block, (1024), (const scalar_t* x, const scalar_t* s, const scalar_t* t, scalar_t* y,
+                                          unsigned short* y16, i64 nrows, i64 rows, i64 cols, scalar_t eps)) {
+    rmsnorm_scaled_block_impl<scalar_t>(x, s, t, y, y16, nrows, rows, cols, eps);
+}
+
+// The tangent: rows of up to 512 values (DiT-S and every head dimension) in registers, longer ones read twice.
+//! kernel rmsnorm_scaled_jvp_rows(width: Int)
+#define RMSNORM_SCALED_JVP_ROWS(width) TVM_KERNEL(rmsnorm_scaled_jvp_w##width, (256), (const scalar_t* x, const scalar_t* dx, \
+        const scalar_t* s, const scalar_t* ds, const scalar_t* dt, scalar_t* out, unsigned short* y16, i64 nrows, i64 rows, \
+        i64 cols, scalar_t eps)) { rmsnorm_scaled_jvp_impl<scalar_t, width>(x, dx, s, ds, dt, out, y16, nrows, rows, cols, eps); }
+RMSNORM_SCALED_JVP_ROWS(1) RMSNORM_SCALED_JVP_ROWS(2) RMSNORM_SCALED_JVP_ROWS(4) RMSNORM_SCALED_JVP_ROWS(8)
+RMSNORM_SCALED_JVP_ROWS(12) RMSNORM_SCALED_JVP_ROWS(16)
+TVM_KERNEL(rmsnorm_scaled_jvp, (256), (const scalar_t* x, const scalar_t* dx, const scalar_t* s, const scalar_t* ds,
+                                       const scalar_t* dt, scalar_t* out, unsigned short* y16, i64 nrows, i64 rows, i64 cols,
+                                       scalar_t eps)) {
+    rmsnorm_scaled_jvp_impl<scalar_t, 0>(x, dx, s, ds, dt, out, y16, nrows, rows, cols, eps);
+}
+
+// The backward with the column sums in the same pass: rows of up to 128 values (q/k norms over a head). Wider rows
+// take a row pass (rmsnorm_scaled_bwd) and a column-sum pass (norm_col_sums): the per-lane sums need so many
+// registers there that one block fits per SM (H100, DiT-S/2 rows of 384: 285 us against about 190 us per call).
+//! kernel rmsnorm_scaled_bwd_rows(width: Int)
+#define RMSNORM_SCALED_BWD_ROWS(width) TVM_KERNEL(rmsnorm_scaled_bwd_w##width, (256), (const scalar_t* x, const scalar_t* dx, \
+        const scalar_t* g, const scalar_t* sA, const scalar_t* sB, scalar_t* gx, scalar_t* gdx, const scalar_t* px, \
+        const scalar_t* pdx, scalar_t* o0, scalar_t* o1, scalar_t* o2, i64 rows, i64 cols, i64 batch, i64 chunkRows, \
+        scalar_t eps)) { \
+    rmsnorm_scaled_bwd_rows_impl<scalar_t, width>(x, dx, g, sA, sB, gx, gdx, px, pdx, o0, o1, o2, rows, cols, batch, chunkRows, eps); }
+RMSNORM_SCALED_BWD_ROWS(1) RMSNORM_SCALED_BWD_ROWS(2) RMSNORM_SCALED_BWD_ROWS(4)
+TVM_KERNEL(rmsnorm_scaled_bwd, (256), (const scalar_t* x, const scalar_t* dx, const scalar_t* g, const scalar_t* sA,
+                                       const scalar_t* sB, scalar_t* gx, scalar_t* gdx, const scalar_t* px, const scalar_t* pdx,
+                                       scalar_t* rowR, scalar_t* rowQ, i64 nrows, i64 rows, i64 cols, scalar_t eps)) {
+    rmsnorm_scaled_bwd_impl<scalar_t>(x, dx, g, sA, sB, gx, gdx, px, pdx, rowR, rowQ, nrows, rows, cols, eps);
+}
+TVM_KERNEL(norm_col_sums, (256), (const scalar_t* g, const scalar_t* x, const scalar_t* dx, const scalar_t* rowR,
+                                  const scalar_t* rowQ, scalar_t* o0, scalar_t* o1, scalar_t* o2, i64 rows, i64 cols, i64 batch,
+                                  i64 chunkRows)) {
+    norm_col_sums_impl<scalar_t>(g, x, dx, rowR, rowQ, o0, o1, o2, rows, cols, batch, chunkRows);
+}
+
+TVM_KERNEL(rmsnorm_linear, (256), (const scalar_t* x, const scalar_t* y, const scalar_t* d, const scalar_t* c, scalar_t* out,
+                                   i64 rows, i64 cols, scalar_t eps)) {
+    rmsnorm_linear_impl<scalar_t>(x, y, d, c, out, rows, cols, eps);
+}
+TVM_KERNEL(rmsnorm_linear_bwd, (256), (const scalar_t* x, const scalar_t* y, const scalar_t* d, const scalar_t* g, scalar_t* gx,
+                                       scalar_t* gy, scalar_t* gd, const scalar_t* cx, const scalar_t* cy, const scalar_t* cd,
+                                       i64 rows, i64 cols, scalar_t eps)) {
+    rmsnorm_linear_bwd_impl<scalar_t>(x, y, d, g, gx, gy, gd, cx, cy, cd, rows, cols, eps);
+}

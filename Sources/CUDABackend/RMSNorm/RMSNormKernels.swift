@@ -1,0 +1,98 @@
+import TensorCore
+
+// Backend's RMS normalisation family on RMSNorm.cu's kernels.
+extension CUDABackend {
+    public func rmsNorm(_ x: Storage, _ y: Storage, rows: Int, cols: Int, eps: Double) {
+        guard rows > 0 && cols > 0 else { return }
+        let k = kernels(RMSNormKernels.self, x.dtype)
+        if let warp = rowKernel(k.rmsnormWarp, cols: cols, width: \.width) {
+            warp.launch(on: self, grid: (blocks(rows * 32), 1), x: addr(x), y: addr(y), rows: rows, cols: cols, eps: eps)
+        } else {
+            let t = cols > 8192 ? 1024 : 256
+            k.rmsnormBlock.launch(on: self, grid: (Swift.min(rows, maxBlocks * 2), 1), block: (t, 1), x: addr(x), y: addr(y),
+                                  rows: rows, cols: cols, eps: eps)
+        }
+    }
+
+    public func rmsNormScaled(_ x: Storage, scale s: Storage, shift t: Storage?, _ y: Storage, batch: Int, rows: Int, cols: Int,
+                              eps: Double, productOperand: Bool) {
+        let nrows = batch * rows
+        guard nrows > 0 && cols > 0 else { return }
+        let k = kernels(RMSNormKernels.self, x.dtype)
+        beginBF16Call()
+        let y16 = productOperand ? bf16Twin(y) : 0
+        if let warp = rowKernel(k.rmsnormScaledWarp, cols: cols, width: \.width) {
+            warp.launch(on: self, grid: (blocks(nrows * 32), 1), x: addr(x), s: addr(s), t: addr(t), y: addr(y), y16: y16,
+                        nrows: nrows, rows: rows, cols: cols, eps: eps)
+        } else {
+            let threads = cols > 8192 ? 1024 : 256
+            k.rmsnormScaledBlock.launch(on: self, grid: (Swift.min(nrows, maxBlocks * 2), 1), block: (threads, 1), x: addr(x),
+                                        s: addr(s), t: addr(t), y: addr(y), y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
+        }
+    }
+
+    public func rmsNormScaledJVP(_ x: Storage, _ dx: Storage, scale s: Storage, dScale ds: Storage?, dShift dt: Storage?,
+                                 _ out: Storage, batch: Int, rows: Int, cols: Int, eps: Double, productOperand: Bool) {
+        let nrows = batch * rows
+        guard nrows > 0 && cols > 0 else { return }
+        beginBF16Call()
+        let y16 = productOperand ? bf16Twin(out) : 0
+        let k = kernels(RMSNormKernels.self, x.dtype), grid = (blocks(nrows * 32), 1)
+        if let rowsKernel = rowKernel(k.rmsnormScaledJvpRows, cols: cols, width: \.width) {
+            rowsKernel.launch(on: self, grid: grid, x: addr(x), dx: addr(dx), s: addr(s), ds: addr(ds), dt: addr(dt), out: addr(out),
+                              y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
+        } else {
+            k.rmsnormScaledJvp.launch(on: self, grid: grid, x: addr(x), dx: addr(dx), s: addr(s), ds: addr(ds), dt: addr(dt),
+                                      out: addr(out), y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
+        }
+    }
+
+    public func rmsNormScaledBackward(_ x: Storage, _ dx: Storage?, _ g: Storage, sA: Storage?, sB: Storage?, gx: Storage,
+                                      gdx: Storage?, plus: (x: Storage?, dx: Storage?),
+                                      sums: (n: Storage?, dn: Storage?, one: Storage?), batch: Int, rows: Int, cols: Int,
+                                      eps: Double) {
+        precondition((dx == nil) == (sA == nil) && (dx == nil) == (gdx == nil), "rmsNormScaledBackward: dx, sA and gdx go together")
+        let nrows = batch * rows
+        guard nrows > 0 && cols > 0 else { return }
+        let k = kernels(RMSNormKernels.self, x.dtype), outs = [sums.n, sums.dn, sums.one]
+        if let rowsKernel = rowKernel(k.rmsnormScaledBwdRows, cols: cols, width: \.width) {
+            // Rows in registers, the column sums of each block's rows in the same pass (one block of 8 warps per
+            // chunk of at least 16 rows).
+            columnSums(outs, batch: batch, rows: rows, cols: cols, tiles: 1, minChunkRows: 16) { grid, o, chunkRows in
+                rowsKernel.launch(on: self, grid: grid, x: addr(x), dx: addr(dx), g: addr(g), sA: addr(sA), sB: addr(sB),
+                                  gx: addr(gx), gdx: addr(gdx), px: addr(plus.x), pdx: addr(plus.dx), o0: addr(o[0]),
+                                  o1: addr(o[1]), o2: addr(o[2]), rows: rows, cols: cols, batch: batch, chunkRows: chunkRows,
+                                  eps: eps)
+            }
+            return
+        }
+        // r and r^3 mu per row, from the row pass to the column sums.
+        let rowR = allocate(nrows, x.dtype), rowQ = allocate(nrows, x.dtype)
+        k.rmsnormScaledBwd.launch(on: self, grid: (blocks(nrows * 32), 1), x: addr(x), dx: addr(dx), g: addr(g), sA: addr(sA),
+                                  sB: addr(sB), gx: addr(gx), gdx: addr(gdx), px: addr(plus.x), pdx: addr(plus.dx),
+                                  rowR: addr(rowR), rowQ: addr(rowQ), nrows: nrows, rows: rows, cols: cols, eps: eps)
+        columnSums(outs, batch: batch, rows: rows, cols: cols) { grid, o, chunkRows in
+            k.normColSums.launch(on: self, grid: grid, block: (32, 8), g: addr(g), x: addr(x), dx: addr(dx), rowR: addr(rowR),
+                                 rowQ: addr(rowQ), o0: addr(o[0]), o1: addr(o[1]), o2: addr(o[2]), rows: rows, cols: cols,
+                                 batch: batch, chunkRows: chunkRows)
+        }
+    }
+
+    public func rmsNormLinear(_ x: Storage, _ y: Storage, _ d: Storage, plus c: Storage?, _ out: Storage, rows: Int, cols: Int,
+                              eps: Double) {
+        guard rows > 0 && cols > 0 else { return }
+        kernels(RMSNormKernels.self, x.dtype).rmsnormLinear
+            .launch(on: self, grid: (blocks(rows * 32), 1), x: addr(x), y: addr(y), d: addr(d), c: addr(c), out: addr(out),
+                    rows: rows, cols: cols, eps: eps)
+    }
+
+    public func rmsNormLinearBackward(_ x: Storage, _ y: Storage, _ d: Storage, _ g: Storage, gx: Storage, gy: Storage,
+                                      gd: Storage, plus: (x: Storage?, y: Storage?, d: Storage?), rows: Int, cols: Int,
+                                      eps: Double) {
+        guard rows > 0 && cols > 0 else { return }
+        kernels(RMSNormKernels.self, x.dtype).rmsnormLinearBwd
+            .launch(on: self, grid: (blocks(rows * 32), 1), x: addr(x), y: addr(y), d: addr(d), g: addr(g), gx: addr(gx),
+                    gy: addr(gy), gd: addr(gd), cx: addr(plus.x), cy: addr(plus.y), cd: addr(plus.d), rows: rows, cols: cols,
+                    eps: eps)
+    }
+}

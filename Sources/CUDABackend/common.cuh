@@ -1,0 +1,140 @@
+// Helpers shared by every kernel family of the CUDA backend, and the macros that declare kernels.
+//
+// Each family's .cu file is one translation unit. NVRTC compiles it at run time (CUDABackend's KernelModules),
+// once per element type for families of TVM_KERNEL kernels (-DTVM_FLOAT64 for float64) and once for families
+// of TVM_KERNEL_F32 kernels. At build time CUDAKernelTool reads the declarations below from the .cu files and
+// writes the Swift that launches each kernel with typed, named arguments (see KernelDeclarations/Declarations.swift):
+//
+//   TVM_KERNEL(name, (threads[, minBlocks]), (parameters)) { body }
+//       one kernel per element type, exported as name_f32 / name_f64, scalar_t its element type;
+//   TVM_KERNEL_F32(name, (threads[, minBlocks]), (parameters)) { body }
+//       one float32 kernel exported as name;
+//   //! kernel name(axis: SwiftType, ...)   then   #define MACRO(axis, ...) TVM_KERNEL(...) { ... }
+//       a kernel template: every call MACRO(values) below it exports one instance, and the Swift side gets
+//       the instances with their axis values (Int, Bool or a Swift enum's case).
+//
+// The launch bounds are __launch_bounds__'s arguments. Kernel parameters may be pointers, i64, int, u64, float,
+// scalar_t, View2 and Win (the Swift side packs nothing else).
+
+#if defined(TVM_FLOAT64)
+typedef double scalar_t;
+#define TVM_EXPORT_NAME(name) name##_f64
+#else
+typedef float scalar_t;
+#define TVM_EXPORT_NAME(name) name##_f32
+#endif
+#define TVM_KERNEL(name, bounds, params) extern "C" __global__ void __launch_bounds__ bounds TVM_EXPORT_NAME(name) params
+#define TVM_KERNEL_F32(name, bounds, params) extern "C" __global__ void __launch_bounds__ bounds name params
+
+typedef long long i64;
+typedef unsigned long long u64;
+typedef unsigned int u32;
+
+__device__ __forceinline__ float f_inf(float) { return __int_as_float(0x7f800000); }
+__device__ __forceinline__ double f_inf(double) { return __longlong_as_double(0x7ff0000000000000LL); }
+__device__ __forceinline__ float f_nan(float) { return __int_as_float(0x7fffffff); }
+__device__ __forceinline__ double f_nan(double) { return __longlong_as_double(0x7ff8000000000000LL); }
+template<typename T> __device__ __forceinline__ T inf_() { return f_inf(T(0)); }
+template<typename T> __device__ __forceinline__ T nan_() { return f_nan(T(0)); }
+
+// Accurate libm forms (no fast-math intrinsics): the CPU backend uses libm too.
+__device__ __forceinline__ float m_exp(float x) { return expf(x); }
+__device__ __forceinline__ double m_exp(double x) { return exp(x); }
+__device__ __forceinline__ float m_log(float x) { return logf(x); }
+__device__ __forceinline__ double m_log(double x) { return log(x); }
+__device__ __forceinline__ float m_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double m_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float m_sin(float x) { return sinf(x); }
+__device__ __forceinline__ double m_sin(double x) { return sin(x); }
+__device__ __forceinline__ float m_cos(float x) { return cosf(x); }
+__device__ __forceinline__ double m_cos(double x) { return cos(x); }
+__device__ __forceinline__ float m_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double m_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float m_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double m_abs(double x) { return fabs(x); }
+
+template<typename T> __device__ __forceinline__ bool is_nan(T x) { return x != x; }
+/// NaN propagates, as in the CPU backend (and PyTorch's maximum / amax).
+template<typename T> __device__ __forceinline__ T max_nan(T a, T b) {
+    return (is_nan(a) || is_nan(b)) ? nan_<T>() : (a > b ? a : b);
+}
+template<typename T> __device__ __forceinline__ T min_nan(T a, T b) {
+    return (is_nan(a) || is_nan(b)) ? nan_<T>() : (a < b ? a : b);
+}
+
+/// 16 bytes of elements: one vector load or store.
+template<typename T> struct __align__(16) Pack { T v[16 / sizeof(T)]; };
+
+/// float32 to bfloat16 bits, rounded to nearest even; NaN stays NaN (quiet). No cuda_bf16.h: NVRTC
+/// needs no include path.
+__device__ __forceinline__ unsigned short bf16_bits(float f) {
+    const u32 b = __float_as_uint(f);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((b >> 16) | 0x40u);
+    return (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+// The bfloat16 copy of an output that feeds bf16 products, written by the kernel that makes the output
+// (y16 null: none; never for double).
+template<typename T> __device__ __forceinline__ void store_bf16(unsigned short* y16, i64 i, const Pack<T>& r) {
+    if constexpr (sizeof(T) == 4) {
+        if (y16) {
+            uint2 o;
+            o.x = (u32)bf16_bits(r.v[0]) | ((u32)bf16_bits(r.v[1]) << 16);
+            o.y = (u32)bf16_bits(r.v[2]) | ((u32)bf16_bits(r.v[3]) << 16);
+            reinterpret_cast<uint2*>(y16)[i] = o;
+        }
+    }
+}
+template<typename T> __device__ __forceinline__ void store_bf16_one(unsigned short* y16, i64 i, T v) {
+    if constexpr (sizeof(T) == 4) { if (y16) y16[i] = bf16_bits(v); }
+}
+__device__ __forceinline__ void store_bf16_pair(unsigned short* y16, i64 i, float a, float b) {
+    if (y16) *reinterpret_cast<u32*>(y16 + i) = (u32)bf16_bits(a) | ((u32)bf16_bits(b) << 16);
+}
+
+__device__ __forceinline__ i64 gtid() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
+/// Attention operands are token-major [batch, n, heads, d] (TensorCore's AttentionGeometry): the first row of
+/// head bh = b * heads + h lies here, and its rows are heads * d apart.
+__device__ __forceinline__ i64 attn_head_offset(i64 bh, int n, int heads, int d) {
+    return ((bh / heads) * n * heads + bh % heads) * d;
+}
+__device__ __forceinline__ i64 gstride() { return (i64)gridDim.x * blockDim.x; }
+
+template<typename T> __device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+template<typename T> __device__ __forceinline__ T warp_max(T v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+/// Sum or max over the block (every thread gets the result); `sm` holds 32 values.
+template<typename T, bool MAX> __device__ __forceinline__ T block_reduce(T v, T* sm) {
+    v = MAX ? warp_max(v) : warp_sum(v);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) sm[w] = v;
+    __syncthreads();
+    v = lane < nw ? sm[lane] : (MAX ? -inf_<T>() : T(0));
+    return MAX ? warp_max(v) : warp_sum(v);
+}
+
+/// Shape and strides of up to 8 collapsed axes (row-major), for two strided views.
+struct View2 { i64 shape[8]; i64 s0[8]; i64 s1[8]; int ndim; };
+
+/// Offsets of linear index i in both views.
+template<typename I> __device__ __forceinline__ void view_offsets(const View2& v, I i, I& o0, I& o1) {
+    I rem = i; o0 = 0; o1 = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const int d = 7 - k;
+        if (d < v.ndim) {
+            const I s = (I)v.shape[d];
+            const I q = rem / s, idx = rem - q * s;
+            rem = q;
+            o0 += idx * (I)v.s0[d];
+            o1 += idx * (I)v.s1[d];
+        }
+    }
+}

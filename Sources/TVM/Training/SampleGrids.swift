@@ -1,0 +1,50 @@
+import TensorCore
+import NN
+import Data
+import Formats
+
+/// The sample grids a training run writes at every snapshot: the same noise and classes every time (one row of
+/// 10 per class, the first 10 classes), drawn from a stream of their own, so grids compare across steps and a
+/// resumed run draws the grids the uninterrupted one would.
+struct SampleGrids {
+    static let perRow = 10
+    /// The step counts of the grids, each a file `samples_step<N>_nfe<K>.png`.
+    static let nfes = [1, 4]
+    let labels: [Int]
+    let noise: Tensor
+    let cond: Conditioning
+    let guidance: Double
+    let channels: Int, side: Int
+
+    /// Grids for images like `data`'s, sampled with guidance scale `guidance`; `seed` is the run's.
+    init(data: ImageDataset, seed: UInt64, guidance: Double, on device: Device = .default) {
+        let rows = min(data.classes, 10)
+        labels = (0..<(rows * Self.perRow)).map { $0 / Self.perRow }
+        var rng = RandomGenerator(seed: seed &+ 0x6121D)
+        noise = Tensor.randomNormal([labels.count, data.channels, data.height, data.width], rng: &rng, on: device)
+        cond = Conditioning.sampling(labels: labels, classes: data.classes, guidance: guidance, on: device)
+        self.guidance = guidance
+        channels = data.channels
+        side = data.height
+    }
+
+    /// Samples the grids with `trainer`'s evaluation EMA and writes them into `directory`; returns their paths.
+    func write(_ trainer: Trainer<DiT>, into directory: String) throws -> [String] {
+        try Self.nfes.map { nfe in
+            let x = trainer.sample(noise: noise, steps: nfe, cond: cond, weights: trainer.ema, guidanceScale: guidance).floats
+            let path = directory + "/samples_step\(trainer.step)_nfe\(nfe).png"
+            try writeImageGrid(x, n: labels.count, channels: channels, side: side, columns: Self.perRow, path: path)
+            return path
+        }
+    }
+}
+
+/// [n, C, H, W] floats in [-1, 1] to a PNG grid (`columns` per row); channels other than 1 or 3 show channel 0 in gray.
+public func writeImageGrid(_ values: [Float], n: Int, channels: Int, side: Int, columns: Int, path: String) throws {
+    let size = channels * side * side, plane = side * side
+    let shown = channels == 1 || channels == 3 ? channels : 1
+    let images = (0..<n).map { i -> [Float] in
+        Array(values[(i * size)..<(i * size + shown * plane)])
+    }
+    try imageGrid(images: images, channels: shown, height: side, width: side, columns: columns).writePNG(path: path)
+}
