@@ -4,8 +4,7 @@ import Formats
 ///
 /// Reading checks everything the format lets us check: the header (magic, method 8, reserved flag bits
 /// zero, the optional FEXTRA / FNAME / FCOMMENT fields and the FHCRC header checksum), the DEFLATE
-/// data (decoded by `Formats.Deflate.inflate`, bounds-checked) and each member's CRC-32 and ISIZE
-/// trailer. A file of several members (`cat a.gz b.gz`) decodes to the concatenation, as `gunzip`
+/// data (decoded by zlib, `Formats.Zlib`) and each member's CRC-32 and ISIZE trailer. A file of several members (`cat a.gz b.gz`) decodes to the concatenation, as `gunzip`
 /// does; zero bytes after the last member (tape padding) are ignored, anything else after it is an error.
 /// The total output is capped, because a few KB of DEFLATE can claim gigabytes.
 public enum Gzip {
@@ -43,16 +42,16 @@ public enum Gzip {
             let start = pos
             let label = member == 1 ? "" : " of member \(member)"
             pos = try headerEnd(bytes, start: start, fail: { fail($0 + label) })
-            let decoded: (output: [UInt8], end: Int)
+            let decoded: Zlib.Inflated
             do {
-                decoded = try Deflate.inflate(bytes, start: pos, maxOutput: cap - output.count)
+                decoded = try Zlib.inflate(bytes, start: pos, format: .raw, maxOutput: cap - output.count)
             } catch let e as FormatError {
-                if e.message.contains("exceeds the expected") {
-                    throw fail("decompressed data is over " + (limit ?? "the \(cap)-byte limit"))
-                }
                 throw fail(e.message + label)
             }
-            pos = decoded.end
+            guard let end = decoded.end else {
+                throw fail("decompressed data is over " + (limit ?? "the \(cap)-byte limit"))
+            }
+            pos = end
             guard bytes.count - pos >= 8 else {
                 throw fail("file ends inside the CRC-32/ISIZE trailer" + label + " (truncated download?)")
             }
@@ -72,14 +71,14 @@ public enum Gzip {
     }
 
     /// The first `count` decompressed bytes of the first member (fewer when it is shorter), decoding no
-    /// more than that; the rest of the file is not checked. Lets a reader see the header of the contents,
+    /// further than that (and one symbol); the rest of the file is not checked. Lets a reader see the header of the contents,
     /// which says how large they are, before decompressing everything.
     public static func decompressPrefix(_ bytes: [UInt8], count: Int, source: String = "gzip data") throws -> [UInt8] {
         func fail(_ what: String) -> DataError { DataError(file: source, "gzip: " + what) }
         guard isGzip(bytes) else { throw fail("missing the gzip magic bytes 1f 8b") }
         let start = try headerEnd(bytes, start: 0, fail: fail)
         do {
-            return try Deflate.inflatePrefix(bytes, start: start, count: count)
+            return try Zlib.inflate(bytes, start: start, format: .raw, maxOutput: count).output
         } catch let e as FormatError {
             throw fail(e.message)
         }
@@ -101,9 +100,9 @@ public enum Gzip {
         return bytes
     }
 
-    /// A one-member gzip file of `data` (DEFLATE by `Formats.Deflate.compress`), with the original
-    /// file name in FNAME when `name` is given; MTIME is 0 so equal inputs give equal files.
-    public static func compress(_ data: [UInt8], name: String? = nil) -> [UInt8] {
+    /// A one-member gzip file of `data` (DEFLATE by zlib at its default level), with the original file
+    /// name in FNAME when `name` is given; MTIME is 0 so equal inputs give equal files.
+    public static func compress(_ data: [UInt8], name: String? = nil) throws -> [UInt8] {
         var flags: UInt8 = 0
         var nameBytes: [UInt8] = []
         if let name {
@@ -113,7 +112,11 @@ public enum Gzip {
         }
         var out: [UInt8] = [0x1F, 0x8B, 8, flags, 0, 0, 0, 0, 0, 0xFF]  // XFL 0, OS 255 (unknown)
         if flags & 0x08 != 0 { out += nameBytes + [0] }
-        out += Deflate.compress(data)
+        do {
+            out += try Zlib.deflate(data, format: .raw)
+        } catch let e as FormatError {
+            throw DataError(sanitizing: "gzip: " + e.message)
+        }
         appendLE32(&out, Checksum.crc32(data))
         appendLE32(&out, UInt32(truncatingIfNeeded: data.count))
         return out

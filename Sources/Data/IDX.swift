@@ -185,7 +185,7 @@ public enum IDX {
         var bytes = try encode(shape: shape, values: values)
         if gzip {
             let base = path.split(separator: "/").last.map(String.init) ?? path
-            bytes = Gzip.compress(bytes, name: base.hasSuffix(".gz") ? String(base.dropLast(3)) : base)
+            bytes = try Gzip.compress(bytes, name: base.hasSuffix(".gz") ? String(base.dropLast(3)) : base)
         }
         do {
             try AtomicFile.write(path: path, bytes: bytes)

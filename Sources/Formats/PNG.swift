@@ -36,7 +36,7 @@ public struct Image: Equatable, Sendable {
         ihdr += [8, colorType, 0, 0, 0]
 
         let filtered = PNGFilter.filterRows(pixels, width: width, height: height, channels: channels)
-        let compressed = Deflate.zlibCompress(filtered)
+        let compressed = try Zlib.deflate(filtered, format: .zlib)
 
         var out: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
         out.reserveCapacity(compressed.count + 128)
@@ -72,7 +72,7 @@ public struct Image: Equatable, Sendable {
     }
 
     /// Decodes a PNG of any standard layout to 8 bits per sample (`PNGLayout` says how), verifying every
-    /// chunk CRC and the zlib checksum.
+    /// chunk CRC and (through zlib) the Adler-32 of the image data.
     public static func decodePNG(_ bytes: [UInt8]) throws -> Image {
         func fail(_ what: String) -> FormatError { FormatError("PNG: \(what)") }
         let signature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
@@ -145,12 +145,16 @@ public struct Image: Equatable, Sendable {
         guard !idat.isEmpty else { throw fail("no IDAT chunk") }
         guard !layout.isPalette || !palette.isEmpty else { throw fail("palette image without a PLTE chunk") }
         let expected = layout.inflatedByteCount
-        let raw: [UInt8]
+        let decoded: Zlib.Inflated
         do {
-            raw = try Deflate.zlibDecompress(idat, maxOutput: expected)
+            decoded = try Zlib.inflate(idat, format: .zlib, maxOutput: expected)
         } catch let e as FormatError {
             throw fail("image data: \(e.message)")
         }
+        guard decoded.end != nil else {
+            throw fail("image data exceeds the expected \(expected) bytes for \(layout.width)x\(layout.height)")
+        }
+        let raw = decoded.output
         guard raw.count == expected else {
             throw fail("image data has \(raw.count) bytes, expected \(expected) for \(layout.width)x\(layout.height)")
         }

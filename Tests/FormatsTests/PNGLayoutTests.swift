@@ -7,7 +7,7 @@ final class PNGLayoutTests: XCTestCase {
     /// A PNG of the given IHDR fields whose sub-images (the image, or Adam7's seven passes) have rows produced by
     /// `packRow(x0, dx, y)`; every row is stored with filter type Up when `up`, else None.
     func png(width: Int, height: Int, depth: UInt8, colorType: UInt8, interlaced: Bool = false, chunks: [(String, [UInt8])] = [],
-             up: Bool = false, packRow: (_ x0: Int, _ dx: Int, _ y: Int) -> [UInt8]) -> [UInt8] {
+             up: Bool = false, packRow: (_ x0: Int, _ dx: Int, _ y: Int) -> [UInt8]) throws -> [UInt8] {
         let passes = interlaced ? [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
                                 : [(0, 0, 1, 1)]
         var stream: [UInt8] = []
@@ -32,7 +32,7 @@ final class PNGLayoutTests: XCTestCase {
         ihdr += [depth, colorType, 0, 0, interlaced ? 1 : 0]
         PNGChunks.append(&out, type: "IHDR", data: ihdr[...])
         for (type, data) in chunks { PNGChunks.append(&out, type: type, data: data[...]) }
-        PNGChunks.append(&out, type: "IDAT", data: Deflate.zlibCompress(stream)[...])
+        PNGChunks.append(&out, type: "IDAT", data: try Zlib.deflate(stream, format: .zlib)[...])
         PNGChunks.append(&out, type: "IEND", data: [][...])
         return out
     }
@@ -53,7 +53,7 @@ final class PNGLayoutTests: XCTestCase {
         for width in 1...10 {
             for height in 1...10 {
                 let value = { (x: Int, y: Int) in (x * 29 + y * 71) % 256 }
-                let bytes = png(width: width, height: height, depth: 8, colorType: 0, interlaced: true, up: true) { x0, dx, y in
+                let bytes = try png(width: width, height: height, depth: 8, colorType: 0, interlaced: true, up: true) { x0, dx, y in
                     stride(from: x0, to: width, by: dx).map { UInt8(value($0, y)) }
                 }
                 let image = try Image.decodePNG(bytes)
@@ -68,7 +68,7 @@ final class PNGLayoutTests: XCTestCase {
             let top = (1 << depth) - 1, width = 11
             let value = { (x: Int, y: Int) in (x + 3 * y) % (top + 1) }
             for interlaced in [false, true] {
-                let bytes = png(width: width, height: 3, depth: UInt8(depth), colorType: 0, interlaced: interlaced) { x0, dx, y in
+                let bytes = try png(width: width, height: 3, depth: UInt8(depth), colorType: 0, interlaced: interlaced) { x0, dx, y in
                     self.pack(stride(from: x0, to: width, by: dx).map { value($0, y) }, depth: depth)
                 }
                 let image = try Image.decodePNG(bytes)
@@ -82,7 +82,7 @@ final class PNGLayoutTests: XCTestCase {
     func testSixteenBitKeepsTheHighByte() throws {
         for (colorType, channels) in [(UInt8(0), 1), (4, 2), (2, 3), (6, 4)] {
             let width = 5, samples = { (x: Int, y: Int) in (0..<channels).map { c in (x * 4099 + y * 257 + c * 9001) % 65536 } }
-            let bytes = png(width: width, height: 2, depth: 16, colorType: colorType, up: true) { _, _, y in
+            let bytes = try png(width: width, height: 2, depth: 16, colorType: colorType, up: true) { _, _, y in
                 self.pack((0..<width).flatMap { samples($0, y) }, depth: 16)
             }
             let image = try Image.decodePNG(bytes)
