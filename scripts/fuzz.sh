@@ -22,7 +22,7 @@ SWIFTC=${SWIFTC:-swiftc}
 # harnesses reach internal helpers (chunk and header parsers) through @testable import.
 FLAGS=(-O -gline-tables-only -swift-version 5 -sanitize=fuzzer,address -parse-as-library -enable-testing)
 
-HARNESSES=(safetensors npy png json pointfile idx gzip inception zip)
+HARNESSES=(safetensors npy png json pointfile idx gzip inception zip pickle)
 
 # The package's modules that each harness links, dependencies included.
 harness_modules() {
@@ -31,6 +31,7 @@ harness_modules() {
     npy | png | pointfile | zip) echo "Formats" ;;
     idx | gzip) echo "Formats TensorCore Data" ;;
     inception) echo "Formats TensorCore Data Eval" ;;
+    pickle) echo "Formats TensorCore NN" ;;
     *) echo "unknown harness '$1' (known: ${HARNESSES[*]})" >&2; exit 2 ;;
   esac
 }
@@ -39,7 +40,7 @@ harness_modules() {
 # safetensors), small enough that each execution stays fast.
 max_len() {
   case $1 in
-    safetensors | inception) echo 32768 ;;
+    safetensors | inception | pickle) echo 32768 ;;
     png | gzip) echo 8192 ;;
     *) echo 4096 ;;
   esac

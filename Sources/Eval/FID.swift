@@ -22,16 +22,25 @@ public enum FID {
     /// when the covariances are singular (fewer images than 2048 features), where the general matrix square
     /// root of S1 S2 that scipy.linalg.sqrtm computes loses accuracy.
     public static func distance(_ a: FeatureStatistics, _ b: FeatureStatistics) throws -> Double {
-        guard a.dimension == b.dimension else {
-            throw EvalError("FID: the statistics have \(a.dimension) and \(b.dimension) features")
+        try distance(a.mean, a.covariance, b.mean, b.covariance)
+    }
+
+    /// FID between generated images' statistics and published ones (`ReferenceStatistics`).
+    public static func distance(_ a: FeatureStatistics, _ reference: ReferenceStatistics) throws -> Double {
+        try distance(a.mean, a.covariance, reference.mean, reference.covariance)
+    }
+
+    static func distance(_ meanA: [Double], _ covarianceA: [Double], _ meanB: [Double], _ covarianceB: [Double]) throws -> Double {
+        guard meanA.count == meanB.count else {
+            throw EvalError("FID: the statistics have \(meanA.count) and \(meanB.count) features")
         }
-        let d = a.dimension
+        let d = meanA.count
         var meanTerm = 0.0
-        for i in 0..<d { meanTerm += (a.mean[i] - b.mean[i]) * (a.mean[i] - b.mean[i]) }
+        for i in 0..<d { meanTerm += (meanA[i] - meanB[i]) * (meanA[i] - meanB[i]) }
         var traces = 0.0
-        for i in 0..<d { traces += a.covariance[i * d + i] + b.covariance[i * d + i] }
-        let root = try symmetricSquareRoot(a.covariance, n: d)
-        let product = multiply(multiply(root, b.covariance, n: d), root, n: d)
+        for i in 0..<d { traces += covarianceA[i * d + i] + covarianceB[i * d + i] }
+        let root = try symmetricSquareRoot(covarianceA, n: d)
+        let product = multiply(multiply(root, covarianceB, n: d), root, n: d)
         let values = try SymmetricEigen.decompose(symmetrized(product, n: d), n: d, vectors: false).values
         let traceRoot = values.reduce(0) { $0 + Swift.max($1, 0).squareRoot() }
         return meanTerm + traces - 2 * traceRoot

@@ -71,16 +71,16 @@ public struct Image: Equatable, Sendable {
         }
     }
 
-    /// Decodes an 8-bit, non-interlaced gray, gray+alpha, RGB or RGBA PNG, verifying every chunk CRC
-    /// and (through zlib) the Adler-32 of the image data. Palette, 16-bit, low-bit-depth and interlaced
-    /// images are refused.
+    /// Decodes a PNG of any standard layout to 8 bits per sample (`PNGLayout` says how), verifying every
+    /// chunk CRC and (through zlib) the Adler-32 of the image data.
     public static func decodePNG(_ bytes: [UInt8]) throws -> Image {
         func fail(_ what: String) -> FormatError { FormatError("PNG: \(what)") }
         let signature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
         guard bytes.count >= 8, Array(bytes[0..<8]) == signature else { throw fail("missing PNG signature") }
 
         var pos = 8
-        var header: (width: Int, height: Int, channels: Int)? = nil
+        var header: PNGLayout? = nil
+        var palette: [UInt8] = [], paletteAlpha: [UInt8] = []
         var idat: [UInt8] = []
         var sawIEND = false
         var lastWasIDAT = false
@@ -118,22 +118,17 @@ public struct Image: Equatable, Sendable {
                 guard width * height <= maxPixels else {
                     throw fail("image of \(width)x\(height) pixels is over the \(maxPixels)-pixel limit")
                 }
-                let channels: Int
-                switch colorType {
-                case 0: channels = 1
-                case 2: channels = 3
-                case 4: channels = 2
-                case 6: channels = 4
-                case 3: throw fail("palette (indexed-color) images are not supported")
-                default: throw fail("invalid color type \(colorType)")
-                }
-                guard depth != 16 else { throw fail("16-bit images are not supported") }
-                guard depth == 8 else { throw fail("bit depth \(depth) is not supported (only 8)") }
                 guard d[10] == 0 else { throw fail("unknown compression method \(d[10])") }
                 guard d[11] == 0 else { throw fail("unknown filter method \(d[11])") }
-                guard d[12] != 1 else { throw fail("interlaced (Adam7) images are not supported") }
-                guard d[12] == 0 else { throw fail("unknown interlace method \(d[12])") }
-                header = (width, height, channels)
+                header = try PNGLayout(width: width, height: height, colorType: colorType, depth: depth, interlace: d[12])
+            case "PLTE":
+                // Optional (a suggested palette) for truecolor images, required before IDAT for palette images.
+                guard palette.isEmpty else { throw fail("duplicate PLTE chunk") }
+                guard length % 3 == 0, (3...768).contains(length) else { throw fail("PLTE chunk has length \(length)") }
+                palette = Array(bytes[dataRange])
+            case "tRNS":
+                // Palette alpha; the color key of gray and truecolor images is ignored, as PIL's convert('RGB') does.
+                if header?.isPalette == true { paletteAlpha = Array(bytes[dataRange].prefix(256)) }
             case "IDAT":
                 guard !idatClosed else { throw fail("IDAT chunks are not consecutive") }
                 idat.append(contentsOf: bytes[dataRange])
@@ -141,28 +136,29 @@ public struct Image: Equatable, Sendable {
             case "IEND":
                 sawIEND = true
             default:
-                // Lowercase first letter = ancillary, safe to ignore; PLTE is optional for truecolor.
+                // Lowercase first letter = ancillary, safe to ignore.
                 let critical = typeBytes[0] >= 65 && typeBytes[0] <= 90
-                if critical && type != "PLTE" { throw fail("unsupported critical chunk \(type)") }
+                if critical { throw fail("unsupported critical chunk \(type)") }
             }
         }
-        guard let (width, height, channels) = header else { throw fail("missing IHDR chunk") }
+        guard let layout = header else { throw fail("missing IHDR chunk") }
         guard !idat.isEmpty else { throw fail("no IDAT chunk") }
-        let rowBytes = width * channels
-        let expected = height * (rowBytes + 1)
+        guard !layout.isPalette || !palette.isEmpty else { throw fail("palette image without a PLTE chunk") }
+        let expected = layout.inflatedByteCount
         let decoded: Zlib.Inflated
         do {
             decoded = try Zlib.inflate(idat, format: .zlib, maxOutput: expected)
         } catch let e as FormatError {
             throw fail("image data: \(e.message)")
         }
-        guard decoded.end != nil else { throw fail("image data exceeds the expected \(expected) bytes for \(width)x\(height)") }
+        guard decoded.end != nil else {
+            throw fail("image data exceeds the expected \(expected) bytes for \(layout.width)x\(layout.height)")
+        }
         let raw = decoded.output
         guard raw.count == expected else {
-            throw fail("image data has \(raw.count) bytes, expected \(expected) for \(width)x\(height)")
+            throw fail("image data has \(raw.count) bytes, expected \(expected) for \(layout.width)x\(layout.height)")
         }
-        let pixels = try PNGFilter.unfilterRows(raw, width: width, height: height, channels: channels)
-        return Image(width: width, height: height, channels: channels, pixels: pixels)
+        return try layout.image(fromInflated: raw, palette: palette, paletteAlpha: paletteAlpha)
     }
 }
 
@@ -238,12 +234,13 @@ enum PNGFilter {
         return out
     }
 
-    static func unfilterRows(_ raw: [UInt8], width: Int, height: Int, channels bpp: Int) throws -> [UInt8] {
-        let rowBytes = width * bpp
-        var out = [UInt8](repeating: 0, count: height * rowBytes)
+    /// Reverses the filters of `rows` scanlines of `rowBytes` bytes each (every one preceded by its filter-type
+    /// byte) stored in `raw` from `start`; `distance` is `PNGLayout.filterDistance`.
+    static func unfilterRows(_ raw: [UInt8], start: Int, rows: Int, rowBytes: Int, distance bpp: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: rows * rowBytes)
         try out.withUnsafeMutableBufferPointer { px in
-            for y in 0..<height {
-                let src = y * (rowBytes + 1) + 1
+            for y in 0..<rows {
+                let src = start + y * (rowBytes + 1) + 1
                 let row = y * rowBytes
                 let up = row - rowBytes
                 let type = raw[src - 1]

@@ -4,12 +4,17 @@ public enum TensorDType: String, CaseIterable, Sendable {
     case f16 = "F16"
     case bf16 = "BF16"
     case f64 = "F64"
+    /// Unsigned bytes: images (reference pixels of PIL, decoded samples).
+    case u8 = "U8"
+    /// Integers (class labels of reference files); read as Float, exact up to 2^24.
+    case i64 = "I64"
 
     public var byteSize: Int {
         switch self {
         case .f32: return 4
         case .f16, .bf16: return 2
-        case .f64: return 8
+        case .f64, .i64: return 8
+        case .u8: return 1
         }
     }
 }
@@ -28,7 +33,8 @@ public struct NamedArray: Equatable, Sendable {
         self.bytes = bytes
     }
 
-    /// Encodes `floats` as `dtype`; F16 and BF16 round to nearest even, F64 widens exactly.
+    /// Encodes `floats` as `dtype`; F16 and BF16 round to nearest even, F64 widens exactly, U8 rounds to
+    /// nearest and clamps to 0...255 (NaN becomes 0), I64 takes whole numbers only.
     /// Writing checks that the value count matches `shape`.
     public init(name: String, shape: [Int], floats: [Float], dtype: TensorDType = .f32) {
         self.name = name
@@ -43,6 +49,13 @@ public struct NamedArray: Equatable, Sendable {
             bytes = NamedArray.encode16(floats, HalfConversion.floatToHalf)
         case .bf16:
             bytes = NamedArray.encode16(floats, HalfConversion.floatToBfloat16)
+        case .u8:
+            bytes = floats.map { $0.isNaN ? 0 : UInt8(max(0, min(255, $0.rounded()))) }
+        case .i64:
+            bytes = floats.flatMap { v -> [UInt8] in
+                guard let i = Int64(exactly: v) else { preconditionFailure("I64 tensor \(name) given the non-integer \(v)") }
+                return (0..<8).map { UInt8(truncatingIfNeeded: i >> (8 * $0)) }
+            }
         }
     }
 
@@ -80,16 +93,21 @@ public struct NamedArray: Equatable, Sendable {
                     for i in 0..<n { out[i] = HalfConversion.bfloat16ToFloat(RawLE.u16(raw, i)) }
                     c = n
                 }
+            case .u8:
+                return raw.map { Float($0) }
+            case .i64:
+                return (0..<n).map { Float(Int64(bitPattern: RawLE.u64(raw, $0))) }
             }
         }
     }
 
-    /// The values as Double (exact for every dtype).
+    /// The values as Double (exact for every dtype; I64 up to 2^53).
     public func doubles() -> [Double] {
-        if dtype == .f64 {
-            return bytes.withUnsafeBytes { RawLE.doubles($0, count: count) }
+        switch dtype {
+        case .f64: return bytes.withUnsafeBytes { RawLE.doubles($0, count: count) }
+        case .i64: return bytes.withUnsafeBytes { raw in (0..<count).map { Double(Int64(bitPattern: RawLE.u64(raw, $0))) } }
+        default: return floats().map(Double.init)
         }
-        return floats().map(Double.init)
     }
 
     private static func encode16(_ values: [Float], _ convert: (Float) -> UInt16) -> [UInt8] {
@@ -227,7 +245,7 @@ public struct SafetensorsFile: Sendable {
             guard let dtypeValue = value["dtype"] else { throw fail("\(t): missing \"dtype\"") }
             guard let dtypeName = dtypeValue.string else { throw fail("\(t): \"dtype\" is not a string") }
             guard let dtype = TensorDType(rawValue: dtypeName) else {
-                throw fail("\(t): unknown dtype \(quoted(dtypeName)) (supported: F32, F16, BF16, F64)")
+                throw fail("\(t): unknown dtype \(quoted(dtypeName)) (supported: F32, F16, BF16, F64, U8, I64)")
             }
 
             guard let shapeValue = value["shape"] else { throw fail("\(t): missing \"shape\"") }

@@ -98,6 +98,7 @@ final class SafetensorsTests: XCTestCase {
             NamedArray(name: "w.f64", shape: [2, 2, 2], doubles: doubles),
             NamedArray(name: "empty", shape: [0, 3], floats: []),
             NamedArray(name: "scalar", shape: [], floats: [42]),
+            NamedArray(name: "labels", shape: [3], floats: [0, -7, 16_777_216], dtype: .i64),
         ])
         let bytes = try file.serialized()
         let back = try SafetensorsFile.parse(bytes, source: "memory")
@@ -115,8 +116,21 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertEqual(back["w.f32"]?.doubles(), values.map(Double.init))
         XCTAssertEqual(back["empty"]?.floats(), [])
         XCTAssertEqual(back["scalar"]?.floats(), [42])
+        XCTAssertEqual(back["labels"]?.doubles(), [0, -7, 16_777_216])
+        XCTAssertEqual(back["labels"]?.bytes.prefix(16), [0, 0, 0, 0, 0, 0, 0, 0, 0xF9, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])
         XCTAssertNil(back["nope"])
         XCTAssertEqual(NamedArray(name: "x", shape: [2], floats: [1.5, -3], dtype: .f64).doubles(), [1.5, -3])
+    }
+
+    func testUnsignedBytes() throws {
+        // Floats round to nearest and clamp to 0...255; NaN becomes 0.
+        let u8 = NamedArray(name: "img", shape: [2, 3], floats: [0, 254.6, 300, -4, .nan, 127.4], dtype: .u8)
+        XCTAssertEqual(u8.bytes, [0, 255, 255, 0, 0, 127])
+        let file = SafetensorsFile(tensors: [u8, NamedArray(name: "raw", shape: [3], dtype: .u8, bytes: [9, 8, 7])])
+        let back = try SafetensorsFile.parse(file.serialized(), source: "memory")
+        XCTAssertEqual(back.tensors, file.tensors)
+        XCTAssertEqual(back["raw"]?.floats(), [9, 8, 7])
+        XCTAssertEqual(back["img"]?.doubles(), [0, 255, 255, 0, 0, 127])
     }
 
     func testExactByteLayout() throws {

@@ -63,3 +63,10 @@ func pseudoRandomBytes(_ n: Int, seed: UInt64) -> [UInt8] {
         return UInt8(truncatingIfNeeded: s >> 24)
     }
 }
+
+/// A file of `Tests/Resources/pil-images`: small images and what PIL makes of them (its make_reference.py says how
+/// they were made).
+func pilImagesResource(_ name: String) -> String {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Resources/pil-images/\(name)").path
+}
