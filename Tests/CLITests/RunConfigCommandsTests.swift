@@ -109,6 +109,8 @@ final class RunConfigCommandsTests: CLITestCase {
         let nested = try file("nested.json", #"{"lr": {"peak": 1}}"#)
         try assertCleanError(["train", "--config", nested] + base + out, contains: "\"lr\" must be a number, a string or a list")
         try assertCleanError(["train", "--config", dir + "/none.json"] + base + out, contains: "no such config file")
+        let huge = try file("huge.json", "{\"lr\": 0.001" + String(repeating: " ", count: 1 << 20) + "}")
+        try assertCleanError(["train", "--config", huge] + base + out, contains: "too large for a config file")
         try assertCleanError(["train", "--config", list, "--config", list] + base + out, contains: "give --config once")
         try assertCleanError(["train", "--preset", "nope"] + base + out, contains: "unknown preset 'nope'")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/run"), "nothing was started")

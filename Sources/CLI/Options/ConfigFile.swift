@@ -80,8 +80,8 @@ enum ConfigFile {
         guard FileSystem.isRegularFile(path) else {
             throw CLIError(FileSystem.exists(path) ? "\(path): the config is not a regular file" : "\(path): no such config file")
         }
+        if let size = FileSystem.size(path), size > maxBytes { throw CLIError("\(path): \(size) bytes is too large for a config file") }
         let bytes = try AtomicFile.read(path: path)
-        guard bytes.count <= maxBytes else { throw CLIError("\(path): \(bytes.count) bytes is too large for a config file") }
         let json: JSONValue
         do { json = try JSONValue.parse(bytes, maxDepth: 8) } catch let e as FormatError {
             throw CLIError("\(path): not valid JSON: \(e.message)")
