@@ -25,9 +25,10 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   DIR/metrics.jsonl gets one JSON line per step; TensorBoard event files in DIR (tensorboard --logdir DIR) get
   the same figures (loss terms, gradient norm, learning rate, images/s, skipped steps, FID), the grids and the
   options. At the start the run writes its options, defaults included, to DIR/config.json: tvm train --config
-  DIR/config.json --out OTHER repeats it, and with --resume continues it. --ema is the evaluation EMA: a fixed decay D, or power:G, a
-  window of about step/(G+1) steps; more schedules after it (--ema power:16,power:32,power:8) are kept alongside
-  as extra EMAs, saved in the checkpoint, to choose a width after the run (tvm sample --weights ema:power:32).
+  DIR/config.json --out OTHER repeats it, and with --resume continues it.
+  --ema is the evaluation EMA: a fixed decay D, or power:G, a window of about step/(G+1) steps; more schedules
+  after it (--ema power:16,power:32,power:8) are kept alongside as extra EMAs, saved in the checkpoint, to choose
+  a width after the run (tvm sample --weights ema:power:32).
   --resume continues from DIR/checkpoint.safetensors exactly (same losses as an uninterrupted run); the model
   options must match the checkpoint's. Runs on a GPU when one is found (--device auto, the default for images),
   else on the CPU; --device cpu|cuda forces either.
@@ -40,7 +41,7 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   --resume do not depend on the number of ranks; rank 0 writes the files; replicas compared at every --every):
 \(LaunchPlan.help)
   --bucket-mb X   gradients are averaged in buckets of X MB started during backward (default 25)
-""" + "\n" + [optimizerHelp, fidHelp, faultHelp].joined(separator: "\n")
+""" + "\n\n" + [optimizerHelp, fidHelp, faultHelp].joined(separator: "\n\n")
 
 /// The flags of `tvm train` on images (a config file's keys are the same names).
 let imageTrainingOptionNames = OptionNames(options: ([
