@@ -8,17 +8,27 @@ protocol Command {
     var help: String { get }
     /// The device without `--device`: `auto` (a GPU when there is one) unless the command says otherwise.
     func defaultDevice(_ args: [String]) -> DeviceChoice
+    /// The flags a `--config FILE` or `--preset NAME` may set, given the arguments they expand to (nil: the
+    /// command takes neither).
+    func configurableOptions(_ args: [String]) -> OptionNames?
     func run(_ args: [String]) throws
 }
 
 extension Command {
     func defaultDevice(_ args: [String]) -> DeviceChoice { .auto }
+    func configurableOptions(_ args: [String]) -> OptionNames? { nil }
+
+    /// The arguments with a config file and a preset expanded (`ConfigFile`), for a command that takes them.
+    func expandingConfiguration(_ args: [String]) throws -> [String] {
+        guard configurableOptions(args) != nil else { return args }
+        return try ConfigFile.expand(args, command: name) { configurableOptions($0) ?? OptionNames(options: []) }
+    }
 }
 
 /// Every command, in the order `tvm help` lists them.
 let commands: [any Command] = [
-    DemoCommand(), TrainCommand(), SampleCommand(), W2Command(), FIDCommand(), BenchCommand(), ReferenceCheckCommand(),
-    DistCheckCommand(),
+    DemoCommand(), TrainCommand(), SampleCommand(), W2Command(), FIDCommand(), PlotCommand(), ModelsCommand(), BenchCommand(),
+    ReferenceCheckCommand(), DistCheckCommand(),
 ]
 
 /// What `tvm --version` prints: the program's version and the training-checkpoint format it reads and writes.

@@ -45,6 +45,8 @@ if rest.contains("--help") || rest.contains("-h") {
 // same on every rank, so rank 0's line is enough).
 Console.quiet = (getenv("RANK").flatMap { Int(String(cString: $0)) } ?? 0) != 0
 do {
+    // A config file or preset may set any option, --device and --gpus included.
+    rest = try command.expandingConfiguration(rest)
     let device = try extractDevice(&rest, fallback: command.defaultDevice(rest))
     // --gpus N / --procs N: this process only starts and watches the ranks.
     if let plan = try LaunchPlan.extract(&rest, command: name, device: device) { exit(try plan.run(command: name, args: rest)) }

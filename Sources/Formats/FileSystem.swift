@@ -20,6 +20,13 @@ public enum FileSystem {
     public static func isDirectory(_ path: String) -> Bool { type(path) == S_IFDIR }
     public static func isRegularFile(_ path: String) -> Bool { type(path) == S_IFREG }
 
+    /// The size in bytes of the file at `path` (following links), nil when nothing is there.
+    public static func size(_ path: String) -> Int? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return Int(st.st_size)
+    }
+
     /// Entry names in `path`, sorted by UTF-8 bytes, without "." / ".." and other names starting with ".".
     public static func list(_ path: String) throws -> [String] {
         guard let dir = opendir(path) else {

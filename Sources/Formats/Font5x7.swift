@@ -1,8 +1,13 @@
 /// A 5x7 bitmap font for printable ASCII (32...126), drawn for this project. Each glyph is seven rows,
-/// top to bottom; bit 4 of a row is the leftmost pixel.
+/// top to bottom; bit 4 of a row is the leftmost pixel. The letters with a tail below the line (g, j, p, q, y)
+/// are drawn `descent` rows lower, into the gap between lines, so that "p" does not read as "P".
 enum Font5x7 {
     static let width = 5
     static let height = 7
+    static let descent = 2
+
+    /// Rows below the line at which `scalar`'s glyph starts (0 for most; `descent` for g, j, p, q, y).
+    static func drop(for scalar: Unicode.Scalar) -> Int { "gjpqy".unicodeScalars.contains(scalar) ? descent : 0 }
 
     static func rows(for scalar: Unicode.Scalar) -> ArraySlice<UInt8> {
         var code = Int(scalar.value)

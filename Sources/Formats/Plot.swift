@@ -139,7 +139,7 @@ public struct Canvas: Sendable {
     }
 
     /// Draws `text` with its top-left corner at (x, y) in the built-in 5x7 font, each font pixel a
-    /// `scale` x `scale` block. Characters outside printable ASCII draw as '?'; "\n" starts a new line.
+    /// `scale` x `scale` block; tails of g, j, p, q and y reach two font rows below the box. Characters outside printable ASCII draw as '?'; "\n" starts a new line.
     public mutating func drawText(_ text: String, x: Int, y: Int, color: RGB, scale: Int = 1) {
         let s = min(max(scale, 1), 64)
         var penX = x, penY = y
@@ -149,9 +149,10 @@ public struct Canvas: Sendable {
                 penY = saturatingAdd(penY, Canvas.lineHeight(scale: s))
                 continue
             }
+            let drop = Font5x7.drop(for: scalar)
             for (row, bits) in Font5x7.rows(for: scalar).enumerated() where bits != 0 {
                 for col in 0..<Font5x7.width where bits & (1 << (Font5x7.width - 1 - col)) != 0 {
-                    fillRect(x: saturatingAdd(penX, col * s), y: saturatingAdd(penY, row * s),
+                    fillRect(x: saturatingAdd(penX, col * s), y: saturatingAdd(penY, (row + drop) * s),
                              width: s, height: s, color: color)
                 }
             }

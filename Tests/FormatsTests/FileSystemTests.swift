@@ -17,6 +17,9 @@ final class FileSystemTests: XCTestCase {
         XCTAssertFalse(FileSystem.isRegularFile(dir.path))
         XCTAssertFalse(FileSystem.exists(dir.file("missing")))
         XCTAssertFalse(FileSystem.isDirectory(dir.file("missing")))
+        try AtomicFile.write(path: dir.file("b.txt"), bytes: [UInt8](repeating: 7, count: 1234))
+        XCTAssertEqual(FileSystem.size(dir.file("b.txt")), 1234)
+        XCTAssertNil(FileSystem.size(dir.file("missing")))
     }
 
     func testListSortsByBytesAndHidesDotNames() throws {

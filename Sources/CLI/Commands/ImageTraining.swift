@@ -10,8 +10,8 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
           [--model S/2 | --hidden H --depth D --heads N --patch P] [--cfg W | --cfg-range LO,HI]
           [--label-dropout 0.1] [--no-scaled-param] [--batch 128] [--lr 2e-4] [--steps N] [--time-budget S]
           [--ema power:7|D[,EXTRA...]] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
-          [--sample-cfg W] [--tf32|--bf16] [--method tvm|fm] [--on-fault zero-rows|skip|stop] [--loss-spike K]
-          [--grad-spike K] [--grad-limit X] [--fault-warmup N]
+          [--sample-cfg W] [--tf32|--bf16] [--method tvm|fm] [optimizer options] [FID options] [fault options]
+          [--config FILE] [--preset NAME]
   TVM on images with a DiT (class-conditional, classifier-free guidance); --method fm trains the flow-matching
   baseline on the same network instead (labels dropped at --label-dropout, guidance applied when sampling).
   Data: Fashion-MNIST (from --data-dir,
@@ -22,28 +22,41 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   after that many seconds of this invocation. Every --every steps (default 1000) and at the end it writes
   DIR/samples_step<N>_nfe<K>.png (fixed noise, one row per class, 1 and 4 NFE, evaluation EMA, guidance
   --sample-cfg, default the training w or the middle of --cfg-range) and DIR/checkpoint.safetensors (atomically);
-  DIR/metrics.jsonl gets one JSON line per step. --ema is the evaluation EMA: a fixed decay D, or power:G, a
-  window of about step/(G+1) steps; more schedules after it (--ema power:16,power:32,power:8) are kept alongside
-  as extra EMAs, saved in the checkpoint, to choose a width after the run (tvm sample --weights ema:power:32).
+  DIR/metrics.jsonl gets one JSON line per step; TensorBoard event files in DIR (tensorboard --logdir DIR) get
+  the same figures (loss terms, gradient norm, learning rate, images/s, skipped steps, FID), the grids and the
+  options. At the start the run writes its options, defaults included, to DIR/config.json: tvm train --config
+  DIR/config.json --out OTHER repeats it, and with --resume continues it.
+  --ema is the evaluation EMA: a fixed decay D, or power:G, a window of about step/(G+1) steps; more schedules
+  after it (--ema power:16,power:32,power:8) are kept alongside as extra EMAs, saved in the checkpoint, to choose
+  a width after the run (tvm sample --weights ema:power:32).
   --resume continues from DIR/checkpoint.safetensors exactly (same losses as an uninterrupted run); the model
   options must match the checkpoint's. Runs on a GPU when one is found (--device auto, the default for images),
   else on the CPU; --device cpu|cuda forces either.
   A run that cannot save its checkpoint (disk full) stops with one line; the previous checkpoint is intact.
+  --config FILE takes options from a JSON object whose keys are the option names ({"lr": 2e-4, "flip": true,
+  "model": "S/2"}); --preset NAME takes a named recipe (tvm models lists them; "preset" in a file does too). The
+  command line overrides the file, which overrides the preset; a key that is no option here is an error.
 
   Data-parallel (every rank draws the global batch's data and noise and evaluates its rows, so the results and
   --resume do not depend on the number of ranks; rank 0 writes the files; replicas compared at every --every):
 \(LaunchPlan.help)
   --bucket-mb X   gradients are averaged in buckets of X MB started during backward (default 25)
-""" + "\n" + faultHelp
+""" + "\n\n" + [optimizerHelp, fidHelp, faultHelp].joined(separator: "\n\n")
+
+/// The flags of `tvm train` on images (a config file's keys are the same names).
+let imageTrainingOptionNames = OptionNames(options: ([
+    "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
+    "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
+    "sample-cfg", "method", "bucket-mb", "fid-every", "fid-samples", "fid-nfe", "fid-weights",
+] as Set<String>).union(faultOptionNames).union(optimizerOptionNames),
+    switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best"])
 
 /// `tvm train` on images: the options become a `TrainingLoop`, which resumes, trains, logs and snapshots.
 func trainOnImages(_ args: [String]) throws {
-    let a = try Arguments(command: "train", args, options: ([
-        "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
-        "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
-        "sample-cfg", "method", "bucket-mb",
-    ] as Set<String>).union(faultOptionNames), switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16"])
+    let a = try Arguments(command: "train", args, imageTrainingOptionNames)
     try a.expectPositional(0, "no positional arguments")
+    // FID needs the Inception weights: without them, say so before anything else happens.
+    let fidSettings = try FIDOptions.parse(a)
     // TF32 (about 1e-3 relative instead of float32's 1e-6) or bf16 matrix products on the GPU.
     _ = applyProductPrecision(a)
     let methodName = a.string("method", default: "tvm").lowercased()
@@ -58,22 +71,24 @@ func trainOnImages(_ args: [String]) throws {
     if let ema = a.string("ema") { (config.evalEMA, config.extraEMAs) = try parseEMAList(ema) }
     config.emaTargetDecay = try a.double("ema-target", default: 0.99, range: 0...0.999999999)
     config.faults = try parseFaultOptions(a)
-    let cfg = try a.double("cfg", default: 2, range: 1e-6...1e6)
-    var sampleCFG = cfg
     let scale: GuidanceConfig.Scale
+    var sampleCFG: Double
     if let r = a.string("cfg-range") {
         if a.string("cfg") != nil { throw CLIError("give --cfg or --cfg-range, not both", usage: true) }
         let (lo, hi) = try parseCFGRange(r)
         scale = .uniform(lo, hi)
         sampleCFG = (lo + hi) / 2
     } else {
+        let cfg = try a.double("cfg", default: 2, range: 1e-6...1e6)
         scale = .constant(cfg)
+        sampleCFG = cfg
     }
     sampleCFG = try a.double("sample-cfg", default: sampleCFG, range: 1e-6...1e6)
     config.guidance = GuidanceConfig(scale: scale, labelDropout: try a.double("label-dropout", default: 0.1, range: 0...1),
                                      scaledParameterization: !a.has("no-scaled-param"))
     let budget = try a.optionalDouble("time-budget", range: 0...1e9)
     let steps = a.string("steps") != nil || budget == nil ? try a.int("steps", default: 10000, range: 1...100_000_000) : nil
+    try parseOptimizerOptions(a, into: &config, steps: steps)
     let every = try a.int("every", default: 1000, range: 1...100_000_000)
     let dataName = a.string("data", default: "fashion-mnist")
 
@@ -103,13 +118,15 @@ func trainOnImages(_ args: [String]) throws {
         ("method", .string(method.rawValue)), ("data", .string(dataName)), ("count", .number(Double(data.count))),
         ("class_names", .array(data.classNames.map { .string($0) })),
         ("batch", .number(Double(config.batch))), ("lr", .number(config.lr)),
-        ("beta1", .number(config.beta1)), ("beta2", .number(config.beta2)), ("weight_decay", .number(config.weightDecay)),
+    ] + optimizerJSON(config) + [
         ("ema", .string(emaText)), ("ema_target", .number(config.emaTargetDecay)),
         ("cfg", .string(scaleText)), ("sample_cfg", .number(sampleCFG)),
         ("label_dropout", .number(config.guidance.labelDropout)),
         ("scaled_param", .bool(config.guidance.scaledParameterization)),
         ("seed", .number(Double(config.seed))), ("flip", .bool(plan.flip)),
     ] + faultJSON(config.faults))
+    // Every option read by now: how it runs (--resume, --device, --gpus) is not part of what it computes.
+    plan.options = a.resolvedOptions(leavingOut: ["resume"])
 
     do {
         let loop = try TrainingLoop(model: model, config: config, data: data, plan: plan, parallel: session?.parallel,
@@ -117,6 +134,9 @@ func trainOnImages(_ args: [String]) throws {
         guard try loop.start() else {
             session?.close()
             return
+        }
+        if let fidSettings, loop.isRoot {
+            loop.fid = try fidSettings.tracking(data: data, named: dataName, seed: config.seed, guidance: sampleCFG)
         }
         let (total, trainable) = loop.trainer.net.parameterCount
         Console.info("TVM on \(dataName): \(data.count) images \(data.channels)x\(data.height)x\(data.width), \(data.classes) classes; "

@@ -12,25 +12,35 @@ struct TrainCommand: Command {
     let help = """
         tvm train [--data NAME] [--method tvm|meanflow|fm] [--steps N] [--batch N] [--lr X] [--seed N]
                   [--width N] [--depth N] [--nfe LIST] [--ema D|power:G] [--time-scale X] [--out DIR]
-                  [--on-fault zero-rows|skip|stop] [--loss-spike K] [--grad-spike K] [--grad-limit X] [--fault-warmup N]
+                  [optimizer options] [fault options] [--config FILE] [--preset NAME]
           Trains one method on a 2-D distribution (checkerboard, 8gaussians, 25gaussians, moons, spirals) and
           reports W2 at each NFE (default 1,2,4) for the evaluation EMA (--ema: a fixed decay, or power:G, a window
-          of about step/(G+1) steps; default power:7). Writes DIR/losses.jsonl (one JSON object per step),
+          of about step/(G+1) steps; default power:7). Writes DIR/config.json (the options, defaults included; tvm
+          train --config DIR/config.json repeats the run), DIR/losses.jsonl (one JSON object per step, as
+          metrics.jsonl below), TensorBoard event files (the same figures and the scatter plot),
           DIR/samples_nfe<N>.npy, DIR/data.npy, DIR/scatter.png and DIR/results.json (default DIR: runs/<data>-<method>).
+          The optimizer and fault options are those of image training, below.
 
         """ + imageTrainingHelp
 
     /// A small MLP on 2-D data runs on the CPU; images use a GPU when there is one.
     func defaultDevice(_ args: [String]) -> DeviceChoice { isImageTraining(args) ? .auto : .cpu }
 
+    func configurableOptions(_ args: [String]) -> OptionNames? {
+        isImageTraining(args) ? imageTrainingOptionNames : pointTrainingOptionNames
+    }
+
+    /// The flags of `tvm train` on 2-D data.
+    let pointTrainingOptionNames = OptionNames(options: (["data", "method", "steps", "batch", "lr", "seed", "width", "depth", "nfe",
+                                                          "out", "eval-samples", "ema", "time-scale"] as Set<String>)
+                                                        .union(faultOptionNames).union(optimizerOptionNames))
+
     func run(_ args: [String]) throws {
         try isImageTraining(args) ? trainOnImages(args) : trainOnPoints(args)
     }
 
     func trainOnPoints(_ args: [String]) throws {
-        let a = try Arguments(command: "train", args, options: (["data", "method", "steps", "batch", "lr", "seed", "width",
-                                                                 "depth", "nfe", "out", "eval-samples", "ema", "time-scale"] as Set<String>)
-                                                                .union(faultOptionNames))
+        let a = try Arguments(command: "train", args, pointTrainingOptionNames)
         try a.expectPositional(0, "no positional arguments")
         let dataName = a.string("data", default: "checkerboard")
         let distribution: Toy2D
@@ -47,6 +57,7 @@ struct TrainCommand: Command {
         let steps = try a.int("steps", default: 2000, range: 1...100_000_000)
         if let ema = a.string("ema") { config.evalEMA = try parseEMA(ema) }
         config.faults = try parseFaultOptions(a)
+        try parseOptimizerOptions(a, into: &config, steps: steps)
         let network = MLPFlowMap(width: try a.int("width", default: 256, range: 1...65536),
                                  depth: try a.int("depth", default: 4, range: 1...64),
                                  timeScale: try a.double("time-scale", default: MLPFlowMap().timeScale, range: 1e-6...1e6))
@@ -58,12 +69,17 @@ struct TrainCommand: Command {
         var evalRNG = RandomGenerator(seed: config.seed &+ 1000)
         let data = distribution.sample(n, rng: &evalRNG)
         let floor = try Wasserstein.w2(data, distribution.sample(n, rng: &evalRNG), dim: 2)
-        let log = try LineWriter(path: out + "/losses.jsonl")
+        let options = a.resolvedOptions()
+        try AtomicFile.write(path: out + "/config.json", bytes: Array((options.serialized(pretty: true) + "\n").utf8))
+        let log = try RunLog(directory: out, metricsPath: out + "/losses.jsonl", after: 0, batch: config.batch, options: options)
         let result = try runToy(method, distribution: distribution, network: network, config: config, steps: steps,
                                 nfes: nfes, data: data, log: log)
         printTable([result], floor: floor, n: n)
-        try scatterPlot([result], data: data).writePNG(path: out + "/scatter.png")
+        let scatter = scatterPlot([result], data: data)
+        try scatter.writePNG(path: out + "/scatter.png")
+        try log.image("scatter", scatter, step: result.steps)
+        try log.close()
         try writeResults([result], floor: floor, data: data, out: out, extra: [("distribution", .string(distribution.rawValue))])
-        Console.info("wrote \(out)/losses.jsonl, results.json, scatter.png and NPY files")
+        Console.info("wrote \(out)/config.json, losses.jsonl, TensorBoard events, results.json, scatter.png and NPY files")
     }
 }

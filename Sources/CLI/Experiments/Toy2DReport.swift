@@ -12,9 +12,9 @@ struct ToyRunResult {
     var evals: [(nfe: Int, samples: [Float], w2: Double)]
 }
 
-/// Trains one method with a progress bar and evaluates it against `data`.
+/// Trains one method with a progress bar and evaluates it against `data`; `log` records every step.
 func runToy(_ method: Method, distribution: Toy2D, network: MLPFlowMap, config base: TrainConfig, steps: Int,
-            nfes: [Int], data: [Float], log: LineWriter? = nil) throws -> ToyRunResult {
+            nfes: [Int], data: [Float], log: RunLog? = nil) throws -> ToyRunResult {
     var config = base
     config.method = method
     let bar = ProgressBar(method.displayName.padding(14), total: steps)
@@ -27,14 +27,8 @@ func runToy(_ method: Method, distribution: Toy2D, network: MLPFlowMap, config b
             if stats.stopped { stoppedBy = fault } else { Console.info(fault.description) }
         }
         guard firstError == nil, let log else { return }
-        var fields: [(String, JSONValue)] = [("step", .number(Double(stats.step))), ("loss", .number(stats.loss)),
-                                             ("grad_norm", .number(stats.gradNorm)), ("time", .number(bar.elapsed))]
-        if let t = stats.terminal { fields.append(("terminal", .number(t))) }
-        if let f = stats.flowMatching { fields.append(("fm", .number(f))) }
-        if stats.nanRows > 0 { fields.append(("nan_rows", .number(Double(stats.nanRows)))) }
-        if stats.skipped { fields.append(("skipped", .bool(true))) }
-        if let fault = stats.fault { fields.append(("fault", .string(fault.description))) }
-        do { try log.write(JSONValue.object(fields).serialized()) } catch { firstError = error }
+        let elapsed = bar.elapsed
+        do { try log.step(stats, rate: Double(stats.step) / max(elapsed, 1e-9), elapsed: elapsed) } catch { firstError = error }
     }
     if let firstError { throw firstError }
     if let stoppedBy { throw CLIError("\(method.displayName): \(stoppedBy) (--on-fault stop)") }

@@ -17,7 +17,6 @@ func isImageTraining(_ args: [String]) -> Bool {
 /// The image data set of `--data` (with `--data-dir`, `--pad`, `--labels`, `--classes`).
 func loadImageData(_ a: Arguments) throws -> ImageDataset {
     let name = a.string("data", default: "fashion-mnist")
-    let pad = try a.int("pad", default: 2, range: 0...1024)
     // Options of another kind of data would be silently ignored; say so instead.
     let idx = ["fashion-mnist", "mnist"].contains(name.lowercased()), npy = name.lowercased().hasSuffix(".npy")
     for (option, applies, kind) in [("data-dir", idx, "IDX data (--data fashion-mnist or mnist)"), ("pad", idx, "IDX data (--data fashion-mnist or mnist)"),
@@ -25,12 +24,14 @@ func loadImageData(_ a: Arguments) throws -> ImageDataset {
     where !applies && a.string(option) != nil {
         throw CLIError("--\(option) applies only to \(kind), not to --data \(name)", usage: true)
     }
+    // Read only where it applies, so that the options a run records (config.json) hold no option of another kind.
+    func pad() throws -> Int { try a.int("pad", default: 2, range: 0...1024) }
     switch name.lowercased() {
     case "fashion-mnist":
-        return try ImageDataset.fashionMNIST(directory: a.string("data-dir", default: ImageDataset.fashionMNISTDirectory), pad: pad)
+        return try ImageDataset.fashionMNIST(directory: a.string("data-dir", default: ImageDataset.fashionMNISTDirectory), pad: try pad())
     case "mnist":
         guard let dir = a.string("data-dir") else { throw CLIError("--data mnist needs --data-dir DIR with the IDX files", usage: true) }
-        let d = try ImageDataset.fashionMNIST(directory: dir, pad: pad)
+        let d = try ImageDataset.fashionMNIST(directory: dir, pad: try pad())
         return try ImageDataset(images: d.images, labels: d.labels, channels: d.channels, height: d.height,
                                 width: d.width, classes: d.classes)
     default:

@@ -1,3 +1,4 @@
+import NN
 import TVM
 import Formats
 
@@ -63,4 +64,70 @@ func parseEMAList(_ s: String) throws -> (first: EMASchedule, extra: [EMASchedul
         throw CLIError("--ema lists \(e.description) twice", usage: true)
     }
     return (schedules[0], Array(schedules.dropFirst()))
+}
+
+/// The optimizer options shared by both kinds of `tvm train`.
+let optimizerOptionNames: Set<String> = ["warmup", "schedule", "betas", "eps", "weight-decay", "max-grad-norm"]
+
+let optimizerHelp = """
+  Optimizer (AdamW, computed as torch.optim.AdamW computes it; the defaults are the runs before these options):
+  --warmup N        the learning rate rises linearly to --lr over the first N steps (default 0)
+  --schedule constant|cosine[:END]|rsqrt[:REF]
+                    after the warm-up: constant (default); cosine: half a cosine from --lr to zero at step END
+                    (default --steps); rsqrt: --lr up to step REF (default the warm-up length), then
+                    lr * sqrt(REF / step). The schedule follows the step count, skipped steps included.
+  --betas B1,B2     Adam's moment decays (default 0.9,0.95)
+  --eps X           Adam's epsilon (default 1e-8)
+  --weight-decay X  decoupled weight decay, lr * X * weight per step (default 0)
+  --max-grad-norm X scales the gradients down to a global norm of X before the update (default: no clipping;
+                    --grad-limit instead rejects such a step as a fault)
+"""
+
+/// Reads the optimizer options into `config`; `steps` is the run's step count (the default end of a cosine).
+func parseOptimizerOptions(_ a: Arguments, into config: inout TrainConfig, steps: Int?) throws {
+    let warmup = try a.int("warmup", default: 0, range: 0...100_000_000)
+    let schedule = a.string("schedule", default: "constant")
+    let parts = schedule.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+    let step = parts.count == 2 ? Int(parts[1]) : nil
+    if parts.count == 2 && (step ?? 0) < 1 {
+        throw CLIError("--schedule \(parts[0]):N needs a positive whole step number N, got '\(schedule)'", usage: true)
+    }
+    let decay: LearningRateSchedule.Decay
+    switch parts[0].lowercased() {
+    case "constant" where parts.count == 1:
+        decay = .constant
+    case "cosine":
+        guard let end = step ?? steps else {
+            throw CLIError("--schedule cosine needs the step it ends at: cosine:END, or --steps N", usage: true)
+        }
+        guard end > warmup else { throw CLIError("--schedule cosine:\(end) must end after the \(warmup) warm-up steps", usage: true) }
+        decay = .cosine(end: end)
+    case "rsqrt":
+        guard let reference = step ?? (warmup > 0 ? warmup : nil) else {
+            throw CLIError("--schedule rsqrt needs the step its decay starts at: rsqrt:REF, or --warmup N", usage: true)
+        }
+        decay = .inverseSquareRoot(reference: reference)
+    default:
+        throw CLIError("--schedule must be constant, cosine[:END] or rsqrt[:REF], got '\(schedule)'", usage: true)
+    }
+    config.schedule = LearningRateSchedule(warmup: warmup, decay: decay)
+    let betas = a.string("betas", default: "\(config.beta1),\(config.beta2)")
+    let b = commaSeparated(betas).map { Double($0) }
+    guard b.count == 2, let b1 = b[0], let b2 = b[1], (0..<1).contains(b1), (0..<1).contains(b2) else {
+        throw CLIError("--betas must be B1,B2 with both in [0, 1), got '\(betas)'", usage: true)
+    }
+    (config.beta1, config.beta2) = (b1, b2)
+    config.eps = try a.double("eps", default: config.eps, range: 1e-30...1)
+    config.weightDecay = try a.double("weight-decay", default: config.weightDecay, range: 0...1e6)
+    if let norm = try a.optionalDouble("max-grad-norm") {
+        guard norm > 0 else { throw CLIError("--max-grad-norm must be a positive number, got \(a.string("max-grad-norm") ?? "")", usage: true) }
+        config.maxGradNorm = norm
+    }
+}
+
+/// The optimizer settings as recorded in a training checkpoint's configuration (the schedule resolved).
+func optimizerJSON(_ c: TrainConfig) -> [(String, JSONValue)] {
+    [("beta1", .number(c.beta1)), ("beta2", .number(c.beta2)), ("eps", .number(c.eps)), ("weight_decay", .number(c.weightDecay)),
+     ("warmup", .number(Double(c.schedule.warmup))), ("schedule", .string(c.schedule.decay.description)),
+     ("max_grad_norm", c.maxGradNorm.map { .number($0) } ?? .null)]
 }

@@ -28,23 +28,36 @@ struct SampleGrids {
         side = data.height
     }
 
-    /// Samples the grids with `trainer`'s evaluation EMA and writes them into `directory`; returns their paths.
-    func write(_ trainer: Trainer<DiT>, into directory: String) throws -> [String] {
+    /// One grid as written: its step count, file and picture.
+    struct Grid {
+        let nfe: Int
+        let path: String
+        let image: Image
+    }
+
+    /// Samples the grids with `trainer`'s evaluation EMA and writes them into `directory`.
+    func write(_ trainer: Trainer<DiT>, into directory: String) throws -> [Grid] {
         try Self.nfes.map { nfe in
             let x = trainer.sample(noise: noise, steps: nfe, cond: cond, weights: trainer.ema, guidanceScale: guidance).floats
             let path = directory + "/samples_step\(trainer.step)_nfe\(nfe).png"
-            try writeImageGrid(x, n: labels.count, channels: channels, side: side, columns: Self.perRow, path: path)
-            return path
+            let image = try imageGrid(x, n: labels.count, channels: channels, side: side, columns: Self.perRow)
+            try image.writePNG(path: path)
+            return Grid(nfe: nfe, path: path, image: image)
         }
     }
 }
 
 /// [n, C, H, W] floats in [-1, 1] to a PNG grid (`columns` per row); channels other than 1 or 3 show channel 0 in gray.
 public func writeImageGrid(_ values: [Float], n: Int, channels: Int, side: Int, columns: Int, path: String) throws {
+    try imageGrid(values, n: n, channels: channels, side: side, columns: columns).writePNG(path: path)
+}
+
+/// The picture `writeImageGrid` writes.
+func imageGrid(_ values: [Float], n: Int, channels: Int, side: Int, columns: Int) throws -> Image {
     let size = channels * side * side, plane = side * side
     let shown = channels == 1 || channels == 3 ? channels : 1
     let images = (0..<n).map { i -> [Float] in
         Array(values[(i * size)..<(i * size + shown * plane)])
     }
-    try imageGrid(images: images, channels: shown, height: side, width: side, columns: columns).writePNG(path: path)
+    return try imageGrid(images: images, channels: shown, height: side, width: side, columns: columns)
 }

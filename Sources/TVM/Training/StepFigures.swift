@@ -7,7 +7,10 @@ public struct StepStats {
     public var loss: Double
     public var terminal: Double?
     public var flowMatching: Double?
+    /// The global gradient norm before clipping.
     public var gradNorm: Double
+    /// The learning rate of this step (the update's, unless the step was skipped).
+    public var learningRate: Double
     public var nanRows: Int
     /// The step changed no weights, optimizer state or EMA (a fault that the policy rejects).
     public var skipped: Bool

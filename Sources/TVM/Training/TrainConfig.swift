@@ -1,3 +1,4 @@
+import NN
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -45,11 +46,19 @@ extension EMASchedule: CustomStringConvertible {
 public struct TrainConfig {
     public var method: Method = .tvm
     public var batch = 1024
+    /// The peak learning rate; `schedule` gives each step's share of it.
     public var lr = 1e-3
+    public var schedule = LearningRateSchedule.constant
     public var beta1 = 0.9
     public var beta2 = 0.95
+    public var eps = 1e-8
+    /// Decoupled weight decay (AdamW's), applied to every parameter.
     public var weightDecay = 0.0
+    /// Clip the global gradient norm to this value before the update (nil: no clipping).
     public var maxGradNorm: Double? = nil
+
+    /// The learning rate of training step k (1-based).
+    public func learningRate(step k: Int) -> Double { lr * schedule.factor(step: k) }
     /// The teacher: an EMA target of the student (TVM.md: 0.99).
     public var emaTargetDecay = 0.99
     public var evalEMA: EMASchedule = .power(gamma: 7, max: 0.9999)

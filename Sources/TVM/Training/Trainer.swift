@@ -34,14 +34,14 @@ public final class Trainer<Net: FlowMapNetwork> {
         precondition(Set(config.extraEMAs.map(\.description)).count == config.extraEMAs.count, "extra EMA schedules must differ")
         let initial = student
         extraEMAs = config.extraEMAs.map { _ in initial.copy() }
-        optimizer = AdamW(for: student, lr: config.lr, beta1: config.beta1, beta2: config.beta2,
+        optimizer = AdamW(for: student, lr: config.lr, beta1: config.beta1, beta2: config.beta2, eps: config.eps,
                           weightDecay: config.weightDecay, maxGradNorm: config.maxGradNorm)
         rng = RandomGenerator(seed: config.seed).split(2)
         tvm = TVMObjective(guidance: config.guidance)
         faultMonitor = FaultMonitor(detection: config.faults)
     }
 
-    /// One step on a batch: loss, gradients (through the JVP for TVM), AdamW, then the EMAs.
+    /// One step on a batch: loss, gradients (through the JVP for TVM), AdamW at the schedule's rate, then the EMAs.
     public func train(x0: Tensor, cond: Conditioning = Conditioning()) -> StepStats {
         let leaves = student.leaves()
         let loss: Tensor, grads: [Tensor]
@@ -68,7 +68,11 @@ public final class Trainer<Net: FlowMapNetwork> {
         // A rejected step (a NaN gradient, a spike) would reach the weights, Adam's moments and the EMAs for
         // good: it updates nothing. Only zeroed rows with an otherwise finite step train, as officially.
         let skipped = fault.map { $0.action != .zeroedRows } ?? false
+        // The schedule follows the training step, skipped steps included, so the rate is a function of the step
+        // the log shows.
+        let learningRate = config.learningRate(step: step)
         if !skipped {
+            optimizer.lr = learningRate
             optimizer.update(student, grads: grads, norm: norm)
             emaUpdate(teacher, toward: student, decay: config.emaTargetDecay)
             emaUpdate(ema, toward: student, decay: config.evalEMA.decay(step: step))
@@ -77,7 +81,8 @@ public final class Trainer<Net: FlowMapNetwork> {
             }
         }
         return StepStats(step: step, loss: measured.loss, terminal: measured.terminal, flowMatching: measured.flowMatching,
-                         gradNorm: norm, nanRows: measured.nonFiniteRows, skipped: skipped, fault: fault)
+                         gradNorm: norm, learningRate: learningRate, nanRows: measured.nonFiniteRows, skipped: skipped,
+                         fault: fault)
     }
 
     /// Continues a checkpointed run: copies the saved values into the student, teacher and EMA sets (same

@@ -7,7 +7,8 @@ import Formats
 /// EMA (`ema.`), EMA target (`teacher.`), AdamW moments (`adam_m.`, `adam_v.`), the extra evaluation EMAs
 /// (`ema_<schedule>.`, e.g. `ema_power:32.`, listed in the metadata `extra_emas`), and metadata: the step, the
 /// optimizer step, the random stream (seed and offset), the batch-sampler state, the model and training
-/// configurations (JSON), the format version and a CRC-32 of all tensor bytes. Written atomically.
+/// configurations (JSON), the best FID of the run so far (when it measures FID), the format version and a CRC-32
+/// of all tensor bytes. Written atomically.
 public struct TrainingCheckpoint {
     public static let format = "tvm-training-checkpoint"
     public static let formatVersion = 1
@@ -28,6 +29,8 @@ public struct TrainingCheckpoint {
     public var faultMonitorState: String?
     public var model: DiTConfig
     public var training: JSONValue
+    /// The lowest FID the run measured up to this step (nil: none measured, or a checkpoint before FID tracking).
+    public var bestFID: FIDMeasurement?
     /// The sets read or to be written; `read(parts:)` can leave some out (empty sets).
     public var sets: [Part: ParameterSet]
     /// The names (`EMASchedule.description`) of the extra evaluation EMAs the file keeps, in its order.
@@ -35,7 +38,7 @@ public struct TrainingCheckpoint {
     /// The extra EMA sets read or to be written, by name; `read(extraEMAs:)` can leave some out.
     public var extraEMAs: [String: ParameterSet]
 
-    public init(trainer: Trainer<DiT>, samplerState: BatchSampler.State, training: JSONValue) {
+    public init(trainer: Trainer<DiT>, samplerState: BatchSampler.State, training: JSONValue, bestFID: FIDMeasurement? = nil) {
         step = trainer.step
         optimizerStep = trainer.optimizer.step
         rng = trainer.rng
@@ -43,6 +46,7 @@ public struct TrainingCheckpoint {
         faultMonitorState = trainer.faultMonitor.state
         model = trainer.net.config
         self.training = training
+        self.bestFID = bestFID
         sets = [.student: trainer.student, .teacher: trainer.teacher, .ema: trainer.ema,
                 .adamM: trainer.optimizer.m, .adamV: trainer.optimizer.v]
         extraEMANames = trainer.config.extraEMAs.map(\.description)
@@ -75,6 +79,7 @@ public struct TrainingCheckpoint {
             ("data_crc32", "\(crc)"),
         ] + (faultMonitorState.map { [("fault_monitor", $0)] } ?? [])
           + (extraEMANames.isEmpty ? [] : [("extra_emas", extraEMANames.joined(separator: ","))])
+          + (bestFID.map { [("best_fid", $0.json.serialized())] } ?? [])
         do {
             try SafetensorsFile(metadata: metadata, tensors: tensors).write(path: path)
         } catch let e as FormatError {
@@ -140,15 +145,20 @@ public struct TrainingCheckpoint {
         if let monitor, FaultMonitor(detection: FaultDetection(), state: monitor) == nil {
             throw fail("invalid metadata \"fault_monitor\"")
         }
+        var bestFID: FIDMeasurement?
+        if let text = file.metadata("best_fid") {
+            guard let json = try? JSONValue.parse(text), let best = FIDMeasurement(json: json) else { throw fail("invalid metadata \"best_fid\"") }
+            bestFID = best
+        }
         return TrainingCheckpoint(step: try int("step", Int.self), optimizerStep: try int("optimizer_step", Int.self),
                                   rng: RandomGenerator(seed: try int("rng_seed", UInt64.self),
                                                        offset: try int("rng_offset", UInt64.self)),
                                   samplerState: samplerState, faultMonitorState: monitor, model: model, training: training,
-                                  sets: sets, extraEMANames: extraNames, extraEMAs: extraSets)
+                                  bestFID: bestFID, sets: sets, extraEMANames: extraNames, extraEMAs: extraSets)
     }
 
     init(step: Int, optimizerStep: Int, rng: RandomGenerator, samplerState: String, faultMonitorState: String?,
-         model: DiTConfig, training: JSONValue, sets: [Part: ParameterSet], extraEMANames: [String],
+         model: DiTConfig, training: JSONValue, bestFID: FIDMeasurement?, sets: [Part: ParameterSet], extraEMANames: [String],
          extraEMAs: [String: ParameterSet]) {
         self.step = step
         self.optimizerStep = optimizerStep
@@ -157,6 +167,7 @@ public struct TrainingCheckpoint {
         self.faultMonitorState = faultMonitorState
         self.model = model
         self.training = training
+        self.bestFID = bestFID
         self.sets = sets
         self.extraEMANames = extraEMANames
         self.extraEMAs = extraEMAs

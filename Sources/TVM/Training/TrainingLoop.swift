@@ -37,10 +37,12 @@ public enum TrainingLoopError: Error, CustomStringConvertible {
 }
 
 /// A run of image training in a directory: it starts afresh or resumes from the directory's checkpoint exactly,
-/// steps until the step count or the time budget, logs every step to `metrics.jsonl`, and at every snapshot (every
-/// `snapshotEvery` steps and at the end) checks that the data-parallel replicas agree, then writes the checkpoint
-/// (atomically) and the sample grids. A fault under the `stop` policy ends it before the faulty step changes
-/// anything, the last checkpoint kept. In a data-parallel run rank 0 alone reads the checkpoint and writes files.
+/// writes its options to `config.json`, steps until the step count or the time budget, logs every step to
+/// `metrics.jsonl` and TensorBoard event files (`RunLog`), measures FID when asked (`FIDTracking`, keeping the best
+/// checkpoint), and at every snapshot (every `snapshotEvery` steps and at the end) checks that the data-parallel
+/// replicas agree, then writes the checkpoint (atomically) and the sample grids. A fault under the `stop` policy
+/// ends it before the faulty step changes anything, the last checkpoint kept. In a data-parallel run rank 0 alone
+/// reads the checkpoint, measures FID and writes files.
 public final class TrainingLoop {
     public struct Plan {
         public var directory: String
@@ -57,6 +59,9 @@ public final class TrainingLoop {
         public var sampleGuidance = 2.0
         /// The run's options as the checkpoint records them; a resumed run names the ones that changed.
         public var description = JSONValue.object([])
+        /// The options that repeat the run (`tvm train --config DIR/config.json`): written to `config.json` at the
+        /// start and logged to TensorBoard (nil: neither).
+        public var options: JSONValue?
 
         public init(directory: String) { self.directory = directory }
     }
@@ -67,6 +72,9 @@ public final class TrainingLoop {
     private(set) var sampler: BatchSampler
     public var checkpointPath: String { plan.directory + "/checkpoint.safetensors" }
     public var metricsPath: String { plan.directory + "/metrics.jsonl" }
+    public var configPath: String { plan.directory + "/config.json" }
+    /// The checkpoint with the lowest FID so far (`FIDTracking.keepBest`).
+    public var bestCheckpointPath: String { plan.directory + "/checkpoint_best.safetensors" }
     let grids: SampleGrids
     let observer: TrainingObserver
     let clock: () -> Double
@@ -74,9 +82,14 @@ public final class TrainingLoop {
     private(set) var savedStep: Int?
     /// The sample grids written, in order.
     private(set) var written: [String] = []
+    /// FID while training (nil: none); set before `run`, after `start` (making the measure may take a while,
+    /// and `start` finds out first whether the run can go on at all).
+    public var fid: FIDTracking?
+    /// The lowest FID at the first FID NFE so far, with its step; checkpoints carry it across a resume.
+    private(set) var bestFID: FIDMeasurement?
 
     var parallel: DataParallel? { trainer.parallel }
-    var isRoot: Bool { (parallel?.rank ?? 0) == 0 }
+    public var isRoot: Bool { (parallel?.rank ?? 0) == 0 }
 
     /// Readies `plan.directory` (a fresh run never overwrites another run's checkpoint; temporary files of an
     /// interrupted write are removed) and makes the trainer, data-parallel over `parallel` when given. `clock`
@@ -116,8 +129,12 @@ public final class TrainingLoop {
             observer.note("resumed from \(checkpointPath) at step \(ck.step)")
             savedStep = ck.step
             saved = ck.training
+            bestFID = ck.bestFID
         } else if isRoot {
             try truncateLog(atStep: 0)
+        }
+        if isRoot, let options = plan.options {
+            try AtomicFile.write(path: configPath, bytes: Array((options.serialized(pretty: true) + "\n").utf8))
         }
         if let parallel {
             try onRank(parallel.rank) { try trainer.synchronize(sampler: &sampler, over: parallel.communicator) }
@@ -140,10 +157,16 @@ public final class TrainingLoop {
 
     /// Trains until the step count or the time budget, then takes the last snapshot.
     public func run() throws {
-        let log = isRoot ? try LineWriter(path: metricsPath, append: true) : nil
+        let log = isRoot ? try RunLog(directory: plan.directory, metricsPath: metricsPath, after: trainer.step,
+                                      batch: trainer.config.batch, options: plan.options) : nil
         let startStep = trainer.step, start = clock()
         observer.starting(steps: plan.steps)
-        var lastSnapshot = -1
+        var lastSnapshot = -1, lastFID = -1
+        if let best = bestFID, let fid, best.nfe != fid.nfes[0] {
+            observer.note("note: the checkpoint's best FID was measured at \(best.nfe) NFE and this run ranks by \(fid.nfes[0]) NFE; "
+                          + "the best is chosen afresh")
+            bestFID = nil
+        }
         while trainer.step < plan.steps ?? Int.max {
             // The ranks stop together (each has its own clock).
             if let budget = plan.timeBudget {
@@ -154,46 +177,71 @@ public final class TrainingLoop {
             let elapsed = clock() - start
             let rate = Double(stats.step - startStep) / max(elapsed, 1e-9)
             observer.stepped(stats, rate: rate, elapsed: elapsed)
-            try log?.write(Self.logLine(stats, rate: rate, elapsed: elapsed).serialized())
+            try log?.step(stats, rate: rate, elapsed: elapsed)
             if let fault = stats.fault {
                 guard !stats.stopped else { throw TrainingLoopError.stoppedByFault(fault, kept: kept) }
                 observer.note(fault.description)
             }
+            // FID before the snapshot, so that its checkpoint knows the best FID up to its step.
+            if let fid, stats.step % fid.every == 0 {
+                try measureFID(fid, log: log)
+                lastFID = stats.step
+            }
             if stats.step % plan.snapshotEvery == 0 {
-                try snapshot()
+                try snapshot(log: log)
                 lastSnapshot = stats.step
             }
         }
-        if lastSnapshot != trainer.step && trainer.step > startStep { try snapshot() }
+        if trainer.step > startStep {
+            if let fid, lastFID != trainer.step { try measureFID(fid, log: log) }
+            if lastSnapshot != trainer.step { try snapshot(log: log) }
+        }
+        try log?.close()
         guard isRoot else { return }
         observer.note("step \(trainer.step): wrote \(metricsPath), \(checkpointPath)"
                       + (written.isEmpty ? "" : " and \(written.count) sample grids (last \(written.last!))"))
     }
 
-    /// One line of `metrics.jsonl`.
-    static func logLine(_ stats: StepStats, rate: Double, elapsed: Double) -> JSONValue {
-        var fields: [(String, JSONValue)] = [("step", .number(Double(stats.step))), ("loss", .number(stats.loss))]
-        if let t = stats.terminal { fields.append(("terminal", .number(t))) }
-        if let f = stats.flowMatching { fields.append(("fm", .number(f))) }
-        fields += [("grad_norm", .number(stats.gradNorm)), ("it/s", .number(rate)), ("elapsed", .number(elapsed))]
-        if stats.nanRows > 0 { fields.append(("nan_rows", .number(Double(stats.nanRows)))) }
-        if stats.skipped { fields.append(("skipped", .bool(true))) }
-        if let fault = stats.fault { fields.append(("fault", .string(fault.description))) }
-        return .object(fields)
-    }
-
     /// The replica check, then the checkpoint and the grids: if the disk is full, the state matters more than
     /// the pictures.
-    func snapshot() throws {
+    func snapshot(log: RunLog?) throws {
         try checkReplicas()
         guard isRoot else { return }
+        try saveCheckpoint(to: checkpointPath)
+        savedStep = trainer.step
+        let drawn = try grids.write(trainer, into: plan.directory)
+        written += drawn.map(\.path)
+        try log?.grids(drawn, step: trainer.step)
+    }
+
+    /// The complete training state, atomically; a failure names the checkpoint that is intact.
+    func saveCheckpoint(to path: String) throws {
         do {
-            try TrainingCheckpoint(trainer: trainer, samplerState: sampler.state, training: plan.description).write(path: checkpointPath)
+            try TrainingCheckpoint(trainer: trainer, samplerState: sampler.state, training: plan.description, bestFID: bestFID)
+                .write(path: path)
         } catch let e as ModelError {
             throw TrainingLoopError.checkpointNotSaved(step: trainer.step, kept: kept, reason: e.message)
         }
-        savedStep = trainer.step
-        written += try grids.write(trainer, into: plan.directory)
+    }
+
+    /// Rank 0 measures the FID at every NFE of `fid`, logs it, and keeps the checkpoint of a new best.
+    func measureFID(_ fid: FIDTracking, log: RunLog?) throws {
+        guard isRoot else { return }
+        let start = clock()
+        let measurements = try fid.nfes.map { FIDMeasurement(step: trainer.step, nfe: $0, fid: try fid.measure(trainer, $0)) }
+        try log?.fid(measurements, seconds: clock() - start)
+        let figures = measurements.map { "\(short($0.fid)) at \($0.nfe) NFE" }.joined(separator: ", ")
+        guard fid.improves(measurements[0], on: bestFID) else {
+            observer.note("step \(trainer.step): FID \(figures) (best \(bestFID.map { "\(short($0.fid)) at step \($0.step)" } ?? "none finite"))")
+            return
+        }
+        bestFID = measurements[0]
+        guard fid.keepBest else {
+            observer.note("step \(trainer.step): FID \(figures), the best so far")
+            return
+        }
+        try saveCheckpoint(to: bestCheckpointPath)
+        observer.note("step \(trainer.step): FID \(figures), the best so far: wrote \(bestCheckpointPath)")
     }
 
     /// Compares the ranks' weights and training state; rank 0 notes the hashes.
