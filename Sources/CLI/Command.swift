@@ -27,7 +27,7 @@ extension Command {
 
 /// Every command, in the order `tvm help` lists them.
 let commands: [any Command] = [
-    DemoCommand(), TrainCommand(), SampleCommand(), W2Command(), FIDCommand(), PlotCommand(), ModelsCommand(), BenchCommand(),
+    DemoCommand(), PrepareCommand(), TrainCommand(), SampleCommand(), W2Command(), FIDCommand(), PlotCommand(), ModelsCommand(), BenchCommand(),
     ReferenceCheckCommand(), DistCheckCommand(),
 ]
 

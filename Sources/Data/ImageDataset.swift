@@ -17,16 +17,28 @@ import TensorCore
 /// class) and `npy` (NumPy arrays). `batch` makes a [B, C, H, W] tensor, `BatchSampler` picks indices.
 public struct ImageDataset: Sendable {
     public let count: Int
-    public let channels: Int
+    /// The channels of the images the network sees (for a latent set, the latent channels).
+    public internal(set) var channels: Int
     public let height: Int
     public let width: Int
     public let classes: Int
     public let images: [Float]
     public let labels: [Int]
     public let classNames: [String]
+    /// Set for a latent set (`latents`): `images` then holds per image the VAE posterior, `channels` planes of
+    /// means and `channels` of standard deviations, and every batch draws fresh latents from it.
+    public internal(set) var latentDraw: LatentDraw? = nil
 
-    /// Floats per image: channels × height × width.
+    /// The per-channel map of drawn latents to the network's, `x * scale + bias`.
+    public struct LatentDraw: Sendable, Equatable {
+        public let scale: [Float]
+        public let bias: [Float]
+    }
+
+    /// Floats per image the network sees: channels × height × width.
     public var imageSize: Int { channels * height * width }
+    /// Floats per image held: `imageSize`, twice that for a latent set.
+    var storedImageSize: Int { latentDraw == nil ? imageSize : 2 * imageSize }
 
     /// Checks that the pieces fit together: sizes ≥ 1, `images.count == labels.count × C × H × W`,
     /// labels in 0 ..< classes, and `classNames` (default "0", "1", ...) of length `classes`.
@@ -59,10 +71,10 @@ public struct ImageDataset: Sendable {
         self.classNames = names
     }
 
-    /// The preprocessed floats of image `i` (CHW).
+    /// The preprocessed floats of image `i` (CHW; for a latent set, its posterior).
     public func image(_ i: Int) -> ArraySlice<Float> {
         precondition(i >= 0 && i < count, "image index \(i) outside 0..<\(count)")
-        return images[(i * imageSize)..<((i + 1) * imageSize)]
+        return images[(i * storedImageSize)..<((i + 1) * storedImageSize)]
     }
 
     /// Images per class.
@@ -88,7 +100,9 @@ public struct ImageDataset: Sendable {
     /// Gathers the images at `indices` (each in 0 ..< count; repeats allowed) into a [B, C, H, W]
     /// tensor on `device`, with their labels. With `flip`, each image is mirrored left-right with
     /// probability 1/2: one uniform per image is drawn from `rng` (B values, whether or not flipped);
-    /// without `flip`, `rng` is not touched.
+    /// without `flip`, `rng` is not touched. A latent set draws each latent from its image's posterior, one normal
+    /// per value from `rng` (B x C x H x W, after the flips' uniforms), as the official encoder does every time an
+    /// image is used, and normalises it.
     public func batch(indices: [Int], flip: Bool, rng: inout RandomGenerator, on device: Device = .default) -> (images: Tensor, labels: [Int]) {
         let (values, labels) = batchValues(indices: indices, flip: flip, rng: &rng)
         return (Tensor(values, shape: [indices.count, channels, height, width], on: device), labels)
@@ -101,6 +115,22 @@ public struct ImageDataset: Sendable {
         let u = flip ? rng.uniformFloats(indices.count) : []
         let size = imageSize, w = width, rows = channels * height
         var out = [Float](repeating: 0, count: indices.count * size)
+        if let draw = latentDraw {
+            precondition(!flip, "a latent data set is not flipped")
+            let eps = rng.normalFloats(indices.count * size), plane = height * width
+            for (b, i) in indices.enumerated() {
+                let s = i * 2 * size, d = b * size
+                for c in 0..<channels {
+                    let scale = draw.scale[c], bias = draw.bias[c]
+                    for k in (c * plane)..<((c + 1) * plane) {
+                        // mean + eps * std, then * scale, then + bias: each rounded to float32, as in PyTorch.
+                        let x = images[s + k] + eps[d + k] * images[s + size + k]
+                        out[d + k] = x * scale + bias
+                    }
+                }
+            }
+            return (out, indices.map { labels[$0] })
+        }
         images.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
                 for (b, i) in indices.enumerated() {

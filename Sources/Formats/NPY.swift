@@ -252,6 +252,14 @@ public struct NPYArray: Equatable, Sendable {
         try NPYArray(shape: shape, doubles: doubles).write(path: path)
     }
 
+    /// Writes 8-bit values as a `|u1` array atomically (images as numpy's uint8, e.g. decoded samples).
+    public static func write(path: String, shape: [Int], bytes: [UInt8]) throws {
+        guard elementCount(of: shape) == bytes.count else {
+            throw FormatError("\(path): \(bytes.count) values do not match shape \(shapeString(shape))")
+        }
+        try AtomicFile.write(path: path, chunks: [header(descr: "|u1", shape: shape), bytes])
+    }
+
     public func write(path: String) throws {
         let file: (header: [UInt8], data: [UInt8])
         do {

@@ -8,12 +8,14 @@ struct FIDCommand: Command {
     let name = "fid"
     let summary = "Frechet Inception Distance between generated images and a data set (Inception-v3 run here)"
     let help = """
-        tvm fid GENERATED --dataset fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--pad 2] [--split train|test]
+        tvm fid GENERATED --dataset fashion-mnist|mnist|DIR|FILE.npy|FILE.zip [--data-dir DIR] [--pad 2] [--split train|test]
                 [--limit N] [--weights FILE] [--batch N] [--cache DIR | --no-cache] [--save-features FILE.npy]
           Frechet Inception Distance between GENERATED (an .npy [n, C, H, W] or [n, H, W] as `tvm sample --npy`
           writes, or a folder with one subfolder of PNGs per class as `tvm sample --folder` writes) and a data set:
           Fashion-MNIST (--data-dir, default \(ImageDataset.fashionMNISTDirectory); --split train, the default, or
-          test), MNIST (IDX files in --data-dir), a class-folder of PNGs or an .npy. IDX images are padded by --pad
+          test), MNIST (IDX files in --data-dir), a class-folder of PNGs, an .npy, or a data set ZIP in the official
+          format (the cropped RGB set of tvm prepare, the reference of the paper's FID-50k: compare 50000 samples of
+          tvm sample --vae DIR --n 50000 --classes random --npy FILE). IDX images are padded by --pad
           pixels (default 2, as `tvm train` pads them, so they match the samples of a model trained on them).
           Input scaling: every image is taken as 8-bit pixels (float arrays hold [-1, 1] and are rounded as PNG
           export rounds them; values beyond +-1 are clamped (with a note); non-negative floats above 1.5 are refused
@@ -130,6 +132,25 @@ func readNPYImages(_ path: String) throws -> ByteImages {
     }
 }
 
+/// The images of a data set ZIP in the official format (`tvm prepare` without --vae), all of one size, as 8-bit RGB.
+func readDatasetZIP(_ path: String) throws -> ByteImages {
+    let source = try ImageSource.zip(path)
+    var pixels: [UInt8] = []
+    var size: (width: Int, height: Int)?
+    for i in 0..<source.count {
+        let image = try source.image(i)
+        let expected = size ?? (image.width, image.height)
+        guard image.width == expected.width, image.height == expected.height else {
+            throw CLIError("\(source.location(i)): \(image.width)x\(image.height) pixels, while the images before it are "
+                           + "\(expected.width)x\(expected.height)")
+        }
+        size = expected
+        let plane = image.width * image.height
+        for c in 0..<3 { for k in 0..<plane { pixels.append(image.pixels[k * 3 + c]) } }
+    }
+    return try ByteImages(pixels: pixels, count: source.count, channels: 3, height: size!.height, width: size!.width)
+}
+
 /// One image set for FID: a named IDX data set, an .npy, or a class-folder of PNGs.
 func loadFIDImages(_ spec: String, dataDir: String?, pad: Int, train: Bool) throws -> ByteImages {
     switch spec.lowercased() {
@@ -141,6 +162,7 @@ func loadFIDImages(_ spec: String, dataDir: String?, pad: Int, train: Bool) thro
         return try ByteImages(dataset: ImageDataset.fashionMNIST(directory: dir, train: train, pad: pad))
     default:
         if spec.lowercased().hasSuffix(".npy") { return try readNPYImages(spec) }
+        if spec.lowercased().hasSuffix(".zip") { return try readDatasetZIP(spec) }
         guard FileSystem.isDirectory(spec) else {
             throw CLIError("\(spec): not fashion-mnist, mnist, an .npy file or a folder of PNG class folders")
         }

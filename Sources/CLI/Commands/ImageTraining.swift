@@ -6,7 +6,7 @@ import Formats
 
 /// The image half of `tvm train`'s help.
 let imageTrainingHelp = """
-tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FILE.npy] [--pad 2]
+tvm train --data fashion-mnist|mnist|DIR|FILE.npy|LATENTS.zip [--data-dir DIR] [--labels FILE.npy] [--pad 2]
           [--model S/2 | --hidden H --depth D --heads N --patch P] [--cfg W | --cfg-range LO,HI]
           [--label-dropout 0.1] [--no-scaled-param] [--batch 128] [--lr 2e-4] [--steps N] [--time-budget S]
           [--ema power:7|D[,EXTRA...]] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
@@ -18,6 +18,7 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   default \(ImageDataset.fashionMNISTDirectory)), MNIST (IDX files in --data-dir), a folder of class folders
   of PNGs, or an .npy [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
   --model is any DiT size (S/2, B/2, L/2, XL/2, B/4, ...); --hidden/--depth/--heads/--patch override it.
+  --time-spec-init gives the timestep MLPs the spectral initialisation too (the official time_specinit).
   --steps is the total step count (default 10000; with --time-budget alone, no step limit); --time-budget stops
   after that many seconds of this invocation. Every --every steps (default 1000) and at the end it writes
   DIR/samples_step<N>_nfe<K>.png (fixed noise, one row per class, 1 and 4 NFE, evaluation EMA, guidance
@@ -41,15 +42,26 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   --resume do not depend on the number of ranks; rank 0 writes the files; replicas compared at every --every):
 \(LaunchPlan.help)
   --bucket-mb X   gradients are averaged in buckets of X MB started during backward (default 25)
+
+  Latents (--data LATENTS.zip, made by tvm prepare --vae; the paper's ImageNet setting): every time an image is
+  used, its latent is drawn afresh from its posterior, x = mean + std * eps, and normalised per channel,
+  (x - raw_mean) / raw_std * final_std + final_mean, as the official encoder does:
+  --latent-mean M1,M2,..  raw_mean (default ImageNet 256's: 0.86488,-0.27787343,0.21616915,0.3738409)
+  --latent-std S1,S2,..   raw_std (default 4.85503674,5.31922414,3.93725398,3.9870003); tvm prepare --stats
+                          prints both for a set
+  --latent-final-mean X   (default 0)    --latent-final-std X   (default 1)
+  --vae DIR               decode the sample grids with this SD-VAE (diffusers folder); without it the grids
+                          show the latents' first channel
+  The presets im256-w2, im256-w1p75 and im512-w2p25 are the official configs (tvm models lists them).
 """ + "\n\n" + [optimizerHelp, fidHelp, faultHelp].joined(separator: "\n\n")
 
 /// The flags of `tvm train` on images (a config file's keys are the same names).
 let imageTrainingOptionNames = OptionNames(options: ([
     "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
     "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
-    "sample-cfg", "method", "bucket-mb", "fid-every", "fid-samples", "fid-nfe", "fid-weights",
-] as Set<String>).union(faultOptionNames).union(optimizerOptionNames),
-    switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best"])
+    "sample-cfg", "method", "bucket-mb", "fid-every", "fid-samples", "fid-nfe", "fid-weights", "vae",
+] as Set<String>).union(faultOptionNames).union(optimizerOptionNames).union(latentOptionNames),
+    switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best", "time-spec-init"])
 
 /// `tvm train` on images: the options become a `TrainingLoop`, which resumes, trains, logs and snapshots.
 func trainOnImages(_ args: [String]) throws {
@@ -99,14 +111,33 @@ func trainOnImages(_ args: [String]) throws {
     }
     let data = try loadImageData(a)
     let model = try imageModelConfig(a, data: data)
+    let latent = try data.latentDraw.map { _ in try latentNormalization(a) }
+    if let vaeDirectory = a.string("vae"), latent == nil {
+        throw CLIError("--vae \(vaeDirectory) decodes latents; --data \(dataName) holds images", usage: true)
+    }
+    if latent != nil {
+        if a.has("flip") { throw CLIError("--flip applies to images, not to latents (the official ImageNet configs do not flip)", usage: true) }
+        if fidSettings != nil {
+            throw CLIError("FID while training (--fid-every) is not available on latents yet; measure it afterwards with tvm sample "
+                           + "--vae DIR --npy FILE and tvm fid", usage: true)
+        }
+    }
     let baseName = dataName.split(separator: "/").last.map(String.init) ?? "images"
-    var plan = TrainingLoop.Plan(directory: a.string("out", default: "runs/\(baseName.lowercased().hasSuffix(".npy") ? String(baseName.dropLast(4)) : baseName)-tvm"))
+    var plan = TrainingLoop.Plan(directory: a.string("out", default: "runs/\([".npy", ".zip"].contains { baseName.lowercased().hasSuffix($0) } ? String(baseName.dropLast(4)) : baseName)-tvm"))
     plan.resume = a.has("resume")
     plan.steps = steps
     plan.snapshotEvery = every
     plan.timeBudget = budget
     plan.flip = a.has("flip")
     plan.sampleGuidance = sampleCFG
+    if let latent, let vaeDirectory = a.string("vae") {
+        let vae = try AutoencoderKL(directory: vaeDirectory)
+        guard vae.config.latentChannels == data.channels else {
+            throw CLIError("\(vaeDirectory)/\(AutoencoderKL.configFileName): the VAE has \(vae.config.latentChannels) latent channels, "
+                           + "the latents of \(dataName) have \(data.channels)")
+        }
+        plan.decodeSamples = { z in try vae.decode(latent.normalization.denormalized(z)) }
+    }
     let scaleText: String
     switch scale {
     case .constant(let w): scaleText = "\(w)"
@@ -124,7 +155,7 @@ func trainOnImages(_ args: [String]) throws {
         ("label_dropout", .number(config.guidance.labelDropout)),
         ("scaled_param", .bool(config.guidance.scaledParameterization)),
         ("seed", .number(Double(config.seed))), ("flip", .bool(plan.flip)),
-    ] + faultJSON(config.faults))
+    ] + faultJSON(config.faults) + (latent?.record ?? []))
     // Every option read by now: how it runs (--resume, --device, --gpus) is not part of what it computes.
     plan.options = a.resolvedOptions(leavingOut: ["resume"])
 

@@ -10,18 +10,23 @@ struct SampleCommand: Command {
     let summary = "sample images from an image-training checkpoint (PNG grid, NPY, PNG folder)"
     let help = """
         tvm sample --checkpoint FILE [--n 100] [--nfe 1] [--cfg 2] [--classes 0,1,2] [--seed N] [--out grid.png]
-                   [--npy FILE] [--folder DIR] [--weights ema|ema:SCHEDULE|student|teacher] [--columns 10]
+                   [--npy FILE] [--folder DIR] [--weights ema|ema:SCHEDULE|student|teacher] [--columns 10] [--vae DIR]
           Samples images from a training checkpoint (by default with the evaluation EMA; ema:SCHEDULE picks one of
           the extra EMAs the run kept, e.g. ema:power:32; teacher is the EMA target) in --nfe steps with
           guidance scale --cfg (a flow-matching checkpoint: --nfe Euler steps, each evaluating the class and the null
-          class for classifier-free guidance). Classes: --classes, spread over the n samples in blocks (default all classes).
+          class for classifier-free guidance). Classes: --classes, spread over the n samples in blocks (default all classes);
+          --classes random draws each sample's class uniformly at random (the official FID protocol).
           Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of values in [-1, 1]
           and a folder with one subfolder of PNGs per class.
+          A checkpoint trained on latents (tvm train --data LATENTS.zip) gives latents; --vae DIR (the SD-VAE folder the
+          latent set was made with) decodes them as the official code does (the run's normalisation undone, the VAE
+          decoder, (x + 1) / 2 clamped to [0, 1] times 255, truncated): the grid then shows the first 100 images, the
+          NPY is uint8 [n, 3, H, W] (what tvm fid takes) and the folder holds the PNGs.
         """
 
     func run(_ args: [String]) throws {
         let a = try Arguments(command: "sample", args, options: ["checkpoint", "n", "nfe", "cfg", "classes", "seed", "out", "npy",
-                                                                  "folder", "weights", "columns"])
+                                                                  "folder", "weights", "columns", "vae"])
         try a.expectPositional(0, "no positional arguments (use --checkpoint FILE)")
         guard let path = a.string("checkpoint") else { throw CLIError("tvm sample needs --checkpoint FILE", usage: true) }
         let n = try a.int("n", default: 100, range: 1...1_000_000)
@@ -51,52 +56,85 @@ struct SampleCommand: Command {
         let K = model.numClasses
         guard K >= 1 else { throw CLIError("\(path): the model has no classes; tvm sample needs a class-conditional checkpoint") }
         var classList = Array(0..<max(K, 1))
-        if let s = a.string("classes") {
+        var rng = RandomGenerator(seed: seed)
+        let randomClasses = a.string("classes")?.lowercased() == "random"
+        if let s = a.string("classes"), !randomClasses {
             let parts = commaSeparated(s).map { Int($0) }
             guard !parts.isEmpty, parts.allSatisfy({ $0 != nil && $0! >= 0 && $0! < K }) else {
                 throw CLIError("--classes must be a comma-separated list of class indices in 0..<\(K), got '\(s)'", usage: true)
             }
             classList = parts.map { $0! }
         }
-        let labels = (0..<n).map { classList[$0 * classList.count / n] }
+        let labels = randomClasses ? (0..<n).map { _ in rng.int(below: K) } : (0..<n).map { classList[$0 * classList.count / n] }
+        let decoder = try a.string("vae").map { try LatentDecoder(vae: $0, checkpoint: path, training: ck.training, model: model) }
         let net = try DiT(model)
         let scaled = ck.training["scaled_param"]?.bool ?? true
         // A flow-matching checkpoint samples with --nfe Euler steps and classifier-free guidance (2 evaluations a step).
         let flowMatching = ck.training["method"]?.string == Method.flowMatching.rawValue
         let C = model.inChannels, R = model.inputSize, size = C * R * R
-        var rng = RandomGenerator(seed: seed)
         let noise = rng.normalFloats(n * size)
         var samples: [Float] = []
-        samples.reserveCapacity(n * size)
+        var decoded: [UInt8] = []
+        if decoder == nil { samples.reserveCapacity(n * size) }
         let chunk = 256
         var start = 0
         while start < n {
             let m = min(chunk, n - start)
             let x = Tensor(Array(noise[(start * size)..<((start + m) * size)]), shape: [m, C, R, R])
             let cond = Conditioning.sampling(labels: Array(labels[start..<(start + m)]), classes: K, guidance: cfg)
-            if flowMatching {
-                samples += sampleEuler(network: net, params: weights, noise: x, steps: nfe, cond: cond, guidance: cfg).floats
-            } else {
-                samples += sampleFlowMap(network: net, params: weights, noise: x, steps: nfe, cond: cond,
-                                         kappa: scaled ? cfg : 1).floats
-            }
+            let z = flowMatching ? sampleEuler(network: net, params: weights, noise: x, steps: nfe, cond: cond, guidance: cfg)
+                : sampleFlowMap(network: net, params: weights, noise: x, steps: nfe, cond: cond, kappa: scaled ? cfg : 1)
+            if let decoder { decoded += try decoder.pixels(z) } else { samples += z.floats }
             start += m
         }
-        try writeImageGrid(samples, n: n, channels: C, side: R, columns: columns, path: out)
+        // Decoded images: 8-bit pixels, shown and written through the [-1, 1] floats they stand for exactly.
+        let (channels, side) = decoder.map { ($0.vae.config.outChannels, R * $0.vae.config.downsamplingFactor) } ?? (C, R)
+        if decoder != nil { samples = decoded.map { ImageDataset.byteToUnit[Int($0)] } }
+        let shown = decoder == nil ? n : min(n, 100)
+        try writeImageGrid(Array(samples[0..<(shown * channels * side * side)]), n: shown, channels: channels, side: side,
+                           columns: columns, path: out)
         var wrote = [out]
         if let npy = a.string("npy") {
-            try NPYArray.write(path: npy, shape: [n, C, R, R], floats: samples)
+            if decoder != nil {
+                try NPYArray.write(path: npy, shape: [n, channels, side, side], bytes: decoded)
+            } else {
+                try NPYArray.write(path: npy, shape: [n, C, R, R], floats: samples)
+            }
             wrote.append(npy)
         }
         if let folder = a.string("folder") {
             let names = ck.training["class_names"]?.array?.compactMap(\.string)
             try FileSystem.makeDirectories(folder)
-            let set = try ImageDataset(images: samples, labels: labels, channels: C, height: R, width: R, classes: K,
+            let set = try ImageDataset(images: samples, labels: labels, channels: channels, height: side, width: side, classes: K,
                                        classNames: names?.count == K ? names : nil)
             try set.writePNGFolder(folder)
             wrote.append(folder + "/")
         }
         Console.info("\(n) samples, \(nfe) NFE, cfg \(cfg), \(weightsName) weights of step \(ck.step): wrote \(wrote.joined(separator: ", "))")
+    }
+}
+
+/// The SD-VAE decoding of a latent run's samples (`tvm sample --vae`): the run's normalisation undone, the decoder,
+/// the official conversion to 8-bit pixels.
+struct LatentDecoder {
+    let vae: AutoencoderKL
+    let normalization: LatentNormalization
+
+    init(vae directory: String, checkpoint: String, training: JSONValue, model: DiTConfig) throws {
+        guard let normalization = try latentNormalization(recorded: training, source: checkpoint) else {
+            throw CLIError("--vae \(directory): \(checkpoint) was trained on images, not latents; there is nothing to decode")
+        }
+        vae = try AutoencoderKL(directory: directory)
+        guard vae.config.latentChannels == model.inChannels, normalization.channels == model.inChannels else {
+            throw CLIError("\(directory)/\(AutoencoderKL.configFileName): the VAE has \(vae.config.latentChannels) latent channels, "
+                           + "the model of \(checkpoint) \(model.inChannels)")
+        }
+        self.normalization = normalization
+    }
+
+    /// 8-bit pixels [N, 3, H, W] of the network's latents `z` [N, C, h, w].
+    func pixels(_ z: Tensor) throws -> [UInt8] {
+        try NN.pixels(fromDecoded: vae.decode(normalization.denormalized(z)))
     }
 }
 

@@ -40,12 +40,16 @@ public struct LatentNormalization: Equatable, Sendable {
         bias = zip(rawMean, scale).map { Float(finalMean) - Float($0) * $1 }
     }
 
-    /// The official ImageNet 256x256 configs (`im256_w2`, `im256_w1p75`): statistics of the SD-VAE latents of
-    /// that dataset, normalised to mean 0 and std 1.
-    public static let imageNet256 = LatentNormalization(rawMean: [0.86488, -0.27787343, 0.21616915, 0.3738409],
-                                                        rawStd: [4.85503674, 5.31922414, 3.93725398, 3.9870003])
-    /// The official ImageNet 512x512 configs (EDM2's statistics), normalised to mean 0 and std 1.
-    public static let imageNet512 = LatentNormalization(rawMean: [1.56, -0.695, 0.483, 0.729], rawStd: [5.27, 5.91, 4.21, 4.31])
+    /// The raw statistics (`raw_mean`, `raw_std`) of the SD-VAE latents of ImageNet 256x256, as the official
+    /// configs `im256_w2` and `im256_w1p75` give them.
+    public static let imageNet256Statistics = (mean: [0.86488, -0.27787343, 0.21616915, 0.3738409],
+                                               std: [4.85503674, 5.31922414, 3.93725398, 3.9870003])
+    /// Those of ImageNet 512x512 (EDM2's), as the official `im512_*` configs give them.
+    public static let imageNet512Statistics = (mean: [1.56, -0.695, 0.483, 0.729], std: [5.27, 5.91, 4.21, 4.31])
+    /// The official ImageNet 256x256 configs: those statistics normalised to mean 0 and std 1.
+    public static let imageNet256 = LatentNormalization(rawMean: imageNet256Statistics.mean, rawStd: imageNet256Statistics.std)
+    /// The official ImageNet 512x512 configs, normalised to mean 0 and std 1.
+    public static let imageNet512 = LatentNormalization(rawMean: imageNet512Statistics.mean, rawStd: imageNet512Statistics.std)
 
     public var channels: Int { scale.count }
 

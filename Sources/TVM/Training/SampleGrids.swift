@@ -14,7 +14,6 @@ struct SampleGrids {
     let noise: Tensor
     let cond: Conditioning
     let guidance: Double
-    let channels: Int, side: Int
 
     /// Grids for images like `data`'s, sampled with guidance scale `guidance`; `seed` is the run's.
     init(data: ImageDataset, seed: UInt64, guidance: Double, on device: Device = .default) {
@@ -24,8 +23,6 @@ struct SampleGrids {
         noise = Tensor.randomNormal([labels.count, data.channels, data.height, data.width], rng: &rng, on: device)
         cond = Conditioning.sampling(labels: labels, classes: data.classes, guidance: guidance, on: device)
         self.guidance = guidance
-        channels = data.channels
-        side = data.height
     }
 
     /// One grid as written: its step count, file and picture.
@@ -35,12 +32,14 @@ struct SampleGrids {
         let image: Image
     }
 
-    /// Samples the grids with `trainer`'s evaluation EMA and writes them into `directory`.
-    func write(_ trainer: Trainer<DiT>, into directory: String) throws -> [Grid] {
+    /// Samples the grids with `trainer`'s evaluation EMA and writes them into `directory`, the samples turned into
+    /// images by `decode` when given.
+    func write(_ trainer: Trainer<DiT>, into directory: String, decode: ((Tensor) throws -> Tensor)? = nil) throws -> [Grid] {
         try Self.nfes.map { nfe in
-            let x = trainer.sample(noise: noise, steps: nfe, cond: cond, weights: trainer.ema, guidanceScale: guidance).floats
+            var x = trainer.sample(noise: noise, steps: nfe, cond: cond, weights: trainer.ema, guidanceScale: guidance)
+            if let decode { x = try decode(x) }
             let path = directory + "/samples_step\(trainer.step)_nfe\(nfe).png"
-            let image = try imageGrid(x, n: labels.count, channels: channels, side: side, columns: Self.perRow)
+            let image = try imageGrid(x.floats, n: labels.count, channels: x.shape[1], side: x.shape[2], columns: Self.perRow)
             try image.writePNG(path: path)
             return Grid(nfe: nfe, path: path, image: image)
         }

@@ -57,6 +57,8 @@ public final class TrainingLoop {
         public var flip = false
         /// The guidance scale of the sample grids.
         public var sampleGuidance = 2.0
+        /// Samples to images in [-1, 1] for the grids (a latent run's VAE decoder); nil: the samples are images.
+        public var decodeSamples: ((Tensor) throws -> Tensor)?
         /// The run's options as the checkpoint records them; a resumed run names the ones that changed.
         public var description = JSONValue.object([])
         /// The options that repeat the run (`tvm train --config DIR/config.json`): written to `config.json` at the
@@ -209,7 +211,7 @@ public final class TrainingLoop {
         guard isRoot else { return }
         try saveCheckpoint(to: checkpointPath)
         savedStep = trainer.step
-        let drawn = try grids.write(trainer, into: plan.directory)
+        let drawn = try grids.write(trainer, into: plan.directory, decode: plan.decodeSamples)
         written += drawn.map(\.path)
         try log?.grids(drawn, step: trainer.step)
     }

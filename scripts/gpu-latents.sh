@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The latent pipeline once on the GPU (issue 17, part 6): generated images -> tvm prepare (RGB set, then the latent
+# set with the fixture's small SD-VAE, on CUDA and on the CPU) -> tvm train on the latents with decoded grids ->
+# tvm sample --vae. Prints the relative error of the CUDA posteriors against the CPU ones and each step's time.
+#
+#   scripts/gpu-latents.sh pack   here: the static tvm binary (scripts/gpu-bench.sh pack) and the VAE fixture in .device
+#   scripts/gpu-latents.sh run    device call, carry [".device/tvm", ".device/vae_small"]; writes $OUT/latents-summary.txt
+set -uo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-}" in
+pack)
+    scripts/gpu-bench.sh pack || exit 1
+    mkdir -p .device/vae_small
+    cp "${FIXTURES:-/work/shared/fixtures}"/latent/vae_small/{config.json,diffusion_pytorch_model.safetensors} .device/vae_small/ || exit 1
+    ;;
+run)
+    out=${OUT:-/tmp/gpu-latents-out}
+    work=/tmp/tvm-latents
+    rm -rf "$work" && mkdir -p "$work" "$out"
+    tvm=.device/tvm vae=.device/vae_small
+    # 64 images of 4 classes, 40x52 RGB PNGs written with the standard library only.
+    python3 - "$work/images" <<'PY' || exit 1
+import os, struct, sys, zlib
+root = sys.argv[1]
+def png(path, w, h, pixel):
+    raw = b''.join(b'\0' + bytes(v for x in range(w) for v in pixel(x, y)) for y in range(h))
+    chunk = lambda t, d: struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xffffffff)
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0))
+                + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+for k in range(64):
+    folder = os.path.join(root, 'class%d' % (k % 4))
+    os.makedirs(folder, exist_ok=True)
+    png(os.path.join(folder, 'img%02d.png' % k), 40, 52, lambda x, y: ((x * (k + 3) + y * 5) % 256, (y * 7 + k * 11) % 256, (x * y + k) % 256))
+PY
+    {
+        set -x
+        time $tvm prepare "$work/images" --out "$work/rgb.zip" --size 32
+        time $tvm prepare "$work/rgb.zip" --out "$work/latents-cuda.zip" --vae $vae --device cuda --batch 16
+        time $tvm prepare "$work/rgb.zip" --out "$work/latents-cpu.zip" --vae $vae --device cpu --batch 16
+        stats=$($tvm prepare --stats "$work/latents-cuda.zip")
+        time $tvm train --device cuda --data "$work/latents-cuda.zip" --model S/2 --batch 32 --steps 200 --every 100 \
+            --out "$work/run" --vae $vae $stats
+        time $tvm sample --device cuda --checkpoint "$work/run/checkpoint.safetensors" --vae $vae --n 64 --classes random \
+            --npy "$work/samples.npy" --out "$out/samples.png"
+        cp "$work/run/samples_step200_nfe1.png" "$out/" 
+        set +x
+        python3 - "$work" <<'PY'
+import io, sys, zipfile
+import numpy as np
+w = sys.argv[1]
+a, b = zipfile.ZipFile(w + '/latents-cuda.zip'), zipfile.ZipFile(w + '/latents-cpu.zip')
+names = sorted(n for n in a.namelist() if n.endswith('.npy'))
+x = np.stack([np.load(io.BytesIO(a.read(n))) for n in names]); y = np.stack([np.load(io.BytesIO(b.read(n))) for n in names])
+print('posteriors', x.shape, x.dtype, 'CUDA vs CPU relative error', np.linalg.norm(x - y) / np.linalg.norm(y))
+s = np.load(w + '/samples.npy'); print('decoded samples', s.shape, s.dtype, 'mean', s.mean())
+PY
+    } 2>&1 | tee "$out/latents-summary.txt"
+    ;;
+*)
+    echo "usage: scripts/gpu-latents.sh pack|run" >&2
+    exit 2
+    ;;
+esac
