@@ -14,7 +14,8 @@ import Darwin
 public enum AtomicFile {
     /// For the kill tests only (the CLI sets it from `TVM_TEST_WRITE_PAUSE_MS`): every write sleeps this many
     /// seconds with half of its chunks in the temporary file, and again between the fsync and the rename, so
-    /// that a SIGKILL can be aimed inside a write. Zero in normal use.
+    /// that a SIGKILL can be aimed inside a write (and `ZIPWriter` between an entry's header and its data). Zero
+    /// in normal use.
     public nonisolated(unsafe) static var testPause: Double = 0
 
     /// Writes `bytes` to `path` atomically.
@@ -146,7 +147,8 @@ public enum AtomicFile {
         }
     }
 
-    private static func pauseForTests() {
+    /// Sleeps `testPause` (the kill tests' window).
+    static func pauseForTests() {
         guard testPause > 0 else { return }
         var left = timespec(tv_sec: Int(testPause), tv_nsec: Int((testPause - testPause.rounded(.down)) * 1e9))
         var rest = timespec()

@@ -239,6 +239,8 @@ public final class ZIPWriter {
         if big { put16(&h, 1); put16(&h, 16); put64(&h, UInt64(bytes.count)); put64(&h, UInt64(bytes.count)) }
         let headerOffset = end
         try append(h)
+        // The kill tests' window: an entry whose header is written and whose data is not.
+        AtomicFile.pauseForTests()
         try append(bytes)
         entries.append(ZIPEntry(name: name, method: 0, crc32: crc, compressedSize: bytes.count, size: bytes.count,
                                 headerOffset: headerOffset))

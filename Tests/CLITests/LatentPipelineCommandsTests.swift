@@ -233,6 +233,47 @@ final class LatentPipelineCommandsTests: CLITestCase {
         try assertCleanError(other.map { $0 == "16" ? "8" : $0 }, contains: "other settings")
     }
 
+    /// SIGKILL at moments spread over a preparation (many inside an entry, between its header and its data, where
+    /// `TVM_TEST_WRITE_PAUSE_MS` holds the writer), each time run again: the last run ends with the archive an
+    /// uninterrupted run writes, byte for byte, and `OUT` never exists half-written.
+    func testSIGKILLDuringPreparationContinuesToTheSameArchive() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let images = try makeImages(dir)
+        let args = ["prepare", images, "--out", dir + "/out.zip", "--size", "16", "--batch", "1"]
+        var r = try run(["prepare", images, "--out", dir + "/clean.zip", "--size", "16"])
+        XCTAssertEqual(r.status, 0, r.err)
+        var state: UInt64 = 17, kills = 0, launches = 0
+        while launches < 60 {
+            launches += 1
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: binary)
+            p.arguments = args
+            p.environment = ProcessInfo.processInfo.environment.merging(["TVM_TEST_WRITE_PAUSE_MS": "30"]) { $1 }
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            // 20 to 120 ms: a launch gets through a few entries of the 6 (each holds the writer 30 ms).
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            usleep(UInt32(20_000 + (state >> 33) % 100_000))
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            if p.terminationReason == .exit {
+                XCTAssertEqual(p.terminationStatus, 0)
+                break
+            }
+            kills += 1
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out.zip"), "a killed run left out.zip")
+        }
+        XCTAssertGreaterThanOrEqual(kills, 3)
+        if !FileManager.default.fileExists(atPath: dir + "/out.zip") {
+            r = try run(args)
+            XCTAssertEqual(r.status, 0, r.err)
+        }
+        XCTAssertEqual(try AtomicFile.read(path: dir + "/out.zip"), try AtomicFile.read(path: dir + "/clean.zip"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out.zip.partial"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out.zip.partial-settings"))
+    }
+
     /// A run stopped by a bad image: after its progress lines, one `error:` line naming the image; non-zero exit.
     func assertStopped(_ args: [String], at image: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let r = try run(args)
