@@ -87,6 +87,7 @@ final class LatentPipelineCommandsTests: CLITestCase {
         XCTAssertEqual(latents.labels, [0, 0, 0, 1, 1, 1])
         let model = try AutoencoderKL(directory: vae, on: .cpu)
         let image = try Image.decode(rgb.read(named: "00000/img00000004.png"))
+        let image5 = try Image.decode(rgb.read(named: "00000/img00000005.png"))
         var planar = [UInt8](repeating: 0, count: 3 * 32 * 32)
         for c in 0..<3 { for k in 0..<(32 * 32) { planar[c * 1024 + k] = image.pixels[k * 3 + c] } }
         let posterior = try model.encode(vaeInput(pixels: planar, shape: [1, 3, 32, 32], on: .cpu))
@@ -132,9 +133,13 @@ final class LatentPipelineCommandsTests: CLITestCase {
         let folderImages = try FileManager.default.subpathsOfDirectory(atPath: dir + "/samples").filter { $0.hasSuffix(".png") }
         XCTAssertEqual(folderImages.count, 5)
 
-        // 5. FID of the decoded samples against the RGB set, where the Inception weights are installed.
+        // 5. FID of the decoded samples against the RGB set: its images as tvm fid reads them (planar RGB), and, where
+        // the Inception weights are installed, the command itself on 2 images of each (a few seconds with a BLAS).
+        let reference = try readDatasetZIP(dir + "/rgb.zip")
+        XCTAssertEqual([reference.count, reference.channels, reference.height, reference.width], [6, 3, 32, 32])
+        XCTAssertEqual(reference.pixels[(5 * 3 + 1) * 1024 + 37], image5.pixels[37 * 3 + 1])
         if FileManager.default.fileExists(atPath: FIDFiles.defaultWeightsPath) {
-            r = try run(["fid", dir + "/samples.npy", "--dataset", dir + "/rgb.zip", "--no-cache", "--device", "cpu"])
+            r = try run(["fid", dir + "/samples.npy", "--dataset", dir + "/rgb.zip", "--no-cache", "--device", "cpu", "--limit", "2"])
             XCTAssertEqual(r.status, 0, r.err)
             XCTAssertTrue(r.out.hasPrefix("FID "), r.out)
         }
