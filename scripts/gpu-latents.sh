@@ -5,6 +5,7 @@
 #
 #   scripts/gpu-latents.sh pack   here: the static tvm binary (scripts/gpu-bench.sh pack) and the VAE fixture in .device
 #   scripts/gpu-latents.sh run    device call, carry [".device/tvm", ".device/vae_small"]; writes $OUT/latents-summary.txt
+# DEVICE=cpu STEPS=3 MODEL=S/2 tries the run half here (with .device/tvm a link to .build/release/tvm).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -17,7 +18,7 @@ run)
     out=${OUT:-/tmp/gpu-latents-out}
     work=/tmp/tvm-latents
     rm -rf "$work" && mkdir -p "$work" "$out"
-    tvm=.device/tvm vae=.device/vae_small
+    tvm=.device/tvm vae=.device/vae_small device=${DEVICE:-cuda} steps=${STEPS:-200}
     # 64 images of 4 classes, 40x52 RGB PNGs written with the standard library only.
     python3 - "$work/images" <<'PY' || exit 1
 import os, struct, sys, zlib
@@ -36,14 +37,14 @@ PY
     {
         set -x
         time $tvm prepare "$work/images" --out "$work/rgb.zip" --size 32
-        time $tvm prepare "$work/rgb.zip" --out "$work/latents-cuda.zip" --vae $vae --device cuda --batch 16
-        time $tvm prepare "$work/rgb.zip" --out "$work/latents-cpu.zip" --vae $vae --device cpu --batch 16
+        time $tvm prepare "$work/rgb.zip" --out "$work/latents-cuda.zip" --vae $vae --device $device --batch 16 --size 32
+        time $tvm prepare "$work/rgb.zip" --out "$work/latents-cpu.zip" --vae $vae --device cpu --batch 16 --size 32
         stats=$($tvm prepare --stats "$work/latents-cuda.zip")
-        time $tvm train --device cuda --data "$work/latents-cuda.zip" --model S/2 --batch 32 --steps 200 --every 100 \
+        time $tvm train --device $device --data "$work/latents-cuda.zip" --model ${MODEL:-S/2} --batch 32 --steps $steps --every 100 \
             --out "$work/run" --vae $vae $stats
-        time $tvm sample --device cuda --checkpoint "$work/run/checkpoint.safetensors" --vae $vae --n 64 --classes random \
+        time $tvm sample --device $device --checkpoint "$work/run/checkpoint.safetensors" --vae $vae --n 64 --classes random \
             --npy "$work/samples.npy" --out "$out/samples.png"
-        cp "$work/run/samples_step200_nfe1.png" "$out/" 
+        cp "$work/run/samples_step${steps}_nfe1.png" "$out/"
         set +x
         python3 - "$work" <<'PY'
 import io, sys, zipfile

@@ -86,7 +86,8 @@ public struct DatasetPreparation {
 
     /// Runs (or continues) the preparation. `settings` describes everything that decides the entries' bytes
     /// (source, size, encoder and its weights): a partial archive made with other settings is refused.
-    /// `progress(done, pending)` follows the images of this run, after each batch; `note` receives a line when an
+    /// `progress(done, pending)` follows the images of this run: once when the work starts (0), then after each
+    /// batch; `note` receives a line when an
     /// interrupted run is continued and one per bad image skipped.
     public func run(settings: String, encode: Encoder, progress: (Int, Int) -> Void = { _, _ in },
                     note: (String) -> Void = { _ in }) throws -> Report {
@@ -113,6 +114,7 @@ public struct DatasetPreparation {
         if report.resumed > 0 { note("continuing \(partialPath), which holds \(report.resumed) of the \(count) images") }
         var shape: (width: Int, height: Int)? = nil
         var finished = 0
+        progress(0, pending.count)
         for start in stride(from: 0, to: pending.count, by: batch) {
             let indices = Array(pending[start..<min(start + batch, pending.count)])
             let loaded = load(indices)

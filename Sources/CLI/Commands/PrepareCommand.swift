@@ -92,14 +92,13 @@ struct PrepareCommand: Command {
                                       entryName: DatasetPreparation.pngName)
             intro = "prepare: \(source.count) images of \(sourcePath) -> \(size)x\(size) RGB crops"
         }
-        // The first lines wait for the first batch, so that a run refused at once prints its error line alone.
+        // The first lines wait until the work starts, so that a run refused at once prints its error line alone.
         var bar: ProgressBar?
         let report = try prep.run(settings: settings, encode: encode, progress: { done, pending in
-            if bar == nil {
+            if let bar { bar.update(images: done) } else {
                 Console.info(intro)
                 bar = ProgressBar("prepare", total: pending)
             }
-            bar?.update(images: done)
         }, note: { Console.info("prepare: " + $0) })
         Console.info("prepare: wrote \(out): \(report.total) images (\(report.written) now"
             + (report.resumed > 0 ? ", \(report.resumed) by the interrupted run" : "") + "), \(report.bad.count) bad images skipped")
