@@ -19,17 +19,19 @@ struct BenchCommand: Command {
           median step time, images/s and peak GPU memory.
         tvm bench sample [--model B/2] [--batch 256] [--nfe 1] ...   sampling throughput.
         tvm bench attention [--b 64] [--h 12] [--s 256] [--d 64]     the attention primitive with its JVP, and its backward.
+        tvm bench vae [--res 256] [--batch 8] [--steps 5]    SD-VAE-sized encoder and decoder (random weights): images/s.
         All take --device cuda|cpu|auto (default auto).
         """
 
     func run(_ args: [String]) throws {
-        guard let what = args.first else { throw CLIError("'tvm bench' needs what to time: toy, train, sample or attention", usage: true) }
+        guard let what = args.first else { throw CLIError("'tvm bench' needs what to time: toy, train, sample, attention or vae", usage: true) }
         switch what {
         case "toy": try benchToy(Array(args.dropFirst()))
         case "train": try benchTrain(Array(args.dropFirst()))
         case "sample": try benchSample(Array(args.dropFirst()))
         case "attention": try benchAttention(Array(args.dropFirst()))
-        default: throw CLIError("unknown benchmark '\(what)'; choose toy, train, sample or attention", usage: true)
+        case "vae": try benchVAE(Array(args.dropFirst()))
+        default: throw CLIError("unknown benchmark '\(what)'; choose toy, train, sample, attention or vae", usage: true)
         }
     }
 }
@@ -202,4 +204,26 @@ func benchAttention(_ args: [String]) throws {
         }
     }
     Console.out("attention B=\(b) H=\(h) S=\(s) D=\(d), \(deviceDescription())\(precision): forward+JVP median \(fmt(median(forward) * 1000, 3)) ms, backward (both cotangents, incl. the loss ops) median \(fmt(median(backward) * 1000, 3)) ms")
+}
+
+/// The SD-VAE's encoder (to the posterior) and decoder at its real size (block widths 128, 256, 512, 512) with
+/// random weights: what `tvm prepare` and decoded sampling spend their time in. Set side by side with diffusers'
+/// AutoencoderKL by scripts/bench_vae_diffusers.py.
+func benchVAE(_ args: [String]) throws {
+    let a = try Arguments(command: "bench vae", args, options: ["res", "batch", "steps", "warmup"], switches: ["tf32", "bf16"])
+    try a.expectPositional(0, "no positional arguments")
+    let precision = applyProductPrecision(a)
+    let config = VAEConfig.stableDiffusion
+    let res = try a.int("res", default: 256, range: config.downsamplingFactor...4096)
+    let batch = try a.int("batch", default: 8, range: 1...4096)
+    let steps = try a.int("steps", default: 5, range: 1...100_000), warmup = try a.int("warmup", default: 1, range: 0...1000)
+    let vae = AutoencoderKL(randomWeightsFor: config, seed: 2)
+    var rng = RandomGenerator(seed: 5)
+    let images = Tensor(rng.uniformFloats(batch * 3 * res * res).map { $0 * 2 - 1 }, shape: [batch, 3, res, res])
+    let latents = try vae.encode(images).mean
+    activeCUDA?.resetPeakBytes()
+    let encode = median(try timeRepeated(steps: steps, warmup: warmup) { _ = try vae.encode(images).std.floats })
+    let decode = median(try timeRepeated(steps: steps, warmup: warmup) { _ = try vae.decode(latents).floats })
+    Console.out("SD-VAE size, \(res)x\(res), batch \(batch), \(deviceDescription())\(precision): encode median \(fmt(encode * 1000, 1)) ms, "
+                + "\(fmt(Double(batch) / encode, 1)) img/s; decode median \(fmt(decode * 1000, 1)) ms, \(fmt(Double(batch) / decode, 1)) img/s\(memoryFigure())")
 }
