@@ -9,10 +9,13 @@
 #                                   steps, samples it with `tvm sample` (1, 2 and 4 steps, CUDA and CPU) and with the
 #                                   official sampler (float32 on the CPU, exact attention), and prints each
 #                                   relative error; exits 1 if one is above 1e-4.
+# DEVICES (default "cuda cpu") are where `tvm sample` runs, training on the first; TVM=PATH takes that binary instead
+# of .device/tvm.xz (DEVICES=cpu TVM=.build/release/tvm TVM_OFFICIAL=DIR runs it on a machine without a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SCRATCH_DIR:-/tmp/tvm-artifacts}
 OFFICIAL=${TVM_OFFICIAL:-.official/tvm}
+DEVICES=${DEVICES:-cuda cpu}
 
 case "${1:-}" in
 pack)
@@ -23,7 +26,7 @@ pack)
 run)
     mkdir -p "$S"
     export TVM_CUDA_LIB_DIRS=${TVM_CUDA_LIB_DIRS:-/usr/local/cuda/lib64} TVM_CUDA_CACHE_DIR=$S/kernel-cache
-    xz -dc .device/tvm.xz > "$S/tvm" && chmod +x "$S/tvm"
+    if [ -n "${TVM:-}" ]; then cp "$TVM" "$S/tvm"; else xz -dc .device/tvm.xz > "$S/tvm" && chmod +x "$S/tvm"; fi
     # Training data shaped like SD-VAE latents of 64x64 images (4x8x8), 10 classes; the noise and labels to sample.
     python3 - "$S" <<'PY'
 import sys
@@ -36,23 +39,24 @@ np.save(d + '/noise.npy', rng.standard_normal((8, 4, 8, 8)).astype(np.float32))
 PY
     labels=3,1,4,1,5,9,2,6
     rm -rf "$S/run"
-    "$S/tvm" train --device cuda --data "$S/x.npy" --labels "$S/y.npy" --hidden 64 --depth 2 --heads 4 --patch 2 \
+    "$S/tvm" train --device "${DEVICES%% *}" --data "$S/x.npy" --labels "$S/y.npy" --hidden 64 --depth 2 --heads 4 --patch 2 \
         --batch 16 --steps 30 --every 1000 --cfg 2 --out "$S/run" 2>&1 | tail -1
-    for device in cuda cpu; do
+    for device in $DEVICES; do
         for nfe in 1 2 4; do
             "$S/tvm" sample --device $device --checkpoint "$S/run/checkpoint.safetensors" --noise "$S/noise.npy" \
                 --classes $labels --nfe $nfe --cfg 2 --npy "$S/ours_${device}_$nfe.npy" --out "$S/grid.png" 2>/dev/null
         done
     done
-    PYTHONPATH=$OFFICIAL python3 - "$S" "$labels" <<'PY'
+    PYTHONPATH=$OFFICIAL${PYTHONPATH:+:$PYTHONPATH} python3 - "$S" "$labels" "$DEVICES" <<'PY'
 import importlib, json, sys, types
 import numpy as np
 import torch
 
-d, labels = sys.argv[1], [int(v) for v in sys.argv[2].split(',')]
+d, labels, devices = sys.argv[1], [int(v) for v in sys.argv[2].split(',')], sys.argv[3].split()
 
-# generate_images.py imports hydra, omegaconf and torchvision for its main() only; where they are missing,
-# empty stand-ins let generator_fn itself be imported unchanged.
+# generate_images.py imports hydra, omegaconf and torchvision for its main() only, and dnnlib imports requests and
+# distutils (gone from Python 3.12) for downloads and flags: where one is missing, a stand-in lets generator_fn and
+# TVMWrapper themselves be imported unchanged. Nothing of the stand-ins is called here but strtobool.
 def stand_in(name, **attributes):
     try:
         importlib.import_module(name)
@@ -60,11 +64,16 @@ def stand_in(name, **attributes):
         module = types.ModuleType(name)
         module.__dict__.update(attributes)
         sys.modules[name] = module
+        parent, _, child = name.rpartition('.')
+        if parent:
+            setattr(sys.modules[parent], child, module)
 stand_in('hydra', main=lambda **_: (lambda f: f))
 stand_in('omegaconf', OmegaConf=None)
 stand_in('torchvision')
 stand_in('torchvision.utils')
-sys.modules['torchvision'].utils = sys.modules['torchvision.utils']
+stand_in('requests')
+stand_in('distutils')
+stand_in('distutils.util', strtobool=lambda v: v.lower() in ('y', 'yes', 't', 'true', 'on', '1'))
 from generate_images import generator_fn
 from training.wrapper import TVMWrapper
 
@@ -96,7 +105,7 @@ onehot = torch.nn.functional.one_hot(torch.tensor(labels), m['num_classes']).flo
 worst = 0.0
 for nfe in (1, 2, 4):
     official = generator_fn(net, noise, onehot, num_steps=nfe, cfg_scale=2.0).double()
-    for device in ('cuda', 'cpu'):
+    for device in devices:
         ours = torch.from_numpy(np.load(f'{d}/ours_{device}_{nfe}.npy')).double()
         error = ((ours - official).norm() / official.norm()).item()
         worst = max(worst, error)
