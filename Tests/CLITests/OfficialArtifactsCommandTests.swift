@@ -107,7 +107,11 @@ final class OfficialArtifactsCommandTests: CLITestCase {
         // A pickle's network starts at step 0.
         let p = try run(train + ["--resume-from", try ReferenceCheckCommandTests.sharedFixture(pickle), "--steps", "1", "--out", dir + "/from-pkl"])
         XCTAssertEqual(p.status, 0, p.err)
-        XCTAssertEqual(try TrainingCheckpoint.read(path: dir + "/from-pkl/checkpoint.safetensors", on: .cpu).step, 1)
+        let fromPickle = try TrainingCheckpoint.read(path: dir + "/from-pkl/checkpoint.safetensors", on: .cpu)
+        XCTAssertEqual(fromPickle.step, 1)
+        // Student and EMA target started as the one network, and each moved its own way (no shared storage).
+        let qkv = "blocks.0.attn.qkv.weight"
+        XCTAssertNotEqual(fromPickle[.student][qkv].floats, fromPickle[.teacher][qkv].floats)
 
         try assertCleanError(train + ["--resume-from", pt, "--hidden", "32", "--out", dir + "/bad"], contains: "--hidden")
         try assertCleanError(train + ["--resume-from", pt, "--no-scaled-param", "--out", dir + "/bad"], contains: "scaled parameterization")

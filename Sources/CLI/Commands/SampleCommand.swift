@@ -20,7 +20,8 @@ struct SampleCommand: Command {
           and a folder with one subfolder of PNGs per class. --noise FILE.npy [n, C, H, W] starts from that noise
           instead of --seed's (n defaults to its rows).
           The checkpoint may also be an official network pickle (.pkl) or training state (.pt), read as
-          tvm import reads it: ema, student and teacher are then the file's ema, net and ema_target.
+          tvm import reads it: --weights ema, student and teacher are then a training state's ema, net and
+          ema_target, and the one network of a pickle.
         """
 
     func run(_ args: [String]) throws {
@@ -50,8 +51,9 @@ struct SampleCommand: Command {
             throw CLIError("--folder \(folder): exists and is not a folder")
         }
         guard FileSystem.exists(path) else { throw CLIError("\(path): no such file") }
-        let ck = try TrainingCheckpoint.isOfficial(path: path) ? TrainingCheckpoint.importing(path: path)
-            : TrainingCheckpoint.read(path: path, parts: part.map { [$0] } ?? [], extraEMAs: extraEMA.map { [$0] } ?? [])
+        let parts = part.map { [$0] } ?? []
+        let ck = try TrainingCheckpoint.isOfficial(path: path) ? TrainingCheckpoint.importing(path: path, parts: parts)
+            : TrainingCheckpoint.read(path: path, parts: parts, extraEMAs: extraEMA.map { [$0] } ?? [])
         guard let weights = part.map({ ck[$0] }) ?? ck.extraEMAs[extraEMA!] else {
             throw CLIError("\(path): no extra EMA \(extraEMA!) (an official file has none)")
         }

@@ -20,8 +20,10 @@ extension TrainingCheckpoint {
 
     /// Reads an official file as a checkpoint: with `network` (ema, net, ema_target), that one network of a
     /// pickle or training state; without, a `.pt` training state whole, or a pickle's `ema` (else the first of
-    /// `net`, `ema_target` it holds). Throws a one-line `ModelError` naming the file.
-    public static func importing(path: String, network: String? = nil, on device: Device = .default) throws -> TrainingCheckpoint {
+    /// `net`, `ema_target` it holds). `parts`: the sets to make of one network (as `read(parts:)` reads them; a
+    /// training state is read whole). Throws a one-line `ModelError` naming the file.
+    public static func importing(path: String, network: String? = nil, parts: [Part] = Part.allCases,
+                                 on device: Device = .default) throws -> TrainingCheckpoint {
         if let network, !OfficialNetwork.keys.contains(network) {
             throw ModelError("the network must be one of \(OfficialNetwork.keys.joined(separator: ", ")), got \(quoted(network))")
         }
@@ -31,19 +33,23 @@ extension TrainingCheckpoint {
             return TrainingCheckpoint(official: try OfficialTrainingState(file, on: device), source: path)
         }
         let key = network ?? OfficialNetwork.keys.first { file.root[$0] != nil } ?? OfficialNetwork.keys[0]
-        return TrainingCheckpoint(official: try OfficialNetwork(file, key: key, on: device), source: path)
+        return TrainingCheckpoint(official: try OfficialNetwork(file, key: key, on: device), source: path, parts: parts)
     }
 
-    /// One network as student, teacher and evaluation EMA, before any step. Each set gets its own copy: training
-    /// updates them in place.
-    init(official network: OfficialNetwork, source: String) {
+    /// One network as student, teacher and evaluation EMA (those of `parts`), before any step: the first of them
+    /// holds the network's tensors, each further one a copy (training updates them in place); moments are zeros.
+    init(official network: OfficialNetwork, source: String, parts: [Part]) {
         func copy(_ p: ParameterSet, values: (Tensor) -> Tensor) -> ParameterSet { ParameterSet(p.pairs.map { ($0.0, values($0.1)) }) }
         let p = network.parameters
-        let sets: [Part: ParameterSet] = [
-            .student: p, .teacher: copy(p) { Tensor($0.floats, shape: $0.shape, on: $0.device) },
-            .ema: copy(p) { Tensor($0.floats, shape: $0.shape, on: $0.device) },
-            .adamM: copy(p) { $0.zerosLike() }, .adamV: copy(p) { $0.zerosLike() },
-        ]
+        var sets: [Part: ParameterSet] = [:]
+        for part in parts {
+            switch part {
+            case .adamM, .adamV: sets[part] = copy(p) { $0.zerosLike() }
+            case .student, .teacher, .ema:
+                let taken = sets.keys.contains { $0 != .adamM && $0 != .adamV }
+                sets[part] = taken ? copy(p) { Tensor($0.floats, shape: $0.shape, on: $0.device) } : p
+            }
+        }
         self.init(step: 0, optimizerStep: 0, rng: RandomGenerator(seed: 0), samplerState: Self.noSamplerState,
                   faultMonitorState: nil, model: network.config,
                   training: Self.officialDescription(source: source, network: network.key, scaled: network.scaledParameterization),
