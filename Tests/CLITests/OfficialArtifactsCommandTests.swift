@@ -56,6 +56,8 @@ final class OfficialArtifactsCommandTests: CLITestCase {
             XCTAssertEqual(produced[0], produced[1], "\(steps) steps: pickle and imported checkpoint differ")
         }
         try assertCleanError(["sample", "--device", "cpu", "--checkpoint", pkl, "--noise", noise, "--n", "3"], contains: "--noise")
+        try NPYArray.write(path: dir + "/nan.npy", shape: [1, 4, 8, 8], floats: [Float](repeating: .nan, count: 256))
+        try assertCleanError(["sample", "--device", "cpu", "--checkpoint", pkl, "--noise", dir + "/nan.npy"], contains: "non-finite")
         try assertCleanError(["sample", "--device", "cpu", "--checkpoint", pkl, "--weights", "ema:power:8"], contains: "no extra EMA")
     }
 

@@ -80,6 +80,9 @@ struct SampleCommand: Command {
             throw CLIError("--noise \(a.string("noise")!): shape \(Checkpoint.shapeText(givenNoise.shape)), the model samples "
                            + "\(Checkpoint.shapeText([n, C, R, R])) for --n \(n)")
         }
+        if givenNoise != nil, let k = noise.firstIndex(where: { !$0.isFinite }) {
+            throw CLIError("--noise \(a.string("noise")!): a non-finite value at flat index \(k)")
+        }
         var samples: [Float] = []
         samples.reserveCapacity(n * size)
         let chunk = 256
