@@ -28,7 +28,7 @@ extension Command {
 /// Every command, in the order `tvm help` lists them.
 let commands: [any Command] = [
     DemoCommand(), TrainCommand(), SampleCommand(), W2Command(), FIDCommand(), PlotCommand(), ModelsCommand(), BenchCommand(),
-    ReferenceCheckCommand(), DistCheckCommand(),
+    ImportCommand(), ReferenceCheckCommand(), DistCheckCommand(),
 ]
 
 /// What `tvm --version` prints: the program's version and the training-checkpoint format it reads and writes.

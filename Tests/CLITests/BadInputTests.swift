@@ -200,6 +200,12 @@ final class BadInputTests: CLITestCase {
                 Case(args: ["bench", "attention", "--device", "cpu", "--s", "100000000"], names: "--s"),
                 Case(args: ["bench", "attention", "--device", "cpu", "--d", "x"], names: "--d"),
             ]),
+            ("import", [
+                Case(args: ["import"], names: "one official file"),
+                Case(args: ["import", path("text.txt"), "--out", path("imported.safetensors")], names: "text.txt"),
+                Case(args: ["import", checkpoint, "--out", path("imported.safetensors")], names: "checkpoint.safetensors"),
+                Case(args: ["import", path("missing.pkl"), "--out", path("imported.safetensors")], names: "missing.pkl"),
+            ]),
             ("reference-check", [
                 Case(args: ["reference-check"], names: "one reference file"),
                 Case(args: ["reference-check", path("missing.safetensors")], names: "missing.safetensors"),

@@ -10,6 +10,7 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
           [--model S/2 | --hidden H --depth D --heads N --patch P] [--cfg W | --cfg-range LO,HI]
           [--label-dropout 0.1] [--no-scaled-param] [--batch 128] [--lr 2e-4] [--steps N] [--time-budget S]
           [--ema power:7|D[,EXTRA...]] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
+          [--resume-from FILE]
           [--sample-cfg W] [--tf32|--bf16] [--method tvm|fm] [optimizer options] [FID options] [fault options]
           [--config FILE] [--preset NAME]
   TVM on images with a DiT (class-conditional, classifier-free guidance); --method fm trains the flow-matching
@@ -30,7 +31,11 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   after it (--ema power:16,power:32,power:8) are kept alongside as extra EMAs, saved in the checkpoint, to choose
   a width after the run (tvm sample --weights ema:power:32).
   --resume continues from DIR/checkpoint.safetensors exactly (same losses as an uninterrupted run); the model
-  options must match the checkpoint's. Runs on a GPU when one is found (--device auto, the default for images),
+  options must match the checkpoint's. --resume-from FILE starts a new run from the networks, AdamW state and
+  step of FILE: a checkpoint of another run, or an official network pickle (.pkl) or training state (.pt), read
+  as tvm import reads it; the model is FILE's (no --model options), the data order and random stream this
+  run's (--seed), and --steps counts on from FILE's step; with --resume the run's own checkpoint continues.
+  Runs on a GPU when one is found (--device auto, the default for images),
   else on the CPU; --device cpu|cuda forces either.
   A run that cannot save its checkpoint (disk full) stops with one line; the previous checkpoint is intact.
   --config FILE takes options from a JSON object whose keys are the option names ({"lr": 2e-4, "flip": true,
@@ -47,7 +52,7 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
 let imageTrainingOptionNames = OptionNames(options: ([
     "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
     "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
-    "sample-cfg", "method", "bucket-mb", "fid-every", "fid-samples", "fid-nfe", "fid-weights",
+    "sample-cfg", "method", "bucket-mb", "resume-from", "fid-every", "fid-samples", "fid-nfe", "fid-weights",
 ] as Set<String>).union(faultOptionNames).union(optimizerOptionNames),
     switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best"])
 
@@ -98,10 +103,12 @@ func trainOnImages(_ args: [String]) throws {
         throw CLIError("--batch \(config.batch) must be divisible by the \(session.worldSize) ranks", usage: true)
     }
     let data = try loadImageData(a)
-    let model = try imageModelConfig(a, data: data)
+    let initial = try a.string("resume-from").map { try startingCheckpoint($0, a, data: data, config: config) }
+    let model = try initial?.model ?? imageModelConfig(a, data: data)
     let baseName = dataName.split(separator: "/").last.map(String.init) ?? "images"
     var plan = TrainingLoop.Plan(directory: a.string("out", default: "runs/\(baseName.lowercased().hasSuffix(".npy") ? String(baseName.dropLast(4)) : baseName)-tvm"))
     plan.resume = a.has("resume")
+    plan.initial = initial
     plan.steps = steps
     plan.snapshotEvery = every
     plan.timeBudget = budget
@@ -148,6 +155,27 @@ func trainOnImages(_ args: [String]) throws {
         throw CLIError(inOptionTerms: e)
     }
     session?.close()
+}
+
+/// The state `--resume-from FILE` starts a run from; its model must fit the data and its parameterization the run.
+/// It stays among the run's options (config.json), where with --resume it gives the model and the run's own
+/// checkpoint the state.
+func startingCheckpoint(_ path: String, _ a: Arguments, data: ImageDataset, config: TrainConfig) throws -> TrainingCheckpoint {
+    if let flag = ["model", "hidden", "depth", "heads", "patch"].first(where: { a.string($0) != nil }) {
+        throw CLIError("--\(flag): with --resume-from the model is the checkpoint's", usage: true)
+    }
+    guard FileSystem.isRegularFile(path) else { throw CLIError("--resume-from \(path): no such file") }
+    let ck = try TrainingCheckpoint.isOfficial(path: path) ? TrainingCheckpoint.importing(path: path) : TrainingCheckpoint.read(path: path)
+    let m = ck.model
+    guard m.inputSize == data.height, data.height == data.width, m.inChannels == data.channels, m.numClasses == data.classes else {
+        throw CLIError("--resume-from \(path): its model takes \(m.inputSize)x\(m.inputSize)x\(m.inChannels) images of \(m.numClasses) "
+                       + "classes, the data are \(data.width)x\(data.height)x\(data.channels) of \(data.classes)")
+    }
+    if let scaled = ck.training["scaled_param"]?.bool, scaled != config.guidance.scaledParameterization {
+        throw CLIError("--resume-from \(path): its model was trained with the scaled parameterization \(scaled ? "on" : "off"); "
+                       + (scaled ? "drop --no-scaled-param" : "add --no-scaled-param"))
+    }
+    return ck
 }
 
 extension CLIError {

@@ -11,20 +11,26 @@ struct SampleCommand: Command {
     let help = """
         tvm sample --checkpoint FILE [--n 100] [--nfe 1] [--cfg 2] [--classes 0,1,2] [--seed N] [--out grid.png]
                    [--npy FILE] [--folder DIR] [--weights ema|ema:SCHEDULE|student|teacher] [--columns 10]
+                   [--noise FILE.npy]
           Samples images from a training checkpoint (by default with the evaluation EMA; ema:SCHEDULE picks one of
           the extra EMAs the run kept, e.g. ema:power:32; teacher is the EMA target) in --nfe steps with
           guidance scale --cfg (a flow-matching checkpoint: --nfe Euler steps, each evaluating the class and the null
           class for classifier-free guidance). Classes: --classes, spread over the n samples in blocks (default all classes).
           Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of values in [-1, 1]
-          and a folder with one subfolder of PNGs per class.
+          and a folder with one subfolder of PNGs per class. --noise FILE.npy [n, C, H, W] starts from that noise
+          instead of --seed's (n defaults to its rows).
+          The checkpoint may also be an official network pickle (.pkl) or training state (.pt), read as
+          tvm import reads it: --weights ema, student and teacher are then a training state's ema, net and
+          ema_target, and the one network of a pickle.
         """
 
     func run(_ args: [String]) throws {
         let a = try Arguments(command: "sample", args, options: ["checkpoint", "n", "nfe", "cfg", "classes", "seed", "out", "npy",
-                                                                  "folder", "weights", "columns"])
+                                                                  "folder", "weights", "columns", "noise"])
         try a.expectPositional(0, "no positional arguments (use --checkpoint FILE)")
         guard let path = a.string("checkpoint") else { throw CLIError("tvm sample needs --checkpoint FILE", usage: true) }
-        let n = try a.int("n", default: 100, range: 1...1_000_000)
+        let givenNoise = try a.string("noise").map { try NPYArray.read(path: $0) }
+        let n = try a.int("n", default: givenNoise?.shape.first ?? 100, range: 1...1_000_000)
         let nfe = try a.int("nfe", default: 1, range: 1...10_000)
         let cfg = try a.double("cfg", default: 2, range: 1e-6...1e6)
         let seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
@@ -45,8 +51,12 @@ struct SampleCommand: Command {
             throw CLIError("--folder \(folder): exists and is not a folder")
         }
         guard FileSystem.exists(path) else { throw CLIError("\(path): no such file") }
-        let ck = try TrainingCheckpoint.read(path: path, parts: part.map { [$0] } ?? [], extraEMAs: extraEMA.map { [$0] } ?? [])
-        let weights = part.map { ck[$0] } ?? ck.extraEMAs[extraEMA!]!
+        let parts = part.map { [$0] } ?? []
+        let ck = try TrainingCheckpoint.isOfficial(path: path) ? TrainingCheckpoint.importing(path: path, parts: parts)
+            : TrainingCheckpoint.read(path: path, parts: parts, extraEMAs: extraEMA.map { [$0] } ?? [])
+        guard let weights = part.map({ ck[$0] }) ?? ck.extraEMAs[extraEMA!] else {
+            throw CLIError("\(path): no extra EMA \(extraEMA!) (an official file has none)")
+        }
         let model = ck.model
         let K = model.numClasses
         guard K >= 1 else { throw CLIError("\(path): the model has no classes; tvm sample needs a class-conditional checkpoint") }
@@ -65,7 +75,14 @@ struct SampleCommand: Command {
         let flowMatching = ck.training["method"]?.string == Method.flowMatching.rawValue
         let C = model.inChannels, R = model.inputSize, size = C * R * R
         var rng = RandomGenerator(seed: seed)
-        let noise = rng.normalFloats(n * size)
+        let noise = givenNoise?.floats ?? rng.normalFloats(n * size)
+        if let givenNoise, givenNoise.shape != [n, C, R, R] {
+            throw CLIError("--noise \(a.string("noise")!): shape \(Checkpoint.shapeText(givenNoise.shape)), the model samples "
+                           + "\(Checkpoint.shapeText([n, C, R, R])) for --n \(n)")
+        }
+        if givenNoise != nil, let k = noise.firstIndex(where: { !$0.isFinite }) {
+            throw CLIError("--noise \(a.string("noise")!): a non-finite value at flat index \(k)")
+        }
         var samples: [Float] = []
         samples.reserveCapacity(n * size)
         let chunk = 256

@@ -48,6 +48,9 @@ public final class TrainingLoop {
         public var directory: String
         /// Continue from the directory's checkpoint (false: the directory must hold none).
         public var resume = false
+        /// The state a fresh run starts from (`tvm train --resume-from`): its networks, optimizer and step; the
+        /// data order and random stream are this run's own.
+        public var initial: TrainingCheckpoint?
         /// The step to stop at; nil: until the time budget runs out.
         public var steps: Int?
         public var snapshotEvery = 1000
@@ -132,6 +135,13 @@ public final class TrainingLoop {
             bestFID = ck.bestFID
         } else if isRoot {
             try truncateLog(atStep: 0)
+            if let initial = plan.initial {
+                let rng = trainer.rng
+                try initial.restore(into: trainer)
+                trainer.rng = rng
+                observer.note("started from the given checkpoint's networks and optimizer state at step \(initial.step)")
+                saved = initial.training
+            }
         }
         if isRoot, let options = plan.options {
             try AtomicFile.write(path: configPath, bytes: Array((options.serialized(pretty: true) + "\n").utf8))
