@@ -11,7 +11,7 @@ struct BenchCommand: Command {
     let name = "bench"
     let summary = "time training steps and kernels (toy: the CPU TVM step on 2-D data)"
     let help = """
-        tvm bench toy [--method tvm|meanflow|fm] [--batch N] [--width N] [--depth N] [--steps N] [--warmup N]
+        tvm bench toy [--method tvm|meanflow|imf|fm] [--batch N] [--width N] [--depth N] [--steps N] [--warmup N]
           Median wall time of one full training step (loss with its JVP, backward, AdamW, both EMAs) of the
           2-D MLP, after a warm-up.
         tvm bench train [--model B/2] [--res 32] [--channels 4] [--classes 1000] [--batch 64] [--steps 20] [--tf32|--bf16]
@@ -46,7 +46,7 @@ func benchToy(_ args: [String]) throws {
     let batch = try a.int("batch", default: 1024, range: 1...1_000_000)
     let steps = try a.int("steps", default: 100, range: 1...100_000), warmup = try a.int("warmup", default: 10, range: 0...10_000)
     let methodName = a.string("method", default: "tvm")
-    guard let method = Method(rawValue: methodName) else { throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, fm", usage: true) }
+    guard let method = Method(rawValue: methodName) else { throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, imf, fm", usage: true) }
     let network = MLPFlowMap(width: try a.int("width", default: 256, range: 1...65536), depth: try a.int("depth", default: 4, range: 1...64))
     var config = TrainConfig()
     config.method = method
