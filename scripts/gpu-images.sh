@@ -19,6 +19,7 @@
 #   fm2     the same with 16 and 32 Euler steps
 #   meanflow, imf   MeanFlow (--cfg 2 = omega 1, kappa 0.5) or improved MeanFlow (omega log-uniform in 1..8, sampled
 #           at CFG, default 2) with the same budget, FID-10k at 1, 2 and 4 NFE (docs/METHODS.md)
+#   steps   the training step of each method (tvm, meanflow, imf, fm) on this DiT-S/2 and batch: ms/step, images/s
 # TAG (default tvm) names a run's folder and checkpoints, so runs with another SEED can sit side by side.
 # Each call prints a summary and leaves its logs in $OUT.
 set -uo pipefail
@@ -143,6 +144,12 @@ meanflow|imf)
     echo "$1 ($tag, seed ${SEED:-0}) after 390 s: $(steps_of "$S/run-$1-$tag") steps; $(grep -o '"loss":[0-9.e-]*' "$S/run-$1-$tag/metrics.jsonl" | tail -1)"
     for k in 1 2 4; do fid "$1-$tag-390s-nfe$k" "$S/run-$1-$tag/checkpoint.safetensors" $k; done
     ;;
+steps)
+    setup
+    for m in tvm meanflow imf fm; do
+        tvm bench train --device cuda "$precision" --model S/2 --res 32 --channels 1 --classes 10 --batch 128 --steps 30 --method $m | tail -1
+    done
+    ;;
 mid)
     setup
     # The final weights first (evaluation EMA, then EMA target), then the earlier checkpoints.
@@ -171,5 +178,5 @@ widths)
     for k in 2 4; do fid "$tag-390s-nfe$k-$bestw" "$ck" $k "$bestw"; done
     ;;
 *)
-    sed -n '2,25p' "$0"; exit 2 ;;
+    sed -n '2,26p' "$0"; exit 2 ;;
 esac

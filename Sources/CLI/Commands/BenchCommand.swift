@@ -15,8 +15,9 @@ struct BenchCommand: Command {
           Median wall time of one full training step (loss with its JVP, backward, AdamW, both EMAs) of the
           2-D MLP, after a warm-up.
         tvm bench train [--model B/2] [--res 32] [--channels 4] [--classes 1000] [--batch 64] [--steps 20] [--tf32|--bf16]
-          A full TVM step of a DiT (JVP, both teacher passes, flow-matching pass, backward, AdamW, both EMAs):
-          median step time, images/s and peak GPU memory.
+                        [--method tvm|meanflow|imf|fm]
+          A full training step of a DiT (TVM: JVP, both teacher passes, flow-matching pass, backward, AdamW, both
+          EMAs; another --method: its own loss, as `tvm train` runs it): median step time, images/s, peak GPU memory.
         tvm bench sample [--model B/2] [--batch 256] [--nfe 1] ...   sampling throughput.
         tvm bench attention [--b 64] [--h 12] [--s 256] [--d 64]     the attention primitive with its JVP, and its backward.
         All take --device cuda|cpu|auto (default auto).
@@ -108,7 +109,7 @@ func memoryFigure() -> String {
 
 /// A full TVM step of a DiT: the JVP, both teacher passes, the flow-matching pass, backward, AdamW, both EMAs.
 func benchTrain(_ args: [String]) throws {
-    let a = try Arguments(command: "bench train", args, options: ["model", "res", "channels", "classes", "batch", "steps", "warmup", "cfg"],
+    let a = try Arguments(command: "bench train", args, options: ["model", "res", "channels", "classes", "batch", "steps", "warmup", "cfg", "method"],
                           switches: ["tf32", "bf16"])
     try a.expectPositional(0, "no positional arguments")
     let dit = try ditFromArguments(a)
@@ -118,7 +119,12 @@ func benchTrain(_ args: [String]) throws {
     var config = TrainConfig()
     config.batch = batch
     config.lr = 1e-4
-    config.guidance = GuidanceConfig(scale: .constant(try a.double("cfg", default: 2, range: 1...100)), labelDropout: 0.1)
+    let methodName = a.string("method", default: "tvm")
+    guard let method = Method(rawValue: methodName) else { throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, imf, fm", usage: true) }
+    config.method = method
+    let cfg = try a.double("cfg", default: 2, range: 1...100)
+    config.guidance = GuidanceConfig(scale: .constant(cfg), labelDropout: 0.1)
+    config.meanFlow.setGuidance(scale: cfg, kappa: config.meanFlow.kappa)
     let trainer = Trainer(network: dit, config: config)
     let c = dit.config
     var rng = RandomGenerator(seed: 11)
@@ -137,7 +143,7 @@ func benchTrain(_ args: [String]) throws {
         printProfile(activeCUDA?.profileReport() ?? [], steps: profiled)
     }
     let m = median(times)
-    Console.out("TVM train step, DiT-\(a.string("model", default: "B/2")) (\(dit.parameterCount.total) parameters), \(c.inputSize)x\(c.inputSize)x\(c.inChannels), \(c.numClasses) classes, batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/step, \(fmt(Double(batch) / m, 1)) img/s over \(steps) steps\(memoryFigure())")
+    Console.out("\(method.displayName) train step, DiT-\(a.string("model", default: "B/2")) (\(dit.parameterCount.total) parameters), \(c.inputSize)x\(c.inputSize)x\(c.inChannels), \(c.numClasses) classes, batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/step, \(fmt(Double(batch) / m, 1)) img/s over \(steps) steps\(memoryFigure())")
 }
 
 /// n-step sampling throughput with the flow map.
