@@ -19,6 +19,7 @@
 #   fm2     the same with 16 and 32 Euler steps
 #   meanflow, imf   MeanFlow (--cfg 2 = omega 1, kappa 0.5) or improved MeanFlow (omega log-uniform in 1..8, sampled
 #           at CFG, default 2) with the same budget, FID-10k at 1, 2 and 4 NFE (docs/METHODS.md)
+#   imfcfg  FID-10k at 1 NFE of that iMF run at guidance 1.5, 2, 3, 4 and 6 (chosen at sampling: no retraining)
 #   steps   the training step of each method (tvm, meanflow, imf, fm) on this DiT-S/2 and batch: ms/step, images/s
 # TAG (default tvm) names a run's folder and checkpoints, so runs with another SEED can sit side by side.
 # Each call prints a summary and leaves its logs in $OUT.
@@ -144,6 +145,10 @@ meanflow|imf)
     echo "$1 ($tag, seed ${SEED:-0}) after 390 s: $(steps_of "$S/run-$1-$tag") steps; $(grep -o '"loss":[0-9.e-]*' "$S/run-$1-$tag/metrics.jsonl" | tail -1)"
     for k in 1 2 4; do fid "$1-$tag-390s-nfe$k" "$S/run-$1-$tag/checkpoint.safetensors" $k; done
     ;;
+imfcfg)
+    setup
+    for w in 1.5 2 3 4 6; do CFG=$w fid "imf-$tag-390s-nfe1-cfg$w" "$S/run-imf-$tag/checkpoint.safetensors" 1; done
+    ;;
 steps)
     setup
     for m in tvm meanflow imf fm; do
@@ -178,5 +183,5 @@ widths)
     for k in 2 4; do fid "$tag-390s-nfe$k-$bestw" "$ck" $k "$bestw"; done
     ;;
 *)
-    sed -n '2,26p' "$0"; exit 2 ;;
+    sed -n '2,27p' "$0"; exit 2 ;;
 esac
