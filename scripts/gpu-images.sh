@@ -183,5 +183,5 @@ widths)
     for k in 2 4; do fid "$tag-390s-nfe$k-$bestw" "$ck" $k "$bestw"; done
     ;;
 *)
-    sed -n '2,27p' "$0"; exit 2 ;;
+    sed -n '2,25p' "$0"; exit 2 ;;
 esac
