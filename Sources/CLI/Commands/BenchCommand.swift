@@ -11,12 +11,13 @@ struct BenchCommand: Command {
     let name = "bench"
     let summary = "time training steps and kernels (toy: the CPU TVM step on 2-D data)"
     let help = """
-        tvm bench toy [--method tvm|meanflow|fm] [--batch N] [--width N] [--depth N] [--steps N] [--warmup N]
+        tvm bench toy [--method tvm|meanflow|imf|fm] [--batch N] [--width N] [--depth N] [--steps N] [--warmup N]
           Median wall time of one full training step (loss with its JVP, backward, AdamW, both EMAs) of the
           2-D MLP, after a warm-up.
         tvm bench train [--model B/2] [--res 32] [--channels 4] [--classes 1000] [--batch 64] [--steps 20] [--tf32|--bf16]
-          A full TVM step of a DiT (JVP, both teacher passes, flow-matching pass, backward, AdamW, both EMAs):
-          median step time, images/s and peak GPU memory.
+                        [--method tvm|meanflow|imf|fm]
+          A full training step of a DiT (TVM: JVP, both teacher passes, flow-matching pass, backward, AdamW, both
+          EMAs; another --method: its own loss, as `tvm train` runs it): median step time, images/s, peak GPU memory.
         tvm bench sample [--model B/2] [--batch 256] [--nfe 1] ...   sampling throughput.
         tvm bench attention [--b 64] [--h 12] [--s 256] [--d 64]     the attention primitive with its JVP, and its backward.
         tvm bench vae [--res 256] [--batch 8] [--steps 5]    SD-VAE-sized encoder and decoder (random weights): images/s.
@@ -48,7 +49,7 @@ func benchToy(_ args: [String]) throws {
     let batch = try a.int("batch", default: 1024, range: 1...1_000_000)
     let steps = try a.int("steps", default: 100, range: 1...100_000), warmup = try a.int("warmup", default: 10, range: 0...10_000)
     let methodName = a.string("method", default: "tvm")
-    guard let method = Method(rawValue: methodName) else { throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, fm", usage: true) }
+    guard let method = Method(rawValue: methodName) else { throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, imf, fm", usage: true) }
     let network = MLPFlowMap(width: try a.int("width", default: 256, range: 1...65536), depth: try a.int("depth", default: 4, range: 1...64))
     var config = TrainConfig()
     config.method = method
@@ -110,7 +111,7 @@ func memoryFigure() -> String {
 
 /// A full TVM step of a DiT: the JVP, both teacher passes, the flow-matching pass, backward, AdamW, both EMAs.
 func benchTrain(_ args: [String]) throws {
-    let a = try Arguments(command: "bench train", args, options: ["model", "res", "channels", "classes", "batch", "steps", "warmup", "cfg"],
+    let a = try Arguments(command: "bench train", args, options: ["model", "res", "channels", "classes", "batch", "steps", "warmup", "cfg", "method"],
                           switches: ["tf32", "bf16"])
     try a.expectPositional(0, "no positional arguments")
     let dit = try ditFromArguments(a)
@@ -120,7 +121,12 @@ func benchTrain(_ args: [String]) throws {
     var config = TrainConfig()
     config.batch = batch
     config.lr = 1e-4
-    config.guidance = GuidanceConfig(scale: .constant(try a.double("cfg", default: 2, range: 1...100)), labelDropout: 0.1)
+    let methodName = a.string("method", default: "tvm")
+    guard let method = Method(rawValue: methodName) else { throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, imf, fm", usage: true) }
+    config.method = method
+    let cfg = try a.double("cfg", default: 2, range: 1...100)
+    config.guidance = GuidanceConfig(scale: .constant(cfg), labelDropout: 0.1)
+    config.meanFlow.setGuidance(scale: cfg, kappa: config.meanFlow.kappa)
     let trainer = Trainer(network: dit, config: config)
     let c = dit.config
     var rng = RandomGenerator(seed: 11)
@@ -139,7 +145,7 @@ func benchTrain(_ args: [String]) throws {
         printProfile(activeCUDA?.profileReport() ?? [], steps: profiled)
     }
     let m = median(times)
-    Console.out("TVM train step, DiT-\(a.string("model", default: "B/2")) (\(dit.parameterCount.total) parameters), \(c.inputSize)x\(c.inputSize)x\(c.inChannels), \(c.numClasses) classes, batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/step, \(fmt(Double(batch) / m, 1)) img/s over \(steps) steps\(memoryFigure())")
+    Console.out("\(method.displayName) train step, DiT-\(a.string("model", default: "B/2")) (\(dit.parameterCount.total) parameters), \(c.inputSize)x\(c.inputSize)x\(c.inChannels), \(c.numClasses) classes, batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/step, \(fmt(Double(batch) / m, 1)) img/s over \(steps) steps\(memoryFigure())")
 }
 
 /// n-step sampling throughput with the flow map.

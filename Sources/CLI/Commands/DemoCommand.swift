@@ -5,16 +5,17 @@ import Data
 import Eval
 import Formats
 
-/// `tvm demo`: the three methods on the checkerboard, same network, batch, optimizer and steps, compared by W2.
+/// `tvm demo`: the methods on the checkerboard, same network, batch, optimizer and steps, compared by W2.
 struct DemoCommand: Command {
     let name = "demo"
-    let summary = "train TVM, MeanFlow and flow matching on the checkerboard and compare W2 at 1-4 NFE"
+    let summary = "train TVM, MeanFlow, iMF and flow matching on the checkerboard and compare W2 at 1-4 NFE"
     let help = """
-        tvm demo [--out DIR] [--seed N] [--steps N]
-          Trains TVM, MeanFlow and flow matching on the checkerboard on the CPU (same MLP, batch, optimizer),
+        tvm demo [--methods all|LIST] [--out DIR] [--seed N] [--steps N]
+          Trains TVM, MeanFlow, iMF and flow matching on the checkerboard on the CPU (same MLP, batch, optimizer),
           then prints W2 (exact, 2000 samples) at 1, 2, 4 NFE (and 8, 32 Euler steps for flow matching) with the
           data-vs-data floor, and writes a scatter plot of the 1-NFE samples (tvm-demo.png, or DIR/scatter.png).
           --out DIR   also write results.json and NPY files of the evaluation data and every method's samples
+          --methods   all (the default) or some of tvm,meanflow,imf,fm
           --steps N   training steps of each method (default 1500)
           --seed N    seed for everything (default 0)
         """
@@ -23,10 +24,11 @@ struct DemoCommand: Command {
     func defaultDevice(_ args: [String]) -> DeviceChoice { .cpu }
 
     func run(_ args: [String]) throws {
-        let a = try Arguments(command: "demo", args, options: ["out", "seed", "steps"])
+        let a = try Arguments(command: "demo", args, options: ["out", "seed", "steps", "methods"])
         try a.expectPositional(0, "no positional arguments")
         let seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
         let steps = try a.int("steps", default: 1500, range: 1...1_000_000)
+        let methods = try parseMethodList(a.string("methods", default: "all"))
         let out = a.string("out")
         if let out { try FileSystem.makeDirectories(out) }
 
@@ -42,9 +44,9 @@ struct DemoCommand: Command {
         Console.info("TVM demo: checkerboard, MLP \(network.depth)x\(network.width), batch \(config.batch), AdamW lr \(config.lr) betas (0.9, 0.95), CPU (BLAS: \(CPUBackend.blasName))")
 
         // The same budget for every method: network, batch, optimizer and number of steps.
-        let plan: [(Method, [Int])] = [(.tvm, [1, 2, 4]), (.meanFlow, [1, 2, 4]), (.flowMatching, [1, 2, 4, 8, 32])]
         var results: [ToyRunResult] = []
-        for (method, nfes) in plan {
+        for method in methods {
+            let nfes = method == .flowMatching ? [1, 2, 4, 8, 32] : [1, 2, 4]
             results.append(try runToy(method, distribution: .checkerboard, network: network, config: config,
                                       steps: steps, nfes: nfes, data: data))
         }
@@ -57,4 +59,16 @@ struct DemoCommand: Command {
             Console.info("wrote \(out)/results.json and NPY files of the data and samples")
         }
     }
+}
+
+/// `all`, or a comma-separated list of method names (in `Method`'s order, each once).
+func parseMethodList(_ text: String) throws -> [Method] {
+    if text.lowercased() == "all" { return Method.allCases }
+    let names = commaSeparated(text).map { $0.lowercased() }
+    let methods = names.compactMap(Method.init(rawValue:))
+    guard !names.isEmpty, methods.count == names.count else {
+        let known = Method.allCases.map(\.rawValue).joined(separator: ",")
+        throw CLIError("--methods must be all or a comma-separated list of \(known), got '\(text)'", usage: true)
+    }
+    return Method.allCases.filter(methods.contains)
 }

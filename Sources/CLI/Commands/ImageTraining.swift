@@ -11,10 +11,13 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
           [--label-dropout 0.1] [--no-scaled-param] [--batch 128] [--lr 2e-4] [--steps N] [--time-budget S]
           [--ema power:7|D[,EXTRA...]] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
           [--resume-from FILE]
-          [--sample-cfg W] [--tf32|--bf16] [--method tvm|fm] [optimizer options] [FID options] [fault options]
+          [--sample-cfg W] [--tf32|--bf16] [--method tvm|meanflow|imf|fm] [--cfg-kappa K] [--cfg-interval LO,HI]
+          [optimizer options] [FID options] [fault options]
           [--config FILE] [--preset NAME]
   TVM on images with a DiT (class-conditional, classifier-free guidance); --method fm trains the flow-matching
-  baseline on the same network instead (labels dropped at --label-dropout, guidance applied when sampling).
+  baseline on the same network instead (labels dropped at --label-dropout, guidance applied when sampling),
+  --method meanflow MeanFlow and --method imf improved MeanFlow (docs/METHODS.md gives all four side by side).
+\(meanFlowGuidanceHelp)
   Data: Fashion-MNIST (from --data-dir,
   default \(ImageDataset.fashionMNISTDirectory)), MNIST (IDX files in --data-dir), a folder of class folders
   of PNGs, or an .npy [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
@@ -53,7 +56,7 @@ let imageTrainingOptionNames = OptionNames(options: ([
     "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
     "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
     "sample-cfg", "method", "bucket-mb", "resume-from", "fid-every", "fid-samples", "fid-nfe", "fid-weights",
-] as Set<String>).union(faultOptionNames).union(optimizerOptionNames),
+] as Set<String>).union(faultOptionNames).union(optimizerOptionNames).union(meanFlowOptionNames),
     switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best"])
 
 /// `tvm train` on images: the options become a `TrainingLoop`, which resumes, trains, logs and snapshots.
@@ -65,8 +68,9 @@ func trainOnImages(_ args: [String]) throws {
     // TF32 (about 1e-3 relative instead of float32's 1e-6) or bf16 matrix products on the GPU.
     _ = applyProductPrecision(a)
     let methodName = a.string("method", default: "tvm").lowercased()
-    guard let method = Method(rawValue: methodName), method != .meanFlow else {
-        throw CLIError("image training supports --method tvm or fm (flow matching), got '\(methodName)'", usage: true)
+    guard let method = Method(rawValue: methodName) else {
+        let names = Method.allCases.map(\.rawValue).joined(separator: ", ")
+        throw CLIError("unknown --method '\(methodName)'; choose one of \(names)", usage: true)
     }
     var config = TrainConfig()
     config.method = method
@@ -83,14 +87,19 @@ func trainOnImages(_ args: [String]) throws {
         let (lo, hi) = try parseCFGRange(r)
         scale = .uniform(lo, hi)
         sampleCFG = (lo + hi) / 2
+    } else if method == .improvedMeanFlow && a.string("cfg") == nil {
+        // iMF's official guidance range.
+        scale = .uniform(1, 8)
+        sampleCFG = 4.5
     } else {
         let cfg = try a.double("cfg", default: 2, range: 1e-6...1e6)
         scale = .constant(cfg)
         sampleCFG = cfg
     }
     sampleCFG = try a.double("sample-cfg", default: sampleCFG, range: 1e-6...1e6)
-    config.guidance = GuidanceConfig(scale: scale, labelDropout: try a.double("label-dropout", default: 0.1, range: 0...1),
-                                     scaledParameterization: !a.has("no-scaled-param"))
+    let labelDropout = try a.double("label-dropout", default: 0.1, range: 0...1)
+    config.guidance = GuidanceConfig(scale: scale, labelDropout: labelDropout, scaledParameterization: !a.has("no-scaled-param"))
+    let methodJSON = try applyMethodGuidance(a, method: method, scale: scale, labelDropout: labelDropout, into: &config)
     let budget = try a.optionalDouble("time-budget", range: 0...1e9)
     let steps = a.string("steps") != nil || budget == nil ? try a.int("steps", default: 10000, range: 1...100_000_000) : nil
     try parseOptimizerOptions(a, into: &config, steps: steps)
@@ -99,6 +108,9 @@ func trainOnImages(_ args: [String]) throws {
 
     // Closed where every rank ends together; a rank that fails just exits (closing NCCL waits for the others).
     let session = try DistributedSession.start(bucketMB: try a.double("bucket-mb", default: 25, range: 1e-6...65536))
+    if session != nil && method != .tvm {
+        throw CLIError("data-parallel training supports --method tvm only", usage: true)
+    }
     if let session, config.batch % session.worldSize != 0 {
         throw CLIError("--batch \(config.batch) must be divisible by the \(session.worldSize) ranks", usage: true)
     }
@@ -130,6 +142,7 @@ func trainOnImages(_ args: [String]) throws {
         ("cfg", .string(scaleText)), ("sample_cfg", .number(sampleCFG)),
         ("label_dropout", .number(config.guidance.labelDropout)),
         ("scaled_param", .bool(config.guidance.scaledParameterization)),
+    ] + methodJSON + [
         ("seed", .number(Double(config.seed))), ("flip", .bool(plan.flip)),
     ] + faultJSON(config.faults))
     // Every option read by now: how it runs (--resume, --device, --gpus) is not part of what it computes.
@@ -146,7 +159,7 @@ func trainOnImages(_ args: [String]) throws {
             loop.fid = try fidSettings.tracking(data: data, named: dataName, seed: config.seed, guidance: sampleCFG)
         }
         let (total, trainable) = loop.trainer.net.parameterCount
-        Console.info("TVM on \(dataName): \(data.count) images \(data.channels)x\(data.height)x\(data.width), \(data.classes) classes; "
+        Console.info("\(method.displayName) on \(dataName): \(data.count) images \(data.channels)x\(data.height)x\(data.width), \(data.classes) classes; "
             + "DiT patch \(model.patch) hidden \(model.hidden) depth \(model.depth) heads \(model.heads) (\(trainable) trainable of \(total)); "
             + "batch \(config.batch), lr \(config.lr), cfg \(scaleText); \(deviceDescription())"
             + (session.map { "; " + $0.description } ?? ""))

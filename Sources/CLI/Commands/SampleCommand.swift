@@ -15,7 +15,8 @@ struct SampleCommand: Command {
           Samples images from a training checkpoint (by default with the evaluation EMA; ema:SCHEDULE picks one of
           the extra EMAs the run kept, e.g. ema:power:32; teacher is the EMA target) in --nfe steps with
           guidance scale --cfg (a flow-matching checkpoint: --nfe Euler steps, each evaluating the class and the null
-          class for classifier-free guidance). Classes: --classes, spread over the n samples in blocks (default all classes).
+          class for classifier-free guidance; a MeanFlow checkpoint has its guidance trained in and ignores --cfg; an
+          iMF checkpoint takes --cfg as its guidance condition). Classes: --classes, spread over the n samples in blocks (default all classes).
           Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of values in [-1, 1]
           and a folder with one subfolder of PNGs per class. --noise FILE.npy [n, C, H, W] starts from that noise
           instead of --seed's (n defaults to its rows).
@@ -71,8 +72,9 @@ struct SampleCommand: Command {
         let labels = (0..<n).map { classList[$0 * classList.count / n] }
         let net = try DiT(model)
         let scaled = ck.training["scaled_param"]?.bool ?? true
-        // A flow-matching checkpoint samples with --nfe Euler steps and classifier-free guidance (2 evaluations a step).
-        let flowMatching = ck.training["method"]?.string == Method.flowMatching.rawValue
+        // Each method samples its own way (a flow-matching checkpoint: --nfe Euler steps with classifier-free guidance).
+        let methodName = ck.training["method"]?.string ?? Method.tvm.rawValue
+        guard let method = Method(rawValue: methodName) else { throw CLIError("\(path): unknown training method '\(methodName)'") }
         let C = model.inChannels, R = model.inputSize, size = C * R * R
         var rng = RandomGenerator(seed: seed)
         let noise = givenNoise?.floats ?? rng.normalFloats(n * size)
@@ -91,12 +93,8 @@ struct SampleCommand: Command {
             let m = min(chunk, n - start)
             let x = Tensor(Array(noise[(start * size)..<((start + m) * size)]), shape: [m, C, R, R])
             let cond = Conditioning.sampling(labels: Array(labels[start..<(start + m)]), classes: K, guidance: cfg)
-            if flowMatching {
-                samples += sampleEuler(network: net, params: weights, noise: x, steps: nfe, cond: cond, guidance: cfg).floats
-            } else {
-                samples += sampleFlowMap(network: net, params: weights, noise: x, steps: nfe, cond: cond,
-                                         kappa: scaled ? cfg : 1).floats
-            }
+            samples += sampleModel(trainedBy: method, network: net, params: weights, noise: x, steps: nfe, cond: cond,
+                                   guidance: cfg, scaledParameterization: scaled).floats
             start += m
         }
         try writeImageGrid(samples, n: n, channels: C, side: R, columns: columns, path: out)

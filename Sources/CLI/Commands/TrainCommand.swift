@@ -10,7 +10,7 @@ struct TrainCommand: Command {
     let name = "train"
     let summary = "train one method on a 2-D distribution, or TVM on images (Fashion-MNIST, MNIST, PNG folders, NPY)"
     let help = """
-        tvm train [--data NAME] [--method tvm|meanflow|fm] [--steps N] [--batch N] [--lr X] [--seed N]
+        tvm train [--data NAME] [--method tvm|meanflow|imf|fm] [--steps N] [--batch N] [--lr X] [--seed N]
                   [--width N] [--depth N] [--nfe LIST] [--ema D|power:G] [--time-scale X] [--out DIR]
                   [optimizer options] [fault options] [--config FILE] [--preset NAME]
           Trains one method on a 2-D distribution (checkerboard, 8gaussians, 25gaussians, moons, spirals) and
@@ -47,7 +47,7 @@ struct TrainCommand: Command {
         do { distribution = try Toy2D.named(dataName) } catch { throw CLIError("\(error)", usage: true) }
         let methodName = a.string("method", default: "tvm")
         guard let method = Method(rawValue: methodName.lowercased()) else {
-            throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, fm", usage: true)
+            throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, imf, fm", usage: true)
         }
         var config = TrainConfig()
         config.method = method
