@@ -164,11 +164,6 @@ public final class CPUBackend: Backend {
         })
     }
 
-    public func softmax(_ x: Storage, _ y: Storage, rows: Int, cols: Int) {
-        typed(x, f32: { Kernels.softmax(cpu(x).ptr(Float.self), cpu(y).ptr(Float.self), rows, cols) },
-              f64: { Kernels.softmax(cpu(x).ptr(Double.self), cpu(y).ptr(Double.self), rows, cols) })
-    }
-
     public func gatherRows(_ table: Storage, _ index: Storage, _ y: Storage, rows: Int, cols: Int) {
         func run<T: CPUFloat>(_: T.Type) {
             let t = cpu(table).ptr(T.self), idx = cpu(index).ptr(T.self), py = cpu(y).ptr(T.self)
@@ -193,31 +188,6 @@ public final class CPUBackend: Backend {
             }
         }
         typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func random(_ y: Storage, normal: Bool, seed: UInt64, counter: UInt64) {
-        func run<T: CPUFloat>(_: T.Type) {
-            let p = cpu(y).ptr(T.self), n = y.count
-            let blocks = (n + 3) / 4
-            Parallel.forRanges(blocks, grain: 4096) { r in
-                for blk in r {
-                    let b = Philox.block(seed: seed, counter: counter &+ UInt64(blk))
-                    var v: (Float, Float, Float, Float)
-                    if normal {
-                        let (z0, z1) = Philox.boxMuller(b.0, b.1), (z2, z3) = Philox.boxMuller(b.2, b.3)
-                        v = (z0, z1, z2, z3)
-                    } else {
-                        v = (Philox.unit(b.0), Philox.unit(b.1), Philox.unit(b.2), Philox.unit(b.3))
-                    }
-                    let base = blk * 4
-                    p[base] = T.from(v.0)
-                    if base + 1 < n { p[base + 1] = T.from(v.1) }
-                    if base + 2 < n { p[base + 2] = T.from(v.2) }
-                    if base + 3 < n { p[base + 3] = T.from(v.3) }
-                }
-            }
-        }
-        typed(y, f32: { run(Float.self) }, f64: { run(Double.self) })
     }
 
     public func synchronize() {}
