@@ -15,8 +15,8 @@ struct SampleCommand: Command {
           the extra EMAs the run kept, e.g. ema:power:32; teacher is the EMA target) in --nfe steps with
           guidance scale --cfg (a flow-matching checkpoint: --nfe Euler steps, each evaluating the class and the null
           class for classifier-free guidance). Classes: --classes, spread over the n samples in blocks (default all classes).
-          Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of values in [-1, 1]
-          and a folder with one subfolder of PNGs per class.
+          Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of values clamped to
+          [-1, 1] (as the PNGs are, and as the official code clamps) and a folder with one subfolder of PNGs per class.
         """
 
     func run(_ args: [String]) throws {
@@ -82,6 +82,8 @@ struct SampleCommand: Command {
             }
             start += m
         }
+        // The network's outputs overshoot the data range a little; every file holds the same clamped images.
+        for i in samples.indices { samples[i] = min(max(samples[i], -1), 1) }
         try writeImageGrid(samples, n: n, channels: C, side: R, columns: columns, path: out)
         var wrote = [out]
         if let npy = a.string("npy") {
