@@ -38,7 +38,7 @@ func runToy(_ method: Method, distribution: Toy2D, network: MLPFlowMap, config b
     let elapsed = bar.elapsed
     if done < steps {
         bar.end()
-        Console.info("\(method.displayName): \(done) steps in the time budget of \(fmt(seconds ?? 0, 0)) s")
+        Console.info("\(method.displayName): \(done) steps in the time budget of \(Int((seconds ?? 0).rounded())) s")
     }
     let evals = try Toy2DExperiment.evaluate(trainer, nfes: nfes, data: data, noiseSeed: config.seed &+ 77)
     return ToyRunResult(method: method, seconds: elapsed, steps: done, evals: evals)
