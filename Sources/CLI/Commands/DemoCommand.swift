@@ -15,7 +15,7 @@ struct DemoCommand: Command {
           then prints W2 (exact, 2000 samples) at 1, 2, 4 NFE (and 8, 32 Euler steps for flow matching) with the
           data-vs-data floor, and writes a scatter plot of the 1-NFE samples (tvm-demo.png, or DIR/scatter.png).
           Each method trains for --steps or its share of --budget, whichever ends first: on a fast machine every
-          method gets the same steps (and the results repeat exactly), on a slow one the demo still ends in time.
+          method gets the same steps (and the results repeat exactly), on a slow one training still ends in time.
           --out DIR    also write results.json and NPY files of the evaluation data and every method's samples
           --steps N    training steps of each method at most (default 1500)
           --budget S   training seconds of the three together at most (default \(Int(DemoCommand.defaultBudget)); 0: no limit),
