@@ -6,7 +6,7 @@ import Glibc
 /// Float32 matrix products without a BLAS: the operands packed into the layout of `AVX2SGEMM`'s 6 x 16 register
 /// tile (B once per product, A in groups of rows per thread), blocked in depth so that a block of B stays in the
 /// core's L2 cache, and split over the cores by blocks of rows. Used where the processor has AVX2 and FMA;
-/// elsewhere `CPUKernels.portableGemm` runs.
+/// elsewhere `Kernels.portableGemm` runs.
 enum PackedGEMM {
     /// Whether the processor has AVX2 and FMA (the flags of /proc/cpuinfo) and TVM_NO_AVX2 is unset.
     static let isAvailable: Bool = {
