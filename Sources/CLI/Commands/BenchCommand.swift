@@ -55,6 +55,7 @@ func benchToy(_ args: [String]) throws {
     config.method = method
     config.batch = batch
     config.lr = 2e-3
+    if let note = CPUBackend.blasNotice { Console.info(note) }
     let trainer = Trainer(network: network, config: config)
     var rng = RandomGenerator(seed: 5)
     var times: [Double] = []

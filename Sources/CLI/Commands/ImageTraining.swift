@@ -3,6 +3,9 @@ import NN
 import TVM
 import Data
 import Formats
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The image half of `tvm train`'s help.
 let imageTrainingHelp = """
@@ -20,12 +23,14 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
 \(meanFlowGuidanceHelp)
   Data: Fashion-MNIST (from --data-dir,
   default \(ImageDataset.fashionMNISTDirectory)), MNIST (IDX files in --data-dir), a folder of class folders
-  of PNGs, or an .npy [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
+  of PNGs (./NAME for a folder named like a 2-D distribution: the distribution's name wins), or an .npy
+  [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
   --model is any DiT size (S/2, B/2, L/2, XL/2, B/4, ...); --hidden/--depth/--heads/--patch override it.
   --steps is the total step count (default 10000; with --time-budget alone, no step limit); --time-budget stops
   after that many seconds of this invocation. Every --every steps (default 1000) and at the end it writes
   DIR/samples_step<N>_nfe<K>.png (fixed noise, one row per class, 1 and 4 NFE, evaluation EMA, guidance
-  --sample-cfg, default the training w or the middle of --cfg-range) and DIR/checkpoint.safetensors (atomically);
+  --sample-cfg, default the training w or the middle of --cfg-range; the grids of the first snapshot and of the
+  last --keep-grids, default 5, are kept) and DIR/checkpoint.safetensors (atomically);
   DIR/metrics.jsonl gets one JSON line per step; TensorBoard event files in DIR (tensorboard --logdir DIR) get
   the same figures (loss terms, gradient norm, learning rate, images/s, skipped steps, FID), the grids and the
   options. At the start the run writes its options, defaults included, to DIR/config.json: tvm train --config
@@ -41,6 +46,8 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
   Runs on a GPU when one is found (--device auto, the default for images),
   else on the CPU; --device cpu|cuda forces either.
   A run that cannot save its checkpoint (disk full) stops with one line; the previous checkpoint is intact.
+  SIGINT (Ctrl-C) or SIGTERM (preemption) stops the run after the current step: it saves the checkpoint (no
+  FID), says so in one line and exits with status 130 or 143; a second signal ends it at once.
   --config FILE takes options from a JSON object whose keys are the option names ({"lr": 2e-4, "flip": true,
   "model": "S/2"}); --preset NAME takes a named recipe (tvm models lists them; "preset" in a file does too). The
   command line overrides the file, which overrides the preset; a key that is no option here is an error.
@@ -55,7 +62,7 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy [--data-dir DIR] [--labels FIL
 let imageTrainingOptionNames = OptionNames(options: ([
     "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
     "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
-    "sample-cfg", "method", "bucket-mb", "resume-from", "fid-every", "fid-samples", "fid-nfe", "fid-weights",
+    "sample-cfg", "method", "bucket-mb", "resume-from", "fid-every", "fid-samples", "fid-nfe", "fid-weights", "keep-grids",
 ] as Set<String>).union(faultOptionNames).union(optimizerOptionNames).union(meanFlowOptionNames),
     switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best"])
 
@@ -126,6 +133,7 @@ func trainOnImages(_ args: [String]) throws {
     plan.timeBudget = budget
     plan.flip = a.has("flip")
     plan.sampleGuidance = sampleCFG
+    plan.keepGrids = try a.int("keep-grids", default: 5, range: 0...100_000_000)
     let scaleText: String
     switch scale {
     case .constant(let w): scaleText = "\(w)"
@@ -150,7 +158,7 @@ func trainOnImages(_ args: [String]) throws {
 
     do {
         let loop = try TrainingLoop(model: model, config: config, data: data, plan: plan, parallel: session?.parallel,
-                                    observer: TrainingProgress(), clock: now)
+                                    observer: TrainingProgress(label: method.displayName), clock: now)
         guard try loop.start() else {
             session?.close()
             return
@@ -163,7 +171,13 @@ func trainOnImages(_ args: [String]) throws {
             + "DiT patch \(model.patch) hidden \(model.hidden) depth \(model.depth) heads \(model.heads) (\(trainable) trainable of \(total)); "
             + "batch \(config.batch), lr \(config.lr), cfg \(scaleText); \(deviceDescription())"
             + (session.map { "; " + $0.description } ?? ""))
+        loop.stopRequested = StopSignal.install()
         try loop.run()
+        if loop.interrupted, let signal = StopSignal.received {
+            session?.close()
+            Console.info("stopped by \(signal.name) after step \(loop.trainer.step), checkpoint saved: add --resume to continue")
+            exit(128 + signal.number)
+        }
     } catch let e as TrainingLoopError {
         throw CLIError(inOptionTerms: e)
     }
@@ -206,14 +220,18 @@ extension CLIError {
 /// A training loop's notes on stderr, and its progress: a bar toward the step count, or with a time budget alone
 /// a line every 10 steps.
 final class TrainingProgress: TrainingObserver {
+    /// The method's name, which the bar starts with.
+    let label: String
     private var bar: ProgressBar?
     private var steps: Int?
 
+    init(label: String) { self.label = label }
+
     func note(_ line: String) { Console.info(line) }
 
-    func starting(steps: Int?) {
+    func starting(at step: Int, steps: Int?) {
         self.steps = steps
-        bar = ProgressBar("TVM".padding(6), total: steps ?? 0)
+        bar = ProgressBar(label.padding(6), total: steps ?? 0, from: step)
     }
 
     func stepped(_ stats: StepStats, rate: Double, elapsed: Double) {

@@ -18,10 +18,13 @@ struct TrainCommand: Command {
           of about step/(G+1) steps; default power:7). Writes DIR/config.json (the options, defaults included; tvm
           train --config DIR/config.json repeats the run), DIR/losses.jsonl (one JSON object per step, as
           metrics.jsonl below), TensorBoard event files (the same figures and the scatter plot),
-          DIR/samples_nfe<N>.npy, DIR/data.npy, DIR/scatter.png and DIR/results.json (default DIR: runs/<data>-<method>).
+          DIR/samples_<method>_nfe<N>.npy, DIR/data.npy, DIR/scatter.png and DIR/results.json (default DIR: runs/<data>-<method>).
           The optimizer and fault options are those of image training, below.
 
         """ + imageTrainingHelp
+
+    /// Its defaults start a long run: bare `tvm train` prints the usage.
+    let needsArguments = true
 
     /// A small MLP on 2-D data runs on the CPU; images use a GPU when there is one.
     func defaultDevice(_ args: [String]) -> DeviceChoice { isImageTraining(args) ? .auto : .cpu }

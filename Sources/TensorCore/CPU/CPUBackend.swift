@@ -56,10 +56,21 @@ public final class CPUBackend: Backend {
     public static let shared = CPUBackend()
     public var name: String { "cpu" }
 
-    /// Which BLAS the matrix products use ("built-in" when none was found or it is switched off).
-    public static var blasName: String { useBLAS ? BLAS.library?.name ?? "built-in" : "built-in" }
+    /// Which BLAS the float32 matrix products use: the library's name, or which built-in kernel runs.
+    public static var blasName: String {
+        if useBLAS, let library = BLAS.library { return library.name }
+        return usePackedGEMM && PackedGEMM.isAvailable ? "built-in AVX2/FMA" : "built-in"
+    }
+    /// A line for the commands whose speed depends on it (demo, bench), nil where a BLAS is used or switched off
+    /// on purpose. Not printed by the library: notes before an error would break the one-line error promise.
+    public static var blasNotice: String? {
+        guard useBLAS, BLAS.library == nil, getenv("TVM_NO_BLAS") == nil else { return nil }
+        return "note: no OpenBLAS found; the matrix products use the \(blasName) kernel"
+    }
     /// Set to false to use the built-in matrix product even where a BLAS was found (tests, comparisons).
     nonisolated(unsafe) public static var useBLAS = true
+    /// Set to false to use the portable built-in product instead of the packed AVX2/FMA one (tests, comparisons).
+    nonisolated(unsafe) public static var usePackedGEMM = true
 
     public func allocate(_ count: Int, _ dtype: DType) -> Storage { CPUStorage(count: count, dtype: dtype, backend: self) }
 

@@ -199,13 +199,20 @@ enum Kernels {
             else { Parallel.forRanges(items, grain: 1) { r in for it in r { work(it) } } }
             return
         }
+        if T.self == Float.self, CPUBackend.usePackedGEMM, PackedGEMM.isAvailable {
+            PackedGEMM.multiply(UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), UnsafeRawPointer(b).assumingMemoryBound(to: Float.self),
+                                UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), batch: batch, m: m, n: n, k: k,
+                                transA: transA, transB: transB, strideA: strideA, strideB: strideB,
+                                alpha: Float(alpha.double), beta: Float(beta.double))
+            return
+        }
         for i in 0..<batch {
             portableGemm(a + i * strideA, b + i * strideB, y + i * m * n, m: m, n: n, k: k,
                          transA: transA, transB: transB, alpha: alpha, beta: beta)
         }
     }
 
-    /// The fallback product: rows of the result in parallel, each built as a sum of scaled rows of B
+    /// The product without a BLAS where `PackedGEMM` does not run (float64, no AVX2): rows of the result in parallel, each built as a sum of scaled rows of B
     /// (a contiguous inner loop the compiler vectorises). Transposed operands are made contiguous first.
     static func portableGemm<T: CPUFloat>(_ a: UnsafeMutablePointer<T>, _ b: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>,
                                           m: Int, n: Int, k: Int, transA: Bool, transB: Bool, alpha: T, beta: T) {
