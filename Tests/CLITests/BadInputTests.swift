@@ -192,7 +192,8 @@ final class BadInputTests: CLITestCase {
                 Case(args: ["w2", path("a.csv"), path("a.csv"), "--bogus"], names: "--bogus"),
             ]),
             ("bench", [
-                Case(args: ["bench"], names: "toy, train, sample or attention"),
+                Case(args: ["bench"], names: "toy, train, sample, attention or vae"),
+                Case(args: ["bench", "vae", "--device", "cpu", "--batch", "0"], names: "--batch"),
                 Case(args: ["bench", "frob"], names: "'frob'"),
                 Case(args: ["bench", "toy", "--batch", "0"], names: "--batch"),
                 Case(args: ["bench", "toy", "--method", "gan"], names: "'gan'"),
