@@ -7,6 +7,13 @@ import PackageDescription
 // TensorCore) gets its kernels from .cu files through CUDAKernelPlugin, which runs CUDAKernelTool at build time.
 // docs/ARCHITECTURE.md has the map.
 let release: [SwiftSetting] = []
+// The CPU's float32 register tile (AVX2Kernels) is the one module built for AVX2 and FMA; TensorCore calls it only
+// where /proc/cpuinfo lists both. On other architectures it is plain Swift that nothing calls.
+#if arch(x86_64)
+let avx2: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma"])]
+#else
+let avx2: [SwiftSetting] = []
+#endif
 
 let package = Package(
     name: "TerminalVelocity",
@@ -14,7 +21,8 @@ let package = Package(
         .executable(name: "tvm", targets: ["CLI"]),
     ],
     targets: [
-        .target(name: "TensorCore", swiftSettings: release),
+        .target(name: "AVX2Kernels", swiftSettings: avx2),
+        .target(name: "TensorCore", dependencies: ["AVX2Kernels"], swiftSettings: release),
         .target(name: "CUDABackend", dependencies: ["TensorCore"], swiftSettings: release, plugins: ["CUDAKernelPlugin"]),
         // The build tool that turns the CUDA backend's .cu files into Swift (KernelDeclarations parses them).
         .target(name: "KernelDeclarations"),

@@ -17,6 +17,10 @@
 #           EMAs of other widths, the EMA target), then at 2 and 4 NFE with the one best at 1 NFE
 #   fm      flow matching with the same budget, FID-10k with 1, 2, 4 and 8 Euler steps (guided: 2 evaluations each)
 #   fm2     the same with 16 and 32 Euler steps
+#   meanflow, imf   MeanFlow (--cfg 2 = omega 1, kappa 0.5) or improved MeanFlow (omega log-uniform in 1..8, sampled
+#           at CFG, default 2) with the same budget, FID-10k at 1, 2 and 4 NFE (docs/METHODS.md)
+#   imfcfg  FID-10k at 1 NFE of that iMF run at guidance 1.5, 2, 3, 4 and 6 (chosen at sampling: no retraining)
+#   steps   the training step of each method (tvm, meanflow, imf, fm) on this DiT-S/2 and batch: ms/step, images/s
 # TAG (default tvm) names a run's folder and checkpoints, so runs with another SEED can sit side by side.
 # Each call prints a summary and leaves its logs in $OUT.
 set -uo pipefail
@@ -46,7 +50,7 @@ setup() {
 fid() {
     local name=$1 ck=$2 nfe=$3 weights=${4:-ema} t0
     t0=$(date +%s)
-    tvm sample --device cuda --checkpoint "$ck" --n "$N" --nfe "$nfe" --cfg 2 --weights "$weights" --seed 1 \
+    tvm sample --device cuda --checkpoint "$ck" --n "$N" --nfe "$nfe" --cfg "${CFG:-2}" --weights "$weights" --seed 1 \
         --out "$out/$name.png" --npy "$S/gen.npy" > "$out/$name.sample.log" 2>&1 || { echo "$name: sampling failed"; tail -2 "$out/$name.sample.log"; return; }
     local f
     f=$(tvm fid "$S/gen.npy" --dataset fashion-mnist --data-dir "$S/fmnist" --device cuda --cache "$S/cache" 2> "$out/$name.fid.log")
@@ -125,6 +129,32 @@ fm2)
     setup
     for k in 16 32; do fid "fm-390s-euler$k" "$S/run-fm/checkpoint.safetensors" $k; done
     ;;
+meanflow|imf)
+    setup
+    rm -rf "$S/run-$1-$tag"
+    # iMF draws its guidance scale per row: the range 1,8 replaces the constant --cfg 2 of the others.
+    args=(); after_cfg=0
+    for a in "${train_args[@]}"; do
+        if [ "$1" = imf ] && [ "$a" = --cfg ]; then args+=(--cfg-range); after_cfg=1; continue; fi
+        [ "$after_cfg" = 1 ] && a=1,8 && after_cfg=0
+        args+=("$a")
+    done
+    [ "$1" = imf ] && args+=(--sample-cfg "${CFG:-2}")
+    tvm train "${args[@]}" --method "$1" --time-budget 390 --out "$S/run-$1-$tag" > "$out/$1-$tag-train.log" 2>&1
+    cp "$S/run-$1-$tag/metrics.jsonl" "$out/$1-$tag-metrics.jsonl"
+    echo "$1 ($tag, seed ${SEED:-0}) after 390 s: $(steps_of "$S/run-$1-$tag") steps; $(grep -o '"loss":[0-9.e-]*' "$S/run-$1-$tag/metrics.jsonl" | tail -1)"
+    for k in 1 2 4; do fid "$1-$tag-390s-nfe$k" "$S/run-$1-$tag/checkpoint.safetensors" $k; done
+    ;;
+imfcfg)
+    setup
+    for w in 1.5 2 3 4 6; do CFG=$w fid "imf-$tag-390s-nfe1-cfg$w" "$S/run-imf-$tag/checkpoint.safetensors" 1; done
+    ;;
+steps)
+    setup
+    for m in tvm meanflow imf fm; do
+        tvm bench train --device cuda "$precision" --model S/2 --res 32 --channels 1 --classes 10 --batch 128 --steps 30 --method $m | tail -1
+    done
+    ;;
 mid)
     setup
     # The final weights first (evaluation EMA, then EMA target), then the earlier checkpoints.
@@ -153,5 +183,5 @@ widths)
     for k in 2 4; do fid "$tag-390s-nfe$k-$bestw" "$ck" $k "$bestw"; done
     ;;
 *)
-    sed -n '2,23p' "$0"; exit 2 ;;
+    sed -n '2,25p' "$0"; exit 2 ;;
 esac

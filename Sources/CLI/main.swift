@@ -41,6 +41,10 @@ if rest.contains("--help") || rest.contains("-h") {
     print(command.help)
     exit(0)
 }
+if rest.isEmpty && command.needsArguments {
+    print(command.help)
+    exit(2)
+}
 // In a data-parallel run, rank 0 speaks for all: the others print only their own failures (a usage error is the
 // same on every rank, so rank 0's line is enough).
 Console.quiet = (getenv("RANK").flatMap { Int(String(cString: $0)) } ?? 0) != 0

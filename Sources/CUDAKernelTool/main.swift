@@ -21,7 +21,10 @@ func readFile(_ path: String) -> String? {
     return String(decoding: bytes, as: UTF8.self)
 }
 
+/// Writes `text` to `path` unless the file already holds it: SwiftPM runs this tool on every build (whenever the
+/// tool is relinked), and an untouched file keeps CUDABackend from being compiled again for nothing.
 func writeFile(_ path: String, _ text: String) -> Bool {
+    if readFile(path) == text { return true }
     guard let f = fopen(path, "wb") else { return false }
     let bytes = Array(text.utf8)
     let ok = fwrite(bytes, 1, bytes.count, f) == bytes.count

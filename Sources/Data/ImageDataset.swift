@@ -343,7 +343,7 @@ public struct ImageDataset: Sendable {
     /// C = 1 ... 4), and labels from a `.npy` array of shape [n] of integers (uint8, int32, int64, or
     /// floats holding whole numbers). uint8 images are scaled from 0 ... 255 to [−1, 1]; float32 /
     /// float64 images are taken as already in [−1, 1] and refused when a value lies outside
-    /// [−1.001, 1.001] or is not finite (floats in 0 ... 255 or 0 ... 1 are the usual mistake: save
+    /// [−1.001, 1.001] or is not finite, or when none is negative (floats in 0 ... 255 or 0 ... 1 are the usual mistake: save
     /// uint8, or rescale to x / 127.5 − 1). Without labels every image gets class 0 of 1 (an
     /// unconditional set). `classes` defaults to the largest label + 1.
     public static func npy(images: String, labels: String?, classes: Int? = nil) throws -> ImageDataset {
@@ -372,6 +372,11 @@ public struct ImageDataset: Sendable {
             if let bad = values.firstIndex(where: { !$0.isFinite || abs($0) > 1.001 }) {
                 throw DataError(file: images, "float image value \(values[bad]) at flat index \(bad) is outside [-1, 1]; "
                     + "float arrays must already be scaled to [-1, 1] (save uint8 0-255 to have them scaled)")
+            }
+            // torchvision's ToTensor gives [0, 1]: taken as [-1, 1], every image would train as a washed-out one.
+            if values.allSatisfy({ $0 >= 0 }), values.contains(where: { $0 > 0 }) {
+                throw DataError(file: images, "every float image value lies in [0, 1] (torchvision's convention); float arrays "
+                    + "must be scaled to [-1, 1]: save x * 2 - 1, or uint8 0-255 to have them scaled")
             }
         default:
             throw DataError(file: images, "image dtype \(array.descr) is not supported (use uint8, float32 or float64)")

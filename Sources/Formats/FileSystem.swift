@@ -43,6 +43,21 @@ public enum FileSystem {
         return names.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
     }
 
+    /// Creates and removes a file in the folder `path`, so that a long job finds out at once that it could not
+    /// write its results there (permissions, a read-only or special file system); an error names the folder.
+    public static func checkWritable(directory path: String) throws {
+        let probe = path + "/.tvm-write-check-\(getpid())"
+        let fd = open(probe, O_CREAT | O_EXCL | O_WRONLY, 0o600)
+        guard fd >= 0 else { throw FormatError("cannot write in \(path): \(errnoString())") }
+        close(fd)
+        unlink(probe)
+    }
+
+    /// Removes the file at `path`; an error names it.
+    public static func removeFile(_ path: String) throws {
+        guard unlink(path) == 0 else { throw FormatError("cannot remove \(path): \(errnoString())") }
+    }
+
     /// Creates the folder `path` and any missing folders above it; folders already there are fine, anything
     /// else in the way is an error naming it.
     public static func makeDirectories(_ path: String) throws {

@@ -193,11 +193,15 @@ public struct SafetensorsFile: Sendable {
         }
         var headerLength: UInt64 = 0
         for (k, b) in first.enumerated() { headerLength |= UInt64(b) << UInt64(8 * k) }
+        // A length past the limit or the file's end: another kind of file (a text file's first 8 characters read
+        // as a length are in the quintillions), or a truncated one.
         guard headerLength <= UInt64(maxHeaderBytes) else {
-            throw FormatError("\(source): header length \(headerLength) is over the \(maxHeaderBytes / 1_000_000) MB limit")
+            throw FormatError("\(source): not a safetensors file (its first 8 bytes give a header length of \(headerLength), "
+                              + "over the \(maxHeaderBytes / 1_000_000) MB limit)")
         }
         guard headerLength <= UInt64(fileSize - 8) else {
-            throw FormatError("\(source): header length \(headerLength) goes beyond the end of the file (\(fileSize) bytes)")
+            throw FormatError("\(source): not a safetensors file, or a truncated one (header length \(headerLength) goes beyond "
+                              + "the end of the file, \(fileSize) bytes)")
         }
         return Int(headerLength)
     }

@@ -1,6 +1,7 @@
 import TensorCore
 
-/// AdamW as torch.optim.AdamW computes it, one fused kernel per parameter; beta2 = 0.95 by default (TVM).
+/// AdamW as torch.optim.AdamW computes it, one update per parameter (a fused kernel where the backend has one);
+/// beta2 = 0.95 by default (TVM).
 public final class AdamW {
     public var lr: Double
     public var beta1: Double
@@ -42,10 +43,8 @@ public final class AdamW {
         var scale = 1.0
         if let maxGradNorm, norm > maxGradNorm { scale = maxGradNorm / (norm + 1e-6) }
         for (i, name) in params.names.enumerated() {
-            let p = params[name]
-            p.backend.adamw(p: p.storage, g: grads[i].storage, m: m[name].storage, v: v[name].storage,
-                            lr: lr, beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay,
-                            step: step, gradScale: scale)
+            params[name].adamwUpdate(gradient: grads[i], m: m[name], v: v[name], lr: lr, beta1: beta1, beta2: beta2,
+                                     eps: eps, weightDecay: weightDecay, step: step, gradScale: scale)
         }
         return norm
     }
@@ -61,8 +60,5 @@ public func globalNorm(_ tensors: [Tensor]) -> Double {
 
 /// p_ema = p + decay (p_ema - p) for every parameter (in place on `ema`).
 public func emaUpdate(_ ema: ParameterSet, toward params: ParameterSet, decay: Double) {
-    for name in params.names {
-        let p = params[name]
-        p.backend.emaUpdate(ema: ema[name].storage, p: p.storage, decay: decay)
-    }
+    for name in params.names { ema[name].emaUpdate(toward: params[name], decay: decay) }
 }

@@ -16,10 +16,11 @@ class CLITestCase: XCTestCase {
 
     /// Runs `tvm` (or `executable`, e.g. a shell that sets a limit first) to the end. A process killed by a
     /// signal (a crash) gets status 128 + the signal number, as a shell reports it.
-    func run(_ args: [String], executable: String? = nil) throws -> (status: Int32, out: String, err: String) {
+    func run(_ args: [String], executable: String? = nil, in directory: String? = nil) throws -> (status: Int32, out: String, err: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable ?? binary)
         p.arguments = args
+        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err

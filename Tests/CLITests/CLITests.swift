@@ -65,4 +65,19 @@ final class CLITests: CLITestCase {
         let png = try Image.readPNG(path: dir + "/scatter.png")
         XCTAssertGreaterThan(png.width, 100)
     }
+
+    /// `tvm demo --methods` trains the methods named (here one: the exact W2 of 2000 points dominates the time) and
+    /// reports each at 1, 2 and 4 NFE.
+    func testDemoTrainsTheChosenMethods() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try run(["demo", "--methods", "imf", "--steps", "2", "--out", dir])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("iMF") && !r.out.contains("MeanFlow") && !r.out.contains("TVM "), r.out)
+        let results = try JSONValue.parse(Array(try Data(contentsOf: URL(fileURLWithPath: dir + "/results.json"))))
+        let methods = try XCTUnwrap(results["methods"]?.array)
+        XCTAssertEqual(methods.map { $0["method"]?.string }, ["imf"])
+        for nfe in ["1", "2", "4"] { XCTAssertNotNil(methods.first?["w2_by_nfe"]?[nfe]?.double) }
+        XCTAssertEqual(try NPYArray.read(path: dir + "/samples_imf_nfe4.npy").shape, [2000, 2])
+    }
 }

@@ -4,7 +4,8 @@ import Foundation
 /// `tvm COMMAND -h|--help` prints that command's options (what `tvm help COMMAND` prints) and exits 0, before
 /// anything else the arguments ask for; `tvm --version` prints the version.
 final class HelpAndVersionTests: CLITestCase {
-    let names = ["demo", "prepare", "train", "sample", "w2", "fid", "plot", "models", "bench", "reference-check", "dist-check"]
+    let names = ["demo", "prepare", "train", "sample", "w2", "fid", "plot", "models", "bench", "import", "reference-check",
+                 "dist-check"]
 
     func testEveryCommandPrintsItsHelpForDashHAndDashDashHelp() throws {
         let usage = try run(["help"])

@@ -63,7 +63,55 @@ final class ImageCommandsTests: CLITestCase {
         let npy = try NPYArray.read(path: dir + "/fm.npy")
         XCTAssertEqual(npy.shape, [4, 1, 8, 8])
         XCTAssertTrue(npy.floats.allSatisfy(\.isFinite))
-        try assertCleanError(["train"] + (try makeData(dir)) + ["--method", "meanflow", "--steps", "1", "--out", dir + "/x"], contains: "--method")
+        try assertCleanError(["train"] + (try makeData(dir)) + ["--method", "sit", "--steps", "1", "--out", dir + "/x"], contains: "--method")
+    }
+
+    /// MeanFlow and iMF on images: they train, sample at 1/2/4 NFE with their own guidance input, and resume exactly.
+    func testMeanFlowAndIMFTrainSampleAndResume() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let data = try makeData(dir)
+        // MeanFlow trains one guidance scale (--cfg), iMF a range of them (--cfg-range, as the data's options say).
+        XCTAssertEqual(data.suffix(2), ["--cfg-range", "1,3"])
+        for method in ["meanflow", "imf"] {
+            let base = method == "meanflow" ? Array(data.dropLast(2)) + ["--cfg", "2", "--cfg-kappa", "0.25"] : data
+            let full = dir + "/" + method
+            var r = try run(["train"] + base + ["--method", method, "--steps", "4", "--every", "100", "--out", full])
+            XCTAssertEqual(r.status, 0, r.err)
+            let fullLosses = try losses(full + "/metrics.jsonl")
+            XCTAssertEqual(fullLosses.count, 4)
+            XCTAssertTrue(fullLosses.allSatisfy { $0.isFinite && $0 > 0 })
+            let config = try JSONValue.parse(String(decoding: try AtomicFile.read(path: full + "/config.json"), as: UTF8.self))
+            XCTAssertEqual(config["method"]?.string, method)
+            for nfe in ["1", "2", "4"] {
+                let npy = dir + "/\(method)\(nfe).npy"
+                r = try run(["sample", "--device", "cpu", "--checkpoint", full + "/checkpoint.safetensors", "--n", "3", "--nfe", nfe,
+                             "--cfg", "3", "--out", dir + "/\(method)\(nfe).png", "--npy", npy])
+                XCTAssertEqual(r.status, 0, r.err)
+                let samples = try NPYArray.read(path: npy)
+                XCTAssertEqual(samples.shape, [3, 1, 8, 8])
+                XCTAssertTrue(samples.floats.allSatisfy(\.isFinite))
+            }
+            let split = dir + "/" + method + "-split"
+            r = try run(["train"] + base + ["--method", method, "--steps", "2", "--every", "100", "--out", split])
+            XCTAssertEqual(r.status, 0, r.err)
+            r = try run(["train"] + base + ["--method", method, "--steps", "4", "--every", "100", "--out", split, "--resume"])
+            XCTAssertEqual(r.status, 0, r.err)
+            XCTAssertEqual(try losses(split + "/metrics.jsonl"), fullLosses)
+            XCTAssertEqual(try SafetensorsFile.read(path: split + "/checkpoint.safetensors").tensors,
+                           try SafetensorsFile.read(path: full + "/checkpoint.safetensors").tensors)
+        }
+        // MeanFlow's guidance is trained in: another --cfg gives the same samples; iMF's is a condition: it does not.
+        for (method, same) in [("meanflow", true), ("imf", false)] {
+            let ck = dir + "/" + method + "/checkpoint.safetensors"
+            for cfg in ["1.5", "6"] {
+                let r = try run(["sample", "--device", "cpu", "--checkpoint", ck, "--n", "3", "--cfg", cfg,
+                                 "--out", dir + "/g.png", "--npy", dir + "/\(method)-cfg\(cfg).npy"])
+                XCTAssertEqual(r.status, 0, r.err)
+            }
+            let a = try NPYArray.read(path: dir + "/\(method)-cfg1.5.npy").floats, b = try NPYArray.read(path: dir + "/\(method)-cfg6.npy").floats
+            XCTAssertEqual(a == b, same, method)
+        }
     }
 
     func testSampleWritesGridNPYAndFolder() throws {

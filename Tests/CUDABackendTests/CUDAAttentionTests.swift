@@ -45,7 +45,7 @@ final class CUDAAttentionTests: XCTestCase {
                 // q, k, v, tq, tk, tv, go, gto
                 let x = (0..<8).map { _ in r.normals(c) }
                 // The row log-sum-exp comes from the forward pass of each backend.
-                func lse(_ b: any Backend, _ i: [Storage]) -> Storage {
+                func lse(_ b: any FusedBackend, _ i: [Storage]) -> Storage {
                     let o = b.allocate(c, dtype), l = b.allocate(g.rows, dtype)
                     b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: l, geometry: g)
                     return l

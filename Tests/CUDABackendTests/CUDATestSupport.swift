@@ -95,6 +95,10 @@ func relativeError(_ a: [Double], _ b: [Double]) -> Double {
 
 func tolerance(_ dtype: DType) -> Double { dtype == .float32 ? 1e-5 : 1e-12 }
 
+/// A backend with every fused capability, as the CPU and CUDA backends are: their kernels are compared directly.
+typealias FusedBackend = Backend & NormBackend & ScaledSumBackend & ActivationBackend & LinearBackend & AttentionBackend
+    & OptimizerBackend
+
 /// Runs `body` on the CPU backend and on the GPU over the same input values, and compares every output.
 /// Outputs start from `initial` values where given (in-place ops), else from uninitialised memory (NaN on
 /// the GPU). `body` gets the backend, the input storages and the output storages.
@@ -105,10 +109,10 @@ func compareWithCPU(_ label: String, _ cuda: CUDABackend, dtype: DType, toleranc
                     reference64: Bool = false,
                     inputs: [[Double]], outputs: [(count: Int, initial: [Double]?)],
                     file: StaticString = #filePath, line: UInt = #line,
-                    _ body: (any Backend, [Storage], [Storage]) -> Void) {
+                    _ body: (any FusedBackend, [Storage], [Storage]) -> Void) {
     let wide = reference64 && dtype == .float32
     func round(_ v: [Double]) -> [Double] { dtype == .float32 ? v.map { Double(Float($0)) } : v }
-    func run(_ b: any Backend, _ t: DType) -> [[Double]] {
+    func run(_ b: any FusedBackend, _ t: DType) -> [[Double]] {
         let ins = inputs.map { b.upload(round($0), dtype: t) }
         let outs = outputs.map { o -> Storage in
             if let v = o.initial { return b.upload(round(v), dtype: t) }

@@ -32,8 +32,8 @@ final class CUDATrainingStepTests: XCTestCase {
         withoutGrad {
             for (p, g) in zip(updated, grads) {
                 let mState = p.zerosLike(), vState = p.zerosLike()
-                p.backend.adamw(p: p.storage, g: g.storage, m: mState.storage, v: vState.storage, lr: 1e-3, beta1: 0.9,
-                                beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step: 1, gradScale: 1)
+                p.adamwUpdate(gradient: g, m: mState, v: vState, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8,
+                              weightDecay: 0.01, step: 1)
             }
         }
         return (loss.item, grads, updated)

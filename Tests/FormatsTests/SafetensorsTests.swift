@@ -235,7 +235,7 @@ final class SafetensorsTests: XCTestCase {
         var bytes = [UInt8](repeating: 0, count: 16)
         let n: UInt64 = 200_000_000
         for k in 0..<8 { bytes[k] = UInt8(truncatingIfNeeded: n >> UInt64(8 * k)) }
-        assertFormatError(try parse(bytes), contains: ["header length 200000000", "100 MB"])
+        assertFormatError(try parse(bytes), contains: ["not a safetensors file", "header length of 200000000", "100 MB"])
         bytes = [UInt8](repeating: 0xFF, count: 16)
         assertFormatError(try parse(bytes), contains: ["100 MB"])
     }

@@ -47,19 +47,8 @@ final class VAEBenchmarks: XCTestCase {
                        repeats: 5)
         }
 
-        // Weights of the SD-VAE's shapes: products scaled by 1 / sqrt(fan-in) so activations keep their size,
-        // norms as initialised (weight 1, bias 0), biases 0.
-        let config = VAEConfig.stableDiffusion
+        let vae = AutoencoderKL(randomWeightsFor: .stableDiffusion, seed: 2, on: .cpu)
         var rng = RandomGenerator(seed: 2)
-        let parameters = ParameterSet()
-        for (name, shape) in AutoencoderKL.parameterShapes(config) {
-            let count = Shape.count(shape)
-            let values: [Float] = shape.count == 1
-                ? [Float](repeating: name.hasSuffix(".weight") ? 1 : 0, count: count)
-                : rng.normalFloats(count).map { $0 / Float(count / shape[0]).squareRoot() }
-            parameters[name] = Tensor(values, shape: shape, on: .cpu)
-        }
-        let vae = AutoencoderKL(config: config, parameters: parameters)
         try report("SD-VAE size, random weights", vae,
                    images: Tensor(rng.uniformFloats(3 * 256 * 256).map { $0 * 2 - 1 }, shape: [1, 3, 256, 256], on: .cpu),
                    repeats: Int(env["TVM_VAE_BENCH_REPEATS"] ?? "") ?? 1)

@@ -11,25 +11,28 @@ struct BenchCommand: Command {
     let name = "bench"
     let summary = "time training steps and kernels (toy: the CPU TVM step on 2-D data)"
     let help = """
-        tvm bench toy [--method tvm|meanflow|fm] [--batch N] [--width N] [--depth N] [--steps N] [--warmup N]
+        tvm bench toy [--method tvm|meanflow|imf|fm] [--batch N] [--width N] [--depth N] [--steps N] [--warmup N]
           Median wall time of one full training step (loss with its JVP, backward, AdamW, both EMAs) of the
           2-D MLP, after a warm-up.
         tvm bench train [--model B/2] [--res 32] [--channels 4] [--classes 1000] [--batch 64] [--steps 20] [--tf32|--bf16]
-          A full TVM step of a DiT (JVP, both teacher passes, flow-matching pass, backward, AdamW, both EMAs):
-          median step time, images/s and peak GPU memory.
+                        [--method tvm|meanflow|imf|fm]
+          A full training step of a DiT (TVM: JVP, both teacher passes, flow-matching pass, backward, AdamW, both
+          EMAs; another --method: its own loss, as `tvm train` runs it): median step time, images/s, peak GPU memory.
         tvm bench sample [--model B/2] [--batch 256] [--nfe 1] ...   sampling throughput.
         tvm bench attention [--b 64] [--h 12] [--s 256] [--d 64]     the attention primitive with its JVP, and its backward.
+        tvm bench vae [--res 256] [--batch 8] [--steps 5]    SD-VAE-sized encoder and decoder (random weights): images/s.
         All take --device cuda|cpu|auto (default auto).
         """
 
     func run(_ args: [String]) throws {
-        guard let what = args.first else { throw CLIError("'tvm bench' needs what to time: toy, train, sample or attention", usage: true) }
+        guard let what = args.first else { throw CLIError("'tvm bench' needs what to time: toy, train, sample, attention or vae", usage: true) }
         switch what {
         case "toy": try benchToy(Array(args.dropFirst()))
         case "train": try benchTrain(Array(args.dropFirst()))
         case "sample": try benchSample(Array(args.dropFirst()))
         case "attention": try benchAttention(Array(args.dropFirst()))
-        default: throw CLIError("unknown benchmark '\(what)'; choose toy, train, sample or attention", usage: true)
+        case "vae": try benchVAE(Array(args.dropFirst()))
+        default: throw CLIError("unknown benchmark '\(what)'; choose toy, train, sample, attention or vae", usage: true)
         }
     }
 }
@@ -46,12 +49,13 @@ func benchToy(_ args: [String]) throws {
     let batch = try a.int("batch", default: 1024, range: 1...1_000_000)
     let steps = try a.int("steps", default: 100, range: 1...100_000), warmup = try a.int("warmup", default: 10, range: 0...10_000)
     let methodName = a.string("method", default: "tvm")
-    guard let method = Method(rawValue: methodName) else { throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, fm", usage: true) }
+    guard let method = Method(rawValue: methodName) else { throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, imf, fm", usage: true) }
     let network = MLPFlowMap(width: try a.int("width", default: 256, range: 1...65536), depth: try a.int("depth", default: 4, range: 1...64))
     var config = TrainConfig()
     config.method = method
     config.batch = batch
     config.lr = 2e-3
+    if let note = CPUBackend.blasNotice { Console.info(note) }
     let trainer = Trainer(network: network, config: config)
     var rng = RandomGenerator(seed: 5)
     var times: [Double] = []
@@ -108,7 +112,7 @@ func memoryFigure() -> String {
 
 /// A full TVM step of a DiT: the JVP, both teacher passes, the flow-matching pass, backward, AdamW, both EMAs.
 func benchTrain(_ args: [String]) throws {
-    let a = try Arguments(command: "bench train", args, options: ["model", "res", "channels", "classes", "batch", "steps", "warmup", "cfg"],
+    let a = try Arguments(command: "bench train", args, options: ["model", "res", "channels", "classes", "batch", "steps", "warmup", "cfg", "method"],
                           switches: ["tf32", "bf16"])
     try a.expectPositional(0, "no positional arguments")
     let dit = try ditFromArguments(a)
@@ -118,7 +122,12 @@ func benchTrain(_ args: [String]) throws {
     var config = TrainConfig()
     config.batch = batch
     config.lr = 1e-4
-    config.guidance = GuidanceConfig(scale: .constant(try a.double("cfg", default: 2, range: 1...100)), labelDropout: 0.1)
+    let methodName = a.string("method", default: "tvm")
+    guard let method = Method(rawValue: methodName) else { throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, imf, fm", usage: true) }
+    config.method = method
+    let cfg = try a.double("cfg", default: 2, range: 1...100)
+    config.guidance = GuidanceConfig(scale: .constant(cfg), labelDropout: 0.1)
+    config.meanFlow.setGuidance(scale: cfg, kappa: config.meanFlow.kappa)
     let trainer = Trainer(network: dit, config: config)
     let c = dit.config
     var rng = RandomGenerator(seed: 11)
@@ -137,7 +146,7 @@ func benchTrain(_ args: [String]) throws {
         printProfile(activeCUDA?.profileReport() ?? [], steps: profiled)
     }
     let m = median(times)
-    Console.out("TVM train step, DiT-\(a.string("model", default: "B/2")) (\(dit.parameterCount.total) parameters), \(c.inputSize)x\(c.inputSize)x\(c.inChannels), \(c.numClasses) classes, batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/step, \(fmt(Double(batch) / m, 1)) img/s over \(steps) steps\(memoryFigure())")
+    Console.out("\(method.displayName) train step, DiT-\(a.string("model", default: "B/2")) (\(dit.parameterCount.total) parameters), \(c.inputSize)x\(c.inputSize)x\(c.inChannels), \(c.numClasses) classes, batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/step, \(fmt(Double(batch) / m, 1)) img/s over \(steps) steps\(memoryFigure())")
 }
 
 /// n-step sampling throughput with the flow map.
@@ -202,4 +211,26 @@ func benchAttention(_ args: [String]) throws {
         }
     }
     Console.out("attention B=\(b) H=\(h) S=\(s) D=\(d), \(deviceDescription())\(precision): forward+JVP median \(fmt(median(forward) * 1000, 3)) ms, backward (both cotangents, incl. the loss ops) median \(fmt(median(backward) * 1000, 3)) ms")
+}
+
+/// The SD-VAE's encoder (to the posterior) and decoder at its real size (block widths 128, 256, 512, 512) with
+/// random weights: what `tvm prepare` and decoded sampling spend their time in. Set side by side with diffusers'
+/// AutoencoderKL by scripts/bench_vae_diffusers.py.
+func benchVAE(_ args: [String]) throws {
+    let a = try Arguments(command: "bench vae", args, options: ["res", "batch", "steps", "warmup"], switches: ["tf32", "bf16"])
+    try a.expectPositional(0, "no positional arguments")
+    let precision = applyProductPrecision(a)
+    let config = VAEConfig.stableDiffusion
+    let res = try a.int("res", default: 256, range: config.downsamplingFactor...4096)
+    let batch = try a.int("batch", default: 8, range: 1...4096)
+    let steps = try a.int("steps", default: 5, range: 1...100_000), warmup = try a.int("warmup", default: 1, range: 0...1000)
+    let vae = AutoencoderKL(randomWeightsFor: config, seed: 2)
+    var rng = RandomGenerator(seed: 5)
+    let images = Tensor(rng.uniformFloats(batch * 3 * res * res).map { $0 * 2 - 1 }, shape: [batch, 3, res, res])
+    let latents = try vae.encode(images).mean
+    activeCUDA?.resetPeakBytes()
+    let encode = median(try timeRepeated(steps: steps, warmup: warmup) { _ = try vae.encode(images).std.floats })
+    let decode = median(try timeRepeated(steps: steps, warmup: warmup) { _ = try vae.decode(latents).floats })
+    Console.out("SD-VAE size, \(res)x\(res), batch \(batch), \(deviceDescription())\(precision): encode median \(fmt(encode * 1000, 1)) ms, "
+                + "\(fmt(Double(batch) / encode, 1)) img/s; decode median \(fmt(decode * 1000, 1)) ms, \(fmt(Double(batch) / decode, 1)) img/s\(memoryFigure())")
 }

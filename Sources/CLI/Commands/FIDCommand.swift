@@ -8,7 +8,7 @@ struct FIDCommand: Command {
     let name = "fid"
     let summary = "Frechet Inception Distance between generated images and a data set (Inception-v3 run here)"
     let help = """
-        tvm fid GENERATED --dataset fashion-mnist|mnist|DIR|FILE.npy|FILE.zip [--data-dir DIR] [--pad 2] [--split train|test]
+        tvm fid GENERATED --dataset fashion-mnist|mnist|DIR|FILE.npy|FILE.zip | --ref img256.pkl|FILE.npz [--data-dir DIR] [--pad 2] [--split train|test]
                 [--limit N] [--weights FILE] [--batch N] [--cache DIR | --no-cache] [--save-features FILE.npy]
           Frechet Inception Distance between GENERATED (an .npy [n, C, H, W] or [n, H, W] as `tvm sample --npy`
           writes, or a folder with one subfolder of PNGs per class as `tvm sample --folder` writes) and a data set:
@@ -29,14 +29,25 @@ struct FIDCommand: Command {
           second run skips that pass. --limit N uses the first N images of each set. --batch N images per network
           pass (default 100 on a GPU, 8 on the CPU). --save-features FILE.npy writes the generated images'
           features [n, 2048]. Prints "FID <value>" on stdout.
+          --ref FILE instead of --dataset takes published reference statistics (mu [2048], sigma [2048, 2048]): the
+          EDM pickle (img256.pkl, img512.pkl; read as data, nothing in it is run) or ADM's .npz reference batch
+          (VIRTUAL_imagenet256_labeled.npz).
         """
 
     func run(_ args: [String]) throws {
-        let a = try Arguments(command: "fid", args, options: ["dataset", "data-dir", "pad", "split", "limit", "weights", "batch",
+        let a = try Arguments(command: "fid", args, options: ["dataset", "ref", "data-dir", "pad", "split", "limit", "weights", "batch",
                                                               "cache", "save-features"], switches: ["no-cache"])
         try a.expectPositional(1, "one positional argument, the generated images (FILE.npy or a folder)")
-        guard let datasetSpec = a.string("dataset") else {
-            throw CLIError("tvm fid needs --dataset fashion-mnist|mnist|DIR|FILE.npy (the reference images)", usage: true)
+        if a.string("ref") != nil && a.string("dataset") != nil { throw CLIError("give --dataset or --ref, not both", usage: true) }
+        // Published statistics stand for the reference images.
+        let published = try a.string("ref").map { path -> ReferenceStatistics in
+            do { return try ReferenceStatistics.read(path: path) } catch let e as EvalError { throw CLIError(e.message) }
+        }
+        if let published, published.dimension != InceptionV3.featureCount {
+            throw CLIError("--ref \(a.string("ref")!): statistics of \(published.dimension) features; Inception-v3 gives \(InceptionV3.featureCount)")
+        }
+        guard let datasetSpec = a.string("dataset") ?? a.string("ref") else {
+            throw CLIError("tvm fid needs --dataset fashion-mnist|mnist|DIR|FILE.npy (the reference images) or --ref FILE", usage: true)
         }
         let pad = try a.int("pad", default: 2, range: 0...1024)
         let split = a.string("split", default: "train").lowercased()
@@ -49,27 +60,33 @@ struct FIDCommand: Command {
 
         let generatedPath = a.positional[0]
         var generated = try loadFIDImages(generatedPath, dataDir: a.string("data-dir"), pad: pad, train: split == "train")
-        var reference = try loadFIDImages(datasetSpec, dataDir: a.string("data-dir"), pad: pad, train: split == "train")
+        var reference: ByteImages?
+        if published == nil { reference = try loadFIDImages(datasetSpec, dataDir: a.string("data-dir"), pad: pad, train: split == "train") }
         if let limit {
             generated = generated.prefix(limit)
-            reference = reference.prefix(limit)
+            reference = reference?.prefix(limit)
         }
-        for (set, name) in [(generated, generatedPath), (reference, datasetSpec)] where set.count < 2 {
+        for (set, name) in [(generated, generatedPath)] + (reference.map { [($0, datasetSpec)] } ?? []) where set.count < 2 {
             throw CLIError("\(name): FID needs at least 2 images, got \(set.count)")
         }
         let network = try InceptionV3(path: weightsPath)
         let extractor = FIDFeatureExtractor(network: network, batchSize: batch)
         Console.info("FID: \(generated.count) generated images \(generated.channels)x\(generated.height)x\(generated.width) vs "
-            + "\(reference.count) of \(datasetSpec) \(reference.channels)x\(reference.height)x\(reference.width); "
+            + (reference.map { "\($0.count) of \(datasetSpec) \($0.channels)x\($0.height)x\($0.width); " } ?? "the statistics of \(datasetSpec); ")
             + "Inception-v3 on \(deviceDescription()), batch \(batch)")
 
         // The reference statistics: from the cache when its key (weights, preprocessing, exact pixels) matches.
         let cache = FIDReferenceStatistics(cacheDirectory: a.has("no-cache") ? nil : a.string("cache") ?? FIDFiles.defaultCacheDirectory)
         let start = now()
-        let referenceBar = ProgressBar(datasetSpec, total: reference.count)
-        let (referenceStats, computed) = try cache.statistics(of: reference, named: datasetSpec, extractor: extractor,
-                                                              note: Console.info) { referenceBar.update(images: $0) }
-        var imagesRun = computed ? reference.count : 0
+        var referenceStats: FeatureStatistics?
+        var imagesRun = 0
+        if let reference {
+            let referenceBar = ProgressBar(datasetSpec, total: reference.count)
+            let (stats, computed) = try cache.statistics(of: reference, named: datasetSpec, extractor: extractor,
+                                                         note: Console.info) { referenceBar.update(images: $0) }
+            referenceStats = stats
+            imagesRun = computed ? reference.count : 0
+        }
 
         let progress = ProgressBar(generatedPath, total: generated.count)
         var saved: [Float] = []
@@ -83,7 +100,7 @@ struct FIDCommand: Command {
             try NPYArray.write(path: path, shape: [generated.count, InceptionV3.featureCount], floats: saved)
             Console.info("wrote the features of the generated images to \(path)")
         }
-        let fid = try FID.distance(generatedStats, referenceStats)
+        let fid = try referenceStats.map { try FID.distance(generatedStats, $0) } ?? FID.distance(generatedStats, published!)
         let seconds = now() - start
         Console.info("\(imagesRun) images through Inception in \(fmt(seconds, 1)) s (\(fmt(Double(imagesRun) / Swift.max(seconds, 1e-9), 1)) images/s, "
             + "including the distance)")

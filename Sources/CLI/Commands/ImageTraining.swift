@@ -3,6 +3,9 @@ import NN
 import TVM
 import Data
 import Formats
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The image half of `tvm train`'s help.
 let imageTrainingHelp = """
@@ -10,19 +13,25 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy|LATENTS.zip [--data-dir DIR] [
           [--model S/2 | --hidden H --depth D --heads N --patch P] [--cfg W | --cfg-range LO,HI]
           [--label-dropout 0.1] [--no-scaled-param] [--batch 128] [--lr 2e-4] [--steps N] [--time-budget S]
           [--ema power:7|D[,EXTRA...]] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
-          [--sample-cfg W] [--tf32|--bf16] [--method tvm|fm] [optimizer options] [FID options] [fault options]
+          [--resume-from FILE]
+          [--sample-cfg W] [--tf32|--bf16] [--method tvm|meanflow|imf|fm] [--cfg-kappa K] [--cfg-interval LO,HI]
+          [optimizer options] [FID options] [fault options]
           [--config FILE] [--preset NAME]
   TVM on images with a DiT (class-conditional, classifier-free guidance); --method fm trains the flow-matching
-  baseline on the same network instead (labels dropped at --label-dropout, guidance applied when sampling).
+  baseline on the same network instead (labels dropped at --label-dropout, guidance applied when sampling),
+  --method meanflow MeanFlow and --method imf improved MeanFlow (docs/METHODS.md gives all four side by side).
+\(meanFlowGuidanceHelp)
   Data: Fashion-MNIST (from --data-dir,
   default \(ImageDataset.fashionMNISTDirectory)), MNIST (IDX files in --data-dir), a folder of class folders
-  of PNGs, or an .npy [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
+  of PNGs (./NAME for a folder named like a 2-D distribution: the distribution's name wins), or an .npy
+  [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
   --model is any DiT size (S/2, B/2, L/2, XL/2, B/4, ...); --hidden/--depth/--heads/--patch override it.
   --time-spec-init gives the timestep MLPs the spectral initialisation too (the official time_specinit).
   --steps is the total step count (default 10000; with --time-budget alone, no step limit); --time-budget stops
   after that many seconds of this invocation. Every --every steps (default 1000) and at the end it writes
   DIR/samples_step<N>_nfe<K>.png (fixed noise, one row per class, 1 and 4 NFE, evaluation EMA, guidance
-  --sample-cfg, default the training w or the middle of --cfg-range) and DIR/checkpoint.safetensors (atomically);
+  --sample-cfg, default the training w or the middle of --cfg-range; the grids of the first snapshot and of the
+  last --keep-grids, default 5, are kept) and DIR/checkpoint.safetensors (atomically);
   DIR/metrics.jsonl gets one JSON line per step; TensorBoard event files in DIR (tensorboard --logdir DIR) get
   the same figures (loss terms, gradient norm, learning rate, images/s, skipped steps, FID), the grids and the
   options. At the start the run writes its options, defaults included, to DIR/config.json: tvm train --config
@@ -31,9 +40,15 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy|LATENTS.zip [--data-dir DIR] [
   after it (--ema power:16,power:32,power:8) are kept alongside as extra EMAs, saved in the checkpoint, to choose
   a width after the run (tvm sample --weights ema:power:32).
   --resume continues from DIR/checkpoint.safetensors exactly (same losses as an uninterrupted run); the model
-  options must match the checkpoint's. Runs on a GPU when one is found (--device auto, the default for images),
+  options must match the checkpoint's. --resume-from FILE starts a new run from the networks, AdamW state and
+  step of FILE: a checkpoint of another run, or an official network pickle (.pkl) or training state (.pt), read
+  as tvm import reads it; the model is FILE's (no --model options), the data order and random stream this
+  run's (--seed), and --steps counts on from FILE's step; with --resume the run's own checkpoint continues.
+  Runs on a GPU when one is found (--device auto, the default for images),
   else on the CPU; --device cpu|cuda forces either.
   A run that cannot save its checkpoint (disk full) stops with one line; the previous checkpoint is intact.
+  SIGINT (Ctrl-C) or SIGTERM (preemption) stops the run after the current step: it saves the checkpoint (no
+  FID), says so in one line and exits with status 130 or 143; a second signal ends it at once.
   --config FILE takes options from a JSON object whose keys are the option names ({"lr": 2e-4, "flip": true,
   "model": "S/2"}); --preset NAME takes a named recipe (tvm models lists them; "preset" in a file does too). The
   command line overrides the file, which overrides the preset; a key that is no option here is an error.
@@ -59,8 +74,8 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy|LATENTS.zip [--data-dir DIR] [
 let imageTrainingOptionNames = OptionNames(options: ([
     "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
     "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
-    "sample-cfg", "method", "bucket-mb", "fid-every", "fid-samples", "fid-nfe", "fid-weights", "vae",
-] as Set<String>).union(faultOptionNames).union(optimizerOptionNames).union(latentOptionNames),
+    "sample-cfg", "method", "bucket-mb", "resume-from", "fid-every", "fid-samples", "fid-nfe", "fid-weights", "keep-grids", "vae",
+] as Set<String>).union(faultOptionNames).union(optimizerOptionNames).union(meanFlowOptionNames).union(latentOptionNames),
     switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best", "time-spec-init"])
 
 /// `tvm train` on images: the options become a `TrainingLoop`, which resumes, trains, logs and snapshots.
@@ -72,8 +87,9 @@ func trainOnImages(_ args: [String]) throws {
     // TF32 (about 1e-3 relative instead of float32's 1e-6) or bf16 matrix products on the GPU.
     _ = applyProductPrecision(a)
     let methodName = a.string("method", default: "tvm").lowercased()
-    guard let method = Method(rawValue: methodName), method != .meanFlow else {
-        throw CLIError("image training supports --method tvm or fm (flow matching), got '\(methodName)'", usage: true)
+    guard let method = Method(rawValue: methodName) else {
+        let names = Method.allCases.map(\.rawValue).joined(separator: ", ")
+        throw CLIError("unknown --method '\(methodName)'; choose one of \(names)", usage: true)
     }
     var config = TrainConfig()
     config.method = method
@@ -90,14 +106,19 @@ func trainOnImages(_ args: [String]) throws {
         let (lo, hi) = try parseCFGRange(r)
         scale = .uniform(lo, hi)
         sampleCFG = (lo + hi) / 2
+    } else if method == .improvedMeanFlow && a.string("cfg") == nil {
+        // iMF's official guidance range.
+        scale = .uniform(1, 8)
+        sampleCFG = 4.5
     } else {
         let cfg = try a.double("cfg", default: 2, range: 1e-6...1e6)
         scale = .constant(cfg)
         sampleCFG = cfg
     }
     sampleCFG = try a.double("sample-cfg", default: sampleCFG, range: 1e-6...1e6)
-    config.guidance = GuidanceConfig(scale: scale, labelDropout: try a.double("label-dropout", default: 0.1, range: 0...1),
-                                     scaledParameterization: !a.has("no-scaled-param"))
+    let labelDropout = try a.double("label-dropout", default: 0.1, range: 0...1)
+    config.guidance = GuidanceConfig(scale: scale, labelDropout: labelDropout, scaledParameterization: !a.has("no-scaled-param"))
+    let methodJSON = try applyMethodGuidance(a, method: method, scale: scale, labelDropout: labelDropout, into: &config)
     let budget = try a.optionalDouble("time-budget", range: 0...1e9)
     let steps = a.string("steps") != nil || budget == nil ? try a.int("steps", default: 10000, range: 1...100_000_000) : nil
     try parseOptimizerOptions(a, into: &config, steps: steps)
@@ -106,11 +127,15 @@ func trainOnImages(_ args: [String]) throws {
 
     // Closed where every rank ends together; a rank that fails just exits (closing NCCL waits for the others).
     let session = try DistributedSession.start(bucketMB: try a.double("bucket-mb", default: 25, range: 1e-6...65536))
+    if session != nil && method != .tvm {
+        throw CLIError("data-parallel training supports --method tvm only", usage: true)
+    }
     if let session, config.batch % session.worldSize != 0 {
         throw CLIError("--batch \(config.batch) must be divisible by the \(session.worldSize) ranks", usage: true)
     }
     let data = try loadImageData(a)
-    let model = try imageModelConfig(a, data: data)
+    let initial = try a.string("resume-from").map { try startingCheckpoint($0, a, data: data, config: config) }
+    let model = try initial?.model ?? imageModelConfig(a, data: data)
     let latent = try data.latentDraw.map { _ in try latentNormalization(a) }
     if let vaeDirectory = a.string("vae"), latent == nil {
         throw CLIError("--vae \(vaeDirectory) decodes latents; --data \(dataName) holds images", usage: true)
@@ -125,11 +150,13 @@ func trainOnImages(_ args: [String]) throws {
     let baseName = dataName.split(separator: "/").last.map(String.init) ?? "images"
     var plan = TrainingLoop.Plan(directory: a.string("out", default: "runs/\([".npy", ".zip"].contains { baseName.lowercased().hasSuffix($0) } ? String(baseName.dropLast(4)) : baseName)-tvm"))
     plan.resume = a.has("resume")
+    plan.initial = initial
     plan.steps = steps
     plan.snapshotEvery = every
     plan.timeBudget = budget
     plan.flip = a.has("flip")
     plan.sampleGuidance = sampleCFG
+    plan.keepGrids = try a.int("keep-grids", default: 5, range: 0...100_000_000)
     if let latent, let vaeDirectory = a.string("vae") {
         let vae = try AutoencoderKL(directory: vaeDirectory)
         guard vae.config.latentChannels == data.channels else {
@@ -154,6 +181,7 @@ func trainOnImages(_ args: [String]) throws {
         ("cfg", .string(scaleText)), ("sample_cfg", .number(sampleCFG)),
         ("label_dropout", .number(config.guidance.labelDropout)),
         ("scaled_param", .bool(config.guidance.scaledParameterization)),
+    ] + methodJSON + [
         ("seed", .number(Double(config.seed))), ("flip", .bool(plan.flip)),
     ] + faultJSON(config.faults) + (latent?.record ?? []))
     // Every option read by now: how it runs (--resume, --device, --gpus) is not part of what it computes.
@@ -161,7 +189,7 @@ func trainOnImages(_ args: [String]) throws {
 
     do {
         let loop = try TrainingLoop(model: model, config: config, data: data, plan: plan, parallel: session?.parallel,
-                                    observer: TrainingProgress(), clock: now)
+                                    observer: TrainingProgress(label: method.displayName), clock: now)
         guard try loop.start() else {
             session?.close()
             return
@@ -170,15 +198,42 @@ func trainOnImages(_ args: [String]) throws {
             loop.fid = try fidSettings.tracking(data: data, named: dataName, seed: config.seed, guidance: sampleCFG)
         }
         let (total, trainable) = loop.trainer.net.parameterCount
-        Console.info("TVM on \(dataName): \(data.count) images \(data.channels)x\(data.height)x\(data.width), \(data.classes) classes; "
+        Console.info("\(method.displayName) on \(dataName): \(data.count) images \(data.channels)x\(data.height)x\(data.width), \(data.classes) classes; "
             + "DiT patch \(model.patch) hidden \(model.hidden) depth \(model.depth) heads \(model.heads) (\(trainable) trainable of \(total)); "
             + "batch \(config.batch), lr \(config.lr), cfg \(scaleText); \(deviceDescription())"
             + (session.map { "; " + $0.description } ?? ""))
+        loop.stopRequested = StopSignal.install()
         try loop.run()
+        if loop.interrupted, let signal = StopSignal.received {
+            session?.close()
+            Console.info("stopped by \(signal.name) after step \(loop.trainer.step), checkpoint saved: add --resume to continue")
+            exit(128 + signal.number)
+        }
     } catch let e as TrainingLoopError {
         throw CLIError(inOptionTerms: e)
     }
     session?.close()
+}
+
+/// The state `--resume-from FILE` starts a run from; its model must fit the data and its parameterization the run.
+/// It stays among the run's options (config.json), where with --resume it gives the model and the run's own
+/// checkpoint the state.
+func startingCheckpoint(_ path: String, _ a: Arguments, data: ImageDataset, config: TrainConfig) throws -> TrainingCheckpoint {
+    if let flag = ["model", "hidden", "depth", "heads", "patch"].first(where: { a.string($0) != nil }) {
+        throw CLIError("--\(flag): with --resume-from the model is the checkpoint's", usage: true)
+    }
+    guard FileSystem.isRegularFile(path) else { throw CLIError("--resume-from \(path): no such file") }
+    let ck = try TrainingCheckpoint.isOfficial(path: path) ? TrainingCheckpoint.importing(path: path) : TrainingCheckpoint.read(path: path)
+    let m = ck.model
+    guard m.inputSize == data.height, data.height == data.width, m.inChannels == data.channels, m.numClasses == data.classes else {
+        throw CLIError("--resume-from \(path): its model takes \(m.inputSize)x\(m.inputSize)x\(m.inChannels) images of \(m.numClasses) "
+                       + "classes, the data are \(data.width)x\(data.height)x\(data.channels) of \(data.classes)")
+    }
+    if let scaled = ck.training["scaled_param"]?.bool, scaled != config.guidance.scaledParameterization {
+        throw CLIError("--resume-from \(path): its model was trained with the scaled parameterization \(scaled ? "on" : "off"); "
+                       + (scaled ? "drop --no-scaled-param" : "add --no-scaled-param"))
+    }
+    return ck
 }
 
 extension CLIError {
@@ -196,14 +251,18 @@ extension CLIError {
 /// A training loop's notes on stderr, and its progress: a bar toward the step count, or with a time budget alone
 /// a line every 10 steps.
 final class TrainingProgress: TrainingObserver {
+    /// The method's name, which the bar starts with.
+    let label: String
     private var bar: ProgressBar?
     private var steps: Int?
 
+    init(label: String) { self.label = label }
+
     func note(_ line: String) { Console.info(line) }
 
-    func starting(steps: Int?) {
+    func starting(at step: Int, steps: Int?) {
         self.steps = steps
-        bar = ProgressBar("TVM".padding(6), total: steps ?? 0)
+        bar = ProgressBar(label.padding(6), total: steps ?? 0, from: step)
     }
 
     func stepped(_ stats: StepStats, rate: Double, elapsed: Double) {

@@ -10,14 +10,20 @@ struct SampleCommand: Command {
     let summary = "sample images from an image-training checkpoint (PNG grid, NPY, PNG folder)"
     let help = """
         tvm sample --checkpoint FILE [--n 100] [--nfe 1] [--cfg 2] [--classes 0,1,2] [--seed N] [--out grid.png]
-                   [--npy FILE] [--folder DIR] [--weights ema|ema:SCHEDULE|student|teacher] [--columns 10] [--vae DIR]
+                   [--npy FILE] [--folder DIR] [--weights ema|ema:SCHEDULE|student|teacher] [--columns 10]
+                   [--noise FILE.npy] [--vae DIR]
           Samples images from a training checkpoint (by default with the evaluation EMA; ema:SCHEDULE picks one of
           the extra EMAs the run kept, e.g. ema:power:32; teacher is the EMA target) in --nfe steps with
           guidance scale --cfg (a flow-matching checkpoint: --nfe Euler steps, each evaluating the class and the null
-          class for classifier-free guidance). Classes: --classes, spread over the n samples in blocks (default all classes);
+          class for classifier-free guidance; a MeanFlow checkpoint has its guidance trained in and ignores --cfg; an
+          iMF checkpoint takes --cfg as its guidance condition). Classes: --classes, spread over the n samples in blocks (default all classes);
           --classes random draws each sample's class uniformly at random (the official FID protocol).
-          Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of values in [-1, 1]
-          and a folder with one subfolder of PNGs per class.
+          Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of values clamped to
+          [-1, 1] (as the PNGs are, and as the official code clamps) and a folder with one subfolder of PNGs per class. --noise FILE.npy [n, C, H, W] starts from that noise
+          instead of --seed's (n defaults to its rows).
+          The checkpoint may also be an official network pickle (.pkl) or training state (.pt), read as
+          tvm import reads it: --weights ema, student and teacher are then a training state's ema, net and
+          ema_target, and the one network of a pickle.
           A checkpoint trained on latents (tvm train --data LATENTS.zip) gives latents; --vae DIR (the SD-VAE folder the
           latent set was made with) decodes them as the official code does (the run's normalisation undone, the VAE
           decoder, (x + 1) / 2 clamped to [0, 1] times 255, truncated): the grid then shows the first 100 images, the
@@ -26,10 +32,11 @@ struct SampleCommand: Command {
 
     func run(_ args: [String]) throws {
         let a = try Arguments(command: "sample", args, options: ["checkpoint", "n", "nfe", "cfg", "classes", "seed", "out", "npy",
-                                                                  "folder", "weights", "columns", "vae"])
+                                                                  "folder", "weights", "columns", "noise", "vae"])
         try a.expectPositional(0, "no positional arguments (use --checkpoint FILE)")
         guard let path = a.string("checkpoint") else { throw CLIError("tvm sample needs --checkpoint FILE", usage: true) }
-        let n = try a.int("n", default: 100, range: 1...1_000_000)
+        let givenNoise = try a.string("noise").map { try NPYArray.read(path: $0) }
+        let n = try a.int("n", default: givenNoise?.shape.first ?? 100, range: 1...1_000_000)
         let nfe = try a.int("nfe", default: 1, range: 1...10_000)
         let cfg = try a.double("cfg", default: 2, range: 1e-6...1e6)
         let seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
@@ -50,8 +57,12 @@ struct SampleCommand: Command {
             throw CLIError("--folder \(folder): exists and is not a folder")
         }
         guard FileSystem.exists(path) else { throw CLIError("\(path): no such file") }
-        let ck = try TrainingCheckpoint.read(path: path, parts: part.map { [$0] } ?? [], extraEMAs: extraEMA.map { [$0] } ?? [])
-        let weights = part.map { ck[$0] } ?? ck.extraEMAs[extraEMA!]!
+        let parts = part.map { [$0] } ?? []
+        let ck = try TrainingCheckpoint.isOfficial(path: path) ? TrainingCheckpoint.importing(path: path, parts: parts)
+            : TrainingCheckpoint.read(path: path, parts: parts, extraEMAs: extraEMA.map { [$0] } ?? [])
+        guard let weights = part.map({ ck[$0] }) ?? ck.extraEMAs[extraEMA!] else {
+            throw CLIError("\(path): no extra EMA \(extraEMA!) (an official file has none)")
+        }
         let model = ck.model
         let K = model.numClasses
         guard K >= 1 else { throw CLIError("\(path): the model has no classes; tvm sample needs a class-conditional checkpoint") }
@@ -69,10 +80,18 @@ struct SampleCommand: Command {
         let decoder = try a.string("vae").map { try LatentDecoder(vae: $0, checkpoint: path, training: ck.training, model: model) }
         let net = try DiT(model)
         let scaled = ck.training["scaled_param"]?.bool ?? true
-        // A flow-matching checkpoint samples with --nfe Euler steps and classifier-free guidance (2 evaluations a step).
-        let flowMatching = ck.training["method"]?.string == Method.flowMatching.rawValue
+        // Each method samples its own way (a flow-matching checkpoint: --nfe Euler steps with classifier-free guidance).
+        let methodName = ck.training["method"]?.string ?? Method.tvm.rawValue
+        guard let method = Method(rawValue: methodName) else { throw CLIError("\(path): unknown training method '\(methodName)'") }
         let C = model.inChannels, R = model.inputSize, size = C * R * R
-        let noise = rng.normalFloats(n * size)
+        let noise = givenNoise?.floats ?? rng.normalFloats(n * size)
+        if let givenNoise, givenNoise.shape != [n, C, R, R] {
+            throw CLIError("--noise \(a.string("noise")!): shape \(Checkpoint.shapeText(givenNoise.shape)), the model samples "
+                           + "\(Checkpoint.shapeText([n, C, R, R])) for --n \(n)")
+        }
+        if givenNoise != nil, let k = noise.firstIndex(where: { !$0.isFinite }) {
+            throw CLIError("--noise \(a.string("noise")!): a non-finite value at flat index \(k)")
+        }
         var samples: [Float] = []
         var decoded: [UInt8] = []
         if decoder == nil { samples.reserveCapacity(n * size) }
@@ -82,11 +101,13 @@ struct SampleCommand: Command {
             let m = min(chunk, n - start)
             let x = Tensor(Array(noise[(start * size)..<((start + m) * size)]), shape: [m, C, R, R])
             let cond = Conditioning.sampling(labels: Array(labels[start..<(start + m)]), classes: K, guidance: cfg)
-            let z = flowMatching ? sampleEuler(network: net, params: weights, noise: x, steps: nfe, cond: cond, guidance: cfg)
-                : sampleFlowMap(network: net, params: weights, noise: x, steps: nfe, cond: cond, kappa: scaled ? cfg : 1)
+            let z = sampleModel(trainedBy: method, network: net, params: weights, noise: x, steps: nfe, cond: cond,
+                                guidance: cfg, scaledParameterization: scaled)
             if let decoder { decoded += try decoder.pixels(z) } else { samples += z.floats }
             start += m
         }
+        // The network's outputs overshoot the data range a little; every file holds the same clamped images.
+        for i in samples.indices { samples[i] = min(max(samples[i], -1), 1) }
         // Decoded images: 8-bit pixels, shown and written through the [-1, 1] floats they stand for exactly.
         let (channels, side) = decoder.map { ($0.vae.config.outChannels, R * $0.vae.config.downsamplingFactor) } ?? (C, R)
         if decoder != nil { samples = decoded.map { ImageDataset.byteToUnit[Int($0)] } }

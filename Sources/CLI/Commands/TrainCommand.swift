@@ -10,7 +10,7 @@ struct TrainCommand: Command {
     let name = "train"
     let summary = "train one method on a 2-D distribution, or TVM on images (Fashion-MNIST, MNIST, PNG folders, NPY)"
     let help = """
-        tvm train [--data NAME] [--method tvm|meanflow|fm] [--steps N] [--batch N] [--lr X] [--seed N]
+        tvm train [--data NAME] [--method tvm|meanflow|imf|fm] [--steps N] [--batch N] [--lr X] [--seed N]
                   [--width N] [--depth N] [--nfe LIST] [--ema D|power:G] [--time-scale X] [--out DIR]
                   [optimizer options] [fault options] [--config FILE] [--preset NAME]
           Trains one method on a 2-D distribution (checkerboard, 8gaussians, 25gaussians, moons, spirals) and
@@ -18,10 +18,13 @@ struct TrainCommand: Command {
           of about step/(G+1) steps; default power:7). Writes DIR/config.json (the options, defaults included; tvm
           train --config DIR/config.json repeats the run), DIR/losses.jsonl (one JSON object per step, as
           metrics.jsonl below), TensorBoard event files (the same figures and the scatter plot),
-          DIR/samples_nfe<N>.npy, DIR/data.npy, DIR/scatter.png and DIR/results.json (default DIR: runs/<data>-<method>).
+          DIR/samples_<method>_nfe<N>.npy, DIR/data.npy, DIR/scatter.png and DIR/results.json (default DIR: runs/<data>-<method>).
           The optimizer and fault options are those of image training, below.
 
         """ + imageTrainingHelp
+
+    /// Its defaults start a long run: bare `tvm train` prints the usage.
+    let needsArguments = true
 
     /// A small MLP on 2-D data runs on the CPU; images use a GPU when there is one.
     func defaultDevice(_ args: [String]) -> DeviceChoice { isImageTraining(args) ? .auto : .cpu }
@@ -47,7 +50,7 @@ struct TrainCommand: Command {
         do { distribution = try Toy2D.named(dataName) } catch { throw CLIError("\(error)", usage: true) }
         let methodName = a.string("method", default: "tvm")
         guard let method = Method(rawValue: methodName.lowercased()) else {
-            throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, fm", usage: true)
+            throw CLIError("unknown method '\(methodName)'; choose one of tvm, meanflow, imf, fm", usage: true)
         }
         var config = TrainConfig()
         config.method = method

@@ -11,20 +11,25 @@ struct Toy2DExperiment {
     var network: MLPFlowMap
     var config: TrainConfig
     var steps: Int
+    /// Seconds of training at most (nil: none), checked before every step after the first.
+    var seconds: Double?
 
-    init(distribution: Toy2D, network: MLPFlowMap, config: TrainConfig, steps: Int) {
+    init(distribution: Toy2D, network: MLPFlowMap, config: TrainConfig, steps: Int, seconds: Double? = nil) {
         self.distribution = distribution
         self.network = network
         self.config = config
         self.steps = steps
+        self.seconds = seconds
     }
 
     /// Trains, calling `onStep` after every step; ends early after a step that the `stop` fault policy
-    /// stopped. The data stream is seeded apart from the model's randomness.
+    /// stopped, or when the time budget is spent. The data stream is seeded apart from the model's randomness.
     func train(onStep: (StepStats) -> Void = { _ in }) -> Trainer<MLPFlowMap> {
         let trainer = Trainer(network: network, config: config)
         var dataRNG = RandomGenerator(seed: config.seed).split(3)
-        for _ in 0..<steps {
+        let start = now()
+        for step in 0..<steps {
+            if let seconds, step > 0, now() - start >= seconds { break }
             let x0 = Tensor(distribution.sample(config.batch, rng: &dataRNG), shape: [config.batch, 2])
             let stats = trainer.train(x0: x0)
             onStep(stats)

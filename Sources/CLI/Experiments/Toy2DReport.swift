@@ -12,16 +12,19 @@ struct ToyRunResult {
     var evals: [(nfe: Int, samples: [Float], w2: Double)]
 }
 
-/// Trains one method with a progress bar and evaluates it against `data`; `log` records every step.
+/// Trains one method with a progress bar (for `steps`, or `seconds` when that comes first) and evaluates it
+/// against `data`; `log` records every step.
 func runToy(_ method: Method, distribution: Toy2D, network: MLPFlowMap, config base: TrainConfig, steps: Int,
-            nfes: [Int], data: [Float], log: RunLog? = nil) throws -> ToyRunResult {
+            seconds: Double? = nil, nfes: [Int], data: [Float], log: RunLog? = nil) throws -> ToyRunResult {
     var config = base
     config.method = method
     let bar = ProgressBar(method.displayName.padding(14), total: steps)
-    let experiment = Toy2DExperiment(distribution: distribution, network: network, config: config, steps: steps)
+    let experiment = Toy2DExperiment(distribution: distribution, network: network, config: config, steps: steps, seconds: seconds)
     var firstError: Error?
     var stoppedBy: NumericalFault?
+    var done = 0
     let trainer = experiment.train { stats in
+        done = stats.step
         bar.update(step: stats.step, loss: stats.loss)
         if let fault = stats.fault {
             if stats.stopped { stoppedBy = fault } else { Console.info(fault.description) }
@@ -32,9 +35,13 @@ func runToy(_ method: Method, distribution: Toy2D, network: MLPFlowMap, config b
     }
     if let firstError { throw firstError }
     if let stoppedBy { throw CLIError("\(method.displayName): \(stoppedBy) (--on-fault stop)") }
-    let seconds = bar.elapsed
+    let elapsed = bar.elapsed
+    if done < steps {
+        bar.end()
+        Console.info("\(method.displayName): \(done) steps in the time budget of \(Int((seconds ?? 0).rounded())) s")
+    }
     let evals = try Toy2DExperiment.evaluate(trainer, nfes: nfes, data: data, noiseSeed: config.seed &+ 77)
-    return ToyRunResult(method: method, seconds: seconds, steps: steps, evals: evals)
+    return ToyRunResult(method: method, seconds: elapsed, steps: done, evals: evals)
 }
 
 /// The W2 table of `tvm demo` and 2-D `tvm train`, on stdout.

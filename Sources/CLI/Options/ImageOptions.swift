@@ -2,7 +2,8 @@ import NN
 import Data
 import Formats
 
-/// Whether `tvm train` was given image data (`--data fashion-mnist|mnist|DIR|FILE.npy`).
+/// Whether `tvm train` was given image data (`--data fashion-mnist|mnist|DIR|FILE.npy`). The name of a 2-D
+/// distribution wins over a folder of that name (a first `--out moons` run leaves one); `./moons` names the folder.
 func isImageTraining(_ args: [String]) -> Bool {
     var value: String?
     for (i, a) in args.enumerated() {
@@ -11,6 +12,7 @@ func isImageTraining(_ args: [String]) -> Bool {
     }
     guard let v = value else { return false }
     let l = v.lowercased()
+    if (try? Toy2D.named(v)) != nil { return false }
     return l == "fashion-mnist" || l == "mnist" || l.hasSuffix(".npy") || l.hasSuffix(".zip") || FileSystem.isDirectory(v)
 }
 

@@ -62,13 +62,16 @@ func fmt(_ v: Double, _ digits: Int = 4) -> String {
 final class ProgressBar {
     let label: String
     let total: Int
+    /// Where this invocation started (the step resumed from): the rate and the ETA count only what runs now.
+    let first: Int
     let start = now()
     var lastDraw = 0.0
     let tty = isatty(2) != 0
 
-    init(_ label: String, total: Int) {
+    init(_ label: String, total: Int, from first: Int = 0) {
         self.label = label
         self.total = total
+        self.first = first
     }
 
     /// "label [####....] step s/total loss L r it/s ETA".
@@ -91,10 +94,42 @@ final class ProgressBar {
         guard done == total || t - lastDraw >= (tty ? 0.2 : 10) else { return }
         lastDraw = t
         Console.flushNote()
-        let rate = Double(done) / max(t - start, 1e-9)
+        let rate = Double(done - first) / max(t - start, 1e-9)
         let text = line(rate, formatDuration(Double(total - done) / max(rate, 1e-9)))
         if tty { fputs("\r\u{1B}[2K" + text + (done == total ? "\n" : ""), stderr) } else { fputs(text + "\n", stderr) }
     }
 
+    /// Ends the bar's line where it stopped short of the total (a time budget), so the next line starts afresh.
+    func end() {
+        if tty && !Console.quiet { fputs("\n", stderr) }
+    }
+
     var elapsed: Double { now() - start }
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM (what clusters send before preemption), caught so that a training run can end
+/// its step and save its checkpoint; the handler only records the signal, and puts the default action back so
+/// that a second one ends the process at once.
+enum StopSignal {
+    struct Received {
+        let number: Int32
+        var name: String { number == SIGINT ? "SIGINT" : "SIGTERM" }
+    }
+
+    /// The signal caught (0: none yet). Written by the handler, read by the training loop between steps.
+    nonisolated(unsafe) private static var caught: Int32 = 0
+
+    static var received: Received? { caught == 0 ? nil : Received(number: caught) }
+
+    /// Installs the handlers; returns the question the training loop asks before every step.
+    static func install() -> () -> Bool {
+        caught = 0
+        for s in [SIGINT, SIGTERM] {
+            signal(s) { number in
+                StopSignal.caught = number
+                signal(number, SIG_DFL)
+            }
+        }
+        return { caught != 0 }
+    }
 }

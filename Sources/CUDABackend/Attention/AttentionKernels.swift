@@ -1,8 +1,8 @@
 import TensorCore
 
-// Backend's attention: the flash kernels where they apply (FlashAttentionKernels.swift), else Attention.cu's
+// Attention (AttentionBackend): the flash kernels where they apply (FlashAttentionKernels.swift), else Attention.cu's
 // warp-per-row kernels.
-extension CUDABackend {
+extension CUDABackend: AttentionBackend {
     /// Zeros of `count` elements, for a missing tangent or cotangent.
     private func zeros(_ count: Int, _ dtype: DType) -> Storage {
         let s = allocate(count, dtype)

@@ -1,7 +1,7 @@
 import TensorCore
 
-// Backend's elementwise operations on Elementwise.cu's kernels.
-extension CUDABackend {
+// The elementwise core operations and the fused activations (ActivationBackend) on Elementwise.cu's kernels.
+extension CUDABackend: ActivationBackend {
     public func unary(_ op: UnaryOp, _ x: Storage, _ y: Storage) {
         let n = x.count
         guard n > 0 else { return }

@@ -3,8 +3,9 @@ import Glibc
 #endif
 import TensorCore
 
-// Matrix products through cuBLAS, and linear layers with the bias (and GELU) in cuBLASLt's GEMM epilogues.
-extension CUDABackend {
+// Matrix products through cuBLAS, and linear layers (LinearBackend) with the bias (and GELU) in cuBLASLt's GEMM
+// epilogues.
+extension CUDABackend: LinearBackend {
     public func matmul(_ a: Storage, _ b: Storage, _ y: Storage, batch: Int, m: Int, n: Int, k: Int,
                        transA: Bool, transB: Bool, strideA: Int, strideB: Int, alpha: Double, beta: Double) {
         guard m > 0 && n > 0 && batch > 0 else { return }

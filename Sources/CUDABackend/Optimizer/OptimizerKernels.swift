@@ -3,8 +3,8 @@ import Glibc
 #endif
 import TensorCore
 
-// The optimizer updates on Optimizer.cu's kernels.
-extension CUDABackend {
+// The optimizer updates (OptimizerBackend) on Optimizer.cu's kernels.
+extension CUDABackend: OptimizerBackend {
     public func adamw(p: Storage, g: Storage, m: Storage, v: Storage, lr: Double, beta1: Double, beta2: Double,
                       eps: Double, weightDecay: Double, step: Int, gradScale: Double) {
         forgetBF16Copy(of: p)

@@ -1,7 +1,7 @@
 import TensorCore
 
-// Backend's RMS normalisation family on RMSNorm.cu's kernels.
-extension CUDABackend {
+// The RMS normalisation family (NormBackend) on RMSNorm.cu's kernels.
+extension CUDABackend: NormBackend {
     public func rmsNorm(_ x: Storage, _ y: Storage, rows: Int, cols: Int, eps: Double) {
         guard rows > 0 && cols > 0 else { return }
         let k = kernels(RMSNormKernels.self, x.dtype)

@@ -1,7 +1,7 @@
 import TensorCore
 
-// Backend's scaled sums and their factors' cotangents on ScaledSum.cu's kernels.
-extension CUDABackend {
+// Scaled sums and their factors' cotangents (ScaledSumBackend) on ScaledSum.cu's kernels.
+extension CUDABackend: ScaledSumBackend {
     public func scaledSum(a: Storage, s: Storage, b: Storage?, t: Storage?, c: Storage?, cFull: Bool, y: Storage,
                           batch: Int, rows: Int, cols: Int) {
         let nrows = batch * rows

@@ -9,6 +9,21 @@ extension AutoencoderKL {
     /// Older diffusers releases named the mid-block attention's projections differently; both are read.
     static let legacyAttentionNames = ["query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"]
 
+    /// A model of `config`'s shapes with random weights, for timing: convolution and linear weights drawn from
+    /// N(0, 1 / fan-in) so activations keep their size through the network, norm weights 1, every bias 0.
+    public convenience init(randomWeightsFor config: VAEConfig, seed: UInt64, on device: Device = .default) {
+        var rng = RandomGenerator(seed: seed)
+        let parameters = ParameterSet()
+        for (name, shape) in Self.parameterShapes(config) {
+            let count = Shape.count(shape)
+            let values: [Float] = shape.count == 1
+                ? [Float](repeating: name.hasSuffix(".weight") ? 1 : 0, count: count)
+                : rng.normalFloats(count).map { $0 / Float(count / shape[0]).squareRoot() }
+            parameters[name] = Tensor(values, shape: shape, on: device)
+        }
+        self.init(config: config, parameters: parameters)
+    }
+
     /// Loads `directory/config.json` and `directory/diffusion_pytorch_model.safetensors` (F32, F16, BF16 or F64;
     /// either attention key scheme) to `device` as float32. Any mismatch between the two files is one
     /// `ModelError` naming the weights file and the tensor.

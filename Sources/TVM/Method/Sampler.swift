@@ -45,3 +45,25 @@ public func sampleEuler(network net: some FlowMapNetwork, params: ParameterSet, 
         return x.cast(.float32)
     }
 }
+
+/// n-step samples of a model trained by `method`, with guidance scale `w`; `cond` holds the classes and, for the
+/// methods with a guidance input, beta = 1 / w (as `Conditioning.sampling` makes it):
+/// - TVM: the flow map, times kappa = w under the scaled parameterisation;
+/// - MeanFlow: the flow map with no guidance input (its guidance was trained in: `w` has no effect);
+/// - iMF: the flow map with beta = 1 / w, the guidance condition it was trained with, kappa = 1;
+/// - flow matching: Euler steps with classifier-free guidance (2 evaluations a step when w != 1).
+public func sampleModel(trainedBy method: Method, network net: some FlowMapNetwork, params: ParameterSet, noise: Tensor,
+                        steps: Int, cond: Conditioning = Conditioning(), guidance w: Double = 1,
+                        scaledParameterization: Bool = true) -> Tensor {
+    switch method {
+    case .tvm:
+        return sampleFlowMap(network: net, params: params, noise: noise, steps: steps, cond: cond,
+                             kappa: scaledParameterization ? w : 1)
+    case .meanFlow:
+        return sampleFlowMap(network: net, params: params, noise: noise, steps: steps, cond: Conditioning(classes: cond.classes))
+    case .improvedMeanFlow:
+        return sampleFlowMap(network: net, params: params, noise: noise, steps: steps, cond: cond)
+    case .flowMatching:
+        return sampleEuler(network: net, params: params, noise: noise, steps: steps, cond: cond, guidance: w)
+    }
+}

@@ -46,6 +46,27 @@ struct SampleGrids {
     }
 }
 
+extension SampleGrids {
+    /// The step of a grid file's name `samples_step<N>_nfe<K>.png` (nil: another file).
+    static func step(ofGridNamed name: String) -> Int? {
+        guard name.hasPrefix("samples_step"), name.hasSuffix(".png") else { return nil }
+        let parts = name.dropFirst("samples_step".count).split(separator: "_", maxSplits: 1)
+        guard parts.count == 2, parts[1].hasPrefix("nfe") else { return nil }
+        return Int(parts[0])
+    }
+
+    /// Removes the grids of every snapshot in `directory` but the first and the last `keep` (those of an earlier
+    /// invocation of a resumed run too), so a long run does not pile up pictures; returns the removed names.
+    static func prune(in directory: String, keepingLast keep: Int) throws -> [String] {
+        let grids = try FileSystem.list(directory).compactMap { name in step(ofGridNamed: name).map { (name, $0) } }
+        let steps = Set(grids.map(\.1)).sorted()
+        let kept = Set([steps.first].compactMap { $0 } + steps.suffix(keep))
+        let removed = grids.filter { !kept.contains($0.1) }.map(\.0)
+        for name in removed { try FileSystem.removeFile(directory + "/" + name) }
+        return removed
+    }
+}
+
 /// [n, C, H, W] floats in [-1, 1] to a PNG grid (`columns` per row); channels other than 1 or 3 show channel 0 in gray.
 public func writeImageGrid(_ values: [Float], n: Int, channels: Int, side: Int, columns: Int, path: String) throws {
     try imageGrid(values, n: n, channels: channels, side: side, columns: columns).writePNG(path: path)

@@ -7,12 +7,14 @@ import Glibc
 public enum Method: String, CaseIterable, Sendable {
     case tvm
     case meanFlow = "meanflow"
+    case improvedMeanFlow = "imf"
     case flowMatching = "fm"
 
     public var displayName: String {
         switch self {
         case .tvm: return "TVM"
         case .meanFlow: return "MeanFlow"
+        case .improvedMeanFlow: return "iMF"
         case .flowMatching: return "Flow matching"
         }
     }
@@ -66,6 +68,10 @@ public struct TrainConfig {
     /// of the network; one more update per step and one more set in each checkpoint).
     public var extraEMAs: [EMASchedule] = []
     public var guidance = GuidanceConfig.unconditional
+    /// MeanFlow's and iMF's own settings (times, trained-in guidance, adaptive weight); their label dropout is
+    /// `guidance.labelDropout`.
+    public var meanFlow = MeanFlowObjective()
+    public var improvedMeanFlow = ImprovedMeanFlowObjective()
     public var seed: UInt64 = 0
     /// How NaN/Inf values, loss spikes and exploding gradients are detected and handled.
     public var faults = FaultDetection()

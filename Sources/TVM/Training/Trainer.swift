@@ -55,7 +55,12 @@ public final class Trainer<Net: FlowMapNetwork> {
             (loss, grads) = (terms.mean, g)
             termFigures = StepFigures.tensors(of: terms)
         case .meanFlow:
-            loss = MeanFlowObjective().loss(network: net, params: leaves, x0: x0, rng: &rng)
+            let batch = config.meanFlow.batch(x0: x0, cond: cond, rng: &rng)
+            loss = config.meanFlow.terms(network: net, params: leaves, batch).mean
+            grads = gradients(of: loss, wrt: leaves.all)
+        case .improvedMeanFlow:
+            let batch = config.improvedMeanFlow.batch(x0: x0, cond: cond, rng: &rng)
+            loss = config.improvedMeanFlow.terms(network: net, params: leaves, batch).mean
             grads = gradients(of: loss, wrt: leaves.all)
         case .flowMatching:
             loss = FlowMatchingObjective().loss(network: net, params: leaves, x0: x0, cond: cond, rng: &rng)
@@ -100,14 +105,10 @@ public final class Trainer<Net: FlowMapNetwork> {
         self.rng = rng
     }
 
-    /// n-step samples from `noise` with the evaluation EMA (or other weights).
+    /// n-step samples from `noise` with the evaluation EMA (or other weights), as the method samples.
     public func sample(noise: Tensor, steps: Int, cond: Conditioning = Conditioning(), weights: ParameterSet? = nil,
                        guidanceScale: Double = 1) -> Tensor {
-        if config.method == .flowMatching {
-            return sampleEuler(network: net, params: weights ?? ema, noise: noise, steps: steps, cond: cond, guidance: guidanceScale)
-        }
-        let kappa = config.guidance.scaledParameterization ? guidanceScale : 1
-        return sampleFlowMap(network: net, params: weights ?? ema, noise: noise, steps: steps, cond: cond,
-                             kappa: kappa)
+        sampleModel(trainedBy: config.method, network: net, params: weights ?? ema, noise: noise, steps: steps, cond: cond,
+                    guidance: guidanceScale, scaledParameterization: config.guidance.scaledParameterization)
     }
 }

@@ -8,8 +8,9 @@ import Formats
 public protocol TrainingObserver: AnyObject {
     /// A line about the run: resumption, replica checks, faults that did not stop it, the files written.
     func note(_ line: String)
-    /// The loop starts stepping toward `steps` (nil: until its time budget runs out).
-    func starting(steps: Int?)
+    /// The loop starts stepping from `step` (0, or the step resumed from) toward `steps` (nil: until its time
+    /// budget runs out).
+    func starting(at step: Int, steps: Int?)
     /// After every step: its figures, the steps per second of this invocation and the seconds it has run.
     func stepped(_ stats: StepStats, rate: Double, elapsed: Double)
 }
@@ -48,6 +49,9 @@ public final class TrainingLoop {
         public var directory: String
         /// Continue from the directory's checkpoint (false: the directory must hold none).
         public var resume = false
+        /// The state a fresh run starts from (`tvm train --resume-from`): its networks, optimizer and step; the
+        /// data order and random stream are this run's own.
+        public var initial: TrainingCheckpoint?
         /// The step to stop at; nil: until the time budget runs out.
         public var steps: Int?
         public var snapshotEvery = 1000
@@ -59,6 +63,8 @@ public final class TrainingLoop {
         public var sampleGuidance = 2.0
         /// Samples to images in [-1, 1] for the grids (a latent run's VAE decoder); nil: the samples are images.
         public var decodeSamples: ((Tensor) throws -> Tensor)?
+        /// How many of the latest snapshots keep their sample grids, besides the first snapshot (nil: all).
+        public var keepGrids: Int?
         /// The run's options as the checkpoint records them; a resumed run names the ones that changed.
         public var description = JSONValue.object([])
         /// The options that repeat the run (`tvm train --config DIR/config.json`): written to `config.json` at the
@@ -89,6 +95,11 @@ public final class TrainingLoop {
     public var fid: FIDTracking?
     /// The lowest FID at the first FID NFE so far, with its step; checkpoints carry it across a resume.
     private(set) var bestFID: FIDMeasurement?
+    /// Asked before every step whether to stop now (SIGINT or SIGTERM): the run then takes its last snapshot
+    /// (checkpoint and grids, no FID: a preempted job has seconds) and `run` returns with `interrupted` set.
+    public var stopRequested: () -> Bool = { false }
+    /// Whether the last `run` ended because `stopRequested` said so.
+    public private(set) var interrupted = false
 
     var parallel: DataParallel? { trainer.parallel }
     public var isRoot: Bool { (parallel?.rank ?? 0) == 0 }
@@ -134,6 +145,13 @@ public final class TrainingLoop {
             bestFID = ck.bestFID
         } else if isRoot {
             try truncateLog(atStep: 0)
+            if let initial = plan.initial {
+                let rng = trainer.rng
+                try initial.restore(into: trainer)
+                trainer.rng = rng
+                observer.note("started from the given checkpoint's networks and optimizer state at step \(initial.step)")
+                saved = initial.training
+            }
         }
         if isRoot, let options = plan.options {
             try AtomicFile.write(path: configPath, bytes: Array((options.serialized(pretty: true) + "\n").utf8))
@@ -162,19 +180,19 @@ public final class TrainingLoop {
         let log = isRoot ? try RunLog(directory: plan.directory, metricsPath: metricsPath, after: trainer.step,
                                       batch: trainer.config.batch, options: plan.options) : nil
         let startStep = trainer.step, start = clock()
-        observer.starting(steps: plan.steps)
+        observer.starting(at: startStep, steps: plan.steps)
         var lastSnapshot = -1, lastFID = -1
         if let best = bestFID, let fid, best.nfe != fid.nfes[0] {
             observer.note("note: the checkpoint's best FID was measured at \(best.nfe) NFE and this run ranks by \(fid.nfes[0]) NFE; "
                           + "the best is chosen afresh")
             bestFID = nil
         }
+        interrupted = false
         while trainer.step < plan.steps ?? Int.max {
-            // The ranks stop together (each has its own clock).
-            if let budget = plan.timeBudget {
-                let over = clock() - start >= budget
-                if parallel?.anyRank(over) ?? over { break }
-            }
+            // The ranks stop together (each has its own clock, and may get a signal before the others).
+            interrupted = stopRequested()
+            let stop = interrupted || plan.timeBudget.map { clock() - start >= $0 } ?? false
+            if parallel?.anyRank(stop) ?? stop { break }
             let stats = imageTrainingStep(trainer, data: data, sampler: &sampler, flip: plan.flip)
             let elapsed = clock() - start
             let rate = Double(stats.step - startStep) / max(elapsed, 1e-9)
@@ -195,7 +213,7 @@ public final class TrainingLoop {
             }
         }
         if trainer.step > startStep {
-            if let fid, lastFID != trainer.step { try measureFID(fid, log: log) }
+            if let fid, lastFID != trainer.step, !interrupted { try measureFID(fid, log: log) }
             if lastSnapshot != trainer.step { try snapshot(log: log) }
         }
         try log?.close()
@@ -214,6 +232,7 @@ public final class TrainingLoop {
         let drawn = try grids.write(trainer, into: plan.directory, decode: plan.decodeSamples)
         written += drawn.map(\.path)
         try log?.grids(drawn, step: trainer.step)
+        if let keep = plan.keepGrids { _ = try SampleGrids.prune(in: plan.directory, keepingLast: keep) }
     }
 
     /// The complete training state, atomically; a failure names the checkpoint that is intact.

@@ -150,6 +150,24 @@ func record1(_ name: String, _ inputs: [Tensor], _ output: Tensor, saves: [Int]?
     record(name, inputs: inputs, outputs: [output], saves: saves, savesOutputs: savesOutputs, jvp: jvp, rule: .accumulating(vjp))[0]
 }
 
+/// Registers a primitive whose kernel computed its `output` and that output's `tangent` in one pass, from `inputs`
+/// and their `tangents` (one per input, zeros where an input has none) in the JVP in progress: one node of
+/// inputs + tangents with the two outputs, whose VJP takes the cotangents of both (so gradients flow back through
+/// the tangent), and `output` carries `tangent` in the JVP. Forward mode over the tangent (nested) is not supported.
+func recordWithTangent(_ name: String, inputs: [Tensor], tangents: [Tensor], output: Tensor, tangent: Tensor,
+                       vjp: @escaping VJPRule) -> Tensor {
+    guard let session = ForwardMode.session else { preconditionFailure("\(name): no JVP in progress") }
+    precondition(inputs.count == tangents.count, "\(name): one tangent per input")
+    // Recorded outside the session: the tangent is already computed, so no forward-mode rule runs.
+    ForwardMode.session = nil
+    defer { ForwardMode.session = session }
+    let outputs = record(name, inputs: inputs + tangents, outputs: [output, tangent], saves: nil, savesOutputs: false,
+                         jvp: nil, rule: .plain(vjp))
+    outputs[0].tangent = outputs[1]
+    outputs[0].tangentSession = session
+    return outputs[0]
+}
+
 // MARK: - Transforms
 
 /// Forward mode: the outputs of `f` at `primals` and their directional derivatives along `tangents`.

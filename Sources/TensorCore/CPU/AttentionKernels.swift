@@ -144,3 +144,31 @@ enum AttentionKernels {
         for c in 0..<d { y[c] += alpha * x[c] }
     }
 }
+
+extension CPUBackend: AttentionBackend {
+    public func attention(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
+                          o: Storage, to: Storage?, lse: Storage, geometry: AttentionGeometry) {
+        func p<T: CPUFloat>(_ s: Storage?, _: T.Type) -> UnsafeMutablePointer<T>? { s.map { cpu($0).ptr(T.self) } }
+        func run<T: CPUFloat>(_: T.Type) {
+            AttentionKernels.forward(q: p(q, T.self)!, k: p(k, T.self)!, v: p(v, T.self)!,
+                                     tq: p(tq, T.self), tk: p(tk, T.self), tv: p(tv, T.self),
+                                     o: p(o, T.self)!, to: p(to, T.self), lse: p(lse, T.self)!, geometry)
+        }
+        typed(q, f32: { run(Float.self) }, f64: { run(Double.self) })
+    }
+
+    public func attentionBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
+                                  o: Storage, to: Storage?, lse: Storage, go: Storage?, gto: Storage?,
+                                  dq: Storage, dk: Storage, dv: Storage, dtq: Storage?, dtk: Storage?, dtv: Storage?,
+                                  geometry: AttentionGeometry) {
+        func p<T: CPUFloat>(_ s: Storage?, _: T.Type) -> UnsafeMutablePointer<T>? { s.map { cpu($0).ptr(T.self) } }
+        func run<T: CPUFloat>(_: T.Type) {
+            AttentionKernels.backward(q: p(q, T.self)!, k: p(k, T.self)!, v: p(v, T.self)!,
+                                      tq: p(tq, T.self), tk: p(tk, T.self), tv: p(tv, T.self),
+                                      lse: p(lse, T.self)!, go: p(go, T.self), gto: p(gto, T.self),
+                                      dq: p(dq, T.self)!, dk: p(dk, T.self)!, dv: p(dv, T.self)!,
+                                      dtq: p(dtq, T.self), dtk: p(dtk, T.self), dtv: p(dtv, T.self), geometry)
+        }
+        typed(q, f32: { run(Float.self) }, f64: { run(Double.self) })
+    }
+}

@@ -3,7 +3,7 @@ import Glibc
 #endif
 
 /// A BLAS found at run time (Debian's OpenBLAS), so that building needs nothing but the toolchain.
-/// Without one, matrix products fall back to the portable kernel in CPUKernels, with a notice.
+/// Without one, matrix products use the built-in kernel (`CPUBackend.blasNotice` says so where it matters).
 enum BLAS {
     typealias Sgemm = @convention(c) (Int32, Int32, Int32, Int32, Int32, Int32, Float,
                                       UnsafePointer<Float>?, Int32, UnsafePointer<Float>?, Int32, Float,
@@ -18,17 +18,22 @@ enum BLAS {
         let dgemm: Dgemm
     }
 
-    static let candidates = ["libopenblas.so.0", "libopenblas.so", "libblas.so.3"]
+    /// TVM_BLAS_LIBRARY=PATH first (e.g. the OpenBLAS that NumPy's wheels bundle, for comparisons), then the system's.
+    static var candidates: [String] {
+        (getenv("TVM_BLAS_LIBRARY").map { [String(cString: $0)] } ?? []) + ["libopenblas.so.0", "libopenblas.so", "libblas.so.3"]
+    }
 
     /// Loaded once. TVM_NO_BLAS=1 forces the fallback (for tests and comparisons).
     static let library: Library? = {
         if getenv("TVM_NO_BLAS") != nil { return nil }
         for name in candidates {
             guard let handle = dlopen(name, RTLD_NOW | RTLD_LOCAL) else { continue }
-            if let s = dlsym(handle, "cblas_sgemm"), let d = dlsym(handle, "cblas_dgemm") {
+            // SciPy's OpenBLAS builds (inside NumPy's wheels) prefix every symbol with "scipy_".
+            for prefix in ["", "scipy_"] {
+                guard let s = dlsym(handle, prefix + "cblas_sgemm"), let d = dlsym(handle, prefix + "cblas_dgemm") else { continue }
                 // One BLAS thread per call: CPUKernels splits products across cores itself. OpenBLAS's own pool
                 // busy-waits between calls and then fights our elementwise workers for the same cores.
-                if let setThreads = dlsym(handle, "openblas_set_num_threads") {
+                if let setThreads = dlsym(handle, prefix + "openblas_set_num_threads") {
                     typealias SetThreads = @convention(c) (Int32) -> Void
                     unsafeBitCast(setThreads, to: SetThreads.self)(1)
                 }
@@ -36,8 +41,6 @@ enum BLAS {
             }
             dlclose(handle)
         }
-        let msg = "note: no BLAS found (install Debian's libopenblas0-pthread for faster CPU matrix products); using the built-in kernel\n"
-        fputs(msg, stderr)
         return nil
     }()
 

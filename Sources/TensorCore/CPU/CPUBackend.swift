@@ -56,14 +56,25 @@ public final class CPUBackend: Backend {
     public static let shared = CPUBackend()
     public var name: String { "cpu" }
 
-    /// Which BLAS the matrix products use ("built-in" when none was found or it is switched off).
-    public static var blasName: String { useBLAS ? BLAS.library?.name ?? "built-in" : "built-in" }
+    /// Which BLAS the float32 matrix products use: the library's name, or which built-in kernel runs.
+    public static var blasName: String {
+        if useBLAS, let library = BLAS.library { return library.name }
+        return usePackedGEMM && PackedGEMM.isAvailable ? "built-in AVX2/FMA" : "built-in"
+    }
+    /// A line for the commands whose speed depends on it (demo, bench), nil where a BLAS is used or switched off
+    /// on purpose. Not printed by the library: notes before an error would break the one-line error promise.
+    public static var blasNotice: String? {
+        guard useBLAS, BLAS.library == nil, getenv("TVM_NO_BLAS") == nil else { return nil }
+        return "note: no OpenBLAS found; the matrix products use the \(blasName) kernel"
+    }
     /// Set to false to use the built-in matrix product even where a BLAS was found (tests, comparisons).
     nonisolated(unsafe) public static var useBLAS = true
+    /// Set to false to use the portable built-in product instead of the packed AVX2/FMA one (tests, comparisons).
+    nonisolated(unsafe) public static var usePackedGEMM = true
 
     public func allocate(_ count: Int, _ dtype: DType) -> Storage { CPUStorage(count: count, dtype: dtype, backend: self) }
 
-    @inline(__always) private func cpu(_ s: Storage) -> CPUStorage {
+    @inline(__always) func cpu(_ s: Storage) -> CPUStorage {
         guard let c = s as? CPUStorage else { preconditionFailure("a \(s.backend.name) tensor was given to the CPU backend") }
         return c
     }
@@ -115,7 +126,7 @@ public final class CPUBackend: Backend {
 
     /// Runs `body` with the element type of `s`.
     @inline(__always)
-    private func typed(_ s: Storage, f32: () -> Void, f64: () -> Void) {
+    func typed(_ s: Storage, f32: () -> Void, f64: () -> Void) {
         if s.dtype == .float32 { f32() } else { f64() }
     }
 
@@ -164,85 +175,6 @@ public final class CPUBackend: Backend {
         })
     }
 
-    public func softmax(_ x: Storage, _ y: Storage, rows: Int, cols: Int) {
-        typed(x, f32: { Kernels.softmax(cpu(x).ptr(Float.self), cpu(y).ptr(Float.self), rows, cols) },
-              f64: { Kernels.softmax(cpu(x).ptr(Double.self), cpu(y).ptr(Double.self), rows, cols) })
-    }
-
-    public func rmsNorm(_ x: Storage, _ y: Storage, rows: Int, cols: Int, eps: Double) {
-        typed(x, f32: { Kernels.rmsNorm(cpu(x).ptr(Float.self), cpu(y).ptr(Float.self), rows, cols, eps) },
-              f64: { Kernels.rmsNorm(cpu(x).ptr(Double.self), cpu(y).ptr(Double.self), rows, cols, eps) })
-    }
-
-    public func rmsNormLinear(_ x: Storage, _ y: Storage, _ d: Storage, plus c: Storage?, _ out: Storage, rows: Int, cols: Int,
-                              eps: Double) {
-        func run<T: CPUFloat>(_: T.Type) {
-            Kernels.rmsNormLinear(cpu(x).ptr(T.self), cpu(y).ptr(T.self), cpu(d).ptr(T.self), c.map { cpu($0).ptr(T.self) },
-                                  cpu(out).ptr(T.self), rows, cols, eps)
-        }
-        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func rmsNormLinearBackward(_ x: Storage, _ y: Storage, _ d: Storage, _ g: Storage, gx: Storage, gy: Storage,
-                                      gd: Storage, plus: (x: Storage?, y: Storage?, d: Storage?), rows: Int, cols: Int,
-                                      eps: Double) {
-        func run<T: CPUFloat>(_: T.Type) {
-            Kernels.rmsNormLinearBackward(cpu(x).ptr(T.self), cpu(y).ptr(T.self), cpu(d).ptr(T.self), cpu(g).ptr(T.self),
-                                          cpu(gx).ptr(T.self), cpu(gy).ptr(T.self), cpu(gd).ptr(T.self),
-                                          plus.x.map { cpu($0).ptr(T.self) }, plus.y.map { cpu($0).ptr(T.self) },
-                                          plus.d.map { cpu($0).ptr(T.self) }, rows, cols, eps)
-        }
-        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func rmsNormScaled(_ x: Storage, scale s: Storage, shift t: Storage?, _ y: Storage, batch: Int, rows: Int, cols: Int,
-                              eps: Double, productOperand: Bool) {
-        func run<T: CPUFloat>(_: T.Type) {
-            Kernels.rmsNormScaled(cpu(x).ptr(T.self), cpu(s).ptr(T.self), t.map { cpu($0).ptr(T.self) }, cpu(y).ptr(T.self),
-                                  batch, rows, cols, eps)
-        }
-        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func rmsNormScaledJVP(_ x: Storage, _ dx: Storage, scale s: Storage, dScale ds: Storage?, dShift dt: Storage?,
-                                 _ out: Storage, batch: Int, rows: Int, cols: Int, eps: Double, productOperand: Bool) {
-        func run<T: CPUFloat>(_: T.Type) {
-            Kernels.rmsNormScaledJVP(cpu(x).ptr(T.self), cpu(dx).ptr(T.self), cpu(s).ptr(T.self), ds.map { cpu($0).ptr(T.self) },
-                                     dt.map { cpu($0).ptr(T.self) }, cpu(out).ptr(T.self), batch, rows, cols, eps)
-        }
-        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func rmsNormScaledBackward(_ x: Storage, _ dx: Storage?, _ g: Storage, sA: Storage?, sB: Storage?, gx: Storage,
-                                      gdx: Storage?, plus: (x: Storage?, dx: Storage?),
-                                      sums: (n: Storage?, dn: Storage?, one: Storage?), batch: Int, rows: Int, cols: Int,
-                                      eps: Double) {
-        func run<T: CPUFloat>(_: T.Type) {
-            func p(_ s: Storage?) -> UnsafeMutablePointer<T>? { s.map { cpu($0).ptr(T.self) } }
-            Kernels.rmsNormScaledBackward(cpu(x).ptr(T.self), p(dx), cpu(g).ptr(T.self), p(sA), p(sB), cpu(gx).ptr(T.self),
-                                          p(gdx), p(plus.x), p(plus.dx), [p(sums.n), p(sums.dn), p(sums.one)],
-                                          batch, rows, cols, eps)
-        }
-        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func scaledSum(a: Storage, s: Storage, b: Storage?, t: Storage?, c: Storage?, cFull: Bool, y: Storage,
-                          batch: Int, rows: Int, cols: Int) {
-        func run<T: CPUFloat>(_: T.Type) {
-            Kernels.scaledSum(cpu(a).ptr(T.self), cpu(s).ptr(T.self), b.map { cpu($0).ptr(T.self) }, t.map { cpu($0).ptr(T.self) },
-                              c.map { cpu($0).ptr(T.self) }, cFull, cpu(y).ptr(T.self), batch, rows, cols)
-        }
-        typed(a, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func rowSumsOfProducts(g: Storage, _ xs: [Storage?], _ outs: [Storage], batch: Int, rows: Int, cols: Int) {
-        func run<T: CPUFloat>(_: T.Type) {
-            Kernels.rowSumsOfProducts(cpu(g).ptr(T.self), xs.map { $0.map { cpu($0).ptr(T.self) } }, outs.map { cpu($0).ptr(T.self) },
-                                      batch, rows, cols)
-        }
-        typed(g, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
     public func gatherRows(_ table: Storage, _ index: Storage, _ y: Storage, rows: Int, cols: Int) {
         func run<T: CPUFloat>(_: T.Type) {
             let t = cpu(table).ptr(T.self), idx = cpu(index).ptr(T.self), py = cpu(y).ptr(T.self)
@@ -269,117 +201,5 @@ public final class CPUBackend: Backend {
         typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
     }
 
-    public func random(_ y: Storage, normal: Bool, seed: UInt64, counter: UInt64) {
-        func run<T: CPUFloat>(_: T.Type) {
-            let p = cpu(y).ptr(T.self), n = y.count
-            let blocks = (n + 3) / 4
-            Parallel.forRanges(blocks, grain: 4096) { r in
-                for blk in r {
-                    let b = Philox.block(seed: seed, counter: counter &+ UInt64(blk))
-                    var v: (Float, Float, Float, Float)
-                    if normal {
-                        let (z0, z1) = Philox.boxMuller(b.0, b.1), (z2, z3) = Philox.boxMuller(b.2, b.3)
-                        v = (z0, z1, z2, z3)
-                    } else {
-                        v = (Philox.unit(b.0), Philox.unit(b.1), Philox.unit(b.2), Philox.unit(b.3))
-                    }
-                    let base = blk * 4
-                    p[base] = T.from(v.0)
-                    if base + 1 < n { p[base + 1] = T.from(v.1) }
-                    if base + 2 < n { p[base + 2] = T.from(v.2) }
-                    if base + 3 < n { p[base + 3] = T.from(v.3) }
-                }
-            }
-        }
-        typed(y, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func attention(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
-                          o: Storage, to: Storage?, lse: Storage, geometry: AttentionGeometry) {
-        func p<T: CPUFloat>(_ s: Storage?, _: T.Type) -> UnsafeMutablePointer<T>? { s.map { cpu($0).ptr(T.self) } }
-        func run<T: CPUFloat>(_: T.Type) {
-            AttentionKernels.forward(q: p(q, T.self)!, k: p(k, T.self)!, v: p(v, T.self)!,
-                                     tq: p(tq, T.self), tk: p(tk, T.self), tv: p(tv, T.self),
-                                     o: p(o, T.self)!, to: p(to, T.self), lse: p(lse, T.self)!, geometry)
-        }
-        typed(q, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func attentionBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
-                                  o: Storage, to: Storage?, lse: Storage, go: Storage?, gto: Storage?,
-                                  dq: Storage, dk: Storage, dv: Storage, dtq: Storage?, dtk: Storage?, dtv: Storage?,
-                                  geometry: AttentionGeometry) {
-        func p<T: CPUFloat>(_ s: Storage?, _: T.Type) -> UnsafeMutablePointer<T>? { s.map { cpu($0).ptr(T.self) } }
-        func run<T: CPUFloat>(_: T.Type) {
-            AttentionKernels.backward(q: p(q, T.self)!, k: p(k, T.self)!, v: p(v, T.self)!,
-                                      tq: p(tq, T.self), tk: p(tk, T.self), tv: p(tv, T.self),
-                                      lse: p(lse, T.self)!, go: p(go, T.self), gto: p(gto, T.self),
-                                      dq: p(dq, T.self)!, dk: p(dk, T.self)!, dv: p(dv, T.self)!,
-                                      dtq: p(dtq, T.self), dtk: p(dtk, T.self), dtv: p(dtv, T.self), geometry)
-        }
-        typed(q, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func adamw(p: Storage, g: Storage, m: Storage, v: Storage, lr: Double, beta1: Double, beta2: Double,
-                      eps: Double, weightDecay: Double, step: Int, gradScale: Double) {
-        func run<T: CPUFloat>(_: T.Type) {
-            let pp = cpu(p).ptr(T.self), pg = cpu(g).ptr(T.self), pm = cpu(m).ptr(T.self), pv = cpu(v).ptr(T.self)
-            // The same arithmetic as torch.optim.AdamW (decoupled decay, bias corrections folded as it does).
-            let bc1 = 1 - Glibc.pow(beta1, Double(step)), bc2 = 1 - Glibc.pow(beta2, Double(step))
-            let stepSize = T(lr / bc1), sqrtBc2 = T(bc2.squareRoot())
-            let decay = T(1 - lr * weightDecay), b1 = T(beta1), b2 = T(beta2), e = T(eps), gs = T(gradScale)
-            Parallel.forRanges(p.count) { r in
-                for i in r {
-                    let gi = pg[i] * gs
-                    let mi = b1 * pm[i] + (1 - b1) * gi
-                    let vi = b2 * pv[i] + (1 - b2) * gi * gi
-                    pm[i] = mi
-                    pv[i] = vi
-                    pp[i] = pp[i] * decay - stepSize * mi / (T.fsqrt(vi) / sqrtBc2 + e)
-                }
-            }
-        }
-        typed(p, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func emaUpdate(ema: Storage, p: Storage, decay: Double) {
-        func run<T: CPUFloat>(_: T.Type) {
-            let pe = cpu(ema).ptr(T.self), pp = cpu(p).ptr(T.self), d = T(decay)
-            Parallel.forRanges(p.count) { r in for i in r { pe[i] = pp[i] + d * (pe[i] - pp[i]) } }
-        }
-        typed(p, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
     public func synchronize() {}
-
-    public func activationWithTangent(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ y: Storage, _ ty: Storage) {
-        func run<T: CPUFloat>(_: T.Type) {
-            let px = cpu(x).ptr(T.self), pt = cpu(t).ptr(T.self), py = cpu(y).ptr(T.self), pty = cpu(ty).ptr(T.self)
-            if op == .silu { Kernels.valueAndSlope(SiluPair.self, px, pt, py, pty, x.count) }
-            else { Kernels.valueAndSlope(GeluPair.self, px, pt, py, pty, x.count) }
-        }
-        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func activationWithTangentBackward(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ gy: Storage?, _ gty: Storage?,
-                                              _ gx: Storage, _ gt: Storage) {
-        func run<T: CPUFloat>(_: T.Type) {
-            let p = { (s: Storage?) in s.map { self.cpu($0).ptr(T.self) } }
-            if op == .silu {
-                Kernels.tangentBackward(SiluPair.self, p(x)!, p(t)!, p(gy), p(gty), p(gx)!, p(gt)!, x.count)
-            } else {
-                Kernels.tangentBackward(GeluPair.self, p(x)!, p(t)!, p(gy), p(gty), p(gx)!, p(gt)!, x.count)
-            }
-        }
-        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
-
-    public func activationBackward(_ op: UnaryOp, _ x: Storage, _ g: Storage, _ gx: Storage) {
-        func run<T: CPUFloat>(_: T.Type) {
-            let px = cpu(x).ptr(T.self), pg = cpu(g).ptr(T.self), pgx = cpu(gx).ptr(T.self)
-            if op == .silu { Kernels.slopeTimes(SiluPair.self, px, pg, pgx, x.count) }
-            else { Kernels.slopeTimes(GeluPair.self, px, pg, pgx, x.count) }
-        }
-        typed(x, f32: { run(Float.self) }, f64: { run(Double.self) })
-    }
 }

@@ -28,50 +28,6 @@ enum Kernels {
         Parallel.forRanges(n, grain: 16_384) { r in for i in r { y[i] = F.apply(x[i]) } }
     }
 
-    /// y = f(x), ty = f'(x) t.
-    static func valueAndSlope<F: ActivationPair, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ t: UnsafeMutablePointer<T>,
-                                                              _ y: UnsafeMutablePointer<T>, _ ty: UnsafeMutablePointer<T>, _ n: Int) {
-        Parallel.forRanges(n, grain: 16_384) { r in
-            for i in r {
-                let (f, d1) = F.valueAndSlope(x[i])
-                y[i] = f
-                ty[i] = d1 * t[i]
-            }
-        }
-    }
-
-    /// gx = gy f'(x) + gty f''(x) t, gt = gty f'(x).
-    static func tangentBackward<F: ActivationPair, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ t: UnsafeMutablePointer<T>,
-                                                                _ gy: UnsafeMutablePointer<T>?, _ gty: UnsafeMutablePointer<T>?,
-                                                                _ gx: UnsafeMutablePointer<T>, _ gt: UnsafeMutablePointer<T>, _ n: Int) {
-        Parallel.forRanges(n, grain: 16_384) { r in
-            switch (gy, gty) {
-            case let (gy?, gty?):
-                for i in r {
-                    let (d1, d2) = F.slopes(x[i])
-                    gx[i] = gy[i] * d1 + gty[i] * d2 * t[i]
-                    gt[i] = gty[i] * d1
-                }
-            case let (gy?, nil):
-                for i in r { gx[i] = gy[i] * F.slopes(x[i]).0; gt[i] = 0 }
-            case let (nil, gty?):
-                for i in r {
-                    let (d1, d2) = F.slopes(x[i])
-                    gx[i] = gty[i] * d2 * t[i]
-                    gt[i] = gty[i] * d1
-                }
-            case (nil, nil):
-                for i in r { gx[i] = 0; gt[i] = 0 }
-            }
-        }
-    }
-
-    /// gx = g f'(x).
-    static func slopeTimes<F: ActivationPair, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ g: UnsafeMutablePointer<T>,
-                                                           _ gx: UnsafeMutablePointer<T>, _ n: Int) {
-        Parallel.forRanges(n, grain: 16_384) { r in for i in r { gx[i] = g[i] * F.slopes(x[i]).0 } }
-    }
-
     static func affine<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ n: Int, _ a: T, _ b: T) {
         Parallel.forRanges(n) { r in for i in r { y[i] = a * x[i] + b } }
     }
@@ -243,13 +199,20 @@ enum Kernels {
             else { Parallel.forRanges(items, grain: 1) { r in for it in r { work(it) } } }
             return
         }
+        if T.self == Float.self, CPUBackend.usePackedGEMM, PackedGEMM.isAvailable {
+            PackedGEMM.multiply(UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), UnsafeRawPointer(b).assumingMemoryBound(to: Float.self),
+                                UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), batch: batch, m: m, n: n, k: k,
+                                transA: transA, transB: transB, strideA: strideA, strideB: strideB,
+                                alpha: Float(alpha.double), beta: Float(beta.double))
+            return
+        }
         for i in 0..<batch {
             portableGemm(a + i * strideA, b + i * strideB, y + i * m * n, m: m, n: n, k: k,
                          transA: transA, transB: transB, alpha: alpha, beta: beta)
         }
     }
 
-    /// The fallback product: rows of the result in parallel, each built as a sum of scaled rows of B
+    /// The product without a BLAS where `PackedGEMM` does not run (float64, no AVX2): rows of the result in parallel, each built as a sum of scaled rows of B
     /// (a contiguous inner loop the compiler vectorises). Transposed operands are made contiguous first.
     static func portableGemm<T: CPUFloat>(_ a: UnsafeMutablePointer<T>, _ b: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>,
                                           m: Int, n: Int, k: Int, transA: Bool, transB: Bool, alpha: T, beta: T) {
@@ -276,211 +239,6 @@ enum Kernels {
                 let yr = y + i * n
                 if beta == 0 { for j in 0..<n { yr[j] = alpha * acc[j] } }
                 else { for j in 0..<n { yr[j] = alpha * acc[j] + beta * yr[j] } }
-            }
-        }
-    }
-
-    static func softmax<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ rows: Int, _ cols: Int) {
-        Parallel.forRanges(rows, grain: Swift.max(1, 16_384 / Swift.max(cols, 1))) { r in
-            for row in r {
-                let px = x + row * cols, py = y + row * cols
-                let m = maxContiguous(px, cols)
-                var s = T(0)
-                for i in 0..<cols { let e = T.fexp(px[i] - m); py[i] = e; s += e }
-                let inv = 1 / s
-                for i in 0..<cols { py[i] *= inv }
-            }
-        }
-    }
-
-    /// Per row: r = 1 / sqrt(mean(x^2) + eps); out = r (d - y mean(y d)) + c (c nil: none).
-    static func rmsNormLinear<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ d: UnsafeMutablePointer<T>,
-                                           _ c: UnsafeMutablePointer<T>?, _ out: UnsafeMutablePointer<T>, _ rows: Int,
-                                           _ cols: Int, _ eps: Double) {
-        Parallel.forRanges(rows, grain: Swift.max(1, 8192 / Swift.max(cols, 1))) { r in
-            for row in r {
-                let o = row * cols
-                var xx = T(0), yd = T(0)
-                for i in o..<(o + cols) { xx += x[i] * x[i]; yd += y[i] * d[i] }
-                let n = T(cols), inv = 1 / T.fsqrt(xx / n + T(eps)), m = yd / n
-                for i in o..<(o + cols) { out[i] = inv * (d[i] - y[i] * m) }
-                if let c { for i in o..<(o + cols) { out[i] = c[i] + out[i] } }
-            }
-        }
-    }
-
-    /// Cotangents of rmsNormLinear for g (f its output): gd = r (g - y mean(y g)), gy = -r (m g + d mean(y g))
-    /// with m = mean(y d), gx = -r^2 mean(g f) x; each plus its entry of cx, cy, cd where given.
-    static func rmsNormLinearBackward<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>,
-                                                   _ d: UnsafeMutablePointer<T>, _ g: UnsafeMutablePointer<T>,
-                                                   _ gx: UnsafeMutablePointer<T>, _ gy: UnsafeMutablePointer<T>,
-                                                   _ gd: UnsafeMutablePointer<T>, _ cx: UnsafeMutablePointer<T>?,
-                                                   _ cy: UnsafeMutablePointer<T>?, _ cd: UnsafeMutablePointer<T>?,
-                                                   _ rows: Int, _ cols: Int, _ eps: Double) {
-        Parallel.forRanges(rows, grain: Swift.max(1, 4096 / Swift.max(cols, 1))) { r in
-            for row in r {
-                let o = row * cols
-                var xx = T(0), yd = T(0), yg = T(0), gdSum = T(0)
-                for i in o..<(o + cols) { xx += x[i] * x[i]; yd += y[i] * d[i]; yg += y[i] * g[i]; gdSum += g[i] * d[i] }
-                let n = T(cols), inv = 1 / T.fsqrt(xx / n + T(eps)), m = yd / n, myg = yg / n
-                // mean(g f) = r (mean(g d) - m mean(g y)).
-                let gf = inv * (gdSum / n - m * myg), scaleX = -inv * inv * gf
-                for i in o..<(o + cols) {
-                    gd[i] = inv * (g[i] - y[i] * myg)
-                    gy[i] = -inv * (m * g[i] + d[i] * myg)
-                    gx[i] = scaleX * x[i]
-                }
-                if let cx { for i in o..<(o + cols) { gx[i] = cx[i] + gx[i] } }
-                if let cy { for i in o..<(o + cols) { gy[i] = cy[i] + gy[i] } }
-                if let cd { for i in o..<(o + cols) { gd[i] = cd[i] + gd[i] } }
-            }
-        }
-    }
-
-    static func scaledSum<T: CPUFloat>(_ a: UnsafeMutablePointer<T>, _ s: UnsafeMutablePointer<T>, _ b: UnsafeMutablePointer<T>?,
-                                       _ t: UnsafeMutablePointer<T>?, _ c: UnsafeMutablePointer<T>?, _ cFull: Bool,
-                                       _ y: UnsafeMutablePointer<T>, _ batch: Int, _ rows: Int, _ cols: Int) {
-        Parallel.forRanges(batch * rows, grain: Swift.max(1, 16_384 / Swift.max(cols, 1))) { range in
-            for row in range {
-                let o = row * cols, so = (row / rows) * cols, co = cFull ? o : so
-                for i in 0..<cols {
-                    var v = a[o + i] * s[so + i]
-                    if let b, let t { v += b[o + i] * t[so + i] }
-                    if let c { v += c[co + i] }
-                    y[o + i] = v
-                }
-            }
-        }
-    }
-
-    static func rowSumsOfProducts<T: CPUFloat>(_ g: UnsafeMutablePointer<T>, _ xs: [UnsafeMutablePointer<T>?],
-                                               _ outs: [UnsafeMutablePointer<T>], _ batch: Int, _ rows: Int, _ cols: Int) {
-        Parallel.forRanges(batch, grain: 1) { range in
-            for bi in range {
-                for (x, out) in zip(xs, outs) {
-                    let po = out + bi * cols
-                    for i in 0..<cols { po[i] = 0 }
-                    for r in 0..<rows {
-                        let o = (bi * rows + r) * cols
-                        if let x { for i in 0..<cols { po[i] += g[o + i] * x[o + i] } }
-                        else { for i in 0..<cols { po[i] += g[o + i] } }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Per row of [batch, rows, cols]: y = x r s + t with r = 1 / sqrt(mean(x^2) + eps) and s, t the row's batch
-    /// entry's [cols] factors (t nil: none). Rounds as rmsNorm followed by scaledSum do: (x r) s + t.
-    static func rmsNormScaled<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ s: UnsafeMutablePointer<T>, _ t: UnsafeMutablePointer<T>?,
-                                           _ y: UnsafeMutablePointer<T>, _ batch: Int, _ rows: Int, _ cols: Int, _ eps: Double) {
-        Parallel.forRanges(batch * rows, grain: Swift.max(1, 16_384 / Swift.max(cols, 1))) { r in
-            for row in r {
-                let px = x + row * cols, py = y + row * cols, so = (row / rows) * cols
-                var ss = T(0)
-                for i in 0..<cols { ss += px[i] * px[i] }
-                let inv = 1 / T.fsqrt(ss / T(cols) + T(eps))
-                let ps = s + so
-                if let t {
-                    let pt = t + so
-                    for i in 0..<cols { py[i] = px[i] * inv * ps[i] + pt[i] }
-                } else {
-                    for i in 0..<cols { py[i] = px[i] * inv * ps[i] }
-                }
-            }
-        }
-    }
-
-    /// rmsNormScaled's tangent per row of [batch, rows, cols]: out = s (r dx - r^3 mu x) + ds r x + dt with
-    /// r = 1 / sqrt(mean(x^2) + eps) and mu = mean(x dx) (r dx - r^3 mu x is r (dx - n mean(n dx)), n = r x).
-    static func rmsNormScaledJVP<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ dx: UnsafeMutablePointer<T>, _ s: UnsafeMutablePointer<T>,
-                                              _ ds: UnsafeMutablePointer<T>?, _ dt: UnsafeMutablePointer<T>?,
-                                              _ out: UnsafeMutablePointer<T>, _ batch: Int, _ rows: Int, _ cols: Int, _ eps: Double) {
-        Parallel.forRanges(batch * rows, grain: Swift.max(1, 8192 / Swift.max(cols, 1))) { r in
-            for row in r {
-                let o = row * cols, so = (row / rows) * cols
-                var xx = T(0), xd = T(0)
-                for i in o..<(o + cols) { xx += x[i] * x[i]; xd += x[i] * dx[i] }
-                let n = T(cols), inv = 1 / T.fsqrt(xx / n + T(eps)), q = inv * inv * inv * xd / n
-                for i in 0..<cols {
-                    var v = s[so + i] * (inv * dx[o + i] - q * x[o + i])
-                    if let ds { v += ds[so + i] * (x[o + i] * inv) }
-                    if let dt { v += dt[so + i] }
-                    out[o + i] = v
-                }
-            }
-        }
-    }
-
-    /// Cotangents for g of out = L(dx) sA + n sB + t per row (n = r x, L(dx) = r dx - r^3 mu x, mu = mean(x dx)).
-    /// With a = g sA, c = g sB and the row sums A = sum a dx, Xa = sum a x, Xc = sum c x over D columns:
-    /// gdx = r a - r^3 Xa x / D and
-    /// gx = r c - r^3 mu a - r^3 Xa dx / D + x (3 r^5 mu Xa - r^3 A - r^3 Xc) / D,
-    /// each plus its partial; then the column sums of g n, g L(dx) and g over each batch entry's rows.
-    static func rmsNormScaledBackward<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ dx: UnsafeMutablePointer<T>?,
-                                                   _ g: UnsafeMutablePointer<T>, _ sA: UnsafeMutablePointer<T>?,
-                                                   _ sB: UnsafeMutablePointer<T>?, _ gx: UnsafeMutablePointer<T>,
-                                                   _ gdx: UnsafeMutablePointer<T>?, _ px: UnsafeMutablePointer<T>?,
-                                                   _ pdx: UnsafeMutablePointer<T>?, _ sums: [UnsafeMutablePointer<T>?],
-                                                   _ batch: Int, _ rows: Int, _ cols: Int, _ eps: Double) {
-        let nrows = batch * rows
-        // Per row: r, and r^3 mu (L(dx) = r dx - r^3 mu x), for the column sums.
-        let rowR = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(nrows, 1))
-        let rowQ = UnsafeMutablePointer<T>.allocate(capacity: Swift.max(nrows, 1))
-        defer { rowR.deallocate(); rowQ.deallocate() }
-        Parallel.forRanges(nrows, grain: Swift.max(1, 4096 / Swift.max(cols, 1))) { r in
-            for row in r {
-                let o = row * cols, so = (row / rows) * cols
-                var xx = T(0), xd = T(0), sumA = T(0), xa = T(0), xc = T(0)
-                for i in 0..<cols {
-                    let xv = x[o + i], dv = dx?[o + i] ?? 0, gv = g[o + i]
-                    let a = sA.map { gv * $0[so + i] } ?? 0, c = sB.map { gv * $0[so + i] } ?? 0
-                    xx += xv * xv; xd += xv * dv; sumA += a * dv; xa += a * xv; xc += c * xv
-                }
-                let n = T(cols), inv = 1 / T.fsqrt(xx / n + T(eps)), r3 = inv * inv * inv, mu = xd / n
-                let ka = r3 * mu, kd = r3 * xa / n, kx = (3 * r3 * inv * inv * mu * xa - r3 * sumA - r3 * xc) / n
-                for i in 0..<cols {
-                    let xv = x[o + i], dv = dx?[o + i] ?? 0, gv = g[o + i]
-                    let a = sA.map { gv * $0[so + i] } ?? 0, c = sB.map { gv * $0[so + i] } ?? 0
-                    let vx = inv * c - ka * a - kd * dv + kx * xv
-                    gx[o + i] = px.map { $0[o + i] + vx } ?? vx
-                    if let gdx {
-                        let vd = inv * a - kd * xv
-                        gdx[o + i] = pdx.map { $0[o + i] + vd } ?? vd
-                    }
-                }
-                rowR[row] = inv
-                rowQ[row] = ka
-            }
-        }
-        Parallel.forRanges(batch, grain: 1) { range in
-            for bi in range {
-                for (k, out) in sums.enumerated() {
-                    guard let out else { continue }
-                    let po = out + bi * cols
-                    for i in 0..<cols { po[i] = 0 }
-                    for r in 0..<rows {
-                        let row = bi * rows + r, o = row * cols, inv = rowR[row], q = rowQ[row]
-                        switch (k, dx) {
-                        case (0, _): for i in 0..<cols { po[i] += g[o + i] * (x[o + i] * inv) }
-                        case let (1, dx?): for i in 0..<cols { po[i] += g[o + i] * (inv * dx[o + i] - q * x[o + i]) }
-                        case (1, nil): for i in 0..<cols { po[i] += g[o + i] * (-q * x[o + i]) }
-                        default: for i in 0..<cols { po[i] += g[o + i] }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    static func rmsNorm<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ rows: Int, _ cols: Int, _ eps: Double) {
-        Parallel.forRanges(rows, grain: Swift.max(1, 16_384 / Swift.max(cols, 1))) { r in
-            for row in r {
-                let px = x + row * cols, py = y + row * cols
-                var ss = T(0)
-                for i in 0..<cols { ss += px[i] * px[i] }
-                let inv = 1 / T.fsqrt(ss / T(cols) + T(eps))
-                for i in 0..<cols { py[i] = px[i] * inv }
             }
         }
     }

@@ -1,3 +1,45 @@
+/// The shape of one attention call. q, k, v, the output and every tangent and cotangent of them hold `batch`
+/// sequences of `seq` tokens, each token `heads` heads of `dim` values, token-major: element (b, n, h, d) at
+/// ((b * seq + n) * heads + h) * dim + d, so a linear layer's [batch, seq, heads * dim] output is read in place
+/// and one head's rows lie `heads * dim` apart. Head-major [batch * heads, seq, dim] tensors are the case of one
+/// head per token. The row log-sum-exp is [batch, heads, seq], contiguous.
+public struct AttentionGeometry: Sendable, Equatable {
+    public var batch: Int, seq: Int, heads: Int, dim: Int
+    /// The factor of the scores q . k.
+    public var scale: Double
+
+    public init(batch: Int, seq: Int, heads: Int, dim: Int, scale: Double) {
+        precondition(batch >= 0 && seq >= 0 && heads >= 0 && dim >= 0, "negative attention geometry")
+        (self.batch, self.seq, self.heads, self.dim, self.scale) = (batch, seq, heads, dim, scale)
+    }
+
+    /// Elements of q (and of each other operand but lse).
+    public var count: Int { batch * seq * heads * dim }
+    /// Softmax rows, one per (batch, head, query): the elements of lse.
+    public var rows: Int { batch * heads * seq }
+    /// Distance between consecutive tokens' rows of one head.
+    public var rowStride: Int { heads * dim }
+    /// Where the first row of head `bh` = b * heads + h lies.
+    public func headOffset(_ bh: Int) -> Int { ((bh / heads) * seq * heads + bh % heads) * dim }
+}
+
+/// Fused attention: softmax(scale q k^T) v and its forward-mode tangent in one pass (no seq x seq matrix kept),
+/// and the gradients of both. Without it `attention` is composed from matrix products and softmax
+/// (`decomposedAttention`), whose own rules give its derivatives.
+public protocol AttentionBackend: Backend {
+    /// Attention (softmax(scale q k^T) v per batch entry and head, laid out as `geometry` says) and its
+    /// forward-mode tangent in one pass. tq/tk/tv and to may be nil (no tangent: plain attention; a nil tangent
+    /// input is zero when `to` is given). `lse` receives the row log-sum-exp.
+    func attention(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
+                   o: Storage, to: Storage?, lse: Storage, geometry: AttentionGeometry)
+    /// Gradients of attention (and its tangent) given cotangents of o and of to (either may be nil), all in
+    /// the layout of `geometry`.
+    func attentionBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
+                           o: Storage, to: Storage?, lse: Storage, go: Storage?, gto: Storage?,
+                           dq: Storage, dk: Storage, dv: Storage, dtq: Storage?, dtk: Storage?, dtv: Storage?,
+                           geometry: AttentionGeometry)
+}
+
 /// Where attention's heads lie in q, k, v and the output.
 public enum AttentionLayout: Sendable {
     /// [..., seq, dim]: every leading index is one head's sequence (e.g. [batch, heads, seq, dim]).
@@ -25,54 +67,50 @@ public func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, layout: AttentionLa
     let geometry = AttentionGeometry(batch: q.shape.dropLast(axes).reduce(1, *), seq: q.shape[q.rank - axes],
                                      heads: layout == .headMajor ? 1 : q.shape[q.rank - 2], dim: dim,
                                      scale: scale ?? 1 / Double(dim).squareRoot())
+    guard let fused = q.backend as? any AttentionBackend else {
+        if layout == .headMajor { return decomposedAttention(q, k, v, scale: geometry.scale) }
+        // [..., seq, heads, dim] to [..., heads, seq, dim] and back (the permutation is its own inverse).
+        let r = q.rank, perm = Array(0..<(r - 3)) + [r - 2, r - 3, r - 1]
+        return decomposedAttention(q.permuted(perm), k.permuted(perm), v.permuted(perm), scale: geometry.scale).permuted(perm)
+    }
     let tangents = [q.activeTangent, k.activeTangent, v.activeTangent]
-    if let session = ForwardMode.session, tangents.contains(where: { $0 != nil }) {
-        ForwardMode.session = nil
-        defer { ForwardMode.session = session }
+    if tangents.contains(where: { $0 != nil }) {
+        // The output and its tangent in one pass (a two-output primitive of q, k, v and their tangents).
         let filled = zip([q, k, v], tangents).map { $1 ?? $0.zerosLike() }
-        let (o, to) = attentionWithTangent(q, k, v, filled[0], filled[1], filled[2], geometry)
-        o.tangent = to
-        o.tangentSession = session
-        return o
+        let o = q.empty(q.shape), to = q.empty(q.shape), lse = q.empty([geometry.rows])
+        fused.attention(q: q.storage, k: k.storage, v: v.storage, tq: filled[0].storage, tk: filled[1].storage,
+                        tv: filled[2].storage, o: o.storage, to: to.storage, lse: lse.storage, geometry: geometry)
+        return recordWithTangent("attentionJVP", inputs: [q, k, v], tangents: filled, output: o, tangent: to) { x, _, c in
+            geometry.backward(on: fused, x, lse: lse, go: c[0], gto: c[1], tangents: Array(x[3...]))
+        }
     }
     let o = q.empty(q.shape), lse = q.empty([geometry.rows])
-    q.backend.attention(q: q.storage, k: k.storage, v: v.storage, tq: nil, tk: nil, tv: nil,
-                        o: o.storage, to: nil, lse: lse.storage, geometry: geometry)
+    fused.attention(q: q.storage, k: k.storage, v: v.storage, tq: nil, tk: nil, tv: nil,
+                    o: o.storage, to: nil, lse: lse.storage, geometry: geometry)
     return record1("attention", [q, k, v], o, savesOutputs: false, jvp: nil) { x, _, g in
-        let grads = geometry.backward(x, lse: lse, go: g[0], gto: nil, tangents: nil)
+        let grads = geometry.backward(on: fused, x, lse: lse, go: g[0], gto: nil, tangents: nil)
         return Array(grads.prefix(3))
     }
 }
 
 extension AttentionGeometry {
     /// Cotangents of (q, k, v[, tq, tk, tv]) from those of the output and of its tangent.
-    func backward(_ x: [Tensor], lse: Tensor, go: Tensor?, gto: Tensor?, tangents: [Tensor]?) -> [Tensor?] {
+    func backward(on kernels: any AttentionBackend, _ x: [Tensor], lse: Tensor, go: Tensor?, gto: Tensor?,
+                  tangents: [Tensor]?) -> [Tensor?] {
         let q = x[0]
         let dq = q.empty(q.shape), dk = q.empty(q.shape), dv = q.empty(q.shape)
         let dt = tangents == nil ? nil : [q.empty(q.shape), q.empty(q.shape), q.empty(q.shape)]
-        q.backend.attentionBackward(q: x[0].storage, k: x[1].storage, v: x[2].storage,
-                                    tq: tangents?[0].storage, tk: tangents?[1].storage, tv: tangents?[2].storage,
-                                    o: q.storage, to: nil, lse: lse.storage, go: go?.storage, gto: gto?.storage,
-                                    dq: dq.storage, dk: dk.storage, dv: dv.storage,
-                                    dtq: dt?[0].storage, dtk: dt?[1].storage, dtv: dt?[2].storage, geometry: self)
+        kernels.attentionBackward(q: x[0].storage, k: x[1].storage, v: x[2].storage,
+                                  tq: tangents?[0].storage, tk: tangents?[1].storage, tv: tangents?[2].storage,
+                                  o: q.storage, to: nil, lse: lse.storage, go: go?.storage, gto: gto?.storage,
+                                  dq: dq.storage, dk: dk.storage, dv: dv.storage,
+                                  dtq: dt?[0].storage, dtk: dt?[1].storage, dtv: dt?[2].storage, geometry: self)
         return [dq, dk, dv] + (dt ?? [])
     }
 }
 
-/// The two-output primitive: (O, tO) from (q, k, v) and their tangents.
-func attentionWithTangent(_ q: Tensor, _ k: Tensor, _ v: Tensor, _ tq: Tensor, _ tk: Tensor, _ tv: Tensor,
-                          _ g: AttentionGeometry) -> (Tensor, Tensor) {
-    let o = q.empty(q.shape), to = q.empty(q.shape), lse = q.empty([g.rows])
-    q.backend.attention(q: q.storage, k: k.storage, v: v.storage, tq: tq.storage, tk: tk.storage, tv: tv.storage,
-                        o: o.storage, to: to.storage, lse: lse.storage, geometry: g)
-    let outs = record("attentionJVP", inputs: [q, k, v, tq, tk, tv], outputs: [o, to], savesOutputs: false, jvp: nil) { x, _, c in
-        g.backward(x, lse: lse, go: c[0], gto: c[1], tangents: Array(x[3...]))
-    }
-    return (outs[0], outs[1])
-}
-
 /// The same attention from separate differentiable ops (scores, softmax, weighted sum) over [..., seq, dim]:
-/// the reference the fused primitive is tested against.
+/// what a backend without `AttentionBackend` computes, and the reference the fused primitive is tested against.
 public func decomposedAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Double? = nil) -> Tensor {
     let s = scale ?? 1 / Double(q.shape[q.rank - 1]).squareRoot()
     return (q.matmul(k, transposeOther: true) * s).softmax().matmul(v)

@@ -6,6 +6,22 @@ func sumTerms(_ terms: Tensor?...) -> Tensor? {
     terms.compactMap { $0 }.reduce(nil) { acc, t in acc.map { $0 + t } ?? t }
 }
 
+/// A gradient summed so far plus a new term (the order of the engine's own sums).
+func adding(_ partial: Tensor?, _ term: Tensor) -> Tensor { partial.map { $0 + term } ?? term }
+
+/// Fused activation kernels (silu and gelu, `UnaryOp.derivatives`): the value and its tangent in one pass, and
+/// the backward passes of both, instead of one pass per elementary op. Without them an activation is the `unary`
+/// kernel differentiated through its derivative ops (siluD1, siluD2, ...), as every other unary op is.
+public protocol ActivationBackend: Backend {
+    /// y = f(x), ty = f'(x) t.
+    func activationWithTangent(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ y: Storage, _ ty: Storage)
+    /// gx = gy f'(x) + gty f''(x) t and gt = gty f'(x); gy or gty may be nil (zero).
+    func activationWithTangentBackward(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ gy: Storage?, _ gty: Storage?,
+                                       _ gx: Storage, _ gt: Storage)
+    /// gx = g f'(x).
+    func activationBackward(_ op: UnaryOp, _ x: Storage, _ g: Storage, _ gx: Storage)
+}
+
 extension Tensor {
     func checkSameDType(_ other: Tensor, _ op: String) {
         precondition(dtype == other.dtype, "\(op): dtypes \(dtype) and \(other.dtype) differ")
@@ -15,7 +31,7 @@ extension Tensor {
     // MARK: Unary
 
     public func unary(_ op: UnaryOp) -> Tensor {
-        if op.derivatives != nil { return activation(op) }
+        if op.derivatives != nil, let fused = backend as? any ActivationBackend { return activation(op, fused) }
         let y = empty(shape)
         backend.unary(op, storage, y.storage)
         switch op {
@@ -30,29 +46,25 @@ extension Tensor {
         }
     }
 
-    /// SiLU and GELU: under a JVP the value and tangent come from one fused two-output primitive, and the
-    /// backward passes are fused kernels too (rules that are never differentiated may use raw kernels).
-    private func activation(_ op: UnaryOp) -> Tensor {
+    /// SiLU and GELU on a backend with fused activation kernels: under a JVP the value and tangent come from one
+    /// two-output primitive, and the backward passes are fused kernels too (rules that are never differentiated
+    /// may use raw kernels).
+    private func activation(_ op: UnaryOp, _ fused: any ActivationBackend) -> Tensor {
         let y = empty(shape)
-        if let session = ForwardMode.session, let t = activeTangent {
-            ForwardMode.session = nil
-            defer { ForwardMode.session = session }
+        if let t = activeTangent {
             let ty = empty(shape)
-            backend.activationWithTangent(op, storage, t.storage, y.storage, ty.storage)
-            let outs = record("\(op)JVP", inputs: [self, t], outputs: [y, ty], savesOutputs: false, jvp: nil) { x, _, g in
+            fused.activationWithTangent(op, storage, t.storage, y.storage, ty.storage)
+            return recordWithTangent("\(op)JVP", inputs: [self], tangents: [t], output: y, tangent: ty) { x, _, g in
                 let gx = x[0].empty(x[0].shape), gt = x[0].empty(x[0].shape)
-                x[0].backend.activationWithTangentBackward(op, x[0].storage, x[1].storage, g[0]?.storage, g[1]?.storage,
-                                                           gx.storage, gt.storage)
+                fused.activationWithTangentBackward(op, x[0].storage, x[1].storage, g[0]?.storage, g[1]?.storage,
+                                                    gx.storage, gt.storage)
                 return [gx, gt]
             }
-            outs[0].tangent = outs[1]
-            outs[0].tangentSession = session
-            return outs[0]
         }
         backend.unary(op, storage, y.storage)
         return record1("\(op)", [self], y, savesOutputs: false, jvp: nil) { x, _, g in
             let gx = x[0].empty(x[0].shape)
-            x[0].backend.activationBackward(op, x[0].storage, g[0]!.storage, gx.storage)
+            fused.activationBackward(op, x[0].storage, g[0]!.storage, gx.storage)
             return [gx]
         }
     }
@@ -71,7 +83,8 @@ extension Tensor {
         case .cos: return -x.sin()
         case .tanh: return 1 - y * y
         case .sigmoid: return y * (1 - y)
-        case .silu, .gelu: preconditionFailure("\(op) is differentiated by the fused activation rules")
+        case .silu: return x.unary(.siluD1)
+        case .gelu: return x.unary(.geluD1)
         case .siluD1: return x.unary(.siluD2)
         case .siluD2:
             // silu''' = s(1-s) [(1-2s)(3 + x(1-2s)) - 2 x s(1-s)], s = sigmoid(x)

@@ -1,3 +1,16 @@
+/// Fused scaled sums (adaLN modulation, gated residuals) and their factors' cotangents. Without them
+/// `Tensor.scaledSum` is composed from broadcasting products and sums.
+public protocol ScaledSumBackend: Backend {
+    /// y = a s + b t + c over [batch, rows, cols] with s and t of shape [batch, cols] (one value per column,
+    /// shared by a batch entry's rows): adaLN modulation and gated residuals in one pass. b/t and c may be nil;
+    /// c is [batch, rows, cols] when `cFull`, else [batch, cols].
+    func scaledSum(a: Storage, s: Storage, b: Storage?, t: Storage?, c: Storage?, cFull: Bool, y: Storage,
+                   batch: Int, rows: Int, cols: Int)
+    /// outs[k][b, c] = sum over r of g[b, r, c] * xs[k][b, r, c] (xs[k] nil: of g alone), all in one pass over g:
+    /// the cotangents of scaledSum's per-column inputs. At most three outputs.
+    func rowSumsOfProducts(g: Storage, _ xs: [Storage?], _ outs: [Storage], batch: Int, rows: Int, cols: Int)
+}
+
 extension Tensor {
     /// a * s + b * t + c for a, b of shape [B, ..., C] and per-column factors s, t of shape [B, 1, C] (any shape
     /// of B * C values), broadcast over the middle axes; c is either a's shape or s's. adaLN modulation
@@ -12,9 +25,16 @@ extension Tensor {
         let cFull = c.map { $0.count == a.count } ?? false
         if let c { precondition(c.count == a.count || c.count == s.count, "scaledSum: c of shape \(c.shape) fits neither a nor s") }
         let rows = a.count / Swift.max(batch * cols, 1)
+        guard let fused = a.backend as? any ScaledSumBackend else {
+            let full = [batch, rows, cols], factor = [batch, 1, cols]
+            var y = a.reshaped(full) * s.reshaped(factor)
+            if let b, let t { y = y + b.reshaped(full) * t.reshaped(factor) }
+            if let c { y = y + c.reshaped(cFull ? full : factor) }
+            return y.reshaped(a.shape)
+        }
         let y = a.empty(a.shape)
-        a.backend.scaledSum(a: a.storage, s: s.storage, b: b?.storage, t: t?.storage, c: c?.storage, cFull: cFull,
-                            y: y.storage, batch: batch, rows: rows, cols: cols)
+        fused.scaledSum(a: a.storage, s: s.storage, b: b?.storage, t: t?.storage, c: c?.storage, cFull: cFull,
+                        y: y.storage, batch: batch, rows: rows, cols: cols)
         var inputs = [a, s]
         if let b, let t { inputs += [b, t] }
         if let c { inputs.append(c) }
@@ -44,92 +64,12 @@ extension Tensor {
             let cBroadcast = hasC && !cFull
             if cBroadcast { products.append(nil) }
             let outs = products.map { _ in g.empty(sShape) }
-            g.backend.rowSumsOfProducts(g: g.storage, products.map { $0?.storage }, outs.map(\.storage),
-                                        batch: batch, rows: rows, cols: cols)
+            fused.rowSumsOfProducts(g: g.storage, products.map { $0?.storage }, outs.map(\.storage),
+                                    batch: batch, rows: rows, cols: cols)
             // a's and b's cotangents (full size) take their partials in the same pass; the rest add them.
             var grads: [Tensor?] = [scaledSum(g, x[1], plus: p[0]), adding(p[1], outs[0])]
             if hasB { grads += [scaledSum(g, x[3], plus: p[2]), adding(p[3], outs[1])] }
             if hasC { grads.append(adding(p[n - 1], cBroadcast ? outs.last!.reshaped(x[n - 1].shape) : g)) }
-            return grads
-        })
-    }
-}
-
-/// A gradient summed so far plus a new term (the order of the engine's own sums).
-private func adding(_ partial: Tensor?, _ term: Tensor) -> Tensor { partial.map { $0 + term } ?? term }
-
-extension Tensor {
-    /// rmsNormalized(eps) * scale + shift over the last axis, in one pass that reads each row once and writes only
-    /// the result: adaLN modulation after a norm (scale = 1 + the modulation's scale) and norm weights, where the
-    /// separate passes would write the normalised tensor and read it back. scale and shift (nil: none) hold one
-    /// value per column, either per entry of the first axis (B * C values for a tensor [B, ..., C], such as
-    /// [B, 1, C]) or one row of C values shared by every row (a weight [C]). `feedsProducts`: the result (and its
-    /// tangent) are matrix-product operands, a hint for backends that keep low-precision operand copies.
-    public func rmsNormalized(eps: Double, scale: Tensor, shift: Tensor? = nil, feedsProducts: Bool = false) -> Tensor {
-        let cols = shape.last!
-        let batch = scale.count == cols ? 1 : shape[0]
-        precondition(scale.count == batch * cols,
-                     "rmsNormalized: scale of shape \(scale.shape) does not fit a tensor of shape \(shape)")
-        if let shift { precondition(shift.count == scale.count, "rmsNormalized: shift \(shift.shape) does not match scale \(scale.shape)") }
-        let rows = count / Swift.max(batch * cols, 1)
-        let y = empty(shape)
-        backend.rmsNormScaled(storage, scale: scale.storage, shift: shift?.storage, y.storage, batch: batch, rows: rows,
-                              cols: cols, eps: eps, productOperand: feedsProducts)
-        var inputs = [self, scale]
-        if let shift { inputs.append(shift) }
-        let hasShift = shift != nil, scaleShape = scale.shape, shiftShape = shift?.shape
-        // The JVP with a tangent of x is one op with its own VJP (n and its derivative recomputed there, never
-        // stored: storing them is the traffic this op exists to avoid). shift's value is not needed for any
-        // cotangent, only its shape.
-        return record1("rmsNormScaled", inputs, y, saves: [0, 1], savesOutputs: false, jvp: { i, _, d in
-            if let dx = d[0] {
-                return [Tensor.rmsNormScaledTangent(i[0], dx, scale: i[1], dScale: d[1], dShift: hasShift ? d[2] : nil,
-                                                    batch: batch, eps: eps, feedsProducts: feedsProducts)]
-            }
-            // Without a tangent of x: n ds + dt, n = rmsNorm(x) (differentiable; the rule runs only when some input has a tangent).
-            let dt = hasShift ? d[2]?.reshaped([batch, 1, cols]) : nil
-            let x = i[0].reshaped([batch, rows, cols])
-            let dy = d[1].map { Tensor.scaledSum(x.rmsNormalized(eps: eps), $0.reshaped([batch, cols]), plus: dt) }
-                ?? dt!.broadcast(to: [batch, rows, cols])
-            return [dy.reshaped(i[0].shape)]
-        }, accumulatingVJP: { i, _, g, p in
-            guard let g = g[0] else { return Array(repeating: nil, count: hasShift ? 3 : 2) }
-            let gx = g.empty(g.shape), gs = g.empty(scaleShape), gt = shiftShape.map { g.empty($0) }
-            g.backend.rmsNormScaledBackward(i[0].storage, nil, g.storage, sA: nil, sB: i[1].storage, gx: gx.storage, gdx: nil,
-                                            plus: (p[0]?.storage, nil), sums: (gs.storage, nil, gt?.storage),
-                                            batch: batch, rows: rows, cols: cols, eps: eps)
-            var grads: [Tensor?] = [gx, adding(p[1], gs)]
-            if let gt { grads.append(adding(p[2], gt)) }
-            return grads
-        })
-    }
-
-    /// rmsNormScaled's tangent L(dx) s + n ds + dt (see Backend.rmsNormScaledJVP), recorded with its VJP: the
-    /// gradients through the JVP that TVM's terminal term needs, in one row pass and one column-sum pass.
-    static func rmsNormScaledTangent(_ x: Tensor, _ dx: Tensor, scale s: Tensor, dScale ds: Tensor?, dShift dt: Tensor?,
-                                     batch: Int, eps: Double, feedsProducts: Bool) -> Tensor {
-        let cols = x.shape.last!, rows = x.count / Swift.max(batch * cols, 1)
-        precondition(dx.shape == x.shape, "rmsNormScaledTangent: tangent \(dx.shape) does not match x \(x.shape)")
-        let out = x.empty(x.shape)
-        x.backend.rmsNormScaledJVP(x.storage, dx.storage, scale: s.storage, dScale: ds?.storage, dShift: dt?.storage,
-                                   out.storage, batch: batch, rows: rows, cols: cols, eps: eps, productOperand: feedsProducts)
-        var inputs = [x, dx, s]
-        if let ds { inputs.append(ds) }
-        if let dt { inputs.append(dt) }
-        let hasDS = ds != nil, hasDT = dt != nil, n = inputs.count
-        // Nested forward mode is not supported, so this op never sees tangents (no JVP rule). dt's value is not
-        // needed for any cotangent, only its shape.
-        return record1("rmsNormScaledTangent", inputs, out, saves: Array(0..<(hasDS ? 4 : 3)), savesOutputs: false, jvp: nil,
-                       accumulatingVJP: { i, _, g, p in
-            guard let g = g[0] else { return Array(repeating: nil, count: n) }
-            let gx = g.empty(i[0].shape), gdx = g.empty(i[0].shape)
-            let gs = g.empty(i[2].shape), gds = hasDS ? g.empty(i[3].shape) : nil, gdt = hasDT ? g.empty(i[n - 1].shape) : nil
-            g.backend.rmsNormScaledBackward(i[0].storage, i[1].storage, g.storage, sA: i[2].storage, sB: hasDS ? i[3].storage : nil,
-                                            gx: gx.storage, gdx: gdx.storage, plus: (p[0]?.storage, p[1]?.storage),
-                                            sums: (gds?.storage, gs.storage, gdt?.storage), batch: batch, rows: rows, cols: cols, eps: eps)
-            var grads: [Tensor?] = [gx, gdx, adding(p[2], gs)]
-            if let gds { grads.append(adding(p[3], gds)) }
-            if let gdt { grads.append(adding(p[n - 1], gdt)) }
             return grads
         })
     }

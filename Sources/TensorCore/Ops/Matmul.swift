@@ -56,9 +56,13 @@ extension Tensor {
     public func linear(_ weight: Tensor, bias: Tensor? = nil) -> Tensor {
         let (rows, yShape) = linearOutput(weight, bias: bias, "linear")
         let outFeatures = weight.shape[0], inFeatures = weight.shape[1]
+        guard let fused = backend as? any LinearBackend else {
+            let product = reshaped([rows, inFeatures]).matmul(weight, transposeOther: true)
+            return (bias.map { product + $0 } ?? product).reshaped(yShape)
+        }
         let y = empty(yShape)
-        backend.linear(storage, weight.storage, bias: bias?.storage, y.storage, rows: rows, inFeatures: inFeatures,
-                       outFeatures: outFeatures)
+        fused.linear(storage, weight.storage, bias: bias?.storage, y.storage, rows: rows, inFeatures: inFeatures,
+                     outFeatures: outFeatures)
         let hasBias = bias != nil, xShape = shape
         // The bias's value is never read by the rules, only its shape.
         return record1("linear", bias.map { [self, weight, $0] } ?? [self, weight], y, saves: [0, 1], savesOutputs: false,
@@ -73,8 +77,8 @@ extension Tensor {
             let g2 = g.reshaped([rows, outFeatures])
             let gx = g2.matmul(x[1]).reshaped(xShape)
             let gw = g.empty([outFeatures, inFeatures]), gb = hasBias ? g.empty([outFeatures]) : nil
-            g.backend.linearWeightGradient(x[0].storage, g.storage, gw: gw.storage, gbias: gb?.storage, rows: rows,
-                                           inFeatures: inFeatures, outFeatures: outFeatures)
+            fused.linearWeightGradient(x[0].storage, g.storage, gw: gw.storage, gbias: gb?.storage, rows: rows,
+                                       inFeatures: inFeatures, outFeatures: outFeatures)
             return hasBias ? [gx, gw, gb] : [gx, gw]
         }
     }
@@ -85,11 +89,12 @@ extension Tensor {
     /// in the product's epilogue rather than in a separate pass over the output. Otherwise it is `linear` then
     /// `gelu`, so the derivatives are exactly theirs.
     public func linearGELU(_ weight: Tensor, bias: Tensor? = nil) -> Tensor {
-        if isDifferentiated(bias.map { [self, weight, $0] } ?? [self, weight]) { return linear(weight, bias: bias).gelu() }
+        guard !isDifferentiated(bias.map { [self, weight, $0] } ?? [self, weight]),
+              let fused = backend as? any LinearBackend else { return linear(weight, bias: bias).gelu() }
         let (rows, yShape) = linearOutput(weight, bias: bias, "linearGELU")
         let y = empty(yShape)
-        backend.linearGELU(storage, weight.storage, bias: bias?.storage, y.storage, rows: rows,
-                           inFeatures: weight.shape[1], outFeatures: weight.shape[0])
+        fused.linearGELU(storage, weight.storage, bias: bias?.storage, y.storage, rows: rows,
+                         inFeatures: weight.shape[1], outFeatures: weight.shape[0])
         return y
     }
 
@@ -108,69 +113,49 @@ extension Tensor {
     }
 }
 
-extension Tensor {
-    /// Softmax over the last axis.
-    public func softmax() -> Tensor {
-        let cols = shape.last!
-        let y = empty(shape)
-        backend.softmax(storage, y.storage, rows: count / Swift.max(cols, 1), cols: cols)
-        return record1("softmax", [self], y, saves: [], jvp: { _, y, t in
-            [y[0] * (t[0]! - (y[0] * t[0]!).sum(axes: [-1], keepDims: true))]
-        }) { _, y, g in [y[0] * (g[0]! - (g[0]! * y[0]).sum(axes: [-1], keepDims: true))] }
-    }
+/// Linear layers with the bias (and GELU) folded into the matrix product (a GEMM epilogue where the device has
+/// one) instead of separate passes over the output. Without them `Tensor.linear` is composed from `matmul` and a
+/// broadcast add. `linearByGEMM` and `linearWeightGradientByGEMM` implement the first two from core kernels, for
+/// a backend whose products have no epilogue.
+public protocol LinearBackend: Backend {
+    /// y = x W^T + bias for x [rows, inFeatures], W [outFeatures, inFeatures] and y [rows, outFeatures], the bias
+    /// [outFeatures] added to every row (nil: none). A linear layer's product and bias add in one kernel.
+    func linear(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int, outFeatures: Int)
+    /// The weight's and the bias's cotangents of `linear` for the cotangent g [rows, outFeatures] of y:
+    /// gw = g^T x [outFeatures, inFeatures] and gbias = the column sums of g [outFeatures] (nil: not wanted).
+    func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,
+                              outFeatures: Int)
+    /// y = gelu(x W^T + bias), GELU with the tanh approximation: `linear` with the activation in the same kernel
+    /// where the device has one (not differentiated: Tensor.linearGELU composes `linear` and `gelu` when it is).
+    func linearGELU(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int, outFeatures: Int)
+}
 
-    /// x / sqrt(mean(x^2) + eps) over the last axis (no weight).
-    public func rmsNormalized(eps: Double = 1e-6) -> Tensor {
-        let cols = shape.last!
-        let y = empty(shape)
-        backend.rmsNorm(storage, y.storage, rows: count / Swift.max(cols, 1), cols: cols, eps: eps)
-        return record1("rmsNorm", [self], y, saves: [0], jvp: { x, y, t in [Tensor.rmsNormLinear(x[0], y[0], t[0]!, eps: eps)] },
-                       accumulatingVJP: { x, y, g, p in [Tensor.rmsNormLinear(x[0].detached(), y[0], g[0]!, plus: p[0], eps: eps)] })
-    }
-
-    /// r (d - y mean(y d)) + c over the last axis with r = 1 / sqrt(mean(x^2) + eps), y = rmsNorm(x) and c of x's
-    /// shape (nil: none): the JVP of RMS normalisation for a tangent d, and (the map being symmetric) its VJP for a
-    /// cotangent d. c, a gradient already summed for x, is for VJP rules, which run undifferentiated.
-    static func rmsNormLinear(_ x: Tensor, _ y: Tensor, _ d: Tensor, plus c: Tensor? = nil, eps: Double) -> Tensor {
-        let cols = x.shape.last!, rows = x.count / Swift.max(cols, 1)
-        if let c {
-            precondition(c.count == x.count, "rmsNormLinear: c of shape \(c.shape) does not match x \(x.shape)")
-            precondition(!isDifferentiated([x, y, d, c]), "rmsNormLinear: plus is for undifferentiated use (VJP rules)")
-        }
-        let out = x.empty(x.shape)
-        x.backend.rmsNormLinear(x.storage, y.storage, d.storage, plus: c?.storage, out.storage, rows: rows, cols: cols, eps: eps)
-        // Nested forward mode is not supported, so this op never sees tangents (no JVP rule).
-        return record1("rmsNormLinear", [x, y, d], out, savesOutputs: false, jvp: nil, accumulatingVJP: { i, _, g, p in
-            guard let g = g[0] else { return [nil, nil, nil] }
-            let gx = g.empty(g.shape), gy = g.empty(g.shape), gd = g.empty(g.shape)
-            g.backend.rmsNormLinearBackward(i[0].storage, i[1].storage, i[2].storage, g.storage, gx: gx.storage,
-                                            gy: gy.storage, gd: gd.storage, plus: (p[0]?.storage, p[1]?.storage, p[2]?.storage),
-                                            rows: rows, cols: cols, eps: eps)
-            return [gx, gy, gd]
-        })
+extension LinearBackend {
+    /// `linearGELU` as `linear`, then the GELU kernel in place (elementwise, so y may be its own input): the same
+    /// kernels, hence the same values, as Tensor.linear followed by Tensor.gelu.
+    public func linearThenGELU(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int,
+                               outFeatures: Int) {
+        linear(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+        unary(.gelu, y, y)
     }
 }
 
-// MARK: - Random tensors
-
-extension Tensor {
-    /// Standard normal values from `rng` (the same numbers on every backend).
-    public static func randomNormal(_ shape: [Int], rng: inout RandomGenerator, dtype: DType = .float32,
-                                    on device: Device = .default) -> Tensor {
-        random(shape, normal: true, rng: &rng, dtype: dtype, on: device)
+extension Backend {
+    /// `linear` from core kernels: the bias broadcast into y, then a GEMM that adds the product to it.
+    public func linearByGEMM(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int,
+                             outFeatures: Int) {
+        if let bias {
+            copy(bias, StridedView(strides: [0, 1]), y, StridedView(strides: [outFeatures, 1]), shape: [rows, outFeatures])
+        }
+        matmul(x, w, y, batch: 1, m: rows, n: outFeatures, k: inFeatures, transA: false, transB: true,
+               strideA: 0, strideB: 0, alpha: 1, beta: bias == nil ? 0 : 1)
     }
 
-    /// Uniform values in [0, 1).
-    public static func randomUniform(_ shape: [Int], rng: inout RandomGenerator, dtype: DType = .float32,
-                                     on device: Device = .default) -> Tensor {
-        random(shape, normal: false, rng: &rng, dtype: dtype, on: device)
-    }
-
-    private static func random(_ shape: [Int], normal: Bool, rng: inout RandomGenerator, dtype: DType,
-                               on device: Device) -> Tensor {
-        let n = Shape.count(shape)
-        let s = device.backend.allocate(n, dtype)
-        device.backend.random(s, normal: normal, seed: rng.seed, counter: rng.reserve(n))
-        return Tensor(storage: s, shape: shape)
+    /// `linearWeightGradient` from core kernels: a GEMM and a column reduction.
+    public func linearWeightGradientByGEMM(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int,
+                                           inFeatures: Int, outFeatures: Int) {
+        matmul(g, x, gw, batch: 1, m: outFeatures, n: inFeatures, k: rows, transA: true, transB: false,
+               strideA: 0, strideB: 0, alpha: 1, beta: 0)
+        if let gbias { reduce(.sum, g, gbias, outer: 1, n: rows, inner: outFeatures) }
     }
 }

@@ -1,0 +1,52 @@
+import TVM
+import Formats
+
+/// The guidance options of MeanFlow and iMF on images, in `tvm train`'s help.
+let meanFlowGuidanceHelp = """
+  --method meanflow trains guidance in (no guidance input, 1 NFE samples it): --cfg W is the effective scale
+  omega / (1 - kappa) with --cfg-kappa K (default 0.5, the official omega 1 at W = 2), applied where t lies in
+  --cfg-interval LO,HI (default 0,1). --method imf feeds omega to the DiT's guidance input: drawn per row
+  log-uniformly in --cfg-range (default 1,8; --cfg W fixes it), and --sample-cfg chooses it when sampling.
+"""
+
+/// The options only MeanFlow reads.
+let meanFlowOptionNames: Set<String> = ["cfg-kappa", "cfg-interval"]
+
+/// Applies MeanFlow's or iMF's guidance settings from the parsed `scale` (`--cfg` or `--cfg-range`) and the
+/// MeanFlow options; for them `config.guidance` keeps only the label dropout (no guidance draw, no kappa scaling).
+/// Returns the settings for the run's description.
+func applyMethodGuidance(_ a: Arguments, method: Method, scale: GuidanceConfig.Scale, labelDropout: Double,
+                         into config: inout TrainConfig) throws -> [(String, JSONValue)] {
+    guard method == .meanFlow || method == .improvedMeanFlow else {
+        if let flag = meanFlowOptionNames.sorted().first(where: { a.string($0) != nil }) {
+            throw CLIError("--\(flag) is an option of --method meanflow", usage: true)
+        }
+        return []
+    }
+    config.guidance = GuidanceConfig(scale: .off, labelDropout: labelDropout, scaledParameterization: false)
+    if method == .improvedMeanFlow {
+        if let flag = meanFlowOptionNames.sorted().first(where: { a.string($0) != nil }) {
+            throw CLIError("--\(flag) is an option of --method meanflow; iMF takes --cfg-range", usage: true)
+        }
+        switch scale {
+        case .constant(let w): config.improvedMeanFlow.guidanceRange = w...w
+        case .uniform(let lo, let hi): config.improvedMeanFlow.guidanceRange = lo...hi
+        default: preconditionFailure("image training always has a guidance scale")
+        }
+        return []
+    }
+    guard case .constant(let w) = scale else {
+        throw CLIError("--method meanflow trains one guidance scale: give --cfg W, not --cfg-range", usage: true)
+    }
+    let kappa = try a.double("cfg-kappa", default: 0.5, range: 0...0.999)
+    config.meanFlow.setGuidance(scale: w, kappa: kappa)
+    if let text = a.string("cfg-interval") {
+        let p = commaSeparated(text).map { Double($0) }
+        guard p.count == 2, let lo = p[0], let hi = p[1], lo >= 0, lo <= hi, hi <= 1 else {
+            throw CLIError("--cfg-interval must be LO,HI with 0 <= LO <= HI <= 1, got '\(text)'", usage: true)
+        }
+        config.meanFlow.guidanceInterval = lo...hi
+    }
+    let interval = config.meanFlow.guidanceInterval
+    return [("cfg_kappa", .number(kappa)), ("cfg_interval", .string("\(interval.lowerBound),\(interval.upperBound)"))]
+}
