@@ -8,7 +8,7 @@ import Formats
 /// `tvm demo`: the methods on the checkerboard, same network, batch, optimizer and steps, compared by W2.
 struct DemoCommand: Command {
     let name = "demo"
-    let summary = "train TVM, MeanFlow, iMF and flow matching on the checkerboard and compare W2 at 1-4 NFE"
+    let summary = "train TVM, MeanFlow and flow matching (iMF too) on the checkerboard and compare W2 at 1-4 NFE"
     let help = """
         tvm demo [--methods LIST|all] [--out DIR] [--seed N] [--steps N] [--budget S]
           Trains TVM, MeanFlow and flow matching (--methods all adds iMF) on the checkerboard on the CPU (same MLP,

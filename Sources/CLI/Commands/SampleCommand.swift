@@ -18,8 +18,9 @@ struct SampleCommand: Command {
           class for classifier-free guidance; a MeanFlow checkpoint has its guidance trained in and ignores --cfg; an
           iMF checkpoint takes --cfg as its guidance condition). Classes: --classes, spread over the n samples in blocks (default all classes);
           --classes random draws each sample's class uniformly at random (the official FID protocol).
-          Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of values clamped to
-          [-1, 1] (as the PNGs are, and as the official code clamps) and a folder with one subfolder of PNGs per class. --noise FILE.npy [n, C, H, W] starts from that noise
+          Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of the sampler's float
+          values (nominally in [-1, 1] but not clamped: they are what the official sampler returns, for parity
+          checks; the PNGs clip to [-1, 1] as the official code does when it saves images) and a folder with one subfolder of PNGs per class. --noise FILE.npy [n, C, H, W] starts from that noise
           instead of --seed's (n defaults to its rows).
           The checkpoint may also be an official network pickle (.pkl) or training state (.pt), read as
           tvm import reads it: --weights ema, student and teacher are then a training state's ema, net and
@@ -106,8 +107,6 @@ struct SampleCommand: Command {
             if let decoder { decoded += try decoder.pixels(z) } else { samples += z.floats }
             start += m
         }
-        // The network's outputs overshoot the data range a little; every file holds the same clamped images.
-        for i in samples.indices { samples[i] = min(max(samples[i], -1), 1) }
         // Decoded images: 8-bit pixels, shown and written through the [-1, 1] floats they stand for exactly.
         let (channels, side) = decoder.map { ($0.vae.config.outChannels, R * $0.vae.config.downsamplingFactor) } ?? (C, R)
         if decoder != nil { samples = decoded.map { ImageDataset.byteToUnit[Int($0)] } }
