@@ -1,7 +1,7 @@
 import XCTest
 import TensorCore
 import NN
-import TVM
+@testable import TVM
 import Formats
 #if canImport(Glibc)
 import Glibc
@@ -51,6 +51,24 @@ final class OfficialCheckpointTests: XCTestCase {
         // net.parameters() order: the DiT's own pos_embed, then its modules as registered (s_embedder first).
         XCTAssertEqual(network.parameterOrder.prefix(3), ["pos_embed", "s_embedder.mlp.0.weight", "s_embedder.mlp.0.bias"])
         XCTAssertEqual(Set(network.parameterOrder), Set(network.parameters.names))
+    }
+
+    /// The released networks record no latent statistics; those of the paper's two settings come from the official
+    /// configs, so that `tvm sample --vae` decodes them; other shapes get none.
+    func testThePapersSettingsGetTheOfficialLatentStatistics() throws {
+        func recorded(_ res: Int, _ channels: Int) throws -> JSONValue {
+            let model = try DiTConfig.named("S/2", res: res, channels: channels, classes: 1000)
+            return TrainingCheckpoint.officialDescription(source: "x.pkl", network: "ema", scaled: true, model: model)
+        }
+        let im256 = try recorded(32, 4), im512 = try recorded(64, 4)
+        XCTAssertEqual(im256["latent_mean"]?.array?.compactMap(\.double), LatentNormalization.imageNet256Statistics.mean)
+        XCTAssertEqual(im256["latent_std"]?.array?.compactMap(\.double), LatentNormalization.imageNet256Statistics.std)
+        XCTAssertEqual(im512["latent_mean"]?.array?.compactMap(\.double), [1.56, -0.695, 0.483, 0.729])
+        XCTAssertEqual(im512["latent_std"]?.array?.compactMap(\.double), [5.27, 5.91, 4.21, 4.31])
+        XCTAssertEqual(im512["latent_final_mean"]?.double, 0)
+        XCTAssertEqual(im512["latent_final_std"]?.double, 1)
+        XCTAssertNil(try recorded(32, 3)["latent_mean"])
+        XCTAssertNil(try recorded(16, 4)["latent_mean"])
     }
 
     func testMissingNetworkNamesWhatTheFileHolds() throws {

@@ -52,7 +52,8 @@ extension TrainingCheckpoint {
         }
         self.init(step: 0, optimizerStep: 0, rng: RandomGenerator(seed: 0), samplerState: Self.noSamplerState,
                   faultMonitorState: nil, model: network.config,
-                  training: Self.officialDescription(source: source, network: network.key, scaled: network.scaledParameterization),
+                  training: Self.officialDescription(source: source, network: network.key, scaled: network.scaledParameterization,
+                                                     model: network.config),
                   bestFID: nil, sets: sets, extraEMANames: [], extraEMAs: [:])
     }
 
@@ -60,7 +61,7 @@ extension TrainingCheckpoint {
     /// description under the names `tvm train` gives them, so a run with other settings notes the change.
     init(official state: OfficialTrainingState, source: String) {
         let description = Self.officialDescription(source: source, network: "net, ema_target, ema",
-                                                   scaled: state.student.scaledParameterization)
+                                                   scaled: state.student.scaledParameterization, model: state.config)
         let optimizer: [(String, JSONValue)] = [("lr", .number(state.learningRate)), ("beta1", .number(state.beta1)),
                                                 ("beta2", .number(state.beta2)), ("eps", .number(state.eps)),
                                                 ("weight_decay", .number(state.weightDecay))]
@@ -76,8 +77,28 @@ extension TrainingCheckpoint {
     /// says so (`tvm train --resume-from` starts a data order of its own).
     static let noSamplerState = BatchSampler.State(count: 0, seed: 0, epoch: 0, position: 0).text
 
-    static func officialDescription(source: String, network: String, scaled: Bool) -> JSONValue {
+    static func officialDescription(source: String, network: String, scaled: Bool, model: DiTConfig) -> JSONValue {
         .object([("method", .string(Method.tvm.rawValue)), ("scaled_param", .bool(scaled)),
-                 ("imported_from", .string(source)), ("network", .string(network))])
+                 ("imported_from", .string(source)), ("network", .string(network))]
+                + (officialLatentStatistics(model).map(latentRecord) ?? []))
+    }
+
+    /// The latent statistics the official configs train with, for a network of the paper's two settings: SD-VAE
+    /// latents (4 channels) of 32x32 are ImageNet 256x256 (`im256_*`), of 64x64 ImageNet 512x512 (`im512_*`); both
+    /// normalised to mean 0 and std 1. An official file records no statistics, so these let `tvm sample --vae`
+    /// decode the released networks; other shapes have none.
+    static func officialLatentStatistics(_ model: DiTConfig) -> (mean: [Double], std: [Double])? {
+        guard model.inChannels == 4 else { return nil }
+        switch model.inputSize {
+        case 32: return LatentNormalization.imageNet256Statistics
+        case 64: return LatentNormalization.imageNet512Statistics
+        default: return nil
+        }
+    }
+
+    /// The keys under which `tvm train --data LATENTS.zip` records its normalisation.
+    static func latentRecord(_ statistics: (mean: [Double], std: [Double])) -> [(String, JSONValue)] {
+        [("latent_mean", .array(statistics.mean.map { .number($0) })), ("latent_std", .array(statistics.std.map { .number($0) })),
+         ("latent_final_mean", .number(0)), ("latent_final_std", .number(1))]
     }
 }
