@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Everything a merge should be checked with on the GPU, in one device call, most important first (each part has its
+# own time limit, so a call cut short still returns the first parts). Planned in the ninth session, which got no
+# GPU machine; nothing here has run on a GPU yet as one script (each part's script has its own header).
+#
+#   scripts/gpu-verify.sh pack   here: the GPU test bundle (gpu.sh pack), the static tvm (xz), BEFORE=old binary as
+#                                .device/tvm-before.xz, the fixtures; name .device, .whl (diffusers and
+#                                importlib_metadata wheels, see the device README) and .official (the official code,
+#                                gpu-bench.sh's header) in the device tool's carry (about 60 MiB in all).
+#   scripts/gpu-verify.sh run    on the device: reference-check (float32, bf16 errors, the VAE and pickle fixtures),
+#                                the CUDA test suite, issue 18.4's round trip, bench before/after (MODELS),
+#                                tvm bench vae beside diffusers, the latent pipeline; logs under $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+F=${FIXTURES:-../shared/fixtures}
+case "${1:-}" in
+pack)
+    scripts/gpu.sh pack || exit 1
+    scripts/gpu-bench.sh pack > /dev/null || exit 1
+    xz -T2 -c .device/tvm > .device/tvm.xz && rm .device/tvm
+    mkdir -p .device/fixtures
+    cp -r "$F/latent/vae_small" "$F/official/official_snapshot_small.pkl" "$F/official/official_snapshot_small_samples.safetensors" .device/fixtures/
+    chmod -R u+w .device/fixtures
+    du -sh .device
+    ;;
+run)
+    export TVM_CUDA_LIB_DIRS=${TVM_CUDA_LIB_DIRS:-/usr/local/cuda/lib64} TVM_CUDA_CACHE_DIR=/tmp/tvm-kernel-cache
+    out=${OUT:-/tmp/gpu-verify}; mkdir -p "$out"
+    xz -dc .device/tvm.xz > .device/tvm && chmod +x .device/tvm
+    T=.device/tvm D=.device/fixtures
+    nvidia-smi --query-gpu=name --format=csv,noheader
+    echo "== reference-check on the GPU: float32, then bf16 (errors only), the VAE and the official pickle"
+    timeout 40 $T reference-check .device/tvm_reference_small.safetensors --device cuda 2>&1 | tail -2
+    timeout 40 $T reference-check .device/tvm_reference_small.safetensors --device cuda --bf16 --tolerance 1 2>&1 | tail -1
+    for d in "$D/vae_small" "$D/official_snapshot_small.pkl"; do timeout 25 $T reference-check "$d" --device cuda 2>&1 | tail -2; done
+    echo "== the CUDA test suite"
+    SKIP_BENCH=1 SKIP_TORCH=1 OUT=$out/suite timeout 170 scripts/gpu.sh run 2>&1 | tail -8
+    echo "== our checkpoint in the official sampler (issue 18.4)"
+    DEVICES=cuda timeout 40 scripts/gpu-artifacts.sh run 2>&1 | tail -4
+    echo "== training and sampling, before and after"
+    MODELS=${MODELS:-"S/2:128 B/2:64"} SKIP_CHECK=1 OUT=$out/bench timeout 120 scripts/gpu-bench.sh run 2>&1 | grep -v "^==" | tail -8
+    echo "== the SD-VAE's size: ours, then diffusers (issue 17.7)"
+    for p in "" --bf16; do timeout 30 $T bench vae --device cuda --batch 8 --steps 3 $p 2>&1 | tail -1; done
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && PYTHONPATH=/tmp/site timeout 45 python3 scripts/bench_vae_diffusers.py --batch 8 --steps 3 2>&1 | tail -2
+    echo "== the latent pipeline (issue 17.6)"
+    rm -rf .device/vae_small && cp -r "$D/vae_small" .device/vae_small
+    OUT=$out/latents STEPS=40 timeout 50 scripts/gpu-latents.sh run 2>&1 | tail -6
+    ;;
+*)
+    echo "usage: scripts/gpu-verify.sh pack|run" >&2; exit 2 ;;
+esac
