@@ -1,6 +1,7 @@
 import XCTest
 import Foundation
 import Formats
+import Eval
 
 /// Runs the `tvm` binary that SwiftPM built next to the test bundle, as a user would.
 class CLITestCase: XCTestCase {
@@ -29,6 +30,15 @@ class CLITestCase: XCTestCase {
         p.waitUntilExit()
         let status = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
         return (status, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+
+    /// The converted Inception weights where `tvm fid` looks by default (`FIDFiles.defaultWeightsPath`), or a skip.
+    func inceptionWeightsOrSkip() throws -> String {
+        let weights = FIDFiles.defaultWeightsPath
+        guard FileManager.default.fileExists(atPath: weights) else {
+            throw XCTSkip("no converted Inception weights (set TVM_INCEPTION_WEIGHTS; README, FID)")
+        }
+        return weights
     }
 
     func temporaryDirectory() throws -> String {

@@ -17,11 +17,7 @@ final class FIDAndPlotCommandsTests: CLITestCase {
     }
 
     func testFIDWhileTrainingWithTheInceptionNetwork() throws {
-        let env = ProcessInfo.processInfo.environment
-        let weights = env["TVM_INCEPTION_WEIGHTS"] ?? (env["HOME"] ?? "") + "/.cache/terminalvelocity/inception-2015-12-05.safetensors"
-        guard FileManager.default.fileExists(atPath: weights) else {
-            throw XCTSkip("no converted Inception weights (set TVM_INCEPTION_WEIGHTS; README, FID)")
-        }
+        let weights = try inceptionWeightsOrSkip()
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         // The statistics cache goes to $XDG_CACHE_HOME, here the test's folder.

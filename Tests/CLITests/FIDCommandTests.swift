@@ -29,11 +29,7 @@ final class FIDCommandTests: CLITestCase {
     }
 
     func testSmallRunCachesTheReferenceStatistics() throws {
-        let env = ProcessInfo.processInfo.environment
-        let weights = env["TVM_INCEPTION_WEIGHTS"] ?? (env["HOME"] ?? "") + "/.cache/terminalvelocity/inception-2015-12-05.safetensors"
-        guard FileManager.default.fileExists(atPath: weights) else {
-            throw XCTSkip("no converted Inception weights (set TVM_INCEPTION_WEIGHTS; README, FID)")
-        }
+        let weights = try inceptionWeightsOrSkip()
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try NPYArray.write(path: dir + "/a.npy", shape: [3, 1, 12, 12], floats: (0..<432).map { Float(($0 * 37) % 255) / 127.5 - 1 })

@@ -156,11 +156,7 @@ final class OfficialArtifactsCommandTests: CLITestCase {
         try small.finish()
         try assertCleanError(fid + ["--ref", dir + "/small.npz"], contains: "2 features")
 
-        let env = ProcessInfo.processInfo.environment
-        let weights = env["TVM_INCEPTION_WEIGHTS"] ?? (env["HOME"] ?? "") + "/.cache/terminalvelocity/inception-2015-12-05.safetensors"
-        guard FileManager.default.fileExists(atPath: weights) else {
-            throw XCTSkip("no converted Inception weights (set TVM_INCEPTION_WEIGHTS; README, FID)")
-        }
+        let weights = try inceptionWeightsOrSkip()
         // The images' own statistics, published as ADM does: FID 0.
         let first = try run(fid + ["--dataset", dir + "/a.npy", "--weights", weights, "--no-cache", "--save-features", dir + "/f.npy"])
         XCTAssertEqual(first.status, 0, first.err)

@@ -1,4 +1,5 @@
 import NN
+import TVM
 import Data
 import Formats
 
@@ -78,8 +79,7 @@ func latentNormalization(_ a: Arguments) throws -> (normalization: LatentNormali
     let finalMean = try a.double("latent-final-mean", default: 0, range: -1e6...1e6)
     let finalStd = try a.double("latent-final-std", default: 1, range: 1e-6...1e6)
     return (LatentNormalization(rawMean: mean, rawStd: std, finalMean: finalMean, finalStd: finalStd),
-            [("latent_mean", .array(mean.map { .number($0) })), ("latent_std", .array(std.map { .number($0) })),
-             ("latent_final_mean", .number(finalMean)), ("latent_final_std", .number(finalStd))])
+            TrainingCheckpoint.latentRecord(mean: mean, std: std, finalMean: finalMean, finalStd: finalStd))
 }
 
 /// The latent normalisation a run recorded (nil: the run trained on images, not latents).

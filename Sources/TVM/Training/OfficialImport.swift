@@ -80,7 +80,7 @@ extension TrainingCheckpoint {
     static func officialDescription(source: String, network: String, scaled: Bool, model: DiTConfig) -> JSONValue {
         .object([("method", .string(Method.tvm.rawValue)), ("scaled_param", .bool(scaled)),
                  ("imported_from", .string(source)), ("network", .string(network))]
-                + (officialLatentStatistics(model).map(latentRecord) ?? []))
+                + (officialLatentStatistics(model).map { latentRecord(mean: $0.mean, std: $0.std) } ?? []))
     }
 
     /// The latent statistics the official configs train with, for a network of the paper's two settings: SD-VAE
@@ -96,9 +96,10 @@ extension TrainingCheckpoint {
         }
     }
 
-    /// The keys under which `tvm train --data LATENTS.zip` records its normalisation.
-    static func latentRecord(_ statistics: (mean: [Double], std: [Double])) -> [(String, JSONValue)] {
-        [("latent_mean", .array(statistics.mean.map { .number($0) })), ("latent_std", .array(statistics.std.map { .number($0) })),
-         ("latent_final_mean", .number(0)), ("latent_final_std", .number(1))]
+    /// A latent run's normalisation as its training description records it (`tvm train --data LATENTS.zip`, and
+    /// the official networks above); `tvm sample --vae` reads it back.
+    public static func latentRecord(mean: [Double], std: [Double], finalMean: Double = 0, finalStd: Double = 1) -> [(String, JSONValue)] {
+        [("latent_mean", .array(mean.map { .number($0) })), ("latent_std", .array(std.map { .number($0) })),
+         ("latent_final_mean", .number(finalMean)), ("latent_final_std", .number(finalStd))]
     }
 }
