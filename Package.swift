@@ -40,7 +40,7 @@ let package = Package(
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats"]),
         .testTarget(name: "KernelDeclarationsTests", dependencies: ["KernelDeclarations"]),
-        .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "TensorCore", "Eval", "Distributed"]),
+        .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "TensorCore", "Eval", "Distributed", "NN", "TVM"]),
         .testTarget(name: "EvalTests", dependencies: ["Eval", "Data", "TensorCore", "Formats"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TensorCore", "Formats"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Formats", "TensorCore", "NN", "TVM", "Data", "Eval"]),

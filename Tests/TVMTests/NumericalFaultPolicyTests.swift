@@ -157,6 +157,26 @@ final class NumericalFaultPolicyTests: XCTestCase {
         XCTAssertNotEqual(state(t), before)
     }
 
+    /// The data checks are made on the host values of the batch, where it is built; a batch made on the device is
+    /// read to be measured, with the same figures.
+    func testBatchFiguresAreMeasuredOnTheHost() {
+        let values: [Float] = [1, -7.5, .nan, .infinity, 3, 0, -.infinity, 2]
+        let figures = BatchFigures(rows: 4, values: values)
+        XCTAssertEqual(figures.rows, 4)
+        XCTAssertEqual(figures.nonFinite, 3)
+        XCTAssertEqual(figures.magnitude, 7.5, "the largest finite magnitude")
+        XCTAssertEqual(BatchFigures(of: Tensor(values, shape: [4, 2])), figures)
+        XCTAssertEqual(BatchFigures(rows: 1, values: [0, -0]).magnitude, 0)
+        // Given to the trainer (as the training loop does), they take the place of its read of the batch.
+        let t = trainer(.skip)
+        var rng = RandomGenerator(seed: 1)
+        let clean = batch(&rng)
+        let stats = t.train(x0: clean, data: BatchFigures(rows: 8, values: clean.floats))
+        XCTAssertNil(stats.fault)
+        XCTAssertNotNil(t.student.packed, "the trainer's sets are packed")
+        XCTAssertNotNil(t.optimizer.m.packed)
+    }
+
     /// The absolute gradient limit acts from the first step (no warm-up).
     func testGradientLimitRejectsFromTheFirstStep() throws {
         let t = trainer(.skip) { $0.gradientNormLimit = 1e-6 }

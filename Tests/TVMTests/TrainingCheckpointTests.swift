@@ -67,6 +67,10 @@ final class TrainingCheckpointTests: XCTestCase {
         XCTAssertEqual(ck.optimizerStep, 3)
         XCTAssertEqual(ck.training, training)
         try ck.restore(into: second)
+        // Restored sets are packed again, so the resumed run's updates stay one pass each.
+        for set in [second.student, second.teacher, second.ema, second.optimizer.m, second.optimizer.v] {
+            XCTAssertNotNil(set.packed, "a restored set is packed")
+        }
         var resumedSampler = try ck.sampler(count: data.count)
         XCTAssertEqual(resumedSampler.state, sampler.state)
         XCTAssertEqual(second.rng, first.rng)

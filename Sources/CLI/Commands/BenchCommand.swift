@@ -133,10 +133,12 @@ func benchTrain(_ args: [String]) throws {
     var rng = RandomGenerator(seed: 11)
     activeCUDA?.resetPeakBytes()
     func step() throws {
-        let x0 = Tensor.randomNormal([batch, c.inChannels, c.inputSize, c.inputSize], rng: &rng)
+        // The batch is made on the host and uploaded, as training's batches are.
+        let values = rng.normalFloats(batch * c.inChannels * c.inputSize * c.inputSize)
+        let x0 = Tensor(values, shape: [batch, c.inChannels, c.inputSize, c.inputSize])
         let labels = (0..<batch).map { _ in c.numClasses > 0 ? rng.int(below: c.numClasses) : 0 }
         let cond = config.guidance.conditioning(labels: labels, classes: max(c.numClasses, 1), rng: &rng, on: .default)
-        let stats = trainer.train(x0: x0, cond: cond)
+        let stats = trainer.train(x0: x0, cond: cond, data: BatchFigures(rows: batch, values: values))
         guard stats.loss.isFinite else { throw CLIError("the loss became \(stats.loss) at step \(stats.step)") }
     }
     let times = try timeRepeated(steps: steps, warmup: warmup, step)

@@ -78,6 +78,7 @@ extension CUDABackend {
     /// run first: its block is handed out again only to later work on the one stream.
     func forgetBF16Copy(of x: Storage) {
         let s = cuda(x)
+        for view in s.views { if let v = view.storage { forgetBF16Copy(of: v) } }
         guard let copy = s.bf16Copy else { return }
         allocator.release(copy.address, copy.blockBytes, bf16Copy: true)
         s.bf16Copy = nil

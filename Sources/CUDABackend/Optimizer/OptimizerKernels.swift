@@ -25,4 +25,11 @@ extension CUDABackend: OptimizerBackend {
         kernels(OptimizerKernels.self, p.dtype).ema.launch(on: self, grid: (blocks(packs(n, p.dtype)), 1), e: addr(ema), p: addr(p),
                                                            n: n, d: decay)
     }
+
+    public func views(of buffer: Storage, offsets: [Int], counts: [Int]) -> [Storage] {
+        let base = cuda(buffer)
+        let made = zip(offsets, counts).map { CUDAStorage(viewOf: base, offset: $0, count: $1) }
+        base.views += made.map(WeakStorage.init)
+        return made
+    }
 }

@@ -10,16 +10,31 @@ public final class CUDAStorage: Storage {
     /// Its bfloat16 copy, the operand of bf16 products (`CUDABackend.bf16Operand`): freed with the storage, or
     /// earlier when the storage changes in place or the backend drops copies to make room.
     var bf16Copy: (address: DevicePointer, blockBytes: Int)?
+    /// For a view (`CUDABackend.views(of:offsets:counts:)`): the storage whose block it aliases, kept alive by it.
+    let base: CUDAStorage?
+    /// This storage's views, whose bf16 copies go stale when it changes in place.
+    var views: [WeakStorage] = []
 
     init(count: Int, dtype: DType, backend: CUDABackend, address: DevicePointer, blockBytes: Int, allocator: BlockAllocator?) {
         self.address = address
         self.blockBytes = blockBytes
         self.allocator = allocator
+        base = nil
         super.init(count: count, dtype: dtype, backend: backend)
     }
 
+    /// `count` elements of `base` from element `offset` on; its block stays the base's.
+    init(viewOf base: CUDAStorage, offset: Int, count: Int) {
+        precondition(offset >= 0 && offset + count <= base.count, "a view of \(count) from \(offset) outside \(base.count) elements")
+        address = base.address + UInt64(offset * base.dtype.byteSize)
+        blockBytes = 0
+        allocator = base.allocator
+        self.base = base
+        super.init(count: count, dtype: base.dtype, backend: base.backend)
+    }
+
     deinit {
-        allocator?.release(address, blockBytes)
+        if base == nil { allocator?.release(address, blockBytes) }
         if let copy = bf16Copy { allocator?.release(copy.address, copy.blockBytes, bf16Copy: true) }
     }
 }

@@ -41,6 +41,7 @@ extension CUDABackend {
     }
 
     func copyToHost(_ dst: UnsafeMutableRawPointer?, _ src: DevicePointer, _ bytes: Int) {
+        hostReads += 1
         ensureCurrent()
         if bytes > 0, let dst {
             driver.must(driver.cuMemcpyDtoHAsync(dst, src, bytes, stream), "cuMemcpyDtoHAsync_v2(\(bytes) bytes)")

@@ -62,25 +62,51 @@ extension StepFigures {
         }
     }
 
-    /// The step's figures, all read from the device in one transfer: the loss, the data batch's non-finite values
-    /// and magnitude, and `termFigures` (from `tensors(of:)`, empty for methods with a single term). The checks
-    /// need them before the update.
-    init(loss: Tensor, data x0: Tensor, termFigures: [Tensor], gradNorm: Double, parallel: DataParallel?) {
-        let dataFigures = withoutGrad { [nonFiniteCount(x0), x0.max(), x0.affine(-1, 0).max()] }
-        var values = concat(([loss] + dataFigures + termFigures).map { $0.detached().reshaped([1]) }, axis: 0).doubles
+    /// The step's figures, all read from the device in one transfer, the one read of a step after its gradients:
+    /// the loss, `termFigures` (from `tensors(of:)`, empty for methods with a single term) and the gradients'
+    /// squared norm; `data` was measured on the host. The checks need them before the update.
+    init(loss: Tensor, data: BatchFigures, termFigures: [Tensor], squaredGradNorm: Tensor, parallel: DataParallel?) {
+        var values = concat(([loss] + termFigures + [squaredGradNorm]).map { $0.detached().reshaped([1]) }, axis: 0).doubles
+        let gradNorm = values.removeLast().squareRoot()
         let tvmTerms = !termFigures.isEmpty
         if let parallel {
             // Every rank judges the step on the same figures. Each rank's loss and terms cover an equal share of
-            // the batch, so their means average and the non-finite row counts (6-8) add up; the data figures
-            // (1-3) describe the whole global batch, which every rank holds.
+            // the batch, so their means average and the non-finite row counts (3-5) add up. The gradients are
+            // averaged already, so every rank has the same norm, and the data figures describe the whole global
+            // batch, which every rank holds.
             values = parallel.averageAcrossRanks(values)
-            for i in 6..<values.count { values[i] = (values[i] * Double(parallel.worldSize)).rounded() }
+            for i in values.indices.dropFirst(3) { values[i] = (values[i] * Double(parallel.worldSize)).rounded() }
         }
-        self.init(loss: values[0], terminal: tvmTerms ? values[4] : nil, flowMatching: tvmTerms ? values[5] : nil,
-                  gradNorm: gradNorm, rows: x0.shape[0], nonFiniteRows: tvmTerms ? Int(values[6]) : 0,
-                  nonFiniteTerminalRows: tvmTerms ? Int(values[7]) : 0,
-                  nonFiniteFlowMatchingRows: tvmTerms ? Int(values[8]) : 0, nonFiniteData: Int(values[1]),
-                  dataMagnitude: Swift.max(values[2], values[3]))
+        self.init(loss: values[0], terminal: tvmTerms ? values[1] : nil, flowMatching: tvmTerms ? values[2] : nil,
+                  gradNorm: gradNorm, rows: data.rows, nonFiniteRows: tvmTerms ? Int(values[3]) : 0,
+                  nonFiniteTerminalRows: tvmTerms ? Int(values[4]) : 0,
+                  nonFiniteFlowMatchingRows: tvmTerms ? Int(values[5]) : 0, nonFiniteData: data.nonFinite,
+                  dataMagnitude: data.magnitude)
+    }
+}
+
+/// The data batch's checks, made on the host where the batch is built: no device reduction and no read.
+public struct BatchFigures: Sendable, Equatable {
+    public var rows: Int
+    /// NaN or infinite values.
+    public var nonFinite: Int
+    /// The largest magnitude of the finite values (absurd finite data overflows the network just as well).
+    public var magnitude: Double
+
+    /// The figures of a batch of `rows` rows holding `values`.
+    public init(rows: Int, values: [Float]) {
+        self.rows = rows
+        var nonFinite = 0, magnitude: Float = 0
+        for v in values {
+            if v.isFinite { magnitude = Swift.max(magnitude, Swift.abs(v)) } else { nonFinite += 1 }
+        }
+        self.nonFinite = nonFinite
+        self.magnitude = Double(magnitude)
+    }
+
+    /// The figures of a batch that is on the device (read to the host; for batches not built there).
+    public init(of x0: Tensor) {
+        self.init(rows: x0.shape[0], values: x0.floats)
     }
 }
 

@@ -28,6 +28,8 @@ public final class Trainer<Net: FlowMapNetwork> {
         self.config = config
         var initRNG = RandomGenerator(seed: config.seed).split(1)
         student = network.initialParameters(rng: &initRNG, on: device)
+        // Every set in one buffer of one layout: each update below is one pass (Optimizers.swift).
+        student.pack()
         teacher = student.copy()
         ema = student.copy()
         // Checkpoints name the extra EMAs by their schedules.
@@ -42,7 +44,9 @@ public final class Trainer<Net: FlowMapNetwork> {
     }
 
     /// One step on a batch: loss, gradients (through the JVP for TVM), AdamW at the schedule's rate, then the EMAs.
-    public func train(x0: Tensor, cond: Conditioning = Conditioning()) -> StepStats {
+    /// `data`: the batch's checks, measured on the host where it was built (nil: read `x0` to measure them).
+    public func train(x0: Tensor, cond: Conditioning = Conditioning(), data: BatchFigures? = nil) -> StepStats {
+        let data = data ?? BatchFigures(of: x0)
         let leaves = student.leaves()
         let loss: Tensor, grads: [Tensor]
         // TVM's term figures for the log and the fault checks, made while the terms are at hand.
@@ -66,9 +70,10 @@ public final class Trainer<Net: FlowMapNetwork> {
             loss = FlowMatchingObjective().loss(network: net, params: leaves, x0: x0, cond: cond, rng: &rng)
             grads = gradients(of: loss, wrt: leaves.all)
         }
-        let norm = globalNorm(grads)
+        let gathered = Gradients(grads, of: student)
         step += 1
-        let measured = StepFigures(loss: loss, data: x0, termFigures: termFigures, gradNorm: norm, parallel: parallel)
+        let measured = StepFigures(loss: loss, data: data, termFigures: termFigures, squaredGradNorm: gathered.squaredNorm(),
+                                   parallel: parallel)
         let fault = faultMonitor.inspect(measured, step: step)
         // A rejected step (a NaN gradient, a spike) would reach the weights, Adam's moments and the EMAs for
         // good: it updates nothing. Only zeroed rows with an otherwise finite step train, as officially.
@@ -78,7 +83,7 @@ public final class Trainer<Net: FlowMapNetwork> {
         let learningRate = config.learningRate(step: step)
         if !skipped {
             optimizer.lr = learningRate
-            optimizer.update(student, grads: grads, norm: norm)
+            optimizer.update(student, gradients: gathered, norm: measured.gradNorm)
             emaUpdate(teacher, toward: student, decay: config.emaTargetDecay)
             emaUpdate(ema, toward: student, decay: config.evalEMA.decay(step: step))
             for (set, schedule) in zip(extraEMAs, config.extraEMAs) {
@@ -86,7 +91,7 @@ public final class Trainer<Net: FlowMapNetwork> {
             }
         }
         return StepStats(step: step, loss: measured.loss, terminal: measured.terminal, flowMatching: measured.flowMatching,
-                         gradNorm: norm, learningRate: learningRate, nanRows: measured.nonFiniteRows, skipped: skipped,
+                         gradNorm: measured.gradNorm, learningRate: learningRate, nanRows: measured.nonFiniteRows, skipped: skipped,
                          fault: fault)
     }
 
@@ -99,6 +104,7 @@ public final class Trainer<Net: FlowMapNetwork> {
         precondition(x.count == extraEMAs.count, "one saved set (or nil) per extra EMA")
         for (dst, src) in [(student, s), (teacher, t), (ema, e)] + zip(extraEMAs, x).map({ ($0, $1 ?? s) }) {
             for name in dst.names { dst[name] = src[name].detached() }
+            dst.pack()
         }
         optimizer.restore(step: optimizerStep, m: m, v: v)
         self.step = step

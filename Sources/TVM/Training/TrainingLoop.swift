@@ -294,8 +294,10 @@ public final class TrainingLoop {
 public func imageTrainingStep(_ trainer: Trainer<DiT>, data: ImageDataset, sampler: inout BatchSampler,
                               flip: Bool, on device: Device = .default) -> StepStats {
     let indices = sampler.next(trainer.config.batch)
-    let batch = data.batch(indices: indices, flip: flip, rng: &trainer.rng, on: device)
-    let cond = trainer.config.guidance.conditioning(labels: batch.labels, classes: data.classes,
-                                                    rng: &trainer.rng, on: device)
-    return trainer.train(x0: batch.images, cond: cond)
+    let (values, labels) = data.batchValues(indices: indices, flip: flip, rng: &trainer.rng)
+    // The data checks are made here, on the host values: no device reduction and no read for them.
+    let figures = BatchFigures(rows: indices.count, values: values)
+    let images = Tensor(values, shape: [indices.count, data.channels, data.height, data.width], on: device)
+    let cond = trainer.config.guidance.conditioning(labels: labels, classes: data.classes, rng: &trainer.rng, on: device)
+    return trainer.train(x0: images, cond: cond, data: figures)
 }

@@ -4,13 +4,26 @@ import Glibc
 
 final class CPUStorage: Storage {
     let raw: UnsafeMutableRawPointer
+    /// For a view (`views(of:offsets:counts:)`): the storage whose memory it aliases, kept alive by it.
+    private let base: CPUStorage?
 
     init(count: Int, dtype: DType, backend: CPUBackend) {
         raw = BufferCache.shared.take(Swift.max(count, 1) * dtype.byteSize)
+        base = nil
         super.init(count: count, dtype: dtype, backend: backend)
     }
 
-    deinit { BufferCache.shared.give(raw, bytes: Swift.max(count, 1) * dtype.byteSize) }
+    /// `count` elements of `base` from element `offset` on.
+    init(viewOf base: CPUStorage, offset: Int, count: Int) {
+        precondition(offset >= 0 && offset + count <= base.count, "a view of \(count) from \(offset) outside \(base.count) elements")
+        raw = base.raw + offset * base.dtype.byteSize
+        self.base = base
+        super.init(count: count, dtype: base.dtype, backend: base.backend)
+    }
+
+    deinit {
+        if base == nil { BufferCache.shared.give(raw, bytes: Swift.max(count, 1) * dtype.byteSize) }
+    }
 
     @inline(__always) func ptr<T>(_: T.Type) -> UnsafeMutablePointer<T> { raw.assumingMemoryBound(to: T.self) }
 }

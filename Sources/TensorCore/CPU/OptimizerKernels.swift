@@ -34,4 +34,9 @@ extension CPUBackend: OptimizerBackend {
         }
         typed(p, f32: { run(Float.self) }, f64: { run(Double.self) })
     }
+
+    public func views(of buffer: Storage, offsets: [Int], counts: [Int]) -> [Storage] {
+        let base = cpu(buffer)
+        return zip(offsets, counts).map { CPUStorage(viewOf: base, offset: $0, count: $1) }
+    }
 }

@@ -5,7 +5,9 @@ public enum DType: String, Sendable {
 }
 
 /// Device memory owned by one backend. Storage is always dense; a tensor reads it from offset 0 in
-/// row-major order, so reshape is free and every other view is a copy (simple kernels, one layout).
+/// row-major order, so reshape is free and every other view is a copy (simple kernels, one layout). The one
+/// exception, invisible to kernels: the tensors of a packed parameter set are storages aliasing ranges of one
+/// buffer (`OptimizerBackend.views`), so that the optimizer updates the whole set in one pass.
 open class Storage {
     public let count: Int
     public let dtype: DType
