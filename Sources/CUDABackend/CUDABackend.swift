@@ -93,8 +93,8 @@ public final class CUDABackend: Backend {
     /// One line per module built: name, whether the disk cache had it, seconds.
     public internal(set) var kernelBuildLog: [String] = []
 
-    /// Device-to-host reads made so far (each waits for the queued work): a training step makes two, the check
-    /// between its backward passes and its figures (tests count them).
+    /// Device-to-host reads made so far (each waits for the queued work): a training step makes one, its figures
+    /// (tests count them).
     public internal(set) var hostReads = 0
 
     // The bfloat16 operand copies of bf16 products (Matmul/BF16Operands.swift).

@@ -72,4 +72,43 @@ final class TwoPassGradientTests: XCTestCase {
         XCTAssertTrue(terms.flowMatching.floats[3].isFinite)
         XCTAssertEqual(terms.loss.floats[3], 0)
     }
+
+    /// The trainer learns whether rows are excluded from its one read of the step figures, after both backward
+    /// passes, and only then takes their flow-matching gradient out: the same step, bit for bit, as
+    /// `termsAndGradients` (which reads the count itself) followed by the updates.
+    func testTrainerRemovesExcludedRowsAfterItsFiguresRead() throws {
+        var config = TrainConfig()
+        config.batch = 8
+        config.seed = 4
+        config.faults.policy = .zeroRows
+        let net = ScaledRowWhenGapNonZero(row: 3, factor: 1e25)
+        let t = Trainer(network: net, config: config)
+        let reference = Trainer(network: net, config: config)
+        let x0 = inputs(rows: 8).x0
+        var lossRNG = t.rng
+        let stats = t.train(x0: x0)
+        XCTAssertEqual(stats.nanRows, 1)
+        XCTAssertEqual(stats.fault?.action, .zeroedRows)
+
+        let leaves = reference.student.leaves()
+        let objective = TVMObjective()
+        let b = objective.inputs(x0: x0, cond: Conditioning(), rng: &lossRNG)
+        let (terms, grads) = objective.termsAndGradients(network: net, student: leaves, teacher: reference.teacher, b,
+                                                         wrt: leaves.all)
+        XCTAssertTrue(terms.flowMatching.floats[3].isFinite, "the row is excluded by its terminal term alone")
+        // Without the removal the excluded row's flow-matching gradient would still be in the update.
+        let again = reference.student.leaves()
+        let (_, kept) = objective.termsAndGradientsKeepingExcludedRows(network: net, student: again, teacher: reference.teacher,
+                                                                       b, wrt: again.all)
+        XCTAssertNotEqual(kept.map(\.floats), grads.map(\.floats))
+        XCTAssertEqual(stats.loss, terms.mean.item)
+        XCTAssertEqual(stats.gradNorm, globalNorm(grads), accuracy: 1e-5 * globalNorm(grads), "the corrected gradient's norm")
+        reference.optimizer.update(reference.student, grads: grads)
+        emaUpdate(reference.teacher, toward: reference.student, decay: config.emaTargetDecay)
+        emaUpdate(reference.ema, toward: reference.student, decay: config.evalEMA.decay(step: 1))
+        for (mine, theirs) in [(t.student, reference.student), (t.teacher, reference.teacher), (t.ema, reference.ema),
+                              (t.optimizer.m, reference.optimizer.m), (t.optimizer.v, reference.optimizer.v)] {
+            for name in mine.names { XCTAssertEqual(mine[name].floats.map(\.bitPattern), theirs[name].floats.map(\.bitPattern), name) }
+        }
+    }
 }

@@ -36,6 +36,9 @@ public struct StepFigures: Sendable {
     /// overflows the network just as well).
     public var nonFiniteData: Int
     public var dataMagnitude: Double
+    /// TVM's rows zeroed by their terminal term alone (finite flow-matching term, non-finite loss): their
+    /// flow-matching gradient must come out (`TVMObjective.removingExcludedRows`).
+    public var excludedRows: Int { nonFiniteRows - nonFiniteFlowMatchingRows }
 
     public init(loss: Double, terminal: Double?, flowMatching: Double?, gradNorm: Double, rows: Int, nonFiniteRows: Int,
                 nonFiniteTerminalRows: Int, nonFiniteFlowMatchingRows: Int, nonFiniteData: Int, dataMagnitude: Double) {

@@ -51,13 +51,20 @@ public final class Trainer<Net: FlowMapNetwork> {
         let loss: Tensor, grads: [Tensor]
         // TVM's term figures for the log and the fault checks, made while the terms are at hand.
         var termFigures: [Tensor] = []
+        // TVM's removal of the excluded rows' flow-matching gradient, needed only when the figures count some.
+        var removingExcludedRows: (([Tensor]) -> [Tensor])?
         switch config.method {
         case .tvm:
             let inputs = tvm.inputs(x0: x0, cond: cond, rng: &rng, rows: parallel?.rows(ofBatch: x0.shape[0]))
-            let (terms, g) = tvm.termsAndGradients(network: net, student: leaves, teacher: teacher, inputs, wrt: leaves.all,
-                                                   backward: parallel.map { p in { p.averagedGradients(of: $0, wrt: $1, initial: $2) } })
+            let backward: TVMObjective.Backward? = parallel.map { p in { p.averagedGradients(of: $0, wrt: $1, initial: $2) } }
+            let (terms, g) = tvm.termsAndGradientsKeepingExcludedRows(network: net, student: leaves, teacher: teacher, inputs,
+                                                                      wrt: leaves.all, backward: backward)
             (loss, grads) = (terms.mean, g)
             termFigures = StepFigures.tensors(of: terms)
+            removingExcludedRows = { [net, teacher, tvm] in
+                tvm.removingExcludedRows(terms, from: $0, network: net, student: leaves, teacher: teacher, inputs, wrt: leaves.all,
+                                         backward: backward)
+            }
         case .meanFlow:
             let batch = config.meanFlow.batch(x0: x0, cond: cond, rng: &rng)
             loss = config.meanFlow.terms(network: net, params: leaves, batch).mean
@@ -70,10 +77,17 @@ public final class Trainer<Net: FlowMapNetwork> {
             loss = FlowMatchingObjective().loss(network: net, params: leaves, x0: x0, cond: cond, rng: &rng)
             grads = gradients(of: loss, wrt: leaves.all)
         }
-        let gathered = Gradients(grads, of: student)
+        var gathered = Gradients(grads, of: student)
         step += 1
-        let measured = StepFigures(loss: loss, data: data, termFigures: termFigures, squaredGradNorm: gathered.squaredNorm(),
+        // The step's one read from the device.
+        var measured = StepFigures(loss: loss, data: data, termFigures: termFigures, squaredGradNorm: gathered.squaredNorm(),
                                    parallel: parallel)
+        if measured.excludedRows > 0, let removingExcludedRows {
+            // Rare (a terminal term overflowed where its flow-matching term did not): one more pass, and one more read
+            // for the corrected norm. The figures are the same on every rank, so every rank takes this branch.
+            gathered = Gradients(removingExcludedRows(grads), of: student)
+            measured.gradNorm = gathered.norm()
+        }
         let fault = faultMonitor.inspect(measured, step: step)
         // A rejected step (a NaN gradient, a spike) would reach the weights, Adam's moments and the EMAs for
         // good: it updates nothing. Only zeroed rows with an otherwise finite step train, as officially.
