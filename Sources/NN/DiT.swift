@@ -32,6 +32,7 @@ public struct DiT: FlowMapNetwork {
 
     /// Names of the parameters an optimizer trains (all but the fixed position embedding).
     public var trainableNames: [String] { parameterSpecs.filter(\.trainable).map(\.key) }
+    public var frozenParameterNames: [String] { parameterSpecs.filter { !$0.trainable }.map(\.key) }
 
     /// Total number of scalars (fixed position embedding included) and trainable ones.
     public var parameterCount: (total: Int, trainable: Int) {

@@ -17,6 +17,12 @@ public protocol FlowMapNetwork {
     /// Fresh parameters (names are the official state-dict keys where one exists).
     func initialParameters(rng: inout RandomGenerator, on device: Device) -> ParameterSet
     func callAsFunction(_ p: ParameterSet, x: Tensor, t: Tensor, gap: Tensor, cond: Conditioning) -> Tensor
+    /// Parameters that are not trained (the optimizer leaves them as they are).
+    var frozenParameterNames: [String] { get }
+}
+
+extension FlowMapNetwork {
+    public var frozenParameterNames: [String] { [] }
 }
 
 /// The 2-D toy network: an MLP on [x, emb(t), emb(t - s)] with SiLU activations.

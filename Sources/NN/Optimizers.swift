@@ -12,6 +12,10 @@ public final class AdamW {
     public var weightDecay: Double
     /// Clip the global gradient norm to this value (nil: no clipping).
     public var maxGradNorm: Double?
+    /// Parameters that are not trained (the fixed position table). Their gradient is zero, so Adam leaves them
+    /// alone, but the decoupled weight decay would shrink them: torch's AdamW never sees them (no gradient), so
+    /// they keep their values here too.
+    public var frozen: [String] = []
     public private(set) var step = 0
     public private(set) var m: ParameterSet
     public private(set) var v: ParameterSet
@@ -59,6 +63,8 @@ public final class AdamW {
             p.adamwUpdate(gradient: g, m: m, v: v, lr: lr, beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay,
                           step: step, gradScale: scale)
         }
+        let kept = weightDecay == 0 ? [] : frozen.map { (params[$0], params[$0].detached() * 1.0) }
+        defer { for (parameter, value) in kept { parameter.overwrite(with: value) } }
         if let p = params.packed, let g = gradients.packed, let m = m.packed, let v = v.packed,
            g.layout == p.layout, m.layout == p.layout, v.layout == p.layout,
            self.m.names == params.names, self.v.names == params.names {

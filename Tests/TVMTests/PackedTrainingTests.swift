@@ -66,4 +66,25 @@ final class PackedTrainingTests: XCTestCase {
         let (worst, _, _) = largestDifference(method: .tvm, maxGradNorm: 1e-3)
         XCTAssertLessThan(worst, 1e-4)
     }
+
+    /// The DiT's fixed position table is not trained: torch's AdamW never sees it, so weight decay must not shrink
+    /// it either; the trained tensors do move (those that start at zero with a zero first gradient may not).
+    func testWeightDecayLeavesTheFixedPositionTableAlone() throws {
+        let net = try DiT(DiTConfig(patch: 2, hidden: 16, depth: 1, heads: 2, inputSize: 4, inChannels: 1, numClasses: 3))
+        var config = TrainConfig()
+        config.batch = 4
+        config.seed = 3
+        config.lr = 1e-2
+        config.weightDecay = 0.5
+        let t = Trainer(network: net, config: config)
+        XCTAssertEqual(t.optimizer.frozen, ["pos_embed"])
+        XCTAssertNotNil(t.student.packed)
+        let before = t.student.copy()
+        var rng = RandomGenerator(seed: 1)
+        let x0 = Tensor.randomNormal([4, 1, 4, 4], rng: &rng)
+        _ = t.train(x0: x0, cond: Conditioning(classes: Tensor([1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0], shape: [4, 3])))
+        XCTAssertEqual(t.student["pos_embed"].floats, before["pos_embed"].floats)
+        let moved = net.trainableNames.filter { t.student[$0].floats != before[$0].floats }
+        XCTAssertGreaterThan(moved.count, net.trainableNames.count / 2, "the trained tensors moved")
+    }
 }

@@ -38,6 +38,7 @@ public final class Trainer<Net: FlowMapNetwork> {
         extraEMAs = config.extraEMAs.map { _ in initial.copy() }
         optimizer = AdamW(for: student, lr: config.lr, beta1: config.beta1, beta2: config.beta2, eps: config.eps,
                           weightDecay: config.weightDecay, maxGradNorm: config.maxGradNorm)
+        optimizer.frozen = network.frozenParameterNames
         rng = RandomGenerator(seed: config.seed).split(2)
         tvm = TVMObjective(guidance: config.guidance)
         faultMonitor = FaultMonitor(detection: config.faults)

@@ -106,7 +106,8 @@ extension Tensor {
     }
 
     /// Copies `values` (of the same shape) into this tensor's storage.
-    private func overwrite(with values: Tensor) {
+    public func overwrite(with values: Tensor) {
+        precondition(values.shape == shape && values.dtype == dtype, "overwrite: \(values.dtype) \(values.shape) into \(dtype) \(shape)")
         let dense = StridedView(strides: [1])
         backend.copy(values.storage, dense, storage, dense, shape: [count])
     }
