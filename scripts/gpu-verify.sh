@@ -9,7 +9,7 @@
 #                                gpu-bench.sh's header) in the device tool's carry (about 60 MiB in all).
 #   scripts/gpu-verify.sh run    on the device: reference-check (float32, bf16 errors, the VAE and pickle fixtures),
 #                                the CUDA test suite, issue 18.4's round trip, bench before/after (MODELS),
-#                                tvm bench vae beside diffusers, the latent pipeline; logs under $OUT.
+#                                tvm bench vae beside diffusers, the latent pipeline, tvm prepare's speed; logs under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 F=${FIXTURES:-../shared/fixtures}
@@ -46,6 +46,8 @@ run)
     echo "== the latent pipeline (issue 17.6)"
     rm -rf .device/vae_small && cp -r "$D/vae_small" .device/vae_small
     OUT=$out/latents STEPS=40 timeout 50 scripts/gpu-latents.sh run 2>&1 | tail -6
+    echo "== tvm prepare end to end at 256x256 with SD-VAE-sized weights (issue 17.7)"
+    OUT=$out/latents timeout 150 scripts/gpu-latents.sh speed 2>&1 | tail -8
     ;;
 *)
     echo "usage: scripts/gpu-verify.sh pack|run" >&2; exit 2 ;;

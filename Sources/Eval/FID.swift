@@ -278,8 +278,12 @@ public final class FIDFeatureExtractor {
     /// device) to `accumulator`, quantised to 8 bits as the files `tvm sample` writes would be.
     public func accumulate(generated x: Tensor, into accumulator: inout FeatureAccumulator) throws {
         precondition(x.rank == 4, "generated images must be [N, C, H, W], got \(x.shape)")
-        let images = try ByteImages(unitValues: x.floats, count: x.shape[0], channels: x.shape[1],
-                                    height: x.shape[2], width: x.shape[3])
+        try accumulate(try ByteImages(unitValues: x.floats, count: x.shape[0], channels: x.shape[1], height: x.shape[2], width: x.shape[3]),
+                       into: &accumulator)
+    }
+
+    /// Adds the features of `images` to `accumulator`, `batchSize` images per network pass.
+    public func accumulate(_ images: ByteImages, into accumulator: inout FeatureAccumulator) throws {
         var start = 0
         while start < images.count {
             let end = Swift.min(start + batchSize, images.count)
