@@ -4,7 +4,10 @@
 # tvm sample --vae. Prints the relative error of the CUDA posteriors against the CPU ones and each step's time.
 #
 #   scripts/gpu-latents.sh pack   here: the static tvm binary (scripts/gpu-bench.sh pack) and the VAE fixture in .device
-#   scripts/gpu-latents.sh run    device call, carry [".device/tvm", ".device/vae_small"]; writes $OUT/latents-summary.txt
+#   scripts/gpu-latents.sh run    device call, carry [".device/tvm", ".device/vae_small"]; writes $OUT/latents-summary.txt.
+#                                 Where the Inception weights are on the machine (INCEPTION, default the file
+#                                 scripts/gpu-fid.sh run leaves, /tmp/tvm-fid/inception.safetensors), the training also
+#                                 measures FID of decoded samples against the RGB set, and tvm fid measures the samples.
 #   scripts/gpu-latents.sh speed  device call, carry [".device/tvm", ".whl"] (the diffusers wheels, as gpu-verify.sh):
 #                                 tvm prepare end to end at 256x256 with SD-VAE-sized random weights (diffusers' own
 #                                 initialisation, written by scripts/bench_vae_diffusers.py --save): IMAGES (default 512)
@@ -25,6 +28,7 @@ run)
     work=/tmp/tvm-latents
     rm -rf "$work" && mkdir -p "$work" "$out"
     tvm=.device/tvm vae=.device/vae_small device=${DEVICE:-cuda} steps=${STEPS:-200}
+    inception=${INCEPTION:-/tmp/tvm-fid/inception.safetensors}
     # 64 images of 4 classes, 40x52 RGB PNGs written with the standard library only.
     python3 - "$work/images" <<'PY' || exit 1
 import os, struct, sys, zlib
@@ -46,10 +50,18 @@ PY
         time $tvm prepare "$work/rgb.zip" --out "$work/latents-cuda.zip" --vae $vae --device $device --batch 16 --size 32
         time $tvm prepare "$work/rgb.zip" --out "$work/latents-cpu.zip" --vae $vae --device cpu --batch 16 --size 32
         stats=$($tvm prepare --stats "$work/latents-cuda.zip")
-        time $tvm train --device $device --data "$work/latents-cuda.zip" --model ${MODEL:-S/2} --batch 32 --steps $steps --every 100 \
-            --out "$work/run" --vae $vae $stats
+        fid=()
+        if [ -f "$inception" ]; then
+            fid=(--fid-every "$steps" --fid-samples ${FID_SAMPLES:-256} --fid-nfe 1,4 --fid-dataset "$work/rgb.zip" --fid-weights "$inception")
+        fi
+        time XDG_CACHE_HOME=$work/cache $tvm train --device $device --data "$work/latents-cuda.zip" --model ${MODEL:-S/2} --batch 32 \
+            --steps $steps --every 100 --out "$work/run" --vae $vae $stats ${fid[@]+"${fid[@]}"}
+        grep fid_nfe "$work/run/metrics.jsonl"
         time $tvm sample --device $device --checkpoint "$work/run/checkpoint.safetensors" --vae $vae --n 64 --classes random \
             --npy "$work/samples.npy" --out "$out/samples.png"
+        if [ -f "$inception" ]; then
+            time $tvm fid "$work/samples.npy" --dataset "$work/rgb.zip" --device $device --weights "$inception" --no-cache
+        fi
         cp "$work/run/samples_step${steps}_nfe1.png" "$out/"
         set +x
         python3 - "$work" <<'PY'

@@ -230,7 +230,8 @@ final class LatentPipelineCommandsTests: CLITestCase {
         XCTAssertEqual(Double(normalization.bias[1]), 1.5 / 4, accuracy: 1e-7)
     }
 
-    /// The presets against the official configs (configs/im256_w2.yaml, im256_w1p75.yaml, im512_w2p25.yaml), value by value.
+    /// The presets against the official configs (configs/im256_w2.yaml, im256_w1p75.yaml, im512_w2p5.yaml, im512_w2p25.yaml),
+    /// value by value.
     func testOfficialImageNetPresetsAreTheOfficialConfigs() throws {
         let common: [String: JSONValue] = [
             "model": .string("XL/2-18"), "batch": .number(2048), "lr": .number(1e-4), "betas": .string("0.9,0.95"), "eps": .number(1e-8),
@@ -238,9 +239,11 @@ final class LatentPipelineCommandsTests: CLITestCase {
             "bf16": .bool(true), "latent-final-mean": .number(0), "latent-final-std": .number(1)]
         let im256 = (mean: "0.86488,-0.27787343,0.21616915,0.3738409", std: "4.85503674,5.31922414,3.93725398,3.9870003")
         let im512 = (mean: "1.56,-0.695,0.483,0.729", std: "5.27,5.91,4.21,4.31")
-        let expected: [(String, Double, Bool, Double?, (mean: String, std: String))] = [
-            ("im256-w2", 2, true, nil, im256), ("im256-w1p75", 1.75, false, nil, im256), ("im512-w2p25", 2.25, true, 1, im512)]
-        for (name, cfg, timeSpecInit, clipping, statistics) in expected {
+        let expected: [(String, Double, Bool, Double?, (mean: String, std: String), scaled: Bool)] = [
+            ("im256-w2", 2, true, nil, im256, true), ("im256-w1p75", 1.75, false, nil, im256, true),
+            ("im512-w2p5", 2.5, false, 1, im512, false), ("im512-w2p25", 2.25, true, 1, im512, true)]
+        XCTAssertEqual(trainingPresets.filter { $0.name.hasPrefix("im") }.map(\.name), expected.map(\.0))
+        for (name, cfg, timeSpecInit, clipping, statistics, scaled) in expected {
             let preset = try XCTUnwrap(trainingPresets.first { $0.name == name }, name)
             var options = common
             options["cfg"] = .number(cfg)
@@ -248,6 +251,7 @@ final class LatentPipelineCommandsTests: CLITestCase {
             options["latent-std"] = .string(statistics.std)
             if timeSpecInit { options["time-spec-init"] = .bool(true) }
             if let clipping { options["max-grad-norm"] = .number(clipping) }
+            if !scaled { options["no-scaled-param"] = .bool(true) }
             XCTAssertEqual(Dictionary(uniqueKeysWithValues: preset.options.map { ($0.0, $0.1) }), options, name)
         }
     }

@@ -67,7 +67,7 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy|LATENTS.zip [--data-dir DIR] [
   --latent-final-mean X   (default 0)    --latent-final-std X   (default 1)
   --vae DIR               decode the sample grids with this SD-VAE (diffusers folder); without it the grids
                           show the latents' first channel. FID while training decodes its samples too (below)
-  The presets im256-w2, im256-w1p75 and im512-w2p25 are the official configs (tvm models lists them).
+  The presets im256-w2, im256-w1p75, im512-w2p5 and im512-w2p25 are the official configs (tvm models lists them).
 """ + "\n\n" + [optimizerHelp, fidHelp, faultHelp].joined(separator: "\n\n")
 
 /// The flags of `tvm train` on images (a config file's keys are the same names).
