@@ -156,7 +156,8 @@ final class LatentPipelineCommandsTests: CLITestCase {
         XCTAssertEqual(r.status, 0, r.err)
         r = try run(["prepare", dir + "/rgb.zip", "--out", dir + "/latents.zip", "--vae", vae, "--size", "32", "--device", "cpu"])
         XCTAssertEqual(r.status, 0, r.err)
-        let statistics = try XCTUnwrap(r.out.split(separator: "\n").first { $0.hasPrefix("--latent-mean") }).split(separator: " ").map(String.init)
+        let statistics = try XCTUnwrap(r.out.split(separator: "\n").first { $0.hasPrefix("--latent-mean") })
+            .split(separator: " ").map(String.init)
         let train = ["train", "--device", "cpu", "--data", dir + "/latents.zip", "--hidden", "32", "--depth", "1", "--heads", "2",
                      "--patch", "2", "--batch", "4", "--steps", "2", "--every", "2", "--seed", "5", "--out", dir + "/run"] + statistics
 
@@ -167,7 +168,8 @@ final class LatentPipelineCommandsTests: CLITestCase {
         try assertCleanError(train + ["--fid-every", "2", "--vae", vae, "--fid-dataset", dir + "/rgb.zip", "--fid-ref", dir + "/rgb.zip"]
                              + anyFile, contains: "not both")
         try AtomicFile.write(path: dir + "/broken.zip", bytes: Array("PK\u{3}\u{4} not really a zip".utf8))
-        try assertCleanError(train + ["--fid-every", "2", "--vae", vae, "--fid-dataset", dir + "/broken.zip"] + anyFile, contains: "broken.zip")
+        try assertCleanError(train + ["--fid-every", "2", "--vae", vae, "--fid-dataset", dir + "/broken.zip"] + anyFile,
+                             contains: "broken.zip")
         try assertCleanError(train + ["--fid-every", "2", "--vae", vae, "--fid-ref", dir + "/rgb.zip"] + anyFile, contains: "rgb.zip")
         try assertCleanError(train + ["--fid-dataset", dir + "/rgb.zip"], contains: "--fid-dataset goes with --fid-every N")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/run"), "a refused run wrote nothing")
@@ -403,7 +405,8 @@ final class LatentPipelineCommandsTests: CLITestCase {
         // Latents of 4 channels, and the checkpoint r2 of a model of 8.
         let narrow = try ZIPWriter(path: dir + "/narrow.zip")
         for i in 0..<2 {
-            try narrow.add(name: DatasetPreparation.latentName(i), bytes: NPYArray(shape: [8, 4, 4], floats: (0..<128).map { Float($0 % 5) / 5 }).serialized())
+            try narrow.add(name: DatasetPreparation.latentName(i),
+                           bytes: NPYArray(shape: [8, 4, 4], floats: (0..<128).map { Float($0 % 5) / 5 }).serialized())
         }
         try narrow.finish()
         let generated = dir + "/generated.npy"

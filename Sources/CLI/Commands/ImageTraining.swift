@@ -145,7 +145,8 @@ func trainOnImages(_ args: [String]) throws {
         if a.has("flip") { throw CLIError("--flip applies to images, not to latents (the official ImageNet configs do not flip)", usage: true) }
         if let fidSettings {
             guard a.string("vae") != nil else {
-                throw CLIError("--fid-every on latents measures the decoded samples: give --vae DIR (the VAE of the latent set)", usage: true)
+                throw CLIError("--fid-every on latents measures the decoded samples: give --vae DIR (the VAE of the latent set)",
+                               usage: true)
             }
             if case .trainingImages = fidSettings.reference {
                 throw CLIError("--fid-every on latents compares decoded samples with RGB images: give --fid-dataset RGB.zip (the cropped "

@@ -66,9 +66,12 @@ struct FIDOptions {
         case (let spec?, nil): reference = .images(try loadFIDImages(spec, dataDir: nil, pad: 2, train: true), name: spec)
         case (nil, let path?):
             let statistics: ReferenceStatistics
-            do { statistics = try ReferenceStatistics.read(path: path) } catch let e as EvalError { throw CLIError("--fid-ref " + e.message) }
+            do { statistics = try ReferenceStatistics.read(path: path) } catch let e as EvalError {
+                throw CLIError("--fid-ref " + e.message)
+            }
             guard statistics.dimension == InceptionV3.featureCount else {
-                throw CLIError("--fid-ref \(path): statistics of \(statistics.dimension) features; Inception-v3 gives \(InceptionV3.featureCount)")
+                throw CLIError("--fid-ref \(path): statistics of \(statistics.dimension) features; Inception-v3 gives "
+                               + "\(InceptionV3.featureCount)")
             }
             reference = .published(statistics, name: path)
         default: throw CLIError("give --fid-dataset or --fid-ref, not both", usage: true)
@@ -101,7 +104,8 @@ struct FIDOptions {
         let fid = TrainingFID(extractor: extractor, reference: statistics, data: data, samples: samples, seed: seed, guidance: guidance,
                               labels: decoder == nil ? .inTurn : .uniform, decode: decoder.map { d in { try d.images($0) } })
         Console.info("FID every \(every) steps: \(samples) \(decoder == nil ? "" : "decoded ")samples at "
-                     + "\(nfes.map(String.init).joined(separator: ", ")) NFE against \(against)" + (keepBest ? "; the best checkpoint kept" : ""))
+                     + "\(nfes.map(String.init).joined(separator: ", ")) NFE against \(against)"
+                     + (keepBest ? "; the best checkpoint kept" : ""))
         return FIDTracking(every: every, nfes: nfes, keepBest: keepBest, measure: fid.measure)
     }
 

@@ -34,8 +34,8 @@ let trainingPresets: [TrainingPreset] = [
 /// An official ImageNet recipe (`configs/<config>` of the official code) on a latent set made by `tvm prepare --vae`:
 /// DiT-XL/2 with 18 heads, spectral initialisation, bf16, AdamW lr 1e-4 betas (0.9, 0.95) eps 1e-8 without weight
 /// decay, batch 2048, evaluation EMA 0.9999, EMA target 0.99, label dropout 0.1, constant guidance w, the scaled
-/// parameterization (off in im512_w2p5.yaml), the gap time sampler's defaults (mu_s -0.4, sigma_s 1, mu_g -0.8, sigma_g 1), no flips, and the
-/// SD-VAE latent statistics of the resolution. The data (--data LATENTS.zip) is the user's.
+/// parameterization (off in im512_w2p5.yaml), the gap time sampler's defaults (mu_s -0.4, sigma_s 1, mu_g -0.8,
+/// sigma_g 1), no flips, and the SD-VAE latent statistics of the resolution. The data (--data LATENTS.zip) is the user's.
 private func officialImageNetPreset(name: String, config: String, cfg: Double, timeSpecInit: Bool, clipping: Double?,
                                     statistics: (mean: [Double], std: [Double]), result: String,
                                     scaledParameterization: Bool = true) -> TrainingPreset {
