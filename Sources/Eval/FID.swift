@@ -261,12 +261,13 @@ public final class FIDFeatureExtractor {
 
     /// Statistics of all `images`, batch by batch. After each batch, `progress` gets the number of images
     /// done and that batch's features [m, 2048] (to report progress, or to keep the features).
-    public func statistics(_ images: ByteImages, progress: ((Int, Tensor) -> Void)? = nil) throws -> FeatureStatistics {
+    public func statistics(_ images: some FIDImageSet, progress: ((Int, Tensor) -> Void)? = nil) throws -> FeatureStatistics {
         var acc = FeatureAccumulator(dimension: InceptionV3.featureCount, device: network.device)
         var start = 0
         while start < images.count {
             let end = Swift.min(start + batchSize, images.count)
-            let f = features(images, range: start..<end)
+            let batch = try images.images(start..<end)
+            let f = features(batch, range: 0..<batch.count)
             acc.add(f)
             start = end
             progress?(start, f)

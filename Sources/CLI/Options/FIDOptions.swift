@@ -33,8 +33,8 @@ struct FIDOptions {
     enum Reference {
         /// The images the run trains on.
         case trainingImages
-        /// Other images (`--fid-dataset`), read when the options are.
-        case images(ByteImages, name: String)
+        /// Other images (`--fid-dataset`), listed (a data set ZIP) or read when the options are.
+        case images(any FIDImageSet, name: String)
         /// Published statistics (`--fid-ref`).
         case published(ReferenceStatistics, name: String)
     }
@@ -63,7 +63,7 @@ struct FIDOptions {
         let reference: Reference
         switch (a.string("fid-dataset"), a.string("fid-ref")) {
         case (nil, nil): reference = .trainingImages
-        case (let spec?, nil): reference = .images(try loadFIDImages(spec, dataDir: nil, pad: 2, train: true), name: spec)
+        case (let spec?, nil): reference = .images(try loadFIDReference(spec, dataDir: nil, pad: 2, train: true, limit: nil), name: spec)
         case (nil, let path?):
             let statistics: ReferenceStatistics
             do { statistics = try ReferenceStatistics.read(path: path) } catch let e as EvalError {
@@ -109,7 +109,7 @@ struct FIDOptions {
         return FIDTracking(every: every, nfes: nfes, keepBest: keepBest, measure: fid.measure)
     }
 
-    private func referenceImages(data: ImageDataset, named name: String) throws -> (ByteImages, String) {
+    private func referenceImages(data: ImageDataset, named name: String) throws -> (any FIDImageSet, String) {
         if case .images(let images, let imagesName) = reference { return (images, imagesName) }
         return (try ByteImages(dataset: data), name)
     }
