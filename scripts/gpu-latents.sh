@@ -13,7 +13,8 @@
 #                                 initialisation, written by scripts/bench_vae_diffusers.py --save): IMAGES (default 512)
 #                                 PNGs of 500x375 -> RGB crops (CPU) -> latents (float32, then --bf16), and images ->
 #                                 latents in one pass; images/s of each, the bf16 posteriors' error against float32's;
-#                                 writes $OUT/prepare-speed.txt (issue 17.7; record in docs/BENCHMARKS.md).
+#                                 writes $OUT/prepare-speed.txt (issue 17.7; record in docs/BENCHMARKS.md). VAE=DIR
+#                                 takes that diffusers folder instead (DEVICE=cpu IMAGES=4 VAE=.device/vae_small tries it).
 # DEVICE=cpu STEPS=3 MODEL=S/2 tries the run half here (with .device/tvm a link to .build/release/tvm).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -80,11 +81,13 @@ speed)
     out=${OUT:-/tmp/gpu-latents-out}
     work=/tmp/tvm-prepare-speed
     rm -rf "$work" && mkdir -p "$work" "$out"
-    tvm=.device/tvm device=${DEVICE:-cuda} n=${IMAGES:-512} batch=${BATCH:-32}
-    if [ -d .whl ]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    tvm=.device/tvm device=${DEVICE:-cuda} n=${IMAGES:-512} batch=${BATCH:-32} vae=${VAE:-$work/sd-vae}
+    if [ -z "${VAE:-}" ]; then
+        if [ -d .whl ]; then
+            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+        fi
+        PYTHONPATH=/tmp/site python3 scripts/bench_vae_diffusers.py --save "$vae" || exit 1
     fi
-    PYTHONPATH=/tmp/site python3 scripts/bench_vae_diffusers.py --save "$work/sd-vae" || exit 1
     # n PNGs of 500x375 (ImageNet's most common size) in 10 class folders: smooth gradients with noise, numpy and zlib.
     python3 - "$work/images" "$n" <<'PY' || exit 1
 import os, struct, sys, zlib
@@ -117,9 +120,9 @@ PY
         nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null
         echo "tvm prepare, $n images 500x375 -> 256x256, SD-VAE-sized random weights, batch $batch, $(nproc) CPU cores"
         timed "images -> RGB crops (CPU)" "$work/images" --out "$work/rgb256.zip" --size 256
-        timed "RGB crops -> latents, float32" "$work/rgb256.zip" --out "$work/latents-f32.zip" --vae "$work/sd-vae" --device "$device" --batch "$batch" --size 256
-        timed "RGB crops -> latents, --bf16" "$work/rgb256.zip" --out "$work/latents-bf16.zip" --vae "$work/sd-vae" --device "$device" --batch "$batch" --size 256 --bf16
-        timed "images -> latents in one pass, --bf16" "$work/images" --out "$work/latents-direct.zip" --vae "$work/sd-vae" --device "$device" --batch "$batch" --size 256 --bf16
+        timed "RGB crops -> latents, float32" "$work/rgb256.zip" --out "$work/latents-f32.zip" --vae "$vae" --device "$device" --batch "$batch" --size 256
+        timed "RGB crops -> latents, --bf16" "$work/rgb256.zip" --out "$work/latents-bf16.zip" --vae "$vae" --device "$device" --batch "$batch" --size 256 --bf16
+        timed "images -> latents in one pass, --bf16" "$work/images" --out "$work/latents-direct.zip" --vae "$vae" --device "$device" --batch "$batch" --size 256 --bf16
         python3 - "$work" <<'PY'
 import io, sys, zipfile
 import numpy as np
@@ -127,7 +130,7 @@ w = sys.argv[1]
 a, b = zipfile.ZipFile(w + '/latents-bf16.zip'), zipfile.ZipFile(w + '/latents-f32.zip')
 names = sorted(n for n in a.namelist() if n.endswith('.npy'))[:64]
 x = np.stack([np.load(io.BytesIO(a.read(n))) for n in names]); y = np.stack([np.load(io.BytesIO(b.read(n))) for n in names])
-print('posteriors', y.shape[1:], 'of 64 images: --bf16 vs float32 relative error', np.linalg.norm(x - y) / np.linalg.norm(y))
+print('posteriors', y.shape[1:], 'of %d images: --bf16 vs float32 relative error' % len(names), np.linalg.norm(x - y) / np.linalg.norm(y))
 PY
     } 2>&1 | tee "$out/prepare-speed.txt"
     ;;
