@@ -49,7 +49,7 @@ run)
     rm -rf .device/vae_small && cp -r "$D/vae_small" .device/vae_small
     OUT=$out/latents STEPS=40 timeout 50 scripts/gpu-latents.sh run 2>&1 | tail -6
     echo "== tvm prepare end to end at 256x256 with SD-VAE-sized weights (issue 17.7)"
-    OUT=$out/latents timeout 150 scripts/gpu-latents.sh speed 2>&1 | tail -8
+    OUT=$out/latents IMAGES=256 timeout 90 scripts/gpu-latents.sh speed 2>&1 | tail -8
     ;;
 *)
     echo "usage: scripts/gpu-verify.sh pack|run" >&2; exit 2 ;;
