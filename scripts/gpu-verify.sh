@@ -7,9 +7,10 @@
 #                                .device/tvm-before.xz, the fixtures; name .device, .whl (diffusers and
 #                                importlib_metadata wheels, see the device README) and .official (the official code,
 #                                gpu-bench.sh's header) in the device tool's carry (about 60 MiB in all).
-#   scripts/gpu-verify.sh run    on the device: reference-check (float32, bf16 errors, the VAE and pickle fixtures),
-#                                the CUDA test suite, issue 18.4's round trip, bench before/after (MODELS),
-#                                tvm bench vae beside diffusers, the latent pipeline; logs under $OUT.
+#   scripts/gpu-verify.sh run    on the device: reference-check (float32, bf16 errors, the VAE (float32 and bf16) and
+#                                pickle fixtures), the CUDA test suite, issue 18.4's round trip, bench before/after (MODELS),
+#                                tvm bench vae beside diffusers, the latent pipeline, tvm prepare's speed; logs under
+#                                $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 F=${FIXTURES:-../shared/fixtures}
@@ -33,6 +34,7 @@ run)
     timeout 40 $T reference-check .device/tvm_reference_small.safetensors --device cuda 2>&1 | tail -2
     timeout 40 $T reference-check .device/tvm_reference_small.safetensors --device cuda --bf16 --tolerance 1 2>&1 | tail -1
     for d in "$D/vae_small" "$D/official_snapshot_small.pkl"; do timeout 25 $T reference-check "$d" --device cuda 2>&1 | tail -2; done
+    timeout 25 $T reference-check "$D/vae_small" --device cuda --bf16 --tolerance 1 2>&1 | tail -7   # the VAE's bf16 errors (issue 17.2)
     echo "== the CUDA test suite"
     SKIP_BENCH=1 SKIP_TORCH=1 OUT=$out/suite timeout 170 scripts/gpu.sh run 2>&1 | tail -8
     echo "== our checkpoint in the official sampler (issue 18.4)"
@@ -46,6 +48,8 @@ run)
     echo "== the latent pipeline (issue 17.6)"
     rm -rf .device/vae_small && cp -r "$D/vae_small" .device/vae_small
     OUT=$out/latents STEPS=40 timeout 50 scripts/gpu-latents.sh run 2>&1 | tail -6
+    echo "== tvm prepare end to end at 256x256 with SD-VAE-sized weights (issue 17.7)"
+    OUT=$out/latents IMAGES=256 timeout 90 scripts/gpu-latents.sh speed 2>&1 | tail -8
     ;;
 *)
     echo "usage: scripts/gpu-verify.sh pack|run" >&2; exit 2 ;;

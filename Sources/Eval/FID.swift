@@ -261,12 +261,13 @@ public final class FIDFeatureExtractor {
 
     /// Statistics of all `images`, batch by batch. After each batch, `progress` gets the number of images
     /// done and that batch's features [m, 2048] (to report progress, or to keep the features).
-    public func statistics(_ images: ByteImages, progress: ((Int, Tensor) -> Void)? = nil) throws -> FeatureStatistics {
+    public func statistics(_ images: some FIDImageSet, progress: ((Int, Tensor) -> Void)? = nil) throws -> FeatureStatistics {
         var acc = FeatureAccumulator(dimension: InceptionV3.featureCount, device: network.device)
         var start = 0
         while start < images.count {
             let end = Swift.min(start + batchSize, images.count)
-            let f = features(images, range: start..<end)
+            let batch = try images.images(start..<end)
+            let f = features(batch, range: 0..<batch.count)
             acc.add(f)
             start = end
             progress?(start, f)
@@ -278,8 +279,12 @@ public final class FIDFeatureExtractor {
     /// device) to `accumulator`, quantised to 8 bits as the files `tvm sample` writes would be.
     public func accumulate(generated x: Tensor, into accumulator: inout FeatureAccumulator) throws {
         precondition(x.rank == 4, "generated images must be [N, C, H, W], got \(x.shape)")
-        let images = try ByteImages(unitValues: x.floats, count: x.shape[0], channels: x.shape[1],
-                                    height: x.shape[2], width: x.shape[3])
+        try accumulate(try ByteImages(unitValues: x.floats, count: x.shape[0], channels: x.shape[1], height: x.shape[2], width: x.shape[3]),
+                       into: &accumulator)
+    }
+
+    /// Adds the features of `images` to `accumulator`, `batchSize` images per network pass.
+    public func accumulate(_ images: ByteImages, into accumulator: inout FeatureAccumulator) throws {
         var start = 0
         while start < images.count {
             let end = Swift.min(start + batchSize, images.count)

@@ -46,7 +46,7 @@ public struct FIDReferenceStatistics {
     }
 
     /// The key of `images` under `network`: statistics made with other weights, preprocessing or pixels differ.
-    public static func key(network: InceptionV3, images: ByteImages) -> String {
+    public static func key(network: InceptionV3, images: some FIDImageSet) -> String {
         "\(network.identity)|\(FID.preprocessing)|\(images.fingerprint)"
     }
 
@@ -57,7 +57,7 @@ public struct FIDReferenceStatistics {
     /// `extractor` (`progress` gets the images done) and cached; `computed` says which. `note` hears where they
     /// came from and why a cache file was not used or could not be written; a cache that fails never fails the
     /// measurement.
-    public func statistics(of images: ByteImages, named name: String, extractor: FIDFeatureExtractor, note: (String) -> Void,
+    public func statistics(of images: some FIDImageSet, named name: String, extractor: FIDFeatureExtractor, note: (String) -> Void,
                            progress: ((Int) -> Void)? = nil) throws -> (statistics: FeatureStatistics, computed: Bool) {
         let key = Self.key(network: extractor.network, images: images)
         let cachePath = path(key: key)

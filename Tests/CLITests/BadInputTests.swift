@@ -209,6 +209,18 @@ final class BadInputTests: CLITestCase {
                 Case(args: ["bench", "attention", "--device", "cpu", "--s", "100000000"], names: "--s"),
                 Case(args: ["bench", "attention", "--device", "cpu", "--d", "x"], names: "--d"),
             ]),
+            ("prepare", [
+                Case(args: ["prepare"], names: "one source"),
+                Case(args: ["prepare", path("empty"), "--out", path("p.zip")], names: "empty"),
+                Case(args: ["prepare", path("missing"), "--out", path("p.zip")], names: "missing"),
+                Case(args: ["prepare", path("empty"), "--out", path("p.tar")], names: "--out"),
+                Case(args: ["prepare", path("empty"), "--out", path("p.zip"), "--size", "0"], names: "--size"),
+                Case(args: ["prepare", path("empty"), "--out", path("p.zip"), "--on-bad-image", "ignore"], names: "--on-bad-image"),
+                Case(args: ["prepare", path("empty"), "--out", path("p.zip"), "--bf16"], names: "--bf16"),
+                Case(args: ["prepare", path("empty"), "--out", path("p.zip"), "--vae", path("empty")], names: "empty"),
+                Case(args: ["prepare", "--stats", x, "--bf16"], names: "--bf16"),
+                Case(args: ["prepare", "--stats", x], names: "x.npy"),
+            ]),
             ("import", [
                 Case(args: ["import"], names: "one official file"),
                 Case(args: ["import", path("text.txt"), "--out", path("imported.safetensors")], names: "text.txt"),

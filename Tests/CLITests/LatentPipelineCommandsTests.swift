@@ -5,6 +5,7 @@ import TensorCore
 import NN
 import Data
 import Eval
+import TVM
 @testable import CLI
 
 /// The paper's setting end to end on the CPU, as a user runs it: images -> `tvm prepare` (the cropped RGB set, then
@@ -145,6 +146,72 @@ final class LatentPipelineCommandsTests: CLITestCase {
         }
     }
 
+    /// FID while training on latents: the samples decoded by the VAE, against the cropped RGB set. The measurement's
+    /// samples are those `tvm sample --classes random --seed <seed + offset>` writes, so its FID is `tvm fid`'s of them.
+    func testFIDWhileTrainingOnLatentsMeasuresTheDecodedSamples() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let images = try makeImages(dir), vae = try vaeDirectory(dir)
+        var r = try run(["prepare", images, "--out", dir + "/rgb.zip", "--size", "32"])
+        XCTAssertEqual(r.status, 0, r.err)
+        r = try run(["prepare", dir + "/rgb.zip", "--out", dir + "/latents.zip", "--vae", vae, "--size", "32", "--device", "cpu"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let statistics = try XCTUnwrap(r.out.split(separator: "\n").first { $0.hasPrefix("--latent-mean") })
+            .split(separator: " ").map(String.init)
+        let train = ["train", "--device", "cpu", "--data", dir + "/latents.zip", "--hidden", "32", "--depth", "1", "--heads", "2",
+                     "--patch", "2", "--batch", "4", "--steps", "2", "--every", "2", "--seed", "5", "--out", dir + "/run"] + statistics
+
+        // Refused before the run starts: no VAE to decode with, nothing RGB to compare with, two references, a bad one.
+        let anyFile = ["--fid-weights", vae + "/config.json"]
+        try assertCleanError(train + ["--fid-every", "2"] + anyFile + ["--fid-dataset", dir + "/rgb.zip"], contains: "give --vae DIR")
+        try assertCleanError(train + ["--fid-every", "2", "--vae", vae] + anyFile, contains: "--fid-dataset RGB.zip")
+        try assertCleanError(train + ["--fid-every", "2", "--vae", vae, "--fid-dataset", dir + "/rgb.zip", "--fid-ref", dir + "/rgb.zip"]
+                             + anyFile, contains: "not both")
+        try AtomicFile.write(path: dir + "/broken.zip", bytes: Array("PK\u{3}\u{4} not really a zip".utf8))
+        try assertCleanError(train + ["--fid-every", "2", "--vae", vae, "--fid-dataset", dir + "/broken.zip"] + anyFile,
+                             contains: "broken.zip")
+        try assertCleanError(train + ["--fid-every", "2", "--vae", vae, "--fid-ref", dir + "/rgb.zip"] + anyFile, contains: "rgb.zip")
+        try assertCleanError(train + ["--fid-dataset", dir + "/rgb.zip"], contains: "--fid-dataset goes with --fid-every N")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/run"), "a refused run wrote nothing")
+
+        let weights = try inceptionWeightsOrSkip()
+        r = try run(["XDG_CACHE_HOME=" + dir, binary] + train + ["--vae", vae, "--fid-every", "2", "--fid-samples", "4", "--fid-nfe", "1",
+                                                                  "--fid-dataset", dir + "/rgb.zip", "--fid-weights", weights],
+                    executable: "/usr/bin/env")
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.err.contains("4 decoded samples at 1 NFE against the 6 images of \(dir)/rgb.zip"), r.err)
+        let logged = try String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .map { try JSONValue.parse(String($0)) }.compactMap { $0["fid_nfe1"]?.double }
+        XCTAssertEqual(logged.count, 1)
+        let fid = try XCTUnwrap(logged.first)
+
+        // The same samples, written by tvm sample and measured by tvm fid.
+        r = try run(["sample", "--device", "cpu", "--checkpoint", dir + "/run/checkpoint.safetensors", "--vae", vae, "--n", "4",
+                     "--classes", "random", "--seed", "\(5 + TrainingFID.fidSeedOffset)", "--nfe", "1", "--cfg", "2",
+                     "--npy", dir + "/s.npy", "--out", dir + "/s.png"])
+        XCTAssertEqual(r.status, 0, r.err)
+        r = try run(["fid", dir + "/s.npy", "--dataset", dir + "/rgb.zip", "--no-cache", "--device", "cpu", "--weights", weights])
+        XCTAssertEqual(r.status, 0, r.err)
+        let measured = try XCTUnwrap(Double(r.out.trimmingCharacters(in: .whitespacesAndNewlines).dropFirst("FID ".count)), r.out)
+        XCTAssertGreaterThan(fid, 0)
+        XCTAssertEqual(fid, measured, accuracy: 1e-3 * fid + 1e-4, "FID while training vs tvm sample + tvm fid")
+
+        // A reference ZIP is read a batch at a time, so a damaged image in it stops the measurement when its batch comes.
+        let cut = try ZIPWriter(path: dir + "/cut.zip")
+        let entries = try ZIPArchive(path: dir + "/rgb.zip")
+        for (k, entry) in entries.entries.enumerated() {
+            let bytes = try entries.read(entry)
+            try cut.add(name: entry.name, bytes: k == 3 ? Array(bytes.prefix(bytes.count - 20)) : bytes)
+        }
+        try cut.finish()
+        r = try run(["fid", dir + "/s.npy", "--dataset", dir + "/cut.zip", "--no-cache", "--device", "cpu", "--weights", weights, "--batch", "2"])
+        XCTAssertEqual(r.status, 1, r.err)
+        XCTAssertEqual(r.out, "")
+        let last = try XCTUnwrap(r.err.split(separator: "\n").last)
+        XCTAssertTrue(last.hasPrefix("error: ") && last.contains("cut.zip: entry \"00000/img00000003.png\""), r.err)
+        XCTAssertEqual(r.err.split(separator: "\n").filter { $0.hasPrefix("error: ") }.count, 1, r.err)
+    }
+
     func testLatentsAreDrawnAfreshAndNormalisedEveryTimeAnImageIsUsed() throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -180,7 +247,8 @@ final class LatentPipelineCommandsTests: CLITestCase {
         XCTAssertEqual(Double(normalization.bias[1]), 1.5 / 4, accuracy: 1e-7)
     }
 
-    /// The presets against the official configs (configs/im256_w2.yaml, im256_w1p75.yaml, im512_w2p25.yaml), value by value.
+    /// The presets against the official configs (configs/im256_w2.yaml, im256_w1p75.yaml, im512_w2p5.yaml, im512_w2p25.yaml),
+    /// value by value.
     func testOfficialImageNetPresetsAreTheOfficialConfigs() throws {
         let common: [String: JSONValue] = [
             "model": .string("XL/2-18"), "batch": .number(2048), "lr": .number(1e-4), "betas": .string("0.9,0.95"), "eps": .number(1e-8),
@@ -188,9 +256,11 @@ final class LatentPipelineCommandsTests: CLITestCase {
             "bf16": .bool(true), "latent-final-mean": .number(0), "latent-final-std": .number(1)]
         let im256 = (mean: "0.86488,-0.27787343,0.21616915,0.3738409", std: "4.85503674,5.31922414,3.93725398,3.9870003")
         let im512 = (mean: "1.56,-0.695,0.483,0.729", std: "5.27,5.91,4.21,4.31")
-        let expected: [(String, Double, Bool, Double?, (mean: String, std: String))] = [
-            ("im256-w2", 2, true, nil, im256), ("im256-w1p75", 1.75, false, nil, im256), ("im512-w2p25", 2.25, true, 1, im512)]
-        for (name, cfg, timeSpecInit, clipping, statistics) in expected {
+        let expected: [(String, Double, Bool, Double?, (mean: String, std: String), scaled: Bool)] = [
+            ("im256-w2", 2, true, nil, im256, true), ("im256-w1p75", 1.75, false, nil, im256, true),
+            ("im512-w2p5", 2.5, false, 1, im512, false), ("im512-w2p25", 2.25, true, 1, im512, true)]
+        XCTAssertEqual(trainingPresets.filter { $0.name.hasPrefix("im") }.map(\.name), expected.map(\.0))
+        for (name, cfg, timeSpecInit, clipping, statistics, scaled) in expected {
             let preset = try XCTUnwrap(trainingPresets.first { $0.name == name }, name)
             var options = common
             options["cfg"] = .number(cfg)
@@ -198,6 +268,7 @@ final class LatentPipelineCommandsTests: CLITestCase {
             options["latent-std"] = .string(statistics.std)
             if timeSpecInit { options["time-spec-init"] = .bool(true) }
             if let clipping { options["max-grad-norm"] = .number(clipping) }
+            if !scaled { options["no-scaled-param"] = .bool(true) }
             XCTAssertEqual(Dictionary(uniqueKeysWithValues: preset.options.map { ($0.0, $0.1) }), options, name)
         }
     }
@@ -325,5 +396,91 @@ final class LatentPipelineCommandsTests: CLITestCase {
         try assertCleanError(["sample", "--device", "cpu", "--checkpoint", dir + "/r2/checkpoint.safetensors", "--vae", vae, "--n", "2",
                               "--out", dir + "/g.png"], contains: "config.json: the VAE has 4 latent channels")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/g.png"))
+
+        // The rest of the list wherever the pipeline reads such a file: one line naming the file (or the entry) and the
+        // problem, no output, nothing changed.
+        let jpeg = try AtomicFile.read(path: Self.resources + "/progressive422.jpg")
+        let jpegImages = dir + "/jpegs"
+        for (name, bytes) in [("a/whole.jpg", jpeg), ("b/cut.JPEG", Array(jpeg.prefix(jpeg.count / 2)))] {
+            try FileManager.default.createDirectory(atPath: jpegImages + "/" + name.prefix(1), withIntermediateDirectories: true)
+            try AtomicFile.write(path: jpegImages + "/" + name, bytes: bytes)
+        }
+        let notJPEG = dir + "/notjpeg"
+        try FileManager.default.createDirectory(atPath: notJPEG + "/a", withIntermediateDirectories: true)
+        try AtomicFile.write(path: notJPEG + "/a/photo.jpg", bytes: [0xFF, 0xD8, 0xFF, 0xE0] + Array("not the rest of a JPEG".utf8))
+        // A data set ZIP whose second PNG is cut short, and a latent set cut in the middle of its entries.
+        let png = try Image(width: 8, height: 8, channels: 3, pixels: (0..<192).map { UInt8($0) }).pngBytes()
+        let cutPNG = try ZIPWriter(path: dir + "/cut-png.zip")
+        try cutPNG.add(name: DatasetPreparation.pngName(0), bytes: png)
+        try cutPNG.add(name: DatasetPreparation.pngName(1), bytes: Array(png.prefix(png.count - 20)))
+        try cutPNG.add(name: "dataset.json", bytes: Array(#"{"labels": [["00000/img00000000.png", 0], ["00000/img00000001.png", 1]]}"#.utf8))
+        try cutPNG.finish()
+        let whole = try AtomicFile.read(path: dir + "/wide.zip")
+        try AtomicFile.write(path: dir + "/cut-latents.zip", bytes: Array(whole.prefix(whole.count / 2)))
+        // Latents of 4 channels, and the checkpoint r2 of a model of 8.
+        let narrow = try ZIPWriter(path: dir + "/narrow.zip")
+        for i in 0..<2 {
+            try narrow.add(name: DatasetPreparation.latentName(i),
+                           bytes: NPYArray(shape: [8, 4, 4], floats: (0..<128).map { Float($0 % 5) / 5 }).serialized())
+        }
+        try narrow.finish()
+        let generated = dir + "/generated.npy"
+        try NPYArray.write(path: generated, shape: [2, 3, 8, 8], bytes: (0..<384).map { UInt8($0 % 256) })
+        // FID refuses these inputs before it reads the weights (a damaged image in a reference ZIP is found when its
+        // batch is read: testFIDWhileTrainingOnLatentsMeasuresTheDecodedSamples).
+        let weights = ["--weights", dir + "/wide.zip", "--device", "cpu"]
+        let latentTrain = ["train", "--device", "cpu", "--hidden", "32", "--depth", "1", "--heads", "2", "--patch", "2", "--batch", "2",
+                           "--steps", "1", "--out", dir + "/r3"]
+        var cases: [(args: [String], names: [String])] = [
+            (["prepare", jpegImages, "--out", dir + "/j1.zip", "--size", "16", "--on-bad-image", "stop"], ["cut.JPEG", "stop"]),
+            (["prepare", notJPEG, "--out", dir + "/j2.zip", "--size", "16", "--on-bad-image", "stop"], ["photo.jpg", "stop"]),
+            (["prepare", dir + "/cut-png.zip", "--out", dir + "/p.zip", "--size", "8", "--on-bad-image", "stop"], ["img00000001.png", "stop"]),
+            (["fid", dir + "/cut-png.zip", "--dataset", generated] + weights, ["cut-png.zip", "img00000001.png"]),
+            (["fid", generated, "--dataset", dir + "/broken.zip"] + weights, ["broken.zip"]),
+            (["fid", generated, "--ref", dir + "/broken.zip"] + weights, ["broken.zip"]),
+            (["prepare", "--stats", dir + "/broken.zip"], ["broken.zip"]),
+            (["prepare", "--stats", dir + "/cut-latents.zip"], ["cut-latents.zip"]),
+            (latentTrain + eight + ["--data", dir + "/broken.zip"], ["broken.zip"]),
+            (latentTrain + eight + ["--data", dir + "/cut-latents.zip"], ["cut-latents.zip"]),
+            (latentTrain + eight + ["--data", dir + "/wide.zip", "--vae", wrong], ["diffusion_pytorch_model.safetensors"]),
+            (["sample", "--device", "cpu", "--checkpoint", dir + "/r2/checkpoint.safetensors", "--vae", wrong, "--n", "2",
+              "--out", dir + "/g.png"], ["diffusion_pytorch_model.safetensors"]),
+            (["train", "--device", "cpu", "--data", dir + "/narrow.zip", "--batch", "2", "--steps", "2", "--out", dir + "/r3",
+              "--resume-from", dir + "/r2/checkpoint.safetensors"], ["r2/checkpoint.safetensors", "4x4x8"]),
+        ]
+        // With the fixture's diffusers outputs beside it, the mismatched VAE goes through reference-check too.
+        if FileManager.default.fileExists(atPath: vae + "/reference.safetensors") {
+            try FileManager.default.copyItem(atPath: vae + "/reference.safetensors", toPath: wrong + "/reference.safetensors")
+            cases.append((["reference-check", wrong, "--device", "cpu"], ["diffusion_pytorch_model.safetensors"]))
+        }
+        let before = try files(dir)
+        for c in cases {
+            let r = try run(c.args)
+            let shown = c.args.map { $0.replacingOccurrences(of: dir + "/", with: "") }.joined(separator: " ")
+            XCTAssertTrue([1, 2].contains(r.status), "tvm \(shown) exited with \(r.status)")
+            let errors = r.err.split(separator: "\n").filter { $0.hasPrefix("error: ") }
+            XCTAssertEqual(errors.count, 1, "tvm \(shown): \(r.err)")
+            XCTAssertTrue(r.err.split(separator: "\n").last?.hasPrefix("error: ") == true, "tvm \(shown): \(r.err)")
+            for name in c.names { XCTAssertTrue(errors.first?.contains(name) == true, "tvm \(shown): \(r.err) should name \(name)") }
+            XCTAssertEqual(r.out, "", "tvm \(shown) printed a result")
+        }
+        // A stopped preparation keeps its work in OUT.partial for the next run; nothing else appeared or changed.
+        let after = try files(dir).filter { !$0.key.hasSuffix(".partial") && !$0.key.hasSuffix(".partial-settings") }
+        XCTAssertEqual(after, before)
     }
+
+    /// Every regular file under `dir` and its bytes.
+    func files(_ dir: String) throws -> [String: [UInt8]] {
+        var found: [String: [UInt8]] = [:]
+        for name in try FileManager.default.subpathsOfDirectory(atPath: dir) {
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: dir + "/" + name, isDirectory: &isDirectory), !isDirectory.boolValue {
+                found[name] = try AtomicFile.read(path: dir + "/" + name)
+            }
+        }
+        return found
+    }
+
+    static let resources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Resources/pil-images").path
 }

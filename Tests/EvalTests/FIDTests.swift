@@ -1,6 +1,8 @@
 import XCTest
+import Foundation
 import TensorCore
 import Formats
+import Data
 @testable import Eval
 
 /// The linear algebra of FID (eigen-decomposition, matrix square root, Fréchet distance) against closed forms,
@@ -201,5 +203,46 @@ final class FIDTests: XCTestCase {
         XCTAssertEqual(images.fingerprint, try ByteImages(pixels: images.pixels, count: 2, channels: 1, height: 2, width: 2).fingerprint)
         XCTAssertNotEqual(images.fingerprint, try ByteImages(pixels: images.pixels, count: 1, channels: 1, height: 2, width: 4).fingerprint)
         XCTAssertEqual(images.prefix(1).pixels, [0, 255, 128, 0])
+    }
+
+    /// A data set ZIP read a batch at a time: the pixels in CHW order, any range, the fingerprint from the archive's
+    /// entries (the same archive written again has it, a changed image or another count does not), and an image of
+    /// another size named.
+    func testDatasetArchiveIsReadABatchAtATime() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tvm-fidset-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func image(_ k: Int, width: Int = 5) -> Image {
+            Image(width: width, height: 3, channels: 3, pixels: (0..<(width * 9)).map { UInt8(($0 * 7 + k * 31) % 256) })
+        }
+        func write(_ name: String, _ images: [Image]) throws -> String {
+            let writer = try ZIPWriter(path: dir + "/" + name)
+            for (k, image) in images.enumerated() { try writer.add(name: "00000/img0000000\(k).png", bytes: try image.pngBytes()) }
+            try writer.finish()
+            return dir + "/" + name
+        }
+        let images = (0..<7).map { image($0) }
+        let set = try DatasetArchiveImages(path: try write("a.zip", images))
+        XCTAssertEqual([set.count, set.channels, set.height, set.width], [7, 3, 3, 5])
+        let all = try set.images(0..<7)
+        for (k, source) in images.enumerated() {
+            for c in 0..<3 {
+                for p in 0..<15 { XCTAssertEqual(all.pixels[(k * 3 + c) * 15 + p], source.pixels[p * 3 + c], "image \(k) channel \(c)") }
+            }
+        }
+        XCTAssertEqual(try set.images(2..<5).pixels, Array(all.pixels[(2 * 45)..<(5 * 45)]))
+        XCTAssertEqual(try DatasetArchiveImages(path: try write("again.zip", images)).fingerprint, set.fingerprint)
+        XCTAssertNotEqual(try DatasetArchiveImages(path: try write("b.zip", images.enumerated().map { $0.offset == 4 ? image(9) : $0.element }))
+            .fingerprint, set.fingerprint)
+        let first3 = try DatasetArchiveImages(path: dir + "/a.zip", limit: 3)
+        XCTAssertEqual(first3.count, 3)
+        XCTAssertNotEqual(first3.fingerprint, set.fingerprint)
+        XCTAssertEqual(try first3.images(0..<3).pixels, Array(all.pixels[0..<(3 * 45)]))
+
+        let mixed = try DatasetArchiveImages(path: try write("mixed.zip", images.enumerated().map { $0.offset == 5 ? image(5, width: 4) : $0.element }))
+        XCTAssertNoThrow(try mixed.images(0..<5))
+        XCTAssertThrowsError(try mixed.images(3..<7)) { error in
+            XCTAssertEqual("\(error)", "\(dir)/mixed.zip: entry \"00000/img00000005.png\": 4x3 pixels, while the images before it are 5x3")
+        }
     }
 }

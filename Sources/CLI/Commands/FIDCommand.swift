@@ -15,8 +15,9 @@ struct FIDCommand: Command {
           Fashion-MNIST (--data-dir, default \(ImageDataset.fashionMNISTDirectory); --split train, the default, or
           test), MNIST (IDX files in --data-dir), a class-folder of PNGs, an .npy, or a data set ZIP in the official
           format (the cropped RGB set of tvm prepare, the reference of the paper's FID-50k: compare 50000 samples of
-          tvm sample --vae DIR --n 50000 --classes random --npy FILE). IDX images are padded by --pad
-          pixels (default 2, as `tvm train` pads them, so they match the samples of a model trained on them).
+          tvm sample --vae DIR --n 50000 --classes random --npy FILE; the ZIP is read a batch at a time, so a set
+          of any size fits in memory). IDX images are padded by --pad pixels (default 2, as `tvm train` pads them,
+          so they match the samples of a model trained on them).
           Input scaling: every image is taken as 8-bit pixels (float arrays hold [-1, 1] and are rounded as PNG
           export rounds them; values beyond +-1 are clamped (with a note); non-negative floats above 1.5 are refused
           as 0-255 data; uint8 arrays are used as they are), gray is repeated to RGB, resized to 299x299 with
@@ -60,14 +61,11 @@ struct FIDCommand: Command {
 
         let generatedPath = a.positional[0]
         var generated = try loadFIDImages(generatedPath, dataDir: a.string("data-dir"), pad: pad, train: split == "train")
-        var reference: ByteImages?
-        if published == nil { reference = try loadFIDImages(datasetSpec, dataDir: a.string("data-dir"), pad: pad, train: split == "train") }
-        if let limit {
-            generated = generated.prefix(limit)
-            reference = reference?.prefix(limit)
-        }
-        for (set, name) in [(generated, generatedPath)] + (reference.map { [($0, datasetSpec)] } ?? []) where set.count < 2 {
-            throw CLIError("\(name): FID needs at least 2 images, got \(set.count)")
+        if let limit { generated = generated.prefix(limit) }
+        let reference = published == nil
+            ? try loadFIDReference(datasetSpec, dataDir: a.string("data-dir"), pad: pad, train: split == "train", limit: limit) : nil
+        for (count, name) in [(generated.count, generatedPath)] + (reference.map { [($0.count, datasetSpec)] } ?? []) where count < 2 {
+            throw CLIError("\(name): FID needs at least 2 images, got \(count)")
         }
         let network = try InceptionV3(path: weightsPath)
         let extractor = FIDFeatureExtractor(network: network, batchSize: batch)
@@ -151,21 +149,16 @@ func readNPYImages(_ path: String) throws -> ByteImages {
 
 /// The images of a data set ZIP in the official format (`tvm prepare` without --vae), all of one size, as 8-bit RGB.
 func readDatasetZIP(_ path: String) throws -> ByteImages {
-    let source = try ImageSource.zip(path)
-    var pixels: [UInt8] = []
-    var size: (width: Int, height: Int)?
-    for i in 0..<source.count {
-        let image = try source.image(i)
-        let expected = size ?? (image.width, image.height)
-        guard image.width == expected.width, image.height == expected.height else {
-            throw CLIError("\(source.location(i)): \(image.width)x\(image.height) pixels, while the images before it are "
-                           + "\(expected.width)x\(expected.height)")
-        }
-        size = expected
-        let plane = image.width * image.height
-        for c in 0..<3 { for k in 0..<plane { pixels.append(image.pixels[k * 3 + c]) } }
-    }
-    return try ByteImages(pixels: pixels, count: source.count, channels: 3, height: size!.height, width: size!.width)
+    let archive = try DatasetArchiveImages(path: path)
+    return try archive.images(0..<archive.count)
+}
+
+/// The reference images of FID (the first `limit`): a data set ZIP read a batch at a time (an ImageNet set is larger
+/// than memory as pixels), any other set as `loadFIDImages` reads it.
+func loadFIDReference(_ spec: String, dataDir: String?, pad: Int, train: Bool, limit: Int?) throws -> any FIDImageSet {
+    if spec.lowercased().hasSuffix(".zip") { return try DatasetArchiveImages(path: spec, limit: limit) }
+    let images = try loadFIDImages(spec, dataDir: dataDir, pad: pad, train: train)
+    return limit.map { images.prefix($0) } ?? images
 }
 
 /// One image set for FID: a named IDX data set, an .npy, or a class-folder of PNGs.

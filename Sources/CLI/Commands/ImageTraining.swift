@@ -66,15 +66,16 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy|LATENTS.zip [--data-dir DIR] [
                           prints both for a set
   --latent-final-mean X   (default 0)    --latent-final-std X   (default 1)
   --vae DIR               decode the sample grids with this SD-VAE (diffusers folder); without it the grids
-                          show the latents' first channel
-  The presets im256-w2, im256-w1p75 and im512-w2p25 are the official configs (tvm models lists them).
+                          show the latents' first channel. FID while training decodes its samples too (below)
+  The presets im256-w2, im256-w1p75, im512-w2p5 and im512-w2p25 are the official configs (tvm models lists them).
 """ + "\n\n" + [optimizerHelp, fidHelp, faultHelp].joined(separator: "\n\n")
 
 /// The flags of `tvm train` on images (a config file's keys are the same names).
 let imageTrainingOptionNames = OptionNames(options: ([
     "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
     "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
-    "sample-cfg", "method", "bucket-mb", "resume-from", "fid-every", "fid-samples", "fid-nfe", "fid-weights", "keep-grids", "vae",
+    "sample-cfg", "method", "bucket-mb", "resume-from", "fid-every", "fid-samples", "fid-nfe", "fid-weights", "fid-dataset", "fid-ref",
+    "keep-grids", "vae",
 ] as Set<String>).union(faultOptionNames).union(optimizerOptionNames).union(meanFlowOptionNames).union(latentOptionNames),
     switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best", "time-spec-init"])
 
@@ -142,9 +143,15 @@ func trainOnImages(_ args: [String]) throws {
     }
     if latent != nil {
         if a.has("flip") { throw CLIError("--flip applies to images, not to latents (the official ImageNet configs do not flip)", usage: true) }
-        if fidSettings != nil {
-            throw CLIError("FID while training (--fid-every) is not available on latents yet; measure it afterwards with tvm sample "
-                           + "--vae DIR --npy FILE and tvm fid", usage: true)
+        if let fidSettings {
+            guard a.string("vae") != nil else {
+                throw CLIError("--fid-every on latents measures the decoded samples: give --vae DIR (the VAE of the latent set)",
+                               usage: true)
+            }
+            if case .trainingImages = fidSettings.reference {
+                throw CLIError("--fid-every on latents compares decoded samples with RGB images: give --fid-dataset RGB.zip (the cropped "
+                               + "set of tvm prepare without --vae) or --fid-ref img256.pkl", usage: true)
+            }
         }
     }
     let baseName = dataName.split(separator: "/").last.map(String.init) ?? "images"
@@ -157,13 +164,16 @@ func trainOnImages(_ args: [String]) throws {
     plan.flip = a.has("flip")
     plan.sampleGuidance = sampleCFG
     plan.keepGrids = try a.int("keep-grids", default: 5, range: 0...100_000_000)
+    var decoder: LatentDecoder?
     if let latent, let vaeDirectory = a.string("vae") {
         let vae = try AutoencoderKL(directory: vaeDirectory)
         guard vae.config.latentChannels == data.channels else {
             throw CLIError("\(vaeDirectory)/\(AutoencoderKL.configFileName): the VAE has \(vae.config.latentChannels) latent channels, "
                            + "the latents of \(dataName) have \(data.channels)")
         }
-        plan.decodeSamples = { z in try vae.decode(latent.normalization.denormalized(z)) }
+        let latentDecoder = LatentDecoder(vae: vae, normalization: latent.normalization)
+        plan.decodeSamples = latentDecoder.decoded
+        decoder = latentDecoder
     }
     let scaleText: String
     switch scale {
@@ -195,7 +205,7 @@ func trainOnImages(_ args: [String]) throws {
             return
         }
         if let fidSettings, loop.isRoot {
-            loop.fid = try fidSettings.tracking(data: data, named: dataName, seed: config.seed, guidance: sampleCFG)
+            loop.fid = try fidSettings.tracking(data: data, named: dataName, seed: config.seed, guidance: sampleCFG, decoder: decoder)
         }
         let (total, trainable) = loop.trainer.net.parameterCount
         Console.info("\(method.displayName) on \(dataName): \(data.count) images \(data.channels)x\(data.height)x\(data.width), \(data.classes) classes; "

@@ -9,7 +9,7 @@ struct PrepareCommand: Command {
     let name = "prepare"
     let summary = "images -> cropped RGB data set (ZIP of PNGs) or SD-VAE latent data set; latent statistics"
     let help = """
-        tvm prepare SOURCE --out FILE.zip [--size 256] [--vae DIR] [--batch N] [--on-bad-image skip|stop]
+        tvm prepare SOURCE --out FILE.zip [--size 256] [--vae DIR [--bf16|--tf32]] [--batch N] [--on-bad-image skip|stop]
                     [--labels FILE] [--class-map FILE] [--max-images N]
         tvm prepare --stats LATENTS.zip [--seed 0]
           SOURCE is a folder of class folders (the ImageNet train layout, n01440764/*.JPEG; classes in sorted folder
@@ -24,7 +24,9 @@ struct PrepareCommand: Command {
           stabilityai/sd-vae-ft-ema), FILE.zip is the latent set of the official `dataset_tool.py encode`: per image
           the posterior mean and std as one float32 NPY [8, size/8, size/8] (00000/img-mean-std-00000000.npy), with
           dataset.json; the VAE runs on the GPU (--device auto) in batches of --batch images (default 32 on a GPU, 4
-          on the CPU), decoding and cropping spread over the CPU cores. At the end it prints the latent statistics.
+          on the CPU), decoding and cropping spread over the CPU cores; --bf16 (or --tf32) makes its matrix products
+          bf16 (TF32) on the GPU, as the official encoder runs the VAE in reduced precision (fp16); the default is
+          float32. At the end it prints the latent statistics.
           The archive grows in FILE.zip.partial and becomes FILE.zip when complete: a run that was killed continues
           where it stopped when the same command is run again. A bad image (truncated, not an image, empty) is named
           and left out (--on-bad-image skip, the default; counted at the end) or stops the run (stop; the images done
@@ -40,10 +42,11 @@ struct PrepareCommand: Command {
 
     func run(_ args: [String]) throws {
         let a = try Arguments(command: "prepare", args, options: ["out", "size", "vae", "batch", "on-bad-image", "labels", "class-map",
-                                                                  "max-images", "stats", "seed"])
+                                                                  "max-images", "stats", "seed"], switches: ["bf16", "tf32"])
         if let stats = a.string("stats") {
             try a.expectPositional(0, "no positional arguments with --stats")
-            for other in ["out", "size", "vae", "batch", "on-bad-image", "labels", "class-map", "max-images"] where a.string(other) != nil {
+            for other in ["out", "size", "vae", "batch", "on-bad-image", "labels", "class-map", "max-images", "bf16", "tf32"]
+            where a.string(other) != nil || a.has(other) {
                 throw CLIError("--stats reads a latent set; --\(other) does not apply", usage: true)
             }
             let seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
@@ -60,6 +63,9 @@ struct PrepareCommand: Command {
         guard let policy = DatasetPreparation.BadImagePolicy(rawValue: policyName.lowercased()) else {
             throw CLIError("--on-bad-image must be skip or stop, got '\(policyName)'", usage: true)
         }
+        if a.string("vae") == nil, let flag = ["bf16", "tf32"].first(where: a.has) {
+            throw CLIError("--\(flag) sets the precision of the VAE's products: it goes with --vae DIR", usage: true)
+        }
         let limit = a.string("max-images") == nil ? nil : try a.int("max-images", default: 1, range: 1...Int.max)
         let batch = try a.int("batch", default: activeCUDA != nil ? 32 : 4, range: 1...65536)
         let sourcePath = a.positional[0]
@@ -71,11 +77,13 @@ struct PrepareCommand: Command {
         let prep: DatasetPreparation
         let intro: String
         if let vaeDirectory = a.string("vae") {
+            // The precision changes the latents' bytes, so it is one of the settings a partial archive must share.
+            let precision = applyProductPrecision(a)
             let vae = try AutoencoderKL(directory: vaeDirectory)
             let configBytes = try AtomicFile.read(path: vaeDirectory + "/" + AutoencoderKL.configFileName)
             let weightsBytes = FileSystem.size(vaeDirectory + "/" + AutoencoderKL.weightsFileName) ?? 0
             settings += "latents of the VAE \(vaeDirectory) (weights \(weightsBytes) bytes, config checksum "
-                + "\(Checksum.crc32(configBytes)))\n"
+                + "\(Checksum.crc32(configBytes)))\(precision)\n"
             guard vae.config.inChannels == 3 else {
                 throw CLIError("\(vaeDirectory)/\(AutoencoderKL.configFileName): the VAE encodes \(vae.config.inChannels) channels; "
                                + "tvm prepare encodes RGB images")
@@ -84,7 +92,7 @@ struct PrepareCommand: Command {
             prep = DatasetPreparation(source: source, destination: out, size: size, batch: batch, policy: policy, limit: limit,
                                       entryName: DatasetPreparation.latentName)
             intro = "prepare: \(source.count) images of \(sourcePath) -> SD-VAE latents (\(vaeDirectory)) of the \(size)x\(size) "
-                + "crops, batch \(batch); \(deviceDescription())"
+                + "crops, batch \(batch); \(deviceDescription())\(precision)"
         } else {
             settings += "RGB PNGs\n"
             encode = { images in try images.map { try $0.pngBytes() } }

@@ -3,6 +3,7 @@ import NN
 import TVM
 import Data
 import Formats
+import Eval
 
 /// `tvm sample`: images from a training checkpoint, as a PNG grid, an NPY array and a folder of PNGs per class.
 struct SampleCommand: Command {
@@ -152,9 +153,26 @@ struct LatentDecoder {
         self.normalization = normalization
     }
 
+    /// The decoder of a run being trained (`tvm train --vae`), which checks the channels itself.
+    init(vae: AutoencoderKL, normalization: LatentNormalization) {
+        self.vae = vae
+        self.normalization = normalization
+    }
+
+    /// Decoded images in [-1, 1] (not clamped) of the network's latents `z` [N, C, h, w].
+    func decoded(_ z: Tensor) throws -> Tensor {
+        try vae.decode(normalization.denormalized(z))
+    }
+
     /// 8-bit pixels [N, 3, H, W] of the network's latents `z` [N, C, h, w].
     func pixels(_ z: Tensor) throws -> [UInt8] {
-        try NN.pixels(fromDecoded: vae.decode(normalization.denormalized(z)))
+        try NN.pixels(fromDecoded: decoded(z))
+    }
+
+    /// The 8-bit images of `z`, as FID takes them.
+    func images(_ z: Tensor) throws -> ByteImages {
+        let side = z.shape[2] * vae.config.downsamplingFactor
+        return try ByteImages(pixels: pixels(z), count: z.shape[0], channels: vae.config.outChannels, height: side, width: side)
     }
 }
 

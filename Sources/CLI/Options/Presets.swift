@@ -24,17 +24,21 @@ let trainingPresets: [TrainingPreset] = [
                            statistics: LatentNormalization.imageNet256Statistics, result: "1-NFE FID 3.29"),
     officialImageNetPreset(name: "im256-w1p75", config: "im256_w1p75.yaml", cfg: 1.75, timeSpecInit: false, clipping: nil,
                            statistics: LatentNormalization.imageNet256Statistics, result: "4-NFE FID 1.99"),
+    officialImageNetPreset(name: "im512-w2p5", config: "im512_w2p5.yaml", cfg: 2.5, timeSpecInit: false, clipping: 1,
+                           statistics: LatentNormalization.imageNet512Statistics, result: "1-NFE FID 4.32, the released im512_w2p5.pkl",
+                           scaledParameterization: false),
     officialImageNetPreset(name: "im512-w2p25", config: "im512_w2p25.yaml", cfg: 2.25, timeSpecInit: true, clipping: 1,
-                           statistics: LatentNormalization.imageNet512Statistics, result: "at 512 the paper reports 1-NFE FID 4.32 with w = 2.5 and 4-NFE 2.94"),
+                           statistics: LatentNormalization.imageNet512Statistics, result: "at 512 the paper reports 4-NFE FID 2.94"),
 ]
 
 /// An official ImageNet recipe (`configs/<config>` of the official code) on a latent set made by `tvm prepare --vae`:
 /// DiT-XL/2 with 18 heads, spectral initialisation, bf16, AdamW lr 1e-4 betas (0.9, 0.95) eps 1e-8 without weight
 /// decay, batch 2048, evaluation EMA 0.9999, EMA target 0.99, label dropout 0.1, constant guidance w, the scaled
-/// parameterization, the gap time sampler's defaults (mu_s -0.4, sigma_s 1, mu_g -0.8, sigma_g 1), no flips, and the
-/// SD-VAE latent statistics of the resolution. The data (--data LATENTS.zip) is the user's.
+/// parameterization (off in im512_w2p5.yaml), the gap time sampler's defaults (mu_s -0.4, sigma_s 1, mu_g -0.8,
+/// sigma_g 1), no flips, and the SD-VAE latent statistics of the resolution. The data (--data LATENTS.zip) is the user's.
 private func officialImageNetPreset(name: String, config: String, cfg: Double, timeSpecInit: Bool, clipping: Double?,
-                                    statistics: (mean: [Double], std: [Double]), result: String) -> TrainingPreset {
+                                    statistics: (mean: [Double], std: [Double]), result: String,
+                                    scaledParameterization: Bool = true) -> TrainingPreset {
     func list(_ v: [Double]) -> JSONValue { .string(v.map { "\($0)" }.joined(separator: ",")) }
     return TrainingPreset(
         name: name,
@@ -46,5 +50,6 @@ private func officialImageNetPreset(name: String, config: String, cfg: Double, t
                   ("latent-mean", list(statistics.mean)), ("latent-std", list(statistics.std)),
                   ("latent-final-mean", .number(0)), ("latent-final-std", .number(1))]
             + (timeSpecInit ? [("time-spec-init", .bool(true))] : [])
-            + (clipping.map { [("max-grad-norm", .number($0))] } ?? []))
+            + (clipping.map { [("max-grad-norm", .number($0))] } ?? [])
+            + (scaledParameterization ? [] : [("no-scaled-param", .bool(true))]))
 }

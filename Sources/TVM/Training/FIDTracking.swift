@@ -53,21 +53,38 @@ public struct FIDTracking {
     }
 }
 
-/// The FID of a run's evaluation EMA against the training images, measured as `tvm fid` measures it: `samples`
-/// images at a given NFE, the classes in turn, guidance `guidance`, from noise that is the same at every
-/// measurement (so successive FIDs differ by the model alone, and a resumed run measures what the uninterrupted
-/// one did), rounded to 8 bits, through Inception-v3, against the training set's statistics.
+/// The FID of a run's evaluation EMA, measured as `tvm fid` measures it: `samples` images at a given NFE, guidance
+/// `guidance`, from noise that is the same at every measurement (so successive FIDs differ by the model alone, and a
+/// resumed run measures what the uninterrupted one did), as 8-bit pixels through Inception-v3, against the
+/// reference statistics (the training images', or those `--fid-dataset` / `--fid-ref` name).
 public struct TrainingFID {
+    /// How the samples' classes are chosen.
+    public enum Labels: Sendable {
+        /// The classes in turn (0, 1, ..., K-1, 0, ...): every class as often as the others.
+        case inTurn
+        /// Drawn uniformly at random, all before the noise, as `tvm sample --classes random` draws them (the official
+        /// FID protocol): the measurement's samples are those of `tvm sample --seed <the run's seed + fidSeedOffset>
+        /// --n <samples> --classes random`.
+        case uniform
+    }
+
+    /// What the measurement's random stream adds to the run's seed.
+    public static let fidSeedOffset: UInt64 = 0xF1D5EED
+
     public let extractor: FIDFeatureExtractor
-    public let reference: FeatureStatistics
+    public let reference: ReferenceStatistics
     public let samples: Int
     let classes: Int, channels: Int, side: Int
     let seed: UInt64
     let guidance: Double
+    let labels: Labels
+    /// A latent run's samples to 8-bit images (the VAE decoder and the official conversion); nil: the samples are
+    /// images in [-1, 1], rounded to 8 bits.
+    let decode: ((Tensor) throws -> ByteImages)?
 
-    /// `seed` is the run's; `data` gives the image shape and the classes.
-    public init(extractor: FIDFeatureExtractor, reference: FeatureStatistics, data: ImageDataset, samples: Int, seed: UInt64,
-                guidance: Double) {
+    /// `seed` is the run's; `data` gives the sample shape and the classes.
+    public init(extractor: FIDFeatureExtractor, reference: ReferenceStatistics, data: ImageDataset, samples: Int, seed: UInt64,
+                guidance: Double, labels: Labels = .inTurn, decode: ((Tensor) throws -> ByteImages)? = nil) {
         precondition(samples >= 2, "FID needs at least 2 samples")
         self.extractor = extractor
         self.reference = reference
@@ -77,20 +94,30 @@ public struct TrainingFID {
         side = data.height
         self.seed = seed
         self.guidance = guidance
+        self.labels = labels
+        self.decode = decode
     }
 
     /// Samples in batches of the extractor's size, each passed through Inception at once (nothing else is kept).
     public func measure(_ trainer: Trainer<DiT>, nfe: Int) throws -> Double {
-        var rng = RandomGenerator(seed: seed &+ 0xF1D5EED)
+        var rng = RandomGenerator(seed: seed &+ Self.fidSeedOffset)
+        let classOf: [Int]
+        switch labels {
+        case .inTurn: classOf = (0..<samples).map { $0 % classes }
+        case .uniform: classOf = (0..<samples).map { _ in rng.int(below: classes) }
+        }
         var accumulator = FeatureAccumulator(dimension: InceptionV3.featureCount, device: extractor.network.device)
         var done = 0
         while done < samples {
             let count = min(extractor.batchSize, samples - done)
-            let labels = (done..<(done + count)).map { $0 % classes }
             let noise = Tensor.randomNormal([count, channels, side, side], rng: &rng)
-            let cond = Conditioning.sampling(labels: labels, classes: classes, guidance: guidance)
+            let cond = Conditioning.sampling(labels: Array(classOf[done..<(done + count)]), classes: classes, guidance: guidance)
             let images = trainer.sample(noise: noise, steps: nfe, cond: cond, weights: trainer.ema, guidanceScale: guidance)
-            try extractor.accumulate(generated: images, into: &accumulator)
+            if let decode {
+                try extractor.accumulate(try decode(images), into: &accumulator)
+            } else {
+                try extractor.accumulate(generated: images, into: &accumulator)
+            }
             done += count
         }
         return try FID.distance(try accumulator.statistics(), reference)
