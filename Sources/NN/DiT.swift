@@ -88,10 +88,17 @@ public struct DiT: FlowMapNetwork {
         return embedder.second(embedder.first(h, p).silu(), p)
     }
 
-    /// The conditioning vector c = e_t + e_g + e_beta + e_label, [B, D].
+    /// The conditioning vector c = e_t + e_g + e_beta + e_label (+ e_start + e_end with `guidanceInterval`), [B, D].
     public func conditioning(_ p: ParameterSet, t: Tensor, gap: Tensor, cond: Conditioning) -> Tensor {
         let B = t.count, K = config.numClasses
         let beta = cond.beta ?? Tensor.ones([B], dtype: t.dtype, on: t.device)
+        precondition(cond.interval == nil || layers.intervalEmbedders != nil, "a guidance interval for a DiT without guidanceInterval")
+        var eInterval: Tensor?
+        if let embedders = layers.intervalEmbedders {
+            let start = cond.interval?.start.reshaped([B]) ?? Tensor.zeros([B], dtype: t.dtype, on: t.device)
+            let end = cond.interval?.end.reshaped([B]) ?? Tensor.ones([B], dtype: t.dtype, on: t.device)
+            eInterval = embed(start, p, embedders.start) + embed(end, p, embedders.end)
+        }
         // One-hot rows extended by a null-class column (1 where the row is all zero); a matmul with the
         // table looks the rows up differentiably.
         let labels: Tensor
@@ -105,8 +112,9 @@ public struct DiT: FlowMapNetwork {
                              Tensor.ones([B, 1], dtype: t.dtype, on: t.device)], axis: 1)
         }
         let eLabel = labels.matmul(p[layers.labelTable.key])
-        return embed(t, p, layers.timeEmbedder) + embed(gap, p, layers.gapEmbedder) + embed(beta, p, layers.guidanceEmbedder)
+        let c = embed(t, p, layers.timeEmbedder) + embed(gap, p, layers.gapEmbedder) + embed(beta, p, layers.guidanceEmbedder)
             + eLabel
+        return eInterval.map { c + $0 } ?? c
     }
 
     /// `layer`(SiLU(c)) split into `parts` modulation vectors [B, 1, D], each divided by its RMS under

@@ -31,12 +31,15 @@ public struct DiTConfig: Equatable, Sendable {
     /// Divide each adaLN modulation vector by its RMS (TVM's modulation norm).
     public var modulationNorm: Bool
     public var initialization: Initialization
-    /// Spectral initialisation of the three timestep MLPs too (else N(0, 0.02)); only with `.spectral`, as upstream.
+    /// Spectral initialisation of the timestep MLPs too (else N(0, 0.02)); only with `.spectral`, as upstream.
     public var timeSpecInit: Bool
+    /// Two more timestep MLPs embed a guidance interval (start, end) into the conditioning vector: improved
+    /// MeanFlow's CFG-interval condition (guidance acts only where start <= t <= end).
+    public var guidanceInterval: Bool
 
     public init(patch: Int, hidden: Int, depth: Int, heads: Int, mlpRatio: Double = 4, inputSize: Int,
                 inChannels: Int, numClasses: Int, modulationNorm: Bool = true,
-                init initialization: Initialization = .spectral, timeSpecInit: Bool = false) {
+                init initialization: Initialization = .spectral, timeSpecInit: Bool = false, guidanceInterval: Bool = false) {
         self.patch = patch
         self.hidden = hidden
         self.depth = depth
@@ -48,6 +51,7 @@ public struct DiTConfig: Equatable, Sendable {
         self.modulationNorm = modulationNorm
         self.initialization = initialization
         self.timeSpecInit = timeSpecInit
+        self.guidanceInterval = guidanceInterval
     }
 
     /// Tokens per side.
@@ -118,7 +122,7 @@ extension DiTConfig {
             ("heads", .number(Double(heads))), ("mlp_ratio", .number(mlpRatio)), ("input_size", .number(Double(inputSize))),
             ("in_channels", .number(Double(inChannels))), ("num_classes", .number(Double(numClasses))),
             ("modulation_norm", .bool(modulationNorm)), ("init", .string(initialization.rawValue)),
-            ("time_spec_init", .bool(timeSpecInit)),
+            ("time_spec_init", .bool(timeSpecInit)), ("guidance_interval", .bool(guidanceInterval)),
         ])
     }
 
@@ -139,7 +143,9 @@ extension DiTConfig {
         self.init(patch: try int("patch"), hidden: try int("hidden"), depth: try int("depth"), heads: try int("heads"),
                   mlpRatio: ratio, inputSize: try int("input_size"), inChannels: try int("in_channels"),
                   numClasses: try int("num_classes"), modulationNorm: try bool("modulation_norm"),
-                  init: initialization, timeSpecInit: try bool("time_spec_init"))
+                  init: initialization, timeSpecInit: try bool("time_spec_init"),
+                  // Absent in checkpoints written before the interval condition existed.
+                  guidanceInterval: json["guidance_interval"] == nil ? false : try bool("guidance_interval"))
         try validate()
     }
 
@@ -153,6 +159,7 @@ extension DiTConfig {
             ("modulation_norm", "\(modulationNorm)", "\(other.modulationNorm)"),
             ("init", initialization.rawValue, other.initialization.rawValue),
             ("time_spec_init", "\(timeSpecInit)", "\(other.timeSpecInit)"),
+            ("guidance_interval", "\(guidanceInterval)", "\(other.guidanceInterval)"),
         ]
         for (name, a, b) in fields where a != b { return "\(name) \(a) vs \(b)" }
         return nil

@@ -28,6 +28,8 @@ struct DiTLayers: Sendable {
     let positions: ParameterSpec
     let patchEmbedding: LinearLayer
     let timeEmbedder: TimestepEmbedder, gapEmbedder: TimestepEmbedder, guidanceEmbedder: TimestepEmbedder
+    /// The guidance interval's start and end (iMF's names), with `guidanceInterval` only.
+    let intervalEmbedders: (start: TimestepEmbedder, end: TimestepEmbedder)?
     /// One row per class and a last one for the null class.
     let labelTable: ParameterSpec
     let blocks: [Block]
@@ -50,6 +52,7 @@ struct DiTLayers: Sendable {
         timeEmbedder = timestep("t_embedder")
         gapEmbedder = timestep("s_embedder")
         guidanceEmbedder = timestep("guidance_embedder")
+        intervalEmbedders = c.guidanceInterval ? (timestep("cfg_t_start_embedder"), timestep("cfg_t_end_embedder")) : nil
         labelTable = ParameterSpec("y_embedder.embedding_table.weight", [c.numClasses + 1, D], .normal(std: 0.02))
         blocks = (0..<c.depth).map { k in
             let b = "blocks.\(k)."
@@ -67,7 +70,7 @@ struct DiTLayers: Sendable {
 
     var parameters: [ParameterSpec] {
         [positions] + patchEmbedding.parameters + timeEmbedder.parameters + gapEmbedder.parameters
-            + guidanceEmbedder.parameters + [labelTable] + blocks.flatMap(\.parameters)
+            + guidanceEmbedder.parameters + (intervalEmbedders.map { $0.start.parameters + $0.end.parameters } ?? []) + [labelTable] + blocks.flatMap(\.parameters)
             + finalLinear.parameters + finalModulation.parameters
     }
 }

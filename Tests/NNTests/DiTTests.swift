@@ -1,6 +1,7 @@
 import XCTest
 import TensorCore
 import NN
+import Formats
 
 /// The DiT against its definition in TVM.md, piece by piece, on small models.
 final class DiTTests: XCTestCase {
@@ -84,6 +85,48 @@ final class DiTTests: XCTestCase {
         XCTAssertEqual(try DiTConfig(json: c.json), c)
         XCTAssertNil(c.firstDifference(from: c))
         XCTAssertEqual(c.firstDifference(from: model), "mlp_ratio 2.5 vs 4.0")
+        c = model
+        c.guidanceInterval = true
+        XCTAssertEqual(try DiTConfig(json: c.json), c)
+        XCTAssertEqual(c.firstDifference(from: model), "guidance_interval true vs false")
+        // A checkpoint written before the interval input existed has no such key: no interval input.
+        guard case .object(let fields) = model.json else { return XCTFail("a JSON object") }
+        let old = JSONValue.object(fields.filter { $0.0 != "guidance_interval" })
+        XCTAssertEqual(try DiTConfig(json: old), model)
+    }
+
+    /// With `guidanceInterval` the DiT has two more timestep MLPs, the interval's start and end, whose embeddings
+    /// are added to the conditioning vector; no interval given means [0, 1].
+    func testGuidanceIntervalInput() throws {
+        var config = DiTTests.small
+        config.guidanceInterval = true
+        let net = try DiT(config), plain = try DiT(DiTTests.small)
+        let extra = net.parameterShapes.filter { n in !plain.parameterShapes.contains { $0.name == n.name } }
+        XCTAssertEqual(extra.map(\.name), ["cfg_t_start_embedder.mlp.0.weight", "cfg_t_start_embedder.mlp.0.bias",
+                                           "cfg_t_start_embedder.mlp.2.weight", "cfg_t_start_embedder.mlp.2.bias",
+                                           "cfg_t_end_embedder.mlp.0.weight", "cfg_t_end_embedder.mlp.0.bias",
+                                           "cfg_t_end_embedder.mlp.2.weight", "cfg_t_end_embedder.mlp.2.bias"])
+        XCTAssertEqual(net.parameterCount.total - plain.parameterCount.total, 2 * (256 * 32 + 32 + 32 * 32 + 32))
+        var rng = RandomGenerator(seed: 4)
+        let p = randomized(net.initialParameters(rng: &rng))
+        let t = Tensor([0.7, 0.3], shape: [2]), gap = Tensor([0.2, 0.1], shape: [2])
+        let x = Tensor.randomNormal([2, 4, 8, 8], rng: &rng)
+        func out(_ interval: (start: Tensor, end: Tensor)?) -> [Double] {
+            net(p, x: x, t: t, gap: gap, cond: Conditioning(beta: Tensor([0.25, 0.5], shape: [2]), interval: interval)).doubles
+        }
+        let whole = out((Tensor.zeros([2]), Tensor.ones([2])))
+        XCTAssertEqual(out(nil), whole)
+        XCTAssertGreaterThan(relErr(out((Tensor([0.4, 0.4], shape: [2]), Tensor([0.65, 0.65], shape: [2]))), whole), 1e-3)
+        // The conditioning vector gains exactly the two embeddings.
+        let start = Tensor([0.4, 0.1], shape: [2]), end = Tensor([0.6, 0.9], shape: [2])
+        let c = net.conditioning(p, t: t, gap: gap, cond: Conditioning(interval: (start, end)))
+        func embedded(_ v: Tensor, _ key: String) -> Tensor {
+            let h = sinusoidalEmbedding(v, dim: DiT.frequencyDim).linear(p[key + ".mlp.0.weight"], bias: p[key + ".mlp.0.bias"]).silu()
+            return h.linear(p[key + ".mlp.2.weight"], bias: p[key + ".mlp.2.bias"])
+        }
+        let plainVector = plain.conditioning(ParameterSet(p.pairs.filter { n, _ in !n.hasPrefix("cfg_t_") }), t: t, gap: gap, cond: Conditioning())
+        let expected = plainVector + embedded(start, "cfg_t_start_embedder") + embedded(end, "cfg_t_end_embedder")
+        XCTAssertLessThan(relErr(c.doubles, expected.doubles), 1e-5)
     }
 
     func testParameterCounts() throws {

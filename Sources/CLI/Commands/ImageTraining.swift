@@ -15,6 +15,7 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy|LATENTS.zip [--data-dir DIR] [
           [--ema power:7|D[,EXTRA...]] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
           [--resume-from FILE]
           [--sample-cfg W] [--tf32|--bf16] [--method tvm|meanflow|imf|fm] [--cfg-kappa K] [--cfg-interval LO,HI]
+          [--sample-cfg-interval LO,HI]
           [optimizer options] [FID options] [fault options]
           [--config FILE] [--preset NAME]
   TVM on images with a DiT (class-conditional, classifier-free guidance); --method fm trains the flow-matching
@@ -75,7 +76,8 @@ let imageTrainingOptionNames = OptionNames(options: ([
     "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
     "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
     "sample-cfg", "method", "bucket-mb", "resume-from", "fid-every", "fid-samples", "fid-nfe", "fid-weights", "keep-grids", "vae",
-] as Set<String>).union(faultOptionNames).union(optimizerOptionNames).union(meanFlowOptionNames).union(latentOptionNames),
+] as Set<String>).union(faultOptionNames).union(optimizerOptionNames).union(meanFlowOptionNames).union(improvedMeanFlowOptionNames)
+    .union(latentOptionNames),
     switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best", "time-spec-init"])
 
 /// `tvm train` on images: the options become a `TrainingLoop`, which resumes, trains, logs and snapshots.
@@ -118,7 +120,7 @@ func trainOnImages(_ args: [String]) throws {
     sampleCFG = try a.double("sample-cfg", default: sampleCFG, range: 1e-6...1e6)
     let labelDropout = try a.double("label-dropout", default: 0.1, range: 0...1)
     config.guidance = GuidanceConfig(scale: scale, labelDropout: labelDropout, scaledParameterization: !a.has("no-scaled-param"))
-    let methodJSON = try applyMethodGuidance(a, method: method, scale: scale, labelDropout: labelDropout, into: &config)
+    var methodJSON = try applyMethodGuidance(a, method: method, scale: scale, labelDropout: labelDropout, into: &config)
     let budget = try a.optionalDouble("time-budget", range: 0...1e9)
     let steps = a.string("steps") != nil || budget == nil ? try a.int("steps", default: 10000, range: 1...100_000_000) : nil
     try parseOptimizerOptions(a, into: &config, steps: steps)
@@ -135,7 +137,9 @@ func trainOnImages(_ args: [String]) throws {
     }
     let data = try loadImageData(a)
     let initial = try a.string("resume-from").map { try startingCheckpoint($0, a, data: data, config: config) }
-    let model = try initial?.model ?? imageModelConfig(a, data: data)
+    var model = try initial?.model ?? imageModelConfig(a, data: data)
+    let sampleInterval = try applyGuidanceInterval(a, method: method, model: &model, fresh: initial == nil, into: &config)
+    if let sampleInterval { methodJSON.append(("sample_cfg_interval", .string("\(sampleInterval.lowerBound),\(sampleInterval.upperBound)"))) }
     let latent = try data.latentDraw.map { _ in try latentNormalization(a) }
     if let vaeDirectory = a.string("vae"), latent == nil {
         throw CLIError("--vae \(vaeDirectory) decodes latents; --data \(dataName) holds images", usage: true)
@@ -156,6 +160,7 @@ func trainOnImages(_ args: [String]) throws {
     plan.timeBudget = budget
     plan.flip = a.has("flip")
     plan.sampleGuidance = sampleCFG
+    plan.sampleGuidanceInterval = sampleInterval
     plan.keepGrids = try a.int("keep-grids", default: 5, range: 0...100_000_000)
     if let latent, let vaeDirectory = a.string("vae") {
         let vae = try AutoencoderKL(directory: vaeDirectory)
@@ -195,7 +200,8 @@ func trainOnImages(_ args: [String]) throws {
             return
         }
         if let fidSettings, loop.isRoot {
-            loop.fid = try fidSettings.tracking(data: data, named: dataName, seed: config.seed, guidance: sampleCFG)
+            loop.fid = try fidSettings.tracking(data: data, named: dataName, seed: config.seed, guidance: sampleCFG,
+                                                interval: sampleInterval)
         }
         let (total, trainable) = loop.trainer.net.parameterCount
         Console.info("\(method.displayName) on \(dataName): \(data.count) images \(data.channels)x\(data.height)x\(data.width), \(data.classes) classes; "

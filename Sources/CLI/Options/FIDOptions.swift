@@ -48,7 +48,7 @@ struct FIDOptions {
 
     /// The tracking of a run on `data`: Inception loaded, the data set's statistics taken from the cache or
     /// computed (with a progress bar) and cached.
-    func tracking(data: ImageDataset, named name: String, seed: UInt64, guidance: Double) throws -> FIDTracking {
+    func tracking(data: ImageDataset, named name: String, seed: UInt64, guidance: Double, interval: ClosedRange<Double>?) throws -> FIDTracking {
         guard data.channels == 1 || data.channels == 3 else {
             throw CLIError("--fid-every: FID needs gray or RGB images; \(name) has \(data.channels) channels")
         }
@@ -57,7 +57,8 @@ struct FIDOptions {
         let bar = ProgressBar("FID statistics of \(name)", total: images.count)
         let (reference, _) = try FIDReferenceStatistics().statistics(of: images, named: name, extractor: extractor,
                                                                      note: Console.info) { bar.update(images: $0) }
-        let fid = TrainingFID(extractor: extractor, reference: reference, data: data, samples: samples, seed: seed, guidance: guidance)
+        let fid = TrainingFID(extractor: extractor, reference: reference, data: data, samples: samples, seed: seed, guidance: guidance,
+                              interval: interval)
         Console.info("FID every \(every) steps: \(samples) samples at \(nfes.map(String.init).joined(separator: ", ")) NFE against the "
                      + "\(images.count) training images" + (keepBest ? "; the best checkpoint kept" : ""))
         return FIDTracking(every: every, nfes: nfes, keepBest: keepBest, measure: fid.measure)

@@ -64,10 +64,11 @@ public struct TrainingFID {
     let classes: Int, channels: Int, side: Int
     let seed: UInt64
     let guidance: Double
+    let interval: ClosedRange<Double>?
 
-    /// `seed` is the run's; `data` gives the image shape and the classes.
+    /// `seed` is the run's; `data` gives the image shape and the classes; `interval` where the guidance acts (nil: everywhere).
     public init(extractor: FIDFeatureExtractor, reference: FeatureStatistics, data: ImageDataset, samples: Int, seed: UInt64,
-                guidance: Double) {
+                guidance: Double, interval: ClosedRange<Double>? = nil) {
         precondition(samples >= 2, "FID needs at least 2 samples")
         self.extractor = extractor
         self.reference = reference
@@ -77,6 +78,7 @@ public struct TrainingFID {
         side = data.height
         self.seed = seed
         self.guidance = guidance
+        self.interval = interval
     }
 
     /// Samples in batches of the extractor's size, each passed through Inception at once (nothing else is kept).
@@ -88,7 +90,7 @@ public struct TrainingFID {
             let count = min(extractor.batchSize, samples - done)
             let labels = (done..<(done + count)).map { $0 % classes }
             let noise = Tensor.randomNormal([count, channels, side, side], rng: &rng)
-            let cond = Conditioning.sampling(labels: labels, classes: classes, guidance: guidance)
+            let cond = Conditioning.sampling(labels: labels, classes: classes, guidance: guidance, interval: interval)
             let images = trainer.sample(noise: noise, steps: nfe, cond: cond, weights: trainer.ema, guidanceScale: guidance)
             try extractor.accumulate(generated: images, into: &accumulator)
             done += count
