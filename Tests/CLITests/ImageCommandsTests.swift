@@ -76,8 +76,9 @@ final class ImageCommandsTests: CLITestCase {
         XCTAssertEqual(data.suffix(2), ["--cfg-range", "1,3"])
         for method in ["meanflow", "imf"] {
             // iMF's grids with guidance inside an interval (its DiT takes the interval as a condition).
+            // iMF also with in-context tokens.
             let base = method == "meanflow" ? Array(data.dropLast(2)) + ["--cfg", "2", "--cfg-kappa", "0.25"]
-                : data + ["--sample-cfg-interval", "0.2,0.8"]
+                : data + ["--sample-cfg-interval", "0.2,0.8", "--in-context"]
             let full = dir + "/" + method
             var r = try run(["train"] + base + ["--method", method, "--steps", "4", "--every", "100", "--out", full])
             XCTAssertEqual(r.status, 0, r.err)
@@ -118,6 +119,7 @@ final class ImageCommandsTests: CLITestCase {
         // iMF's DiT has the guidance-interval input, which tvm sample --cfg-interval sets (MeanFlow's has none).
         let imf = dir + "/imf/checkpoint.safetensors"
         XCTAssertTrue(try TrainingCheckpoint.read(path: imf).model.guidanceInterval)
+        XCTAssertTrue(try TrainingCheckpoint.read(path: imf).model.inContext)
         XCTAssertFalse(try TrainingCheckpoint.read(path: dir + "/meanflow/checkpoint.safetensors").model.guidanceInterval)
         let r = try run(["sample", "--device", "cpu", "--checkpoint", imf, "--n", "3", "--cfg", "6", "--cfg-interval", "0.3,0.7",
                          "--out", dir + "/g.png", "--npy", dir + "/imf-interval.npy"])

@@ -28,6 +28,8 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy|LATENTS.zip [--data-dir DIR] [
   [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
   --model is any DiT size (S/2, B/2, L/2, XL/2, B/4, ...); --hidden/--depth/--heads/--patch override it.
   --time-spec-init gives the timestep MLPs the spectral initialisation too (the official time_specinit).
+  --in-context also feeds every condition as learned tokens ahead of the patches (iMF's in-context conditioning:
+  class 8, guidance 4, interval 2 + 2 with iMF, t 4, gap 4 tokens), besides the adaLN vector.
   --steps is the total step count (default 10000; with --time-budget alone, no step limit); --time-budget stops
   after that many seconds of this invocation. Every --every steps (default 1000) and at the end it writes
   DIR/samples_step<N>_nfe<K>.png (fixed noise, one row per class, 1 and 4 NFE, evaluation EMA, guidance
@@ -78,7 +80,7 @@ let imageTrainingOptionNames = OptionNames(options: ([
     "sample-cfg", "method", "bucket-mb", "resume-from", "fid-every", "fid-samples", "fid-nfe", "fid-weights", "keep-grids", "vae",
 ] as Set<String>).union(faultOptionNames).union(optimizerOptionNames).union(meanFlowOptionNames).union(improvedMeanFlowOptionNames)
     .union(latentOptionNames),
-    switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best", "time-spec-init"])
+    switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best", "time-spec-init", "in-context"])
 
 /// `tvm train` on images: the options become a `TrainingLoop`, which resumes, trains, logs and snapshots.
 func trainOnImages(_ args: [String]) throws {
@@ -225,7 +227,7 @@ func trainOnImages(_ args: [String]) throws {
 /// It stays among the run's options (config.json), where with --resume it gives the model and the run's own
 /// checkpoint the state.
 func startingCheckpoint(_ path: String, _ a: Arguments, data: ImageDataset, config: TrainConfig) throws -> TrainingCheckpoint {
-    if let flag = ["model", "hidden", "depth", "heads", "patch"].first(where: { a.string($0) != nil }) {
+    if let flag = ["model", "hidden", "depth", "heads", "patch"].first(where: { a.string($0) != nil }) ?? (a.has("in-context") ? "in-context" : nil) {
         throw CLIError("--\(flag): with --resume-from the model is the checkpoint's", usage: true)
     }
     guard FileSystem.isRegularFile(path) else { throw CLIError("--resume-from \(path): no such file") }
