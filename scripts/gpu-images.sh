@@ -36,7 +36,8 @@
 #               steps, default 1 2 4 8); then one table of every compare run this machine has made with this budget
 #               (mean, min-max over the seeds). About 9.5 minutes on a machine fresh from cmp-stage (the first FID
 #               computes the training set's statistics, ~66 s), 8.5 after; SEED=1, SEED=2 ... in later calls add
-#               seeds. METHODS="tvm imf" picks methods; METHODS=tvm BUDGET=390 is one method at the issue's budget.
+#               seeds. METHODS="tvm imf" picks methods; METHODS=tvm BUDGET=390 is one method at the issue's budget;
+#               IN_CONTEXT=1 METHODS=imf adds iMF with in-context tokens (row imf+ic).
 # TAG (default tvm) names a run's folder and checkpoints, so runs with another SEED can sit side by side.
 # Each call prints a summary and leaves its logs in $OUT.
 set -uo pipefail
@@ -52,6 +53,9 @@ tag=${TAG:-tvm}
 train_args=(--device cuda "$precision" --data fashion-mnist --data-dir "$S/fmnist" --model S/2 --cfg 2 --label-dropout 0.1
             --batch 128 --lr 2e-4 --ema "$ema" --seed "${SEED:-0}" --every 100000)
 N=${N:-10000}
+# IN_CONTEXT=1: the DiT also takes every condition as in-context tokens (tvm train --in-context; compare labels such
+# runs METHOD+ic).
+[ "${IN_CONTEXT:-0}" = 1 ] && train_args+=(--in-context)
 
 tvm() { "$S/tvm" "$@"; }
 setup() {
@@ -211,21 +215,22 @@ compare)
     budget=${BUDGET:-75} seed=${SEED:-0} t_start=$(date +%s)
     nvidia-smi --query-gpu=name --format=csv,noheader
     for m in ${METHODS:-tvm meanflow imf fm}; do
-        run=$S/cmp-$m-$seed
+        label=$m; [ "${IN_CONTEXT:-0}" = 1 ] && label=$m+ic
+        run=$S/cmp-$label-$seed
         rm -rf "$run"
         method_args "$m"
-        tvm train "${margs[@]}" --time-budget "$budget" --out "$run" > "$out/cmp-$m-$seed-train.log" 2>&1 \
-            || { echo "$m: training failed"; tail -3 "$out/cmp-$m-$seed-train.log"; continue; }
+        tvm train "${margs[@]}" --time-budget "$budget" --out "$run" > "$out/cmp-$label-$seed-train.log" 2>&1 \
+            || { echo "$label: training failed"; tail -3 "$out/cmp-$label-$seed-train.log"; continue; }
         n=$(steps_of "$run")
-        echo "$m (seed $seed) after $budget s: $n steps"
+        echo "$label (seed $seed) after $budget s: $n steps"
         nfes="1 2 4"; extra=()
         [ "$m" = fm ] && nfes=${FM_STEPS:-1 2 4 8}
         [ "$m" = imf ] && extra=("${imf_interval[@]}")
         for k in $nfes; do
-            line=$(fid "cmp-$m-$seed-nfe$k" "$run/checkpoint.safetensors" "$k" ema "${extra[@]}")
+            line=$(fid "cmp-$label-$seed-nfe$k" "$run/checkpoint.safetensors" "$k" ema "${extra[@]}")
             echo "$line"
             f=$(awk '$2 == "FID" { print $3 }' <<< "$line")
-            [ -n "$f" ] && printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$budget" "$m" "$seed" "$k" "$f" "$n" >> "$S/compare.tsv"
+            [ -n "$f" ] && printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$budget" "$label" "$seed" "$k" "$f" "$n" >> "$S/compare.tsv"
         done
     done
     echo "this call: $(( $(date +%s) - t_start )) s of work"
@@ -240,7 +245,8 @@ for b, m, seed, k, f, n in rows:
     if b == budget:
         fid[(m, int(k))][seed] = float(f)
         steps[m][seed] = int(n)
-methods = [m for m in ['tvm', 'meanflow', 'imf', 'fm'] if m in steps]
+order = ['tvm', 'meanflow', 'imf', 'fm']
+methods = sorted(steps, key=lambda m: (order.index(m.split('+')[0]) if m.split('+')[0] in order else 9, m))
 nfes = sorted({k for _, k in fid})
 print('FID-10k after %s s of training each (mean, min-max over seeds; flow matching: Euler steps, 2 evaluations each)' % budget)
 print('| method | seeds | steps | ' + ' | '.join('%d NFE' % k for k in nfes) + ' |')
