@@ -24,19 +24,21 @@
 #           0.3,0.7 (both chosen at sampling: no retraining)
 #   steps   the training step of each method (tvm, meanflow, imf, fm) on this DiT-S/2 and batch: ms/step, images/s
 #
-# The four methods side by side in one device call of at most 10 minutes (issue 22), on a machine of its own:
+# The four methods side by side in one device call of at most 10 minutes (issue 22), after two short staging calls
+# on the same warm machine (the device tool carries 64 MiB a call):
 #   cmp-pack    here: .device/cmp holding the static tvm (xz), the Inception weights (the safetensors tvm fid reads,
 #               INCEPTION=..., default ~/.cache/terminalvelocity/inception-2015-12-05.safetensors) in two parts,
-#               and Fashion-MNIST's training files (the device tool carries 64 MiB a call)
+#               and Fashion-MNIST's training files
 #   cmp-stage   carry [".device/cmp/tvm.xz", ".device/cmp/inception.part0"]: puts both in /tmp/tvm-img and compiles
 #               the training kernels of the four methods (about 1 minute on a fresh machine)
-#   compare     carry [".device/cmp/inception.part1", ".device/cmp/fmnist"] (nothing more on a machine that has them):
-#               TVM, MeanFlow, iMF and flow matching, BUDGET seconds each (default 75), one after the other with the
-#               same configuration as above and seed SEED; FID-10k at 1, 2, 4 NFE (flow matching: FM_STEPS Euler
+#   cmp-prep    carry [".device/cmp/inception.part1", ".device/cmp/fmnist"]: joins the weights, unpacks the data and
+#               computes the training set's FID statistics (about 70 s)
+#   compare     no carry: TVM, MeanFlow, iMF and flow matching, BUDGET seconds each (default 75), one after the other
+#               with the configuration above and seed SEED; FID-10k at 1, 2, 4 NFE (flow matching: FM_STEPS Euler
 #               steps, default 1 2 4 8); then one table of every compare run this machine has made with this budget
-#               (mean, min-max over the seeds). About 9.5 minutes on a machine fresh from cmp-stage (the first FID
-#               computes the training set's statistics, ~66 s), 8.5 after; SEED=1, SEED=2 ... in later calls add
-#               seeds. METHODS="tvm imf" picks methods; METHODS=tvm BUDGET=390 is one method at the issue's budget;
+#               (mean, min-max over the seeds). About 9 minutes; a step that would end after DEADLINE seconds
+#               (default 570) is skipped, so the table always comes back. SEED=1, SEED=2 ... in later calls add seeds.
+#               METHODS="tvm imf" picks methods; METHODS=tvm BUDGET=390 is one method at the issue's budget;
 #               IN_CONTEXT=1 METHODS=imf adds iMF with in-context tokens (row imf+ic).
 # TAG (default tvm) names a run's folder and checkpoints, so runs with another SEED can sit side by side.
 # Each call prints a summary and leaves its logs in $OUT.
@@ -195,27 +197,35 @@ cmp-pack)
     ;;
 cmp-stage)
     mkdir -p "$S" && cp .device/cmp/inception.part0 "$S/" || exit 1
-    cp .device/cmp/tvm.xz .device/tvm.xz 2>/dev/null
+    cp .device/cmp/tvm.xz .device/tvm.xz || exit 1
     setup
     for m in tvm meanflow imf fm; do
         tvm bench train --device cuda "$precision" --model S/2 --res 32 --channels 1 --classes 10 --batch 8 --steps 1 --warmup 0 \
             --method $m | tail -1
     done
     ;;
-compare)
-    [ -f .device/cmp/tvm.xz ] && cp .device/cmp/tvm.xz .device/tvm.xz
+cmp-prep)
     setup
-    if [ ! -f "$S/inception.safetensors" ]; then
-        [ -f "$S/inception.part0" ] && [ -f .device/cmp/inception.part1 ] || { echo "run cmp-stage first, and carry .device/cmp/inception.part1"; exit 1; }
-        cat "$S/inception.part0" .device/cmp/inception.part1 > "$S/inception.safetensors"
-    fi
-    if [ ! -f "$S/fmnist/train-images-idx3-ubyte.gz" ]; then
-        mkdir -p "$S/fmnist" && cp .device/cmp/fmnist/* "$S/fmnist/" || { echo "carry .device/cmp/fmnist"; exit 1; }
-    fi
-    budget=${BUDGET:-75} seed=${SEED:-0} t_start=$(date +%s)
+    [ -f "$S/inception.part0" ] && [ -f .device/cmp/inception.part1 ] || { echo "run cmp-stage first, and carry .device/cmp/inception.part1"; exit 1; }
+    cat "$S/inception.part0" .device/cmp/inception.part1 > "$S/inception.safetensors"
+    mkdir -p "$S/fmnist" && cp .device/cmp/fmnist/* "$S/fmnist/" || { echo "carry .device/cmp/fmnist"; exit 1; }
+    python3 -c "import numpy as np; np.save('$S/probe.npy', np.random.default_rng(0).uniform(-1, 1, (64, 1, 32, 32)).astype(np.float32))"
+    t0=$(date +%s)
+    tvm fid "$S/probe.npy" --dataset fashion-mnist --data-dir "$S/fmnist" --device cuda --cache "$S/cache" > /dev/null 2> "$out/prep.log" \
+        || { echo "tvm fid failed"; tail -3 "$out/prep.log"; exit 1; }
+    echo "training-set statistics (60000 images) computed and cached in $(( $(date +%s) - t0 )) s"
+    ;;
+compare)
+    setup
+    [ -f "$S/inception.safetensors" ] && [ -f "$S/fmnist/train-images-idx3-ubyte.gz" ] || { echo "run cmp-stage and cmp-prep first"; exit 1; }
+    budget=${BUDGET:-75} seed=${SEED:-0} deadline=${DEADLINE:-570} t_start=$(date +%s)
+    # fits SECONDS: whether that much more work ends before the deadline.
+    fits() { [ $(( $(date +%s) - t_start + $1 )) -le "$deadline" ]; }
     nvidia-smi --query-gpu=name --format=csv,noheader
     for m in ${METHODS:-tvm meanflow imf fm}; do
         label=$m; [ "${IN_CONTEXT:-0}" = 1 ] && label=$m+ic
+        # The training, its start-up and at least one FID.
+        fits $(( budget + 40 )) || { echo "$label: skipped (the deadline)"; continue; }
         run=$S/cmp-$label-$seed
         rm -rf "$run"
         method_args "$m"
@@ -227,6 +237,7 @@ compare)
         [ "$m" = fm ] && nfes=${FM_STEPS:-1 2 4 8}
         [ "$m" = imf ] && extra=("${imf_interval[@]}")
         for k in $nfes; do
+            fits 25 || { echo "cmp-$label-$seed-nfe$k: skipped (the deadline)"; continue; }
             line=$(fid "cmp-$label-$seed-nfe$k" "$run/checkpoint.safetensors" "$k" ema "${extra[@]}")
             echo "$line"
             f=$(awk '$2 == "FID" { print $3 }' <<< "$line")
@@ -234,7 +245,7 @@ compare)
         done
     done
     echo "this call: $(( $(date +%s) - t_start )) s of work"
-    cp "$S/compare.tsv" "$out/compare.tsv"
+    touch "$S/compare.tsv" && cp "$S/compare.tsv" "$out/compare.tsv"
     python3 - "$S/compare.tsv" "$budget" <<'PY'
 import sys, collections
 rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1]) if l.strip()]
