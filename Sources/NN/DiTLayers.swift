@@ -75,7 +75,7 @@ struct DiTLayers: Sendable {
 
     var parameters: [ParameterSpec] {
         [positions] + patchEmbedding.parameters + timeEmbedder.parameters + gapEmbedder.parameters
-            + guidanceEmbedder.parameters + (intervalEmbedders.map { $0.start.parameters + $0.end.parameters } ?? []) + [labelTable] + contextTokens + blocks.flatMap(\.parameters)
-            + finalLinear.parameters + finalModulation.parameters
+            + guidanceEmbedder.parameters + (intervalEmbedders.map { $0.start.parameters + $0.end.parameters } ?? [])
+            + [labelTable] + contextTokens + blocks.flatMap(\.parameters) + finalLinear.parameters + finalModulation.parameters
     }
 }

@@ -158,8 +158,8 @@ public struct MeanFlowObjective: Equatable {
 /// official v-head's dummies), which is what the r = t rows train.
 ///
 /// This network has one head: v_theta is u at gap 0 (the MeanFlow boundary condition) rather than the official
-/// auxiliary v-head, and the rows with r = t train it (for them V = u). The conditions are added to the adaLN
-/// vector rather than fed as in-context tokens.
+/// auxiliary v-head, and the rows with r = t train it (for them V = u). The conditions enter the adaLN vector
+/// (and in-context tokens too with a DiT with `inContext`).
 public struct ImprovedMeanFlowObjective: Equatable {
     /// How the guidance interval is drawn per row (the official ranges).
     public struct IntervalDraw: Equatable {
