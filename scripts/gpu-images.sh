@@ -17,10 +17,29 @@
 #           EMAs of other widths, the EMA target), then at 2 and 4 NFE with the one best at 1 NFE
 #   fm      flow matching with the same budget, FID-10k with 1, 2, 4 and 8 Euler steps (guided: 2 evaluations each)
 #   fm2     the same with 16 and 32 Euler steps
-#   meanflow, imf   MeanFlow (--cfg 2 = omega 1, kappa 0.5) or improved MeanFlow (omega log-uniform in 1..8, sampled
-#           at CFG, default 2) with the same budget, FID-10k at 1, 2 and 4 NFE (docs/METHODS.md)
-#   imfcfg  FID-10k at 1 NFE of that iMF run at guidance 1.5, 2, 3, 4 and 6 (chosen at sampling: no retraining)
+#   meanflow, imf   MeanFlow (--cfg 2 = omega 1, kappa 0.5) or improved MeanFlow (omega log-uniform in 1..8 and the
+#           CFG interval drawn per row; sampled at CFG, default 2, in IMF_INTERVAL, default 0,1) with the same budget,
+#           FID-10k at 1, 2 and 4 NFE (docs/METHODS.md)
+#   imfcfg  FID-10k at 1 NFE of that iMF run at guidance 1.5, 2, 3, 4 and 6, each over the whole interval and inside
+#           0.3,0.7 (both chosen at sampling: no retraining)
 #   steps   the training step of each method (tvm, meanflow, imf, fm) on this DiT-S/2 and batch: ms/step, images/s
+#
+# The four methods side by side in one device call of at most 10 minutes (issue 22), after two short staging calls
+# on the same warm machine (the device tool carries 64 MiB a call):
+#   cmp-pack    here: .device/cmp holding the static tvm (xz), the Inception weights (the safetensors tvm fid reads,
+#               INCEPTION=..., default ~/.cache/terminalvelocity/inception-2015-12-05.safetensors) in two parts,
+#               and Fashion-MNIST's training files
+#   cmp-stage   carry [".device/cmp/tvm.xz", ".device/cmp/inception.part0"]: puts both in /tmp/tvm-img and compiles
+#               the training kernels of the four methods (about 1 minute on a fresh machine)
+#   cmp-prep    carry [".device/cmp/inception.part1", ".device/cmp/fmnist"]: joins the weights, unpacks the data and
+#               computes the training set's FID statistics (about 70 s)
+#   compare     no carry: TVM, MeanFlow, iMF and flow matching, BUDGET seconds each (default 75), one after the other
+#               with the configuration above and seed SEED; FID-10k at 1, 2, 4 NFE (flow matching: FM_STEPS Euler
+#               steps, default 1 2 4 8); then one table of every compare run this machine has made with this budget
+#               (mean, min-max over the seeds). About 9 minutes; a step that would end after DEADLINE seconds
+#               (default 570) is skipped, so the table always comes back. SEED=1, SEED=2 ... in later calls add seeds.
+#               METHODS="tvm imf" picks methods; METHODS=tvm BUDGET=390 is one method at the issue's budget;
+#               IN_CONTEXT=1 METHODS=imf adds iMF with in-context tokens (row imf+ic).
 # TAG (default tvm) names a run's folder and checkpoints, so runs with another SEED can sit side by side.
 # Each call prints a summary and leaves its logs in $OUT.
 set -uo pipefail
@@ -36,6 +55,9 @@ tag=${TAG:-tvm}
 train_args=(--device cuda "$precision" --data fashion-mnist --data-dir "$S/fmnist" --model S/2 --cfg 2 --label-dropout 0.1
             --batch 128 --lr 2e-4 --ema "$ema" --seed "${SEED:-0}" --every 100000)
 N=${N:-10000}
+# IN_CONTEXT=1: the DiT also takes every condition as in-context tokens (tvm train --in-context; compare labels such
+# runs METHOD+ic).
+[ "${IN_CONTEXT:-0}" = 1 ] && train_args+=(--in-context)
 
 tvm() { "$S/tvm" "$@"; }
 setup() {
@@ -45,18 +67,32 @@ setup() {
     if [ -f .device/tvm.xz ]; then xz -dc .device/tvm.xz > "$S/tvm" && chmod +x "$S/tvm"; fi
     [ -x "$S/tvm" ] || { echo "no tvm binary on the device: carry .device/tvm.xz"; exit 1; }
 }
-# fid NAME CHECKPOINT NFE [WEIGHTS]: 10000 samples (1000 per class, fixed seed), then FID against the cached stats;
-# prints a line "NAME FID (seconds)".
+# fid NAME CHECKPOINT NFE [WEIGHTS [SAMPLE-OPTIONS...]]: 10000 samples (1000 per class, fixed seed), then FID against
+# the cached stats; prints a line "NAME FID (seconds)".
 fid() {
     local name=$1 ck=$2 nfe=$3 weights=${4:-ema} t0
+    shift $(( $# < 4 ? $# : 4 ))
     t0=$(date +%s)
-    tvm sample --device cuda --checkpoint "$ck" --n "$N" --nfe "$nfe" --cfg "${CFG:-2}" --weights "$weights" --seed 1 \
+    tvm sample --device cuda --checkpoint "$ck" --n "$N" --nfe "$nfe" --cfg "${CFG:-2}" --weights "$weights" --seed 1 "$@" \
         --out "$out/$name.png" --npy "$S/gen.npy" > "$out/$name.sample.log" 2>&1 || { echo "$name: sampling failed"; tail -2 "$out/$name.sample.log"; return; }
     local f
     f=$(tvm fid "$S/gen.npy" --dataset fashion-mnist --data-dir "$S/fmnist" --device cuda --cache "$S/cache" 2> "$out/$name.fid.log")
     printf "%-28s %s  (%d s)\n" "$name" "$f" "$(( $(date +%s) - t0 ))"
 }
 steps_of() { python3 -c "import json,sys; print(sum(1 for _ in open(sys.argv[1])))" "$1/metrics.jsonl"; }
+# method_args METHOD: train_args as METHOD takes them (iMF draws its guidance scale per row: the range 1,8 replaces
+# the constant --cfg 2 of the others, and --sample-cfg sets the grids' scale).
+method_args() {
+    margs=(); local after_cfg=0 a
+    for a in "${train_args[@]}"; do
+        if [ "$1" = imf ] && [ "$a" = --cfg ]; then margs+=(--cfg-range); after_cfg=1; continue; fi
+        [ "$after_cfg" = 1 ] && a=1,8 && after_cfg=0
+        margs+=("$a")
+    done
+    [ "$1" = imf ] && margs+=(--sample-cfg "${CFG:-2}")
+    margs+=(--method "$1")
+}
+imf_interval=(--cfg-interval "${IMF_INTERVAL:-0,1}")
 
 case "${1:-}" in
 pack)
@@ -132,22 +168,108 @@ fm2)
 meanflow|imf)
     setup
     rm -rf "$S/run-$1-$tag"
-    # iMF draws its guidance scale per row: the range 1,8 replaces the constant --cfg 2 of the others.
-    args=(); after_cfg=0
-    for a in "${train_args[@]}"; do
-        if [ "$1" = imf ] && [ "$a" = --cfg ]; then args+=(--cfg-range); after_cfg=1; continue; fi
-        [ "$after_cfg" = 1 ] && a=1,8 && after_cfg=0
-        args+=("$a")
-    done
-    [ "$1" = imf ] && args+=(--sample-cfg "${CFG:-2}")
-    tvm train "${args[@]}" --method "$1" --time-budget 390 --out "$S/run-$1-$tag" > "$out/$1-$tag-train.log" 2>&1
+    method_args "$1"
+    tvm train "${margs[@]}" --time-budget 390 --out "$S/run-$1-$tag" > "$out/$1-$tag-train.log" 2>&1
     cp "$S/run-$1-$tag/metrics.jsonl" "$out/$1-$tag-metrics.jsonl"
     echo "$1 ($tag, seed ${SEED:-0}) after 390 s: $(steps_of "$S/run-$1-$tag") steps; $(grep -o '"loss":[0-9.e-]*' "$S/run-$1-$tag/metrics.jsonl" | tail -1)"
-    for k in 1 2 4; do fid "$1-$tag-390s-nfe$k" "$S/run-$1-$tag/checkpoint.safetensors" $k; done
+    extra=(); [ "$1" = imf ] && extra=("${imf_interval[@]}")
+    for k in 1 2 4; do fid "$1-$tag-390s-nfe$k" "$S/run-$1-$tag/checkpoint.safetensors" $k ema "${extra[@]}"; done
     ;;
 imfcfg)
     setup
-    for w in 1.5 2 3 4 6; do CFG=$w fid "imf-$tag-390s-nfe1-cfg$w" "$S/run-imf-$tag/checkpoint.safetensors" 1; done
+    for w in 1.5 2 3 4 6; do
+        for iv in 0,1 0.3,0.7; do
+            CFG=$w fid "imf-$tag-390s-nfe1-cfg$w-in$iv" "$S/run-imf-$tag/checkpoint.safetensors" 1 ema --cfg-interval "$iv"
+        done
+    done
+    ;;
+cmp-pack)
+    mkdir -p .device/cmp/fmnist
+    scripts/gpu-bench.sh pack > /dev/null || exit 1
+    xz -T2 -c .device/tvm > .device/cmp/tvm.xz || exit 1
+    inception=${INCEPTION:-$HOME/.cache/terminalvelocity/inception-2015-12-05.safetensors}
+    [ -f "$inception" ] || { echo "no Inception weights at $inception (INCEPTION=FILE)"; exit 1; }
+    # 54 MB here, the rest beside the data: each call's carry stays under 64 MiB.
+    head -c 54000000 "$inception" > .device/cmp/inception.part0
+    tail -c +54000001 "$inception" > .device/cmp/inception.part1
+    cp /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz /usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz .device/cmp/fmnist/
+    du -b .device/cmp/tvm.xz .device/cmp/inception.part0 .device/cmp/inception.part1 .device/cmp/fmnist
+    ;;
+cmp-stage)
+    mkdir -p "$S" && cp .device/cmp/inception.part0 "$S/" || exit 1
+    cp .device/cmp/tvm.xz .device/tvm.xz || exit 1
+    setup
+    for m in tvm meanflow imf fm; do
+        tvm bench train --device cuda "$precision" --model S/2 --res 32 --channels 1 --classes 10 --batch 8 --steps 1 --warmup 0 \
+            --method $m | tail -1
+    done
+    ;;
+cmp-prep)
+    setup
+    [ -f "$S/inception.part0" ] && [ -f .device/cmp/inception.part1 ] || { echo "run cmp-stage first, and carry .device/cmp/inception.part1"; exit 1; }
+    cat "$S/inception.part0" .device/cmp/inception.part1 > "$S/inception.safetensors"
+    mkdir -p "$S/fmnist" && cp .device/cmp/fmnist/* "$S/fmnist/" || { echo "carry .device/cmp/fmnist"; exit 1; }
+    python3 -c "import numpy as np; np.save('$S/probe.npy', np.random.default_rng(0).uniform(-1, 1, (64, 1, 32, 32)).astype(np.float32))"
+    t0=$(date +%s)
+    tvm fid "$S/probe.npy" --dataset fashion-mnist --data-dir "$S/fmnist" --device cuda --cache "$S/cache" > /dev/null 2> "$out/prep.log" \
+        || { echo "tvm fid failed"; tail -3 "$out/prep.log"; exit 1; }
+    echo "training-set statistics (60000 images) computed and cached in $(( $(date +%s) - t0 )) s"
+    ;;
+compare)
+    setup
+    [ -f "$S/inception.safetensors" ] && [ -f "$S/fmnist/train-images-idx3-ubyte.gz" ] || { echo "run cmp-stage and cmp-prep first"; exit 1; }
+    budget=${BUDGET:-75} seed=${SEED:-0} deadline=${DEADLINE:-570} t_start=$(date +%s)
+    # fits SECONDS: whether that much more work ends before the deadline.
+    fits() { [ $(( $(date +%s) - t_start + $1 )) -le "$deadline" ]; }
+    nvidia-smi --query-gpu=name --format=csv,noheader
+    for m in ${METHODS:-tvm meanflow imf fm}; do
+        label=$m; [ "${IN_CONTEXT:-0}" = 1 ] && label=$m+ic
+        # The training, its start-up and at least one FID.
+        fits $(( budget + 40 )) || { echo "$label: skipped (the deadline)"; continue; }
+        run=$S/cmp-$label-$seed
+        rm -rf "$run"
+        method_args "$m"
+        tvm train "${margs[@]}" --time-budget "$budget" --out "$run" > "$out/cmp-$label-$seed-train.log" 2>&1 \
+            || { echo "$label: training failed"; tail -3 "$out/cmp-$label-$seed-train.log"; continue; }
+        n=$(steps_of "$run")
+        echo "$label (seed $seed) after $budget s: $n steps"
+        nfes="1 2 4"; extra=()
+        [ "$m" = fm ] && nfes=${FM_STEPS:-1 2 4 8}
+        [ "$m" = imf ] && extra=("${imf_interval[@]}")
+        for k in $nfes; do
+            fits 25 || { echo "cmp-$label-$seed-nfe$k: skipped (the deadline)"; continue; }
+            line=$(fid "cmp-$label-$seed-nfe$k" "$run/checkpoint.safetensors" "$k" ema "${extra[@]}")
+            echo "$line"
+            f=$(awk '$2 == "FID" { print $3 }' <<< "$line")
+            [ -n "$f" ] && printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$budget" "$label" "$seed" "$k" "$f" "$n" >> "$S/compare.tsv"
+        done
+    done
+    echo "this call: $(( $(date +%s) - t_start )) s of work"
+    touch "$S/compare.tsv" && cp "$S/compare.tsv" "$out/compare.tsv"
+    python3 - "$S/compare.tsv" "$budget" <<'PY'
+import sys, collections
+rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1]) if l.strip()]
+budget = sys.argv[2]
+fid = collections.defaultdict(dict)   # (method, nfe) -> {seed: FID}, the latest run of a seed counting
+steps = collections.defaultdict(dict)
+for b, m, seed, k, f, n in rows:
+    if b == budget:
+        fid[(m, int(k))][seed] = float(f)
+        steps[m][seed] = int(n)
+order = ['tvm', 'meanflow', 'imf', 'fm']
+methods = sorted(steps, key=lambda m: (order.index(m.split('+')[0]) if m.split('+')[0] in order else 9, m))
+nfes = sorted({k for _, k in fid})
+print('FID-10k after %s s of training each (mean, min-max over seeds; flow matching: Euler steps, 2 evaluations each)' % budget)
+print('| method | seeds | steps | ' + ' | '.join('%d NFE' % k for k in nfes) + ' |')
+print('| --- | --- | --- | ' + ' | '.join('---' for _ in nfes) + ' |')
+for m in methods:
+    cells = []
+    for k in nfes:
+        v = list(fid[(m, k)].values())
+        cells.append('' if not v else '%.1f' % v[0] if len(v) == 1 else '%.1f (%.1f-%.1f)' % (sum(v) / len(v), min(v), max(v)))
+    s = list(steps[m].values())
+    print('| %s | %s | %s | %s |' % (m, ','.join(sorted(steps[m])), '%d-%d' % (min(s), max(s)) if len(s) > 1 else s[0], ' | '.join(cells)))
+PY
     ;;
 steps)
     setup

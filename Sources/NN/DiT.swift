@@ -89,10 +89,22 @@ public struct DiT: FlowMapNetwork {
         return embedder.second(embedder.first(h, p).silu(), p)
     }
 
-    /// The conditioning vector c = e_t + e_g + e_beta + e_label, [B, D].
+    /// The conditioning vector c = e_t + e_g + e_beta + e_label (+ e_start + e_end with `guidanceInterval`), [B, D].
     public func conditioning(_ p: ParameterSet, t: Tensor, gap: Tensor, cond: Conditioning) -> Tensor {
+        conditionEmbeddings(p, t: t, gap: gap, cond: cond).vector
+    }
+
+    /// The embedding of each condition, [B, D] each, in `DiTConfig.contextTokenCounts`' order, and their sum.
+    func conditionEmbeddings(_ p: ParameterSet, t: Tensor, gap: Tensor, cond: Conditioning) -> (each: [Tensor], vector: Tensor) {
         let B = t.count, K = config.numClasses
         let beta = cond.beta ?? Tensor.ones([B], dtype: t.dtype, on: t.device)
+        precondition(cond.interval == nil || layers.intervalEmbedders != nil, "a guidance interval for a DiT without guidanceInterval")
+        var eInterval: (start: Tensor, end: Tensor)?
+        if let embedders = layers.intervalEmbedders {
+            let start = cond.interval?.start.reshaped([B]) ?? Tensor.zeros([B], dtype: t.dtype, on: t.device)
+            let end = cond.interval?.end.reshaped([B]) ?? Tensor.ones([B], dtype: t.dtype, on: t.device)
+            eInterval = (embed(start, p, embedders.start), embed(end, p, embedders.end))
+        }
         // One-hot rows extended by a null-class column (1 where the row is all zero); a matmul with the
         // table looks the rows up differentiably.
         let labels: Tensor
@@ -106,8 +118,10 @@ public struct DiT: FlowMapNetwork {
                              Tensor.ones([B, 1], dtype: t.dtype, on: t.device)], axis: 1)
         }
         let eLabel = labels.matmul(p[layers.labelTable.key])
-        return embed(t, p, layers.timeEmbedder) + embed(gap, p, layers.gapEmbedder) + embed(beta, p, layers.guidanceEmbedder)
-            + eLabel
+        let eT = embed(t, p, layers.timeEmbedder), eGap = embed(gap, p, layers.gapEmbedder)
+        let eBeta = embed(beta, p, layers.guidanceEmbedder)
+        let c = eT + eGap + eBeta + eLabel
+        return ([eLabel, eBeta] + (eInterval.map { [$0.start, $0.end] } ?? []) + [eT, eGap], eInterval.map { c + $0.start + $0.end } ?? c)
     }
 
     /// `layer`(SiLU(c)) split into `parts` modulation vectors [B, 1, D], each divided by its RMS under
@@ -167,8 +181,17 @@ public struct DiT: FlowMapNetwork {
         let patches = layers.patchEmbedding
         let wPatch = p[patches.weight.key].reshaped([c.hidden, c.patchDim])
         var h = patchify(x).linear(wPatch, bias: p[patches.bias.key]) + p[layers.positions.key].detached()
-        let siluC = conditioning(p, t: t.reshaped([B]), gap: gap.reshaped([B]), cond: cond).silu()
+        let embeddings = conditionEmbeddings(p, t: t.reshaped([B]), gap: gap.reshaped([B]), cond: cond)
+        let siluC = embeddings.vector.silu()
+        if c.inContext {
+            // Each condition's tokens: its learned tokens plus its embedding, ahead of the patches.
+            let prefix = zip(layers.contextTokens, embeddings.each).map { spec, e in
+                p[spec.key].reshaped([1, spec.shape[0], c.hidden]) + e.reshaped([B, 1, c.hidden])
+            }
+            h = concat(prefix + [h], axis: 1)
+        }
         for block in layers.blocks { h = self.block(h, siluC, p, block) }
+        if c.inContext { h = h.slice(axis: 1, start: c.contextTokens, length: c.tokens) }
         let m = modulation(siluC, p, layers.finalModulation, parts: 2)
         h = layers.finalLinear(modulateNormalized(h, shift: m[0], scale: m[1]), p)
         return unpatchify(h)

@@ -31,12 +31,20 @@ public struct DiTConfig: Equatable, Sendable {
     /// Divide each adaLN modulation vector by its RMS (TVM's modulation norm).
     public var modulationNorm: Bool
     public var initialization: Initialization
-    /// Spectral initialisation of the three timestep MLPs too (else N(0, 0.02)); only with `.spectral`, as upstream.
+    /// Spectral initialisation of the timestep MLPs too (else N(0, 0.02)); only with `.spectral`, as upstream.
     public var timeSpecInit: Bool
+    /// Two more timestep MLPs embed a guidance interval (start, end) into the conditioning vector: improved
+    /// MeanFlow's CFG-interval condition (guidance acts only where start <= t <= end).
+    public var guidanceInterval: Bool
+    /// In-context conditioning (iMF's): each condition's embedding is also added to learned tokens prepended to the
+    /// patch tokens (class 8, guidance 4, interval start and end 2 each, t 4, gap 4), which the blocks attend to
+    /// and the final layer drops; the adaLN vector stays.
+    public var inContext: Bool
 
     public init(patch: Int, hidden: Int, depth: Int, heads: Int, mlpRatio: Double = 4, inputSize: Int,
                 inChannels: Int, numClasses: Int, modulationNorm: Bool = true,
-                init initialization: Initialization = .spectral, timeSpecInit: Bool = false) {
+                init initialization: Initialization = .spectral, timeSpecInit: Bool = false, guidanceInterval: Bool = false,
+                inContext: Bool = false) {
         self.patch = patch
         self.hidden = hidden
         self.depth = depth
@@ -48,11 +56,20 @@ public struct DiTConfig: Equatable, Sendable {
         self.modulationNorm = modulationNorm
         self.initialization = initialization
         self.timeSpecInit = timeSpecInit
+        self.guidanceInterval = guidanceInterval
+        self.inContext = inContext
     }
 
     /// Tokens per side.
     public var grid: Int { inputSize / patch }
     public var tokens: Int { grid * grid }
+    /// The in-context tokens of each condition, in the order they precede the patches (none without `inContext`).
+    public var contextTokenCounts: [(condition: String, count: Int)] {
+        guard inContext else { return [] }
+        return [("class", 8), ("guidance", 4)] + (guidanceInterval ? [("interval_start", 2), ("interval_end", 2)] : [])
+            + [("t", 4), ("gap", 4)]
+    }
+    public var contextTokens: Int { contextTokenCounts.reduce(0) { $0 + $1.count } }
     public var headDim: Int { hidden / heads }
     public var mlpHidden: Int { Int(Double(hidden) * mlpRatio) }
     /// Length of one flattened patch, C * p * p.
@@ -118,7 +135,8 @@ extension DiTConfig {
             ("heads", .number(Double(heads))), ("mlp_ratio", .number(mlpRatio)), ("input_size", .number(Double(inputSize))),
             ("in_channels", .number(Double(inChannels))), ("num_classes", .number(Double(numClasses))),
             ("modulation_norm", .bool(modulationNorm)), ("init", .string(initialization.rawValue)),
-            ("time_spec_init", .bool(timeSpecInit)),
+            ("time_spec_init", .bool(timeSpecInit)), ("guidance_interval", .bool(guidanceInterval)),
+            ("in_context", .bool(inContext)),
         ])
     }
 
@@ -139,7 +157,10 @@ extension DiTConfig {
         self.init(patch: try int("patch"), hidden: try int("hidden"), depth: try int("depth"), heads: try int("heads"),
                   mlpRatio: ratio, inputSize: try int("input_size"), inChannels: try int("in_channels"),
                   numClasses: try int("num_classes"), modulationNorm: try bool("modulation_norm"),
-                  init: initialization, timeSpecInit: try bool("time_spec_init"))
+                  init: initialization, timeSpecInit: try bool("time_spec_init"),
+                  // Absent in checkpoints written before the interval condition existed.
+                  guidanceInterval: json["guidance_interval"] == nil ? false : try bool("guidance_interval"),
+                  inContext: json["in_context"] == nil ? false : try bool("in_context"))
         try validate()
     }
 
@@ -153,6 +174,8 @@ extension DiTConfig {
             ("modulation_norm", "\(modulationNorm)", "\(other.modulationNorm)"),
             ("init", initialization.rawValue, other.initialization.rawValue),
             ("time_spec_init", "\(timeSpecInit)", "\(other.timeSpecInit)"),
+            ("guidance_interval", "\(guidanceInterval)", "\(other.guidanceInterval)"),
+            ("in_context", "\(inContext)", "\(other.inContext)"),
         ]
         for (name, a, b) in fields where a != b { return "\(name) \(a) vs \(b)" }
         return nil

@@ -28,6 +28,11 @@ struct DiTLayers: Sendable {
     let positions: ParameterSpec
     let patchEmbedding: LinearLayer
     let timeEmbedder: TimestepEmbedder, gapEmbedder: TimestepEmbedder, guidanceEmbedder: TimestepEmbedder
+    /// The guidance interval's start and end (iMF's names), with `guidanceInterval` only.
+    let intervalEmbedders: (start: TimestepEmbedder, end: TimestepEmbedder)?
+    /// The learned in-context tokens of each condition, [count, D], in `DiTConfig.contextTokenCounts`' order
+    /// (empty without `inContext`).
+    let contextTokens: [ParameterSpec]
     /// One row per class and a last one for the null class.
     let labelTable: ParameterSpec
     let blocks: [Block]
@@ -50,6 +55,9 @@ struct DiTLayers: Sendable {
         timeEmbedder = timestep("t_embedder")
         gapEmbedder = timestep("s_embedder")
         guidanceEmbedder = timestep("guidance_embedder")
+        intervalEmbedders = c.guidanceInterval ? (timestep("cfg_t_start_embedder"), timestep("cfg_t_end_embedder")) : nil
+        // N(0, 1/D) as the official tokens.
+        contextTokens = c.contextTokenCounts.map { ParameterSpec("\($0.condition)_tokens", [$0.count, D], .normal(std: 1 / Double(D).squareRoot())) }
         labelTable = ParameterSpec("y_embedder.embedding_table.weight", [c.numClasses + 1, D], .normal(std: 0.02))
         blocks = (0..<c.depth).map { k in
             let b = "blocks.\(k)."
@@ -67,7 +75,7 @@ struct DiTLayers: Sendable {
 
     var parameters: [ParameterSpec] {
         [positions] + patchEmbedding.parameters + timeEmbedder.parameters + gapEmbedder.parameters
-            + guidanceEmbedder.parameters + [labelTable] + blocks.flatMap(\.parameters)
-            + finalLinear.parameters + finalModulation.parameters
+            + guidanceEmbedder.parameters + (intervalEmbedders.map { $0.start.parameters + $0.end.parameters } ?? [])
+            + [labelTable] + contextTokens + blocks.flatMap(\.parameters) + finalLinear.parameters + finalModulation.parameters
     }
 }

@@ -1,13 +1,16 @@
 import TensorCore
 
-/// Conditioning of one batch: class labels as one-hot rows (all-zero = the null class) and the
-/// guidance input beta = 1 / w per row. Unconditional models take neither.
+/// Conditioning of one batch: class labels as one-hot rows (all-zero = the null class), the guidance input
+/// beta = 1 / w per row and, for a DiT with `guidanceInterval`, the times [start, end] where that guidance acts,
+/// [B] each (nil: the whole interval, 0 and 1). Unconditional models take none.
 public struct Conditioning {
     public var classes: Tensor?
     public var beta: Tensor?
-    public init(classes: Tensor? = nil, beta: Tensor? = nil) {
+    public var interval: (start: Tensor, end: Tensor)?
+    public init(classes: Tensor? = nil, beta: Tensor? = nil, interval: (start: Tensor, end: Tensor)? = nil) {
         self.classes = classes
         self.beta = beta
+        self.interval = interval
     }
 }
 

@@ -142,6 +142,8 @@ final class BadInputTests: CLITestCase {
                 Case(args: imageData + ["--data", x, "--labels", y, "--method", "meanflow", "--cfg-interval", "0,nan"], names: "--cfg-interval"),
                 Case(args: image + ["--method", "imf", "--cfg-kappa", "0.5"], names: "--cfg-kappa"),
                 Case(args: image + ["--cfg-interval", "0,1"], names: "--cfg-interval"),
+                Case(args: image + ["--sample-cfg-interval", "0,1"], names: "--sample-cfg-interval"),
+                Case(args: image + ["--method", "imf", "--sample-cfg-interval", "0.7,0.2"], names: "--sample-cfg-interval"),
                 Case(args: image + ["--classes", "0"], names: "--classes"),
                 Case(args: image + ["--sample-cfg", "-1"], names: "--sample-cfg"),
                 Case(args: image + ["--flip=yes"], names: "--flip"),
@@ -177,6 +179,7 @@ final class BadInputTests: CLITestCase {
                 Case(args: sample + ["--out", path("empty")], names: "empty"),
                 Case(args: sample + ["--npy", path("nodir/s.npy")], names: "nodir/s.npy"),
                 Case(args: sample + ["--folder", path("text.txt")], names: "text.txt"),
+                Case(args: sample + ["--cfg-interval", "0.4,0.6"], names: "--cfg-interval"),
                 Case(args: sample + ["extra"], names: "positional"),
             ]),
             ("w2", [

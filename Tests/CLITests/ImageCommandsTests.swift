@@ -1,6 +1,7 @@
 import XCTest
 import Foundation
 import Formats
+import TVM
 
 /// `tvm train` on images and `tvm sample`, run as the built binary on a tiny synthetic NPY data set.
 final class ImageCommandsTests: CLITestCase {
@@ -74,7 +75,10 @@ final class ImageCommandsTests: CLITestCase {
         // MeanFlow trains one guidance scale (--cfg), iMF a range of them (--cfg-range, as the data's options say).
         XCTAssertEqual(data.suffix(2), ["--cfg-range", "1,3"])
         for method in ["meanflow", "imf"] {
-            let base = method == "meanflow" ? Array(data.dropLast(2)) + ["--cfg", "2", "--cfg-kappa", "0.25"] : data
+            // iMF's grids with guidance inside an interval (its DiT takes the interval as a condition).
+            // iMF also with in-context tokens.
+            let base = method == "meanflow" ? Array(data.dropLast(2)) + ["--cfg", "2", "--cfg-kappa", "0.25"]
+                : data + ["--sample-cfg-interval", "0.2,0.8", "--in-context"]
             let full = dir + "/" + method
             var r = try run(["train"] + base + ["--method", method, "--steps", "4", "--every", "100", "--out", full])
             XCTAssertEqual(r.status, 0, r.err)
@@ -112,6 +116,17 @@ final class ImageCommandsTests: CLITestCase {
             let a = try NPYArray.read(path: dir + "/\(method)-cfg1.5.npy").floats, b = try NPYArray.read(path: dir + "/\(method)-cfg6.npy").floats
             XCTAssertEqual(a == b, same, method)
         }
+        // iMF's DiT has the guidance-interval input, which tvm sample --cfg-interval sets (MeanFlow's has none).
+        let imf = dir + "/imf/checkpoint.safetensors"
+        XCTAssertTrue(try TrainingCheckpoint.read(path: imf).model.guidanceInterval)
+        XCTAssertTrue(try TrainingCheckpoint.read(path: imf).model.inContext)
+        XCTAssertFalse(try TrainingCheckpoint.read(path: dir + "/meanflow/checkpoint.safetensors").model.guidanceInterval)
+        let r = try run(["sample", "--device", "cpu", "--checkpoint", imf, "--n", "3", "--cfg", "6", "--cfg-interval", "0.3,0.7",
+                         "--out", dir + "/g.png", "--npy", dir + "/imf-interval.npy"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertNotEqual(try NPYArray.read(path: dir + "/imf-interval.npy").floats, try NPYArray.read(path: dir + "/imf-cfg6.npy").floats)
+        try assertCleanError(["sample", "--device", "cpu", "--checkpoint", dir + "/meanflow/checkpoint.safetensors", "--cfg-interval", "0.3,0.7",
+                              "--out", dir + "/g.png"], contains: "--cfg-interval")
     }
 
     func testSampleWritesGridNPYAndFolder() throws {

@@ -1,6 +1,7 @@
 import XCTest
 import TensorCore
 import NN
+import Formats
 
 /// The DiT against its definition in TVM.md, piece by piece, on small models.
 final class DiTTests: XCTestCase {
@@ -84,6 +85,88 @@ final class DiTTests: XCTestCase {
         XCTAssertEqual(try DiTConfig(json: c.json), c)
         XCTAssertNil(c.firstDifference(from: c))
         XCTAssertEqual(c.firstDifference(from: model), "mlp_ratio 2.5 vs 4.0")
+        c = model
+        c.guidanceInterval = true
+        XCTAssertEqual(try DiTConfig(json: c.json), c)
+        XCTAssertEqual(c.firstDifference(from: model), "guidance_interval true vs false")
+        // A checkpoint written before the interval input existed has no such key: no interval input.
+        guard case .object(let fields) = model.json else { return XCTFail("a JSON object") }
+        let old = JSONValue.object(fields.filter { $0.0 != "guidance_interval" })
+        XCTAssertEqual(try DiTConfig(json: old), model)
+    }
+
+    /// In-context conditioning: learned tokens per condition (iMF's counts) ahead of the patches, each plus its
+    /// condition's embedding; the blocks attend to them, the output keeps the patches only, rows stay independent.
+    func testInContextConditioningTokens() throws {
+        var config = DiTTests.small
+        (config.guidanceInterval, config.inContext) = (true, true)
+        let net = try DiT(config)
+        let D = 32
+        let tokens = net.parameterShapes.filter { $0.name.hasSuffix("_tokens") }
+        XCTAssertEqual(tokens.map(\.name), ["class_tokens", "guidance_tokens", "interval_start_tokens", "interval_end_tokens",
+                                            "t_tokens", "gap_tokens"])
+        XCTAssertEqual(tokens.map(\.shape), [[8, D], [4, D], [2, D], [2, D], [4, D], [4, D]])
+        XCTAssertEqual(config.contextTokens, 24)
+        var rng = RandomGenerator(seed: 9)
+        let p = randomized(net.initialParameters(rng: &rng))
+        let x = Tensor.randomNormal([2, 4, 8, 8], rng: &rng)
+        var onehot = [Float](repeating: 0, count: 20)
+        onehot[3] = 1; onehot[17] = 1
+        let classes = Tensor(onehot, shape: [2, 10]), t = Tensor([0.7, 0.3], shape: [2]), gap = Tensor([0.2, 0.1], shape: [2])
+        let both = net(p, x: x, t: t, gap: gap, cond: Conditioning(classes: classes))
+        XCTAssertEqual(both.shape, [2, 4, 8, 8])
+        for row in 0..<2 {
+            let one = net(p, x: x.slice(axis: 0, start: row, length: 1), t: t.slice(axis: 0, start: row, length: 1),
+                          gap: gap.slice(axis: 0, start: row, length: 1), cond: Conditioning(classes: classes.slice(axis: 0, start: row, length: 1)))
+            XCTAssertLessThan(relErr(one.doubles, both.slice(axis: 0, start: row, length: 1).doubles), 1e-5)
+        }
+        // The tokens reach the output through attention: other class tokens, another output.
+        let moved = ParameterSet(p.pairs.map { n, v in (n, n == "class_tokens" ? v * 2 : v) })
+        XCTAssertGreaterThan(relErr(net(moved, x: x, t: t, gap: gap, cond: Conditioning(classes: classes)).doubles, both.doubles), 1e-3)
+        // Without them (the same other weights), the output differs too.
+        var plainConfig = config
+        plainConfig.inContext = false
+        let plain = try DiT(plainConfig)
+        let withoutTokens = ParameterSet(p.pairs.filter { !$0.0.hasSuffix("_tokens") })
+        XCTAssertGreaterThan(relErr(plain(withoutTokens, x: x, t: t, gap: gap, cond: Conditioning(classes: classes)).doubles, both.doubles), 1e-3)
+        var json = config
+        json.guidanceInterval = false
+        XCTAssertEqual(try DiTConfig(json: json.json), json)
+        XCTAssertEqual(json.contextTokens, 20)
+    }
+
+    /// With `guidanceInterval` the DiT has two more timestep MLPs, the interval's start and end, whose embeddings
+    /// are added to the conditioning vector; no interval given means [0, 1].
+    func testGuidanceIntervalInput() throws {
+        var config = DiTTests.small
+        config.guidanceInterval = true
+        let net = try DiT(config), plain = try DiT(DiTTests.small)
+        let extra = net.parameterShapes.filter { n in !plain.parameterShapes.contains { $0.name == n.name } }
+        XCTAssertEqual(extra.map(\.name), ["cfg_t_start_embedder.mlp.0.weight", "cfg_t_start_embedder.mlp.0.bias",
+                                           "cfg_t_start_embedder.mlp.2.weight", "cfg_t_start_embedder.mlp.2.bias",
+                                           "cfg_t_end_embedder.mlp.0.weight", "cfg_t_end_embedder.mlp.0.bias",
+                                           "cfg_t_end_embedder.mlp.2.weight", "cfg_t_end_embedder.mlp.2.bias"])
+        XCTAssertEqual(net.parameterCount.total - plain.parameterCount.total, 2 * (256 * 32 + 32 + 32 * 32 + 32))
+        var rng = RandomGenerator(seed: 4)
+        let p = randomized(net.initialParameters(rng: &rng))
+        let t = Tensor([0.7, 0.3], shape: [2]), gap = Tensor([0.2, 0.1], shape: [2])
+        let x = Tensor.randomNormal([2, 4, 8, 8], rng: &rng)
+        func out(_ interval: (start: Tensor, end: Tensor)?) -> [Double] {
+            net(p, x: x, t: t, gap: gap, cond: Conditioning(beta: Tensor([0.25, 0.5], shape: [2]), interval: interval)).doubles
+        }
+        let whole = out((Tensor.zeros([2]), Tensor.ones([2])))
+        XCTAssertEqual(out(nil), whole)
+        XCTAssertGreaterThan(relErr(out((Tensor([0.4, 0.4], shape: [2]), Tensor([0.65, 0.65], shape: [2]))), whole), 1e-3)
+        // The conditioning vector gains exactly the two embeddings.
+        let start = Tensor([0.4, 0.1], shape: [2]), end = Tensor([0.6, 0.9], shape: [2])
+        let c = net.conditioning(p, t: t, gap: gap, cond: Conditioning(interval: (start, end)))
+        func embedded(_ v: Tensor, _ key: String) -> Tensor {
+            let h = sinusoidalEmbedding(v, dim: DiT.frequencyDim).linear(p[key + ".mlp.0.weight"], bias: p[key + ".mlp.0.bias"]).silu()
+            return h.linear(p[key + ".mlp.2.weight"], bias: p[key + ".mlp.2.bias"])
+        }
+        let plainVector = plain.conditioning(ParameterSet(p.pairs.filter { n, _ in !n.hasPrefix("cfg_t_") }), t: t, gap: gap, cond: Conditioning())
+        let expected = plainVector + embedded(start, "cfg_t_start_embedder") + embedded(end, "cfg_t_end_embedder")
+        XCTAssertLessThan(relErr(c.doubles, expected.doubles), 1e-5)
     }
 
     func testParameterCounts() throws {
@@ -230,11 +313,13 @@ final class DiTTests: XCTestCase {
     }
 
     /// Float64 finite differences of the whole network: dF/ds by forward mode, and the gradient of a loss of
-    /// that tangent with respect to every parameter (reverse over forward, what TVM trains through).
+    /// that tangent with respect to every parameter (reverse over forward, what TVM trains through); also with
+    /// iMF's guidance-interval input and in-context tokens.
     func testJVPAndGradientThroughJVPAgainstFiniteDifferences() throws {
-        for norm in [true, false] {
+        for (norm, imf) in [(true, false), (false, false), (true, true)] {
             var c = DiTConfig(patch: 2, hidden: 8, depth: 1, heads: 2, inputSize: 4, inChannels: 2, numClasses: 3)
             c.modulationNorm = norm
+            (c.guidanceInterval, c.inContext) = (imf, imf)
             let net = try DiT(c)
             var rng = RandomGenerator(seed: 5)
             let p = randomized(net.initialParameters(rng: &rng), std: 0.5, dtype: .float64)
@@ -242,14 +327,15 @@ final class DiTTests: XCTestCase {
             let x = Tensor.randomNormal([B, 2, 4, 4], rng: &rng, dtype: .float64)
             let t = Tensor([0.9, 0.6], shape: [B], dtype: .float64), s0 = Tensor([0.3, 0.2], shape: [B], dtype: .float64)
             let cond = Conditioning(classes: Tensor([1, 0, 0, 0, 0, 0], shape: [B, 3], dtype: .float64),
-                                    beta: Tensor([0.5, 1], shape: [B], dtype: .float64))
+                                    beta: Tensor([0.5, 1], shape: [B], dtype: .float64),
+                                    interval: imf ? (Tensor([0.2, 0.4], shape: [B], dtype: .float64), Tensor([0.7, 0.6], shape: [B], dtype: .float64)) : nil)
             let w = Tensor.randomNormal([B, 2, 4, 4], rng: &rng, dtype: .float64)
             func F(_ params: ParameterSet, _ s: Tensor) -> Tensor { net(params, x: x, t: t, gap: t - s, cond: cond) }
             // Forward mode along s against a central difference.
             let (_, tan) = jvp({ [F(p, $0[0])] }, primals: [s0], tangents: [Tensor.ones([B], dtype: .float64)])
             let h = 1e-5
             let fd = (F(p, s0 + h) - F(p, s0 - h)) / (2 * h)
-            XCTAssertLessThan(relErr(tan[0].doubles, fd.doubles), 1e-7, "dF/ds, modulation norm \(norm)")
+            XCTAssertLessThan(relErr(tan[0].doubles, fd.doubles), 1e-7, "dF/ds, modulation norm \(norm), iMF inputs \(imf)")
             // Gradient of L(theta) = sum(w * dF/ds) along a random direction of all trainable parameters.
             func L(_ params: ParameterSet) -> Tensor {
                 let (_, tg) = jvp({ [F(params, $0[0])] }, primals: [s0], tangents: [Tensor.ones([B], dtype: .float64)])
@@ -267,7 +353,7 @@ final class DiTTests: XCTestCase {
             // weights make the unnormalised model strongly curved.
             func central(_ e: Double) -> Double { (L(shifted(e)).item - L(shifted(-e)).item) / (2 * e) }
             let numeric = (4 * central(h / 2) - central(h)) / 3
-            XCTAssertEqual(analytic, numeric, accuracy: 1e-7 * max(1, abs(numeric)), "gradient through the JVP, norm \(norm)")
+            XCTAssertEqual(analytic, numeric, accuracy: 1e-7 * max(1, abs(numeric)), "gradient through the JVP, norm \(norm), iMF inputs \(imf)")
         }
     }
 

@@ -11,11 +11,14 @@ import Eval
 /// objective claims to be (target and adaptive weight frozen), the samplers against steps by hand.
 final class MeanFlowTests: XCTestCase {
     let dit = try! DiT(DiTConfig(patch: 2, hidden: 8, depth: 1, heads: 2, inputSize: 4, inChannels: 1, numClasses: 3))
+    /// The same DiT with iMF's guidance-interval input.
+    let intervalDiT = try! DiT(DiTConfig(patch: 2, hidden: 8, depth: 1, heads: 2, inputSize: 4, inChannels: 1, numClasses: 3,
+                                         guidanceInterval: true))
 
     /// Initial parameters with every tensor randomised (the zero-initialised output layers would make u = 0).
-    func parameters(seed: UInt64, dtype: DType = .float64) -> ParameterSet {
+    func parameters(seed: UInt64, dtype: DType = .float64, of net: DiT? = nil) -> ParameterSet {
         var rng = RandomGenerator(seed: seed)
-        let p = dit.initialParameters(rng: &rng, on: .default)
+        let p = (net ?? dit).initialParameters(rng: &rng, on: .default)
         return ParameterSet(p.pairs.map { name, t in
             if name == "pos_embed" { return (name, t.cast(dtype).detached()) }
             let v = rng.normalFloats(t.count).map { Double($0) * 0.3 + (name.hasSuffix("_norm.weight") ? 1 : 0) }
@@ -40,13 +43,14 @@ final class MeanFlowTests: XCTestCase {
     func perRow(_ values: [Double]) -> Tensor { Tensor(values, shape: [values.count, 1, 1, 1], dtype: .float64) }
     func perRow(_ v: Tensor) -> Tensor { v.reshaped([v.count, 1, 1, 1]) }
 
-    func u(_ p: ParameterSet, _ z: Tensor, t: Tensor, r: Tensor, classes: Tensor?, beta: Tensor?) -> Tensor {
-        dit(p, x: z, t: t, gap: t - r, cond: Conditioning(classes: classes, beta: beta))
+    func u(_ p: ParameterSet, _ z: Tensor, t: Tensor, r: Tensor, classes: Tensor?, beta: Tensor?,
+           interval: (start: Tensor, end: Tensor)? = nil) -> Tensor {
+        (interval == nil ? dit : intervalDiT)(p, x: z, t: t, gap: t - r, cond: Conditioning(classes: classes, beta: beta, interval: interval))
     }
 
     /// d/dh u(z + h tz, t + h, r) at h = 0: central differences at h and h/2 combined (Richardson).
     func totalDerivative(_ p: ParameterSet, _ b: MeanFlowBatch, z: Tensor, along tz: Tensor, beta: Tensor?) -> Tensor {
-        func at(_ h: Double) -> Tensor { u(p, z + tz * h, t: b.t + h, r: b.r, classes: b.classes, beta: beta) }
+        func at(_ h: Double) -> Tensor { u(p, z + tz * h, t: b.t + h, r: b.r, classes: b.classes, beta: beta, interval: b.interval) }
         func central(_ h: Double) -> Tensor { (at(h) - at(-h)) / (2 * h) }
         let h = 1e-4
         return (central(h / 2) * 4 - central(h)) / 3
@@ -182,6 +186,97 @@ final class MeanFlowTests: XCTestCase {
         }
     }
 
+    // MARK: improved MeanFlow with the guidance interval
+
+    /// The batch of the iMF tests with omega and a guidance interval per row: row 0 (class, t = 0.85) inside
+    /// [0.2, 0.9]; row 1 (r = t) with the whole interval; row 2 the null class; row 3 (class, t = 0.95) outside [0.3, 0.7].
+    func intervalBatch() -> MeanFlowBatch {
+        var b = batch(omega: [2.0, 3.0, 5.0, 4.0])
+        b.interval = (Tensor([0.2, 0, 0.1, 0.3], shape: [4], dtype: .float64), Tensor([0.9, 1, 0.6, 0.7], shape: [4], dtype: .float64))
+        return b
+    }
+
+    func intervalObjective() -> ImprovedMeanFlowObjective {
+        var objective = ImprovedMeanFlowObjective()
+        objective.interval = .init()
+        return objective
+    }
+
+    /// The interval's velocities v_theta, with the whole interval as the official v-head's: (class, omega), (null, 1),
+    /// (class, 1); the mask of rows whose guidance acts (a class and t inside the row's interval).
+    func intervalVelocities(_ p: ParameterSet, _ b: MeanFlowBatch, z: Tensor) -> (vClass: Tensor, vNull: Tensor, vPlain: Tensor, g: Tensor) {
+        let beta = b.omega!.reciprocal(), ones = Tensor.ones([4], dtype: .float64)
+        let whole = (Tensor.zeros([4], dtype: .float64), ones)
+        return (u(p, z, t: b.t, r: b.t, classes: b.classes, beta: beta, interval: whole),
+                u(p, z, t: b.t, r: b.t, classes: b.classes!.zerosLike(), beta: ones, interval: whole),
+                u(p, z, t: b.t, r: b.t, classes: b.classes, beta: ones, interval: whole),
+                perRow([1, 1, 0, 0]))
+    }
+
+    /// With the interval, guidance acts only inside it: v_g = v + g (1 - 1/omega)(v(c, omega) - v(null, 1)), the
+    /// tangent v(c, omega) inside and v(c, 1) outside, and u sees omega and the interval as conditions.
+    func testIMFWithIntervalTargetTangentAndJVPAsFiniteDifferences() {
+        let p = parameters(seed: 11, of: intervalDiT), b = intervalBatch()
+        let terms = intervalObjective().terms(network: intervalDiT, params: p, b)
+        let tr = perRow(b.t)
+        let z = (1 - tr) * b.x0 + tr * b.noise, v = b.noise - b.x0
+        let (vClass, vNull, vPlain, g) = intervalVelocities(p, b, z: z)
+        let vg = v + g * perRow(b.omega!.doubles.map { 1 - 1 / $0 }) * (vClass - vNull)
+        XCTAssertLessThan(relErr(terms.target.doubles, vg.doubles), 1e-12)
+        // Row 3 lies outside its interval: its target is the plain velocity eps - x0, as the null-class row's.
+        XCTAssertEqual(Array(terms.target.doubles[48..<64]), Array(v.doubles[48..<64]))
+        let m = perRow([1, 1, 0, 1])
+        let tangent = m * (g * vClass + (1 - g) * vPlain) + (1 - m) * vNull
+        let beta = b.omega!.reciprocal()
+        let uu = u(p, z, t: b.t, r: b.r, classes: b.classes, beta: beta, interval: b.interval)
+        XCTAssertLessThan(relErr(terms.u.doubles, uu.doubles), 1e-12)
+        let V = uu + perRow(b.t - b.r) * totalDerivative(p, b, z: z, along: tangent, beta: beta)
+        XCTAssertLessThan(relErr(terms.error.doubles, (V - vg).square().sum(axes: [1, 2, 3]).doubles), 1e-8)
+        assertAdaptivelyWeighted(terms, p: 1, c: 0.01)
+        // The interval is a condition of u: another interval gives another u.
+        var moved = b
+        moved.interval = (b.interval!.start * 0.5, b.interval!.end)
+        XCTAssertGreaterThan(relErr(intervalObjective().terms(network: intervalDiT, params: p, moved).u.doubles, uu.doubles), 1e-4)
+    }
+
+    /// The gradient with the interval is that of the frozen regression too, through u with its interval condition.
+    func testIMFWithIntervalGradientIsTheFrozenDerivativeRegressionByFiniteDifferences() {
+        let p = parameters(seed: 12, of: intervalDiT), b = intervalBatch()
+        let leaves = p.leaves()
+        let terms = intervalObjective().terms(network: intervalDiT, params: leaves, b)
+        let grads = gradients(of: terms.mean, wrt: leaves.all)
+        let tr = perRow(b.t)
+        let z = (1 - tr) * b.x0 + tr * b.noise
+        let (vClass, vNull, vPlain, g) = intervalVelocities(p, b, z: z)
+        let m = perRow([1, 1, 0, 1]), beta = b.omega!.reciprocal()
+        let D = perRow(b.t - b.r) * totalDerivative(p, b, z: z, along: m * (g * vClass + (1 - g) * vPlain) + (1 - m) * vNull, beta: beta)
+        let target = terms.target.detached()
+        let weights = Tensor(terms.error.doubles.map { 1 / ($0 + 0.01) }, shape: [4], dtype: .float64)
+        assertDirectionalDerivative(grads, at: p) { q in
+            let e = (self.u(q, z, t: b.t, r: b.r, classes: b.classes, beta: beta, interval: b.interval) + D - target)
+                .square().sum(axes: [1, 2, 3])
+            return (e * weights).mean().item
+        }
+    }
+
+    /// The official interval draw: start uniform in [0, 0.5], end in [0.5, 1], [0, 1] on the r = t rows; none
+    /// without the interval setting or without classes.
+    func testIntervalDraw() {
+        var rng = RandomGenerator(seed: 13)
+        let n = 4000
+        let x0 = Tensor.zeros([n, 2]), classes = Tensor.ones([n, 1])
+        let b = intervalObjective().batch(x0: x0, cond: Conditioning(classes: classes), rng: &rng)
+        let (start, end, t, r) = (b.interval!.start.doubles, b.interval!.end.doubles, b.t.doubles, b.r.doubles)
+        for i in 0..<n where t[i] == r[i] { XCTAssertEqual([start[i], end[i]], [0, 1]) }
+        let drawn = (0..<n).filter { t[$0] != r[$0] }
+        XCTAssertEqual(drawn.count, n / 2)
+        XCTAssertTrue(drawn.allSatisfy { start[$0] >= 0 && start[$0] <= 0.5 && end[$0] >= 0.5 && end[$0] <= 1 })
+        XCTAssertEqual(drawn.map { start[$0] }.reduce(0, +) / Double(drawn.count), 0.25, accuracy: 0.01)
+        XCTAssertEqual(drawn.map { end[$0] }.reduce(0, +) / Double(drawn.count), 0.75, accuracy: 0.01)
+        XCTAssertNil(ImprovedMeanFlowObjective().batch(x0: x0, cond: Conditioning(classes: classes), rng: &rng).interval)
+        XCTAssertNil(intervalObjective().batch(x0: x0, cond: Conditioning(), rng: &rng).interval)
+    }
+
     /// iMF draws omega log-uniformly in its range, and none without classes; both samplers order t >= r.
     func testTimeAndGuidanceDraws() {
         var rng = RandomGenerator(seed: 8)
@@ -231,6 +326,20 @@ final class MeanFlowTests: XCTestCase {
         let imf4 = sampleModel(trainedBy: .improvedMeanFlow, network: dit, params: p, noise: noise, steps: 4, cond: cond, guidance: w)
         XCTAssertEqual(imf4.shape, noise.shape)
         XCTAssertTrue(imf4.floats.allSatisfy(\.isFinite))
+        // With the interval input, each step passes the chosen interval.
+        let q = parameters(seed: 14, dtype: .float32, of: intervalDiT)
+        let inside = Conditioning.sampling(labels: [0, 2], classes: 3, guidance: w, interval: 0.4...0.65)
+        XCTAssertEqual(inside.interval!.start.floats, [0.4, 0.4])
+        XCTAssertEqual(inside.interval!.end.floats, [0.65, 0.65])
+        func G(_ x: Tensor, _ t: Double, _ r: Double) -> Tensor {
+            intervalDiT(q, x: x, t: Tensor.full(t, shape: [2]), gap: Tensor.full(t - r, shape: [2]), cond: inside)
+        }
+        let imfInterval = sampleModel(trainedBy: .improvedMeanFlow, network: intervalDiT, params: q, noise: noise, steps: 2,
+                                      cond: inside, guidance: w)
+        let mid = noise - G(noise, 1, 0.5) * 0.5
+        close(imfInterval, mid - G(mid, 0.5, 0) * 0.5)
+        let whole = sampleModel(trainedBy: .improvedMeanFlow, network: intervalDiT, params: q, noise: noise, steps: 2, cond: cond, guidance: w)
+        XCTAssertNotEqual(whole.floats, imfInterval.floats)
     }
 
     // MARK: Training

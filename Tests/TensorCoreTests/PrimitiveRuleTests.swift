@@ -54,6 +54,13 @@ final class PrimitiveRuleTests: XCTestCase {
         gc.check("maximum", [a, b]) { $0[0].maximum($0[1]) }
         gc.check("minimum", [a, c]) { $0[0].minimum($0[1]) }
         gc.check("scalar ops", [a]) { 2 - (3 * $0[0] + 1) / 4 }
+        // A tangent on one broadcast operand only: the output's shape.
+        let ta = gc.random([4, 1])
+        for (name, f) in [("add", { (x: Tensor, y: Tensor) in x + y }), ("sub", { (x: Tensor, y: Tensor) in y - x })] {
+            let (_, t) = jvp({ [f($0[0], b)] }, primals: [c], tangents: [ta])
+            XCTAssertEqual(t[0].shape, [4, 3], name)
+            XCTAssertEqual(t[0].doubles, (name == "add" ? ta : -ta).broadcast(to: [4, 3]).doubles, name)
+        }
     }
 
     func testSelect() {

@@ -115,7 +115,7 @@ func benchTrain(_ args: [String]) throws {
     let a = try Arguments(command: "bench train", args, options: ["model", "res", "channels", "classes", "batch", "steps", "warmup", "cfg", "method"],
                           switches: ["tf32", "bf16"])
     try a.expectPositional(0, "no positional arguments")
-    let dit = try ditFromArguments(a)
+    var dit = try ditFromArguments(a)
     let batch = try a.int("batch", default: 64, range: 1...1_000_000)
     let steps = try a.int("steps", default: 20, range: 1...100_000), warmup = try a.int("warmup", default: 3, range: 0...1000)
     let precision = applyProductPrecision(a)
@@ -128,6 +128,13 @@ func benchTrain(_ args: [String]) throws {
     let cfg = try a.double("cfg", default: 2, range: 1...100)
     config.guidance = GuidanceConfig(scale: .constant(cfg), labelDropout: 0.1)
     config.meanFlow.setGuidance(scale: cfg, kappa: config.meanFlow.kappa)
+    if method == .improvedMeanFlow && dit.config.numClasses > 0 {
+        // As tvm train makes iMF's DiT: with the guidance-interval input, the interval drawn per row.
+        var c = dit.config
+        c.guidanceInterval = true
+        dit = try DiT(c)
+        config.improvedMeanFlow.interval = .init()
+    }
     let trainer = Trainer(network: dit, config: config)
     let c = dit.config
     var rng = RandomGenerator(seed: 11)

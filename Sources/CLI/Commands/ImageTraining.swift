@@ -15,6 +15,7 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy|LATENTS.zip [--data-dir DIR] [
           [--ema power:7|D[,EXTRA...]] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
           [--resume-from FILE]
           [--sample-cfg W] [--tf32|--bf16] [--method tvm|meanflow|imf|fm] [--cfg-kappa K] [--cfg-interval LO,HI]
+          [--sample-cfg-interval LO,HI]
           [optimizer options] [FID options] [fault options]
           [--config FILE] [--preset NAME]
   TVM on images with a DiT (class-conditional, classifier-free guidance); --method fm trains the flow-matching
@@ -27,6 +28,8 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy|LATENTS.zip [--data-dir DIR] [
   [n, H, W] / [n, C, H, W] with --labels FILE.npy. IDX images are padded by --pad pixels.
   --model is any DiT size (S/2, B/2, L/2, XL/2, B/4, ...); --hidden/--depth/--heads/--patch override it.
   --time-spec-init gives the timestep MLPs the spectral initialisation too (the official time_specinit).
+  --in-context also feeds every condition as learned tokens ahead of the patches (iMF's in-context conditioning:
+  class 8, guidance 4, interval 2 + 2 with iMF, t 4, gap 4 tokens), besides the adaLN vector.
   --steps is the total step count (default 10000; with --time-budget alone, no step limit); --time-budget stops
   after that many seconds of this invocation. Every --every steps (default 1000) and at the end it writes
   DIR/samples_step<N>_nfe<K>.png (fixed noise, one row per class, 1 and 4 NFE, evaluation EMA, guidance
@@ -76,8 +79,9 @@ let imageTrainingOptionNames = OptionNames(options: ([
     "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
     "sample-cfg", "method", "bucket-mb", "resume-from", "fid-every", "fid-samples", "fid-nfe", "fid-weights", "fid-dataset", "fid-ref",
     "keep-grids", "vae",
-] as Set<String>).union(faultOptionNames).union(optimizerOptionNames).union(meanFlowOptionNames).union(latentOptionNames),
-    switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best", "time-spec-init"])
+] as Set<String>).union(faultOptionNames).union(optimizerOptionNames).union(meanFlowOptionNames).union(improvedMeanFlowOptionNames)
+    .union(latentOptionNames),
+    switches: ["no-scaled-param", "flip", "resume", "tf32", "bf16", "keep-best", "time-spec-init", "in-context"])
 
 /// `tvm train` on images: the options become a `TrainingLoop`, which resumes, trains, logs and snapshots.
 func trainOnImages(_ args: [String]) throws {
@@ -119,7 +123,7 @@ func trainOnImages(_ args: [String]) throws {
     sampleCFG = try a.double("sample-cfg", default: sampleCFG, range: 1e-6...1e6)
     let labelDropout = try a.double("label-dropout", default: 0.1, range: 0...1)
     config.guidance = GuidanceConfig(scale: scale, labelDropout: labelDropout, scaledParameterization: !a.has("no-scaled-param"))
-    let methodJSON = try applyMethodGuidance(a, method: method, scale: scale, labelDropout: labelDropout, into: &config)
+    var methodJSON = try applyMethodGuidance(a, method: method, scale: scale, labelDropout: labelDropout, into: &config)
     let budget = try a.optionalDouble("time-budget", range: 0...1e9)
     let steps = a.string("steps") != nil || budget == nil ? try a.int("steps", default: 10000, range: 1...100_000_000) : nil
     try parseOptimizerOptions(a, into: &config, steps: steps)
@@ -136,7 +140,9 @@ func trainOnImages(_ args: [String]) throws {
     }
     let data = try loadImageData(a)
     let initial = try a.string("resume-from").map { try startingCheckpoint($0, a, data: data, config: config) }
-    let model = try initial?.model ?? imageModelConfig(a, data: data)
+    var model = try initial?.model ?? imageModelConfig(a, data: data)
+    let sampleInterval = try applyGuidanceInterval(a, method: method, model: &model, fresh: initial == nil, into: &config)
+    if let sampleInterval { methodJSON.append(("sample_cfg_interval", .string("\(sampleInterval.lowerBound),\(sampleInterval.upperBound)"))) }
     let latent = try data.latentDraw.map { _ in try latentNormalization(a) }
     if let vaeDirectory = a.string("vae"), latent == nil {
         throw CLIError("--vae \(vaeDirectory) decodes latents; --data \(dataName) holds images", usage: true)
@@ -163,6 +169,7 @@ func trainOnImages(_ args: [String]) throws {
     plan.timeBudget = budget
     plan.flip = a.has("flip")
     plan.sampleGuidance = sampleCFG
+    plan.sampleGuidanceInterval = sampleInterval
     plan.keepGrids = try a.int("keep-grids", default: 5, range: 0...100_000_000)
     var decoder: LatentDecoder?
     if let latent, let vaeDirectory = a.string("vae") {
@@ -205,7 +212,8 @@ func trainOnImages(_ args: [String]) throws {
             return
         }
         if let fidSettings, loop.isRoot {
-            loop.fid = try fidSettings.tracking(data: data, named: dataName, seed: config.seed, guidance: sampleCFG, decoder: decoder)
+            loop.fid = try fidSettings.tracking(data: data, named: dataName, seed: config.seed, guidance: sampleCFG,
+                                                interval: sampleInterval, decoder: decoder)
         }
         let (total, trainable) = loop.trainer.net.parameterCount
         Console.info("\(method.displayName) on \(dataName): \(data.count) images \(data.channels)x\(data.height)x\(data.width), \(data.classes) classes; "
@@ -229,7 +237,7 @@ func trainOnImages(_ args: [String]) throws {
 /// It stays among the run's options (config.json), where with --resume it gives the model and the run's own
 /// checkpoint the state.
 func startingCheckpoint(_ path: String, _ a: Arguments, data: ImageDataset, config: TrainConfig) throws -> TrainingCheckpoint {
-    if let flag = ["model", "hidden", "depth", "heads", "patch"].first(where: { a.string($0) != nil }) {
+    if let flag = ["model", "hidden", "depth", "heads", "patch"].first(where: { a.string($0) != nil }) ?? (a.has("in-context") ? "in-context" : nil) {
         throw CLIError("--\(flag): with --resume-from the model is the checkpoint's", usage: true)
     }
     guard FileSystem.isRegularFile(path) else { throw CLIError("--resume-from \(path): no such file") }

@@ -12,12 +12,13 @@ struct SampleCommand: Command {
     let help = """
         tvm sample --checkpoint FILE [--n 100] [--nfe 1] [--cfg 2] [--classes 0,1,2] [--seed N] [--out grid.png]
                    [--npy FILE] [--folder DIR] [--weights ema|ema:SCHEDULE|student|teacher] [--columns 10]
-                   [--noise FILE.npy] [--vae DIR]
+                   [--noise FILE.npy] [--vae DIR] [--cfg-interval LO,HI]
           Samples images from a training checkpoint (by default with the evaluation EMA; ema:SCHEDULE picks one of
           the extra EMAs the run kept, e.g. ema:power:32; teacher is the EMA target) in --nfe steps with
           guidance scale --cfg (a flow-matching checkpoint: --nfe Euler steps, each evaluating the class and the null
           class for classifier-free guidance; a MeanFlow checkpoint has its guidance trained in and ignores --cfg; an
-          iMF checkpoint takes --cfg as its guidance condition). Classes: --classes, spread over the n samples in blocks (default all classes);
+          iMF checkpoint takes --cfg as its guidance condition, and --cfg-interval LO,HI the times where that
+          guidance acts, default 0,1: everywhere; the official ImageNet choice is 0.4,0.65 at --cfg 8). Classes: --classes, spread over the n samples in blocks (default all classes);
           --classes random draws each sample's class uniformly at random (the official FID protocol).
           Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of the sampler's float
           values (nominally in [-1, 1] but not clamped: they are what the official sampler returns, for parity
@@ -34,7 +35,7 @@ struct SampleCommand: Command {
 
     func run(_ args: [String]) throws {
         let a = try Arguments(command: "sample", args, options: ["checkpoint", "n", "nfe", "cfg", "classes", "seed", "out", "npy",
-                                                                  "folder", "weights", "columns", "noise", "vae"])
+                                                                  "folder", "weights", "columns", "noise", "vae", "cfg-interval"])
         try a.expectPositional(0, "no positional arguments (use --checkpoint FILE)")
         guard let path = a.string("checkpoint") else { throw CLIError("tvm sample needs --checkpoint FILE", usage: true) }
         let givenNoise = try a.string("noise").map { try NPYArray.read(path: $0) }
@@ -81,6 +82,12 @@ struct SampleCommand: Command {
         let labels = randomClasses ? (0..<n).map { _ in rng.int(below: K) } : (0..<n).map { classList[$0 * classList.count / n] }
         let decoder = try a.string("vae").map { try LatentDecoder(vae: $0, checkpoint: path, training: ck.training, model: model) }
         let net = try DiT(model)
+        let interval = try a.string("cfg-interval").map { text -> ClosedRange<Double> in
+            guard model.guidanceInterval else {
+                throw CLIError("--cfg-interval: \(path) has no guidance-interval input (an iMF checkpoint of this version has)", usage: true)
+            }
+            return try parseGuidanceInterval(text, flag: "cfg-interval")
+        }
         let scaled = ck.training["scaled_param"]?.bool ?? true
         // Each method samples its own way (a flow-matching checkpoint: --nfe Euler steps with classifier-free guidance).
         let methodName = ck.training["method"]?.string ?? Method.tvm.rawValue
@@ -102,7 +109,7 @@ struct SampleCommand: Command {
         while start < n {
             let m = min(chunk, n - start)
             let x = Tensor(Array(noise[(start * size)..<((start + m) * size)]), shape: [m, C, R, R])
-            let cond = Conditioning.sampling(labels: Array(labels[start..<(start + m)]), classes: K, guidance: cfg)
+            let cond = Conditioning.sampling(labels: Array(labels[start..<(start + m)]), classes: K, guidance: cfg, interval: interval)
             let z = sampleModel(trainedBy: method, network: net, params: weights, noise: x, steps: nfe, cond: cond,
                                 guidance: cfg, scaledParameterization: scaled)
             if let decoder { decoded += try decoder.pixels(z) } else { samples += z.floats }

@@ -84,7 +84,8 @@ struct FIDOptions {
 
     /// The tracking of a run on `data`: Inception loaded, the reference images' statistics taken from the cache or
     /// computed (with a progress bar) and cached. `decoder` turns a latent run's samples into images.
-    func tracking(data: ImageDataset, named name: String, seed: UInt64, guidance: Double, decoder: LatentDecoder?) throws -> FIDTracking {
+    func tracking(data: ImageDataset, named name: String, seed: UInt64, guidance: Double,
+                  interval: ClosedRange<Double>?, decoder: LatentDecoder?) throws -> FIDTracking {
         guard decoder != nil || data.channels == 1 || data.channels == 3 else {
             throw CLIError("--fid-every: FID needs gray or RGB images; \(name) has \(data.channels) channels")
         }
@@ -102,6 +103,7 @@ struct FIDOptions {
             against = "the \(images.count) images of \(imagesName)"
         }
         let fid = TrainingFID(extractor: extractor, reference: statistics, data: data, samples: samples, seed: seed, guidance: guidance,
+                              interval: interval,
                               labels: decoder == nil ? .inTurn : .uniform, decode: decoder.map { d in { try d.images($0) } })
         Console.info("FID every \(every) steps: \(samples) \(decoder == nil ? "" : "decoded ")samples at "
                      + "\(nfes.map(String.init).joined(separator: ", ")) NFE against \(against)"

@@ -109,6 +109,7 @@ func imageModelConfig(_ a: Arguments, data: ImageDataset) throws -> DiTConfig {
     c.heads = try a.int("heads", default: c.heads, range: 1...65536)
     c.patch = try a.int("patch", default: c.patch, range: 1...16384)
     c.timeSpecInit = a.has("time-spec-init")
+    c.inContext = a.has("in-context")
     c.inputSize = data.height
     c.inChannels = data.channels
     c.numClasses = data.classes

@@ -1,3 +1,4 @@
+import NN
 import TVM
 import Formats
 
@@ -6,11 +7,44 @@ let meanFlowGuidanceHelp = """
   --method meanflow trains guidance in (no guidance input, 1 NFE samples it): --cfg W is the effective scale
   omega / (1 - kappa) with --cfg-kappa K (default 0.5, the official omega 1 at W = 2), applied where t lies in
   --cfg-interval LO,HI (default 0,1). --method imf feeds omega to the DiT's guidance input: drawn per row
-  log-uniformly in --cfg-range (default 1,8; --cfg W fixes it), and --sample-cfg chooses it when sampling.
+  log-uniformly in --cfg-range (default 1,8; --cfg W fixes it), and --sample-cfg chooses it when sampling; its
+  DiT also takes the interval where guidance acts, drawn per row (start in [0, 0.5], end in [0.5, 1]), which
+  --sample-cfg-interval LO,HI chooses for the grids and FID (default 0,1: everywhere).
 """
 
 /// The options only MeanFlow reads.
 let meanFlowOptionNames: Set<String> = ["cfg-kappa", "cfg-interval"]
+/// The options only iMF reads.
+let improvedMeanFlowOptionNames: Set<String> = ["sample-cfg-interval"]
+
+/// A guidance interval `LO,HI` with 0 <= LO <= HI <= 1, given as `flag`.
+func parseGuidanceInterval(_ text: String, flag: String) throws -> ClosedRange<Double> {
+    let p = commaSeparated(text).map { Double($0) }
+    guard p.count == 2, let lo = p[0], let hi = p[1], lo >= 0, lo <= hi, hi <= 1 else {
+        throw CLIError("--\(flag) must be LO,HI with 0 <= LO <= HI <= 1, got '\(text)'", usage: true)
+    }
+    return lo...hi
+}
+
+/// iMF's guidance interval on a fresh image model: the DiT takes the interval as a condition and the objective
+/// draws it, as the official code trains (a model read from a file keeps its own choice: an iMF network made
+/// before the interval condition existed trains and samples without it). Returns the interval of the grids and
+/// FID (`--sample-cfg-interval`; nil: the whole interval).
+func applyGuidanceInterval(_ a: Arguments, method: Method, model: inout DiTConfig, fresh: Bool,
+                           into config: inout TrainConfig) throws -> ClosedRange<Double>? {
+    guard method == .improvedMeanFlow else {
+        if a.string("sample-cfg-interval") != nil { throw CLIError("--sample-cfg-interval is an option of --method imf", usage: true) }
+        return nil
+    }
+    if fresh { model.guidanceInterval = model.numClasses > 0 }
+    config.improvedMeanFlow.interval = model.guidanceInterval ? ImprovedMeanFlowObjective.IntervalDraw() : nil
+    guard let text = a.string("sample-cfg-interval") else { return nil }
+    guard model.guidanceInterval else {
+        throw CLIError("--sample-cfg-interval: the model has no guidance-interval input (class-conditional iMF models made by this version have)",
+                       usage: true)
+    }
+    return try parseGuidanceInterval(text, flag: "sample-cfg-interval")
+}
 
 /// Applies MeanFlow's or iMF's guidance settings from the parsed `scale` (`--cfg` or `--cfg-range`) and the
 /// MeanFlow options; for them `config.guidance` keeps only the label dropout (no guidance draw, no kappa scaling).
@@ -41,11 +75,7 @@ func applyMethodGuidance(_ a: Arguments, method: Method, scale: GuidanceConfig.S
     let kappa = try a.double("cfg-kappa", default: 0.5, range: 0...0.999)
     config.meanFlow.setGuidance(scale: w, kappa: kappa)
     if let text = a.string("cfg-interval") {
-        let p = commaSeparated(text).map { Double($0) }
-        guard p.count == 2, let lo = p[0], let hi = p[1], lo >= 0, lo <= hi, hi <= 1 else {
-            throw CLIError("--cfg-interval must be LO,HI with 0 <= LO <= HI <= 1, got '\(text)'", usage: true)
-        }
-        config.meanFlow.guidanceInterval = lo...hi
+        config.meanFlow.guidanceInterval = try parseGuidanceInterval(text, flag: "cfg-interval")
     }
     let interval = config.meanFlow.guidanceInterval
     return [("cfg_kappa", .number(kappa)), ("cfg_interval", .string("\(interval.lowerBound),\(interval.upperBound)"))]

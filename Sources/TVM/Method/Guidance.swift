@@ -48,11 +48,16 @@ public struct GuidanceConfig: Equatable {
 }
 
 extension Conditioning {
-    /// Sampling with guidance scale w: one-hot classes from `labels` and beta = 1 / w on every row.
-    public static func sampling(labels: [Int], classes: Int, guidance w: Double, on device: Device = .default) -> Conditioning {
-        var onehot = [Float](repeating: 0, count: labels.count * classes)
+    /// Sampling with guidance scale w: one-hot classes from `labels` and beta = 1 / w on every row, and the guidance
+    /// interval on every row when given (for a DiT with the interval input; nil: its default, the whole interval).
+    public static func sampling(labels: [Int], classes: Int, guidance w: Double, interval: ClosedRange<Double>? = nil,
+                                on device: Device = .default) -> Conditioning {
+        let n = labels.count
+        var onehot = [Float](repeating: 0, count: n * classes)
         for (i, l) in labels.enumerated() { onehot[i * classes + l] = 1 }
-        return Conditioning(classes: Tensor(onehot, shape: [labels.count, classes], on: device),
-                            beta: Tensor([Float](repeating: Float(1 / w), count: labels.count), shape: [labels.count], on: device))
+        return Conditioning(classes: Tensor(onehot, shape: [n, classes], on: device),
+                            beta: Tensor([Float](repeating: Float(1 / w), count: n), shape: [n], on: device),
+                            interval: interval.map { (Tensor.full($0.lowerBound, shape: [n], on: device),
+                                                      Tensor.full($0.upperBound, shape: [n], on: device)) })
     }
 }

@@ -40,14 +40,17 @@ public struct AdaptiveLossWeight: Equatable {
 }
 
 /// One batch as MeanFlow and iMF see it: data, noise, the two times per row, one-hot classes (all-zero rows are
-/// the null class: label dropout already applied) and, for iMF, the guidance scale omega per row.
+/// the null class: label dropout already applied) and, for iMF, the guidance scale omega per row and the guidance
+/// interval [start, end] per row (with a network that takes it).
 public struct MeanFlowBatch {
     public var x0, noise, t, r: Tensor
     public var classes: Tensor?
     public var omega: Tensor?
+    public var interval: (start: Tensor, end: Tensor)?
 
-    public init(x0: Tensor, noise: Tensor, t: Tensor, r: Tensor, classes: Tensor? = nil, omega: Tensor? = nil) {
-        (self.x0, self.noise, self.t, self.r, self.classes, self.omega) = (x0, noise, t, r, classes, omega)
+    public init(x0: Tensor, noise: Tensor, t: Tensor, r: Tensor, classes: Tensor? = nil, omega: Tensor? = nil,
+                interval: (start: Tensor, end: Tensor)? = nil) {
+        (self.x0, self.noise, self.t, self.r, self.classes, self.omega, self.interval) = (x0, noise, t, r, classes, omega, interval)
     }
 
     /// z_t = (1 - t) x0 + t eps and v = eps - x0.
@@ -141,29 +144,55 @@ public struct MeanFlowObjective: Equatable {
 
 /// Improved MeanFlow (iMF; Geng, Lu, Wu, Shechtman, Kolter, He 2025) on the flow-map network. The loss is on the
 /// instantaneous velocity, re-parameterised through u: V = u(z_t, t, t - r) + (t - r) sg(du/dt) regresses the
-/// (guided) velocity v_g, where du/dt is the JVP along (v_theta, 1, 0) with v_theta the network's own prediction
-/// u(z_t, t, t), not the noisy eps - x0. Guidance is a condition: omega enters the DiT's guidance input as
-/// beta = 1 / omega, drawn per row log-uniformly in `guidanceRange` (the official [1, 8]), and the target is
-/// v_g = v + (1 - 1/omega) (v_theta(c, omega) - v_theta(null, 1)) on rows with a class (v on null-class rows),
-/// whose fixed point is CFG with scale omega. Sampling passes the chosen omega; the sampler is MeanFlow's.
+/// (guided) velocity v_g, where du/dt is the JVP along (v_theta, 1, 0) with v_theta the network's own guided
+/// prediction at gap 0, not the noisy eps - x0.
+///
+/// Guidance is a condition, as the official code trains it: omega enters the DiT's guidance input as
+/// beta = 1 / omega, drawn per row log-uniformly in `guidanceRange` (the official [1, 8]), and, with `interval`
+/// (a DiT with `guidanceInterval`), so does a CFG interval [start, end] drawn per row (start ~ U[0, 0.5],
+/// end ~ U[0.5, 1]; [0, 1] on the r = t rows). Guidance acts only for t inside the row's interval:
+/// with g = 1 there and 0 outside, v_g = v + g (1 - 1/omega) (v_theta(c, omega) - v_theta(null, 1)) on rows with a
+/// class (v on null-class rows), and the tangent is v_theta(c, omega) inside, v_theta(c, 1) outside. The network
+/// thus learns the average velocity of the ODE guided with scale omega inside [start, end] only; sampling passes
+/// the chosen omega and interval. The velocities v_theta are evaluated with the whole interval [0, 1] (the
+/// official v-head's dummies), which is what the r = t rows train.
 ///
 /// This network has one head: v_theta is u at gap 0 (the MeanFlow boundary condition) rather than the official
-/// auxiliary v-head, and the rows with r = t train it (for them V = u). The official CFG interval conditions
-/// (t_min, t_max) and in-context conditioning tokens are not modelled: guidance acts on the whole interval.
+/// auxiliary v-head, and the rows with r = t train it (for them V = u). The conditions enter the adaLN vector
+/// (and in-context tokens too with a DiT with `inContext`).
 public struct ImprovedMeanFlowObjective: Equatable {
+    /// How the guidance interval is drawn per row (the official ranges).
+    public struct IntervalDraw: Equatable {
+        public var start: ClosedRange<Double> = 0...0.5, end: ClosedRange<Double> = 0.5...1
+        public init() {}
+    }
+
     public var times = MeanFlowTimeSampler(fractionEqual: 0.5)
     public var guidanceRange: ClosedRange<Double> = 1...8
+    /// The interval draw, for a network with the interval input; nil: guidance over the whole interval.
+    public var interval: IntervalDraw?
     public var adaptiveWeight = AdaptiveLossWeight()
 
     public init() {}
 
-    /// Draws the times, noise and (with classes) omega of a batch; classes come from `cond`.
+    /// Draws the times, noise and (with classes) omega and the interval of a batch; classes come from `cond`.
     public func batch(x0: Tensor, cond: Conditioning, rng: inout RandomGenerator) -> MeanFlowBatch {
         var b = drawBatch(x0: x0, cond: cond, times: times, rng: &rng)
-        if cond.classes != nil {
-            let (lo, hi) = (guidanceRange.lowerBound, guidanceRange.upperBound)
-            let omega = rng.uniformFloats(x0.shape[0]).map { lo * pow(hi / lo, Double($0)) }
-            b.omega = Tensor(omega, shape: [omega.count], dtype: x0.dtype, on: x0.device)
+        guard cond.classes != nil else { return b }
+        let n = x0.shape[0], dtype = x0.dtype, dev = x0.device
+        let (lo, hi) = (guidanceRange.lowerBound, guidanceRange.upperBound)
+        let omega = rng.uniformFloats(n).map { lo * pow(hi / lo, Double($0)) }
+        b.omega = Tensor(omega, shape: [n], dtype: dtype, on: dev)
+        if let interval {
+            let u = rng.uniformFloats(n), w = rng.uniformFloats(n)
+            let equal = Int(Double(n) * times.fractionEqual)
+            func within(_ range: ClosedRange<Double>, _ x: Float) -> Double {
+                range.lowerBound + (range.upperBound - range.lowerBound) * Double(x)
+            }
+            // The r = t rows train the velocity the others' guidance is built from: guidance everywhere.
+            let start = (0..<n).map { $0 < equal ? 0 : within(interval.start, u[$0]) }
+            let end = (0..<n).map { $0 < equal ? 1 : within(interval.end, w[$0]) }
+            b.interval = (Tensor(start, shape: [n], dtype: dtype, on: dev), Tensor(end, shape: [n], dtype: dtype, on: dev))
         }
         return b
     }
@@ -177,15 +206,26 @@ public struct ImprovedMeanFlowObjective: Equatable {
             guard let classes = b.classes, let omega = b.omega, let beta else {
                 return (net(params, x: z, t: b.t, gap: b.zeros(), cond: Conditioning(classes: b.classes)), v)
             }
-            let both = net(params, x: concat([z, z], axis: 0), t: concat([b.t, b.t], axis: 0), gap: concat([b.zeros(), b.zeros()], axis: 0),
-                           cond: Conditioning(classes: concat([classes, classes.zerosLike()], axis: 0), beta: concat([beta, b.ones()], axis: 0)))
-            let vClass = both.slice(axis: 0, start: 0, length: B), vNull = both.slice(axis: 0, start: B, length: B)
+            // One batched call: (class, omega), (null, 1) and, with the interval, (class, 1) for rows outside it.
+            let null = classes.zerosLike()
+            var rowClasses = [classes, null], rowBeta = [beta, b.ones()]
+            if b.interval != nil { (rowClasses, rowBeta) = (rowClasses + [classes], rowBeta + [b.ones()]) }
+            let k = rowClasses.count
+            let all = net(params, x: concat(Array(repeating: z, count: k), axis: 0), t: concat(Array(repeating: b.t, count: k), axis: 0),
+                          gap: Tensor.zeros([k * B], dtype: b.t.dtype, on: b.t.device),
+                          cond: Conditioning(classes: concat(rowClasses, axis: 0), beta: concat(rowBeta, axis: 0)))
+            let vClass = all.slice(axis: 0, start: 0, length: B), vNull = all.slice(axis: 0, start: B, length: B)
             let m = rows(b.hasClass!, like: b.x0)
+            var guided = vClass, g = rows(b.ones(), like: b.x0)
+            if let interval = b.interval {
+                g = rows((1 - interval.start.greater(b.t)) * (1 - b.t.greater(interval.end)), like: b.x0)
+                guided = g * vClass + (1 - g) * all.slice(axis: 0, start: 2 * B, length: B)
+            }
             // A null-class row's velocity is the unconditional one whatever omega says.
-            let tangent = m * vClass + (1 - m) * vNull
-            return (tangent, v + m * rows(1 - omega.reciprocal(), like: b.x0) * (vClass - vNull))
+            let tangent = m * guided + (1 - m) * vNull
+            return (tangent, v + m * g * rows(1 - omega.reciprocal(), like: b.x0) * (vClass - vNull))
         }
-        let cond = Conditioning(classes: b.classes, beta: beta)
+        let cond = Conditioning(classes: b.classes, beta: beta, interval: b.interval)
         let (outs, tangents) = jvp({ p in [net(params, x: p[0], t: p[1], gap: p[1] - p[2], cond: cond)] },
                                    primals: [z, b.t, b.r], tangents: [tangent.stopGradient(), b.ones(), b.zeros()])
         let u = outs[0]

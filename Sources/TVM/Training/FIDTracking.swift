@@ -81,10 +81,13 @@ public struct TrainingFID {
     /// A latent run's samples to 8-bit images (the VAE decoder and the official conversion); nil: the samples are
     /// images in [-1, 1], rounded to 8 bits.
     let decode: ((Tensor) throws -> ByteImages)?
+    let interval: ClosedRange<Double>?
 
-    /// `seed` is the run's; `data` gives the sample shape and the classes.
+    /// `seed` is the run's; `data` gives the sample shape and the classes; `interval` where the guidance acts (nil:
+    /// everywhere).
     public init(extractor: FIDFeatureExtractor, reference: ReferenceStatistics, data: ImageDataset, samples: Int, seed: UInt64,
-                guidance: Double, labels: Labels = .inTurn, decode: ((Tensor) throws -> ByteImages)? = nil) {
+                guidance: Double, interval: ClosedRange<Double>? = nil, labels: Labels = .inTurn,
+                decode: ((Tensor) throws -> ByteImages)? = nil) {
         precondition(samples >= 2, "FID needs at least 2 samples")
         self.extractor = extractor
         self.reference = reference
@@ -96,6 +99,7 @@ public struct TrainingFID {
         self.guidance = guidance
         self.labels = labels
         self.decode = decode
+        self.interval = interval
     }
 
     /// Samples in batches of the extractor's size, each passed through Inception at once (nothing else is kept).
@@ -111,7 +115,8 @@ public struct TrainingFID {
         while done < samples {
             let count = min(extractor.batchSize, samples - done)
             let noise = Tensor.randomNormal([count, channels, side, side], rng: &rng)
-            let cond = Conditioning.sampling(labels: Array(classOf[done..<(done + count)]), classes: classes, guidance: guidance)
+            let cond = Conditioning.sampling(labels: Array(classOf[done..<(done + count)]), classes: classes, guidance: guidance,
+                                             interval: interval)
             let images = trainer.sample(noise: noise, steps: nfe, cond: cond, weights: trainer.ema, guidanceScale: guidance)
             if let decode {
                 try extractor.accumulate(try decode(images), into: &accumulator)

@@ -15,13 +15,14 @@ struct SampleGrids {
     let cond: Conditioning
     let guidance: Double
 
-    /// Grids for images like `data`'s, sampled with guidance scale `guidance`; `seed` is the run's.
-    init(data: ImageDataset, seed: UInt64, guidance: Double, on device: Device = .default) {
+    /// Grids for images like `data`'s, sampled with guidance scale `guidance` (in `interval` for a DiT with the
+    /// interval input); `seed` is the run's.
+    init(data: ImageDataset, seed: UInt64, guidance: Double, interval: ClosedRange<Double>? = nil, on device: Device = .default) {
         let rows = min(data.classes, 10)
         labels = (0..<(rows * Self.perRow)).map { $0 / Self.perRow }
         var rng = RandomGenerator(seed: seed &+ 0x6121D)
         noise = Tensor.randomNormal([labels.count, data.channels, data.height, data.width], rng: &rng, on: device)
-        cond = Conditioning.sampling(labels: labels, classes: data.classes, guidance: guidance, on: device)
+        cond = Conditioning.sampling(labels: labels, classes: data.classes, guidance: guidance, interval: interval, on: device)
         self.guidance = guidance
     }
 

@@ -61,6 +61,8 @@ public final class TrainingLoop {
         public var flip = false
         /// The guidance scale of the sample grids.
         public var sampleGuidance = 2.0
+        /// Where that guidance acts, for a DiT with the interval input (iMF); nil: everywhere.
+        public var sampleGuidanceInterval: ClosedRange<Double>?
         /// Samples to images in [-1, 1] for the grids (a latent run's VAE decoder); nil: the samples are images.
         public var decodeSamples: ((Tensor) throws -> Tensor)?
         /// How many of the latest snapshots keep their sample grids, besides the first snapshot (nil: all).
@@ -126,7 +128,7 @@ public final class TrainingLoop {
         trainer = Trainer(network: try DiT(model), config: config)
         trainer.parallel = parallel
         sampler = BatchSampler(count: data.count, seed: config.seed &+ 0x5EED)
-        grids = SampleGrids(data: data, seed: config.seed, guidance: plan.sampleGuidance)
+        grids = SampleGrids(data: data, seed: config.seed, guidance: plan.sampleGuidance, interval: plan.sampleGuidanceInterval)
     }
 
     /// Resumes from the checkpoint (or clears the log of a fresh run), then gives every rank rank 0's state.

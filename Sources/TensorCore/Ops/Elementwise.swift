@@ -151,7 +151,8 @@ extension Tensor {
         default:
             let saves: [Int] = op == .add || op == .sub ? [] : op == .div ? [1] : [0, 1]
             return record1("\(op)", [self, other], y, saves: saves, savesOutputs: op == .div, jvp: { x, y, t in
-                [Tensor.binaryTangent(op, x[0], x[1], y[0], t[0], t[1])]
+                // An add or sub with one operand's tangent gives that tangent, in that operand's (broadcast) shape.
+                [Tensor.binaryTangent(op, x[0], x[1], y[0], t[0], t[1]).map { $0.shape == y[0].shape ? $0 : $0.broadcast(to: y[0].shape) }]
             }) { x, y, g in
                 let (ga, gb) = Tensor.binaryCotangents(op, x[0], x[1], y[0], g[0]!)
                 return [ga?.sum(to: x[0].shape), gb?.sum(to: x[1].shape)]
