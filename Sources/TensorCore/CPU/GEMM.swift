@@ -1,29 +1,10 @@
 import AVX2Kernels
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Float32 matrix products without a BLAS: the operands packed into the layout of `AVX2SGEMM`'s 6 x 16 register
 /// tile (B once per product, A in groups of rows per thread), blocked in depth so that a block of B stays in the
-/// core's L2 cache, and split over the cores by blocks of rows. Used where the processor has AVX2 and FMA;
-/// elsewhere `Kernels.portableGemm` runs.
+/// core's L2 cache, and split over the cores by blocks of rows. Used where `AVX2.enabled`; elsewhere
+/// `Kernels.portableGemm` runs.
 enum PackedGEMM {
-    /// Whether the processor has AVX2 and FMA (the flags of /proc/cpuinfo) and TVM_NO_AVX2 is unset.
-    static let isAvailable: Bool = {
-        if getenv("TVM_NO_AVX2") != nil { return false }
-        guard let file = fopen("/proc/cpuinfo", "r") else { return false }
-        defer { fclose(file) }
-        var line: UnsafeMutablePointer<CChar>? = nil, capacity = 0
-        defer { free(line) }
-        while getline(&line, &capacity, file) > 0, let line {
-            let text = String(cString: line)
-            guard text.hasPrefix("flags") else { continue }
-            let flags = Set(text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }))
-            return flags.contains("avx2") && flags.contains("fma")
-        }
-        return false
-    }()
-
     /// Depth of the panels packed at once: a block of B (256 x n floats) stays in the core's L2 cache.
     static let depthBlock = 256
     /// Blocks of rows of A packed at once (48 rows x 256 depths: 48 KB, in L1 and L2).

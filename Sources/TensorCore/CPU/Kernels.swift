@@ -13,10 +13,10 @@ enum Kernels {
         case .cos: map(Cos.self, x, y, n)
         case .tanh: map(Tanh.self, x, y, n)
         case .sigmoid: map(Sigmoid.self, x, y, n)
-        case .silu: map(Silu.self, x, y, n)
+        case .silu: activationValue(SiluPair.self, x, y, n)
         case .siluD1: map(SiluD1.self, x, y, n)
         case .siluD2: map(SiluD2.self, x, y, n)
-        case .gelu: map(Gelu.self, x, y, n)
+        case .gelu: activationValue(GeluPair.self, x, y, n)
         case .geluD1: map(GeluD1.self, x, y, n)
         case .geluD2: map(GeluD2.self, x, y, n)
         case .isFinite: map(IsFinite.self, x, y, n)
@@ -199,7 +199,7 @@ enum Kernels {
             else { Parallel.forRanges(items, grain: 1) { r in for it in r { work(it) } } }
             return
         }
-        if T.self == Float.self, CPUBackend.usePackedGEMM, PackedGEMM.isAvailable {
+        if T.self == Float.self, AVX2.enabled {
             PackedGEMM.multiply(UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), UnsafeRawPointer(b).assumingMemoryBound(to: Float.self),
                                 UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), batch: batch, m: m, n: n, k: k,
                                 transA: transA, transB: transB, strideA: strideA, strideB: strideB,
