@@ -96,6 +96,33 @@ final class KernelTests: XCTestCase {
         XCTAssertLessThan(GradCheck.relErr(yb.doubles, concat(per, axis: 0).doubles), 1e-6)
     }
 
+    /// A BLAS's products with a long inner dimension and few result rows (weight gradients) are split over the
+    /// cores by depth, the shares summed at the end: against float64 sums, with alpha and beta, every transpose.
+    func testBLASProductSplitByDepthMatchesNaive() throws {
+        try XCTSkipIf(CPUBackend.blasName.hasPrefix("built-in"), "no BLAS library found")
+        for (m, n, k) in [(40, 70, 300), (3, 200, 1001), (256, 66, 1024)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a = rng.normalFloats(m * k), b = rng.normalFloats(k * n), y0 = rng.normalFloats(m * n)
+                let ya = Tensor(a, shape: [m * k]), yb = Tensor(b, shape: [k * n]), y = Tensor(y0, shape: [m * n])
+                CPUBackend.shared.matmul(ya.storage, yb.storage, y.storage, batch: 1, m: m, n: n, k: k, transA: ta, transB: tb,
+                                         strideA: 0, strideB: 0, alpha: 0.5, beta: 2)
+                let out = y.floats
+                var worst = 0.0
+                for i in 0..<m { for j in 0..<n {
+                    var sum = 0.0, magnitude = 0.0
+                    for p in 0..<k {
+                        let product = Double(ta ? a[p * m + i] : a[i * k + p]) * Double(tb ? b[j * k + p] : b[p * n + j])
+                        sum += product
+                        magnitude += abs(product)
+                    }
+                    let expected = 0.5 * sum + 2 * Double(y0[i * n + j])
+                    worst = max(worst, abs(Double(out[i * n + j]) - expected) / (0.5 * magnitude + 2 * abs(Double(y0[i * n + j]))))
+                } }
+                XCTAssertLessThan(worst, 1e-5, "m \(m) n \(n) k \(k) transA \(ta) transB \(tb)")
+            }
+        }
+    }
+
     func testFastExpAndActivationsAccuracyInFloat32() {
         let xs = (0..<2001).map { Float($0 - 1000) * 0.05 }   // -50 ... 50
         let x = Tensor(xs, shape: [xs.count])

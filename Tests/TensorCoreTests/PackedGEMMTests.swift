@@ -8,7 +8,7 @@ final class PackedGEMMTests: XCTestCase {
     var rng = RandomGenerator(seed: 11)
 
     func testMatchesFloat64SumsOnEveryEdge() throws {
-        try XCTSkipUnless(PackedGEMM.isAvailable, "the processor has no AVX2 and FMA (or TVM_NO_AVX2 is set)")
+        try XCTSkipUnless(AVX2.isAvailable, "the processor has no AVX2 and FMA (or TVM_NO_AVX2 is set)")
         let shapes = [(1, 1, 1), (5, 3, 7), (6, 16, 256), (7, 17, 257), (13, 2, 66), (50, 33, 513), (12, 7, 255), (97, 48, 40)]
         for (m, n, k) in shapes {
             for (transA, transB) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -52,15 +52,15 @@ final class PackedGEMMTests: XCTestCase {
     }
 
     func testTheTensorProductUsesItAndAgreesWithThePortableOne() throws {
-        try XCTSkipUnless(PackedGEMM.isAvailable, "the processor has no AVX2 and FMA (or TVM_NO_AVX2 is set)")
+        try XCTSkipUnless(AVX2.isAvailable, "the processor has no AVX2 and FMA (or TVM_NO_AVX2 is set)")
         let savedBLAS = CPUBackend.useBLAS
-        defer { CPUBackend.useBLAS = savedBLAS; CPUBackend.usePackedGEMM = true }
+        defer { CPUBackend.useBLAS = savedBLAS; CPUBackend.useAVX2 = true }
         CPUBackend.useBLAS = false
         let x = Tensor.randomNormal([1024, 66], rng: &rng), w = Tensor.randomNormal([256, 66], rng: &rng)
-        CPUBackend.usePackedGEMM = true
+        CPUBackend.useAVX2 = true
         XCTAssertEqual(CPUBackend.blasName, "built-in AVX2/FMA")
         let packed = x.matmul(w, transposeOther: true).doubles
-        CPUBackend.usePackedGEMM = false
+        CPUBackend.useAVX2 = false
         XCTAssertEqual(CPUBackend.blasName, "built-in")
         let portable = x.matmul(w, transposeOther: true).doubles
         XCTAssertLessThan(GradCheck.relErr(packed, portable), 1e-6)

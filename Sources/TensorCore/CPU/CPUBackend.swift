@@ -72,7 +72,7 @@ public final class CPUBackend: Backend {
     /// Which BLAS the float32 matrix products use: the library's name, or which built-in kernel runs.
     public static var blasName: String {
         if useBLAS, let library = BLAS.library { return library.name }
-        return usePackedGEMM && PackedGEMM.isAvailable ? "built-in AVX2/FMA" : "built-in"
+        return AVX2.enabled ? "built-in AVX2/FMA" : "built-in"
     }
     /// A line for the commands whose speed depends on it (demo, bench), nil where a BLAS is used or switched off
     /// on purpose. Not printed by the library: notes before an error would break the one-line error promise.
@@ -82,8 +82,9 @@ public final class CPUBackend: Backend {
     }
     /// Set to false to use the built-in matrix product even where a BLAS was found (tests, comparisons).
     nonisolated(unsafe) public static var useBLAS = true
-    /// Set to false to use the portable built-in product instead of the packed AVX2/FMA one (tests, comparisons).
-    nonisolated(unsafe) public static var usePackedGEMM = true
+    /// Set to false to use the portable built-in kernels (the matrix product without a BLAS, the activations)
+    /// instead of the AVX2/FMA ones (tests, comparisons).
+    nonisolated(unsafe) public static var useAVX2 = true
 
     public func allocate(_ count: Int, _ dtype: DType) -> Storage { CPUStorage(count: count, dtype: dtype, backend: self) }
 

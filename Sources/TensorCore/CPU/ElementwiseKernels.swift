@@ -1,3 +1,5 @@
+import AVX2Kernels
+
 // The fused activation kernels (ActivationBackend): SiLU and GELU with their tangents and derivatives in one pass.
 
 extension CPUBackend: ActivationBackend {
@@ -34,9 +36,25 @@ extension CPUBackend: ActivationBackend {
 }
 
 extension Kernels {
+    /// y = f(x).
+    static func activationValue<F: ActivationPair, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>,
+                                                                _ n: Int) {
+        if T.self == Float.self, AVX2.enabled {
+            let (x, y) = (floats(x), floats(y))
+            Parallel.forRanges(n, grain: 16_384) { r in AVX2Activation.value(F.lanes, x: x, y: y, range: r) }
+            return
+        }
+        map(F.Value.self, x, y, n)
+    }
+
     /// y = f(x), ty = f'(x) t.
     static func valueAndSlope<F: ActivationPair, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ t: UnsafeMutablePointer<T>,
                                                               _ y: UnsafeMutablePointer<T>, _ ty: UnsafeMutablePointer<T>, _ n: Int) {
+        if T.self == Float.self, AVX2.enabled {
+            let (x, t, y, ty) = (floats(x), floats(t), floats(y), floats(ty))
+            Parallel.forRanges(n, grain: 16_384) { r in AVX2Activation.valueAndTangent(F.lanes, x: x, t: t, y: y, ty: ty, range: r) }
+            return
+        }
         Parallel.forRanges(n, grain: 16_384) { r in
             for i in r {
                 let (f, d1) = F.valueAndSlope(x[i])
@@ -50,6 +68,13 @@ extension Kernels {
     static func tangentBackward<F: ActivationPair, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ t: UnsafeMutablePointer<T>,
                                                                 _ gy: UnsafeMutablePointer<T>?, _ gty: UnsafeMutablePointer<T>?,
                                                                 _ gx: UnsafeMutablePointer<T>, _ gt: UnsafeMutablePointer<T>, _ n: Int) {
+        if T.self == Float.self, AVX2.enabled {
+            let (x, t, gy, gty, gx, gt) = (floats(x), floats(t), gy.map(floats), gty.map(floats), floats(gx), floats(gt))
+            Parallel.forRanges(n, grain: 16_384) { r in
+                AVX2Activation.tangentBackward(F.lanes, x: x, t: t, gy: gy, gty: gty, gx: gx, gt: gt, range: r)
+            }
+            return
+        }
         Parallel.forRanges(n, grain: 16_384) { r in
             switch (gy, gty) {
             case let (gy?, gty?):
@@ -75,6 +100,17 @@ extension Kernels {
     /// gx = g f'(x).
     static func slopeTimes<F: ActivationPair, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ g: UnsafeMutablePointer<T>,
                                                            _ gx: UnsafeMutablePointer<T>, _ n: Int) {
+        if T.self == Float.self, AVX2.enabled {
+            let (x, g, gx) = (floats(x), floats(g), floats(gx))
+            Parallel.forRanges(n, grain: 16_384) { r in AVX2Activation.slopeTimes(F.lanes, x: x, g: g, gx: gx, range: r) }
+            return
+        }
         Parallel.forRanges(n, grain: 16_384) { r in for i in r { gx[i] = g[i] * F.slopes(x[i]).0 } }
+    }
+
+    /// A float32 kernel's pointer, once the caller has checked that T is Float.
+    @inline(__always)
+    static func floats<T>(_ p: UnsafeMutablePointer<T>) -> UnsafeMutablePointer<Float> {
+        UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self)
     }
 }

@@ -1,3 +1,5 @@
+import AVX2Kernels
+
 /// Elementwise functions as types, so generic kernels specialise one loop per function (a closure
 /// passed through the parallel loop would be called per element and never vectorise).
 protocol UnaryFunction { static func apply<T: CPUFloat>(_ x: T) -> T }
@@ -37,13 +39,18 @@ enum Greater: BinaryFunction { @inline(__always) static func apply<T: CPUFloat>(
 enum GreaterEqual: BinaryFunction { @inline(__always) static func apply<T: CPUFloat>(_ a: T, _ b: T) -> T { a >= b ? 1 : 0 } }
 enum Equal: BinaryFunction { @inline(__always) static func apply<T: CPUFloat>(_ a: T, _ b: T) -> T { a == b ? 1 : 0 } }
 
-/// An activation with its value and first two derivatives, sharing the transcendental work.
+/// An activation with its value and first two derivatives, sharing the transcendental work; `lanes` names the
+/// same function in the AVX2 kernels, which replace these loops for float32 where `AVX2.enabled`.
 protocol ActivationPair {
+    associatedtype Value: UnaryFunction
+    static var lanes: AVX2Activation.Function { get }
     static func valueAndSlope<T: CPUFloat>(_ x: T) -> (T, T)
     static func slopes<T: CPUFloat>(_ x: T) -> (T, T)
 }
 
 enum SiluPair: ActivationPair {
+    typealias Value = Silu
+    static var lanes: AVX2Activation.Function { .silu }
     @inline(__always) static func valueAndSlope<T: CPUFloat>(_ x: T) -> (T, T) {
         let s = Scalar.sigmoid(x)
         return (x * s, s * (1 + x * (1 - s)))
@@ -55,6 +62,8 @@ enum SiluPair: ActivationPair {
 }
 
 enum GeluPair: ActivationPair {
+    typealias Value = Gelu
+    static var lanes: AVX2Activation.Function { .gelu }
     @inline(__always) static func valueAndSlope<T: CPUFloat>(_ x: T) -> (T, T) {
         let (du, s) = Scalar.geluParts(x)
         return (x * s, s + 2 * x * s * (1 - s) * du)

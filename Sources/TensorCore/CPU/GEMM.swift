@@ -1,29 +1,10 @@
 import AVX2Kernels
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Float32 matrix products without a BLAS: the operands packed into the layout of `AVX2SGEMM`'s 6 x 16 register
 /// tile (B once per product, A in groups of rows per thread), blocked in depth so that a block of B stays in the
-/// core's L2 cache, and split over the cores by blocks of rows. Used where the processor has AVX2 and FMA;
-/// elsewhere `Kernels.portableGemm` runs.
+/// core's L2 cache, and split over the cores by blocks of rows. Used where `AVX2.enabled`; elsewhere
+/// `Kernels.portableGemm` runs.
 enum PackedGEMM {
-    /// Whether the processor has AVX2 and FMA (the flags of /proc/cpuinfo) and TVM_NO_AVX2 is unset.
-    static let isAvailable: Bool = {
-        if getenv("TVM_NO_AVX2") != nil { return false }
-        guard let file = fopen("/proc/cpuinfo", "r") else { return false }
-        defer { fclose(file) }
-        var line: UnsafeMutablePointer<CChar>? = nil, capacity = 0
-        defer { free(line) }
-        while getline(&line, &capacity, file) > 0, let line {
-            let text = String(cString: line)
-            guard text.hasPrefix("flags") else { continue }
-            let flags = Set(text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }))
-            return flags.contains("avx2") && flags.contains("fma")
-        }
-        return false
-    }()
-
     /// Depth of the panels packed at once: a block of B (256 x n floats) stays in the core's L2 cache.
     static let depthBlock = 256
     /// Blocks of rows of A packed at once (48 rows x 256 depths: 48 KB, in L1 and L2).
@@ -69,9 +50,19 @@ enum PackedGEMM {
             return
         }
         let panels = (n + nr - 1) / nr, rowBlocks = (m + mr - 1) / mr
-        let packedB = UnsafeMutablePointer<Float>.allocate(capacity: k * panels * nr)
-        defer { packedB.deallocate() }
-        packB(b, packedB, n: n, k: k, transB: transB, panels: panels)
+        // From the buffer cache: products of the same sizes come back every step.
+        let packedBytes = k * panels * nr * MemoryLayout<Float>.stride
+        let packedB = BufferCache.shared.take(packedBytes).assumingMemoryBound(to: Float.self)
+        defer { BufferCache.shared.give(UnsafeMutableRawPointer(packedB), bytes: packedBytes) }
+        if parallel {
+            // Panels packed on every core, so that the others do not wait while one packs (B of a weight gradient
+            // is the layer's whole input: 1 MB for the 2-D MLP's batch of 1024).
+            Parallel.forRanges(panels, grain: Swift.max(1, 16_384 / (k * nr))) { r in
+                packB(b, packedB, n: n, k: k, transB: transB, panels: panels, packing: r)
+            }
+        } else {
+            packB(b, packedB, n: n, k: k, transB: transB, panels: panels, packing: 0..<panels)
+        }
         let work = { (blocks: Range<Int>) in
             let packedA = UnsafeMutablePointer<Float>.allocate(capacity: groupBlocks * mr * depthBlock)
             defer { packedA.deallocate() }
@@ -103,13 +94,14 @@ enum PackedGEMM {
     }
 
     /// op(B) (k x n) as depth blocks of panels: within a block of depth d starting at p0 (offset p0 * panels * 16),
-    /// panel j holds d groups of 16 columns, zero past n.
-    static func packB(_ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, n: Int, k: Int, transB: Bool, panels: Int) {
+    /// panel j holds d groups of 16 columns, zero past n. Writes the panels in `packing` (of 0..<panels).
+    static func packB(_ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, n: Int, k: Int, transB: Bool, panels: Int,
+                      packing: Range<Int>) {
         let nr = AVX2SGEMM.columns
         var p0 = 0
         while p0 < k {
             let depth = min(depthBlock, k - p0), base = out + p0 * panels * nr
-            for panel in 0..<panels {
+            for panel in packing {
                 let j0 = panel * nr, width = min(nr, n - j0), dst = base + panel * depth * nr
                 if width < nr { dst.update(repeating: 0, count: depth * nr) }
                 if transB {

@@ -8,15 +8,15 @@ enum Kernels {
         case .sqrt: map(Sqrt.self, x, y, n)
         case .rsqrt: map(Rsqrt.self, x, y, n)
         case .exp: map(Exp.self, x, y, n)
-        case .log: map(Log.self, x, y, n)
-        case .sin: map(Sin.self, x, y, n)
-        case .cos: map(Cos.self, x, y, n)
-        case .tanh: map(Tanh.self, x, y, n)
+        case .log: map(Log.self, x, y, n, grain: libmGrain)
+        case .sin: map(Sin.self, x, y, n, grain: libmGrain)
+        case .cos: map(Cos.self, x, y, n, grain: libmGrain)
+        case .tanh: map(Tanh.self, x, y, n, grain: libmGrain)
         case .sigmoid: map(Sigmoid.self, x, y, n)
-        case .silu: map(Silu.self, x, y, n)
+        case .silu: activationValue(SiluPair.self, x, y, n)
         case .siluD1: map(SiluD1.self, x, y, n)
         case .siluD2: map(SiluD2.self, x, y, n)
-        case .gelu: map(Gelu.self, x, y, n)
+        case .gelu: activationValue(GeluPair.self, x, y, n)
         case .geluD1: map(GeluD1.self, x, y, n)
         case .geluD2: map(GeluD2.self, x, y, n)
         case .isFinite: map(IsFinite.self, x, y, n)
@@ -24,9 +24,14 @@ enum Kernels {
     }
 
     /// One specialised loop per function type: the call inlines and the loop vectorises.
-    static func map<F: UnaryFunction, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ n: Int) {
-        Parallel.forRanges(n, grain: 16_384) { r in for i in r { y[i] = F.apply(x[i]) } }
+    static func map<F: UnaryFunction, T: CPUFloat>(_: F.Type, _ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ n: Int,
+                                                   grain: Int = 16_384) {
+        Parallel.forRanges(n, grain: grain) { r in for i in r { y[i] = F.apply(x[i]) } }
     }
+
+    /// The split of the functions that call libm per element (about ten times the cost of a vectorised one): the
+    /// sinusoidal time features of a batch of 1024 are 16k elements.
+    static let libmGrain = 2048
 
     static func affine<T: CPUFloat>(_ x: UnsafeMutablePointer<T>, _ y: UnsafeMutablePointer<T>, _ n: Int, _ a: T, _ b: T) {
         Parallel.forRanges(n) { r in for i in r { y[i] = a * x[i] + b } }
@@ -173,8 +178,49 @@ enum Kernels {
         if CPUBackend.useBLAS, let blas = BLAS.library {
             let ta = transA ? BLAS.trans : BLAS.noTrans, tb = transB ? BLAS.trans : BLAS.noTrans
             let lda = Int32(transA ? m : k), ldb = Int32(transB ? k : n)
+            /// One single-threaded BLAS call: `rows` rows of a result from `depth` of the inner dimension.
+            func call(_ rows: Int, _ depth: Int, _ pa: UnsafeMutablePointer<T>, _ pb: UnsafeMutablePointer<T>,
+                      _ py: UnsafeMutablePointer<T>, beta: T) {
+                if T.self == Float.self {
+                    blas.sgemm(BLAS.rowMajor, ta, tb, Int32(rows), Int32(n), Int32(depth), Float(alpha.double),
+                               UnsafeRawPointer(pa).assumingMemoryBound(to: Float.self), Swift.max(lda, 1),
+                               UnsafeRawPointer(pb).assumingMemoryBound(to: Float.self), Swift.max(ldb, 1), Float(beta.double),
+                               UnsafeMutableRawPointer(py).assumingMemoryBound(to: Float.self), Int32(n))
+                } else {
+                    blas.dgemm(BLAS.rowMajor, ta, tb, Int32(rows), Int32(n), Int32(depth), alpha.double,
+                               UnsafeRawPointer(pa).assumingMemoryBound(to: Double.self), Swift.max(lda, 1),
+                               UnsafeRawPointer(pb).assumingMemoryBound(to: Double.self), Swift.max(ldb, 1), beta.double,
+                               UnsafeMutableRawPointer(py).assumingMemoryBound(to: Double.self), Int32(n))
+                }
+            }
+            let large = m * n * k >= 1 << 18
+            if batch == 1 && large && Parallel.cores > 1 && k >= 2 * m && k >= 128 {
+                // Few result rows from a long inner dimension (a weight's gradient, summed over a batch): each core
+                // takes a share of the depth, so that each packs its own part of both operands, where splitting
+                // the rows would have every core pack all of B. The shares past the first go to scratch results,
+                // added at the end.
+                let parts = Swift.min(Parallel.cores, k / 64), per = (k + parts - 1) / parts
+                let scratchBytes = (parts - 1) * m * n * MemoryLayout<T>.stride
+                let scratch = BufferCache.shared.take(scratchBytes).assumingMemoryBound(to: T.self)
+                defer { BufferCache.shared.give(UnsafeMutableRawPointer(scratch), bytes: scratchBytes) }
+                Parallel.forRanges(parts, grain: 1) { r in
+                    for part in r {
+                        let p0 = part * per, depth = Swift.min(per, k - p0)
+                        let pa = a + (transA ? p0 * m : p0), pb = b + (transB ? p0 : p0 * n)
+                        if part == 0 { call(m, depth, pa, pb, y, beta: beta) }
+                        else { call(m, depth, pa, pb, scratch + (part - 1) * m * n, beta: 0) }
+                    }
+                }
+                Parallel.forRanges(m * n) { r in
+                    for part in 1..<parts {
+                        let partial = scratch + (part - 1) * m * n
+                        for i in r { y[i] += partial[i] }
+                    }
+                }
+                return
+            }
             // Work items are (batch entry, block of result rows); each runs a single-threaded BLAS call.
-            let rowBlocks = batch >= Parallel.cores || m * n * k < 1 << 18 ? 1 : Swift.min(Parallel.cores, Swift.max(1, m / 16))
+            let rowBlocks = batch >= Parallel.cores || !large ? 1 : Swift.min(Parallel.cores, Swift.max(1, m / 16))
             let rowsPer = (m + rowBlocks - 1) / rowBlocks
             let items = batch * rowBlocks
             let work = { (item: Int) in
@@ -182,24 +228,13 @@ enum Kernels {
                 let rows = Swift.min(rowsPer, m - r0)
                 guard rows > 0 else { return }
                 // Row block r0 of op(A): rows of A, or columns when A is transposed.
-                let pa = a + i * strideA + (transA ? r0 : r0 * k), pb = b + i * strideB, py = y + i * m * n + r0 * n
-                if T.self == Float.self {
-                    blas.sgemm(BLAS.rowMajor, ta, tb, Int32(rows), Int32(n), Int32(k), Float(alpha.double),
-                               UnsafeRawPointer(pa).assumingMemoryBound(to: Float.self), Swift.max(lda, 1),
-                               UnsafeRawPointer(pb).assumingMemoryBound(to: Float.self), Swift.max(ldb, 1), Float(beta.double),
-                               UnsafeMutableRawPointer(py).assumingMemoryBound(to: Float.self), Int32(n))
-                } else {
-                    blas.dgemm(BLAS.rowMajor, ta, tb, Int32(rows), Int32(n), Int32(k), alpha.double,
-                               UnsafeRawPointer(pa).assumingMemoryBound(to: Double.self), Swift.max(lda, 1),
-                               UnsafeRawPointer(pb).assumingMemoryBound(to: Double.self), Swift.max(ldb, 1), beta.double,
-                               UnsafeMutableRawPointer(py).assumingMemoryBound(to: Double.self), Int32(n))
-                }
+                call(rows, k, a + i * strideA + (transA ? r0 : r0 * k), b + i * strideB, y + i * m * n + r0 * n, beta: beta)
             }
-            if items == 1 || m * n * k < 1 << 18 { for it in 0..<items { work(it) } }
+            if items == 1 || !large { for it in 0..<items { work(it) } }
             else { Parallel.forRanges(items, grain: 1) { r in for it in r { work(it) } } }
             return
         }
-        if T.self == Float.self, CPUBackend.usePackedGEMM, PackedGEMM.isAvailable {
+        if T.self == Float.self, AVX2.enabled {
             PackedGEMM.multiply(UnsafeRawPointer(a).assumingMemoryBound(to: Float.self), UnsafeRawPointer(b).assumingMemoryBound(to: Float.self),
                                 UnsafeMutableRawPointer(y).assumingMemoryBound(to: Float.self), batch: batch, m: m, n: n, k: k,
                                 transA: transA, transB: transB, strideA: strideA, strideB: strideB,

@@ -74,8 +74,9 @@ extension Tensor {
             return [sumTerms(viaX, viaW) ?? db!.broadcast(to: yShape)]
         }) { x, _, g in
             guard let g = g[0] else { return Array(repeating: nil, count: hasBias ? 3 : 2) }
-            let g2 = g.reshaped([rows, outFeatures])
-            let gx = g2.matmul(x[1]).reshaped(xShape)
+            // The input's cotangent only where something before it is differentiated (a network's input is not):
+            // on the first layer that product is as large as the weight's.
+            let gx = x[0].gradSource == nil ? nil : g.reshaped([rows, outFeatures]).matmul(x[1]).reshaped(xShape)
             let gw = g.empty([outFeatures, inFeatures]), gb = hasBias ? g.empty([outFeatures]) : nil
             fused.linearWeightGradient(x[0].storage, g.storage, gw: gw.storage, gbias: gb?.storage, rows: rows,
                                        inFeatures: inFeatures, outFeatures: outFeatures)
