@@ -4,7 +4,7 @@ import Glibc
 import TensorCore
 
 // Memory, transfers, conversions, synchronisation and timing.
-extension CUDABackend {
+extension CUDABackend: MemoryAccounting {
     public func allocate(_ count: Int, _ dtype: DType) -> Storage {
         let bytes = count * dtype.byteSize
         if bytes == 0 {

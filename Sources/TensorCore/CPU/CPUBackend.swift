@@ -9,6 +9,7 @@ final class CPUStorage: Storage {
 
     init(count: Int, dtype: DType, backend: CPUBackend) {
         raw = BufferCache.shared.take(Swift.max(count, 1) * dtype.byteSize)
+        backend.liveBytes.add(count * dtype.byteSize)
         base = nil
         super.init(count: count, dtype: dtype, backend: backend)
     }
@@ -22,7 +23,9 @@ final class CPUStorage: Storage {
     }
 
     deinit {
-        if base == nil { BufferCache.shared.give(raw, bytes: Swift.max(count, 1) * dtype.byteSize) }
+        guard base == nil else { return }
+        BufferCache.shared.give(raw, bytes: Swift.max(count, 1) * dtype.byteSize)
+        (backend as! CPUBackend).liveBytes.remove(count * dtype.byteSize)
     }
 
     @inline(__always) func ptr<T>(_: T.Type) -> UnsafeMutablePointer<T> { raw.assumingMemoryBound(to: T.self) }
@@ -63,9 +66,44 @@ final class BufferCache: @unchecked Sendable {
     }
 }
 
+/// Bytes held by live tensors and the most they have been since the last reset (`MemoryAccounting`). Storages die on
+/// any thread, hence the lock.
+final class LiveBytes: @unchecked Sendable {
+    private var current = 0
+    private var peak = 0
+    private var lock = pthread_mutex_t()
+
+    init() { pthread_mutex_init(&lock, nil) }
+
+    var figures: (current: Int, peak: Int) {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        return (current, peak)
+    }
+
+    func add(_ bytes: Int) {
+        pthread_mutex_lock(&lock)
+        current += bytes
+        peak = Swift.max(peak, current)
+        pthread_mutex_unlock(&lock)
+    }
+
+    func remove(_ bytes: Int) {
+        pthread_mutex_lock(&lock)
+        current -= bytes
+        pthread_mutex_unlock(&lock)
+    }
+
+    func resetPeak() {
+        pthread_mutex_lock(&lock)
+        peak = current
+        pthread_mutex_unlock(&lock)
+    }
+}
+
 /// The CPU backend: plain Swift loops (vectorised by the compiler, split over cores when large) and a
 /// run-time BLAS for matrix products. Every kernel exists for float32 and float64.
-public final class CPUBackend: Backend {
+public final class CPUBackend: Backend, MemoryAccounting {
     public static let shared = CPUBackend()
     public var name: String { "cpu" }
 
@@ -87,6 +125,11 @@ public final class CPUBackend: Backend {
     nonisolated(unsafe) public static var useAVX2 = true
 
     public func allocate(_ count: Int, _ dtype: DType) -> Storage { CPUStorage(count: count, dtype: dtype, backend: self) }
+
+    let liveBytes = LiveBytes()
+    public var currentBytes: Int { liveBytes.figures.current }
+    public var peakBytes: Int { liveBytes.figures.peak }
+    public func resetPeakBytes() { liveBytes.resetPeak() }
 
     @inline(__always) func cpu(_ s: Storage) -> CPUStorage {
         guard let c = s as? CPUStorage else { preconditionFailure("a \(s.backend.name) tensor was given to the CPU backend") }

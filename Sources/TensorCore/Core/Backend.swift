@@ -44,6 +44,18 @@ public struct StridedView: Sendable {
     public init(offset: Int = 0, strides: [Int]) { self.offset = offset; self.strides = strides }
 }
 
+/// Memory held by a backend's tensors, the same question on every device: bytes of live storages (the CUDA backend
+/// counts its allocator's size classes, bf16 operand copies included, the CPU backend exact sizes; a view counts
+/// nothing beyond its base) and the most that has been live since the last reset. How peak memory is measured and tested.
+public protocol MemoryAccounting: AnyObject {
+    /// Bytes held by live tensors.
+    var currentBytes: Int { get }
+    /// The most `currentBytes` has been since the start or `resetPeakBytes()`.
+    var peakBytes: Int { get }
+    /// Starts a new peak from `currentBytes`.
+    func resetPeakBytes()
+}
+
 /// What a device must provide: the general operations every primitive can be composed from. Model and method
 /// code never sees this: they use `Tensor` ops, which call these kernels, so a new backend plugs in here alone.
 ///
