@@ -65,6 +65,23 @@ extension Tensor {
         t.gradSource = gradSource
         return t
     }
+
+    /// What a node keeps of an input whose values its rule reads: the tensor itself, or, where its values can be
+    /// remade (`recompute`), a shape-only stand-in that carries the recipe.
+    func savedForBackward() -> Tensor {
+        guard let recompute, !(storage is ShapeOnlyStorage) else { return self }
+        let t = shapeOnly()
+        t.recompute = recompute
+        return t
+    }
+
+    /// A saved input as a rule reads it: a stand-in with a recipe gets its values made again.
+    func remade() -> Tensor {
+        guard let recompute, storage is ShapeOnlyStorage else { return self }
+        let t = Tensor(storage: recompute(), shape: shape)
+        t.gradSource = gradSource
+        return t
+    }
 }
 
 /// Whether ops record the tape. Off inside `withoutGrad`, and while running VJP rules.
@@ -119,7 +136,7 @@ func record(_ name: String, inputs: [Tensor], outputs: [Tensor], saves: [Int]? =
 private func record(_ name: String, inputs: [Tensor], outputs: [Tensor], saves: [Int]?, savesOutputs: Bool,
                     jvp: JVPRule?, rule vjp: BackwardRule) -> [Tensor] {
     if recordsGradient(inputs) {
-        let kept = inputs.enumerated().map { i, x in saves == nil || saves!.contains(i) ? x : x.shapeOnly() }
+        let kept = inputs.enumerated().map { i, x in saves == nil || saves!.contains(i) ? x.savedForBackward() : x.shapeOnly() }
         let node = Node(name: name, inputs: kept,
                         outputs: outputs.map { savesOutputs ? $0.detached() : $0.shapeOnly() }, vjp: vjp)
         for (i, o) in outputs.enumerated() { o.gradSource = .node(node, i) }
@@ -296,13 +313,14 @@ public func gradients(of output: Tensor, wrt: [Tensor], seed: Tensor? = nil, ret
             for (i, w) in wanted[key] ?? [] { results[w] = slots[i] }
             precondition(!node.inputs.isEmpty, "\(node.name): this graph was already differentiated (use retainGraph)")
             let grads: [Tensor?], given: [Tensor?]
+            let inputs = node.inputs.map { $0.remade() }
             switch node.vjp {
             case .plain(let rule):
-                grads = rule(node.inputs, node.outputs, slots)
+                grads = rule(inputs, node.outputs, slots)
                 given = []
             case .accumulating(let rule):
                 given = partials(of: node.inputs)
-                grads = rule(node.inputs, node.outputs, slots, given)
+                grads = rule(inputs, node.outputs, slots, given)
             }
             for (k, (input, g)) in zip(node.inputs, grads).enumerated() {
                 guard let g else { continue }

@@ -10,6 +10,10 @@ public final class Tensor {
     /// Forward-mode tangent in the JVP session `tangentSession` (nil: zero).
     var tangent: Tensor?
     var tangentSession: UInt64 = 0
+    /// Makes this tensor's values again from storages the graph keeps anyway (nil: it cannot be remade). A node whose
+    /// rule reads it saves a shape-only stand-in with this recipe, and backward remakes the values when the node
+    /// runs: a cheap activation is then not kept alive through the whole graph (`Tensor.savedForBackward`).
+    var recompute: (() -> Storage)?
 
     public init(storage: Storage, shape: [Int]) {
         precondition(Shape.count(shape) == storage.count,

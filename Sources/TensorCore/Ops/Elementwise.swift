@@ -22,6 +22,34 @@ public protocol ActivationBackend: Backend {
     func activationBackward(_ op: UnaryOp, _ x: Storage, _ g: Storage, _ gx: Storage)
 }
 
+/// A fused activation's value and tangent made again in backward, in one pass for both: the first of the two nodes
+/// that read them to run makes both and the other takes what is left, so the pass is not run twice.
+final class RemadeActivation {
+    private let op: UnaryOp
+    private let x: Storage, tangent: Storage
+    private let backend: any ActivationBackend
+    private var left: (value: Storage?, tangent: Storage?) = (nil, nil)
+
+    init(_ op: UnaryOp, x: Storage, tangent: Storage, on backend: any ActivationBackend) {
+        (self.op, self.x, self.tangent, self.backend) = (op, x, tangent, backend)
+    }
+
+    func take(tangent wantsTangent: Bool) -> Storage {
+        if wantsTangent, let ty = left.tangent {
+            left.tangent = nil
+            return ty
+        }
+        if !wantsTangent, let y = left.value {
+            left.value = nil
+            return y
+        }
+        let y = backend.allocate(x.count, x.dtype), ty = backend.allocate(x.count, x.dtype)
+        backend.activationWithTangent(op, x, tangent, y, ty)
+        left = wantsTangent ? (y, nil) : (nil, ty)
+        return wantsTangent ? ty : y
+    }
+}
+
 extension Tensor {
     func checkSameDType(_ other: Tensor, _ op: String) {
         precondition(dtype == other.dtype, "\(op): dtypes \(dtype) and \(other.dtype) differ")
@@ -51,22 +79,40 @@ extension Tensor {
     /// may use raw kernels).
     private func activation(_ op: UnaryOp, _ fused: any ActivationBackend) -> Tensor {
         let y = empty(shape)
+        // The nodes here keep the input (and its tangent), from which one elementwise pass remakes the output: the
+        // layer that reads the output (the MLP's second linear layer, which keeps its input for its weight gradient)
+        // keeps the recipe instead of the values (`recompute`), so the graph does not hold both.
         if let t = activeTangent {
             let ty = empty(shape)
             fused.activationWithTangent(op, storage, t.storage, y.storage, ty.storage)
-            return recordWithTangent("\(op)JVP", inputs: [self], tangents: [t], output: y, tangent: ty) { x, _, g in
+            let out = recordWithTangent("\(op)JVP", inputs: [self], tangents: [t], output: y, tangent: ty) { x, _, g in
                 let gx = x[0].empty(x[0].shape), gt = x[0].empty(x[0].shape)
                 fused.activationWithTangentBackward(op, x[0].storage, x[1].storage, g[0]?.storage, g[1]?.storage,
                                                     gx.storage, gt.storage)
                 return [gx, gt]
             }
+            if out.gradSource != nil {
+                let remade = RemadeActivation(op, x: storage, tangent: t.storage, on: fused)
+                out.recompute = { remade.take(tangent: false) }
+                ty.recompute = { remade.take(tangent: true) }
+            }
+            return out
         }
         backend.unary(op, storage, y.storage)
-        return record1("\(op)", [self], y, savesOutputs: false, jvp: nil) { x, _, g in
+        let out = record1("\(op)", [self], y, savesOutputs: false, jvp: nil) { x, _, g in
             let gx = x[0].empty(x[0].shape)
             fused.activationBackward(op, x[0].storage, g[0]!.storage, gx.storage)
             return [gx]
         }
+        if out.gradSource != nil {
+            let x = storage
+            out.recompute = {
+                let y = fused.allocate(x.count, x.dtype)
+                fused.unary(op, x, y)
+                return y
+            }
+        }
+        return out
     }
 
     /// d op(x) / dx as a tensor, from the input and (for some ops, cheaper) the output.

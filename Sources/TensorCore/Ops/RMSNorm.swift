@@ -108,7 +108,7 @@ extension Tensor {
         // The JVP with a tangent of x is one op with its own VJP (n and its derivative recomputed there, never
         // stored: storing them is the traffic this op exists to avoid). shift's value is not needed for any
         // cotangent, only its shape.
-        return record1("rmsNormScaled", inputs, y, saves: [0, 1], savesOutputs: false, jvp: { i, _, d in
+        let out = record1("rmsNormScaled", inputs, y, saves: [0, 1], savesOutputs: false, jvp: { i, _, d in
             if let dx = d[0] {
                 return [Tensor.rmsNormScaledTangent(i[0], dx, scale: i[1], dScale: d[1], dShift: hasShift ? d[2] : nil,
                                                     batch: batch, eps: eps, feedsProducts: feedsProducts, on: fused)]
@@ -129,6 +129,18 @@ extension Tensor {
             if let gt { grads.append(adding(p[2], gt)) }
             return grads
         })
+        // The node keeps x and scale; with shift (one row per batch entry) one row pass remakes the result, which the
+        // linear layer that reads it then keeps as a recipe rather than as values (`Tensor.recompute`).
+        if out.gradSource != nil {
+            let (x, s, t) = (storage, scale.storage, shift?.storage)
+            out.recompute = {
+                let y = fused.allocate(x.count, x.dtype)
+                fused.rmsNormScaled(x, scale: s, shift: t, y, batch: batch, rows: rows, cols: cols, eps: eps,
+                                    productOperand: feedsProducts)
+                return y
+            }
+        }
+        return out
     }
 
     /// rmsNormScaled's tangent L(dx) s + n ds + dt (see NormBackend.rmsNormScaledJVP), recorded with its VJP: the
@@ -146,7 +158,7 @@ extension Tensor {
         let hasDS = ds != nil, hasDT = dt != nil, n = inputs.count
         // Nested forward mode is not supported, so this op never sees tangents (no JVP rule). dt's value is not
         // needed for any cotangent, only its shape.
-        return record1("rmsNormScaledTangent", inputs, out, saves: Array(0..<(hasDS ? 4 : 3)), savesOutputs: false, jvp: nil,
+        let tangent = record1("rmsNormScaledTangent", inputs, out, saves: Array(0..<(hasDS ? 4 : 3)), savesOutputs: false, jvp: nil,
                        accumulatingVJP: { i, _, g, p in
             guard let g = g[0] else { return Array(repeating: nil, count: n) }
             let gx = g.empty(i[0].shape), gdx = g.empty(i[0].shape)
@@ -159,5 +171,16 @@ extension Tensor {
             if let gdt { grads.append(adding(p[n - 1], gdt)) }
             return grads
         })
+        // Remade from what the node keeps (and dt, one row per batch entry), as rmsNormalized's result is.
+        if tangent.gradSource != nil {
+            let (xs, dxs, ss, dss, dts) = (x.storage, dx.storage, s.storage, ds?.storage, dt?.storage)
+            tangent.recompute = {
+                let o = kernels.allocate(xs.count, xs.dtype)
+                kernels.rmsNormScaledJVP(xs, dxs, scale: ss, dScale: dss, dShift: dts, o, batch: batch, rows: rows, cols: cols,
+                                         eps: eps, productOperand: feedsProducts)
+                return o
+            }
+        }
+        return tangent
     }
 }
