@@ -122,8 +122,9 @@ final class TrainingMemoryTests: XCTestCase {
         XCTAssertLessThanOrEqual(top.1, stepPeak, "the stages taken apart peak no higher than the whole step")
     }
 
-X
-    /// backward instead of kept), plus 2%. Bytes, not time: the same step allocates the same storages on any machine.
+    /// The bound: 134.7 MiB measured on 2026-12-07 (172.9 MiB before the GELU and modulated-norm outputs, and their
+    /// tangents, were remade in backward instead of kept), plus 2.5%. Bytes, not time: the same step allocates the
+    /// same storages on any machine.
     func testPeakOfOneTVMStepStaysWithinItsBound() throws {
         let t = try trainer()
         var rng = RandomGenerator(seed: 3)
@@ -132,6 +133,6 @@ X
         XCTAssertTrue(stats.loss.isFinite)
         XCTAssertFalse(stats.skipped)
         XCTAssertGreaterThan(peak, 100 << 20, "the accounting sees the step's activations")
-        XCTAssertLessThanOrEqual(peak, 163 << 20, "one TVM step of a two-block DiT-S/2 at batch 4 peaks at \(mib(peak))")
+        XCTAssertLessThanOrEqual(peak, 138 << 20, "one TVM step of a two-block DiT-S/2 at batch 4 peaks at \(mib(peak))")
     }
 }

@@ -299,6 +299,35 @@ final class PrimitiveRuleTests: XCTestCase {
         XCTAssertEqual(g[0].doubles, [1, 2, 3, 4])
     }
 
+    func testNormAndActivationOutputsAreRemadeInBackwardNotKept() {
+        // A modulated MLP (a DiT block's shape): the linear layers read the norm's and the GELU's outputs, which the
+        // graph remakes when those nodes run; the derivatives of both orders still match finite differences.
+        let x = gc.random([2, 3, 5]), s = gc.random([2, 1, 5]), t = gc.random([2, 1, 5])
+        let w1 = gc.random([8, 5]), b1 = gc.random([8]), w2 = gc.random([5, 8])
+        gc.check("modulated MLP", [x, s, t, w1, b1, w2]) { p in
+            p[0].rmsNormalized(eps: 1e-6, scale: 1 + p[1], shift: p[2]).linear(p[3], bias: p[4]).gelu().linear(p[5])
+        }
+        // What the JVP's graph keeps, in float32 bytes: the first layer's output and its tangent (read by the GELU's
+        // rule), the outputs and small factors, but not the norm's or the GELU's outputs or their tangents.
+        let cpu = CPUBackend.shared
+        let (rows, width, hidden) = (64, 16, 64)
+        let input = Tensor.randomNormal([1, rows, width], rng: &gc.rng), direction = Tensor.randomNormal([1, rows, width], rng: &gc.rng)
+        let scale = Tensor.randomNormal([1, 1, width], rng: &gc.rng).requiringGrad()
+        let shift = Tensor.randomNormal([1, 1, width], rng: &gc.rng).requiringGrad()
+        let weight1 = Tensor.randomNormal([hidden, width], rng: &gc.rng).requiringGrad()
+        let weight2 = Tensor.randomNormal([width, hidden], rng: &gc.rng).requiringGrad()
+        let before = cpu.currentBytes
+        let (y, ty) = jvp({ [$0[0].rmsNormalized(eps: 1e-6, scale: scale, shift: shift).linear(weight1).gelu().linear(weight2)] },
+                          primals: [input], tangents: [direction])
+        let kept = cpu.currentBytes - before
+        let firstLayer = 2 * rows * hidden * 4, outputs = 2 * rows * width * 4
+        let remade = 2 * rows * width * 4 + 2 * rows * hidden * 4
+        XCTAssertGreaterThanOrEqual(kept, firstLayer + outputs)
+        XCTAssertLessThan(kept, firstLayer + outputs + 1024, "kept \(kept) bytes; keeping the remade outputs would add \(remade)")
+        let g = gradients(of: (y[0] * ty[0]).sum(), wrt: [scale, shift, weight1, weight2])
+        XCTAssertTrue(g.allSatisfy { $0.floats.allSatisfy(\.isFinite) })
+    }
+
     func testCompositeNetworkSecondOrder() {
         // A small MLP: the gradient of a loss of its JVP (the shape of the TVM terminal term).
         let x = gc.random([4, 3]), w1 = gc.random([8, 3]), b1 = gc.random([8]), w2 = gc.random([2, 8])
