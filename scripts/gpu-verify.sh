@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything a merge should be checked with on the GPU, in one device call, most important first (each part has its
-# own time limit, so a call cut short still returns the first parts). Planned in the ninth session, which got no
-# GPU machine; nothing here has run on a GPU yet as one script (each part's script has its own header).
+# own time limit, so a call cut short still returns the first parts). Planned in the ninth session; neither it nor
+# the tenth got a GPU machine (every start refused), so nothing here has run on a GPU yet as one script (each part's
+# script has its own header). The tenth session's main (packed optimizer sets, one device read per step, outputs
+# remade in backward, FID on latents, iMF's interval) is unchecked on the GPU too: run this first.
 #
 #   scripts/gpu-verify.sh pack   here: the GPU test bundle (gpu.sh pack), the static tvm (xz), BEFORE=old binary as
 #                                .device/tvm-before.xz, the fixtures; name .device, .whl (diffusers and
