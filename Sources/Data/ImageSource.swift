@@ -116,6 +116,11 @@ public struct ImageSource: Sendable {
                             archive: archive, entryIndices: images)
     }
 
+    /// The archive's record of image `i` (name, size, CRC-32); nil for a folder.
+    public func archiveEntry(_ i: Int) -> ZIPEntry? {
+        archive.map { $0.entries[entryIndices[i]] }
+    }
+
     /// The file's bytes, read now.
     public func bytes(_ i: Int) throws -> [UInt8] {
         do {

@@ -39,11 +39,10 @@ public struct DatasetArchiveImages: FIDImageSet {
         count = min(limit ?? source.count, source.count)
         let first = try source.image(0)
         (height, width) = (first.height, first.width)
-        let archive = try ZIPArchive(path: path)
         var crc = Checksum.crc32(Array("\(count)x3x\(height)x\(width)".utf8))
-        for name in source.names.prefix(count) {
-            guard let entry = archive.entry(named: name) else { throw EvalError("\(path): no entry \"\(name)\"") }
-            crc = Checksum.crc32(Array("\(name) \(entry.size) \(entry.crc32)\n".utf8), previous: crc)
+        for i in 0..<count {
+            let entry = source.archiveEntry(i)!
+            crc = Checksum.crc32(Array("\(source.names[i]) \(entry.size) \(entry.crc32)\n".utf8), previous: crc)
         }
         let hex = String(crc, radix: 16)
         fingerprint = "zip-\(count)x3x\(height)x\(width)-" + String(repeating: "0", count: 8 - hex.count) + hex
