@@ -146,6 +146,18 @@ func pair(_ values: [Double], _ shape: [Int], _ dtype: DType, _ cuda: CUDABacken
     (Tensor(values, shape: shape, dtype: dtype, on: .cpu), Tensor(values, shape: shape, dtype: dtype, on: cuda.device))
 }
 
+/// As `assertClose`, with the error measured against `magnitudes` (one per element, the size the rounding of both
+/// sides is bounded by, such as a sum's sum of absolute values) instead of against the CPU's values.
+func assertCloseAgainst(_ gpu: Tensor, _ cpuT: Tensor, magnitudes: [Double], _ tol: Double, _ label: String,
+                        file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertEqual(gpu.shape, cpuT.shape, "\(label): shape", file: file, line: line)
+    let difference = zip(gpu.doubles, cpuT.doubles).map { $0 - $1 }
+    // A NaN or infinity on either side makes the error NaN or infinite, which fails the check.
+    let err = (difference.reduce(0) { $0 + $1 * $1 } / magnitudes.reduce(0) { $0 + $1 * $1 }).squareRoot()
+    ErrorRecord.record(gpu.dtype, err, tol, label)
+    XCTAssertLessThanOrEqual(err, tol, "\(label): error \(err) relative to the magnitudes", file: file, line: line)
+}
+
 func assertClose(_ gpu: Tensor, _ cpuT: Tensor, _ tol: Double, _ label: String,
                  file: StaticString = #filePath, line: UInt = #line) {
     XCTAssertEqual(gpu.shape, cpuT.shape, "\(label): shape", file: file, line: line)

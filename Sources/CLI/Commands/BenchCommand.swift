@@ -247,6 +247,14 @@ func benchVAE(_ args: [String]) throws {
     activeCUDA?.resetPeakBytes()
     let encode = median(try timeRepeated(steps: steps, warmup: warmup) { _ = try vae.encode(images).std.floats })
     let decode = median(try timeRepeated(steps: steps, warmup: warmup) { _ = try vae.decode(latents).floats })
+    if activeCUDA?.profileReport(reset: true) != nil {
+        _ = try vae.encode(images).std.floats
+        Console.out("encode:")
+        printProfile(activeCUDA?.profileReport(reset: true) ?? [], steps: 1)
+        _ = try vae.decode(latents).floats
+        Console.out("decode:")
+        printProfile(activeCUDA?.profileReport() ?? [], steps: 1)
+    }
     Console.out("SD-VAE size, \(res)x\(res), batch \(batch), \(deviceDescription())\(precision): encode median \(fmt(encode * 1000, 1)) ms, "
                 + "\(fmt(Double(batch) / encode, 1)) img/s; decode median \(fmt(decode * 1000, 1)) ms, \(fmt(Double(batch) / decode, 1)) img/s\(memoryFigure())")
 }
