@@ -59,4 +59,42 @@ final class CUDATrainingStepTests: XCTestCase {
             }
         }
     }
+
+    /// Under bf16 products a GELU's output and tangent, which only the next linear layer's weight gradient reads, are
+    /// kept as their bf16 product operands alone (`Tensor.savedAsProductOperand`): the gradients through the JVP are
+    /// bit for bit those of the same network with the output kept whole (`* 1` makes a tensor that cannot be
+    /// remade, so the linear layer keeps its float32 values), and the graph holds less.
+    func testOperandCopiesKeptAloneGiveTheSameGradientsInLessMemory() throws {
+        let cuda = try cudaOrSkip()
+        cuda.bf16Products = true
+        defer { cuda.bf16Products = false }
+        var r = TestRandom()
+        let (rows, width, hidden) = (512, 64, 256)
+        func tensor(_ shape: [Int], _ scale: Double = 1) -> Tensor {
+            Tensor(r.normals(Shape.count(shape), scale: scale), shape: shape, dtype: .float32, on: cuda.device)
+        }
+        let w1 = tensor([hidden, width], 0.125), b1 = tensor([hidden]), w2 = tensor([width, hidden], 0.0625), b2 = tensor([width])
+        let x = tensor([rows, width]), tx = tensor([rows, width])
+        func run(keepWhole: Bool) -> (grads: [[Double]], graphBytes: Int) {
+            let leaves = [w1, b1, w2, b2].map { $0.detached().requiringGrad() }
+            cuda.synchronize()
+            let start = cuda.currentBytes
+            let (outs, tans) = jvp({ i in
+                let h = i[0].linear(leaves[0], bias: leaves[1]).gelu()
+                return [(keepWhole ? h * 1 : h).linear(leaves[2], bias: leaves[3])]
+            }, primals: [x], tangents: [tx])
+            let loss = outs[0].square().mean() + tans[0].square().mean()
+            cuda.synchronize()
+            let graphBytes = cuda.currentBytes - start
+            return (gradients(of: loss, wrt: leaves).map(\.doubles), graphBytes)
+        }
+        let whole = run(keepWhole: true), operands = run(keepWhole: false)
+        for i in whole.grads.indices {
+            XCTAssertEqual(operands.grads[i], whole.grads[i], "gradient of parameter \(i)")
+        }
+        // The GELU's output and tangent: 4 + 2 bytes per element kept whole (values and bf16 copy), 2 as operands.
+        let saved = 2 * rows * hidden * 4
+        XCTAssertLessThanOrEqual(operands.graphBytes, whole.graphBytes - saved / 2,
+                                 "graph bytes \(operands.graphBytes) against \(whole.graphBytes) kept whole")
+    }
 }

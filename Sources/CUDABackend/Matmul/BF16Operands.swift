@@ -78,6 +78,7 @@ extension CUDABackend {
     /// run first: its block is handed out again only to later work on the one stream.
     func forgetBF16Copy(of x: Storage) {
         let s = cuda(x)
+        precondition(!s.operandCopyOnly, "a tensor kept only as its bf16 product operand cannot change in place")
         for view in s.views { if let v = view.storage { forgetBF16Copy(of: v) } }
         guard let copy = s.bf16Copy else { return }
         allocator.release(copy.address, copy.blockBytes, bf16Copy: true)
@@ -89,5 +90,23 @@ extension CUDABackend {
     func dropBF16Copies() {
         bf16CopyBudget = Swift.min(bf16CopyBudget, allocator.bf16CopyBytes) / 2
         evictBF16Copies(downTo: 0)
+    }
+}
+
+extension CUDABackend: ProductOperandBackend {
+    /// Under bf16 products, the bf16 copy of `x` moved into a storage of its own (made first if `x` has none): the
+    /// weight gradient's product in backward reads that copy and nothing else, so the float32 values need not be
+    /// kept or remade for it. nil without bf16 products, and for views and storages with views (which share a
+    /// block with others).
+    public func keepingOperandCopyOnly(_ x: Storage) -> Storage? {
+        guard bf16Products, x.dtype == .float32, x.count > 0 else { return nil }
+        let s = cuda(x)
+        guard s.base == nil, s.views.isEmpty, !s.operandCopyOnly else { return nil }
+        beginBF16Call()
+        _ = bf16Operand(x)
+        guard let copy = s.bf16Copy else { return nil }
+        s.bf16Copy = nil
+        allocator.adoptBF16Copy(copy.blockBytes)
+        return CUDAStorage(operandCopy: copy, count: x.count, backend: self, allocator: allocator)
     }
 }

@@ -13,8 +13,11 @@ extension CUDABackend: LinearBackend {
         // Row-major Y[M, N] = op(A) op(B) is column-major Y^T[N, M] = op(B)^T op(A)^T: cuBLAS gets B first.
         let opB = transB ? CUBLAS.opT : CUBLAS.opN, opA = transA ? CUBLAS.opT : CUBLAS.opN
         let ldb = Int32(Swift.max(1, transB ? k : n)), lda = Int32(Swift.max(1, transA ? m : k))
-        let pa = UnsafeRawPointer(bitPattern: UInt(addr(a))), pb = UnsafeRawPointer(bitPattern: UInt(addr(b)))
         let py = UnsafeMutableRawPointer(bitPattern: UInt(addr(y)))
+        // The float32 operands' addresses, for the products that read them (bf16 products read the copies).
+        func float32Operands() -> (UnsafeRawPointer?, UnsafeRawPointer?) {
+            (UnsafeRawPointer(bitPattern: UInt(addr(a))), UnsafeRawPointer(bitPattern: UInt(addr(b))))
+        }
         let (M, N, K, B) = (Int32(n), Int32(m), Int32(k), Int32(batch))
         let sA = Int64(strideB), sB = Int64(strideA), sC = Int64(m * n)
         let started = profiler?.begin(stream)
@@ -22,6 +25,7 @@ extension CUDABackend: LinearBackend {
             if let started { profiler!.end(started, "gemm \(batch)x\(m)x\(n)x\(k)\(transA ? " tA" : "")\(transB ? " tB" : "")", stream) }
         }
         if y.dtype == .float64 {
+            let (pa, pb) = float32Operands()
             var al = alpha, be = beta
             blas.must(blas.dgemmStridedBatched(blasHandle, opB, opA, M, N, K, &al, pb, ldb, sA, pa, lda, sB,
                                                &be, py, M, sC, B), "cublasDgemmStridedBatched(\(m)x\(n)x\(k), batch \(batch))")
@@ -35,12 +39,14 @@ extension CUDABackend: LinearBackend {
                                                 CUBLAS.compute32F, CUBLAS.gemmDefault),
                       "cublasGemmStridedBatchedEx(BF16, \(m)x\(n)x\(k), batch \(batch))")
         } else if allowTF32 {
+            let (pa, pb) = float32Operands()
             var al = Float(alpha), be = Float(beta)
             blas.must(blas.gemmStridedBatchedEx(blasHandle, opB, opA, M, N, K, &al, pb, CUBLAS.r32F, ldb, sA,
                                                 pa, CUBLAS.r32F, lda, sB, &be, py, CUBLAS.r32F, M, sC, B,
                                                 CUBLAS.compute32FFastTF32, CUBLAS.gemmDefault),
                       "cublasGemmStridedBatchedEx(TF32, \(m)x\(n)x\(k), batch \(batch))")
         } else {
+            let (pa, pb) = float32Operands()
             var al = Float(alpha), be = Float(beta)
             blas.must(blas.sgemmStridedBatched(blasHandle, opB, opA, M, N, K, &al, pb, ldb, sA, pa, lda, sB,
                                                &be, py, M, sC, B), "cublasSgemmStridedBatched(\(m)x\(n)x\(k), batch \(batch))")
@@ -93,10 +99,12 @@ extension CUDABackend: LinearBackend {
         ensureCurrent()
         let pd = addr(d), pv = addr(vector)
         let bf16 = bf16Products && d.dtype == .float32
-        // bf16 operand copies come from the allocator, aligned at least as well as the float32 originals.
+        // The operands the product reads: under bf16 products their copies (from the allocator, aligned at least as
+        // well as the float32 originals).
+        if bf16 { beginBF16Call() }
+        let pa = bf16 ? bf16Operand(a) : addr(a), pb = bf16 ? bf16Operand(b) : addr(b)
         let key = LinearProductKey(epilogue: epilogue, dtype: d.dtype, tf32: allowTF32 && d.dtype == .float32, bf16: bf16,
-                                   m: m, n: n, k: k,
-                                   alignment: 1 << Swift.min(8, (addr(a) | addr(b) | pd | pv).trailingZeroBitCount))
+                                   m: m, n: n, k: k, alignment: 1 << Swift.min(8, (pa | pb | pd | pv).trailingZeroBitCount))
         let product: LinearProduct
         if let known = linearProducts[key] {
             guard let known else { return false }
@@ -108,8 +116,6 @@ extension CUDABackend: LinearBackend {
             guard let planned else { return false }
             product = planned
         }
-        if bf16 { beginBF16Call() }
-        let pa = bf16 ? bf16Operand(a) : addr(a), pb = bf16 ? bf16Operand(b) : addr(b)
         let workspace = product.workspaceBytes > 0 ? allocate((product.workspaceBytes + 3) / 4, .float32) : nil
         func run(_ alpha: UnsafeRawPointer, _ beta: UnsafeRawPointer) -> CUBLASLt.Status {
             // beta = 0 and C = D: nothing is read from the output.

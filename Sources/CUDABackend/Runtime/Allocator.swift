@@ -14,13 +14,28 @@ public final class CUDAStorage: Storage {
     let base: CUDAStorage?
     /// This storage's views, whose bf16 copies go stale when it changes in place.
     var views: [WeakStorage] = []
+    /// Whether the bf16 copy is all it holds (`CUDABackend.keepingOperandCopyOnly`): its values, not a cache.
+    let operandCopyOnly: Bool
 
     init(count: Int, dtype: DType, backend: CUDABackend, address: DevicePointer, blockBytes: Int, allocator: BlockAllocator?) {
         self.address = address
         self.blockBytes = blockBytes
         self.allocator = allocator
         base = nil
+        operandCopyOnly = false
         super.init(count: count, dtype: dtype, backend: backend)
+    }
+
+    /// A float32 storage of `count` elements with no float32 block, holding only the bf16 copy `copy` (whose bytes
+    /// the allocator counts as a tensor's, not as a cache's): products read it, other kernels refuse it.
+    init(operandCopy copy: (address: DevicePointer, blockBytes: Int), count: Int, backend: CUDABackend, allocator: BlockAllocator) {
+        address = 0
+        blockBytes = 0
+        self.allocator = allocator
+        base = nil
+        operandCopyOnly = true
+        bf16Copy = copy
+        super.init(count: count, dtype: .float32, backend: backend)
     }
 
     /// `count` elements of `base` from element `offset` on; its block stays the base's.
@@ -30,12 +45,13 @@ public final class CUDAStorage: Storage {
         blockBytes = 0
         allocator = base.allocator
         self.base = base
+        operandCopyOnly = false
         super.init(count: count, dtype: base.dtype, backend: base.backend)
     }
 
     deinit {
         if base == nil { allocator?.release(address, blockBytes) }
-        if let copy = bf16Copy { allocator?.release(copy.address, copy.blockBytes, bf16Copy: true) }
+        if let copy = bf16Copy { allocator?.release(copy.address, copy.blockBytes, bf16Copy: !operandCopyOnly) }
     }
 }
 
@@ -114,6 +130,11 @@ final class BlockAllocator {
     }
 
     /// Called from any thread (a storage's deinit): no driver call, only the free list.
+    /// A bf16 copy's block becomes a tensor's values (`CUDAStorage.init(operandCopy:)`): no longer counted as cache.
+    func adoptBF16Copy(_ size: Int) {
+        mutex.withLock { bf16CopyBytes -= size }
+    }
+
     func release(_ address: DevicePointer, _ size: Int, bf16Copy: Bool = false) {
         guard size > 0 else { return }
         mutex.withLock {

@@ -124,10 +124,14 @@ extension CUDABackend {
         return unsafeDowncast(s, to: CUDAStorage.self)
     }
 
-    @inline(__always) func addr(_ s: Storage) -> DevicePointer { cuda(s).address }
+    @inline(__always) func addr(_ s: Storage) -> DevicePointer {
+        let c = cuda(s)
+        precondition(!c.operandCopyOnly, "a kernel was given a tensor kept only as its bf16 product operand")
+        return c.address
+    }
 
     /// The address of an optional storage; 0 (a null pointer for the kernel) for none.
-    @inline(__always) func addr(_ s: Storage?) -> DevicePointer { s.map { cuda($0).address } ?? 0 }
+    @inline(__always) func addr(_ s: Storage?) -> DevicePointer { s.map { addr($0) } ?? 0 }
 
     static func now() -> Double {
         var ts = timespec()

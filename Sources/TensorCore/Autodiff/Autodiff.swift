@@ -75,6 +75,19 @@ extension Tensor {
         return t
     }
 
+    /// What a node keeps of an input its rule reads only as a matrix product's operand. Where the values could be
+    /// remade (no other node keeps them) and the backend's products read a narrower copy of float32 operands
+    /// (`ProductOperandBackend`: the GPU's bf16 products), just that copy: the product in backward reads what it
+    /// would have read anyway, nothing is remade, and the float32 values go with the forward pass. Otherwise as
+    /// `savedForBackward`.
+    func savedAsProductOperand() -> Tensor {
+        guard recompute != nil, !(storage is ShapeOnlyStorage), let products = backend as? any ProductOperandBackend,
+              let copy = products.keepingOperandCopyOnly(storage) else { return savedForBackward() }
+        let t = Tensor(storage: copy, shape: shape)
+        t.gradSource = gradSource
+        return t
+    }
+
     /// A saved input as a rule reads it: a stand-in with a recipe gets its values made again.
     func remade() -> Tensor {
         guard let recompute, storage is ShapeOnlyStorage else { return self }
@@ -127,16 +140,21 @@ private func recordsGradient(_ inputs: [Tensor]) -> Bool {
 /// Registers the outputs of a primitive with both modes. `outputs` are fresh tensors from kernels.
 /// `saves` lists the inputs whose values the VJP rule reads (nil: all) and `savesOutputs` whether it reads the
 /// outputs: everything else is kept as shape only, so memory is freed as soon as the forward pass moves on.
+/// `productOperands` lists the saved inputs the rule reads only as matrix product operands
+/// (`Tensor.savedAsProductOperand`).
 @discardableResult
 func record(_ name: String, inputs: [Tensor], outputs: [Tensor], saves: [Int]? = nil, savesOutputs: Bool = true,
             jvp: JVPRule?, vjp: @escaping VJPRule) -> [Tensor] {
     record(name, inputs: inputs, outputs: outputs, saves: saves, savesOutputs: savesOutputs, jvp: jvp, rule: .plain(vjp))
 }
 
-private func record(_ name: String, inputs: [Tensor], outputs: [Tensor], saves: [Int]?, savesOutputs: Bool,
-                    jvp: JVPRule?, rule vjp: BackwardRule) -> [Tensor] {
+private func record(_ name: String, inputs: [Tensor], outputs: [Tensor], saves: [Int]?, productOperands: [Int] = [],
+                    savesOutputs: Bool, jvp: JVPRule?, rule vjp: BackwardRule) -> [Tensor] {
     if recordsGradient(inputs) {
-        let kept = inputs.enumerated().map { i, x in saves == nil || saves!.contains(i) ? x.savedForBackward() : x.shapeOnly() }
+        let kept = inputs.enumerated().map { i, x in
+            guard saves == nil || saves!.contains(i) else { return x.shapeOnly() }
+            return productOperands.contains(i) ? x.savedAsProductOperand() : x.savedForBackward()
+        }
         let node = Node(name: name, inputs: kept,
                         outputs: outputs.map { savesOutputs ? $0.detached() : $0.shapeOnly() }, vjp: vjp)
         for (i, o) in outputs.enumerated() { o.gradSource = .node(node, i) }
@@ -157,9 +175,10 @@ private func record(_ name: String, inputs: [Tensor], outputs: [Tensor], saves: 
     return outputs
 }
 
-func record1(_ name: String, _ inputs: [Tensor], _ output: Tensor, saves: [Int]? = nil, savesOutputs: Bool = true,
-             jvp: JVPRule?, vjp: @escaping VJPRule) -> Tensor {
-    record(name, inputs: inputs, outputs: [output], saves: saves, savesOutputs: savesOutputs, jvp: jvp, rule: .plain(vjp))[0]
+func record1(_ name: String, _ inputs: [Tensor], _ output: Tensor, saves: [Int]? = nil, productOperands: [Int] = [],
+             savesOutputs: Bool = true, jvp: JVPRule?, vjp: @escaping VJPRule) -> Tensor {
+    record(name, inputs: inputs, outputs: [output], saves: saves, productOperands: productOperands, savesOutputs: savesOutputs,
+           jvp: jvp, rule: .plain(vjp))[0]
 }
 
 func record1(_ name: String, _ inputs: [Tensor], _ output: Tensor, saves: [Int]? = nil, savesOutputs: Bool = true,

@@ -64,9 +64,9 @@ extension Tensor {
         fused.linear(storage, weight.storage, bias: bias?.storage, y.storage, rows: rows, inFeatures: inFeatures,
                      outFeatures: outFeatures)
         let hasBias = bias != nil, xShape = shape
-        // The bias's value is never read by the rules, only its shape.
-        return record1("linear", bias.map { [self, weight, $0] } ?? [self, weight], y, saves: [0, 1], savesOutputs: false,
-                       jvp: { x, _, t in
+        // The bias's value is never read by the rules, only its shape; the input's only by the weight gradient's product.
+        return record1("linear", bias.map { [self, weight, $0] } ?? [self, weight], y, saves: [0, 1], productOperands: [0],
+                       savesOutputs: false, jvp: { x, _, t in
             // d(x W^T + b) = dx W^T + x dW^T + db, the bias tangent riding on one of the products.
             let dx = t[0], dw = t[1], db = hasBias ? t[2] : nil
             let viaX = dx.map { $0.linear(x[1], bias: db) }
@@ -129,6 +129,14 @@ public protocol LinearBackend: Backend {
     /// y = gelu(x W^T + bias), GELU with the tanh approximation: `linear` with the activation in the same kernel
     /// where the device has one (not differentiated: Tensor.linearGELU composes `linear` and `gelu` when it is).
     func linearGELU(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int, outFeatures: Int)
+}
+
+/// A backend whose matrix products read a narrower copy of float32 operands (bf16 products on the GPU) can keep a
+/// tensor that from then on is only a product's operand as that copy alone (`Tensor.savedAsProductOperand`).
+public protocol ProductOperandBackend: Backend {
+    /// A storage of `x`'s count and dtype that holds only the copy its products read (made now if `x` has none),
+    /// which any other kernel refuses; nil where products read `x`'s own values (`x` must then be kept).
+    func keepingOperandCopyOnly(_ x: Storage) -> Storage?
 }
 
 extension LinearBackend {
