@@ -28,6 +28,11 @@ pack)
     ;;
 run)
     export TVM_CUDA_LIB_DIRS=${TVM_CUDA_LIB_DIRS:-/usr/local/cuda/lib64} TVM_CUDA_CACHE_DIR=/tmp/tvm-kernel-cache
+    # cuDNN (the VAE's convolutions) from the Python wheel nvidia-cudnn-cu13 where it is not on the linker's path; tvm
+    # searches the usual site-packages itself, this names the one python3 imports.
+    cudnn=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0] + "/lib")' 2>/dev/null)
+    [ -z "${TVM_CUDNN_LIB:-}" ] && [ -n "$cudnn" ] && export TVM_CUDNN_LIB=$cudnn
+    echo "cuDNN: ${TVM_CUDNN_LIB:-searched by tvm}"
     out=${OUT:-/tmp/gpu-verify}; mkdir -p "$out"
     xz -dc .device/tvm.xz > .device/tvm && chmod +x .device/tvm
     T=.device/tvm D=.device/fixtures

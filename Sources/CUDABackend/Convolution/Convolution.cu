@@ -1,6 +1,7 @@
-// The inference kernels behind ConvolutionBackend (im2col, pooling, bilinear resize, bias + ReLU). One thread
-// per output element in grid-stride loops; they move memory, while the convolutions' arithmetic goes to cuBLAS
-// through matmul. Launchers: ConvolutionKernels.swift.
+// The inference kernels behind ConvolutionBackend (im2col, pooling, bilinear resize, bias + ReLU) and the bias of
+// the channels-last convolutions cuDNN computes. One thread per output element in grid-stride loops; they move
+// memory, while the convolutions' arithmetic goes to cuBLAS through matmul (or to cuDNN). Launchers:
+// ConvolutionKernels.swift, ChannelsLastConvolution.swift.
 #include "../common.cuh"
 
 /// Geometry of a sliding window, passed by value (the CPU backend's Window2D plus the output size).
@@ -88,3 +89,12 @@ TVM_KERNEL(bias_relu, (256), (scalar_t* y, const scalar_t* b, i64 rows, int chan
 #define POOL(kind, name, KIND) TVM_KERNEL(name, (256), (const scalar_t* x, scalar_t* y, i64 planes, int h, int w, Win g)) { \
     pool_impl<scalar_t, KIND>(x, y, planes, h, w, g); }
 POOL(max, pool_max, 0) POOL(averageExcludingPadding, pool_avg_excl, 1) POOL(averageIncludingPadding, pool_avg_incl, 2)
+
+/// y[i] = (y16 ? the bfloat16 value y16[i] : y[i]) + b[i % channels]: the bias of a channels-last convolution's
+/// output [pixels, channels] (cuDNN's), a bfloat16 output widened to float32 on the way.
+TVM_KERNEL(conv_bias, (256), (scalar_t* y, const unsigned short* y16, const scalar_t* b, i64 n, int channels)) {
+    for (i64 i = gtid(); i < n; i += gstride()) {
+        const scalar_t v = y16 ? (scalar_t)__uint_as_float((u32)y16[i] << 16) : y[i];
+        y[i] = v + b[i % channels];
+    }
+}

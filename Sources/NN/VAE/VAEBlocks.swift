@@ -43,8 +43,8 @@ struct ResnetBlock {
     }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
-        let h = conv1(norm1(x).silu(), padding: .uniform(1))
-        let y = conv2(norm2(h).silu(), padding: .uniform(1))
+        let h = conv1(norm1(x, silu: true), padding: .uniform(1))
+        let y = conv2(norm2(h, silu: true), padding: .uniform(1))
         return (shortcut?(x) ?? x) + y
     }
 }
@@ -168,7 +168,7 @@ struct VAEEncoder {
 
     func callAsFunction(_ x: Tensor) -> Tensor {
         let h = mid(blocks.reduce(convIn(x, padding: .uniform(1))) { $1($0) })
-        return convOut(normOut(h).silu(), padding: .uniform(1))
+        return convOut(normOut(h, silu: true), padding: .uniform(1))
     }
 }
 
@@ -203,6 +203,6 @@ struct VAEDecoder {
 
     func callAsFunction(_ z: Tensor) -> Tensor {
         let h = blocks.reduce(mid(convIn(z, padding: .uniform(1)))) { $1($0) }
-        return convOut(normOut(h).silu(), padding: .uniform(1))
+        return convOut(normOut(h, silu: true), padding: .uniform(1))
     }
 }

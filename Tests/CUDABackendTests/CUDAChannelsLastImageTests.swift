@@ -1,0 +1,134 @@
+import XCTest
+import TensorCore
+@testable import CUDABackend
+
+/// ChannelsLastImageBackend on the GPU (cuDNN's convolutions, the fused group norm) against the CPU backend, whose
+/// channels-last functions are composed from core operations; and the composed path on the GPU where cuDNN is off.
+final class CUDAChannelsLastImageTests: XCTestCase {
+    struct Convolution {
+        let images: Int, channels: Int, height: Int, width: Int, out: Int, kernel: Int, stride: Int
+        let padding: EdgePadding
+    }
+
+    /// The VAE's kinds of convolution, and an odd one.
+    let convolutions = [
+        Convolution(images: 2, channels: 16, height: 9, width: 7, out: 24, kernel: 3, stride: 1, padding: .uniform(1)),
+        Convolution(images: 2, channels: 3, height: 16, width: 12, out: 32, kernel: 3, stride: 1, padding: .uniform(1)),
+        Convolution(images: 2, channels: 16, height: 10, width: 11, out: 16, kernel: 3, stride: 2,
+                    padding: EdgePadding(top: 0, bottom: 1, left: 0, right: 1)),
+        Convolution(images: 2, channels: 24, height: 5, width: 6, out: 40, kernel: 1, stride: 1, padding: .uniform(0)),
+        Convolution(images: 1, channels: 4, height: 9, width: 9, out: 6, kernel: 5, stride: 3,
+                    padding: EdgePadding(top: 2, bottom: 1, left: 0, right: 2)),
+        Convolution(images: 3, channels: 32, height: 8, width: 8, out: 8, kernel: 3, stride: 1, padding: .uniform(1)),
+    ]
+
+    /// The convolution of NHWC values x with PyTorch-layout weights [O, C, k, k] on `device`, as [N, OH, OW, O] values.
+    func convolve(_ c: Convolution, _ x: [Float], _ weight: [Float], _ bias: [Float], on device: Device) -> (values: [Float], shape: [Int]) {
+        let w = Tensor(weight, shape: [c.out, c.channels, c.kernel, c.kernel], on: device).permuted([0, 2, 3, 1]).reshaped([c.out, -1])
+        let y = Tensor(x, shape: [c.images, c.height, c.width, c.channels], on: device)
+            .channelsLastConvolution(weight: w, bias: Tensor(bias, shape: [c.out], on: device), kernelHeight: c.kernel,
+                                     kernelWidth: c.kernel, stride: c.stride, padding: c.padding)
+        return (y.floats, y.shape)
+    }
+
+    /// max |a - b| / max |b|.
+    func maxRelativeDifference(_ a: [Float], _ b: [Float]) -> Double {
+        let scale = b.map { abs(Double($0)) }.max()!
+        return zip(a, b).map { $0.isFinite ? abs(Double($0) - Double($1)) : .infinity }.max()! / scale
+    }
+
+    /// Each convolution through cuDNN (counted) against the CPU's composed convolution: float32 (FMA kernels, no
+    /// TF32) within 1e-5 of the largest output, bf16 operands and output within 3e-2.
+    func testCuDNNConvolutionMatchesCPU() throws {
+        let cuda = try cudaOrSkip()
+        if let note = cuda.cudnnNotice { throw XCTSkip(note) }
+        var r = TestRandom()
+        defer { cuda.bf16Products = false }
+        for bf16 in [false, true] {
+            cuda.bf16Products = bf16
+            for c in convolutions {
+                let x = r.normals(c.images * c.height * c.width * c.channels).map(Float.init)
+                let weight = r.normals(c.out * c.channels * c.kernel * c.kernel, scale: 0.2).map(Float.init)
+                let bias = r.normals(c.out).map(Float.init)
+                let before = cuda.cudnnConvolutions
+                let got = convolve(c, x, weight, bias, on: cuda.device)
+                XCTAssertEqual(cuda.cudnnConvolutions, before + 1, "\(c) took the composed path: \(cuda.cudnnPlanFailure ?? "?")")
+                let expected = convolve(c, x, weight, bias, on: .cpu)
+                XCTAssertEqual(got.shape, expected.shape)
+                let err = maxRelativeDifference(got.values, expected.values), tol = bf16 ? 3e-2 : 1e-5
+                ErrorRecord.record(.float32, err, tol, "\(bf16 ? "bf16 " : "")\(c)")
+                XCTAssertLessThan(err, tol, "\(bf16 ? "bf16 " : "")\(c), seed \(r.seed)")
+            }
+        }
+    }
+
+    /// Without cuDNN (switched off here, as where it is missing) the GPU composes the convolution from core
+    /// operations: the same results, and cuDNN is not asked.
+    func testConvolutionWithoutCuDNNIsComposed() throws {
+        let cuda = try cudaOrSkip()
+        cuda.useCuDNN = false
+        defer { cuda.useCuDNN = true }
+        XCTAssertNil(cuda.cudnnNotice, "cuDNN switched off on purpose is no notice")
+        var r = TestRandom()
+        for c in convolutions {
+            let x = r.normals(c.images * c.height * c.width * c.channels).map(Float.init)
+            let weight = r.normals(c.out * c.channels * c.kernel * c.kernel, scale: 0.2).map(Float.init)
+            let bias = r.normals(c.out).map(Float.init)
+            let before = cuda.cudnnConvolutions
+            let got = convolve(c, x, weight, bias, on: cuda.device)
+            XCTAssertEqual(cuda.cudnnConvolutions, before)
+            let err = maxRelativeDifference(got.values, convolve(c, x, weight, bias, on: .cpu).values)
+            ErrorRecord.record(.float32, err, 1e-5, "composed \(c)")
+            XCTAssertLessThan(err, 1e-5, "composed \(c), seed \(r.seed)")
+        }
+    }
+
+    /// A cuDNN that cannot be opened is an error naming what was tried (the backend turns it into its notice and
+    /// composes the convolutions). Needs no GPU.
+    func testMissingCuDNNIsNamed() {
+        setenv("TVM_CUDNN_LIB", "/nonexistent/libcudnn.so.9", 1)
+        defer { unsetenv("TVM_CUDNN_LIB") }
+        XCTAssertThrowsError(try CuDNN.load()) { error in
+            XCTAssertTrue("\(error)".contains("TVM_CUDNN_LIB=/nonexistent/libcudnn.so.9"), "\(error)")
+        }
+    }
+
+    /// The fused group norm (with and without SiLU) against the CPU's composed one, on groups whose mean is far from
+    /// zero (a variance from E[x^2] - E[x]^2 would show), in float32 and float64 against float64; and the bf16 copy it writes for the
+    /// convolution after it.
+    func testFusedGroupNormMatchesCPU() throws {
+        let cuda = try cudaOrSkip()
+        var r = TestRandom()
+        let shapes = [(n: 2, h: 5, w: 7, c: 32, groups: 8), (n: 3, h: 16, w: 16, c: 128, groups: 32), (n: 1, h: 3, w: 3, c: 512, groups: 32),
+                      (n: 2, h: 40, w: 40, c: 64, groups: 32), (n: 1, h: 1, w: 1, c: 6, groups: 3), (n: 2, h: 7, w: 3, c: 96, groups: 32)]
+        for dtype in [DType.float32, .float64] {
+            for s in shapes {
+                for silu in [false, true] {
+                    // The inputs as the element type holds them; the reference in float64 on the CPU.
+                    func held(_ v: [Double]) -> [Double] { dtype == .float32 ? v.map { Double(Float($0)) } : v }
+                    let x = held(r.normals(s.n * s.h * s.w * s.c).map { $0 * 0.5 + 30 })
+                    let weight = held(r.normals(s.c)), bias = held(r.normals(s.c))
+                    func run(_ device: Device, _ t: DType) -> [Double] {
+                        Tensor(x, shape: [s.n, s.h, s.w, s.c], dtype: t, on: device)
+                            .groupNormalized(groups: s.groups, weight: Tensor(weight, shape: [s.c], dtype: t, on: device),
+                                             bias: Tensor(bias, shape: [s.c], dtype: t, on: device), eps: 1e-6, silu: silu)
+                            .doubles
+                    }
+                    let err = relativeError(run(cuda.device, dtype), run(.cpu, .float64)), tol = dtype == .float32 ? 3e-5 : 1e-11
+                    ErrorRecord.record(dtype, err, tol, "\(s) silu \(silu)")
+                    XCTAssertLessThan(err, tol, "\(dtype) \(s) silu \(silu), seed \(r.seed)")
+                }
+            }
+        }
+        // Under bf16 products the norm that feeds a convolution writes the operand copy that convolution reads.
+        cuda.bf16Products = true
+        defer { cuda.bf16Products = false }
+        let x = Tensor(r.normals(2 * 8 * 8 * 64).map(Float.init), shape: [2, 8, 8, 64], on: cuda.device)
+        let y = x.groupNormalized(groups: 32, weight: Tensor([Float](repeating: 1, count: 64), shape: [64], on: cuda.device),
+                                  bias: Tensor([Float](repeating: 0, count: 64), shape: [64], on: cuda.device), eps: 1e-6,
+                                  silu: true, feedsProducts: true)
+        let copyBytes = cuda.bf16CopyBytes
+        _ = cuda.bf16Operand(y.storage)
+        XCTAssertEqual(cuda.bf16CopyBytes, copyBytes, "the convolution's operand copy was made again")
+    }
+}
