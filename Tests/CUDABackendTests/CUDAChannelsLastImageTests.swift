@@ -22,13 +22,23 @@ final class CUDAChannelsLastImageTests: XCTestCase {
         Convolution(images: 3, channels: 32, height: 8, width: 8, out: 8, kernel: 3, stride: 1, padding: .uniform(1)),
     ]
 
-    /// The convolution of NHWC values x with PyTorch-layout weights [O, C, k, k] on `device`, as [N, OH, OW, O] values.
-    func convolve(_ c: Convolution, _ x: [Float], _ weight: [Float], _ bias: [Float], on device: Device) -> (values: [Float], shape: [Int]) {
+    /// The convolution of NHWC values x with PyTorch-layout weights [O, C, k, k] on `device`, plus the residual values
+    /// (nil: none), as [N, OH, OW, O] values.
+    func convolve(_ c: Convolution, _ x: [Float], _ weight: [Float], _ bias: [Float], plus residual: [Float]? = nil,
+                  on device: Device) -> (values: [Float], shape: [Int]) {
         let w = Tensor(weight, shape: [c.out, c.channels, c.kernel, c.kernel], on: device).permuted([0, 2, 3, 1]).reshaped([c.out, -1])
+        let outShape = [c.images, (c.height + c.padding.top + c.padding.bottom - c.kernel) / c.stride + 1,
+                        (c.width + c.padding.left + c.padding.right - c.kernel) / c.stride + 1, c.out]
         let y = Tensor(x, shape: [c.images, c.height, c.width, c.channels], on: device)
             .channelsLastConvolution(weight: w, bias: Tensor(bias, shape: [c.out], on: device), kernelHeight: c.kernel,
-                                     kernelWidth: c.kernel, stride: c.stride, padding: c.padding)
+                                     kernelWidth: c.kernel, stride: c.stride, padding: c.padding,
+                                     plus: residual.map { Tensor($0, shape: outShape, on: device) })
         return (y.floats, y.shape)
+    }
+
+    func outputCount(_ c: Convolution) -> Int {
+        c.images * c.out * ((c.height + c.padding.top + c.padding.bottom - c.kernel) / c.stride + 1)
+            * ((c.width + c.padding.left + c.padding.right - c.kernel) / c.stride + 1)
     }
 
     /// max |a - b| / max |b|.
@@ -37,8 +47,9 @@ final class CUDAChannelsLastImageTests: XCTestCase {
         return zip(a, b).map { $0.isFinite ? abs(Double($0) - Double($1)) : .infinity }.max()! / scale
     }
 
-    /// Each convolution through cuDNN (counted) against the CPU's composed convolution: float32 (FMA kernels, no
-    /// TF32) within 1e-5 of the largest output, bf16 operands and output within 3e-2.
+    /// Each convolution through cuDNN (counted) against the CPU's composed convolution, every other one with a
+    /// residual added: float32 (FMA kernels, no TF32) within 1e-5 of the largest output, bf16 operands and output
+    /// within 3e-2.
     func testCuDNNConvolutionMatchesCPU() throws {
         let cuda = try cudaOrSkip()
         if let note = cuda.cudnnNotice { throw XCTSkip(note) }
@@ -46,14 +57,15 @@ final class CUDAChannelsLastImageTests: XCTestCase {
         defer { cuda.bf16Products = false }
         for bf16 in [false, true] {
             cuda.bf16Products = bf16
-            for c in convolutions {
+            for (i, c) in convolutions.enumerated() {
                 let x = r.normals(c.images * c.height * c.width * c.channels).map(Float.init)
                 let weight = r.normals(c.out * c.channels * c.kernel * c.kernel, scale: 0.2).map(Float.init)
                 let bias = r.normals(c.out).map(Float.init)
+                let residual = i % 2 == 1 ? r.normals(outputCount(c)).map(Float.init) : nil
                 let before = cuda.cudnnConvolutions
-                let got = convolve(c, x, weight, bias, on: cuda.device)
+                let got = convolve(c, x, weight, bias, plus: residual, on: cuda.device)
                 XCTAssertEqual(cuda.cudnnConvolutions, before + 1, "\(c) took the composed path: \(cuda.cudnnPlanFailure ?? "?")")
-                let expected = convolve(c, x, weight, bias, on: .cpu)
+                let expected = convolve(c, x, weight, bias, plus: residual, on: .cpu)
                 XCTAssertEqual(got.shape, expected.shape)
                 let err = maxRelativeDifference(got.values, expected.values), tol = bf16 ? 3e-2 : 1e-5
                 ErrorRecord.record(.float32, err, tol, "\(bf16 ? "bf16 " : "")\(c)")

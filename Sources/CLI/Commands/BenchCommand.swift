@@ -256,6 +256,7 @@ func benchVAE(_ args: [String]) throws {
         Console.out("decode:")
         printProfile(activeCUDA?.profileReport() ?? [], steps: 1)
     }
+    if let failure = activeCUDA?.cudnnPlanFailure { Console.info("note: cuDNN declined a convolution (im2col path): \(failure)") }
     let convolutions = activeCUDA.map { $0.cudnnVersion.map { ", cuDNN \($0)" } ?? ", no cuDNN" } ?? ""
     Console.out("SD-VAE size, \(res)x\(res), batch \(batch), \(deviceDescription())\(precision)\(convolutions): encode median \(fmt(encode * 1000, 1)) ms, "
                 + "\(fmt(Double(batch) / encode, 1)) img/s; decode median \(fmt(decode * 1000, 1)) ms, \(fmt(Double(batch) / decode, 1)) img/s\(memoryFigure())")

@@ -30,7 +30,8 @@ extension CUDABackend: ChannelsLastImageBackend {
         }
     }
 
-    public func convolution(_ x: Storage, weight: Storage, bias: Storage, _ y: Storage, geometry g: ChannelsLastConvolution) -> Bool {
+    public func convolution(_ x: Storage, weight: Storage, bias: Storage, plus residual: Storage?, _ y: Storage,
+                            geometry g: ChannelsLastConvolution) -> Bool {
         guard useCuDNN, x.dtype == .float32, let oh = g.outHeight, let ow = g.outWidth else { return false }
         // cuDNN's legacy API indexes tensors with 32-bit integers.
         let largest = Swift.max(g.images * (g.height + g.kernelHeight) * (g.width + g.kernelWidth) * g.inChannels,
@@ -87,8 +88,8 @@ extension CUDABackend: ChannelsLastImageBackend {
         dnn.must(status, "cudnnConvolutionForward(\(g), algorithm \(plan.algorithm))")
         if syncEveryLaunch { driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize after cuDNN") }
         kernels(ConvolutionKernels.self, .float32).convBias
-            .launch(on: self, grid: (blocks(y.count), 1), y: addr(y), y16: addr(output16), b: addr(bias), n: y.count,
-                    channels: g.outChannels)
+            .launch(on: self, grid: (blocks(y.count), 1), y: addr(y), y16: addr(output16), b: addr(bias), r: addr(residual),
+                    n: y.count, channels: g.outChannels)
         withExtendedLifetime((input, workspace, output16)) {}
         cudnnConvolutions += 1
         return true

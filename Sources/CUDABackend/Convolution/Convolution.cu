@@ -90,11 +90,13 @@ TVM_KERNEL(bias_relu, (256), (scalar_t* y, const scalar_t* b, i64 rows, int chan
     pool_impl<scalar_t, KIND>(x, y, planes, h, w, g); }
 POOL(max, pool_max, 0) POOL(averageExcludingPadding, pool_avg_excl, 1) POOL(averageIncludingPadding, pool_avg_incl, 2)
 
-/// y[i] = (y16 ? the bfloat16 value y16[i] : y[i]) + b[i % channels]: the bias of a channels-last convolution's
-/// output [pixels, channels] (cuDNN's), a bfloat16 output widened to float32 on the way.
-TVM_KERNEL(conv_bias, (256), (scalar_t* y, const unsigned short* y16, const scalar_t* b, i64 n, int channels)) {
+/// y[i] = (y16 ? the bfloat16 value y16[i] : y[i]) + b[i % channels] (+ r[i] where r is given): the bias (and a
+/// residual connection) of a channels-last convolution's output [pixels, channels] (cuDNN's), a bfloat16 output
+/// widened to float32 on the way.
+TVM_KERNEL(conv_bias, (256), (scalar_t* y, const unsigned short* y16, const scalar_t* b, const scalar_t* r, i64 n,
+                              int channels)) {
     for (i64 i = gtid(); i < n; i += gstride()) {
-        const scalar_t v = y16 ? (scalar_t)__uint_as_float((u32)y16[i] << 16) : y[i];
-        y[i] = v + b[i % channels];
+        const scalar_t v = (y16 ? (scalar_t)__uint_as_float((u32)y16[i] << 16) : y[i]) + b[i % channels];
+        y[i] = r ? v + r[i] : v;
     }
 }

@@ -28,11 +28,12 @@ public struct Conv2D {
         [(name + ".weight", [o, c, k, k]), (name + ".bias", [o])]
     }
 
-    /// conv2d(x, weight, stride, padding) + bias for x [N, H, W, C]; gives [N, OH, OW, O].
-    public func callAsFunction(_ x: Tensor, stride s: Int = 1, padding p: EdgePadding = .uniform(0)) -> Tensor {
+    /// conv2d(x, weight, stride, padding) + bias for x [N, H, W, C]; gives [N, OH, OW, O], plus `residual` (of that
+    /// shape) when given.
+    public func callAsFunction(_ x: Tensor, stride s: Int = 1, padding p: EdgePadding = .uniform(0), plus residual: Tensor? = nil) -> Tensor {
         precondition(x.rank == 4 && x.shape[3] == inChannels, "Conv2D: input \(x.shape) for \(inChannels) input channels")
         return x.channelsLastConvolution(weight: weight, bias: bias, kernelHeight: kernelHeight, kernelWidth: kernelWidth,
-                                         stride: s, padding: p, scratchLimit: scratchLimit)
+                                         stride: s, padding: p, plus: residual, scratchLimit: scratchLimit)
     }
 }
 

@@ -44,8 +44,8 @@ struct ResnetBlock {
 
     func callAsFunction(_ x: Tensor) -> Tensor {
         let h = conv1(norm1(x, silu: true), padding: .uniform(1))
-        let y = conv2(norm2(h, silu: true), padding: .uniform(1))
-        return (shortcut?(x) ?? x) + y
+        // The residual is added in the convolution's bias pass where the backend has one (y + r equals r + y).
+        return conv2(norm2(h, silu: true), padding: .uniform(1), plus: shortcut?(x) ?? x)
     }
 }
 

@@ -50,9 +50,11 @@ public struct ChannelsLastConvolution: Hashable, Sendable {
 /// functions below compose the same results from core operations.
 public protocol ChannelsLastImageBackend: Backend {
     /// y [N, OH, OW, O] = the cross-correlation of x [N, H, W, C] with weight [O, kh, kw, C] over x zero-padded as
-    /// `geometry.padding` says, plus bias [O] on every pixel. false where this backend cannot compute this one now
-    /// (its library is missing, or the sizes are beyond it): nothing is written and the caller composes it.
-    func convolution(_ x: Storage, weight: Storage, bias: Storage, _ y: Storage, geometry: ChannelsLastConvolution) -> Bool
+    /// `geometry.padding` says, plus bias [O] on every pixel, plus `residual` (y's shape; nil: none). false where this
+    /// backend cannot compute this one now (its library is missing, or the sizes are beyond it): nothing is written
+    /// and the caller composes it.
+    func convolution(_ x: Storage, weight: Storage, bias: Storage, plus residual: Storage?, _ y: Storage,
+                     geometry: ChannelsLastConvolution) -> Bool
     /// y = (x - mean) / sqrt(var + eps) * weight[c] + bias[c] over x [images, pixels, channels], mean and the biased
     /// variance per image and group of `channels / groups` consecutive channels, then SiLU (y / (1 + exp(-y))) when
     /// `silu`. `feedsProducts`: y is a convolution's or matrix product's operand (a hint for backends that keep
@@ -64,11 +66,13 @@ public protocol ChannelsLastImageBackend: Backend {
 extension Tensor {
     /// conv2d + bias of channels-last images self [N, H, W, C] with `weight` [O, kh * kw * C] (the K axis in
     /// kernel row, kernel column, channel order: PyTorch's [O, C, kh, kw] permuted to [O, kh, kw, C]) and bias [O];
-    /// gives [N, OH, OW, O]. Composed, the output rows go in bands whose im2col matrix stays under `scratchLimit`
-    /// elements (one row at least): that bounds the memory a large image takes, and the bands' buffers are the
-    /// same sizes, so the allocator reuses them.
+    /// gives [N, OH, OW, O], plus `residual` of that shape when given (a residual connection, added in the same pass
+    /// as the bias where the backend has a kernel). Composed, the output rows go in bands whose im2col matrix stays
+    /// under `scratchLimit` elements (one row at least): that bounds the memory a large image takes, and the bands'
+    /// buffers are the same sizes, so the allocator reuses them.
     public func channelsLastConvolution(weight: Tensor, bias: Tensor, kernelHeight: Int, kernelWidth: Int, stride s: Int = 1,
-                                        padding p: EdgePadding = .uniform(0), scratchLimit: Int = 1 << 24) -> Tensor {
+                                        padding p: EdgePadding = .uniform(0), plus residual: Tensor? = nil,
+                                        scratchLimit: Int = 1 << 24) -> Tensor {
         precondition(rank == 4 && weight.rank == 2 && weight.shape[1] == kernelHeight * kernelWidth * shape[3]
                      && bias.shape == [weight.shape[0]],
                      "channelsLastConvolution: input \(shape), weight \(weight.shape) and bias \(bias.shape) for a \(kernelHeight)x\(kernelWidth) kernel do not fit")
@@ -80,10 +84,27 @@ extension Tensor {
         guard let oh = geometry.outHeight, let ow = geometry.outWidth else {
             preconditionFailure("channelsLastConvolution: a \(kernelHeight)x\(kernelWidth) kernel does not fit input \(shape) padded by \(p)")
         }
-        if !isDifferentiated([self, weight, bias]), let fused = backend as? any ChannelsLastImageBackend {
-            let y = empty([shape[0], oh, ow, weight.shape[0]])
-            if fused.convolution(storage, weight: weight.storage, bias: bias.storage, y.storage, geometry: geometry) { return y }
+        let outShape = [shape[0], oh, ow, weight.shape[0]]
+        if let residual {
+            precondition(residual.shape == outShape, "channelsLastConvolution: residual \(residual.shape) for an output \(outShape)")
+            checkSameDType(residual, "channelsLastConvolution")
         }
+        if !isDifferentiated([self, weight, bias] + (residual.map { [$0] } ?? [])),
+           let fused = backend as? any ChannelsLastImageBackend {
+            let y = empty(outShape)
+            if fused.convolution(storage, weight: weight.storage, bias: bias.storage, plus: residual?.storage, y.storage,
+                                 geometry: geometry) {
+                return y
+            }
+        }
+        let y = composedConvolution(weight: weight, bias: bias, geometry: geometry, scratchLimit: scratchLimit)
+        return residual.map { y + $0 } ?? y
+    }
+
+    /// channelsLastConvolution from core operations (see there).
+    private func composedConvolution(weight: Tensor, bias: Tensor, geometry: ChannelsLastConvolution, scratchLimit: Int) -> Tensor {
+        let (s, p, kernelHeight, kernelWidth) = (geometry.stride, geometry.padding, geometry.kernelHeight, geometry.kernelWidth)
+        let (oh, ow) = (geometry.outHeight!, geometry.outWidth!)
         if geometry.isPointwise { return linear(weight, bias: bias) }
         // Zero padding, grown at the bottom and right to multiples of the stride (rows and columns no tap reads),
         // so that `im2colRows` can split each side into blocks of `s`.
