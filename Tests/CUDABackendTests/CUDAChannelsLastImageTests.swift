@@ -105,6 +105,15 @@ final class CUDAChannelsLastImageTests: XCTestCase {
         }
     }
 
+    /// Where a cuDNN is found (TVM_CUDNN_LIB, the linker's path, a pip wheel), every function the convolutions use
+    /// binds and the version reads as 9.x. Needs no GPU (nothing is called but cudnnGetVersion).
+    func testCuDNNBindsEveryFunction() throws {
+        let dnn: CuDNN
+        do { dnn = try CuDNN.load() } catch { throw XCTSkip("no cuDNN here: \(error)") }
+        XCTAssertTrue(dnn.version.hasPrefix("9."), dnn.version)
+        XCTAssertEqual(String(cString: dnn.cudnnGetErrorString(0)!), "CUDNN_STATUS_SUCCESS")
+    }
+
     /// The fused group norm (with and without SiLU) against the CPU's composed one, on groups whose mean is far from
     /// zero (a variance from E[x^2] - E[x]^2 would show), in float32 and float64 against float64; and the bf16 copy it writes for the
     /// convolution after it.

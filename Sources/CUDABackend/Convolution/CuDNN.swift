@@ -7,9 +7,9 @@ import TensorCore
 /// legacy convolution API (NHWC tensors, KRSC filters). Signatures and enum values follow cudnn_graph.h, cudnn_ops.h
 /// and cudnn_cnn.h of cuDNN 9. Where it is missing the convolutions are composed (im2col and GEMMs).
 ///
-/// libcudnn.so.9 is a shim that opens its sub-libraries (libcudnn_cnn.so.9 and the engines) by name when first
-/// used; where they are not on the linker's path (a pip wheel's folder), they are opened first from the shim's own
-/// folder, so that the shim finds them already loaded.
+/// libcudnn.so.9 is a shim that opens its sub-libraries (libcudnn_graph, _ops, _cnn, the engines, ...: the set grows
+/// with the version) by bare name when first used; where they are not on the linker's path (a pip wheel's folder),
+/// every libcudnn_*.so.9 beside the shim is opened first, so that the shim finds them already loaded.
 final class CuDNN {
     typealias Status = Int32
     let library: DynamicLibrary
@@ -70,9 +70,6 @@ final class CuDNN {
     static let perfBytes = 48, perfStatusOffset = 4, perfMemoryOffset = 16, perfMathTypeOffset = 28
     /// The most workspace a convolution's algorithm may ask for (taken from the caching allocator as needed).
     static let maxWorkspaceBytes = 256 << 20
-    /// The sub-libraries the legacy convolution API reaches through the shim, dependencies first.
-    static let subLibraries = ["libcudnn_graph.so.9", "libcudnn_engines_precompiled.so.9", "libcudnn_engines_runtime_compiled.so.9",
-                               "libcudnn_heuristic.so.9", "libcudnn_ops.so.9", "libcudnn_cnn.so.9"]
 
     init(_ lib: DynamicLibrary) throws {
         library = lib
@@ -102,28 +99,48 @@ final class CuDNN {
     /// linker's path, the CUDA folders (TVM_CUDA_LIB_DIRS, CUDA_HOME, /usr/local/cuda, the system library folders) and
     /// the cuDNN that pip installs with PyTorch (site-packages/nvidia/cudnn/lib).
     static func load() throws -> CuDNN {
-        func openInFolder(_ path: String) -> DynamicLibrary? {
-            let folder = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-            for sub in subLibraries { _ = dlopen("\(folder)/\(sub)", RTLD_NOW | RTLD_GLOBAL) }
-            guard let h = dlopen(path, RTLD_NOW | RTLD_LOCAL) else { return nil }
-            return DynamicLibrary(handle: h, path: path)
-        }
         if let given = environment("TVM_CUDNN_LIB"), !given.isEmpty {
             var st = stat()
             let path = stat(given, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR ? given + "/libcudnn.so.9" : given
-            guard let lib = openInFolder(path) else {
+            guard let lib = openWithSubLibraries(path) else {
                 throw CUDAError("cannot open TVM_CUDNN_LIB=\(given): \(dlerror().map { String(cString: $0) } ?? "?")")
             }
             return try CuDNN(lib)
         }
-        let (found, errors) = DynamicLibrary.open(["libcudnn.so.9"], preload: subLibraries)
-        if let found { return try CuDNN(found) }
-        for path in DynamicLibrary.pythonWheelFiles("libcudnn.so.9") {
-            if let lib = openInFolder(path) { return try CuDNN(lib) }
+        // On the linker's path the shim finds its sub-libraries there too.
+        if let h = dlopen("libcudnn.so.9", RTLD_NOW | RTLD_LOCAL) { return try CuDNN(DynamicLibrary(handle: h, path: "libcudnn.so.9")) }
+        var errors: [String] = []
+        for path in DynamicLibrary.searchDirectories.map({ $0 + "/libcudnn.so.9" }) + DynamicLibrary.pythonWheelFiles("libcudnn.so.9")
+        where access(path, F_OK) == 0 {
+            if let lib = openWithSubLibraries(path) { return try CuDNN(lib) }
+            if let e = dlerror() { errors.append(String(cString: e)) }
         }
         throw CUDAError("libcudnn.so.9 not found on the linker path, in the CUDA folders or in a Python installation's "
                         + "site-packages/nvidia/cudnn/lib; set TVM_CUDNN_LIB to the file or its folder"
                         + (errors.isEmpty ? "" : " (dlopen: \(errors[0]))"))
+    }
+
+    /// Opens every libcudnn_*.so.9 in the folder of `path` (in passes, until none more opens: some need others first),
+    /// then the shim at `path`.
+    static func openWithSubLibraries(_ path: String) -> DynamicLibrary? {
+        let folder = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        var pending: [String] = []
+        var g = glob_t()
+        if glob(folder + "/libcudnn_*.so.9", 0, nil, &g) == 0 {
+            for i in 0..<Int(g.gl_pathc) { if let p = g.gl_pathv[i] { pending.append(String(cString: p)) } }
+        }
+        globfree(&g)
+        var opened = true
+        while opened && !pending.isEmpty {
+            opened = false
+            pending.removeAll { sub in
+                guard dlopen(sub, RTLD_NOW | RTLD_GLOBAL) != nil else { return false }
+                opened = true
+                return true
+            }
+        }
+        guard let h = dlopen(path, RTLD_NOW | RTLD_LOCAL) else { return nil }
+        return DynamicLibrary(handle: h, path: path)
     }
 }
 
