@@ -59,6 +59,10 @@ public final class CUDABackend: Backend {
     /// Convolutions of channels-last images go through cuDNN where it is found (Convolution/CuDNN.swift); false
     /// (TVM_CUDA_NO_CUDNN=1 sets it): the composed im2col path, for comparisons.
     public var useCuDNN: Bool = environment("TVM_CUDA_NO_CUDNN") != "1"
+    /// cuDNN's algorithms are chosen by timing each on the first call of every configuration
+    /// (cudnnFindConvolutionForwardAlgorithmEx, as PyTorch's cudnn.benchmark) rather than by its heuristic ranking;
+    /// TVM_CUDNN_FIND=1 sets it. Off by default: the timing costs a few milliseconds per new shape.
+    public var cudnnTimesAlgorithms: Bool = environment("TVM_CUDNN_FIND") == "1"
     /// Convolutions that cuDNN computed (for tests).
     public internal(set) var cudnnConvolutions = 0
     /// Why the last convolution cuDNN was asked for went to the composed path instead (no algorithm, a descriptor

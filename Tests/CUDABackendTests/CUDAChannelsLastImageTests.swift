@@ -49,14 +49,15 @@ final class CUDAChannelsLastImageTests: XCTestCase {
 
     /// Each convolution through cuDNN (counted) against the CPU's composed convolution, every other one with a
     /// residual added: float32 (FMA kernels, no TF32) within 1e-5 of the largest output, bf16 operands and output
-    /// within 3e-2.
+    /// within 3e-2; with the heuristic's algorithms and with timed ones.
     func testCuDNNConvolutionMatchesCPU() throws {
         let cuda = try cudaOrSkip()
         if let note = cuda.cudnnNotice { throw XCTSkip(note) }
         var r = TestRandom()
-        defer { cuda.bf16Products = false }
-        for bf16 in [false, true] {
-            cuda.bf16Products = bf16
+        let timedBefore = cuda.cudnnTimesAlgorithms
+        defer { (cuda.bf16Products, cuda.cudnnTimesAlgorithms) = (false, timedBefore) }
+        for (bf16, timed) in [(false, false), (true, false), (false, true), (true, true)] {
+            (cuda.bf16Products, cuda.cudnnTimesAlgorithms) = (bf16, timed)
             for (i, c) in convolutions.enumerated() {
                 let x = r.normals(c.images * c.height * c.width * c.channels).map(Float.init)
                 let weight = r.normals(c.out * c.channels * c.kernel * c.kernel, scale: 0.2).map(Float.init)
@@ -64,7 +65,8 @@ final class CUDAChannelsLastImageTests: XCTestCase {
                 let residual = i % 2 == 1 ? r.normals(outputCount(c)).map(Float.init) : nil
                 let before = cuda.cudnnConvolutions
                 let got = convolve(c, x, weight, bias, plus: residual, on: cuda.device)
-                XCTAssertEqual(cuda.cudnnConvolutions, before + 1, "\(c) took the composed path: \(cuda.cudnnPlanFailure ?? "?")")
+                XCTAssertEqual(cuda.cudnnConvolutions, before + 1,
+                               "\(c)\(timed ? " timed" : "") took the composed path: \(cuda.cudnnPlanFailure ?? "?")")
                 let expected = convolve(c, x, weight, bias, plus: residual, on: .cpu)
                 XCTAssertEqual(got.shape, expected.shape)
                 let err = maxRelativeDifference(got.values, expected.values), tol = bf16 ? 3e-2 : 1e-5

@@ -38,21 +38,13 @@ extension CUDABackend: ChannelsLastImageBackend {
                                 g.images * oh * ow * g.outChannels)
         guard largest < Int(Int32.max), let opened = cudnn else { return false }
         let (dnn, handle) = opened
-        ensureCurrent()
         let bf16 = bf16Products
-        let key = ConvolutionPlanKey(geometry: g, bf16: bf16, tf32: allowTF32 && !bf16)
-        let plan: ConvolutionPlan
-        if let known = convolutionPlans[key] {
-            guard let known else { return false }
-            plan = known
-        } else {
-            let made = convolutionPlan(key, dnn)
-            convolutionPlans.updateValue(made, forKey: key)
-            guard let made else { return false }
-            plan = made
-        }
+        let key = ConvolutionPlanKey(geometry: g, bf16: bf16, tf32: allowTF32 && !bf16, timed: cudnnTimesAlgorithms)
+        if case .some(.none) = convolutionPlans[key] { return false }
+        ensureCurrent()
         var input = x
-        if let e = plan.explicitPadding {
+        let e = ConvolutionPlan.padding(g.padding).explicit
+        if e != .uniform(0) {
             // The part of the padding cuDNN cannot take (it pads both sides alike): zeros around a copy.
             let (h, w, c) = (g.height + e.top + e.bottom, g.width + e.left + e.right, g.inChannels)
             input = allocate(g.images * h * w * c, .float32)
@@ -73,35 +65,53 @@ extension CUDABackend: ChannelsLastImageBackend {
         } else {
             (px, pw) = (addr(input), addr(weight))
         }
+        let py = output16.map { addr($0) } ?? addr(y)
+        let plan: ConvolutionPlan
+        if case .some(.some(let known)) = convolutionPlans[key] {
+            plan = known
+        } else {
+            let made = convolutionPlan(key, dnn, operands: (px, pw, py))
+            convolutionPlans.updateValue(made, forKey: key)
+            guard let made else { return false }
+            plan = made
+        }
         let workspace = plan.workspaceBytes > 0 ? allocate((plan.workspaceBytes + 3) / 4, .float32) : nil
         var one: Float = 1, zero: Float = 0
         let started = profiler?.begin(stream)
         let status = dnn.cudnnConvolutionForward(handle, &one, plan.x, UnsafeRawPointer(bitPattern: UInt(px)), plan.w,
                                                  UnsafeRawPointer(bitPattern: UInt(pw)), plan.convolution, plan.algorithm,
                                                  workspace.map { UnsafeMutableRawPointer(bitPattern: UInt(addr($0))) } ?? nil,
-                                                 plan.workspaceBytes, &zero, plan.y,
-                                                 UnsafeMutableRawPointer(bitPattern: UInt(output16.map { addr($0) } ?? addr(y))))
+                                                 plan.workspaceBytes, &zero, plan.y, UnsafeMutableRawPointer(bitPattern: UInt(py)))
         if let started {
             profiler!.end(started, "cudnn conv \(g.kernelHeight)x\(g.kernelWidth)/\(g.stride) \(g.images)x\(g.height)x\(g.width)x"
                           + "\(g.inChannels)->\(g.outChannels)\(bf16 ? " bf16" : key.tf32 ? " tf32" : "")", stream)
         }
-        dnn.must(status, "cudnnConvolutionForward(\(g), algorithm \(plan.algorithm))")
+        withExtendedLifetime((input, workspace)) {}
+        guard status == 0 else {
+            // An algorithm cuDNN ranked but will not run (a math type it does not take with it, say): this convolution
+            // goes to the composed path from now on, and the reason is kept for the reports.
+            cudnnPlanFailure = "\(g): cudnnConvolutionForward(algorithm \(plan.algorithm)): \(dnn.describe(status))"
+            convolutionPlans.updateValue(nil, forKey: key)
+            return false
+        }
         if syncEveryLaunch { driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize after cuDNN") }
         kernels(ConvolutionKernels.self, .float32).convBias
             .launch(on: self, grid: (blocks(y.count), 1), y: addr(y), y16: addr(output16), b: addr(bias), r: addr(residual),
                     n: y.count, channels: g.outChannels)
-        withExtendedLifetime((input, workspace, output16)) {}
+        withExtendedLifetime(output16) {}
         cudnnConvolutions += 1
         return true
     }
 
     /// Descriptors and an algorithm for one convolution, or nil (with `cudnnPlanFailure` saying why) where cuDNN
-    /// refuses a descriptor or its heuristic has no algorithm within the workspace limit.
-    func convolutionPlan(_ key: ConvolutionPlanKey, _ dnn: CuDNN) -> ConvolutionPlan? {
-        let g = key.geometry, p = g.padding
+    /// refuses a descriptor or has no algorithm within the workspace limit. The algorithms are cuDNN's heuristic
+    /// ranking, or with `cudnnTimesAlgorithms` its measured ranking on the call's own operands (x, w and y's
+    /// addresses, y written over).
+    func convolutionPlan(_ key: ConvolutionPlanKey, _ dnn: CuDNN, operands: (x: DevicePointer, w: DevicePointer, y: DevicePointer))
+        -> ConvolutionPlan? {
+        let g = key.geometry
         let (handle, type) = (cudnn!.handle, key.bf16 ? CuDNN.dataBFloat16 : CuDNN.dataFloat)
-        let padY = Swift.min(p.top, p.bottom), padX = Swift.min(p.left, p.right)
-        let explicit = EdgePadding(top: p.top - padY, bottom: p.bottom - padY, left: p.left - padX, right: p.right - padX)
+        let (padY, padX, explicit) = ConvolutionPlan.padding(g.padding)
         let h = g.height + explicit.top + explicit.bottom, w = g.width + explicit.left + explicit.right
         var failure: String?
         func ok(_ status: CuDNN.Status, _ what: String) -> Bool {
@@ -110,9 +120,10 @@ extension CUDABackend: ChannelsLastImageBackend {
             return false
         }
         var xd: OpaquePointer? = nil, wd: OpaquePointer? = nil, yd: OpaquePointer? = nil, cd: OpaquePointer? = nil
-        // With the FMA-only math type the heuristic ranks FMA kernels; tensor-op math for bf16; TF32 allowed by default math.
+        // With the FMA-only math type cuDNN ranks FMA kernels; tensor-op math for bf16; TF32 allowed by default math.
         let math = key.bf16 ? CuDNN.mathTensorOp : key.tf32 ? CuDNN.mathDefault : CuDNN.mathFMA
         let perf = UnsafeMutableRawPointer.allocate(byteCount: CuDNN.perfBytes * CuDNN.forwardAlgorithmCount, alignment: 8)
+        perf.initializeMemory(as: UInt8.self, repeating: 0, count: CuDNN.perfBytes * CuDNN.forwardAlgorithmCount)
         defer { perf.deallocate() }
         var returned: Int32 = 0
         guard ok(dnn.cudnnCreateTensorDescriptor(&xd), "cudnnCreateTensorDescriptor"),
@@ -127,28 +138,43 @@ extension CUDABackend: ChannelsLastImageBackend {
               ok(dnn.cudnnCreateConvolutionDescriptor(&cd), "cudnnCreateConvolutionDescriptor"),
               ok(dnn.cudnnSetConvolution2dDescriptor(cd, Int32(padY), Int32(padX), Int32(g.stride), Int32(g.stride), 1, 1,
                                                      CuDNN.crossCorrelation, CuDNN.dataFloat), "cudnnSetConvolution2dDescriptor"),
-              ok(dnn.cudnnSetConvolutionMathType(cd, math), "cudnnSetConvolutionMathType"),
-              ok(dnn.cudnnGetConvolutionForwardAlgorithm_v7(handle, xd, wd, cd, yd, Int32(CuDNN.forwardAlgorithmCount), &returned, perf),
-                 "cudnnGetConvolutionForwardAlgorithm_v7") else {
+              ok(dnn.cudnnSetConvolutionMathType(cd, math), "cudnnSetConvolutionMathType") else {
             cudnnPlanFailure = "\(g): \(failure!)"
             return nil
         }
-        // The heuristic's ranking, best first: the first that works within the workspace limit.
-        for i in 0..<Swift.min(Int(returned), CuDNN.forwardAlgorithmCount) {
-            let entry = perf + i * CuDNN.perfBytes
+        let ranked: Bool
+        if key.timed {
+            let space = allocate(CuDNN.findWorkspaceBytes / 4, .float32)
+            ranked = ok(dnn.cudnnFindConvolutionForwardAlgorithmEx(
+                handle, xd, UnsafeRawPointer(bitPattern: UInt(operands.x)), wd, UnsafeRawPointer(bitPattern: UInt(operands.w)), cd, yd,
+                UnsafeMutableRawPointer(bitPattern: UInt(operands.y)), Int32(CuDNN.forwardAlgorithmCount), &returned, perf,
+                UnsafeMutableRawPointer(bitPattern: UInt(addr(space))), CuDNN.findWorkspaceBytes), "cudnnFindConvolutionForwardAlgorithmEx")
+            withExtendedLifetime(space) {}
+        } else {
+            ranked = ok(dnn.cudnnGetConvolutionForwardAlgorithm_v7(handle, xd, wd, cd, yd, Int32(CuDNN.forwardAlgorithmCount),
+                                                                   &returned, perf), "cudnnGetConvolutionForwardAlgorithm_v7")
+        }
+        guard ranked else {
+            cudnnPlanFailure = "\(g): \(failure!)"
+            return nil
+        }
+        // The ranking, best first: the first that works within the workspace limit. float32 without TF32 keeps the FMA
+        // math type (its kernels round as float32), taking the entries cuDNN gives with that math type first; otherwise
+        // the entry's own math type goes with its algorithm.
+        let entries = (0..<Swift.min(Int(returned), CuDNN.forwardAlgorithmCount)).map { perf + $0 * CuDNN.perfBytes }
+        func mathType(_ entry: UnsafeMutableRawPointer) -> Int32 { entry.load(fromByteOffset: CuDNN.perfMathTypeOffset, as: Int32.self) }
+        let strict = !key.bf16 && !key.tf32
+        for entry in strict ? entries.filter({ mathType($0) == CuDNN.mathFMA }) + entries.filter({ mathType($0) != CuDNN.mathFMA })
+                            : entries {
             let algorithm = entry.load(as: Int32.self)
             guard entry.load(fromByteOffset: CuDNN.perfStatusOffset, as: Int32.self) == 0,
                   entry.load(fromByteOffset: CuDNN.perfMemoryOffset, as: Int.self) <= CuDNN.maxWorkspaceBytes else { continue }
-            // float32 without TF32 keeps the FMA math type whatever the entry says (its kernels round as float32);
-            // otherwise the entry's own math type goes with its algorithm.
-            let entryMath = entry.load(fromByteOffset: CuDNN.perfMathTypeOffset, as: Int32.self)
             var bytes = 0
-            guard ok(dnn.cudnnSetConvolutionMathType(cd, key.bf16 || key.tf32 ? entryMath : CuDNN.mathFMA), "cudnnSetConvolutionMathType"),
+            guard ok(dnn.cudnnSetConvolutionMathType(cd, strict ? CuDNN.mathFMA : mathType(entry)), "cudnnSetConvolutionMathType"),
                   ok(dnn.cudnnGetConvolutionForwardWorkspaceSize(handle, xd, wd, cd, yd, algorithm, &bytes),
                      "cudnnGetConvolutionForwardWorkspaceSize(algorithm \(algorithm))"),
                   bytes <= CuDNN.maxWorkspaceBytes else { continue }
-            return ConvolutionPlan(x: xd!, w: wd!, y: yd!, convolution: cd!, algorithm: algorithm, workspaceBytes: bytes,
-                                   explicitPadding: explicit == .uniform(0) ? nil : explicit)
+            return ConvolutionPlan(x: xd!, w: wd!, y: yd!, convolution: cd!, algorithm: algorithm, workspaceBytes: bytes)
         }
         cudnnPlanFailure = "\(g): " + (failure ?? "no algorithm among cuDNN's \(returned) within \(CuDNN.maxWorkspaceBytes >> 20) MiB of workspace")
         return nil

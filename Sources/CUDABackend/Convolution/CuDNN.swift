@@ -50,6 +50,12 @@ final class CuDNN {
     /// size_t* sizeInBytes).
     let cudnnGetConvolutionForwardWorkspaceSize: @convention(c) (
         OpaquePointer?, OpaquePointer?, OpaquePointer?, OpaquePointer?, OpaquePointer?, Int32, UnsafeMutablePointer<Int>) -> Status
+    /// cudnnFindConvolutionForwardAlgorithmEx(handle, xDesc, const void* x, wDesc, const void* w, convDesc, yDesc,
+    /// void* y, int requestedAlgoCount, int* returnedAlgoCount, cudnnConvolutionFwdAlgoPerf_t* perfResults,
+    /// void* workSpace, size_t workSpaceSizeInBytes): every algorithm run and timed on the given operands (y written).
+    let cudnnFindConvolutionForwardAlgorithmEx: @convention(c) (
+        OpaquePointer?, OpaquePointer?, UnsafeRawPointer?, OpaquePointer?, UnsafeRawPointer?, OpaquePointer?, OpaquePointer?,
+        UnsafeMutableRawPointer?, Int32, UnsafeMutablePointer<Int32>, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, Int) -> Status
     /// cudnnConvolutionForward(handle, const void* alpha, xDesc, const void* x, wDesc, const void* w, convDesc,
     /// cudnnConvolutionFwdAlgo_t algo, void* workSpace, size_t workSpaceSizeInBytes, const void* beta, yDesc, void* y).
     let cudnnConvolutionForward: @convention(c) (
@@ -70,6 +76,8 @@ final class CuDNN {
     static let perfBytes = 48, perfStatusOffset = 4, perfMemoryOffset = 16, perfMathTypeOffset = 28
     /// The most workspace a convolution's algorithm may ask for (taken from the caching allocator as needed).
     static let maxWorkspaceBytes = 256 << 20
+    /// The workspace the timed search (cudnnTimesAlgorithms) offers the algorithms it runs, once per configuration.
+    static let findWorkspaceBytes = 64 << 20
 
     init(_ lib: DynamicLibrary) throws {
         library = lib
@@ -92,6 +100,7 @@ final class CuDNN {
         cudnnSetConvolutionMathType = try lib.symbol("cudnnSetConvolutionMathType")
         cudnnGetConvolutionForwardAlgorithm_v7 = try lib.symbol("cudnnGetConvolutionForwardAlgorithm_v7")
         cudnnGetConvolutionForwardWorkspaceSize = try lib.symbol("cudnnGetConvolutionForwardWorkspaceSize")
+        cudnnFindConvolutionForwardAlgorithmEx = try lib.symbol("cudnnFindConvolutionForwardAlgorithmEx")
         cudnnConvolutionForward = try lib.symbol("cudnnConvolutionForward")
     }
 
@@ -156,15 +165,20 @@ struct ConvolutionPlanKey: Hashable {
     let bf16: Bool
     /// float32 operands on TF32 tensor cores.
     let tf32: Bool
+    /// The algorithm chosen by timing (cudnnTimesAlgorithms) rather than by the heuristic.
+    let timed: Bool
 }
 
-/// One convolution prepared once per key: descriptors and the algorithm the heuristic chose (kept for the process).
-/// cuDNN's padding is symmetric: `padding` is the explicit zero padding (top and left first) applied to a copy of the
-/// input where the convolution's is not, cuDNN then padding what is left symmetrically.
+/// One convolution prepared once per key: descriptors and the algorithm chosen (kept for the process).
 struct ConvolutionPlan {
     let x: OpaquePointer, w: OpaquePointer, y: OpaquePointer, convolution: OpaquePointer
     let algorithm: Int32
     let workspaceBytes: Int
-    /// Extra rows and columns of zeros before the input is handed to cuDNN: (top, bottom, left, right); nil: none.
-    let explicitPadding: EdgePadding?
+
+    /// cuDNN pads both sides of an axis alike: the padding it is given (the smaller side's, per axis) and the rest,
+    /// put around a copy of the input first (the VAE's downsampler pads the bottom and right only).
+    static func padding(_ p: EdgePadding) -> (y: Int, x: Int, explicit: EdgePadding) {
+        let y = Swift.min(p.top, p.bottom), x = Swift.min(p.left, p.right)
+        return (y, x, EdgePadding(top: p.top - y, bottom: p.bottom - y, left: p.left - x, right: p.right - x))
+    }
 }
