@@ -1,11 +1,12 @@
 import TensorCore
 
 // ChannelsLastImageBackend's convolutions through cuDNN (CuDNN.swift), in the precision of the matrix products:
-// float32 FMA kernels by default, TF32 tensor cores with `allowTF32`, bfloat16 operands with `bf16Products`.
-// The group norms are in GroupNorm/.
+// float32 FMA kernels by default, TF32 tensor cores with `allowTF32`, bfloat16 operands with `bf16Products`. Without
+// cuDNN (or where it declines one), an im2col kernel and the linear layers' products, in bands of output pixels. The
+// group norms are in GroupNorm/.
 extension CUDABackend: ChannelsLastImageBackend {
     /// A line for the commands whose speed depends on it (bench vae, prepare): cuDNN was not found, so convolutions
-    /// are composed. nil where cuDNN is in use or switched off on purpose. Opens cuDNN if that was not tried yet.
+    /// take the im2col path. nil where cuDNN is in use or switched off on purpose. Opens cuDNN if that was not tried yet.
     /// Not printed by the library (notes before an error would break the one-line error promise).
     public var cudnnNotice: String? {
         guard useCuDNN, cudnn == nil else { return nil }
@@ -32,6 +33,46 @@ extension CUDABackend: ChannelsLastImageBackend {
 
     public func convolution(_ x: Storage, weight: Storage, bias: Storage, plus residual: Storage?, _ y: Storage,
                             geometry g: ChannelsLastConvolution) -> Bool {
+        if !cudnnConvolution(x, weight: weight, bias: bias, plus: residual, y, geometry: g) {
+            im2colConvolution(x, weight: weight, bias: bias, plus: residual, y, geometry: g)
+        }
+        return true
+    }
+
+    /// y = the im2col matrix of each band of output pixels times the weight (a linear layer: the bias in the product's
+    /// epilogue), then the residual added. Under bf16 products the kernel writes the matrix's bf16 copy beside it.
+    func im2colConvolution(_ x: Storage, weight: Storage, bias: Storage, plus residual: Storage?, _ y: Storage,
+                           geometry g: ChannelsLastConvolution) {
+        let (oh, ow) = (g.outHeight!, g.outWidth!)
+        let k = g.kernelHeight * g.kernelWidth * g.inChannels, pixels = g.images * oh * ow
+        guard pixels > 0 else { return }
+        let bandPixels = Swift.max(1, Swift.min(pixels, im2colBandElements / Swift.max(k, 1)))
+        let im2col = kernels(ConvolutionKernels.self, x.dtype).im2colNhwc
+        for first in stride(from: 0, to: pixels, by: bandPixels) {
+            let rows = Swift.min(bandPixels, pixels - first)
+            let cols = allocate(rows * k, x.dtype)
+            beginBF16Call()
+            im2col.launch(on: self, grid: (Swift.min(rows, maxBlocks * 2), 1), x: addr(x), cols: addr(cols), cols16: bf16Twin(cols),
+                          firstRow: first, rows: rows, h: g.height, w: g.width, c: g.inChannels, kh: g.kernelHeight,
+                          kw: g.kernelWidth, stride: g.stride, top: g.padding.top, left: g.padding.left, oh: oh, ow: ow)
+            if rows == pixels {
+                linear(cols, weight, bias: bias, y, rows: rows, inFeatures: k, outFeatures: g.outChannels)
+            } else {
+                let band = allocate(rows * g.outChannels, x.dtype)
+                linear(cols, weight, bias: bias, band, rows: rows, inFeatures: k, outFeatures: g.outChannels)
+                copy(band, StridedView(strides: [1]), y, StridedView(offset: first * g.outChannels, strides: [1]),
+                     shape: [rows * g.outChannels])
+            }
+        }
+        if let residual {
+            let dense = StridedView(strides: [1])
+            binary(.add, y, dense, residual, dense, y, shape: [y.count])
+        }
+    }
+
+    /// The convolution through cuDNN; false where cuDNN is off, missing or declines it (nothing written).
+    func cudnnConvolution(_ x: Storage, weight: Storage, bias: Storage, plus residual: Storage?, _ y: Storage,
+                          geometry g: ChannelsLastConvolution) -> Bool {
         guard useCuDNN, x.dtype == .float32, let oh = g.outHeight, let ow = g.outWidth else { return false }
         // cuDNN's legacy API indexes tensors with 32-bit integers.
         let largest = Swift.max(g.images * (g.height + g.kernelHeight) * (g.width + g.kernelWidth) * g.inChannels,
@@ -89,7 +130,7 @@ extension CUDABackend: ChannelsLastImageBackend {
         withExtendedLifetime((input, workspace)) {}
         guard status == 0 else {
             // An algorithm cuDNN ranked but will not run (a math type it does not take with it, say): this convolution
-            // goes to the composed path from now on, and the reason is kept for the reports.
+            // goes to the im2col path from now on, and the reason is kept for the reports.
             cudnnPlanFailure = "\(g): cudnnConvolutionForward(algorithm \(plan.algorithm)): \(dnn.describe(status))"
             convolutionPlans.updateValue(nil, forKey: key)
             return false

@@ -1,5 +1,5 @@
-// The inference kernels behind ConvolutionBackend (im2col, pooling, bilinear resize, bias + ReLU) and the bias of
-// the channels-last convolutions cuDNN computes. One thread per output element in grid-stride loops; they move
+// The inference kernels behind ConvolutionBackend (im2col, pooling, bilinear resize, bias + ReLU), and for the
+// channels-last convolutions the bias of cuDNN's and the im2col of those computed without it. One thread per output element in grid-stride loops; they move
 // memory, while the convolutions' arithmetic goes to cuBLAS through matmul (or to cuDNN). Launchers:
 // ConvolutionKernels.swift, ChannelsLastConvolution.swift.
 #include "../common.cuh"
@@ -98,5 +98,26 @@ TVM_KERNEL(conv_bias, (256), (scalar_t* y, const unsigned short* y16, const scal
     for (i64 i = gtid(); i < n; i += gstride()) {
         const scalar_t v = (y16 ? (scalar_t)__uint_as_float((u32)y16[i] << 16) : y[i]) + b[i % channels];
         y[i] = r ? v + r[i] : v;
+    }
+}
+
+/// The im2col matrix of a channels-last convolution for output pixels firstRow ..< firstRow + rows (pixel r is image
+/// r / (oh ow), row r / ow % oh, column r % ow) of x [N, h, w, c]: cols[r - firstRow, (i * kw + j) * c + ch] =
+/// x[n, oy * stride - top + i, ox * stride - left + j, ch], 0 in the padding; cols16 (null: none) its bf16 copy. A
+/// block per pixel row (its position decoded once), the threads along the row: reads and writes run along channels.
+TVM_KERNEL(im2col_nhwc, (256), (const scalar_t* x, scalar_t* cols, unsigned short* cols16, i64 firstRow, i64 rows, int h,
+                                int w, int c, int kh, int kw, int stride, int top, int left, int oh, int ow)) {
+    const int k = kh * kw * c;
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const i64 pixel = firstRow + r, q = pixel / ow;
+        const int ox = (int)(pixel % ow), oy = (int)(q % oh);
+        const scalar_t* image = x + (q / oh) * h * w * c;
+        for (int t = threadIdx.x; t < k; t += blockDim.x) {
+            const int ch = t % c, tap = t / c, i = tap / kw, j = tap % kw;
+            const int iy = oy * stride - top + i, ix = ox * stride - left + j;
+            const scalar_t v = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? image[((i64)iy * w + ix) * c + ch] : scalar_t(0);
+            cols[r * k + t] = v;
+            store_bf16_one(cols16, r * k + t, v);
+        }
     }
 }

@@ -5,7 +5,7 @@ import TensorCore
 
 /// cuDNN 9 (libcudnn.so.9), bound at run time and optional: the convolutions of channels-last images through its
 /// legacy convolution API (NHWC tensors, KRSC filters). Signatures and enum values follow cudnn_graph.h, cudnn_ops.h
-/// and cudnn_cnn.h of cuDNN 9. Where it is missing the convolutions are composed (im2col and GEMMs).
+/// and cudnn_cnn.h of cuDNN 9. Where it is missing the convolutions are im2col kernels and GEMMs (ChannelsLastConvolution.swift).
 ///
 /// libcudnn.so.9 is a shim that opens its sub-libraries (libcudnn_graph, _ops, _cnn, the engines, ...: the set grows
 /// with the version) by bare name when first used; where they are not on the linker's path (a pip wheel's folder),
