@@ -28,6 +28,11 @@ pack)
     ;;
 run)
     export TVM_CUDA_LIB_DIRS=${TVM_CUDA_LIB_DIRS:-/usr/local/cuda/lib64} TVM_CUDA_CACHE_DIR=/tmp/tvm-kernel-cache
+    # cuDNN (the VAE's convolutions) from the Python wheel nvidia-cudnn-cu13 where it is not on the linker's path; tvm
+    # searches the usual site-packages itself, this names the one python3 imports.
+    cudnn=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0] + "/lib")' 2>/dev/null)
+    [ -z "${TVM_CUDNN_LIB:-}" ] && [ -n "$cudnn" ] && export TVM_CUDNN_LIB=$cudnn
+    echo "cuDNN: ${TVM_CUDNN_LIB:-searched by tvm}"
     out=${OUT:-/tmp/gpu-verify}; mkdir -p "$out"
     xz -dc .device/tvm.xz > .device/tvm && chmod +x .device/tvm
     T=.device/tvm D=.device/fixtures
@@ -44,9 +49,10 @@ run)
     echo "== training and sampling, before and after"
     MODELS=${MODELS:-"S/2:128 B/2:64"} SKIP_CHECK=1 OUT=$out/bench timeout 120 scripts/gpu-bench.sh run 2>&1 | grep -v "^==" | tail -8
     echo "== the SD-VAE's size: ours, then diffusers (issue 17.7)"
-    for p in "" --bf16; do timeout 30 $T bench vae --device cuda --batch 8 --steps 3 $p 2>&1 | tail -1; done
+    for p in "" --tf32 --bf16; do timeout 30 $T bench vae --device cuda --batch 8 --steps 3 $p 2>&1 | tail -1; done
+    TVM_CUDNN_FIND=1 timeout 30 $T bench vae --device cuda --batch 8 --steps 3 --bf16 2>&1 | tail -1   # timed cuDNN algorithms
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && PYTHONPATH=/tmp/site timeout 45 python3 scripts/bench_vae_diffusers.py --batch 8 --steps 3 2>&1 | tail -2
+        && PYTHONPATH=/tmp/site timeout 60 python3 scripts/bench_vae_diffusers.py --batch 8 --steps 3 --dtypes fp16,bf16,fp32 2>&1 | tail -3
     echo "== the latent pipeline (issue 17.6)"
     rm -rf .device/vae_small && cp -r "$D/vae_small" .device/vae_small
     OUT=$out/latents STEPS=40 timeout 50 scripts/gpu-latents.sh run 2>&1 | tail -6

@@ -56,6 +56,27 @@ public final class CUDABackend: Backend {
     public internal(set) var cublasLtCalls = 0
     /// linearGELU calls whose GELU ran in the product's epilogue rather than as a separate kernel (for tests).
     public internal(set) var geluEpilogueCalls = 0
+    /// Convolutions of channels-last images go through cuDNN where it is found (Convolution/CuDNN.swift); false
+    /// (TVM_CUDA_NO_CUDNN=1 sets it), as where cuDNN is missing: im2col kernels and matrix products, for comparisons.
+    public var useCuDNN: Bool = environment("TVM_CUDA_NO_CUDNN") != "1"
+    /// cuDNN's algorithms are chosen by timing each on the first call of every configuration
+    /// (cudnnFindConvolutionForwardAlgorithmEx, as PyTorch's cudnn.benchmark) rather than by its heuristic ranking;
+    /// TVM_CUDNN_FIND=1 sets it. Off by default: the timing costs a few milliseconds per new shape.
+    public var cudnnTimesAlgorithms: Bool = environment("TVM_CUDNN_FIND") == "1"
+    /// The largest im2col matrix (elements) one product of the convolutions without cuDNN is given; larger outputs
+    /// go in bands of output pixels (tests make it small).
+    public var im2colBandElements = 1 << 25
+    /// Convolutions that cuDNN computed (for tests).
+    public internal(set) var cudnnConvolutions = 0
+    /// Why the last convolution cuDNN was asked for went to the im2col path instead (no algorithm, a descriptor
+    /// refused), nil while none did: for tests and reports.
+    public internal(set) var cudnnPlanFailure: String?
+    /// cuDNN and its handle, opened on first use (the first convolution or `cudnnNotice`); nil where it could not be.
+    lazy var cudnn: (library: CuDNN, handle: OpaquePointer)? = openCuDNN()
+    /// Why cuDNN could not be opened, once it was tried.
+    var cudnnLoadError: String?
+    /// Prepared cuDNN convolutions by configuration; nil where cuDNN has no algorithm for one (the im2col path).
+    var convolutionPlans: [ConvolutionPlanKey: ConvolutionPlan?] = [:]
     /// Driver, NVRTC, cuBLAS and cuBLASLt versions, for logs.
     public let versions: String
 

@@ -84,22 +84,8 @@ final class NCCLLibrary {
     }
 
     static func wheelCandidates() -> [String] {
-        var roots: [String] = []
-        if let v = environment("VIRTUAL_ENV") { roots.append(v) }
-        if let c = environment("CONDA_PREFIX") { roots.append(c) }
-        roots += ["/opt/*/.venv", "/opt/*", "/usr/local", "/usr"]
-        if let home = environment("HOME") { roots.append(home + "/.local") }
-        var patterns = roots.flatMap { root in
-            ["site-packages", "dist-packages"].map { "\(root)/lib/python3*/\($0)/nvidia/*/lib/libnccl.so.2" }
-        }
-        if let c = environment("CONDA_PREFIX") { patterns.append(c + "/lib/libnccl.so.2") }
-        var found: [String] = []
-        for pattern in patterns {
-            var g = glob_t()
-            defer { globfree(&g) }
-            guard glob(pattern, 0, nil, &g) == 0 else { continue }
-            for i in 0..<Int(g.gl_pathc) { if let p = g.gl_pathv[i] { found.append(String(cString: p)) } }
-        }
+        var found = DynamicLibrary.pythonWheelFiles("libnccl.so.2")
+        if let c = environment("CONDA_PREFIX"), access(c + "/lib/libnccl.so.2", F_OK) == 0 { found.append(c + "/lib/libnccl.so.2") }
         return found
     }
 

@@ -70,6 +70,25 @@ final class ImageLayersTests: XCTestCase {
                          padding: EdgePadding(top: 2, bottom: 1, left: 0, right: 2), scratchLimit: 1, seed: 9)
     }
 
+    /// A residual given to the convolution is added to its output: the same values as adding it afterwards.
+    func testConvolutionPlusResidual() {
+        var rng = RandomGenerator(seed: 10)
+        let conv = Conv2D(weight: Tensor(rng.normalFloats(4 * 3 * 9), shape: [4, 3, 3, 3], on: .cpu),
+                          bias: Tensor(rng.normalFloats(4), shape: [4], on: .cpu))
+        let x = Tensor(rng.normalFloats(2 * 5 * 6 * 3), shape: [2, 5, 6, 3], on: .cpu)
+        let residual = Tensor(rng.normalFloats(2 * 5 * 6 * 4), shape: [2, 5, 6, 4], on: .cpu)
+        XCTAssertEqual(conv(x, padding: .uniform(1), plus: residual).floats, (conv(x, padding: .uniform(1)) + residual).floats)
+    }
+
+    /// SiLU in the norm call: the norm followed by SiLU.
+    func testGroupNormWithSiLU() {
+        var rng = RandomGenerator(seed: 11)
+        let norm = GroupNorm(weight: Tensor(rng.normalFloats(8), shape: [8], on: .cpu), bias: Tensor(rng.normalFloats(8), shape: [8], on: .cpu),
+                             groups: 4, eps: 1e-6)
+        let x = Tensor(rng.normalFloats(2 * 3 * 3 * 8), shape: [2, 3, 3, 8], on: .cpu)
+        XCTAssertEqual(norm(x, silu: true).floats, norm(x).silu().floats)
+    }
+
     func testGroupNormMatchesItsDefinition() {
         let (n, c, h, w, groups, eps) = (2, 6, 5, 4, 3, 1e-6)
         var rng = RandomGenerator(seed: 8)

@@ -244,6 +244,7 @@ func benchVAE(_ args: [String]) throws {
     var rng = RandomGenerator(seed: 5)
     let images = Tensor(rng.uniformFloats(batch * 3 * res * res).map { $0 * 2 - 1 }, shape: [batch, 3, res, res])
     let latents = try vae.encode(images).mean
+    if let note = activeCUDA?.cudnnNotice { Console.info(note) }
     activeCUDA?.resetPeakBytes()
     let encode = median(try timeRepeated(steps: steps, warmup: warmup) { _ = try vae.encode(images).std.floats })
     let decode = median(try timeRepeated(steps: steps, warmup: warmup) { _ = try vae.decode(latents).floats })
@@ -255,6 +256,8 @@ func benchVAE(_ args: [String]) throws {
         Console.out("decode:")
         printProfile(activeCUDA?.profileReport() ?? [], steps: 1)
     }
-    Console.out("SD-VAE size, \(res)x\(res), batch \(batch), \(deviceDescription())\(precision): encode median \(fmt(encode * 1000, 1)) ms, "
+    if let failure = activeCUDA?.cudnnPlanFailure { Console.info("note: cuDNN declined a convolution (im2col path): \(failure)") }
+    let convolutions = activeCUDA.map { $0.cudnnVersion.map { ", cuDNN \($0)" } ?? ", no cuDNN" } ?? ""
+    Console.out("SD-VAE size, \(res)x\(res), batch \(batch), \(deviceDescription())\(precision)\(convolutions): encode median \(fmt(encode * 1000, 1)) ms, "
                 + "\(fmt(Double(batch) / encode, 1)) img/s; decode median \(fmt(decode * 1000, 1)) ms, \(fmt(Double(batch) / decode, 1)) img/s\(memoryFigure())")
 }

@@ -92,7 +92,7 @@ struct PrepareCommand: Command {
             prep = DatasetPreparation(source: source, destination: out, size: size, batch: batch, policy: policy, limit: limit,
                                       entryName: DatasetPreparation.latentName)
             intro = "prepare: \(source.count) images of \(sourcePath) -> SD-VAE latents (\(vaeDirectory)) of the \(size)x\(size) "
-                + "crops, batch \(batch); \(deviceDescription())\(precision)"
+                + "crops, batch \(batch); \(deviceDescription())\(precision)" + (activeCUDA?.cudnnNotice.map { "\n" + $0 } ?? "")
         } else {
             settings += "RGB PNGs\n"
             encode = { images in try images.map { try $0.pngBytes() } }

@@ -1,6 +1,7 @@
-// The inference kernels behind ConvolutionBackend (im2col, pooling, bilinear resize, bias + ReLU). One thread
-// per output element in grid-stride loops; they move memory, while the convolutions' arithmetic goes to cuBLAS
-// through matmul. Launchers: ConvolutionKernels.swift.
+// The inference kernels behind ConvolutionBackend (im2col, pooling, bilinear resize, bias + ReLU), and for the
+// channels-last convolutions the bias of cuDNN's and the im2col of those computed without it. One thread per output element in grid-stride loops; they move
+// memory, while the convolutions' arithmetic goes to cuBLAS through matmul (or to cuDNN). Launchers:
+// ConvolutionKernels.swift, ChannelsLastConvolution.swift.
 #include "../common.cuh"
 
 /// Geometry of a sliding window, passed by value (the CPU backend's Window2D plus the output size).
@@ -88,3 +89,41 @@ TVM_KERNEL(bias_relu, (256), (scalar_t* y, const scalar_t* b, i64 rows, int chan
 #define POOL(kind, name, KIND) TVM_KERNEL(name, (256), (const scalar_t* x, scalar_t* y, i64 planes, int h, int w, Win g)) { \
     pool_impl<scalar_t, KIND>(x, y, planes, h, w, g); }
 POOL(max, pool_max, 0) POOL(averageExcludingPadding, pool_avg_excl, 1) POOL(averageIncludingPadding, pool_avg_incl, 2)
+
+/// y[i] = (y16 ? the bfloat16 value y16[i] : y[i]) + b[i % channels] (+ r[i] where r is given): the bias (and a
+/// residual connection) of a channels-last convolution's output [pixels, channels] (cuDNN's), a bfloat16 output
+/// widened to float32 on the way. The channel is carried along the grid-stride loop rather than divided out per
+/// element (a 64-bit remainder costs more than the element's memory traffic).
+TVM_KERNEL(conv_bias, (256), (scalar_t* y, const unsigned short* y16, const scalar_t* b, const scalar_t* r, i64 n,
+                              int channels)) {
+    const i64 step = gstride();
+    const int stepChannels = (int)(step % channels);
+    int c = (int)(gtid() % channels);
+    for (i64 i = gtid(); i < n; i += step) {
+        const scalar_t v = (y16 ? (scalar_t)__uint_as_float((u32)y16[i] << 16) : y[i]) + b[c];
+        y[i] = r ? v + r[i] : v;
+        c += stepChannels;
+        if (c >= channels) c -= channels;
+    }
+}
+
+/// The im2col matrix of a channels-last convolution for output pixels firstRow ..< firstRow + rows (pixel r is image
+/// r / (oh ow), row r / ow % oh, column r % ow) of x [N, h, w, c]: cols[r - firstRow, (i * kw + j) * c + ch] =
+/// x[n, oy * stride - top + i, ox * stride - left + j, ch], 0 in the padding; cols16 (null: none) its bf16 copy. A
+/// block per pixel row (its position decoded once), the threads along the row: reads and writes run along channels.
+TVM_KERNEL(im2col_nhwc, (256), (const scalar_t* x, scalar_t* cols, unsigned short* cols16, i64 firstRow, i64 rows, int h,
+                                int w, int c, int kh, int kw, int stride, int top, int left, int oh, int ow)) {
+    const int k = kh * kw * c;
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const i64 pixel = firstRow + r, q = pixel / ow;
+        const int ox = (int)(pixel % ow), oy = (int)(q % oh);
+        const scalar_t* image = x + (q / oh) * h * w * c;
+        for (int t = threadIdx.x; t < k; t += blockDim.x) {
+            const int ch = t % c, tap = t / c, i = tap / kw, j = tap % kw;
+            const int iy = oy * stride - top + i, ix = ox * stride - left + j;
+            const scalar_t v = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? image[((i64)iy * w + ix) * c + ch] : scalar_t(0);
+            cols[r * k + t] = v;
+            store_bf16_one(cols16, r * k + t, v);
+        }
+    }
+}

@@ -68,6 +68,27 @@ struct DynamicLibrary {
         return lib
     }
 
+    /// The copies of `file` that pip installs with PyTorch (site-packages/nvidia/*/lib of virtual environments,
+    /// conda, /opt, /usr/local, /usr and ~/.local), in that order.
+    static func pythonWheelFiles(_ file: String) -> [String] {
+        var roots: [String] = []
+        if let v = environment("VIRTUAL_ENV") { roots.append(v) }
+        if let c = environment("CONDA_PREFIX") { roots.append(c) }
+        roots += ["/opt/*/.venv", "/opt/*", "/usr/local", "/usr"]
+        if let home = environment("HOME") { roots.append(home + "/.local") }
+        let patterns = roots.flatMap { root in
+            ["site-packages", "dist-packages"].map { "\(root)/lib/python3*/\($0)/nvidia/*/lib/\(file)" }
+        }
+        var found: [String] = []
+        for pattern in patterns {
+            var g = glob_t()
+            defer { globfree(&g) }
+            guard glob(pattern, 0, nil, &g) == 0 else { continue }
+            for i in 0..<Int(g.gl_pathc) { if let p = g.gl_pathv[i] { found.append(String(cString: p)) } }
+        }
+        return found
+    }
+
     func symbol<T>(_ name: String) throws -> T {
         guard let p = dlsym(handle, name) else {
             throw CUDAError("\(path): symbol \(name) not found (library too old?)")

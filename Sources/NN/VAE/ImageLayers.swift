@@ -1,33 +1,18 @@
 import TensorCore
 
-// Convolution, group norm and nearest-neighbour upsampling on channels-last images [N, H, W, C], composed from
-// TensorCore's general tensor ops (padding, slices, concatenation, reductions, `linear`, `scaledSum`), so they run
-// unchanged on every backend. Channels-last because then a convolution is one `linear` (a GEMM with the bias
-// in its epilogue) over an im2col matrix whose rows are pixels, and the attention's tokens are the pixels as
-// they lie. Forward only: nothing here is meant to be differentiated (the VAE is frozen).
+// The VAE's image layers on channels-last images [N, H, W, C]: convolution and group norm hold their parameters
+// and call TensorCore's channels-last functions (Ops/ChannelsLastImages.swift: one kernel each where the backend
+// has one, else composed from the general tensor ops), and nearest-neighbour upsampling. Forward only: nothing
+// here is meant to be differentiated (the VAE is frozen).
 
-/// Zero padding of the four sides of an image.
-public struct EdgePadding: Equatable, Sendable {
-    public var top: Int, bottom: Int, left: Int, right: Int
-
-    public init(top: Int, bottom: Int, left: Int, right: Int) {
-        self.top = top
-        self.bottom = bottom
-        self.left = left
-        self.right = right
-    }
-
-    /// The same padding on every side (PyTorch's Conv2d `padding=p`).
-    public static func uniform(_ p: Int) -> EdgePadding { EdgePadding(top: p, bottom: p, left: p, right: p) }
-}
-
-/// A 2-D convolution (no dilation or groups) with its weight rearranged once for channels-last im2col.
+/// A 2-D convolution (no dilation or groups) with its weight rearranged once for channels-last images.
 public struct Conv2D {
-    /// [O, kh * kw * C], the K axis in (kernel row, kernel column, channel) order: the im2col column order.
+    /// [O, kh * kw * C], the K axis in (kernel row, kernel column, channel) order.
     let weight: Tensor
     let bias: Tensor
     public let inChannels: Int, outChannels: Int, kernelHeight: Int, kernelWidth: Int
-    /// The largest im2col matrix (elements) one product is given; larger outputs go in bands of rows.
+    /// Where the convolution is composed: the largest im2col matrix (elements) one product is given; larger
+    /// outputs go in bands of rows.
     public var scratchLimit = 1 << 24
 
     /// From PyTorch's layout: weight [O, C, kh, kw], bias [O].
@@ -43,64 +28,16 @@ public struct Conv2D {
         [(name + ".weight", [o, c, k, k]), (name + ".bias", [o])]
     }
 
-    /// The output height or width for an input side of `size` (rounding down, as PyTorch), nil when the
-    /// kernel does not fit.
-    static func outputSize(_ size: Int, kernel: Int, stride: Int, padding: Int) -> Int? {
-        let span = size + padding - kernel
-        return span >= 0 ? span / stride + 1 : nil
-    }
-
-    /// conv2d(x, weight, stride, padding) + bias for x [N, H, W, C]; gives [N, OH, OW, O]. The output rows are
-    /// computed in bands whose im2col matrix stays under `scratchLimit` elements (one row at least): that bounds
-    /// the memory a large image takes, and the bands' buffers are the same sizes, so the allocator reuses them.
-    public func callAsFunction(_ x: Tensor, stride s: Int = 1, padding p: EdgePadding = .uniform(0)) -> Tensor {
+    /// conv2d(x, weight, stride, padding) + bias for x [N, H, W, C]; gives [N, OH, OW, O], plus `residual` (of that
+    /// shape) when given.
+    public func callAsFunction(_ x: Tensor, stride s: Int = 1, padding p: EdgePadding = .uniform(0), plus residual: Tensor? = nil) -> Tensor {
         precondition(x.rank == 4 && x.shape[3] == inChannels, "Conv2D: input \(x.shape) for \(inChannels) input channels")
-        if kernelHeight == 1 && kernelWidth == 1 && s == 1 && p == .uniform(0) {
-            return x.linear(weight, bias: bias)
-        }
-        let (n, h, w) = (x.shape[0], x.shape[1], x.shape[2])
-        guard let oh = Self.outputSize(h, kernel: kernelHeight, stride: s, padding: p.top + p.bottom),
-              let ow = Self.outputSize(w, kernel: kernelWidth, stride: s, padding: p.left + p.right) else {
-            preconditionFailure("Conv2D: a \(kernelHeight)x\(kernelWidth) kernel does not fit input \(x.shape) padded by \(p)")
-        }
-        // Zero padding, grown at the bottom and right to multiples of the stride (rows and columns no tap reads),
-        // so that `columns` can split each side into blocks of `s`.
-        func roundedUp(_ v: Int) -> Int { (v + s - 1) / s * s }
-        let hq = roundedUp(h + p.top + p.bottom), wq = roundedUp(w + p.left + p.right)
-        let padded = x.padded(axis: 1, before: p.top, total: hq).padded(axis: 2, before: p.left, total: wq)
-        let bandRows = Swift.max(1, scratchLimit / Swift.max(n * ow * weight.shape[1], 1))
-        if bandRows >= oh { return columns(padded, stride: s, rows: oh, columns: ow).linear(weight, bias: bias) }
-        let bands = Swift.stride(from: 0, to: oh, by: bandRows).map { first in
-            let rows = Swift.min(bandRows, oh - first)
-            // The padded rows the band's windows cover, in whole blocks of s rows.
-            let span = Swift.min(hq - first * s, roundedUp((rows - 1) * s + kernelHeight))
-            return columns(padded.slice(axis: 1, start: first * s, length: span), stride: s, rows: rows, columns: ow)
-                .linear(weight, bias: bias)
-        }
-        return concat(bands, axis: 1)
-    }
-
-    /// The im2col matrix [N, rows, columns, kh * kw * C] of a padded input [N, H, W, C] whose H and W are multiples
-    /// of the stride: output pixel (oy, ox) holds the window at (oy * s, ox * s). A reshape to
-    /// [N, H / s, s, W / s, s, C] turns every kernel tap into plain slices (tap i of a side reads blocks
-    /// i / s ..< i / s + rows at phase i % s); the taps of a row are joined along the channels first, then the
-    /// rows, which gives the (kernel row, kernel column, channel) order of `weight`.
-    private func columns(_ padded: Tensor, stride s: Int, rows oh: Int, columns ow: Int) -> Tensor {
-        let (n, hq, wq, c) = (padded.shape[0], padded.shape[1], padded.shape[2], padded.shape[3])
-        let blocks = padded.reshaped([n, hq / s, s, wq / s, s, c])
-        let rowsOfTaps = concat((0..<kernelWidth).map { j in
-            blocks.slice(axis: 3, start: j / s, length: ow).slice(axis: 4, start: j % s, length: 1).reshaped([n, hq / s, s, ow, c])
-        }, axis: 4)
-        return concat((0..<kernelHeight).map { i in
-            rowsOfTaps.slice(axis: 1, start: i / s, length: oh).slice(axis: 2, start: i % s, length: 1)
-                .reshaped([n, oh, ow, kernelWidth * c])
-        }, axis: 3)
+        return x.channelsLastConvolution(weight: weight, bias: bias, kernelHeight: kernelHeight, kernelWidth: kernelWidth,
+                                         stride: s, padding: p, plus: residual, scratchLimit: scratchLimit)
     }
 }
 
-/// Group normalisation of channels-last images, as PyTorch's GroupNorm: per image and group of consecutive
-/// channels, (x - mean) / sqrt(var + eps) with the biased variance over the group's channels and pixels, then
-/// a per-channel weight and bias.
+/// Group normalisation of channels-last images, as PyTorch's GroupNorm (see Tensor.groupNormalized).
 public struct GroupNorm {
     let weight: Tensor, bias: Tensor
     public let groups: Int
@@ -119,18 +56,11 @@ public struct GroupNorm {
         [(name + ".weight", [channels]), (name + ".bias", [channels])]
     }
 
-    /// x [N, ..., C] (any pixel axes in between); the result has x's shape.
-    public func callAsFunction(_ x: Tensor) -> Tensor {
-        let n = x.shape[0], c = x.shape[x.rank - 1], perGroup = c / groups
-        precondition(c == weight.shape[0], "GroupNorm: input \(x.shape) for \(weight.shape[0]) channels")
-        let grouped = x.reshaped([n, -1, groups, perGroup])
-        let centered = grouped - grouped.mean(axes: [1, 3], keepDims: true)
-        let inverseStd = (centered.square().mean(axes: [1, 3], keepDims: true) + eps).rsqrt()
-        // The inverse std and the weight fold into one factor per image and channel, so normalising and the
-        // affine map are one pass over the pixels: centered * factor + bias.
-        let factor = (inverseStd * weight.reshaped([1, 1, groups, perGroup])).reshaped([n, 1, c])
-        let shift = bias.reshaped([1, 1, c]).broadcast(to: [n, 1, c])
-        return Tensor.scaledSum(centered.reshaped([n, -1, c]), factor, plus: shift).reshaped(x.shape)
+    /// x [N, ..., C] (any pixel axes in between); the result has x's shape. `silu`: SiLU of the result, in the
+    /// same kernel where the backend has one (the norm then feeds a convolution).
+    public func callAsFunction(_ x: Tensor, silu: Bool = false) -> Tensor {
+        precondition(x.shape[x.rank - 1] == weight.shape[0], "GroupNorm: input \(x.shape) for \(weight.shape[0]) channels")
+        return x.groupNormalized(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu, feedsProducts: silu)
     }
 }
 

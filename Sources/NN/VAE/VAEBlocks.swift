@@ -43,9 +43,9 @@ struct ResnetBlock {
     }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
-        let h = conv1(norm1(x).silu(), padding: .uniform(1))
-        let y = conv2(norm2(h).silu(), padding: .uniform(1))
-        return (shortcut?(x) ?? x) + y
+        let h = conv1(norm1(x, silu: true), padding: .uniform(1))
+        // The residual is added in the convolution's bias pass where the backend has one (y + r equals r + y).
+        return conv2(norm2(h, silu: true), padding: .uniform(1), plus: shortcut?(x) ?? x)
     }
 }
 
@@ -168,7 +168,7 @@ struct VAEEncoder {
 
     func callAsFunction(_ x: Tensor) -> Tensor {
         let h = mid(blocks.reduce(convIn(x, padding: .uniform(1))) { $1($0) })
-        return convOut(normOut(h).silu(), padding: .uniform(1))
+        return convOut(normOut(h, silu: true), padding: .uniform(1))
     }
 }
 
@@ -203,6 +203,6 @@ struct VAEDecoder {
 
     func callAsFunction(_ z: Tensor) -> Tensor {
         let h = blocks.reduce(mid(convIn(z, padding: .uniform(1)))) { $1($0) }
-        return convOut(normOut(h).silu(), padding: .uniform(1))
+        return convOut(normOut(h, silu: true), padding: .uniform(1))
     }
 }

@@ -64,7 +64,8 @@ public protocol MemoryAccounting: AnyObject {
 /// (Ops/Elementwise.swift), `LinearBackend` (Ops/Matmul.swift), `AttentionBackend` (Ops/Attention.swift) and
 /// `OptimizerBackend` (Ops/Optimizer.swift). A tensor op uses the capability where the tensor's backend adopts it
 /// and otherwise composes the same result from core operations, so a backend with the core alone runs every model
-/// correctly and gets faster one capability at a time. The CPU and CUDA backends adopt them all;
+/// correctly and gets faster one capability at a time. The CPU and CUDA backends adopt them all, but for
+/// `ChannelsLastImageBackend` (Ops/ChannelsLastImages.swift: the VAE's convolutions and group norms, CUDA only);
 /// `ConvolutionBackend` (inference-only image kernels) has no composed fallback.
 public protocol Backend: AnyObject {
     var name: String { get }

@@ -1,0 +1,29 @@
+import TensorCore
+
+// ChannelsLastImageBackend's group norm (with the SiLU after it) on GroupNorm.cu's kernels: partial statistics per
+// chunk of pixels, their combination per (image, group), and one pass applying them.
+extension CUDABackend {
+    public func groupNorm(_ x: Storage, weight: Storage, bias: Storage, _ y: Storage, images: Int, pixels: Int, channels: Int,
+                          groups: Int, eps: Double, silu: Bool, feedsProducts: Bool) -> Bool {
+        // A block holds whole rows of channels (one thread per channel, at most 1024 threads).
+        guard channels <= 1024, channels % groups == 0 else { return false }
+        guard images > 0 && pixels > 0 && channels > 0 else { return true }
+        let k = kernels(GroupNormKernels.self, x.dtype)
+        let threads = 1024 / channels * channels, rowsPerBlock = threads / channels
+        // About four blocks per multiprocessor over the whole batch, each taking at least four rows per thread.
+        let chunks = Swift.max(1, Swift.min((multiprocessorCount * 4 + images - 1) / images,
+                                            (pixels + 4 * rowsPerBlock - 1) / (4 * rowsPerBlock)))
+        let chunkPixels = (pixels + chunks - 1) / chunks
+        let partial = allocate(images * chunks * groups * 3, x.dtype), stats = allocate(images * groups * 2, x.dtype)
+        k.groupNormStats.launch(on: self, grid: (chunks, images), block: (threads, 1), x: addr(x), partial: addr(partial),
+                                pixels: pixels, channels: channels, groups: groups, chunkPixels: chunkPixels)
+        k.groupNormFinalize.launch(on: self, grid: (blocks(images * groups), 1), partial: addr(partial), stats: addr(stats),
+                                   rows: images * groups, chunks: chunks, groups: groups, eps: eps)
+        beginBF16Call()
+        let y16 = feedsProducts ? bf16Twin(y) : 0
+        k.groupNormApply.launch(on: self, grid: (chunks, images), block: (threads, 1), x: addr(x), stats: addr(stats),
+                                weight: addr(weight), bias: addr(bias), y: addr(y), y16: y16, pixels: pixels, channels: channels,
+                                groups: groups, chunkPixels: chunkPixels, silu: silu ? 1 : 0)
+        return true
+    }
+}
