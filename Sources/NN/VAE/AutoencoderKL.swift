@@ -70,7 +70,7 @@ public final class AutoencoderKL {
         return withoutGrad {
             var z = latents.permuted([0, 2, 3, 1])
             if let postQuantConv { z = postQuantConv(z) }
-            return decoder(z).permuted([0, 3, 1, 2])
+            return decoder(consume z).permuted([0, 3, 1, 2])
         }
     }
 }

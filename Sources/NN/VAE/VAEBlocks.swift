@@ -3,6 +3,10 @@ import TensorCore
 // The building blocks of diffusers' AutoencoderKL (Encoder / Decoder of `autoencoders/vae.py` with the
 // `DownEncoderBlock2D`, `UpDecoderBlock2D` and `UNetMidBlock2D` they use), on channels-last images, with the
 // parameter names and shapes of diffusers' current key scheme next to the code that reads them.
+//
+// Inference memory: each block takes its input as `consuming` and ends every large tensor (`consume`) as soon as
+// its last use is done, so that a storage goes the moment nothing needs it rather than at the end of the block or
+// of its caller. The order of the operations and their results are those of diffusers; only lifetimes change.
 
 /// A list of parameter names and shapes in PyTorch's layouts.
 public typealias ParameterShapes = [(name: String, shape: [Int])]
@@ -42,10 +46,15 @@ struct ResnetBlock {
         shortcut = conv1.inChannels == conv1.outChannels ? nil : Conv2D(p, name + ".conv_shortcut")
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
+    func callAsFunction(_ x: consuming Tensor) -> Tensor {
         let h = conv1(norm1(x, silu: true), padding: .uniform(1))
+        // The residual made (or taken) before norm2 so that the input goes first: then the input, h, norm2's
+        // output and conv2's are never all alive at once.
+        let residual: Tensor
+        if let shortcut { residual = shortcut(consume x) } else { residual = consume x }
+        let normalized = norm2(consume h, silu: true)
         // The residual is added in the convolution's bias pass where the backend has one (y + r equals r + y).
-        return conv2(norm2(h, silu: true), padding: .uniform(1), plus: shortcut?(x) ?? x)
+        return conv2(consume normalized, padding: .uniform(1), plus: consume residual)
     }
 }
 
@@ -69,14 +78,16 @@ struct MidBlockAttention {
         projections = Self.projectionNames.map { (p["\(name).\($0).weight"], p["\(name).\($0).bias"]) }
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
+    func callAsFunction(_ x: consuming Tensor) -> Tensor {
         let tokens = norm(x).reshaped([x.shape[0], -1, x.shape[3]])
         func project(_ t: Tensor, _ i: Int) -> Tensor { t.linear(projections[i].weight, bias: projections[i].bias) }
+        let query = project(tokens, 0), key = project(tokens, 1), value = project(consume tokens, 2)
         // Scores, softmax and weighted sum as separate ops, whose products are large matrix products on every
         // backend: the fused attention primitive spreads its work over heads (this block has one, as wide as the
         // block: 512 in the SD-VAE, any width in general), and its CUDA kernels stop at head width 512.
-        let attended = decomposedAttention(project(tokens, 0), project(tokens, 1), project(tokens, 2))
-        return x + project(attended, 3).reshaped(x.shape)
+        let attended = decomposedAttention(consume query, consume key, consume value)
+        let output = project(consume attended, 3).reshaped(x.shape)
+        return x + output
     }
 }
 
@@ -96,9 +107,10 @@ struct MidBlock {
         second = ResnetBlock(p, name + ".resnets.1", groups: groups)
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        let h = first(x)
-        return second(attention?(h) ?? h)
+    func callAsFunction(_ x: consuming Tensor) -> Tensor {
+        var h = first(consume x)
+        if let attention { h = attention(consume h) }
+        return second(consume h)
     }
 }
 
@@ -127,12 +139,15 @@ struct ResolutionBlock {
         }
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        let h = resnets.reduce(x) { $1($0) }
+    func callAsFunction(_ x: consuming Tensor) -> Tensor {
+        var h = consume x
+        for resnet in resnets { h = resnet(consume h) }
         switch resample {
         case nil: return h
-        case let (conv, .down)?: return conv(h, stride: 2, padding: EdgePadding(top: 0, bottom: 1, left: 0, right: 1))
-        case let (conv, .up)?: return conv(upsampledNearest2x(h), padding: .uniform(1))
+        case let (conv, .down)?: return conv(consume h, stride: 2, padding: EdgePadding(top: 0, bottom: 1, left: 0, right: 1))
+        case let (conv, .up)?:
+            // The input goes once it is upsampled, before the convolution's output is made.
+            return conv(upsampledNearest2x(consume h), padding: .uniform(1))
         }
     }
 }
@@ -166,9 +181,11 @@ struct VAEEncoder {
         convOut = Conv2D(p, "encoder.conv_out")
     }
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        let h = mid(blocks.reduce(convIn(x, padding: .uniform(1))) { $1($0) })
-        return convOut(normOut(h, silu: true), padding: .uniform(1))
+    func callAsFunction(_ x: consuming Tensor) -> Tensor {
+        var h = convIn(consume x, padding: .uniform(1))
+        for block in blocks { h = block(consume h) }
+        h = mid(consume h)
+        return convOut(normOut(consume h, silu: true), padding: .uniform(1))
     }
 }
 
@@ -201,8 +218,9 @@ struct VAEDecoder {
         convOut = Conv2D(p, "decoder.conv_out")
     }
 
-    func callAsFunction(_ z: Tensor) -> Tensor {
-        let h = blocks.reduce(mid(convIn(z, padding: .uniform(1)))) { $1($0) }
-        return convOut(normOut(h, silu: true), padding: .uniform(1))
+    func callAsFunction(_ z: consuming Tensor) -> Tensor {
+        var h = mid(convIn(consume z, padding: .uniform(1)))
+        for block in blocks { h = block(consume h) }
+        return convOut(normOut(consume h, silu: true), padding: .uniform(1))
     }
 }
