@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Everything a merge should be checked with on the GPU, in one device call, most important first (each part has its
-# own time limit, so a call cut short still returns the first parts). Planned in the ninth session; neither it nor
-# the tenth got a GPU machine (every start refused), so nothing here has run on a GPU yet as one script (each part's
-# script has its own header). The tenth session's main (packed optimizer sets, one device read per step, outputs
-# remade in backward, FID on latents, iMF's interval) is unchecked on the GPU too: run this first.
+# own time limit, so a call cut short still returns the first parts). First run whole in the eleventh session
+# (2026-12-07, H100, 370 s; BENCHMARKS.md "The GPU check of main after the ninth and tenth sessions"); the cuDNN lines
+# and the three-precision diffusers line were added after it and have run only as parts of a smaller call.
 #
 #   scripts/gpu-verify.sh pack   here: the GPU test bundle (gpu.sh pack), the static tvm (xz), BEFORE=old binary as
 #                                .device/tvm-before.xz, the fixtures; name .device, .whl (diffusers and
