@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Everything a merge should be checked with on the GPU, in one device call, most important first (each part has its
-# own time limit, so a call cut short still returns the first parts). Planned in the ninth session; neither it nor
-# the tenth got a GPU machine (every start refused), so nothing here has run on a GPU yet as one script (each part's
-# script has its own header). The tenth session's main (packed optimizer sets, one device read per step, outputs
-# remade in backward, FID on latents, iMF's interval) is unchecked on the GPU too: run this first.
+# own time limit, so a call cut short still returns the first parts). First run whole in the eleventh session
+# (2026-12-07, H100, 370 s; BENCHMARKS.md "The GPU check of main after the ninth and tenth sessions"); the cuDNN lines
+# and the three-precision diffusers line were added after it and have run only as parts of a smaller call.
 #
 #   scripts/gpu-verify.sh pack   here: the GPU test bundle (gpu.sh pack), the static tvm (xz), BEFORE=old binary as
 #                                .device/tvm-before.xz, the fixtures; name .device, .whl (diffusers and
@@ -11,8 +10,8 @@
 #                                gpu-bench.sh's header) in the device tool's carry (about 60 MiB in all).
 #   scripts/gpu-verify.sh run    on the device: reference-check (float32, bf16 errors, the VAE (float32 and bf16) and
 #                                pickle fixtures), the CUDA test suite, issue 18.4's round trip, bench before/after (MODELS),
-#                                tvm bench vae beside diffusers, the latent pipeline, tvm prepare's speed; logs under
-#                                $OUT.
+#                                tvm bench vae beside diffusers, the latent pipeline, tvm prepare's speed, then the
+#                                official code eager and compiled on S/2 and B/2 (last: cut first); logs under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 F=${FIXTURES:-../shared/fixtures}
@@ -58,6 +57,13 @@ run)
     OUT=$out/latents STEPS=40 timeout 50 scripts/gpu-latents.sh run 2>&1 | tail -6
     echo "== tvm prepare end to end at 256x256 with SD-VAE-sized weights (issue 17.7)"
     OUT=$out/latents IMAGES=256 timeout 90 scripts/gpu-latents.sh speed 2>&1 | tail -8
+    echo "== the official code on the same models, eager and compiled (issue 19: ratios against the bench lines above)"
+    for mode in eager reduce-overhead; do
+        flag=""; [ $mode != eager ] && flag="--compile $mode"
+        PYTHONUNBUFFERED=1 TVM_OFFICIAL=.official/tvm timeout 100 python3 .official/official_bench.py \
+            --bench "S_2:384:12:6:128:32,B_2:768:12:12:64:32" $flag > "$out/official-$mode.log" 2>&1
+        grep -E '^BENCH' "$out/official-$mode.log" | sed "s/^/$mode /"
+    done
     ;;
 *)
     echo "usage: scripts/gpu-verify.sh pack|run" >&2; exit 2 ;;
