@@ -1,6 +1,6 @@
 // Convolution and group normalisation of channels-last images [N, H, W, C] for inference (the VAE), each one
 // kernel where the backend has one (`ChannelsLastImageBackend`) and otherwise composed from the general tensor ops
-// (padding, slices, concatenation, reductions, `linear`, `scaledSum`), which run on every backend and are
+// (padding, slices, row gathers, concatenation, reductions, `linear`, `scaledSum`), which run on every backend and are
 // differentiable. Channels-last because then a composed convolution is one `linear` (a GEMM with the bias in its
 // epilogue) over an im2col matrix whose rows are pixels, and attention's tokens are the pixels as they lie.
 
@@ -106,43 +106,58 @@ extension Tensor {
         let (s, p, kernelHeight, kernelWidth) = (geometry.stride, geometry.padding, geometry.kernelHeight, geometry.kernelWidth)
         let (oh, ow) = (geometry.outHeight!, geometry.outWidth!)
         if geometry.isPointwise { return linear(weight, bias: bias) }
-        // Zero padding, grown at the bottom and right to multiples of the stride (rows and columns no tap reads),
-        // so that `im2colRows` can split each side into blocks of `s`.
-        func roundedUp(_ v: Int) -> Int { (v + s - 1) / s * s }
         let (n, h, w) = (shape[0], shape[1], shape[2])
-        let hq = roundedUp(h + p.top + p.bottom), wq = roundedUp(w + p.left + p.right)
-        let padded = padded(axis: 1, before: p.top, total: hq).padded(axis: 2, before: p.left, total: wq)
-        let bandRows = Swift.max(1, scratchLimit / Swift.max(n * ow * weight.shape[1], 1))
+        let paddedWidth = w + p.left + p.right
+        let padded = padded(axis: 1, before: p.top, total: h + p.top + p.bottom).padded(axis: 2, before: p.left, total: paddedWidth)
+        // The padded rows a band of `rows` output rows reads.
+        func span(_ rows: Int) -> Int { (rows - 1) * s + kernelHeight }
+        var bandRows = Swift.max(1, scratchLimit / Swift.max(n * ow * weight.shape[1], 1))
+        // The pixels a band gathers from are numbered in the input's dtype: exact in float32 up to 2^24 (see im2colRows).
+        while bandRows > 1 && n * span(bandRows) * paddedWidth > Self.exactPixelIndices { bandRows = (bandRows + 1) / 2 }
         if bandRows >= oh {
-            return padded.im2colRows(kernelHeight: kernelHeight, kernelWidth: kernelWidth, stride: s, rows: oh, columns: ow)
+            return (consume padded).im2colRows(kernelHeight: kernelHeight, kernelWidth: kernelWidth, stride: s, rows: oh, columns: ow)
                 .linear(weight, bias: bias)
         }
         let bands = Swift.stride(from: 0, to: oh, by: bandRows).map { first in
             let rows = Swift.min(bandRows, oh - first)
-            // The padded rows the band's windows cover, in whole blocks of s rows.
-            let span = Swift.min(hq - first * s, roundedUp((rows - 1) * s + kernelHeight))
-            return padded.slice(axis: 1, start: first * s, length: span)
+            return padded.slice(axis: 1, start: first * s, length: span(rows))
                 .im2colRows(kernelHeight: kernelHeight, kernelWidth: kernelWidth, stride: s, rows: rows, columns: ow)
                 .linear(weight, bias: bias)
         }
         return concat(bands, axis: 1)
     }
 
-    /// The im2col matrix [N, rows, columns, kh * kw * C] of a padded input [N, H, W, C] whose H and W are multiples
-    /// of the stride: output pixel (oy, ox) holds the window at (oy * s, ox * s). A reshape to
-    /// [N, H / s, s, W / s, s, C] turns every kernel tap into plain slices (tap i of a side reads blocks
-    /// i / s ..< i / s + rows at phase i % s); the taps of a row are joined along the channels first, then the
-    /// rows, which gives the (kernel row, kernel column, channel) order of the weight.
+    /// Pixels past this many are not numbered exactly by float32 indices (`gatherRows` takes the table's dtype).
+    private static let exactPixelIndices = 1 << 24
+
+    /// The im2col matrix [N, rows, columns, kh * kw * C] of a padded input [N, H, W, C]: output pixel (oy, ox)
+    /// holds the window at (oy * s, ox * s), its taps in (kernel row, kernel column) order and each tap's channels
+    /// together, which is the K order of the weight. One gather of the input's pixels (rows of C values), so that
+    /// the matrix is the only large tensor made: no slices of the input beside it to join.
     private func im2colRows(kernelHeight: Int, kernelWidth: Int, stride s: Int, rows oh: Int, columns ow: Int) -> Tensor {
-        let (n, hq, wq, c) = (shape[0], shape[1], shape[2], shape[3])
-        let blocks = reshaped([n, hq / s, s, wq / s, s, c])
-        let rowsOfTaps = concat((0..<kernelWidth).map { j in
-            blocks.slice(axis: 3, start: j / s, length: ow).slice(axis: 4, start: j % s, length: 1).reshaped([n, hq / s, s, ow, c])
-        }, axis: 4)
-        return concat((0..<kernelHeight).map { i in
-            rowsOfTaps.slice(axis: 1, start: i / s, length: oh).slice(axis: 2, start: i % s, length: 1)
-                .reshaped([n, oh, ow, kernelWidth * c])
-        }, axis: 3)
+        let (n, h, w, c) = (shape[0], shape[1], shape[2], shape[3])
+        let read = n * ((oh - 1) * s + kernelHeight) * w
+        precondition(read <= Self.exactPixelIndices, "im2colRows: \(read) pixels are more than float32 indices number exactly")
+        // Numbered in the input's dtype, which `gatherRows` reads its indices in.
+        func numbered<T: BinaryFloatingPoint>(_: T.Type) -> [T] {
+            var pixels: [T] = []
+            pixels.reserveCapacity(n * oh * ow * kernelHeight * kernelWidth)
+            for image in 0..<n {
+                for oy in 0..<oh {
+                    for ox in 0..<ow {
+                        for i in 0..<kernelHeight {
+                            let row = (image * h + oy * s + i) * w + ox * s
+                            for j in 0..<kernelWidth { pixels.append(T(row + j)) }
+                        }
+                    }
+                }
+            }
+            return pixels
+        }
+        let count = n * oh * ow * kernelHeight * kernelWidth
+        let indices = dtype == .float32 ? Tensor(numbered(Float.self), shape: [count], on: device)
+            : Tensor(numbered(Double.self), shape: [count], dtype: dtype, on: device)
+        return reshaped([n * h * w, c]).gatherRows(indices).reshaped([n, oh, ow, kernelHeight * kernelWidth * c])
     }
 
     /// Group normalisation of self [N, ..., C] (any pixel axes in between), as PyTorch's GroupNorm: per image and
@@ -171,7 +186,8 @@ extension Tensor {
         // affine map are one pass over the pixels: centered * factor + bias.
         let factor = (inverseStd * weight.reshaped([1, 1, groups, perGroup])).reshaped([n, 1, c])
         let shift = bias.reshaped([1, 1, c]).broadcast(to: [n, 1, c])
-        let y = Tensor.scaledSum(centered.reshaped([n, -1, c]), factor, plus: shift).reshaped(shape)
+        // `centered` goes once y is made, before the SiLU's output is.
+        let y = Tensor.scaledSum((consume centered).reshaped([n, -1, c]), factor, plus: shift).reshaped(shape)
         return silu ? y.silu() : y
     }
 }
