@@ -227,6 +227,23 @@ final class PrimitiveRuleTests: XCTestCase {
         XCTAssertEqual(tangents[0].doubles, t.broadcast(to: [2, 3, 4]).doubles)
     }
 
+    /// The channels-last convolution composed from core ops (the CPU's path: an im2col gather and one `linear`) is
+    /// differentiable in every input: 3x3 with same padding and a residual, and the downsampler (stride 2, padding
+    /// right and bottom) in bands of one row and in one band.
+    func testComposedChannelsLastConvolution() {
+        let x = gc.random([2, 5, 4, 3]), weight = gc.random([4, 3 * 3 * 3]), bias = gc.random([4]), residual = gc.random([2, 5, 4, 4])
+        gc.check("conv 3x3 + residual", [x, weight, bias, residual], secondOrder: false) {
+            $0[0].channelsLastConvolution(weight: $0[1], bias: $0[2], kernelHeight: 3, kernelWidth: 3, padding: .uniform(1), plus: $0[3])
+        }
+        let downsampler = EdgePadding(top: 0, bottom: 1, left: 0, right: 1)
+        for scratchLimit in [1, 2 * 2 * 2 * 27] {
+            gc.check("downsampler, scratch \(scratchLimit)", [x, weight, bias], secondOrder: false) {
+                $0[0].channelsLastConvolution(weight: $0[1], bias: $0[2], kernelHeight: 3, kernelWidth: 3, stride: 2,
+                                              padding: downsampler, scratchLimit: scratchLimit).square()
+            }
+        }
+    }
+
     /// Accumulating VJP rules add an input's gradient summed so far inside the kernel that makes the new term. A
     /// tensor used by several ops must get every term once: a residual around a modulated norm (the residual's
     /// cotangent arrives first, the norm's adds to it), one tensor as both terms and the addend of a scaledSum
