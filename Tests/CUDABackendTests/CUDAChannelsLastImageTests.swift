@@ -36,6 +36,15 @@ final class CUDAChannelsLastImageTests: XCTestCase {
         return (y.floats, y.shape)
     }
 
+    /// Random operands of `c`: input, weight, bias and, when `withResidual`, a residual.
+    func randomOperands(_ c: Convolution, withResidual: Bool, _ r: inout TestRandom)
+        -> (x: [Float], weight: [Float], bias: [Float], residual: [Float]?) {
+        (r.normals(c.images * c.height * c.width * c.channels).map(Float.init),
+         r.normals(c.out * c.channels * c.kernel * c.kernel, scale: 0.2).map(Float.init),
+         r.normals(c.out).map(Float.init),
+         withResidual ? r.normals(outputCount(c)).map(Float.init) : nil)
+    }
+
     func outputCount(_ c: Convolution) -> Int {
         c.images * c.out * ((c.height + c.padding.top + c.padding.bottom - c.kernel) / c.stride + 1)
             * ((c.width + c.padding.left + c.padding.right - c.kernel) / c.stride + 1)
@@ -59,10 +68,7 @@ final class CUDAChannelsLastImageTests: XCTestCase {
         for (bf16, timed) in [(false, false), (true, false), (false, true), (true, true)] {
             (cuda.bf16Products, cuda.cudnnTimesAlgorithms) = (bf16, timed)
             for (i, c) in convolutions.enumerated() {
-                let x = r.normals(c.images * c.height * c.width * c.channels).map(Float.init)
-                let weight = r.normals(c.out * c.channels * c.kernel * c.kernel, scale: 0.2).map(Float.init)
-                let bias = r.normals(c.out).map(Float.init)
-                let residual = i % 2 == 1 ? r.normals(outputCount(c)).map(Float.init) : nil
+                let (x, weight, bias, residual) = randomOperands(c, withResidual: i % 2 == 1, &r)
                 let before = cuda.cudnnConvolutions
                 let got = convolve(c, x, weight, bias, plus: residual, on: cuda.device)
                 XCTAssertEqual(cuda.cudnnConvolutions, before + 1,
@@ -89,10 +95,7 @@ final class CUDAChannelsLastImageTests: XCTestCase {
         for (bf16, bands) in [(false, bandsBefore), (false, 700), (true, bandsBefore), (true, 700)] {
             (cuda.bf16Products, cuda.im2colBandElements) = (bf16, bands)
             for (i, c) in convolutions.enumerated() {
-                let x = r.normals(c.images * c.height * c.width * c.channels).map(Float.init)
-                let weight = r.normals(c.out * c.channels * c.kernel * c.kernel, scale: 0.2).map(Float.init)
-                let bias = r.normals(c.out).map(Float.init)
-                let residual = i % 2 == 0 ? r.normals(outputCount(c)).map(Float.init) : nil
+                let (x, weight, bias, residual) = randomOperands(c, withResidual: i % 2 == 0, &r)
                 let before = cuda.cudnnConvolutions
                 let got = convolve(c, x, weight, bias, plus: residual, on: cuda.device)
                 XCTAssertEqual(cuda.cudnnConvolutions, before)
