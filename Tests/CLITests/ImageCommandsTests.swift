@@ -75,8 +75,8 @@ final class ImageCommandsTests: CLITestCase {
         // MeanFlow trains one guidance scale (--cfg), iMF a range of them (--cfg-range, as the data's options say).
         XCTAssertEqual(data.suffix(2), ["--cfg-range", "1,3"])
         for method in ["meanflow", "imf"] {
-            // iMF's grids with guidance inside an interval (its DiT takes the interval as a condition).
-            // iMF also with in-context tokens.
+            // iMF's grids with guidance inside an interval (its DiT takes the interval as a condition), and with
+            // in-context tokens.
             let base = method == "meanflow" ? Array(data.dropLast(2)) + ["--cfg", "2", "--cfg-kappa", "0.25"]
                 : data + ["--sample-cfg-interval", "0.2,0.8", "--in-context"]
             let full = dir + "/" + method
@@ -173,7 +173,7 @@ final class ImageCommandsTests: CLITestCase {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let base = try makeData(dir)
         let runDir = dir + "/run", ckpt = dir + "/run/checkpoint.safetensors"
-        var r = try run(["train"] + base + ["--steps", "3", "--ema", "power:7,power:32,0.5", "--out", runDir])
+        let r = try run(["train"] + base + ["--steps", "3", "--ema", "power:7,power:32,0.5", "--out", runDir])
         XCTAssertEqual(r.status, 0, r.err)
         let file = try SafetensorsFile.read(path: ckpt)
         XCTAssertEqual(file.metadata("extra_emas"), "power:32,0.5")

@@ -105,6 +105,15 @@ func printProfile(_ rows: [(name: String, calls: Int, ms: Double)], steps: Int) 
     }
 }
 
+/// Under TVM_CUDA_PROFILE=1, `body` run `runs` more times and its kernels' table printed (after `title` when given);
+/// nothing without the profiler.
+func printKernelProfile(of runs: Int, title: String? = nil, _ body: () throws -> Void) rethrows {
+    guard activeCUDA?.profileReport(reset: true) != nil else { return }
+    _ = try timeRepeated(steps: runs, warmup: 0, body)
+    if let title { Console.out(title) }
+    printProfile(activeCUDA?.profileReport() ?? [], steps: runs)
+}
+
 func memoryFigure() -> String {
     guard let cuda = activeCUDA else { return "" }
     return ", peak GPU memory \(fmt(Double(cuda.peakBytes) / 1_073_741_824, 2)) GiB"
@@ -156,11 +165,7 @@ func benchTrain(_ args: [String]) throws {
         guard stats.loss.isFinite else { throw CLIError("the loss became \(stats.loss) at step \(stats.step)") }
     }
     let times = try timeRepeated(steps: steps, warmup: warmup, step)
-    if activeCUDA?.profileReport(reset: true) != nil {
-        let profiled = 2
-        _ = try timeRepeated(steps: profiled, warmup: 0, step)
-        printProfile(activeCUDA?.profileReport() ?? [], steps: profiled)
-    }
+    try printKernelProfile(of: 2, step)
     let m = median(times)
     Console.out("\(method.displayName) train step, DiT-\(a.string("model", default: "B/2")) (\(dit.parameterCount.total) parameters), \(c.inputSize)x\(c.inputSize)x\(c.inChannels), \(c.numClasses) classes, batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/step, \(fmt(Double(batch) / m, 1)) img/s over \(steps) steps\(memoryFigure())")
 }
@@ -188,11 +193,7 @@ func benchSample(_ args: [String]) throws {
         _ = sampleFlowMap(network: dit, params: params, noise: noise, steps: nfe, cond: cond, kappa: w).floats
     }
     let times = timeRepeated(steps: steps, warmup: warmup, batchOfSamples)
-    if activeCUDA?.profileReport(reset: true) != nil {
-        let profiled = 2
-        _ = timeRepeated(steps: profiled, warmup: 0, batchOfSamples)
-        printProfile(activeCUDA?.profileReport() ?? [], steps: profiled)
-    }
+    printKernelProfile(of: 2, batchOfSamples)
     let m = median(times)
     Console.out("\(nfe)-NFE sampling, DiT-\(a.string("model", default: "B/2")), batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/batch, \(fmt(Double(batch) / m, 1)) img/s\(memoryFigure())")
 }
@@ -248,14 +249,8 @@ func benchVAE(_ args: [String]) throws {
     activeCUDA?.resetPeakBytes()
     let encode = median(try timeRepeated(steps: steps, warmup: warmup) { _ = try vae.encode(images).std.floats })
     let decode = median(try timeRepeated(steps: steps, warmup: warmup) { _ = try vae.decode(latents).floats })
-    if activeCUDA?.profileReport(reset: true) != nil {
-        _ = try vae.encode(images).std.floats
-        Console.out("encode:")
-        printProfile(activeCUDA?.profileReport(reset: true) ?? [], steps: 1)
-        _ = try vae.decode(latents).floats
-        Console.out("decode:")
-        printProfile(activeCUDA?.profileReport() ?? [], steps: 1)
-    }
+    try printKernelProfile(of: 1, title: "encode:") { _ = try vae.encode(images).std.floats }
+    try printKernelProfile(of: 1, title: "decode:") { _ = try vae.decode(latents).floats }
     if let failure = activeCUDA?.cudnnPlanFailure { Console.info("note: cuDNN declined a convolution (im2col path): \(failure)") }
     let convolutions = activeCUDA.map { $0.cudnnVersion.map { ", cuDNN \($0)" } ?? ", no cuDNN" } ?? ""
     Console.out("SD-VAE size, \(res)x\(res), batch \(batch), \(deviceDescription())\(precision)\(convolutions): encode median \(fmt(encode * 1000, 1)) ms, "

@@ -129,12 +129,12 @@ final class BlockAllocator {
         return (p, size)
     }
 
-    /// Called from any thread (a storage's deinit): no driver call, only the free list.
     /// A bf16 copy's block becomes a tensor's values (`CUDAStorage.init(operandCopy:)`): no longer counted as cache.
     func adoptBF16Copy(_ size: Int) {
         mutex.withLock { bf16CopyBytes -= size }
     }
 
+    /// Called from any thread (a storage's deinit): no driver call, only the free list.
     func release(_ address: DevicePointer, _ size: Int, bf16Copy: Bool = false) {
         guard size > 0 else { return }
         mutex.withLock {
