@@ -8,10 +8,14 @@
 #                                .device/tvm-before.xz, the fixtures; name .device, .whl (diffusers and
 #                                importlib_metadata wheels, see the device README) and .official (the official code,
 #                                gpu-bench.sh's header) in the device tool's carry (about 60 MiB in all).
-#   scripts/gpu-verify.sh run    on the device: reference-check (float32, bf16 errors, the VAE (float32 and bf16) and
-#                                pickle fixtures), the CUDA test suite, issue 18.4's round trip, bench before/after (MODELS),
-#                                tvm bench vae beside diffusers, the latent pipeline, tvm prepare's speed, then the
-#                                official code eager and compiled on S/2 and B/2 (last: cut first); logs under $OUT.
+#   scripts/gpu-verify.sh run    on the device, `check` then `compare` (about 600 s: more than one call may run; run the
+#                                two parts as two calls back to back while the machine is warm); logs under $OUT.
+#   scripts/gpu-verify.sh check  reference-check (float32, bf16 errors, the VAE (float32 and bf16) and pickle fixtures),
+#                                the CUDA test suite, issue 18.4's round trip, tvm bench vae beside diffusers, the latent
+#                                pipeline, tvm prepare's speed, then the kernel profiles (TVM_CUDA_PROFILE) of a training
+#                                step, the VAE and attention beside PyTorch's SDPA.
+#   scripts/gpu-verify.sh compare  bench before/after (MODELS), then the official code eager and compiled on S/2 and
+#                                B/2 in the same call (issue 19's ratios count only within one call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 F=${FIXTURES:-../shared/fixtures}
@@ -26,6 +30,8 @@ pack)
     du -sh .device
     ;;
 run)
+    "$0" check; "$0" compare ;;
+check|compare)
     export TVM_CUDA_LIB_DIRS=${TVM_CUDA_LIB_DIRS:-/usr/local/cuda/lib64} TVM_CUDA_CACHE_DIR=/tmp/tvm-kernel-cache
     # cuDNN (the VAE's convolutions) from the Python wheel nvidia-cudnn-cu13 where it is not on the linker's path; tvm
     # searches the usual site-packages itself, this names the one python3 imports.
@@ -36,6 +42,18 @@ run)
     xz -dc .device/tvm.xz > .device/tvm && chmod +x .device/tvm
     T=.device/tvm D=.device/fixtures
     nvidia-smi --query-gpu=name --format=csv,noheader
+    if [ "$1" = compare ]; then
+    echo "== training and sampling, before and after"
+    MODELS=${MODELS:-"S/2:128 B/2:64"} SKIP_CHECK=1 OUT=$out/bench timeout 150 scripts/gpu-bench.sh run 2>&1 | grep -v "^==" | tail -8
+    echo "== the official code on the same models, eager and compiled (issue 19: ratios against the bench lines above)"
+    for mode in eager reduce-overhead; do
+        flag=""; [ $mode != eager ] && flag="--compile $mode"
+        PYTHONUNBUFFERED=1 TVM_OFFICIAL=.official/tvm timeout 200 python3 .official/official_bench.py \
+            --bench "S_2:384:12:6:128:32,B_2:768:12:12:64:32" $flag > "$out/official-$mode.log" 2>&1
+        grep -E '^BENCH' "$out/official-$mode.log" | sed "s/^/$mode /"
+    done
+    exit 0
+    fi
     echo "== reference-check on the GPU: float32, then bf16 (errors only), the VAE and the official pickle"
     timeout 40 $T reference-check .device/tvm_reference_small.safetensors --device cuda 2>&1 | tail -2
     timeout 40 $T reference-check .device/tvm_reference_small.safetensors --device cuda --bf16 --tolerance 1 2>&1 | tail -1
@@ -45,8 +63,6 @@ run)
     SKIP_BENCH=1 SKIP_TORCH=1 OUT=$out/suite timeout 170 scripts/gpu.sh run 2>&1 | tail -8
     echo "== our checkpoint in the official sampler (issue 18.4)"
     DEVICES=cuda timeout 40 scripts/gpu-artifacts.sh run 2>&1 | tail -4
-    echo "== training and sampling, before and after"
-    MODELS=${MODELS:-"S/2:128 B/2:64"} SKIP_CHECK=1 OUT=$out/bench timeout 120 scripts/gpu-bench.sh run 2>&1 | grep -v "^==" | tail -8
     echo "== the SD-VAE's size: ours, then diffusers (issue 17.7)"
     for p in "" --tf32 --bf16; do timeout 30 $T bench vae --device cuda --batch 8 --steps 3 $p 2>&1 | tail -1; done
     TVM_CUDNN_FIND=1 timeout 30 $T bench vae --device cuda --batch 8 --steps 3 --bf16 2>&1 | tail -1   # timed cuDNN algorithms
@@ -57,14 +73,13 @@ run)
     OUT=$out/latents STEPS=40 timeout 50 scripts/gpu-latents.sh run 2>&1 | tail -6
     echo "== tvm prepare end to end at 256x256 with SD-VAE-sized weights (issue 17.7)"
     OUT=$out/latents IMAGES=256 timeout 90 scripts/gpu-latents.sh speed 2>&1 | tail -8
-    echo "== the official code on the same models, eager and compiled (issue 19: ratios against the bench lines above)"
-    for mode in eager reduce-overhead; do
-        flag=""; [ $mode != eager ] && flag="--compile $mode"
-        PYTHONUNBUFFERED=1 TVM_OFFICIAL=.official/tvm timeout 100 python3 .official/official_bench.py \
-            --bench "S_2:384:12:6:128:32,B_2:768:12:12:64:32" $flag > "$out/official-$mode.log" 2>&1
-        grep -E '^BENCH' "$out/official-$mode.log" | sed "s/^/$mode /"
-    done
+    echo "== kernel profiles: a training step (S/2, 128, bf16), the VAE (bf16), attention beside PyTorch"
+    TVM_CUDA_PROFILE=1 timeout 60 $T bench train --device cuda --model S/2 --res 32 --channels 4 --classes 1000 --batch 128 \
+        --steps 5 --warmup 2 --bf16 > "$out/profile-train.txt" 2>&1; head -45 "$out/profile-train.txt"
+    TVM_CUDA_PROFILE=1 timeout 40 $T bench vae --device cuda --batch 8 --steps 2 --bf16 > "$out/profile-vae.txt" 2>&1; head -60 "$out/profile-vae.txt"
+    timeout 40 $T bench attention --device cuda --bf16 2>&1 | tail -6
+    TORCH_ATTENTION_ONLY=1 SKIP_TESTS=1 SKIP_BENCH=1 OUT=$out/torch timeout 60 scripts/gpu.sh run 2>&1 | grep 'TORCH attention B=64 H=12 S=256 D=64'
     ;;
 *)
-    echo "usage: scripts/gpu-verify.sh pack|run" >&2; exit 2 ;;
+    echo "usage: scripts/gpu-verify.sh pack|run|check|compare" >&2; exit 2 ;;
 esac
