@@ -395,10 +395,16 @@ final class CUDAOpTests: XCTestCase {
                     }
                     // f''(x) t gty: GELU's second derivative loses digits to cancellation in float32 (measured 7.5e-5
                     // relative against float64 with |x| up to ~9), so float32 gets 3e-4 there.
+                    // Where every x is far out on a flat side (likely at n = 1: the H200 run of 2026-12-07 drew such an x),
+                    // f''(x) ~ e^(-|x|) is below float32's resolution of the terms it is computed from (1 - s rounds to
+                    // 0): there the error is measured against a tenth of the size f'' t gty has where f'' is of
+                    // order one (the norm of t gty), which only ever loosens the bound for such inputs.
                     let secondOrder = dtype == .float32 ? 3e-4 : nil
+                    let secondOrderScale = zip(t, gty).map { $0 * $1 * $0 * $1 }.reduce(0, +).squareRoot()
                     for (useGy, useGty) in [(true, true), (true, false), (false, true)] {
                         compareWithCPU("\(label) tangent backward gy=\(useGy) gty=\(useGty)", cuda, dtype: dtype,
                                        tolerance: useGty ? secondOrder : nil, reference64: true,
+                                       errorFloor: useGty && dtype == .float32 ? secondOrderScale * 0.1 : 0,
                                        inputs: [x, t, gy, gty], outputs: [(n, nil), (n, nil)]) { be, i, o in
                             be.activationWithTangentBackward(op, i[0], i[1], useGy ? i[2] : nil, useGty ? i[3] : nil, o[0], o[1])
                         }
