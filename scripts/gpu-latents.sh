@@ -15,6 +15,13 @@
 #                                 latents in one pass; images/s of each, the bf16 posteriors' error against float32's;
 #                                 writes $OUT/prepare-speed.txt (issue 17.7; record in docs/BENCHMARKS.md). VAE=DIR
 #                                 takes that diffusers folder instead (DEVICE=cpu IMAGES=4 VAE=.device/vae_small tries it).
+#   scripts/gpu-latents.sh paper  device call after `speed` in the same call (its latents and SD-VAE-sized weights): the
+#                                 paper's setting end to end at its sizes (issue 17): tvm train on the 256x256 images'
+#                                 32x32x4 latents with --preset im256-w2 (DiT-XL/2, the official recipe and its ImageNet
+#                                 latent statistics; BATCH, default
+#                                 32, and STEPS, default 30, for one GPU and a short call) and training grids decoded by
+#                                 the SD-VAE, then tvm sample --vae: 256x256 images at 1 and 4 NFE. Writes
+#                                 $OUT/paper-summary.txt and the grids.
 # DEVICE=cpu STEPS=3 MODEL=S/2 tries the run half here (with .device/tvm a link to .build/release/tvm).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -134,8 +141,26 @@ print('posteriors', y.shape[1:], 'of %d images: --bf16 vs float32 relative error
 PY
     } 2>&1 | tee "$out/prepare-speed.txt"
     ;;
+paper)
+    out=${OUT:-/tmp/gpu-latents-out}
+    work=/tmp/tvm-prepare-speed
+    tvm=.device/tvm device=${DEVICE:-cuda} steps=${STEPS:-30} vae=${VAE:-$work/sd-vae}
+    [ -f "$work/latents-bf16.zip" ] && [ -d "$vae" ] || { echo "error: run scripts/gpu-latents.sh speed first in this call" >&2; exit 1; }
+    {
+        set -x
+        time $tvm train --device "$device" --data "$work/latents-bf16.zip" --preset im256-w2 --batch ${BATCH:-32} --steps "$steps" \
+            --every "$steps" --out "$work/paper" --vae "$vae"
+        tail -1 "$work/paper/metrics.jsonl"
+        for nfe in 1 4; do
+            time $tvm sample --device "$device" --checkpoint "$work/paper/checkpoint.safetensors" --vae "$vae" --n 16 \
+                --classes random --nfe $nfe --bf16 --out "$out/paper-samples-nfe$nfe.png"
+        done
+        set +x
+        cp "$work/paper/samples_step${steps}_nfe1.png" "$out/paper-grid-nfe1.png"
+    } 2>&1 | tee "$out/paper-summary.txt"
+    ;;
 *)
-    echo "usage: scripts/gpu-latents.sh pack|run|speed" >&2
+    echo "usage: scripts/gpu-latents.sh pack|run|speed|paper" >&2
     exit 2
     ;;
 esac
