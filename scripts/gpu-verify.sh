@@ -66,6 +66,7 @@ check|compare)
     echo "== the SD-VAE's size: ours, then diffusers (issue 17.7)"
     for p in "" --tf32 --bf16; do timeout 30 $T bench vae --device cuda --batch 8 --steps 3 $p 2>&1 | tail -1; done
     TVM_CUDNN_FIND=1 timeout 30 $T bench vae --device cuda --batch 8 --steps 3 --bf16 2>&1 | tail -1   # timed cuDNN algorithms
+    TVM_CUDA_NO_BF16_ACTIVATIONS=1 timeout 30 $T bench vae --device cuda --batch 8 --steps 3 --bf16 2>&1 | tail -1   # float32 activations (before)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && PYTHONPATH=/tmp/site timeout 60 python3 scripts/bench_vae_diffusers.py --batch 8 --steps 3 --dtypes fp16,bf16,fp32 2>&1 | grep "img/s"
     echo "== the latent pipeline (issue 17.6)"

@@ -59,6 +59,9 @@ public final class CUDABackend: Backend {
     /// Convolutions of channels-last images go through cuDNN where it is found (Convolution/CuDNN.swift); false
     /// (TVM_CUDA_NO_CUDNN=1 sets it), as where cuDNN is missing: im2col kernels and matrix products, for comparisons.
     public var useCuDNN: Bool = environment("TVM_CUDA_NO_CUDNN") != "1"
+    /// Under bf16 products the VAE's activations hold bf16 values alone (`lowPrecisionStorage`); false
+    /// (TVM_CUDA_NO_BF16_ACTIVATIONS=1 sets it): float32 activations with bf16 operand copies, for comparisons.
+    public var bf16Activations: Bool = environment("TVM_CUDA_NO_BF16_ACTIVATIONS") != "1"
     /// cuDNN's algorithms are chosen by timing each on the first call of every configuration
     /// (cudnnFindConvolutionForwardAlgorithmEx, as PyTorch's cudnn.benchmark) rather than by its heuristic ranking;
     /// TVM_CUDNN_FIND=1 sets it. Off by default: the timing costs a few milliseconds per new shape.

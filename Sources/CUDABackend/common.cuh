@@ -72,6 +72,8 @@ __device__ __forceinline__ unsigned short bf16_bits(float f) {
     if ((b & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((b >> 16) | 0x40u);
     return (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
 }
+/// The float32 value of bfloat16 bits (exact).
+__device__ __forceinline__ float bf16_value(unsigned short b) { return __uint_as_float((u32)b << 16); }
 // The bfloat16 copy of an output that feeds bf16 products, written by the kernel that makes the output
 // (y16 null: none; never for double).
 template<typename T> __device__ __forceinline__ void store_bf16(unsigned short* y16, i64 i, const Pack<T>& r) {

@@ -157,7 +157,8 @@ public struct DiT: FlowMapNetwork {
             let wk = w.slice(axis: 0, start: k * D, length: D), bk = b.slice(axis: 0, start: k * D, length: D)
             let h = x.linear(wk, bias: bk).reshaped([B, N, H, Dh])
             guard let norm else { return h }
-            return h.rmsNormalized(eps: 1e-6, scale: p[norm.key])
+            // The flash kernels read q's and k's bf16 copies (and their tangents') under bf16 products.
+            return h.rmsNormalized(eps: 1e-6, scale: p[norm.key], feedsProducts: true)
         }
         let q = heads(0, norm: layer.qNorm), k = heads(1, norm: layer.kNorm), v = heads(2, norm: nil)
         let o = attention(q, k, v, layout: .tokenMajor).reshaped([B, N, D])

@@ -1,6 +1,6 @@
 import XCTest
 import TensorCore
-import CUDABackend
+@testable import CUDABackend
 
 /// Timings of the CUDA backend (device time from CUDA events, after warm-up). Runs only with
 /// TVM_CUDA_BENCH=1 (scripts/gpu.sh sets it); prints one line per measurement, `BENCH`-prefixed.
@@ -179,11 +179,19 @@ final class CUDABenchmarks: XCTestCase {
             // Products of [s, d] x [d, s] size per head: forward 2, with tangent 6; backward 5 (S, dP, dV, dQ, dK),
             // with tangents 15 (and the recomputed pre-pass on top, not counted).
             let unit = 2.0 * Double(bh) * Double(s) * Double(s) * Double(d) / 1e9
-            for mode in ["warp kernels", "flash 3xTF32", "flash 3xTF32 uncapped", "flash TF32", "flash BF16"] {
+            // BF16 without bf16 copies of the inputs (every tile rounded from float32), with copies of q, k, tq and tk
+            // (what DiT's q and k norms write), and of every input (q, k, v, their tangents, go, gto): the copies are
+            // attached in this order and stay (the modes after a copy mode see its copies).
+            let qk = [0, 1, 3, 4]
+            let modes: [(String, [Int])] = [("warp kernels", []), ("flash 3xTF32", []), ("flash 3xTF32 uncapped", []),
+                                            ("flash TF32", []), ("flash BF16", []), ("flash BF16, q k copies", qk),
+                                            ("flash BF16 uncapped, q k copies", qk), ("flash BF16, all copies", Array(0..<8))]
+            for (mode, copied) in modes {
                 cuda.useFlashAttention = mode != "warp kernels"
                 cuda.allowTF32 = mode == "flash TF32"
-                cuda.bf16Products = mode == "flash BF16"
-                cuda.flashRegisterCaps = mode != "flash 3xTF32 uncapped"
+                cuda.bf16Products = mode.hasPrefix("flash BF16")
+                cuda.flashRegisterCaps = !mode.contains("uncapped")
+                for i in copied { _ = cuda.bf16Operand(x[i]) }
                 let slow = mode == "warp kernels"
                 func median(_ body: () -> Void) -> Double {
                     let runs = (0..<(slow ? 3 : 7)).map { _ in cuda.milliseconds(iterations: slow ? 2 : 10, warmup: 1, body) }

@@ -1,6 +1,6 @@
 import XCTest
 import TensorCore
-import CUDABackend
+@testable import CUDABackend
 
 /// The fused flash-attention kernels (float32, head dims 64 and 72): against the CPU backend in float64 on the
 /// same float32 inputs (small shapes), and against the warp-per-row kernels in float64 on the GPU (large shapes,
@@ -156,6 +156,61 @@ final class CUDAFlashAttentionTests: XCTestCase {
             }
             Mode.x3.apply(cuda)
             cuda.flashRegisterCaps = true
+        }
+    }
+
+    /// The bf16 kernels read an input's bf16 copy where it has one (cp.async into shared memory) and round its
+    /// float32 values where it has none, and both give the same bits. Each copied input carries the copy of another
+    /// tensor's values, and the results must equal, bit for bit, those of that tensor without copies: so the copies
+    /// are read, and read to the same effect. go and gto, which the backward's pre-pass also reads in float32, carry
+    /// copies of their own values. With copies on q, k and their tangents (what DiT's q and k norms write), and on
+    /// every input; forward with and without tangent, backward with tangents and both cotangents, and plain.
+    func testBF16InputCopiesGiveTheSameBits() throws {
+        let cuda = try flashOrSkip()
+        Mode.bf16.apply(cuda)
+        var r = TestRandom()
+        let names = ["o", "to", "lse", "plain o", "plain lse", "dq", "dk", "dv", "dtq", "dtk", "dtv", "plain dq", "plain dk",
+                     "plain dv"]
+        for (batch, n, heads, d) in [(1, 33, 1, 64), (2, 100, 3, 72), (1, 257, 2, 64), (2, 256, 6, 72), (1, 1024, 1, 64)] {
+            let g = AttentionGeometry(batch: batch, seq: n, heads: heads, dim: d, scale: 1 / Double(d).squareRoot())
+            let c = g.count
+            /// inputs q, k, v, tq, tk, tv, go, gto: the outputs of both forwards and both backwards, as floats.
+            func run(_ x: [Storage]) -> [[Float]] {
+                let o = cuda.allocate(c, .float32), to = cuda.allocate(c, .float32), lse = cuda.allocate(g.rows, .float32)
+                let po = cuda.allocate(c, .float32), plse = cuda.allocate(g.rows, .float32)
+                let before = cuda.flashAttentionCalls
+                cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse, geometry: g)
+                cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: po, to: nil, lse: plse, geometry: g)
+                let grads = (0..<9).map { _ in cuda.allocate(c, .float32) }
+                cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse,
+                                       go: x[6], gto: x[7], dq: grads[0], dk: grads[1], dv: grads[2],
+                                       dtq: grads[3], dtk: grads[4], dtv: grads[5], geometry: g)
+                cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: po, to: nil, lse: plse,
+                                       go: x[6], gto: nil, dq: grads[6], dk: grads[7], dv: grads[8], dtq: nil, dtk: nil,
+                                       dtv: nil, geometry: g)
+                XCTAssertEqual(cuda.flashAttentionCalls, before + 4, "the flash kernels were not used")
+                return ([o, to, lse, po, plse] + grads).map { cuda.downloadFloats($0) }
+            }
+            let values = (0..<8).map { _ in r.normals(c) }
+            let plain = values.map { cuda.upload($0, dtype: .float32) }
+            let reference = run(plain)
+            for (label, copied) in [("q, k, tq, tk", [0, 1, 3, 4]), ("every input", Array(0..<8))] {
+                let inputs = (0..<8).map { i -> Storage in
+                    guard copied.contains(i) else { return plain[i] }
+                    let holder = cuda.upload(i < 6 ? r.normals(c) : values[i], dtype: .float32)
+                    cuda.beginBF16Call()
+                    let copy = cuda.attachBF16Copy(holder)
+                    cuda.kernels(ConversionKernels.self, .float32).convertF32Bf16.launch(
+                        on: cuda, grid: (cuda.blocks((c + 3) / 4), 1), x: cuda.addr(plain[i]), y: copy, n: c)
+                    return holder
+                }
+                let got = run(inputs)
+                for (j, name) in names.enumerated() {
+                    let differing = zip(got[j], reference[j]).filter { $0.bitPattern != $1.bitPattern }.count
+                    XCTAssertEqual(differing, 0, "flash BF16 [\(batch), \(n), \(heads), \(d)] \(name), copies on \(label): "
+                                   + "\(differing) of \(got[j].count) elements differ from the run without copies seed=\(r.seed)")
+                }
+            }
         }
     }
 

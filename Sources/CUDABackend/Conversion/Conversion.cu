@@ -1,6 +1,6 @@
-// Element type conversions: float32 <-> float64 (Backend.convert) and float32 to bfloat16 (the operand copies of
-// bf16 matrix products, Matmul/BF16Operands.swift). One module for both element types. Launchers:
-// ConversionKernels.swift.
+// Element type conversions: float32 <-> float64 (Backend.convert), float32 to bfloat16 (the operand copies of
+// bf16 matrix products, Matmul/BF16Operands.swift) and back (widening a tensor that holds only its bf16 values). One
+// module for both element types. Launchers: ConversionKernels.swift.
 #include "../common.cuh"
 
 TVM_KERNEL_F32(convert_f32_f64, (256), (const float* x, double* y, i64 n)) {
@@ -20,4 +20,13 @@ TVM_KERNEL_F32(convert_f32_bf16, (256), (const float* x, unsigned short* y, i64 
         reinterpret_cast<uint2*>(y)[i] = o;
     }
     for (i64 i = packs * 4 + gtid(); i < n; i += gstride()) y[i] = bf16_bits(x[i]);
+}
+/// Two values per thread and step (4 bytes in, 8 out); storages start 16-byte aligned.
+TVM_KERNEL_F32(convert_bf16_f32, (256), (const unsigned short* x, float* y, i64 n)) {
+    const i64 pairs = n / 2;
+    for (i64 i = gtid(); i < pairs; i += gstride()) {
+        const u32 v = reinterpret_cast<const u32*>(x)[i];
+        reinterpret_cast<float2*>(y)[i] = make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
+    }
+    for (i64 i = pairs * 2 + gtid(); i < n; i += gstride()) y[i] = bf16_value(x[i]);
 }

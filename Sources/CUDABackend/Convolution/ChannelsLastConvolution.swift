@@ -1,9 +1,10 @@
 import TensorCore
 
 // ChannelsLastImageBackend's convolutions through cuDNN (CuDNN.swift), in the precision of the matrix products:
-// float32 FMA kernels by default, TF32 tensor cores with `allowTF32`, bfloat16 operands with `bf16Products`. Without
-// cuDNN (or where it declines one), an im2col kernel and the linear layers' products, in bands of output pixels. The
-// group norms are in GroupNorm/.
+// float32 FMA kernels by default, TF32 tensor cores with `allowTF32`, bfloat16 operands with `bf16Products` (inputs,
+// residuals and outputs may then hold bf16 values alone: BF16Operands.swift). Without cuDNN (or where it declines
+// one), an im2col kernel and the linear layers' products, in bands of output pixels. Nearest-neighbour upsampling
+// here too; the group norms are in GroupNorm/.
 extension CUDABackend: ChannelsLastImageBackend {
     /// A line for the commands whose speed depends on it (bench vae, prepare): cuDNN was not found, so convolutions
     /// take the im2col path. nil where cuDNN is in use or switched off on purpose. Opens cuDNN if that was not tried yet.
@@ -33,9 +34,26 @@ extension CUDABackend: ChannelsLastImageBackend {
 
     public func convolution(_ x: Storage, weight: Storage, bias: Storage, plus residual: Storage?, _ y: Storage,
                             geometry g: ChannelsLastConvolution) -> Bool {
-        if !cudnnConvolution(x, weight: weight, bias: bias, plus: residual, y, geometry: g) {
-            im2colConvolution(x, weight: weight, bias: bias, plus: residual, y, geometry: g)
+        if cudnnConvolution(x, weight: weight, bias: bias, plus: residual, y, geometry: g) { return true }
+        // The im2col path reads and writes float32: operands that hold only bf16 values are widened first, and such an
+        // output is written in float32 and narrowed after (a slow path, for where cuDNN is missing or declines).
+        let wide = cuda(y).operandCopyOnly ? allocate(y.count, .float32) : y
+        im2colConvolution(fullPrecision(x) ?? x, weight: weight, bias: bias, plus: residual.map { fullPrecision($0) ?? $0 }, wide,
+                          geometry: g)
+        if wide !== y {
+            kernels(ConversionKernels.self, .float32).convertF32Bf16.launch(on: self, grid: (blocks((y.count + 3) / 4), 1),
+                                                                            x: addr(wide), y: float32OrBF16(y).bf16, n: y.count)
         }
+        return true
+    }
+
+    public func upsampleNearest2x(_ x: Storage, _ y: Storage, images: Int, height: Int, width: Int, channels: Int) -> Bool {
+        let pixels = images * 4 * height * width
+        guard pixels > 0 && channels > 0 else { return true }
+        let (xf, x16) = float32OrBF16(x), (yf, y16) = float32OrBF16(y)
+        kernels(ConvolutionKernels.self, x.dtype).upsampleNearest2xNhwc
+            .launch(on: self, grid: (Swift.min(pixels, maxBlocks * 2), 1), x: xf, x16: x16, y: yf, y16: y16, pixels: pixels,
+                    h: height, w: width, c: channels)
         return true
     }
 
@@ -73,7 +91,7 @@ extension CUDABackend: ChannelsLastImageBackend {
     /// The convolution through cuDNN; false where cuDNN is off, missing or declines it (nothing written).
     func cudnnConvolution(_ x: Storage, weight: Storage, bias: Storage, plus residual: Storage?, _ y: Storage,
                           geometry g: ChannelsLastConvolution) -> Bool {
-        guard useCuDNN, x.dtype == .float32, let oh = g.outHeight, let ow = g.outWidth else { return false }
+        guard useCuDNN, x.dtype == .float32, x.count > 0, y.count > 0, let oh = g.outHeight, let ow = g.outWidth else { return false }
         // cuDNN's legacy API indexes tensors with 32-bit integers.
         let largest = Swift.max(g.images * (g.height + g.kernelHeight) * (g.width + g.kernelWidth) * g.inChannels,
                                 g.images * oh * ow * g.outChannels)
@@ -83,35 +101,47 @@ extension CUDABackend: ChannelsLastImageBackend {
         let key = ConvolutionPlanKey(geometry: g, bf16: bf16, tf32: allowTF32 && !bf16, timed: cudnnTimesAlgorithms)
         if case .some(.none) = convolutionPlans[key] { return false }
         ensureCurrent()
-        var input = x
         let e = ConvolutionPlan.padding(g.padding).explicit
-        if e != .uniform(0) {
-            // The part of the padding cuDNN cannot take (it pads both sides alike): zeros around a copy.
-            let (h, w, c) = (g.height + e.top + e.bottom, g.width + e.left + e.right, g.inChannels)
-            input = allocate(g.images * h * w * c, .float32)
-            fill(input, value: 0)
-            copy(x, StridedView(strides: [g.height * g.width * c, g.width * c, c, 1]), input,
-                 StridedView(offset: (e.top * w + e.left) * c, strides: [h * w * c, w * c, c, 1]),
-                 shape: [g.images, g.height, g.width, c])
-        }
-        // bf16: operands as bfloat16 copies, the output in bfloat16 too (cuDNN's BFLOAT16 configuration), widened to
-        // float32 with the bias added below.
+        // The part of the padding cuDNN cannot take (it pads both sides alike): zeros around a copy of the input.
+        let (ph, pw, c) = (g.height + e.top + e.bottom, g.width + e.left + e.right, g.inChannels)
+        var padded: Storage? = nil
+        // bf16: operands in bfloat16 (x's copy, or its values where it holds only those; the padding made in bf16), the
+        // output in bfloat16 too (cuDNN's BFLOAT16 configuration): straight into y where y holds only bf16 values,
+        // else into a scratch block that the bias kernel widens into y.
         var output16: Storage? = nil
-        let px: DevicePointer, pw: DevicePointer
+        let px: DevicePointer, pWeight: DevicePointer, py: DevicePointer
         if bf16 {
             beginBF16Call()
-            px = bf16Operand(input)
-            pw = bf16Operand(weight)
-            output16 = allocate((y.count + 1) / 2, .float32)
+            var x16 = bf16Operand(x)
+            if e != .uniform(0) {
+                let pixels = g.images * ph * pw, copy = bf16OnlyStorage(count: pixels * c)
+                let copy16 = float32OrBF16(copy).bf16
+                kernels(ConvolutionKernels.self, .float32).padNhwc16
+                    .launch(on: self, grid: (Swift.min(pixels, maxBlocks * 2), 1), x16: x16, y16: copy16, pixels: pixels, h: g.height,
+                            w: g.width, c: c, top: e.top, left: e.left, ph: ph, pw: pw)
+                (padded, x16) = (copy, copy16)
+            }
+            (px, pWeight) = (x16, bf16Operand(weight))
+            let y16 = float32OrBF16(y).bf16
+            if y16 == 0 { output16 = allocate((y.count + 1) / 2, .float32) }
+            py = output16.map { addr($0) } ?? y16
         } else {
-            (px, pw) = (addr(input), addr(weight))
+            var input = x
+            if e != .uniform(0) {
+                input = allocate(g.images * ph * pw * c, .float32)
+                fill(input, value: 0)
+                copy(x, StridedView(strides: [g.height * g.width * c, g.width * c, c, 1]), input,
+                     StridedView(offset: (e.top * pw + e.left) * c, strides: [ph * pw * c, pw * c, c, 1]),
+                     shape: [g.images, g.height, g.width, c])
+                padded = input
+            }
+            (px, pWeight, py) = (addr(input), addr(weight), addr(y))
         }
-        let py = output16.map { addr($0) } ?? addr(y)
         let plan: ConvolutionPlan
         if case .some(.some(let known)) = convolutionPlans[key] {
             plan = known
         } else {
-            let made = convolutionPlan(key, dnn, operands: (px, pw, py))
+            let made = convolutionPlan(key, dnn, operands: (px, pWeight, py))
             convolutionPlans.updateValue(made, forKey: key)
             guard let made else { return false }
             plan = made
@@ -120,14 +150,14 @@ extension CUDABackend: ChannelsLastImageBackend {
         var one: Float = 1, zero: Float = 0
         let started = profiler?.begin(stream)
         let status = dnn.cudnnConvolutionForward(handle, &one, plan.x, UnsafeRawPointer(bitPattern: UInt(px)), plan.w,
-                                                 UnsafeRawPointer(bitPattern: UInt(pw)), plan.convolution, plan.algorithm,
+                                                 UnsafeRawPointer(bitPattern: UInt(pWeight)), plan.convolution, plan.algorithm,
                                                  workspace.map { UnsafeMutableRawPointer(bitPattern: UInt(addr($0))) } ?? nil,
                                                  plan.workspaceBytes, &zero, plan.y, UnsafeMutableRawPointer(bitPattern: UInt(py)))
         if let started {
             profiler!.end(started, "cudnn conv \(g.kernelHeight)x\(g.kernelWidth)/\(g.stride) \(g.images)x\(g.height)x\(g.width)x"
                           + "\(g.inChannels)->\(g.outChannels)\(bf16 ? " bf16" : key.tf32 ? " tf32" : "")", stream)
         }
-        withExtendedLifetime((input, workspace)) {}
+        withExtendedLifetime((padded, workspace)) {}
         guard status == 0 else {
             // An algorithm cuDNN ranked but will not run (a math type it does not take with it, say): this convolution
             // goes to the im2col path from now on, and the reason is kept for the reports.
@@ -136,9 +166,15 @@ extension CUDABackend: ChannelsLastImageBackend {
             return false
         }
         if syncEveryLaunch { driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize after cuDNN") }
-        kernels(ConvolutionKernels.self, .float32).convBias
-            .launch(on: self, grid: (blocks(y.count), 1), y: addr(y), y16: addr(output16), b: addr(bias), r: addr(residual),
-                    n: y.count, channels: g.outChannels)
+        let (yf, y16) = float32OrBF16(y), (rf, r16) = residual.map { float32OrBF16($0) } ?? (0, 0)
+        let k = kernels(ConvolutionKernels.self, .float32)
+        if y16 != 0 {
+            k.convBias16.launch(on: self, grid: (blocks((y.count + 1) / 2), 1), y16: y16, b: addr(bias), r: rf, r16: r16,
+                                n: y.count, channels: g.outChannels)
+        } else {
+            k.convBias.launch(on: self, grid: (blocks(y.count), 1), y: yf, y16: addr(output16), b: addr(bias), r: rf, r16: r16,
+                              n: y.count, channels: g.outChannels)
+        }
         withExtendedLifetime(output16) {}
         cudnnConvolutions += 1
         return true

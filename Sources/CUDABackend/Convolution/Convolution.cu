@@ -1,6 +1,7 @@
 // The inference kernels behind ConvolutionBackend (im2col, pooling, bilinear resize, bias + ReLU), and for the
-// channels-last convolutions the bias of cuDNN's and the im2col of those computed without it. One thread per output element in grid-stride loops; they move
-// memory, while the convolutions' arithmetic goes to cuBLAS through matmul (or to cuDNN). Launchers:
+// channels-last images the bias of cuDNN's convolutions, the bf16 padding of their inputs, the im2col of those
+// computed without cuDNN, and nearest-neighbour upsampling. Grid-stride loops over output elements (or pixels); they
+// move memory, while the convolutions' arithmetic goes to cuBLAS through matmul (or to cuDNN). Launchers:
 // ConvolutionKernels.swift, ChannelsLastConvolution.swift.
 #include "../common.cuh"
 
@@ -90,20 +91,86 @@ TVM_KERNEL(bias_relu, (256), (scalar_t* y, const scalar_t* b, i64 rows, int chan
     pool_impl<scalar_t, KIND>(x, y, planes, h, w, g); }
 POOL(max, pool_max, 0) POOL(averageExcludingPadding, pool_avg_excl, 1) POOL(averageIncludingPadding, pool_avg_incl, 2)
 
-/// y[i] = (y16 ? the bfloat16 value y16[i] : y[i]) + b[i % channels] (+ r[i] where r is given): the bias (and a
-/// residual connection) of a channels-last convolution's output [pixels, channels] (cuDNN's), a bfloat16 output
-/// widened to float32 on the way. The channel is carried along the grid-stride loop rather than divided out per
-/// element (a 64-bit remainder costs more than the element's memory traffic).
-TVM_KERNEL(conv_bias, (256), (scalar_t* y, const unsigned short* y16, const scalar_t* b, const scalar_t* r, i64 n,
-                              int channels)) {
+/// y[i] = (y16 ? the bfloat16 value y16[i] : y[i]) + b[i % channels] (+ the residual r[i] or, in bfloat16, r16[i]):
+/// the bias (and a residual connection) of a channels-last convolution's output [pixels, channels] (cuDNN's), a
+/// bfloat16 output widened to float32 on the way. The channel is carried along the grid-stride loop rather than
+/// divided out per element (a 64-bit remainder costs more than the element's memory traffic).
+TVM_KERNEL(conv_bias, (256), (scalar_t* y, const unsigned short* y16, const scalar_t* b, const scalar_t* r,
+                              const unsigned short* r16, i64 n, int channels)) {
     const i64 step = gstride();
     const int stepChannels = (int)(step % channels);
     int c = (int)(gtid() % channels);
     for (i64 i = gtid(); i < n; i += step) {
-        const scalar_t v = (y16 ? (scalar_t)__uint_as_float((u32)y16[i] << 16) : y[i]) + b[c];
-        y[i] = r ? v + r[i] : v;
+        const scalar_t v = (y16 ? (scalar_t)bf16_value(y16[i]) : y[i]) + b[c];
+        y[i] = r ? v + r[i] : r16 ? v + (scalar_t)bf16_value(r16[i]) : v;
         c += stepChannels;
         if (c >= channels) c -= channels;
+    }
+}
+
+/// conv_bias in place on an output that holds only its bfloat16 values: y16[i] = bfloat16(y16[i] + b[i % channels]
+/// (+ r[i] or r16[i])), the sum in float32 as conv_bias makes it. Two values per thread and step (4-byte loads and
+/// stores; storages start 16-byte aligned), the channels of both carried along the loop; a lone last value after.
+TVM_KERNEL(conv_bias16, (256), (unsigned short* y16, const scalar_t* b, const scalar_t* r, const unsigned short* r16, i64 n,
+                                int channels)) {
+    const i64 pairs = n / 2, step = gstride();
+    const int stepChannels = (int)((2 * step) % channels);
+    int c = (int)((2 * gtid()) % channels);
+    for (i64 k = gtid(); k < pairs; k += step) {
+        const i64 i = 2 * k;
+        const int c1 = c + 1 == channels ? 0 : c + 1;
+        const u32 packed = reinterpret_cast<const u32*>(y16)[k];
+        scalar_t v0 = (scalar_t)__uint_as_float(packed << 16) + b[c], v1 = (scalar_t)__uint_as_float(packed & 0xffff0000u) + b[c1];
+        if (r) {
+            v0 = v0 + r[i];
+            v1 = v1 + r[i + 1];
+        } else if (r16) {
+            const u32 q = reinterpret_cast<const u32*>(r16)[k];
+            v0 = v0 + (scalar_t)__uint_as_float(q << 16);
+            v1 = v1 + (scalar_t)__uint_as_float(q & 0xffff0000u);
+        }
+        store_bf16_pair(y16, i, (float)v0, (float)v1);
+        c += stepChannels;
+        if (c >= channels) c -= channels;
+    }
+    if (n % 2 == 1 && gtid() == 0) {
+        const i64 i = n - 1;
+        scalar_t v = (scalar_t)bf16_value(y16[i]) + b[i % channels];
+        if (r) v = v + r[i];
+        else if (r16) v = v + (scalar_t)bf16_value(r16[i]);
+        y16[i] = bf16_bits((float)v);
+    }
+}
+
+/// y16 [N, ph, pw, c] = x16 [N, h, w, c] placed at (top, left) with zeros around it, in bfloat16: the part of a
+/// convolution's padding cuDNN cannot take (it pads both sides alike), for an input that holds only its bf16 values
+/// or is read as its bf16 copy. A block per output pixel (its position decoded once), the threads along channels.
+TVM_KERNEL(pad_nhwc16, (256), (const unsigned short* x16, unsigned short* y16, i64 pixels, int h, int w, int c, int top,
+                               int left, int ph, int pw)) {
+    for (i64 p = blockIdx.x; p < pixels; p += gridDim.x) {
+        const i64 q = p / pw;
+        const int iy = (int)(q % ph) - top, ix = (int)(p % pw) - left;
+        const bool inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
+        const i64 src = (((q / ph) * h + iy) * w + ix) * c;
+        for (int t = threadIdx.x; t < c; t += blockDim.x) y16[p * c + t] = inside ? x16[src + t] : (unsigned short)0;
+    }
+}
+
+/// Nearest-neighbour 2x upsampling of channels-last images: output pixel (oy, ox) of y [N, 2h, 2w, c] is input pixel
+/// (oy / 2, ox / 2) of x [N, h, w, c]. Each side float32 (x, y) or bfloat16 alone (x16, y16; the other null): bf16 to
+/// bf16 copies the bits. A block per output pixel, the threads along channels.
+TVM_KERNEL(upsample_nearest2x_nhwc, (256), (const scalar_t* x, const unsigned short* x16, scalar_t* y, unsigned short* y16,
+                                            i64 pixels, int h, int w, int c)) {
+    for (i64 p = blockIdx.x; p < pixels; p += gridDim.x) {
+        const i64 q = p / (2 * w);
+        const int oy = (int)(q % (2 * h)), ox = (int)(p % (2 * w));
+        const i64 src = (((q / (2 * h)) * h + oy / 2) * w + ox / 2) * c, dst = p * c;
+        for (int t = threadIdx.x; t < c; t += blockDim.x) {
+            if (x16 && y16) { y16[dst + t] = x16[src + t]; continue; }
+            const scalar_t v = x16 ? (scalar_t)bf16_value(x16[src + t]) : x[src + t];
+            if (y) y[dst + t] = v;
+            else store_bf16_one(y16, dst + t, v);
+        }
     }
 }
 

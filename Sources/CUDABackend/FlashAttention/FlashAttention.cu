@@ -7,10 +7,11 @@
 // (PREC, FlashAttentionKernels.swift's FlashPrecision). FP_X3 (the default float32 path) splits every operand x into
 // hi = tf32(x) and lo = tf32(x - hi) and sums lo*hi + hi*lo + hi*hi with mma.m16n8k8 TF32: three products for
 // about float32 accuracy (3xTF32). FP_TF32 (allowTF32) uses hi*hi alone. FP_BF16 (bf16Products) rounds q, k,
-// v, their tangents and the cotangents to bfloat16 when a tile is staged in shared memory, and the softmax
-// weights (and their tangents and gradients) when they become the left operand of the next product, as bf16
-// flash attention does, and multiplies with mma.m16n8k16 BF16: one instruction per 16 columns of k instead
-// of 2 (TF32) or 6 (3xTF32). Nothing of size seq x seq reaches memory: scores live in registers, one key (or
+// v, their tangents and the cotangents to bfloat16 when a tile is staged in shared memory (or stages the bf16
+// copies that the kernels making them wrote: the same bits), and the softmax weights (and their tangents and
+// gradients) when they become the left operand of the next product, as bf16 flash attention does, takes the
+// exponentials from the hardware's approximation (flash_exp), and multiplies with mma.m16n8k16 BF16: one
+// instruction per 16 columns of k instead of 2 (TF32) or 6 (3xTF32). Nothing of size seq x seq reaches memory: scores live in registers, one key (or
 // query) block at a time, with an online softmax in the forward pass and the saved row log-sum-exp in the
 // backward pass. Operands are token-major (attn_head_offset): grid.y runs over batch * heads, a head's rows
 // are heads * D floats apart, and lse and the row statistics are [batch * heads, n].
@@ -52,16 +53,25 @@ __device__ __forceinline__ void ldsm_x2_trans(u32 (&r)[2], const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"((u32)__cvta_generic_to_shared(p)));
 }
 __device__ __forceinline__ u32 dynamic_smem_bytes() { u32 r; asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r)); return r; }
+/// 16 bytes from global to shared memory without passing through registers (.cg: not cached in L1, the tiles are
+/// read once per block); complete, for this thread, at the next cp_async_wait_all.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"((u32)__cvta_generic_to_shared(smem)), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+__device__ __forceinline__ float ex2_approx(float x) { float r; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
 #endif
 
 /// Per precision: the shared-memory element (bf16 bits for FP_BF16), the columns of k one product step takes
-/// (in units of 8), whether operands are split (3xTF32), the columns of a tile (D, or D rounded up to 16 for
-/// BF16, the extra columns zero) and the tile pitch in elements (padded so that every fragment load, and every
-/// ldmatrix phase, touches 32 different banks: 68 / 76 floats, 72 / 88 bf16 values for D = 64 / 72).
+/// (in units of 8), whether operands are split (3xTF32), the sets of inner tiles (STAGES: FP_BF16 loads the next
+/// block's tiles while it multiplies the current one, see flash_stage), the columns of a tile (D, or D rounded up
+/// to 16 for BF16, the extra columns zero) and the tile pitch in elements (padded so that every fragment load, and
+/// every ldmatrix phase, touches 32 different banks: 68 / 76 floats, 72 / 88 bf16 values for D = 64 / 72).
 template<int PREC> struct FlashPrec {
     typedef float E;
     static constexpr int KS = 1;
     static constexpr bool SPLIT = PREC == FP_X3;
+    static constexpr int STAGES = 1;
     template<int D> static constexpr int cols() { return D; }
     template<int D> static constexpr int ld() { return D + 4; }
 };
@@ -69,6 +79,7 @@ template<> struct FlashPrec<FP_BF16> {
     typedef unsigned short E;
     static constexpr int KS = 2;
     static constexpr bool SPLIT = false;
+    static constexpr int STAGES = 2;
     template<int D> static constexpr int cols() { return (D + 15) / 16 * 16; }
     template<int D> static constexpr int ld() { return cols<D>() + 8; }
 };
@@ -165,6 +176,15 @@ template<int PREC> __device__ __forceinline__ FragA<PREC> acc_a(const float (&c0
     }
 }
 
+/// e^x for the softmax weights. FP_BF16: 2^(x log2 e) by the hardware approximation (ex2.approx.ftz: two
+/// instructions where expf takes nine, with about 2 ulp of float32 error where the weights are then rounded to
+/// bfloat16, 2^16 ulp, before their product; e^-inf = 0), as bf16 flash attention computes them. The float32-tile
+/// precisions keep the accurate expf of the CPU backend.
+template<int PREC> __device__ __forceinline__ float flash_exp(float x) {
+    if constexpr (PREC == FP_BF16) return ex2_approx(x * 1.44269504088896341f);
+    else return m_exp(x);
+}
+
 /// Accumulator tiles to zero.
 template<int N> __device__ __forceinline__ void zero_tiles(float (&a)[N][4]) {
 #pragma unroll
@@ -250,6 +270,61 @@ __device__ __forceinline__ void flash_load(typename FlashPrec<PREC>::E* s, const
         }
     }
 }
+/// An operand in global memory: its float32 values and, where the kernel that made them wrote one under bf16
+/// products, their bfloat16 copy (else null).
+struct FlashIn { const float* x; const unsigned short* x16; };
+
+/// Rows row0..row0+ROWS-1 of a head (first row at `hb`, rows `ld` apart) into a shared tile as flash_load does.
+/// FP_BF16 with a bf16 copy: the copy's 16-byte chunks by cp.async (in flight until cp_async_wait_all, no registers
+/// held, the zero rows and columns stored directly); these are the bits flash_load's rounding gives (both round to
+/// nearest even), so results do not depend on which operands have copies. Otherwise flash_load (the float32 values,
+/// rounded for FP_BF16).
+template<int D, int ROWS, int THREADS, int PREC>
+__device__ __forceinline__ void flash_stage(typename FlashPrec<PREC>::E* s, FlashIn src, i64 hb, i64 ld, int row0, int n) {
+    if constexpr (PREC == FP_BF16) {
+        if (src.x16 != nullptr) {
+            // Chunks of 8 values: C per tile row, CD of them holding data (D = 72: 9 of 10).
+            constexpr int C = FlashPrec<PREC>::template cols<D>() / 8, CD = D / 8, LD = FlashPrec<PREC>::template ld<D>();
+            const unsigned short* p = src.x16 + hb;
+#pragma unroll 4
+            for (int i = threadIdx.x; i < ROWS * C; i += THREADS) {
+                const int r = i / C, c = i - r * C;
+                unsigned short* dst = s + r * LD + 8 * c;
+                if ((C == CD || c < CD) && row0 + r < n) cp_async16(dst, p + (row0 + r) * ld + 8 * c);
+                else *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+            }
+            return;
+        }
+    }
+    flash_load<D, ROWS, THREADS, PREC>(s, src.x + hb, ld, row0, n);
+}
+/// Four operands' rows row0..row0+ROWS-1 into four consecutive ROWS-row tiles at s, a pair (a, b) and, with TAN,
+/// their tangent-side partners (ta, tb): the tile groups every flash kernel stages (k, v, tk, tv and q, go, tq, gto).
+template<int D, int ROWS, int THREADS, int PREC, bool TAN>
+__device__ __forceinline__ void flash_stage_group(typename FlashPrec<PREC>::E* s, FlashIn a, FlashIn b, FlashIn ta,
+        FlashIn tb, i64 hb, i64 ld, int row0, int n) {
+    constexpr int LD = FlashPrec<PREC>::template ld<D>();
+    flash_stage<D, ROWS, THREADS, PREC>(s, a, hb, ld, row0, n);
+    flash_stage<D, ROWS, THREADS, PREC>(s + ROWS * LD, b, hb, ld, row0, n);
+    if (TAN) {
+        flash_stage<D, ROWS, THREADS, PREC>(s + 2 * ROWS * LD, ta, hb, ld, row0, n);
+        flash_stage<D, ROWS, THREADS, PREC>(s + 3 * ROWS * LD, tb, hb, ld, row0, n);
+    }
+}
+/// The backward's row statistics (float4 per row) of rows row0..row0+ROWS-1 into shared memory, zeros past n;
+/// by cp.async with ASYNC (complete at cp_async_wait_all).
+template<int ROWS, int THREADS, bool ASYNC>
+__device__ __forceinline__ void flash_stage_stats(float4* s, const float* __restrict__ stats, i64 rowBase, int row0, int n) {
+    for (int i = threadIdx.x; i < ROWS; i += THREADS) {
+        if constexpr (ASYNC) {
+            if (row0 + i < n) cp_async16(s + i, stats + (rowBase + row0 + i) * 4);
+            else s[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+        } else {
+            s[i] = row0 + i < n ? *reinterpret_cast<const float4*>(stats + (rowBase + row0 + i) * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+}
+
 /// Launch geometry the kernel was built for; a mismatch with the host's table stops the kernel.
 template<int THREADS, int SMEM> __device__ __forceinline__ void flash_check_launch() {
     if (threadIdx.x == 0 && (blockDim.x != THREADS || dynamic_smem_bytes() < (u32)SMEM)) __trap();
@@ -263,50 +338,68 @@ __device__ __forceinline__ float quad_max(float x) {
     return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
+/// One step of a kernel's loop over the inner blocks of ROWS rows (keys in the forward and dq, queries in dkv), the
+/// block at row0: the shared set of tiles to compute on. stage(set, row0) writes a block's tiles into a set. With
+/// two sets (FlashPrec::STAGES; the caller staged the first block into set 0 before the loop) the block's copies
+/// are waited for, and after the barrier, which also tells that every warp is done with the other set, the next
+/// block is staged into that set: its cp.async copies fly while this block is multiplied. With one set the block
+/// is loaded between two barriers, as the float32-tile kernels always did (their loop and code are unchanged).
+template<int STAGES, int ROWS, typename Stage>
+__device__ __forceinline__ int flash_inner_step(int row0, int n, Stage stage) {
+    if constexpr (STAGES == 2) {
+        cp_async_wait_all();
+        __syncthreads();
+        if (row0 + ROWS < n) stage((row0 / ROWS + 1) & 1, row0 + ROWS);
+        return (row0 / ROWS) & 1;
+    } else {
+        __syncthreads();
+        stage(0, row0);
+        __syncthreads();
+        return 0;
+    }
+}
+
 /// Forward (grid: query blocks of 16 * WARPS rows, heads): o, lse, and with TAN the tangent
 /// to_i = sum_j P_ij tS_ij v_j - mu_i o_i + sum_j P_ij tv_j (mu_i = sum_j P_ij tS_ij), accumulated in one pass
 /// over key blocks of BC: acc = sum p v, tacc = sum p (tS v + tv), rescaled with the running max.
 /// With `stats` (the backward's pre-pass) nothing is stored but, per row, float4 (lseIn, mu, rho, dotPdP):
 /// rho = gto.o, dotPdP = sum_j P_ij dP_ij = go.o + gto.to - mu rho (TAN) or go.o.
 template<int D, int WARPS, int BC, bool TAN, int PREC>
-__device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, const float* __restrict__ k,
-        const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
-        const float* __restrict__ tv, float* __restrict__ o, float* __restrict__ to, float* __restrict__ lse,
+__device__ __forceinline__ void flash_fwd_impl(FlashIn q, FlashIn k, FlashIn v, FlashIn tq, FlashIn tk, FlashIn tv,
+        float* __restrict__ o, float* __restrict__ to, float* __restrict__ lse,
         unsigned short* __restrict__ o16, unsigned short* __restrict__ to16,
         const float* __restrict__ go, const float* __restrict__ gto, const float* __restrict__ lseIn,
         float* __restrict__ stats, int n, int heads, float scale) {
     typedef typename FlashPrec<PREC>::E E;
     // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
     constexpr int LD = FlashPrec<PREC>::template ld<D>(), KDP = FlashPrec<PREC>::template cols<D>() / 8;
-    constexpr int BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
+    constexpr int BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS, STAGES = FlashPrec<PREC>::STAGES;
     constexpr int NQ = TAN ? 2 : 1, NK = TAN ? 4 : 2;
-    constexpr int SMEM = (BR * NQ + BC * NK) * LD * (int)sizeof(E);
+    constexpr int SMEM = (BR * NQ + STAGES * BC * NK) * LD * (int)sizeof(E);
     flash_check_launch<THREADS, SMEM>();
     extern __shared__ float4 flash_smem[];
     E* sQ = reinterpret_cast<E*>(flash_smem);
     E* sTQ = sQ + BR * LD;
-    E* sK = sQ + NQ * BR * LD;
-    E* sV = sK + BC * LD;
-    E* sTK = sV + BC * LD;
-    E* sTV = sTK + BC * LD;
+    // STAGES sets of the key block's tiles K, V, tK, tV.
+    E* sKeys = sQ + NQ * BR * LD;
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
     const int q0 = blockIdx.x * BR;
     const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D;
-    flash_load<D, BR, THREADS, PREC>(sQ, q + hb, ld, q0, n);
-    if (TAN) flash_load<D, BR, THREADS, PREC>(sTQ, tq + hb, ld, q0, n);
+    auto stage = [&](int set, int row0) {
+        flash_stage_group<D, BC, THREADS, PREC, TAN>(sKeys + set * NK * BC * LD, k, v, tk, tv, hb, ld, row0, n);
+    };
+    flash_stage<D, BR, THREADS, PREC>(sQ, q, hb, ld, q0, n);
+    if (TAN) flash_stage<D, BR, THREADS, PREC>(sTQ, tq, hb, ld, q0, n);
+    if (STAGES == 2) stage(0, 0);
     float acc[KD][4], tacc[KD][4];
     zero_tiles(acc);
     zero_tiles(tacc);
     float m[2] = {-inf_<float>(), -inf_<float>()}, l[2] = {0.f, 0.f}, mu[2] = {0.f, 0.f};
     for (int j0 = 0; j0 < n; j0 += BC) {
-        __syncthreads();
-        flash_load<D, BC, THREADS, PREC>(sK, k + hb, ld, j0, n);
-        flash_load<D, BC, THREADS, PREC>(sV, v + hb, ld, j0, n);
-        if (TAN) {
-            flash_load<D, BC, THREADS, PREC>(sTK, tk + hb, ld, j0, n);
-            flash_load<D, BC, THREADS, PREC>(sTV, tv + hb, ld, j0, n);
-        }
-        __syncthreads();
+        const E* sK = sKeys + flash_inner_step<STAGES, BC>(j0, n, stage) * NK * BC * LD;
+        const E* sV = sK + BC * LD;
+        const E* sTK = sV + BC * LD;
+        const E* sTV = sTK + BC * LD;
         // s = q k^T, ts = tq k^T + q tk^T.
         float s[NC][4], ts[NC][4];
         zero_tiles(s);
@@ -327,7 +420,7 @@ __device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, cons
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             mx[h] = quad_max(mx[h]);
-            alpha[h] = m_exp(m[h] - mx[h]);
+            alpha[h] = flash_exp<PREC>(m[h] - mx[h]);
             m[h] = mx[h];
             l[h] *= alpha[h];
             mu[h] *= alpha[h];
@@ -340,7 +433,7 @@ __device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, cons
         for (int c = 0; c < NC; ++c)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const float p = m_exp(s[c][e] - m[e >> 1]);
+                const float p = flash_exp<PREC>(s[c][e] - m[e >> 1]);
                 l[e >> 1] += p;
                 s[c][e] = p;
                 if (TAN) { ts[c][e] *= p; mu[e >> 1] += ts[c][e]; }
@@ -406,35 +499,31 @@ __device__ __forceinline__ void flash_fwd_impl(const float* __restrict__ q, cons
 /// ts = scale (tq.k + q.tk), G = go.v + gto.tv, R = gto.v, dp = G + R (ts - mu) - ts rho,
 /// dS = P (dp - dotPdP), dtS = P (R - rho) (AttentionKernels.swift's formulas).
 template<int D, int WARPS, int BC, bool TAN, int PREC>
-__device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, const float* __restrict__ k,
-        const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
-        const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
-        const float* __restrict__ stats, float* __restrict__ dq, float* __restrict__ dtq, int n, int heads, float scale) {
+__device__ __forceinline__ void flash_bwd_dq_impl(FlashIn q, FlashIn k, FlashIn v, FlashIn tq, FlashIn tk, FlashIn tv,
+        FlashIn go, FlashIn gto, const float* __restrict__ stats, float* __restrict__ dq, float* __restrict__ dtq,
+        int n, int heads, float scale) {
     typedef typename FlashPrec<PREC>::E E;
     // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
     constexpr int LD = FlashPrec<PREC>::template ld<D>(), KDP = FlashPrec<PREC>::template cols<D>() / 8;
-    constexpr int BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS;
+    constexpr int BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS, STAGES = FlashPrec<PREC>::STAGES;
     constexpr int NS = TAN ? 4 : 2;
-    constexpr int SMEM = (BR + BC) * NS * LD * (int)sizeof(E);
+    constexpr int SMEM = (BR + STAGES * BC) * NS * LD * (int)sizeof(E);
     flash_check_launch<THREADS, SMEM>();
     extern __shared__ float4 flash_smem[];
     E* sQ = reinterpret_cast<E*>(flash_smem);
     E* sGO = sQ + BR * LD;
     E* sTQ = sGO + BR * LD;
     E* sGTO = sTQ + BR * LD;
-    E* sK = sQ + NS * BR * LD;
-    E* sV = sK + BC * LD;
-    E* sTK = sV + BC * LD;
-    E* sTV = sTK + BC * LD;
+    // STAGES sets of the key block's tiles K, V, tK, tV.
+    E* sKeys = sQ + NS * BR * LD;
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
     const int q0 = blockIdx.x * BR;
     const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D, rowBase = (i64)blockIdx.y * n;
-    flash_load<D, BR, THREADS, PREC>(sQ, q + hb, ld, q0, n);
-    flash_load<D, BR, THREADS, PREC>(sGO, go + hb, ld, q0, n);
-    if (TAN) {
-        flash_load<D, BR, THREADS, PREC>(sTQ, tq + hb, ld, q0, n);
-        flash_load<D, BR, THREADS, PREC>(sGTO, gto + hb, ld, q0, n);
-    }
+    auto stage = [&](int set, int row0) {
+        flash_stage_group<D, BC, THREADS, PREC, TAN>(sKeys + set * NS * BC * LD, k, v, tk, tv, hb, ld, row0, n);
+    };
+    flash_stage_group<D, BR, THREADS, PREC, TAN>(sQ, q, go, tq, gto, hb, ld, q0, n);
+    if (STAGES == 2) stage(0, 0);
     float L[2], MU[2], RHO[2], DPP[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -447,14 +536,10 @@ __device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, c
     zero_tiles(dqa);
     zero_tiles(dtqa);
     for (int j0 = 0; j0 < n; j0 += BC) {
-        __syncthreads();
-        flash_load<D, BC, THREADS, PREC>(sK, k + hb, ld, j0, n);
-        flash_load<D, BC, THREADS, PREC>(sV, v + hb, ld, j0, n);
-        if (TAN) {
-            flash_load<D, BC, THREADS, PREC>(sTK, tk + hb, ld, j0, n);
-            flash_load<D, BC, THREADS, PREC>(sTV, tv + hb, ld, j0, n);
-        }
-        __syncthreads();
+        const E* sK = sKeys + flash_inner_step<STAGES, BC>(j0, n, stage) * NS * BC * LD;
+        const E* sV = sK + BC * LD;
+        const E* sTK = sV + BC * LD;
+        const E* sTV = sTK + BC * LD;
         // s = q k^T, ts = tq k^T + q tk^T; gg = go v^T + gto tv^T, rr = gto v^T.
         float s[NC][4], ts[NC][4], gg[NC][4], rr[NC][4];
         zero_tiles(s);
@@ -470,7 +555,7 @@ __device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, c
             for (int e = 0; e < 4; ++e) {
                 const int h = e >> 1;
                 const bool valid = j0 + c * 8 + 2 * t + (e & 1) < n;
-                const float P = valid ? m_exp(s[c][e] * scale - L[h]) : 0.f;
+                const float P = valid ? flash_exp<PREC>(s[c][e] * scale - L[h]) : 0.f;
                 if (TAN) {
                     const float tsv = ts[c][e] * scale, r = rr[c][e];
                     const float dp = gg[c][e] + r * (tsv - MU[h]) - tsv * RHO[h];
@@ -502,54 +587,46 @@ __device__ __forceinline__ void flash_bwd_dq_impl(const float* __restrict__ q, c
 /// the score tiles transposed (keys as rows): dk = scale sum_i (dS q + dtS tq), dtk = scale sum_i dtS q,
 /// dv = sum_i (P go + P (ts - mu) gto), dtv = sum_i P gto.
 template<int D, int WARPS, int BQ, bool TAN, int PREC>
-__device__ __forceinline__ void flash_bwd_dkv_impl(const float* __restrict__ q, const float* __restrict__ k,
-        const float* __restrict__ v, const float* __restrict__ tq, const float* __restrict__ tk,
-        const float* __restrict__ tv, const float* __restrict__ go, const float* __restrict__ gto,
-        const float* __restrict__ stats, float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dtk,
-        float* __restrict__ dtv, unsigned short* __restrict__ dv16, unsigned short* __restrict__ dtv16,
+__device__ __forceinline__ void flash_bwd_dkv_impl(FlashIn q, FlashIn k, FlashIn v, FlashIn tq, FlashIn tk, FlashIn tv,
+        FlashIn go, FlashIn gto, const float* __restrict__ stats, float* __restrict__ dk, float* __restrict__ dv,
+        float* __restrict__ dtk, float* __restrict__ dtv, unsigned short* __restrict__ dv16, unsigned short* __restrict__ dtv16,
         int n, int heads, float scale) {
     typedef typename FlashPrec<PREC>::E E;
     // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
     constexpr int LD = FlashPrec<PREC>::template ld<D>(), KDP = FlashPrec<PREC>::template cols<D>() / 8;
-    constexpr int BK = 16 * WARPS, KD = D / 8, NQ = BQ / 8, THREADS = 32 * WARPS;
+    constexpr int BK = 16 * WARPS, KD = D / 8, NQ = BQ / 8, THREADS = 32 * WARPS, STAGES = FlashPrec<PREC>::STAGES;
     constexpr int NS = TAN ? 4 : 2;
-    constexpr int SMEM = (BK + BQ) * NS * LD * (int)sizeof(E) + BQ * 16;
+    constexpr int SMEM = (BK + STAGES * BQ) * NS * LD * (int)sizeof(E) + STAGES * BQ * 16;
     flash_check_launch<THREADS, SMEM>();
     extern __shared__ float4 flash_smem[];
     E* sK = reinterpret_cast<E*>(flash_smem);
     E* sV = sK + BK * LD;
     E* sTK = sV + BK * LD;
     E* sTV = sTK + BK * LD;
-    E* sQ = sK + NS * BK * LD;
-    E* sGO = sQ + BQ * LD;
-    E* sTQ = sGO + BQ * LD;
-    E* sGTO = sTQ + BQ * LD;
-    float4* sSt = reinterpret_cast<float4*>(sQ + NS * BQ * LD);
+    // STAGES sets of the query block's tiles Q, gO, tQ, gtO, then STAGES sets of its row statistics.
+    E* sQueries = sK + NS * BK * LD;
+    float4* sStats = reinterpret_cast<float4*>(sQueries + STAGES * NS * BQ * LD);
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
     const int k0 = blockIdx.x * BK;
     const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D, rowBase = (i64)blockIdx.y * n;
-    flash_load<D, BK, THREADS, PREC>(sK, k + hb, ld, k0, n);
-    flash_load<D, BK, THREADS, PREC>(sV, v + hb, ld, k0, n);
-    if (TAN) {
-        flash_load<D, BK, THREADS, PREC>(sTK, tk + hb, ld, k0, n);
-        flash_load<D, BK, THREADS, PREC>(sTV, tv + hb, ld, k0, n);
-    }
+    auto stage = [&](int set, int row0) {
+        flash_stage_group<D, BQ, THREADS, PREC, TAN>(sQueries + set * NS * BQ * LD, q, go, tq, gto, hb, ld, row0, n);
+        flash_stage_stats<BQ, THREADS, STAGES == 2>(sStats + set * BQ, stats, rowBase, row0, n);
+    };
+    flash_stage_group<D, BK, THREADS, PREC, TAN>(sK, k, v, tk, tv, hb, ld, k0, n);
+    if (STAGES == 2) stage(0, 0);
     float dka[KD][4], dva[KD][4], dtka[KD][4], dtva[KD][4];
     zero_tiles(dka);
     zero_tiles(dva);
     zero_tiles(dtka);
     zero_tiles(dtva);
     for (int i0 = 0; i0 < n; i0 += BQ) {
-        __syncthreads();
-        flash_load<D, BQ, THREADS, PREC>(sQ, q + hb, ld, i0, n);
-        flash_load<D, BQ, THREADS, PREC>(sGO, go + hb, ld, i0, n);
-        if (TAN) {
-            flash_load<D, BQ, THREADS, PREC>(sTQ, tq + hb, ld, i0, n);
-            flash_load<D, BQ, THREADS, PREC>(sGTO, gto + hb, ld, i0, n);
-        }
-        for (int i = threadIdx.x; i < BQ; i += THREADS)
-            sSt[i] = i0 + i < n ? *reinterpret_cast<const float4*>(stats + (rowBase + i0 + i) * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
-        __syncthreads();
+        const int set = flash_inner_step<STAGES, BQ>(i0, n, stage);
+        const E* sQ = sQueries + set * NS * BQ * LD;
+        const E* sGO = sQ + BQ * LD;
+        const E* sTQ = sGO + BQ * LD;
+        const E* sGTO = sTQ + BQ * LD;
+        const float4* sSt = sStats + set * BQ;
         // Transposed tiles: rows are this warp's 16 keys, columns the block's queries.
         // s = k q^T, ts = tk q^T + k tq^T; gg = v go^T + tv gto^T, rr = v gto^T (the k loops not unrolled: fewer
         // fragments live).
@@ -567,7 +644,7 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(const float* __restrict__ q, 
             for (int e = 0; e < 4; ++e) {
                 const int col = c * 8 + 2 * t + (e & 1);
                 const float4 st = sSt[col];
-                const float P = i0 + col < n ? m_exp(s[c][e] * scale - st.x) : 0.f;
+                const float P = i0 + col < n ? flash_exp<PREC>(s[c][e] * scale - st.x) : 0.f;
                 s[c][e] = P;
                 if (TAN) {
                     const float tsv = ts[c][e] * scale, r = rr[c][e];
@@ -605,38 +682,47 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(const float* __restrict__ q, 
 
 // The instances: plain (tag p, TAN false) or with the tangent (t, true), head dim D, operand precision, and the
 // launch shape: WARPS warps of 16 rows per block, INNER keys (forward, dq) or queries (dkv) per step, and the
-// launch bounds. These kernels load a tile, wait, then compute, so they rely on several blocks per multiprocessor
-// to overlap the two: 3 blocks of 4 warps ran the tangent forward 1.35x faster than 2 (2026-11-25), and halving the
-// inner blocks to fit 3 blocks was slower still (CUDA_NOTES.md). The 3xTF32 kernels that need more than 168
-// registers and whose shared memory allows 3 blocks get a register cap for 3 in their bounds (a few spilled values:
-// tangent forward 1.05 against 1.15 ms, D = 72 plain backward 2.31 against 2.51 ms), and an uncapped build
-// (_nocap, for measurements: CUDABackend.flashRegisterCaps = false). The kernels check blockDim and shared memory.
+// launch bounds. The float32-tile kernels load a tile, wait, then compute, so they rely on several blocks per
+// multiprocessor to overlap the two: 3 blocks of 4 warps ran the tangent forward 1.35x faster than 2 (2026-11-25),
+// and halving the inner blocks to fit 3 blocks was slower still (CUDA_NOTES.md). The 3xTF32 kernels that need more
+// than 168 registers and whose shared memory allows 3 blocks get a register cap for 3 in their bounds (a few spilled
+// values: tangent forward 1.05 against 1.15 ms, D = 72 plain backward 2.31 against 2.51 ms), and an uncapped build
+// (_nocap, for measurements: CUDABackend.flashRegisterCaps = false). So do the BF16 tangent forwards, which the
+// second tile set took from 159 / 168 to 174 / 172 registers (2 blocks; capped 168 with 12 / 24 bytes spilled,
+// NVRTC 12.9). The kernels check blockDim and shared memory.
 //! kernel flash_fwd(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)
 #define FLASH_FWD(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix) \
-    TVM_KERNEL_F32(flash_fwd_##tag##dim##_##precision##suffix, bounds, (const float* q, const float* k, const float* v, const float* tq, const float* tk, const float* tv, float* o, float* to, float* lse, \
+    TVM_KERNEL_F32(flash_fwd_##tag##dim##_##precision##suffix, bounds, (const float* q, const float* k, const float* v, const float* tq, const float* tk, const float* tv, \
+            const unsigned short* q16, const unsigned short* k16, const unsigned short* v16, const unsigned short* tq16, \
+            const unsigned short* tk16, const unsigned short* tv16, float* o, float* to, float* lse, \
             unsigned short* o16, unsigned short* to16, const float* go, const float* gto, const float* lseIn, float* stats, \
             int n, int heads, float scale)) { \
-        flash_fwd_impl<dim, warps, inner, tangent, PREC>(q, k, v, tq, tk, tv, o, to, lse, o16, to16, go, gto, lseIn, stats, \
-                                                         n, heads, scale); }
+        flash_fwd_impl<dim, warps, inner, tangent, PREC>({q, q16}, {k, k16}, {v, v16}, {tq, tq16}, {tk, tk16}, {tv, tv16}, \
+                                                         o, to, lse, o16, to16, go, gto, lseIn, stats, n, heads, scale); }
 FLASH_FWD(p, false, 64, x3, FP_X3, 4, 64, (128), )
 FLASH_FWD(p, false, 64, tf32, FP_TF32, 4, 64, (128), )
 FLASH_FWD(p, false, 64, bf16, FP_BF16, 4, 64, (128), )
 FLASH_FWD(t, true, 64, x3, FP_X3, 4, 32, (128, 3), )
 FLASH_FWD(t, true, 64, x3, FP_X3, 4, 32, (128), _nocap)
 FLASH_FWD(t, true, 64, tf32, FP_TF32, 4, 32, (128), )
-FLASH_FWD(t, true, 64, bf16, FP_BF16, 4, 32, (128), )
+FLASH_FWD(t, true, 64, bf16, FP_BF16, 4, 32, (128, 3), )
+FLASH_FWD(t, true, 64, bf16, FP_BF16, 4, 32, (128), _nocap)
 FLASH_FWD(p, false, 72, x3, FP_X3, 4, 64, (128), )
 FLASH_FWD(p, false, 72, tf32, FP_TF32, 4, 64, (128), )
 FLASH_FWD(p, false, 72, bf16, FP_BF16, 4, 64, (128), )
 FLASH_FWD(t, true, 72, x3, FP_X3, 4, 32, (128), )
 FLASH_FWD(t, true, 72, tf32, FP_TF32, 4, 32, (128), )
-FLASH_FWD(t, true, 72, bf16, FP_BF16, 4, 32, (128), )
+FLASH_FWD(t, true, 72, bf16, FP_BF16, 4, 32, (128, 3), )
+FLASH_FWD(t, true, 72, bf16, FP_BF16, 4, 32, (128), _nocap)
 
 //! kernel flash_dq(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)
 #define FLASH_DQ(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix) \
     TVM_KERNEL_F32(flash_dq_##tag##dim##_##precision##suffix, bounds, (const float* q, const float* k, const float* v, const float* tq, const float* tk, const float* tv, const float* go, const float* gto, \
+            const unsigned short* q16, const unsigned short* k16, const unsigned short* v16, const unsigned short* tq16, \
+            const unsigned short* tk16, const unsigned short* tv16, const unsigned short* go16, const unsigned short* gto16, \
             const float* stats, float* dq, float* dtq, int n, int heads, float scale)) { \
-        flash_bwd_dq_impl<dim, warps, inner, tangent, PREC>(q, k, v, tq, tk, tv, go, gto, stats, dq, dtq, n, heads, scale); }
+        flash_bwd_dq_impl<dim, warps, inner, tangent, PREC>({q, q16}, {k, k16}, {v, v16}, {tq, tq16}, {tk, tk16}, {tv, tv16}, \
+                                                            {go, go16}, {gto, gto16}, stats, dq, dtq, n, heads, scale); }
 FLASH_DQ(p, false, 64, x3, FP_X3, 4, 64, (128), )
 FLASH_DQ(p, false, 64, tf32, FP_TF32, 4, 64, (128), )
 FLASH_DQ(p, false, 64, bf16, FP_BF16, 4, 64, (128), )
@@ -653,10 +739,13 @@ FLASH_DQ(t, true, 72, bf16, FP_BF16, 8, 32, (256), )
 //! kernel flash_dkv(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)
 #define FLASH_DKV(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix) \
     TVM_KERNEL_F32(flash_dkv_##tag##dim##_##precision##suffix, bounds, (const float* q, const float* k, const float* v, const float* tq, const float* tk, const float* tv, const float* go, const float* gto, \
+            const unsigned short* q16, const unsigned short* k16, const unsigned short* v16, const unsigned short* tq16, \
+            const unsigned short* tk16, const unsigned short* tv16, const unsigned short* go16, const unsigned short* gto16, \
             const float* stats, float* dk, float* dv, float* dtk, float* dtv, unsigned short* dv16, unsigned short* dtv16, \
             int n, int heads, float scale)) { \
-        flash_bwd_dkv_impl<dim, warps, inner, tangent, PREC>(q, k, v, tq, tk, tv, go, gto, stats, dk, dv, dtk, dtv, dv16, \
-                                                             dtv16, n, heads, scale); }
+        flash_bwd_dkv_impl<dim, warps, inner, tangent, PREC>({q, q16}, {k, k16}, {v, v16}, {tq, tq16}, {tk, tk16}, {tv, tv16}, \
+                                                             {go, go16}, {gto, gto16}, stats, dk, dv, dtk, dtv, dv16, dtv16, \
+                                                             n, heads, scale); }
 FLASH_DKV(p, false, 64, x3, FP_X3, 4, 32, (128), )
 FLASH_DKV(p, false, 64, tf32, FP_TF32, 4, 32, (128), )
 FLASH_DKV(p, false, 64, bf16, FP_BF16, 4, 32, (128), )

@@ -8,6 +8,9 @@ enum FlashPrecision: Int, CaseIterable {
     var elementBytes: Int { self == .bf16 ? 2 : 4 }
     /// A tile row's pitch in elements (the kernels' FlashPrec::ld).
     func pitch(_ dim: Int) -> Int { self == .bf16 ? (dim + 15) / 16 * 16 + 8 : dim + 4 }
+    /// Sets of the inner loop's tiles (the kernels' FlashPrec::STAGES): bf16 stages the next block while it
+    /// multiplies the current one.
+    var stages: Int { self == .bf16 ? 2 : 1 }
 }
 
 /// The three flash kernels of one attention call: the forward (also the backward's pre-pass), the query side and
@@ -17,11 +20,11 @@ enum FlashKind: CaseIterable {
 
     /// Dynamic shared memory of a kernel of this kind, in bytes (the kernels' own SMEM formulas).
     func sharedBytes(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int) -> Int {
-        let rows = 16 * warps, row = precision.pitch(dim) * precision.elementBytes
+        let rows = 16 * warps, row = precision.pitch(dim) * precision.elementBytes, stages = precision.stages
         switch self {
-        case .forward: return (rows * (tangent ? 2 : 1) + inner * (tangent ? 4 : 2)) * row
-        case .dq: return (rows + inner) * (tangent ? 4 : 2) * row
-        case .dkv: return (rows + inner) * (tangent ? 4 : 2) * row + inner * 16
+        case .forward: return (rows * (tangent ? 2 : 1) + stages * inner * (tangent ? 4 : 2)) * row
+        case .dq: return (rows + stages * inner) * (tangent ? 4 : 2) * row
+        case .dkv: return (rows + stages * inner) * (tangent ? 4 : 2) * row + stages * inner * 16
         }
     }
 }
@@ -109,19 +112,32 @@ extension CUDABackend {
     /// The flash kernels' operand precision: bf16Products, else allowTF32, else 3xTF32.
     var flashPrecision: FlashPrecision { bf16Products ? .bf16 : allowTF32 ? .tf32 : .x3 }
 
+    /// The bf16 copy of a flash kernel's input that the kernel may read instead of its float32 values (bf16 kernels
+    /// only): the one the kernel that made the input wrote, or a product's, kept through this call; 0 where there is
+    /// none. No copy is made here: a conversion pass costs more than the kernels' own rounding of float32 tiles,
+    /// which gives the same bits.
+    func flashInputCopy(_ x: Storage?) -> DevicePointer {
+        guard flashPrecision == .bf16, let x, let copy = cuda(x).bf16Copy, copy.address % 16 == 0 else { return 0 }
+        inCallCopies.append(ObjectIdentifier(x))
+        return copy.address
+    }
+
     /// The flash forward: o, lse and with a tangent `to` (tq, tk, tv then all given), o and to with their bf16 copies.
     func flashForward(q: Storage, k: Storage, v: Storage, tangents: (q: Storage, k: Storage, v: Storage)?, o: Storage,
                       to: Storage?, lse: Storage, geometry g: AttentionGeometry) {
         let f = FlashAttentionKernels.pick(kernels(FlashAttentionKernels.self, .float32).flashFwd, "forward", tangent: to != nil,
                                            dim: g.dim, precision: flashPrecision, capped: flashRegisterCaps)
-        // The output and its tangent feed the output projection: their bf16 copies are written here.
+        // The inputs' copies are claimed first, so that making the outputs' copies cannot evict them. The output and
+        // its tangent feed the output projection: their bf16 copies are written here.
         beginBF16Call()
+        let inputs16 = [q, k, v, tangents?.q, tangents?.k, tangents?.v].map(flashInputCopy)
         let (o16, to16) = (bf16Twin(o), to.map { bf16Twin($0) } ?? 0)
         // go, gto, lseIn, stats: the backward's pre-pass only.
         f.launch(on: self, grid: ((g.seq + f.rows - 1) / f.rows, g.batch * g.heads), block: (f.threads, 1),
                  shared: FlashKind.forward.sharedBytes(tangent: f.tangent, dim: f.dim, precision: f.precision, warps: f.warps,
                                                        inner: f.inner),
                  q: addr(q), k: addr(k), v: addr(v), tq: addr(tangents?.q), tk: addr(tangents?.k), tv: addr(tangents?.v),
+                 q16: inputs16[0], k16: inputs16[1], v16: inputs16[2], tq16: inputs16[3], tk16: inputs16[4], tv16: inputs16[5],
                  o: addr(o), to: addr(to), lse: addr(lse), o16: o16, to16: to16, go: 0, gto: 0, lseIn: 0, stats: 0,
                  n: g.seq, heads: g.heads, scale: Float(g.scale))
         flashAttentionCalls += 1
@@ -135,6 +151,9 @@ extension CUDABackend {
                        tangent: Bool, geometry g: AttentionGeometry) {
         let set = kernels(FlashAttentionKernels.self, .float32), precision = flashPrecision, bh = g.batch * g.heads
         let rowStats = allocate(g.rows * 4, .float32)
+        // q, k, v, tq, tk, tv, go, gto: their copies claimed for the call before dv's and dtv's are made.
+        beginBF16Call()
+        let c = [q, k, v, tq, tk, tv, go, gto].map(flashInputCopy)
         func grid(_ rows: Int) -> (Int, Int) { ((g.seq + rows - 1) / rows, bh) }
         func shared(_ kind: FlashKind, _ k: some FlashInstance) -> Int {
             kind.sharedBytes(tangent: k.tangent, dim: k.dim, precision: k.precision, warps: k.warps, inner: k.inner)
@@ -143,20 +162,22 @@ extension CUDABackend {
                                            capped: flashRegisterCaps)
         f.launch(on: self, grid: grid(f.rows), block: (f.threads, 1), shared: shared(.forward, f),
                  q: addr(q), k: addr(k), v: addr(v), tq: addr(tq), tk: addr(tk), tv: addr(tv),
+                 q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5],
                  o: 0, to: 0, lse: 0, o16: 0, to16: 0, go: addr(go), gto: addr(gto), lseIn: addr(lse), stats: addr(rowStats),
                  n: g.seq, heads: g.heads, scale: Float(g.scale))
         let fq = FlashAttentionKernels.pick(set.flashDq, "dq", tangent: tangent, dim: g.dim, precision: precision,
                                             capped: flashRegisterCaps)
         fq.launch(on: self, grid: grid(fq.rows), block: (fq.threads, 1), shared: shared(.dq, fq),
                   q: addr(q), k: addr(k), v: addr(v), tq: addr(tq), tk: addr(tk), tv: addr(tv), go: addr(go), gto: addr(gto),
+                  q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5], go16: c[6], gto16: c[7],
                   stats: addr(rowStats), dq: addr(dq), dtq: addr(dtq), n: g.seq, heads: g.heads, scale: Float(g.scale))
         let fk = FlashAttentionKernels.pick(set.flashDkv, "dkv", tangent: tangent, dim: g.dim, precision: precision,
                                             capped: flashRegisterCaps)
         // dv and dtv are the v projection's output cotangents, read by its backward products.
-        beginBF16Call()
         let (dv16, dtv16) = (bf16Twin(dv), dtv.map { bf16Twin($0) } ?? 0)
         fk.launch(on: self, grid: grid(fk.rows), block: (fk.threads, 1), shared: shared(.dkv, fk),
                   q: addr(q), k: addr(k), v: addr(v), tq: addr(tq), tk: addr(tk), tv: addr(tv), go: addr(go), gto: addr(gto),
+                  q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5], go16: c[6], gto16: c[7],
                   stats: addr(rowStats), dk: addr(dk), dv: addr(dv), dtk: addr(dtk), dtv: addr(dtv), dv16: dv16, dtv16: dtv16,
                   n: g.seq, heads: g.heads, scale: Float(g.scale))
         flashAttentionCalls += 1

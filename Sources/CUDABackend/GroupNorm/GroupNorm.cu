@@ -1,6 +1,7 @@
 // Group normalisation of channels-last images x [images, pixels, channels] (the VAE's GroupNorm, with the SiLU that
 // follows it): per image and group of consecutive channels the mean and biased variance, then one pass applying
-// them with the per-channel weight and bias. Launchers: GroupNormKernels.swift.
+// them with the per-channel weight and bias. Input and output each float32 or bfloat16 alone (a tensor that holds
+// only its bf16 values), the arithmetic float32. Launchers: GroupNormKernels.swift.
 //
 // Both passes take a grid (chunks of pixels, images) of blocks whose size is a multiple of the channel count, so
 // every thread keeps one channel and walks the chunk's pixels `blockDim.x / channels` apart: the loads of a warp
@@ -18,17 +19,20 @@ template<typename T> __device__ __forceinline__ void chan_combine(T& n, T& mean,
 }
 
 /// partial[((image * chunks + chunk) * groups + group) * 3 + {0, 1, 2}] = the count, mean and M2 of the group's values
-/// in the chunk's pixels: Welford per thread, then the threads of each group combined in a fixed order.
-template<typename T> __device__ __forceinline__ void group_norm_stats_impl(const T* x, T* partial, i64 pixels, int channels,
-                                                                           int groups, i64 chunkPixels) {
+/// in the chunk's pixels: Welford per thread, then the threads of each group combined in a fixed order. x16 (when
+/// not null) holds x's values in bfloat16 alone, read instead of x.
+template<typename T> __device__ __forceinline__ void group_norm_stats_impl(const T* x, const unsigned short* x16, T* partial,
+                                                                           i64 pixels, int channels, int groups,
+                                                                           i64 chunkPixels) {
     __shared__ T sn[1024], smean[1024], sm2[1024];
     const int c = threadIdx.x % channels, rowsPerBlock = blockDim.x / channels;
     const i64 image = blockIdx.y, chunk = blockIdx.x, chunks = gridDim.x;
     const i64 first = chunk * chunkPixels, end = min(pixels, first + chunkPixels);
-    const T* px = x + image * pixels * channels + c;
+    const i64 base = image * pixels * channels + c;
     T n = 0, mean = 0, m2 = 0;
     for (i64 p = first + threadIdx.x / channels; p < end; p += rowsPerBlock) {
-        const T v = px[p * channels];
+        const i64 i = base + p * channels;
+        const T v = x16 ? (T)bf16_value(x16[i]) : x[i];
         n += T(1);
         const T d = v - mean;
         mean += d / n;
@@ -66,8 +70,10 @@ template<typename T> __device__ __forceinline__ void group_norm_finalize_impl(co
     }
 }
 
-/// y = (x - mean) rstd weight[c] + bias[c], then SiLU when `silu`; y16 (null: none) y's bf16 copy.
-template<typename T> __device__ __forceinline__ void group_norm_apply_impl(const T* x, const T* stats, const T* weight,
+/// y = (x - mean) rstd weight[c] + bias[c], then SiLU when `silu`; y16 (null: none) y's bf16 copy, or with y null
+/// its only values. x16 as in group_norm_stats_impl.
+template<typename T> __device__ __forceinline__ void group_norm_apply_impl(const T* x, const unsigned short* x16,
+                                                                           const T* stats, const T* weight,
                                                                            const T* bias, T* y, unsigned short* y16,
                                                                            i64 pixels, int channels, int groups,
                                                                            i64 chunkPixels, int silu) {
@@ -79,23 +85,23 @@ template<typename T> __device__ __forceinline__ void group_norm_apply_impl(const
     const i64 base = image * pixels * channels + c;
     for (i64 p = first + threadIdx.x / channels; p < end; p += rowsPerBlock) {
         const i64 i = base + p * channels;
-        T v = (x[i] - mean) * a + b;
+        T v = ((x16 ? (T)bf16_value(x16[i]) : x[i]) - mean) * a + b;
         if (silu) v = v / (T(1) + m_exp(-v));
-        y[i] = v;
+        if (y) y[i] = v;
         store_bf16_one(y16, i, v);
     }
 }
 
-TVM_KERNEL(group_norm_stats, (1024), (const scalar_t* x, scalar_t* partial, i64 pixels, int channels, int groups,
-                                      i64 chunkPixels)) {
-    group_norm_stats_impl<scalar_t>(x, partial, pixels, channels, groups, chunkPixels);
+TVM_KERNEL(group_norm_stats, (1024), (const scalar_t* x, const unsigned short* x16, scalar_t* partial, i64 pixels,
+                                      int channels, int groups, i64 chunkPixels)) {
+    group_norm_stats_impl<scalar_t>(x, x16, partial, pixels, channels, groups, chunkPixels);
 }
 TVM_KERNEL(group_norm_finalize, (256), (const scalar_t* partial, scalar_t* stats, i64 rows, int chunks, int groups,
                                         scalar_t eps)) {
     group_norm_finalize_impl<scalar_t>(partial, stats, rows, chunks, groups, eps);
 }
-TVM_KERNEL(group_norm_apply, (1024), (const scalar_t* x, const scalar_t* stats, const scalar_t* weight, const scalar_t* bias,
-                                      scalar_t* y, unsigned short* y16, i64 pixels, int channels, int groups,
-                                      i64 chunkPixels, int silu)) {
-    group_norm_apply_impl<scalar_t>(x, stats, weight, bias, y, y16, pixels, channels, groups, chunkPixels, silu);
+TVM_KERNEL(group_norm_apply, (1024), (const scalar_t* x, const unsigned short* x16, const scalar_t* stats,
+                                      const scalar_t* weight, const scalar_t* bias, scalar_t* y, unsigned short* y16,
+                                      i64 pixels, int channels, int groups, i64 chunkPixels, int silu)) {
+    group_norm_apply_impl<scalar_t>(x, x16, stats, weight, bias, y, y16, pixels, channels, groups, chunkPixels, silu);
 }

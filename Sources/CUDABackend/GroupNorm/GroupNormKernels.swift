@@ -1,7 +1,8 @@
 import TensorCore
 
 // ChannelsLastImageBackend's group norm (with the SiLU after it) on GroupNorm.cu's kernels: partial statistics per
-// chunk of pixels, their combination per (image, group), and one pass applying them.
+// chunk of pixels, their combination per (image, group), and one pass applying them; input and output may hold
+// bf16 values alone.
 extension CUDABackend {
     public func groupNorm(_ x: Storage, weight: Storage, bias: Storage, _ y: Storage, images: Int, pixels: Int, channels: Int,
                           groups: Int, eps: Double, silu: Bool, feedsProducts: Bool) -> Bool {
@@ -15,14 +16,16 @@ extension CUDABackend {
                                             (pixels + 4 * rowsPerBlock - 1) / (4 * rowsPerBlock)))
         let chunkPixels = (pixels + chunks - 1) / chunks
         let partial = allocate(images * chunks * groups * 3, x.dtype), stats = allocate(images * groups * 2, x.dtype)
-        k.groupNormStats.launch(on: self, grid: (chunks, images), block: (threads, 1), x: addr(x), partial: addr(partial),
+        // x and y each float32 or bf16 alone (a low-precision storage).
+        let (xf, x16) = float32OrBF16(x), (yf, yOnly16) = float32OrBF16(y)
+        k.groupNormStats.launch(on: self, grid: (chunks, images), block: (threads, 1), x: xf, x16: x16, partial: addr(partial),
                                 pixels: pixels, channels: channels, groups: groups, chunkPixels: chunkPixels)
         k.groupNormFinalize.launch(on: self, grid: (blocks(images * groups), 1), partial: addr(partial), stats: addr(stats),
                                    rows: images * groups, chunks: chunks, groups: groups, eps: eps)
         beginBF16Call()
-        let y16 = feedsProducts ? bf16Twin(y) : 0
-        k.groupNormApply.launch(on: self, grid: (chunks, images), block: (threads, 1), x: addr(x), stats: addr(stats),
-                                weight: addr(weight), bias: addr(bias), y: addr(y), y16: y16, pixels: pixels, channels: channels,
+        let y16 = yOnly16 != 0 ? yOnly16 : feedsProducts ? bf16Twin(y) : 0
+        k.groupNormApply.launch(on: self, grid: (chunks, images), block: (threads, 1), x: xf, x16: x16, stats: addr(stats),
+                                weight: addr(weight), bias: addr(bias), y: yf, y16: y16, pixels: pixels, channels: channels,
                                 groups: groups, chunkPixels: chunkPixels, silu: silu ? 1 : 0)
         return true
     }

@@ -93,6 +93,40 @@ extension CUDABackend {
     }
 }
 
+// Tensors that hold only their bf16 values (`CUDAStorage.operandCopyOnly`): the VAE's activations under bf16 products
+// (ChannelsLastImageBackend's low-precision storages), read by the products and the channels-last image kernels.
+extension CUDABackend {
+    /// Under bf16 products (and `bf16Activations`), `bf16OnlyStorage(count:)`; nil otherwise.
+    public func lowPrecisionStorage(count: Int, dtype: DType) -> Storage? {
+        guard bf16Products, bf16Activations, dtype == .float32, count > 0 else { return nil }
+        return bf16OnlyStorage(count: count)
+    }
+
+    /// A float32 storage of `count` (at least 1) elements holding only a bf16 block (2 bytes an element, counted as
+    /// a tensor's), for the kernel about to make it to write.
+    func bf16OnlyStorage(count: Int) -> Storage {
+        CUDAStorage(operandCopy: allocateBlock(2 * count), count: count, backend: self, allocator: allocator)
+    }
+
+    /// The float32 values of a storage that holds only its bf16 copy, in a new storage; nil for any other.
+    public func fullPrecision(_ x: Storage) -> Storage? {
+        let s = cuda(x)
+        guard s.operandCopyOnly, let copy = s.bf16Copy else { return nil }
+        let y = allocate(x.count, .float32)
+        kernels(ConversionKernels.self, .float32).convertBf16F32.launch(on: self, grid: (blocks((x.count + 1) / 2), 1), x: copy.address,
+                                                                        y: addr(y), n: x.count)
+        return y
+    }
+
+    /// What a kernel that reads (or writes) float32 or bfloat16 alone is given for `s`: its float32 address and 0, or
+    /// 0 and its bf16 values' address where it holds only those.
+    func float32OrBF16(_ s: Storage) -> (f32: DevicePointer, bf16: DevicePointer) {
+        let c = cuda(s)
+        if c.operandCopyOnly, let copy = c.bf16Copy { return (0, copy.address) }
+        return (addr(s), 0)
+    }
+}
+
 extension CUDABackend: ProductOperandBackend {
     /// Under bf16 products, the bf16 copy of `x` moved into a storage of its own (made first if `x` has none): the
     /// weight gradient's product in backward reads that copy and nothing else, so the float32 values need not be

@@ -10,13 +10,19 @@ extension CUDABackend: MemoryAccounting {
         if bytes == 0 {
             return CUDAStorage(count: count, dtype: dtype, backend: self, address: 0, blockBytes: 0, allocator: nil)
         }
+        let (p, size) = allocateBlock(bytes)
+        return CUDAStorage(count: count, dtype: dtype, backend: self, address: p, blockBytes: size, allocator: allocator)
+    }
+
+    /// A block of at least `bytes` for a tensor, NaN-filled with `poisonAllocations`.
+    func allocateBlock(_ bytes: Int) -> (address: DevicePointer, blockBytes: Int) {
         ensureCurrent()
         let (p, size) = allocator.allocate(bytes)
         if poisonAllocations {
-            // 0x7FF87FF8 repeated is a NaN as float32 and as float64.
+            // 0x7FF87FF8 repeated is a NaN as float32, as float64 and as bfloat16.
             driver.must(driver.cuMemsetD32Async(p, 0x7FF8_7FF8, size / 4, stream), "cuMemsetD32Async(poison)")
         }
-        return CUDAStorage(count: count, dtype: dtype, backend: self, address: p, blockBytes: size, allocator: allocator)
+        return (p, size)
     }
 
     /// Bytes held by live tensors (rounded to size classes).

@@ -7,7 +7,9 @@ import TensorCore
 
 /// A 2-D convolution (no dilation or groups) with its weight rearranged once for channels-last images.
 public struct Conv2D {
-    /// [O, kh * kw * C], the K axis in (kernel row, kernel column, channel) order.
+    /// [O, kh * kw * C], the K axis in (kernel row, kernel column, channel) order. Made under bf16 products on the
+    /// GPU, it holds only its bfloat16 values (the convolutions read nothing else; `Tensor.keptAsProductOperandOnly`),
+    /// so such a layer runs under bf16 products only.
     let weight: Tensor
     let bias: Tensor
     public let inChannels: Int, outChannels: Int, kernelHeight: Int, kernelWidth: Int
@@ -19,7 +21,7 @@ public struct Conv2D {
     public init(weight w: Tensor, bias: Tensor) {
         precondition(w.rank == 4 && bias.shape == [w.shape[0]], "Conv2D: weight \(w.shape) and bias \(bias.shape) do not fit")
         (outChannels, inChannels, kernelHeight, kernelWidth) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3])
-        weight = w.permuted([0, 2, 3, 1]).reshaped([outChannels, -1])
+        weight = w.permuted([0, 2, 3, 1]).reshaped([outChannels, -1]).keptAsProductOperandOnly()
         self.bias = bias
     }
 
@@ -29,11 +31,15 @@ public struct Conv2D {
     }
 
     /// conv2d(x, weight, stride, padding) + bias for x [N, H, W, C]; gives [N, OH, OW, O], plus `residual` (of that
-    /// shape) when given.
-    public func callAsFunction(_ x: Tensor, stride s: Int = 1, padding p: EdgePadding = .uniform(0), plus residual: Tensor? = nil) -> Tensor {
+    /// shape) when given. `intermediate`: the result is read only by the VAE's image layers (convolutions, group norms,
+    /// upsampling, the mid-block attention), so it may hold low-precision values alone (Tensor.channelsLastConvolution's
+    /// `lowPrecisionOutput`).
+    public func callAsFunction(_ x: Tensor, stride s: Int = 1, padding p: EdgePadding = .uniform(0), plus residual: Tensor? = nil,
+                               intermediate: Bool = false) -> Tensor {
         precondition(x.rank == 4 && x.shape[3] == inChannels, "Conv2D: input \(x.shape) for \(inChannels) input channels")
         return x.channelsLastConvolution(weight: weight, bias: bias, kernelHeight: kernelHeight, kernelWidth: kernelWidth,
-                                         stride: s, padding: p, plus: residual, scratchLimit: scratchLimit)
+                                         stride: s, padding: p, plus: residual, scratchLimit: scratchLimit,
+                                         lowPrecisionOutput: intermediate)
     }
 }
 
@@ -57,7 +63,8 @@ public struct GroupNorm {
     }
 
     /// x [N, ..., C] (any pixel axes in between); the result has x's shape. `silu`: SiLU of the result, in the
-    /// same kernel where the backend has one (the norm then feeds a convolution).
+    /// same kernel where the backend has one (the norm then feeds a convolution only, so the result may hold
+    /// low-precision values alone: Tensor.groupNormalized's `feedsProducts`).
     public func callAsFunction(_ x: Tensor, silu: Bool = false) -> Tensor {
         precondition(x.shape[x.rank - 1] == weight.shape[0], "GroupNorm: input \(x.shape) for \(weight.shape[0]) channels")
         return x.groupNormalized(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu, feedsProducts: silu)
@@ -65,8 +72,7 @@ public struct GroupNorm {
 }
 
 /// Nearest-neighbour 2x upsampling of [N, H, W, C] (PyTorch's interpolate with scale_factor 2, mode "nearest":
-/// output pixel (y, x) is input pixel (y / 2, x / 2)).
-public func upsampledNearest2x(_ x: Tensor) -> Tensor {
-    let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-    return x.reshaped([n, h, 1, w, 1, c]).broadcast(to: [n, h, 2, w, 2, c]).reshaped([n, 2 * h, 2 * w, c])
+/// output pixel (y, x) is input pixel (y / 2, x / 2)). `intermediate` as for Conv2D.
+public func upsampledNearest2x(_ x: Tensor, intermediate: Bool = false) -> Tensor {
+    x.channelsLastUpsampledNearest2x(lowPrecisionOutput: intermediate)
 }

@@ -7,6 +7,11 @@ import TensorCore
 // Inference memory: each block takes its input as `consuming` and ends every large tensor (`consume`) as soon as
 // its last use is done, so that a storage goes the moment nothing needs it rather than at the end of the block or
 // of its caller. The order of the operations and their results are those of diffusers; only lifetimes change.
+//
+// Precision: every convolution but the encoder's and decoder's last is `intermediate` (read only by the image
+// layers), as are the SiLU group norms and the upsampling, so that under bf16 products on CUDA the activations between
+// layers hold bfloat16 values alone (ChannelsLastImageBackend); the mid-block attention widens its input to float32
+// (a small tensor at the lowest resolution), and the encoder's moments and the decoder's image come out float32.
 
 /// A list of parameter names and shapes in PyTorch's layouts.
 public typealias ParameterShapes = [(name: String, shape: [Int])]
@@ -47,14 +52,14 @@ struct ResnetBlock {
     }
 
     func callAsFunction(_ x: consuming Tensor) -> Tensor {
-        let h = conv1(norm1(x, silu: true), padding: .uniform(1))
+        let h = conv1(norm1(x, silu: true), padding: .uniform(1), intermediate: true)
         // The residual made (or taken) before norm2 so that the input goes first: then the input, h, norm2's
         // output and conv2's are never all alive at once.
         let residual: Tensor
-        if let shortcut { residual = shortcut(consume x) } else { residual = consume x }
+        if let shortcut { residual = shortcut(consume x, intermediate: true) } else { residual = consume x }
         let normalized = norm2(consume h, silu: true)
         // The residual is added in the convolution's bias pass where the backend has one (y + r equals r + y).
-        return conv2(consume normalized, padding: .uniform(1), plus: consume residual)
+        return conv2(consume normalized, padding: .uniform(1), plus: consume residual, intermediate: true)
     }
 }
 
@@ -78,7 +83,9 @@ struct MidBlockAttention {
         projections = Self.projectionNames.map { (p["\(name).\($0).weight"], p["\(name).\($0).bias"]) }
     }
 
-    func callAsFunction(_ x: consuming Tensor) -> Tensor {
+    func callAsFunction(_ input: consuming Tensor) -> Tensor {
+        // Widened once here: the projections' outputs, the attention and the residual sum are float32.
+        let x = (consume input).fullPrecisionValues()
         let tokens = norm(x).reshaped([x.shape[0], -1, x.shape[3]])
         func project(_ t: Tensor, _ i: Int) -> Tensor { t.linear(projections[i].weight, bias: projections[i].bias) }
         let query = project(tokens, 0), key = project(tokens, 1), value = project(consume tokens, 2)
@@ -144,10 +151,11 @@ struct ResolutionBlock {
         for resnet in resnets { h = resnet(consume h) }
         switch resample {
         case nil: return h
-        case let (conv, .down)?: return conv(consume h, stride: 2, padding: EdgePadding(top: 0, bottom: 1, left: 0, right: 1))
+        case let (conv, .down)?:
+            return conv(consume h, stride: 2, padding: EdgePadding(top: 0, bottom: 1, left: 0, right: 1), intermediate: true)
         case let (conv, .up)?:
             // The input goes once it is upsampled, before the convolution's output is made.
-            return conv(upsampledNearest2x(consume h), padding: .uniform(1))
+            return conv(upsampledNearest2x(consume h, intermediate: true), padding: .uniform(1), intermediate: true)
         }
     }
 }
@@ -182,7 +190,7 @@ struct VAEEncoder {
     }
 
     func callAsFunction(_ x: consuming Tensor) -> Tensor {
-        var h = convIn(consume x, padding: .uniform(1))
+        var h = convIn(consume x, padding: .uniform(1), intermediate: true)
         for block in blocks { h = block(consume h) }
         h = mid(consume h)
         return convOut(normOut(consume h, silu: true), padding: .uniform(1))
@@ -219,7 +227,7 @@ struct VAEDecoder {
     }
 
     func callAsFunction(_ z: consuming Tensor) -> Tensor {
-        var h = mid(convIn(consume z, padding: .uniform(1)))
+        var h = mid(convIn(consume z, padding: .uniform(1), intermediate: true))
         for block in blocks { h = block(consume h) }
         return convOut(normOut(consume h, silu: true), padding: .uniform(1))
     }

@@ -48,6 +48,12 @@ public struct ChannelsLastConvolution: Hashable, Sendable {
 
 /// Fused kernels for channels-last images at inference. Without them (or where a method returns false) the tensor
 /// functions below compose the same results from core operations.
+///
+/// Low-precision activations: where the backend's matrix products read a narrower copy of float32 operands (bf16
+/// products on CUDA), an output that only these kernels and products will read may be a storage holding that copy
+/// alone (`lowPrecisionStorage`), as a half-precision network keeps its activations. Every method here takes such
+/// storages for x, residual and y; every other kernel refuses them, and `fullPrecision` widens one where a float32
+/// reader comes next.
 public protocol ChannelsLastImageBackend: Backend {
     /// y [N, OH, OW, O] = the cross-correlation of x [N, H, W, C] with weight [O, kh, kw, C] over x zero-padded as
     /// `geometry.padding` says, plus bias [O] on every pixel, plus `residual` (y's shape; nil: none). false where this
@@ -61,6 +67,16 @@ public protocol ChannelsLastImageBackend: Backend {
     /// low-precision operand copies). false where this backend has no kernel for these sizes (nothing written).
     func groupNorm(_ x: Storage, weight: Storage, bias: Storage, _ y: Storage, images: Int, pixels: Int, channels: Int,
                    groups: Int, eps: Double, silu: Bool, feedsProducts: Bool) -> Bool
+    /// y [N, 2H, 2W, C]: output pixel (oy, ox) is input pixel (oy / 2, ox / 2) of x [N, H, W, C]. false where this
+    /// backend has no kernel for it (nothing written).
+    func upsampleNearest2x(_ x: Storage, _ y: Storage, images: Int, height: Int, width: Int, channels: Int) -> Bool
+    /// A storage of `count` elements of `dtype` that holds only the low-precision copy the products read, for an
+    /// output read by nothing but this protocol's kernels and matrix products; nil where the backend keeps full values
+    /// (no low-precision products now, or a dtype they do not narrow).
+    func lowPrecisionStorage(count: Int, dtype: DType) -> Storage?
+    /// A new storage with the full-precision values of a low-precision one (`lowPrecisionStorage`); nil for a storage
+    /// that holds its full values.
+    func fullPrecision(_ x: Storage) -> Storage?
 }
 
 extension Tensor {
@@ -70,9 +86,12 @@ extension Tensor {
     /// as the bias where the backend has a kernel). Composed, the output rows go in bands whose im2col matrix stays
     /// under `scratchLimit` elements (one row at least): that bounds the memory a large image takes, and the bands'
     /// buffers are the same sizes, so the allocator reuses them.
+    ///
+    /// `lowPrecisionOutput`: the result is read by nothing but these channels-last functions and matrix products, so
+    /// it may hold only their low-precision copy (see ChannelsLastImageBackend).
     public func channelsLastConvolution(weight: Tensor, bias: Tensor, kernelHeight: Int, kernelWidth: Int, stride s: Int = 1,
                                         padding p: EdgePadding = .uniform(0), plus residual: Tensor? = nil,
-                                        scratchLimit: Int = 1 << 24) -> Tensor {
+                                        scratchLimit: Int = 1 << 24, lowPrecisionOutput: Bool = false) -> Tensor {
         precondition(rank == 4 && weight.rank == 2 && weight.shape[1] == kernelHeight * kernelWidth * shape[3]
                      && bias.shape == [weight.shape[0]],
                      "channelsLastConvolution: input \(shape), weight \(weight.shape) and bias \(bias.shape) for a \(kernelHeight)x\(kernelWidth) kernel do not fit")
@@ -91,14 +110,14 @@ extension Tensor {
         }
         if !isDifferentiated([self, weight, bias] + (residual.map { [$0] } ?? [])),
            let fused = backend as? any ChannelsLastImageBackend {
-            let y = empty(outShape)
+            let y = fused.output(outShape, of: self, lowPrecision: lowPrecisionOutput)
             if fused.convolution(storage, weight: weight.storage, bias: bias.storage, plus: residual?.storage, y.storage,
                                  geometry: geometry) {
                 return y
             }
         }
-        let y = composedConvolution(weight: weight, bias: bias, geometry: geometry, scratchLimit: scratchLimit)
-        return residual.map { y + $0 } ?? y
+        let y = fullPrecisionValues().composedConvolution(weight: weight, bias: bias, geometry: geometry, scratchLimit: scratchLimit)
+        return residual.map { y + $0.fullPrecisionValues() } ?? y
     }
 
     /// channelsLastConvolution from core operations (see there).
@@ -163,7 +182,8 @@ extension Tensor {
     /// Group normalisation of self [N, ..., C] (any pixel axes in between), as PyTorch's GroupNorm: per image and
     /// group of `C / groups` consecutive channels, (x - mean) / sqrt(var + eps) with the biased variance over the
     /// group's channels and pixels, then the per-channel weight and bias [C]; then SiLU when `silu`. `feedsProducts`:
-    /// the result is a convolution's operand (see ChannelsLastImageBackend.groupNorm).
+    /// the result is read by nothing but convolutions and matrix products: it may hold only their low-precision copy
+    /// (see ChannelsLastImageBackend).
     public func groupNormalized(groups: Int, weight: Tensor, bias: Tensor, eps: Double, silu: Bool = false,
                                 feedsProducts: Bool = false) -> Tensor {
         let n = shape[0], c = shape[rank - 1], perGroup = c / Swift.max(groups, 1)
@@ -172,14 +192,14 @@ extension Tensor {
         checkSameDType(weight, "groupNormalized")
         checkSameDType(bias, "groupNormalized")
         if !isDifferentiated([self, weight, bias]), let fused = backend as? any ChannelsLastImageBackend {
-            let y = empty(shape)
+            let y = fused.output(shape, of: self, lowPrecision: feedsProducts)
             if fused.groupNorm(storage, weight: weight.storage, bias: bias.storage, y.storage, images: n,
                                pixels: count / Swift.max(n * c, 1), channels: c, groups: groups, eps: eps, silu: silu,
                                feedsProducts: feedsProducts) {
                 return y
             }
         }
-        let grouped = reshaped([n, -1, groups, perGroup])
+        let grouped = fullPrecisionValues().reshaped([n, -1, groups, perGroup])
         let centered = grouped - grouped.mean(axes: [1, 3], keepDims: true)
         let inverseStd = (centered.square().mean(axes: [1, 3], keepDims: true) + eps).rsqrt()
         // The inverse std and the weight fold into one factor per image and channel, so normalising and the
@@ -189,5 +209,34 @@ extension Tensor {
         // `centered` goes once y is made, before the SiLU's output is.
         let y = Tensor.scaledSum((consume centered).reshaped([n, -1, c]), factor, plus: shift).reshaped(shape)
         return silu ? y.silu() : y
+    }
+
+    /// Nearest-neighbour 2x upsampling of channels-last images self [N, H, W, C] (PyTorch's interpolate with
+    /// scale_factor 2, mode "nearest": output pixel (y, x) is input pixel (y / 2, x / 2)). `lowPrecisionOutput` as for
+    /// `channelsLastConvolution`.
+    public func channelsLastUpsampledNearest2x(lowPrecisionOutput: Bool = false) -> Tensor {
+        precondition(rank == 4, "channelsLastUpsampledNearest2x: input \(shape) is not [N, H, W, C]")
+        let (n, h, w, c) = (shape[0], shape[1], shape[2], shape[3])
+        if !isDifferentiated([self]), let fused = backend as? any ChannelsLastImageBackend {
+            let y = fused.output([n, 2 * h, 2 * w, c], of: self, lowPrecision: lowPrecisionOutput)
+            if fused.upsampleNearest2x(storage, y.storage, images: n, height: h, width: w, channels: c) { return y }
+        }
+        return fullPrecisionValues().reshaped([n, h, 1, w, 1, c]).broadcast(to: [n, h, 2, w, 2, c]).reshaped([n, 2 * h, 2 * w, c])
+    }
+
+    /// This tensor with its full-precision values: itself, or for one that holds only low-precision values (see
+    /// ChannelsLastImageBackend) a widened copy, for a reader that takes float32 only.
+    public func fullPrecisionValues() -> Tensor {
+        guard let fused = backend as? any ChannelsLastImageBackend, let wide = fused.fullPrecision(storage) else { return self }
+        return Tensor(storage: wide, shape: shape)
+    }
+}
+
+extension ChannelsLastImageBackend {
+    /// An output tensor of `shape` and x's dtype: low-precision where asked and the backend keeps such storages.
+    fileprivate func output(_ shape: [Int], of x: Tensor, lowPrecision: Bool) -> Tensor {
+        let count = Shape.count(shape)
+        if lowPrecision, let s = lowPrecisionStorage(count: count, dtype: x.dtype) { return Tensor(storage: s, shape: shape) }
+        return Tensor(storage: allocate(count, x.dtype), shape: shape)
     }
 }

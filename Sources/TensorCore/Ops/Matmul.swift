@@ -139,6 +139,19 @@ public protocol ProductOperandBackend: Backend {
     func keepingOperandCopyOnly(_ x: Storage) -> Storage?
 }
 
+extension Tensor {
+    /// This tensor held as the narrower copy its backend's products read and nothing else (`ProductOperandBackend`:
+    /// bfloat16 under the GPU's bf16 products), for a constant that only matrix products and convolutions read from
+    /// now on (a frozen network's weights): half the resident bytes. Itself where the products read full values.
+    /// Every other kernel refuses the result, so what holds it runs under the same product precision only.
+    public func keptAsProductOperandOnly() -> Tensor {
+        guard let products = backend as? any ProductOperandBackend, let copy = products.keepingOperandCopyOnly(storage) else {
+            return self
+        }
+        return Tensor(storage: copy, shape: shape)
+    }
+}
+
 extension LinearBackend {
     /// `linearGELU` as `linear`, then the GELU kernel in place (elementwise, so y may be its own input): the same
     /// kernels, hence the same values, as Tensor.linear followed by Tensor.gelu.
