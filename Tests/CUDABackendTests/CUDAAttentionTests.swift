@@ -52,22 +52,28 @@ final class CUDAAttentionTests: XCTestCase {
                 }
                 let label = "attention backward [\(batch), \(n), \(heads), \(d)] seed=\(r.seed)"
                 let six = [(count: Int, initial: [Double]?)](repeating: (c, nil), count: 6)
-                compareWithCPU("\(label) with tangent", cuda, dtype: dtype, inputs: x, outputs: six) { b, i, o in
+                // With one key the softmax is 1, so dq, dk, dtq and dtk are 0 and ts - mu in dv = go + (ts - mu) gto
+                // is 0 in exact arithmetic; float32 leaves rounding there of order |s ts gto| 1e-7 (P = exp(s - lse) is
+                // 1 only to a few ulps of s), measured against a tenth of an input's norm (the inputs are unit
+                // normals), as a relative error of an output that should be 0 means nothing. The H200 run of
+                // 2026-12-07 drew 1.08e-05 for dv. Longer sequences keep the plain relative bound.
+                let floor = n == 1 && dtype == .float32 ? 0.1 * Double(c).squareRoot() : 0
+                compareWithCPU("\(label) with tangent", cuda, dtype: dtype, errorFloor: floor, inputs: x, outputs: six) { b, i, o in
                     b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: i[0], to: nil, lse: lse(b, i),
                                         go: i[6], gto: i[7], dq: o[0], dk: o[1], dv: o[2], dtq: o[3], dtk: o[4], dtv: o[5],
                                         geometry: g)
                 }
-                compareWithCPU("\(label) plain", cuda, dtype: dtype, inputs: x, outputs: Array(six.prefix(3))) { b, i, o in
+                compareWithCPU("\(label) plain", cuda, dtype: dtype, errorFloor: floor, inputs: x, outputs: Array(six.prefix(3))) { b, i, o in
                     b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: i[0], to: nil, lse: lse(b, i),
                                         go: i[6], gto: nil, dq: o[0], dk: o[1], dv: o[2], dtq: nil, dtk: nil, dtv: nil,
                                         geometry: g)
                 }
-                compareWithCPU("\(label) no output cotangent", cuda, dtype: dtype, inputs: x, outputs: six) { b, i, o in
+                compareWithCPU("\(label) no output cotangent", cuda, dtype: dtype, errorFloor: floor, inputs: x, outputs: six) { b, i, o in
                     b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: i[0], to: nil, lse: lse(b, i),
                                         go: nil, gto: i[7], dq: o[0], dk: o[1], dv: o[2], dtq: o[3], dtk: o[4], dtv: o[5],
                                         geometry: g)
                 }
-                compareWithCPU("\(label) no tangent cotangent", cuda, dtype: dtype, inputs: x, outputs: six) { b, i, o in
+                compareWithCPU("\(label) no tangent cotangent", cuda, dtype: dtype, errorFloor: floor, inputs: x, outputs: six) { b, i, o in
                     b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: i[0], to: nil, lse: lse(b, i),
                                         go: i[6], gto: nil, dq: o[0], dk: o[1], dv: o[2], dtq: o[3], dtk: o[4], dtv: o[5],
                                         geometry: g)

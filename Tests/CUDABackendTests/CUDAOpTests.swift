@@ -811,14 +811,20 @@ final class CUDAOpTests: XCTestCase {
                     let b = Tensor(bv, shape: [outF], dtype: .float32, on: cuda.device)
                     // The values the product reads: float32, or bfloat16 copies; the bias stays float32.
                     let operand = bf16 ? roundedToBF16 : { $0.map { Double(Float($0)) } }
-                    let want = Tensor(operand(xv), shape: [rows, inF], dtype: .float64, on: .cpu)
+                    let preActivation = Tensor(operand(xv), shape: [rows, inF], dtype: .float64, on: .cpu)
                         .linear(Tensor(operand(wv), shape: [outF, inF], dtype: .float64, on: .cpu),
                                 bias: Tensor(bv.map { Double(Float($0)) }, shape: [outF], dtype: .float64, on: .cpu))
-                        .gelu()
+                    let want = preActivation.gelu()
+                    // Where GELU flattens a value toward 0 (z well below 0), 1 + tanh loses digits to cancellation in
+                    // float32 (cuBLASLt's epilogue: 1.0e-05 relative for the one value of the 1x1x1 case in the H200
+                    // run of 2026-12-07): the error is measured against a tenth of the pre-activation's norm, which
+                    // only loosens the bound where most values are flattened (likely at one value, never at the
+                    // DiT widths).
+                    let floor = 0.1 * preActivation.doubles.reduce(0) { $0 + $1 * $1 }.squareRoot()
                     let before = cuda.geluEpilogueCalls
                     let got = x.linearGELU(w, bias: b)
                     let label = "linearGELU \(mode) rows=\(rows) in=\(inF) out=\(outF) cuBLASLt=\(useLt) seed=\(r.seed)"
-                    assertClose(got, want, tol, label)
+                    assertClose(got, want, tol, label, errorFloor: floor)
                     if cuda.geluEpilogueCalls == before { unfused.append("\(rows)x\(inF)x\(outF)") }
                 }
                 print("linearGELU \(mode) cuBLASLt=\(useLt): linear + GELU kernel for (rows x in x out) \(unfused)")

@@ -159,10 +159,10 @@ func assertCloseAgainst(_ gpu: Tensor, _ cpuT: Tensor, magnitudes: [Double], _ t
     XCTAssertLessThanOrEqual(err, tol, "\(label): error \(err) relative to the magnitudes", file: file, line: line)
 }
 
-func assertClose(_ gpu: Tensor, _ cpuT: Tensor, _ tol: Double, _ label: String,
+func assertClose(_ gpu: Tensor, _ cpuT: Tensor, _ tol: Double, _ label: String, errorFloor: Double = 0,
                  file: StaticString = #filePath, line: UInt = #line) {
     XCTAssertEqual(gpu.shape, cpuT.shape, "\(label): shape", file: file, line: line)
-    let err = relativeError(gpu.doubles, cpuT.doubles)
+    let err = relativeError(gpu.doubles, cpuT.doubles, floor: errorFloor)
     ErrorRecord.record(gpu.dtype, err, tol, label)
     XCTAssertLessThanOrEqual(err, tol, "\(label): relative error \(err)", file: file, line: line)
 }
