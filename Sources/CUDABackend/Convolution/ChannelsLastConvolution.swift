@@ -48,11 +48,11 @@ extension CUDABackend: ChannelsLastImageBackend {
     }
 
     public func upsampleNearest2x(_ x: Storage, _ y: Storage, images: Int, height: Int, width: Int, channels: Int) -> Bool {
-        let pixels = images * 4 * height * width
-        guard pixels > 0 && channels > 0 else { return true }
+        let rows = images * 2 * height
+        guard rows > 0 && width > 0 && channels > 0 else { return true }
         let (xf, x16) = float32OrBF16(x), (yf, y16) = float32OrBF16(y)
         kernels(ConvolutionKernels.self, x.dtype).upsampleNearest2xNhwc
-            .launch(on: self, grid: (Swift.min(pixels, maxBlocks * 2), 1), x: xf, x16: x16, y: yf, y16: y16, pixels: pixels,
+            .launch(on: self, grid: (Swift.min(rows, maxBlocks * 2), 1), x: xf, x16: x16, y: yf, y16: y16, rows: rows,
                     h: height, w: width, c: channels)
         return true
     }
@@ -114,10 +114,10 @@ extension CUDABackend: ChannelsLastImageBackend {
             beginBF16Call()
             var x16 = bf16Operand(x)
             if e != .uniform(0) {
-                let pixels = g.images * ph * pw, copy = bf16OnlyStorage(count: pixels * c)
+                let rows = g.images * ph, copy = bf16OnlyStorage(count: rows * pw * c)
                 let copy16 = float32OrBF16(copy).bf16
                 kernels(ConvolutionKernels.self, .float32).padNhwc16
-                    .launch(on: self, grid: (Swift.min(pixels, maxBlocks * 2), 1), x16: x16, y16: copy16, pixels: pixels, h: g.height,
+                    .launch(on: self, grid: (Swift.min(rows, maxBlocks * 2), 1), x16: x16, y16: copy16, rows: rows, h: g.height,
                             w: g.width, c: c, top: e.top, left: e.left, ph: ph, pw: pw)
                 (padded, x16) = (copy, copy16)
             }

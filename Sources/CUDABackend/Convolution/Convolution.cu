@@ -144,32 +144,53 @@ TVM_KERNEL(conv_bias16, (256), (unsigned short* y16, const scalar_t* b, const sc
 
 /// y16 [N, ph, pw, c] = x16 [N, h, w, c] placed at (top, left) with zeros around it, in bfloat16: the part of a
 /// convolution's padding cuDNN cannot take (it pads both sides alike), for an input that holds only its bf16 values
-/// or is read as its bf16 copy. A block per output pixel (its position decoded once), the threads along channels.
-TVM_KERNEL(pad_nhwc16, (256), (const unsigned short* x16, unsigned short* y16, i64 pixels, int h, int w, int c, int top,
+/// or is read as its bf16 copy. A block per output row (its image and y decoded once), the threads along the row's
+/// pixels and channels, 8 channels (16 bytes) at a time where c is a multiple of 8 (storages start 16-byte aligned).
+TVM_KERNEL(pad_nhwc16, (256), (const unsigned short* x16, unsigned short* y16, i64 rows, int h, int w, int c, int top,
                                int left, int ph, int pw)) {
-    for (i64 p = blockIdx.x; p < pixels; p += gridDim.x) {
-        const i64 q = p / pw;
-        const int iy = (int)(q % ph) - top, ix = (int)(p % pw) - left;
-        const bool inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
-        const i64 src = (((q / ph) * h + iy) * w + ix) * c;
-        for (int t = threadIdx.x; t < c; t += blockDim.x) y16[p * c + t] = inside ? x16[src + t] : (unsigned short)0;
+    const bool chunks = c % 8 == 0;
+    const int per = chunks ? c / 8 : c, units = pw * per;
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const i64 image = row / ph;
+        const int iy = (int)(row - image * ph) - top;
+        const i64 src = (image * h + iy) * w * c, dst = row * pw * c;
+        for (int u = threadIdx.x; u < units; u += blockDim.x) {
+            const int px = u / per, j = u - px * per, ix = px - left;
+            const bool inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
+            if (chunks) {
+                uint4 v = make_uint4(0u, 0u, 0u, 0u);
+                if (inside) v = reinterpret_cast<const uint4*>(x16 + src + (i64)ix * c)[j];
+                reinterpret_cast<uint4*>(y16 + dst + (i64)px * c)[j] = v;
+            } else {
+                y16[dst + (i64)px * c + j] = inside ? x16[src + (i64)ix * c + j] : (unsigned short)0;
+            }
+        }
     }
 }
 
 /// Nearest-neighbour 2x upsampling of channels-last images: output pixel (oy, ox) of y [N, 2h, 2w, c] is input pixel
 /// (oy / 2, ox / 2) of x [N, h, w, c]. Each side float32 (x, y) or bfloat16 alone (x16, y16; the other null): bf16 to
-/// bf16 copies the bits. A block per output pixel, the threads along channels.
+/// bf16 copies the bits, 8 channels (16 bytes) at a time where c is a multiple of 8. A block per output row, the
+/// threads along the row's pixels and channels.
 TVM_KERNEL(upsample_nearest2x_nhwc, (256), (const scalar_t* x, const unsigned short* x16, scalar_t* y, unsigned short* y16,
-                                            i64 pixels, int h, int w, int c)) {
-    for (i64 p = blockIdx.x; p < pixels; p += gridDim.x) {
-        const i64 q = p / (2 * w);
-        const int oy = (int)(q % (2 * h)), ox = (int)(p % (2 * w));
-        const i64 src = (((q / (2 * h)) * h + oy / 2) * w + ox / 2) * c, dst = p * c;
-        for (int t = threadIdx.x; t < c; t += blockDim.x) {
-            if (x16 && y16) { y16[dst + t] = x16[src + t]; continue; }
-            const scalar_t v = x16 ? (scalar_t)bf16_value(x16[src + t]) : x[src + t];
-            if (y) y[dst + t] = v;
-            else store_bf16_one(y16, dst + t, v);
+                                            i64 rows, int h, int w, int c)) {
+    const bool chunks = x16 && y16 && c % 8 == 0;
+    const int per = chunks ? c / 8 : c, units = 2 * w * per;
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const i64 image = row / (2 * h);
+        const int oy = (int)(row - image * 2 * h);
+        const i64 src = (image * h + oy / 2) * w * c, dst = row * 2 * w * c;
+        for (int u = threadIdx.x; u < units; u += blockDim.x) {
+            const int ox = u / per, j = u - ox * per;
+            const i64 s = src + (i64)(ox / 2) * c, d = dst + (i64)ox * c;
+            if (chunks) {
+                reinterpret_cast<uint4*>(y16 + d)[j] = reinterpret_cast<const uint4*>(x16 + s)[j];
+                continue;
+            }
+            if (x16 && y16) { y16[d + j] = x16[s + j]; continue; }
+            const scalar_t v = x16 ? (scalar_t)bf16_value(x16[s + j]) : x[s + j];
+            if (y) y[d + j] = v;
+            else store_bf16_one(y16, d + j, v);
         }
     }
 }
