@@ -11,8 +11,9 @@
 #   scripts/gpu-verify.sh run    on the device, `check` then `compare` (about 600 s: more than one call may run; run the
 #                                two parts as two calls back to back while the machine is warm); logs under $OUT.
 #   scripts/gpu-verify.sh check  reference-check (float32, bf16 errors, the VAE (float32 and bf16) and pickle fixtures),
-#                                the CUDA test suite, issue 18.4's round trip, tvm bench vae beside diffusers, the latent
-#                                pipeline, tvm prepare's speed, then the kernel profiles (TVM_CUDA_PROFILE) of a training
+#                                the CUDA test suite, issue 18.4's round trip, tvm bench vae beside diffusers (and the
+#                                BEFORE binary), the latent pipeline, tvm prepare's speed, then the kernel profiles
+#                                (TVM_CUDA_PROFILE) of a training
 #                                step, the VAE and attention beside PyTorch's SDPA.
 #   scripts/gpu-verify.sh compare  bench before/after (MODELS), then the official code eager and compiled on S/2 and
 #                                B/2 in the same call (issue 19's ratios count only within one call).
@@ -67,6 +68,10 @@ check|compare)
     for p in "" --tf32 --bf16; do timeout 30 $T bench vae --device cuda --batch 8 --steps 3 $p 2>&1 | tail -1; done
     TVM_CUDNN_FIND=1 timeout 30 $T bench vae --device cuda --batch 8 --steps 3 --bf16 2>&1 | tail -1   # timed cuDNN algorithms
     TVM_CUDA_NO_BF16_ACTIVATIONS=1 timeout 30 $T bench vae --device cuda --batch 8 --steps 3 --bf16 2>&1 | tail -1   # float32 activations (before)
+    if [ -f .device/tvm-before.xz ]; then   # the binary before the change (BEFORE= at pack), same call
+        xz -dc .device/tvm-before.xz > /tmp/tvm-before && chmod +x /tmp/tvm-before
+        timeout 30 /tmp/tvm-before bench vae --device cuda --batch 8 --steps 3 --bf16 2>&1 | tail -1 | sed 's/^/before: /'
+    fi
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && PYTHONPATH=/tmp/site timeout 60 python3 scripts/bench_vae_diffusers.py --batch 8 --steps 3 --dtypes fp16,bf16,fp32 2>&1 | grep "img/s"
     echo "== the latent pipeline (issue 17.6)"
