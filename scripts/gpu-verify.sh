@@ -13,8 +13,7 @@
 #   scripts/gpu-verify.sh check  reference-check (float32, bf16 errors, the VAE (float32 and bf16) and pickle fixtures),
 #                                the CUDA test suite, issue 18.4's round trip, tvm bench vae beside diffusers (and the
 #                                BEFORE binary), the latent pipeline, tvm prepare's speed, then the kernel profiles
-#                                (TVM_CUDA_PROFILE) of a training
-#                                step, the VAE and attention beside PyTorch's SDPA.
+#                                (TVM_CUDA_PROFILE) of a training step, the VAE and attention beside PyTorch's SDPA.
 #   scripts/gpu-verify.sh compare  bench before/after (MODELS), then the official code eager and compiled on S/2 and
 #                                B/2 in the same call (issue 19's ratios count only within one call).
 set -uo pipefail
