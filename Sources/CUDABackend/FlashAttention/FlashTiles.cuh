@@ -1,0 +1,360 @@
+// The tensor-core tile machinery of the flash-attention kernels (FlashAttention.cu): operand precisions,
+// fragments and products, the staging of tiles in shared memory and the step of the inner-block loop. Included
+// after ../common.cuh.
+
+// Fused flash attention for float32 tensors and head dims 64 and 72: tiles of 16 query
+// (or key) rows per warp through tensor cores with float32 accumulators, in one of three operand precisions
+// (PREC, FlashAttentionKernels.swift's FlashPrecision). FP_X3 (the default float32 path) splits every operand x into
+// hi = tf32(x) and lo = tf32(x - hi) and sums lo*hi + hi*lo + hi*hi with mma.m16n8k8 TF32: three products for
+// about float32 accuracy (3xTF32). FP_TF32 (allowTF32) uses hi*hi alone. FP_BF16 (bf16Products) rounds q, k,
+// v, their tangents and the cotangents to bfloat16 when a tile is staged in shared memory (or stages the bf16
+// copies that the kernels making them wrote: the same bits), and the softmax weights (and their tangents and
+// gradients) when they become the left operand of the next product, as bf16 flash attention does, takes the
+// exponentials from the hardware's approximation (flash_exp), and multiplies with mma.m16n8k16 BF16: one
+// instruction per 16 columns of k instead of 2 (TF32) or 6 (3xTF32). Nothing of size seq x seq reaches memory: scores live in registers, one key (or
+// query) block at a time, with an online softmax in the forward pass and the saved row log-sum-exp in the
+// backward pass. Operands are token-major (attn_head_offset): grid.y runs over batch * heads, a head's rows
+// are heads * D floats apart, and lse and the row statistics are [batch * heads, n].
+//
+// Fragment layouts (g = lane / 4, t = lane % 4). mma.m16n8k8 TF32: A (16x8) a0 = A[g][t], a1 = A[g+8][t],
+// a2 = A[g][t+4], a3 = A[g+8][t+4]; B (8x8) b0 = B[t][g], b1 = B[t+4][g]. mma.m16n8k16 BF16 (two values per
+// register, the lower column in the lower half): A (16x16) a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1],
+// a2 = A[g][2t+8, 2t+9], a3 = A[g+8][2t+8, 2t+9]; B (16x8) b0 = B[2t, 2t+1][g], b1 = B[2t+8, 2t+9][g]. Both:
+// C (16x8) c0, c1 = C[g][2t, 2t+1], c2, c3 = C[g+8][2t, 2t+1]. An accumulator tile becomes the A operand of
+// the next product without moving data between lanes: in TF32 as (c0, c2, c1, c3), its column 2t playing
+// k = t and 2t+1 playing k = t+4, the B operand read in the same order (rows 2t and 2t+1 of the tile); in
+// BF16 two adjacent tiles (columns 0-7 and 8-15) are exactly one A fragment of 16 columns. BF16 fragments come
+// from shared memory by ldmatrix (x4 for A, x2 for B, x2.trans for B = a row-major tile itself).
+#define FP_X3 0
+#define FP_TF32 1
+#define FP_BF16 2
+#ifndef TVM_EMULATE
+__device__ __forceinline__ u32 f2tf32(float x) { u32 r; asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x)); return r; }
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/// Two floats rounded to bfloat16 (to nearest even) in one register, lo in the lower half.
+__device__ __forceinline__ u32 bf16x2(float lo, float hi) { u32 r; asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r; }
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((u32)__cvta_generic_to_shared(p)));
+}
+__device__ __forceinline__ void ldsm_x2(u32 (&r)[2], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"((u32)__cvta_generic_to_shared(p)));
+}
+__device__ __forceinline__ void ldsm_x2_trans(u32 (&r)[2], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"((u32)__cvta_generic_to_shared(p)));
+}
+__device__ __forceinline__ u32 dynamic_smem_bytes() { u32 r; asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r)); return r; }
+/// 16 bytes from global to shared memory without passing through registers (.cg: not cached in L1, the tiles are
+/// read once per block); complete, for this thread, at the next cp_async_wait_all.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"((u32)__cvta_generic_to_shared(smem)), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+__device__ __forceinline__ float ex2_approx(float x) { float r; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
+#endif
+
+/// Per precision: the shared-memory element (bf16 bits for FP_BF16), the columns of k one product step takes
+/// (in units of 8), whether operands are split (3xTF32), the sets of inner tiles (STAGES: FP_BF16 loads the next
+/// block's tiles while it multiplies the current one, see flash_stage), the columns of a tile (D, or D rounded up
+/// to 16 for BF16, the extra columns zero) and the tile pitch in elements (padded so that every fragment load, and
+/// every ldmatrix phase, touches 32 different banks: 68 / 76 floats, 72 / 88 bf16 values for D = 64 / 72).
+template<int PREC> struct FlashPrec {
+    typedef float E;
+    static constexpr int KS = 1;
+    static constexpr bool SPLIT = PREC == FP_X3;
+    static constexpr int STAGES = 1;
+    template<int D> static constexpr int cols() { return D; }
+    template<int D> static constexpr int ld() { return D + 4; }
+};
+template<> struct FlashPrec<FP_BF16> {
+    typedef unsigned short E;
+    static constexpr int KS = 2;
+    static constexpr bool SPLIT = false;
+    static constexpr int STAGES = 2;
+    template<int D> static constexpr int cols() { return (D + 15) / 16 * 16; }
+    template<int D> static constexpr int ld() { return cols<D>() + 8; }
+};
+
+/// A operand (TF32: 16x8, split into hi and lo parts for 3xTF32; BF16: 16x16 in h) and B operand (8x8; 16x8).
+template<int PREC> struct FragA { u32 h[4], l[4]; };
+template<int PREC> struct FragB { u32 h[2], l[2]; };
+
+template<int PREC> __device__ __forceinline__ void tf32_parts(float x, u32& h, u32& l) {
+    h = f2tf32(x);
+    l = FlashPrec<PREC>::SPLIT ? f2tf32(x - __uint_as_float(h)) : 0u;
+}
+template<int PREC> __device__ __forceinline__ FragA<PREC> frag_a(float x0, float x1, float x2, float x3) {
+    FragA<PREC> f;
+    tf32_parts<PREC>(x0, f.h[0], f.l[0]);
+    tf32_parts<PREC>(x1, f.h[1], f.l[1]);
+    tf32_parts<PREC>(x2, f.h[2], f.l[2]);
+    tf32_parts<PREC>(x3, f.h[3], f.l[3]);
+    return f;
+}
+template<int PREC> __device__ __forceinline__ FragB<PREC> frag_b(float x0, float x1) {
+    FragB<PREC> f;
+    tf32_parts<PREC>(x0, f.h[0], f.l[0]);
+    tf32_parts<PREC>(x1, f.h[1], f.l[1]);
+    return f;
+}
+/// c += a b (16x8x8 TF32, 16x8x16 BF16). With 3xTF32 the three products go into a zeroed accumulator, added
+/// to c with a rounded float add: the tensor cores' float32 accumulation truncates (rounds toward zero), a
+/// bias that grows with the number of products summed into one accumulator (measured 1.5e-5 relative at
+/// S = 1024 when a whole row's products went into one); this keeps it at three products' worth.
+template<int PREC> __device__ __forceinline__ void tc_mma(float (&c)[4], const FragA<PREC>& a, const FragB<PREC>& b) {
+    if constexpr (PREC == FP_BF16) {
+        mma_bf16(c, a.h, b.h[0], b.h[1]);
+    } else if constexpr (PREC == FP_X3) {
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_tf32(d, a.l, b.h[0], b.h[1]);
+        mma_tf32(d, a.h, b.l[0], b.l[1]);
+        mma_tf32(d, a.h, b.h[0], b.h[1]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c[i] += d[i];
+    } else {
+        mma_tf32(c, a.h, b.h[0], b.h[1]);
+    }
+}
+/// A operand from a row-major shared tile [rows][LD]: rows r0..r0+15, columns k0..k0+8*KS-1.
+template<int PREC, int LD> __device__ __forceinline__ FragA<PREC> lds_a(const typename FlashPrec<PREC>::E* s, int r0, int k0, int g, int t) {
+    if constexpr (PREC == FP_BF16) {
+        const int lane = 4 * g + t;
+        FragA<PREC> f;
+        ldsm_x4(f.h, s + (r0 + (lane & 15)) * LD + k0 + (lane >> 4) * 8);
+        return f;
+    } else {
+        const float* p = s + (r0 + g) * LD + k0 + t;
+        return frag_a<PREC>(p[0], p[8 * LD], p[4], p[8 * LD + 4]);
+    }
+}
+/// B operand B[k][n] = Y[n0 + n][k0 + k] of a row-major shared tile Y [rows][LD] (a product with Y^T).
+template<int PREC, int LD> __device__ __forceinline__ FragB<PREC> lds_bt(const typename FlashPrec<PREC>::E* s, int n0, int k0, int g, int t) {
+    if constexpr (PREC == FP_BF16) {
+        const int lane = 4 * g + t;
+        FragB<PREC> f;
+        ldsm_x2(f.h, s + (n0 + (lane & 7)) * LD + k0 + ((lane >> 3) & 1) * 8);
+        return f;
+    } else {
+        const float* p = s + (n0 + g) * LD + k0 + t;
+        return frag_b<PREC>(p[0], p[4]);
+    }
+}
+/// B operand B[k][n] = Y[k0 + k'][n0 + n] of a row-major shared tile Y: the right operand of a product with
+/// acc_a. TF32: k' in the accumulator order (k = t is row 2t, k = t+4 is row 2t+1); BF16: k' = k.
+template<int PREC, int LD> __device__ __forceinline__ FragB<PREC> lds_bn(const typename FlashPrec<PREC>::E* s, int k0, int n0, int g, int t) {
+    if constexpr (PREC == FP_BF16) {
+        const int lane = 4 * g + t;
+        FragB<PREC> f;
+        ldsm_x2_trans(f.h, s + (k0 + (lane & 15)) * LD + n0);
+        return f;
+    } else {
+        const float* p = s + (k0 + 2 * t) * LD + n0 + g;
+        return frag_b<PREC>(p[0], p[LD]);
+    }
+}
+/// Accumulator tiles as the A operand of the next product (see above): TF32 takes c0 (columns 0-7 of k), BF16
+/// c0 and c1 (columns 0-15), rounded to bfloat16.
+template<int PREC> __device__ __forceinline__ FragA<PREC> acc_a(const float (&c0)[4], const float (&c1)[4]) {
+    if constexpr (PREC == FP_BF16) {
+        FragA<PREC> f;
+        f.h[0] = bf16x2(c0[0], c0[1]);
+        f.h[1] = bf16x2(c0[2], c0[3]);
+        f.h[2] = bf16x2(c1[0], c1[1]);
+        f.h[3] = bf16x2(c1[2], c1[3]);
+        return f;
+    } else {
+        return frag_a<PREC>(c0[0], c0[2], c0[1], c0[3]);
+    }
+}
+
+/// e^x for the softmax weights. FP_BF16: 2^(x log2 e) by the hardware approximation (ex2.approx.ftz: two
+/// instructions where expf takes nine, with about 2 ulp of float32 error where the weights are then rounded to
+/// bfloat16, 2^16 ulp, before their product; e^-inf = 0), as bf16 flash attention computes them. The float32-tile
+/// precisions keep the accurate expf of the CPU backend.
+template<int PREC> __device__ __forceinline__ float flash_exp(float x) {
+    if constexpr (PREC == FP_BF16) return ex2_approx(x * 1.44269504088896341f);
+    else return m_exp(x);
+}
+
+/// Accumulator tiles to zero.
+template<int N> __device__ __forceinline__ void zero_tiles(float (&a)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[i][e] = 0.f;
+}
+
+// Which factor a term of a tile product takes: the operand itself or its tangent.
+#define PLAIN false
+#define TANGENT true
+
+/// A warp's products of its 16 rows of the shared tile sA with the N = 8-column tiles of the shared tile sB
+/// transposed (out[c] = A Y^T, Y rows c * 8 .. c * 8 + 7), over the head dim (KDP steps of 8 columns): out0 += A B^T
+/// and with TAN, in the same step, out1 += X1 Y1^T then out2 += X2 Y2^T, X1 and X2 the tangent tile tA (TANGENT) or
+/// A, Y1 and Y2 tB or B. out1 and out2 may be the same tiles (or out0). Within a step of k every product goes into
+/// its tile in this order, as the kernels always summed them (the order is part of the float32 result). UNROLL_K:
+/// unroll the loop over k (else a loop, fewer fragments live).
+template<int PREC, int LD, int KDP, bool TAN, bool UNROLL_K, bool X1, bool Y1, bool X2, bool Y2, int N>
+__device__ __forceinline__ void tile_products_bt(float (&out0)[N][4], float (&out1)[N][4], float (&out2)[N][4],
+        const typename FlashPrec<PREC>::E* sA, const typename FlashPrec<PREC>::E* sTA,
+        const typename FlashPrec<PREC>::E* sB, const typename FlashPrec<PREC>::E* sTB, int r0, int g, int t) {
+    constexpr int KS = FlashPrec<PREC>::KS;
+#pragma unroll (UNROLL_K ? KDP : 1)
+    for (int kk = 0; kk < KDP; kk += KS) {
+        const FragA<PREC> a = lds_a<PREC, LD>(sA, r0, kk * 8, g, t);
+        FragA<PREC> ta;
+        if (TAN) ta = lds_a<PREC, LD>(sTA, r0, kk * 8, g, t);
+#pragma unroll
+        for (int c = 0; c < N; ++c) {
+            const FragB<PREC> b = lds_bt<PREC, LD>(sB, c * 8, kk * 8, g, t);
+            tc_mma<PREC>(out0[c], a, b);
+            if (TAN) {
+                const FragB<PREC> tb = lds_bt<PREC, LD>(sTB, c * 8, kk * 8, g, t);
+                tc_mma<PREC>(out1[c], X1 ? ta : a, Y1 ? tb : b);
+                tc_mma<PREC>(out2[c], X2 ? ta : a, Y2 ? tb : b);
+            }
+        }
+    }
+}
+
+/// Register tiles p (and tp) of N = 8-column tiles, a warp's 16 rows, as the left operand of a product with the
+/// shared tile sB read as it is (out[i] columns i * 8 .. i * 8 + 7 of P Y, KD tiles): out0 += P B and with TAN
+/// out1 += X1 Y1 then out2 += X2 Y2 (X from P or tP, Y from B or tB), in this order per step, as tile_products_bt.
+template<int PREC, int LD, bool TAN, bool X1, bool Y1, bool X2, bool Y2, int KD, int N>
+__device__ __forceinline__ void tile_products_bn(float (&out0)[KD][4], float (&out1)[KD][4], float (&out2)[KD][4],
+        float (&p)[N][4], float (&tp)[N][4], const typename FlashPrec<PREC>::E* sB,
+        const typename FlashPrec<PREC>::E* sTB, int g, int t) {
+    constexpr int KS = FlashPrec<PREC>::KS;
+#pragma unroll
+    for (int c = 0; c < N; c += KS) {
+        const FragA<PREC> a = acc_a<PREC>(p[c], p[c + KS - 1]);
+        FragA<PREC> ta;
+        if (TAN) ta = acc_a<PREC>(tp[c], tp[c + KS - 1]);
+#pragma unroll
+        for (int i = 0; i < KD; ++i) {
+            const FragB<PREC> b = lds_bn<PREC, LD>(sB, c * 8, i * 8, g, t);
+            tc_mma<PREC>(out0[i], a, b);
+            if (TAN) {
+                const FragB<PREC> tb = lds_bn<PREC, LD>(sTB, c * 8, i * 8, g, t);
+                tc_mma<PREC>(out1[i], X1 ? ta : a, Y1 ? tb : b);
+                tc_mma<PREC>(out2[i], X2 ? ta : a, Y2 ? tb : b);
+            }
+        }
+    }
+}
+
+/// Rows row0..row0+ROWS-1 of a head (n rows of D floats, `ld` apart from `src`) into a shared tile
+/// [ROWS][LD] of FlashPrec<PREC>::cols<D>() columns (16-byte loads: src and ld are multiples of 4 floats;
+/// rows past n and columns past D are zeros), rounded to bfloat16 for FP_BF16.
+template<int D, int ROWS, int THREADS, int PREC>
+__device__ __forceinline__ void flash_load(typename FlashPrec<PREC>::E* s, const float* __restrict__ src, i64 ld, int row0, int n) {
+    constexpr int V = D / 4, VP = FlashPrec<PREC>::template cols<D>() / 4, LD = FlashPrec<PREC>::template ld<D>();
+#pragma unroll 4
+    for (int i = threadIdx.x; i < ROWS * VP; i += THREADS) {
+        const int r = i / VP, c = i - r * VP;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if ((VP == V || c < V) && row0 + r < n) x = reinterpret_cast<const float4*>(src + (row0 + r) * ld)[c];
+        if constexpr (PREC == FP_BF16) {
+            *reinterpret_cast<uint2*>(s + r * LD + 4 * c) = make_uint2(bf16x2(x.x, x.y), bf16x2(x.z, x.w));
+        } else {
+            *reinterpret_cast<float4*>(s + r * LD + 4 * c) = x;
+        }
+    }
+}
+/// An operand in global memory: its float32 values and, where the kernel that made them wrote one under bf16
+/// products, their bfloat16 copy (else null).
+struct FlashIn { const float* x; const unsigned short* x16; };
+
+/// Rows row0..row0+ROWS-1 of a head (first row at `hb`, rows `ld` apart) into a shared tile as flash_load does.
+/// FP_BF16 with a bf16 copy: the copy's 16-byte chunks by cp.async (in flight until cp_async_wait_all, no registers
+/// held, the zero rows and columns stored directly); these are the bits flash_load's rounding gives (both round to
+/// nearest even), so results do not depend on which operands have copies. Otherwise flash_load (the float32 values,
+/// rounded for FP_BF16).
+template<int D, int ROWS, int THREADS, int PREC>
+__device__ __forceinline__ void flash_stage(typename FlashPrec<PREC>::E* s, FlashIn src, i64 hb, i64 ld, int row0, int n) {
+    if constexpr (PREC == FP_BF16) {
+        if (src.x16 != nullptr) {
+            // Chunks of 8 values: C per tile row, CD of them holding data (D = 72: 9 of 10).
+            constexpr int C = FlashPrec<PREC>::template cols<D>() / 8, CD = D / 8, LD = FlashPrec<PREC>::template ld<D>();
+            const unsigned short* p = src.x16 + hb;
+#pragma unroll 4
+            for (int i = threadIdx.x; i < ROWS * C; i += THREADS) {
+                const int r = i / C, c = i - r * C;
+                unsigned short* dst = s + r * LD + 8 * c;
+                if ((C == CD || c < CD) && row0 + r < n) cp_async16(dst, p + (row0 + r) * ld + 8 * c);
+                else *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+            }
+            return;
+        }
+    }
+    flash_load<D, ROWS, THREADS, PREC>(s, src.x + hb, ld, row0, n);
+}
+/// Four operands' rows row0..row0+ROWS-1 into four consecutive ROWS-row tiles at s, a pair (a, b) and, with TAN,
+/// their tangent-side partners (ta, tb): the tile groups every flash kernel stages (k, v, tk, tv and q, go, tq, gto).
+template<int D, int ROWS, int THREADS, int PREC, bool TAN>
+__device__ __forceinline__ void flash_stage_group(typename FlashPrec<PREC>::E* s, FlashIn a, FlashIn b, FlashIn ta,
+        FlashIn tb, i64 hb, i64 ld, int row0, int n) {
+    constexpr int LD = FlashPrec<PREC>::template ld<D>();
+    flash_stage<D, ROWS, THREADS, PREC>(s, a, hb, ld, row0, n);
+    flash_stage<D, ROWS, THREADS, PREC>(s + ROWS * LD, b, hb, ld, row0, n);
+    if (TAN) {
+        flash_stage<D, ROWS, THREADS, PREC>(s + 2 * ROWS * LD, ta, hb, ld, row0, n);
+        flash_stage<D, ROWS, THREADS, PREC>(s + 3 * ROWS * LD, tb, hb, ld, row0, n);
+    }
+}
+/// The backward's row statistics (float4 per row) of rows row0..row0+ROWS-1 into shared memory, zeros past n;
+/// by cp.async with ASYNC (complete at cp_async_wait_all).
+template<int ROWS, int THREADS, bool ASYNC>
+__device__ __forceinline__ void flash_stage_stats(float4* s, const float* __restrict__ stats, i64 rowBase, int row0, int n) {
+    for (int i = threadIdx.x; i < ROWS; i += THREADS) {
+        if constexpr (ASYNC) {
+            if (row0 + i < n) cp_async16(s + i, stats + (rowBase + row0 + i) * 4);
+            else s[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+        } else {
+            s[i] = row0 + i < n ? *reinterpret_cast<const float4*>(stats + (rowBase + row0 + i) * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+}
+
+/// Launch geometry the kernel was built for; a mismatch with the host's table stops the kernel.
+template<int THREADS, int SMEM> __device__ __forceinline__ void flash_check_launch() {
+    if (threadIdx.x == 0 && (blockDim.x != THREADS || dynamic_smem_bytes() < (u32)SMEM)) __trap();
+}
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+/// One step of a kernel's loop over the inner blocks of ROWS rows (keys in the forward and dq, queries in dkv), the
+/// block at row0: the shared set of tiles to compute on. stage(set, row0) writes a block's tiles into a set. With
+/// two sets (FlashPrec::STAGES; the caller staged the first block into set 0 before the loop) the block's copies
+/// are waited for, and after the barrier, which also tells that every warp is done with the other set, the next
+/// block is staged into that set: its cp.async copies fly while this block is multiplied. With one set the block
+/// is loaded between two barriers, as the float32-tile kernels always did (their loop and code are unchanged).
+template<int STAGES, int ROWS, typename Stage>
+__device__ __forceinline__ int flash_inner_step(int row0, int n, Stage stage) {
+    if constexpr (STAGES == 2) {
+        cp_async_wait_all();
+        __syncthreads();
+        if (row0 + ROWS < n) stage((row0 / ROWS + 1) & 1, row0 + ROWS);
+        return (row0 / ROWS) & 1;
+    } else {
+        __syncthreads();
+        stage(0, row0);
+        __syncthreads();
+        return 0;
+    }
+}
