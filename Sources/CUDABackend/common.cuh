@@ -74,14 +74,19 @@ __device__ __forceinline__ unsigned short bf16_bits(float f) {
 }
 /// The float32 value of bfloat16 bits (exact).
 __device__ __forceinline__ float bf16_value(unsigned short b) { return __uint_as_float((u32)b << 16); }
+/// Two values as bfloat16 in one word, lo in the lower half (the order of consecutive elements in memory), and the
+/// float32 values of such a word's lower and upper halves.
+__device__ __forceinline__ u32 bf16_pack2(float lo, float hi) { return (u32)bf16_bits(lo) | ((u32)bf16_bits(hi) << 16); }
+__device__ __forceinline__ float bf16_lo(u32 w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
 // The bfloat16 copy of an output that feeds bf16 products, written by the kernel that makes the output
 // (y16 null: none; never for double).
 template<typename T> __device__ __forceinline__ void store_bf16(unsigned short* y16, i64 i, const Pack<T>& r) {
     if constexpr (sizeof(T) == 4) {
         if (y16) {
             uint2 o;
-            o.x = (u32)bf16_bits(r.v[0]) | ((u32)bf16_bits(r.v[1]) << 16);
-            o.y = (u32)bf16_bits(r.v[2]) | ((u32)bf16_bits(r.v[3]) << 16);
+            o.x = bf16_pack2(r.v[0], r.v[1]);
+            o.y = bf16_pack2(r.v[2], r.v[3]);
             reinterpret_cast<uint2*>(y16)[i] = o;
         }
     }
@@ -90,7 +95,7 @@ template<typename T> __device__ __forceinline__ void store_bf16_one(unsigned sho
     if constexpr (sizeof(T) == 4) { if (y16) y16[i] = bf16_bits(v); }
 }
 __device__ __forceinline__ void store_bf16_pair(unsigned short* y16, i64 i, float a, float b) {
-    if (y16) *reinterpret_cast<u32*>(y16 + i) = (u32)bf16_bits(a) | ((u32)bf16_bits(b) << 16);
+    if (y16) *reinterpret_cast<u32*>(y16 + i) = bf16_pack2(a, b);
 }
 
 __device__ __forceinline__ i64 gtid() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }

@@ -15,8 +15,8 @@ TVM_KERNEL_F32(convert_f32_bf16, (256), (const float* x, unsigned short* y, i64 
     for (i64 i = gtid(); i < packs; i += gstride()) {
         const float4 v = reinterpret_cast<const float4*>(x)[i];
         uint2 o;
-        o.x = (u32)bf16_bits(v.x) | ((u32)bf16_bits(v.y) << 16);
-        o.y = (u32)bf16_bits(v.z) | ((u32)bf16_bits(v.w) << 16);
+        o.x = bf16_pack2(v.x, v.y);
+        o.y = bf16_pack2(v.z, v.w);
         reinterpret_cast<uint2*>(y)[i] = o;
     }
     for (i64 i = packs * 4 + gtid(); i < n; i += gstride()) y[i] = bf16_bits(x[i]);
@@ -26,7 +26,7 @@ TVM_KERNEL_F32(convert_bf16_f32, (256), (const unsigned short* x, float* y, i64 
     const i64 pairs = n / 2;
     for (i64 i = gtid(); i < pairs; i += gstride()) {
         const u32 v = reinterpret_cast<const u32*>(x)[i];
-        reinterpret_cast<float2*>(y)[i] = make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
+        reinterpret_cast<float2*>(y)[i] = make_float2(bf16_lo(v), bf16_hi(v));
     }
     for (i64 i = pairs * 2 + gtid(); i < n; i += gstride()) y[i] = bf16_value(x[i]);
 }

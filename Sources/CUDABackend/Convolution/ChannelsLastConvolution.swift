@@ -40,10 +40,7 @@ extension CUDABackend: ChannelsLastImageBackend {
         let wide = cuda(y).operandCopyOnly ? allocate(y.count, .float32) : y
         im2colConvolution(fullPrecision(x) ?? x, weight: weight, bias: bias, plus: residual.map { fullPrecision($0) ?? $0 }, wide,
                           geometry: g)
-        if wide !== y {
-            kernels(ConversionKernels.self, .float32).convertF32Bf16.launch(on: self, grid: (blocks((y.count + 3) / 4), 1),
-                                                                            x: addr(wide), y: float32OrBF16(y).bf16, n: y.count)
-        }
+        if wide !== y { writeBF16(of: wide, to: float32OrBF16(y).bf16) }
         return true
     }
 

@@ -120,14 +120,14 @@ TVM_KERNEL(conv_bias16, (256), (unsigned short* y16, const scalar_t* b, const sc
         const i64 i = 2 * k;
         const int c1 = c + 1 == channels ? 0 : c + 1;
         const u32 packed = reinterpret_cast<const u32*>(y16)[k];
-        scalar_t v0 = (scalar_t)__uint_as_float(packed << 16) + b[c], v1 = (scalar_t)__uint_as_float(packed & 0xffff0000u) + b[c1];
+        scalar_t v0 = (scalar_t)bf16_lo(packed) + b[c], v1 = (scalar_t)bf16_hi(packed) + b[c1];
         if (r) {
             v0 = v0 + r[i];
             v1 = v1 + r[i + 1];
         } else if (r16) {
             const u32 q = reinterpret_cast<const u32*>(r16)[k];
-            v0 = v0 + (scalar_t)__uint_as_float(q << 16);
-            v1 = v1 + (scalar_t)__uint_as_float(q & 0xffff0000u);
+            v0 = v0 + (scalar_t)bf16_lo(q);
+            v1 = v1 + (scalar_t)bf16_hi(q);
         }
         store_bf16_pair(y16, i, (float)v0, (float)v1);
         c += stepChannels;

@@ -36,8 +36,8 @@ template<typename T, int V> __device__ __forceinline__ void group_norm_load(cons
         else w[0] = *reinterpret_cast<const u32*>(x16 + i);
 #pragma unroll
         for (int k = 0; k < V / 2; ++k) {
-            v[2 * k] = (T)__uint_as_float(w[k] << 16);
-            v[2 * k + 1] = (T)__uint_as_float(w[k] & 0xffff0000u);
+            v[2 * k] = (T)bf16_lo(w[k]);
+            v[2 * k + 1] = (T)bf16_hi(w[k]);
         }
     }
 }
@@ -51,7 +51,7 @@ template<typename T, int V> __device__ __forceinline__ void group_norm_store16(u
         } else {
             u32 w[V / 2];
 #pragma unroll
-            for (int k = 0; k < V / 2; ++k) w[k] = (u32)bf16_bits(v[2 * k]) | ((u32)bf16_bits(v[2 * k + 1]) << 16);
+            for (int k = 0; k < V / 2; ++k) w[k] = bf16_pack2(v[2 * k], v[2 * k + 1]);
             if constexpr (V == 8) *reinterpret_cast<uint4*>(y16 + i) = make_uint4(w[0], w[1], w[2], w[3]);
             else if constexpr (V == 4) *reinterpret_cast<uint2*>(y16 + i) = make_uint2(w[0], w[1]);
             else *reinterpret_cast<u32*>(y16 + i) = w[0];

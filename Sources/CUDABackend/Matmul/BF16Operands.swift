@@ -24,11 +24,15 @@ extension CUDABackend {
             return copy.address
         }
         let p = attachBF16Copy(x)
-        if x.count > 0 {
-            kernels(ConversionKernels.self, .float32).convertF32Bf16.launch(on: self, grid: (blocks((x.count + 3) / 4), 1),
-                                                                            x: addr(x), y: p, n: x.count)
-        }
+        writeBF16(of: x, to: p)
         return p
+    }
+
+    /// x's float32 values rounded to bfloat16 (to nearest even) into the block at `y` (x.count values).
+    func writeBF16(of x: Storage, to y: DevicePointer) {
+        guard x.count > 0 else { return }
+        kernels(ConversionKernels.self, .float32).convertF32Bf16.launch(on: self, grid: (blocks((x.count + 3) / 4), 1),
+                                                                        x: addr(x), y: y, n: x.count)
     }
 
     /// Under bf16 products, a bf16 copy for a float32 output that the kernel about to make it also writes (2 bytes
