@@ -199,9 +199,7 @@ final class CUDAFlashAttentionTests: XCTestCase {
                     guard copied.contains(i) else { return plain[i] }
                     let holder = cuda.upload(i < 6 ? r.normals(c) : values[i], dtype: .float32)
                     cuda.beginBF16Call()
-                    let copy = cuda.attachBF16Copy(holder)
-                    cuda.kernels(ConversionKernels.self, .float32).convertF32Bf16.launch(
-                        on: cuda, grid: (cuda.blocks((c + 3) / 4), 1), x: cuda.addr(plain[i]), y: copy, n: c)
+                    cuda.writeBF16(of: plain[i], to: cuda.attachBF16Copy(holder))
                     return holder
                 }
                 let got = run(inputs)
