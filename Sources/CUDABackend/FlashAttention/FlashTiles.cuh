@@ -197,6 +197,19 @@ template<int N> __device__ __forceinline__ void zero_tiles(float (&a)[N][4]) {
 #define PLAIN false
 #define TANGENT true
 
+/// One step's terms of a tile product: out0 += a b and with TAN out1 += X1 Y1 then out2 += X2 Y2, X the operand a or
+/// its tangent ta, Y the operand b or its tangent, which `tangentB()` loads (only with TAN).
+template<int PREC, bool TAN, bool X1, bool Y1, bool X2, bool Y2, typename TangentB>
+__device__ __forceinline__ void tile_terms(float (&out0)[4], float (&out1)[4], float (&out2)[4], const FragA<PREC>& a,
+        const FragA<PREC>& ta, const FragB<PREC>& b, TangentB tangentB) {
+    tc_mma<PREC>(out0, a, b);
+    if (TAN) {
+        const FragB<PREC> tb = tangentB();
+        tc_mma<PREC>(out1, X1 ? ta : a, Y1 ? tb : b);
+        tc_mma<PREC>(out2, X2 ? ta : a, Y2 ? tb : b);
+    }
+}
+
 /// A warp's products of its 16 rows of the shared tile sA with the N = 8-column tiles of the shared tile sB
 /// transposed (out[c] = A Y^T, Y rows c * 8 .. c * 8 + 7), over the head dim (KDP steps of 8 columns): out0 += A B^T
 /// and with TAN, in the same step, out1 += X1 Y1^T then out2 += X2 Y2^T, X1 and X2 the tangent tile tA (TANGENT) or
@@ -215,13 +228,8 @@ __device__ __forceinline__ void tile_products_bt(float (&out0)[N][4], float (&ou
         if (TAN) ta = lds_a<PREC, LD>(sTA, r0, kk * 8, g, t);
 #pragma unroll
         for (int c = 0; c < N; ++c) {
-            const FragB<PREC> b = lds_bt<PREC, LD>(sB, c * 8, kk * 8, g, t);
-            tc_mma<PREC>(out0[c], a, b);
-            if (TAN) {
-                const FragB<PREC> tb = lds_bt<PREC, LD>(sTB, c * 8, kk * 8, g, t);
-                tc_mma<PREC>(out1[c], X1 ? ta : a, Y1 ? tb : b);
-                tc_mma<PREC>(out2[c], X2 ? ta : a, Y2 ? tb : b);
-            }
+            tile_terms<PREC, TAN, X1, Y1, X2, Y2>(out0[c], out1[c], out2[c], a, ta, lds_bt<PREC, LD>(sB, c * 8, kk * 8, g, t),
+                                                  [&] { return lds_bt<PREC, LD>(sTB, c * 8, kk * 8, g, t); });
         }
     }
 }
@@ -241,13 +249,8 @@ __device__ __forceinline__ void tile_products_bn(float (&out0)[KD][4], float (&o
         if (TAN) ta = acc_a<PREC>(tp[c], tp[c + KS - 1]);
 #pragma unroll
         for (int i = 0; i < KD; ++i) {
-            const FragB<PREC> b = lds_bn<PREC, LD>(sB, c * 8, i * 8, g, t);
-            tc_mma<PREC>(out0[i], a, b);
-            if (TAN) {
-                const FragB<PREC> tb = lds_bn<PREC, LD>(sTB, c * 8, i * 8, g, t);
-                tc_mma<PREC>(out1[i], X1 ? ta : a, Y1 ? tb : b);
-                tc_mma<PREC>(out2[i], X2 ? ta : a, Y2 ? tb : b);
-            }
+            tile_terms<PREC, TAN, X1, Y1, X2, Y2>(out0[i], out1[i], out2[i], a, ta, lds_bn<PREC, LD>(sB, c * 8, i * 8, g, t),
+                                                  [&] { return lds_bn<PREC, LD>(sTB, c * 8, i * 8, g, t); });
         }
     }
 }
