@@ -100,8 +100,15 @@ public final class CUDABackend: Backend {
     let maxBlocks: Int
     /// TVM_CUDA_SYNC=1: wait after every kernel and check it (slow; names the kernel that failed).
     let syncEveryLaunch = environment("TVM_CUDA_SYNC") == "1"
-    /// TVM_CUDA_PROFILE=1: device time per kernel (see `profileReport`).
-    lazy var profiler: KernelProfiler? = environment("TVM_CUDA_PROFILE") == "1" ? KernelProfiler(driver: driver) : nil
+    /// TVM_CUDA_PROFILE=1: device time per kernel (see `profileReport`); TVM_CUDA_PROFILE=grid: per kernel and launch
+    /// grid, which tells the launches of one kernel on different tensors apart.
+    lazy var profiler: KernelProfiler? = {
+        let mode = environment("TVM_CUDA_PROFILE")
+        return mode == "1" || mode == "grid" ? KernelProfiler(driver: driver, byGrid: mode == "grid") : nil
+    }()
+    /// Under TVM_CUDA_PROFILE=grid, added to the next launch's name (the element count of a conversion, whose grid
+    /// is capped at one wave and so does not tell sizes apart).
+    var profileTag: String?
 
     let launchMutex = Mutex()
     let argumentBuffer = UnsafeMutableRawPointer.allocate(byteCount: 8192, alignment: 16)

@@ -96,16 +96,17 @@ func ditFromArguments(_ a: Arguments) throws -> DiT {
     } catch let e as ModelError { throw CLIError(e.description, usage: true) }
 }
 
-/// The TVM_CUDA_PROFILE=1 table: device time per kernel and step, largest first.
+/// The TVM_CUDA_PROFILE table: device time per kernel (and launch grid, under =grid) and step, largest first.
 func printProfile(_ rows: [(name: String, calls: Int, ms: Double)], steps: Int) {
+    let byGrid = getenv("TVM_CUDA_PROFILE").map { String(cString: $0) } == "grid"
     let total = rows.reduce(0) { $0 + $1.ms }
     Console.out("device time per step: \(fmt(total / Double(steps), 1)) ms in \(rows.reduce(0) { $0 + $1.calls } / steps) launches")
-    for r in rows.prefix(60) {
+    for r in rows.prefix(byGrid ? 200 : 60) {
         Console.out("  \(fmt(r.ms / Double(steps), 2)) ms  \(fmt(100 * r.ms / total, 1))%  \(r.calls / steps)x  \(r.name)")
     }
 }
 
-/// Under TVM_CUDA_PROFILE=1, `body` run `runs` more times and its kernels' table printed (after `title` when given);
+/// Under TVM_CUDA_PROFILE, `body` run `runs` more times and its kernels' table printed (after `title` when given);
 /// nothing without the profiler.
 func printKernelProfile(of runs: Int, title: String? = nil, _ body: () throws -> Void) rethrows {
     guard activeCUDA?.profileReport(reset: true) != nil else { return }

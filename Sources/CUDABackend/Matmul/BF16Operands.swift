@@ -31,6 +31,7 @@ extension CUDABackend {
     /// x's float32 values rounded to bfloat16 (to nearest even) into the block at `y` (x.count values).
     func writeBF16(of x: Storage, to y: DevicePointer) {
         guard x.count > 0 else { return }
+        if profiler?.byGrid == true { profileTag = "n=\(x.count)" }
         kernels(ConversionKernels.self, .float32).convertF32Bf16.launch(on: self, grid: (blocks((x.count + 3) / 4), 1),
                                                                         x: addr(x), y: y, n: x.count)
     }

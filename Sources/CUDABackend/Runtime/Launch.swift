@@ -83,7 +83,11 @@ extension CUDABackend {
         let r = driver.cuLaunchKernel(function.handle, UInt32(grid.0), UInt32(grid.1), 1, UInt32(block.0), UInt32(block.1), 1,
                                       UInt32(shared), stream, argumentPointers, nil)
         if r != 0 { fatalError("CUDA driver: cuLaunchKernel(\(function.name)) failed: \(driver.describe(r))") }
-        if let started { profiler!.end(started, function.name, stream) }
+        if let started {
+            let name = profiler!.byGrid ? "\(function.name) [\(grid.0)x\(grid.1)]\(profileTag.map { " " + $0 } ?? "")" : function.name
+            profiler!.end(started, name, stream)
+            profileTag = nil
+        }
         if syncEveryLaunch {
             let s = driver.cuStreamSynchronize(stream)
             if s != 0 { fatalError("CUDA kernel \(function.name) failed: \(driver.describe(s))") }

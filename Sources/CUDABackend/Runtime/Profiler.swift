@@ -1,4 +1,4 @@
-/// Device time per kernel name (TVM_CUDA_PROFILE=1): an event pair around every launch and cuBLAS call,
+/// Device time per kernel name (TVM_CUDA_PROFILE=1, or =grid: per name and launch grid): an event pair around every launch and cuBLAS call,
 /// read back when a report is asked for. Events serialise nothing on the stream, so the order of work is
 /// unchanged; their own cost (a few µs per launch on the host) makes profiled steps slower in wall time,
 /// which is why the report gives device time only.
@@ -7,8 +7,13 @@ final class KernelProfiler {
     private var pending: [(name: String, start: Handle, end: Handle)] = []
     private var spare: [Handle] = []
     private var totals: [String: (calls: Int, ms: Double)] = [:]
+    /// Kernel launches named with their grid ("copy_rows_f32 [12x4]").
+    let byGrid: Bool
 
-    init(driver: Driver) { self.driver = driver }
+    init(driver: Driver, byGrid: Bool) {
+        self.driver = driver
+        self.byGrid = byGrid
+    }
 
     private func event() -> Handle {
         if let e = spare.popLast() { return e }

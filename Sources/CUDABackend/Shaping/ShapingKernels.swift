@@ -19,6 +19,7 @@ extension CUDABackend {
         if cs.count >= 2 && inner >= 32 && (ix == 0 || ix == 1) && st[1][cs.count - 1] == 1 {
             // Rows along an inner axis contiguous in the destination (permutes that keep the last axis, pads, concats).
             let rows = total / inner, (blocksX, chunks, chunk) = rowGrid(rows: rows, inner: inner)
+            if profiler?.byGrid == true { profileTag = "\(rows)x\(inner)" }
             k.copyRows.launch(on: self, grid: (blocksX, chunks), block: (32, 8),
                               v: KernelView(shape: Array(cs.dropLast()), strides0: Array(st[0].dropLast()),
                                             strides1: Array(st[1].dropLast())),
