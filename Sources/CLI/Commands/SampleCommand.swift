@@ -12,7 +12,7 @@ struct SampleCommand: Command {
     let help = """
         tvm sample --checkpoint FILE [--n 100] [--nfe 1] [--cfg 2] [--classes 0,1,2] [--seed N] [--out grid.png]
                    [--npy FILE] [--folder DIR] [--weights ema|ema:SCHEDULE|student|teacher] [--columns 10]
-                   [--noise FILE.npy] [--vae DIR] [--cfg-interval LO,HI]
+                   [--noise FILE.npy] [--vae DIR] [--cfg-interval LO,HI] [--tf32|--bf16]
           Samples images from a training checkpoint (by default with the evaluation EMA; ema:SCHEDULE picks one of
           the extra EMAs the run kept, e.g. ema:power:32; teacher is the EMA target) in --nfe steps with
           guidance scale --cfg (a flow-matching checkpoint: --nfe Euler steps, each evaluating the class and the null
@@ -24,6 +24,8 @@ struct SampleCommand: Command {
           values (nominally in [-1, 1] but not clamped: they are what the official sampler returns, for parity
           checks; the PNGs clip to [-1, 1] as the official code does when it saves images) and a folder with one subfolder of PNGs per class. --noise FILE.npy [n, C, H, W] starts from that noise
           instead of --seed's (n defaults to its rows).
+          On CUDA, --tf32 or --bf16 takes the matrix products (and with --bf16 the flash attention and the VAE's
+          activations) in that precision, as tvm train does.
           The checkpoint may also be an official network pickle (.pkl) or training state (.pt), read as
           tvm import reads it: --weights ema, student and teacher are then a training state's ema, net and
           ema_target, and the one network of a pickle.
@@ -35,8 +37,11 @@ struct SampleCommand: Command {
 
     func run(_ args: [String]) throws {
         let a = try Arguments(command: "sample", args, options: ["checkpoint", "n", "nfe", "cfg", "classes", "seed", "out", "npy",
-                                                                  "folder", "weights", "columns", "noise", "vae", "cfg-interval"])
+                                                                  "folder", "weights", "columns", "noise", "vae", "cfg-interval"],
+                              switches: ["tf32", "bf16"])
         try a.expectPositional(0, "no positional arguments (use --checkpoint FILE)")
+        // Before any model is loaded: a VAE made under bf16 products keeps its convolution weights in bf16 alone.
+        _ = applyProductPrecision(a)
         guard let path = a.string("checkpoint") else { throw CLIError("tvm sample needs --checkpoint FILE", usage: true) }
         let givenNoise = try a.string("noise").map { try NPYArray.read(path: $0) }
         let n = try a.int("n", default: givenNoise?.shape.first ?? 100, range: 1...1_000_000)
