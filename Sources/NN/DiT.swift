@@ -134,10 +134,11 @@ public struct DiT: FlowMapNetwork {
     }
 
     /// rmsNorm(x) * (1 + scale) + shift with [B, 1, D] modulation vectors: one fused pass that never stores the
-    /// normalised x. Its result always feeds a Linear.
+    /// normalised x. Only linear layers read its result (and tangent), so under bf16 products it is kept as their
+    /// bf16 operand alone.
     @inline(__always)
     func modulateNormalized(_ x: Tensor, shift: Tensor, scale: Tensor) -> Tensor {
-        x.rmsNormalized(eps: 1e-6, scale: 1 + scale, shift: shift, feedsProducts: true)
+        x.rmsNormalized(eps: 1e-6, scale: 1 + scale, shift: shift, products: .only)
     }
 
     /// x + gate * y with a [B, 1, D] gate (one fused pass).
@@ -158,7 +159,7 @@ public struct DiT: FlowMapNetwork {
             let h = x.linear(wk, bias: bk).reshaped([B, N, H, Dh])
             guard let norm else { return h }
             // The flash kernels read q's and k's bf16 copies (and their tangents') under bf16 products.
-            return h.rmsNormalized(eps: 1e-6, scale: p[norm.key], feedsProducts: true)
+            return h.rmsNormalized(eps: 1e-6, scale: p[norm.key], products: .also)
         }
         let q = heads(0, norm: layer.qNorm), k = heads(1, norm: layer.kNorm), v = heads(2, norm: nil)
         let o = attention(q, k, v, layout: .tokenMajor).reshaped([B, N, D])
@@ -170,7 +171,8 @@ public struct DiT: FlowMapNetwork {
         let a = attentionLayer(modulateNormalized(x, shift: m[0], scale: m[1]), p, layer.attention)
         let x1 = gatedResidual(x, gate: m[2], a)
         let h = modulateNormalized(x1, shift: m[3], scale: m[4])
-        let mlp = layer.mlpOut(layer.mlpIn.gelu(h, p), p)
+        // The GELU's output (and tangent) feeds the second linear layer alone: its bf16 operand under bf16 products.
+        let mlp = layer.mlpOut(layer.mlpIn.gelu(h, p, products: .only), p)
         return gatedResidual(x1, gate: m[5], mlp)
     }
 

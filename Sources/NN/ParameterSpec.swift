@@ -95,8 +95,8 @@ public struct LinearLayer: Equatable, Sendable {
     }
 
     /// GELU(x Wᵀ + b) (tanh approximation), the bias and the activation in the product's epilogue where nothing
-    /// is differentiated (`Tensor.linearGELU`).
-    public func gelu(_ x: Tensor, _ p: ParameterSet) -> Tensor {
-        x.linearGELU(p[weight.key], bias: p[bias.key])
+    /// is differentiated (`Tensor.linearGELU`); `products`: who reads the result (`ProductUse`).
+    public func gelu(_ x: Tensor, _ p: ParameterSet, products: ProductUse = .none) -> Tensor {
+        x.linearGELU(p[weight.key], bias: p[bias.key], products: products)
     }
 }

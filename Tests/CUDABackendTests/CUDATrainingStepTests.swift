@@ -97,4 +97,51 @@ final class CUDATrainingStepTests: XCTestCase {
         XCTAssertLessThanOrEqual(operands.graphBytes, whole.graphBytes - saved / 2,
                                  "graph bytes \(operands.graphBytes) against \(whole.graphBytes) kept whole")
     }
+
+    /// Under bf16 products an output that only linear layers read (`ProductUse.only`: a DiT's modulated norms and its
+    /// MLP's GELU) holds its bf16 copy alone: the JVP, its tangent and the gradients through it are bit for bit those
+    /// of the float32 outputs with their copies (`bf16Activations` off), the step peaks lower, and the undifferentiated
+    /// pass (cuBLASLt writing the GELU epilogue's output in bf16) differs at most by the rounding of that output.
+    func testOutputsReadOnlyByProductsHeldInBF16AloneGiveTheSameStep() throws {
+        let cuda = try cudaOrSkip()
+        cuda.bf16Products = true
+        defer { (cuda.bf16Products, cuda.bf16Activations) = (false, true) }
+        var r = TestRandom()
+        let (batch, tokens, width, hidden) = (4, 128, 64, 256)
+        func tensor(_ shape: [Int], _ scale: Double = 1) -> Tensor {
+            Tensor(r.normals(Shape.count(shape), scale: scale), shape: shape, dtype: .float32, on: cuda.device)
+        }
+        let params = [tensor([hidden, width], 0.125), tensor([hidden]), tensor([width, hidden], 0.0625), tensor([width]),
+                      tensor([batch, 1, width], 0.1), tensor([batch, 1, width], 0.1)]
+        let x = tensor([batch, tokens, width]), tx = tensor([batch, tokens, width])
+        func block(_ x: Tensor, _ p: [Tensor]) -> Tensor {
+            let h = x.rmsNormalized(eps: 1e-6, scale: 1 + p[4], shift: p[5], products: .only)
+            return h.linearGELU(p[0], bias: p[1], products: .only).linear(p[2], bias: p[3])
+        }
+        func run(bf16Alone: Bool) -> (values: [[Double]], teacher: [Double], peak: Int) {
+            cuda.bf16Activations = bf16Alone
+            let leaves = params.map { $0.detached().requiringGrad() }
+            cuda.synchronize()
+            cuda.resetPeakBytes()
+            let start = cuda.currentBytes
+            let (outs, tans) = jvp({ [block($0[0], leaves)] }, primals: [x], tangents: [tx])
+            cuda.synchronize()
+            let peak = cuda.peakBytes - start
+            let loss = outs[0].square().mean() + tans[0].square().mean()
+            let grads = gradients(of: loss, wrt: leaves)
+            let teacher = withoutGrad { block(x, params) }
+            return ([outs[0].doubles, tans[0].doubles] + grads.map(\.doubles), teacher.doubles, peak)
+        }
+        let whole = run(bf16Alone: false), alone = run(bf16Alone: true)
+        for i in whole.values.indices {
+            XCTAssertEqual(alone.values[i], whole.values[i], i < 2 ? "JVP output \(i)" : "gradient of parameter \(i - 2)")
+        }
+        let diff = zip(alone.teacher, whole.teacher).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
+        let norm = whole.teacher.map { $0 * $0 }.reduce(0, +).squareRoot()
+        XCTAssertLessThanOrEqual(diff / norm, 2e-3, "undifferentiated pass, bf16 alone against float32 outputs")
+        // The GELU's output and tangent (4 bytes an element each, besides their copies) are the largest outputs of the
+        // JVP pass, alive together while the second layer reads them.
+        XCTAssertLessThanOrEqual(alone.peak, whole.peak - batch * tokens * hidden * 4,
+                                 "JVP pass peak bytes \(alone.peak) against \(whole.peak) with float32 outputs")
+    }
 }

@@ -215,7 +215,7 @@ func benchAttention(_ args: [String]) throws {
     let ones = Tensor.ones([d])
     let x = (0..<6).map { i -> Tensor in
         let r = Tensor.randomNormal(shape, rng: &rng)
-        return [0, 1, 3, 4].contains(i) ? r.rmsNormalized(eps: 1e-6, scale: ones, feedsProducts: true) : r
+        return [0, 1, 3, 4].contains(i) ? r.rmsNormalized(eps: 1e-6, scale: ones, products: .also) : r
     }
     var forward: [Double] = [], backward: [Double] = []
     for i in 0..<(warmup + steps) {

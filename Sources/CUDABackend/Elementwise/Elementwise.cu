@@ -75,25 +75,37 @@ template<typename T, typename F> __device__ __forceinline__ void unary_impl(cons
 UNARY(neg) UNARY(exp) UNARY(log) UNARY(sqrt) UNARY(rsqrt) UNARY(reciprocal) UNARY(square) UNARY(sin) UNARY(cos) UNARY(tanh)
 UNARY(sigmoid) UNARY(silu) UNARY(siluD1) UNARY(siluD2) UNARY(gelu) UNARY(geluD1) UNARY(geluD2) UNARY(isFinite)
 
+// y = f(x) and, where t is given, ty = f'(x) t. A null y or ty: that output is written as its bf16 copy alone (an
+// output read by nothing but matrix products); with t null, only y (and y16) are written.
 template<typename T, typename F, typename D1> __device__ __forceinline__ void act_tangent_impl(
         const T* x, const T* t, T* y, T* ty, unsigned short* y16, unsigned short* ty16, i64 n) {
     constexpr int P = 16 / sizeof(T);
     const i64 np = n / P, s = gtid(), st = gstride();
     for (i64 i = s; i < np; i += st) {
-        const Pack<T> a = ((const Pack<T>*)x)[i], b = ((const Pack<T>*)t)[i];
-        Pack<T> r, q;
+        const Pack<T> a = ((const Pack<T>*)x)[i];
+        Pack<T> r;
 #pragma unroll
-        for (int k = 0; k < P; ++k) { r.v[k] = F::template f<T>(a.v[k]); q.v[k] = D1::template f<T>(a.v[k]) * b.v[k]; }
-        ((Pack<T>*)y)[i] = r;
-        ((Pack<T>*)ty)[i] = q;
+        for (int k = 0; k < P; ++k) r.v[k] = F::template f<T>(a.v[k]);
+        if (y) ((Pack<T>*)y)[i] = r;
         store_bf16(y16, i, r);
-        store_bf16(ty16, i, q);
+        if (t) {
+            const Pack<T> b = ((const Pack<T>*)t)[i];
+            Pack<T> q;
+#pragma unroll
+            for (int k = 0; k < P; ++k) q.v[k] = D1::template f<T>(a.v[k]) * b.v[k];
+            if (ty) ((Pack<T>*)ty)[i] = q;
+            store_bf16(ty16, i, q);
+        }
     }
     for (i64 i = np * P + s; i < n; i += st) {
-        y[i] = F::template f<T>(x[i]);
-        ty[i] = D1::template f<T>(x[i]) * t[i];
-        store_bf16_one(y16, i, y[i]);
-        store_bf16_one(ty16, i, ty[i]);
+        const T r = F::template f<T>(x[i]);
+        if (y) y[i] = r;
+        store_bf16_one(y16, i, r);
+        if (t) {
+            const T q = D1::template f<T>(x[i]) * t[i];
+            if (ty) ty[i] = q;
+            store_bf16_one(ty16, i, q);
+        }
     }
 }
 

@@ -9,13 +9,22 @@ extension CUDABackend: ActivationBackend {
                                                                    x: addr(x), y: addr(y), n: n)
     }
 
+    public func activation(_ op: UnaryOp, _ x: Storage, _ y: Storage) {
+        let n = x.count
+        guard n > 0 else { return }
+        beginBF16Call()
+        let (yf, y16) = outputAndCopy(y)
+        kernels(ElementwiseKernels.self, x.dtype).activationTangent(op)
+            .launch(on: self, grid: (blocks(packs(n, x.dtype)), 1), x: addr(x), t: 0, y: yf, ty: 0, y16: y16, ty16: 0, n: n)
+    }
+
     public func activationWithTangent(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ y: Storage, _ ty: Storage) {
         let n = x.count
         guard n > 0 else { return }
         beginBF16Call()
-        let (y16, ty16) = (bf16Twin(y), bf16Twin(ty))
+        let (yf, y16) = outputAndCopy(y), (tyf, ty16) = outputAndCopy(ty)
         kernels(ElementwiseKernels.self, x.dtype).activationTangent(op)
-            .launch(on: self, grid: (blocks(packs(n, x.dtype)), 1), x: addr(x), t: addr(t), y: addr(y), ty: addr(ty), y16: y16,
+            .launch(on: self, grid: (blocks(packs(n, x.dtype)), 1), x: addr(x), t: addr(t), y: yf, ty: tyf, y16: y16,
                     ty16: ty16, n: n)
     }
 

@@ -123,6 +123,13 @@ extension CUDABackend {
         return y
     }
 
+    /// For a kernel that writes an output and, under bf16 products, its bf16 copy: the float32 address and a fresh
+    /// copy's (`bf16Twin`), or 0 and the bf16 block of a storage that holds only that (`lowPrecisionStorage`).
+    func outputAndCopy(_ y: Storage) -> (f32: DevicePointer, bf16: DevicePointer) {
+        let (f32, bf16) = float32OrBF16(y)
+        return bf16 != 0 ? (0, bf16) : (f32, bf16Twin(y))
+    }
+
     /// What a kernel that reads (or writes) float32 or bfloat16 alone is given for `s`: its float32 address and 0, or
     /// 0 and its bf16 values' address where it holds only those.
     func float32OrBF16(_ s: Storage) -> (f32: DevicePointer, bf16: DevicePointer) {
@@ -140,7 +147,8 @@ extension CUDABackend: ProductOperandBackend {
     public func keepingOperandCopyOnly(_ x: Storage) -> Storage? {
         guard bf16Products, x.dtype == .float32, x.count > 0 else { return nil }
         let s = cuda(x)
-        guard s.base == nil, s.views.isEmpty, !s.operandCopyOnly else { return nil }
+        if s.operandCopyOnly { return x }
+        guard s.base == nil, s.views.isEmpty else { return nil }
         beginBF16Call()
         _ = bf16Operand(x)
         guard let copy = s.bf16Copy else { return nil }

@@ -67,7 +67,15 @@ extension CUDABackend: LinearBackend {
             geluEpilogueCalls += 1
             return
         }
-        linearThenGELU(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+        let y16 = float32OrBF16(y).bf16
+        guard y16 != 0 else {
+            linearThenGELU(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+            return
+        }
+        // An output kept as its bf16 copy alone that cuBLASLt could not write: made in float32, then narrowed.
+        let wide = allocate(y.count, .float32)
+        linearThenGELU(x, w, bias: bias, wide, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+        writeBF16(of: wide, to: y16)
     }
 
     public func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,
@@ -97,14 +105,16 @@ extension CUDABackend: LinearBackend {
         guard useCUBLASLt, let blasLt, m > 0 && n > 0 && k > 0 else { return false }
         let (lt, handle) = blasLt
         ensureCurrent()
-        let pd = addr(d), pv = addr(vector)
+        // D is written in bf16 where it is kept as its bf16 copy alone (`lowPrecisionStorage`).
+        let (df, d16) = float32OrBF16(d)
+        let pd = d16 != 0 ? d16 : df, pv = addr(vector)
         let bf16 = bf16Products && d.dtype == .float32
         // The operands the product reads: under bf16 products their copies (from the allocator, aligned at least as
         // well as the float32 originals).
         if bf16 { beginBF16Call() }
         let pa = bf16 ? bf16Operand(a) : addr(a), pb = bf16 ? bf16Operand(b) : addr(b)
         let key = LinearProductKey(epilogue: epilogue, dtype: d.dtype, tf32: allowTF32 && d.dtype == .float32, bf16: bf16,
-                                   m: m, n: n, k: k, alignment: 1 << Swift.min(8, (pa | pb | pd | pv).trailingZeroBitCount))
+                                   bf16Output: d16 != 0, m: m, n: n, k: k, alignment: 1 << Swift.min(8, (pa | pb | pd | pv).trailingZeroBitCount))
         let product: LinearProduct
         if let known = linearProducts[key] {
             guard let known else { return false }

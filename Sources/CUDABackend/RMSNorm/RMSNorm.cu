@@ -4,7 +4,8 @@
 #include "../common.cuh"
 
 // y = x r s + t, r = 1 / sqrt(mean(x^2) + eps), over [batch, rows, cols] (nrows = batch * rows) with s and t
-// per (batch entry, column); s null: plain RMS normalisation, t null: no shift; y16 (null: none) y's bf16 copy.
+// per (batch entry, column); s null: plain RMS normalisation, t null: no shift; y16 (null: none) y's bf16 copy; y null:
+// the copy alone (an output read only by matrix products).
 // A warp per row, the row in registers; the normalised row is never stored.
 template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_warp_impl(const T* x, const T* s, const T* t, T* y,
                                                                                        unsigned short* y16, i64 nrows, i64 rows,
@@ -14,7 +15,6 @@ template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_war
     for (i64 r = gtid() >> 5; r < nrows; r += nw) {
         const T* px = x + r * cols;
         const i64 so = (r / rows) * cols;
-        T* py = y + r * cols;
         T v[VPL];
         T ss = 0;
 #pragma unroll
@@ -32,7 +32,7 @@ template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_war
                 T o = v[c] * inv;
                 if (s) o *= s[so + i];
                 if (t) o += t[so + i];
-                py[i] = o;
+                if (y) y[r * cols + i] = o;
                 store_bf16_one(y16, r * cols + i, o);
             }
         }
@@ -47,7 +47,6 @@ template<typename T> __device__ __forceinline__ void rmsnorm_scaled_block_impl(c
     for (i64 r = blockIdx.x; r < nrows; r += gridDim.x) {
         const T* px = x + r * cols;
         const i64 so = (r / rows) * cols;
-        T* py = y + r * cols;
         T ss = 0;
         for (i64 c = threadIdx.x; c < cols; c += blockDim.x) ss += px[c] * px[c];
         ss = block_reduce<T, false>(ss, sm);
@@ -56,7 +55,7 @@ template<typename T> __device__ __forceinline__ void rmsnorm_scaled_block_impl(c
             T o = px[c] * inv;
             if (s) o *= s[so + c];
             if (t) o += t[so + c];
-            py[c] = o;
+            if (y) y[r * cols + c] = o;
             store_bf16_one(y16, r * cols + c, o);
         }
     }
@@ -110,7 +109,7 @@ template<typename T> __device__ __forceinline__ void rmsnorm_linear_bwd_impl(con
 }
 
 // rmsnorm_scaled's tangent: out = s (r dx - r^3 mu x) + ds r x + dt with mu = mean(x dx) (r dx - r^3 mu x is
-// rmsnorm_linear's r (dx - n mean(n dx)), n = r x); ds, dt, y16 may be null. A warp per row: VPL > 0 holds a
+// rmsnorm_linear's r (dx - n mean(n dx)), n = r x); ds, dt, y16 may be null, out too (y16 alone). A warp per row: VPL > 0 holds a
 // row of at most 32 VPL values in registers, VPL = 0 reads it twice (the second time mostly from cache).
 template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_jvp_impl(const T* x, const T* dx, const T* s,
                                                                                       const T* ds, const T* dt, T* out,
@@ -141,7 +140,7 @@ template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_jvp
             T v = s[so + i] * (inv * di - q * xi);
             if (ds) v += ds[so + i] * (xi * inv);
             if (dt) v += dt[so + i];
-            out[o + i] = v;
+            if (out) out[o + i] = v;
             store_bf16_one(y16, o + i, v);
         };
         if constexpr (VPL > 0) {

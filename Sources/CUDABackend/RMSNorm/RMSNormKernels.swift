@@ -20,14 +20,14 @@ extension CUDABackend: NormBackend {
         guard nrows > 0 && cols > 0 else { return }
         let k = kernels(RMSNormKernels.self, x.dtype)
         beginBF16Call()
-        let y16 = productOperand ? bf16Twin(y) : 0
+        let (yf, y16) = productOperand ? outputAndCopy(y) : (addr(y), 0)
         if let warp = rowKernel(k.rmsnormScaledWarp, cols: cols, width: \.width) {
-            warp.launch(on: self, grid: (blocks(nrows * 32), 1), x: addr(x), s: addr(s), t: addr(t), y: addr(y), y16: y16,
+            warp.launch(on: self, grid: (blocks(nrows * 32), 1), x: addr(x), s: addr(s), t: addr(t), y: yf, y16: y16,
                         nrows: nrows, rows: rows, cols: cols, eps: eps)
         } else {
             let threads = cols > 8192 ? 1024 : 256
             k.rmsnormScaledBlock.launch(on: self, grid: (Swift.min(nrows, maxBlocks * 2), 1), block: (threads, 1), x: addr(x),
-                                        s: addr(s), t: addr(t), y: addr(y), y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
+                                        s: addr(s), t: addr(t), y: yf, y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
         }
     }
 
@@ -36,14 +36,14 @@ extension CUDABackend: NormBackend {
         let nrows = batch * rows
         guard nrows > 0 && cols > 0 else { return }
         beginBF16Call()
-        let y16 = productOperand ? bf16Twin(out) : 0
+        let (outf, y16) = productOperand ? outputAndCopy(out) : (addr(out), 0)
         let k = kernels(RMSNormKernels.self, x.dtype), grid = (blocks(nrows * 32), 1)
         if let rowsKernel = rowKernel(k.rmsnormScaledJvpRows, cols: cols, width: \.width) {
-            rowsKernel.launch(on: self, grid: grid, x: addr(x), dx: addr(dx), s: addr(s), ds: addr(ds), dt: addr(dt), out: addr(out),
+            rowsKernel.launch(on: self, grid: grid, x: addr(x), dx: addr(dx), s: addr(s), ds: addr(ds), dt: addr(dt), out: outf,
                               y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
         } else {
             k.rmsnormScaledJvp.launch(on: self, grid: grid, x: addr(x), dx: addr(dx), s: addr(s), ds: addr(ds), dt: addr(dt),
-                                      out: addr(out), y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
+                                      out: outf, y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
         }
     }
 

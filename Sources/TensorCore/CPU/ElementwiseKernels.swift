@@ -3,6 +3,8 @@ import AVX2Kernels
 // The fused activation kernels (ActivationBackend): SiLU and GELU with their tangents and derivatives in one pass.
 
 extension CPUBackend: ActivationBackend {
+    public func activation(_ op: UnaryOp, _ x: Storage, _ y: Storage) { unary(op, x, y) }
+
     public func activationWithTangent(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ y: Storage, _ ty: Storage) {
         func run<T: CPUFloat>(_: T.Type) {
             let px = cpu(x).ptr(T.self), pt = cpu(t).ptr(T.self), py = cpu(y).ptr(T.self), pty = cpu(ty).ptr(T.self)

@@ -51,10 +51,10 @@ public struct ChannelsLastConvolution: Hashable, Sendable {
 ///
 /// Low-precision activations: where the backend's matrix products read a narrower copy of float32 operands (bf16
 /// products on CUDA), an output that only these kernels and products will read may be a storage holding that copy
-/// alone (`lowPrecisionStorage`), as a half-precision network keeps its activations. Every method here takes such
+/// alone (`ProductOperandBackend.lowPrecisionStorage`), as a half-precision network keeps its activations. Every method here takes such
 /// storages for x, residual and y; every other kernel refuses them, and `fullPrecision` widens one where a float32
 /// reader comes next.
-public protocol ChannelsLastImageBackend: Backend {
+public protocol ChannelsLastImageBackend: ProductOperandBackend {
     /// y [N, OH, OW, O] = the cross-correlation of x [N, H, W, C] with weight [O, kh, kw, C] over x zero-padded as
     /// `geometry.padding` says, plus bias [O] on every pixel, plus `residual` (y's shape; nil: none). false where this
     /// backend cannot compute this one now (its library is missing, or the sizes are beyond it): nothing is written
@@ -70,13 +70,6 @@ public protocol ChannelsLastImageBackend: Backend {
     /// y [N, 2H, 2W, C]: output pixel (oy, ox) is input pixel (oy / 2, ox / 2) of x [N, H, W, C]. false where this
     /// backend has no kernel for it (nothing written).
     func upsampleNearest2x(_ x: Storage, _ y: Storage, images: Int, height: Int, width: Int, channels: Int) -> Bool
-    /// A storage of `count` elements of `dtype` that holds only the low-precision copy the products read, for an
-    /// output read by nothing but this protocol's kernels and matrix products; nil where the backend keeps full values
-    /// (no low-precision products now, or a dtype they do not narrow).
-    func lowPrecisionStorage(count: Int, dtype: DType) -> Storage?
-    /// A new storage with the full-precision values of a low-precision one (`lowPrecisionStorage`); nil for a storage
-    /// that holds its full values.
-    func fullPrecision(_ x: Storage) -> Storage?
 }
 
 extension Tensor {
@@ -110,7 +103,7 @@ extension Tensor {
         }
         if !isDifferentiated([self, weight, bias] + (residual.map { [$0] } ?? [])),
            let fused = backend as? any ChannelsLastImageBackend {
-            let y = fused.output(outShape, of: self, lowPrecision: lowPrecisionOutput)
+            let y = output(outShape, for: lowPrecisionOutput ? .only : .none)
             if fused.convolution(storage, weight: weight.storage, bias: bias.storage, plus: residual?.storage, y.storage,
                                  geometry: geometry) {
                 return y
@@ -192,7 +185,7 @@ extension Tensor {
         checkSameDType(weight, "groupNormalized")
         checkSameDType(bias, "groupNormalized")
         if !isDifferentiated([self, weight, bias]), let fused = backend as? any ChannelsLastImageBackend {
-            let y = fused.output(shape, of: self, lowPrecision: feedsProducts)
+            let y = output(shape, for: feedsProducts ? .only : .none)
             if fused.groupNorm(storage, weight: weight.storage, bias: bias.storage, y.storage, images: n,
                                pixels: count / Swift.max(n * c, 1), channels: c, groups: groups, eps: eps, silu: silu,
                                feedsProducts: feedsProducts) {
@@ -218,7 +211,7 @@ extension Tensor {
         precondition(rank == 4, "channelsLastUpsampledNearest2x: input \(shape) is not [N, H, W, C]")
         let (n, h, w, c) = (shape[0], shape[1], shape[2], shape[3])
         if !isDifferentiated([self]), let fused = backend as? any ChannelsLastImageBackend {
-            let y = fused.output([n, 2 * h, 2 * w, c], of: self, lowPrecision: lowPrecisionOutput)
+            let y = output([n, 2 * h, 2 * w, c], for: lowPrecisionOutput ? .only : .none)
             if fused.upsampleNearest2x(storage, y.storage, images: n, height: h, width: w, channels: c) { return y }
         }
         return fullPrecisionValues().reshaped([n, h, 1, w, 1, c]).broadcast(to: [n, h, 2, w, 2, c]).reshaped([n, 2 * h, 2 * w, c])
@@ -227,16 +220,7 @@ extension Tensor {
     /// This tensor with its full-precision values: itself, or for one that holds only low-precision values (see
     /// ChannelsLastImageBackend) a widened copy, for a reader that takes float32 only.
     public func fullPrecisionValues() -> Tensor {
-        guard let fused = backend as? any ChannelsLastImageBackend, let wide = fused.fullPrecision(storage) else { return self }
+        guard let products = backend as? any ProductOperandBackend, let wide = products.fullPrecision(storage) else { return self }
         return Tensor(storage: wide, shape: shape)
-    }
-}
-
-extension ChannelsLastImageBackend {
-    /// An output tensor of `shape` and x's dtype: low-precision where asked and the backend keeps such storages.
-    fileprivate func output(_ shape: [Int], of x: Tensor, lowPrecision: Bool) -> Tensor {
-        let count = Shape.count(shape)
-        if lowPrecision, let s = lowPrecisionStorage(count: count, dtype: x.dtype) { return Tensor(storage: s, shape: shape) }
-        return Tensor(storage: allocate(count, x.dtype), shape: shape)
     }
 }

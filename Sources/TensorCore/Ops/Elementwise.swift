@@ -13,7 +13,9 @@ func adding(_ partial: Tensor?, _ term: Tensor) -> Tensor { partial.map { $0 + t
 /// the backward passes of both, instead of one pass per elementary op. Without them an activation is the `unary`
 /// kernel differentiated through its derivative ops (siluD1, siluD2, ...), as every other unary op is.
 public protocol ActivationBackend: Backend {
-    /// y = f(x), ty = f'(x) t.
+    /// y = f(x), where y may be a low-precision storage (`ProductUse.only`).
+    func activation(_ op: UnaryOp, _ x: Storage, _ y: Storage)
+    /// y = f(x), ty = f'(x) t; y and ty may be low-precision storages (`ProductUse.only`).
     func activationWithTangent(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ y: Storage, _ ty: Storage)
     /// gx = gy f'(x) + gty f''(x) t and gt = gty f'(x); gy or gty may be nil (zero).
     func activationWithTangentBackward(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ gy: Storage?, _ gty: Storage?,
@@ -28,10 +30,11 @@ final class RemadeActivation {
     private let op: UnaryOp
     private let x: Storage, tangent: Storage
     private let backend: any ActivationBackend
+    private let products: ProductUse
     private var left: (value: Storage?, tangent: Storage?) = (nil, nil)
 
-    init(_ op: UnaryOp, x: Storage, tangent: Storage, on backend: any ActivationBackend) {
-        (self.op, self.x, self.tangent, self.backend) = (op, x, tangent, backend)
+    init(_ op: UnaryOp, x: Storage, tangent: Storage, products: ProductUse, on backend: any ActivationBackend) {
+        (self.op, self.x, self.tangent, self.products, self.backend) = (op, x, tangent, products, backend)
     }
 
     func take(tangent wantsTangent: Bool) -> Storage {
@@ -43,7 +46,8 @@ final class RemadeActivation {
             left.value = nil
             return y
         }
-        let y = backend.allocate(x.count, x.dtype), ty = backend.allocate(x.count, x.dtype)
+        let y = backend.outputStorage(count: x.count, dtype: x.dtype, for: products)
+        let ty = backend.outputStorage(count: x.count, dtype: x.dtype, for: products)
         backend.activationWithTangent(op, x, tangent, y, ty)
         left = wantsTangent ? (y, nil) : (nil, ty)
         return wantsTangent ? ty : y
@@ -59,7 +63,7 @@ extension Tensor {
     // MARK: Unary
 
     public func unary(_ op: UnaryOp) -> Tensor {
-        if op.derivatives != nil, let fused = backend as? any ActivationBackend { return activation(op, fused) }
+        if op.derivatives != nil, let fused = backend as? any ActivationBackend { return activation(op, fused, products: .none) }
         let y = empty(shape)
         backend.unary(op, storage, y.storage)
         switch op {
@@ -76,14 +80,14 @@ extension Tensor {
 
     /// SiLU and GELU on a backend with fused activation kernels: under a JVP the value and tangent come from one
     /// two-output primitive, and the backward passes are fused kernels too (rules that are never differentiated
-    /// may use raw kernels).
-    private func activation(_ op: UnaryOp, _ fused: any ActivationBackend) -> Tensor {
-        let y = empty(shape)
+    /// may use raw kernels). `products`: who reads the output and its tangent (`ProductUse`).
+    private func activation(_ op: UnaryOp, _ fused: any ActivationBackend, products: ProductUse) -> Tensor {
+        let y = output(shape, for: products)
         // The nodes here keep the input (and its tangent), from which one elementwise pass remakes the output: the
         // layer that reads the output (the MLP's second linear layer, which keeps its input for its weight gradient)
         // keeps the recipe instead of the values (`recompute`), so the graph does not hold both.
         if let t = activeTangent {
-            let ty = empty(shape)
+            let ty = output(shape, for: products)
             fused.activationWithTangent(op, storage, t.storage, y.storage, ty.storage)
             let out = recordWithTangent("\(op)JVP", inputs: [self], tangents: [t], output: y, tangent: ty) { x, _, g in
                 let gx = x[0].empty(x[0].shape), gt = x[0].empty(x[0].shape)
@@ -92,13 +96,13 @@ extension Tensor {
                 return [gx, gt]
             }
             if out.gradSource != nil {
-                let remade = RemadeActivation(op, x: storage, tangent: t.storage, on: fused)
+                let remade = RemadeActivation(op, x: storage, tangent: t.storage, products: products, on: fused)
                 out.recompute = { remade.take(tangent: false) }
                 ty.recompute = { remade.take(tangent: true) }
             }
             return out
         }
-        backend.unary(op, storage, y.storage)
+        fused.activation(op, storage, y.storage)
         let out = record1("\(op)", [self], y, savesOutputs: false, jvp: nil) { x, _, g in
             let gx = x[0].empty(x[0].shape)
             fused.activationBackward(op, x[0].storage, g[0]!.storage, gx.storage)
@@ -107,8 +111,8 @@ extension Tensor {
         if out.gradSource != nil {
             let x = storage
             out.recompute = {
-                let y = fused.allocate(x.count, x.dtype)
-                fused.unary(op, x, y)
+                let y = fused.outputStorage(count: x.count, dtype: x.dtype, for: products)
+                fused.activation(op, x, y)
                 return y
             }
         }
@@ -167,7 +171,12 @@ extension Tensor {
     public func sigmoid() -> Tensor { unary(.sigmoid) }
     public func silu() -> Tensor { unary(.silu) }
     /// GELU with the tanh approximation (PyTorch's approximate="tanh").
-    public func gelu() -> Tensor { unary(.gelu) }
+    /// GELU (tanh approximation); `products`: who reads the result and its tangent (`ProductUse`; a hint where the
+    /// backend has fused activations).
+    public func gelu(products: ProductUse = .none) -> Tensor {
+        guard products != .none, let fused = backend as? any ActivationBackend else { return unary(.gelu) }
+        return activation(.gelu, fused, products: products)
+    }
     /// 1 where finite, 0 where NaN or infinite.
     public func isFinite() -> Tensor { unary(.isFinite) }
 

@@ -88,12 +88,12 @@ extension Tensor {
     /// differentiated (gradients off or no input with a gradient source, and no input carrying a tangent: sampling
     /// and the teacher passes of training) it is one backend call, which on the GPU applies the bias and the GELU
     /// in the product's epilogue rather than in a separate pass over the output. Otherwise it is `linear` then
-    /// `gelu`, so the derivatives are exactly theirs.
-    public func linearGELU(_ weight: Tensor, bias: Tensor? = nil) -> Tensor {
+    /// `gelu`, so the derivatives are exactly theirs. `products`: who reads the result (`ProductUse`).
+    public func linearGELU(_ weight: Tensor, bias: Tensor? = nil, products: ProductUse = .none) -> Tensor {
         guard !isDifferentiated(bias.map { [self, weight, $0] } ?? [self, weight]),
-              let fused = backend as? any LinearBackend else { return linear(weight, bias: bias).gelu() }
+              let fused = backend as? any LinearBackend else { return linear(weight, bias: bias).gelu(products: products) }
         let (rows, yShape) = linearOutput(weight, bias: bias, "linearGELU")
-        let y = empty(yShape)
+        let y = output(yShape, for: products)
         fused.linearGELU(storage, weight.storage, bias: bias?.storage, y.storage, rows: rows,
                          inFeatures: weight.shape[1], outFeatures: weight.shape[0])
         return y
@@ -127,19 +127,53 @@ public protocol LinearBackend: Backend {
     func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,
                               outFeatures: Int)
     /// y = gelu(x W^T + bias), GELU with the tanh approximation: `linear` with the activation in the same kernel
-    /// where the device has one (not differentiated: Tensor.linearGELU composes `linear` and `gelu` when it is).
+    /// where the device has one (not differentiated: Tensor.linearGELU composes `linear` and `gelu` when it is). y may
+    /// be a low-precision storage (`ProductUse.only`).
     func linearGELU(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int, outFeatures: Int)
 }
 
 /// A backend whose matrix products read a narrower copy of float32 operands (bf16 products on the GPU) can keep a
-/// tensor that from then on is only a product's operand as that copy alone (`Tensor.savedAsProductOperand`).
+/// tensor that from then on is only a product's operand as that copy alone (`Tensor.savedAsProductOperand`), and can
+/// make outputs that hold nothing else (low-precision activations: `lowPrecisionStorage`).
 public protocol ProductOperandBackend: Backend {
-    /// A storage of `x`'s count and dtype that holds only the copy its products read (made now if `x` has none),
-    /// which any other kernel refuses; nil where products read `x`'s own values (`x` must then be kept).
+    /// A storage of `x`'s count and dtype that holds only the copy its products read (made now if `x` has none, `x`
+    /// itself if it holds nothing else), which any other kernel refuses; nil where products read `x`'s own values
+    /// (`x` must then be kept).
     func keepingOperandCopyOnly(_ x: Storage) -> Storage?
+    /// A storage of `count` elements of `dtype` that holds only the low-precision copy the products read, for the
+    /// output of a kernel that can write it so (`ProductUse.only`), read by nothing but products and such kernels; nil
+    /// where the backend keeps full values (no low-precision products now, or a dtype they do not narrow).
+    func lowPrecisionStorage(count: Int, dtype: DType) -> Storage?
+    /// A new storage with the full-precision values of a low-precision one (`lowPrecisionStorage`); nil for a storage
+    /// that holds its full values.
+    func fullPrecision(_ x: Storage) -> Storage?
+}
+
+/// Who reads an op's output, a hint for backends whose products read low-precision operand copies: nothing but
+/// matrix products (`only`: the output may hold that copy alone), products among other kernels (`also`: the kernel
+/// writes the copy beside the values, saving a conversion pass), or not products (`none`).
+public enum ProductUse: Sendable {
+    case none, also, only
+
+    var feedsProducts: Bool { self != .none }
+}
+
+extension Backend {
+    /// A new storage for a kernel to write: under `ProductUse.only` a low-precision one where the backend keeps them
+    /// (`ProductOperandBackend.lowPrecisionStorage`).
+    func outputStorage(count: Int, dtype: DType, for use: ProductUse) -> Storage {
+        if use == .only, let products = self as? any ProductOperandBackend,
+           let s = products.lowPrecisionStorage(count: count, dtype: dtype) { return s }
+        return allocate(count, dtype)
+    }
 }
 
 extension Tensor {
+    /// An empty tensor of `shape` (this tensor's dtype and backend) for a kernel to write, as `Backend.outputStorage`.
+    func output(_ shape: [Int], for use: ProductUse) -> Tensor {
+        Tensor(storage: backend.outputStorage(count: Shape.count(shape), dtype: dtype, for: use), shape: shape)
+    }
+
     /// This tensor held as the narrower copy its backend's products read and nothing else (`ProductOperandBackend`:
     /// bfloat16 under the GPU's bf16 products), for a constant that only matrix products and convolutions read from
     /// now on (a frozen network's weights): half the resident bytes. Itself where the products read full values.

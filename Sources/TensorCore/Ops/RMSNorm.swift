@@ -19,7 +19,8 @@ public protocol NormBackend: Backend {
     /// y = rmsNorm(x) s + t over [batch, rows, cols] with s and t of shape [batch, cols] (one value per column,
     /// shared by a batch entry's rows; t may be nil): normalisation followed by adaLN modulation or a norm weight,
     /// reading each row once and writing y only (the normalised rows are never stored). `productOperand`: y feeds
-    /// matrix products (a backend with low-precision products may write their operand copy in the same pass).
+    /// matrix products (a backend with low-precision products may write their operand copy in the same pass; y may be
+    /// its `lowPrecisionStorage`, which holds that copy alone). Likewise for the JVP's `out`.
     func rmsNormScaled(_ x: Storage, scale s: Storage, shift t: Storage?, _ y: Storage, batch: Int, rows: Int, cols: Int,
                        eps: Double, productOperand: Bool)
     /// The tangent of rmsNormScaled: out = L(dx) s + rmsNorm(x) ds + dt, L(dx) = r (dx - n mean(n dx)) the
@@ -85,9 +86,9 @@ extension Tensor {
     /// the result: adaLN modulation after a norm (scale = 1 + the modulation's scale) and norm weights, where the
     /// separate passes would write the normalised tensor and read it back. scale and shift (nil: none) hold one
     /// value per column, either per entry of the first axis (B * C values for a tensor [B, ..., C], such as
-    /// [B, 1, C]) or one row of C values shared by every row (a weight [C]). `feedsProducts`: the result (and its
-    /// tangent) are matrix-product operands, a hint for backends that keep low-precision operand copies.
-    public func rmsNormalized(eps: Double, scale: Tensor, shift: Tensor? = nil, feedsProducts: Bool = false) -> Tensor {
+    /// [B, 1, C]) or one row of C values shared by every row (a weight [C]). `products`: who reads the result (and
+    /// its tangent), a hint for backends that keep low-precision operand copies (`ProductUse`).
+    public func rmsNormalized(eps: Double, scale: Tensor, shift: Tensor? = nil, products: ProductUse = .none) -> Tensor {
         let cols = shape.last!
         let batch = scale.count == cols ? 1 : shape[0]
         precondition(scale.count == batch * cols,
@@ -99,9 +100,9 @@ extension Tensor {
             let scaled = reshaped([batch, rows, cols]).composedRMSNorm(eps: eps) * scale.reshaped(factor)
             return (shift.map { scaled + $0.reshaped(factor) } ?? scaled).reshaped(shape)
         }
-        let y = empty(shape)
+        let y = output(shape, for: products)
         fused.rmsNormScaled(storage, scale: scale.storage, shift: shift?.storage, y.storage, batch: batch, rows: rows,
-                            cols: cols, eps: eps, productOperand: feedsProducts)
+                            cols: cols, eps: eps, productOperand: products.feedsProducts)
         var inputs = [self, scale]
         if let shift { inputs.append(shift) }
         let hasShift = shift != nil, scaleShape = scale.shape, shiftShape = shift?.shape
@@ -111,7 +112,7 @@ extension Tensor {
         let out = record1("rmsNormScaled", inputs, y, saves: [0, 1], savesOutputs: false, jvp: { i, _, d in
             if let dx = d[0] {
                 return [Tensor.rmsNormScaledTangent(i[0], dx, scale: i[1], dScale: d[1], dShift: hasShift ? d[2] : nil,
-                                                    batch: batch, eps: eps, feedsProducts: feedsProducts, on: fused)]
+                                                    batch: batch, eps: eps, products: products, on: fused)]
             }
             // Without a tangent of x: n ds + dt, n = rmsNorm(x) (differentiable; the rule runs only when some input has a tangent).
             let dt = hasShift ? d[2]?.reshaped([batch, 1, cols]) : nil
@@ -134,9 +135,9 @@ extension Tensor {
         if out.gradSource != nil {
             let (x, s, t) = (storage, scale.storage, shift?.storage)
             out.recompute = {
-                let y = fused.allocate(x.count, x.dtype)
+                let y = fused.outputStorage(count: x.count, dtype: x.dtype, for: products)
                 fused.rmsNormScaled(x, scale: s, shift: t, y, batch: batch, rows: rows, cols: cols, eps: eps,
-                                    productOperand: feedsProducts)
+                                    productOperand: products.feedsProducts)
                 return y
             }
         }
@@ -146,12 +147,12 @@ extension Tensor {
     /// rmsNormScaled's tangent L(dx) s + n ds + dt (see NormBackend.rmsNormScaledJVP), recorded with its VJP: the
     /// gradients through the JVP that TVM's terminal term needs, in one row pass and one column-sum pass.
     static func rmsNormScaledTangent(_ x: Tensor, _ dx: Tensor, scale s: Tensor, dScale ds: Tensor?, dShift dt: Tensor?,
-                                     batch: Int, eps: Double, feedsProducts: Bool, on kernels: any NormBackend) -> Tensor {
+                                     batch: Int, eps: Double, products: ProductUse, on kernels: any NormBackend) -> Tensor {
         let cols = x.shape.last!, rows = x.count / Swift.max(batch * cols, 1)
         precondition(dx.shape == x.shape, "rmsNormScaledTangent: tangent \(dx.shape) does not match x \(x.shape)")
-        let out = x.empty(x.shape)
+        let out = x.output(x.shape, for: products)
         kernels.rmsNormScaledJVP(x.storage, dx.storage, scale: s.storage, dScale: ds?.storage, dShift: dt?.storage,
-                                 out.storage, batch: batch, rows: rows, cols: cols, eps: eps, productOperand: feedsProducts)
+                                 out.storage, batch: batch, rows: rows, cols: cols, eps: eps, productOperand: products.feedsProducts)
         var inputs = [x, dx, s]
         if let ds { inputs.append(ds) }
         if let dt { inputs.append(dt) }
@@ -175,9 +176,9 @@ extension Tensor {
         if tangent.gradSource != nil {
             let (xs, dxs, ss, dss, dts) = (x.storage, dx.storage, s.storage, ds?.storage, dt?.storage)
             tangent.recompute = {
-                let o = kernels.allocate(xs.count, xs.dtype)
+                let o = kernels.outputStorage(count: xs.count, dtype: xs.dtype, for: products)
                 kernels.rmsNormScaledJVP(xs, dxs, scale: ss, dScale: dss, dShift: dts, o, batch: batch, rows: rows, cols: cols,
-                                         eps: eps, productOperand: feedsProducts)
+                                         eps: eps, productOperand: products.feedsProducts)
                 return o
             }
         }
