@@ -130,7 +130,8 @@ public struct DiT: FlowMapNetwork {
         let B = siluC.shape[0], D = config.hidden
         var m = layer(siluC, p).reshaped([B, parts, D])
         if config.modulationNorm { m = m.rmsNormalized(eps: 1e-6) }
-        return m.split(axis: 1, sizes: Array(repeating: 1, count: parts))
+        // Part-major, each part a contiguous range: one copy, and the parts are views of it (`split` on the first axis).
+        return m.permuted([1, 0, 2]).split(axis: 0, sizes: Array(repeating: 1, count: parts)).map { $0.reshaped([B, 1, D]) }
     }
 
     /// rmsNorm(x) * (1 + scale) + shift with [B, 1, D] modulation vectors: one fused pass that never stores the

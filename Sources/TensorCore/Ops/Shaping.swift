@@ -86,14 +86,36 @@ extension Tensor {
         }
     }
 
-    /// Splits `axis` into pieces of the given sizes.
+    /// Splits `axis` into pieces of the given sizes. Pieces of the first axis are contiguous ranges of the storage:
+    /// where the backend makes views (`OptimizerBackend.views`) they are views of it, one node and no copies.
     public func split(axis: Int, sizes: [Int]) -> [Tensor] {
         let a = Shape.axis(axis, rank: rank)
         precondition(sizes.reduce(0, +) == shape[a], "split sizes \(sizes) do not add up to \(shape[a])")
+        if a == 0, sizes.count > 1, sizes.allSatisfy({ $0 > 0 }), let viewing = backend as? any OptimizerBackend {
+            return leadingViews(sizes, viewing)
+        }
         var start = 0
         return sizes.map { n in
             defer { start += n }
             return slice(axis: a, start: start, length: n)
+        }
+    }
+
+    /// `split` along the first axis as views of this tensor's storage. The pieces alias it, which is safe because
+    /// nothing writes an op's output in place (only parameters and optimizer state change in place).
+    private func leadingViews(_ sizes: [Int], _ backend: any OptimizerBackend) -> [Tensor] {
+        let inner = count / shape[0]
+        var offsets: [Int] = [], start = 0
+        for n in sizes {
+            offsets.append(start * inner)
+            start += n
+        }
+        let storages = backend.views(of: storage, offsets: offsets, counts: sizes.map { $0 * inner })
+        let pieces = zip(storages, sizes).map { s, n in Tensor(storage: s, shape: [n] + shape.dropFirst()) }
+        return record("split", inputs: [self], outputs: pieces, saves: [], savesOutputs: false, jvp: { _, _, t in
+            t[0]!.split(axis: 0, sizes: sizes)
+        }) { _, outs, g in
+            g.allSatisfy({ $0 == nil }) ? [nil] : [concat(zip(outs, g).map { o, gi in gi ?? o.zerosLike() }, axis: 0)]
         }
     }
 
