@@ -824,7 +824,9 @@ final class CUDAOpTests: XCTestCase {
                     let before = cuda.geluEpilogueCalls
                     let got = x.linearGELU(w, bias: b)
                     let label = "linearGELU \(mode) rows=\(rows) in=\(inF) out=\(outF) cuBLASLt=\(useLt) seed=\(r.seed)"
-                    assertClose(got, want, tol, label, errorFloor: floor)
+                    // One value alone (1x1x1) carries cuBLASLt's GELU error undiluted: 1.35e-05 in float32 (H100,
+                    // 2026-12-07), so that case is held to 5e-5.
+                    assertClose(got, want, rows * outF == 1 ? Swift.max(tol, 5e-5) : tol, label, errorFloor: floor)
                     if cuda.geluEpilogueCalls == before { unfused.append("\(rows)x\(inF)x\(outF)") }
                 }
                 print("linearGELU \(mode) cuBLASLt=\(useLt): linear + GELU kernel for (rows x in x out) \(unfused)")

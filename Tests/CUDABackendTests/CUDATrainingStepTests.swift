@@ -101,7 +101,8 @@ final class CUDATrainingStepTests: XCTestCase {
     /// Under bf16 products an output that only linear layers read (`ProductUse.only`: a DiT's modulated norms and its
     /// MLP's GELU) holds its bf16 copy alone: the JVP, its tangent and the gradients through it are bit for bit those
     /// of the float32 outputs with their copies (`bf16Activations` off), the step peaks lower, and the undifferentiated
-    /// pass (cuBLASLt writing the GELU epilogue's output in bf16) differs at most by the rounding of that output.
+    /// pass (cuBLASLt writing the GELU epilogue's output in bf16, its bias the bias's bf16 copy) differs by about
+    /// that rounding.
     func testOutputsReadOnlyByProductsHeldInBF16AloneGiveTheSameStep() throws {
         let cuda = try cudaOrSkip()
         cuda.bf16Products = true
@@ -138,7 +139,8 @@ final class CUDATrainingStepTests: XCTestCase {
         }
         let diff = zip(alone.teacher, whole.teacher).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
         let norm = whole.teacher.map { $0 * $0 }.reduce(0, +).squareRoot()
-        XCTAssertLessThanOrEqual(diff / norm, 2e-3, "undifferentiated pass, bf16 alone against float32 outputs")
+        // There cuBLASLt writes the GELU's bf16 output itself, with the bias's bf16 copy: within a bf16 step (2^-8).
+        XCTAssertLessThanOrEqual(diff / norm, 4e-3, "undifferentiated pass, bf16 alone against float32 outputs")
         // The GELU's output and tangent (4 bytes an element each, besides their copies) are the largest outputs of the
         // JVP pass, alive together while the second layer reads them.
         XCTAssertLessThanOrEqual(alone.peak, whole.peak - batch * tokens * hidden * 4,

@@ -45,7 +45,6 @@ final class CUBLASLt {
 
     // cublasLtMatmulDescAttributes_t: TRANSA and TRANSB (int32_t), EPILOGUE (uint32_t), BIAS_POINTER (void*).
     static let descTransA: Int32 = 3, descTransB: Int32 = 4, descEpilogue: Int32 = 7, descBiasPointer: Int32 = 8
-    static let descBiasDataType: Int32 = 26
     // cublasLtMatmulPreferenceAttributes_t: MAX_WORKSPACE_BYTES (uint64_t), MIN_ALIGNMENT_A/B/C/D_BYTES (uint32_t).
     static let preferenceMaxWorkspaceBytes: Int32 = 1
     static let preferenceMinAlignments: [Int32] = [5, 6, 7, 8]
@@ -94,8 +93,8 @@ final class CUBLASLt {
     /// address, whose alignment the heuristic reads from the descriptor.
     func plan(_ handle: OpaquePointer, _ key: LinearProductKey, vector: DevicePointer) -> LinearProduct? {
         let type = key.dtype == .float32 ? CUBLAS.r32F : CUBLAS.r64F
-        // bf16 products: A and B are bfloat16 copies; D (but for an output kept as its bf16 copy alone), the bias and
-        // the accumulation stay float32.
+        // bf16 products: A and B are bfloat16 copies; D and the bias (but for an output kept as its bf16 copy alone,
+        // whose bias is the bias's bf16 copy: cuBLASLt takes D's type for it) and the accumulation stay float32.
         let inputType = key.bf16 ? CUBLAS.r16BF : type
         let compute = key.dtype == .float64 ? CUBLAS.compute64F
             : (key.tf32 && !key.bf16 ? CUBLAS.compute32FFastTF32 : CUBLAS.compute32F)
@@ -106,14 +105,6 @@ final class CUBLASLt {
         setDescAttribute(desc!, CUBLASLt.descTransB, e.transB ? CUBLAS.opT : CUBLAS.opN, "TRANSB")
         setDescAttribute(desc!, CUBLASLt.descEpilogue, e.value, "EPILOGUE")
         setDescAttribute(desc!, CUBLASLt.descBiasPointer, vector, "BIAS_POINTER")
-        if key.bf16Output {
-            // The bias stays float32 (by default it would take D's type); a library that refuses this plans nothing.
-            var biasType = CUBLAS.r32F
-            guard withUnsafeBytes(of: &biasType, { cublasLtMatmulDescSetAttribute(desc, CUBLASLt.descBiasDataType, $0.baseAddress, 4) }) == 0 else {
-                _ = cublasLtMatmulDescDestroy(desc)
-                return nil
-            }
-        }
         // Layouts as stored (before the transposes), column-major, leading dimension = stored rows.
         func layout(_ rows: Int, _ cols: Int, _ what: String, _ type: Int32) -> OpaquePointer {
             var l: OpaquePointer? = nil
@@ -137,7 +128,8 @@ final class CUBLASLt {
         var found: Int32 = 0
         let status = cublasLtMatmulAlgoGetHeuristic(handle, desc, a, b, d, d, preference, 1, result, &found)
         let state = result.load(fromByteOffset: CUBLASLt.heuristicStateOffset, as: Int32.self)
-        if status == CUBLASLt.statusNotSupported || (status == 0 && (found < 1 || state != 0)) {
+        // A bf16 D is an option: any refusal of it plans nothing (the caller takes the float32 path).
+        if status == CUBLASLt.statusNotSupported || (status != 0 && key.bf16Output) || (status == 0 && (found < 1 || state != 0)) {
             result.deallocate()
             _ = cublasLtMatmulDescDestroy(desc)
             for l in [a, b, d] { _ = cublasLtMatrixLayoutDestroy(l) }

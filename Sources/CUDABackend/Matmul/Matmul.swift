@@ -105,14 +105,15 @@ extension CUDABackend: LinearBackend {
         guard useCUBLASLt, let blasLt, m > 0 && n > 0 && k > 0 else { return false }
         let (lt, handle) = blasLt
         ensureCurrent()
-        // D is written in bf16 where it is kept as its bf16 copy alone (`lowPrecisionStorage`).
+        // D is written in bf16 where it is kept as its bf16 copy alone (`lowPrecisionStorage`), with the bias's bf16
+        // copy (cuBLASLt's bias takes D's type).
         let (df, d16) = float32OrBF16(d)
-        let pd = d16 != 0 ? d16 : df, pv = addr(vector)
         let bf16 = bf16Products && d.dtype == .float32
         // The operands the product reads: under bf16 products their copies (from the allocator, aligned at least as
         // well as the float32 originals).
         if bf16 { beginBF16Call() }
         let pa = bf16 ? bf16Operand(a) : addr(a), pb = bf16 ? bf16Operand(b) : addr(b)
+        let pd = d16 != 0 ? d16 : df, pv = d16 != 0 ? bf16Operand(vector) : addr(vector)
         let key = LinearProductKey(epilogue: epilogue, dtype: d.dtype, tf32: allowTF32 && d.dtype == .float32, bf16: bf16,
                                    bf16Output: d16 != 0, m: m, n: n, k: k, alignment: 1 << Swift.min(8, (pa | pb | pd | pv).trailingZeroBitCount))
         let product: LinearProduct
