@@ -109,8 +109,8 @@ template<typename T> __device__ __forceinline__ void rmsnorm_linear_bwd_impl(con
 }
 
 // rmsnorm_scaled's tangent: out = s (r dx - r^3 mu x) + ds r x + dt with mu = mean(x dx) (r dx - r^3 mu x is
-// rmsnorm_linear's r (dx - n mean(n dx)), n = r x); ds, dt, y16 may be null, out too (y16 alone). A warp per row: VPL > 0 holds a
-// row of at most 32 VPL values in registers, VPL = 0 reads it twice (the second time mostly from cache).
+// rmsnorm_linear's r (dx - n mean(n dx)), n = r x); ds, dt, y16 may be null, and out too (y16 alone). A warp per row:
+// VPL > 0 holds a row of at most 32 VPL values in registers, VPL = 0 reads it twice (the second time mostly from cache).
 template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_jvp_impl(const T* x, const T* dx, const T* s,
                                                                                       const T* ds, const T* dt, T* out,
                                                                                       unsigned short* y16, i64 nrows,
