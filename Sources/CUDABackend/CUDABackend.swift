@@ -106,6 +106,8 @@ public final class CUDABackend: Backend {
         let mode = environment("TVM_CUDA_PROFILE")
         return mode == "1" || mode == "grid" ? KernelProfiler(driver: driver, byGrid: mode == "grid") : nil
     }()
+    /// Whether the profiler names launches with their grid (TVM_CUDA_PROFILE=grid).
+    public var profilesByGrid: Bool { profiler?.byGrid == true }
     /// Under TVM_CUDA_PROFILE=grid, added to the next launch's name (the element count of a conversion, whose grid
     /// is capped at one wave and so does not tell sizes apart).
     var profileTag: String?

@@ -98,10 +98,9 @@ func ditFromArguments(_ a: Arguments) throws -> DiT {
 
 /// The TVM_CUDA_PROFILE table: device time per kernel (and launch grid, under =grid) and step, largest first.
 func printProfile(_ rows: [(name: String, calls: Int, ms: Double)], steps: Int) {
-    let byGrid = getenv("TVM_CUDA_PROFILE").map { String(cString: $0) } == "grid"
     let total = rows.reduce(0) { $0 + $1.ms }
     Console.out("device time per step: \(fmt(total / Double(steps), 1)) ms in \(rows.reduce(0) { $0 + $1.calls } / steps) launches")
-    for r in rows.prefix(byGrid ? 200 : 60) {
+    for r in rows.prefix(activeCUDA?.profilesByGrid == true ? 200 : 60) {
         Console.out("  \(fmt(r.ms / Double(steps), 2)) ms  \(fmt(100 * r.ms / total, 1))%  \(r.calls / steps)x  \(r.name)")
     }
 }

@@ -1,5 +1,5 @@
-/// Device time per kernel name (TVM_CUDA_PROFILE=1, or =grid: per name and launch grid): an event pair around every launch and cuBLAS call,
-/// read back when a report is asked for. Events serialise nothing on the stream, so the order of work is
+/// Device time per kernel name (TVM_CUDA_PROFILE=1, or =grid: per name and launch grid): an event pair around every
+/// launch and cuBLAS call, read back when a report is asked for. Events serialise nothing on the stream, so the order of work is
 /// unchanged; their own cost (a few µs per launch on the host) makes profiled steps slower in wall time,
 /// which is why the report gives device time only.
 final class KernelProfiler {

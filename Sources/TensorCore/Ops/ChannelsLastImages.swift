@@ -51,9 +51,9 @@ public struct ChannelsLastConvolution: Hashable, Sendable {
 ///
 /// Low-precision activations: where the backend's matrix products read a narrower copy of float32 operands (bf16
 /// products on CUDA), an output that only these kernels and products will read may be a storage holding that copy
-/// alone (`ProductOperandBackend.lowPrecisionStorage`), as a half-precision network keeps its activations. Every method here takes such
-/// storages for x, residual and y; every other kernel refuses them, and `fullPrecision` widens one where a float32
-/// reader comes next.
+/// alone (`ProductOperandBackend.lowPrecisionStorage`), as a half-precision network keeps its activations. Every
+/// method here takes such storages for x, residual and y; every other kernel refuses them, and `fullPrecision` widens
+/// one where a float32 reader comes next.
 public protocol ChannelsLastImageBackend: ProductOperandBackend {
     /// y [N, OH, OW, O] = the cross-correlation of x [N, H, W, C] with weight [O, kh, kw, C] over x zero-padded as
     /// `geometry.padding` says, plus bias [O] on every pixel, plus `residual` (y's shape; nil: none). false where this

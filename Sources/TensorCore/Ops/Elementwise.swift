@@ -174,7 +174,7 @@ extension Tensor {
     /// GELU (tanh approximation); `products`: who reads the result and its tangent (`ProductUse`; a hint where the
     /// backend has fused activations).
     public func gelu(products: ProductUse = .none) -> Tensor {
-        guard products != .none, let fused = backend as? any ActivationBackend else { return unary(.gelu) }
+        guard let fused = backend as? any ActivationBackend else { return unary(.gelu) }
         return activation(.gelu, fused, products: products)
     }
     /// 1 where finite, 0 where NaN or infinite.
