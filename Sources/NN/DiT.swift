@@ -150,6 +150,8 @@ public struct DiT: FlowMapNetwork {
 
     /// Multi-head self-attention on [B, N, D] with q and k RMS-normalised over the head dimension. Attention
     /// reads the heads token-major ([B, N, H, Dh], the projections reshaped in place): no head permutes.
+    /// q, k, v, the output and their tangents are read by the attention kernels' and the projection's products
+    /// alone: under bf16 products each is kept as its bf16 operand alone.
     func attentionLayer(_ x: Tensor, _ p: ParameterSet, _ layer: DiTLayers.Attention) -> Tensor {
         let c = config, B = x.shape[0], N = x.shape[1], D = c.hidden, H = c.heads, Dh = c.headDim
         let w = p[layer.qkv.weight.key], b = p[layer.qkv.bias.key]
@@ -157,13 +159,11 @@ public struct DiT: FlowMapNetwork {
         // weight is smaller than the activations for any real batch, and the slices of the output would be copies.
         func heads(_ k: Int, norm: ParameterSpec?) -> Tensor {
             let wk = w.slice(axis: 0, start: k * D, length: D), bk = b.slice(axis: 0, start: k * D, length: D)
-            let h = x.linear(wk, bias: bk).reshaped([B, N, H, Dh])
-            guard let norm else { return h }
-            // The flash kernels read q's and k's bf16 copies (and their tangents') under bf16 products.
-            return h.rmsNormalized(eps: 1e-6, scale: p[norm.key], products: .also)
+            guard let norm else { return x.linear(wk, bias: bk, products: .only).reshaped([B, N, H, Dh]) }
+            return x.linear(wk, bias: bk).reshaped([B, N, H, Dh]).rmsNormalized(eps: 1e-6, scale: p[norm.key], products: .only)
         }
         let q = heads(0, norm: layer.qNorm), k = heads(1, norm: layer.kNorm), v = heads(2, norm: nil)
-        let o = attention(q, k, v, layout: .tokenMajor).reshaped([B, N, D])
+        let o = attention(q, k, v, layout: .tokenMajor, products: .only).reshaped([B, N, D])
         return layer.projection(o, p)
     }
 

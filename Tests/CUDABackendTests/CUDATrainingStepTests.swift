@@ -146,4 +146,67 @@ final class CUDATrainingStepTests: XCTestCase {
         XCTAssertLessThanOrEqual(alone.peak, whole.peak - batch * tokens * hidden * 4,
                                  "JVP pass peak bytes \(alone.peak) against \(whole.peak) with float32 outputs")
     }
+
+    /// DiT's attention under bf16 products: q and k from RMS norms, v from a linear layer, the output read by a
+    /// projection, each (and its tangent) kept as its bf16 operand alone. q, k and the output hold the bits they held
+    /// as copies; v's bias is added in bf16 there (cuBLASLt's bias takes its output's type), so the step stays within
+    /// bf16 rounding of the one with float32 operands, in less memory. Head dim 64 takes the flash kernels, 16 the
+    /// warp-per-row ones (which widen such operands).
+    func testAttentionOperandsHeldInBF16AloneStayWithinBF16Rounding() throws {
+        let cuda = try cudaOrSkip()
+        cuda.bf16Products = true
+        defer { (cuda.bf16Products, cuda.bf16Activations) = (false, true) }
+        var r = TestRandom()
+        for (heads, dim) in [(2, 64), (4, 16)] {
+            let (batch, tokens, width) = (3, 96, heads * dim)
+            func tensor(_ shape: [Int], _ scale: Double = 1) -> Tensor {
+                Tensor(r.normals(Shape.count(shape), scale: scale), shape: shape, dtype: .float32, on: cuda.device)
+            }
+            let w = 1 / Double(width).squareRoot()
+            let params = [tensor([width, width], w), tensor([width], 0.1), tensor([width, width], w), tensor([width], 0.1),
+                          tensor([width, width], w), tensor([width], 0.1), tensor([width, width], w), tensor([width], 0.1),
+                          1 + tensor([dim], 0.1), 1 + tensor([dim], 0.1)]
+            let x = tensor([batch, tokens, width]), tx = tensor([batch, tokens, width])
+            func block(_ x: Tensor, _ p: [Tensor]) -> Tensor {
+                func split(_ t: Tensor) -> Tensor { t.reshaped([batch, tokens, heads, dim]) }
+                let q = split(x.linear(p[0], bias: p[1])).rmsNormalized(eps: 1e-6, scale: p[8], products: .only)
+                let k = split(x.linear(p[2], bias: p[3])).rmsNormalized(eps: 1e-6, scale: p[9], products: .only)
+                let v = split(x.linear(p[4], bias: p[5], products: .only))
+                let o = attention(q, k, v, layout: .tokenMajor, products: .only).reshaped([batch, tokens, width])
+                return o.linear(p[6], bias: p[7])
+            }
+            func run(bf16Alone: Bool) -> (values: [[Double]], teacher: [Double], peak: Int) {
+                cuda.bf16Activations = bf16Alone
+                let leaves = params.map { $0.detached().requiringGrad() }
+                cuda.synchronize()
+                cuda.resetPeakBytes()
+                let start = cuda.currentBytes
+                let (outs, tans) = jvp({ [block($0[0], leaves)] }, primals: [x], tangents: [tx])
+                cuda.synchronize()
+                let peak = cuda.peakBytes - start
+                let loss = outs[0].square().mean() + tans[0].square().mean()
+                let grads = gradients(of: loss, wrt: leaves)
+                let teacher = withoutGrad { block(x, params) }
+                return ([outs[0].doubles, tans[0].doubles] + grads.map(\.doubles), teacher.doubles, peak)
+            }
+            let whole = run(bf16Alone: false), alone = run(bf16Alone: true)
+            func relative(_ a: [Double], _ b: [Double]) -> Double {
+                let diff = zip(a, b).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
+                return diff / Swift.max(b.map { $0 * $0 }.reduce(0, +).squareRoot(), 1e-30)
+            }
+            for i in whole.values.indices {
+                XCTAssertEqual(alone.values[i].count, whole.values[i].count)
+                XCTAssertLessThanOrEqual(relative(alone.values[i], whole.values[i]), 1e-2,
+                                         "head dim \(dim): " + (i < 2 ? "JVP output \(i)" : "gradient of parameter \(i - 2)"))
+            }
+            XCTAssertLessThanOrEqual(relative(alone.teacher, whole.teacher), 1e-2, "head dim \(dim): undifferentiated pass")
+            if dim == 64 {
+                // q, k, v and their tangents (4 bytes an element each, besides their copies) are kept by the attention
+                // node; the output and its tangent by the projection, as copies either way.
+                let count = batch * tokens * width
+                XCTAssertLessThanOrEqual(alone.peak, whole.peak - 4 * count * 4,
+                                         "JVP pass peak bytes \(alone.peak) against \(whole.peak) with float32 operands")
+            }
+        }
+    }
 }

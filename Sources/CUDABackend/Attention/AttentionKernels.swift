@@ -18,6 +18,10 @@ extension CUDABackend: AttentionBackend {
         return k
     }
 
+    /// The float32 values of an operand held only as its bf16 copy (`lowPrecisionStorage`), for kernels that read
+    /// float32 alone; any other storage itself.
+    private func widened(_ x: Storage) -> Storage { fullPrecision(x) ?? x }
+
     public func attention(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
                           o: Storage, to: Storage?, lse: Storage, geometry g: AttentionGeometry) {
         let rows = g.rows
@@ -29,10 +33,16 @@ extension CUDABackend: AttentionBackend {
             flashForward(q: q, k: k, v: v, tangents: tangents, o: o, to: to, lse: lse, geometry: g)
             return
         }
+        // The warp-per-row kernels read and write float32 alone.
+        let (qw, kw, vw) = (widened(q), widened(k), widened(v)), tw = tangents.map { (widened($0.q), widened($0.k), widened($0.v)) }
         let f = laneKernel(kernels(AttentionKernels.self, dtype).attnFwd, "attn_fwd", tangent: to != nil, dim: g.dim) { ($0.tangent, $0.width) }
-        f.launch(on: self, grid: ((rows + 7) / 8, 1), q: addr(q), k: addr(k), v: addr(v), tq: addr(tangents?.q), tk: addr(tangents?.k),
-                 tv: addr(tangents?.v), o: addr(o), to: addr(to), lse: addr(lse), rows: rows, n: g.seq, heads: g.heads, d: g.dim,
-                 scale: g.scale)
+        writingFloat32(o) { ow in
+            writingFloat32(to) { tow in
+                f.launch(on: self, grid: ((rows + 7) / 8, 1), q: addr(qw), k: addr(kw), v: addr(vw), tq: addr(tw?.0), tk: addr(tw?.1),
+                         tv: addr(tw?.2), o: addr(ow), to: addr(tow), lse: addr(lse), rows: rows, n: g.seq, heads: g.heads,
+                         d: g.dim, scale: g.scale)
+            }
+        }
     }
 
     public func attentionBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
@@ -45,9 +55,10 @@ extension CUDABackend: AttentionBackend {
         let tangent = tq != nil || tk != nil || tv != nil || gto != nil || dtq != nil || dtk != nil || dtv != nil
         let needZeros = go == nil || (tangent && (tq == nil || tk == nil || tv == nil || gto == nil))
         let z = needZeros ? zeros(count, dtype) : nil
-        let goS = go ?? z!
+        // The flash backward's pre-pass reads the output cotangents in float32.
+        let goS = go.map(widened) ?? z!
         let tqS = tangent ? (tq ?? z!) : nil, tkS = tangent ? (tk ?? z!) : nil, tvS = tangent ? (tv ?? z!) : nil
-        let gtoS = tangent ? (gto ?? z!) : nil
+        let gtoS = tangent ? (gto.map(widened) ?? z!) : nil
         let dtqS = tangent ? (dtq ?? allocate(count, dtype)) : nil
         let dtkS = tangent ? (dtk ?? allocate(count, dtype)) : nil
         let dtvS = tangent ? (dtv ?? allocate(count, dtype)) : nil
@@ -56,14 +67,17 @@ extension CUDABackend: AttentionBackend {
                           dtq: dtqS, dtk: dtkS, dtv: dtvS, tangent: tangent, geometry: g)
             return
         }
+        // The warp-per-row kernels read float32 alone.
+        let (qW, kW, vW) = (widened(q), widened(k), widened(v))
+        let (tqW, tkW, tvW) = (tqS.map(widened), tkS.map(widened), tvS.map(widened))
         let set = kernels(AttentionKernels.self, dtype), stats = allocate(rows * 3, dtype)
         let rowsKernel = laneKernel(set.attnBwdRows, "attn_bwd_rows", tangent: tangent, dim: g.dim) { ($0.tangent, $0.width) }
-        rowsKernel.launch(on: self, grid: ((rows + 7) / 8, 1), q: addr(q), k: addr(k), v: addr(v), tq: addr(tqS), tk: addr(tkS),
-                          tv: addr(tvS), lse: addr(lse), go: addr(goS), gto: addr(gtoS), dq: addr(dq), dtq: addr(dtqS),
+        rowsKernel.launch(on: self, grid: ((rows + 7) / 8, 1), q: addr(qW), k: addr(kW), v: addr(vW), tq: addr(tqW), tk: addr(tkW),
+                          tv: addr(tvW), lse: addr(lse), go: addr(goS), gto: addr(gtoS), dq: addr(dq), dtq: addr(dtqS),
                           stats: addr(stats), rows: rows, n: g.seq, heads: g.heads, d: g.dim, scale: g.scale)
         let colsKernel = laneKernel(set.attnBwdCols, "attn_bwd_cols", tangent: tangent, dim: g.dim) { ($0.tangent, $0.width) }
-        colsKernel.launch(on: self, grid: ((rows + 7) / 8, 1), q: addr(q), k: addr(k), v: addr(v), tq: addr(tqS), tk: addr(tkS),
-                          tv: addr(tvS), lse: addr(lse), go: addr(goS), gto: addr(gtoS), stats: addr(stats), dk: addr(dk),
+        colsKernel.launch(on: self, grid: ((rows + 7) / 8, 1), q: addr(qW), k: addr(kW), v: addr(vW), tq: addr(tqW), tk: addr(tkW),
+                          tv: addr(tvW), lse: addr(lse), go: addr(goS), gto: addr(gtoS), stats: addr(stats), dk: addr(dk),
                           dv: addr(dv), dtk: addr(dtkS), dtv: addr(dtvS), rows: rows, n: g.seq, heads: g.heads, d: g.dim,
                           scale: g.scale)
     }

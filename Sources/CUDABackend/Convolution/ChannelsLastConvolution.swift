@@ -37,10 +37,10 @@ extension CUDABackend: ChannelsLastImageBackend {
         if cudnnConvolution(x, weight: weight, bias: bias, plus: residual, y, geometry: g) { return true }
         // The im2col path reads and writes float32: operands that hold only bf16 values are widened first, and such an
         // output is written in float32 and narrowed after (a slow path, for where cuDNN is missing or declines).
-        let wide = cuda(y).operandCopyOnly ? allocate(y.count, .float32) : y
-        im2colConvolution(fullPrecision(x) ?? x, weight: weight, bias: bias, plus: residual.map { fullPrecision($0) ?? $0 }, wide,
-                          geometry: g)
-        if wide !== y { writeBF16(of: wide, to: float32OrBF16(y).bf16) }
+        writingFloat32(y) { wide in
+            im2colConvolution(fullPrecision(x) ?? x, weight: weight, bias: bias, plus: residual.map { fullPrecision($0) ?? $0 }, wide!,
+                              geometry: g)
+        }
         return true
     }
 

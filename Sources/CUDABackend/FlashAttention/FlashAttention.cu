@@ -5,7 +5,9 @@
 
 /// Forward (grid: query blocks of 16 * WARPS rows, heads): o, lse, and with TAN the tangent
 /// to_i = sum_j P_ij tS_ij v_j - mu_i o_i + sum_j P_ij tv_j (mu_i = sum_j P_ij tS_ij), accumulated in one pass
-/// over key blocks of BC: acc = sum p v, tacc = sum p (tS v + tv), rescaled with the running max.
+/// over key blocks of BC: acc = sum p v, tacc = sum p (tS v + tv), rescaled with the running max. o and to (null:
+/// not stored) get the float32 values, o16 and to16 (null: none) their bf16 copies: an output that only the output
+/// projection reads is kept as its copy alone.
 /// With `stats` (the backward's pre-pass) nothing is stored but, per row, float4 (lseIn, mu, rho, dotPdP):
 /// rho = gto.o, dotPdP = sum_j P_ij dP_ij = go.o + gto.to - mu rho (TAN) or go.o.
 template<int D, int WARPS, int BC, bool TAN, int PREC>
@@ -98,11 +100,11 @@ __device__ __forceinline__ void flash_fwd_impl(FlashIn q, FlashIn k, FlashIn v, 
 #pragma unroll
                 for (int i = 0; i < KD; ++i) {
                     const float o0 = acc[i][2 * h] * inv, o1 = acc[i][2 * h + 1] * inv;
-                    *reinterpret_cast<float2*>(o + off + i * 8) = make_float2(o0, o1);
+                    if (o != nullptr) *reinterpret_cast<float2*>(o + off + i * 8) = make_float2(o0, o1);
                     store_bf16_pair(o16, off + i * 8, o0, o1);
                     if (TAN) {
                         const float t0 = tacc[i][2 * h] * inv - muv * o0, t1 = tacc[i][2 * h + 1] * inv - muv * o1;
-                        *reinterpret_cast<float2*>(to + off + i * 8) = make_float2(t0, t1);
+                        if (to != nullptr) *reinterpret_cast<float2*>(to + off + i * 8) = make_float2(t0, t1);
                         store_bf16_pair(to16, off + i * 8, t0, t1);
                     }
                 }

@@ -102,12 +102,19 @@ extension CUDABackend {
 
     /// Whether an attention call takes the flash kernels: float32, a head dim they are built for, a grid they
     /// can cover (batch * heads on the grid's y axis), every buffer 16-byte aligned (they load 16 bytes at a
-    /// time; rows lie heads * dim floats apart, a multiple of 4 for the flash head dims).
+    /// time; rows lie heads * dim floats apart, a multiple of 4 for the flash head dims). A buffer may hold only its
+    /// bf16 copy (`lowPrecisionStorage`): the bf16 kernels read the copy (and write the output's) instead.
     func flashEligible(_ dtype: DType, _ g: AttentionGeometry, _ buffers: [Storage?]) -> Bool {
         guard useFlashAttention, dtype == .float32, FlashAttentionKernels.dims.contains(g.dim), g.batch * g.heads <= 65535,
               supportsFlashAttention else { return false }
-        return buffers.allSatisfy { $0.map { addr($0) % 16 == 0 } ?? true }
+        return buffers.allSatisfy { b in
+            b.map { let (f32, bf16) = float32OrBF16($0); return (bf16 != 0 ? flashPrecision == .bf16 : true) && (f32 | bf16) % 16 == 0 }
+                ?? true
+        }
     }
+
+    /// A flash kernel's float32 operand: 0 for a storage that holds only its bf16 copy (read through `flashInputCopy`).
+    private func flashFloat32(_ x: Storage?) -> DevicePointer { x.map { float32OrBF16($0).f32 } ?? 0 }
 
     /// The flash kernels' operand precision: bf16Products, else allowTF32, else 3xTF32.
     var flashPrecision: FlashPrecision { bf16Products ? .bf16 : allowTF32 ? .tf32 : .x3 }
@@ -131,14 +138,15 @@ extension CUDABackend {
         // its tangent feed the output projection: their bf16 copies are written here.
         beginBF16Call()
         let inputs16 = [q, k, v, tangents?.q, tangents?.k, tangents?.v].map(flashInputCopy)
-        let (o16, to16) = (bf16Twin(o), to.map { bf16Twin($0) } ?? 0)
+        let (of, o16) = outputAndCopy(o), (tof, to16) = to.map(outputAndCopy) ?? (0, 0)
         // go, gto, lseIn, stats: the backward's pre-pass only.
         f.launch(on: self, grid: ((g.seq + f.rows - 1) / f.rows, g.batch * g.heads), block: (f.threads, 1),
                  shared: FlashKind.forward.sharedBytes(tangent: f.tangent, dim: f.dim, precision: f.precision, warps: f.warps,
                                                        inner: f.inner),
-                 q: addr(q), k: addr(k), v: addr(v), tq: addr(tangents?.q), tk: addr(tangents?.k), tv: addr(tangents?.v),
+                 q: flashFloat32(q), k: flashFloat32(k), v: flashFloat32(v), tq: flashFloat32(tangents?.q),
+                 tk: flashFloat32(tangents?.k), tv: flashFloat32(tangents?.v),
                  q16: inputs16[0], k16: inputs16[1], v16: inputs16[2], tq16: inputs16[3], tk16: inputs16[4], tv16: inputs16[5],
-                 o: addr(o), to: addr(to), lse: addr(lse), o16: o16, to16: to16, go: 0, gto: 0, lseIn: 0, stats: 0,
+                 o: of, to: tof, lse: addr(lse), o16: o16, to16: to16, go: 0, gto: 0, lseIn: 0, stats: 0,
                  n: g.seq, heads: g.heads, scale: Float(g.scale))
         flashAttentionCalls += 1
     }
@@ -153,7 +161,7 @@ extension CUDABackend {
         let rowStats = allocate(g.rows * 4, .float32)
         // q, k, v, tq, tk, tv, go, gto: their copies claimed for the call before dv's and dtv's are made.
         beginBF16Call()
-        let c = [q, k, v, tq, tk, tv, go, gto].map(flashInputCopy)
+        let c = [q, k, v, tq, tk, tv, go, gto].map(flashInputCopy), f32 = [q, k, v, tq, tk, tv, go, gto].map(flashFloat32)
         func grid(_ rows: Int) -> (Int, Int) { ((g.seq + rows - 1) / rows, bh) }
         func shared(_ kind: FlashKind, _ k: some FlashInstance) -> Int {
             kind.sharedBytes(tangent: k.tangent, dim: k.dim, precision: k.precision, warps: k.warps, inner: k.inner)
@@ -161,14 +169,14 @@ extension CUDABackend {
         let f = FlashAttentionKernels.pick(set.flashFwd, "forward", tangent: tangent, dim: g.dim, precision: precision,
                                            capped: flashRegisterCaps)
         f.launch(on: self, grid: grid(f.rows), block: (f.threads, 1), shared: shared(.forward, f),
-                 q: addr(q), k: addr(k), v: addr(v), tq: addr(tq), tk: addr(tk), tv: addr(tv),
+                 q: f32[0], k: f32[1], v: f32[2], tq: f32[3], tk: f32[4], tv: f32[5],
                  q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5],
-                 o: 0, to: 0, lse: 0, o16: 0, to16: 0, go: addr(go), gto: addr(gto), lseIn: addr(lse), stats: addr(rowStats),
+                 o: 0, to: 0, lse: 0, o16: 0, to16: 0, go: f32[6], gto: f32[7], lseIn: addr(lse), stats: addr(rowStats),
                  n: g.seq, heads: g.heads, scale: Float(g.scale))
         let fq = FlashAttentionKernels.pick(set.flashDq, "dq", tangent: tangent, dim: g.dim, precision: precision,
                                             capped: flashRegisterCaps)
         fq.launch(on: self, grid: grid(fq.rows), block: (fq.threads, 1), shared: shared(.dq, fq),
-                  q: addr(q), k: addr(k), v: addr(v), tq: addr(tq), tk: addr(tk), tv: addr(tv), go: addr(go), gto: addr(gto),
+                  q: f32[0], k: f32[1], v: f32[2], tq: f32[3], tk: f32[4], tv: f32[5], go: f32[6], gto: f32[7],
                   q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5], go16: c[6], gto16: c[7],
                   stats: addr(rowStats), dq: addr(dq), dtq: addr(dtq), n: g.seq, heads: g.heads, scale: Float(g.scale))
         let fk = FlashAttentionKernels.pick(set.flashDkv, "dkv", tangent: tangent, dim: g.dim, precision: precision,
@@ -176,7 +184,7 @@ extension CUDABackend {
         // dv and dtv are the v projection's output cotangents, read by its backward products.
         let (dv16, dtv16) = (bf16Twin(dv), dtv.map { bf16Twin($0) } ?? 0)
         fk.launch(on: self, grid: grid(fk.rows), block: (fk.threads, 1), shared: shared(.dkv, fk),
-                  q: addr(q), k: addr(k), v: addr(v), tq: addr(tq), tk: addr(tk), tv: addr(tv), go: addr(go), gto: addr(gto),
+                  q: f32[0], k: f32[1], v: f32[2], tq: f32[3], tk: f32[4], tv: f32[5], go: f32[6], gto: f32[7],
                   q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5], go16: c[6], gto16: c[7],
                   stats: addr(rowStats), dk: addr(dk), dv: addr(dv), dtk: addr(dtk), dtv: addr(dtv), dv16: dv16, dtv16: dtv16,
                   n: g.seq, heads: g.heads, scale: Float(g.scale))

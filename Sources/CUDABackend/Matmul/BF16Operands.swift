@@ -130,6 +130,15 @@ extension CUDABackend {
         return bf16 != 0 ? (0, bf16) : (f32, bf16Twin(y))
     }
 
+    /// Runs `write` (a kernel that writes float32 alone) on a float32 storage for `y`: `y` itself, or where `y` holds
+    /// only its bf16 copy a new one, whose values then become that copy. nil stays nil.
+    func writingFloat32(_ y: Storage?, _ write: (Storage?) -> Void) {
+        guard let y, case let y16 = float32OrBF16(y).bf16, y16 != 0 else { write(y); return }
+        let wide = allocate(y.count, .float32)
+        write(wide)
+        writeBF16(of: wide, to: y16)
+    }
+
     /// What a kernel that reads (or writes) float32 or bfloat16 alone is given for `s`: its float32 address and 0, or
     /// 0 and its bf16 values' address where it holds only those.
     func float32OrBF16(_ s: Storage) -> (f32: DevicePointer, bf16: DevicePointer) {

@@ -13,7 +13,11 @@ extension CUDABackend: LinearBackend {
         // Row-major Y[M, N] = op(A) op(B) is column-major Y^T[N, M] = op(B)^T op(A)^T: cuBLAS gets B first.
         let opB = transB ? CUBLAS.opT : CUBLAS.opN, opA = transA ? CUBLAS.opT : CUBLAS.opN
         let ldb = Int32(Swift.max(1, transB ? k : n)), lda = Int32(Swift.max(1, transA ? m : k))
-        let py = UnsafeMutableRawPointer(bitPattern: UInt(addr(y)))
+        // An output kept as its bf16 copy alone (`lowPrecisionStorage`) is written in bf16 by the bf16 product.
+        let (yf, y16) = float32OrBF16(y)
+        precondition(y16 == 0 || (bf16Products && beta == 0 && y.dtype == .float32),
+                     "a product into a tensor kept only as its bf16 copy needs bf16 products and nothing to add to")
+        let py = UnsafeMutableRawPointer(bitPattern: UInt(y16 != 0 ? y16 : yf))
         // The float32 operands' addresses, for the products that read them (bf16 products read the copies).
         func float32Operands() -> (UnsafeRawPointer?, UnsafeRawPointer?) {
             (UnsafeRawPointer(bitPattern: UInt(addr(a))), UnsafeRawPointer(bitPattern: UInt(addr(b))))
@@ -35,7 +39,7 @@ extension CUDABackend: LinearBackend {
             beginBF16Call()
             let a16 = UnsafeRawPointer(bitPattern: UInt(bf16Operand(a))), b16 = UnsafeRawPointer(bitPattern: UInt(bf16Operand(b)))
             blas.must(blas.gemmStridedBatchedEx(blasHandle, opB, opA, M, N, K, &al, b16, CUBLAS.r16BF, ldb, sA,
-                                                a16, CUBLAS.r16BF, lda, sB, &be, py, CUBLAS.r32F, M, sC, B,
+                                                a16, CUBLAS.r16BF, lda, sB, &be, py, y16 != 0 ? CUBLAS.r16BF : CUBLAS.r32F, M, sC, B,
                                                 CUBLAS.compute32F, CUBLAS.gemmDefault),
                       "cublasGemmStridedBatchedEx(BF16, \(m)x\(n)x\(k), batch \(batch))")
         } else if allowTF32 {
@@ -56,7 +60,13 @@ extension CUDABackend: LinearBackend {
 
     public func linear(_ x: Storage, _ w: Storage, bias: Storage?, _ y: Storage, rows: Int, inFeatures: Int, outFeatures: Int) {
         if let bias, epilogueProduct(.bias, m: outFeatures, n: rows, k: inFeatures, a: w, b: x, d: y, vector: bias) { return }
-        linearByGEMM(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+        // Without a bias the product writes an output kept as its bf16 copy alone itself; with one (which cuBLASLt did
+        // not take) such an output is made in float32, then narrowed.
+        guard bias != nil else {
+            linearByGEMM(x, w, bias: nil, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
+            return
+        }
+        writingFloat32(y) { linearByGEMM(x, w, bias: bias, $0!, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures) }
     }
 
     /// The bias and the GELU in the product's epilogue (one pass over y); without a bias, or where cuBLASLt is
@@ -67,15 +77,8 @@ extension CUDABackend: LinearBackend {
             geluEpilogueCalls += 1
             return
         }
-        let y16 = float32OrBF16(y).bf16
-        guard y16 != 0 else {
-            linearThenGELU(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
-            return
-        }
-        // An output kept as its bf16 copy alone that cuBLASLt could not write: made in float32, then narrowed.
-        let wide = allocate(y.count, .float32)
-        linearThenGELU(x, w, bias: bias, wide, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
-        writeBF16(of: wide, to: y16)
+        // An output kept as its bf16 copy alone that cuBLASLt could not write is made in float32, then narrowed.
+        writingFloat32(y) { linearThenGELU(x, w, bias: bias, $0!, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures) }
     }
 
     public func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,

@@ -54,9 +54,10 @@ public enum AttentionLayout: Sendable {
 /// Under a JVP the output and its tangent are computed together in one pass (TVM.md's formulas, an online
 /// softmax on the GPU), as a two-output primitive of (q, k, v, tq, tk, tv) whose VJP takes cotangents for
 /// both outputs, so gradients flow back through the tangent. Forward over this tangent (second-order forward
-/// mode) is not supported.
+/// mode) is not supported. `products`: who reads the output and its tangent (`ProductUse`); the rules never read
+/// the output.
 public func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, layout: AttentionLayout = .headMajor,
-                      scale: Double? = nil) -> Tensor {
+                      scale: Double? = nil, products: ProductUse = .none) -> Tensor {
     let axes = layout == .headMajor ? 2 : 3
     precondition(q.shape == k.shape && q.shape == v.shape && q.rank >= axes,
                  "attention needs q, k, v of one shape \(layout == .headMajor ? "[..., seq, dim]" : "[..., seq, heads, dim]"), "
@@ -77,14 +78,14 @@ public func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, layout: AttentionLa
     if tangents.contains(where: { $0 != nil }) {
         // The output and its tangent in one pass (a two-output primitive of q, k, v and their tangents).
         let filled = zip([q, k, v], tangents).map { $1 ?? $0.zerosLike() }
-        let o = q.empty(q.shape), to = q.empty(q.shape), lse = q.empty([geometry.rows])
+        let o = q.output(q.shape, for: products), to = q.output(q.shape, for: products), lse = q.empty([geometry.rows])
         fused.attention(q: q.storage, k: k.storage, v: v.storage, tq: filled[0].storage, tk: filled[1].storage,
                         tv: filled[2].storage, o: o.storage, to: to.storage, lse: lse.storage, geometry: geometry)
         return recordWithTangent("attentionJVP", inputs: [q, k, v], tangents: filled, output: o, tangent: to) { x, _, c in
             geometry.backward(on: fused, x, lse: lse, go: c[0], gto: c[1], tangents: Array(x[3...]))
         }
     }
-    let o = q.empty(q.shape), lse = q.empty([geometry.rows])
+    let o = q.output(q.shape, for: products), lse = q.empty([geometry.rows])
     fused.attention(q: q.storage, k: k.storage, v: v.storage, tq: nil, tk: nil, tv: nil,
                     o: o.storage, to: nil, lse: lse.storage, geometry: geometry)
     return record1("attention", [q, k, v], o, savesOutputs: false, jvp: nil) { x, _, g in

@@ -52,15 +52,15 @@ extension Tensor {
     /// A linear layer over the last axis: self [..., in] times the transposed weight [out, in] (PyTorch's layout)
     /// plus the bias [out] (nil: none), giving [..., out]. One primitive rather than a product and an add, so the
     /// bias goes into the product's epilogue (no separate pass over the output) and its gradient can come out of
-    /// the weight gradient's product.
-    public func linear(_ weight: Tensor, bias: Tensor? = nil) -> Tensor {
+    /// the weight gradient's product. `products`: who reads the result and its tangent (`ProductUse`).
+    public func linear(_ weight: Tensor, bias: Tensor? = nil, products: ProductUse = .none) -> Tensor {
         let (rows, yShape) = linearOutput(weight, bias: bias, "linear")
         let outFeatures = weight.shape[0], inFeatures = weight.shape[1]
         guard let fused = backend as? any LinearBackend else {
             let product = reshaped([rows, inFeatures]).matmul(weight, transposeOther: true)
             return (bias.map { product + $0 } ?? product).reshaped(yShape)
         }
-        let y = empty(yShape)
+        let y = output(yShape, for: products)
         fused.linear(storage, weight.storage, bias: bias?.storage, y.storage, rows: rows, inFeatures: inFeatures,
                      outFeatures: outFeatures)
         let hasBias = bias != nil, xShape = shape
@@ -69,7 +69,8 @@ extension Tensor {
                        savesOutputs: false, jvp: { x, _, t in
             // d(x W^T + b) = dx W^T + x dW^T + db, the bias tangent riding on one of the products.
             let dx = t[0], dw = t[1], db = hasBias ? t[2] : nil
-            let viaX = dx.map { $0.linear(x[1], bias: db) }
+            // The tangent is read as the output is, unless two terms are added up.
+            let viaX = dx.map { $0.linear(x[1], bias: db, products: dw == nil ? products : .none) }
             let viaW = dw.map { x[0].linear($0, bias: dx == nil ? db : nil) }
             return [sumTerms(viaX, viaW) ?? db!.broadcast(to: yShape)]
         }) { x, _, g in
