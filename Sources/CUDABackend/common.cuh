@@ -91,6 +91,22 @@ template<typename T> __device__ __forceinline__ void store_bf16(unsigned short* 
         }
     }
 }
+/// Pack i of x, or where x is null of its bf16 values x16 (a tensor kept as its bf16 copy alone; never for double).
+template<typename T> __device__ __forceinline__ Pack<T> load_pack(const T* x, const unsigned short* x16, i64 i) {
+    if constexpr (sizeof(T) == 4) {
+        if (x == nullptr) {
+            const uint2 w = reinterpret_cast<const uint2*>(x16)[i];
+            Pack<T> r;
+            r.v[0] = bf16_lo(w.x); r.v[1] = bf16_hi(w.x); r.v[2] = bf16_lo(w.y); r.v[3] = bf16_hi(w.y);
+            return r;
+        }
+    }
+    return reinterpret_cast<const Pack<T>*>(x)[i];
+}
+template<typename T> __device__ __forceinline__ T load_one(const T* x, const unsigned short* x16, i64 i) {
+    if constexpr (sizeof(T) == 4) { if (x == nullptr) return bf16_value(x16[i]); }
+    return x[i];
+}
 template<typename T> __device__ __forceinline__ void store_bf16_one(unsigned short* y16, i64 i, T v) {
     if constexpr (sizeof(T) == 4) { if (y16) y16[i] = bf16_bits(v); }
 }

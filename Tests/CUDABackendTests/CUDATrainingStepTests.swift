@@ -98,12 +98,39 @@ final class CUDATrainingStepTests: XCTestCase {
                                  "graph bytes \(operands.graphBytes) against \(whole.graphBytes) kept whole")
     }
 
+    /// One JVP pass of `block` (its output, tangent, and the gradients of a loss of both into every parameter) and one
+    /// undifferentiated pass under bf16 products, with the tensors that only products read kept as their bf16 copies
+    /// alone (`bf16Activations`) or as float32 values with copies; and the JVP pass's peak bytes.
+    private func bf16StepRun(_ cuda: CUDABackend, bf16Alone: Bool, params: [Tensor], x: Tensor, tx: Tensor,
+                             _ block: (Tensor, [Tensor]) -> Tensor) -> (values: [[Double]], teacher: [Double], peak: Int) {
+        cuda.bf16Activations = bf16Alone
+        let leaves = params.map { $0.detached().requiringGrad() }
+        cuda.synchronize()
+        cuda.resetPeakBytes()
+        let start = cuda.currentBytes
+        let (outs, tans) = jvp({ [block($0[0], leaves)] }, primals: [x], tangents: [tx])
+        cuda.synchronize()
+        let peak = cuda.peakBytes - start
+        let loss = outs[0].square().mean() + tans[0].square().mean()
+        let grads = gradients(of: loss, wrt: leaves)
+        let teacher = withoutGrad { block(x, params) }
+        return ([outs[0].doubles, tans[0].doubles] + grads.map(\.doubles), teacher.doubles, peak)
+    }
+
+    /// The L2 norm of a - b relative to that of b.
+    private func relativeError(_ a: [Double], _ b: [Double]) -> Double {
+        let diff = zip(a, b).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
+        return diff / Swift.max(b.map { $0 * $0 }.reduce(0, +).squareRoot(), 1e-30)
+    }
+
     /// Under bf16 products an output that only linear layers read (`ProductUse.only`: a DiT's modulated norms and its
-    /// MLP's GELU) holds its bf16 copy alone: the JVP, its tangent and the gradients through it are bit for bit those
-    /// of the float32 outputs with their copies (`bf16Activations` off), the step peaks lower, and the undifferentiated
-    /// pass (cuBLASLt writing the GELU epilogue's output in bf16, its bias the bias's bf16 copy) differs by about
-    /// that rounding.
-    func testOutputsReadOnlyByProductsHeldInBF16AloneGiveTheSameStep() throws {
+    /// MLP's GELU) holds its bf16 copy alone. Composed as `linear` then `gelu`, the JVP, its tangent and the gradients
+    /// are bit for bit those of the float32 outputs with their copies (`bf16Activations` off). Through `linearGELU`, as
+    /// DiT runs it, the pre-activation (and its tangent and cotangents) is kept in bf16 alone too: within bf16 rounding
+    /// (its bias is added in bf16 by cuBLASLt, the GELU reads bf16 inputs), and the JVP pass peaks lower by at least the
+    /// GELU output's and the pre-activation's float32 bytes; the undifferentiated pass (cuBLASLt writing the GELU
+    /// epilogue's output in bf16) differs by about that rounding.
+    func testMLPOutputsReadOnlyByProductsHeldInBF16Alone() throws {
         let cuda = try cudaOrSkip()
         cuda.bf16Products = true
         defer { (cuda.bf16Products, cuda.bf16Activations) = (false, true) }
@@ -115,36 +142,37 @@ final class CUDATrainingStepTests: XCTestCase {
         let params = [tensor([hidden, width], 0.125), tensor([hidden]), tensor([width, hidden], 0.0625), tensor([width]),
                       tensor([batch, 1, width], 0.1), tensor([batch, 1, width], 0.1)]
         let x = tensor([batch, tokens, width]), tx = tensor([batch, tokens, width])
-        func block(_ x: Tensor, _ p: [Tensor]) -> Tensor {
+        func composed(_ x: Tensor, _ p: [Tensor]) -> Tensor {
+            let h = x.rmsNormalized(eps: 1e-6, scale: 1 + p[4], shift: p[5], products: .only)
+            return h.linear(p[0], bias: p[1]).gelu(products: .only).linear(p[2], bias: p[3])
+        }
+        func fused(_ x: Tensor, _ p: [Tensor]) -> Tensor {
             let h = x.rmsNormalized(eps: 1e-6, scale: 1 + p[4], shift: p[5], products: .only)
             return h.linearGELU(p[0], bias: p[1], products: .only).linear(p[2], bias: p[3])
         }
-        func run(bf16Alone: Bool) -> (values: [[Double]], teacher: [Double], peak: Int) {
-            cuda.bf16Activations = bf16Alone
-            let leaves = params.map { $0.detached().requiringGrad() }
-            cuda.synchronize()
-            cuda.resetPeakBytes()
-            let start = cuda.currentBytes
-            let (outs, tans) = jvp({ [block($0[0], leaves)] }, primals: [x], tangents: [tx])
-            cuda.synchronize()
-            let peak = cuda.peakBytes - start
-            let loss = outs[0].square().mean() + tans[0].square().mean()
-            let grads = gradients(of: loss, wrt: leaves)
-            let teacher = withoutGrad { block(x, params) }
-            return ([outs[0].doubles, tans[0].doubles] + grads.map(\.doubles), teacher.doubles, peak)
-        }
-        let whole = run(bf16Alone: false), alone = run(bf16Alone: true)
+        let whole = bf16StepRun(cuda, bf16Alone: false, params: params, x: x, tx: tx, composed)
+        let alone = bf16StepRun(cuda, bf16Alone: true, params: params, x: x, tx: tx, composed)
         for i in whole.values.indices {
             XCTAssertEqual(alone.values[i], whole.values[i], i < 2 ? "JVP output \(i)" : "gradient of parameter \(i - 2)")
         }
-        let diff = zip(alone.teacher, whole.teacher).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
-        let norm = whole.teacher.map { $0 * $0 }.reduce(0, +).squareRoot()
+        XCTAssertEqual(alone.teacher, whole.teacher, "undifferentiated pass, linear then GELU")
+        let wholeFused = bf16StepRun(cuda, bf16Alone: false, params: params, x: x, tx: tx, fused)
+        let aloneFused = bf16StepRun(cuda, bf16Alone: true, params: params, x: x, tx: tx, fused)
+        for i in wholeFused.values.indices {
+            XCTAssertLessThanOrEqual(relativeError(aloneFused.values[i], wholeFused.values[i]), 1e-2,
+                                     i < 2 ? "linearGELU: JVP output \(i)" : "linearGELU: gradient of parameter \(i - 2)")
+        }
         // There cuBLASLt writes the GELU's bf16 output itself, with the bias's bf16 copy: within a bf16 step (2^-8).
-        XCTAssertLessThanOrEqual(diff / norm, 4e-3, "undifferentiated pass, bf16 alone against float32 outputs")
+        XCTAssertLessThanOrEqual(relativeError(aloneFused.teacher, wholeFused.teacher), 4e-3,
+                                 "undifferentiated pass, bf16 alone against float32 outputs")
         // The GELU's output and tangent (4 bytes an element each, besides their copies) are the largest outputs of the
-        // JVP pass, alive together while the second layer reads them.
-        XCTAssertLessThanOrEqual(alone.peak, whole.peak - batch * tokens * hidden * 4,
+        // JVP pass, alive together while the second layer reads them; through linearGELU the pre-activation and its
+        // tangent (4 bytes each, 2 in bf16) are kept too.
+        let count = batch * tokens * hidden
+        XCTAssertLessThanOrEqual(alone.peak, whole.peak - count * 4,
                                  "JVP pass peak bytes \(alone.peak) against \(whole.peak) with float32 outputs")
+        XCTAssertLessThanOrEqual(aloneFused.peak, wholeFused.peak - count * 8,
+                                 "linearGELU: JVP pass peak bytes \(aloneFused.peak) against \(wholeFused.peak)")
     }
 
     /// DiT's attention under bf16 products: q and k from RMS norms, v from a linear layer, the output read by a
@@ -175,31 +203,14 @@ final class CUDATrainingStepTests: XCTestCase {
                 let o = attention(q, k, v, layout: .tokenMajor, products: .only).reshaped([batch, tokens, width])
                 return o.linear(p[6], bias: p[7])
             }
-            func run(bf16Alone: Bool) -> (values: [[Double]], teacher: [Double], peak: Int) {
-                cuda.bf16Activations = bf16Alone
-                let leaves = params.map { $0.detached().requiringGrad() }
-                cuda.synchronize()
-                cuda.resetPeakBytes()
-                let start = cuda.currentBytes
-                let (outs, tans) = jvp({ [block($0[0], leaves)] }, primals: [x], tangents: [tx])
-                cuda.synchronize()
-                let peak = cuda.peakBytes - start
-                let loss = outs[0].square().mean() + tans[0].square().mean()
-                let grads = gradients(of: loss, wrt: leaves)
-                let teacher = withoutGrad { block(x, params) }
-                return ([outs[0].doubles, tans[0].doubles] + grads.map(\.doubles), teacher.doubles, peak)
-            }
-            let whole = run(bf16Alone: false), alone = run(bf16Alone: true)
-            func relative(_ a: [Double], _ b: [Double]) -> Double {
-                let diff = zip(a, b).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
-                return diff / Swift.max(b.map { $0 * $0 }.reduce(0, +).squareRoot(), 1e-30)
-            }
+            let whole = bf16StepRun(cuda, bf16Alone: false, params: params, x: x, tx: tx, block)
+            let alone = bf16StepRun(cuda, bf16Alone: true, params: params, x: x, tx: tx, block)
             for i in whole.values.indices {
                 XCTAssertEqual(alone.values[i].count, whole.values[i].count)
-                XCTAssertLessThanOrEqual(relative(alone.values[i], whole.values[i]), 1e-2,
+                XCTAssertLessThanOrEqual(relativeError(alone.values[i], whole.values[i]), 1e-2,
                                          "head dim \(dim): " + (i < 2 ? "JVP output \(i)" : "gradient of parameter \(i - 2)"))
             }
-            XCTAssertLessThanOrEqual(relative(alone.teacher, whole.teacher), 1e-2, "head dim \(dim): undifferentiated pass")
+            XCTAssertLessThanOrEqual(relativeError(alone.teacher, whole.teacher), 1e-2, "head dim \(dim): undifferentiated pass")
             if dim == 64 {
                 // q, k, v and their tangents (4 bytes an element each, besides their copies) are kept by the attention
                 // node; the output and its tangent by the projection, as copies either way.

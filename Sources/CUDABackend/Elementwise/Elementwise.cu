@@ -75,21 +75,24 @@ template<typename T, typename F> __device__ __forceinline__ void unary_impl(cons
 UNARY(neg) UNARY(exp) UNARY(log) UNARY(sqrt) UNARY(rsqrt) UNARY(reciprocal) UNARY(square) UNARY(sin) UNARY(cos) UNARY(tanh)
 UNARY(sigmoid) UNARY(silu) UNARY(siluD1) UNARY(siluD2) UNARY(gelu) UNARY(geluD1) UNARY(geluD2) UNARY(isFinite)
 
-// y = f(x) and, where t is given, ty = f'(x) t. A null y or ty: that output is written as its bf16 copy alone (an
-// output read by nothing but matrix products); with t null, only y (and y16) are written.
+// y = f(x) and, where t is given, ty = f'(x) t. A null x or t: read from its bf16 copy x16, t16 instead (an input
+// kept as its bf16 values alone); a null y or ty: that output is written as its bf16 copy alone (an output read by
+// nothing but matrix products). With neither t nor t16, only y (and y16) are written.
 template<typename T, typename F, typename D1> __device__ __forceinline__ void act_tangent_impl(
-        const T* x, const T* t, T* y, T* ty, unsigned short* y16, unsigned short* ty16, i64 n) {
+        const T* x, const T* t, const unsigned short* x16, const unsigned short* t16, T* y, T* ty, unsigned short* y16,
+        unsigned short* ty16, i64 n) {
     constexpr int P = 16 / sizeof(T);
+    const bool tangent = t != nullptr || t16 != nullptr;
     const i64 np = n / P, s = gtid(), st = gstride();
     for (i64 i = s; i < np; i += st) {
-        const Pack<T> a = ((const Pack<T>*)x)[i];
+        const Pack<T> a = load_pack(x, x16, i);
         Pack<T> r;
 #pragma unroll
         for (int k = 0; k < P; ++k) r.v[k] = F::template f<T>(a.v[k]);
         if (y) ((Pack<T>*)y)[i] = r;
         store_bf16(y16, i, r);
-        if (t) {
-            const Pack<T> b = ((const Pack<T>*)t)[i];
+        if (tangent) {
+            const Pack<T> b = load_pack(t, t16, i);
             Pack<T> q;
 #pragma unroll
             for (int k = 0; k < P; ++k) q.v[k] = D1::template f<T>(a.v[k]) * b.v[k];
@@ -98,11 +101,11 @@ template<typename T, typename F, typename D1> __device__ __forceinline__ void ac
         }
     }
     for (i64 i = np * P + s; i < n; i += st) {
-        const T r = F::template f<T>(x[i]);
+        const T xi = load_one(x, x16, i), r = F::template f<T>(xi);
         if (y) y[i] = r;
         store_bf16_one(y16, i, r);
-        if (t) {
-            const T q = D1::template f<T>(x[i]) * t[i];
+        if (tangent) {
+            const T q = D1::template f<T>(xi) * load_one(t, t16, i);
             if (ty) ty[i] = q;
             store_bf16_one(ty16, i, q);
         }
@@ -117,65 +120,74 @@ template<typename T, typename D1, typename D2> __device__ __forceinline__ void a
     gt = hasGty ? gty * d1 : T(0);
     if (hasGty) gx = gx + D2::template f<T>(x) * t * gty;
 }
+// x, t as act_tangent's (null: their bf16 copies); gx, gt null: written as their bf16 copies alone (cotangents read
+// by nothing but the products of the linear layer that made x).
 template<typename T, typename D1, typename D2> __device__ __forceinline__ void act_tangent_bwd_impl(
-        const T* x, const T* t, const T* gy, const T* gty, T* gx, T* gt, unsigned short* gx16, unsigned short* gt16, i64 n) {
+        const T* x, const T* t, const unsigned short* x16, const unsigned short* t16, const T* gy, const T* gty, T* gx,
+        T* gt, unsigned short* gx16, unsigned short* gt16, i64 n) {
     constexpr int P = 16 / sizeof(T);
     const bool hy = gy != nullptr, ht = gty != nullptr;
     const i64 np = n / P, s = gtid(), st = gstride();
     const Pack<T> zero = {};
     for (i64 i = s; i < np; i += st) {
-        const Pack<T> a = ((const Pack<T>*)x)[i], b = ((const Pack<T>*)t)[i];
+        const Pack<T> a = load_pack(x, x16, i), b = load_pack(t, t16, i);
         const Pack<T> c = hy ? ((const Pack<T>*)gy)[i] : zero, d = ht ? ((const Pack<T>*)gty)[i] : zero;
         Pack<T> r, q;
 #pragma unroll
         for (int k = 0; k < P; ++k) act_tangent_bwd_one<T, D1, D2>(a.v[k], b.v[k], c.v[k], d.v[k], hy, ht, r.v[k], q.v[k]);
-        ((Pack<T>*)gx)[i] = r;
-        ((Pack<T>*)gt)[i] = q;
+        if (gx) ((Pack<T>*)gx)[i] = r;
+        if (gt) ((Pack<T>*)gt)[i] = q;
         store_bf16(gx16, i, r);
         store_bf16(gt16, i, q);
     }
     for (i64 i = np * P + s; i < n; i += st) {
-        act_tangent_bwd_one<T, D1, D2>(x[i], t[i], hy ? gy[i] : T(0), ht ? gty[i] : T(0), hy, ht, gx[i], gt[i]);
-        store_bf16_one(gx16, i, gx[i]);
-        store_bf16_one(gt16, i, gt[i]);
+        T r, q;
+        act_tangent_bwd_one<T, D1, D2>(load_one(x, x16, i), load_one(t, t16, i), hy ? gy[i] : T(0), ht ? gty[i] : T(0), hy,
+                                       ht, r, q);
+        if (gx) gx[i] = r;
+        if (gt) gt[i] = q;
+        store_bf16_one(gx16, i, r);
+        store_bf16_one(gt16, i, q);
     }
 }
 
-/// gx = g f'(x).
-template<typename T, typename D1> __device__ __forceinline__ void act_bwd_impl(const T* x, const T* g, T* gx,
-                                                                              unsigned short* gx16, i64 n) {
+/// gx = g f'(x); x and gx as in act_tangent_bwd.
+template<typename T, typename D1> __device__ __forceinline__ void act_bwd_impl(const T* x, const unsigned short* x16,
+                                                                              const T* g, T* gx, unsigned short* gx16, i64 n) {
     constexpr int P = 16 / sizeof(T);
     const i64 np = n / P, s = gtid(), st = gstride();
     for (i64 i = s; i < np; i += st) {
-        const Pack<T> a = ((const Pack<T>*)x)[i], b = ((const Pack<T>*)g)[i];
+        const Pack<T> a = load_pack(x, x16, i), b = ((const Pack<T>*)g)[i];
         Pack<T> r;
 #pragma unroll
         for (int k = 0; k < P; ++k) r.v[k] = b.v[k] * D1::template f<T>(a.v[k]);
-        ((Pack<T>*)gx)[i] = r;
+        if (gx) ((Pack<T>*)gx)[i] = r;
         store_bf16(gx16, i, r);
     }
     for (i64 i = np * P + s; i < n; i += st) {
-        gx[i] = g[i] * D1::template f<T>(x[i]);
-        store_bf16_one(gx16, i, gx[i]);
+        const T r = g[i] * D1::template f<T>(load_one(x, x16, i));
+        if (gx) gx[i] = r;
+        store_bf16_one(gx16, i, r);
     }
 }
 
 // The fused activations (UnaryOp.derivatives): op, its first derivative D1 and second derivative D2.
 //! kernel act_tangent(op: UnaryOp)
-#define ACT_TANGENT(op, D1) TVM_KERNEL(act_tangent_##op, (256), (const scalar_t* x, const scalar_t* t, scalar_t* y, \
-        scalar_t* ty, unsigned short* y16, unsigned short* ty16, i64 n)) { \
-    act_tangent_impl<scalar_t, UF_##op, UF_##D1>(x, t, y, ty, y16, ty16, n); }
+#define ACT_TANGENT(op, D1) TVM_KERNEL(act_tangent_##op, (256), (const scalar_t* x, const scalar_t* t, \
+        const unsigned short* x16, const unsigned short* t16, scalar_t* y, scalar_t* ty, unsigned short* y16, \
+        unsigned short* ty16, i64 n)) { act_tangent_impl<scalar_t, UF_##op, UF_##D1>(x, t, x16, t16, y, ty, y16, ty16, n); }
 ACT_TANGENT(silu, siluD1) ACT_TANGENT(gelu, geluD1)
 
 //! kernel act_tangent_bwd(op: UnaryOp)
 #define ACT_TANGENT_BWD(op, D1, D2) TVM_KERNEL(act_tangent_bwd_##op, (256), (const scalar_t* x, const scalar_t* t, \
-        const scalar_t* gy, const scalar_t* gty, scalar_t* gx, scalar_t* gt, unsigned short* gx16, unsigned short* gt16, \
-        i64 n)) { act_tangent_bwd_impl<scalar_t, UF_##D1, UF_##D2>(x, t, gy, gty, gx, gt, gx16, gt16, n); }
+        const unsigned short* x16, const unsigned short* t16, const scalar_t* gy, const scalar_t* gty, scalar_t* gx, \
+        scalar_t* gt, unsigned short* gx16, unsigned short* gt16, i64 n)) { \
+    act_tangent_bwd_impl<scalar_t, UF_##D1, UF_##D2>(x, t, x16, t16, gy, gty, gx, gt, gx16, gt16, n); }
 ACT_TANGENT_BWD(silu, siluD1, siluD2) ACT_TANGENT_BWD(gelu, geluD1, geluD2)
 
 //! kernel act_bwd(op: UnaryOp)
-#define ACT_BWD(op, D1) TVM_KERNEL(act_bwd_##op, (256), (const scalar_t* x, const scalar_t* g, scalar_t* gx, \
-        unsigned short* gx16, i64 n)) { act_bwd_impl<scalar_t, UF_##D1>(x, g, gx, gx16, n); }
+#define ACT_BWD(op, D1) TVM_KERNEL(act_bwd_##op, (256), (const scalar_t* x, const unsigned short* x16, const scalar_t* g, \
+        scalar_t* gx, unsigned short* gx16, i64 n)) { act_bwd_impl<scalar_t, UF_##D1>(x, x16, g, gx, gx16, n); }
 ACT_BWD(silu, siluD1) ACT_BWD(gelu, geluD1)
 
 template<typename T> __device__ __forceinline__ void affine_impl(const T* x, T* y, i64 n, T a, T b) {

@@ -9,22 +9,27 @@ extension CUDABackend: ActivationBackend {
                                                                    x: addr(x), y: addr(y), n: n)
     }
 
+    // The fused activations read an input kept as its bf16 values alone (`lowPrecisionStorage`: a linear layer's
+    // output that only they read) from those, and write such outputs (`ProductUse.only`) and cotangents (`inputCotangents`
+    // of `Tensor.activation`) as their bf16 copies alone.
     public func activation(_ op: UnaryOp, _ x: Storage, _ y: Storage) {
         let n = x.count
         guard n > 0 else { return }
         beginBF16Call()
-        let (yf, y16) = outputAndCopy(y)
+        let (xf, x16) = float32OrBF16(x), (yf, y16) = outputAndCopy(y)
         kernels(ElementwiseKernels.self, x.dtype).activationTangent(op)
-            .launch(on: self, grid: (blocks(packs(n, x.dtype)), 1), x: addr(x), t: 0, y: yf, ty: 0, y16: y16, ty16: 0, n: n)
+            .launch(on: self, grid: (blocks(packs(n, x.dtype)), 1), x: xf, t: 0, x16: x16, t16: 0, y: yf, ty: 0, y16: y16,
+                    ty16: 0, n: n)
     }
 
     public func activationWithTangent(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ y: Storage, _ ty: Storage) {
         let n = x.count
         guard n > 0 else { return }
         beginBF16Call()
+        let (xf, x16) = float32OrBF16(x), (tf, t16) = float32OrBF16(t)
         let (yf, y16) = outputAndCopy(y), (tyf, ty16) = outputAndCopy(ty)
         kernels(ElementwiseKernels.self, x.dtype).activationTangent(op)
-            .launch(on: self, grid: (blocks(packs(n, x.dtype)), 1), x: addr(x), t: addr(t), y: yf, ty: tyf, y16: y16,
+            .launch(on: self, grid: (blocks(packs(n, x.dtype)), 1), x: xf, t: tf, x16: x16, t16: t16, y: yf, ty: tyf, y16: y16,
                     ty16: ty16, n: n)
     }
 
@@ -33,19 +38,20 @@ extension CUDABackend: ActivationBackend {
         let n = x.count
         guard n > 0 else { return }
         beginBF16Call()
-        let (gx16, gt16) = (bf16Twin(gx), bf16Twin(gt))
+        let (xf, x16) = float32OrBF16(x), (tf, t16) = float32OrBF16(t)
+        let (gxf, gx16) = outputAndCopy(gx), (gtf, gt16) = outputAndCopy(gt)
         kernels(ElementwiseKernels.self, x.dtype).activationTangentBackward(op)
-            .launch(on: self, grid: (blocks(packs(n, x.dtype)), 1), x: addr(x), t: addr(t), gy: addr(gy), gty: addr(gty),
-                    gx: addr(gx), gt: addr(gt), gx16: gx16, gt16: gt16, n: n)
+            .launch(on: self, grid: (blocks(packs(n, x.dtype)), 1), x: xf, t: tf, x16: x16, t16: t16, gy: addr(gy),
+                    gty: addr(gty), gx: gxf, gt: gtf, gx16: gx16, gt16: gt16, n: n)
     }
 
     public func activationBackward(_ op: UnaryOp, _ x: Storage, _ g: Storage, _ gx: Storage) {
         let n = x.count
         guard n > 0 else { return }
         beginBF16Call()
-        let gx16 = bf16Twin(gx)
+        let (xf, x16) = float32OrBF16(x), (gxf, gx16) = outputAndCopy(gx)
         kernels(ElementwiseKernels.self, x.dtype).activationBackward(op)
-            .launch(on: self, grid: (blocks(packs(n, x.dtype)), 1), x: addr(x), g: addr(g), gx: addr(gx), gx16: gx16, n: n)
+            .launch(on: self, grid: (blocks(packs(n, x.dtype)), 1), x: xf, x16: x16, g: addr(g), gx: gxf, gx16: gx16, n: n)
     }
 
     public func affine(_ x: Storage, _ y: Storage, a: Double, b: Double) {

@@ -12,10 +12,12 @@ func adding(_ partial: Tensor?, _ term: Tensor) -> Tensor { partial.map { $0 + t
 /// Fused activation kernels (silu and gelu, `UnaryOp.derivatives`): the value and its tangent in one pass, and
 /// the backward passes of both, instead of one pass per elementary op. Without them an activation is the `unary`
 /// kernel differentiated through its derivative ops (siluD1, siluD2, ...), as every other unary op is.
+/// Every storage but the output cotangents gy, gty and g may be a low-precision one (`ProductUse.only`: a linear
+/// layer's output read by the activation alone, the activation's output, its input's cotangents).
 public protocol ActivationBackend: Backend {
-    /// y = f(x), where y may be a low-precision storage (`ProductUse.only`).
+    /// y = f(x).
     func activation(_ op: UnaryOp, _ x: Storage, _ y: Storage)
-    /// y = f(x), ty = f'(x) t; y and ty may be low-precision storages (`ProductUse.only`).
+    /// y = f(x), ty = f'(x) t.
     func activationWithTangent(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ y: Storage, _ ty: Storage)
     /// gx = gy f'(x) + gty f''(x) t and gt = gty f'(x); gy or gty may be nil (zero).
     func activationWithTangentBackward(_ op: UnaryOp, _ x: Storage, _ t: Storage, _ gy: Storage?, _ gty: Storage?,
@@ -80,8 +82,10 @@ extension Tensor {
 
     /// SiLU and GELU on a backend with fused activation kernels: under a JVP the value and tangent come from one
     /// two-output primitive, and the backward passes are fused kernels too (rules that are never differentiated
-    /// may use raw kernels). `products`: who reads the output and its tangent (`ProductUse`).
-    private func activation(_ op: UnaryOp, _ fused: any ActivationBackend, products: ProductUse) -> Tensor {
+    /// may use raw kernels). `products`: who reads the output and its tangent (`ProductUse`); `inputCotangents`: who
+    /// reads the cotangents of the input and its tangent (`.only` where the input is a linear layer's output).
+    func activation(_ op: UnaryOp, _ fused: any ActivationBackend, products: ProductUse,
+                    inputCotangents: ProductUse = .none) -> Tensor {
         let y = output(shape, for: products)
         // The nodes here keep the input (and its tangent), from which one elementwise pass remakes the output: the
         // layer that reads the output (the MLP's second linear layer, which keeps its input for its weight gradient)
@@ -90,7 +94,7 @@ extension Tensor {
             let ty = output(shape, for: products)
             fused.activationWithTangent(op, storage, t.storage, y.storage, ty.storage)
             let out = recordWithTangent("\(op)JVP", inputs: [self], tangents: [t], output: y, tangent: ty) { x, _, g in
-                let gx = x[0].empty(x[0].shape), gt = x[0].empty(x[0].shape)
+                let gx = x[0].output(x[0].shape, for: inputCotangents), gt = x[0].output(x[0].shape, for: inputCotangents)
                 fused.activationWithTangentBackward(op, x[0].storage, x[1].storage, g[0]?.storage, g[1]?.storage,
                                                     gx.storage, gt.storage)
                 return [gx, gt]
@@ -104,7 +108,7 @@ extension Tensor {
         }
         fused.activation(op, storage, y.storage)
         let out = record1("\(op)", [self], y, savesOutputs: false, jvp: nil) { x, _, g in
-            let gx = x[0].empty(x[0].shape)
+            let gx = x[0].output(x[0].shape, for: inputCotangents)
             fused.activationBackward(op, x[0].storage, g[0]!.storage, gx.storage)
             return [gx]
         }

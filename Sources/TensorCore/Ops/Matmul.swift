@@ -89,10 +89,16 @@ extension Tensor {
     /// differentiated (gradients off or no input with a gradient source, and no input carrying a tangent: sampling
     /// and the teacher passes of training) it is one backend call, which on the GPU applies the bias and the GELU
     /// in the product's epilogue rather than in a separate pass over the output. Otherwise it is `linear` then
-    /// `gelu`, so the derivatives are exactly theirs. `products`: who reads the result (`ProductUse`).
+    /// `gelu`, so the derivatives are exactly theirs; with fused activations the pre-activation (and its tangent) is
+    /// read by the activation's kernels alone and its cotangents by the linear layer's products alone, so under
+    /// low-precision products both are kept as the products' copies alone. `products`: who reads the result
+    /// (`ProductUse`).
     public func linearGELU(_ weight: Tensor, bias: Tensor? = nil, products: ProductUse = .none) -> Tensor {
         guard !isDifferentiated(bias.map { [self, weight, $0] } ?? [self, weight]),
-              let fused = backend as? any LinearBackend else { return linear(weight, bias: bias).gelu(products: products) }
+              let fused = backend as? any LinearBackend else {
+            guard let activations = backend as? any ActivationBackend else { return linear(weight, bias: bias).gelu(products: products) }
+            return linear(weight, bias: bias, products: .only).activation(.gelu, activations, products: products, inputCotangents: .only)
+        }
         let (rows, yShape) = linearOutput(weight, bias: bias, "linearGELU")
         let y = output(yShape, for: products)
         fused.linearGELU(storage, weight.storage, bias: bias?.storage, y.storage, rows: rows,
