@@ -18,10 +18,6 @@ extension CUDABackend: AttentionBackend {
         return k
     }
 
-    /// The float32 values of an operand held only as its bf16 copy (`lowPrecisionStorage`), for kernels that read
-    /// float32 alone; any other storage itself.
-    private func widened(_ x: Storage) -> Storage { fullPrecision(x) ?? x }
-
     public func attention(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
                           o: Storage, to: Storage?, lse: Storage, geometry g: AttentionGeometry) {
         let rows = g.rows

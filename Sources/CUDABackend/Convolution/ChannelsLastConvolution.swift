@@ -38,7 +38,7 @@ extension CUDABackend: ChannelsLastImageBackend {
         // The im2col path reads and writes float32: operands that hold only bf16 values are widened first, and such an
         // output is written in float32 and narrowed after (a slow path, for where cuDNN is missing or declines).
         writingFloat32(y) { wide in
-            im2colConvolution(fullPrecision(x) ?? x, weight: weight, bias: bias, plus: residual.map { fullPrecision($0) ?? $0 }, wide!,
+            im2colConvolution(widened(x), weight: weight, bias: bias, plus: residual.map(widened), wide!,
                               geometry: g)
         }
         return true

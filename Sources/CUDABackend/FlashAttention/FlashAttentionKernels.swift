@@ -108,8 +108,9 @@ extension CUDABackend {
         guard useFlashAttention, dtype == .float32, FlashAttentionKernels.dims.contains(g.dim), g.batch * g.heads <= 65535,
               supportsFlashAttention else { return false }
         return buffers.allSatisfy { b in
-            b.map { let (f32, bf16) = float32OrBF16($0); return (bf16 != 0 ? flashPrecision == .bf16 : true) && (f32 | bf16) % 16 == 0 }
-                ?? true
+            guard let b else { return true }
+            let (f32, bf16) = float32OrBF16(b)
+            return (bf16 == 0 || flashPrecision == .bf16) && (f32 | bf16) % 16 == 0
         }
     }
 

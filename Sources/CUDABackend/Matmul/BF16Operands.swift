@@ -130,6 +130,10 @@ extension CUDABackend {
         return bf16 != 0 ? (0, bf16) : (f32, bf16Twin(y))
     }
 
+    /// The float32 values of `x` for a kernel that reads float32 alone: `x` itself, or where `x` holds only its bf16
+    /// copy, a widened one (`fullPrecision`).
+    func widened(_ x: Storage) -> Storage { fullPrecision(x) ?? x }
+
     /// Runs `write` (a kernel that writes float32 alone) on a float32 storage for `y`: `y` itself, or where `y` holds
     /// only its bf16 copy a new one, whose values then become that copy. nil stays nil.
     func writingFloat32(_ y: Storage?, _ write: (Storage?) -> Void) {

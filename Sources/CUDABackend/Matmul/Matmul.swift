@@ -91,14 +91,14 @@ extension CUDABackend: LinearBackend {
             matmul(g, x, partial, batch: parts, m: outFeatures, n: inFeatures, k: chunk, transA: true, transB: false,
                    strideA: chunk * outFeatures, strideB: chunk * inFeatures, alpha: 1, beta: 0)
             reduce(.sum, partial, gw, outer: 1, n: parts, inner: inFeatures * outFeatures)
-            if let gbias { reduce(.sum, fullPrecision(g) ?? g, gbias, outer: 1, n: rows, inner: outFeatures) }
+            if let gbias { reduce(.sum, widened(g), gbias, outer: 1, n: rows, inner: outFeatures) }
             return
         }
         if let gbias, epilogueProduct(.biasGradient, m: inFeatures, n: outFeatures, k: rows, a: x, b: g, d: gw, vector: gbias) {
             return
         }
         // The bias's column sums read float32: a cotangent kept as its bf16 copy alone is widened for them.
-        linearWeightGradientByGEMM(x, gbias == nil ? g : fullPrecision(g) ?? g, gw: gw, gbias: gbias, rows: rows,
+        linearWeightGradientByGEMM(x, gbias == nil ? g : widened(g), gw: gw, gbias: gbias, rows: rows,
                                    inFeatures: inFeatures, outFeatures: outFeatures)
     }
 

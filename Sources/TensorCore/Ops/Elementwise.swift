@@ -174,9 +174,8 @@ extension Tensor {
     public func tanh() -> Tensor { unary(.tanh) }
     public func sigmoid() -> Tensor { unary(.sigmoid) }
     public func silu() -> Tensor { unary(.silu) }
-    /// GELU with the tanh approximation (PyTorch's approximate="tanh").
-    /// GELU (tanh approximation); `products`: who reads the result and its tangent (`ProductUse`; a hint where the
-    /// backend has fused activations).
+    /// GELU with the tanh approximation (PyTorch's approximate="tanh"); `products`: who reads the result and its
+    /// tangent (`ProductUse`; a hint where the backend has fused activations).
     public func gelu(products: ProductUse = .none) -> Tensor {
         guard let fused = backend as? any ActivationBackend else { return unary(.gelu) }
         return activation(.gelu, fused, products: products)
