@@ -142,10 +142,13 @@ public struct DiT: FlowMapNetwork {
         x.rmsNormalized(eps: 1e-6, scale: 1 + scale, shift: shift, products: .only)
     }
 
-    /// x + gate * y with a [B, 1, D] gate (one fused pass).
+    /// x + gate * y with a [B, 1, D] gate (one fused pass). y is a linear layer's output made with `ProductUse.only`:
+    /// this pass and its derivatives read it (and its tangent) as the products would, and its cotangents go to that
+    /// layer's products alone, so under bf16 products all of them are kept as bf16 operands alone (as bf16 autocast
+    /// keeps a linear layer's output); the residual stream itself stays float32.
     @inline(__always)
     func gatedResidual(_ x: Tensor, gate: Tensor, _ y: Tensor) -> Tensor {
-        Tensor.scaledSum(y, gate, plus: x)
+        Tensor.scaledSum(y, gate, plus: x, cotangents: .only)
     }
 
     /// Multi-head self-attention on [B, N, D] with q and k RMS-normalised over the head dimension. Attention
@@ -164,7 +167,7 @@ public struct DiT: FlowMapNetwork {
         }
         let q = heads(0, norm: layer.qNorm), k = heads(1, norm: layer.kNorm), v = heads(2, norm: nil)
         let o = attention(q, k, v, layout: .tokenMajor, products: .only).reshaped([B, N, D])
-        return layer.projection(o, p)
+        return layer.projection(o, p, products: .only)
     }
 
     func block(_ x: Tensor, _ siluC: Tensor, _ p: ParameterSet, _ layer: DiTLayers.Block) -> Tensor {
@@ -173,7 +176,7 @@ public struct DiT: FlowMapNetwork {
         let x1 = gatedResidual(x, gate: m[2], a)
         let h = modulateNormalized(x1, shift: m[3], scale: m[4])
         // The GELU's output (and tangent) feeds the second linear layer alone: its bf16 operand under bf16 products.
-        let mlp = layer.mlpOut(layer.mlpIn.gelu(h, p, products: .only), p)
+        let mlp = layer.mlpOut(layer.mlpIn.gelu(h, p, products: .only), p, products: .only)
         return gatedResidual(x1, gate: m[5], mlp)
     }
 

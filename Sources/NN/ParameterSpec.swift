@@ -90,8 +90,9 @@ public struct LinearLayer: Equatable, Sendable {
 
     public var parameters: [ParameterSpec] { [weight, bias] }
 
-    public func callAsFunction(_ x: Tensor, _ p: ParameterSet) -> Tensor {
-        x.linear(p[weight.key], bias: p[bias.key])
+    /// x Wᵀ + b; `products`: who reads the result (`ProductUse`).
+    public func callAsFunction(_ x: Tensor, _ p: ParameterSet, products: ProductUse = .none) -> Tensor {
+        x.linear(p[weight.key], bias: p[bias.key], products: products)
     }
 
     /// GELU(x Wᵀ + b) (tanh approximation), the bias and the activation in the product's epilogue where nothing

@@ -220,4 +220,44 @@ final class CUDATrainingStepTests: XCTestCase {
             }
         }
     }
+
+    /// DiT's gated residuals under bf16 products: x + gate * projection(x), the projection's output (and its tangent
+    /// and cotangents) kept as its bf16 operand alone and read so by the scaled sum's kernels and its row sums; the
+    /// residual stream stays float32. The gate carries a tangent (in TVM it comes from the time embedding), so the
+    /// tangent's scaled sum reads the projection's output as well. Within bf16 rounding of float32 outputs with copies
+    /// (the bias is added in bf16 by cuBLASLt, the cotangents are rounded to bf16 as the products would read them),
+    /// and the JVP pass peaks lower by at least the projection's and its tangent's float32 bytes. 384 columns take the
+    /// packed kernel, 30 the one that reads a value at a time.
+    func testGatedResidualOperandsHeldInBF16AloneStayWithinBF16Rounding() throws {
+        let cuda = try cudaOrSkip()
+        cuda.bf16Products = true
+        defer { (cuda.bf16Products, cuda.bf16Activations) = (false, true) }
+        var r = TestRandom()
+        for width in [384, 30] {
+            let (batch, tokens) = (3, 64)
+            func tensor(_ shape: [Int], _ scale: Double = 1) -> Tensor {
+                Tensor(r.normals(Shape.count(shape), scale: scale), shape: shape, dtype: .float32, on: cuda.device)
+            }
+            let w = 1 / Double(width).squareRoot()
+            let params = [tensor([width, width], w), tensor([width], 0.1), tensor([width, width], w), tensor([width], 0.1)]
+            let x = tensor([batch, tokens, width]), tx = tensor([batch, tokens, width])
+            func block(_ x: Tensor, _ p: [Tensor]) -> Tensor {
+                let gate = x.mean(axes: [1], keepDims: true).linear(p[2], bias: p[3])
+                let y = x.linear(p[0], bias: p[1], products: .only)
+                return Tensor.scaledSum(y, gate, plus: x, cotangents: .only)
+            }
+            let whole = bf16StepRun(cuda, bf16Alone: false, params: params, x: x, tx: tx, block)
+            let alone = bf16StepRun(cuda, bf16Alone: true, params: params, x: x, tx: tx, block)
+            for i in whole.values.indices {
+                XCTAssertEqual(alone.values[i].count, whole.values[i].count)
+                XCTAssertLessThanOrEqual(relativeError(alone.values[i], whole.values[i]), 1e-2,
+                                         "width \(width): " + (i < 2 ? "JVP output \(i)" : "gradient of parameter \(i - 2)"))
+            }
+            XCTAssertLessThanOrEqual(relativeError(alone.teacher, whole.teacher), 1e-2, "width \(width): undifferentiated pass")
+            // The projection's output and its tangent (4 bytes an element each) are kept by the scaled sums' nodes.
+            let count = batch * tokens * width
+            XCTAssertLessThanOrEqual(alone.peak, whole.peak - 2 * count * 2,
+                                     "width \(width): JVP pass peak bytes \(alone.peak) against \(whole.peak) with float32 outputs")
+        }
+    }
 }

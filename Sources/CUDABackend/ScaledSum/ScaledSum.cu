@@ -2,31 +2,81 @@
 // are its factors' cotangents. Launchers: ScaledSumKernels.swift.
 #include "../common.cuh"
 
-// y = a s + b t + c over [batch, rows, cols], s and t per (batch, column). Block (32, 8): a warp per row.
-template<typename T> __device__ __forceinline__ void scaled_sum_impl(const T* a, const T* s, const T* b, const T* t,
-                                                                     const T* c, int cFull, T* y, i64 nrows, i64 rows, i64 cols) {
+// y = a s + b t + c over [batch, rows, cols], s and t per (batch, column). a, b and c may be given as their bf16
+// values alone (a16, b16, c16 with the float32 pointer null: a linear layer's output read by this kernel and products
+// alone), and y written as its bf16 values alone (y null): a cotangent only products read. Block (32, 8): a warp per
+// row. With 16-byte packs (VEC: cols a multiple of the pack, every address aligned to its pack) a lane loads two
+// packs of its row before it stores any, so that enough loads are in flight (one value at a time, each store before
+// the next load, held the kernel near 2 TB/s); four took 88 registers, a quarter of the warps an SM can hold.
+template<typename T, bool VEC> __device__ __forceinline__ void scaled_sum_impl(
+        const T* a, const unsigned short* a16, const T* s, const T* b, const unsigned short* b16, const T* t, const T* c,
+        const unsigned short* c16, int cFull, T* y, unsigned short* y16, i64 nrows, i64 rows, i64 cols) {
+    constexpr int P = VEC ? 16 / sizeof(T) : 1, K = VEC ? 2 : 4;
+    const bool hasB = b || b16, hasC = c || c16;
+    const i64 width = cols / P;
     for (i64 r = (i64)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (i64)gridDim.x * blockDim.y) {
-        const i64 o = r * cols, so = (r / rows) * cols, co = cFull ? o : so;
-        for (i64 i = threadIdx.x; i < cols; i += 32) {
-            T v = a[o + i] * s[so + i];
-            if (b) v += b[o + i] * t[so + i];
-            if (c) v += c[co + i];
-            y[o + i] = v;
+        // Offsets in packs (P values each) of the row and of its batch entry's factors.
+        const i64 o = r * width, so = (r / rows) * width, co = cFull ? o : so;
+        for (i64 base = threadIdx.x; base < width; base += 32 * K) {
+            Pack<T> av[K], bv[K], cv[K];
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const i64 i = base + 32 * k;
+                if (i >= width) continue;
+                if constexpr (VEC) {
+                    av[k] = load_pack(a, a16, o + i);
+                    if (hasB) bv[k] = load_pack(b, b16, o + i);
+                    if (hasC) cv[k] = load_pack(c, c16, co + i);
+                } else {
+                    av[k].v[0] = load_one(a, a16, o + i);
+                    if (hasB) bv[k].v[0] = load_one(b, b16, o + i);
+                    if (hasC) cv[k].v[0] = load_one(c, c16, co + i);
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                const i64 i = base + 32 * k;
+                if (i >= width) continue;
+                Pack<T> sv, tv, v;
+                if constexpr (VEC) {
+                    sv = reinterpret_cast<const Pack<T>*>(s)[so + i];
+                    if (hasB) tv = reinterpret_cast<const Pack<T>*>(t)[so + i];
+                } else {
+                    sv.v[0] = s[so + i];
+                    if (hasB) tv.v[0] = t[so + i];
+                }
+#pragma unroll
+                for (int e = 0; e < P; ++e) {
+                    T x = av[k].v[e] * sv.v[e];
+                    if (hasB) x += bv[k].v[e] * tv.v[e];
+                    if (hasC) x += cv[k].v[e];
+                    v.v[e] = x;
+                }
+                if constexpr (VEC) {
+                    if (y) reinterpret_cast<Pack<T>*>(y)[o + i] = v;
+                    store_bf16(y16, o + i, v);
+                } else {
+                    if (y) y[o + i] = v.v[0];
+                    store_bf16_one(y16, o + i, v.v[0]);
+                }
+            }
         }
     }
 }
 
-// out_k[b, c] = sum_r g[b, r, c] x_k[b, r, c] (x_k null: of g). Grid (column blocks of 32, batch), block
+// out_k[b, c] = sum_r g[b, r, c] x_k[b, r, c] (x_k and h_k null: of g; h_k: x_k's bf16 values alone). Grid (column blocks of 32, batch), block
 // (32, 8): the 8 warps take every 8th row, then add up through shared memory (fixed order: deterministic).
 /// Block (32 x 8) per 32 columns of one batch entry and one chunk of its rows: blockIdx.y = chunk * batch + entry.
 /// Chunk c writes its partial sums at outputs (c * batch + entry) * cols; with one chunk, the sums themselves.
 template<typename T> __device__ __forceinline__ void row_sums_impl(const T* g, const T* x0, const T* x1, const T* x2,
-                                                                   T* o0, T* o1, T* o2, int nout, i64 rows, i64 cols,
-                                                                   i64 batch, i64 chunkRows) {
+                                                                   const unsigned short* h0, const unsigned short* h1,
+                                                                   const unsigned short* h2, T* o0, T* o1, T* o2, int nout,
+                                                                   i64 rows, i64 cols, i64 batch, i64 chunkRows) {
     __shared__ T part[3][8][33];
     const i64 col = (i64)blockIdx.x * 32 + threadIdx.x, bi = blockIdx.y % batch, chunk = blockIdx.y / batch;
     const i64 first = chunk * chunkRows, end = min(rows, first + chunkRows);
     const T* xs[3] = {x0, x1, x2};
+    const unsigned short* hs[3] = {h0, h1, h2};
     T acc[3] = {0, 0, 0};
     if (col < cols) {
         // Four rows per iteration, all loads issued before any use: one row at a time left too few loads
@@ -39,7 +89,7 @@ template<typename T> __device__ __forceinline__ void row_sums_impl(const T* g, c
                 const bool in = r < end;
                 gv[j] = in ? g[o] : T(0);
 #pragma unroll
-                for (int k = 0; k < 3; ++k) xv[k][j] = (k < nout && xs[k] && in) ? xs[k][o] : T(1);
+                for (int k = 0; k < 3; ++k) xv[k][j] = (k < nout && (xs[k] || hs[k]) && in) ? load_one(xs[k], hs[k], o) : T(1);
             }
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
@@ -62,11 +112,17 @@ template<typename T> __device__ __forceinline__ void row_sums_impl(const T* g, c
     }
 }
 
-TVM_KERNEL(scaled_sum, (256), (const scalar_t* a, const scalar_t* s, const scalar_t* b, const scalar_t* t, const scalar_t* c,
-                               int cFull, scalar_t* y, i64 nrows, i64 rows, i64 cols)) {
-    scaled_sum_impl<scalar_t>(a, s, b, t, c, cFull, y, nrows, rows, cols);
-}
-TVM_KERNEL(row_sums, (256), (const scalar_t* g, const scalar_t* x0, const scalar_t* x1, const scalar_t* x2, scalar_t* o0,
+// One value at a time (tag values) or in 16-byte packs (tag packs).
+//! kernel scaled_sum(vectorized: Bool)
+#define SCALED_SUM(tag, vectorized) TVM_KERNEL(scaled_sum_##tag, (256, 4), (const scalar_t* a, const unsigned short* a16, \
+        const scalar_t* s, const scalar_t* b, const unsigned short* b16, const scalar_t* t, const scalar_t* c, \
+        const unsigned short* c16, int cFull, scalar_t* y, unsigned short* y16, i64 nrows, i64 rows, i64 cols)) { \
+    scaled_sum_impl<scalar_t, vectorized>(a, a16, s, b, b16, t, c, c16, cFull, y, y16, nrows, rows, cols); }
+SCALED_SUM(values, false) SCALED_SUM(packs, true)
+// At most 64 registers (4 blocks an SM): reading a factor as float32 or bf16 took the kernel to 127 and a quarter of the
+// warps (105 us against about 48 us per DiT-S/2 call on an H100).
+TVM_KERNEL(row_sums, (256, 4), (const scalar_t* g, const scalar_t* x0, const scalar_t* x1, const scalar_t* x2,
+                             const unsigned short* h0, const unsigned short* h1, const unsigned short* h2, scalar_t* o0,
                              scalar_t* o1, scalar_t* o2, int nout, i64 rows, i64 cols, i64 batch, i64 chunkRows)) {
-    row_sums_impl<scalar_t>(g, x0, x1, x2, o0, o1, o2, nout, rows, cols, batch, chunkRows);
+    row_sums_impl<scalar_t>(g, x0, x1, x2, h0, h1, h2, o0, o1, o2, nout, rows, cols, batch, chunkRows);
 }

@@ -15,8 +15,12 @@ extension Tensor {
     /// a * s + b * t + c for a, b of shape [B, ..., C] and per-column factors s, t of shape [B, 1, C] (any shape
     /// of B * C values), broadcast over the middle axes; c is either a's shape or s's. adaLN modulation
     /// (x * (1 + scale) + shift) and gated residuals (x + gate * y) are one kernel each, and so is their JVP
-    /// (ta * s + a * ts + tc), which would otherwise be five full-size passes.
-    public static func scaledSum(_ a: Tensor, _ s: Tensor, _ b: Tensor? = nil, _ t: Tensor? = nil, plus c: Tensor? = nil) -> Tensor {
+    /// (ta * s + a * ts + tc), which would otherwise be five full-size passes. `products`: who reads the result
+    /// (`ProductUse`); `cotangents`: who reads a's and b's cotangents: `.only` where a and b are linear layers'
+    /// outputs (made with `.only`, which this op then reads as the products would) and their cotangents go to those
+    /// layers' products alone, so that under low-precision products those are kept as the products' copies alone.
+    public static func scaledSum(_ a: Tensor, _ s: Tensor, _ b: Tensor? = nil, _ t: Tensor? = nil, plus c: Tensor? = nil,
+                                 products: ProductUse = .none, cotangents: ProductUse = .none) -> Tensor {
         let batch = s.shape[0], cols = a.shape.last!
         precondition(s.count == batch * cols && a.shape[0] == batch,
                      "scaledSum: factor of shape \(s.shape) does not fit a tensor of shape \(a.shape)")
@@ -32,7 +36,7 @@ extension Tensor {
             if let c { y = y + c.reshaped(cFull ? full : factor) }
             return y.reshaped(a.shape)
         }
-        let y = a.empty(a.shape)
+        let y = a.output(a.shape, for: products)
         fused.scaledSum(a: a.storage, s: s.storage, b: b?.storage, t: t?.storage, c: c?.storage, cFull: cFull,
                         y: y.storage, batch: batch, rows: rows, cols: cols)
         var inputs = [a, s]
@@ -53,7 +57,9 @@ extension Tensor {
             if terms.isEmpty { return [acc?.broadcast(to: aShape)] }
             for i in stride(from: 0, to: terms.count, by: 2) {
                 let second = i + 1 < terms.count ? terms[i + 1] : nil
-                acc = scaledSum(terms[i].0, terms[i].1, second?.0, second?.1, plus: acc)
+                let last = i + 2 >= terms.count
+                acc = scaledSum(terms[i].0, terms[i].1, second?.0, second?.1, plus: acc, products: last ? products : .none,
+                                cotangents: cotangents)
             }
             return [acc]
         }, accumulatingVJP: { x, _, g, p in
@@ -67,8 +73,8 @@ extension Tensor {
             fused.rowSumsOfProducts(g: g.storage, products.map { $0?.storage }, outs.map(\.storage),
                                     batch: batch, rows: rows, cols: cols)
             // a's and b's cotangents (full size) take their partials in the same pass; the rest add them.
-            var grads: [Tensor?] = [scaledSum(g, x[1], plus: p[0]), adding(p[1], outs[0])]
-            if hasB { grads += [scaledSum(g, x[3], plus: p[2]), adding(p[3], outs[1])] }
+            var grads: [Tensor?] = [scaledSum(g, x[1], plus: p[0], products: cotangents), adding(p[1], outs[0])]
+            if hasB { grads += [scaledSum(g, x[3], plus: p[2], products: cotangents), adding(p[3], outs[1])] }
             if hasC { grads.append(adding(p[n - 1], cBroadcast ? outs.last!.reshaped(x[n - 1].shape) : g)) }
             return grads
         })
