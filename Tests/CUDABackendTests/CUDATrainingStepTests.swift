@@ -117,6 +117,21 @@ final class CUDATrainingStepTests: XCTestCase {
         return ([outs[0].doubles, tans[0].doubles] + grads.map(\.doubles), teacher.doubles, peak)
     }
 
+    /// `block`'s step with outputs held as bf16 alone and with float32 outputs and their copies: every JVP output, gradient
+    /// and the undifferentiated pass within 1e-2 (relative L2) of each other; the JVP pass's peak bytes of both.
+    private func bf16AloneWithinRounding(_ cuda: CUDABackend, params: [Tensor], x: Tensor, tx: Tensor, _ label: String,
+                                         _ block: (Tensor, [Tensor]) -> Tensor) -> (alone: Int, whole: Int) {
+        let whole = bf16StepRun(cuda, bf16Alone: false, params: params, x: x, tx: tx, block)
+        let alone = bf16StepRun(cuda, bf16Alone: true, params: params, x: x, tx: tx, block)
+        for i in whole.values.indices {
+            XCTAssertEqual(alone.values[i].count, whole.values[i].count)
+            XCTAssertLessThanOrEqual(relativeError(alone.values[i], whole.values[i]), 1e-2,
+                                     "\(label): " + (i < 2 ? "JVP output \(i)" : "gradient of parameter \(i - 2)"))
+        }
+        XCTAssertLessThanOrEqual(relativeError(alone.teacher, whole.teacher), 1e-2, "\(label): undifferentiated pass")
+        return (alone.peak, whole.peak)
+    }
+
     /// The L2 norm of a - b relative to that of b.
     private func relativeError(_ a: [Double], _ b: [Double]) -> Double {
         let diff = zip(a, b).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
@@ -203,20 +218,13 @@ final class CUDATrainingStepTests: XCTestCase {
                 let o = attention(q, k, v, layout: .tokenMajor, products: .only).reshaped([batch, tokens, width])
                 return o.linear(p[6], bias: p[7])
             }
-            let whole = bf16StepRun(cuda, bf16Alone: false, params: params, x: x, tx: tx, block)
-            let alone = bf16StepRun(cuda, bf16Alone: true, params: params, x: x, tx: tx, block)
-            for i in whole.values.indices {
-                XCTAssertEqual(alone.values[i].count, whole.values[i].count)
-                XCTAssertLessThanOrEqual(relativeError(alone.values[i], whole.values[i]), 1e-2,
-                                         "head dim \(dim): " + (i < 2 ? "JVP output \(i)" : "gradient of parameter \(i - 2)"))
-            }
-            XCTAssertLessThanOrEqual(relativeError(alone.teacher, whole.teacher), 1e-2, "head dim \(dim): undifferentiated pass")
+            let peak = bf16AloneWithinRounding(cuda, params: params, x: x, tx: tx, "head dim \(dim)", block)
             if dim == 64 {
                 // q, k, v and their tangents (4 bytes an element each, besides their copies) are kept by the attention
                 // node; the output and its tangent by the projection, as copies either way.
                 let count = batch * tokens * width
-                XCTAssertLessThanOrEqual(alone.peak, whole.peak - 4 * count * 4,
-                                         "JVP pass peak bytes \(alone.peak) against \(whole.peak) with float32 operands")
+                XCTAssertLessThanOrEqual(peak.alone, peak.whole - 4 * count * 4,
+                                         "JVP pass peak bytes \(peak.alone) against \(peak.whole) with float32 operands")
             }
         }
     }
@@ -246,18 +254,11 @@ final class CUDATrainingStepTests: XCTestCase {
                 let y = x.linear(p[0], bias: p[1], products: .only)
                 return Tensor.scaledSum(y, gate, plus: x, cotangents: .only)
             }
-            let whole = bf16StepRun(cuda, bf16Alone: false, params: params, x: x, tx: tx, block)
-            let alone = bf16StepRun(cuda, bf16Alone: true, params: params, x: x, tx: tx, block)
-            for i in whole.values.indices {
-                XCTAssertEqual(alone.values[i].count, whole.values[i].count)
-                XCTAssertLessThanOrEqual(relativeError(alone.values[i], whole.values[i]), 1e-2,
-                                         "width \(width): " + (i < 2 ? "JVP output \(i)" : "gradient of parameter \(i - 2)"))
-            }
-            XCTAssertLessThanOrEqual(relativeError(alone.teacher, whole.teacher), 1e-2, "width \(width): undifferentiated pass")
+            let peak = bf16AloneWithinRounding(cuda, params: params, x: x, tx: tx, "width \(width)", block)
             // The projection's output and its tangent (4 bytes an element each) are kept by the scaled sums' nodes.
             let count = batch * tokens * width
-            XCTAssertLessThanOrEqual(alone.peak, whole.peak - 2 * count * 2,
-                                     "width \(width): JVP pass peak bytes \(alone.peak) against \(whole.peak) with float32 outputs")
+            XCTAssertLessThanOrEqual(peak.alone, peak.whole - 2 * count * 2,
+                                     "width \(width): JVP pass peak bytes \(peak.alone) against \(peak.whole) with float32 outputs")
         }
     }
 }
