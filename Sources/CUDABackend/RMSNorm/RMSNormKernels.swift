@@ -5,7 +5,10 @@ extension CUDABackend: NormBackend {
     public func rmsNorm(_ x: Storage, _ y: Storage, rows: Int, cols: Int, eps: Double) {
         guard rows > 0 && cols > 0 else { return }
         let k = kernels(RMSNormKernels.self, x.dtype)
-        if let warp = rowKernel(k.rmsnormWarp, cols: cols, width: \.width) {
+        if let (packed, rowsPerWarp) = packedRowKernel(k, cols: cols, dtype: x.dtype, [addr(x), addr(y)], 0) {
+            packed.launch(on: self, grid: (blocks((rows + rowsPerWarp - 1) / rowsPerWarp * 32), 1), x: addr(x), s: 0, t: 0,
+                          y: addr(y), y16: 0, nrows: rows, rows: rows, cols: cols, eps: eps)
+        } else if let warp = rowKernel(k.rmsnormWarp, cols: cols, width: \.width) {
             warp.launch(on: self, grid: (blocks(rows * 32), 1), x: addr(x), y: addr(y), rows: rows, cols: cols, eps: eps)
         } else {
             let t = cols > 8192 ? 1024 : 256
@@ -21,7 +24,10 @@ extension CUDABackend: NormBackend {
         let k = kernels(RMSNormKernels.self, x.dtype)
         beginBF16Call()
         let (yf, y16) = productOperand ? outputAndCopy(y) : (addr(y), 0)
-        if let warp = rowKernel(k.rmsnormScaledWarp, cols: cols, width: \.width) {
+        if let (packed, rowsPerWarp) = packedRowKernel(k, cols: cols, dtype: x.dtype, [addr(x), addr(s), addr(t), yf], y16) {
+            packed.launch(on: self, grid: (blocks((nrows + rowsPerWarp - 1) / rowsPerWarp * 32), 1), x: addr(x), s: addr(s),
+                          t: addr(t), y: yf, y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
+        } else if let warp = rowKernel(k.rmsnormScaledWarp, cols: cols, width: \.width) {
             warp.launch(on: self, grid: (blocks(nrows * 32), 1), x: addr(x), s: addr(s), t: addr(t), y: yf, y16: y16,
                         nrows: nrows, rows: rows, cols: cols, eps: eps)
         } else {
@@ -94,5 +100,16 @@ extension CUDABackend: NormBackend {
             .launch(on: self, grid: (blocks(rows * 32), 1), x: addr(x), y: addr(y), d: addr(d), g: addr(g), gx: addr(gx),
                     gy: addr(gy), gd: addr(gd), cx: addr(plus.x), cy: addr(plus.y), cd: addr(plus.d), rows: rows, cols: cols,
                     eps: eps)
+    }
+
+    /// The packed-row kernel (RMSNorm.cu's rmsnorm_scaled_packs) whose lanes and packs hold exactly `cols` values, with
+    /// the rows one warp takes, where every address in `wide` is aligned to a 16-byte pack and `narrow` (a bf16 copy; 0:
+    /// none) to its 8 bytes; nil otherwise (the scalar kernels take those rows).
+    private func packedRowKernel(_ k: RMSNormKernels, cols: Int, dtype: DType, _ wide: [DevicePointer],
+                                 _ narrow: DevicePointer) -> (RMSNormKernels.RmsnormScaledPacks, Int)? {
+        let perPack = 16 / dtype.byteSize
+        guard wide.reduce(0, |) % 16 == 0 && narrow % 8 == 0,
+              let kernel = k.rmsnormScaledPacks.first(where: { $0.lanes * $0.packs * perPack == cols }) else { return nil }
+        return (kernel, 32 / kernel.lanes)
     }
 }
