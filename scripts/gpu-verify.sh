@@ -16,6 +16,11 @@
 #                                (TVM_CUDA_PROFILE) of a training step, the VAE and attention beside PyTorch's SDPA.
 #   scripts/gpu-verify.sh compare  bench before/after (MODELS), then the official code eager and compiled on S/2 and
 #                                B/2 in the same call (issue 19's ratios count only within one call).
+#   scripts/gpu-verify.sh kernels  a kernel change in one call of about 7 minutes (the sixteenth session's calls 1 and
+#                                2 in one): the CUDA tests it touches (ONLY, default the training step, scaled sums,
+#                                norms, attention and products), reference-check in float32 and bf16, BEFORE and after
+#                                on MODELS (default "S/2:128 B/2:64") beside the compiled official code, and the S/2
+#                                step's kernel profile by grid. Carry .device and .official.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 F=${FIXTURES:-../shared/fixtures}
@@ -85,6 +90,24 @@ check|compare)
     timeout 40 $T bench attention --device cuda --bf16 2>&1 | tail -6
     TORCH_ATTENTION_ONLY=1 SKIP_TESTS=1 SKIP_BENCH=1 OUT=$out/torch timeout 60 scripts/gpu.sh run 2>&1 | grep 'TORCH attention B=64 H=12 S=256 D=64'
     ;;
+kernels)
+    export TVM_CUDA_LIB_DIRS=${TVM_CUDA_LIB_DIRS:-/usr/local/cuda/lib64} TVM_CUDA_CACHE_DIR=/tmp/tvm-kernel-cache
+    out=${OUT:-/tmp/gpu-verify}; mkdir -p "$out"
+    xz -dc .device/tvm.xz > .device/tvm && chmod +x .device/tvm
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+    echo "== CUDA tests"
+    ONLY=${ONLY:-"CUDABackendTests.CUDATrainingStepTests CUDABackendTests.CUDAOpTests/testScaledSumAndRowSums CUDABackendTests.CUDAOpTests/testRMSNormScaled CUDABackendTests.CUDAOpTests/testRMSNormScaledJVPAndBackward CUDABackendTests.CUDAFlashAttentionTests CUDABackendTests.CUDAMatmulTests"} \
+        SKIP_BENCH=1 SKIP_TORCH=1 OUT=$out/suite timeout 280 scripts/gpu.sh run 2>&1 | grep -vE '^ERRMAX' | tail -14
+    echo "== reference-check on the GPU: float32, then bf16 (errors only)"
+    timeout 60 .device/tvm reference-check .device/tvm_reference_small.safetensors --device cuda 2>&1 | tail -1
+    timeout 40 .device/tvm reference-check .device/tvm_reference_small.safetensors --device cuda --bf16 --tolerance 1 2>&1 | tail -1
+    echo "== before, after and the official code compiled, one call"
+    OFFICIAL=1 OFFICIAL_MODES=reduce-overhead SKIP_CHECK=1 MODELS=${MODELS:-"S/2:128 B/2:64"} OUT=$out/bench timeout 330 \
+        scripts/gpu-bench.sh run 2>&1 | tail -9
+    echo "== the S/2 step's kernels"
+    TVM_CUDA_PROFILE=grid timeout 40 .device/tvm bench train --device cuda --model S/2 --res 32 --channels 4 --classes 1000 \
+        --batch 128 --steps 3 --warmup 2 --bf16 > "$out/profile-train.txt" 2>&1; head -30 "$out/profile-train.txt"
+    ;;
 *)
-    echo "usage: scripts/gpu-verify.sh pack|run|check|compare" >&2; exit 2 ;;
+    echo "usage: scripts/gpu-verify.sh pack|run|check|compare|kernels" >&2; exit 2 ;;
 esac
