@@ -200,6 +200,56 @@ template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_jvp
     }
 }
 
+// rmsnorm_scaled_jvp_impl for rows of exactly LANES * PACKS 16-byte packs, laid out as rmsnorm_scaled_packs_impl (x's
+// and dx's packs in registers; s given, ds, dt, out and y16 may be null).
+template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsnorm_scaled_jvp_packs_impl(
+        const T* __restrict__ x, const T* __restrict__ dx, const T* __restrict__ s, const T* __restrict__ ds,
+        const T* __restrict__ dt, T* __restrict__ out, unsigned short* __restrict__ y16, i64 nrows, i64 rows, i64 cols,
+        T eps) {
+    constexpr int RPW = 32 / LANES, P = 16 / sizeof(T);
+    const int lane = threadIdx.x & 31, sub = lane / LANES, l = lane % LANES;
+    const i64 nw = gstride() >> 5, width = LANES * PACKS;
+    typedef Pack<T> V;
+    for (i64 r0 = (gtid() >> 5) * RPW; r0 < nrows; r0 += nw * RPW) {
+        const i64 r = r0 + sub, o = r * width, so = (r / rows) * width;
+        const bool live = r < nrows;
+        V xv[PACKS], dv[PACKS];
+        T xx = 0, xd = 0;
+#pragma unroll
+        for (int k = 0; k < PACKS; ++k) {
+            const i64 i = o + l + LANES * k;
+            xv[k] = live ? reinterpret_cast<const V*>(x)[i] : V{};
+            dv[k] = live ? reinterpret_cast<const V*>(dx)[i] : V{};
+#pragma unroll
+            for (int e = 0; e < P; ++e) { xx += xv[k].v[e] * xv[k].v[e]; xd += xv[k].v[e] * dv[k].v[e]; }
+        }
+#pragma unroll
+        for (int m = LANES / 2; m > 0; m >>= 1) {
+            xx += __shfl_xor_sync(0xffffffffu, xx, m);
+            xd += __shfl_xor_sync(0xffffffffu, xd, m);
+        }
+        if (!live) continue;
+        const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), q = inv * inv * inv * xd / n;
+#pragma unroll
+        for (int k = 0; k < PACKS; ++k) {
+            const i64 i = l + LANES * k;
+            const V sv = reinterpret_cast<const V*>(s)[so + i];
+            V dsv, dtv, v;
+            if (ds) dsv = reinterpret_cast<const V*>(ds)[so + i];
+            if (dt) dtv = reinterpret_cast<const V*>(dt)[so + i];
+#pragma unroll
+            for (int e = 0; e < P; ++e) {
+                T w = sv.v[e] * (inv * dv[k].v[e] - q * xv[k].v[e]);
+                if (ds) w += dsv.v[e] * (xv[k].v[e] * inv);
+                if (dt) w += dtv.v[e];
+                v.v[e] = w;
+            }
+            if (out) reinterpret_cast<V*>(out)[o + i] = v;
+            store_bf16(y16, o + i, v);
+        }
+    }
+}
+
 // Cotangents for g of out = L(dx) sA + n sB + t (rmsnorm_scaled: dx, sA null; its tangent: sA = s, sB = ds or
 // null), L(dx) = r dx - r^3 mu x. With a = g sA, c = g sB and the row sums A = sum a dx, Xa = sum a x,
 // Xc = sum c x: gdx = r a - r^3 Xa x / D, gx = r c - r^3 mu a - r^3 Xa dx / D + x (3 r^5 mu Xa - r^3 A - r^3 Xc) / D,
@@ -382,6 +432,13 @@ TVM_KERNEL(rmsnorm_scaled_block, (1024), (const scalar_t* x, const scalar_t* s, 
         i64 cols, scalar_t eps)) { rmsnorm_scaled_jvp_impl<scalar_t, width>(x, dx, s, ds, dt, out, y16, nrows, rows, cols, eps); }
 RMSNORM_SCALED_JVP_ROWS(1) RMSNORM_SCALED_JVP_ROWS(2) RMSNORM_SCALED_JVP_ROWS(4) RMSNORM_SCALED_JVP_ROWS(8)
 RMSNORM_SCALED_JVP_ROWS(12) RMSNORM_SCALED_JVP_ROWS(16)
+// The tangent of packed rows (rmsnorm_scaled_jvp_packs_impl): a head dim of 64, DiT-S and DiT-B widths.
+//! kernel rmsnorm_scaled_jvp_packs(lanes: Int, packs: Int)
+#define RMSNORM_SCALED_JVP_PACKS(lanes, packs) TVM_KERNEL(rmsnorm_scaled_jvp_l##lanes##p##packs, (256), (const scalar_t* x, \
+        const scalar_t* dx, const scalar_t* s, const scalar_t* ds, const scalar_t* dt, scalar_t* out, unsigned short* y16, \
+        i64 nrows, i64 rows, i64 cols, scalar_t eps)) { \
+    rmsnorm_scaled_jvp_packs_impl<scalar_t, lanes, packs>(x, dx, s, ds, dt, out, y16, nrows, rows, cols, eps); }
+RMSNORM_SCALED_JVP_PACKS(8, 2) RMSNORM_SCALED_JVP_PACKS(32, 3) RMSNORM_SCALED_JVP_PACKS(32, 6)
 TVM_KERNEL(rmsnorm_scaled_jvp, (256), (const scalar_t* x, const scalar_t* dx, const scalar_t* s, const scalar_t* ds,
                                        const scalar_t* dt, scalar_t* out, unsigned short* y16, i64 nrows, i64 rows, i64 cols,
                                        scalar_t eps)) {

@@ -5,7 +5,8 @@ extension CUDABackend: NormBackend {
     public func rmsNorm(_ x: Storage, _ y: Storage, rows: Int, cols: Int, eps: Double) {
         guard rows > 0 && cols > 0 else { return }
         let k = kernels(RMSNormKernels.self, x.dtype)
-        if let (packed, rowsPerWarp) = packedRowKernel(k, cols: cols, dtype: x.dtype, [addr(x), addr(y)], 0) {
+        if let (packed, rowsPerWarp) = packedRowKernel(k.rmsnormScaledPacks, lanes: \.lanes, packs: \.packs, cols: cols,
+                                                       dtype: x.dtype, [addr(x), addr(y)], 0) {
             packed.launch(on: self, grid: (blocks((rows + rowsPerWarp - 1) / rowsPerWarp * 32), 1), x: addr(x), s: 0, t: 0,
                           y: addr(y), y16: 0, nrows: rows, rows: rows, cols: cols, eps: eps)
         } else if let warp = rowKernel(k.rmsnormWarp, cols: cols, width: \.width) {
@@ -24,7 +25,8 @@ extension CUDABackend: NormBackend {
         let k = kernels(RMSNormKernels.self, x.dtype)
         beginBF16Call()
         let (yf, y16) = productOperand ? outputAndCopy(y) : (addr(y), 0)
-        if let (packed, rowsPerWarp) = packedRowKernel(k, cols: cols, dtype: x.dtype, [addr(x), addr(s), addr(t), yf], y16) {
+        if let (packed, rowsPerWarp) = packedRowKernel(k.rmsnormScaledPacks, lanes: \.lanes, packs: \.packs, cols: cols,
+                                                       dtype: x.dtype, [addr(x), addr(s), addr(t), yf], y16) {
             packed.launch(on: self, grid: (blocks((nrows + rowsPerWarp - 1) / rowsPerWarp * 32), 1), x: addr(x), s: addr(s),
                           t: addr(t), y: yf, y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
         } else if let warp = rowKernel(k.rmsnormScaledWarp, cols: cols, width: \.width) {
@@ -44,7 +46,11 @@ extension CUDABackend: NormBackend {
         beginBF16Call()
         let (outf, y16) = productOperand ? outputAndCopy(out) : (addr(out), 0)
         let k = kernels(RMSNormKernels.self, x.dtype), grid = (blocks(nrows * 32), 1)
-        if let rowsKernel = rowKernel(k.rmsnormScaledJvpRows, cols: cols, width: \.width) {
+        if let (packed, rowsPerWarp) = packedRowKernel(k.rmsnormScaledJvpPacks, lanes: \.lanes, packs: \.packs, cols: cols,
+                                                       dtype: x.dtype, [addr(x), addr(dx), addr(s), addr(ds), addr(dt), outf], y16) {
+            packed.launch(on: self, grid: (blocks((nrows + rowsPerWarp - 1) / rowsPerWarp * 32), 1), x: addr(x), dx: addr(dx),
+                          s: addr(s), ds: addr(ds), dt: addr(dt), out: outf, y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
+        } else if let rowsKernel = rowKernel(k.rmsnormScaledJvpRows, cols: cols, width: \.width) {
             rowsKernel.launch(on: self, grid: grid, x: addr(x), dx: addr(dx), s: addr(s), ds: addr(ds), dt: addr(dt), out: outf,
                               y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
         } else {
@@ -102,14 +108,14 @@ extension CUDABackend: NormBackend {
                     eps: eps)
     }
 
-    /// The packed-row kernel (RMSNorm.cu's rmsnorm_scaled_packs) whose lanes and packs hold exactly `cols` values, with
-    /// the rows one warp takes, where every address in `wide` is aligned to a 16-byte pack and `narrow` (a bf16 copy; 0:
-    /// none) to its 8 bytes; nil otherwise (the scalar kernels take those rows).
-    private func packedRowKernel(_ k: RMSNormKernels, cols: Int, dtype: DType, _ wide: [DevicePointer],
-                                 _ narrow: DevicePointer) -> (RMSNormKernels.RmsnormScaledPacks, Int)? {
+    /// Of packed-row kernels (RMSNorm.cu's rmsnorm_scaled_packs and rmsnorm_scaled_jvp_packs), the one whose lanes and
+    /// packs hold exactly `cols` values, with the rows one warp takes, where every address in `wide` is aligned to a
+    /// 16-byte pack and `narrow` (a bf16 copy; 0: none) to its 8 bytes; nil otherwise (the scalar kernels take those).
+    private func packedRowKernel<K>(_ kernels: [K], lanes: (K) -> Int, packs: (K) -> Int, cols: Int, dtype: DType,
+                                    _ wide: [DevicePointer], _ narrow: DevicePointer) -> (K, rowsPerWarp: Int)? {
         let perPack = 16 / dtype.byteSize
         guard wide.reduce(0, |) % 16 == 0 && narrow % 8 == 0,
-              let kernel = k.rmsnormScaledPacks.first(where: { $0.lanes * $0.packs * perPack == cols }) else { return nil }
-        return (kernel, 32 / kernel.lanes)
+              let kernel = kernels.first(where: { lanes($0) * packs($0) * perPack == cols }) else { return nil }
+        return (kernel, 32 / lanes(kernel))
     }
 }
