@@ -27,6 +27,18 @@ F=${FIXTURES:-../shared/fixtures}
 case "${1:-}" in
 pack)
     scripts/gpu.sh pack || exit 1
+    # The kernels compiled here for the device's NVRTC (13.0 on the H100/H200 machines) and sm_90, under the keys the
+    # binaries look for: a fresh machine then loads them instead of compiling for about a minute. Another NVRTC
+    # version there only makes them unused. NVRTC from its pip wheel; skipped where pip cannot fetch it.
+    nvrtc=${NVRTC_DIR:-/opt/cuda-nvrtc13}
+    [ -d "$nvrtc" ] || python3 -m pip install -q --target "$nvrtc" "nvidia-cuda-nvrtc==13.0.*" || true
+    lib=$(dirname "$(find "$nvrtc" -name 'libnvrtc.so.13' 2>/dev/null | head -1)")
+    if [ -n "$lib" ] && [ "$lib" != . ]; then
+        rm -rf /tmp/tvm-kernel-fill && mkdir -p /tmp/tvm-kernel-fill
+        TVM_CUDA_LIB_DIRS=$lib TVM_CUDA_FILL_CACHE=/tmp/tvm-kernel-fill "${SCRATCH:-/tmp/cuda-build}/release/TerminalVelocityPackageTests.xctest" \
+            CUDABackendTests.CUDAOpTests/testKernelSourceCompiles > /dev/null 2>&1 \
+            && tar -C /tmp/tvm-kernel-fill -cJf .device/kernel-cache.tar.xz . || echo "kernel cache: not made"
+    fi
     scripts/gpu-bench.sh pack > /dev/null || exit 1
     xz -T2 -c .device/tvm > .device/tvm.xz && rm .device/tvm
     mkdir -p .device/fixtures
@@ -36,8 +48,10 @@ pack)
     ;;
 run)
     "$0" check; "$0" compare ;;
-check|compare)
+check|compare|kernels)
     export TVM_CUDA_LIB_DIRS=${TVM_CUDA_LIB_DIRS:-/usr/local/cuda/lib64} TVM_CUDA_CACHE_DIR=/tmp/tvm-kernel-cache
+    if [ -f .device/kernel-cache.tar.xz ]; then mkdir -p /tmp/tvm-kernel-cache && tar -C /tmp/tvm-kernel-cache -xJf .device/kernel-cache.tar.xz; fi
+    [ "$1" = kernels ] && exec "$0" kernels-run
     # cuDNN (the VAE's convolutions) from the Python wheel nvidia-cudnn-cu13 where it is not on the linker's path; tvm
     # searches the usual site-packages itself, this names the one python3 imports.
     cudnn=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0] + "/lib")' 2>/dev/null)
@@ -90,8 +104,7 @@ check|compare)
     timeout 40 $T bench attention --device cuda --bf16 2>&1 | tail -6
     TORCH_ATTENTION_ONLY=1 SKIP_TESTS=1 SKIP_BENCH=1 OUT=$out/torch timeout 60 scripts/gpu.sh run 2>&1 | grep 'TORCH attention B=64 H=12 S=256 D=64'
     ;;
-kernels)
-    export TVM_CUDA_LIB_DIRS=${TVM_CUDA_LIB_DIRS:-/usr/local/cuda/lib64} TVM_CUDA_CACHE_DIR=/tmp/tvm-kernel-cache
+kernels-run)
     out=${OUT:-/tmp/gpu-verify}; mkdir -p "$out"
     xz -dc .device/tvm.xz > .device/tvm && chmod +x .device/tvm
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader

@@ -28,8 +28,10 @@ final class CUDAOpTests: XCTestCase {
     func testKernelSourceCompiles() throws {
         let lines: [String]
         do {
-            lines = try CUDABackend.compileKernelsWithoutDevice(architecture: 90,
-                                                                ptxDirectory: ProcessInfo.processInfo.environment["TVM_CUDA_PTX_DIR"])
+            // TVM_CUDA_FILL_CACHE=DIR keeps the images there for a device machine (scripts/gpu-verify.sh pack).
+            let environment = ProcessInfo.processInfo.environment
+            lines = try CUDABackend.compileKernelsWithoutDevice(architecture: 90, ptxDirectory: environment["TVM_CUDA_PTX_DIR"],
+                                                                cacheDirectory: environment["TVM_CUDA_FILL_CACHE"])
         } catch let e as CUDAError {
             if e.message.contains("NVRTC not found") { throw XCTSkip(e.message) }
             throw e

@@ -25,6 +25,12 @@ enum KernelCache {
         return String(repeating: "0", count: 16 - s.count) + s
     }
 
+    /// The key of a kernel module's image: its source, its NVRTC options (the target architecture first), the NVRTC
+    /// version and the image's kind.
+    static func moduleKey(source: String, options: [String], nvrtc version: (major: Int, minor: Int), cubin: Bool) -> String {
+        key([source, options.joined(separator: " "), "nvrtc \(version)", cubin ? "cubin" : "ptx"])
+    }
+
     static func load(_ key: String) -> [UInt8]? {
         guard let dir = directory, let f = fopen("\(dir)/\(key).bin", "rb") else { return nil }
         defer { fclose(f) }
@@ -37,17 +43,20 @@ enum KernelCache {
         return bytes
     }
 
-    static func store(_ key: String, _ bytes: [UInt8]) {
-        guard let dir = directory else { return }
+    /// Writes an image under `key` in `dir` (default: the cache folder); whether it was written.
+    @discardableResult
+    static func store(_ key: String, _ bytes: [UInt8], in dir: String? = directory) -> Bool {
+        guard let dir else { return false }
         var path = dir.hasPrefix("/") ? "" : "."
         for part in dir.split(separator: "/") {
             path += "/" + part
             mkdir(path, 0o755)
         }
         let tmp = "\(dir)/\(key).\(getpid()).tmp"
-        guard let f = fopen(tmp, "wb") else { return }
+        guard let f = fopen(tmp, "wb") else { return false }
         let ok = fwrite(bytes, 1, bytes.count, f) == bytes.count
         fclose(f)
-        if ok { rename(tmp, "\(dir)/\(key).bin") } else { unlink(tmp) }
+        guard ok, rename(tmp, "\(dir)/\(key).bin") == 0 else { unlink(tmp); return false }
+        return true
     }
 }

@@ -108,8 +108,7 @@ extension CUDABackend {
     func loadModule(_ family: KernelFamily, _ dtype: DType) throws -> KernelModule {
         let start = Self.now()
         let options = [target.option] + family.options(dtype)
-        let key = KernelCache.key([family.source, options.joined(separator: " "), "nvrtc \(nvrtc.version)",
-                                   target.cubin ? "cubin" : "ptx"])
+        let key = KernelCache.moduleKey(source: family.source, options: options, nvrtc: nvrtc.version, cubin: target.cubin)
         let moduleName = family.moduleName(dtype)
         var image: [UInt8]
         var cached = false
@@ -158,8 +157,12 @@ extension CUDABackend {
     /// Compiles every kernel family with NVRTC alone (no driver or GPU needed) for `architecture` (e.g. 90),
     /// returning one line per module with ptxas' report of each kernel. For checking the kernels on machines
     /// without a GPU. `ptxDirectory`: also write each module's PTX there (`<module>.ptx`, for comparing the
-    /// compiled code of two versions with scripts/split-ptx.py).
-    public static func compileKernelsWithoutDevice(architecture: Int = 90, ptxDirectory: String? = nil) throws -> [String] {
+    /// compiled code of two versions with scripts/split-ptx.py). `cacheDirectory`: also keep each image there under
+    /// the key a process on a GPU of that architecture looks for (`KernelCache`), so that with the same NVRTC major
+    /// and minor version and this folder as TVM_CUDA_CACHE_DIR it loads them instead of compiling (about a minute on
+    /// a fresh device machine).
+    public static func compileKernelsWithoutDevice(architecture: Int = 90, ptxDirectory: String? = nil,
+                                                   cacheDirectory: String? = nil) throws -> [String] {
         let nvrtc = try NVRTC()
         var lines: [String] = []
         for family in KernelFamily.all {
@@ -170,6 +173,11 @@ extension CUDABackend {
                 let (image, log) = try nvrtc.compile(source: family.source, name: name, options: options + ["--ptxas-options=-v"],
                                                      cubin: true)
                 lines.append("\(name): \(image.count) bytes in \(Int((now() - start) * 1000)) ms" + (log.isEmpty ? "" : "\n\(log)"))
+                if let cacheDirectory {
+                    // ptxas' report option changes the log, not the image.
+                    let key = KernelCache.moduleKey(source: family.source, options: options, nvrtc: nvrtc.version, cubin: true)
+                    guard KernelCache.store(key, image, in: cacheDirectory) else { throw CUDAError("cannot write \(cacheDirectory)") }
+                }
                 if let ptxDirectory {
                     let ptx = try nvrtc.compile(source: family.source, name: name, options: options, cubin: false).image
                     let path = "\(ptxDirectory)/\(name.dropLast(3)).ptx"
