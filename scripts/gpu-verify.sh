@@ -24,6 +24,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 F=${FIXTURES:-../shared/fixtures}
+# On the device: CUDA's libraries, one kernel cache for every binary and test bundle of the call, filled first with the
+# images `pack` compiled here.
+device_setup() {
+    export TVM_CUDA_LIB_DIRS=${TVM_CUDA_LIB_DIRS:-/usr/local/cuda/lib64} TVM_CUDA_CACHE_DIR=/tmp/tvm-kernel-cache
+    if [ -f .device/kernel-cache.tar.xz ]; then mkdir -p /tmp/tvm-kernel-cache && tar -C /tmp/tvm-kernel-cache -xJf .device/kernel-cache.tar.xz; fi
+    out=${OUT:-/tmp/gpu-verify}; mkdir -p "$out"
+    xz -dc .device/tvm.xz > .device/tvm && chmod +x .device/tvm
+}
 case "${1:-}" in
 pack)
     scripts/gpu.sh pack || exit 1
@@ -48,17 +56,13 @@ pack)
     ;;
 run)
     "$0" check; "$0" compare ;;
-check|compare|kernels)
-    export TVM_CUDA_LIB_DIRS=${TVM_CUDA_LIB_DIRS:-/usr/local/cuda/lib64} TVM_CUDA_CACHE_DIR=/tmp/tvm-kernel-cache
-    if [ -f .device/kernel-cache.tar.xz ]; then mkdir -p /tmp/tvm-kernel-cache && tar -C /tmp/tvm-kernel-cache -xJf .device/kernel-cache.tar.xz; fi
-    [ "$1" = kernels ] && exec "$0" kernels-run
+check|compare)
+    device_setup
     # cuDNN (the VAE's convolutions) from the Python wheel nvidia-cudnn-cu13 where it is not on the linker's path; tvm
     # searches the usual site-packages itself, this names the one python3 imports.
     cudnn=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0] + "/lib")' 2>/dev/null)
     [ -z "${TVM_CUDNN_LIB:-}" ] && [ -n "$cudnn" ] && export TVM_CUDNN_LIB=$cudnn
     echo "cuDNN: ${TVM_CUDNN_LIB:-searched by tvm}"
-    out=${OUT:-/tmp/gpu-verify}; mkdir -p "$out"
-    xz -dc .device/tvm.xz > .device/tvm && chmod +x .device/tvm
     T=.device/tvm D=.device/fixtures
     nvidia-smi --query-gpu=name --format=csv,noheader
     if [ "$1" = compare ]; then
@@ -104,9 +108,8 @@ check|compare|kernels)
     timeout 40 $T bench attention --device cuda --bf16 2>&1 | tail -6
     TORCH_ATTENTION_ONLY=1 SKIP_TESTS=1 SKIP_BENCH=1 OUT=$out/torch timeout 60 scripts/gpu.sh run 2>&1 | grep 'TORCH attention B=64 H=12 S=256 D=64'
     ;;
-kernels-run)
-    out=${OUT:-/tmp/gpu-verify}; mkdir -p "$out"
-    xz -dc .device/tvm.xz > .device/tvm && chmod +x .device/tvm
+kernels)
+    device_setup
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
     echo "== CUDA tests"
     ONLY=${ONLY:-"CUDABackendTests.CUDATrainingStepTests CUDABackendTests.CUDAOpTests/testScaledSumAndRowSums CUDABackendTests.CUDAOpTests/testRMSNormScaled CUDABackendTests.CUDAOpTests/testRMSNormScaledJVPAndBackward CUDABackendTests.CUDAFlashAttentionTests CUDABackendTests.CUDAMatmulTests"} \

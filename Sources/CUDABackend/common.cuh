@@ -122,9 +122,10 @@ __device__ __forceinline__ i64 attn_head_offset(i64 bh, int n, int heads, int d)
 }
 __device__ __forceinline__ i64 gstride() { return (i64)gridDim.x * blockDim.x; }
 
-template<typename T> __device__ __forceinline__ T warp_sum(T v) {
+/// The sum over each aligned group of LANES lanes (a whole warp by default), in every lane of the group.
+template<int LANES = 32, typename T> __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 template<typename T> __device__ __forceinline__ T warp_max(T v) {

@@ -41,13 +41,13 @@ template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_war
 
 // rmsnorm_scaled_warp_impl for rows of exactly LANES * PACKS 16-byte packs (every address aligned to its pack): LANES
 // lanes a row (32 / LANES rows a warp: a head dim of 64 is 8 lanes of two packs, four rows a warp), each holding
-// PACKS packs. Vector loads and stores, the factors' loads free to move ahead of the stores (the pointers do not alias), and
-// log2(LANES) shuffles a row. The scalar kernel ran the DiT's modulated norms at 1.1 TB/s (54 registers, half the
+// PACKS packs. Vector loads and stores, the factors' loads free to move ahead of the stores (the pointers do not
+// alias), and log2(LANES) shuffles a row. The scalar kernel ran the DiT's modulated norms at 1.1 TB/s (54 registers, half the
 // warps) and its q/k norms at 1.4 TB/s with five shuffles for every 64 values (ncu, H100, sixteenth session).
 template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsnorm_scaled_packs_impl(
         const T* __restrict__ x, const T* __restrict__ s, const T* __restrict__ t, T* __restrict__ y,
         unsigned short* __restrict__ y16, i64 nrows, i64 rows, i64 cols, T eps) {
-    constexpr int RPW = 32 / LANES;
+    constexpr int RPW = 32 / LANES, P = 16 / sizeof(T);
     const int lane = threadIdx.x & 31, sub = lane / LANES, l = lane % LANES;
     const i64 nw = gstride() >> 5, width = LANES * PACKS;
     const Pack<T>* px = reinterpret_cast<const Pack<T>*>(x);
@@ -62,10 +62,9 @@ template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsno
         for (int k = 0; k < PACKS; ++k) {
             v[k] = live ? px[o + l + LANES * k] : Pack<T>{};
 #pragma unroll
-            for (int e = 0; e < 16 / (int)sizeof(T); ++e) ss += v[k].v[e] * v[k].v[e];
+            for (int e = 0; e < P; ++e) ss += v[k].v[e] * v[k].v[e];
         }
-#pragma unroll
-        for (int m = LANES / 2; m > 0; m >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, m);
+        ss = warp_sum<LANES>(ss);
         if (!live) continue;
         const T inv = T(1) / m_sqrt(ss / T(cols) + eps);
 #pragma unroll
@@ -75,7 +74,7 @@ template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsno
             if (s) sv = ps[so + i];
             if (t) tv = pt[so + i];
 #pragma unroll
-            for (int e = 0; e < 16 / (int)sizeof(T); ++e) {
+            for (int e = 0; e < P; ++e) {
                 T q = v[k].v[e] * inv;
                 if (s) q *= sv.v[e];
                 if (t) q += tv.v[e];
@@ -223,11 +222,8 @@ template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsno
 #pragma unroll
             for (int e = 0; e < P; ++e) { xx += xv[k].v[e] * xv[k].v[e]; xd += xv[k].v[e] * dv[k].v[e]; }
         }
-#pragma unroll
-        for (int m = LANES / 2; m > 0; m >>= 1) {
-            xx += __shfl_xor_sync(0xffffffffu, xx, m);
-            xd += __shfl_xor_sync(0xffffffffu, xd, m);
-        }
+        xx = warp_sum<LANES>(xx);
+        xd = warp_sum<LANES>(xd);
         if (!live) continue;
         const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), q = inv * inv * inv * xd / n;
 #pragma unroll

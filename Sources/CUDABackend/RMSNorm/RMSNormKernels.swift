@@ -5,10 +5,10 @@ extension CUDABackend: NormBackend {
     public func rmsNorm(_ x: Storage, _ y: Storage, rows: Int, cols: Int, eps: Double) {
         guard rows > 0 && cols > 0 else { return }
         let k = kernels(RMSNormKernels.self, x.dtype)
-        if let (packed, rowsPerWarp) = packedRowKernel(k.rmsnormScaledPacks, lanes: \.lanes, packs: \.packs, cols: cols,
-                                                       dtype: x.dtype, [addr(x), addr(y)], 0) {
-            packed.launch(on: self, grid: (blocks((rows + rowsPerWarp - 1) / rowsPerWarp * 32), 1), x: addr(x), s: 0, t: 0,
-                          y: addr(y), y16: 0, nrows: rows, rows: rows, cols: cols, eps: eps)
+        if let (packed, grid) = packedRowKernel(k.rmsnormScaledPacks, lanes: \.lanes, packs: \.packs, rows: rows, cols: cols,
+                                                dtype: x.dtype, [addr(x), addr(y)], 0) {
+            packed.launch(on: self, grid: grid, x: addr(x), s: 0, t: 0, y: addr(y), y16: 0, nrows: rows, rows: rows, cols: cols,
+                          eps: eps)
         } else if let warp = rowKernel(k.rmsnormWarp, cols: cols, width: \.width) {
             warp.launch(on: self, grid: (blocks(rows * 32), 1), x: addr(x), y: addr(y), rows: rows, cols: cols, eps: eps)
         } else {
@@ -25,10 +25,10 @@ extension CUDABackend: NormBackend {
         let k = kernels(RMSNormKernels.self, x.dtype)
         beginBF16Call()
         let (yf, y16) = productOperand ? outputAndCopy(y) : (addr(y), 0)
-        if let (packed, rowsPerWarp) = packedRowKernel(k.rmsnormScaledPacks, lanes: \.lanes, packs: \.packs, cols: cols,
-                                                       dtype: x.dtype, [addr(x), addr(s), addr(t), yf], y16) {
-            packed.launch(on: self, grid: (blocks((nrows + rowsPerWarp - 1) / rowsPerWarp * 32), 1), x: addr(x), s: addr(s),
-                          t: addr(t), y: yf, y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
+        if let (packed, grid) = packedRowKernel(k.rmsnormScaledPacks, lanes: \.lanes, packs: \.packs, rows: nrows, cols: cols,
+                                                dtype: x.dtype, [addr(x), addr(s), addr(t), yf], y16) {
+            packed.launch(on: self, grid: grid, x: addr(x), s: addr(s), t: addr(t), y: yf, y16: y16, nrows: nrows, rows: rows,
+                          cols: cols, eps: eps)
         } else if let warp = rowKernel(k.rmsnormScaledWarp, cols: cols, width: \.width) {
             warp.launch(on: self, grid: (blocks(nrows * 32), 1), x: addr(x), s: addr(s), t: addr(t), y: yf, y16: y16,
                         nrows: nrows, rows: rows, cols: cols, eps: eps)
@@ -46,10 +46,11 @@ extension CUDABackend: NormBackend {
         beginBF16Call()
         let (outf, y16) = productOperand ? outputAndCopy(out) : (addr(out), 0)
         let k = kernels(RMSNormKernels.self, x.dtype), grid = (blocks(nrows * 32), 1)
-        if let (packed, rowsPerWarp) = packedRowKernel(k.rmsnormScaledJvpPacks, lanes: \.lanes, packs: \.packs, cols: cols,
-                                                       dtype: x.dtype, [addr(x), addr(dx), addr(s), addr(ds), addr(dt), outf], y16) {
-            packed.launch(on: self, grid: (blocks((nrows + rowsPerWarp - 1) / rowsPerWarp * 32), 1), x: addr(x), dx: addr(dx),
-                          s: addr(s), ds: addr(ds), dt: addr(dt), out: outf, y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
+        if let (packed, packedGrid) = packedRowKernel(k.rmsnormScaledJvpPacks, lanes: \.lanes, packs: \.packs, rows: nrows,
+                                                      cols: cols, dtype: x.dtype,
+                                                      [addr(x), addr(dx), addr(s), addr(ds), addr(dt), outf], y16) {
+            packed.launch(on: self, grid: packedGrid, x: addr(x), dx: addr(dx), s: addr(s), ds: addr(ds), dt: addr(dt), out: outf,
+                          y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
         } else if let rowsKernel = rowKernel(k.rmsnormScaledJvpRows, cols: cols, width: \.width) {
             rowsKernel.launch(on: self, grid: grid, x: addr(x), dx: addr(dx), s: addr(s), ds: addr(ds), dt: addr(dt), out: outf,
                               y16: y16, nrows: nrows, rows: rows, cols: cols, eps: eps)
@@ -109,13 +110,15 @@ extension CUDABackend: NormBackend {
     }
 
     /// Of packed-row kernels (RMSNorm.cu's rmsnorm_scaled_packs and rmsnorm_scaled_jvp_packs), the one whose lanes and
-    /// packs hold exactly `cols` values, with the rows one warp takes, where every address in `wide` is aligned to a
-    /// 16-byte pack and `narrow` (a bf16 copy; 0: none) to its 8 bytes; nil otherwise (the scalar kernels take those).
-    private func packedRowKernel<K>(_ kernels: [K], lanes: (K) -> Int, packs: (K) -> Int, cols: Int, dtype: DType,
-                                    _ wide: [DevicePointer], _ narrow: DevicePointer) -> (K, rowsPerWarp: Int)? {
+    /// packs hold exactly `cols` values, with its grid for `rows` rows (32 / lanes of them a warp), where every address in
+    /// `wide` is aligned to a 16-byte pack and `narrow` (a bf16 copy; 0: none) to its 8 bytes; nil otherwise (the scalar
+    /// kernels take those).
+    private func packedRowKernel<K>(_ kernels: [K], lanes: (K) -> Int, packs: (K) -> Int, rows: Int, cols: Int, dtype: DType,
+                                    _ wide: [DevicePointer], _ narrow: DevicePointer) -> (K, grid: (Int, Int))? {
         let perPack = 16 / dtype.byteSize
         guard wide.reduce(0, |) % 16 == 0 && narrow % 8 == 0,
               let kernel = kernels.first(where: { lanes($0) * packs($0) * perPack == cols }) else { return nil }
-        return (kernel, 32 / lanes(kernel))
+        let rowsPerWarp = 32 / lanes(kernel)
+        return (kernel, (blocks((rows + rowsPerWarp - 1) / rowsPerWarp * 32), 1))
     }
 }

@@ -64,8 +64,9 @@ template<typename T, bool VEC> __device__ __forceinline__ void scaled_sum_impl(
     }
 }
 
-// out_k[b, c] = sum_r g[b, r, c] x_k[b, r, c] (x_k and h_k null: of g; h_k: x_k's bf16 values alone). Grid (column blocks of 32, batch), block
-// (32, 8): the 8 warps take every 8th row, then add up through shared memory (fixed order: deterministic).
+// out_k[b, c] = sum_r g[b, r, c] x_k[b, r, c] (x_k and h_k null: of g; h_k: x_k's bf16 values alone). Grid (column
+// blocks of 32, batch), block (32, 8): the 8 warps take every 8th row, then add up through shared memory (fixed order:
+// deterministic).
 /// Block (32 x 8) per 32 columns of one batch entry and one chunk of its rows: blockIdx.y = chunk * batch + entry.
 /// Chunk c writes its partial sums at outputs (c * batch + entry) * cols; with one chunk, the sums themselves.
 template<typename T> __device__ __forceinline__ void row_sums_impl(const T* g, const T* x0, const T* x1, const T* x2,
