@@ -162,8 +162,11 @@ public struct DiT: FlowMapNetwork {
         // weight is smaller than the activations for any real batch, and the slices of the output would be copies.
         func heads(_ k: Int, norm: ParameterSpec?) -> Tensor {
             let wk = w.slice(axis: 0, start: k * D, length: D), bk = b.slice(axis: 0, start: k * D, length: D)
-            guard let norm else { return x.linear(wk, bias: bk, products: .only).reshaped([B, N, H, Dh]) }
-            return x.linear(wk, bias: bk).reshaped([B, N, H, Dh]).rmsNormalized(eps: 1e-6, scale: p[norm.key], products: .only)
+            // q and k before their norms are read by the norms' kernels alone, which read bf16 values, and their
+            // cotangents by the linear layers' products alone: under bf16 products all are held in bf16 alone.
+            let y = x.linear(wk, bias: bk, products: .only).reshaped([B, N, H, Dh])
+            guard let norm else { return y }
+            return y.rmsNormalized(eps: 1e-6, scale: p[norm.key], products: .only, inputCotangents: .only)
         }
         let q = heads(0, norm: layer.qNorm), k = heads(1, norm: layer.kNorm), v = heads(2, norm: nil)
         let o = attention(q, k, v, layout: .tokenMajor, products: .only).reshaped([B, N, D])

@@ -311,6 +311,58 @@ final class CUDAOpTests: XCTestCase {
         }
     }
 
+    /// The RMS norms reading x (and the tangent's dx) held as bf16 values alone, and the backward writing gx and gdx
+    /// so (DiT's q and k before their norms, under bf16 products): the same float32 arithmetic on the same values as
+    /// float32 inputs that hold them, so the outputs are bit for bit those, and bf16 cotangents are the float32 ones
+    /// rounded. Head dims 64 (packed kernels) and 72, DiT-S's width (packed forward and tangent, the wide backward,
+    /// which widens and narrows around its float32 kernels), an odd width and rows past the warp kernels.
+    func testRMSNormReadsAndWritesBF16Alone() throws {
+        let cuda = try cudaOrSkip()
+        cuda.bf16Products = true
+        defer { cuda.bf16Products = false }
+        var r = TestRandom()
+        for (batch, rows, cols) in [(1, 1000, 64), (1, 257, 72), (2, 256, 384), (3, 17, 33), (2, 5, 2049)] {
+            let n = batch * rows * cols, m = batch * cols, label = "\(batch)x\(rows)x\(cols) seed=\(r.seed)"
+            func tensor(_ values: [Float]) -> Tensor { Tensor(values, shape: [values.count], on: cuda.device) }
+            let x = tensor(bf16Values(n, scale: 3, &r)), dx = tensor(bf16Values(n, &r))
+            let g = tensor(r.normals(n).map(Float.init)), px = tensor(r.normals(n).map(Float.init))
+            let s = tensor(r.normals(m).map(Float.init)), ds = tensor(r.normals(m).map(Float.init))
+            let t = tensor(r.normals(m).map(Float.init))
+            let x16 = bf16Only(x, cuda), dx16 = bf16Only(dx, cuda)
+            func empty(_ count: Int) -> Storage { cuda.allocate(count, .float32) }
+            func floats(_ s: Storage) -> [Float] { Tensor(storage: s, shape: [s.count]).floats }
+
+            let y = empty(n), y16in = empty(n)
+            cuda.rmsNormScaled(x.storage, scale: s.storage, shift: t.storage, y, batch: batch, rows: rows, cols: cols, eps: 1e-6,
+                               productOperand: false)
+            cuda.rmsNormScaled(x16.storage, scale: s.storage, shift: t.storage, y16in, batch: batch, rows: rows, cols: cols,
+                               eps: 1e-6, productOperand: false)
+            XCTAssertEqual(floats(y16in), floats(y), "forward \(label)")
+
+            let j = empty(n), j16in = empty(n)
+            cuda.rmsNormScaledJVP(x.storage, dx.storage, scale: s.storage, dScale: ds.storage, dShift: t.storage, j, batch: batch,
+                                  rows: rows, cols: cols, eps: 1e-6, productOperand: false)
+            cuda.rmsNormScaledJVP(x16.storage, dx16.storage, scale: s.storage, dScale: ds.storage, dShift: t.storage, j16in,
+                                  batch: batch, rows: rows, cols: cols, eps: 1e-6, productOperand: false)
+            XCTAssertEqual(floats(j16in), floats(j), "tangent \(label)")
+
+            for plus in [false, true] {
+                let gx = empty(n), gdx = empty(n), sums = (0..<3).map { _ in empty(m) }
+                let gx16 = cuda.lowPrecisionStorage(count: n, dtype: .float32)!, gdx16 = cuda.lowPrecisionStorage(count: n, dtype: .float32)!
+                let sums16 = (0..<3).map { _ in empty(m) }
+                cuda.rmsNormScaledBackward(x.storage, dx.storage, g.storage, sA: s.storage, sB: ds.storage, gx: gx, gdx: gdx,
+                                           plus: plus ? (px.storage, nil) : (nil, nil), sums: (sums[0], sums[1], sums[2]),
+                                           batch: batch, rows: rows, cols: cols, eps: 1e-6)
+                cuda.rmsNormScaledBackward(x16.storage, dx16.storage, g.storage, sA: s.storage, sB: ds.storage, gx: gx16,
+                                           gdx: gdx16, plus: plus ? (px.storage, nil) : (nil, nil),
+                                           sums: (sums16[0], sums16[1], sums16[2]), batch: batch, rows: rows, cols: cols, eps: 1e-6)
+                assertRoundedEqual(Tensor(storage: gx16, shape: [n]), floats(gx), "gx \(label) plus=\(plus)")
+                assertRoundedEqual(Tensor(storage: gdx16, shape: [n]), floats(gdx), "gdx \(label) plus=\(plus)")
+                for k in 0..<3 { XCTAssertEqual(floats(sums16[k]), floats(sums[k]), "column sums \(k) \(label) plus=\(plus)") }
+            }
+        }
+    }
+
     /// rmsNormScaled's tangent and the backward of both (primal: no dx; tangent: dx with the scale's and shift's
     /// tangents or without), with and without partial gradients, against the CPU in float64. The shapes include
     /// a weight shared by many rows (column sums in chunks) and rows past 32 x 64 values.

@@ -1,6 +1,6 @@
 import XCTest
 import TensorCore
-import CUDABackend
+@testable import CUDABackend
 
 /// The CUDA backend, or a clean skip where this machine has no usable GPU (CI has none). Every new device
 /// allocation is filled with NaN, so an output element a kernel leaves unwritten fails the comparisons.
@@ -132,6 +132,36 @@ func compareWithCPU(_ label: String, _ cuda: CUDABackend, dtype: DType, toleranc
         XCTAssertLessThanOrEqual(err, t, "\(label) [\(dtype)] output \(i): relative error \(err)"
                                  + (wide ? " (against float64)" : ""), file: file, line: line)
     }
+}
+
+/// The bfloat16 value nearest x (ties to even), as a Float: what a bf16-only storage holds for x.
+func bf16Rounded(_ x: Float) -> Float {
+    let b = x.bitPattern
+    if x.isNaN { return x }
+    return Float(bitPattern: (b &+ 0x7fff &+ ((b >> 16) & 1)) & 0xffff_0000)
+}
+
+/// Random values that bfloat16 holds exactly, so that a float32 tensor and a bf16-only one hold the same values.
+func bf16Values(_ n: Int, scale: Double = 1, shift: Double = 0, _ r: inout TestRandom) -> [Float] {
+    r.normals(n, scale: scale).map { bf16Rounded(Float($0 + shift)) }
+}
+
+/// `t` as a tensor that holds only its bf16 values.
+func bf16Only(_ t: Tensor, _ cuda: CUDABackend) -> Tensor {
+    let s = cuda.keepingOperandCopyOnly(t.storage)!
+    XCTAssertTrue(holdsBF16Only(s))
+    return Tensor(storage: s, shape: t.shape)
+}
+
+func holdsBF16Only(_ s: Storage) -> Bool { (s as! CUDAStorage).operandCopyOnly }
+
+/// Asserts `got` (widened) equals `expected` rounded to bfloat16, element for element.
+func assertRoundedEqual(_ got: Tensor, _ expected: [Float], _ label: String, file: StaticString = #filePath, line: UInt = #line) {
+    let values = got.fullPrecisionValues().floats
+    XCTAssertEqual(values.count, expected.count, label, file: file, line: line)
+    let mismatches = zip(values, expected).filter { $0.bitPattern != bf16Rounded($1).bitPattern }
+    XCTAssertTrue(mismatches.isEmpty, "\(label): \(mismatches.count) of \(values.count) differ, e.g. \(mismatches.prefix(3))",
+                  file: file, line: line)
 }
 
 /// The values rounded to float32 and then to bfloat16 (to nearest even), as the bf16 operand copies hold them.

@@ -5,22 +5,23 @@
 
 // y = x r s + t, r = 1 / sqrt(mean(x^2) + eps), over [batch, rows, cols] (nrows = batch * rows) with s and t
 // per (batch entry, column); s null: plain RMS normalisation, t null: no shift; y16 (null: none) y's bf16 copy; y null:
-// the copy alone (an output read only by matrix products).
+// the copy alone (an output read only by matrix products). x null: x16 holds x's bf16 values alone (q and k before
+// their norms).
 // A warp per row, the row in registers; the normalised row is never stored.
-template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_warp_impl(const T* x, const T* s, const T* t, T* y,
+template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_warp_impl(const T* x, const unsigned short* x16,
+                                                                                       const T* s, const T* t, T* y,
                                                                                        unsigned short* y16, i64 nrows, i64 rows,
                                                                                        i64 cols, T eps) {
     const int lane = threadIdx.x & 31;
     const i64 nw = gstride() >> 5;
     for (i64 r = gtid() >> 5; r < nrows; r += nw) {
-        const T* px = x + r * cols;
         const i64 so = (r / rows) * cols;
         T v[VPL];
         T ss = 0;
 #pragma unroll
         for (int c = 0; c < VPL; ++c) {
             const int i = lane + 32 * c;
-            v[c] = i < cols ? px[i] : T(0);
+            v[c] = i < cols ? load_one(x, x16, r * cols + i) : T(0);
             ss += v[c] * v[c];
         }
         ss = warp_sum(ss);
@@ -45,12 +46,11 @@ template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_war
 // alias), and log2(LANES) shuffles a row. The scalar kernel ran the DiT's modulated norms at 1.1 TB/s (54 registers, half the
 // warps) and its q/k norms at 1.4 TB/s with five shuffles for every 64 values (ncu, H100, sixteenth session).
 template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsnorm_scaled_packs_impl(
-        const T* __restrict__ x, const T* __restrict__ s, const T* __restrict__ t, T* __restrict__ y,
-        unsigned short* __restrict__ y16, i64 nrows, i64 rows, i64 cols, T eps) {
+        const T* __restrict__ x, const unsigned short* __restrict__ x16, const T* __restrict__ s, const T* __restrict__ t,
+        T* __restrict__ y, unsigned short* __restrict__ y16, i64 nrows, i64 rows, i64 cols, T eps) {
     constexpr int RPW = 32 / LANES, P = 16 / sizeof(T);
     const int lane = threadIdx.x & 31, sub = lane / LANES, l = lane % LANES;
     const i64 nw = gstride() >> 5, width = LANES * PACKS;
-    const Pack<T>* px = reinterpret_cast<const Pack<T>*>(x);
     const Pack<T>* ps = reinterpret_cast<const Pack<T>*>(s);
     const Pack<T>* pt = reinterpret_cast<const Pack<T>*>(t);
     for (i64 r0 = (gtid() >> 5) * RPW; r0 < nrows; r0 += nw * RPW) {
@@ -60,7 +60,7 @@ template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsno
         T ss = 0;
 #pragma unroll
         for (int k = 0; k < PACKS; ++k) {
-            v[k] = live ? px[o + l + LANES * k] : Pack<T>{};
+            v[k] = live ? load_pack(x, x16, o + l + LANES * k) : Pack<T>{};
 #pragma unroll
             for (int e = 0; e < P; ++e) ss += v[k].v[e] * v[k].v[e];
         }
@@ -87,19 +87,18 @@ template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsno
 }
 
 // Rows too long for registers: a block per row, the row read twice (the second time mostly from cache).
-template<typename T> __device__ __forceinline__ void rmsnorm_scaled_block_impl(const T* x, const T* s, const T* t, T* y,
-                                                                               unsigned short* y16, i64 nrows, i64 rows,
-                                                                               i64 cols, T eps) {
+template<typename T> __device__ __forceinline__ void rmsnorm_scaled_block_impl(const T* x, const unsigned short* x16, const T* s,
+                                                                               const T* t, T* y, unsigned short* y16,
+                                                                               i64 nrows, i64 rows, i64 cols, T eps) {
     __shared__ T sm[32];
     for (i64 r = blockIdx.x; r < nrows; r += gridDim.x) {
-        const T* px = x + r * cols;
         const i64 so = (r / rows) * cols;
         T ss = 0;
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) ss += px[c] * px[c];
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) { const T v = load_one(x, x16, r * cols + c); ss += v * v; }
         ss = block_reduce<T, false>(ss, sm);
         const T inv = T(1) / m_sqrt(ss / T(cols) + eps);
         for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
-            T o = px[c] * inv;
+            T o = load_one(x, x16, r * cols + c) * inv;
             if (s) o *= s[so + c];
             if (t) o += t[so + c];
             if (y) y[r * cols + c] = o;
@@ -158,9 +157,11 @@ template<typename T> __device__ __forceinline__ void rmsnorm_linear_bwd_impl(con
 // rmsnorm_scaled's tangent: out = s (r dx - r^3 mu x) + ds r x + dt with mu = mean(x dx) (r dx - r^3 mu x is
 // rmsnorm_linear's r (dx - n mean(n dx)), n = r x); ds, dt, y16 may be null, and out too (y16 alone). A warp per row:
 // VPL > 0 holds a row of at most 32 VPL values in registers, VPL = 0 reads it twice (the second time mostly from cache).
-template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_jvp_impl(const T* x, const T* dx, const T* s,
-                                                                                      const T* ds, const T* dt, T* out,
-                                                                                      unsigned short* y16, i64 nrows,
+// x and dx null: x16 and dx16 hold their bf16 values alone.
+template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_jvp_impl(const T* x, const unsigned short* x16,
+                                                                                      const T* dx, const unsigned short* dx16,
+                                                                                      const T* s, const T* ds, const T* dt,
+                                                                                      T* out, unsigned short* y16, i64 nrows,
                                                                                       i64 rows, i64 cols, T eps) {
     constexpr int K = VPL > 0 ? VPL : 1;
     const int lane = threadIdx.x & 31;
@@ -173,13 +174,16 @@ template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_jvp
 #pragma unroll
             for (int k = 0; k < VPL; ++k) {
                 const i64 i = lane + 32 * k;
-                xv[k] = i < cols ? x[o + i] : T(0);
-                dv[k] = i < cols ? dx[o + i] : T(0);
+                xv[k] = i < cols ? load_one(x, x16, o + i) : T(0);
+                dv[k] = i < cols ? load_one(dx, dx16, o + i) : T(0);
             }
 #pragma unroll
             for (int k = 0; k < VPL; ++k) { xx += xv[k] * xv[k]; xd += xv[k] * dv[k]; }
         } else {
-            for (i64 i = lane; i < cols; i += 32) { const T v = x[o + i]; xx += v * v; xd += v * dx[o + i]; }
+            for (i64 i = lane; i < cols; i += 32) {
+                const T v = load_one(x, x16, o + i);
+                xx += v * v; xd += v * load_one(dx, dx16, o + i);
+            }
         }
         xx = warp_sum(xx); xd = warp_sum(xd);
         const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), q = inv * inv * inv * xd / n;
@@ -194,17 +198,17 @@ template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_jvp
 #pragma unroll
             for (int k = 0; k < VPL; ++k) { const i64 i = lane + 32 * k; if (i < cols) put(i, xv[k], dv[k]); }
         } else {
-            for (i64 i = lane; i < cols; i += 32) put(i, x[o + i], dx[o + i]);
+            for (i64 i = lane; i < cols; i += 32) put(i, load_one(x, x16, o + i), load_one(dx, dx16, o + i));
         }
     }
 }
 
 // rmsnorm_scaled_jvp_impl for rows of exactly LANES * PACKS 16-byte packs, laid out as rmsnorm_scaled_packs_impl (x's
-// and dx's packs in registers; s given, ds, dt, out and y16 may be null).
+// and dx's packs in registers; s given, ds, dt, out and y16 may be null; x and dx null: their bf16 values alone).
 template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsnorm_scaled_jvp_packs_impl(
-        const T* __restrict__ x, const T* __restrict__ dx, const T* __restrict__ s, const T* __restrict__ ds,
-        const T* __restrict__ dt, T* __restrict__ out, unsigned short* __restrict__ y16, i64 nrows, i64 rows, i64 cols,
-        T eps) {
+        const T* __restrict__ x, const unsigned short* __restrict__ x16, const T* __restrict__ dx,
+        const unsigned short* __restrict__ dx16, const T* __restrict__ s, const T* __restrict__ ds, const T* __restrict__ dt,
+        T* __restrict__ out, unsigned short* __restrict__ y16, i64 nrows, i64 rows, i64 cols, T eps) {
     constexpr int RPW = 32 / LANES, P = 16 / sizeof(T);
     const int lane = threadIdx.x & 31, sub = lane / LANES, l = lane % LANES;
     const i64 nw = gstride() >> 5, width = LANES * PACKS;
@@ -217,8 +221,8 @@ template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsno
 #pragma unroll
         for (int k = 0; k < PACKS; ++k) {
             const i64 i = o + l + LANES * k;
-            xv[k] = live ? reinterpret_cast<const V*>(x)[i] : V{};
-            dv[k] = live ? reinterpret_cast<const V*>(dx)[i] : V{};
+            xv[k] = live ? load_pack(x, x16, i) : V{};
+            dv[k] = live ? load_pack(dx, dx16, i) : V{};
 #pragma unroll
             for (int e = 0; e < P; ++e) { xx += xv[k].v[e] * xv[k].v[e]; xd += xv[k].v[e] * dv[k].v[e]; }
         }
@@ -281,10 +285,12 @@ template<typename T> __device__ __forceinline__ void rmsnorm_scaled_bwd_impl(con
 // norm_col_sums in the same pass: a block of 8 warps takes rows [chunk * chunkRows, +chunkRows) of one batch
 // entry (blockIdx.y = chunk * batch + entry, as row_sums), each lane keeps its columns' sums over its warp's
 // rows, and the 8 warps add theirs through shared memory in a fixed order (deterministic). o0, o1, o2 (null:
-// not wanted) get the block's sums at (chunk * batch + entry) * cols.
+// not wanted) get the block's sums at (chunk * batch + entry) * cols. x and dx null: x16 and dx16 hold their bf16
+// values alone; gx and gdx null: gx16 and gdx16 get theirs so (cotangents only matrix products read).
 template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_bwd_rows_impl(
-        const T* x, const T* dx, const T* g, const T* sA, const T* sB, T* gx, T* gdx, const T* px, const T* pdx,
-        T* o0, T* o1, T* o2, i64 rows, i64 cols, i64 batch, i64 chunkRows, T eps) {
+        const T* x, const unsigned short* x16, const T* dx, const unsigned short* dx16, const T* g, const T* sA, const T* sB,
+        T* gx, unsigned short* gx16, T* gdx, unsigned short* gdx16, const T* px, const T* pdx, T* o0, T* o1, T* o2, i64 rows,
+        i64 cols, i64 batch, i64 chunkRows, T eps) {
     __shared__ T part[8][32 * VPL];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const i64 bi = blockIdx.y % batch, chunk = blockIdx.y / batch, so = bi * cols;
@@ -304,8 +310,8 @@ template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_bwd
         for (int k = 0; k < VPL; ++k) {
             const i64 i = lane + 32 * k;
             const bool in = i < cols;
-            xv[k] = in ? x[o + i] : T(0);
-            dv[k] = in && dx ? dx[o + i] : T(0);
+            xv[k] = in ? load_one(x, x16, o + i) : T(0);
+            dv[k] = in && (dx || dx16) ? load_one(dx, dx16, o + i) : T(0);
             gv[k] = in ? g[o + i] : T(0);
         }
         T xx = 0, xd = 0, sa = 0, xa = 0, xc = 0;
@@ -322,9 +328,14 @@ template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_bwd
             const i64 i = lane + 32 * k;
             if (i < cols) {
                 const T a = gv[k] * fa[k], c = gv[k] * fb[k];
-                const T vx = inv * c - ka * a - kd * dv[k] + kx * xv[k];
-                gx[o + i] = px ? px[o + i] + vx : vx;
-                if (gdx) { const T vd = inv * a - kd * xv[k]; gdx[o + i] = pdx ? pdx[o + i] + vd : vd; }
+                T vx = inv * c - ka * a - kd * dv[k] + kx * xv[k];
+                if (px) vx += px[o + i];
+                if (gx) gx[o + i] = vx; else store_bf16_one(gx16, o + i, vx);
+                if (gdx || gdx16) {
+                    T vd = inv * a - kd * xv[k];
+                    if (pdx) vd += pdx[o + i];
+                    if (gdx) gdx[o + i] = vd; else store_bf16_one(gdx16, o + i, vd);
+                }
             }
             acc[0][k] += gv[k] * (xv[k] * inv);
             acc[1][k] += gv[k] * (inv * dv[k] - ka * xv[k]);
@@ -398,58 +409,61 @@ template<typename T> __device__ __forceinline__ void norm_col_sums_impl(const T*
 // Rows of at most 32 * width values in registers (a warp per row); longer rows take the _block kernels.
 //! kernel rmsnorm_warp(width: Int)
 #define RMSNORM_WARP(width) TVM_KERNEL(rmsnorm_warp##width, (256), (const scalar_t* x, scalar_t* y, i64 rows, i64 cols, \
-        scalar_t eps)) { rmsnorm_scaled_warp_impl<scalar_t, width>(x, nullptr, nullptr, y, nullptr, rows, rows, cols, eps); }
+        scalar_t eps)) { rmsnorm_scaled_warp_impl<scalar_t, width>(x, nullptr, nullptr, nullptr, y, nullptr, rows, rows, cols, eps); }
 RMSNORM_WARP(1) RMSNORM_WARP(2) RMSNORM_WARP(4) RMSNORM_WARP(8) RMSNORM_WARP(16) RMSNORM_WARP(32) RMSNORM_WARP(48) RMSNORM_WARP(64)
 TVM_KERNEL(rmsnorm_block, (1024), (const scalar_t* x, scalar_t* y, i64 rows, i64 cols, scalar_t eps)) {
-    rmsnorm_scaled_block_impl<scalar_t>(x, nullptr, nullptr, y, nullptr, rows, rows, cols, eps);
+    rmsnorm_scaled_block_impl<scalar_t>(x, nullptr, nullptr, nullptr, y, nullptr, rows, rows, cols, eps);
 }
 
 //! kernel rmsnorm_scaled_warp(width: Int)
-#define RMSNORM_SCALED_WARP(width) TVM_KERNEL(rmsnorm_scaled_warp##width, (256), (const scalar_t* x, const scalar_t* s, \
-        const scalar_t* t, scalar_t* y, unsigned short* y16, i64 nrows, i64 rows, i64 cols, scalar_t eps)) { \
-    rmsnorm_scaled_warp_impl<scalar_t, width>(x, s, t, y, y16, nrows, rows, cols, eps); }
+#define RMSNORM_SCALED_WARP(width) TVM_KERNEL(rmsnorm_scaled_warp##width, (256), (const scalar_t* x, const unsigned short* x16, \
+        const scalar_t* s, const scalar_t* t, scalar_t* y, unsigned short* y16, i64 nrows, i64 rows, i64 cols, scalar_t eps)) { \
+    rmsnorm_scaled_warp_impl<scalar_t, width>(x, x16, s, t, y, y16, nrows, rows, cols, eps); }
 RMSNORM_SCALED_WARP(1) RMSNORM_SCALED_WARP(2) RMSNORM_SCALED_WARP(4) RMSNORM_SCALED_WARP(8) RMSNORM_SCALED_WARP(16) RMSNORM_SCALED_WARP(32) RMSNORM_SCALED_WARP(48) RMSNORM_SCALED_WARP(64)
 // Packed rows (rmsnorm_scaled_packs_impl) of the DiT's widths: q/k norms over a head dim of 64, the modulated norms of
 // DiT-S, B, L and XL (384, 768, 1024, 1152 float32 values). s and t null: plain RMS normalisation.
 //! kernel rmsnorm_scaled_packs(lanes: Int, packs: Int)
 #define RMSNORM_SCALED_PACKS(lanes, packs) TVM_KERNEL(rmsnorm_scaled_l##lanes##p##packs, (256), (const scalar_t* x, \
-        const scalar_t* s, const scalar_t* t, scalar_t* y, unsigned short* y16, i64 nrows, i64 rows, i64 cols, scalar_t eps)) { \
-    rmsnorm_scaled_packs_impl<scalar_t, lanes, packs>(x, s, t, y, y16, nrows, rows, cols, eps); }
+        const unsigned short* x16, const scalar_t* s, const scalar_t* t, scalar_t* y, unsigned short* y16, i64 nrows, i64 rows, \
+        i64 cols, scalar_t eps)) { rmsnorm_scaled_packs_impl<scalar_t, lanes, packs>(x, x16, s, t, y, y16, nrows, rows, cols, eps); }
 RMSNORM_SCALED_PACKS(8, 2) RMSNORM_SCALED_PACKS(32, 3) RMSNORM_SCALED_PACKS(32, 6) RMSNORM_SCALED_PACKS(32, 8) RMSNORM_SCALED_PACKS(32, 9)
-TVM_KERNEL(rmsnorm_scaled_block, (1024), (const scalar_t* x, const scalar_t* s, const scalar_t* t, scalar_t* y,
-                                          unsigned short* y16, i64 nrows, i64 rows, i64 cols, scalar_t eps)) {
-    rmsnorm_scaled_block_impl<scalar_t>(x, s, t, y, y16, nrows, rows, cols, eps);
+TVM_KERNEL(rmsnorm_scaled_block, (1024), (const scalar_t* x, const unsigned short* x16, const scalar_t* s, const scalar_t* t,
+                                          scalar_t* y, unsigned short* y16, i64 nrows, i64 rows, i64 cols, scalar_t eps)) {
+    rmsnorm_scaled_block_impl<scalar_t>(x, x16, s, t, y, y16, nrows, rows, cols, eps);
 }
 
 // The tangent: rows of up to 512 values (DiT-S and every head dimension) in registers, longer ones read twice.
 //! kernel rmsnorm_scaled_jvp_rows(width: Int)
-#define RMSNORM_SCALED_JVP_ROWS(width) TVM_KERNEL(rmsnorm_scaled_jvp_w##width, (256), (const scalar_t* x, const scalar_t* dx, \
-        const scalar_t* s, const scalar_t* ds, const scalar_t* dt, scalar_t* out, unsigned short* y16, i64 nrows, i64 rows, \
-        i64 cols, scalar_t eps)) { rmsnorm_scaled_jvp_impl<scalar_t, width>(x, dx, s, ds, dt, out, y16, nrows, rows, cols, eps); }
+#define RMSNORM_SCALED_JVP_ROWS(width) TVM_KERNEL(rmsnorm_scaled_jvp_w##width, (256), (const scalar_t* x, \
+        const unsigned short* x16, const scalar_t* dx, const unsigned short* dx16, const scalar_t* s, const scalar_t* ds, \
+        const scalar_t* dt, scalar_t* out, unsigned short* y16, i64 nrows, i64 rows, i64 cols, scalar_t eps)) { \
+    rmsnorm_scaled_jvp_impl<scalar_t, width>(x, x16, dx, dx16, s, ds, dt, out, y16, nrows, rows, cols, eps); }
 RMSNORM_SCALED_JVP_ROWS(1) RMSNORM_SCALED_JVP_ROWS(2) RMSNORM_SCALED_JVP_ROWS(4) RMSNORM_SCALED_JVP_ROWS(8)
 RMSNORM_SCALED_JVP_ROWS(12) RMSNORM_SCALED_JVP_ROWS(16)
 // The tangent of packed rows (rmsnorm_scaled_jvp_packs_impl): a head dim of 64, DiT-S and DiT-B widths.
 //! kernel rmsnorm_scaled_jvp_packs(lanes: Int, packs: Int)
 #define RMSNORM_SCALED_JVP_PACKS(lanes, packs) TVM_KERNEL(rmsnorm_scaled_jvp_l##lanes##p##packs, (256), (const scalar_t* x, \
-        const scalar_t* dx, const scalar_t* s, const scalar_t* ds, const scalar_t* dt, scalar_t* out, unsigned short* y16, \
-        i64 nrows, i64 rows, i64 cols, scalar_t eps)) { \
-    rmsnorm_scaled_jvp_packs_impl<scalar_t, lanes, packs>(x, dx, s, ds, dt, out, y16, nrows, rows, cols, eps); }
+        const unsigned short* x16, const scalar_t* dx, const unsigned short* dx16, const scalar_t* s, const scalar_t* ds, \
+        const scalar_t* dt, scalar_t* out, unsigned short* y16, i64 nrows, i64 rows, i64 cols, scalar_t eps)) { \
+    rmsnorm_scaled_jvp_packs_impl<scalar_t, lanes, packs>(x, x16, dx, dx16, s, ds, dt, out, y16, nrows, rows, cols, eps); }
 RMSNORM_SCALED_JVP_PACKS(8, 2) RMSNORM_SCALED_JVP_PACKS(32, 3) RMSNORM_SCALED_JVP_PACKS(32, 6)
-TVM_KERNEL(rmsnorm_scaled_jvp, (256), (const scalar_t* x, const scalar_t* dx, const scalar_t* s, const scalar_t* ds,
-                                       const scalar_t* dt, scalar_t* out, unsigned short* y16, i64 nrows, i64 rows, i64 cols,
-                                       scalar_t eps)) {
-    rmsnorm_scaled_jvp_impl<scalar_t, 0>(x, dx, s, ds, dt, out, y16, nrows, rows, cols, eps);
+TVM_KERNEL(rmsnorm_scaled_jvp, (256), (const scalar_t* x, const unsigned short* x16, const scalar_t* dx,
+                                       const unsigned short* dx16, const scalar_t* s, const scalar_t* ds, const scalar_t* dt,
+                                       scalar_t* out, unsigned short* y16, i64 nrows, i64 rows, i64 cols, scalar_t eps)) {
+    rmsnorm_scaled_jvp_impl<scalar_t, 0>(x, x16, dx, dx16, s, ds, dt, out, y16, nrows, rows, cols, eps);
 }
 
 // The backward with the column sums in the same pass: rows of up to 128 values (q/k norms over a head). Wider rows
 // take a row pass (rmsnorm_scaled_bwd) and a column-sum pass (norm_col_sums): the per-lane sums need so many
 // registers there that one block fits per SM (H100, DiT-S/2 rows of 384: 285 us against about 190 us per call).
 //! kernel rmsnorm_scaled_bwd_rows(width: Int)
-#define RMSNORM_SCALED_BWD_ROWS(width) TVM_KERNEL(rmsnorm_scaled_bwd_w##width, (256), (const scalar_t* x, const scalar_t* dx, \
-        const scalar_t* g, const scalar_t* sA, const scalar_t* sB, scalar_t* gx, scalar_t* gdx, const scalar_t* px, \
+#define RMSNORM_SCALED_BWD_ROWS(width) TVM_KERNEL(rmsnorm_scaled_bwd_w##width, (256), (const scalar_t* x, \
+        const unsigned short* x16, const scalar_t* dx, const unsigned short* dx16, const scalar_t* g, const scalar_t* sA, \
+        const scalar_t* sB, scalar_t* gx, unsigned short* gx16, scalar_t* gdx, unsigned short* gdx16, const scalar_t* px, \
         const scalar_t* pdx, scalar_t* o0, scalar_t* o1, scalar_t* o2, i64 rows, i64 cols, i64 batch, i64 chunkRows, \
         scalar_t eps)) { \
-    rmsnorm_scaled_bwd_rows_impl<scalar_t, width>(x, dx, g, sA, sB, gx, gdx, px, pdx, o0, o1, o2, rows, cols, batch, chunkRows, eps); }
+    rmsnorm_scaled_bwd_rows_impl<scalar_t, width>(x, x16, dx, dx16, g, sA, sB, gx, gx16, gdx, gdx16, px, pdx, o0, o1, o2, rows, \
+                                                  cols, batch, chunkRows, eps); }
 RMSNORM_SCALED_BWD_ROWS(1) RMSNORM_SCALED_BWD_ROWS(2) RMSNORM_SCALED_BWD_ROWS(4)
 TVM_KERNEL(rmsnorm_scaled_bwd, (256), (const scalar_t* x, const scalar_t* dx, const scalar_t* g, const scalar_t* sA,
                                        const scalar_t* sB, scalar_t* gx, scalar_t* gdx, const scalar_t* px, const scalar_t* pdx,

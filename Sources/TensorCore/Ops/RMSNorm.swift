@@ -20,7 +20,8 @@ public protocol NormBackend: Backend {
     /// shared by a batch entry's rows; t may be nil): normalisation followed by adaLN modulation or a norm weight,
     /// reading each row once and writing y only (the normalised rows are never stored). `productOperand`: y feeds
     /// matrix products (a backend with low-precision products may write their operand copy in the same pass; y may be
-    /// its `lowPrecisionStorage`, which holds that copy alone). Likewise for the JVP's `out`.
+    /// its `lowPrecisionStorage`, which holds that copy alone). Likewise for the JVP's `out`. x (and the JVP's dx) may be
+    /// such a storage too, and so may the backward's gx and gdx (`inputCotangents: .only`).
     func rmsNormScaled(_ x: Storage, scale s: Storage, shift t: Storage?, _ y: Storage, batch: Int, rows: Int, cols: Int,
                        eps: Double, productOperand: Bool)
     /// The tangent of rmsNormScaled: out = L(dx) s + rmsNorm(x) ds + dt, L(dx) = r (dx - n mean(n dx)) the
@@ -87,8 +88,11 @@ extension Tensor {
     /// separate passes would write the normalised tensor and read it back. scale and shift (nil: none) hold one
     /// value per column, either per entry of the first axis (B * C values for a tensor [B, ..., C], such as
     /// [B, 1, C]) or one row of C values shared by every row (a weight [C]). `products`: who reads the result (and
-    /// its tangent), a hint for backends that keep low-precision operand copies (`ProductUse`).
-    public func rmsNormalized(eps: Double, scale: Tensor, shift: Tensor? = nil, products: ProductUse = .none) -> Tensor {
+    /// its tangent), a hint for backends that keep low-precision operand copies (`ProductUse`); `inputCotangents`: who
+    /// reads x's cotangents (and those of x's tangent): `.only` where x is a linear layer's output that nothing else
+    /// reads (DiT's q and k before their norms), so that they may be held as the products' copies alone.
+    public func rmsNormalized(eps: Double, scale: Tensor, shift: Tensor? = nil, products: ProductUse = .none,
+                              inputCotangents: ProductUse = .none) -> Tensor {
         let cols = shape.last!
         let batch = scale.count == cols ? 1 : shape[0]
         precondition(scale.count == batch * cols,
@@ -112,7 +116,8 @@ extension Tensor {
         let out = record1("rmsNormScaled", inputs, y, saves: [0, 1], savesOutputs: false, jvp: { i, _, d in
             if let dx = d[0] {
                 return [Tensor.rmsNormScaledTangent(i[0], dx, scale: i[1], dScale: d[1], dShift: hasShift ? d[2] : nil,
-                                                    batch: batch, eps: eps, products: products, on: fused)]
+                                                    batch: batch, eps: eps, products: products, inputCotangents: inputCotangents,
+                                                    on: fused)]
             }
             // Without a tangent of x: n ds + dt, n = rmsNorm(x) (differentiable; the rule runs only when some input has a tangent).
             let dt = hasShift ? d[2]?.reshaped([batch, 1, cols]) : nil
@@ -122,7 +127,7 @@ extension Tensor {
             return [dy.reshaped(i[0].shape)]
         }, accumulatingVJP: { i, _, g, p in
             guard let g = g[0] else { return Array(repeating: nil, count: hasShift ? 3 : 2) }
-            let gx = g.empty(g.shape), gs = g.empty(scaleShape), gt = shiftShape.map { g.empty($0) }
+            let gx = g.output(g.shape, for: inputCotangents), gs = g.empty(scaleShape), gt = shiftShape.map { g.empty($0) }
             fused.rmsNormScaledBackward(i[0].storage, nil, g.storage, sA: nil, sB: i[1].storage, gx: gx.storage, gdx: nil,
                                         plus: (p[0]?.storage, nil), sums: (gs.storage, nil, gt?.storage),
                                         batch: batch, rows: rows, cols: cols, eps: eps)
@@ -147,7 +152,8 @@ extension Tensor {
     /// rmsNormScaled's tangent L(dx) s + n ds + dt (see NormBackend.rmsNormScaledJVP), recorded with its VJP: the
     /// gradients through the JVP that TVM's terminal term needs, in one row pass and one column-sum pass.
     static func rmsNormScaledTangent(_ x: Tensor, _ dx: Tensor, scale s: Tensor, dScale ds: Tensor?, dShift dt: Tensor?,
-                                     batch: Int, eps: Double, products: ProductUse, on kernels: any NormBackend) -> Tensor {
+                                     batch: Int, eps: Double, products: ProductUse, inputCotangents: ProductUse,
+                                     on kernels: any NormBackend) -> Tensor {
         let cols = x.shape.last!, rows = x.count / Swift.max(batch * cols, 1)
         precondition(dx.shape == x.shape, "rmsNormScaledTangent: tangent \(dx.shape) does not match x \(x.shape)")
         let out = x.output(x.shape, for: products)
@@ -162,7 +168,7 @@ extension Tensor {
         let tangent = record1("rmsNormScaledTangent", inputs, out, saves: Array(0..<(hasDS ? 4 : 3)), savesOutputs: false, jvp: nil,
                        accumulatingVJP: { i, _, g, p in
             guard let g = g[0] else { return Array(repeating: nil, count: n) }
-            let gx = g.empty(i[0].shape), gdx = g.empty(i[0].shape)
+            let gx = g.output(i[0].shape, for: inputCotangents), gdx = g.output(i[0].shape, for: inputCotangents)
             let gs = g.empty(i[2].shape), gds = hasDS ? g.empty(i[3].shape) : nil, gdt = hasDT ? g.empty(i[n - 1].shape) : nil
             kernels.rmsNormScaledBackward(i[0].storage, i[1].storage, g.storage, sA: i[2].storage, sB: hasDS ? i[3].storage : nil,
                                           gx: gx.storage, gdx: gdx.storage, plus: (p[0]?.storage, p[1]?.storage),
