@@ -267,6 +267,24 @@ final class CUDAMatmulTests: XCTestCase {
                                    outputs: [(outF * inF, nil)]) { be, i, o in
                         be.linearWeightGradient(i[0], i[1], gw: o[0], gbias: nil, rows: rows, inFeatures: inF, outFeatures: outF)
                     }
+                    // The input's cotangent plus a gradient already summed for it: one product reading it as C on the GPU
+                    // (cuBLASLt), a product and a sum where the backend declines (the CPU always).
+                    var fused = false
+                    compareWithCPU("\(label) input gradient plus a partial", cuda, dtype: dtype, reference64: true,
+                                   inputs: [g, w, r.normals(rows * inF)], outputs: [(rows * inF, nil)]) { be, i, o in
+                        if be.linearInputGradient(i[0], i[1], plus: i[2], o[0], rows: rows, inFeatures: inF, outFeatures: outF) {
+                            fused = fused || be === cuda
+                            return
+                        }
+                        be.matmul(i[0], i[1], o[0], batch: 1, m: rows, n: inF, k: outF, transA: false, transB: false,
+                                  strideA: 0, strideB: 0, alpha: 1, beta: 0)
+                        be.binary(.add, o[0], StridedView(strides: [1]), i[2], StridedView(strides: [1]), o[0], shape: [rows * inF])
+                    }
+                    if useLt && cuda.hasCUBLASLt && dtype == .float32 {
+                        XCTAssertTrue(fused, "\(label): float32 input gradient plus a partial without cuBLASLt's C")
+                    } else if !useLt {
+                        XCTAssertFalse(fused, "\(label): cuBLASLt used while off")
+                    }
                 }
                 print("linear \(dtype) cuBLASLt=\(useLt): GEMM path for forward (rows x in x out) \(forwardFallbacks), "
                       + "for weight gradients \(gradientFallbacks)")

@@ -90,7 +90,7 @@ final class CUBLASLt {
 
     /// Descriptors and the heuristic's algorithm for one product with an epilogue, or nil where the heuristic has
     /// none (cuBLASLt does not support that configuration on this device). `vector` is the bias (or bias gradient)
-    /// address, whose alignment the heuristic reads from the descriptor.
+    /// address (0: none), whose alignment the heuristic reads from the descriptor. C, where read, has D's layout.
     func plan(_ handle: OpaquePointer, _ key: LinearProductKey, vector: DevicePointer) -> LinearProduct? {
         let type = key.dtype == .float32 ? CUBLAS.r32F : CUBLAS.r64F
         // bf16 products: A and B are bfloat16 copies; D and the bias (but for an output kept as its bf16 copy alone,
@@ -104,7 +104,7 @@ final class CUBLASLt {
         setDescAttribute(desc!, CUBLASLt.descTransA, e.transA ? CUBLAS.opT : CUBLAS.opN, "TRANSA")
         setDescAttribute(desc!, CUBLASLt.descTransB, e.transB ? CUBLAS.opT : CUBLAS.opN, "TRANSB")
         setDescAttribute(desc!, CUBLASLt.descEpilogue, e.value, "EPILOGUE")
-        setDescAttribute(desc!, CUBLASLt.descBiasPointer, vector, "BIAS_POINTER")
+        if vector != 0 { setDescAttribute(desc!, CUBLASLt.descBiasPointer, vector, "BIAS_POINTER") }
         // Layouts as stored (before the transposes), column-major, leading dimension = stored rows.
         func layout(_ rows: Int, _ cols: Int, _ what: String, _ type: Int32) -> OpaquePointer {
             var l: OpaquePointer? = nil
@@ -156,23 +156,29 @@ enum LinearEpilogue: Hashable, CustomStringConvertible {
     /// and the bias gradient (op(B) summed over k: one value per column of D, the column sums of g) is
     /// CUBLASLT_EPILOGUE_BGRADB.
     case biasGradient
+    /// Row-major gx [rows, in] = g W + C is column-major gx^T [in, rows] = W' g' + C' with W' = W^T stored [in, out]
+    /// and g' = g^T stored [out, rows]: A is the weight, B the output cotangent, neither transposed, m = in, n = rows,
+    /// k = out, C (a gradient already summed for the input) read beside D with beta = 1: CUBLASLT_EPILOGUE_DEFAULT.
+    case accumulate
 
-    /// The cublasLtEpilogue_t value: BIAS = 4, GELU_BIAS = GELU (32) | BIAS, BGRADB = 512.
+    /// The cublasLtEpilogue_t value: DEFAULT = 1, BIAS = 4, GELU_BIAS = GELU (32) | BIAS, BGRADB = 512.
     var value: UInt32 {
         switch self {
         case .bias: return 4
         case .biasGELU: return 36
         case .biasGradient: return 512
+        case .accumulate: return 1
         }
     }
     /// The forward products read the weight transposed, the weight gradient's the output cotangent.
-    var transA: Bool { self != .biasGradient }
+    var transA: Bool { self == .bias || self == .biasGELU }
     var transB: Bool { self == .biasGradient }
     var description: String {
         switch self {
         case .bias: return "gemm+bias"
         case .biasGELU: return "gemm+bias+gelu"
         case .biasGradient: return "gemm+bgradb"
+        case .accumulate: return "gemm+c"
         }
     }
 }

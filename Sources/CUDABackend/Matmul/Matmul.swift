@@ -102,11 +102,19 @@ extension CUDABackend: LinearBackend {
                                    inFeatures: inFeatures, outFeatures: outFeatures)
     }
 
-    /// Queues D = op(A) op(B) with the epilogue's bias vector (see LinearEpilogue for the operands' layouts) through
-    /// cuBLASLt. false where cuBLASLt is off or missing or has no algorithm for the product: the caller takes the
-    /// GEMM path. The heuristic runs once per configuration; its choice is kept.
+    /// gx = g W + plus through cuBLASLt with plus as C and gx as D (both float32), the products' operands as everywhere.
+    public func linearInputGradient(_ g: Storage, _ w: Storage, plus: Storage, _ gx: Storage, rows: Int, inFeatures: Int,
+                                    outFeatures: Int) -> Bool {
+        guard float32OrBF16(plus).bf16 == 0, float32OrBF16(gx).bf16 == 0 else { return false }
+        return epilogueProduct(.accumulate, m: inFeatures, n: rows, k: outFeatures, a: w, b: g, d: gx, vector: nil, c: plus)
+    }
+
+    /// Queues D = op(A) op(B) (+ C where given, a float32 matrix of D's shape) with the epilogue's bias vector (see
+    /// LinearEpilogue for the operands' layouts) through cuBLASLt. false where cuBLASLt is off or missing or has no
+    /// algorithm for the product: the caller takes the GEMM path. The heuristic runs once per configuration; its choice
+    /// is kept.
     func epilogueProduct(_ epilogue: LinearEpilogue, m: Int, n: Int, k: Int, a: Storage, b: Storage, d: Storage,
-                                 vector: Storage) -> Bool {
+                         vector: Storage?, c: Storage? = nil) -> Bool {
         guard useCUBLASLt, let blasLt, m > 0 && n > 0 && k > 0 else { return false }
         let (lt, handle) = blasLt
         ensureCurrent()
@@ -118,14 +126,15 @@ extension CUDABackend: LinearBackend {
         // well as the float32 originals).
         if bf16 { beginBF16Call() }
         let pa = bf16 ? bf16Operand(a) : addr(a), pb = bf16 ? bf16Operand(b) : addr(b)
-        let pd = d16 != 0 ? d16 : df, pv = d16 != 0 ? bf16Operand(vector) : addr(vector)
+        let pd = d16 != 0 ? d16 : df, pv = vector.map { d16 != 0 ? bf16Operand($0) : addr($0) } ?? 0, pc = c.map(addr) ?? pd
         let key = LinearProductKey(epilogue: epilogue, dtype: d.dtype, tf32: allowTF32 && d.dtype == .float32, bf16: bf16,
-                                   bf16Output: d16 != 0, m: m, n: n, k: k, alignment: 1 << Swift.min(8, (pa | pb | pd | pv).trailingZeroBitCount))
+                                   bf16Output: d16 != 0, m: m, n: n, k: k,
+                                   alignment: 1 << Swift.min(8, (pa | pb | pd | pv | pc).trailingZeroBitCount))
         let product: LinearProduct
         if let known = linearProducts[key] {
             guard let known else { return false }
             product = known
-            lt.setDescAttribute(product.desc, CUBLASLt.descBiasPointer, pv, "BIAS_POINTER")
+            if pv != 0 { lt.setDescAttribute(product.desc, CUBLASLt.descBiasPointer, pv, "BIAS_POINTER") }
         } else {
             let planned = lt.plan(handle, key, vector: pv)
             linearProducts.updateValue(planned, forKey: key)
@@ -134,22 +143,24 @@ extension CUDABackend: LinearBackend {
         }
         let workspace = product.workspaceBytes > 0 ? allocate((product.workspaceBytes + 3) / 4, .float32) : nil
         func run(_ alpha: UnsafeRawPointer, _ beta: UnsafeRawPointer) -> CUBLASLt.Status {
-            // beta = 0 and C = D: nothing is read from the output.
+            // Without C, beta = 0 and C = D: nothing is read from the output.
             let y = UnsafeMutableRawPointer(bitPattern: UInt(pd))
             return lt.cublasLtMatmul(handle, product.desc, alpha, UnsafeRawPointer(bitPattern: UInt(pa)), product.a,
-                                     UnsafeRawPointer(bitPattern: UInt(pb)), product.b, beta, y, product.d, y, product.d,
+                                     UnsafeRawPointer(bitPattern: UInt(pb)), product.b, beta,
+                                     UnsafeRawPointer(bitPattern: UInt(pc)), product.d, y, product.d,
                                      product.algo, workspace.map { UnsafeMutableRawPointer(bitPattern: UInt(addr($0))) } ?? nil,
                                      product.workspaceBytes, stream)
         }
         let started = profiler?.begin(stream)
         let status: CUBLASLt.Status
         if d.dtype == .float32 {
-            var one: Float = 1, zero: Float = 0
-            status = run(&one, &zero)
+            var one: Float = 1, beta: Float = c == nil ? 0 : 1
+            status = run(&one, &beta)
         } else {
-            var one = 1.0, zero = 0.0
-            status = run(&one, &zero)
+            var one = 1.0, beta = c == nil ? 0.0 : 1.0
+            status = run(&one, &beta)
         }
+        withExtendedLifetime(c) {}
         withExtendedLifetime(workspace) {}
         if let started { profiler!.end(started, "\(epilogue) \(m)x\(n)x\(k)", stream) }
         lt.must(status, "cublasLtMatmul(\(epilogue) \(m)x\(n)x\(k), \(d.dtype)\(bf16 ? ", BF16" : key.tf32 ? ", TF32" : ""))")

@@ -181,9 +181,10 @@ func record1(_ name: String, _ inputs: [Tensor], _ output: Tensor, saves: [Int]?
            jvp: jvp, rule: .plain(vjp))[0]
 }
 
-func record1(_ name: String, _ inputs: [Tensor], _ output: Tensor, saves: [Int]? = nil, savesOutputs: Bool = true,
-             jvp: JVPRule?, accumulatingVJP vjp: @escaping AccumulatingVJPRule) -> Tensor {
-    record(name, inputs: inputs, outputs: [output], saves: saves, savesOutputs: savesOutputs, jvp: jvp, rule: .accumulating(vjp))[0]
+func record1(_ name: String, _ inputs: [Tensor], _ output: Tensor, saves: [Int]? = nil, productOperands: [Int] = [],
+             savesOutputs: Bool = true, jvp: JVPRule?, accumulatingVJP vjp: @escaping AccumulatingVJPRule) -> Tensor {
+    record(name, inputs: inputs, outputs: [output], saves: saves, productOperands: productOperands, savesOutputs: savesOutputs,
+           jvp: jvp, rule: .accumulating(vjp))[0]
 }
 
 /// Registers a primitive whose kernel computed its `output` and that output's `tangent` in one pass, from `inputs`

@@ -15,4 +15,8 @@ extension CPUBackend: LinearBackend {
                            outFeatures: Int) {
         linearThenGELU(x, w, bias: bias, y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures)
     }
+
+    /// A product and a sum, as the engine sums gradients (the GEMM's own beta = 1 would round differently).
+    public func linearInputGradient(_ g: Storage, _ w: Storage, plus: Storage, _ gx: Storage, rows: Int, inFeatures: Int,
+                                    outFeatures: Int) -> Bool { false }
 }

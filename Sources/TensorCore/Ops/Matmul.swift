@@ -73,16 +73,27 @@ extension Tensor {
             let viaX = dx.map { $0.linear(x[1], bias: db, products: dw == nil ? products : .none) }
             let viaW = dw.map { x[0].linear($0, bias: dx == nil ? db : nil) }
             return [sumTerms(viaX, viaW) ?? db!.broadcast(to: yShape)]
-        }) { x, _, g in
+        }, accumulatingVJP: { x, _, g, p in
             guard let g = g[0] else { return Array(repeating: nil, count: hasBias ? 3 : 2) }
             // The input's cotangent only where something before it is differentiated (a network's input is not):
-            // on the first layer that product is as large as the weight's.
-            let gx = x[0].gradSource == nil ? nil : g.reshaped([rows, outFeatures]).matmul(x[1]).reshaped(xShape)
+            // on the first layer that product is as large as the weight's. An input other layers read too (DiT's
+            // q, k and v read one norm's output) gets the sum so far added by the product itself where it can.
+            var gx: Tensor? = nil
+            if x[0].gradSource != nil {
+                if let partial = p[0], case let sum = g.empty(xShape),
+                   fused.linearInputGradient(g.storage, x[1].storage, plus: partial.storage, sum.storage, rows: rows,
+                                             inFeatures: inFeatures, outFeatures: outFeatures) {
+                    gx = sum
+                } else {
+                    gx = adding(p[0], g.reshaped([rows, outFeatures]).matmul(x[1]).reshaped(xShape))
+                }
+            }
             let gw = g.empty([outFeatures, inFeatures]), gb = hasBias ? g.empty([outFeatures]) : nil
             fused.linearWeightGradient(x[0].storage, g.storage, gw: gw.storage, gbias: gb?.storage, rows: rows,
                                        inFeatures: inFeatures, outFeatures: outFeatures)
-            return hasBias ? [gx, gw, gb] : [gx, gw]
-        }
+            let grads = [gx, adding(p[1], gw)]
+            return hasBias ? grads + [adding(p[2], gb!)] : grads
+        })
     }
 
     /// GELU (tanh approximation) of the linear layer, `linear(weight, bias: bias).gelu()`. Where nothing is
@@ -133,6 +144,12 @@ public protocol LinearBackend: Backend {
     /// gw = g^T x [outFeatures, inFeatures] and gbias = the column sums of g [outFeatures] (nil: not wanted).
     func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,
                               outFeatures: Int)
+    /// gx = g W + plus for the cotangent g [rows, outFeatures] of `linear`'s output, W [outFeatures, inFeatures] and a
+    /// gradient already summed for its input (`plus`, [rows, inFeatures]) in one product that reads `plus` as the
+    /// matrix it adds to (cuBLASLt's C beside D), instead of a product and then a pass that sums. false where the
+    /// device has no such product (nothing written): the caller multiplies and adds.
+    func linearInputGradient(_ g: Storage, _ w: Storage, plus: Storage, _ gx: Storage, rows: Int, inFeatures: Int,
+                             outFeatures: Int) -> Bool
     /// y = gelu(x W^T + bias), GELU with the tanh approximation: `linear` with the activation in the same kernel
     /// where the device has one (not differentiated: Tensor.linearGELU composes `linear` and `gelu` when it is). y may
     /// be a low-precision storage (`ProductUse.only`).
