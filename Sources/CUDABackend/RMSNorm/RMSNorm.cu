@@ -281,6 +281,70 @@ template<typename T> __device__ __forceinline__ void rmsnorm_scaled_bwd_impl(con
     }
 }
 
+// rmsnorm_scaled_bwd_impl for rows of exactly LANES * PACKS 16-byte packs with aligned addresses: x, dx and g read once into registers with vector loads (the scalar kernel reads each twice, a value at a
+// time: 1.2-1.6 TB/s on the S/2 step's modulated norms), the scale packs read again for the outputs (one per batch
+// entry: cache hits). rowR, rowQ as there, for norm_col_sums.
+template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsnorm_scaled_bwd_packs_impl(
+        const T* __restrict__ x, const T* __restrict__ dx, const T* __restrict__ g, const T* __restrict__ sA,
+        const T* __restrict__ sB, T* __restrict__ gx, T* __restrict__ gdx, const T* __restrict__ px,
+        const T* __restrict__ pdx, T* __restrict__ rowR, T* __restrict__ rowQ, i64 nrows, i64 rows, i64 cols, T eps) {
+    constexpr int RPW = 32 / LANES, P = 16 / sizeof(T);
+    const int lane = threadIdx.x & 31, sub = lane / LANES, l = lane % LANES;
+    const i64 nw = gstride() >> 5, width = LANES * PACKS;
+    typedef Pack<T> V;
+    const V* vx = reinterpret_cast<const V*>(x);
+    const V* vd = reinterpret_cast<const V*>(dx);
+    const V* vg = reinterpret_cast<const V*>(g);
+    const V* va = reinterpret_cast<const V*>(sA);
+    const V* vb = reinterpret_cast<const V*>(sB);
+    for (i64 r0 = (gtid() >> 5) * RPW; r0 < nrows; r0 += nw * RPW) {
+        const i64 r = r0 + sub, o = r * width, so = (r / rows) * width;
+        const bool live = r < nrows;
+        V xv[PACKS], dv[PACKS], gv[PACKS];
+        T xx = 0, xd = 0, sa = 0, xa = 0, xc = 0;
+#pragma unroll
+        for (int k = 0; k < PACKS; ++k) {
+            const i64 i = l + LANES * k;
+            xv[k] = live ? vx[o + i] : V{};
+            dv[k] = live && dx ? vd[o + i] : V{};
+            gv[k] = live ? vg[o + i] : V{};
+            V av{}, bv{};
+            if (live && sA) av = va[so + i];
+            if (live && sB) bv = vb[so + i];
+#pragma unroll
+            for (int e = 0; e < P; ++e) {
+                const T xe = xv[k].v[e], de = dv[k].v[e], a = gv[k].v[e] * av.v[e], c = gv[k].v[e] * bv.v[e];
+                xx += xe * xe; xd += xe * de; sa += a * de; xa += a * xe; xc += c * xe;
+            }
+        }
+        xx = warp_sum<LANES>(xx); xd = warp_sum<LANES>(xd); sa = warp_sum<LANES>(sa);
+        xa = warp_sum<LANES>(xa); xc = warp_sum<LANES>(xc);
+        if (!live) continue;
+        const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), r3 = inv * inv * inv, mu = xd / n;
+        const T ka = r3 * mu, kd = r3 * xa / n, kx = (T(3) * r3 * inv * inv * mu * xa - r3 * sa - r3 * xc) / n;
+#pragma unroll
+        for (int k = 0; k < PACKS; ++k) {
+            const i64 i = l + LANES * k;
+            V av{}, bv{}, outx, outd, qx, qd;
+            if (sA) av = va[so + i];
+            if (sB) bv = vb[so + i];
+            if (px) qx = reinterpret_cast<const V*>(px)[o + i];
+            if (pdx) qd = reinterpret_cast<const V*>(pdx)[o + i];
+#pragma unroll
+            for (int e = 0; e < P; ++e) {
+                const T a = gv[k].v[e] * av.v[e], c = gv[k].v[e] * bv.v[e];
+                const T wx = inv * c - ka * a - kd * dv[k].v[e] + kx * xv[k].v[e];
+                outx.v[e] = px ? qx.v[e] + wx : wx;
+                const T wd = inv * a - kd * xv[k].v[e];
+                outd.v[e] = pdx ? qd.v[e] + wd : wd;
+            }
+            reinterpret_cast<V*>(gx)[o + i] = outx;
+            if (gdx) reinterpret_cast<V*>(gdx)[o + i] = outd;
+        }
+        if (l == 0) { rowR[r] = inv; rowQ[r] = ka; }
+    }
+}
+
 // rmsnorm_scaled_bwd for rows of at most 32 VPL values, held in registers, with the column sums of
 // norm_col_sums in the same pass: a block of 8 warps takes rows [chunk * chunkRows, +chunkRows) of one batch
 // entry (blockIdx.y = chunk * batch + entry, as row_sums), each lane keeps its columns' sums over its warp's
@@ -465,6 +529,14 @@ TVM_KERNEL(rmsnorm_scaled_jvp, (256), (const scalar_t* x, const unsigned short* 
     rmsnorm_scaled_bwd_rows_impl<scalar_t, width>(x, x16, dx, dx16, g, sA, sB, gx, gx16, gdx, gdx16, px, pdx, o0, o1, o2, rows, \
                                                   cols, batch, chunkRows, eps); }
 RMSNORM_SCALED_BWD_ROWS(1) RMSNORM_SCALED_BWD_ROWS(2) RMSNORM_SCALED_BWD_ROWS(4)
+// The row pass of wider rows in 16-byte packs (rmsnorm_scaled_bwd_packs_impl): DiT-S's width (78 registers; DiT-B's
+// 768 took 128, two blocks an SM, and keeps the scalar kernel).
+//! kernel rmsnorm_scaled_bwd_packs(lanes: Int, packs: Int)
+#define RMSNORM_SCALED_BWD_PACKS(lanes, packs) TVM_KERNEL(rmsnorm_scaled_bwd_l##lanes##p##packs, (256), (const scalar_t* x, \
+        const scalar_t* dx, const scalar_t* g, const scalar_t* sA, const scalar_t* sB, scalar_t* gx, scalar_t* gdx, \
+        const scalar_t* px, const scalar_t* pdx, scalar_t* rowR, scalar_t* rowQ, i64 nrows, i64 rows, i64 cols, scalar_t eps)) { \
+    rmsnorm_scaled_bwd_packs_impl<scalar_t, lanes, packs>(x, dx, g, sA, sB, gx, gdx, px, pdx, rowR, rowQ, nrows, rows, cols, eps); }
+RMSNORM_SCALED_BWD_PACKS(32, 3)
 TVM_KERNEL(rmsnorm_scaled_bwd, (256), (const scalar_t* x, const scalar_t* dx, const scalar_t* g, const scalar_t* sA,
                                        const scalar_t* sB, scalar_t* gx, scalar_t* gdx, const scalar_t* px, const scalar_t* pdx,
                                        scalar_t* rowR, scalar_t* rowQ, i64 nrows, i64 rows, i64 cols, scalar_t eps)) {

@@ -92,16 +92,25 @@ extension CUDABackend: NormBackend {
         } }
     }
 
-    /// rmsNormScaledBackward for rows too wide for registers: a row pass, then a column-sum pass, all float32.
+    /// rmsNormScaledBackward for rows wider than the rows kernels take: a row pass (in 16-byte packs where the width and
+    /// the addresses allow), then a column-sum pass, all float32.
     private func rowsAndColumnSums(_ x: Storage, _ dx: Storage?, _ g: Storage, sA: Storage?, sB: Storage?, gx: Storage,
                                    gdx: Storage?, plus: (x: Storage?, dx: Storage?), outs: [Storage?], batch: Int, rows: Int,
                                    cols: Int, eps: Double) {
         let nrows = batch * rows, k = kernels(RMSNormKernels.self, x.dtype)
         // r and r^3 mu per row, from the row pass to the column sums.
         let rowR = allocate(nrows, x.dtype), rowQ = allocate(nrows, x.dtype)
-        k.rmsnormScaledBwd.launch(on: self, grid: (blocks(nrows * 32), 1), x: addr(x), dx: addr(dx), g: addr(g), sA: addr(sA),
-                                  sB: addr(sB), gx: addr(gx), gdx: addr(gdx), px: addr(plus.x), pdx: addr(plus.dx),
-                                  rowR: addr(rowR), rowQ: addr(rowQ), nrows: nrows, rows: rows, cols: cols, eps: eps)
+        if let (packed, grid) = packedRowKernel(k.rmsnormScaledBwdPacks, lanes: \.lanes, packs: \.packs, rows: nrows, cols: cols,
+                                                dtype: x.dtype, [addr(x), addr(dx), addr(g), addr(sA), addr(sB), addr(gx),
+                                                                 addr(gdx), addr(plus.x), addr(plus.dx)], []) {
+            packed.launch(on: self, grid: grid, x: addr(x), dx: addr(dx), g: addr(g), sA: addr(sA), sB: addr(sB), gx: addr(gx),
+                          gdx: addr(gdx), px: addr(plus.x), pdx: addr(plus.dx), rowR: addr(rowR), rowQ: addr(rowQ),
+                          nrows: nrows, rows: rows, cols: cols, eps: eps)
+        } else {
+            k.rmsnormScaledBwd.launch(on: self, grid: (blocks(nrows * 32), 1), x: addr(x), dx: addr(dx), g: addr(g), sA: addr(sA),
+                                      sB: addr(sB), gx: addr(gx), gdx: addr(gdx), px: addr(plus.x), pdx: addr(plus.dx),
+                                      rowR: addr(rowR), rowQ: addr(rowQ), nrows: nrows, rows: rows, cols: cols, eps: eps)
+        }
         columnSums(outs, batch: batch, rows: rows, cols: cols) { grid, o, chunkRows in
             k.normColSums.launch(on: self, grid: grid, block: (32, 8), g: addr(g), x: addr(x), dx: addr(dx), rowR: addr(rowR),
                                  rowQ: addr(rowQ), o0: addr(o[0]), o1: addr(o[1]), o2: addr(o[2]), rows: rows, cols: cols,
@@ -127,7 +136,7 @@ extension CUDABackend: NormBackend {
                     eps: eps)
     }
 
-    /// Of packed-row kernels (RMSNorm.cu's rmsnorm_scaled_packs and rmsnorm_scaled_jvp_packs), the one whose lanes and
+    /// Of packed-row kernels (RMSNorm.cu's rmsnorm_scaled_packs, _jvp_packs and _bwd_packs), the one whose lanes and
     /// packs hold exactly `cols` values, with its grid for `rows` rows (32 / lanes of them a warp), where every address in
     /// `wide` is aligned to a 16-byte pack and those in `narrow` (bf16 values; 0: none) to its 8 bytes; nil otherwise (the
     /// scalar kernels take those).
