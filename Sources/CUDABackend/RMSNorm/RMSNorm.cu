@@ -423,6 +423,104 @@ template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_bwd
     }
 }
 
+// rmsnorm_scaled_bwd_rows_impl for rows of exactly LANES * PACKS 16-byte packs with aligned addresses (a head dim of
+// 64: 8 lanes of two packs, four rows a warp): x, dx and g each read as float32 or bf16 (16 or 8 bytes a lane and
+// pack), gx and gdx written either way, and each lane's columns' sums kept as packs; the lanes holding the same
+// columns add theirs by shuffles, then the 8 warps through shared memory (fixed order: deterministic). The scalar
+// kernel read and wrote the bf16 values two bytes at a time (9.2 ms of the S/2 step for 72 launches).
+template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsnorm_scaled_bwd_rows_packs_impl(
+        const T* __restrict__ x, const unsigned short* __restrict__ x16, const T* __restrict__ dx,
+        const unsigned short* __restrict__ dx16, const T* __restrict__ g, const unsigned short* __restrict__ g16,
+        const T* __restrict__ sA, const T* __restrict__ sB, T* __restrict__ gx, unsigned short* __restrict__ gx16,
+        T* __restrict__ gdx, unsigned short* __restrict__ gdx16, const T* __restrict__ px, const T* __restrict__ pdx,
+        T* __restrict__ o0, T* __restrict__ o1, T* __restrict__ o2, i64 rows, i64 cols, i64 batch, i64 chunkRows, T eps) {
+    constexpr int RPW = 32 / LANES, P = 16 / sizeof(T), WP = LANES * PACKS;
+    typedef Pack<T> V;
+    __shared__ T part[8][WP * P];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane / LANES, l = lane % LANES;
+    const i64 bi = blockIdx.y % batch, chunk = blockIdx.y / batch, so = bi * WP;
+    const i64 first = chunk * chunkRows, end = min(rows, first + chunkRows);
+    const bool hasD = dx || dx16, wantD = gdx || gdx16;
+    V fa[PACKS], fb[PACKS], acc[3][PACKS];
+#pragma unroll
+    for (int k = 0; k < PACKS; ++k) {
+        const i64 i = so + l + LANES * k;
+        fa[k] = sA ? reinterpret_cast<const V*>(sA)[i] : V{};
+        fb[k] = sB ? reinterpret_cast<const V*>(sB)[i] : V{};
+        acc[0][k] = acc[1][k] = acc[2][k] = V{};
+    }
+    // Every lane runs every iteration (the shuffles need the whole warp); rows past the chunk read zeros.
+    for (i64 r0 = first + warp * RPW; r0 < end; r0 += 8 * RPW) {
+        const i64 rr = r0 + sub, o = (bi * rows + rr) * WP;
+        const bool live = rr < end;
+        V xv[PACKS], dv[PACKS], gv[PACKS];
+        T xx = 0, xd = 0, sa = 0, xa = 0, xc = 0;
+#pragma unroll
+        for (int k = 0; k < PACKS; ++k) {
+            const i64 i = o + l + LANES * k;
+            xv[k] = live ? load_pack(x, x16, i) : V{};
+            dv[k] = live && hasD ? load_pack(dx, dx16, i) : V{};
+            gv[k] = live ? load_pack(g, g16, i) : V{};
+#pragma unroll
+            for (int e = 0; e < P; ++e) {
+                const T a = gv[k].v[e] * fa[k].v[e], c = gv[k].v[e] * fb[k].v[e];
+                xx += xv[k].v[e] * xv[k].v[e]; xd += xv[k].v[e] * dv[k].v[e]; sa += a * dv[k].v[e];
+                xa += a * xv[k].v[e]; xc += c * xv[k].v[e];
+            }
+        }
+        xx = warp_sum<LANES>(xx); xd = warp_sum<LANES>(xd); sa = warp_sum<LANES>(sa);
+        xa = warp_sum<LANES>(xa); xc = warp_sum<LANES>(xc);
+        const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), r3 = inv * inv * inv, mu = xd / n;
+        const T ka = r3 * mu, kd = r3 * xa / n, kx = (T(3) * r3 * inv * inv * mu * xa - r3 * sa - r3 * xc) / n;
+#pragma unroll
+        for (int k = 0; k < PACKS; ++k) {
+            const i64 i = o + l + LANES * k;
+            V ox, od, qx, qd;
+            if (live && px) qx = reinterpret_cast<const V*>(px)[i];
+            if (live && pdx) qd = reinterpret_cast<const V*>(pdx)[i];
+#pragma unroll
+            for (int e = 0; e < P; ++e) {
+                const T a = gv[k].v[e] * fa[k].v[e], c = gv[k].v[e] * fb[k].v[e];
+                const T wx = inv * c - ka * a - kd * dv[k].v[e] + kx * xv[k].v[e];
+                ox.v[e] = px ? qx.v[e] + wx : wx;
+                const T wd = inv * a - kd * xv[k].v[e];
+                od.v[e] = pdx ? qd.v[e] + wd : wd;
+                // A dead row's values are zeros (gv = 0), so it adds nothing.
+                acc[0][k].v[e] += gv[k].v[e] * (xv[k].v[e] * inv);
+                acc[1][k].v[e] += gv[k].v[e] * (inv * dv[k].v[e] - ka * xv[k].v[e]);
+                acc[2][k].v[e] += gv[k].v[e];
+            }
+            if (live) {
+                if (gx) reinterpret_cast<V*>(gx)[i] = ox; else store_bf16(gx16, i, ox);
+                if (wantD) { if (gdx) reinterpret_cast<V*>(gdx)[i] = od; else store_bf16(gdx16, i, od); }
+            }
+        }
+    }
+    T* outs[3] = {o0, o1, o2};
+#pragma unroll
+    for (int m = 0; m < 3; ++m) {
+        if (!outs[m]) continue;
+#pragma unroll
+        for (int k = 0; k < PACKS; ++k) {
+#pragma unroll
+            for (int e = 0; e < P; ++e) {
+                T v = acc[m][k].v[e];
+#pragma unroll
+                for (int off = LANES; off < 32; off <<= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+                if (sub == 0) part[warp][(l + LANES * k) * P + e] = v;
+            }
+        }
+        __syncthreads();
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+            T v = 0;
+#pragma unroll
+            for (int w = 0; w < 8; ++w) v += part[w][c];
+            outs[m][(chunk * batch + bi) * cols + c] = v;
+        }
+        __syncthreads();
+    }
+}
+
 // Column sums after rmsnorm_scaled_bwd: o0 = sum g n (n = r x), o1 = sum g L(dx) (L(dx) = r dx - q x), o2 =
 // sum g over each batch entry's rows, with r and q per row from rowR, rowQ; null outputs are skipped. Grid,
 // block and chunks as row_sums.
@@ -537,6 +635,17 @@ RMSNORM_SCALED_BWD_ROWS(1) RMSNORM_SCALED_BWD_ROWS(2) RMSNORM_SCALED_BWD_ROWS(4)
         const scalar_t* px, const scalar_t* pdx, scalar_t* rowR, scalar_t* rowQ, i64 nrows, i64 rows, i64 cols, scalar_t eps)) { \
     rmsnorm_scaled_bwd_packs_impl<scalar_t, lanes, packs>(x, dx, g, sA, sB, gx, gdx, px, pdx, rowR, rowQ, nrows, rows, cols, eps); }
 RMSNORM_SCALED_BWD_PACKS(32, 3)
+// The same for a head dim of 64 in 16-byte packs (rmsnorm_scaled_bwd_rows_packs_impl), g also as bf16 alone. 120
+// registers (two blocks an SM); capped at 80 for three it spilled 200 bytes.
+//! kernel rmsnorm_scaled_bwd_rows_packs(lanes: Int, packs: Int)
+#define RMSNORM_SCALED_BWD_ROWS_PACKS(lanes, packs) TVM_KERNEL(rmsnorm_scaled_bwd_rows_l##lanes##p##packs, (256), \
+        (const scalar_t* x, const unsigned short* x16, const scalar_t* dx, const unsigned short* dx16, const scalar_t* g, \
+        const unsigned short* g16, const scalar_t* sA, const scalar_t* sB, scalar_t* gx, unsigned short* gx16, scalar_t* gdx, \
+        unsigned short* gdx16, const scalar_t* px, const scalar_t* pdx, scalar_t* o0, scalar_t* o1, scalar_t* o2, i64 rows, \
+        i64 cols, i64 batch, i64 chunkRows, scalar_t eps)) { \
+    rmsnorm_scaled_bwd_rows_packs_impl<scalar_t, lanes, packs>(x, x16, dx, dx16, g, g16, sA, sB, gx, gx16, gdx, gdx16, px, \
+                                                               pdx, o0, o1, o2, rows, cols, batch, chunkRows, eps); }
+RMSNORM_SCALED_BWD_ROWS_PACKS(8, 2)
 TVM_KERNEL(rmsnorm_scaled_bwd, (256), (const scalar_t* x, const scalar_t* dx, const scalar_t* g, const scalar_t* sA,
                                        const scalar_t* sB, scalar_t* gx, scalar_t* gdx, const scalar_t* px, const scalar_t* pdx,
                                        scalar_t* rowR, scalar_t* rowQ, i64 nrows, i64 rows, i64 cols, scalar_t eps)) {

@@ -70,11 +70,24 @@ extension CUDABackend: NormBackend {
         let nrows = batch * rows
         guard nrows > 0 && cols > 0 else { return }
         let k = kernels(RMSNormKernels.self, x.dtype), outs = [sums.n, sums.dn, sums.one]
-        // The cotangent and the partial gradients as float32; x, dx (and gx, gdx) may hold their bf16 values alone.
-        let g = widened(g), plus = (x: plus.x.map(widened), dx: plus.dx.map(widened))
+        // The partial gradients as float32; x, dx (and gx, gdx) may hold their bf16 values alone, and for the packed
+        // rows kernel g too.
+        let plus = (x: plus.x.map(widened), dx: plus.dx.map(widened))
+        let (xf, x16) = float32OrBF16(x), (dxf, dx16) = dx.map(float32OrBF16) ?? (0, 0), (gf, g16) = float32OrBF16(g)
+        let (gxf, gx16) = float32OrBF16(gx), (gdxf, gdx16) = gdx.map(float32OrBF16) ?? (0, 0)
+        if let (packed, _) = packedRowKernel(k.rmsnormScaledBwdRowsPacks, lanes: \.lanes, packs: \.packs, rows: nrows, cols: cols,
+                                             dtype: x.dtype, [xf, dxf, gf, addr(sA), addr(sB), gxf, gdxf, addr(plus.x), addr(plus.dx)],
+                                             [x16, dx16, g16, gx16, gdx16]) {
+            columnSums(outs, batch: batch, rows: rows, cols: cols, tiles: 1, minChunkRows: 16) { grid, o, chunkRows in
+                packed.launch(on: self, grid: grid, x: xf, x16: x16, dx: dxf, dx16: dx16, g: gf, g16: g16, sA: addr(sA),
+                              sB: addr(sB), gx: gxf, gx16: gx16, gdx: gdxf, gdx16: gdx16, px: addr(plus.x), pdx: addr(plus.dx),
+                              o0: addr(o[0]), o1: addr(o[1]), o2: addr(o[2]), rows: rows, cols: cols, batch: batch,
+                              chunkRows: chunkRows, eps: eps)
+            }
+            return
+        }
+        let g = widened(g)
         if let rowsKernel = rowKernel(k.rmsnormScaledBwdRows, cols: cols, width: \.width) {
-            let (xf, x16) = float32OrBF16(x), (dxf, dx16) = dx.map(float32OrBF16) ?? (0, 0)
-            let (gxf, gx16) = float32OrBF16(gx), (gdxf, gdx16) = gdx.map(float32OrBF16) ?? (0, 0)
             // Rows in registers, the column sums of each block's rows in the same pass (one block of 8 warps per
             // chunk of at least 16 rows).
             columnSums(outs, batch: batch, rows: rows, cols: cols, tiles: 1, minChunkRows: 16) { grid, o, chunkRows in
@@ -136,7 +149,7 @@ extension CUDABackend: NormBackend {
                     eps: eps)
     }
 
-    /// Of packed-row kernels (RMSNorm.cu's rmsnorm_scaled_packs, _jvp_packs and _bwd_packs), the one whose lanes and
+    /// Of packed-row kernels (RMSNorm.cu's rmsnorm_scaled_packs, _jvp_packs, _bwd_packs and _bwd_rows_packs), the one whose lanes and
     /// packs hold exactly `cols` values, with its grid for `rows` rows (32 / lanes of them a warp), where every address in
     /// `wide` is aligned to a 16-byte pack and those in `narrow` (bf16 values; 0: none) to its 8 bytes; nil otherwise (the
     /// scalar kernels take those).
