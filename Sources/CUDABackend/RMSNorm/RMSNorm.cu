@@ -345,6 +345,19 @@ template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsno
     }
 }
 
+// The bwd_rows kernels' last step: the column sums of a block's 8 warps, part[w][c], added in a fixed order into
+// out[c] (c < cols); the barriers let the caller fill part for the next output.
+template<typename T, int N> __device__ __forceinline__ void add_warp_column_sums(const T (*part)[N], T* out, i64 cols) {
+    __syncthreads();
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+        T v = 0;
+#pragma unroll
+        for (int w = 0; w < 8; ++w) v += part[w][c];
+        out[c] = v;
+    }
+    __syncthreads();
+}
+
 // rmsnorm_scaled_bwd for rows of at most 32 VPL values, held in registers, with the column sums of
 // norm_col_sums in the same pass: a block of 8 warps takes rows [chunk * chunkRows, +chunkRows) of one batch
 // entry (blockIdx.y = chunk * batch + entry, as row_sums), each lane keeps its columns' sums over its warp's
@@ -412,14 +425,7 @@ template<typename T, int VPL> __device__ __forceinline__ void rmsnorm_scaled_bwd
         if (!outs[m]) continue;
 #pragma unroll
         for (int k = 0; k < VPL; ++k) part[warp][lane + 32 * k] = acc[m][k];
-        __syncthreads();
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
-            T v = 0;
-#pragma unroll
-            for (int w = 0; w < 8; ++w) v += part[w][c];
-            outs[m][(chunk * batch + bi) * cols + c] = v;
-        }
-        __syncthreads();
+        add_warp_column_sums(part, outs[m] + (chunk * batch + bi) * cols, cols);
     }
 }
 
@@ -510,14 +516,7 @@ template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsno
                 if (sub == 0) part[warp][(l + LANES * k) * P + e] = v;
             }
         }
-        __syncthreads();
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
-            T v = 0;
-#pragma unroll
-            for (int w = 0; w < 8; ++w) v += part[w][c];
-            outs[m][(chunk * batch + bi) * cols + c] = v;
-        }
-        __syncthreads();
+        add_warp_column_sums(part, outs[m] + (chunk * batch + bi) * cols, cols);
     }
 }
 
