@@ -113,6 +113,67 @@ template<typename T> __device__ __forceinline__ void row_sums_impl(const T* g, c
     }
 }
 
+// row_sums_impl in 16-byte packs of g (a lane takes 16 / sizeof(T) columns, a block of 32 x 8 threads 32 packs of one
+// batch entry's columns), each factor as float32 or bf16 (8 bytes a lane and pack): for rows of whole packs with every
+// address aligned to its pack. The value-at-a-time kernel read bf16 factors two bytes at a time (S/2 step on an H100:
+// 82 us a call, about 1 TB/s). Rows two at a time per thread, all loads before any use.
+template<typename T> __device__ __forceinline__ void row_sums_packs_impl(const T* __restrict__ g, const T* x0, const T* x1,
+                                                                         const T* x2, const unsigned short* h0,
+                                                                         const unsigned short* h1, const unsigned short* h2,
+                                                                         T* o0, T* o1, T* o2, int nout, i64 rows, i64 cols,
+                                                                         i64 batch, i64 chunkRows) {
+    constexpr int P = 16 / sizeof(T), W = 32 * P;
+    typedef Pack<T> V;
+    __shared__ T part[3][8][W];
+    const i64 pcols = cols / P, pc = (i64)blockIdx.x * 32 + threadIdx.x, bi = blockIdx.y % batch, chunk = blockIdx.y / batch;
+    const i64 first = chunk * chunkRows, end = min(rows, first + chunkRows);
+    const T* xs[3] = {x0, x1, x2};
+    const unsigned short* hs[3] = {h0, h1, h2};
+    V one;
+#pragma unroll
+    for (int e = 0; e < P; ++e) one.v[e] = T(1);
+    V acc[3] = {V{}, V{}, V{}};
+    if (pc < pcols) {
+        for (i64 r0 = first + threadIdx.y; r0 < end; r0 += 16) {
+            V gv[2], xv[3][2];
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const i64 r = r0 + 8 * j, o = (bi * rows + r) * pcols + pc;
+                const bool in = r < end;
+                gv[j] = in ? reinterpret_cast<const V*>(g)[o] : V{};
+#pragma unroll
+                for (int k = 0; k < 3; ++k) xv[k][j] = (k < nout && (xs[k] || hs[k]) && in) ? load_pack(xs[k], hs[k], o) : one;
+            }
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+#pragma unroll
+                for (int k = 0; k < 3; ++k) {
+                    if (k < nout) {
+#pragma unroll
+                        for (int e = 0; e < P; ++e) acc[k].v[e] += gv[j].v[e] * xv[k][j].v[e];
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+#pragma unroll
+        for (int e = 0; e < P; ++e) part[k][threadIdx.y][threadIdx.x * P + e] = acc[k].v[e];
+    }
+    __syncthreads();
+    T* outs[3] = {o0, o1, o2};
+    for (int i = threadIdx.y * 32 + threadIdx.x; i < nout * W; i += 256) {
+        const int k = i / W, c = i % W;
+        const i64 col = (i64)blockIdx.x * W + c;
+        if (col >= cols) continue;
+        T v = 0;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v += part[k][j][c];
+        outs[k][(chunk * batch + bi) * cols + col] = v;
+    }
+}
+
 // One value at a time (tag values) or in 16-byte packs (tag packs).
 //! kernel scaled_sum(vectorized: Bool)
 #define SCALED_SUM(tag, vectorized) TVM_KERNEL(scaled_sum_##tag, (256, 4), (const scalar_t* a, const unsigned short* a16, \
@@ -120,10 +181,13 @@ template<typename T> __device__ __forceinline__ void row_sums_impl(const T* g, c
         const unsigned short* c16, int cFull, scalar_t* y, unsigned short* y16, i64 nrows, i64 rows, i64 cols)) { \
     scaled_sum_impl<scalar_t, vectorized>(a, a16, s, b, b16, t, c, c16, cFull, y, y16, nrows, rows, cols); }
 SCALED_SUM(values, false) SCALED_SUM(packs, true)
-// At most 64 registers (4 blocks an SM): reading a factor as float32 or bf16 took the kernel to 127 and a quarter of the
-// warps (105 us against about 48 us per DiT-S/2 call on an H100).
-TVM_KERNEL(row_sums, (256, 4), (const scalar_t* g, const scalar_t* x0, const scalar_t* x1, const scalar_t* x2,
-                             const unsigned short* h0, const unsigned short* h1, const unsigned short* h2, scalar_t* o0,
-                             scalar_t* o1, scalar_t* o2, int nout, i64 rows, i64 cols, i64 batch, i64 chunkRows)) {
-    row_sums_impl<scalar_t>(g, x0, x1, x2, h0, h1, h2, o0, o1, o2, nout, rows, cols, batch, chunkRows);
-}
+// Value at a time (tag values) or in 16-byte packs (tag packs). At most 64 registers (4 blocks an SM): reading a factor
+// as float32 or bf16 took the value kernel to 127 and a quarter of the warps (105 us against about 48 us per DiT-S/2
+// call on an H100).
+//! kernel row_sums(vectorized: Bool)
+#define ROW_SUMS(tag, vectorized) TVM_KERNEL(row_sums_##tag, (256, 4), (const scalar_t* g, const scalar_t* x0, \
+        const scalar_t* x1, const scalar_t* x2, const unsigned short* h0, const unsigned short* h1, const unsigned short* h2, \
+        scalar_t* o0, scalar_t* o1, scalar_t* o2, int nout, i64 rows, i64 cols, i64 batch, i64 chunkRows)) { \
+    if constexpr (vectorized) row_sums_packs_impl<scalar_t>(g, x0, x1, x2, h0, h1, h2, o0, o1, o2, nout, rows, cols, batch, chunkRows); \
+    else row_sums_impl<scalar_t>(g, x0, x1, x2, h0, h1, h2, o0, o1, o2, nout, rows, cols, batch, chunkRows); }
+ROW_SUMS(values, false) ROW_SUMS(packs, true)

@@ -27,10 +27,18 @@ extension CUDABackend: ScaledSumBackend {
 
     public func rowSumsOfProducts(g: Storage, _ xs: [Storage?], _ outs: [Storage], batch: Int, rows: Int, cols: Int) {
         precondition(xs.count == outs.count && (1...3).contains(outs.count), "rowSumsOfProducts takes 1 to 3 outputs")
-        let kernel = kernels(ScaledSumKernels.self, g.dtype).rowSums
+        let k = kernels(ScaledSumKernels.self, g.dtype)
         // Each factor as float32 or as its bf16 values alone.
         let x: [(f32: DevicePointer, bf16: DevicePointer)] = (0..<3).map { i in i < xs.count ? xs[i].map(float32OrBF16) ?? (0, 0) : (0, 0) }
-        columnSums(outs, batch: batch, rows: rows, cols: cols) { grid, o, chunkRows in
+        // 16-byte packs of g where a row is whole packs and every address is aligned to its pack (8 bytes for bf16).
+        let pack = 16 / g.dtype.byteSize
+        let packs = cols % pack == 0 && ([addr(g)] + x.map(\.f32)).reduce(0, |) % 16 == 0
+            && x.map(\.bf16).reduce(0, |) % UInt64(2 * pack) == 0
+        guard let kernel = k.rowSums.first(where: { $0.vectorized == packs }) else {
+            preconditionFailure("ScaledSum.cu has no row_sums kernel with vectorized \(packs)")
+        }
+        let tiles = packs ? (cols / pack + 31) / 32 : (cols + 31) / 32
+        columnSums(outs, batch: batch, rows: rows, cols: cols, tiles: tiles) { grid, o, chunkRows in
             func out(_ i: Int) -> DevicePointer { i < o.count ? addr(o[i]) : 0 }
             kernel.launch(on: self, grid: grid, block: (32, 8), g: addr(g), x0: x[0].f32, x1: x[1].f32, x2: x[2].f32,
                           h0: x[0].bf16, h1: x[1].bf16, h2: x[2].bf16, o0: out(0), o1: out(1), o2: out(2), nout: outs.count,
