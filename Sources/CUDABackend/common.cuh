@@ -133,6 +133,29 @@ template<typename T> __device__ __forceinline__ T warp_max(T v) {
     for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+/// The last step of the packed column-sum kernels (blocks of 32 x 8 threads, each lane's 16 / sizeof(T) columns held as
+/// the packs acc[k], one per output): the 8 rows of threads add theirs through shared memory in a fixed order
+/// (deterministic) into outs[k][offset + column] for the block's columns below cols; null outputs are skipped.
+template<typename T, int K> __device__ __forceinline__ void add_packed_column_sums(const Pack<T> (&acc)[K], T* const (&outs)[K],
+                                                                                   i64 cols, i64 offset) {
+    constexpr int P = 16 / sizeof(T), W = 32 * P;
+    __shared__ T part[K][8][W];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+#pragma unroll
+        for (int e = 0; e < P; ++e) part[k][threadIdx.y][threadIdx.x * P + e] = acc[k].v[e];
+    }
+    __syncthreads();
+    for (int i = threadIdx.y * 32 + threadIdx.x; i < K * W; i += 256) {
+        const int k = i / W, c = i % W;
+        const i64 col = (i64)blockIdx.x * W + c;
+        if (!outs[k] || col >= cols) continue;
+        T v = 0;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v += part[k][j][c];
+        outs[k][offset + col] = v;
+    }
+}
 /// Sum or max over the block (every thread gets the result); `sm` holds 32 values.
 template<typename T, bool MAX> __device__ __forceinline__ T block_reduce(T v, T* sm) {
     v = MAX ? warp_max(v) : warp_sum(v);

@@ -567,6 +567,46 @@ template<typename T> __device__ __forceinline__ void norm_col_sums_impl(const T*
 }
 
 
+// norm_col_sums_impl in 16-byte packs (a lane takes 16 / sizeof(T) columns, a block of 32 x 8 threads 32 packs), for
+// rows of whole packs with every address aligned to its pack: vector loads, two rows a thread at a time with every
+// load issued first.
+template<typename T> __device__ __forceinline__ void norm_col_sums_packs_impl(const T* g, const T* x, const T* dx, const T* rowR,
+                                                                              const T* rowQ, T* o0, T* o1, T* o2, i64 rows,
+                                                                              i64 cols, i64 batch, i64 chunkRows) {
+    constexpr int P = 16 / sizeof(T);
+    typedef Pack<T> V;
+    const i64 pcols = cols / P, pc = (i64)blockIdx.x * 32 + threadIdx.x, bi = blockIdx.y % batch, chunk = blockIdx.y / batch;
+    const i64 first = chunk * chunkRows, end = min(rows, first + chunkRows);
+    V acc[3] = {V{}, V{}, V{}};
+    if (pc < pcols) {
+        for (i64 r0 = first + threadIdx.y; r0 < end; r0 += 16) {
+            V gv[2], xv[2], dv[2];
+            T rr[2], qq[2];
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const i64 r = r0 + 8 * j, row = bi * rows + r, o = row * pcols + pc;
+                const bool in = r < end;
+                gv[j] = in ? reinterpret_cast<const V*>(g)[o] : V{};
+                xv[j] = in && (o0 || o1) ? reinterpret_cast<const V*>(x)[o] : V{};
+                dv[j] = in && o1 ? reinterpret_cast<const V*>(dx)[o] : V{};
+                rr[j] = in ? rowR[row] : T(0);
+                qq[j] = in && o1 ? rowQ[row] : T(0);
+            }
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+#pragma unroll
+                for (int e = 0; e < P; ++e) {
+                    acc[0].v[e] += gv[j].v[e] * (xv[j].v[e] * rr[j]);
+                    acc[1].v[e] += gv[j].v[e] * (rr[j] * dv[j].v[e] - qq[j] * xv[j].v[e]);
+                    acc[2].v[e] += gv[j].v[e];
+                }
+            }
+        }
+    }
+    T* const outs[3] = {o0, o1, o2};
+    add_packed_column_sums(acc, outs, cols, (chunk * batch + bi) * cols);
+}
+
 // Rows of at most 32 * width values in registers (a warp per row); longer rows take the _block kernels.
 //! kernel rmsnorm_warp(width: Int)
 #define RMSNORM_WARP(width) TVM_KERNEL(rmsnorm_warp##width, (256), (const scalar_t* x, scalar_t* y, i64 rows, i64 cols, \
@@ -650,11 +690,14 @@ TVM_KERNEL(rmsnorm_scaled_bwd, (256), (const scalar_t* x, const scalar_t* dx, co
                                        scalar_t* rowR, scalar_t* rowQ, i64 nrows, i64 rows, i64 cols, scalar_t eps)) {
     rmsnorm_scaled_bwd_impl<scalar_t>(x, dx, g, sA, sB, gx, gdx, px, pdx, rowR, rowQ, nrows, rows, cols, eps);
 }
-TVM_KERNEL(norm_col_sums, (256), (const scalar_t* g, const scalar_t* x, const scalar_t* dx, const scalar_t* rowR,
-                                  const scalar_t* rowQ, scalar_t* o0, scalar_t* o1, scalar_t* o2, i64 rows, i64 cols, i64 batch,
-                                  i64 chunkRows)) {
-    norm_col_sums_impl<scalar_t>(g, x, dx, rowR, rowQ, o0, o1, o2, rows, cols, batch, chunkRows);
-}
+// Value at a time (tag values) or in 16-byte packs (tag packs).
+//! kernel norm_col_sums(vectorized: Bool)
+#define NORM_COL_SUMS(tag, vectorized) TVM_KERNEL(norm_col_sums_##tag, (256), (const scalar_t* g, const scalar_t* x, \
+        const scalar_t* dx, const scalar_t* rowR, const scalar_t* rowQ, scalar_t* o0, scalar_t* o1, scalar_t* o2, i64 rows, \
+        i64 cols, i64 batch, i64 chunkRows)) { \
+    if constexpr (vectorized) norm_col_sums_packs_impl<scalar_t>(g, x, dx, rowR, rowQ, o0, o1, o2, rows, cols, batch, chunkRows); \
+    else norm_col_sums_impl<scalar_t>(g, x, dx, rowR, rowQ, o0, o1, o2, rows, cols, batch, chunkRows); }
+NORM_COL_SUMS(values, false) NORM_COL_SUMS(packs, true)
 
 TVM_KERNEL(rmsnorm_linear, (256), (const scalar_t* x, const scalar_t* y, const scalar_t* d, const scalar_t* c, scalar_t* out,
                                    i64 rows, i64 cols, scalar_t eps)) {

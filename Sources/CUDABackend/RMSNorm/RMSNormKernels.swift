@@ -124,10 +124,16 @@ extension CUDABackend: NormBackend {
                                       sB: addr(sB), gx: addr(gx), gdx: addr(gdx), px: addr(plus.x), pdx: addr(plus.dx),
                                       rowR: addr(rowR), rowQ: addr(rowQ), nrows: nrows, rows: rows, cols: cols, eps: eps)
         }
-        columnSums(outs, batch: batch, rows: rows, cols: cols) { grid, o, chunkRows in
-            k.normColSums.launch(on: self, grid: grid, block: (32, 8), g: addr(g), x: addr(x), dx: addr(dx), rowR: addr(rowR),
-                                 rowQ: addr(rowQ), o0: addr(o[0]), o1: addr(o[1]), o2: addr(o[2]), rows: rows, cols: cols,
-                                 batch: batch, chunkRows: chunkRows)
+        // The column sums in 16-byte packs where rows are whole packs and the addresses aligned to them.
+        let pack = 16 / x.dtype.byteSize, packs = cols % pack == 0 && [addr(g), addr(x), addr(dx)].reduce(0, |) % 16 == 0
+        guard let colSums = k.normColSums.first(where: { $0.vectorized == packs }) else {
+            preconditionFailure("RMSNorm.cu has no norm_col_sums kernel with vectorized \(packs)")
+        }
+        columnSums(outs, batch: batch, rows: rows, cols: cols, tiles: packs ? (cols / pack + 31) / 32 : (cols + 31) / 32) {
+            grid, o, chunkRows in
+            colSums.launch(on: self, grid: grid, block: (32, 8), g: addr(g), x: addr(x), dx: addr(dx), rowR: addr(rowR),
+                           rowQ: addr(rowQ), o0: addr(o[0]), o1: addr(o[1]), o2: addr(o[2]), rows: rows, cols: cols,
+                           batch: batch, chunkRows: chunkRows)
         }
     }
 

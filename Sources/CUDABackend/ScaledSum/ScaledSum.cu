@@ -122,9 +122,8 @@ template<typename T> __device__ __forceinline__ void row_sums_packs_impl(const T
                                                                          const unsigned short* h1, const unsigned short* h2,
                                                                          T* o0, T* o1, T* o2, int nout, i64 rows, i64 cols,
                                                                          i64 batch, i64 chunkRows) {
-    constexpr int P = 16 / sizeof(T), W = 32 * P;
+    constexpr int P = 16 / sizeof(T);
     typedef Pack<T> V;
-    __shared__ T part[3][8][W];
     const i64 pcols = cols / P, pc = (i64)blockIdx.x * 32 + threadIdx.x, bi = blockIdx.y % batch, chunk = blockIdx.y / batch;
     const i64 first = chunk * chunkRows, end = min(rows, first + chunkRows);
     const T* xs[3] = {x0, x1, x2};
@@ -156,22 +155,8 @@ template<typename T> __device__ __forceinline__ void row_sums_packs_impl(const T
             }
         }
     }
-#pragma unroll
-    for (int k = 0; k < 3; ++k) {
-#pragma unroll
-        for (int e = 0; e < P; ++e) part[k][threadIdx.y][threadIdx.x * P + e] = acc[k].v[e];
-    }
-    __syncthreads();
-    T* outs[3] = {o0, o1, o2};
-    for (int i = threadIdx.y * 32 + threadIdx.x; i < nout * W; i += 256) {
-        const int k = i / W, c = i % W;
-        const i64 col = (i64)blockIdx.x * W + c;
-        if (col >= cols) continue;
-        T v = 0;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v += part[k][j][c];
-        outs[k][(chunk * batch + bi) * cols + col] = v;
-    }
+    T* const outs[3] = {o0, o1, o2};
+    add_packed_column_sums(acc, outs, cols, (chunk * batch + bi) * cols);
 }
 
 // One value at a time (tag values) or in 16-byte packs (tag packs).
