@@ -476,7 +476,7 @@ template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsno
         }
         xx = warp_sum<LANES>(xx); xd = warp_sum<LANES>(xd); sa = warp_sum<LANES>(sa);
         xa = warp_sum<LANES>(xa); xc = warp_sum<LANES>(xc);
-        const T n = T(cols), inv = T(1) / m_sqrt(xx / n + eps), r3 = inv * inv * inv, mu = xd / n;
+        const T n = T(cols), inv = live ? T(1) / m_sqrt(xx / n + eps) : T(0), r3 = inv * inv * inv, mu = xd / n;
         const T ka = r3 * mu, kd = r3 * xa / n, kx = (T(3) * r3 * inv * inv * mu * xa - r3 * sa - r3 * xc) / n;
 #pragma unroll
         for (int k = 0; k < PACKS; ++k) {
@@ -491,7 +491,7 @@ template<typename T, int LANES, int PACKS> __device__ __forceinline__ void rmsno
                 ox.v[e] = px ? qx.v[e] + wx : wx;
                 const T wd = inv * a - kd * xv[k].v[e];
                 od.v[e] = pdx ? qd.v[e] + wd : wd;
-                // A dead row's values are zeros (gv = 0), so it adds nothing.
+                // A dead row's values and inv are zeros, so it adds nothing (whatever eps).
                 acc[0][k].v[e] += gv[k].v[e] * (xv[k].v[e] * inv);
                 acc[1][k].v[e] += gv[k].v[e] * (inv * dv[k].v[e] - ka * xv[k].v[e]);
                 acc[2][k].v[e] += gv[k].v[e];
