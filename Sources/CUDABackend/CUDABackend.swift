@@ -262,6 +262,7 @@ public final class CUDABackend: Backend {
 
     /// The kernel sets of the general operations (the rest are built on first use).
     static let kernelsBuiltAtLoad: [any KernelSet.Type] = [ElementwiseKernels.self, ShapingKernels.self, ReductionKernels.self,
-                                                             SoftmaxKernels.self, RMSNormKernels.self, ScaledSumKernels.self,
-                                                             RandomKernels.self, OptimizerKernels.self, ConversionKernels.self]
+                                                             SoftmaxKernels.self, RMSNormKernels.self, RMSNormBackwardKernels.self,
+                                                             ScaledSumKernels.self, RandomKernels.self, OptimizerKernels.self,
+                                                             ConversionKernels.self]
 }

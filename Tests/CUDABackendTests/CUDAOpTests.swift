@@ -36,8 +36,8 @@ final class CUDAOpTests: XCTestCase {
             if e.message.contains("NVRTC not found") { throw XCTSkip(e.message) }
             throw e
         }
-        // Eleven families for both element types; Conversion and FlashAttention once.
-        XCTAssertEqual(lines.count, 24)
+        // Twelve families for both element types; Conversion and FlashAttention once.
+        XCTAssertEqual(lines.count, 26)
         if ProcessInfo.processInfo.environment["TVM_CUDA_VERBOSE"] == "1" { lines.forEach { print($0) } }
     }
 

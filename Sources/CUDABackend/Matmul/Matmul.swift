@@ -102,11 +102,13 @@ extension CUDABackend: LinearBackend {
                                    inFeatures: inFeatures, outFeatures: outFeatures)
     }
 
-    /// gx = g W + plus through cuBLASLt with plus as C and gx as D (both float32), the products' operands as everywhere.
-    public func linearInputGradient(_ g: Storage, _ w: Storage, plus: Storage, _ gx: Storage, rows: Int, inFeatures: Int,
-                                    outFeatures: Int) -> Bool {
-        guard float32OrBF16(plus).bf16 == 0, float32OrBF16(gx).bf16 == 0 else { return false }
+    /// gx = g W + plus through cuBLASLt with plus as C and a new float32 gx as D, the products' operands as everywhere.
+    public func linearInputGradient(_ g: Storage, _ w: Storage, plus: Storage, rows: Int, inFeatures: Int,
+                                    outFeatures: Int) -> Storage? {
+        guard useCUBLASLt, float32OrBF16(plus).bf16 == 0 else { return nil }
+        let gx = allocate(rows * inFeatures, plus.dtype)
         return epilogueProduct(.accumulate, m: inFeatures, n: rows, k: outFeatures, a: w, b: g, d: gx, vector: nil, c: plus)
+            ? gx : nil
     }
 
     /// Queues D = op(A) op(B) (+ C where given, a float32 matrix of D's shape) with the epilogue's bias vector (see

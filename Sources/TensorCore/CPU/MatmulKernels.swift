@@ -17,6 +17,6 @@ extension CPUBackend: LinearBackend {
     }
 
     /// A product and a sum, as the engine sums gradients (the GEMM's own beta = 1 would round differently).
-    public func linearInputGradient(_ g: Storage, _ w: Storage, plus: Storage, _ gx: Storage, rows: Int, inFeatures: Int,
-                                    outFeatures: Int) -> Bool { false }
+    public func linearInputGradient(_ g: Storage, _ w: Storage, plus: Storage, rows: Int, inFeatures: Int,
+                                    outFeatures: Int) -> Storage? { nil }
 }

@@ -80,10 +80,10 @@ extension Tensor {
             // q, k and v read one norm's output) gets the sum so far added by the product itself where it can.
             var gx: Tensor? = nil
             if x[0].gradSource != nil {
-                if let partial = p[0], case let sum = g.empty(xShape),
-                   fused.linearInputGradient(g.storage, x[1].storage, plus: partial.storage, sum.storage, rows: rows,
-                                             inFeatures: inFeatures, outFeatures: outFeatures) {
-                    gx = sum
+                if let partial = p[0],
+                   let sum = fused.linearInputGradient(g.storage, x[1].storage, plus: partial.storage, rows: rows,
+                                                       inFeatures: inFeatures, outFeatures: outFeatures) {
+                    gx = Tensor(storage: sum, shape: xShape)
                 } else {
                     gx = adding(p[0], g.reshaped([rows, outFeatures]).matmul(x[1]).reshaped(xShape))
                 }
@@ -144,12 +144,11 @@ public protocol LinearBackend: Backend {
     /// gw = g^T x [outFeatures, inFeatures] and gbias = the column sums of g [outFeatures] (nil: not wanted).
     func linearWeightGradient(_ x: Storage, _ g: Storage, gw: Storage, gbias: Storage?, rows: Int, inFeatures: Int,
                               outFeatures: Int)
-    /// gx = g W + plus for the cotangent g [rows, outFeatures] of `linear`'s output, W [outFeatures, inFeatures] and a
-    /// gradient already summed for its input (`plus`, [rows, inFeatures]) in one product that reads `plus` as the
-    /// matrix it adds to (cuBLASLt's C beside D), instead of a product and then a pass that sums. false where the
-    /// device has no such product (nothing written): the caller multiplies and adds.
-    func linearInputGradient(_ g: Storage, _ w: Storage, plus: Storage, _ gx: Storage, rows: Int, inFeatures: Int,
-                             outFeatures: Int) -> Bool
+    /// gx = g W + plus (a new storage) for the cotangent g [rows, outFeatures] of `linear`'s output, W [outFeatures,
+    /// inFeatures] and a gradient already summed for its input (`plus`, [rows, inFeatures]) in one product that reads
+    /// `plus` as the matrix it adds to (cuBLASLt's C beside D), instead of a product and then a pass that sums. nil where
+    /// the device has no such product: the caller multiplies and adds.
+    func linearInputGradient(_ g: Storage, _ w: Storage, plus: Storage, rows: Int, inFeatures: Int, outFeatures: Int) -> Storage?
     /// y = gelu(x W^T + bias), GELU with the tanh approximation: `linear` with the activation in the same kernel
     /// where the device has one (not differentiated: Tensor.linearGELU composes `linear` and `gelu` when it is). y may
     /// be a low-precision storage (`ProductUse.only`).
