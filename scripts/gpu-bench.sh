@@ -11,7 +11,8 @@
 #                               of them and the ratios against the first row of each model comes last.
 # Environment: MODELS ("model:batch[:res]" list, default "S/2:128 B/2:64 XL/2-18:32"), STEPS (timed steps, default
 # 15), PRECISION (default --bf16; --tf32, or "" for float32), ROUNDS (times each binary is run per model, alternating,
-# default 1), SKIP_CHECK, SKIP_SAMPLE, OFFICIAL=1, OFFICIAL_MODES (default "eager reduce-overhead").
+# default 1), SKIP_CHECK, SKIP_SAMPLE, OFFICIAL=1, OFFICIAL_MODES (default "eager reduce-overhead"), BINARIES ("name:path"
+# list in place of before and after, e.g. a script that runs .device/tvm with other settings).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -36,6 +37,7 @@ run)
         xz -dc .device/tvm-before.xz > /tmp/tvm-before && chmod +x /tmp/tvm-before
         binaries=(before:/tmp/tvm-before after:.device/tvm)
     fi
+    if [ -n "${BINARIES:-}" ]; then read -r -a binaries <<< "$BINARIES"; fi
     if [ -z "${SKIP_CHECK:-}" ]; then
         for b in "${binaries[@]}"; do
             name=${b%%:*}; bin=${b#*:}

@@ -39,6 +39,11 @@ public final class CUDABackend: Backend {
     /// The register caps that let some 3xTF32 flash kernels run 3 blocks per multiprocessor (a few values
     /// spilled; see FlashAttention.cu). false: their uncapped builds (2 blocks), for measurements.
     public var flashRegisterCaps = true
+    /// Under `bf16Products`, the flash kernels' products as Hopper's warpgroup products (wgmma, FlashTiles.cuh's FP_WG)
+    /// where the kernels were built as sm_90a machine code (`warpgroupProducts`); else the mma.sync kernels, which
+    /// give the same results up to the order of their float32 sums. Off by default until the wgmma kernels have run
+    /// on a GPU (TVM_CUDA_WGMMA=1 turns them on; docs/CUDA_NOTES.md).
+    public var flashWarpgroupProducts = environment("TVM_CUDA_WGMMA") == "1"
     /// Attention calls (forward or backward) that took the flash kernels (for tests).
     public internal(set) var flashAttentionCalls = 0
     /// Shared memory one block may opt in to (bytes): the flash kernels need up to ~190 KB.

@@ -8,25 +8,34 @@ import TensorCore
 /// with several (a head's rows H * D apart, as DiT's projections give them). All three operand precisions: 3xTF32
 /// (the default, tolerance 1e-5), TF32 (`allowTF32`, tolerance 1.5e-3) and bfloat16 (`bf16Products`, tolerance 1e-2;
 /// the inputs rounded to bfloat16 first, so the error measured is that of the rounded softmax weights and of the
-/// products). Every output starts as NaN (poisoned allocations), so an unwritten element fails.
+/// products), by mma.sync and, on a device with sm_90a kernels, by wgmma (the mode falls back to mma.sync elsewhere).
+/// Every output starts as NaN (poisoned allocations), so an unwritten element fails.
 final class CUDAFlashAttentionTests: XCTestCase {
     enum Mode: CaseIterable {
-        case x3, tf32, bf16
-        var label: String { ["3xTF32", "TF32", "BF16"][Mode.allCases.firstIndex(of: self)!] }
+        case x3, tf32, bf16, wgmma
+        var label: String { ["3xTF32", "TF32", "BF16", "BF16 wgmma"][Mode.allCases.firstIndex(of: self)!] }
         var tolerance: Double { self == .x3 ? CUDABackendTests.tolerance(.float32) : self == .tf32 ? 1.5e-3 : 1e-2 }
+        var isBF16: Bool { self == .bf16 || self == .wgmma }
         func apply(_ cuda: CUDABackend) {
             cuda.allowTF32 = self == .tf32
-            cuda.bf16Products = self == .bf16
+            cuda.bf16Products = isBF16
+            cuda.flashWarpgroupProducts = self == .wgmma
         }
         /// The inputs as this mode's kernels see them.
-        func inputs(_ x: [[Double]]) -> [[Double]] { self == .bf16 ? x.map(roundedToBF16) : x }
+        func inputs(_ x: [[Double]]) -> [[Double]] { isBF16 ? x.map(roundedToBF16) : x }
     }
 
     func flashOrSkip() throws -> CUDABackend {
         let cuda = try cudaOrSkip()
         guard cuda.supportsFlashAttention else { throw XCTSkip("no flash attention on \(cuda.deviceName)") }
         cuda.useFlashAttention = true
-        addTeardownBlock { Mode.x3.apply(cuda); cuda.useFlashAttention = true; cuda.flashRegisterCaps = true }
+        let warpgroup = cuda.flashWarpgroupProducts
+        addTeardownBlock {
+            Mode.x3.apply(cuda)
+            cuda.useFlashAttention = true
+            cuda.flashRegisterCaps = true
+            cuda.flashWarpgroupProducts = warpgroup
+        }
         return cuda
     }
 
@@ -136,17 +145,17 @@ final class CUDAFlashAttentionTests: XCTestCase {
             let referenceBF16 = run(xBF16.map { cuda.upload($0, dtype: .float64) }, .float64).map { cuda.download($0) }
             let names = ["o", "to", "lse", "plain o", "plain lse", "dq", "dk", "dv", "dtq", "dtk", "dtv",
                          "plain dq", "plain dk", "plain dv"]
-            // 3xTF32 with and without the register caps (different builds of some kernels), TF32, BF16.
-            for (mode, caps) in [(Mode.x3, true), (.x3, false), (.tf32, true), (.bf16, true)] {
+            // 3xTF32 with and without the register caps (different builds of some kernels), TF32, BF16 (both kinds).
+            for (mode, caps) in [(Mode.x3, true), (.x3, false), (.tf32, true), (.bf16, true), (.wgmma, true)] {
                 mode.apply(cuda)
                 cuda.flashRegisterCaps = caps
                 let before = cuda.flashAttentionCalls
-                let inputs = mode == .bf16 ? xBF16.map { cuda.upload($0, dtype: .float32) } : x32
+                let inputs = mode.isBF16 ? xBF16.map { cuda.upload($0, dtype: .float32) } : x32
                 let got = run(inputs, .float32).map { cuda.download($0) }
                 XCTAssertEqual(cuda.flashAttentionCalls, before + 4)
                 let tol = mode.tolerance
                 for (i, name) in names.enumerated() {
-                    let err = relativeError(got[i], mode == .bf16 ? referenceBF16[i] : reference[i])
+                    let err = relativeError(got[i], mode.isBF16 ? referenceBF16[i] : reference[i])
                     let label = "flash \(mode.label)\(caps ? "" : " uncapped") [\(batch), \(n), \(heads), \(d)] \(name) "
                         + "vs float64 warp kernels seed=\(r.seed)"
                     ErrorRecord.record(.float32, err, tol, label)
@@ -164,10 +173,17 @@ final class CUDAFlashAttentionTests: XCTestCase {
     /// tensor's values, and the results must equal, bit for bit, those of that tensor without copies: so the copies
     /// are read, and read to the same effect. go and gto, which the backward's pre-pass also reads in float32, carry
     /// copies of their own values. With copies on q, k and their tangents (what DiT's q and k norms write), and on
-    /// every input; forward with and without tangent, backward with tangents and both cotangents, and plain.
+    /// every input; forward with and without tangent, backward with tangents and both cotangents, and plain. Both kinds
+    /// of BF16 kernels (their tiles differ in layout).
     func testBF16InputCopiesGiveTheSameBits() throws {
         let cuda = try flashOrSkip()
-        Mode.bf16.apply(cuda)
+        for mode in [Mode.bf16, .wgmma] {
+            mode.apply(cuda)
+            try checkBF16InputCopies(cuda, mode)
+        }
+    }
+
+    func checkBF16InputCopies(_ cuda: CUDABackend, _ mode: Mode) throws {
         var r = TestRandom()
         let names = ["o", "to", "lse", "plain o", "plain lse", "dq", "dk", "dv", "dtq", "dtk", "dtv", "plain dq", "plain dk",
                      "plain dv"]
@@ -205,7 +221,7 @@ final class CUDAFlashAttentionTests: XCTestCase {
                 let got = run(inputs)
                 for (j, name) in names.enumerated() {
                     let differing = zip(got[j], reference[j]).filter { $0.bitPattern != $1.bitPattern }.count
-                    XCTAssertEqual(differing, 0, "flash BF16 [\(batch), \(n), \(heads), \(d)] \(name), copies on \(label): "
+                    XCTAssertEqual(differing, 0, "flash \(mode.label) [\(batch), \(n), \(heads), \(d)] \(name), copies on \(label): "
                                    + "\(differing) of \(got[j].count) elements differ from the run without copies seed=\(r.seed)")
                 }
             }

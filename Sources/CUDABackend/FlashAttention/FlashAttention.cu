@@ -42,7 +42,7 @@ __device__ __forceinline__ void flash_fwd_impl(FlashIn q, FlashIn k, FlashIn v, 
     zero_tiles(tacc);
     float m[2] = {-inf_<float>(), -inf_<float>()}, l[2] = {0.f, 0.f}, mu[2] = {0.f, 0.f};
     for (int j0 = 0; j0 < n; j0 += BC) {
-        const E* sK = sKeys + flash_inner_step<STAGES, BC>(j0, n, stage) * NK * BC * LD;
+        const E* sK = sKeys + flash_inner_step<STAGES, BC, FlashPrec<PREC>::CORE>(j0, n, stage) * NK * BC * LD;
         const E* sV = sK + BC * LD;
         const E* sTK = sV + BC * LD;
         const E* sTV = sTK + BC * LD;
@@ -182,7 +182,7 @@ __device__ __forceinline__ void flash_bwd_dq_impl(FlashIn q, FlashIn k, FlashIn 
     zero_tiles(dqa);
     zero_tiles(dtqa);
     for (int j0 = 0; j0 < n; j0 += BC) {
-        const E* sK = sKeys + flash_inner_step<STAGES, BC>(j0, n, stage) * NS * BC * LD;
+        const E* sK = sKeys + flash_inner_step<STAGES, BC, FlashPrec<PREC>::CORE>(j0, n, stage) * NS * BC * LD;
         const E* sV = sK + BC * LD;
         const E* sTK = sV + BC * LD;
         const E* sTV = sTK + BC * LD;
@@ -267,7 +267,7 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(FlashIn q, FlashIn k, FlashIn
     zero_tiles(dtka);
     zero_tiles(dtva);
     for (int i0 = 0; i0 < n; i0 += BQ) {
-        const int set = flash_inner_step<STAGES, BQ>(i0, n, stage);
+        const int set = flash_inner_step<STAGES, BQ, FlashPrec<PREC>::CORE>(i0, n, stage);
         const E* sQ = sQueries + set * NS * BQ * LD;
         const E* sGO = sQ + BQ * LD;
         const E* sTQ = sGO + BQ * LD;
@@ -360,6 +360,10 @@ FLASH_FWD(t, true, 72, x3, FP_X3, 4, 32, (128), )
 FLASH_FWD(t, true, 72, tf32, FP_TF32, 4, 32, (128), )
 FLASH_FWD(t, true, 72, bf16, FP_BF16, 4, 32, (128, 3), )
 FLASH_FWD(t, true, 72, bf16, FP_BF16, 4, 32, (128), _nocap)
+FLASH_FWD(p, false, 64, wgmma, FP_WG, 4, 64, (128), )
+FLASH_FWD(t, true, 64, wgmma, FP_WG, 4, 32, (128), )
+FLASH_FWD(p, false, 72, wgmma, FP_WG, 4, 64, (128), )
+FLASH_FWD(t, true, 72, wgmma, FP_WG, 4, 32, (128), )
 
 //! kernel flash_dq(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)
 #define FLASH_DQ(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix) \
@@ -381,6 +385,10 @@ FLASH_DQ(p, false, 72, bf16, FP_BF16, 4, 64, (128), )
 FLASH_DQ(t, true, 72, x3, FP_X3, 8, 32, (256), )
 FLASH_DQ(t, true, 72, tf32, FP_TF32, 8, 32, (256), )
 FLASH_DQ(t, true, 72, bf16, FP_BF16, 8, 32, (256), )
+FLASH_DQ(p, false, 64, wgmma, FP_WG, 4, 64, (128), )
+FLASH_DQ(t, true, 64, wgmma, FP_WG, 8, 32, (256), )
+FLASH_DQ(p, false, 72, wgmma, FP_WG, 4, 64, (128), )
+FLASH_DQ(t, true, 72, wgmma, FP_WG, 8, 32, (256), )
 
 //! kernel flash_dkv(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)
 #define FLASH_DKV(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix) \
@@ -405,3 +413,7 @@ FLASH_DKV(p, false, 72, bf16, FP_BF16, 4, 32, (128), )
 FLASH_DKV(t, true, 72, x3, FP_X3, 4, 16, (128), )
 FLASH_DKV(t, true, 72, tf32, FP_TF32, 4, 16, (128), )
 FLASH_DKV(t, true, 72, bf16, FP_BF16, 4, 16, (128), )
+FLASH_DKV(p, false, 64, wgmma, FP_WG, 4, 32, (128), )
+FLASH_DKV(t, true, 64, wgmma, FP_WG, 4, 16, (128), )
+FLASH_DKV(p, false, 72, wgmma, FP_WG, 4, 32, (128), )
+FLASH_DKV(t, true, 72, wgmma, FP_WG, 4, 16, (128), )

@@ -1,16 +1,25 @@
 import TensorCore
 
 /// Operand precision of the flash kernels (their PREC): 3xTF32 (about float32, the default), TF32 (`allowTF32`),
-/// bfloat16 (`bf16Products`).
+/// bfloat16 (`bf16Products`) by mma.sync, or bfloat16 by Hopper's warpgroup products (wgmma; `bf16Products` on a
+/// device whose kernels are sm_90a machine code, unless `flashWarpgroupProducts` is off).
 enum FlashPrecision: Int, CaseIterable {
-    case x3 = 0, tf32 = 1, bf16 = 2
+    case x3 = 0, tf32 = 1, bf16 = 2, wgmma = 3
+    /// bfloat16 operands (tiles of 2-byte elements, two sets of inner tiles).
+    var isBF16: Bool { self == .bf16 || self == .wgmma }
     /// Bytes of one shared-memory tile element.
-    var elementBytes: Int { self == .bf16 ? 2 : 4 }
-    /// A tile row's pitch in elements (the kernels' FlashPrec::ld).
-    func pitch(_ dim: Int) -> Int { self == .bf16 ? (dim + 15) / 16 * 16 + 8 : dim + 4 }
+    var elementBytes: Int { isBF16 ? 2 : 4 }
+    /// A tile row's elements (the kernels' FlashPrec::ld): padded rows, or for wgmma's core matrices none.
+    func pitch(_ dim: Int) -> Int {
+        switch self {
+        case .x3, .tf32: return dim + 4
+        case .bf16: return (dim + 15) / 16 * 16 + 8
+        case .wgmma: return (dim + 15) / 16 * 16
+        }
+    }
     /// Sets of the inner loop's tiles (the kernels' FlashPrec::STAGES): bf16 stages the next block while it
     /// multiplies the current one.
-    var stages: Int { self == .bf16 ? 2 : 1 }
+    var stages: Int { isBF16 ? 2 : 1 }
 }
 
 /// The three flash kernels of one attention call: the forward (also the backward's pre-pass), the query side and
@@ -110,22 +119,27 @@ extension CUDABackend {
         return buffers.allSatisfy { b in
             guard let b else { return true }
             let (f32, bf16) = float32OrBF16(b)
-            return (bf16 == 0 || flashPrecision == .bf16) && (f32 | bf16) % 16 == 0
+            return (bf16 == 0 || flashPrecision.isBF16) && (f32 | bf16) % 16 == 0
         }
     }
 
     /// A flash kernel's float32 operand: 0 for a storage that holds only its bf16 copy (read through `flashInputCopy`).
     private func flashFloat32(_ x: Storage?) -> DevicePointer { x.map { float32OrBF16($0).f32 } ?? 0 }
 
-    /// The flash kernels' operand precision: bf16Products, else allowTF32, else 3xTF32.
-    var flashPrecision: FlashPrecision { bf16Products ? .bf16 : allowTF32 ? .tf32 : .x3 }
+    /// The flash kernels' operand precision: bf16Products (by wgmma where it can), else allowTF32, else 3xTF32.
+    var flashPrecision: FlashPrecision {
+        bf16Products ? (flashWarpgroupProducts && warpgroupProducts ? .wgmma : .bf16) : allowTF32 ? .tf32 : .x3
+    }
+
+    /// Whether the kernels are machine code with Hopper's warpgroup products (sm_90a, a compute capability 9.0 device).
+    var warpgroupProducts: Bool { target.cubin && target.option == NVRTC.machineCodeOption(90) }
 
     /// The bf16 copy of a flash kernel's input that the kernel may read instead of its float32 values (bf16 kernels
     /// only): the one the kernel that made the input wrote, or a product's, kept through this call; 0 where there is
     /// none. No copy is made here: a conversion pass costs more than the kernels' own rounding of float32 tiles,
     /// which gives the same bits.
     func flashInputCopy(_ x: Storage?) -> DevicePointer {
-        guard flashPrecision == .bf16, let x, let copy = cuda(x).bf16Copy, copy.address % 16 == 0 else { return 0 }
+        guard flashPrecision.isBF16, let x, let copy = cuda(x).bf16Copy, copy.address % 16 == 0 else { return 0 }
         inCallCopies.append(ObjectIdentifier(x))
         return copy.address
     }

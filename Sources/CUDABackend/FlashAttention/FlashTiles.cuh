@@ -25,9 +25,20 @@
 // k = t and 2t+1 playing k = t+4, the B operand read in the same order (rows 2t and 2t+1 of the tile); in
 // BF16 two adjacent tiles (columns 0-7 and 8-15) are exactly one A fragment of 16 columns. BF16 fragments come
 // from shared memory by ldmatrix (x4 for A, x2 for B, x2.trans for B = a row-major tile itself).
+//
+// FP_WG (bf16Products on Hopper, machine code for sm_90a) computes what FP_BF16 computes, with the products as wgmma: a
+// warpgroup (4 warps, 64 rows) multiplies A fragments in registers (each warp its 16 rows, the mma.sync layout above)
+// by a B tile that the tensor cores read from shared memory themselves, once per warpgroup. With mma.sync every warp
+// reads every B fragment by ldmatrix: at 16 rows a warp that is 256 bytes of shared memory per 16x8x16 product, and
+// four warps then need twice the bytes a multiprocessor's shared memory delivers while its tensor cores work, which
+// bounded the BF16 kernels (about 100 TFLOP/s in the backward with tangents). The accumulators of m64nNk16 hold, per
+// warp, exactly the tiles out[N / 8][4] of the mma.sync code, so the softmax, statistics and output code is shared.
+// Its tiles are stored as 8x8 core matrices of 128 contiguous bytes (tile_at), the layout wgmma reads unswizzled;
+// ldmatrix reads the A fragments from the same tiles.
 #define FP_X3 0
 #define FP_TF32 1
 #define FP_BF16 2
+#define FP_WG 3
 #ifndef TVM_EMULATE
 __device__ __forceinline__ u32 f2tf32(float x) { u32 r; asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x)); return r; }
 __device__ __forceinline__ void mma_tf32(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
@@ -67,10 +78,12 @@ __device__ __forceinline__ float ex2_approx(float x) { float r; asm("ex2.approx.
 /// block's tiles while it multiplies the current one, see flash_stage), the columns of a tile (D, or D rounded up
 /// to 16 for BF16, the extra columns zero) and the tile pitch in elements (padded so that every fragment load, and
 /// every ldmatrix phase, touches 32 different banks: 68 / 76 floats, 72 / 88 bf16 values for D = 64 / 72).
+/// BF16: bfloat16 operands (FP_BF16 and FP_WG); CORE: tiles in core matrices, products by wgmma (FP_WG, whose rows
+/// need no padding: a core matrix's 8 rows of 16 bytes are one ldmatrix phase on 32 banks).
 template<int PREC> struct FlashPrec {
     typedef float E;
     static constexpr int KS = 1;
-    static constexpr bool SPLIT = PREC == FP_X3;
+    static constexpr bool SPLIT = PREC == FP_X3, BF16 = false, CORE = false;
     static constexpr int STAGES = 1;
     template<int D> static constexpr int cols() { return D; }
     template<int D> static constexpr int ld() { return D + 4; }
@@ -78,11 +91,23 @@ template<int PREC> struct FlashPrec {
 template<> struct FlashPrec<FP_BF16> {
     typedef unsigned short E;
     static constexpr int KS = 2;
-    static constexpr bool SPLIT = false;
+    static constexpr bool SPLIT = false, BF16 = true, CORE = false;
     static constexpr int STAGES = 2;
     template<int D> static constexpr int cols() { return (D + 15) / 16 * 16; }
     template<int D> static constexpr int ld() { return cols<D>() + 8; }
 };
+template<> struct FlashPrec<FP_WG> : FlashPrec<FP_BF16> {
+    static constexpr bool CORE = true;
+    template<int D> static constexpr int ld() { return cols<D>(); }
+};
+
+/// Element (r, c) of a shared tile of LD elements a row: row-major, or with CORE in 8x8 core matrices (8 rows of 8
+/// elements, 128 contiguous bytes), LD / 8 of them for each 8 rows, side by side (c a multiple of 4 or r's row of a
+/// core matrix: what a 16- or 8-byte access and ldmatrix address).
+template<int PREC, int LD> __device__ __forceinline__ int tile_at(int r, int c) {
+    if constexpr (FlashPrec<PREC>::CORE) return ((r >> 3) * (LD >> 3) + (c >> 3)) * 64 + ((r & 7) << 3) + (c & 7);
+    else return r * LD + c;
+}
 
 /// A operand (TF32: 16x8, split into hi and lo parts for 3xTF32; BF16: 16x16 in h) and B operand (8x8; 16x8).
 template<int PREC> struct FragA { u32 h[4], l[4]; };
@@ -111,7 +136,7 @@ template<int PREC> __device__ __forceinline__ FragB<PREC> frag_b(float x0, float
 /// bias that grows with the number of products summed into one accumulator (measured 1.5e-5 relative at
 /// S = 1024 when a whole row's products went into one); this keeps it at three products' worth.
 template<int PREC> __device__ __forceinline__ void tc_mma(float (&c)[4], const FragA<PREC>& a, const FragB<PREC>& b) {
-    if constexpr (PREC == FP_BF16) {
+    if constexpr (FlashPrec<PREC>::BF16) {
         mma_bf16(c, a.h, b.h[0], b.h[1]);
     } else if constexpr (PREC == FP_X3) {
         float d[4] = {0.f, 0.f, 0.f, 0.f};
@@ -126,10 +151,10 @@ template<int PREC> __device__ __forceinline__ void tc_mma(float (&c)[4], const F
 }
 /// A operand from a row-major shared tile [rows][LD]: rows r0..r0+15, columns k0..k0+8*KS-1.
 template<int PREC, int LD> __device__ __forceinline__ FragA<PREC> lds_a(const typename FlashPrec<PREC>::E* s, int r0, int k0, int g, int t) {
-    if constexpr (PREC == FP_BF16) {
+    if constexpr (FlashPrec<PREC>::BF16) {
         const int lane = 4 * g + t;
         FragA<PREC> f;
-        ldsm_x4(f.h, s + (r0 + (lane & 15)) * LD + k0 + (lane >> 4) * 8);
+        ldsm_x4(f.h, s + tile_at<PREC, LD>(r0 + (lane & 15), k0 + (lane >> 4) * 8));
         return f;
     } else {
         const float* p = s + (r0 + g) * LD + k0 + t;
@@ -138,10 +163,10 @@ template<int PREC, int LD> __device__ __forceinline__ FragA<PREC> lds_a(const ty
 }
 /// B operand B[k][n] = Y[n0 + n][k0 + k] of a row-major shared tile Y [rows][LD] (a product with Y^T).
 template<int PREC, int LD> __device__ __forceinline__ FragB<PREC> lds_bt(const typename FlashPrec<PREC>::E* s, int n0, int k0, int g, int t) {
-    if constexpr (PREC == FP_BF16) {
+    if constexpr (FlashPrec<PREC>::BF16) {
         const int lane = 4 * g + t;
         FragB<PREC> f;
-        ldsm_x2(f.h, s + (n0 + (lane & 7)) * LD + k0 + ((lane >> 3) & 1) * 8);
+        ldsm_x2(f.h, s + tile_at<PREC, LD>(n0 + (lane & 7), k0 + ((lane >> 3) & 1) * 8));
         return f;
     } else {
         const float* p = s + (n0 + g) * LD + k0 + t;
@@ -151,10 +176,10 @@ template<int PREC, int LD> __device__ __forceinline__ FragB<PREC> lds_bt(const t
 /// B operand B[k][n] = Y[k0 + k'][n0 + n] of a row-major shared tile Y: the right operand of a product with
 /// acc_a. TF32: k' in the accumulator order (k = t is row 2t, k = t+4 is row 2t+1); BF16: k' = k.
 template<int PREC, int LD> __device__ __forceinline__ FragB<PREC> lds_bn(const typename FlashPrec<PREC>::E* s, int k0, int n0, int g, int t) {
-    if constexpr (PREC == FP_BF16) {
+    if constexpr (FlashPrec<PREC>::BF16) {
         const int lane = 4 * g + t;
         FragB<PREC> f;
-        ldsm_x2_trans(f.h, s + (k0 + (lane & 15)) * LD + n0);
+        ldsm_x2_trans(f.h, s + tile_at<PREC, LD>(k0 + (lane & 15), n0));
         return f;
     } else {
         const float* p = s + (k0 + 2 * t) * LD + n0 + g;
@@ -164,7 +189,7 @@ template<int PREC, int LD> __device__ __forceinline__ FragB<PREC> lds_bn(const t
 /// Accumulator tiles as the A operand of the next product (see above): TF32 takes c0 (columns 0-7 of k), BF16
 /// c0 and c1 (columns 0-15), rounded to bfloat16.
 template<int PREC> __device__ __forceinline__ FragA<PREC> acc_a(const float (&c0)[4], const float (&c1)[4]) {
-    if constexpr (PREC == FP_BF16) {
+    if constexpr (FlashPrec<PREC>::BF16) {
         FragA<PREC> f;
         f.h[0] = bf16x2(c0[0], c0[1]);
         f.h[1] = bf16x2(c0[2], c0[3]);
@@ -176,12 +201,73 @@ template<int PREC> __device__ __forceinline__ FragA<PREC> acc_a(const float (&c0
     }
 }
 
+/// wgmma (FP_WG): the instructions exist only in sm_90a machine code. Elsewhere the FP_WG kernels trap (the host
+/// launches them only on such a device). The accumulators and A registers go through asm operands, so wg_fence and
+/// wg_operands order the ordinary instructions that write and read them around the queued products.
+#if !defined(TVM_EMULATE) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG_ACC(i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
+#define WG_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(TRANS ? 1 : 0), "r"(1)
+/// d += A B over 16 columns of k for a warpgroup's 64 rows: A this warp's 16 rows (an mma.sync A fragment), B (16 x N)
+/// read from shared memory by the tensor cores through `desc`, K-major (a tile transposed: TRANS false) or MN-major (a
+/// tile itself: TRANS true). Queued: complete at wg_commit_wait.
+template<int N, bool TRANS> __device__ __forceinline__ void wg_mma(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc) {
+    static_assert(N == 16 || N == 32 || N == 64 || N == 72, "wg_mma: no instance for this N");
+    if constexpr (N == 16)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %14, 0;\nwgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {"
+                     "%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, %13;\n}"
+                     : WG_ACC(0), WG_ACC(1) : WG_IN);
+    if constexpr (N == 32)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %22, 0;\nwgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, %21;\n}"
+                     : WG_ACC(0), WG_ACC(1), WG_ACC(2), WG_ACC(3) : WG_IN);
+    if constexpr (N == 64)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\nwgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}"
+                     : WG_ACC(0), WG_ACC(1), WG_ACC(2), WG_ACC(3), WG_ACC(4), WG_ACC(5), WG_ACC(6), WG_ACC(7) : WG_IN);
+    if constexpr (N == 72)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %42, 0;\nwgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16 {"
+                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                     "%32, %33, %34, %35}, {%36, %37, %38, %39}, %40, p, 1, 1, %41;\n}"
+                     : WG_ACC(0), WG_ACC(1), WG_ACC(2), WG_ACC(3), WG_ACC(4), WG_ACC(5), WG_ACC(6), WG_ACC(7), WG_ACC(8) : WG_IN);
+}
+#undef WG_ACC
+#undef WG_IN
+/// Before the first product of a group: the registers it reads were written by ordinary instructions.
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+/// The queued products done, their accumulators readable.
+__device__ __forceinline__ void wg_commit_wait() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n\twgmma.wait_group.sync.aligned 0;" ::: "memory");
+}
+/// Shared memory this thread wrote (st.shared, cp.async) made visible to the tensor cores' reads (the async proxy).
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+#else
+template<int N, bool TRANS> __device__ __forceinline__ void wg_mma(float (&)[N / 8][4], const u32 (&)[4], u64) { __trap(); }
+__device__ __forceinline__ void wg_fence() {}
+__device__ __forceinline__ void wg_commit_wait() {}
+__device__ __forceinline__ void fence_async_shared() {}
+#endif
+/// Accumulator tiles pinned in program order between the asm statements (no read or write of them moves across).
+template<int N> __device__ __forceinline__ void wg_operands(float (&d)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e]) :: "memory");
+}
+/// A wgmma descriptor of a CORE tile's block at `tile` (16-byte aligned): unswizzled core matrices, `lbo` bytes apart
+/// along k, `sbo` bytes apart along M or N.
+__device__ __forceinline__ u64 wg_desc(const void* tile, u32 lbo, u32 sbo) {
+    const u64 a = (u32)__cvta_generic_to_shared(tile);
+    return ((a & 0x3FFFFu) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32);
+}
+
 /// e^x for the softmax weights. FP_BF16: 2^(x log2 e) by the hardware approximation (ex2.approx.ftz: two
 /// instructions where expf takes nine, with about 2 ulp of float32 error where the weights are then rounded to
 /// bfloat16, 2^16 ulp, before their product; e^-inf = 0), as bf16 flash attention computes them. The float32-tile
 /// precisions keep the accurate expf of the CPU backend.
 template<int PREC> __device__ __forceinline__ float flash_exp(float x) {
-    if constexpr (PREC == FP_BF16) return ex2_approx(x * 1.44269504088896341f);
+    if constexpr (FlashPrec<PREC>::BF16) return ex2_approx(x * 1.44269504088896341f);
     else return m_exp(x);
 }
 
@@ -221,15 +307,42 @@ __device__ __forceinline__ void tile_products_bt(float (&out0)[N][4], float (&ou
         const typename FlashPrec<PREC>::E* sA, const typename FlashPrec<PREC>::E* sTA,
         const typename FlashPrec<PREC>::E* sB, const typename FlashPrec<PREC>::E* sTB, int r0, int g, int t) {
     constexpr int KS = FlashPrec<PREC>::KS;
-#pragma unroll (UNROLL_K ? KDP : 1)
-    for (int kk = 0; kk < KDP; kk += KS) {
-        const FragA<PREC> a = lds_a<PREC, LD>(sA, r0, kk * 8, g, t);
-        FragA<PREC> ta;
-        if (TAN) ta = lds_a<PREC, LD>(sTA, r0, kk * 8, g, t);
+    if constexpr (FlashPrec<PREC>::CORE) {
+        // The warpgroup's products, B = the tile transposed (K-major): this warp's A fragments for every step of k
+        // first, since a wgmma reading registers that an ordinary instruction wrote needs a wg_fence in between. A
+        // step is 16 columns, two core matrices 128 bytes apart; 8-row blocks lie LD * 16 bytes apart.
+        constexpr int STEPS = KDP / KS;
+        FragA<PREC> a[STEPS], ta[STEPS];
 #pragma unroll
-        for (int c = 0; c < N; ++c) {
-            tile_terms<PREC, TAN, X1, Y1, X2, Y2>(out0[c], out1[c], out2[c], a, ta, lds_bt<PREC, LD>(sB, c * 8, kk * 8, g, t),
-                                                  [&] { return lds_bt<PREC, LD>(sTB, c * 8, kk * 8, g, t); });
+        for (int i = 0; i < STEPS; ++i) {
+            a[i] = lds_a<PREC, LD>(sA, r0, 16 * i, g, t);
+            if (TAN) ta[i] = lds_a<PREC, LD>(sTA, r0, 16 * i, g, t);
+        }
+        wg_operands(out0);
+        if (TAN) { wg_operands(out1); wg_operands(out2); }
+        wg_fence();
+#pragma unroll
+        for (int i = 0; i < STEPS; ++i) {
+            wg_mma<8 * N, false>(out0, a[i].h, wg_desc(sB + 128 * i, 128, LD * 16));
+            if (TAN) {
+                wg_mma<8 * N, false>(out1, (X1 ? ta[i] : a[i]).h, wg_desc((Y1 ? sTB : sB) + 128 * i, 128, LD * 16));
+                wg_mma<8 * N, false>(out2, (X2 ? ta[i] : a[i]).h, wg_desc((Y2 ? sTB : sB) + 128 * i, 128, LD * 16));
+            }
+        }
+        wg_commit_wait();
+        wg_operands(out0);
+        if (TAN) { wg_operands(out1); wg_operands(out2); }
+    } else {
+#pragma unroll (UNROLL_K ? KDP : 1)
+        for (int kk = 0; kk < KDP; kk += KS) {
+            const FragA<PREC> a = lds_a<PREC, LD>(sA, r0, kk * 8, g, t);
+            FragA<PREC> ta;
+            if (TAN) ta = lds_a<PREC, LD>(sTA, r0, kk * 8, g, t);
+#pragma unroll
+            for (int c = 0; c < N; ++c) {
+                tile_terms<PREC, TAN, X1, Y1, X2, Y2>(out0[c], out1[c], out2[c], a, ta, lds_bt<PREC, LD>(sB, c * 8, kk * 8, g, t),
+                                                      [&] { return lds_bt<PREC, LD>(sTB, c * 8, kk * 8, g, t); });
+            }
         }
     }
 }
@@ -242,15 +355,42 @@ __device__ __forceinline__ void tile_products_bn(float (&out0)[KD][4], float (&o
         float (&p)[N][4], float (&tp)[N][4], const typename FlashPrec<PREC>::E* sB,
         const typename FlashPrec<PREC>::E* sTB, int g, int t) {
     constexpr int KS = FlashPrec<PREC>::KS;
+    if constexpr (FlashPrec<PREC>::CORE) {
+        // The warpgroup's products, B = the tile itself (MN-major): every step's A from the registers first (see
+        // tile_products_bt). A step is 16 rows of the tile, two 8-row blocks LD * 16 bytes apart; core matrices lie
+        // 128 bytes apart along N.
+        constexpr int STEPS = N / KS;
+        FragA<PREC> a[STEPS], ta[STEPS];
 #pragma unroll
-    for (int c = 0; c < N; c += KS) {
-        const FragA<PREC> a = acc_a<PREC>(p[c], p[c + KS - 1]);
-        FragA<PREC> ta;
-        if (TAN) ta = acc_a<PREC>(tp[c], tp[c + KS - 1]);
+        for (int i = 0; i < STEPS; ++i) {
+            a[i] = acc_a<PREC>(p[KS * i], p[KS * i + KS - 1]);
+            if (TAN) ta[i] = acc_a<PREC>(tp[KS * i], tp[KS * i + KS - 1]);
+        }
+        wg_operands(out0);
+        if (TAN) { wg_operands(out1); wg_operands(out2); }
+        wg_fence();
 #pragma unroll
-        for (int i = 0; i < KD; ++i) {
-            tile_terms<PREC, TAN, X1, Y1, X2, Y2>(out0[i], out1[i], out2[i], a, ta, lds_bn<PREC, LD>(sB, c * 8, i * 8, g, t),
-                                                  [&] { return lds_bn<PREC, LD>(sTB, c * 8, i * 8, g, t); });
+        for (int i = 0; i < STEPS; ++i) {
+            wg_mma<8 * KD, true>(out0, a[i].h, wg_desc(sB + 16 * LD * i, LD * 16, 128));
+            if (TAN) {
+                wg_mma<8 * KD, true>(out1, (X1 ? ta[i] : a[i]).h, wg_desc((Y1 ? sTB : sB) + 16 * LD * i, LD * 16, 128));
+                wg_mma<8 * KD, true>(out2, (X2 ? ta[i] : a[i]).h, wg_desc((Y2 ? sTB : sB) + 16 * LD * i, LD * 16, 128));
+            }
+        }
+        wg_commit_wait();
+        wg_operands(out0);
+        if (TAN) { wg_operands(out1); wg_operands(out2); }
+    } else {
+#pragma unroll
+        for (int c = 0; c < N; c += KS) {
+            const FragA<PREC> a = acc_a<PREC>(p[c], p[c + KS - 1]);
+            FragA<PREC> ta;
+            if (TAN) ta = acc_a<PREC>(tp[c], tp[c + KS - 1]);
+#pragma unroll
+            for (int i = 0; i < KD; ++i) {
+                tile_terms<PREC, TAN, X1, Y1, X2, Y2>(out0[i], out1[i], out2[i], a, ta, lds_bn<PREC, LD>(sB, c * 8, i * 8, g, t),
+                                                      [&] { return lds_bn<PREC, LD>(sTB, c * 8, i * 8, g, t); });
+            }
         }
     }
 }
@@ -266,8 +406,8 @@ __device__ __forceinline__ void flash_load(typename FlashPrec<PREC>::E* s, const
         const int r = i / VP, c = i - r * VP;
         float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
         if ((VP == V || c < V) && row0 + r < n) x = reinterpret_cast<const float4*>(src + (row0 + r) * ld)[c];
-        if constexpr (PREC == FP_BF16) {
-            *reinterpret_cast<uint2*>(s + r * LD + 4 * c) = make_uint2(bf16x2(x.x, x.y), bf16x2(x.z, x.w));
+        if constexpr (FlashPrec<PREC>::BF16) {
+            *reinterpret_cast<uint2*>(s + tile_at<PREC, LD>(r, 4 * c)) = make_uint2(bf16x2(x.x, x.y), bf16x2(x.z, x.w));
         } else {
             *reinterpret_cast<float4*>(s + r * LD + 4 * c) = x;
         }
@@ -284,7 +424,7 @@ struct FlashIn { const float* x; const unsigned short* x16; };
 /// rounded for FP_BF16).
 template<int D, int ROWS, int THREADS, int PREC>
 __device__ __forceinline__ void flash_stage(typename FlashPrec<PREC>::E* s, FlashIn src, i64 hb, i64 ld, int row0, int n) {
-    if constexpr (PREC == FP_BF16) {
+    if constexpr (FlashPrec<PREC>::BF16) {
         if (src.x16 != nullptr) {
             // Chunks of 8 values: C per tile row, CD of them holding data (D = 72: 9 of 10).
             constexpr int C = FlashPrec<PREC>::template cols<D>() / 8, CD = D / 8, LD = FlashPrec<PREC>::template ld<D>();
@@ -292,7 +432,7 @@ __device__ __forceinline__ void flash_stage(typename FlashPrec<PREC>::E* s, Flas
 #pragma unroll 4
             for (int i = threadIdx.x; i < ROWS * C; i += THREADS) {
                 const int r = i / C, c = i - r * C;
-                unsigned short* dst = s + r * LD + 8 * c;
+                unsigned short* dst = s + tile_at<PREC, LD>(r, 8 * c);
                 if ((C == CD || c < CD) && row0 + r < n) cp_async16(dst, p + (row0 + r) * ld + 8 * c);
                 else *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
             }
@@ -346,11 +486,13 @@ __device__ __forceinline__ float quad_max(float x) {
 /// two sets (FlashPrec::STAGES; the caller staged the first block into set 0 before the loop) the block's copies
 /// are waited for, and after the barrier, which also tells that every warp is done with the other set, the next
 /// block is staged into that set: its cp.async copies fly while this block is multiplied. With one set the block
-/// is loaded between two barriers, as the float32-tile kernels always did (their loop and code are unchanged).
-template<int STAGES, int ROWS, typename Stage>
+/// is loaded between two barriers, as the float32-tile kernels always did (their loop and code are unchanged). CORE:
+/// the tiles' writes are made visible to wgmma's reads before the barrier (those staged before the loop included).
+template<int STAGES, int ROWS, bool CORE, typename Stage>
 __device__ __forceinline__ int flash_inner_step(int row0, int n, Stage stage) {
     if constexpr (STAGES == 2) {
         cp_async_wait_all();
+        if (CORE) fence_async_shared();
         __syncthreads();
         if (row0 + ROWS < n) stage((row0 / ROWS + 1) & 1, row0 + ROWS);
         return (row0 / ROWS) & 1;

@@ -168,7 +168,7 @@ extension CUDABackend {
         for family in KernelFamily.all {
             for dtype in family.elementTypes {
                 let start = now()
-                let options = ["--gpu-architecture=sm_\(architecture)"] + family.options(dtype)
+                let options = [NVRTC.machineCodeOption(architecture)] + family.options(dtype)
                 let name = family.moduleName(dtype)
                 let (image, log) = try nvrtc.compile(source: family.source, name: name, options: options + ["--ptxas-options=-v"],
                                                      cubin: true)

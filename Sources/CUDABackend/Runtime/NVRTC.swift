@@ -72,10 +72,14 @@ final class NVRTC {
     /// knows the architecture, else PTX for the newest older one it knows, which the driver compiles.
     func target(for arch: Int) -> (option: String, cubin: Bool) {
         let known = supportedArchitectures
-        if known.isEmpty || known.contains(arch) { return ("--gpu-architecture=sm_\(arch)", true) }
+        if known.isEmpty || known.contains(arch) { return (Self.machineCodeOption(arch), true) }
         let older = known.filter { $0 <= arch }.max() ?? known.min()!
         return ("--gpu-architecture=compute_\(older)", false)
     }
+
+    /// The option for machine code of compute capability `arch`: 9.0 as sm_90a, whose machine code runs on 9.0 devices
+    /// alone and has Hopper's own instructions (wgmma: the flash kernels' FP_WG); other kernels compile as for sm_90.
+    static func machineCodeOption(_ arch: Int) -> String { "--gpu-architecture=sm_\(arch)\(arch == 90 ? "a" : "")" }
 
     /// Compiles `source` and returns the image (CUBIN or NUL-terminated PTX) and the compiler's log.
     func compile(source: String, name: String, options: [String], cubin: Bool) throws -> (image: [UInt8], log: String) {
