@@ -41,8 +41,8 @@ public final class CUDABackend: Backend {
     public var flashRegisterCaps = true
     /// Under `bf16Products`, the flash kernels' products as Hopper's warpgroup products (wgmma, FlashTiles.cuh's FP_WG)
     /// where the kernels were built as sm_90a machine code (`warpgroupProducts`); else the mma.sync kernels, which
-    /// give the same results up to the order of their float32 sums. Off by default until the wgmma kernels have run
-    /// on a GPU (TVM_CUDA_WGMMA=1 turns them on; docs/CUDA_NOTES.md).
+    /// give the same results up to the order of their float32 sums. Off by default: on an H100 the wgmma kernels were
+    /// correct but 0.96-0.98x as fast in training (TVM_CUDA_WGMMA=1 turns them on; docs/CUDA_NOTES.md says why).
     public var flashWarpgroupProducts = environment("TVM_CUDA_WGMMA") == "1"
     /// Attention calls (forward or backward) that took the flash kernels (for tests).
     public internal(set) var flashAttentionCalls = 0
