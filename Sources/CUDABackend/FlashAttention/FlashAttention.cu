@@ -9,7 +9,8 @@
 /// not stored) get the float32 values, o16 and to16 (null: none) their bf16 copies: an output that only the output
 /// projection reads is kept as its copy alone.
 /// With `stats` (the backward's pre-pass) nothing is stored but, per row, float4 (lseIn, mu, rho, dotPdP):
-/// rho = gto.o, dotPdP = sum_j P_ij dP_ij = go.o + gto.to - mu rho (TAN) or go.o.
+/// rho = gto.o, dotPdP = sum_j P_ij dP_ij = go.o + gto.to - mu rho (TAN) or go.o; and o16 and to16 (null: none) then
+/// receive the bf16 copies of go and gto, which dq and dkv stage by cp.async (dkv at every step of its loop).
 template<int D, int WARPS, int BC, bool TAN, int PREC>
 __device__ __forceinline__ void flash_fwd_impl(FlashIn q, FlashIn k, FlashIn v, FlashIn tq, FlashIn tk, FlashIn tv,
         float* __restrict__ o, float* __restrict__ to, float* __restrict__ lse,
@@ -123,9 +124,11 @@ __device__ __forceinline__ void flash_fwd_impl(FlashIn q, FlashIn k, FlashIn v, 
                 for (int i = 0; i < KD; ++i) {
                     const float o0 = acc[i][2 * h] * inv, o1 = acc[i][2 * h + 1] * inv;
                     const float2 a = *reinterpret_cast<const float2*>(go + off + i * 8);
+                    store_bf16_pair(o16, off + i * 8, a.x, a.y);
                     gdo += a.x * o0 + a.y * o1;
                     if (TAN) {
                         const float2 b = *reinterpret_cast<const float2*>(gto + off + i * 8);
+                        store_bf16_pair(to16, off + i * 8, b.x, b.y);
                         rho += b.x * o0 + b.y * o1;
                         gtt += b.x * (tacc[i][2 * h] * inv - muv * o0) + b.y * (tacc[i][2 * h + 1] * inv - muv * o1);
                     }
@@ -361,7 +364,7 @@ FLASH_FWD(t, true, 72, tf32, FP_TF32, 4, 32, (128), )
 FLASH_FWD(t, true, 72, bf16, FP_BF16, 4, 32, (128, 3), )
 FLASH_FWD(t, true, 72, bf16, FP_BF16, 4, 32, (128), _nocap)
 FLASH_FWD(p, false, 64, wgmma, FP_WG, 4, 64, (128), )
-FLASH_FWD(t, true, 64, wgmma, FP_WG, 4, 32, (128), )
+FLASH_FWD(t, true, 64, wgmma, FP_WG, 4, 32, (128, 3), )
 FLASH_FWD(p, false, 72, wgmma, FP_WG, 4, 64, (128), )
 FLASH_FWD(t, true, 72, wgmma, FP_WG, 4, 32, (128), )
 

@@ -176,7 +176,15 @@ extension CUDABackend {
         let rowStats = allocate(g.rows * 4, .float32)
         // q, k, v, tq, tk, tv, go, gto: their copies claimed for the call before dv's and dtv's are made.
         beginBF16Call()
-        let c = [q, k, v, tq, tk, tv, go, gto].map(flashInputCopy), f32 = [q, k, v, tq, tk, tv, go, gto].map(flashFloat32)
+        var c = [q, k, v, tq, tk, tv, go, gto].map(flashInputCopy)
+        let f32 = [q, k, v, tq, tk, tv, go, gto].map(flashFloat32)
+        // go and gto (the output projection's cotangents) come without copies: the pre-pass, which reads their float32
+        // values, writes copies that dq and dkv then stage by cp.async instead of loading and rounding float32 tiles
+        // (dkv at every step of its loop, where those loads' latency was most of its stalls).
+        let (go16, gto16) = (precision.isBF16 && c[6] == 0 ? bf16Twin(go) : 0,
+                             precision.isBF16 && c[7] == 0 ? gto.map { bf16Twin($0) } ?? 0 : 0)
+        if go16 != 0 { c[6] = go16 }
+        if gto16 != 0 { c[7] = gto16 }
         func grid(_ rows: Int) -> (Int, Int) { ((g.seq + rows - 1) / rows, bh) }
         func shared(_ kind: FlashKind, _ k: some FlashInstance) -> Int {
             kind.sharedBytes(tangent: k.tangent, dim: k.dim, precision: k.precision, warps: k.warps, inner: k.inner)
@@ -186,7 +194,7 @@ extension CUDABackend {
         f.launch(on: self, grid: grid(f.rows), block: (f.threads, 1), shared: shared(.forward, f),
                  q: f32[0], k: f32[1], v: f32[2], tq: f32[3], tk: f32[4], tv: f32[5],
                  q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5],
-                 o: 0, to: 0, lse: 0, o16: 0, to16: 0, go: f32[6], gto: f32[7], lseIn: addr(lse), stats: addr(rowStats),
+                 o: 0, to: 0, lse: 0, o16: go16, to16: gto16, go: f32[6], gto: f32[7], lseIn: addr(lse), stats: addr(rowStats),
                  n: g.seq, heads: g.heads, scale: Float(g.scale))
         let fq = FlashAttentionKernels.pick(set.flashDq, "dq", tangent: tangent, dim: g.dim, precision: precision,
                                             capped: flashRegisterCaps)
