@@ -28,10 +28,10 @@
 //
 // FP_WG (bf16Products on Hopper, machine code for sm_90a) computes what FP_BF16 computes, with the products as wgmma: a
 // warpgroup (4 warps, 64 rows) multiplies A fragments in registers (each warp its 16 rows, the mma.sync layout above)
-// by a B tile that the tensor cores read from shared memory themselves, once per warpgroup. With mma.sync every warp
-// reads every B fragment by ldmatrix: at 16 rows a warp that is 256 bytes of shared memory per 16x8x16 product, and
-// four warps then need twice the bytes a multiprocessor's shared memory delivers while its tensor cores work, which
-// bounded the BF16 kernels (about 100 TFLOP/s in the backward with tangents). The accumulators of m64nNk16 hold, per
+// by a B tile that the tensor cores read from shared memory themselves, once per warpgroup, where with mma.sync every
+// warp reads every B fragment by ldmatrix. It was built to lift that shared-memory traffic; on an H100 it gave the same
+// results but no speed (the kernels wait on latency at 8 warps per SM, not on shared memory), so it is off by default
+// (CUDABackend.flashWarpgroupProducts; docs/CUDA_NOTES.md). The accumulators of m64nNk16 hold, per
 // warp, exactly the tiles out[N / 8][4] of the mma.sync code, so the softmax, statistics and output code is shared.
 // Its tiles are stored as 8x8 core matrices of 128 contiguous bytes (tile_at), the layout wgmma reads unswizzled;
 // ldmatrix reads the A fragments from the same tiles.
@@ -296,6 +296,30 @@ __device__ __forceinline__ void tile_terms(float (&out0)[4], float (&out1)[4], f
     }
 }
 
+/// The warpgroup's products of tile_products_bt and tile_products_bn (FP_WG): per step i of 16 along k, out0 += A B and
+/// with TAN out1 += X1 Y1 then out2 += X2 Y2, in tile_terms' order; A (and tA) for every step already in registers (a
+/// wgmma reading registers that an ordinary instruction wrote needs a wg_fence in between, so all are taken first), B
+/// (or tB) of step i read by the tensor cores through desc(tile, i), N columns, MN-major with TRANS.
+template<int N, bool TRANS, bool TAN, bool X1, bool Y1, bool X2, bool Y2, int PREC, int STEPS, typename Desc>
+__device__ __forceinline__ void wg_products(float (&out0)[N / 8][4], float (&out1)[N / 8][4], float (&out2)[N / 8][4],
+        const FragA<PREC> (&a)[STEPS], const FragA<PREC> (&ta)[STEPS], const typename FlashPrec<PREC>::E* sB,
+        const typename FlashPrec<PREC>::E* sTB, Desc desc) {
+    wg_operands(out0);
+    if (TAN) { wg_operands(out1); wg_operands(out2); }
+    wg_fence();
+#pragma unroll
+    for (int i = 0; i < STEPS; ++i) {
+        wg_mma<N, TRANS>(out0, a[i].h, desc(sB, i));
+        if (TAN) {
+            wg_mma<N, TRANS>(out1, (X1 ? ta[i] : a[i]).h, desc(Y1 ? sTB : sB, i));
+            wg_mma<N, TRANS>(out2, (X2 ? ta[i] : a[i]).h, desc(Y2 ? sTB : sB, i));
+        }
+    }
+    wg_commit_wait();
+    wg_operands(out0);
+    if (TAN) { wg_operands(out1); wg_operands(out2); }
+}
+
 /// A warp's products of its 16 rows of the shared tile sA with the N = 8-column tiles of the shared tile sB
 /// transposed (out[c] = A Y^T, Y rows c * 8 .. c * 8 + 7), over the head dim (KDP steps of 8 columns): out0 += A B^T
 /// and with TAN, in the same step, out1 += X1 Y1^T then out2 += X2 Y2^T, X1 and X2 the tangent tile tA (TANGENT) or
@@ -308,9 +332,8 @@ __device__ __forceinline__ void tile_products_bt(float (&out0)[N][4], float (&ou
         const typename FlashPrec<PREC>::E* sB, const typename FlashPrec<PREC>::E* sTB, int r0, int g, int t) {
     constexpr int KS = FlashPrec<PREC>::KS;
     if constexpr (FlashPrec<PREC>::CORE) {
-        // The warpgroup's products, B = the tile transposed (K-major): this warp's A fragments for every step of k
-        // first, since a wgmma reading registers that an ordinary instruction wrote needs a wg_fence in between. A
-        // step is 16 columns, two core matrices 128 bytes apart; 8-row blocks lie LD * 16 bytes apart.
+        // B = the tile transposed (K-major): a step is 16 columns, two core matrices 128 bytes apart; 8-row blocks lie
+        // LD * 16 bytes apart.
         constexpr int STEPS = KDP / KS;
         FragA<PREC> a[STEPS], ta[STEPS];
 #pragma unroll
@@ -318,20 +341,8 @@ __device__ __forceinline__ void tile_products_bt(float (&out0)[N][4], float (&ou
             a[i] = lds_a<PREC, LD>(sA, r0, 16 * i, g, t);
             if (TAN) ta[i] = lds_a<PREC, LD>(sTA, r0, 16 * i, g, t);
         }
-        wg_operands(out0);
-        if (TAN) { wg_operands(out1); wg_operands(out2); }
-        wg_fence();
-#pragma unroll
-        for (int i = 0; i < STEPS; ++i) {
-            wg_mma<8 * N, false>(out0, a[i].h, wg_desc(sB + 128 * i, 128, LD * 16));
-            if (TAN) {
-                wg_mma<8 * N, false>(out1, (X1 ? ta[i] : a[i]).h, wg_desc((Y1 ? sTB : sB) + 128 * i, 128, LD * 16));
-                wg_mma<8 * N, false>(out2, (X2 ? ta[i] : a[i]).h, wg_desc((Y2 ? sTB : sB) + 128 * i, 128, LD * 16));
-            }
-        }
-        wg_commit_wait();
-        wg_operands(out0);
-        if (TAN) { wg_operands(out1); wg_operands(out2); }
+        wg_products<8 * N, false, TAN, X1, Y1, X2, Y2>(out0, out1, out2, a, ta, sB, sTB,
+                                                       [](auto y, int i) { return wg_desc(y + 128 * i, 128, LD * 16); });
     } else {
 #pragma unroll (UNROLL_K ? KDP : 1)
         for (int kk = 0; kk < KDP; kk += KS) {
@@ -356,9 +367,8 @@ __device__ __forceinline__ void tile_products_bn(float (&out0)[KD][4], float (&o
         const typename FlashPrec<PREC>::E* sTB, int g, int t) {
     constexpr int KS = FlashPrec<PREC>::KS;
     if constexpr (FlashPrec<PREC>::CORE) {
-        // The warpgroup's products, B = the tile itself (MN-major): every step's A from the registers first (see
-        // tile_products_bt). A step is 16 rows of the tile, two 8-row blocks LD * 16 bytes apart; core matrices lie
-        // 128 bytes apart along N.
+        // B = the tile itself (MN-major): a step is 16 rows of the tile, two 8-row blocks LD * 16 bytes apart; core
+        // matrices lie 128 bytes apart along N.
         constexpr int STEPS = N / KS;
         FragA<PREC> a[STEPS], ta[STEPS];
 #pragma unroll
@@ -366,20 +376,8 @@ __device__ __forceinline__ void tile_products_bn(float (&out0)[KD][4], float (&o
             a[i] = acc_a<PREC>(p[KS * i], p[KS * i + KS - 1]);
             if (TAN) ta[i] = acc_a<PREC>(tp[KS * i], tp[KS * i + KS - 1]);
         }
-        wg_operands(out0);
-        if (TAN) { wg_operands(out1); wg_operands(out2); }
-        wg_fence();
-#pragma unroll
-        for (int i = 0; i < STEPS; ++i) {
-            wg_mma<8 * KD, true>(out0, a[i].h, wg_desc(sB + 16 * LD * i, LD * 16, 128));
-            if (TAN) {
-                wg_mma<8 * KD, true>(out1, (X1 ? ta[i] : a[i]).h, wg_desc((Y1 ? sTB : sB) + 16 * LD * i, LD * 16, 128));
-                wg_mma<8 * KD, true>(out2, (X2 ? ta[i] : a[i]).h, wg_desc((Y2 ? sTB : sB) + 16 * LD * i, LD * 16, 128));
-            }
-        }
-        wg_commit_wait();
-        wg_operands(out0);
-        if (TAN) { wg_operands(out1); wg_operands(out2); }
+        wg_products<8 * KD, true, TAN, X1, Y1, X2, Y2>(out0, out1, out2, a, ta, sB, sTB,
+                                                       [](auto y, int i) { return wg_desc(y + 16 * LD * i, LD * 16, 128); });
     } else {
 #pragma unroll
         for (int c = 0; c < N; c += KS) {
