@@ -16,6 +16,9 @@
 #                                (TVM_CUDA_PROFILE) of a training step, the VAE and attention beside PyTorch's SDPA.
 #   scripts/gpu-verify.sh compare  bench before/after (MODELS), then the official code eager and compiled on S/2 and
 #                                B/2 in the same call (issue 19's ratios count only within one call).
+#   scripts/gpu-verify.sh flash  the flash tests, the plain-forward variants (VARIANTS) against float64 and timed by
+#                                `tvm bench attention` beside BEFORE; then time training with the fastest as a BINARIES side
+#                                (a script that sets TVM_CUDA_FLASH_VARIANT and runs .device/tvm) in `kernels`.
 #   scripts/gpu-verify.sh kernels  a kernel change in one call of about 7 minutes (the sixteenth session's calls 1 and
 #                                2 in one): the CUDA tests it touches (ONLY, default the training step, scaled sums,
 #                                norms, attention and products), reference-check in float32 and bf16, BEFORE and after
@@ -126,6 +129,33 @@ kernels)
     TVM_CUDA_PROFILE=grid timeout 40 .device/tvm bench train --device cuda --model S/2 --res 32 --channels 4 --classes 1000 \
         --batch 128 --steps 3 --warmup 2 --bf16 > "$out/profile-train.txt" 2>&1; head -30 "$out/profile-train.txt"
     ;;
+flash)
+    # The nineteenth session's flash changes (not yet run on a GPU): the row-tile forward and its plain-forward variants
+    # (TVM_CUDA_FLASH_VARIANT), the backward's statistics from the saved forward (flash_row_stats). About 5 minutes.
+    device_setup
+    [ -f .device/tvm-before.xz ] && xz -dc .device/tvm-before.xz > /tmp/tvm-before && chmod +x /tmp/tvm-before
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+    echo "== CUDA tests"
+    ONLY=${ONLY:-"CUDABackendTests.CUDAFlashAttentionTests CUDABackendTests.CUDATrainingStepTests CUDABackendTests.CUDAAttentionTests"} \
+        SKIP_BENCH=1 SKIP_TORCH=1 OUT=$out/suite timeout 280 scripts/gpu.sh run 2>&1 | grep -vE '^ERRMAX' | tail -8
+    variants=${VARIANTS:-"c4 r2 r2w2 r2i32 i128 r2c3"}
+    echo "== plain-forward variants against float64"
+    for v in $variants; do
+        TVM_CUDA_FLASH_VARIANT=$v timeout 90 env LD_LIBRARY_PATH=/tmp/tvm-gpu/lib /tmp/tvm-gpu/tests.xctest \
+            CUDABackendTests.CUDAFlashAttentionTests/testForwardAndTangentAgainstCPU \
+            CUDABackendTests.CUDAFlashAttentionTests/testLargeAgainstWarpKernelsInFloat64 > "$out/variant-$v.log" 2>&1
+        echo "$v: $(grep -E 'Executed .* test' "$out/variant-$v.log" | tail -1)"
+    done
+    echo "== tvm bench attention --bf16 (B=64 at S=256, B=16 at S=1024, H=12, D=64): before, after, after's variants"
+    for s in 256 1024; do
+        b=64; [ $s = 1024 ] && b=16
+        [ -x /tmp/tvm-before ] && echo "before $(timeout 90 /tmp/tvm-before bench attention --device cuda --bf16 --b $b --s $s 2>&1 | tail -1)"
+        echo "after $(timeout 90 .device/tvm bench attention --device cuda --bf16 --b $b --s $s 2>&1 | tail -1)"
+        for v in $variants; do
+            echo "$v $(TVM_CUDA_FLASH_VARIANT=$v timeout 60 .device/tvm bench attention --device cuda --bf16 --b $b --s $s 2>&1 | tail -1)"
+        done
+    done | tee "$out/attention.log"
+    ;;
 *)
-    echo "usage: scripts/gpu-verify.sh pack|run|check|compare|kernels" >&2; exit 2 ;;
+    echo "usage: scripts/gpu-verify.sh pack|run|check|compare|kernels|flash" >&2; exit 2 ;;
 esac

@@ -23,13 +23,13 @@ final class CUDAAttentionTests: XCTestCase {
                 let x = (0..<6).map { _ in r.normals(c) }
                 let label = "attention [\(batch), \(n), \(heads), \(d)] seed=\(r.seed)"
                 compareWithCPU("\(label) with tangent", cuda, dtype: dtype, inputs: x, outputs: [(c, nil), (c, nil), (rows, nil)]) { b, i, o in
-                    b.attention(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: o[0], to: o[1], lse: o[2], geometry: g)
+                    b.attention(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: o[0], to: o[1], lse: o[2], mu: nil, geometry: g)
                 }
                 compareWithCPU("\(label) plain", cuda, dtype: dtype, inputs: x, outputs: [(c, nil), (rows, nil)]) { b, i, o in
-                    b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: o[0], to: nil, lse: o[1], geometry: g)
+                    b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: o[0], to: nil, lse: o[1], mu: nil, geometry: g)
                 }
                 compareWithCPU("\(label) tangent of q only", cuda, dtype: dtype, inputs: x, outputs: [(c, nil), (c, nil), (rows, nil)]) { b, i, o in
-                    b.attention(q: i[0], k: i[1], v: i[2], tq: i[3], tk: nil, tv: nil, o: o[0], to: o[1], lse: o[2], geometry: g03)
+                    b.attention(q: i[0], k: i[1], v: i[2], tq: i[3], tk: nil, tv: nil, o: o[0], to: o[1], lse: o[2], mu: nil, geometry: g03)
                 }
             }
         }
@@ -47,7 +47,7 @@ final class CUDAAttentionTests: XCTestCase {
                 // The row log-sum-exp comes from the forward pass of each backend.
                 func lse(_ b: any FusedBackend, _ i: [Storage]) -> Storage {
                     let o = b.allocate(c, dtype), l = b.allocate(g.rows, dtype)
-                    b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: l, geometry: g)
+                    b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: l, mu: nil, geometry: g)
                     return l
                 }
                 let label = "attention backward [\(batch), \(n), \(heads), \(d)] seed=\(r.seed)"
@@ -59,22 +59,22 @@ final class CUDAAttentionTests: XCTestCase {
                 // 2026-12-07 drew 1.08e-05 for dv. Longer sequences keep the plain relative bound.
                 let floor = n == 1 && dtype == .float32 ? 0.1 * Double(c).squareRoot() : 0
                 compareWithCPU("\(label) with tangent", cuda, dtype: dtype, errorFloor: floor, inputs: x, outputs: six) { b, i, o in
-                    b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: i[0], to: nil, lse: lse(b, i),
+                    b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], forward: nil, lse: lse(b, i),
                                         go: i[6], gto: i[7], dq: o[0], dk: o[1], dv: o[2], dtq: o[3], dtk: o[4], dtv: o[5],
                                         geometry: g)
                 }
                 compareWithCPU("\(label) plain", cuda, dtype: dtype, errorFloor: floor, inputs: x, outputs: Array(six.prefix(3))) { b, i, o in
-                    b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: i[0], to: nil, lse: lse(b, i),
+                    b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, forward: nil, lse: lse(b, i),
                                         go: i[6], gto: nil, dq: o[0], dk: o[1], dv: o[2], dtq: nil, dtk: nil, dtv: nil,
                                         geometry: g)
                 }
                 compareWithCPU("\(label) no output cotangent", cuda, dtype: dtype, errorFloor: floor, inputs: x, outputs: six) { b, i, o in
-                    b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: i[0], to: nil, lse: lse(b, i),
+                    b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], forward: nil, lse: lse(b, i),
                                         go: nil, gto: i[7], dq: o[0], dk: o[1], dv: o[2], dtq: o[3], dtk: o[4], dtv: o[5],
                                         geometry: g)
                 }
                 compareWithCPU("\(label) no tangent cotangent", cuda, dtype: dtype, errorFloor: floor, inputs: x, outputs: six) { b, i, o in
-                    b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: i[0], to: nil, lse: lse(b, i),
+                    b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], forward: nil, lse: lse(b, i),
                                         go: i[6], gto: nil, dq: o[0], dk: o[1], dv: o[2], dtq: o[3], dtk: o[4], dtv: o[5],
                                         geometry: g)
                 }

@@ -125,19 +125,19 @@ final class CUDABenchmarks: XCTestCase {
             }
             let o = cuda.allocate(count, .float32), to = cuda.allocate(count, .float32), lse = cuda.allocate(g.rows, .float32)
             let fwd = cuda.milliseconds(iterations: 5) {
-                cuda.attention(q: qkv[0], k: qkv[1], v: qkv[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse, geometry: g)
+                cuda.attention(q: qkv[0], k: qkv[1], v: qkv[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse, mu: nil, geometry: g)
             }
             let fwdT = cuda.milliseconds(iterations: 5) {
-                cuda.attention(q: qkv[0], k: qkv[1], v: qkv[2], tq: qkv[3], tk: qkv[4], tv: qkv[5], o: o, to: to, lse: lse, geometry: g)
+                cuda.attention(q: qkv[0], k: qkv[1], v: qkv[2], tq: qkv[3], tk: qkv[4], tv: qkv[5], o: o, to: to, lse: lse, mu: nil, geometry: g)
             }
             let grads = (0..<6).map { _ in cuda.allocate(count, .float32) }
             let bwd = cuda.milliseconds(iterations: 3) {
-                cuda.attentionBackward(q: qkv[0], k: qkv[1], v: qkv[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse,
+                cuda.attentionBackward(q: qkv[0], k: qkv[1], v: qkv[2], tq: nil, tk: nil, tv: nil, forward: nil, lse: lse,
                                        go: qkv[6], gto: nil, dq: grads[0], dk: grads[1], dv: grads[2], dtq: nil, dtk: nil, dtv: nil,
                                        geometry: g)
             }
             let bwdT = cuda.milliseconds(iterations: 3) {
-                cuda.attentionBackward(q: qkv[0], k: qkv[1], v: qkv[2], tq: qkv[3], tk: qkv[4], tv: qkv[5], o: o, to: to, lse: lse,
+                cuda.attentionBackward(q: qkv[0], k: qkv[1], v: qkv[2], tq: qkv[3], tk: qkv[4], tv: qkv[5], forward: nil, lse: lse,
                                        go: qkv[6], gto: qkv[7], dq: grads[0], dk: grads[1], dv: grads[2], dtq: grads[3], dtk: grads[4], dtv: grads[5],
                                        geometry: g)
             }
@@ -198,18 +198,18 @@ final class CUDABenchmarks: XCTestCase {
                     return runs.sorted()[runs.count / 2]
                 }
                 let fwd = median {
-                    cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse, geometry: g)
+                    cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse, mu: nil, geometry: g)
                 }
                 let fwdT = median {
-                    cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse, geometry: g)
+                    cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse, mu: nil, geometry: g)
                 }
                 let bwd = median {
-                    cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse,
+                    cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, forward: nil, lse: lse,
                                            go: x[6], gto: nil, dq: grads[0], dk: grads[1], dv: grads[2], dtq: nil, dtk: nil, dtv: nil,
                                            geometry: g)
                 }
                 let bwdT = median {
-                    cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse,
+                    cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], forward: nil, lse: lse,
                                            go: x[6], gto: x[7], dq: grads[0], dk: grads[1], dv: grads[2], dtq: grads[3],
                                            dtk: grads[4], dtv: grads[5], geometry: g)
                 }

@@ -60,15 +60,15 @@ final class CUDAFlashAttentionTests: XCTestCase {
                 let before = cuda.flashAttentionCalls
                 compareWithCPU("\(label) with tangent", cuda, dtype: .float32, tolerance: tol, reference64: true, inputs: x,
                                outputs: [(c, nil), (c, nil), (rows, nil)]) { b, i, o in
-                    b.attention(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: o[0], to: o[1], lse: o[2], geometry: g)
+                    b.attention(q: i[0], k: i[1], v: i[2], tq: i[3], tk: i[4], tv: i[5], o: o[0], to: o[1], lse: o[2], mu: nil, geometry: g)
                 }
                 compareWithCPU("\(label) plain", cuda, dtype: .float32, tolerance: tol, reference64: true, inputs: x,
                                outputs: [(c, nil), (rows, nil)]) { b, i, o in
-                    b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: o[0], to: nil, lse: o[1], geometry: g)
+                    b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: o[0], to: nil, lse: o[1], mu: nil, geometry: g)
                 }
                 compareWithCPU("\(label) tangent of k only, scale 0.3", cuda, dtype: .float32, tolerance: tol, reference64: true,
                                inputs: x, outputs: [(c, nil), (c, nil), (rows, nil)]) { b, i, o in
-                    b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: i[4], tv: nil, o: o[0], to: o[1], lse: o[2], geometry: g03)
+                    b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: i[4], tv: nil, o: o[0], to: o[1], lse: o[2], mu: nil, geometry: g03)
                 }
                 XCTAssertEqual(cuda.flashAttentionCalls, before + 3, "\(label): the flash kernels were not used")
             }
@@ -96,9 +96,9 @@ final class CUDAFlashAttentionTests: XCTestCase {
                                    outputs: [(count: Int, initial: [Double]?)](repeating: (c, nil), count: six ? 6 : 3)) { b, i, o in
                         let t = i[0].dtype
                         let fo = b.allocate(c, t), lse = b.allocate(g.rows, t)
-                        b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: fo, to: nil, lse: lse, geometry: g)
+                        b.attention(q: i[0], k: i[1], v: i[2], tq: nil, tk: nil, tv: nil, o: fo, to: nil, lse: lse, mu: nil, geometry: g)
                         b.attentionBackward(q: i[0], k: i[1], v: i[2], tq: tangents ? i[3] : nil, tk: tangents ? i[4] : nil,
-                                            tv: tangents ? i[5] : nil, o: fo, to: nil, lse: lse,
+                                            tv: tangents ? i[5] : nil, forward: nil, lse: lse,
                                             go: hasGO ? i[6] : nil, gto: hasGTO ? i[7] : nil, dq: o[0], dk: o[1], dv: o[2],
                                             dtq: six ? o[3] : nil, dtk: six ? o[4] : nil, dtv: six ? o[5] : nil, geometry: g)
                     }
@@ -124,39 +124,44 @@ final class CUDAFlashAttentionTests: XCTestCase {
                 return s
             }
             let x64 = x32.map { cuda.convert($0, to: .float64) }
-            /// o, to, lse, then the backward with tangents (6), then the plain backward (3).
-            func run(_ x: [Storage], _ t: DType) -> [Storage] {
-                let o = cuda.allocate(c, t), to = cuda.allocate(c, t), lse = cuda.allocate(rows, t)
+            /// o, to, lse, mu, the plain o and lse, then the backward with tangents (6), then the plain backward (3); with
+            /// `saved` the backwards take their row statistics from the forwards' outputs.
+            func run(_ x: [Storage], _ t: DType, saved: Bool = false) -> [Storage] {
+                let o = cuda.allocate(c, t), to = cuda.allocate(c, t), lse = cuda.allocate(rows, t), mu = cuda.allocate(rows, t)
                 let po = cuda.allocate(c, t), plse = cuda.allocate(rows, t)
-                cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse, geometry: g)
-                cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: po, to: nil, lse: plse, geometry: g)
+                cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse, mu: mu, geometry: g)
+                cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: po, to: nil, lse: plse, mu: nil, geometry: g)
                 let grads = (0..<9).map { _ in cuda.allocate(c, t) }
-                cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse,
+                cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5],
+                                       forward: saved ? AttentionForward(o: o, to: to, mu: mu) : nil, lse: lse,
                                        go: x[6], gto: x[7], dq: grads[0], dk: grads[1], dv: grads[2],
                                        dtq: grads[3], dtk: grads[4], dtv: grads[5], geometry: g)
-                cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: po, to: nil, lse: plse,
+                cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil,
+                                       forward: saved ? AttentionForward(o: po) : nil, lse: plse,
                                        go: x[6], gto: nil, dq: grads[6], dk: grads[7], dv: grads[8], dtq: nil, dtk: nil, dtv: nil,
                                        geometry: g)
-                return [o, to, lse, po, plse] + grads
+                return [o, to, lse, mu, po, plse] + grads
             }
             let reference = run(x64, .float64).map { cuda.download($0) }
             // BF16 against float64 on the bfloat16-rounded inputs.
             let xBF16 = x32.map { roundedToBF16(cuda.download($0)) }
             let referenceBF16 = run(xBF16.map { cuda.upload($0, dtype: .float64) }, .float64).map { cuda.download($0) }
-            let names = ["o", "to", "lse", "plain o", "plain lse", "dq", "dk", "dv", "dtq", "dtk", "dtv",
+            let names = ["o", "to", "lse", "mu", "plain o", "plain lse", "dq", "dk", "dv", "dtq", "dtk", "dtv",
                          "plain dq", "plain dk", "plain dv"]
-            // 3xTF32 with and without the register caps (different builds of some kernels), TF32, BF16 (both kinds).
-            for (mode, caps) in [(Mode.x3, true), (.x3, false), (.tf32, true), (.bf16, true), (.wgmma, true)] {
+            // 3xTF32 with and without the register caps (different builds of some kernels), TF32, BF16 (both kinds); the
+            // backward's statistics from the forward's outputs (saved) and computed again.
+            for (mode, caps, saved) in [(Mode.x3, true, false), (.x3, false, false), (.x3, true, true), (.tf32, true, false),
+                                        (.bf16, true, false), (.bf16, true, true), (.wgmma, true, false)] {
                 mode.apply(cuda)
                 cuda.flashRegisterCaps = caps
                 let before = cuda.flashAttentionCalls
                 let inputs = mode.isBF16 ? xBF16.map { cuda.upload($0, dtype: .float32) } : x32
-                let got = run(inputs, .float32).map { cuda.download($0) }
+                let got = run(inputs, .float32, saved: saved).map { cuda.download($0) }
                 XCTAssertEqual(cuda.flashAttentionCalls, before + 4)
                 let tol = mode.tolerance
                 for (i, name) in names.enumerated() {
                     let err = relativeError(got[i], mode.isBF16 ? referenceBF16[i] : reference[i])
-                    let label = "flash \(mode.label)\(caps ? "" : " uncapped") [\(batch), \(n), \(heads), \(d)] \(name) "
+                    let label = "flash \(mode.label)\(caps ? "" : " uncapped")\(saved ? " saved" : "") [\(batch), \(n), \(heads), \(d)] \(name) "
                         + "vs float64 warp kernels seed=\(r.seed)"
                     ErrorRecord.record(.float32, err, tol, label)
                     largest[mode.label] = Swift.max(largest[mode.label] ?? 0, err)
@@ -165,6 +170,61 @@ final class CUDAFlashAttentionTests: XCTestCase {
             }
             Mode.x3.apply(cuda)
             cuda.flashRegisterCaps = true
+        }
+    }
+
+    /// The backward's row statistics from the forward's saved outputs (o, to and mu; flash_row_stats) against the
+    /// pre-pass that computes the forward again: with float32 outputs they sum the same values in the same order, so
+    /// the gradients should agree to the last bit (the count of differing elements is printed; the assertion allows
+    /// 1e-6), in every precision; with the outputs as bf16 copies alone (as DiT keeps them under bf16 products) within
+    /// the bf16 tolerance of the float64 CPU reference (testBackwardAgainstCPU's).
+    func testSavedForwardStatistics() throws {
+        let cuda = try flashOrSkip()
+        var r = TestRandom()
+        let names = ["dq", "dk", "dv", "dtq", "dtk", "dtv", "plain dq", "plain dk", "plain dv"]
+        for mode in Mode.allCases {
+            mode.apply(cuda)
+            for (batch, n, heads, d) in [(1, 33, 1, 64), (2, 100, 3, 72), (2, 256, 6, 64), (1, 1024, 1, 72)] {
+                let g = AttentionGeometry(batch: batch, seq: n, heads: heads, dim: d, scale: 1 / Double(d).squareRoot())
+                let c = g.count
+                let x = mode.inputs((0..<8).map { _ in r.normals(c) }).map { cuda.upload($0, dtype: .float32) }
+                /// The gradients of both backwards, the outputs kept as float32 values or (copiesOnly) as bf16 copies alone.
+                func run(saved: Bool, copiesOnly: Bool = false) -> [[Float]] {
+                    func output() -> Storage { copiesOnly ? cuda.bf16OnlyStorage(count: c) : cuda.allocate(c, .float32) }
+                    let o = output(), to = output(), po = output()
+                    let lse = cuda.allocate(g.rows, .float32), mu = cuda.allocate(g.rows, .float32)
+                    let plse = cuda.allocate(g.rows, .float32)
+                    cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse, mu: mu, geometry: g)
+                    cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: po, to: nil, lse: plse, mu: nil,
+                                   geometry: g)
+                    let grads = (0..<9).map { _ in cuda.allocate(c, .float32) }
+                    cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5],
+                                           forward: saved ? AttentionForward(o: o, to: to, mu: mu) : nil, lse: lse,
+                                           go: x[6], gto: x[7], dq: grads[0], dk: grads[1], dv: grads[2],
+                                           dtq: grads[3], dtk: grads[4], dtv: grads[5], geometry: g)
+                    cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil,
+                                           forward: saved ? AttentionForward(o: po) : nil, lse: plse, go: x[6], gto: nil,
+                                           dq: grads[6], dk: grads[7], dv: grads[8], dtq: nil, dtk: nil, dtv: nil, geometry: g)
+                    return grads.map { cuda.downloadFloats($0) }
+                }
+                let before = cuda.flashAttentionCalls
+                let (recomputed, saved) = (run(saved: false), run(saved: true))
+                XCTAssertEqual(cuda.flashAttentionCalls, before + 8, "the flash kernels were not used")
+                let shape = "[\(batch), \(n), \(heads), \(d)]"
+                for (j, name) in names.enumerated() {
+                    let differing = zip(saved[j], recomputed[j]).filter { $0.bitPattern != $1.bitPattern }.count
+                    print("SAVEDSTATS flash \(mode.label) \(shape) \(name): \(differing) of \(saved[j].count) elements differ")
+                    let err = relativeError(saved[j].map(Double.init), recomputed[j].map(Double.init))
+                    XCTAssertLessThanOrEqual(err, 1e-6, "flash \(mode.label) \(shape) \(name): saved against recomputed statistics")
+                }
+                guard mode.isBF16 else { continue }
+                let copies = run(saved: true, copiesOnly: true)
+                for (j, name) in names.enumerated() {
+                    let err = relativeError(copies[j].map(Double.init), recomputed[j].map(Double.init))
+                    print("SAVEDSTATS flash \(mode.label) \(shape) \(name), outputs as bf16 copies: relative difference \(err)")
+                    XCTAssertLessThanOrEqual(err, mode.tolerance, "flash \(mode.label) \(shape) \(name): outputs kept as bf16 copies")
+                }
+            }
         }
     }
 
@@ -195,13 +255,13 @@ final class CUDAFlashAttentionTests: XCTestCase {
                 let o = cuda.allocate(c, .float32), to = cuda.allocate(c, .float32), lse = cuda.allocate(g.rows, .float32)
                 let po = cuda.allocate(c, .float32), plse = cuda.allocate(g.rows, .float32)
                 let before = cuda.flashAttentionCalls
-                cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse, geometry: g)
-                cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: po, to: nil, lse: plse, geometry: g)
+                cuda.attention(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse, mu: nil, geometry: g)
+                cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: po, to: nil, lse: plse, mu: nil, geometry: g)
                 let grads = (0..<9).map { _ in cuda.allocate(c, .float32) }
-                cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], o: o, to: to, lse: lse,
+                cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: x[3], tk: x[4], tv: x[5], forward: nil, lse: lse,
                                        go: x[6], gto: x[7], dq: grads[0], dk: grads[1], dv: grads[2],
                                        dtq: grads[3], dtk: grads[4], dtv: grads[5], geometry: g)
-                cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: po, to: nil, lse: plse,
+                cuda.attentionBackward(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, forward: nil, lse: plse,
                                        go: x[6], gto: nil, dq: grads[6], dk: grads[7], dv: grads[8], dtq: nil, dtk: nil,
                                        dtv: nil, geometry: g)
                 XCTAssertEqual(cuda.flashAttentionCalls, before + 4, "the flash kernels were not used")
@@ -236,7 +296,7 @@ final class CUDAFlashAttentionTests: XCTestCase {
         let x = (0..<3).map { _ in cuda.upload(r.normals(g.count), dtype: .float32) }
         func forward() -> [Double] {
             let o = cuda.allocate(g.count, .float32), lse = cuda.allocate(g.rows, .float32)
-            cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse, geometry: g)
+            cuda.attention(q: x[0], k: x[1], v: x[2], tq: nil, tk: nil, tv: nil, o: o, to: nil, lse: lse, mu: nil, geometry: g)
             return cuda.download(o)
         }
         let before = cuda.flashAttentionCalls

@@ -214,11 +214,11 @@ final class CUDAMatmulTests: XCTestCase {
         func input() -> Storage { cuda.upload(r.normals(g.count).map { Float($0) }) }
         let (q, k, v, tq, tk, tv, go, gto) = (input(), input(), input(), input(), input(), input(), input(), input())
         let (o, to, lse) = (cuda.allocate(g.count, .float32), cuda.allocate(g.count, .float32), cuda.allocate(g.rows, .float32))
-        cuda.attention(q: q, k: k, v: v, tq: tq, tk: tk, tv: tv, o: o, to: to, lse: lse, geometry: g)
+        cuda.attention(q: q, k: k, v: v, tq: tq, tk: tk, tv: tv, o: o, to: to, lse: lse, mu: nil, geometry: g)
         checkCopy(o, cols: 64, e, "flash output")
         checkCopy(to, cols: 64, e, "flash output tangent")
         let grads = (0..<6).map { _ in cuda.allocate(g.count, .float32) }
-        cuda.attentionBackward(q: q, k: k, v: v, tq: tq, tk: tk, tv: tv, o: o, to: to, lse: lse, go: go, gto: gto,
+        cuda.attentionBackward(q: q, k: k, v: v, tq: tq, tk: tk, tv: tv, forward: nil, lse: lse, go: go, gto: gto,
                                dq: grads[0], dk: grads[1], dv: grads[2], dtq: grads[3], dtk: grads[4], dtv: grads[5], geometry: g)
         checkCopy(grads[2], cols: 64, e, "flash dv")
         checkCopy(grads[5], cols: 64, e, "flash dtv")

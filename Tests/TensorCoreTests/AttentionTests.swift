@@ -98,4 +98,23 @@ final class AttentionTests: XCTestCase {
                            primals: [k], tangents: [tq]).tangents[0].floats
         XCTAssertLessThan(GradCheck.relErr(tokenMajor.map(Double.init), permuted.map(Double.init)), 1e-5)
     }
+
+    /// The backend's forward writes the row means of the tangent scores, mu_i = sum_j P_ij tS_ij with
+    /// tS = scale (tq k^T + q tk^T), which GPU backwards read instead of computing the forward again: against the
+    /// decomposed formula, token-major with several heads ([batch, heads, seq] as lse).
+    func testRowMeansOfTangentScores() throws {
+        let backend = try XCTUnwrap(CPUBackend.shared as? any AttentionBackend)
+        let shape = [2, 7, 3, 4], perm = [0, 2, 1, 3], scale = 0.4
+        let x = (0..<6).map { _ in gc.random(shape) }
+        let g = AttentionGeometry(batch: 2, seq: 7, heads: 3, dim: 4, scale: scale)
+        let o = Tensor.zeros(shape, dtype: .float64), to = Tensor.zeros(shape, dtype: .float64)
+        let lse = Tensor.zeros([g.rows], dtype: .float64), mu = Tensor.zeros([g.rows], dtype: .float64)
+        backend.attention(q: x[0].storage, k: x[1].storage, v: x[2].storage, tq: x[3].storage, tk: x[4].storage,
+                          tv: x[5].storage, o: o.storage, to: to.storage, lse: lse.storage, mu: mu.storage, geometry: g)
+        let (q, k, tq, tk) = (x[0].permuted(perm), x[1].permuted(perm), x[3].permuted(perm), x[4].permuted(perm))
+        let p = (q.matmul(k, transposeOther: true) * scale).softmax()
+        let ts = (tq.matmul(k, transposeOther: true) + q.matmul(tk, transposeOther: true)) * scale
+        let reference = (p * ts).sum(axes: [3])
+        XCTAssertLessThan(GradCheck.relErr(mu.doubles, reference.doubles), 1e-13)
+    }
 }

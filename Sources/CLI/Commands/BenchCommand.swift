@@ -19,7 +19,7 @@ struct BenchCommand: Command {
           A full training step of a DiT (TVM: JVP, both teacher passes, flow-matching pass, backward, AdamW, both
           EMAs; another --method: its own loss, as `tvm train` runs it): median step time, images/s, peak GPU memory.
         tvm bench sample [--model B/2] [--batch 256] [--nfe 1] ...   sampling throughput.
-        tvm bench attention [--b 64] [--h 12] [--s 256] [--d 64]     the attention primitive with its JVP, and its backward.
+        tvm bench attention [--b 64] [--h 12] [--s 256] [--d 64]     the attention primitive, with its JVP, and its backward.
         tvm bench vae [--res 256] [--batch 8] [--steps 5]    SD-VAE-sized encoder and decoder (random weights): images/s.
         All take --device cuda|cpu|auto (default auto).
         """
@@ -198,7 +198,8 @@ func benchSample(_ args: [String]) throws {
     Console.out("\(nfe)-NFE sampling, DiT-\(a.string("model", default: "B/2")), batch \(batch), \(deviceDescription())\(precision): median \(fmt(m * 1000, 1)) ms/batch, \(fmt(Double(batch) / m, 1)) img/s\(memoryFigure())")
 }
 
-/// The attention primitive under a JVP (output and tangent together) and its backward for both cotangents, on
+/// The attention primitive alone (as sampling and the teacher passes run it), under a JVP (output and tangent together)
+/// and its backward for both cotangents, on
 /// token-major [B, S, H, D] tensors as DiT runs it: q, k, v and their tangents come with bf16 copies under bf16 products,
 /// as DiT's q and k norms and v's linear layer make them, here from RMS norms over the head dim (untimed); the flash
 /// kernels read the copies. (Until the eighteenth session v and its tangent came without copies.)
@@ -214,9 +215,12 @@ func benchAttention(_ args: [String]) throws {
     let shape = [b, s, h, d]
     let ones = Tensor.ones([d])
     let x = (0..<6).map { _ in Tensor.randomNormal(shape, rng: &rng).rmsNormalized(eps: 1e-6, scale: ones, products: .also) }
-    var forward: [Double] = [], backward: [Double] = []
+    var plain: [Double] = [], forward: [Double] = [], backward: [Double] = []
     for i in 0..<(warmup + steps) {
         let leaves = x.prefix(3).map { $0.detached().requiringGrad() }
+        Device.default.backend.synchronize()
+        let tp = now()
+        _ = attention(x[0], x[1], x[2], layout: .tokenMajor)
         Device.default.backend.synchronize()
         let t0 = now()
         let (o, t) = jvp({ [attention($0[0], $0[1], $0[2], layout: .tokenMajor)] }, primals: leaves, tangents: Array(x[3...]))
@@ -226,11 +230,12 @@ func benchAttention(_ args: [String]) throws {
         Device.default.backend.synchronize()
         let t2 = now()
         if i >= warmup {
+            plain.append(t0 - tp)
             forward.append(t1 - t0)
             backward.append(t2 - t1)
         }
     }
-    Console.out("attention B=\(b) H=\(h) S=\(s) D=\(d), \(deviceDescription())\(precision): forward+JVP median \(fmt(median(forward) * 1000, 3)) ms, backward (both cotangents, incl. the loss ops) median \(fmt(median(backward) * 1000, 3)) ms")
+    Console.out("attention B=\(b) H=\(h) S=\(s) D=\(d), \(deviceDescription())\(precision): forward median \(fmt(median(plain) * 1000, 3)) ms, forward+JVP median \(fmt(median(forward) * 1000, 3)) ms, backward (both cotangents, incl. the loss ops) median \(fmt(median(backward) * 1000, 3)) ms")
 }
 
 /// The SD-VAE's encoder (to the posterior) and decoder at its real size (block widths 128, 256, 512, 512) with

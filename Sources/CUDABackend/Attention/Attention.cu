@@ -78,10 +78,10 @@ __device__ __forceinline__ void attn_fwd_step(int j, int lane, int d, i64 ld, T 
 }
 
 /// A warp per query row (rows = batch * heads * n, row = bh * n + i): o, lse, and with TAN the tangent
-/// to_i = sum_j P_ij tS_ij v_j - mu_i o_i + sum_j P_ij tv_j.
+/// to_i = sum_j P_ij tS_ij v_j - mu_i o_i + sum_j P_ij tv_j and mu_i (null: not stored).
 template<typename T, int DPL, bool TAN>
 __device__ __forceinline__ void attn_fwd_impl(const T* q, const T* k, const T* v, const T* tq, const T* tk, const T* tv,
-                                              T* o, T* to, T* lse, i64 rows, int n, int heads, int d, T scale) {
+                                              T* o, T* to, T* lse, T* muOut, i64 rows, int n, int heads, int d, T scale) {
     const int lane = threadIdx.x & 31;
     const i64 row = gtid() >> 5;
     if (row >= rows) return;
@@ -108,7 +108,10 @@ __device__ __forceinline__ void attn_fwd_impl(const T* q, const T* k, const T* v
             if (TAN) to[ro + dd] = tacc[c] * inv - muv * ov;
         }
     }
-    if (lane == 0) lse[row] = m + m_log(l);
+    if (lane == 0) {
+        lse[row] = m + m_log(l);
+        if (TAN && muOut != nullptr) muOut[row] = muv;
+    }
 }
 
 /// The per-pair quantities of the backward pass for query row i and key row j (all lanes get them):
@@ -259,8 +262,8 @@ __device__ __forceinline__ void attn_bwd_cols_impl(const T* q, const T* k, const
 //! kernel attn_fwd(tangent: Bool, width: Int)
 #define ATTN_FWD(tag, tangent, width) TVM_KERNEL(attn_fwd_##tag##width, (256), (const scalar_t* q, const scalar_t* k, \
         const scalar_t* v, const scalar_t* tq, const scalar_t* tk, const scalar_t* tv, scalar_t* o, scalar_t* to, scalar_t* lse, \
-        i64 rows, int n, int heads, int d, scalar_t scale)) { \
-    attn_fwd_impl<scalar_t, width, tangent>(q, k, v, tq, tk, tv, o, to, lse, rows, n, heads, d, scale); }
+        scalar_t* mu, i64 rows, int n, int heads, int d, scalar_t scale)) { \
+    attn_fwd_impl<scalar_t, width, tangent>(q, k, v, tq, tk, tv, o, to, lse, mu, rows, n, heads, d, scale); }
 ATTN_FWD(p, false, 1) ATTN_FWD(p, false, 2) ATTN_FWD(p, false, 3) ATTN_FWD(p, false, 4) ATTN_FWD(p, false, 8) ATTN_FWD(p, false, 16)
 ATTN_FWD(t, true, 1) ATTN_FWD(t, true, 2) ATTN_FWD(t, true, 3) ATTN_FWD(t, true, 4) ATTN_FWD(t, true, 8) ATTN_FWD(t, true, 16)
 

@@ -19,14 +19,14 @@ extension CUDABackend: AttentionBackend {
     }
 
     public func attention(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
-                          o: Storage, to: Storage?, lse: Storage, geometry g: AttentionGeometry) {
+                          o: Storage, to: Storage?, lse: Storage, mu: Storage?, geometry g: AttentionGeometry) {
         let rows = g.rows
         guard rows > 0 && g.dim > 0 else { return }
         let dtype = q.dtype, count = g.count
         let z = to != nil && (tq == nil || tk == nil || tv == nil) ? zeros(count, dtype) : nil
         let tangents = to == nil ? nil : (q: tq ?? z!, k: tk ?? z!, v: tv ?? z!)
-        if flashEligible(dtype, g, [q, k, v, tq, tk, tv, o, to, lse]) {
-            flashForward(q: q, k: k, v: v, tangents: tangents, o: o, to: to, lse: lse, geometry: g)
+        if flashEligible(dtype, g, [q, k, v, tq, tk, tv, o, to, lse, mu]) {
+            flashForward(q: q, k: k, v: v, tangents: tangents, o: o, to: to, lse: lse, mu: mu, geometry: g)
             return
         }
         // The warp-per-row kernels read and write float32 alone.
@@ -35,14 +35,17 @@ extension CUDABackend: AttentionBackend {
         writingFloat32(o) { ow in
             writingFloat32(to) { tow in
                 f.launch(on: self, grid: ((rows + 7) / 8, 1), q: addr(qw), k: addr(kw), v: addr(vw), tq: addr(tw?.0), tk: addr(tw?.1),
-                         tv: addr(tw?.2), o: addr(ow), to: addr(tow), lse: addr(lse), rows: rows, n: g.seq, heads: g.heads,
+                         tv: addr(tw?.2), o: addr(ow), to: addr(tow), lse: addr(lse), mu: to == nil ? 0 : addr(mu), rows: rows,
+                         n: g.seq, heads: g.heads,
                          d: g.dim, scale: g.scale)
             }
         }
     }
 
+    /// The flash kernels take their per-row statistics from `forward` where it holds what they need (o; with a tangent
+    /// also to and mu); the warp-per-row kernels compute them.
     public func attentionBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
-                                  o: Storage, to: Storage?, lse: Storage, go: Storage?, gto: Storage?,
+                                  forward: AttentionForward?, lse: Storage, go: Storage?, gto: Storage?,
                                   dq: Storage, dk: Storage, dv: Storage, dtq: Storage?, dtk: Storage?, dtv: Storage?,
                                   geometry g: AttentionGeometry) {
         let rows = g.rows
@@ -58,9 +61,14 @@ extension CUDABackend: AttentionBackend {
         let dtqS = tangent ? (dtq ?? allocate(count, dtype)) : nil
         let dtkS = tangent ? (dtk ?? allocate(count, dtype)) : nil
         let dtvS = tangent ? (dtv ?? allocate(count, dtype)) : nil
+        // The saved outputs, where they give every statistic (o, and with the tangent to and mu) and the flash kernels
+        // can read them.
+        let saved = forward.flatMap { f in
+            (!tangent || (f.to != nil && f.mu != nil)) && flashEligible(dtype, g, [f.o, f.to, f.mu]) ? f : nil
+        }
         if flashEligible(dtype, g, [q, k, v, tqS, tkS, tvS, lse, goS, gtoS, dq, dk, dv, dtqS, dtkS, dtvS]) {
-            flashBackward(q: q, k: k, v: v, tq: tqS, tk: tkS, tv: tvS, lse: lse, go: goS, gto: gtoS, dq: dq, dk: dk, dv: dv,
-                          dtq: dtqS, dtk: dtkS, dtv: dtvS, tangent: tangent, geometry: g)
+            flashBackward(q: q, k: k, v: v, tq: tqS, tk: tkS, tv: tvS, saved: saved, lse: lse, go: goS, gto: gtoS,
+                          dq: dq, dk: dk, dv: dv, dtq: dtqS, dtk: dtkS, dtv: dtvS, tangent: tangent, geometry: g)
             return
         }
         // The warp-per-row kernels read float32 alone.

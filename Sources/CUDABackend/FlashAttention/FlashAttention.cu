@@ -3,24 +3,25 @@
 #include "../common.cuh"
 #include "FlashTiles.cuh"
 
-/// Forward (grid: query blocks of 16 * WARPS rows, heads): o, lse, and with TAN the tangent
-/// to_i = sum_j P_ij tS_ij v_j - mu_i o_i + sum_j P_ij tv_j (mu_i = sum_j P_ij tS_ij), accumulated in one pass
-/// over key blocks of BC: acc = sum p v, tacc = sum p (tS v + tv), rescaled with the running max. o and to (null:
-/// not stored) get the float32 values, o16 and to16 (null: none) their bf16 copies: an output that only the output
-/// projection reads is kept as its copy alone.
+/// Forward (grid: query blocks of 16 * WARPS * TILES rows, heads; each warp TILES row tiles of 16): o, lse, and with
+/// TAN the tangent to_i = sum_j P_ij tS_ij v_j - mu_i o_i + sum_j P_ij tv_j (mu_i = sum_j P_ij tS_ij), accumulated in
+/// one pass over key blocks of BC: acc = sum p v, tacc = sum p (tS v + tv), rescaled with the running max. o and to
+/// (null: not stored) get the float32 values, o16 and to16 (null: none) their bf16 copies: an output that only the
+/// output projection reads is kept as its copy alone. With TAN, muOut (null: not stored) gets mu_i per row, which the
+/// backward's row statistics need (flash_row_stats).
 /// With `stats` (the backward's pre-pass) nothing is stored but, per row, float4 (lseIn, mu, rho, dotPdP):
 /// rho = gto.o, dotPdP = sum_j P_ij dP_ij = go.o + gto.to - mu rho (TAN) or go.o; and o16 and to16 (null: none) then
 /// receive the bf16 copies of go and gto, which dq and dkv stage by cp.async (dkv at every step of its loop).
-template<int D, int WARPS, int BC, bool TAN, int PREC>
+template<int D, int WARPS, int TILES, int BC, bool TAN, int PREC>
 __device__ __forceinline__ void flash_fwd_impl(FlashIn q, FlashIn k, FlashIn v, FlashIn tq, FlashIn tk, FlashIn tv,
-        float* __restrict__ o, float* __restrict__ to, float* __restrict__ lse,
+        float* __restrict__ o, float* __restrict__ to, float* __restrict__ lse, float* __restrict__ muOut,
         unsigned short* __restrict__ o16, unsigned short* __restrict__ to16,
         const float* __restrict__ go, const float* __restrict__ gto, const float* __restrict__ lseIn,
         float* __restrict__ stats, int n, int heads, float scale) {
     typedef typename FlashPrec<PREC>::E E;
     // KDP: 8-column steps of a product over the head dim (the zero columns of a BF16 tile included).
     constexpr int LD = FlashPrec<PREC>::template ld<D>(), KDP = FlashPrec<PREC>::template cols<D>() / 8;
-    constexpr int BR = 16 * WARPS, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS, STAGES = FlashPrec<PREC>::STAGES;
+    constexpr int BR = 16 * WARPS * TILES, KD = D / 8, NC = BC / 8, THREADS = 32 * WARPS, STAGES = FlashPrec<PREC>::STAGES;
     constexpr int NQ = TAN ? 2 : 1, NK = TAN ? 4 : 2;
     constexpr int SMEM = (BR * NQ + STAGES * BC * NK) * LD * (int)sizeof(E);
     flash_check_launch<THREADS, SMEM>();
@@ -29,7 +30,7 @@ __device__ __forceinline__ void flash_fwd_impl(FlashIn q, FlashIn k, FlashIn v, 
     E* sTQ = sQ + BR * LD;
     // STAGES sets of the key block's tiles K, V, tK, tV.
     E* sKeys = sQ + NQ * BR * LD;
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16 * TILES;
     const int q0 = blockIdx.x * BR;
     const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D;
     auto stage = [&](int set, int row0) {
@@ -38,109 +39,169 @@ __device__ __forceinline__ void flash_fwd_impl(FlashIn q, FlashIn k, FlashIn v, 
     flash_stage<D, BR, THREADS, PREC>(sQ, q, hb, ld, q0, n);
     if (TAN) flash_stage<D, BR, THREADS, PREC>(sTQ, tq, hb, ld, q0, n);
     if (STAGES == 2) stage(0, 0);
-    float acc[KD][4], tacc[KD][4];
-    zero_tiles(acc);
-    zero_tiles(tacc);
-    float m[2] = {-inf_<float>(), -inf_<float>()}, l[2] = {0.f, 0.f}, mu[2] = {0.f, 0.f};
+    // Per row tile m: accumulators, and for this lane's rows g (h = 0) and g + 8 (h = 1) the running max, sum and mu.
+    float acc[TILES][KD][4], tacc[TILES][KD][4], m[TILES][2], l[TILES][2], mu[TILES][2];
+#pragma unroll
+    for (int mt = 0; mt < TILES; ++mt) {
+        zero_tiles(acc[mt]);
+        zero_tiles(tacc[mt]);
+        m[mt][0] = m[mt][1] = -inf_<float>();
+        l[mt][0] = l[mt][1] = mu[mt][0] = mu[mt][1] = 0.f;
+    }
     for (int j0 = 0; j0 < n; j0 += BC) {
         const E* sK = sKeys + flash_inner_step<STAGES, BC, FlashPrec<PREC>::CORE>(j0, n, stage) * NK * BC * LD;
         const E* sV = sK + BC * LD;
         const E* sTK = sV + BC * LD;
         const E* sTV = sTK + BC * LD;
         // s = q k^T, ts = tq k^T + q tk^T.
-        float s[NC][4], ts[NC][4];
-        zero_tiles(s);
-        zero_tiles(ts);
+        float s[TILES][NC][4], ts[TILES][NC][4];
+#pragma unroll
+        for (int mt = 0; mt < TILES; ++mt) { zero_tiles(s[mt]); zero_tiles(ts[mt]); }
         tile_products_bt<PREC, LD, KDP, TAN, true, TANGENT, PLAIN, PLAIN, TANGENT>(s, ts, ts, sQ, sTQ, sK, sTK, r0, g, t);
-        // Online softmax. This lane holds rows g (e = 0, 1) and g + 8 (e = 2, 3) of its warp's 16.
-        float mx[2] = {m[0], m[1]};
+        // Online softmax. This lane holds rows g (e = 0, 1) and g + 8 (e = 2, 3) of each of its warp's row tiles.
 #pragma unroll
-        for (int c = 0; c < NC; ++c)
+        for (int mt = 0; mt < TILES; ++mt) {
+            float mx[2] = {m[mt][0], m[mt][1]};
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const bool valid = j0 + c * 8 + 2 * t + (e & 1) < n;
-                s[c][e] = valid ? s[c][e] * scale : -inf_<float>();
-                if (TAN) ts[c][e] *= scale;
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[c][e]);
+            for (int c = 0; c < NC; ++c)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const bool valid = j0 + c * 8 + 2 * t + (e & 1) < n;
+                    s[mt][c][e] = valid ? s[mt][c][e] * scale : -inf_<float>();
+                    if (TAN) ts[mt][c][e] *= scale;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][c][e]);
+                }
+            float alpha[2];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                mx[h] = quad_max(mx[h]);
+                alpha[h] = flash_exp<PREC>(m[mt][h] - mx[h]);
+                m[mt][h] = mx[h];
+                l[mt][h] *= alpha[h];
+                mu[mt][h] *= alpha[h];
             }
-        float alpha[2];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            mx[h] = quad_max(mx[h]);
-            alpha[h] = flash_exp<PREC>(m[h] - mx[h]);
-            m[h] = mx[h];
-            l[h] *= alpha[h];
-            mu[h] *= alpha[h];
+            for (int i = 0; i < KD; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) { acc[mt][i][e] *= alpha[e >> 1]; if (TAN) tacc[mt][i][e] *= alpha[e >> 1]; }
+#pragma unroll
+            for (int c = 0; c < NC; ++c)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float p = flash_exp<PREC>(s[mt][c][e] - m[mt][e >> 1]);
+                    l[mt][e >> 1] += p;
+                    s[mt][c][e] = p;
+                    if (TAN) { ts[mt][c][e] *= p; mu[mt][e >> 1] += ts[mt][c][e]; }
+                }
         }
-#pragma unroll
-        for (int i = 0; i < KD; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) { acc[i][e] *= alpha[e >> 1]; if (TAN) tacc[i][e] *= alpha[e >> 1]; }
-#pragma unroll
-        for (int c = 0; c < NC; ++c)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float p = flash_exp<PREC>(s[c][e] - m[e >> 1]);
-                l[e >> 1] += p;
-                s[c][e] = p;
-                if (TAN) { ts[c][e] *= p; mu[e >> 1] += ts[c][e]; }
-            }
         // acc += P V; tacc += (P o tS) V + P tV (k runs over this block's keys).
         tile_products_bn<PREC, LD, TAN, TANGENT, PLAIN, PLAIN, TANGENT>(acc, tacc, tacc, s, ts, sV, sTV, g, t);
     }
 #pragma unroll
-    for (int h = 0; h < 2; ++h) { l[h] = quad_sum(l[h]); if (TAN) mu[h] = quad_sum(mu[h]); }
-    const i64 rowBase = (i64)blockIdx.y * n;
-    if (stats == nullptr) {
+    for (int mt = 0; mt < TILES; ++mt) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int row = q0 + r0 + g + 8 * h;
-            if (row < n) {
-                const float inv = 1.f / l[h], muv = mu[h] * inv;
-                const i64 off = hb + row * ld + 2 * t;
+        for (int h = 0; h < 2; ++h) { l[mt][h] = quad_sum(l[mt][h]); if (TAN) mu[mt][h] = quad_sum(mu[mt][h]); }
+        const i64 rowBase = (i64)blockIdx.y * n;
+        if (stats == nullptr) {
 #pragma unroll
-                for (int i = 0; i < KD; ++i) {
-                    const float o0 = acc[i][2 * h] * inv, o1 = acc[i][2 * h + 1] * inv;
-                    if (o != nullptr) *reinterpret_cast<float2*>(o + off + i * 8) = make_float2(o0, o1);
-                    store_bf16_pair(o16, off + i * 8, o0, o1);
-                    if (TAN) {
-                        const float t0 = tacc[i][2 * h] * inv - muv * o0, t1 = tacc[i][2 * h + 1] * inv - muv * o1;
-                        if (to != nullptr) *reinterpret_cast<float2*>(to + off + i * 8) = make_float2(t0, t1);
-                        store_bf16_pair(to16, off + i * 8, t0, t1);
+            for (int h = 0; h < 2; ++h) {
+                const int row = q0 + r0 + 16 * mt + g + 8 * h;
+                if (row < n) {
+                    const float inv = 1.f / l[mt][h], muv = mu[mt][h] * inv;
+                    const i64 off = hb + row * ld + 2 * t;
+#pragma unroll
+                    for (int i = 0; i < KD; ++i) {
+                        const float o0 = acc[mt][i][2 * h] * inv, o1 = acc[mt][i][2 * h + 1] * inv;
+                        if (o != nullptr) *reinterpret_cast<float2*>(o + off + i * 8) = make_float2(o0, o1);
+                        store_bf16_pair(o16, off + i * 8, o0, o1);
+                        if (TAN) {
+                            const float t0 = tacc[mt][i][2 * h] * inv - muv * o0, t1 = tacc[mt][i][2 * h + 1] * inv - muv * o1;
+                            if (to != nullptr) *reinterpret_cast<float2*>(to + off + i * 8) = make_float2(t0, t1);
+                            store_bf16_pair(to16, off + i * 8, t0, t1);
+                        }
                     }
-                }
-                if (t == 0) lse[rowBase + row] = m[h] + m_log(l[h]);
-            }
-        }
-    } else {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int row = q0 + r0 + g + 8 * h;
-            const float inv = 1.f / l[h], muv = TAN ? mu[h] * inv : 0.f;
-            float gdo = 0.f, rho = 0.f, gtt = 0.f;
-            if (row < n) {
-                const i64 off = hb + row * ld + 2 * t;
-#pragma unroll
-                for (int i = 0; i < KD; ++i) {
-                    const float o0 = acc[i][2 * h] * inv, o1 = acc[i][2 * h + 1] * inv;
-                    const float2 a = *reinterpret_cast<const float2*>(go + off + i * 8);
-                    store_bf16_pair(o16, off + i * 8, a.x, a.y);
-                    gdo += a.x * o0 + a.y * o1;
-                    if (TAN) {
-                        const float2 b = *reinterpret_cast<const float2*>(gto + off + i * 8);
-                        store_bf16_pair(to16, off + i * 8, b.x, b.y);
-                        rho += b.x * o0 + b.y * o1;
-                        gtt += b.x * (tacc[i][2 * h] * inv - muv * o0) + b.y * (tacc[i][2 * h + 1] * inv - muv * o1);
+                    if (t == 0) {
+                        lse[rowBase + row] = m[mt][h] + m_log(l[mt][h]);
+                        if (TAN && muOut != nullptr) muOut[rowBase + row] = muv;
                     }
                 }
             }
-            gdo = quad_sum(gdo);
-            if (TAN) { rho = quad_sum(rho); gtt = quad_sum(gtt); }
-            if (row < n && t == 0)
-                *reinterpret_cast<float4*>(stats + (rowBase + row) * 4) =
-                    make_float4(lseIn[rowBase + row], muv, rho, TAN ? gdo + gtt - muv * rho : gdo);
+        } else {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int row = q0 + r0 + 16 * mt + g + 8 * h;
+                const float inv = 1.f / l[mt][h], muv = TAN ? mu[mt][h] * inv : 0.f;
+                float gdo = 0.f, rho = 0.f, gtt = 0.f;
+                if (row < n) {
+                    const i64 off = hb + row * ld + 2 * t;
+#pragma unroll
+                    for (int i = 0; i < KD; ++i) {
+                        const float o0 = acc[mt][i][2 * h] * inv, o1 = acc[mt][i][2 * h + 1] * inv;
+                        const float2 a = *reinterpret_cast<const float2*>(go + off + i * 8);
+                        store_bf16_pair(o16, off + i * 8, a.x, a.y);
+                        gdo += a.x * o0 + a.y * o1;
+                        if (TAN) {
+                            const float2 b = *reinterpret_cast<const float2*>(gto + off + i * 8);
+                            store_bf16_pair(to16, off + i * 8, b.x, b.y);
+                            rho += b.x * o0 + b.y * o1;
+                            gtt += b.x * (tacc[mt][i][2 * h] * inv - muv * o0) + b.y * (tacc[mt][i][2 * h + 1] * inv - muv * o1);
+                        }
+                    }
+                }
+                gdo = quad_sum(gdo);
+                if (TAN) { rho = quad_sum(rho); gtt = quad_sum(gtt); }
+                if (row < n && t == 0)
+                    *reinterpret_cast<float4*>(stats + (rowBase + row) * 4) =
+                        make_float4(lseIn[rowBase + row], muv, rho, TAN ? gdo + gtt - muv * rho : gdo);
+            }
         }
     }
+}
+
+/// The backward's row statistics from the forward's saved outputs, in place of the pre-pass (FlashAttention-2's
+/// preprocessing, with the tangent): per row float4 (lse, mu, rho = gto.o, dotPdP = go.o + gto.to - mu rho) or
+/// (lse, 0, 0, go.o), from o and to (float32 where they have it, else their bf16 copies o16, to16) and the forward's
+/// mu, and the bf16 copies of go and gto (go16, gto16; null: none) that dq and dkv stage. Four lanes a row, each the
+/// column pairs 8 i + 2 t as the forward's fragments hold them, summed in the pre-pass's order: with float32 outputs
+/// the statistics are the pre-pass's bits.
+template<int D, bool TAN>
+__device__ __forceinline__ void flash_row_stats_impl(const float* __restrict__ go, const float* __restrict__ gto,
+        const float* __restrict__ o, const float* __restrict__ to, const unsigned short* __restrict__ o16,
+        const unsigned short* __restrict__ to16, const float* __restrict__ lse, const float* __restrict__ mu,
+        float* __restrict__ stats, unsigned short* __restrict__ go16, unsigned short* __restrict__ gto16, int n, int heads,
+        i64 rows) {
+    constexpr int KD = D / 8;
+    const int t = threadIdx.x & 3;
+    const i64 row = gtid() >> 2;
+    const bool live = row < rows;
+    // A pair of an output as float32 values, or from its bf16 copy.
+    auto pair = [](const float* x, const unsigned short* x16, i64 i) {
+        if (x != nullptr) return *reinterpret_cast<const float2*>(x + i);
+        const u32 w = *reinterpret_cast<const u32*>(x16 + i);
+        return make_float2(bf16_lo(w), bf16_hi(w));
+    };
+    float gdo = 0.f, rho = 0.f, gtt = 0.f, muv = 0.f;
+    if (live) {
+        const i64 bh = row / n, off = attn_head_offset(bh, n, heads, D) + (row - bh * n) * (i64)heads * D + 2 * t;
+        if (TAN) muv = mu[row];
+#pragma unroll
+        for (int i = 0; i < KD; ++i) {
+            const float2 ov = pair(o, o16, off + i * 8);
+            const float2 a = *reinterpret_cast<const float2*>(go + off + i * 8);
+            store_bf16_pair(go16, off + i * 8, a.x, a.y);
+            gdo += a.x * ov.x + a.y * ov.y;
+            if (TAN) {
+                const float2 b = *reinterpret_cast<const float2*>(gto + off + i * 8), tv = pair(to, to16, off + i * 8);
+                store_bf16_pair(gto16, off + i * 8, b.x, b.y);
+                rho += b.x * ov.x + b.y * ov.y;
+                gtt += b.x * tv.x + b.y * tv.y;
+            }
+        }
+    }
+    gdo = quad_sum(gdo);
+    if (TAN) { rho = quad_sum(rho); gtt = quad_sum(gtt); }
+    if (live && t == 0)
+        *reinterpret_cast<float4*>(stats + row * 4) = make_float4(lse[row], muv, rho, TAN ? gdo + gtt - muv * rho : gdo);
 }
 
 /// Backward, query side (grid: query blocks of 16 * WARPS rows, heads): dq = scale sum_j (dS k + dtS tk),
@@ -330,8 +391,9 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(FlashIn q, FlashIn k, FlashIn
 }
 
 // The instances: plain (tag p, TAN false) or with the tangent (t, true), head dim D, operand precision, and the
-// launch shape: WARPS warps of 16 rows per block, INNER keys (forward, dq) or queries (dkv) per step, and the
-// launch bounds. The float32-tile kernels load a tile, wait, then compute, so they rely on several blocks per
+// launch shape: WARPS warps of 16 rows per block (the forward: TILES row tiles of 16 a warp), INNER keys (forward, dq)
+// or queries (dkv) per step, and the launch bounds. The _v<name> instances of the plain BF16 forward are variants to
+// be timed against its default (docs/CUDA_NOTES.md, "row tiles"; TVM_CUDA_FLASH_VARIANT=<name>), not yet run. The float32-tile kernels load a tile, wait, then compute, so they rely on several blocks per
 // multiprocessor to overlap the two: 3 blocks of 4 warps ran the tangent forward 1.35x faster than 2 (2026-11-25),
 // and halving the inner blocks to fit 3 blocks was slower still (CUDA_NOTES.md). The 3xTF32 kernels that need more
 // than 168 registers and whose shared memory allows 3 blocks get a register cap for 3 in their bounds (a few spilled
@@ -339,34 +401,40 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(FlashIn q, FlashIn k, FlashIn
 // (_nocap, for measurements: CUDABackend.flashRegisterCaps = false). So do the BF16 tangent forwards, which the
 // second tile set took from 159 / 168 to 174 / 172 registers (2 blocks; capped 168 with 12 / 24 bytes spilled,
 // NVRTC 12.9). The kernels check blockDim and shared memory.
-//! kernel flash_fwd(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)
-#define FLASH_FWD(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix) \
+//! kernel flash_fwd(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, tiles: Int, inner: Int)
+#define FLASH_FWD(tag, tangent, dim, precision, PREC, warps, tiles, inner, bounds, suffix) \
     TVM_KERNEL_F32(flash_fwd_##tag##dim##_##precision##suffix, bounds, (const float* q, const float* k, const float* v, const float* tq, const float* tk, const float* tv, \
             const unsigned short* q16, const unsigned short* k16, const unsigned short* v16, const unsigned short* tq16, \
-            const unsigned short* tk16, const unsigned short* tv16, float* o, float* to, float* lse, \
+            const unsigned short* tk16, const unsigned short* tv16, float* o, float* to, float* lse, float* mu, \
             unsigned short* o16, unsigned short* to16, const float* go, const float* gto, const float* lseIn, float* stats, \
             int n, int heads, float scale)) { \
-        flash_fwd_impl<dim, warps, inner, tangent, PREC>({q, q16}, {k, k16}, {v, v16}, {tq, tq16}, {tk, tk16}, {tv, tv16}, \
-                                                         o, to, lse, o16, to16, go, gto, lseIn, stats, n, heads, scale); }
-FLASH_FWD(p, false, 64, x3, FP_X3, 4, 64, (128), )
-FLASH_FWD(p, false, 64, tf32, FP_TF32, 4, 64, (128), )
-FLASH_FWD(p, false, 64, bf16, FP_BF16, 4, 64, (128), )
-FLASH_FWD(t, true, 64, x3, FP_X3, 4, 32, (128, 3), )
-FLASH_FWD(t, true, 64, x3, FP_X3, 4, 32, (128), _nocap)
-FLASH_FWD(t, true, 64, tf32, FP_TF32, 4, 32, (128), )
-FLASH_FWD(t, true, 64, bf16, FP_BF16, 4, 32, (128, 3), )
-FLASH_FWD(t, true, 64, bf16, FP_BF16, 4, 32, (128), _nocap)
-FLASH_FWD(p, false, 72, x3, FP_X3, 4, 64, (128), )
-FLASH_FWD(p, false, 72, tf32, FP_TF32, 4, 64, (128), )
-FLASH_FWD(p, false, 72, bf16, FP_BF16, 4, 64, (128), )
-FLASH_FWD(t, true, 72, x3, FP_X3, 4, 32, (128), )
-FLASH_FWD(t, true, 72, tf32, FP_TF32, 4, 32, (128), )
-FLASH_FWD(t, true, 72, bf16, FP_BF16, 4, 32, (128, 3), )
-FLASH_FWD(t, true, 72, bf16, FP_BF16, 4, 32, (128), _nocap)
-FLASH_FWD(p, false, 64, wgmma, FP_WG, 4, 64, (128), )
-FLASH_FWD(t, true, 64, wgmma, FP_WG, 4, 32, (128, 3), )
-FLASH_FWD(p, false, 72, wgmma, FP_WG, 4, 64, (128), )
-FLASH_FWD(t, true, 72, wgmma, FP_WG, 4, 32, (128), )
+        flash_fwd_impl<dim, warps, tiles, inner, tangent, PREC>({q, q16}, {k, k16}, {v, v16}, {tq, tq16}, {tk, tk16}, {tv, tv16}, \
+                                                         o, to, lse, mu, o16, to16, go, gto, lseIn, stats, n, heads, scale); }
+FLASH_FWD(p, false, 64, x3, FP_X3, 4, 1, 64, (128), )
+FLASH_FWD(p, false, 64, tf32, FP_TF32, 4, 1, 64, (128), )
+FLASH_FWD(p, false, 64, bf16, FP_BF16, 4, 1, 64, (128), )
+FLASH_FWD(p, false, 64, bf16, FP_BF16, 4, 1, 64, (128, 4), _vc4)
+FLASH_FWD(p, false, 64, bf16, FP_BF16, 4, 2, 64, (128), _vr2)
+FLASH_FWD(p, false, 64, bf16, FP_BF16, 4, 2, 64, (128, 3), _vr2c3)
+FLASH_FWD(p, false, 64, bf16, FP_BF16, 2, 2, 64, (64), _vr2w2)
+FLASH_FWD(p, false, 64, bf16, FP_BF16, 4, 2, 32, (128), _vr2i32)
+FLASH_FWD(p, false, 64, bf16, FP_BF16, 4, 1, 128, (128), _vi128)
+FLASH_FWD(t, true, 64, x3, FP_X3, 4, 1, 32, (128, 3), )
+FLASH_FWD(t, true, 64, x3, FP_X3, 4, 1, 32, (128), _nocap)
+FLASH_FWD(t, true, 64, tf32, FP_TF32, 4, 1, 32, (128), )
+FLASH_FWD(t, true, 64, bf16, FP_BF16, 4, 1, 32, (128, 3), )
+FLASH_FWD(t, true, 64, bf16, FP_BF16, 4, 1, 32, (128), _nocap)
+FLASH_FWD(p, false, 72, x3, FP_X3, 4, 1, 64, (128), )
+FLASH_FWD(p, false, 72, tf32, FP_TF32, 4, 1, 64, (128), )
+FLASH_FWD(p, false, 72, bf16, FP_BF16, 4, 1, 64, (128), )
+FLASH_FWD(t, true, 72, x3, FP_X3, 4, 1, 32, (128), )
+FLASH_FWD(t, true, 72, tf32, FP_TF32, 4, 1, 32, (128), )
+FLASH_FWD(t, true, 72, bf16, FP_BF16, 4, 1, 32, (128, 3), )
+FLASH_FWD(t, true, 72, bf16, FP_BF16, 4, 1, 32, (128), _nocap)
+FLASH_FWD(p, false, 64, wgmma, FP_WG, 4, 1, 64, (128), )
+FLASH_FWD(t, true, 64, wgmma, FP_WG, 4, 1, 32, (128, 3), )
+FLASH_FWD(p, false, 72, wgmma, FP_WG, 4, 1, 64, (128), )
+FLASH_FWD(t, true, 72, wgmma, FP_WG, 4, 1, 32, (128), )
 
 //! kernel flash_dq(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)
 #define FLASH_DQ(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix) \
@@ -420,3 +488,15 @@ FLASH_DKV(p, false, 64, wgmma, FP_WG, 4, 32, (128), )
 FLASH_DKV(t, true, 64, wgmma, FP_WG, 4, 16, (128), )
 FLASH_DKV(p, false, 72, wgmma, FP_WG, 4, 32, (128), )
 FLASH_DKV(t, true, 72, wgmma, FP_WG, 4, 16, (128), )
+
+// Per head dim, plain (p) or with the tangent (t); 256 threads, 64 rows a block.
+//! kernel flash_row_stats(tangent: Bool, dim: Int)
+#define FLASH_ROW_STATS(tag, tangent, dim) \
+    TVM_KERNEL_F32(flash_row_stats_##tag##dim, (256), (const float* go, const float* gto, const float* o, const float* to, \
+            const unsigned short* o16, const unsigned short* to16, const float* lse, const float* mu, float* stats, \
+            unsigned short* go16, unsigned short* gto16, int n, int heads, i64 rows)) { \
+        flash_row_stats_impl<dim, tangent>(go, gto, o, to, o16, to16, lse, mu, stats, go16, gto16, n, heads, rows); }
+FLASH_ROW_STATS(p, false, 64)
+FLASH_ROW_STATS(t, true, 64)
+FLASH_ROW_STATS(p, false, 72)
+FLASH_ROW_STATS(t, true, 72)

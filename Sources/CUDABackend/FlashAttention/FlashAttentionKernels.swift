@@ -27,9 +27,10 @@ enum FlashPrecision: Int, CaseIterable {
 enum FlashKind: CaseIterable {
     case forward, dq, dkv
 
-    /// Dynamic shared memory of a kernel of this kind, in bytes (the kernels' own SMEM formulas).
-    func sharedBytes(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int) -> Int {
-        let rows = 16 * warps, row = precision.pitch(dim) * precision.elementBytes, stages = precision.stages
+    /// Dynamic shared memory of a kernel of this kind with `rows` query (or key) rows per block, in bytes (the kernels'
+    /// own SMEM formulas).
+    func sharedBytes(tangent: Bool, dim: Int, precision: FlashPrecision, rows: Int, inner: Int) -> Int {
+        let row = precision.pitch(dim) * precision.elementBytes, stages = precision.stages
         switch self {
         case .forward: return (rows * (tangent ? 2 : 1) + stages * inner * (tangent ? 4 : 2)) * row
         case .dq: return (rows + stages * inner) * (tangent ? 4 : 2) * row
@@ -45,6 +46,8 @@ protocol FlashInstance {
     var dim: Int { get }
     var precision: FlashPrecision { get }
     var warps: Int { get }
+    /// Row tiles of 16 per warp (the forward's axis; one in dq and dkv).
+    var tiles: Int { get }
     var inner: Int { get }
 }
 
@@ -52,10 +55,17 @@ extension FlashAttentionKernels.FlashFwd: FlashInstance {}
 extension FlashAttentionKernels.FlashDq: FlashInstance {}
 extension FlashAttentionKernels.FlashDkv: FlashInstance {}
 
+extension FlashAttentionKernels.FlashDq { var tiles: Int { 1 } }
+extension FlashAttentionKernels.FlashDkv { var tiles: Int { 1 } }
+
 extension FlashInstance {
-    /// Query (or key) rows per block: 16 per warp.
-    var rows: Int { 16 * warps }
+    /// Query (or key) rows per block: 16 per row tile.
+    var rows: Int { 16 * warps * tiles }
     var threads: Int { 32 * warps }
+    /// Dynamic shared memory of this kernel as a `kind` kernel, in bytes.
+    func sharedBytes(_ kind: FlashKind) -> Int {
+        kind.sharedBytes(tangent: tangent, dim: dim, precision: precision, rows: rows, inner: inner)
+    }
 }
 
 extension FlashAttentionKernels {
@@ -63,15 +73,15 @@ extension FlashAttentionKernels {
     static let dims = Set(flashFwdAxes.map(\.dim))
 
     /// Every flash kernel's configuration with its kind, for the shared memory each needs.
-    static var configurations: [(kind: FlashKind, tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)] {
-        flashFwdAxes.map { (.forward, $0.tangent, $0.dim, $0.precision, $0.warps, $0.inner) }
-            + flashDqAxes.map { (.dq, $0.tangent, $0.dim, $0.precision, $0.warps, $0.inner) }
-            + flashDkvAxes.map { (.dkv, $0.tangent, $0.dim, $0.precision, $0.warps, $0.inner) }
+    static var configurations: [(kind: FlashKind, tangent: Bool, dim: Int, precision: FlashPrecision, rows: Int, inner: Int)] {
+        flashFwdAxes.map { (.forward, $0.tangent, $0.dim, $0.precision, 16 * $0.warps * $0.tiles, $0.inner) }
+            + flashDqAxes.map { (.dq, $0.tangent, $0.dim, $0.precision, 16 * $0.warps, $0.inner) }
+            + flashDkvAxes.map { (.dkv, $0.tangent, $0.dim, $0.precision, 16 * $0.warps, $0.inner) }
     }
 
     /// The most shared memory any flash kernel needs.
     static var maxSharedBytes: Int {
-        configurations.map { $0.kind.sharedBytes(tangent: $0.tangent, dim: $0.dim, precision: $0.precision, warps: $0.warps,
+        configurations.map { $0.kind.sharedBytes(tangent: $0.tangent, dim: $0.dim, precision: $0.precision, rows: $0.rows,
                                                  inner: $0.inner) }.max()!
     }
 
@@ -79,7 +89,12 @@ extension FlashAttentionKernels {
     /// has one (its launch bounds name a block count), else the uncapped one.
     static func pick<K: FlashInstance>(_ kernels: [K], _ what: String, tangent: Bool, dim: Int, precision: FlashPrecision,
                                        capped: Bool) -> K {
-        let matching = kernels.filter { $0.tangent == tangent && $0.dim == dim && $0.precision == precision }
+        let all = kernels.filter { $0.tangent == tangent && $0.dim == dim && $0.precision == precision }
+        // EXPERIMENT (to be removed once measured): TVM_CUDA_FLASH_VARIANT=name picks the instance named ..._v<name>.
+        if let v = environment("TVM_CUDA_FLASH_VARIANT"), let k = all.first(where: { $0.function.name.hasSuffix("_v" + v) }) {
+            return k
+        }
+        let matching = all.filter { !$0.function.name.contains("_v") }
         guard let k = matching.first(where: { ($0.function.minBlocks != nil) == capped }) ?? matching.first else {
             preconditionFailure("FlashAttention.cu has no \(what) kernel for tangent \(tangent), head dim \(dim), \(precision)")
         }
@@ -94,7 +109,7 @@ extension FlashAttentionKernels {
     /// The kernels use more than the default 48 KB of dynamic shared memory: each opts in to what it needs.
     func prepare(on backend: CUDABackend) throws {
         for (kind, k) in all {
-            let shared = kind.sharedBytes(tangent: k.tangent, dim: k.dim, precision: k.precision, warps: k.warps, inner: k.inner)
+            let shared = k.sharedBytes(kind)
             try backend.driver.check(backend.driver.cuFuncSetAttribute(k.function.handle, Driver.funcAttrMaxDynamicSharedSize,
                                                                        Int32(shared)),
                                      "cuFuncSetAttribute(\(k.function.name), max dynamic shared memory \(shared) bytes)")
@@ -144,9 +159,10 @@ extension CUDABackend {
         return copy.address
     }
 
-    /// The flash forward: o, lse and with a tangent `to` (tq, tk, tv then all given), o and to with their bf16 copies.
+    /// The flash forward: o, lse and with a tangent `to` (tq, tk, tv then all given) and mu (if given), o and to with
+    /// their bf16 copies.
     func flashForward(q: Storage, k: Storage, v: Storage, tangents: (q: Storage, k: Storage, v: Storage)?, o: Storage,
-                      to: Storage?, lse: Storage, geometry g: AttentionGeometry) {
+                      to: Storage?, lse: Storage, mu: Storage?, geometry g: AttentionGeometry) {
         let f = FlashAttentionKernels.pick(kernels(FlashAttentionKernels.self, .float32).flashFwd, "forward", tangent: to != nil,
                                            dim: g.dim, precision: flashPrecision, capped: flashRegisterCaps)
         // The inputs' copies are claimed first, so that making the outputs' copies cannot evict them. The output and
@@ -156,20 +172,22 @@ extension CUDABackend {
         let (of, o16) = outputAndCopy(o), (tof, to16) = to.map(outputAndCopy) ?? (0, 0)
         // go, gto, lseIn, stats: the backward's pre-pass only.
         f.launch(on: self, grid: ((g.seq + f.rows - 1) / f.rows, g.batch * g.heads), block: (f.threads, 1),
-                 shared: FlashKind.forward.sharedBytes(tangent: f.tangent, dim: f.dim, precision: f.precision, warps: f.warps,
-                                                       inner: f.inner),
+                 shared: f.sharedBytes(.forward),
                  q: flashFloat32(q), k: flashFloat32(k), v: flashFloat32(v), tq: flashFloat32(tangents?.q),
                  tk: flashFloat32(tangents?.k), tv: flashFloat32(tangents?.v),
                  q16: inputs16[0], k16: inputs16[1], v16: inputs16[2], tq16: inputs16[3], tk16: inputs16[4], tv16: inputs16[5],
-                 o: of, to: tof, lse: addr(lse), o16: o16, to16: to16, go: 0, gto: 0, lseIn: 0, stats: 0,
+                 o: of, to: tof, lse: addr(lse), mu: to == nil ? 0 : addr(mu), o16: o16, to16: to16, go: 0, gto: 0, lseIn: 0,
+                 stats: 0,
                  n: g.seq, heads: g.heads, scale: Float(g.scale))
         flashAttentionCalls += 1
     }
 
-    /// The flash backward: a pre-pass (the forward recomputed, nothing stored but per-row float4 (lse, mu, rho,
-    /// sum_j P dP)), then the query side (dq, dtq) and the key side (dk, dv, dtk, dtv), P recomputed from lse. With
+    /// The flash backward: per-row float4 (lse, mu, rho, sum_j P dP) from the forward's saved outputs (`saved`: o, and
+    /// with the tangent to and mu; a pass over rows) or else by a pre-pass that computes the forward again and stores
+    /// nothing else, then the query side (dq, dtq) and the key side (dk, dv, dtk, dtv), P recomputed from lse. With
     /// `tangent`, the tangent inputs and their cotangent buffers are all given.
-    func flashBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?, lse: Storage, go: Storage,
+    func flashBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?, saved: AttentionForward?,
+                       lse: Storage, go: Storage,
                        gto: Storage?, dq: Storage, dk: Storage, dv: Storage, dtq: Storage?, dtk: Storage?, dtv: Storage?,
                        tangent: Bool, geometry g: AttentionGeometry) {
         let set = kernels(FlashAttentionKernels.self, .float32), precision = flashPrecision, bh = g.batch * g.heads
@@ -178,27 +196,36 @@ extension CUDABackend {
         beginBF16Call()
         var c = [q, k, v, tq, tk, tv, go, gto].map(flashInputCopy)
         let f32 = [q, k, v, tq, tk, tv, go, gto].map(flashFloat32)
-        // go and gto (the output projection's cotangents) come without copies: the pre-pass, which reads their float32
-        // values, writes copies that dq and dkv then stage by cp.async instead of loading and rounding float32 tiles
-        // (dkv at every step of its loop, where those loads' latency was most of its stalls).
+        // go and gto (the output projection's cotangents) come without copies: the statistics' pass, which reads their
+        // float32 values, writes copies that dq and dkv then stage by cp.async instead of loading and rounding float32
+        // tiles (dkv at every step of its loop, where those loads' latency was most of its stalls).
         let (go16, gto16) = (precision.isBF16 && c[6] == 0 ? bf16Twin(go) : 0,
                              precision.isBF16 && c[7] == 0 ? gto.map { bf16Twin($0) } ?? 0 : 0)
         if go16 != 0 { c[6] = go16 }
         if gto16 != 0 { c[7] = gto16 }
         func grid(_ rows: Int) -> (Int, Int) { ((g.seq + rows - 1) / rows, bh) }
-        func shared(_ kind: FlashKind, _ k: some FlashInstance) -> Int {
-            kind.sharedBytes(tangent: k.tangent, dim: k.dim, precision: k.precision, warps: k.warps, inner: k.inner)
+        if let saved {
+            // The outputs as float32 where they have it, else as their bf16 copies (DiT keeps them as copies alone).
+            let (o, to) = (flashFloat32(saved.o), flashFloat32(saved.to))
+            let (o16, to16) = (o == 0 ? flashInputCopy(saved.o) : 0, to == 0 ? flashInputCopy(saved.to) : 0)
+            guard let r = set.flashRowStats.first(where: { $0.tangent == tangent && $0.dim == g.dim }) else {
+                preconditionFailure("FlashAttention.cu has no flash_row_stats kernel for tangent \(tangent), head dim \(g.dim)")
+            }
+            r.launch(on: self, grid: ((g.rows * 4 + 255) / 256, 1), go: f32[6], gto: f32[7], o: o, to: to, o16: o16,
+                     to16: to16, lse: addr(lse), mu: addr(saved.mu), stats: addr(rowStats), go16: go16, gto16: gto16,
+                     n: g.seq, heads: g.heads, rows: g.rows)
+        } else {
+            let f = FlashAttentionKernels.pick(set.flashFwd, "forward", tangent: tangent, dim: g.dim, precision: precision,
+                                               capped: flashRegisterCaps)
+            f.launch(on: self, grid: grid(f.rows), block: (f.threads, 1), shared: f.sharedBytes(.forward),
+                     q: f32[0], k: f32[1], v: f32[2], tq: f32[3], tk: f32[4], tv: f32[5],
+                     q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5],
+                     o: 0, to: 0, lse: 0, mu: 0, o16: go16, to16: gto16, go: f32[6], gto: f32[7], lseIn: addr(lse),
+                     stats: addr(rowStats), n: g.seq, heads: g.heads, scale: Float(g.scale))
         }
-        let f = FlashAttentionKernels.pick(set.flashFwd, "forward", tangent: tangent, dim: g.dim, precision: precision,
-                                           capped: flashRegisterCaps)
-        f.launch(on: self, grid: grid(f.rows), block: (f.threads, 1), shared: shared(.forward, f),
-                 q: f32[0], k: f32[1], v: f32[2], tq: f32[3], tk: f32[4], tv: f32[5],
-                 q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5],
-                 o: 0, to: 0, lse: 0, o16: go16, to16: gto16, go: f32[6], gto: f32[7], lseIn: addr(lse), stats: addr(rowStats),
-                 n: g.seq, heads: g.heads, scale: Float(g.scale))
         let fq = FlashAttentionKernels.pick(set.flashDq, "dq", tangent: tangent, dim: g.dim, precision: precision,
                                             capped: flashRegisterCaps)
-        fq.launch(on: self, grid: grid(fq.rows), block: (fq.threads, 1), shared: shared(.dq, fq),
+        fq.launch(on: self, grid: grid(fq.rows), block: (fq.threads, 1), shared: fq.sharedBytes(.dq),
                   q: f32[0], k: f32[1], v: f32[2], tq: f32[3], tk: f32[4], tv: f32[5], go: f32[6], gto: f32[7],
                   q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5], go16: c[6], gto16: c[7],
                   stats: addr(rowStats), dq: addr(dq), dtq: addr(dtq), n: g.seq, heads: g.heads, scale: Float(g.scale))
@@ -206,7 +233,7 @@ extension CUDABackend {
                                             capped: flashRegisterCaps)
         // dv and dtv are the v projection's output cotangents, read by its backward products.
         let (dv16, dtv16) = (bf16Twin(dv), dtv.map { bf16Twin($0) } ?? 0)
-        fk.launch(on: self, grid: grid(fk.rows), block: (fk.threads, 1), shared: shared(.dkv, fk),
+        fk.launch(on: self, grid: grid(fk.rows), block: (fk.threads, 1), shared: fk.sharedBytes(.dkv),
                   q: f32[0], k: f32[1], v: f32[2], tq: f32[3], tk: f32[4], tv: f32[5], go: f32[6], gto: f32[7],
                   q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5], go16: c[6], gto16: c[7],
                   stats: addr(rowStats), dk: addr(dk), dv: addr(dv), dtk: addr(dtk), dtv: addr(dtv), dv16: dv16, dtv16: dtv16,
@@ -219,7 +246,7 @@ extension CUDABackend {
     public func flashResourceReport() -> [String] {
         guard supportsFlashAttention else { return ["flash attention not supported on this GPU"] }
         return kernels(FlashAttentionKernels.self, .float32).all.map { kind, k in
-            let shared = kind.sharedBytes(tangent: k.tangent, dim: k.dim, precision: k.precision, warps: k.warps, inner: k.inner)
+            let shared = k.sharedBytes(kind)
             var regs: Int32 = 0, local: Int32 = 0, blocks: Int32 = -1
             _ = driver.cuFuncGetAttribute(&regs, Driver.funcAttrNumRegs, k.function.handle)
             _ = driver.cuFuncGetAttribute(&local, Driver.funcAttrLocalSizeBytes, k.function.handle)

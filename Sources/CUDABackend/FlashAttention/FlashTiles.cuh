@@ -279,6 +279,11 @@ template<int N> __device__ __forceinline__ void zero_tiles(float (&a)[N][4]) {
         for (int e = 0; e < 4; ++e) a[i][e] = 0.f;
 }
 
+/// A warp's accumulator tiles as its only row tile (the products' several-row-tile form).
+template<int N> __device__ __forceinline__ float (&one_row_tile(float (&a)[N][4]))[1][N][4] {
+    return reinterpret_cast<float (&)[1][N][4]>(a);
+}
+
 // Which factor a term of a tile product takes: the operand itself or its tangent.
 #define PLAIN false
 #define TANGENT true
@@ -320,17 +325,20 @@ __device__ __forceinline__ void wg_products(float (&out0)[N / 8][4], float (&out
     if (TAN) { wg_operands(out1); wg_operands(out2); }
 }
 
-/// A warp's products of its 16 rows of the shared tile sA with the N = 8-column tiles of the shared tile sB
-/// transposed (out[c] = A Y^T, Y rows c * 8 .. c * 8 + 7), over the head dim (KDP steps of 8 columns): out0 += A B^T
-/// and with TAN, in the same step, out1 += X1 Y1^T then out2 += X2 Y2^T, X1 and X2 the tangent tile tA (TANGENT) or
-/// A, Y1 and Y2 tB or B. out1 and out2 may be the same tiles (or out0). Within a step of k every product goes into
-/// its tile in this order, as the kernels always summed them (the order is part of the float32 result). UNROLL_K:
-/// unroll the loop over k (else a loop, fewer fragments live).
-template<int PREC, int LD, int KDP, bool TAN, bool UNROLL_K, bool X1, bool Y1, bool X2, bool Y2, int N>
-__device__ __forceinline__ void tile_products_bt(float (&out0)[N][4], float (&out1)[N][4], float (&out2)[N][4],
+/// A warp's products of its MT row tiles (16 rows each, from r0 on) of the shared tile sA with the N = 8-column tiles
+/// of the shared tile sB transposed (out[m][c] = A Y^T, Y rows c * 8 .. c * 8 + 7), over the head dim (KDP steps of 8
+/// columns): out0 += A B^T and with TAN, in the same step, out1 += X1 Y1^T then out2 += X2 Y2^T, X1 and X2 the
+/// tangent tile tA (TANGENT) or A, Y1 and Y2 tB or B. out1 and out2 may be the same tiles (or out0). Within a step of k
+/// every product goes into its tile in this order, as the kernels always summed them (the order is part of the float32
+/// result). A B fragment read from shared memory serves all MT row tiles (more row tiles: fewer shared-memory reads
+/// and more independent products per fragment, more accumulators). UNROLL_K: unroll the loop over k (else a loop,
+/// fewer fragments live).
+template<int PREC, int LD, int KDP, bool TAN, bool UNROLL_K, bool X1, bool Y1, bool X2, bool Y2, int MT, int N>
+__device__ __forceinline__ void tile_products_bt(float (&out0)[MT][N][4], float (&out1)[MT][N][4], float (&out2)[MT][N][4],
         const typename FlashPrec<PREC>::E* sA, const typename FlashPrec<PREC>::E* sTA,
         const typename FlashPrec<PREC>::E* sB, const typename FlashPrec<PREC>::E* sTB, int r0, int g, int t) {
     constexpr int KS = FlashPrec<PREC>::KS;
+    static_assert(MT == 1 || (!TAN && !FlashPrec<PREC>::CORE), "tile_products_bt: several row tiles only for plain mma.sync products");
     if constexpr (FlashPrec<PREC>::CORE) {
         // B = the tile transposed (K-major): a step is 16 columns, two core matrices 128 bytes apart; 8-row blocks lie
         // LD * 16 bytes apart.
@@ -341,31 +349,47 @@ __device__ __forceinline__ void tile_products_bt(float (&out0)[N][4], float (&ou
             a[i] = lds_a<PREC, LD>(sA, r0, 16 * i, g, t);
             if (TAN) ta[i] = lds_a<PREC, LD>(sTA, r0, 16 * i, g, t);
         }
-        wg_products<8 * N, false, TAN, X1, Y1, X2, Y2>(out0, out1, out2, a, ta, sB, sTB,
+        wg_products<8 * N, false, TAN, X1, Y1, X2, Y2>(out0[0], out1[0], out2[0], a, ta, sB, sTB,
                                                        [](auto y, int i) { return wg_desc(y + 128 * i, 128, LD * 16); });
     } else {
 #pragma unroll (UNROLL_K ? KDP : 1)
         for (int kk = 0; kk < KDP; kk += KS) {
-            const FragA<PREC> a = lds_a<PREC, LD>(sA, r0, kk * 8, g, t);
-            FragA<PREC> ta;
-            if (TAN) ta = lds_a<PREC, LD>(sTA, r0, kk * 8, g, t);
+            FragA<PREC> a[MT], ta[MT];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                a[m] = lds_a<PREC, LD>(sA, r0 + 16 * m, kk * 8, g, t);
+                if (TAN) ta[m] = lds_a<PREC, LD>(sTA, r0 + 16 * m, kk * 8, g, t);
+            }
 #pragma unroll
             for (int c = 0; c < N; ++c) {
-                tile_terms<PREC, TAN, X1, Y1, X2, Y2>(out0[c], out1[c], out2[c], a, ta, lds_bt<PREC, LD>(sB, c * 8, kk * 8, g, t),
-                                                      [&] { return lds_bt<PREC, LD>(sTB, c * 8, kk * 8, g, t); });
+                const FragB<PREC> b = lds_bt<PREC, LD>(sB, c * 8, kk * 8, g, t);
+#pragma unroll
+                for (int m = 0; m < MT; ++m)
+                    tile_terms<PREC, TAN, X1, Y1, X2, Y2>(out0[m][c], out1[m][c], out2[m][c], a[m], ta[m], b,
+                                                          [&] { return lds_bt<PREC, LD>(sTB, c * 8, kk * 8, g, t); });
             }
         }
     }
 }
+/// The same for a warp's one row tile.
+template<int PREC, int LD, int KDP, bool TAN, bool UNROLL_K, bool X1, bool Y1, bool X2, bool Y2, int N>
+__device__ __forceinline__ void tile_products_bt(float (&out0)[N][4], float (&out1)[N][4], float (&out2)[N][4],
+        const typename FlashPrec<PREC>::E* sA, const typename FlashPrec<PREC>::E* sTA,
+        const typename FlashPrec<PREC>::E* sB, const typename FlashPrec<PREC>::E* sTB, int r0, int g, int t) {
+    tile_products_bt<PREC, LD, KDP, TAN, UNROLL_K, X1, Y1, X2, Y2>(one_row_tile(out0), one_row_tile(out1), one_row_tile(out2),
+                                                                   sA, sTA, sB, sTB, r0, g, t);
+}
 
-/// Register tiles p (and tp) of N = 8-column tiles, a warp's 16 rows, as the left operand of a product with the
-/// shared tile sB read as it is (out[i] columns i * 8 .. i * 8 + 7 of P Y, KD tiles): out0 += P B and with TAN
-/// out1 += X1 Y1 then out2 += X2 Y2 (X from P or tP, Y from B or tB), in this order per step, as tile_products_bt.
-template<int PREC, int LD, bool TAN, bool X1, bool Y1, bool X2, bool Y2, int KD, int N>
-__device__ __forceinline__ void tile_products_bn(float (&out0)[KD][4], float (&out1)[KD][4], float (&out2)[KD][4],
-        float (&p)[N][4], float (&tp)[N][4], const typename FlashPrec<PREC>::E* sB,
+/// Register tiles p (and tp) of N = 8-column tiles, a warp's MT row tiles, as the left operand of a product with the
+/// shared tile sB read as it is (out[m][i] columns i * 8 .. i * 8 + 7 of P Y, KD tiles): out0 += P B and with TAN
+/// out1 += X1 Y1 then out2 += X2 Y2 (X from P or tP, Y from B or tB), in this order per step, as tile_products_bt
+/// (a B fragment serving all MT row tiles).
+template<int PREC, int LD, bool TAN, bool X1, bool Y1, bool X2, bool Y2, int MT, int KD, int N>
+__device__ __forceinline__ void tile_products_bn(float (&out0)[MT][KD][4], float (&out1)[MT][KD][4], float (&out2)[MT][KD][4],
+        float (&p)[MT][N][4], float (&tp)[MT][N][4], const typename FlashPrec<PREC>::E* sB,
         const typename FlashPrec<PREC>::E* sTB, int g, int t) {
     constexpr int KS = FlashPrec<PREC>::KS;
+    static_assert(MT == 1 || (!TAN && !FlashPrec<PREC>::CORE), "tile_products_bn: several row tiles only for plain mma.sync products");
     if constexpr (FlashPrec<PREC>::CORE) {
         // B = the tile itself (MN-major): a step is 16 rows of the tile, two 8-row blocks LD * 16 bytes apart; core
         // matrices lie 128 bytes apart along N.
@@ -373,24 +397,38 @@ __device__ __forceinline__ void tile_products_bn(float (&out0)[KD][4], float (&o
         FragA<PREC> a[STEPS], ta[STEPS];
 #pragma unroll
         for (int i = 0; i < STEPS; ++i) {
-            a[i] = acc_a<PREC>(p[KS * i], p[KS * i + KS - 1]);
-            if (TAN) ta[i] = acc_a<PREC>(tp[KS * i], tp[KS * i + KS - 1]);
+            a[i] = acc_a<PREC>(p[0][KS * i], p[0][KS * i + KS - 1]);
+            if (TAN) ta[i] = acc_a<PREC>(tp[0][KS * i], tp[0][KS * i + KS - 1]);
         }
-        wg_products<8 * KD, true, TAN, X1, Y1, X2, Y2>(out0, out1, out2, a, ta, sB, sTB,
+        wg_products<8 * KD, true, TAN, X1, Y1, X2, Y2>(out0[0], out1[0], out2[0], a, ta, sB, sTB,
                                                        [](auto y, int i) { return wg_desc(y + 16 * LD * i, LD * 16, 128); });
     } else {
 #pragma unroll
         for (int c = 0; c < N; c += KS) {
-            const FragA<PREC> a = acc_a<PREC>(p[c], p[c + KS - 1]);
-            FragA<PREC> ta;
-            if (TAN) ta = acc_a<PREC>(tp[c], tp[c + KS - 1]);
+            FragA<PREC> a[MT], ta[MT];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                a[m] = acc_a<PREC>(p[m][c], p[m][c + KS - 1]);
+                if (TAN) ta[m] = acc_a<PREC>(tp[m][c], tp[m][c + KS - 1]);
+            }
 #pragma unroll
             for (int i = 0; i < KD; ++i) {
-                tile_terms<PREC, TAN, X1, Y1, X2, Y2>(out0[i], out1[i], out2[i], a, ta, lds_bn<PREC, LD>(sB, c * 8, i * 8, g, t),
-                                                      [&] { return lds_bn<PREC, LD>(sTB, c * 8, i * 8, g, t); });
+                const FragB<PREC> b = lds_bn<PREC, LD>(sB, c * 8, i * 8, g, t);
+#pragma unroll
+                for (int m = 0; m < MT; ++m)
+                    tile_terms<PREC, TAN, X1, Y1, X2, Y2>(out0[m][i], out1[m][i], out2[m][i], a[m], ta[m], b,
+                                                          [&] { return lds_bn<PREC, LD>(sTB, c * 8, i * 8, g, t); });
             }
         }
     }
+}
+/// The same for a warp's one row tile.
+template<int PREC, int LD, bool TAN, bool X1, bool Y1, bool X2, bool Y2, int KD, int N>
+__device__ __forceinline__ void tile_products_bn(float (&out0)[KD][4], float (&out1)[KD][4], float (&out2)[KD][4],
+        float (&p)[N][4], float (&tp)[N][4], const typename FlashPrec<PREC>::E* sB,
+        const typename FlashPrec<PREC>::E* sTB, int g, int t) {
+    tile_products_bn<PREC, LD, TAN, X1, Y1, X2, Y2>(one_row_tile(out0), one_row_tile(out1), one_row_tile(out2),
+                                                    one_row_tile(p), one_row_tile(tp), sB, sTB, g, t);
 }
 
 /// Rows row0..row0+ROWS-1 of a head (n rows of D floats, `ld` apart from `src`) into a shared tile

@@ -5,7 +5,7 @@ enum AttentionKernels {
     static func forward<T: CPUFloat>(q: UnsafeMutablePointer<T>, k: UnsafeMutablePointer<T>, v: UnsafeMutablePointer<T>,
                                      tq: UnsafeMutablePointer<T>?, tk: UnsafeMutablePointer<T>?, tv: UnsafeMutablePointer<T>?,
                                      o: UnsafeMutablePointer<T>, to: UnsafeMutablePointer<T>?, lse: UnsafeMutablePointer<T>,
-                                     _ g: AttentionGeometry) {
+                                     mu muOut: UnsafeMutablePointer<T>?, _ g: AttentionGeometry) {
         let n = g.seq, d = g.dim, ld = g.rowStride, scale = T(g.scale)
         // One pass over the keys per query row with an online softmax: running max m, normaliser l, and three
         // unnormalised accumulators (P v, P tS v + P tv, and mu = P tS), rescaled whenever the max grows.
@@ -45,6 +45,7 @@ enum AttentionKernels {
                     let inv = 1 / l
                     for x in 0..<d { oi[x] *= inv }
                     lse[h * n + i] = m + T.flog(l)
+                    muOut?[h * n + i] = mu * inv
                     // to_i = sum P tS v + sum P tv - mu o_i, with P normalised.
                     if let toi { for x in 0..<d { toi[x] = acc[x] * inv - mu * inv * oi[x] } }
                 }
@@ -147,18 +148,19 @@ enum AttentionKernels {
 
 extension CPUBackend: AttentionBackend {
     public func attention(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
-                          o: Storage, to: Storage?, lse: Storage, geometry: AttentionGeometry) {
+                          o: Storage, to: Storage?, lse: Storage, mu: Storage?, geometry: AttentionGeometry) {
         func p<T: CPUFloat>(_ s: Storage?, _: T.Type) -> UnsafeMutablePointer<T>? { s.map { cpu($0).ptr(T.self) } }
         func run<T: CPUFloat>(_: T.Type) {
             AttentionKernels.forward(q: p(q, T.self)!, k: p(k, T.self)!, v: p(v, T.self)!,
                                      tq: p(tq, T.self), tk: p(tk, T.self), tv: p(tv, T.self),
-                                     o: p(o, T.self)!, to: p(to, T.self), lse: p(lse, T.self)!, geometry)
+                                     o: p(o, T.self)!, to: p(to, T.self), lse: p(lse, T.self)!, mu: p(mu, T.self), geometry)
         }
         typed(q, f32: { run(Float.self) }, f64: { run(Double.self) })
     }
 
+    /// The statistics come from the dense score matrices here; `forward` is not needed.
     public func attentionBackward(q: Storage, k: Storage, v: Storage, tq: Storage?, tk: Storage?, tv: Storage?,
-                                  o: Storage, to: Storage?, lse: Storage, go: Storage?, gto: Storage?,
+                                  forward: AttentionForward?, lse: Storage, go: Storage?, gto: Storage?,
                                   dq: Storage, dk: Storage, dv: Storage, dtq: Storage?, dtk: Storage?, dtv: Storage?,
                                   geometry: AttentionGeometry) {
         func p<T: CPUFloat>(_ s: Storage?, _: T.Type) -> UnsafeMutablePointer<T>? { s.map { cpu($0).ptr(T.self) } }
