@@ -138,7 +138,7 @@ flash)
     echo "== CUDA tests"
     ONLY=${ONLY:-"CUDABackendTests.CUDAFlashAttentionTests CUDABackendTests.CUDATrainingStepTests CUDABackendTests.CUDAAttentionTests"} \
         SKIP_BENCH=1 SKIP_TORCH=1 OUT=$out/suite timeout 280 scripts/gpu.sh run 2>&1 | grep -vE '^ERRMAX' | tail -8
-    variants=${VARIANTS:-"c4 r2 r2w2 r2i32 i128 r2c3"}
+    variants=${VARIANTS:-"c4 r2 r2w2 r2i32 i128 r2c3 wgp"}
     echo "== plain-forward variants against float64"
     for v in $variants; do
         TVM_CUDA_FLASH_VARIANT=$v timeout 90 env LD_LIBRARY_PATH=/tmp/tvm-gpu/lib /tmp/tvm-gpu/tests.xctest \

@@ -158,6 +158,156 @@ __device__ __forceinline__ void flash_fwd_impl(FlashIn q, FlashIn k, FlashIn v, 
     }
 }
 
+/// The plain forward (o, lse) as a pipeline of warpgroup products (sm_90a; FlashAttention-3's overlap within a
+/// warpgroup): the scores of key block j and the product of block j - 1's weights with its values are queued
+/// together, the scores waited for first, so the softmax of block j runs while the tensor cores multiply block j - 1's
+/// values. One warpgroup of 64 query rows a block (each warp its 16, A fragments in registers: q once, the weights
+/// as the softmax leaves them), key blocks of BC; three sets of key tiles, as block j + 1 is staged while block j's
+/// keys and block j - 1's values are read. A variant of the plain BF16 forward to be timed (TVM_CUDA_FLASH_VARIANT=wgp;
+/// not yet run). Same results as the FP_WG forward up to the order of its products (the same products).
+template<int D, int BC>
+__device__ __forceinline__ void flash_fwd_pipelined_impl(FlashIn q, FlashIn k, FlashIn v, float* __restrict__ o,
+        float* __restrict__ lse, unsigned short* __restrict__ o16, int n, int heads, float scale) {
+    constexpr int PREC = FP_WG;
+    typedef typename FlashPrec<PREC>::E E;
+    constexpr int LD = FlashPrec<PREC>::template ld<D>(), QSTEPS = FlashPrec<PREC>::template cols<D>() / 16;
+    constexpr int BR = 64, KD = D / 8, NC = BC / 8, PSTEPS = BC / 16, THREADS = 128, SETS = 3;
+    constexpr int SMEM = (BR + SETS * 2 * BC) * LD * (int)sizeof(E);
+    flash_check_launch<THREADS, SMEM>();
+    extern __shared__ float4 flash_smem[];
+    E* sQ = reinterpret_cast<E*>(flash_smem);
+    E* sKeys = sQ + BR * LD;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, r0 = (threadIdx.x >> 5) * 16;
+    const int q0 = blockIdx.x * BR, blocks = (n + BC - 1) / BC;
+    const i64 hb = attn_head_offset(blockIdx.y, n, heads, D), ld = (i64)heads * D;
+    // Key block b's tiles K, V in set b mod 3.
+    auto keys = [&](int b) { return sKeys + (b % SETS) * 2 * BC * LD; };
+    auto stage = [&](int b) { flash_stage_group<D, BC, THREADS, PREC, false>(keys(b), k, v, k, v, hb, ld, b * BC, n); };
+    flash_stage<D, BR, THREADS, PREC>(sQ, q, hb, ld, q0, n);
+    stage(0);
+    float acc[KD][4], m[2] = {-inf_<float>(), -inf_<float>()}, l[2] = {0.f, 0.f};
+    zero_tiles(acc);
+    u32 qa[QSTEPS][4], pa[PSTEPS][4];
+    auto values = [&](int b) {   // acc += P_b V_b, queued (B: the value tile itself, MN-major)
+        const E* sV = keys(b) + BC * LD;
+#pragma unroll
+        for (int i = 0; i < PSTEPS; ++i) wg_mma<8 * KD, true>(acc, pa[i], wg_desc(sV + 16 * LD * i, LD * 16, 128));
+        wg_commit();
+    };
+    // s = q k^T for block b, queued (B: the key tile transposed, K-major); s zeroed first.
+    float s[NC][4];
+    auto scores = [&](int b) {
+        const E* sK = keys(b);
+#pragma unroll
+        for (int i = 0; i < QSTEPS; ++i) wg_mma<BC, false>(s, qa[i], wg_desc(sK + 128 * i, 128, LD * 16));
+        wg_commit();
+    };
+    // Online softmax of block b's scores (flash_fwd_impl's): s becomes the weights, m and l move on, alpha rescales.
+    float alpha[2];
+    auto softmax = [&](int b) {
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int c = 0; c < NC; ++c)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const bool valid = b * BC + c * 8 + 2 * t + (e & 1) < n;
+                s[c][e] = valid ? s[c][e] * scale : -inf_<float>();
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[c][e]);
+            }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            mx[h] = quad_max(mx[h]);
+            alpha[h] = flash_exp<PREC>(m[h] - mx[h]);
+            m[h] = mx[h];
+            l[h] *= alpha[h];
+        }
+#pragma unroll
+        for (int c = 0; c < NC; ++c)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = flash_exp<PREC>(s[c][e] - m[e >> 1]);
+                l[e >> 1] += p;
+                s[c][e] = p;
+            }
+    };
+    // acc rescaled (block b - 1's values in), the weights of block b as the next A fragments.
+    auto advance = [&] {
+#pragma unroll
+        for (int i = 0; i < KD; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][e] *= alpha[e >> 1];
+#pragma unroll
+        for (int i = 0; i < PSTEPS; ++i) {
+            const FragA<PREC> f = acc_a<PREC>(s[2 * i], s[2 * i + 1]);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) pa[i][e] = f.h[e];
+        }
+    };
+    // Block 0 alone, so that no queued product sits on a conditional path in the loop (ptxas serializes those).
+    cp_async_wait_all();
+    fence_async_shared();
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < QSTEPS; ++i) {
+        const FragA<PREC> f = lds_a<PREC, LD>(sQ, r0, 16 * i, g, t);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) qa[i][e] = f.h[e];
+    }
+    if (blocks > 1) stage(1);
+    zero_tiles(s);
+    wg_operands(s);
+    wg_fence();
+    scores(0);
+    wg_wait<0>();
+    wg_operands(s);
+    softmax(0);
+    advance();
+    for (int j = 1; j < blocks; ++j) {
+        // Block j's tiles in place and visible to the tensor cores; every warp done with block j - 2's set.
+        cp_async_wait_all();
+        fence_async_shared();
+        __syncthreads();
+        if (j + 1 < blocks) stage(j + 1);
+        zero_tiles(s);
+        wg_operands(s);
+        wg_operands(acc);
+        wg_operands(pa);
+        wg_fence();
+        scores(j);
+        values(j - 1);
+        wg_wait<1>();
+        wg_operands(s);
+        softmax(j);
+        wg_wait<0>();
+        wg_operands(acc);
+        wg_operands(pa);
+        advance();
+    }
+    wg_operands(acc);
+    wg_operands(pa);
+    wg_fence();
+    values(blocks - 1);
+    wg_wait<0>();
+    wg_operands(acc);
+    const i64 rowBase = (i64)blockIdx.y * n;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        l[h] = quad_sum(l[h]);
+        const int row = q0 + r0 + g + 8 * h;
+        if (row < n) {
+            const float inv = 1.f / l[h];
+            const i64 off = hb + row * ld + 2 * t;
+#pragma unroll
+            for (int i = 0; i < KD; ++i) {
+                const float o0 = acc[i][2 * h] * inv, o1 = acc[i][2 * h + 1] * inv;
+                if (o != nullptr) *reinterpret_cast<float2*>(o + off + i * 8) = make_float2(o0, o1);
+                store_bf16_pair(o16, off + i * 8, o0, o1);
+            }
+            if (t == 0) lse[rowBase + row] = m[h] + m_log(l[h]);
+        }
+    }
+}
+
 /// The backward's row statistics from the forward's saved outputs, in place of the pre-pass (FlashAttention-2's
 /// preprocessing, with the tangent): per row float4 (lse, mu, rho = gto.o, dotPdP = go.o + gto.to - mu rho) or
 /// (lse, 0, 0, go.o), from o and to (float32 where they have it, else their bf16 copies o16, to16) and the forward's
@@ -435,6 +585,16 @@ FLASH_FWD(p, false, 64, wgmma, FP_WG, 4, 1, 64, (128), )
 FLASH_FWD(t, true, 64, wgmma, FP_WG, 4, 1, 32, (128, 3), )
 FLASH_FWD(p, false, 72, wgmma, FP_WG, 4, 1, 64, (128), )
 FLASH_FWD(t, true, 72, wgmma, FP_WG, 4, 1, 32, (128), )
+
+// The pipelined plain forward (sm_90a), per head dim, key blocks of INNER.
+//! kernel flash_fwd_pipelined(dim: Int, inner: Int)
+#define FLASH_FWD_PIPELINED(dim, inner) \
+    TVM_KERNEL_F32(flash_fwd_pipelined_p##dim, (128), (const float* q, const float* k, const float* v, \
+            const unsigned short* q16, const unsigned short* k16, const unsigned short* v16, float* o, float* lse, \
+            unsigned short* o16, int n, int heads, float scale)) { \
+        flash_fwd_pipelined_impl<dim, inner>({q, q16}, {k, k16}, {v, v16}, o, lse, o16, n, heads, scale); }
+FLASH_FWD_PIPELINED(64, 64)
+FLASH_FWD_PIPELINED(72, 64)
 
 //! kernel flash_dq(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)
 #define FLASH_DQ(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix) \

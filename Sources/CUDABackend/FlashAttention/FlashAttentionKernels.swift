@@ -58,6 +58,11 @@ extension FlashAttentionKernels.FlashDkv: FlashInstance {}
 extension FlashAttentionKernels.FlashDq { var tiles: Int { 1 } }
 extension FlashAttentionKernels.FlashDkv { var tiles: Int { 1 } }
 
+extension FlashAttentionKernels.FlashFwdPipelined {
+    /// Its SMEM: 64 query rows and three sets of key and value tiles, in wgmma's core matrices.
+    var sharedBytes: Int { (64 + 3 * 2 * inner) * FlashPrecision.wgmma.pitch(dim) * 2 }
+}
+
 extension FlashInstance {
     /// Query (or key) rows per block: 16 per row tile.
     var rows: Int { 16 * warps * tiles }
@@ -108,11 +113,11 @@ extension FlashAttentionKernels {
 
     /// The kernels use more than the default 48 KB of dynamic shared memory: each opts in to what it needs.
     func prepare(on backend: CUDABackend) throws {
-        for (kind, k) in all {
-            let shared = k.sharedBytes(kind)
-            try backend.driver.check(backend.driver.cuFuncSetAttribute(k.function.handle, Driver.funcAttrMaxDynamicSharedSize,
+        let functions = all.map { kind, k in (k.function, k.sharedBytes(kind)) } + flashFwdPipelined.map { ($0.function, $0.sharedBytes) }
+        for (function, shared) in functions {
+            try backend.driver.check(backend.driver.cuFuncSetAttribute(function.handle, Driver.funcAttrMaxDynamicSharedSize,
                                                                        Int32(shared)),
-                                     "cuFuncSetAttribute(\(k.function.name), max dynamic shared memory \(shared) bytes)")
+                                     "cuFuncSetAttribute(\(function.name), max dynamic shared memory \(shared) bytes)")
         }
     }
 }
@@ -170,6 +175,15 @@ extension CUDABackend {
         beginBF16Call()
         let inputs16 = [q, k, v, tangents?.q, tangents?.k, tangents?.v].map(flashInputCopy)
         let (of, o16) = outputAndCopy(o), (tof, to16) = to.map(outputAndCopy) ?? (0, 0)
+        // EXPERIMENT (to be removed once measured): the pipelined wgmma forward in place of the plain BF16 one.
+        if to == nil, flashPrecision == .bf16, warpgroupProducts, environment("TVM_CUDA_FLASH_VARIANT") == "wgp",
+           let p = kernels(FlashAttentionKernels.self, .float32).flashFwdPipelined.first(where: { $0.dim == g.dim }) {
+            p.launch(on: self, grid: ((g.seq + 63) / 64, g.batch * g.heads), block: (128, 1), shared: p.sharedBytes,
+                     q: flashFloat32(q), k: flashFloat32(k), v: flashFloat32(v), q16: inputs16[0], k16: inputs16[1],
+                     v16: inputs16[2], o: of, lse: addr(lse), o16: o16, n: g.seq, heads: g.heads, scale: Float(g.scale))
+            flashAttentionCalls += 1
+            return
+        }
         // go, gto, lseIn, stats: the backward's pre-pass only.
         f.launch(on: self, grid: ((g.seq + f.rows - 1) / f.rows, g.batch * g.heads), block: (f.threads, 1),
                  shared: f.sharedBytes(.forward),

@@ -236,15 +236,24 @@ template<int N, bool TRANS> __device__ __forceinline__ void wg_mma(float (&d)[N 
 #undef WG_IN
 /// Before the first product of a group: the registers it reads were written by ordinary instructions.
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+/// The products queued since the last commit, as one group.
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+/// Every committed group but the last PENDING done (groups complete in order), their accumulators readable.
+template<int PENDING> __device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(PENDING) : "memory");
+}
 /// The queued products done, their accumulators readable.
 __device__ __forceinline__ void wg_commit_wait() {
-    asm volatile("wgmma.commit_group.sync.aligned;\n\twgmma.wait_group.sync.aligned 0;" ::: "memory");
+    wg_commit();
+    wg_wait<0>();
 }
 /// Shared memory this thread wrote (st.shared, cp.async) made visible to the tensor cores' reads (the async proxy).
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 #else
 template<int N, bool TRANS> __device__ __forceinline__ void wg_mma(float (&)[N / 8][4], const u32 (&)[4], u64) { __trap(); }
 __device__ __forceinline__ void wg_fence() {}
+__device__ __forceinline__ void wg_commit() {}
+template<int PENDING> __device__ __forceinline__ void wg_wait() {}
 __device__ __forceinline__ void wg_commit_wait() {}
 __device__ __forceinline__ void fence_async_shared() {}
 #endif
@@ -254,6 +263,14 @@ template<int N> __device__ __forceinline__ void wg_operands(float (&d)[N][4]) {
     for (int i = 0; i < N; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e]) :: "memory");
+}
+/// A fragments pinned likewise: a queued product reads its A registers until it is waited for, so they stay live and
+/// unchanged up to this point.
+template<int N> __device__ __forceinline__ void wg_operands(u32 (&a)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[i][e]) :: "memory");
 }
 /// A wgmma descriptor of a CORE tile's block at `tile` (16-byte aligned): unswizzled core matrices, `lbo` bytes apart
 /// along k, `sbo` bytes apart along M or N.
