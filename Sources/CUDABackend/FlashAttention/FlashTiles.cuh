@@ -39,7 +39,6 @@
 #define FP_TF32 1
 #define FP_BF16 2
 #define FP_WG 3
-#ifndef TVM_EMULATE
 __device__ __forceinline__ u32 f2tf32(float x) { u32 r; asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x)); return r; }
 __device__ __forceinline__ void mma_tf32(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
@@ -71,7 +70,6 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 __device__ __forceinline__ float ex2_approx(float x) { float r; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x)); return r; }
-#endif
 
 /// Per precision: the shared-memory element (bf16 bits for FP_BF16), the columns of k one product step takes
 /// (in units of 8), whether operands are split (3xTF32), the sets of inner tiles (STAGES: FP_BF16 loads the next
@@ -204,7 +202,7 @@ template<int PREC> __device__ __forceinline__ FragA<PREC> acc_a(const float (&c0
 /// wgmma (FP_WG): the instructions exist only in sm_90a machine code. Elsewhere the FP_WG kernels trap (the host
 /// launches them only on such a device). The accumulators and A registers go through asm operands, so wg_fence and
 /// wg_operands order the ordinary instructions that write and read them around the queued products.
-#if !defined(TVM_EMULATE) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_ACC(i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
 #define WG_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(TRANS ? 1 : 0), "r"(1)
 /// d += A B over 16 columns of k for a warpgroup's 64 rows: A this warp's 16 rows (an mma.sync A fragment), B (16 x N)
