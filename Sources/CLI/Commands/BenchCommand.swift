@@ -235,7 +235,16 @@ func benchAttention(_ args: [String]) throws {
             backward.append(t2 - t1)
         }
     }
-    Console.out("attention B=\(b) H=\(h) S=\(s) D=\(d), \(deviceDescription())\(precision): forward median \(fmt(median(plain) * 1000, 3)) ms, forward+JVP median \(fmt(median(forward) * 1000, 3)) ms, backward (both cotangents, incl. the loss ops) median \(fmt(median(backward) * 1000, 3)) ms")
+    // The products' work: each S x S x D product is 2 B H S^2 D flops; the forward has two, with its tangent five.
+    let product = 2 * Double(b * h) * Double(s) * Double(s) * Double(d)
+    func rate(_ products: Double, _ seconds: Double) -> String {
+        let flops = products * product / seconds
+        return flops >= 1e12 ? "\(fmt(flops / 1e12, 1)) TFLOP/s" : "\(fmt(flops / 1e9, 1)) GFLOP/s"
+    }
+    let (p, f) = (median(plain), median(forward))
+    Console.out("attention B=\(b) H=\(h) S=\(s) D=\(d), \(deviceDescription())\(precision): forward median \(fmt(p * 1000, 3)) ms "
+        + "(\(rate(2, p))), forward+JVP median \(fmt(f * 1000, 3)) ms (\(rate(5, f))), backward (both cotangents, incl. the "
+        + "loss ops) median \(fmt(median(backward) * 1000, 3)) ms")
 }
 
 /// The SD-VAE's encoder (to the posterior) and decoder at its real size (block widths 128, 256, 512, 512) with
