@@ -155,6 +155,13 @@ flash)
             echo "$v $(TVM_CUDA_FLASH_VARIANT=$v timeout 60 .device/tvm bench attention --device cuda --bf16 --b $b --s $s 2>&1 | tail -1)"
         done
     done | tee "$out/attention.log"
+    echo "== ncu: the plain forward (default, then wgp) and the statistics pass at S=1024"
+    for v in "" wgp; do
+        TVM_CUDA_FLASH_VARIANT=$v timeout 90 ncu --kernel-name regex:"flash_(fwd_p64|fwd_pipelined|row_stats)" --launch-skip 2 \
+            --launch-count 2 --section SpeedOfLight --section WarpStateStats --section Occupancy .device/tvm bench attention \
+            --device cuda --bf16 --b 16 --s 1024 --steps 2 --warmup 1 > "$out/ncu-${v:-default}.txt" 2>&1
+        grep -E "flash_|Duration|Compute \(SM\) Throughput|Warp Cycles Per Issued|Achieved Active Warps" "$out/ncu-${v:-default}.txt" | head -24
+    done
     ;;
 *)
     echo "usage: scripts/gpu-verify.sh pack|run|check|compare|kernels|flash" >&2; exit 2 ;;
