@@ -130,19 +130,21 @@ kernels)
         --batch 128 --steps 3 --warmup 2 --bf16 > "$out/profile-train.txt" 2>&1; head -30 "$out/profile-train.txt"
     ;;
 flash)
-    # The nineteenth session's flash changes (not yet run on a GPU): the row-tile forward and its plain-forward variants
-    # (TVM_CUDA_FLASH_VARIANT), the backward's statistics from the saved forward (flash_row_stats). About 5 minutes.
+    # The nineteenth session's flash changes (not yet run on a GPU): the row-tile forward and its plain-forward variants,
+    # the split key-side backward (TVM_CUDA_FLASH_VARIANT), the backward's statistics from the saved forward
+    # (flash_row_stats). About 6 minutes.
     device_setup
     [ -f .device/tvm-before.xz ] && xz -dc .device/tvm-before.xz > /tmp/tvm-before && chmod +x /tmp/tvm-before
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
     echo "== CUDA tests"
     ONLY=${ONLY:-"CUDABackendTests.CUDAFlashAttentionTests CUDABackendTests.CUDATrainingStepTests CUDABackendTests.CUDAAttentionTests"} \
         SKIP_BENCH=1 SKIP_TORCH=1 OUT=$out/suite timeout 280 scripts/gpu.sh run 2>&1 | grep -vE '^ERRMAX' | tail -8
-    variants=${VARIANTS:-"c4 r2 r2w2 r2i32 i128 r2c3 wgp"}
-    echo "== plain-forward variants against float64"
+    variants=${VARIANTS:-"c4 r2 r2w2 r2i32 i128 r2c3 wgp split"}
+    echo "== variants against float64 (split: the backward's)"
     for v in $variants; do
-        TVM_CUDA_FLASH_VARIANT=$v timeout 90 env LD_LIBRARY_PATH=/tmp/tvm-gpu/lib /tmp/tvm-gpu/tests.xctest \
-            CUDABackendTests.CUDAFlashAttentionTests/testForwardAndTangentAgainstCPU \
+        tests=testForwardAndTangentAgainstCPU; [ $v = split ] && tests=testBackwardAgainstCPU
+        TVM_CUDA_FLASH_VARIANT=$v timeout 120 env LD_LIBRARY_PATH=/tmp/tvm-gpu/lib /tmp/tvm-gpu/tests.xctest \
+            CUDABackendTests.CUDAFlashAttentionTests/$tests \
             CUDABackendTests.CUDAFlashAttentionTests/testLargeAgainstWarpKernelsInFloat64 > "$out/variant-$v.log" 2>&1
         echo "$v: $(grep -E 'Executed .* test' "$out/variant-$v.log" | tail -1)"
     done

@@ -445,8 +445,10 @@ __device__ __forceinline__ void flash_bwd_dq_impl(FlashIn q, FlashIn k, FlashIn 
 
 /// Backward, key side (grid: key blocks of 16 * WARPS rows, heads): one pass over query blocks of BQ,
 /// the score tiles transposed (keys as rows): dk = scale sum_i (dS q + dtS tq), dtk = scale sum_i dtS q,
-/// dv = sum_i (P go + P (ts - mu) gto), dtv = sum_i P gto.
-template<int D, int WARPS, int BQ, bool TAN, int PREC>
+/// dv = sum_i (P go + P (ts - mu) gto), dtv = sum_i P gto. PART 1 computes dk and dtk alone, PART 2 dv and dtv alone
+/// (two kernels with fewer accumulators each, more warps an SM, at 15 products a step instead of 12 with the tangent;
+/// a variant to be timed, TVM_CUDA_FLASH_VARIANT=split; not yet run).
+template<int D, int WARPS, int BQ, bool TAN, int PREC, int PART>
 __device__ __forceinline__ void flash_bwd_dkv_impl(FlashIn q, FlashIn k, FlashIn v, FlashIn tq, FlashIn tk, FlashIn tv,
         FlashIn go, FlashIn gto, const float* __restrict__ stats, float* __restrict__ dk, float* __restrict__ dv,
         float* __restrict__ dtk, float* __restrict__ dtv, unsigned short* __restrict__ dv16, unsigned short* __restrict__ dtv16,
@@ -456,6 +458,7 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(FlashIn q, FlashIn k, FlashIn
     constexpr int LD = FlashPrec<PREC>::template ld<D>(), KDP = FlashPrec<PREC>::template cols<D>() / 8;
     constexpr int BK = 16 * WARPS, KD = D / 8, NQ = BQ / 8, THREADS = 32 * WARPS, STAGES = FlashPrec<PREC>::STAGES;
     constexpr int NS = TAN ? 4 : 2;
+    constexpr bool DK = PART != 2, DV = PART != 1;
     constexpr int SMEM = (BK + STAGES * BQ) * NS * LD * (int)sizeof(E) + STAGES * BQ * 16;
     flash_check_launch<THREADS, SMEM>();
     extern __shared__ float4 flash_smem[];
@@ -496,7 +499,8 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(FlashIn q, FlashIn k, FlashIn
         zero_tiles(gg);
         zero_tiles(rr);
         tile_products_bt<PREC, LD, KDP, TAN, false, TANGENT, PLAIN, PLAIN, TANGENT>(s, ts, ts, sK, sTK, sQ, sTQ, r0, g, t);
-        tile_products_bt<PREC, LD, KDP, TAN, false, PLAIN, TANGENT, TANGENT, TANGENT>(gg, rr, gg, sV, sTV, sGO, sGTO, r0, g, t);
+        if constexpr (DK)
+            tile_products_bt<PREC, LD, KDP, TAN, false, PLAIN, TANGENT, TANGENT, TANGENT>(gg, rr, gg, sV, sTV, sGO, sGTO, r0, g, t);
         // s <- P, gg <- dS, and with TAN ts <- P (ts - mu), rr <- dtS. Columns are queries.
 #pragma unroll
         for (int c = 0; c < NQ; ++c)
@@ -507,18 +511,21 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(FlashIn q, FlashIn k, FlashIn
                 const float P = i0 + col < n ? flash_exp<PREC>(s[c][e] * scale - st.x) : 0.f;
                 s[c][e] = P;
                 if (TAN) {
-                    const float tsv = ts[c][e] * scale, r = rr[c][e];
-                    const float dp = gg[c][e] + r * (tsv - st.y) - tsv * st.z;
-                    gg[c][e] = P * (dp - st.w);
-                    rr[c][e] = P * (r - st.z);
+                    const float tsv = ts[c][e] * scale;
+                    if constexpr (DK) {
+                        const float r = rr[c][e];
+                        const float dp = gg[c][e] + r * (tsv - st.y) - tsv * st.z;
+                        gg[c][e] = P * (dp - st.w);
+                        rr[c][e] = P * (r - st.z);
+                    }
                     ts[c][e] = P * (tsv - st.y);
-                } else {
+                } else if constexpr (DK) {
                     gg[c][e] = P * (gg[c][e] - st.w);
                 }
             }
         // dv, dtv (A: P and P (ts - mu)), then dk, dtk (A: dS and dtS): two passes hold half the fragments.
-        tile_products_bn<PREC, LD, TAN, TANGENT, TANGENT, PLAIN, TANGENT>(dva, dva, dtva, s, ts, sGO, sGTO, g, t);
-        tile_products_bn<PREC, LD, TAN, TANGENT, TANGENT, TANGENT, PLAIN>(dka, dka, dtka, gg, rr, sQ, sTQ, g, t);
+        if constexpr (DV) tile_products_bn<PREC, LD, TAN, TANGENT, TANGENT, PLAIN, TANGENT>(dva, dva, dtva, s, ts, sGO, sGTO, g, t);
+        if constexpr (DK) tile_products_bn<PREC, LD, TAN, TANGENT, TANGENT, TANGENT, PLAIN>(dka, dka, dtka, gg, rr, sQ, sTQ, g, t);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -527,13 +534,18 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(FlashIn q, FlashIn k, FlashIn
             const i64 off = hb + row * ld + 2 * t;
 #pragma unroll
             for (int i = 0; i < KD; ++i) {
-                *reinterpret_cast<float2*>(dk + off + i * 8) = make_float2(scale * dka[i][2 * h], scale * dka[i][2 * h + 1]);
-                *reinterpret_cast<float2*>(dv + off + i * 8) = make_float2(dva[i][2 * h], dva[i][2 * h + 1]);
-                store_bf16_pair(dv16, off + i * 8, dva[i][2 * h], dva[i][2 * h + 1]);
+                if constexpr (DK) *reinterpret_cast<float2*>(dk + off + i * 8) = make_float2(scale * dka[i][2 * h], scale * dka[i][2 * h + 1]);
+                if constexpr (DV) {
+                    *reinterpret_cast<float2*>(dv + off + i * 8) = make_float2(dva[i][2 * h], dva[i][2 * h + 1]);
+                    store_bf16_pair(dv16, off + i * 8, dva[i][2 * h], dva[i][2 * h + 1]);
+                }
                 if (TAN) {
-                    *reinterpret_cast<float2*>(dtk + off + i * 8) = make_float2(scale * dtka[i][2 * h], scale * dtka[i][2 * h + 1]);
-                    *reinterpret_cast<float2*>(dtv + off + i * 8) = make_float2(dtva[i][2 * h], dtva[i][2 * h + 1]);
-                    store_bf16_pair(dtv16, off + i * 8, dtva[i][2 * h], dtva[i][2 * h + 1]);
+                    if constexpr (DK)
+                        *reinterpret_cast<float2*>(dtk + off + i * 8) = make_float2(scale * dtka[i][2 * h], scale * dtka[i][2 * h + 1]);
+                    if constexpr (DV) {
+                        *reinterpret_cast<float2*>(dtv + off + i * 8) = make_float2(dtva[i][2 * h], dtva[i][2 * h + 1]);
+                        store_bf16_pair(dtv16, off + i * 8, dtva[i][2 * h], dtva[i][2 * h + 1]);
+                    }
                 }
             }
         }
@@ -621,33 +633,35 @@ FLASH_DQ(t, true, 64, wgmma, FP_WG, 8, 32, (256), )
 FLASH_DQ(p, false, 72, wgmma, FP_WG, 4, 64, (128), )
 FLASH_DQ(t, true, 72, wgmma, FP_WG, 8, 32, (256), )
 
-//! kernel flash_dkv(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int)
-#define FLASH_DKV(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix) \
+//! kernel flash_dkv(tangent: Bool, dim: Int, precision: FlashPrecision, warps: Int, inner: Int, part: Int)
+#define FLASH_DKV(tag, tangent, dim, precision, PREC, warps, inner, bounds, suffix, part) \
     TVM_KERNEL_F32(flash_dkv_##tag##dim##_##precision##suffix, bounds, (const float* q, const float* k, const float* v, const float* tq, const float* tk, const float* tv, const float* go, const float* gto, \
             const unsigned short* q16, const unsigned short* k16, const unsigned short* v16, const unsigned short* tq16, \
             const unsigned short* tk16, const unsigned short* tv16, const unsigned short* go16, const unsigned short* gto16, \
             const float* stats, float* dk, float* dv, float* dtk, float* dtv, unsigned short* dv16, unsigned short* dtv16, \
             int n, int heads, float scale)) { \
-        flash_bwd_dkv_impl<dim, warps, inner, tangent, PREC>({q, q16}, {k, k16}, {v, v16}, {tq, tq16}, {tk, tk16}, {tv, tv16}, \
+        flash_bwd_dkv_impl<dim, warps, inner, tangent, PREC, part>({q, q16}, {k, k16}, {v, v16}, {tq, tq16}, {tk, tk16}, {tv, tv16}, \
                                                              {go, go16}, {gto, gto16}, stats, dk, dv, dtk, dtv, dv16, dtv16, \
                                                              n, heads, scale); }
-FLASH_DKV(p, false, 64, x3, FP_X3, 4, 32, (128), )
-FLASH_DKV(p, false, 64, tf32, FP_TF32, 4, 32, (128), )
-FLASH_DKV(p, false, 64, bf16, FP_BF16, 4, 32, (128), )
-FLASH_DKV(t, true, 64, x3, FP_X3, 4, 16, (128), )
-FLASH_DKV(t, true, 64, tf32, FP_TF32, 4, 16, (128), )
-FLASH_DKV(t, true, 64, bf16, FP_BF16, 4, 16, (128), )
-FLASH_DKV(p, false, 72, x3, FP_X3, 4, 32, (128, 3), )
-FLASH_DKV(p, false, 72, x3, FP_X3, 4, 32, (128), _nocap)
-FLASH_DKV(p, false, 72, tf32, FP_TF32, 4, 32, (128), )
-FLASH_DKV(p, false, 72, bf16, FP_BF16, 4, 32, (128), )
-FLASH_DKV(t, true, 72, x3, FP_X3, 4, 16, (128), )
-FLASH_DKV(t, true, 72, tf32, FP_TF32, 4, 16, (128), )
-FLASH_DKV(t, true, 72, bf16, FP_BF16, 4, 16, (128), )
-FLASH_DKV(p, false, 64, wgmma, FP_WG, 4, 32, (128), )
-FLASH_DKV(t, true, 64, wgmma, FP_WG, 4, 16, (128), )
-FLASH_DKV(p, false, 72, wgmma, FP_WG, 4, 32, (128), )
-FLASH_DKV(t, true, 72, wgmma, FP_WG, 4, 16, (128), )
+FLASH_DKV(p, false, 64, x3, FP_X3, 4, 32, (128), , 0)
+FLASH_DKV(p, false, 64, tf32, FP_TF32, 4, 32, (128), , 0)
+FLASH_DKV(p, false, 64, bf16, FP_BF16, 4, 32, (128), , 0)
+FLASH_DKV(t, true, 64, x3, FP_X3, 4, 16, (128), , 0)
+FLASH_DKV(t, true, 64, tf32, FP_TF32, 4, 16, (128), , 0)
+FLASH_DKV(t, true, 64, bf16, FP_BF16, 4, 16, (128), , 0)
+FLASH_DKV(t, true, 64, bf16, FP_BF16, 4, 16, (128), _vsplitk, 1)
+FLASH_DKV(t, true, 64, bf16, FP_BF16, 4, 16, (128), _vsplitv, 2)
+FLASH_DKV(p, false, 72, x3, FP_X3, 4, 32, (128, 3), , 0)
+FLASH_DKV(p, false, 72, x3, FP_X3, 4, 32, (128), _nocap, 0)
+FLASH_DKV(p, false, 72, tf32, FP_TF32, 4, 32, (128), , 0)
+FLASH_DKV(p, false, 72, bf16, FP_BF16, 4, 32, (128), , 0)
+FLASH_DKV(t, true, 72, x3, FP_X3, 4, 16, (128), , 0)
+FLASH_DKV(t, true, 72, tf32, FP_TF32, 4, 16, (128), , 0)
+FLASH_DKV(t, true, 72, bf16, FP_BF16, 4, 16, (128), , 0)
+FLASH_DKV(p, false, 64, wgmma, FP_WG, 4, 32, (128), , 0)
+FLASH_DKV(t, true, 64, wgmma, FP_WG, 4, 16, (128), , 0)
+FLASH_DKV(p, false, 72, wgmma, FP_WG, 4, 32, (128), , 0)
+FLASH_DKV(t, true, 72, wgmma, FP_WG, 4, 16, (128), , 0)
 
 // Per head dim, plain (p) or with the tangent (t); 256 threads, 64 rows a block.
 //! kernel flash_row_stats(tangent: Bool, dim: Int)

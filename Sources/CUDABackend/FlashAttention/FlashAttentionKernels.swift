@@ -245,13 +245,18 @@ extension CUDABackend {
                   stats: addr(rowStats), dq: addr(dq), dtq: addr(dtq), n: g.seq, heads: g.heads, scale: Float(g.scale))
         let fk = FlashAttentionKernels.pick(set.flashDkv, "dkv", tangent: tangent, dim: g.dim, precision: precision,
                                             capped: flashRegisterCaps)
+        // EXPERIMENT (to be removed once measured): dk, dtk and dv, dtv by two kernels (flash_bwd_dkv_impl's PART).
+        let split = environment("TVM_CUDA_FLASH_VARIANT") == "split"
+            ? set.flashDkv.filter { $0.tangent == tangent && $0.dim == g.dim && $0.precision == precision && $0.part != 0 } : []
         // dv and dtv are the v projection's output cotangents, read by its backward products.
         let (dv16, dtv16) = (bf16Twin(dv), dtv.map { bf16Twin($0) } ?? 0)
-        fk.launch(on: self, grid: grid(fk.rows), block: (fk.threads, 1), shared: fk.sharedBytes(.dkv),
-                  q: f32[0], k: f32[1], v: f32[2], tq: f32[3], tk: f32[4], tv: f32[5], go: f32[6], gto: f32[7],
-                  q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5], go16: c[6], gto16: c[7],
-                  stats: addr(rowStats), dk: addr(dk), dv: addr(dv), dtk: addr(dtk), dtv: addr(dtv), dv16: dv16, dtv16: dtv16,
-                  n: g.seq, heads: g.heads, scale: Float(g.scale))
+        for k in split.count == 2 ? split : [fk] {
+            k.launch(on: self, grid: grid(k.rows), block: (k.threads, 1), shared: k.sharedBytes(.dkv),
+                     q: f32[0], k: f32[1], v: f32[2], tq: f32[3], tk: f32[4], tv: f32[5], go: f32[6], gto: f32[7],
+                     q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5], go16: c[6], gto16: c[7],
+                     stats: addr(rowStats), dk: addr(dk), dv: addr(dv), dtk: addr(dtk), dtv: addr(dtv), dv16: dv16, dtv16: dtv16,
+                     n: g.seq, heads: g.heads, scale: Float(g.scale))
+        }
         flashAttentionCalls += 1
     }
 
