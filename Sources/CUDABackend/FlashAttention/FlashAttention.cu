@@ -534,7 +534,8 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(FlashIn q, FlashIn k, FlashIn
             const i64 off = hb + row * ld + 2 * t;
 #pragma unroll
             for (int i = 0; i < KD; ++i) {
-                if constexpr (DK) *reinterpret_cast<float2*>(dk + off + i * 8) = make_float2(scale * dka[i][2 * h], scale * dka[i][2 * h + 1]);
+                if constexpr (DK)
+                    *reinterpret_cast<float2*>(dk + off + i * 8) = make_float2(scale * dka[i][2 * h], scale * dka[i][2 * h + 1]);
                 if constexpr (DV) {
                     *reinterpret_cast<float2*>(dv + off + i * 8) = make_float2(dva[i][2 * h], dva[i][2 * h + 1]);
                     store_bf16_pair(dv16, off + i * 8, dva[i][2 * h], dva[i][2 * h + 1]);
@@ -554,9 +555,10 @@ __device__ __forceinline__ void flash_bwd_dkv_impl(FlashIn q, FlashIn k, FlashIn
 
 // The instances: plain (tag p, TAN false) or with the tangent (t, true), head dim D, operand precision, and the
 // launch shape: WARPS warps of 16 rows per block (the forward: TILES row tiles of 16 a warp), INNER keys (forward, dq)
-// or queries (dkv) per step, and the launch bounds. The _v<name> instances of the plain BF16 forward are variants to
-// be timed against its default (docs/CUDA_NOTES.md, "row tiles"; TVM_CUDA_FLASH_VARIANT=<name>), not yet run. The float32-tile kernels load a tile, wait, then compute, so they rely on several blocks per
-// multiprocessor to overlap the two: 3 blocks of 4 warps ran the tangent forward 1.35x faster than 2 (2026-11-25),
+// or queries (dkv) per step, and the launch bounds. The _v<name> instances (of the plain BF16 forward, and the key
+// side's halves _vsplitk and _vsplitv) are variants to be timed against the defaults (docs/CUDA_NOTES.md, "row tiles"
+// and "split"; TVM_CUDA_FLASH_VARIANT=<name>), not yet run. The float32-tile kernels load a tile, wait, then compute, so they rely on several blocks per multiprocessor to overlap
+// the two: 3 blocks of 4 warps ran the tangent forward 1.35x faster than 2 (2026-11-25),
 // and halving the inner blocks to fit 3 blocks was slower still (CUDA_NOTES.md). The 3xTF32 kernels that need more
 // than 168 registers and whose shared memory allows 3 blocks get a register cap for 3 in their bounds (a few spilled
 // values: tangent forward 1.05 against 1.15 ms, D = 72 plain backward 2.31 against 2.51 ms), and an uncapped build
