@@ -145,6 +145,7 @@ flash)
         b=64; [ $s = 1024 ] && b=16
         [ -x /tmp/tvm-before ] && echo "before $(timeout 90 /tmp/tvm-before bench attention --device cuda --bf16 --b $b --s $s 2>&1 | tail -1)"
         echo "after $(timeout 90 .device/tvm bench attention --device cuda --bf16 --b $b --s $s 2>&1 | tail -1)"
+        echo "after, pre-pass $(TVM_CUDA_NO_SAVED_STATS=1 timeout 90 .device/tvm bench attention --device cuda --bf16 --b $b --s $s 2>&1 | tail -1)"
         for v in $variants; do
             echo "$v $(TVM_CUDA_FLASH_VARIANT=$v timeout 60 .device/tvm bench attention --device cuda --bf16 --b $b --s $s 2>&1 | tail -1)"
         done

@@ -44,6 +44,10 @@ public final class CUDABackend: Backend {
     /// give the same results up to the order of their float32 sums. Off by default: on an H100 the wgmma kernels were
     /// correct but 0.96-0.98x as fast in training (TVM_CUDA_WGMMA=1 turns them on; docs/CUDA_NOTES.md says why).
     public var flashWarpgroupProducts = environment("TVM_CUDA_WGMMA") == "1"
+    /// Whether the flash backward takes its per-row statistics from the forward's saved outputs where the caller kept
+    /// them (`flash_row_stats`); false: the pre-pass that computes the forward again, for comparisons and as the
+    /// fallback (TVM_CUDA_NO_SAVED_STATS=1 sets it).
+    public var flashSavedStatistics: Bool = environment("TVM_CUDA_NO_SAVED_STATS") != "1"
     /// Attention calls (forward or backward) that took the flash kernels (for tests).
     public internal(set) var flashAttentionCalls = 0
     /// Shared memory one block may opt in to (bytes): the flash kernels need up to ~190 KB.

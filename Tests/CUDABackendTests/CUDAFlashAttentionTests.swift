@@ -35,6 +35,7 @@ final class CUDAFlashAttentionTests: XCTestCase {
             cuda.useFlashAttention = true
             cuda.flashRegisterCaps = true
             cuda.flashWarpgroupProducts = warpgroup
+            cuda.flashSavedStatistics = true
         }
         return cuda
     }
@@ -180,6 +181,7 @@ final class CUDAFlashAttentionTests: XCTestCase {
     /// the bf16 tolerance of the float64 CPU reference (testBackwardAgainstCPU's).
     func testSavedForwardStatistics() throws {
         let cuda = try flashOrSkip()
+        cuda.flashSavedStatistics = true
         var r = TestRandom()
         let names = ["dq", "dk", "dv", "dtq", "dtk", "dtv", "plain dq", "plain dk", "plain dv"]
         for mode in Mode.allCases {

@@ -63,7 +63,7 @@ extension CUDABackend: AttentionBackend {
         let dtvS = tangent ? (dtv ?? allocate(count, dtype)) : nil
         // The saved outputs, where they give every statistic (o, and with the tangent to and mu) and the flash kernels
         // can read them.
-        let saved = forward.flatMap { f in
+        let saved = !flashSavedStatistics ? nil : forward.flatMap { f in
             (!tangent || (f.to != nil && f.mu != nil)) && flashEligible(dtype, g, [f.o, f.to, f.mu]) ? f : nil
         }
         if flashEligible(dtype, g, [q, k, v, tqS, tkS, tvS, lse, goS, gtoS, dq, dk, dv, dtqS, dtkS, dtvS]) {
