@@ -48,6 +48,10 @@ public final class CUDABackend: Backend {
     /// them (`flash_row_stats`); false: the pre-pass that computes the forward again, for comparisons and as the
     /// fallback (TVM_CUDA_NO_SAVED_STATS=1 sets it).
     public var flashSavedStatistics: Bool = environment("TVM_CUDA_NO_SAVED_STATS") != "1"
+    /// EXPERIMENT (to be removed once the variants are measured; docs/CUDA_NOTES.md): TVM_CUDA_FLASH_VARIANT=<name> runs
+    /// a variant of the flash kernels, the instance named ..._v<name>, or `wgp` (the pipelined plain forward) or `split`
+    /// (the key side in two kernels).
+    public var flashVariant: String? = environment("TVM_CUDA_FLASH_VARIANT")
     /// Attention calls (forward or backward) that took the flash kernels (for tests).
     public internal(set) var flashAttentionCalls = 0
     /// Shared memory one block may opt in to (bytes): the flash kernels need up to ~190 KB.

@@ -3,6 +3,46 @@
 #include "../common.cuh"
 #include "FlashTiles.cuh"
 
+/// The online softmax's first half for a warp's row tile of scores s (and with TAN its tangent scores ts) from the key
+/// block at j0: scaled, keys past n masked, the running max m moved on, l (and mu) rescaled by alpha, the factor for the
+/// accumulators. This lane holds rows g (e = 0, 1) and g + 8 (e = 2, 3) of the tile.
+template<int PREC, bool TAN, int NC>
+__device__ __forceinline__ void flash_softmax_max(float (&s)[NC][4], float (&ts)[NC][4], float (&m)[2], float (&l)[2],
+        float (&mu)[2], float (&alpha)[2], int j0, int n, int t, float scale) {
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int c = 0; c < NC; ++c)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const bool valid = j0 + c * 8 + 2 * t + (e & 1) < n;
+            s[c][e] = valid ? s[c][e] * scale : -inf_<float>();
+            if (TAN) ts[c][e] *= scale;
+            mx[e >> 1] = fmaxf(mx[e >> 1], s[c][e]);
+        }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        mx[h] = quad_max(mx[h]);
+        alpha[h] = flash_exp<PREC>(m[h] - mx[h]);
+        m[h] = mx[h];
+        l[h] *= alpha[h];
+        if (TAN) mu[h] *= alpha[h];
+    }
+}
+/// The second half: s becomes the weights p = e^(s - m), summed into l; with TAN ts becomes p ts, summed into mu.
+template<int PREC, bool TAN, int NC>
+__device__ __forceinline__ void flash_softmax_weights(float (&s)[NC][4], float (&ts)[NC][4], const float (&m)[2],
+        float (&l)[2], float (&mu)[2]) {
+#pragma unroll
+    for (int c = 0; c < NC; ++c)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float p = flash_exp<PREC>(s[c][e] - m[e >> 1]);
+            l[e >> 1] += p;
+            s[c][e] = p;
+            if (TAN) { ts[c][e] *= p; mu[e >> 1] += ts[c][e]; }
+        }
+}
+
 /// Forward (grid: query blocks of 16 * WARPS * TILES rows, heads; each warp TILES row tiles of 16): o, lse, and with
 /// TAN the tangent to_i = sum_j P_ij tS_ij v_j - mu_i o_i + sum_j P_ij tv_j (mu_i = sum_j P_ij tS_ij), accumulated in
 /// one pass over key blocks of BC: acc = sum p v, tacc = sum p (tS v + tv), rescaled with the running max. o and to
@@ -58,41 +98,16 @@ __device__ __forceinline__ void flash_fwd_impl(FlashIn q, FlashIn k, FlashIn v, 
 #pragma unroll
         for (int mt = 0; mt < TILES; ++mt) { zero_tiles(s[mt]); zero_tiles(ts[mt]); }
         tile_products_bt<PREC, LD, KDP, TAN, true, TANGENT, PLAIN, PLAIN, TANGENT>(s, ts, ts, sQ, sTQ, sK, sTK, r0, g, t);
-        // Online softmax. This lane holds rows g (e = 0, 1) and g + 8 (e = 2, 3) of each of its warp's row tiles.
+        // Online softmax of each row tile, the accumulators rescaled between its two halves.
 #pragma unroll
         for (int mt = 0; mt < TILES; ++mt) {
-            float mx[2] = {m[mt][0], m[mt][1]};
-#pragma unroll
-            for (int c = 0; c < NC; ++c)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const bool valid = j0 + c * 8 + 2 * t + (e & 1) < n;
-                    s[mt][c][e] = valid ? s[mt][c][e] * scale : -inf_<float>();
-                    if (TAN) ts[mt][c][e] *= scale;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][c][e]);
-                }
             float alpha[2];
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                mx[h] = quad_max(mx[h]);
-                alpha[h] = flash_exp<PREC>(m[mt][h] - mx[h]);
-                m[mt][h] = mx[h];
-                l[mt][h] *= alpha[h];
-                mu[mt][h] *= alpha[h];
-            }
+            flash_softmax_max<PREC, TAN>(s[mt], ts[mt], m[mt], l[mt], mu[mt], alpha, j0, n, t, scale);
 #pragma unroll
             for (int i = 0; i < KD; ++i)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) { acc[mt][i][e] *= alpha[e >> 1]; if (TAN) tacc[mt][i][e] *= alpha[e >> 1]; }
-#pragma unroll
-            for (int c = 0; c < NC; ++c)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float p = flash_exp<PREC>(s[mt][c][e] - m[mt][e >> 1]);
-                    l[mt][e >> 1] += p;
-                    s[mt][c][e] = p;
-                    if (TAN) { ts[mt][c][e] *= p; mu[mt][e >> 1] += ts[mt][c][e]; }
-                }
+            flash_softmax_weights<PREC, TAN>(s[mt], ts[mt], m[mt], l[mt], mu[mt]);
         }
         // acc += P V; tacc += (P o tS) V + P tV (k runs over this block's keys).
         tile_products_bn<PREC, LD, TAN, TANGENT, PLAIN, PLAIN, TANGENT>(acc, tacc, tacc, s, ts, sV, sTV, g, t);
@@ -202,33 +217,11 @@ __device__ __forceinline__ void flash_fwd_pipelined_impl(FlashIn q, FlashIn k, F
         for (int i = 0; i < QSTEPS; ++i) wg_mma<BC, false>(s, qa[i], wg_desc(sK + 128 * i, 128, LD * 16));
         wg_commit();
     };
-    // Online softmax of block b's scores (flash_fwd_impl's): s becomes the weights, m and l move on, alpha rescales.
-    float alpha[2];
+    // Online softmax of block b's scores (without a tangent: s stands in for ts, none for mu, neither is touched).
+    float alpha[2], none[2];
     auto softmax = [&](int b) {
-        float mx[2] = {m[0], m[1]};
-#pragma unroll
-        for (int c = 0; c < NC; ++c)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const bool valid = b * BC + c * 8 + 2 * t + (e & 1) < n;
-                s[c][e] = valid ? s[c][e] * scale : -inf_<float>();
-                mx[e >> 1] = fmaxf(mx[e >> 1], s[c][e]);
-            }
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            mx[h] = quad_max(mx[h]);
-            alpha[h] = flash_exp<PREC>(m[h] - mx[h]);
-            m[h] = mx[h];
-            l[h] *= alpha[h];
-        }
-#pragma unroll
-        for (int c = 0; c < NC; ++c)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float p = flash_exp<PREC>(s[c][e] - m[e >> 1]);
-                l[e >> 1] += p;
-                s[c][e] = p;
-            }
+        flash_softmax_max<PREC, false>(s, s, m, l, none, alpha, b * BC, n, t, scale);
+        flash_softmax_weights<PREC, false>(s, s, m, l, none);
     };
     // acc rescaled (block b - 1's values in), the weights of block b as the next A fragments.
     auto advance = [&] {

@@ -90,15 +90,13 @@ extension FlashAttentionKernels {
                                                  inner: $0.inner) }.max()!
     }
 
-    /// The instance of `kernels` for this call: with `capped`, the register-capped build where the configuration
-    /// has one (its launch bounds name a block count), else the uncapped one.
+    /// The instance of `kernels` for this call: the variant named ..._v<variant> where there is one
+    /// (`CUDABackend.flashVariant`), else with `capped` the register-capped build where the configuration has one (its
+    /// launch bounds name a block count), else the uncapped one.
     static func pick<K: FlashInstance>(_ kernels: [K], _ what: String, tangent: Bool, dim: Int, precision: FlashPrecision,
-                                       capped: Bool) -> K {
+                                       capped: Bool, variant: String?) -> K {
         let all = kernels.filter { $0.tangent == tangent && $0.dim == dim && $0.precision == precision }
-        // EXPERIMENT (to be removed once measured): TVM_CUDA_FLASH_VARIANT=name picks the instance named ..._v<name>.
-        if let v = environment("TVM_CUDA_FLASH_VARIANT"), let k = all.first(where: { $0.function.name.hasSuffix("_v" + v) }) {
-            return k
-        }
+        if let variant, let k = all.first(where: { $0.function.name.hasSuffix("_v" + variant) }) { return k }
         let matching = all.filter { !$0.function.name.contains("_v") }
         guard let k = matching.first(where: { ($0.function.minBlocks != nil) == capped }) ?? matching.first else {
             preconditionFailure("FlashAttention.cu has no \(what) kernel for tangent \(tangent), head dim \(dim), \(precision)")
@@ -169,14 +167,14 @@ extension CUDABackend {
     func flashForward(q: Storage, k: Storage, v: Storage, tangents: (q: Storage, k: Storage, v: Storage)?, o: Storage,
                       to: Storage?, lse: Storage, mu: Storage?, geometry g: AttentionGeometry) {
         let f = FlashAttentionKernels.pick(kernels(FlashAttentionKernels.self, .float32).flashFwd, "forward", tangent: to != nil,
-                                           dim: g.dim, precision: flashPrecision, capped: flashRegisterCaps)
+                                           dim: g.dim, precision: flashPrecision, capped: flashRegisterCaps, variant: flashVariant)
         // The inputs' copies are claimed first, so that making the outputs' copies cannot evict them. The output and
         // its tangent feed the output projection: their bf16 copies are written here.
         beginBF16Call()
         let inputs16 = [q, k, v, tangents?.q, tangents?.k, tangents?.v].map(flashInputCopy)
         let (of, o16) = outputAndCopy(o), (tof, to16) = to.map(outputAndCopy) ?? (0, 0)
         // EXPERIMENT (to be removed once measured): the pipelined wgmma forward in place of the plain BF16 one.
-        if to == nil, flashPrecision == .bf16, warpgroupProducts, environment("TVM_CUDA_FLASH_VARIANT") == "wgp",
+        if to == nil, flashPrecision == .bf16, warpgroupProducts, flashVariant == "wgp",
            let p = kernels(FlashAttentionKernels.self, .float32).flashFwdPipelined.first(where: { $0.dim == g.dim }) {
             p.launch(on: self, grid: ((g.seq + 63) / 64, g.batch * g.heads), block: (128, 1), shared: p.sharedBytes,
                      q: flashFloat32(q), k: flashFloat32(k), v: flashFloat32(v), q16: inputs16[0], k16: inputs16[1],
@@ -230,7 +228,7 @@ extension CUDABackend {
                      n: g.seq, heads: g.heads, rows: g.rows)
         } else {
             let f = FlashAttentionKernels.pick(set.flashFwd, "forward", tangent: tangent, dim: g.dim, precision: precision,
-                                               capped: flashRegisterCaps)
+                                               capped: flashRegisterCaps, variant: flashVariant)
             f.launch(on: self, grid: grid(f.rows), block: (f.threads, 1), shared: f.sharedBytes(.forward),
                      q: f32[0], k: f32[1], v: f32[2], tq: f32[3], tk: f32[4], tv: f32[5],
                      q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5],
@@ -238,15 +236,15 @@ extension CUDABackend {
                      stats: addr(rowStats), n: g.seq, heads: g.heads, scale: Float(g.scale))
         }
         let fq = FlashAttentionKernels.pick(set.flashDq, "dq", tangent: tangent, dim: g.dim, precision: precision,
-                                            capped: flashRegisterCaps)
+                                            capped: flashRegisterCaps, variant: flashVariant)
         fq.launch(on: self, grid: grid(fq.rows), block: (fq.threads, 1), shared: fq.sharedBytes(.dq),
                   q: f32[0], k: f32[1], v: f32[2], tq: f32[3], tk: f32[4], tv: f32[5], go: f32[6], gto: f32[7],
                   q16: c[0], k16: c[1], v16: c[2], tq16: c[3], tk16: c[4], tv16: c[5], go16: c[6], gto16: c[7],
                   stats: addr(rowStats), dq: addr(dq), dtq: addr(dtq), n: g.seq, heads: g.heads, scale: Float(g.scale))
         let fk = FlashAttentionKernels.pick(set.flashDkv, "dkv", tangent: tangent, dim: g.dim, precision: precision,
-                                            capped: flashRegisterCaps)
+                                            capped: flashRegisterCaps, variant: flashVariant)
         // EXPERIMENT (to be removed once measured): dk, dtk and dv, dtv by two kernels (flash_bwd_dkv_impl's PART).
-        let split = environment("TVM_CUDA_FLASH_VARIANT") == "split"
+        let split = flashVariant == "split"
             ? set.flashDkv.filter { $0.tangent == tangent && $0.dim == g.dim && $0.precision == precision && $0.part != 0 } : []
         // dv and dtv are the v projection's output cotangents, read by its backward products.
         let (dv16, dtv16) = (bf16Twin(dv), dtv.map { bf16Twin($0) } ?? 0)
