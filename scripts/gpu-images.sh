@@ -33,13 +33,20 @@
 #               the training kernels of the four methods (about 1 minute on a fresh machine)
 #   cmp-prep    carry [".device/cmp/inception.part1", ".device/cmp/fmnist"]: joins the weights, unpacks the data and
 #               computes the training set's FID statistics (about 70 s)
-#   compare     no carry: TVM, MeanFlow, iMF and flow matching, BUDGET seconds each (default 75), one after the other
-#               with the configuration above and seed SEED; FID-10k at 1, 2, 4 NFE (flow matching: FM_STEPS Euler
-#               steps, default 1 2 4 8); then one table of every compare run this machine has made with this budget
-#               (mean, min-max over the seeds). About 9 minutes; a step that would end after DEADLINE seconds
-#               (default 570) is skipped, so the table always comes back. SEED=1, SEED=2 ... in later calls add seeds.
-#               METHODS="tvm imf" picks methods; METHODS=tvm BUDGET=390 is one method at the issue's budget;
-#               IN_CONTEXT=1 METHODS=imf adds iMF with in-context tokens (row imf+ic).
+#   compare     no carry: TVM, MeanFlow, iMF and flow matching, BUDGET seconds of training each (default 75) with
+#               the configuration above; FID-10k at 1, 2, 4 NFE (flow matching: FM_STEPS Euler steps, default 1 2 4
+#               8); then one table of every compare run this machine has made with this budget (mean, min-max over
+#               the seeds). The runs are dealt round-robin to the machine's GPUs (GPUS=N to override), each GPU
+#               running its share one after the other, so a machine of 8 GPUs trains 8 runs at once: that is how
+#               the 390-s budget with several seeds fits a 10-minute call. SEEDS="0 1" (default $SEED or 0) and
+#               METHODS="tvm imf" (default all four) make the runs; or JOBS, one run a line, "LABEL METHOD SEED
+#               [TRAIN-OPTIONS...]", whose options override the configuration above (the last of a repeated flag
+#               wins: "tvm-lr4 tvm 0 --lr 4e-4"). SPLIT=3 trains in three resumed segments (bit-identical to one
+#               run) and adds FID at EARLY_NFE (default 1) after BUDGET/3 and 2*BUDGET/3 seconds, a second table:
+#               FID against training time. A step that would end after DEADLINE seconds (default 570) is skipped,
+#               so the tables always come back; each GPU's log is $OUT/compare-gpuN.log. IN_CONTEXT=1 METHODS=imf
+#               adds iMF with in-context tokens (row imf+ic). FID_OPTIONS="--limit 500" passes options to tvm fid.
+# DEVICE=cpu runs everything on the CPU (a dry run of this script with a small BUDGET, N and FID_OPTIONS).
 # TAG (default tvm) names a run's folder and checkpoints, so runs with another SEED can sit side by side.
 # Each call prints a summary and leaves its logs in $OUT.
 set -uo pipefail
@@ -52,7 +59,8 @@ precision=${PRECISION:---bf16}  # the official run's bf16 autocast; --tf32 for T
 # power:4 (relative widths 0.015 to 0.14) are kept alongside for `widths`.
 ema=${EMA:-power:16,power:64,power:32,power:8,power:4}
 tag=${TAG:-tvm}
-train_args=(--device cuda "$precision" --data fashion-mnist --data-dir "$S/fmnist" --model S/2 --cfg 2 --label-dropout 0.1
+device=${DEVICE:-cuda}
+train_args=(--device "$device" "$precision" --data fashion-mnist --data-dir "$S/fmnist" --model S/2 --cfg 2 --label-dropout 0.1
             --batch 128 --lr 2e-4 --ema "$ema" --seed "${SEED:-0}" --every 100000)
 N=${N:-10000}
 # IN_CONTEXT=1: the DiT also takes every condition as in-context tokens (tvm train --in-context; compare labels such
@@ -70,13 +78,14 @@ setup() {
 # fid NAME CHECKPOINT NFE [WEIGHTS [SAMPLE-OPTIONS...]]: 10000 samples (1000 per class, fixed seed), then FID against
 # the cached stats; prints a line "NAME FID (seconds)".
 fid() {
-    local name=$1 ck=$2 nfe=$3 weights=${4:-ema} t0
+    local name=$1 ck=$2 nfe=$3 weights=${4:-ema} t0 f gen=$S/gen-$1.npy
     shift $(( $# < 4 ? $# : 4 ))
     t0=$(date +%s)
-    tvm sample --device cuda --checkpoint "$ck" --n "$N" --nfe "$nfe" --cfg "${CFG:-2}" --weights "$weights" --seed 1 "$@" \
-        --out "$out/$name.png" --npy "$S/gen.npy" > "$out/$name.sample.log" 2>&1 || { echo "$name: sampling failed"; tail -2 "$out/$name.sample.log"; return; }
-    local f
-    f=$(tvm fid "$S/gen.npy" --dataset fashion-mnist --data-dir "$S/fmnist" --device cuda --cache "$S/cache" 2> "$out/$name.fid.log")
+    tvm sample --device "$device" --checkpoint "$ck" --n "$N" --nfe "$nfe" --cfg "${CFG:-2}" --weights "$weights" --seed 1 "$@" \
+        --out "$out/$name.png" --npy "$gen" > "$out/$name.sample.log" 2>&1 || { echo "$name: sampling failed"; tail -2 "$out/$name.sample.log"; return; }
+    # shellcheck disable=SC2086
+    f=$(tvm fid "$gen" --dataset fashion-mnist --data-dir "$S/fmnist" --device "$device" --cache "$S/cache" ${FID_OPTIONS:-} 2> "$out/$name.fid.log")
+    rm -f "$gen"
     printf "%-28s %s  (%d s)\n" "$name" "$f" "$(( $(date +%s) - t0 ))"
 }
 steps_of() { python3 -c "import json,sys; print(sum(1 for _ in open(sys.argv[1])))" "$1/metrics.jsonl"; }
@@ -200,7 +209,7 @@ cmp-stage)
     cp .device/cmp/tvm.xz .device/tvm.xz || exit 1
     setup
     for m in tvm meanflow imf fm; do
-        tvm bench train --device cuda "$precision" --model S/2 --res 32 --channels 1 --classes 10 --batch 8 --steps 1 --warmup 0 \
+        tvm bench train --device "$device" "$precision" --model S/2 --res 32 --channels 1 --classes 10 --batch 8 --steps 1 --warmup 0 \
             --method $m | tail -1
     done
     ;;
@@ -211,65 +220,75 @@ cmp-prep)
     mkdir -p "$S/fmnist" && cp .device/cmp/fmnist/* "$S/fmnist/" || { echo "carry .device/cmp/fmnist"; exit 1; }
     python3 -c "import numpy as np; np.save('$S/probe.npy', np.random.default_rng(0).uniform(-1, 1, (64, 1, 32, 32)).astype(np.float32))"
     t0=$(date +%s)
-    tvm fid "$S/probe.npy" --dataset fashion-mnist --data-dir "$S/fmnist" --device cuda --cache "$S/cache" > /dev/null 2> "$out/prep.log" \
+    # shellcheck disable=SC2086
+    tvm fid "$S/probe.npy" --dataset fashion-mnist --data-dir "$S/fmnist" --device "$device" --cache "$S/cache" ${FID_OPTIONS:-} > /dev/null 2> "$out/prep.log" \
         || { echo "tvm fid failed"; tail -3 "$out/prep.log"; exit 1; }
     echo "training-set statistics (60000 images) computed and cached in $(( $(date +%s) - t0 )) s"
     ;;
 compare)
     setup
     [ -f "$S/inception.safetensors" ] && [ -f "$S/fmnist/train-images-idx3-ubyte.gz" ] || { echo "run cmp-stage and cmp-prep first"; exit 1; }
-    budget=${BUDGET:-75} seed=${SEED:-0} deadline=${DEADLINE:-570} t_start=$(date +%s)
+    budget=${BUDGET:-75} split=${SPLIT:-1} deadline=${DEADLINE:-570} t_start=$(date +%s)
+    ic=; [ "${IN_CONTEXT:-0}" = 1 ] && ic=+ic
+    jobs=${JOBS:-$(for s in ${SEEDS:-${SEED:-0}}; do for m in ${METHODS:-tvm meanflow imf fm}; do echo "$m$ic $m $s"; done; done)}
+    if [ "$device" = cuda ]; then
+        gpus=${GPUS:-$(nvidia-smi -L | wc -l)}
+        nvidia-smi --query-gpu=name --format=csv,noheader | sort | uniq -c
+    else
+        gpus=${GPUS:-1}
+    fi
+    [ "$gpus" -ge 1 ] || { echo "no GPU found"; exit 1; }
     # fits SECONDS: whether that much more work ends before the deadline.
     fits() { [ $(( $(date +%s) - t_start + $1 )) -le "$deadline" ]; }
-    nvidia-smi --query-gpu=name --format=csv,noheader
-    for m in ${METHODS:-tvm meanflow imf fm}; do
-        label=$m; [ "${IN_CONTEXT:-0}" = 1 ] && label=$m+ic
-        # The training, its start-up and at least one FID.
-        fits $(( budget + 40 )) || { echo "$label: skipped (the deadline)"; continue; }
-        run=$S/cmp-$label-$seed
+    # run_job LABEL METHOD SEED [TRAIN-OPTIONS...]: trains in $split resumed segments, keeping each segment's
+    # checkpoint; then FID of the last at every NFE and of the earlier ones at EARLY_NFE; one line per FID in
+    # compare.tsv: budget, label, seed, seconds trained, NFE, FID, steps.
+    run_job() {
+        local label=$1 m=$2 seed=$3 run=$S/cmp-$1-$3 seg=$(( budget / split )) i at n k line f
+        shift 3
+        # The training, its start-up (a few seconds a segment) and at least one FID.
+        fits $(( budget + 10 * split + 30 )) || { echo "$label (seed $seed): skipped (the deadline)"; return; }
         rm -rf "$run"
         method_args "$m"
-        tvm train "${margs[@]}" --time-budget "$budget" --out "$run" > "$out/cmp-$label-$seed-train.log" 2>&1 \
-            || { echo "$label: training failed"; tail -3 "$out/cmp-$label-$seed-train.log"; continue; }
-        n=$(steps_of "$run")
-        echo "$label (seed $seed) after $budget s: $n steps"
-        nfes="1 2 4"; extra=()
-        [ "$m" = fm ] && nfes=${FM_STEPS:-1 2 4 8}
-        [ "$m" = imf ] && extra=("${imf_interval[@]}")
-        for k in $nfes; do
-            fits 25 || { echo "cmp-$label-$seed-nfe$k: skipped (the deadline)"; continue; }
-            line=$(fid "cmp-$label-$seed-nfe$k" "$run/checkpoint.safetensors" "$k" ema "${extra[@]}")
-            echo "$line"
-            f=$(awk '$2 == "FID" { print $3 }' <<< "$line")
-            [ -n "$f" ] && printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$budget" "$label" "$seed" "$k" "$f" "$n" >> "$S/compare.tsv"
+        for (( i = 1; i <= split; i++ )); do
+            local resume=(); [ "$i" -gt 1 ] && resume=(--resume)
+            tvm train "${margs[@]}" --seed "$seed" "$@" --time-budget "$seg" --out "$run" "${resume[@]}" \
+                > "$out/cmp-$label-$seed-train-$i.log" 2>&1 \
+                || { echo "$label (seed $seed): training failed"; tail -3 "$out/cmp-$label-$seed-train-$i.log"; return; }
+            cp "$run/checkpoint.safetensors" "$run/at$(( i * seg )).safetensors"
+            echo "$(( i * seg )) $(steps_of "$run")" >> "$run/steps.txt"
         done
+        echo "$label (seed $seed) after $(( split * seg )) s: $(steps_of "$run") steps"
+        local extra=(); [ "$m" = imf ] && extra=("${imf_interval[@]}")
+        local nfes="1 2 4"; [ "$m" = fm ] && nfes=${FM_STEPS:-1 2 4 8}
+        # The final checkpoint at every NFE first, then the earlier ones, latest first.
+        while read -r at n; do
+            [ "$at" = $(( split * seg )) ] || nfes=${EARLY_NFE:-1}
+            for k in $nfes; do
+                fits 25 || { echo "cmp-$label-$seed-at$at-nfe$k: skipped (the deadline)"; continue; }
+                line=$(fid "cmp-$label-$seed-at$at-nfe$k" "$run/at$at.safetensors" "$k" ema "${extra[@]}")
+                echo "$line"
+                f=$(awk '$2 == "FID" { print $3 }' <<< "$line")
+                [ -n "$f" ] && printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$budget" "$label" "$seed" "$at" "$k" "$f" "$n" >> "$S/compare.tsv"
+            done
+        done < <(sort -rn "$run/steps.txt")
+    }
+    # GPU g runs jobs g, g + gpus, g + 2 gpus, ... one after the other.
+    for (( g = 0; g < gpus; g++ )); do
+        (
+            export CUDA_VISIBLE_DEVICES=$g
+            i=0
+            while read -r -a job; do
+                [ ${#job[@]} -ge 3 ] || continue
+                [ $(( i++ % gpus )) = "$g" ] && run_job "${job[@]}" < /dev/null
+            done <<< "$jobs"
+        ) > "$out/compare-gpu$g.log" 2>&1 &
     done
+    wait
+    for (( g = 0; g < gpus; g++ )); do echo "GPU $g:"; sed 's/^/  /' "$out/compare-gpu$g.log"; done
     echo "this call: $(( $(date +%s) - t_start )) s of work"
     touch "$S/compare.tsv" && cp "$S/compare.tsv" "$out/compare.tsv"
-    python3 - "$S/compare.tsv" "$budget" <<'PY'
-import sys, collections
-rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1]) if l.strip()]
-budget = sys.argv[2]
-fid = collections.defaultdict(dict)   # (method, nfe) -> {seed: FID}, the latest run of a seed counting
-steps = collections.defaultdict(dict)
-for b, m, seed, k, f, n in rows:
-    if b == budget:
-        fid[(m, int(k))][seed] = float(f)
-        steps[m][seed] = int(n)
-order = ['tvm', 'meanflow', 'imf', 'fm']
-methods = sorted(steps, key=lambda m: (order.index(m.split('+')[0]) if m.split('+')[0] in order else 9, m))
-nfes = sorted({k for _, k in fid})
-print('FID-10k after %s s of training each (mean, min-max over seeds; flow matching: Euler steps, 2 evaluations each)' % budget)
-print('| method | seeds | steps | ' + ' | '.join('%d NFE' % k for k in nfes) + ' |')
-print('| --- | --- | --- | ' + ' | '.join('---' for _ in nfes) + ' |')
-for m in methods:
-    cells = []
-    for k in nfes:
-        v = list(fid[(m, k)].values())
-        cells.append('' if not v else '%.1f' % v[0] if len(v) == 1 else '%.1f (%.1f-%.1f)' % (sum(v) / len(v), min(v), max(v)))
-    s = list(steps[m].values())
-    print('| %s | %s | %s | %s |' % (m, ','.join(sorted(steps[m])), '%d-%d' % (min(s), max(s)) if len(s) > 1 else s[0], ' | '.join(cells)))
-PY
+    python3 scripts/compare_table.py "$S/compare.tsv" "$budget"
     ;;
 steps)
     setup
