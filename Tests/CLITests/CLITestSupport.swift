@@ -58,9 +58,12 @@ class CLITestCase: XCTestCase {
                 "--heads", "2", "--patch", "2", "--batch", "5", "--flip", "--cfg-range", "1,3"]
     }
 
-    func losses(_ path: String) throws -> [Double] {
+    func losses(_ path: String) throws -> [Double] { try figures("loss", path) }
+
+    /// One figure (`key`) of every line of a metrics.jsonl.
+    func figures(_ key: String, _ path: String) throws -> [Double] {
         try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
-            try XCTUnwrap(JSONValue.parse(String($0))["loss"]?.double)
+            try XCTUnwrap(JSONValue.parse(String($0))[key]?.double)
         }
     }
 

@@ -129,6 +129,33 @@ final class ImageCommandsTests: CLITestCase {
                               "--out", dir + "/g.png"], contains: "--cfg-interval")
     }
 
+    /// --time-sampler reaches each method's draw: other parameters give other gradients from the same seed (the
+    /// first loss does not move: the DiT's zero output layer makes it independent of the times), and the checkpoint
+    /// records the draw (the defaults too).
+    func testTimeSamplerReachesEachMethod() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let data = try makeData(dir)
+        let cases = [("tvm", "0.5,0.5,0.5,0.5", "-0.4,1.0,-0.8,1.0", "0.5,0.5,0.5,0.5"),
+                     ("meanflow", "0.5,0.5,0.25", "-0.4,1.0,0.75", "0.5,0.5,0.25"),
+                     ("imf", "0.5,0.5", "-0.4,1.0,0.5", "0.5,0.5,0.5"),
+                     ("fm", "0.5,0.5", "-0.4,1.0", "0.5,0.5")]
+        for (method, option, recordedDefault, recordedOption) in cases {
+            let base = method == "meanflow" ? Array(data.dropLast(2)) + ["--cfg", "2"] : data
+            var runs: [[Double]] = []
+            for (extra, recorded) in [([String](), recordedDefault), (["--time-sampler", option], recordedOption)] {
+                let out = dir + "/\(method)\(runs.count)"
+                let r = try run(["train"] + base + ["--method", method, "--steps", "2", "--every", "100", "--out", out] + extra)
+                XCTAssertEqual(r.status, 0, r.err)
+                runs.append(try figures("grad_norm", out + "/metrics.jsonl"))
+                let training = try TrainingCheckpoint.read(path: out + "/checkpoint.safetensors").training
+                XCTAssertEqual(training["time_sampler"]?.string, recorded, method)
+            }
+            XCTAssertEqual(runs[0].count, 2)
+            XCTAssertNotEqual(runs[0], runs[1], method)
+        }
+    }
+
     func testSampleWritesGridNPYAndFolder() throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }

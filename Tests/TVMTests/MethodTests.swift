@@ -33,6 +33,22 @@ final class MethodTests: XCTestCase {
         XCTAssertLessThan(atOne, 200)
     }
 
+    /// The sampler's parameters move its draws: s' is logit-normal(muS, sigmaS) and a larger muG lengthens the gaps.
+    func testGapTimeSamplerFollowsItsParameters() {
+        var sampler = GapTimeSampler()
+        (sampler.muS, sampler.sigmaS, sampler.muG, sampler.sigmaG) = (0.5, 0.5, 1.0, 0.5)
+        var rng = RandomGenerator(seed: 9)
+        let times = sampler.sample(20_000, rng: &rng)
+        XCTAssertEqual(times.sPrime.sorted()[10_000], 1 / (1 + libmExp(-0.5)), accuracy: 0.01)
+        // The quartiles of logit-normal(0.5, 0.5): sigmoid(0.5 -+ 0.6745 * 0.5).
+        XCTAssertEqual(times.sPrime.sorted()[5_000], 1 / (1 + libmExp(-0.5 + 0.6745 * 0.5)), accuracy: 0.01)
+        var defaultRNG = RandomGenerator(seed: 9)
+        let defaults = GapTimeSampler().sample(20_000, rng: &defaultRNG)
+        func meanGap(_ t: GapTimeSampler.Times) -> Double { zip(t.t, t.s).map { $0 - $1 }.reduce(0, +) / 20_000 }
+        XCTAssertGreaterThan(meanGap(times), meanGap(defaults) + 0.2)
+        for i in 0..<20_000 { XCTAssertTrue(times.s[i] >= 0 && times.s[i] <= times.t[i] && times.t[i] <= 1) }
+    }
+
     func testEvaluationEMAHorizonGrowsWithTheStep() {
         let ema = EMASchedule.power(gamma: 7, max: 0.9999)
         XCTAssertEqual(ema.decay(step: 1), 0)

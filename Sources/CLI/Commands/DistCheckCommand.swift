@@ -52,7 +52,7 @@ struct DistCheckCommand: Command {
         let x0 = Tensor.randomNormal([batch, 1, 8, 8], rng: &dataRNG)
         let cond = config.guidance.conditioning(labels: (0..<batch).map { $0 % classes }, classes: classes, rng: &dataRNG,
                                                 on: .default)
-        let objective = TVMObjective(guidance: config.guidance)
+        let objective = TVMObjective(guidance: config.guidance, timeSampler: config.timeSampler)
         // The trainer's evaluation: this rank's rows with averaged gradients, then the whole batch alone.
         func gradients(rows: Range<Int>?, backward: TVMObjective.Backward?) -> [Tensor] {
             var rng = RandomGenerator(seed: config.seed).split(4)

@@ -15,13 +15,14 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy|LATENTS.zip [--data-dir DIR] [
           [--ema power:7|D[,EXTRA...]] [--ema-target 0.99] [--seed N] [--flip] [--out DIR] [--every N] [--resume]
           [--resume-from FILE]
           [--sample-cfg W] [--tf32|--bf16] [--method tvm|meanflow|imf|fm] [--cfg-kappa K] [--cfg-interval LO,HI]
-          [--sample-cfg-interval LO,HI]
+          [--sample-cfg-interval LO,HI] [--time-sampler X,..]
           [optimizer options] [FID options] [fault options]
           [--config FILE] [--preset NAME]
   TVM on images with a DiT (class-conditional, classifier-free guidance); --method fm trains the flow-matching
   baseline on the same network instead (labels dropped at --label-dropout, guidance applied when sampling),
   --method meanflow MeanFlow and --method imf improved MeanFlow (docs/METHODS.md gives all four side by side).
 \(meanFlowGuidanceHelp)
+\(timeSamplerHelp)
   Data: Fashion-MNIST (from --data-dir,
   default \(ImageDataset.fashionMNISTDirectory)), MNIST (IDX files in --data-dir), a folder of class folders
   of PNGs (./NAME for a folder named like a 2-D distribution: the distribution's name wins), or an .npy
@@ -76,7 +77,7 @@ tvm train --data fashion-mnist|mnist|DIR|FILE.npy|LATENTS.zip [--data-dir DIR] [
 /// The flags of `tvm train` on images (a config file's keys are the same names).
 let imageTrainingOptionNames = OptionNames(options: ([
     "data", "data-dir", "labels", "classes", "pad", "model", "hidden", "depth", "heads", "patch", "cfg", "cfg-range",
-    "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every",
+    "label-dropout", "batch", "lr", "steps", "time-budget", "ema", "ema-target", "seed", "out", "every", "time-sampler",
     "sample-cfg", "method", "bucket-mb", "resume-from", "fid-every", "fid-samples", "fid-nfe", "fid-weights", "fid-dataset", "fid-ref",
     "keep-grids", "vae",
 ] as Set<String>).union(faultOptionNames).union(optimizerOptionNames).union(meanFlowOptionNames).union(improvedMeanFlowOptionNames)
@@ -124,6 +125,7 @@ func trainOnImages(_ args: [String]) throws {
     let labelDropout = try a.double("label-dropout", default: 0.1, range: 0...1)
     config.guidance = GuidanceConfig(scale: scale, labelDropout: labelDropout, scaledParameterization: !a.has("no-scaled-param"))
     var methodJSON = try applyMethodGuidance(a, method: method, scale: scale, labelDropout: labelDropout, into: &config)
+    methodJSON += try applyTimeSampler(a, into: &config)
     let budget = try a.optionalDouble("time-budget", range: 0...1e9)
     let steps = a.string("steps") != nil || budget == nil ? try a.int("steps", default: 10000, range: 1...100_000_000) : nil
     try parseOptimizerOptions(a, into: &config, steps: steps)

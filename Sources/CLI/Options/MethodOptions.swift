@@ -80,3 +80,49 @@ func applyMethodGuidance(_ a: Arguments, method: Method, scale: GuidanceConfig.S
     let interval = config.meanFlow.guidanceInterval
     return [("cfg_kappa", .number(kappa)), ("cfg_interval", .string("\(interval.lowerBound),\(interval.upperBound)"))]
 }
+
+/// `--time-sampler`, in `tvm train`'s help.
+let timeSamplerHelp = """
+  --time-sampler X,..  the training times, logit-normal draws (docs/METHODS.md): TVM MU_S,SIGMA_S,MU_G,SIGMA_G
+                    (default -0.4,1,-0.8,1: s and the gap), MeanFlow and iMF MU,SIGMA[,EQUAL] (default -0.4,1 and
+                    the share of rows with r = t, 0.75 and 0.5), flow matching MU,SIGMA (default -0.4,1)
+"""
+
+/// Reads `--time-sampler` into the sampler of `config.method`; returns the draw's settings for the run's description.
+func applyTimeSampler(_ a: Arguments, into config: inout TrainConfig) throws -> [(String, JSONValue)] {
+    let shape: String
+    var values: [Double]
+    switch config.method {
+    case .tvm:
+        let g = config.timeSampler
+        (shape, values) = ("MU_S,SIGMA_S,MU_G,SIGMA_G", [g.muS, g.sigmaS, g.muG, g.sigmaG])
+    case .meanFlow, .improvedMeanFlow:
+        let m = config.method == .meanFlow ? config.meanFlow.times : config.improvedMeanFlow.times
+        (shape, values) = ("MU,SIGMA[,EQUAL]", [m.mu, m.sigma, m.fractionEqual])
+    case .flowMatching:
+        (shape, values) = ("MU,SIGMA", [config.flowMatching.mu, config.flowMatching.sigma])
+    }
+    if let text = a.string("time-sampler") {
+        let given = commaSeparated(text).compactMap { Double($0) }
+        let count = shape.split(separator: ",").count, optional = shape.contains("[") ? 1 : 0
+        // Means and widths of logit-normal draws: beyond 10 the sigmoid puts every time at 0 or 1.
+        let inRange = given.enumerated().allSatisfy { i, x in
+            i == 2 && optional == 1 ? (0...1).contains(x) : i % 2 == 0 ? abs(x) <= 10 : x > 0 && x <= 10
+        }
+        guard (count - optional...count).contains(given.count), given.count == commaSeparated(text).count, inRange else {
+            throw CLIError("--time-sampler for --method \(config.method.rawValue) is \(shape) (means within +-10, widths in (0, 10]"
+                           + (optional == 1 ? ", EQUAL in [0, 1]" : "") + "), got '\(text)'", usage: true)
+        }
+        values.replaceSubrange(0..<given.count, with: given)
+    }
+    switch config.method {
+    case .tvm: (config.timeSampler.muS, config.timeSampler.sigmaS, config.timeSampler.muG, config.timeSampler.sigmaG) =
+        (values[0], values[1], values[2], values[3])
+    case .meanFlow: (config.meanFlow.times.mu, config.meanFlow.times.sigma, config.meanFlow.times.fractionEqual) = (values[0], values[1], values[2])
+    case .improvedMeanFlow:
+        (config.improvedMeanFlow.times.mu, config.improvedMeanFlow.times.sigma, config.improvedMeanFlow.times.fractionEqual) =
+            (values[0], values[1], values[2])
+    case .flowMatching: (config.flowMatching.mu, config.flowMatching.sigma) = (values[0], values[1])
+    }
+    return [("time_sampler", .string(values.map { "\($0)" }.joined(separator: ",")))]
+}

@@ -11,7 +11,10 @@ public struct TVMObjective {
     public var guidance: GuidanceConfig
     public var timeSampler = GapTimeSampler()
 
-    public init(guidance: GuidanceConfig = .unconditional) { self.guidance = guidance }
+    public init(guidance: GuidanceConfig = .unconditional, timeSampler: GapTimeSampler = GapTimeSampler()) {
+        self.guidance = guidance
+        self.timeSampler = timeSampler
+    }
 
     /// Everything one evaluation of the loss produces (per row where the name says so).
     public struct Terms {

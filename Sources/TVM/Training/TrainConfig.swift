@@ -68,6 +68,10 @@ public struct TrainConfig {
     /// of the network; one more update per step and one more set in each checkpoint).
     public var extraEMAs: [EMASchedule] = []
     public var guidance = GuidanceConfig.unconditional
+    /// TVM's (s, t, s') draw (TVM.md's gap sampler).
+    public var timeSampler = GapTimeSampler()
+    /// The flow-matching baseline's settings (its logit-normal time).
+    public var flowMatching = FlowMatchingObjective()
     /// MeanFlow's and iMF's own settings (times, trained-in guidance, adaptive weight); their label dropout is
     /// `guidance.labelDropout`.
     public var meanFlow = MeanFlowObjective()

@@ -40,7 +40,7 @@ public final class Trainer<Net: FlowMapNetwork> {
                           weightDecay: config.weightDecay, maxGradNorm: config.maxGradNorm)
         optimizer.frozen = network.frozenParameterNames
         rng = RandomGenerator(seed: config.seed).split(2)
-        tvm = TVMObjective(guidance: config.guidance)
+        tvm = TVMObjective(guidance: config.guidance, timeSampler: config.timeSampler)
         faultMonitor = FaultMonitor(detection: config.faults)
     }
 
@@ -75,7 +75,7 @@ public final class Trainer<Net: FlowMapNetwork> {
             loss = config.improvedMeanFlow.terms(network: net, params: leaves, batch).mean
             grads = gradients(of: loss, wrt: leaves.all)
         case .flowMatching:
-            loss = FlowMatchingObjective().loss(network: net, params: leaves, x0: x0, cond: cond, rng: &rng)
+            loss = config.flowMatching.loss(network: net, params: leaves, x0: x0, cond: cond, rng: &rng)
             grads = gradients(of: loss, wrt: leaves.all)
         }
         var gathered = Gradients(grads, of: student)
