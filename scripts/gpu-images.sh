@@ -41,7 +41,8 @@
 #               the 390-s budget with several seeds fits a 10-minute call. SEEDS="0 1" (default $SEED or 0) and
 #               METHODS="tvm imf" (default all four) make the runs; or JOBS, one run a line, "LABEL METHOD SEED
 #               [TRAIN-OPTIONS...]", whose options override the configuration above (the last of a repeated flag
-#               wins: "tvm-lr4 tvm 0 --lr 4e-4"). SPLIT=3 trains in three resumed segments (bit-identical to one
+#               wins: "tvm-lr4 tvm 0 --lr 4e-4"; lines starting with # are comments; a run already in this machine's
+#               table is skipped, so the same JOBS in a later call on the warm machine go on). SPLIT=3 trains in three resumed segments (bit-identical to one
 #               run) and adds FID at EARLY_NFE (default 1) after BUDGET/3 and 2*BUDGET/3 seconds, a second table:
 #               FID against training time. A step that would end after DEADLINE seconds (default 570) is skipped,
 #               so the tables always come back; each GPU's log is $OUT/compare-gpuN.log. IN_CONTEXT=1 METHODS=imf
@@ -75,13 +76,13 @@ setup() {
     if [ -f .device/tvm.xz ]; then xz -dc .device/tvm.xz > "$S/tvm" && chmod +x "$S/tvm"; fi
     [ -x "$S/tvm" ] || { echo "no tvm binary on the device: carry .device/tvm.xz"; exit 1; }
 }
-# fid NAME CHECKPOINT NFE [WEIGHTS [SAMPLE-OPTIONS...]]: 10000 samples (1000 per class, fixed seed), then FID against
-# the cached stats; prints a line "NAME FID (seconds)".
+# fid NAME CHECKPOINT NFE [WEIGHTS [SAMPLE-OPTIONS...]]: 10000 samples (1000 per class, fixed seed; guidance CFG, default
+# the run's own), then FID against the cached stats; prints a line "NAME FID (seconds)".
 fid() {
     local name=$1 ck=$2 nfe=$3 weights=${4:-ema} t0 f gen=$S/gen-$1.npy
     shift $(( $# < 4 ? $# : 4 ))
     t0=$(date +%s)
-    tvm sample --device "$device" --checkpoint "$ck" --n "$N" --nfe "$nfe" --cfg "${CFG:-2}" --weights "$weights" --seed 1 "$@" \
+    tvm sample --device "$device" --checkpoint "$ck" --n "$N" --nfe "$nfe" ${CFG:+--cfg "$CFG"} --weights "$weights" --seed 1 "$@" \
         --out "$out/$name.png" --npy "$gen" > "$out/$name.sample.log" 2>&1 || { echo "$name: sampling failed"; tail -2 "$out/$name.sample.log"; return; }
     # shellcheck disable=SC2086
     f=$(tvm fid "$gen" --dataset fashion-mnist --data-dir "$S/fmnist" --device "$device" --cache "$S/cache" ${FID_OPTIONS:-} 2> "$out/$name.fid.log")
@@ -244,26 +245,27 @@ compare)
     # checkpoint; then FID of the last at every NFE and of the earlier ones at EARLY_NFE; one line per FID in
     # compare.tsv: budget, label, seed, seconds trained, NFE, FID, steps.
     run_job() {
-        local label=$1 m=$2 seed=$3 run=$S/cmp-$1-$3 seg=$(( budget / split )) i at n k line f
+        local label=$1 m=$2 seed=$3 run=$S/cmp-$1-$3 i at n k line f
         shift 3
         # The training, its start-up (a few seconds a segment) and at least one FID.
         fits $(( budget + 10 * split + 30 )) || { echo "$label (seed $seed): skipped (the deadline)"; return; }
         rm -rf "$run"
         method_args "$m"
         for (( i = 1; i <= split; i++ )); do
-            local resume=(); [ "$i" -gt 1 ] && resume=(--resume)
+            # Segment i ends after i * BUDGET / SPLIT seconds of training in all.
+            local resume=() seg=$(( i * budget / split - (i - 1) * budget / split )); [ "$i" -gt 1 ] && resume=(--resume)
             tvm train "${margs[@]}" --seed "$seed" "$@" --time-budget "$seg" --out "$run" "${resume[@]}" \
                 > "$out/cmp-$label-$seed-train-$i.log" 2>&1 \
                 || { echo "$label (seed $seed): training failed"; tail -3 "$out/cmp-$label-$seed-train-$i.log"; return; }
-            cp "$run/checkpoint.safetensors" "$run/at$(( i * seg )).safetensors"
-            echo "$(( i * seg )) $(steps_of "$run")" >> "$run/steps.txt"
+            cp "$run/checkpoint.safetensors" "$run/at$(( i * budget / split )).safetensors"
+            echo "$(( i * budget / split )) $(steps_of "$run")" >> "$run/steps.txt"
         done
-        echo "$label (seed $seed) after $(( split * seg )) s: $(steps_of "$run") steps"
+        echo "$label (seed $seed) after $budget s: $(steps_of "$run") steps"
         local extra=(); [ "$m" = imf ] && extra=("${imf_interval[@]}")
         local nfes="1 2 4"; [ "$m" = fm ] && nfes=${FM_STEPS:-1 2 4 8}
         # The final checkpoint at every NFE first, then the earlier ones, latest first.
         while read -r at n; do
-            [ "$at" = $(( split * seg )) ] || nfes=${EARLY_NFE:-1}
+            [ "$at" = "$budget" ] || nfes=${EARLY_NFE:-1}
             for k in $nfes; do
                 fits 25 || { echo "cmp-$label-$seed-at$at-nfe$k: skipped (the deadline)"; continue; }
                 line=$(fid "cmp-$label-$seed-at$at-nfe$k" "$run/at$at.safetensors" "$k" ema "${extra[@]}")
@@ -273,15 +275,26 @@ compare)
             done
         done < <(sort -rn "$run/steps.txt")
     }
+    # The jobs still to run: not comments, and without a FID after the whole budget in this machine's table.
+    todo=()
+    while read -r line; do
+        read -r -a job <<< "$line"
+        [ ${#job[@]} -ge 3 ] && [ "${job[0]:0:1}" != "#" ] || continue
+        if awk -F'\t' -v b="$budget" -v l="${job[0]}" -v s="${job[2]}" '$1 == b && $2 == l && $3 == s && $4 == b { f = 1 } END { exit !f }' \
+            "$S/compare.tsv" 2> /dev/null; then
+            echo "${job[0]} (seed ${job[2]}): done in an earlier call"
+        else
+            todo+=("$line")
+        fi
+    done <<< "$jobs"
     # GPU g runs jobs g, g + gpus, g + 2 gpus, ... one after the other.
     for (( g = 0; g < gpus; g++ )); do
         (
             export CUDA_VISIBLE_DEVICES=$g
-            i=0
-            while read -r -a job; do
-                [ ${#job[@]} -ge 3 ] || continue
-                [ $(( i++ % gpus )) = "$g" ] && run_job "${job[@]}" < /dev/null
-            done <<< "$jobs"
+            for (( i = g; i < ${#todo[@]}; i += gpus )); do
+                read -r -a job <<< "${todo[i]}"
+                run_job "${job[@]}" < /dev/null
+            done
         ) > "$out/compare-gpu$g.log" 2>&1 &
     done
     wait

@@ -182,6 +182,20 @@ final class ImageCommandsTests: CLITestCase {
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertEqual(try NPYArray.read(path: dir + "/t.npy").shape, [3, 1, 8, 8])
 
+        // Without --cfg, the run's own sampling guidance (--sample-cfg): what its grids used.
+        let guided = dir + "/guided"
+        r = try run(["train"] + base + ["--steps", "2", "--sample-cfg", "3.5", "--out", guided])
+        XCTAssertEqual(r.status, 0, r.err)
+        var byCFG: [String: [Float]] = [:]
+        for cfg in ["", "3.5", "2"] {
+            r = try run(["sample", "--device", "cpu", "--checkpoint", guided + "/checkpoint.safetensors", "--n", "3",
+                         "--out", dir + "/g3.png", "--npy", dir + "/cfg.npy"] + (cfg.isEmpty ? [] : ["--cfg", cfg]))
+            XCTAssertEqual(r.status, 0, r.err)
+            byCFG[cfg] = try NPYArray.read(path: dir + "/cfg.npy").floats
+        }
+        XCTAssertEqual(byCFG[""], byCFG["3.5"])
+        XCTAssertNotEqual(byCFG[""], byCFG["2"])
+
         // Damaged checkpoints and bad options: one clear line.
         let bytes = try AtomicFile.read(path: ckpt)
         try AtomicFile.write(path: dir + "/trunc.safetensors", bytes: Array(bytes.prefix(bytes.count - 100)))

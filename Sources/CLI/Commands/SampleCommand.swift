@@ -10,7 +10,7 @@ struct SampleCommand: Command {
     let name = "sample"
     let summary = "sample images from an image-training checkpoint (PNG grid, NPY, PNG folder)"
     let help = """
-        tvm sample --checkpoint FILE [--n 100] [--nfe 1] [--cfg 2] [--classes 0,1,2] [--seed N] [--out grid.png]
+        tvm sample --checkpoint FILE [--n 100] [--nfe 1] [--cfg W] [--classes 0,1,2] [--seed N] [--out grid.png]
                    [--npy FILE] [--folder DIR] [--weights ema|ema:SCHEDULE|student|teacher] [--columns 10]
                    [--noise FILE.npy] [--vae DIR] [--cfg-interval LO,HI] [--tf32|--bf16]
           Samples images from a training checkpoint (by default with the evaluation EMA; ema:SCHEDULE picks one of
@@ -18,7 +18,10 @@ struct SampleCommand: Command {
           guidance scale --cfg (a flow-matching checkpoint: --nfe Euler steps, each evaluating the class and the null
           class for classifier-free guidance; a MeanFlow checkpoint has its guidance trained in and ignores --cfg; an
           iMF checkpoint takes --cfg as its guidance condition, and --cfg-interval LO,HI the times where that
-          guidance acts, default 0,1: everywhere; the official ImageNet choice is 0.4,0.65 at --cfg 8). Classes: --classes, spread over the n samples in blocks (default all classes);
+          guidance acts, 0,1 meaning everywhere; the official ImageNet choice is 0.4,0.65 at --cfg 8). --cfg and
+          --cfg-interval default to the run's own (tvm train's --sample-cfg, itself the training w or the middle of
+          --cfg-range, and --sample-cfg-interval), which its grids and FID used; else 2 and 0,1.
+          Classes: --classes, spread over the n samples in blocks (default all classes);
           --classes random draws each sample's class uniformly at random (the official FID protocol).
           Writes a PNG grid (--out, default samples.png), and optionally an NPY [n, C, H, W] of the sampler's float
           values (nominally in [-1, 1] but not clamped: they are what the official sampler returns, for parity
@@ -46,7 +49,7 @@ struct SampleCommand: Command {
         let givenNoise = try a.string("noise").map { try NPYArray.read(path: $0) }
         let n = try a.int("n", default: givenNoise?.shape.first ?? 100, range: 1...1_000_000)
         let nfe = try a.int("nfe", default: 1, range: 1...10_000)
-        let cfg = try a.double("cfg", default: 2, range: 1e-6...1e6)
+        let givenCFG = try a.optionalDouble("cfg", range: 1e-6...1e6)
         let seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
         let columns = try a.int("columns", default: 10, range: 1...10_000)
         let weightsName = a.string("weights", default: "ema")
@@ -87,12 +90,14 @@ struct SampleCommand: Command {
         let labels = randomClasses ? (0..<n).map { _ in rng.int(below: K) } : (0..<n).map { classList[$0 * classList.count / n] }
         let decoder = try a.string("vae").map { try LatentDecoder(vae: $0, checkpoint: path, training: ck.training, model: model) }
         let net = try DiT(model)
+        // The run's own sampling guidance unless given: what its grids and FID used.
+        let cfg = givenCFG ?? ck.training["sample_cfg"]?.double ?? 2
         let interval = try a.string("cfg-interval").map { text -> ClosedRange<Double> in
             guard model.guidanceInterval else {
                 throw CLIError("--cfg-interval: \(path) has no guidance-interval input (an iMF checkpoint of this version has)", usage: true)
             }
             return try parseGuidanceInterval(text, flag: "cfg-interval")
-        }
+        } ?? ck.training["sample_cfg_interval"]?.string.flatMap { try? parseGuidanceInterval($0, flag: "cfg-interval") }
         let scaled = ck.training["scaled_param"]?.bool ?? true
         // Each method samples its own way (a flow-matching checkpoint: --nfe Euler steps with classifier-free guidance).
         let methodName = ck.training["method"]?.string ?? Method.tvm.rawValue
