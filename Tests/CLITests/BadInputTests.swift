@@ -98,6 +98,7 @@ final class BadInputTests: CLITestCase {
                 Case(args: toy + ["--ema", "power:-1"], names: "--ema"),
                 Case(args: toy + ["--eval-samples", "1"], names: "--eval-samples"),
                 Case(args: toy + ["--time-scale", "0"], names: "--time-scale"),
+                Case(args: toy + ["--method", "fm", "--time-sampler", "0,1,0,1"], names: "MU,SIGMA"),
                 Case(args: toy + ["--on-fault", "explode"], names: "--on-fault"),
                 Case(args: toy + ["--loss-spike", "0.5"], names: "--loss-spike"),
                 Case(args: toy + ["--grad-spike", "-1"], names: "--grad-spike"),

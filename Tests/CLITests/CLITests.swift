@@ -64,6 +64,16 @@ final class CLITests: CLITestCase {
         XCTAssertEqual(try NPYArray.read(path: dir + "/data.npy").shape, [100, 2])
         let png = try Image.readPNG(path: dir + "/scatter.png")
         XCTAssertGreaterThan(png.width, 100)
+
+        // --time-sampler: other times, another run from the same seed (the first loss already differs: the MLP's
+        // output is not zero at initialisation), recorded among the options.
+        let other = dir + "/other"
+        let r2 = try run(["train", "--data", "moons", "--steps", "2", "--batch", "64", "--width", "32", "--depth", "2",
+                          "--eval-samples", "100", "--nfe", "1", "--time-sampler", "0.5,0.5,0,0.5", "--out", other])
+        XCTAssertEqual(r2.status, 0, r2.err)
+        XCTAssertNotEqual(try figures("loss", other + "/losses.jsonl")[0], try figures("loss", dir + "/losses.jsonl")[0])
+        let options = try JSONValue.parse(Array(try Data(contentsOf: URL(fileURLWithPath: other + "/config.json"))))
+        XCTAssertEqual(options["time-sampler"]?.string, "0.5,0.5,0,0.5")
     }
 
     /// `tvm demo --methods` trains the methods named (here one: the exact W2 of 2000 points dominates the time) and

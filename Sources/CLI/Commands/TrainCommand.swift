@@ -11,7 +11,7 @@ struct TrainCommand: Command {
     let summary = "train one method on a 2-D distribution, or TVM on images (Fashion-MNIST, MNIST, PNG folders, NPY)"
     let help = """
         tvm train [--data NAME] [--method tvm|meanflow|imf|fm] [--steps N] [--batch N] [--lr X] [--seed N]
-                  [--width N] [--depth N] [--nfe LIST] [--ema D|power:G] [--time-scale X] [--out DIR]
+                  [--width N] [--depth N] [--nfe LIST] [--ema D|power:G] [--time-scale X] [--time-sampler X,..] [--out DIR]
                   [optimizer options] [fault options] [--config FILE] [--preset NAME]
           Trains one method on a 2-D distribution (checkerboard, 8gaussians, 25gaussians, moons, spirals) and
           reports W2 at each NFE (default 1,2,4) for the evaluation EMA (--ema: a fixed decay, or power:G, a window
@@ -19,7 +19,7 @@ struct TrainCommand: Command {
           train --config DIR/config.json repeats the run), DIR/losses.jsonl (one JSON object per step, as
           metrics.jsonl below), TensorBoard event files (the same figures and the scatter plot),
           DIR/samples_<method>_nfe<N>.npy, DIR/data.npy, DIR/scatter.png and DIR/results.json (default DIR: runs/<data>-<method>).
-          The optimizer and fault options are those of image training, below.
+          The optimizer, fault and --time-sampler options are those of image training, below.
 
         """ + imageTrainingHelp
 
@@ -35,7 +35,7 @@ struct TrainCommand: Command {
 
     /// The flags of `tvm train` on 2-D data.
     let pointTrainingOptionNames = OptionNames(options: (["data", "method", "steps", "batch", "lr", "seed", "width", "depth", "nfe",
-                                                          "out", "eval-samples", "ema", "time-scale"] as Set<String>)
+                                                          "out", "eval-samples", "ema", "time-scale", "time-sampler"] as Set<String>)
                                                         .union(faultOptionNames).union(optimizerOptionNames))
 
     func run(_ args: [String]) throws {
@@ -61,6 +61,7 @@ struct TrainCommand: Command {
         if let ema = a.string("ema") { config.evalEMA = try parseEMA(ema) }
         config.faults = try parseFaultOptions(a)
         try parseOptimizerOptions(a, into: &config, steps: steps)
+        _ = try applyTimeSampler(a, into: &config)
         let network = MLPFlowMap(width: try a.int("width", default: 256, range: 1...65536),
                                  depth: try a.int("depth", default: 4, range: 1...64),
                                  timeScale: try a.double("time-scale", default: MLPFlowMap().timeScale, range: 1e-6...1e6))
