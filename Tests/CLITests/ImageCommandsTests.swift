@@ -150,6 +150,8 @@ final class ImageCommandsTests: CLITestCase {
                 runs.append(try figures("grad_norm", out + "/metrics.jsonl"))
                 let training = try TrainingCheckpoint.read(path: out + "/checkpoint.safetensors").training
                 XCTAssertEqual(training["time_sampler"]?.string, recorded, method)
+                let options = try JSONValue.parse(String(decoding: try AtomicFile.read(path: out + "/config.json"), as: UTF8.self))
+                XCTAssertEqual(options["time-sampler"]?.string, extra.last ?? recordedDefault, method)
             }
             XCTAssertEqual(runs[0].count, 2)
             XCTAssertNotEqual(runs[0], runs[1], method)

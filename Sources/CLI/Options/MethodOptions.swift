@@ -102,19 +102,19 @@ func applyTimeSampler(_ a: Arguments, into config: inout TrainConfig) throws -> 
     case .flowMatching:
         (shape, values) = ("MU,SIGMA", [config.flowMatching.mu, config.flowMatching.sigma])
     }
-    if let text = a.string("time-sampler") {
-        let given = commaSeparated(text).compactMap { Double($0) }
-        let count = shape.split(separator: ",").count, optional = shape.contains("[") ? 1 : 0
-        // Means and widths of logit-normal draws: beyond 10 the sigmoid puts every time at 0 or 1.
-        let inRange = given.enumerated().allSatisfy { i, x in
-            i == 2 && optional == 1 ? (0...1).contains(x) : i % 2 == 0 ? abs(x) <= 10 : x > 0 && x <= 10
-        }
-        guard (count - optional...count).contains(given.count), given.count == commaSeparated(text).count, inRange else {
-            throw CLIError("--time-sampler for --method \(config.method.rawValue) is \(shape) (means within +-10, widths in (0, 10]"
-                           + (optional == 1 ? ", EQUAL in [0, 1]" : "") + "), got '\(text)'", usage: true)
-        }
-        values.replaceSubrange(0..<given.count, with: given)
+    // Read with the method's defaults as its default, so that config.json records the draw either way.
+    let text = a.string("time-sampler", default: values.map { "\($0)" }.joined(separator: ","))
+    let given = commaSeparated(text).compactMap { Double($0) }
+    let count = shape.split(separator: ",").count, optional = shape.contains("[") ? 1 : 0
+    // Means and widths of logit-normal draws: beyond 10 the sigmoid puts every time at 0 or 1.
+    let inRange = given.enumerated().allSatisfy { i, x in
+        i == 2 && optional == 1 ? (0...1).contains(x) : i % 2 == 0 ? abs(x) <= 10 : x > 0 && x <= 10
     }
+    guard (count - optional...count).contains(given.count), given.count == commaSeparated(text).count, inRange else {
+        throw CLIError("--time-sampler for --method \(config.method.rawValue) is \(shape) (means within +-10, widths in (0, 10]"
+                       + (optional == 1 ? ", EQUAL in [0, 1]" : "") + "), got '\(text)'", usage: true)
+    }
+    values.replaceSubrange(0..<given.count, with: given)
     switch config.method {
     case .tvm: (config.timeSampler.muS, config.timeSampler.sigmaS, config.timeSampler.muG, config.timeSampler.sigmaG) =
         (values[0], values[1], values[2], values[3])
