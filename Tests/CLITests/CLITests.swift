@@ -74,6 +74,18 @@ final class CLITests: CLITestCase {
         XCTAssertNotEqual(try figures("loss", other + "/losses.jsonl")[0], try figures("loss", dir + "/losses.jsonl")[0])
         let options = try JSONValue.parse(Array(try Data(contentsOf: URL(fileURLWithPath: other + "/config.json"))))
         XCTAssertEqual(options["time-sampler"]?.string, "0.5,0.5,0,0.5")
+
+        // --time-budget alone: no step limit, training stops after that many seconds and says how many steps it made.
+        let timed = dir + "/timed"
+        let r3 = try run(["train", "--data", "moons", "--batch", "64", "--width", "32", "--depth", "2", "--eval-samples", "100",
+                          "--nfe", "1", "--time-budget", "0.5", "--out", timed])
+        XCTAssertEqual(r3.status, 0, r3.err)
+        XCTAssertTrue(r3.err.contains("steps in the time budget of"), r3.err)
+        let steps = try figures("loss", timed + "/losses.jsonl").count
+        XCTAssertGreaterThan(steps, 1)
+        let timedResults = try JSONValue.parse(Array(try Data(contentsOf: URL(fileURLWithPath: timed + "/results.json"))))
+        XCTAssertEqual(timedResults["methods"]?.array?.first?["steps"]?.int, steps)
+        XCTAssertGreaterThanOrEqual(timedResults["methods"]?.array?.first?["train_seconds"]?.double ?? 0, 0.5)
     }
 
     /// `tvm demo --methods` trains the methods named (here one: the exact W2 of 2000 points dominates the time) and

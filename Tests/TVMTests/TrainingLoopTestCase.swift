@@ -18,7 +18,7 @@ class TrainingLoopTestCase: XCTestCase {
         var steps: [Int] = []
         var seconds = 0.0
         func note(_ line: String) { notes.append(line) }
-        func starting(at step: Int, steps: Int?) { started.append(steps) }
+        func starting(at step: Int, steps: Int?, seconds: Double?) { started.append(steps) }
         func stepped(_ stats: StepStats, rate: Double, elapsed: Double) {
             steps.append(stats.step)
             seconds += 1

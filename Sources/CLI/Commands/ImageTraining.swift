@@ -268,28 +268,21 @@ extension CLIError {
     }
 }
 
-/// A training loop's notes on stderr, and its progress: a bar toward the step count, or with a time budget alone
-/// a line every 10 steps.
+/// A training loop's notes on stderr, and its progress: a bar toward the step count or the time budget.
 final class TrainingProgress: TrainingObserver {
     /// The method's name, which the bar starts with.
     let label: String
     private var bar: ProgressBar?
-    private var steps: Int?
 
     init(label: String) { self.label = label }
 
     func note(_ line: String) { Console.info(line) }
 
-    func starting(at step: Int, steps: Int?) {
-        self.steps = steps
-        bar = ProgressBar(label.padding(6), total: steps ?? 0, from: step)
+    func starting(at step: Int, steps: Int?, seconds: Double?) {
+        bar = ProgressBar(label.padding(6), total: steps, seconds: seconds, from: step)
     }
 
     func stepped(_ stats: StepStats, rate: Double, elapsed: Double) {
-        if steps != nil {
-            bar?.update(step: stats.step, loss: stats.loss)
-        } else if stats.step % 10 == 0 {
-            Console.info("step \(stats.step) loss \(fmt(stats.loss)) \(fmt(rate, 1)) it/s elapsed \(formatDuration(elapsed))")
-        }
+        bar?.update(step: stats.step, loss: stats.loss)
     }
 }

@@ -10,12 +10,14 @@ struct TrainCommand: Command {
     let name = "train"
     let summary = "train one method on a 2-D distribution, or TVM on images (Fashion-MNIST, MNIST, PNG folders, NPY)"
     let help = """
-        tvm train [--data NAME] [--method tvm|meanflow|imf|fm] [--steps N] [--batch N] [--lr X] [--seed N]
+        tvm train [--data NAME] [--method tvm|meanflow|imf|fm] [--steps N] [--time-budget S] [--batch N] [--lr X] [--seed N]
                   [--width N] [--depth N] [--nfe LIST] [--ema D|power:G] [--time-scale X] [--time-sampler X,..] [--out DIR]
                   [optimizer options] [fault options] [--config FILE] [--preset NAME]
           Trains one method on a 2-D distribution (checkerboard, 8gaussians, 25gaussians, moons, spirals) and
           reports W2 at each NFE (default 1,2,4) for the evaluation EMA (--ema: a fixed decay, or power:G, a window
-          of about step/(G+1) steps; default power:7). Writes DIR/config.json (the options, defaults included; tvm
+          of about step/(G+1) steps; default power:7). It trains --steps (default 2000) or, with --time-budget, for S
+          seconds (no step limit unless --steps is given too: the same seconds for every method is an equal-budget
+          comparison). Writes DIR/config.json (the options, defaults included; tvm
           train --config DIR/config.json repeats the run), DIR/losses.jsonl (one JSON object per step, as
           metrics.jsonl below), TensorBoard event files (the same figures and the scatter plot),
           DIR/samples_<method>_nfe<N>.npy, DIR/data.npy, DIR/scatter.png and DIR/results.json (default DIR: runs/<data>-<method>).
@@ -35,7 +37,7 @@ struct TrainCommand: Command {
 
     /// The flags of `tvm train` on 2-D data.
     let pointTrainingOptionNames = OptionNames(options: (["data", "method", "steps", "batch", "lr", "seed", "width", "depth", "nfe",
-                                                          "out", "eval-samples", "ema", "time-scale", "time-sampler"] as Set<String>)
+                                                          "out", "eval-samples", "ema", "time-scale", "time-sampler", "time-budget"] as Set<String>)
                                                         .union(faultOptionNames).union(optimizerOptionNames))
 
     func run(_ args: [String]) throws {
@@ -57,7 +59,8 @@ struct TrainCommand: Command {
         config.batch = try a.int("batch", default: 1024, range: 1...1_000_000)
         config.lr = try a.double("lr", default: 2e-3, range: 1e-12...10)
         config.seed = UInt64(try a.int("seed", default: 0, range: 0...Int(Int32.max)))
-        let steps = try a.int("steps", default: 2000, range: 1...100_000_000)
+        let budget = try a.optionalDouble("time-budget", range: 0...1e9)
+        let steps = a.string("steps") != nil || budget == nil ? try a.int("steps", default: 2000, range: 1...100_000_000) : nil
         if let ema = a.string("ema") { config.evalEMA = try parseEMA(ema) }
         config.faults = try parseFaultOptions(a)
         try parseOptimizerOptions(a, into: &config, steps: steps)
@@ -77,7 +80,7 @@ struct TrainCommand: Command {
         try AtomicFile.write(path: out + "/config.json", bytes: Array((options.serialized(pretty: true) + "\n").utf8))
         let log = try RunLog(directory: out, metricsPath: out + "/losses.jsonl", after: 0, batch: config.batch, options: options)
         let result = try runToy(method, distribution: distribution, network: network, config: config, steps: steps,
-                                nfes: nfes, data: data, log: log)
+                                seconds: budget, nfes: nfes, data: data, log: log)
         printTable([result], floor: floor, n: n)
         let scatter = scatterPlot([result], data: data)
         try scatter.writePNG(path: out + "/scatter.png")

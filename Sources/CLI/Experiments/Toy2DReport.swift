@@ -12,14 +12,15 @@ struct ToyRunResult {
     var evals: [(nfe: Int, samples: [Float], w2: Double)]
 }
 
-/// Trains one method with a progress bar (for `steps`, or `seconds` when that comes first) and evaluates it
-/// against `data`; `log` records every step.
-func runToy(_ method: Method, distribution: Toy2D, network: MLPFlowMap, config base: TrainConfig, steps: Int,
+/// Trains one method with a progress bar (for `steps`, or `seconds` when that comes first; nil steps: no step
+/// limit) and evaluates it against `data`; `log` records every step.
+func runToy(_ method: Method, distribution: Toy2D, network: MLPFlowMap, config base: TrainConfig, steps: Int?,
             seconds: Double? = nil, nfes: [Int], data: [Float], log: RunLog? = nil) throws -> ToyRunResult {
     var config = base
     config.method = method
-    let bar = ProgressBar(method.displayName.padding(14), total: steps)
-    let experiment = Toy2DExperiment(distribution: distribution, network: network, config: config, steps: steps, seconds: seconds)
+    let bar = ProgressBar(method.displayName.padding(14), total: steps, seconds: seconds)
+    let experiment = Toy2DExperiment(distribution: distribution, network: network, config: config, steps: steps ?? Int.max,
+                                     seconds: seconds)
     var firstError: Error?
     var stoppedBy: NumericalFault?
     var done = 0
@@ -36,8 +37,7 @@ func runToy(_ method: Method, distribution: Toy2D, network: MLPFlowMap, config b
     if let firstError { throw firstError }
     if let stoppedBy { throw CLIError("\(method.displayName): \(stoppedBy) (--on-fault stop)") }
     let elapsed = bar.elapsed
-    if done < steps {
-        bar.end()
+    if done < steps ?? Int.max {
         Console.info("\(method.displayName): \(done) steps in the time budget of \(Int((seconds ?? 0).rounded())) s")
     }
     let evals = try Toy2DExperiment.evaluate(trainer, nfes: nfes, data: data, noiseSeed: config.seed &+ 77)

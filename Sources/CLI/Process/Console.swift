@@ -10,15 +10,27 @@ enum Console {
     /// Set in the ranks other than 0 of a data-parallel run: one process speaks for the run.
     nonisolated(unsafe) static var quiet = false
 
+    /// Whether a progress bar's line on the terminal stopped short of its end (a time budget, an error): the next
+    /// line starts on a line of its own.
+    nonisolated(unsafe) static var barLineOpen = false
+
     static func info(_ s: String) {
         guard !quiet else { return }
+        endBarLine()
         flushNote()
         fputs(s + "\n", stderr)
     }
 
     static func out(_ s: String) {
+        endBarLine()
         flushNote()
         print(s)
+    }
+
+    static func endBarLine() {
+        guard barLineOpen else { return }
+        barLineOpen = false
+        fputs("\n", stderr)
     }
 
     static func flushNote() {
@@ -58,50 +70,64 @@ func fmt(_ v: Double, _ digits: Int = 4) -> String {
 }
 
 /// Progress on one stderr line, redrawn in place on a terminal at most 5 times a second (a plain line every 10 s
-/// otherwise): training steps with the loss, or images done.
+/// otherwise): training steps with the loss, or images done. The work ends at a count (`total`), at a time budget
+/// (`seconds`), or at whichever comes first; the bar and the ETA follow the nearer end.
 final class ProgressBar {
     let label: String
-    let total: Int
+    let total: Int?
+    let seconds: Double?
     /// Where this invocation started (the step resumed from): the rate and the ETA count only what runs now.
     let first: Int
     let start = now()
     var lastDraw = 0.0
     let tty = isatty(2) != 0
 
-    init(_ label: String, total: Int, from first: Int = 0) {
+    init(_ label: String, total: Int?, seconds: Double? = nil, from first: Int = 0) {
         self.label = label
         self.total = total
+        self.seconds = seconds
         self.first = first
     }
 
-    /// "label [####....] step s/total loss L r it/s ETA".
+    /// "label [####....] step s/total loss L r it/s ETA" ("step s" with a time budget alone).
     func update(step: Int, loss: Double, extra: String = "") {
-        redraw(step) { rate, eta in
-            let width = 24, filled = self.total > 0 ? width * step / self.total : width
+        redraw(step) { rate, eta, fraction in
+            let width = 24, filled = Int(Double(width) * fraction)
             let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-            return "\(self.label) [\(bar)] step \(step)/\(self.total) loss \(fmt(loss)) \(fmt(rate, 1)) it/s ETA \(eta)\(extra)"
+            let count = self.total.map { "\(step)/\($0)" } ?? "\(step)"
+            return "\(self.label) [\(bar)] step \(count) loss \(fmt(loss)) \(fmt(rate, 1)) it/s ETA \(eta)\(extra)"
         }
     }
 
     /// "label: done/total images, r images/s, ETA".
     func update(images done: Int) {
-        redraw(done) { rate, eta in "\(self.label): \(done)/\(self.total) images, \(fmt(rate, 1)) images/s, ETA \(eta)" }
+        redraw(done) { rate, eta, _ in "\(self.label): \(done)/\(self.total ?? done) images, \(fmt(rate, 1)) images/s, ETA \(eta)" }
     }
 
-    private func redraw(_ done: Int, _ line: (_ rate: Double, _ eta: String) -> String) {
+    private func redraw(_ done: Int, _ line: (_ rate: Double, _ eta: String, _ fraction: Double) -> String) {
         guard !Console.quiet else { return }
-        let t = now()
-        guard done == total || t - lastDraw >= (tty ? 0.2 : 10) else { return }
+        let t = now(), elapsed = t - start
+        let finished = done == total
+        guard finished || t - lastDraw >= (tty ? 0.2 : 10) else { return }
         lastDraw = t
         Console.flushNote()
-        let rate = Double(done - first) / max(t - start, 1e-9)
-        let text = line(rate, formatDuration(Double(total - done) / max(rate, 1e-9)))
-        if tty { fputs("\r\u{1B}[2K" + text + (done == total ? "\n" : ""), stderr) } else { fputs(text + "\n", stderr) }
-    }
-
-    /// Ends the bar's line where it stopped short of the total (a time budget), so the next line starts afresh.
-    func end() {
-        if tty && !Console.quiet { fputs("\n", stderr) }
+        let rate = Double(done - first) / max(elapsed, 1e-9)
+        var left = Double.infinity, fraction = 0.0
+        if let total {
+            left = Double(total - done) / max(rate, 1e-9)
+            fraction = total > 0 ? Double(done) / Double(total) : 1
+        }
+        if let seconds {
+            left = min(left, max(seconds - elapsed, 0))
+            fraction = max(fraction, elapsed / max(seconds, 1e-9))
+        }
+        let text = line(rate, formatDuration(left), min(max(fraction, 0), 1))
+        if tty {
+            fputs("\r\u{1B}[2K" + text + (finished ? "\n" : ""), stderr)
+            Console.barLineOpen = !finished
+        } else {
+            fputs(text + "\n", stderr)
+        }
     }
 
     var elapsed: Double { now() - start }

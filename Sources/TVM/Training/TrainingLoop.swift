@@ -9,8 +9,8 @@ public protocol TrainingObserver: AnyObject {
     /// A line about the run: resumption, replica checks, faults that did not stop it, the files written.
     func note(_ line: String)
     /// The loop starts stepping from `step` (0, or the step resumed from) toward `steps` (nil: until its time
-    /// budget runs out).
-    func starting(at step: Int, steps: Int?)
+    /// budget runs out), for at most `seconds` (its time budget; nil: none).
+    func starting(at step: Int, steps: Int?, seconds: Double?)
     /// After every step: its figures, the steps per second of this invocation and the seconds it has run.
     func stepped(_ stats: StepStats, rate: Double, elapsed: Double)
 }
@@ -182,7 +182,7 @@ public final class TrainingLoop {
         let log = isRoot ? try RunLog(directory: plan.directory, metricsPath: metricsPath, after: trainer.step,
                                       batch: trainer.config.batch, options: plan.options) : nil
         let startStep = trainer.step, start = clock()
-        observer.starting(at: startStep, steps: plan.steps)
+        observer.starting(at: startStep, steps: plan.steps, seconds: plan.timeBudget)
         var lastSnapshot = -1, lastFID = -1
         if let best = bestFID, let fid, best.nfe != fid.nfes[0] {
             observer.note("note: the checkpoint's best FID was measured at \(best.nfe) NFE and this run ranks by \(fid.nfes[0]) NFE; "
