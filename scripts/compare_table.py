@@ -31,8 +31,8 @@ def main(path, budget):
         fid[(label, int(at), int(nfe))][seed] = float(value)
         steps[(label, int(at))][seed] = int(n)
     order = ['tvm', 'meanflow', 'imf', 'fm']
-    labels = sorted({k[0] for k in steps},
-                    key=lambda m: (order.index(m.split('+')[0].split('-')[0]) if m.split('+')[0].split('-')[0] in order else 9, m))
+    method = lambda label: label.split('+')[0].split('-')[0]  # 'tvm-lr4', 'imf+ic' -> 'tvm', 'imf'
+    labels = sorted({k[0] for k in steps}, key=lambda m: (order.index(method(m)) if method(m) in order else 9, m))
     end = int(budget)
     nfes = sorted({k for (_, at, k) in fid if at == end})
     print('FID-10k after %s s of training each (mean, min-max over seeds; flow matching: Euler steps, 2 evaluations each)'
